@@ -1,0 +1,190 @@
+//! Where a store's objects live. A [`Backend`] stores immutable objects by
+//! key (`config`, `keys/…`, `packs/ab/…`, `index/…`, `versions/…`); the same
+//! small contract fits a local directory, an SMB/NFS mount and object storage.
+//!
+//! **API boundary:** the object-storage backend (issue 8) implements the
+//! same trait.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::io;
+use crate::{Error, Result};
+
+/// The object store under a store.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages.
+    fn location(&self) -> String;
+    /// Reads a whole object.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it does not exist.
+    fn read(&self, key: &str) -> Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset`; [`Error::Truncated`] if the object is shorter.
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Reads the last `len` bytes (or all, if shorter) and returns them with the object's size.
+    fn read_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)>;
+    /// Writes an object atomically and durably: after `Ok` it is whole and
+    /// survives a power cut; a crash before leaves nothing under `key`.
+    fn write(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Moves a finished local file (from [`Backend::spool_dir`]) into the store as `key`, atomically and durably.
+    fn write_file(&self, key: &str, local: &Path) -> Result<()>;
+    /// Keys under `prefix` (recursively) with their sizes.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
+    /// Whether an object exists.
+    fn exists(&self, key: &str) -> Result<bool>;
+    /// Removes an object (missing is not an error).
+    fn delete(&self, key: &str) -> Result<()>;
+    /// A local directory for building objects before they are written.
+    fn spool_dir(&self) -> Result<PathBuf>;
+}
+
+/// A store in a local directory (or an SMB/NFS mount).
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (not created).
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn not_found(&self, key: &str, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound { object: key.to_string() }
+        } else {
+            Error::Io { path: self.path(key), source: e }
+        }
+    }
+
+    fn place(&self, key: &str, tmp: &Path) -> Result<()> {
+        let dst = self.path(key);
+        let parent = dst.parent().expect("keys have a parent").to_owned();
+        if !parent.exists() {
+            fs::create_dir_all(&parent).map_err(io(&parent))?;
+            if let Some(pp) = parent.parent() {
+                sync_dir(pp)?;
+            }
+        }
+        fs::rename(tmp, &dst).map_err(io(&dst))?;
+        // The rename is durable only once the directory entry is.
+        sync_dir(&parent)
+    }
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(key)).map_err(|e| self.not_found(key, e))
+    }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let f = File::open(self.path(key)).map_err(|e| self.not_found(key, e))?;
+        let mut buf = vec![0u8; len as usize];
+        let mut got = 0usize;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => return Err(Error::Truncated { object: key.into(), offset, wanted: len, got: got as u64 }),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io { path: self.path(key), source: e }),
+            }
+        }
+        Ok(buf)
+    }
+    fn read_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)> {
+        let mut f = File::open(self.path(key)).map_err(|e| self.not_found(key, e))?;
+        let size = f.seek(SeekFrom::End(0)).map_err(io(self.path(key)))?;
+        let n = len.min(size);
+        f.seek(SeekFrom::Start(size - n)).map_err(io(self.path(key)))?;
+        let mut buf = Vec::with_capacity(n as usize);
+        f.read_to_end(&mut buf).map_err(io(self.path(key)))?;
+        Ok((buf, size))
+    }
+    fn write(&self, key: &str, data: &[u8]) -> Result<()> {
+        let spool = self.spool_dir()?;
+        let tmp = spool.join(format!("obj-{}.tmp", random_hex(8)));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        let r = f.write_all(data).and_then(|_| f.sync_all());
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Io { path: tmp, source: e });
+        }
+        drop(f);
+        self.place(key, &tmp).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+    fn write_file(&self, key: &str, local: &Path) -> Result<()> {
+        self.place(key, local)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let base = self.path(prefix);
+        if !base.exists() {
+            return Ok(out);
+        }
+        let mut stack = vec![base];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).map_err(io(&dir))? {
+                let e = e.map_err(io(&dir))?;
+                let ft = e.file_type().map_err(io(e.path()))?;
+                if ft.is_dir() {
+                    stack.push(e.path());
+                } else if ft.is_file() {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    if name.ends_with(".tmp") {
+                        continue;
+                    }
+                    let rel = e.path().strip_prefix(&self.root).expect("under root").to_string_lossy().into_owned();
+                    let len = e.metadata().map_err(io(e.path()))?.len();
+                    out.push((rel, len));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+    fn exists(&self, key: &str) -> Result<bool> {
+        self.path(key).try_exists().map_err(io(self.path(key)))
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        match fs::remove_file(self.path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: self.path(key), source: e }),
+            _ => Ok(()),
+        }
+    }
+    fn spool_dir(&self) -> Result<PathBuf> {
+        let d = self.root.join("tmp");
+        if !d.exists() {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(d)
+    }
+}
+
+/// `n` random bytes as hex.
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("OS random source");
+    hex::encode(b)
+}

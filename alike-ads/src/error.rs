@@ -1,0 +1,126 @@
+//! The error type of `alike-ads`.
+//!
+//! Rules: public functions return [`Error`]; every variant names the object
+//! (store-relative key) or path it concerns. When an error crosses the
+//! `ChunkStore` seam it travels boxed inside `alike_core::Error::Store` and
+//! the facade downcasts it back.
+
+use std::path::PathBuf;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The location holds no store (no `config` object).
+    #[error("no alike store at {location} (no config object; create one with `init`)")]
+    NotAStore {
+        /// Where we looked.
+        location: String,
+    },
+    /// `create` found a store (or other files) already there.
+    #[error("{location} already holds a store")]
+    AlreadyExists {
+        /// Where.
+        location: String,
+    },
+    /// An object does not start with the magic its kind must have.
+    #[error("{object} is not an alike {kind} object (bad magic {found})")]
+    BadMagic {
+        /// Object key.
+        object: String,
+        /// Expected kind.
+        kind: &'static str,
+        /// Hex of the first bytes found.
+        found: String,
+    },
+    /// An object was written by a newer format than this build knows.
+    #[error("{object} has format version {version}, newer than this build supports ({known}); upgrade alike")]
+    UnsupportedVersion {
+        /// Object key.
+        object: String,
+        /// Version found.
+        version: u32,
+        /// Newest version known.
+        known: u32,
+    },
+    /// An object has an old format version that needs migrating.
+    #[error("{object} has format version {version}, which must be upgraded first")]
+    UpgradeRequired {
+        /// Object key.
+        object: String,
+        /// Version found.
+        version: u32,
+    },
+    /// An object's bytes are damaged or inconsistent.
+    #[error("{object} is corrupt: {reason}")]
+    Corrupt {
+        /// Object key.
+        object: String,
+        /// What check failed.
+        reason: String,
+    },
+    /// An object is shorter than its structure says.
+    #[error("{object} is truncated: wanted {wanted} bytes at offset {offset}, found {got}")]
+    Truncated {
+        /// Object key.
+        object: String,
+        /// Offset of the read.
+        offset: u64,
+        /// Bytes wanted.
+        wanted: u64,
+        /// Bytes available.
+        got: u64,
+    },
+    /// An object that should exist does not.
+    #[error("{object} not found in the store")]
+    NotFound {
+        /// Object key.
+        object: String,
+    },
+    /// The store is encrypted and no passphrase or key file was given.
+    #[error("the store at {location} is encrypted: give a passphrase or key file")]
+    PassphraseRequired {
+        /// Store location.
+        location: String,
+    },
+    /// An I/O error on a store object or local file.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local index cache failed.
+    #[error("local index cache {path}: {reason}")]
+    Cache {
+        /// Cache file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A bad argument (block size, version id…).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An engine error (crypto, blob checks).
+    #[error(transparent)]
+    Core(#[from] alike_core::Error),
+}
+
+impl From<Error> for alike_core::Error {
+    fn from(e: Error) -> alike_core::Error {
+        match e {
+            Error::Core(c) => c,
+            other => alike_core::Error::Store(Box::new(other)),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,133 @@
+//! Object headers: every object starts with an 8-byte magic and a u32 LE
+//! format version. See `docs/format.md`.
+//!
+//! The magics are `0x89 'A' 'L' 'K' k0 k1 '\r' '\n'`: the high-bit first
+//! byte exposes 7-bit transports, the CR LF pair exposes newline conversion
+//! (as PNG's signature does). **Do not edit** — stored objects carry them.
+
+use crate::{Error, Result};
+
+/// Format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of magic + version at the start of every object.
+pub const HEADER_LEN: usize = 12;
+
+/// The kinds of object, by magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// `config`.
+    Config,
+    /// `keys/…`: a master key wrapped by a passphrase.
+    Key,
+    /// A key file exported for the user (not kept in the store).
+    KeyFile,
+    /// `packs/…`.
+    Pack,
+    /// `index/…`.
+    Index,
+    /// `versions/…`.
+    Manifest,
+}
+
+impl ObjectKind {
+    /// The two kind letters.
+    pub const fn letters(self) -> [u8; 2] {
+        match self {
+            ObjectKind::Config => *b"CF",
+            ObjectKind::Key => *b"KY",
+            ObjectKind::KeyFile => *b"KF",
+            ObjectKind::Pack => *b"PK",
+            ObjectKind::Index => *b"IX",
+            ObjectKind::Manifest => *b"MF",
+        }
+    }
+    /// The 8-byte magic.
+    pub const fn magic(self) -> [u8; 8] {
+        let l = self.letters();
+        [0x89, b'A', b'L', b'K', l[0], l[1], b'\r', b'\n']
+    }
+    /// Name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Config => "config",
+            ObjectKind::Key => "key",
+            ObjectKind::KeyFile => "key file",
+            ObjectKind::Pack => "pack",
+            ObjectKind::Index => "index segment",
+            ObjectKind::Manifest => "version manifest",
+        }
+    }
+}
+
+/// The 12-byte header of an object of `kind`.
+pub fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&kind.magic());
+    h[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// Checks the header of `bytes` and returns the body after it.
+///
+/// # Errors
+/// [`Error::Truncated`], [`Error::BadMagic`], [`Error::UnsupportedVersion`],
+/// [`Error::UpgradeRequired`].
+pub fn check_header<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Result<&'a [u8]> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::Truncated {
+            object: object.into(),
+            offset: 0,
+            wanted: HEADER_LEN as u64,
+            got: bytes.len() as u64,
+        });
+    }
+    if bytes[..8] != kind.magic() {
+        return Err(Error::BadMagic { object: object.into(), kind: kind.name(), found: hex::encode(&bytes[..8]) });
+    }
+    let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if v > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion { object: object.into(), version: v, known: FORMAT_VERSION });
+    }
+    if v < FORMAT_VERSION {
+        return Err(Error::UpgradeRequired { object: object.into(), version: v });
+    }
+    Ok(&bytes[HEADER_LEN..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magics_expose_transport_damage() {
+        for k in [
+            ObjectKind::Config,
+            ObjectKind::Key,
+            ObjectKind::KeyFile,
+            ObjectKind::Pack,
+            ObjectKind::Index,
+            ObjectKind::Manifest,
+        ] {
+            let m = k.magic();
+            assert!(m[0] & 0x80 != 0, "high bit catches 7-bit stripping");
+            assert_eq!(&m[6..8], b"\r\n", "CR LF catches newline conversion");
+            // A text-mode conversion CRLF→LF shortens the magic and no longer matches.
+            let converted: Vec<u8> = String::from_utf8_lossy(&m).replace("\r\n", "\n").into_bytes();
+            assert_ne!(&converted[..], &m[..]);
+        }
+    }
+
+    #[test]
+    fn versions_are_refused_by_name() {
+        let mut h = header(ObjectKind::Pack).to_vec();
+        assert!(check_header(&h, ObjectKind::Pack, "p").is_ok());
+        assert!(matches!(check_header(&h, ObjectKind::Index, "p"), Err(Error::BadMagic { .. })));
+        h[8] = 2;
+        let e = check_header(&h, ObjectKind::Pack, "p").unwrap_err();
+        assert!(matches!(e, Error::UnsupportedVersion { version: 2, .. }), "{e}");
+        assert!(e.to_string().contains("version 2"));
+        h[8] = 0;
+        assert!(matches!(check_header(&h, ObjectKind::Pack, "p"), Err(Error::UpgradeRequired { version: 0, .. })));
+        assert!(matches!(check_header(&h[..5], ObjectKind::Pack, "p"), Err(Error::Truncated { .. })));
+    }
+}

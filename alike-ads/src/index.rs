@@ -1,0 +1,281 @@
+//! Index segments (`index/…`: which pack holds which blob) and the local
+//! redb cache built from them.
+//!
+//! The cache is only a cache: deleting it loses nothing; it is rebuilt from
+//! the store's index segments (or, by `rebuild_index`, from pack trailers).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use alike_core::{BlobKind, ChunkId, Compression, Keys};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::format::{ObjectKind, check_header, header};
+use crate::pack::{ENTRY_LEN, PackEntry, decode_entries};
+use crate::{Error, Result};
+
+const SEGMENT_AAD: &[u8] = b"alike index v1\0";
+
+/// The packs and entries one index segment lists.
+pub type SegmentPacks = Vec<([u8; 32], Vec<PackEntry>)>;
+
+/// Encodes an index segment: header ‖ sealed(u32 pack count ‖ per pack: id ‖ u32 n ‖ n entries).
+pub fn encode_segment(keys: &Keys, packs: &[([u8; 32], Vec<PackEntry>)]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    for (id, entries) in packs {
+        body.extend_from_slice(id);
+        body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in entries {
+            e.encode_into(&mut body);
+        }
+    }
+    let mut out = header(ObjectKind::Index).to_vec();
+    out.extend_from_slice(&keys.seal(SEGMENT_AAD, &body)?);
+    Ok(out)
+}
+
+/// Decodes an index segment.
+///
+/// # Errors
+/// Header errors, [`Error::Corrupt`] naming the segment.
+pub fn decode_segment(keys: &Keys, bytes: &[u8], object: &str) -> Result<SegmentPacks> {
+    let sealed = check_header(bytes, ObjectKind::Index, object)?;
+    let body =
+        keys.open(SEGMENT_AAD, sealed).map_err(|r| Error::Corrupt { object: object.into(), reason: r.into() })?;
+    let bad = |at: usize| Error::Corrupt { object: object.into(), reason: format!("truncated at byte {at}") };
+    let mut p = 0usize;
+    let u32_at = |p: usize| -> Result<u32> {
+        body.get(p..p + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4"))).ok_or_else(|| bad(p))
+    };
+    let n = u32_at(p)? as usize;
+    p += 4;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let id: [u8; 32] = body.get(p..p + 32).ok_or_else(|| bad(p))?.try_into().expect("32");
+        p += 32;
+        let cnt = u32_at(p)? as usize;
+        p += 4;
+        let len = cnt.checked_mul(ENTRY_LEN).ok_or_else(|| bad(p))?;
+        let raw = body.get(p..p + len).ok_or_else(|| bad(p))?;
+        out.push((id, decode_entries(raw, None, object)?));
+        p += len;
+    }
+    if p != body.len() {
+        return Err(Error::Corrupt { object: object.into(), reason: format!("{} trailing bytes", body.len() - p) });
+    }
+    Ok(out)
+}
+
+/// Where a blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Pack id.
+    pub pack: [u8; 32],
+    /// Offset in the pack.
+    pub offset: u32,
+    /// Stored length.
+    pub stored_len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Kind.
+    pub kind: BlobKind,
+    /// Compression.
+    pub compression: Compression,
+}
+
+const CHUNKS: TableDefinition<[u8; 32], [u8; 18]> = TableDefinition::new("chunks-v1");
+const PACKS: TableDefinition<u32, [u8; 32]> = TableDefinition::new("packs-v1");
+const PACK_NOS: TableDefinition<[u8; 32], u32> = TableDefinition::new("pack-numbers-v1");
+const SEGMENTS: TableDefinition<&str, u64> = TableDefinition::new("segments-v1");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta-v1");
+
+fn reset(tx: &redb::WriteTransaction) -> std::result::Result<(), redb::TableError> {
+    tx.delete_table(CHUNKS)?;
+    tx.delete_table(PACKS)?;
+    tx.delete_table(PACK_NOS)?;
+    tx.delete_table(SEGMENTS)?;
+    tx.open_table(CHUNKS)?;
+    tx.open_table(PACKS)?;
+    tx.open_table(PACK_NOS)?;
+    tx.open_table(SEGMENTS)?;
+    Ok(())
+}
+
+/// The local chunk-index cache (redb).
+pub struct IndexCache {
+    db: redb::Database,
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexCache").field("path", &self.path).field("temporary", &self.temporary).finish()
+    }
+}
+
+impl Drop for IndexCache {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn cerr(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
+    move |e| Error::Cache { path: path.to_owned(), reason: e.to_string() }
+}
+
+impl IndexCache {
+    /// Opens (or creates) the cache in `dir` for `store_id`. When another
+    /// process holds it, a private temporary cache is used instead.
+    pub fn open(dir: &Path, store_id: &str) -> Result<IndexCache> {
+        std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+        let path = dir.join("index-v1.redb");
+        let builder = || {
+            let mut b = redb::Builder::new();
+            // Bounded page cache keeps memory flat however large the index grows.
+            b.set_cache_size(32 << 20);
+            b
+        };
+        let (db, path, temporary) = match builder().create(&path) {
+            Ok(db) => (db, path, false),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let tmp = dir.join(format!("index-tmp-{}-{}.redb", std::process::id(), crate::backend::random_hex(4)));
+                tracing::info!(cache = %path.display(), "index cache in use by another process: using a private one");
+                let db = builder().create(&tmp).map_err(|e| cerr(&tmp)(&e))?;
+                (db, tmp, true)
+            }
+            Err(e) => {
+                // A damaged cache is rebuilt, never trusted.
+                tracing::warn!(cache = %path.display(), error = %e, "index cache unreadable: rebuilding it");
+                let _ = std::fs::remove_file(&path);
+                let db = builder().create(&path).map_err(|e| cerr(&path)(&e))?;
+                (db, path, false)
+            }
+        };
+        let c = IndexCache { db, path, temporary };
+        c.init(store_id)?;
+        Ok(c)
+    }
+
+    fn init(&self, store_id: &str) -> Result<()> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
+            let same = meta.get("store_id").map_err(|x| e(&x))?.map(|v| v.value() == store_id);
+            if same == Some(false) {
+                drop(meta);
+                reset(&tx).map_err(|x| e(&x))?;
+                meta = tx.open_table(META).map_err(|x| e(&x))?;
+            }
+            meta.insert("store_id", store_id).map_err(|x| e(&x))?;
+            tx.open_table(CHUNKS).map_err(|x| e(&x))?;
+            tx.open_table(PACKS).map_err(|x| e(&x))?;
+            tx.open_table(PACK_NOS).map_err(|x| e(&x))?;
+            tx.open_table(SEGMENTS).map_err(|x| e(&x))?;
+        }
+        tx.commit().map_err(|x| e(&x))
+    }
+
+    /// The cache file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where a blob is, if an indexed pack holds it.
+    pub fn lookup(&self, id: &ChunkId) -> Result<Option<Location>> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(&x))?;
+        let chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
+        let Some(v) = chunks.get(id.0).map_err(|x| e(&x))? else { return Ok(None) };
+        let v = v.value();
+        let u = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4"));
+        let packs = tx.open_table(PACKS).map_err(|x| e(&x))?;
+        let pack = packs
+            .get(u(0))
+            .map_err(|x| e(&x))?
+            .ok_or_else(|| Error::Cache { path: self.path.clone(), reason: format!("pack number {} missing", u(0)) })?
+            .value();
+        let kind = BlobKind::from_code(v[16]).ok_or_else(|| e(&"bad kind code"))?;
+        let compression = Compression::from_code(v[17]).ok_or_else(|| e(&"bad compression code"))?;
+        Ok(Some(Location { pack, offset: u(4), stored_len: u(8), raw_len: u(12), kind, compression }))
+    }
+
+    /// Names of the segments already loaded.
+    pub fn segments(&self) -> Result<HashSet<String>> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(&x))?;
+        let t = tx.open_table(SEGMENTS).map_err(|x| e(&x))?;
+        let mut out = HashSet::new();
+        for r in t.iter().map_err(|x| e(&x))? {
+            out.insert(r.map_err(|x| e(&x))?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Adds the entries of one segment (or of packs read directly, with `name` recorded as loaded).
+    pub fn insert(&self, name: &str, packs: &[([u8; 32], Vec<PackEntry>)]) -> Result<()> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
+            let mut pt = tx.open_table(PACKS).map_err(|x| e(&x))?;
+            let mut pn = tx.open_table(PACK_NOS).map_err(|x| e(&x))?;
+            let mut count = 0u64;
+            for (pack, entries) in packs {
+                let existing = pn.get(pack).map_err(|x| e(&x))?.map(|v| v.value());
+                let no = match existing {
+                    Some(n) => n,
+                    None => {
+                        let n = pt.len().map_err(|x| e(&x))? as u32;
+                        pt.insert(n, pack).map_err(|x| e(&x))?;
+                        pn.insert(pack, n).map_err(|x| e(&x))?;
+                        n
+                    }
+                };
+                for en in entries {
+                    let mut v = [0u8; 18];
+                    v[..4].copy_from_slice(&no.to_le_bytes());
+                    v[4..8].copy_from_slice(&en.offset.to_le_bytes());
+                    v[8..12].copy_from_slice(&en.stored_len.to_le_bytes());
+                    v[12..16].copy_from_slice(&en.raw_len.to_le_bytes());
+                    v[16] = en.kind.code();
+                    v[17] = en.compression as u8;
+                    chunks.insert(en.id.0, v).map_err(|x| e(&x))?;
+                    count += 1;
+                }
+            }
+            tx.open_table(SEGMENTS).map_err(|x| e(&x))?.insert(name, count).map_err(|x| e(&x))?;
+        }
+        tx.commit().map_err(|x| e(&x))
+    }
+
+    /// Forgets everything (before a full reload).
+    pub fn clear(&self) -> Result<()> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_write().map_err(|x| e(&x))?;
+        reset(&tx).map_err(|x| e(&x))?;
+        tx.commit().map_err(|x| e(&x))
+    }
+
+    /// Unique blobs indexed: (count, plaintext bytes of data blobs, stored bytes).
+    pub fn totals(&self) -> Result<(u64, u64, u64)> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(&x))?;
+        let t = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
+        let (mut n, mut raw, mut stored) = (0u64, 0u64, 0u64);
+        for r in t.iter().map_err(|x| e(&x))? {
+            let (_, v) = r.map_err(|x| e(&x))?;
+            let v = v.value();
+            n += 1;
+            stored += u64::from(u32::from_le_bytes(v[8..12].try_into().expect("4")));
+            if v[16] == BlobKind::Data.code() {
+                raw += u64::from(u32::from_le_bytes(v[12..16].try_into().expect("4")));
+            }
+        }
+        Ok((n, raw, stored))
+    }
+}

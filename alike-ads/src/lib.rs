@@ -1,0 +1,55 @@
+//! # alike-ads — the Alike Data Store
+//!
+//! A global, block-level deduplicated store of VM disk versions, on a local
+//! directory or share (and, later, object storage). Everything it holds is an
+//! immutable object, written once under a temporary name and renamed:
+//!
+//! | object | what |
+//! |---|---|
+//! | `config` | store settings (block size, compression, encryption) |
+//! | `keys/<id>` | the master key wrapped by a passphrase (Argon2id + AES-256-GCM) |
+//! | `packs/<ab>/<id>` | many sealed blobs and a trailer listing them |
+//! | `index/<id>` | which pack holds which blob, for a batch of packs |
+//! | `versions/<id>` | a version manifest: VM config and per-disk block maps |
+//!
+//! The byte layout is in `docs/format.md`.
+//!
+//! ## Several writers
+//! Writers on any number of machines add their own packs and index segments;
+//! a version becomes visible only when its manifest is written, last. No
+//! mutable object is shared, so backups of different VMs (or the same VM) run
+//! at once without locks.
+//!
+//! | operation A \ B | backup | restore | stats / versions |
+//! |---|---|---|---|
+//! | backup | allowed | allowed | allowed |
+//! | restore | allowed | allowed | allowed |
+//!
+//! (Prune, GC and verify join this matrix with issue 3.)
+//!
+//! ```
+//! use alike_ads::{CreateOptions, OpenOptions, Repository};
+//! let dir = tempfile::tempdir()?;
+//! let store = dir.path().join("store");
+//! let opts = CreateOptions { encrypted: false, ..CreateOptions::default() };
+//! Repository::create_local(&store, &opts)?;
+//! let repo = Repository::open_local(&store, &OpenOptions { cache_dir: Some(dir.path().join("cache")), ..Default::default() })?;
+//! assert_eq!(repo.versions()?.len(), 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod backend;
+mod config;
+mod error;
+mod format;
+mod index;
+mod pack;
+mod repo;
+
+pub use backend::{Backend, LocalBackend};
+pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
+pub use error::{Error, Result};
+pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
+pub use index::{IndexCache, Location, SegmentPacks, decode_segment, encode_segment};
+pub use pack::{ENTRY_LEN, FOOTER_LEN, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, pack_key, read_trailer};
+pub use repo::{CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, default_cache_dir};

@@ -1,0 +1,596 @@
+//! An open store: config and keys, the writer session (packs being filled,
+//! packs not yet published in an index segment), the local index cache, and
+//! versions. Implements `alike_core::ChunkStore`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use alike_core::{ChunkId, ChunkStore, KdfParams, Keys, Manifest, MasterKey, StoredBlob};
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, LocalBackend, random_hex};
+use crate::config::{
+    AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad,
+};
+use crate::format::{ObjectKind, check_header, header};
+use crate::index::{IndexCache, decode_segment, encode_segment};
+use crate::pack::{FinishedPack, PackEntry, PackWriter, pack_key, read_trailer};
+use crate::{Error, Result};
+
+/// Default target pack size: 32 MiB.
+pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
+/// Packs written before their index segment is published.
+const PACKS_PER_SEGMENT: usize = 16;
+const MANIFEST_AAD: &[u8] = b"alike manifest v1\0";
+const KEY_CHECK_CTX: &[u8] = b"alike key check v1";
+
+/// How to create a store.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CreateOptions {
+    /// Block size (power of two, 64 KiB – 4 MiB).
+    pub block_size: u32,
+    /// zstd level for new blobs; `None` = no compression.
+    pub compression_level: Option<i32>,
+    /// Passphrase; `None` with `encrypted` needs `key_file`.
+    pub passphrase: Option<Vec<u8>>,
+    /// Whether to encrypt (the default). Unencrypted only when asked for.
+    pub encrypted: bool,
+    /// Argon2id cost.
+    pub kdf: KdfParams,
+    /// Also export the master key to this file.
+    pub key_file: Option<PathBuf>,
+    /// Target pack size.
+    pub pack_size: u64,
+    /// Creation time to record, ms since the epoch.
+    pub time_ms: i64,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            block_size: alike_core::DEFAULT_BLOCK_SIZE,
+            compression_level: Some(3),
+            passphrase: None,
+            encrypted: true,
+            kdf: KdfParams::default(),
+            key_file: None,
+            pack_size: DEFAULT_PACK_SIZE,
+            time_ms: 0,
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Passphrase of an encrypted store.
+    pub passphrase: Option<Vec<u8>>,
+    /// Key file of an encrypted store (instead of a passphrase).
+    pub key_file: Option<PathBuf>,
+    /// Where the local index cache lives (default: `$ALIKE_CACHE_DIR`,
+    /// `$XDG_CACHE_HOME/alike` or `~/.cache/alike`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Figures about a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Versions.
+    pub versions: u64,
+    /// Sum over versions of their disks' non-hole bytes.
+    pub logical_bytes: u64,
+    /// Plaintext bytes of the unique data chunks.
+    pub unique_bytes: u64,
+    /// Unique blobs.
+    pub blobs: u64,
+    /// Bytes of all objects in the store (packs, index, versions, config, keys).
+    pub stored_bytes: u64,
+    /// Bytes of packs.
+    pub pack_bytes: u64,
+    /// Number of packs.
+    pub packs: u64,
+}
+
+#[derive(Default)]
+struct Session {
+    current: Option<PackWriter>,
+    /// Ids in packs not yet published (being written or finished).
+    pending: HashSet<ChunkId>,
+    finishing: Vec<JoinHandle<Result<FinishedPack>>>,
+}
+
+/// An open store.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: StoreConfig,
+    keys: Keys,
+    cache: IndexCache,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.backend.location()).field("config", &self.config).finish()
+    }
+}
+
+fn host() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn key_check(keys: &Keys) -> String {
+    keys.hash(KEY_CHECK_CTX).to_hex()
+}
+
+/// The default directory for local caches.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ALIKE_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("alike");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("alike");
+    }
+    std::env::temp_dir().join("alike-cache")
+}
+
+impl Repository {
+    /// Creates a store in a local directory (created if missing, must be empty).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], I/O errors, [`Error::InvalidArgument`].
+    pub fn create_local(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
+        let path = path.as_ref();
+        if path.exists() {
+            let mut rd = std::fs::read_dir(path).map_err(crate::error::io(path))?;
+            if rd.next().is_some() {
+                return Err(Error::AlreadyExists { location: path.display().to_string() });
+            }
+        }
+        std::fs::create_dir_all(path).map_err(crate::error::io(path))?;
+        Self::create(Arc::new(LocalBackend::new(path)), opts)
+    }
+
+    /// Creates a store on a backend.
+    ///
+    /// # Errors
+    /// As [`Repository::create_local`].
+    pub fn create(backend: Arc<dyn Backend>, opts: &CreateOptions) -> Result<()> {
+        if backend.exists("config")? {
+            return Err(Error::AlreadyExists { location: backend.location() });
+        }
+        if !alike_core::valid_block_size(opts.block_size) {
+            return Err(Error::InvalidArgument(format!(
+                "block size {} is not a power of two from 64 KiB to 4 MiB",
+                opts.block_size
+            )));
+        }
+        if !(1 << 20..=1 << 30).contains(&opts.pack_size) {
+            return Err(Error::InvalidArgument("pack size must be 1 MiB – 1 GiB".into()));
+        }
+        let store_id = random_hex(16);
+        let mut config = StoreConfig {
+            store_id: store_id.clone(),
+            created_ms: opts.time_ms,
+            block_size: opts.block_size,
+            compression_level: opts.compression_level,
+            encryption: if opts.encrypted { AES_256_GCM } else { NO_ENCRYPTION }.into(),
+            pack_size: opts.pack_size,
+            key_check: None,
+        };
+        if opts.encrypted {
+            if opts.passphrase.is_none() && opts.key_file.is_none() {
+                return Err(Error::InvalidArgument("an encrypted store needs a passphrase or a key file".into()));
+            }
+            let master = MasterKey::generate()?;
+            config.key_check = Some(key_check(&Keys::from_master(&master)));
+            if let Some(pw) = &opts.passphrase {
+                let w = alike_core::wrap_master(&master, pw, opts.kdf, &key_aad(&store_id))?;
+                backend
+                    .write(&format!("keys/{}", random_hex(8)), &KeyObject::new(&w, opts.time_ms, host()).encode())?;
+            }
+            if let Some(kf) = &opts.key_file {
+                write_local_atomic(kf, &KeyFile::new(&store_id, &master).encode())?;
+            }
+        }
+        // config last: a store exists once its config does.
+        backend.write("config", &encode_config(&config))?;
+        info!(location = %backend.location(), store = %store_id, "store created");
+        Ok(())
+    }
+
+    /// Opens a store in a local directory.
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub fn open_local(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Repository> {
+        Self::open(Arc::new(LocalBackend::new(path.as_ref())), opts)
+    }
+
+    /// Opens a store: reads its config, unlocks its key, brings the local
+    /// index cache up to date.
+    ///
+    /// # Errors
+    /// [`Error::NotAStore`], config errors, [`Error::PassphraseRequired`],
+    /// `alike_core::Error::WrongPassphrase`, cache errors.
+    pub fn open(backend: Arc<dyn Backend>, opts: &OpenOptions) -> Result<Repository> {
+        let config = match backend.read("config") {
+            Ok(b) => decode_config(&b)?,
+            Err(Error::NotFound { .. }) => return Err(Error::NotAStore { location: backend.location() }),
+            Err(e) => return Err(e),
+        };
+        let keys = unlock(&*backend, &config, opts)?;
+        let dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir).join(&config.store_id);
+        let cache = IndexCache::open(&dir, &config.store_id)?;
+        let repo = Repository { backend, config, keys, cache, session: Mutex::new(Session::default()) };
+        repo.clean_spool();
+        repo.sync_cache()?;
+        Ok(repo)
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The working keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The local index cache.
+    pub fn cache(&self) -> &IndexCache {
+        &self.cache
+    }
+
+    fn clean_spool(&self) {
+        // Spool files of writers that died; a live writer's files are younger than a day.
+        let Ok(dir) = self.backend.spool_dir() else { return };
+        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a.as_secs() > 86_400);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Loads index segments the cache has not seen; reloads everything if a
+    /// segment it knew has disappeared.
+    pub fn sync_cache(&self) -> Result<()> {
+        let listed: Vec<String> = self.backend.list("index/")?.into_iter().map(|(k, _)| k).collect();
+        let mut known = self.cache.segments()?;
+        let listed_set: HashSet<&String> = listed.iter().collect();
+        if known.iter().any(|k| !listed_set.contains(k)) {
+            info!("index segments were removed: rebuilding the local cache");
+            self.cache.clear()?;
+            known.clear();
+        }
+        for key in listed.iter().filter(|k| !known.contains(*k)) {
+            let bytes = self.backend.read(key)?;
+            let packs = decode_segment(&self.keys, &bytes, key)?;
+            self.cache.insert(key, &packs)?;
+            debug!(segment = %key, packs = packs.len(), "index segment loaded");
+        }
+        Ok(())
+    }
+
+    fn spawn_finish(&self, w: PackWriter) -> JoinHandle<Result<FinishedPack>> {
+        let keys = self.keys.clone();
+        let backend = self.backend.clone();
+        std::thread::spawn(move || {
+            let p = w.finish(&keys)?;
+            backend.write_file(&pack_key(&p.id), &p.path)?;
+            Ok(p)
+        })
+    }
+
+    /// Publishes finished packs: waits for them, writes one index segment,
+    /// loads it into the cache. Called with the session lock held.
+    fn publish(&self, s: &mut Session) -> Result<()> {
+        let mut packs: Vec<([u8; 32], Vec<PackEntry>)> = Vec::new();
+        let mut first_err = None;
+        for h in s.finishing.drain(..) {
+            match h.join() {
+                Ok(Ok(p)) => packs.push((p.id, p.entries)),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::InvalidArgument("a pack writer thread panicked".into()));
+                }
+            }
+        }
+        if !packs.is_empty() {
+            let bytes = encode_segment(&self.keys, &packs)?;
+            let key = format!("index/{}", blake3::hash(&bytes).to_hex());
+            self.backend.write(&key, &bytes)?;
+            self.cache.insert(&key, &packs)?;
+            for (_, entries) in &packs {
+                for e in entries {
+                    s.pending.remove(&e.id);
+                }
+            }
+            debug!(segment = %key, packs = packs.len(), "index segment published");
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn put_inner(&self, blob: &StoredBlob) -> Result<()> {
+        let mut guard = self.session.lock().expect("session lock");
+        let s: &mut Session = &mut guard;
+        if s.pending.contains(&blob.id) {
+            return Ok(());
+        }
+        if s.current.is_none() {
+            s.current = Some(PackWriter::new(&self.backend.spool_dir()?)?);
+        }
+        let w = s.current.as_mut().expect("just set");
+        w.add(blob)?;
+        s.pending.insert(blob.id);
+        if w.len() >= self.config.pack_size {
+            let w = s.current.take().expect("present");
+            let h = self.spawn_finish(w);
+            s.finishing.push(h);
+            if s.finishing.len() >= PACKS_PER_SEGMENT {
+                self.publish(s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_inner(&self) -> Result<()> {
+        let mut s = self.session.lock().expect("session lock");
+        if let Some(w) = s.current.take() {
+            if w.is_empty() {
+                w.abandon();
+            } else {
+                let h = self.spawn_finish(w);
+                s.finishing.push(h);
+            }
+        }
+        self.publish(&mut s)
+    }
+
+    /// Drops what this session wrote but did not publish (after a failed or
+    /// cancelled backup). Finished packs already placed stay, unindexed, for
+    /// GC or `rebuild_index`.
+    pub fn abort_session(&self) {
+        let mut s = self.session.lock().expect("session lock");
+        if let Some(w) = s.current.take() {
+            w.abandon();
+        }
+        for h in s.finishing.drain(..) {
+            let _ = h.join();
+        }
+        s.pending.clear();
+    }
+
+    fn get_inner(&self, id: &ChunkId) -> Result<StoredBlob> {
+        let loc = self
+            .cache
+            .lookup(id)?
+            .ok_or_else(|| alike_core::Error::MissingChunk { id: *id, needed_by: "a read".into() })?;
+        let key = pack_key(&loc.pack);
+        let bytes = self.backend.read_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))?;
+        Ok(StoredBlob { id: *id, kind: loc.kind, compression: loc.compression, raw_len: loc.raw_len, bytes })
+    }
+
+    /// Writes a version manifest; returns its id.
+    pub fn write_manifest(&self, m: &Manifest) -> Result<String> {
+        let json = m.to_json();
+        let z =
+            zstd::bulk::compress(&json, 3).map_err(|e| Error::InvalidArgument(format!("compressing manifest: {e}")))?;
+        let mut out = header(ObjectKind::Manifest).to_vec();
+        out.extend_from_slice(&self.keys.seal(MANIFEST_AAD, &z)?);
+        let id = blake3::hash(&out).to_hex().to_string();
+        self.backend.write(&format!("versions/{id}"), &out)?;
+        Ok(id)
+    }
+
+    /// Reads one version manifest by full id.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], header errors, [`Error::Corrupt`].
+    pub fn read_manifest(&self, id: &str) -> Result<Manifest> {
+        let key = format!("versions/{id}");
+        let bytes = self.backend.read(&key)?;
+        if blake3::hash(&bytes).to_hex().as_str() != id {
+            return Err(Error::Corrupt { object: key, reason: "content does not match its name".into() });
+        }
+        let sealed = check_header(&bytes, ObjectKind::Manifest, &key)?;
+        let z = self
+            .keys
+            .open(MANIFEST_AAD, sealed)
+            .map_err(|r| Error::Corrupt { object: key.clone(), reason: r.into() })?;
+        let json = zstd::bulk::decompress(&z, 64 << 20)
+            .map_err(|e| Error::Corrupt { object: key.clone(), reason: format!("zstd: {e}") })?;
+        Ok(Manifest::from_json(&json, &key)?)
+    }
+
+    /// Ids of all versions (unordered).
+    pub fn version_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .backend
+            .list("versions/")?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix("versions/").map(str::to_string))
+            .collect())
+    }
+
+    /// All versions, oldest first.
+    pub fn versions(&self) -> Result<Vec<(String, Manifest)>> {
+        let mut v = self
+            .version_ids()?
+            .into_iter()
+            .map(|id| self.read_manifest(&id).map(|m| (id, m)))
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by(|a, b| a.1.time_ms.cmp(&b.1.time_ms).then(a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
+    /// Figures about the store.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let versions = self.versions()?;
+        let logical_bytes = versions.iter().flat_map(|(_, m)| &m.disks).map(|d| d.data_bytes).sum();
+        let (blobs, unique_bytes, _) = self.cache.totals()?;
+        let objects = self.backend.list("")?;
+        let stored_bytes = objects.iter().filter(|(k, _)| !k.starts_with("tmp/")).map(|(_, n)| n).sum();
+        let packs: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("packs/")).collect();
+        Ok(StoreStats {
+            versions: versions.len() as u64,
+            logical_bytes,
+            unique_bytes,
+            blobs,
+            stored_bytes,
+            pack_bytes: packs.iter().map(|(_, n)| n).sum(),
+            packs: packs.len() as u64,
+        })
+    }
+
+    /// Rebuilds the index from pack trailers: writes one segment covering
+    /// every readable pack, then removes the old segments and reloads the
+    /// cache. Returns (packs indexed, packs unreadable with their errors).
+    ///
+    /// # Errors
+    /// Backend errors; damaged packs are reported, not fatal.
+    pub fn rebuild_index(&self) -> Result<(usize, Vec<(String, Error)>)> {
+        let packs = self.backend.list("packs/")?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for (key, _) in &packs {
+            let Some(id) = key.rsplit('/').next().and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok()) else {
+                continue;
+            };
+            match read_trailer(&*self.backend, key, &self.keys) {
+                Ok(entries) => good.push((id, entries)),
+                Err(e) => {
+                    warn!(pack = %key, error = %e, "pack unreadable while rebuilding the index");
+                    bad.push((key.clone(), e));
+                }
+            }
+        }
+        let old: Vec<String> = self.backend.list("index/")?.into_iter().map(|(k, _)| k).collect();
+        let bytes = encode_segment(&self.keys, &good)?;
+        let key = format!("index/{}", blake3::hash(&bytes).to_hex());
+        self.backend.write(&key, &bytes)?;
+        for k in old.iter().filter(|k| **k != key) {
+            self.backend.delete(k)?;
+        }
+        self.cache.clear()?;
+        self.sync_cache()?;
+        Ok((good.len(), bad))
+    }
+
+    /// Adds a passphrase-wrapped copy of the master key (another way to open).
+    /// Only possible with the master key at hand, i.e. on an open store.
+    pub fn keys_count(&self) -> Result<usize> {
+        Ok(self.backend.list("keys/")?.len())
+    }
+}
+
+fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Result<Keys> {
+    let key_objects = backend.list("keys/")?;
+    if !config.encrypted() {
+        if !key_objects.is_empty() {
+            return Err(Error::Corrupt { object: "config".into(), reason: "it says unencrypted, but the store holds keys (refusing to write plaintext into an encrypted store)".into() });
+        }
+        return Ok(Keys::unencrypted());
+    }
+    let check = config.key_check.as_deref().ok_or_else(|| Error::Corrupt {
+        object: "config".into(),
+        reason: "encrypted store without key_check".into(),
+    })?;
+    if let Some(kf) = &opts.key_file {
+        let obj = kf.display().to_string();
+        let bytes = std::fs::read(kf).map_err(crate::error::io(kf))?;
+        let f = KeyFile::decode(&bytes, &obj)?;
+        if f.store_id != config.store_id {
+            return Err(Error::InvalidArgument(format!(
+                "key file {obj} belongs to store {}, not {}",
+                f.store_id, config.store_id
+            )));
+        }
+        let keys = Keys::from_master(&f.master(&obj)?);
+        if key_check(&keys) != check {
+            return Err(alike_core::Error::WrongPassphrase { key: obj }.into());
+        }
+        return Ok(keys);
+    }
+    let Some(pw) = &opts.passphrase else {
+        return Err(Error::PassphraseRequired { location: backend.location() });
+    };
+    if key_objects.is_empty() {
+        return Err(Error::Corrupt {
+            object: "keys/".into(),
+            reason: "an encrypted store without key objects (open it with its key file)".into(),
+        });
+    }
+    let aad = key_aad(&config.store_id);
+    for (key, _) in &key_objects {
+        let ko = KeyObject::decode(&backend.read(key)?, key)?;
+        if let Some(m) = alike_core::unwrap_master(&ko.wrapped(key)?, pw, &aad)? {
+            let keys = Keys::from_master(&m);
+            if key_check(&keys) != check {
+                return Err(Error::Corrupt {
+                    object: key.clone(),
+                    reason: "unwraps to a key that does not match the store's key check".into(),
+                });
+            }
+            return Ok(keys);
+        }
+    }
+    Err(alike_core::Error::WrongPassphrase {
+        key: key_objects.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+    }
+    .into())
+}
+
+fn write_local_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", random_hex(4)));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(crate::error::io(&tmp))?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(crate::error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(crate::error::io(path))
+}
+
+impl ChunkStore for Repository {
+    fn contains(&self, id: &ChunkId) -> alike_core::Result<bool> {
+        if self.session.lock().expect("session lock").pending.contains(id) {
+            return Ok(true);
+        }
+        Ok(self.cache.lookup(id)?.is_some())
+    }
+    fn put(&self, blob: StoredBlob) -> alike_core::Result<()> {
+        Ok(self.put_inner(&blob)?)
+    }
+    fn get(&self, id: &ChunkId) -> alike_core::Result<StoredBlob> {
+        Ok(self.get_inner(id)?)
+    }
+    fn flush(&self) -> alike_core::Result<()> {
+        Ok(self.flush_inner()?)
+    }
+    fn commit_version(&self, manifest: &Manifest) -> alike_core::Result<String> {
+        Ok(self.write_manifest(manifest)?)
+    }
+}

@@ -1,0 +1,383 @@
+//! The `alike` command: a thin layer over the `alike` crate.
+//!
+//! Scripts depend on its shape: the commands, flags, `--json` keys and exit
+//! status (0 success, 1 failure with a one-line error on stderr, 2 usage).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use alike::{BackupOptions, CancelToken, ErrorKind, Parent, Progress, RestoreOptions, Store, StoreBuilder};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "alike", version, about = "Agentless VM backup into a deduplicated, encrypted store")]
+struct Cli {
+    /// The store: a directory (also from ALIKE_STORE).
+    #[arg(long, env = "ALIKE_STORE", global = true)]
+    store: Option<PathBuf>,
+    /// Read the passphrase from this file (else ALIKE_PASSWORD, else a prompt on a terminal).
+    #[arg(long, global = true)]
+    password_file: Option<PathBuf>,
+    /// Open the store with this key file instead of a passphrase (with `init`: export the key to it).
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
+    /// Directory of the local index cache (default ~/.cache/alike; also ALIKE_CACHE_DIR).
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a new store.
+    Init {
+        /// Store data unencrypted (encryption is the default).
+        #[arg(long)]
+        no_encryption: bool,
+        /// Block size in bytes: a power of two from 65536 to 4194304.
+        #[arg(long, default_value_t = 65536)]
+        block_size: u32,
+        /// zstd level (0 = no compression).
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+    },
+    /// Back up disk images or block devices as a new version of a VM.
+    Backup {
+        /// VM name.
+        #[arg(long)]
+        vm: String,
+        /// The VM's disks, in order (raw images or block devices).
+        #[arg(required = true)]
+        disks: Vec<PathBuf>,
+        /// Do not build on the VM's previous version.
+        #[arg(long)]
+        no_parent: bool,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List versions.
+    Versions {
+        /// Only this VM's versions.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one disk of a version to a raw image file or block device.
+    Restore {
+        /// Version id (or unique prefix), or `latest` (with --vm).
+        version: String,
+        /// VM name (needed with `latest`).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Disk position, from 0.
+        #[arg(long, default_value_t = 0)]
+        disk: u32,
+        /// Output path.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show store figures: logical and stored bytes, dedup and compression ratios.
+    Stats {
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the store's index from pack trailers.
+    RebuildIndex,
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALIKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("alike: error: {msg}");
+        let cancelled = e.downcast_ref::<alike::Error>().is_some_and(|e| e.kind() == ErrorKind::Cancelled);
+        std::process::exit(if cancelled { 130 } else { 1 });
+    }
+}
+
+fn passphrase(cli: &Cli, confirm: bool) -> Result<Option<String>> {
+    if let Some(f) = &cli.password_file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if let Ok(p) = std::env::var("ALIKE_PASSWORD") {
+        return Ok(Some(p));
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        let p = rpassword::prompt_password("Store passphrase: ")?;
+        if confirm && rpassword::prompt_password("Repeat passphrase: ")? != p {
+            bail!("the passphrases do not match");
+        }
+        return Ok(Some(p));
+    }
+    Ok(None)
+}
+
+fn builder(cli: &Cli) -> StoreBuilder {
+    let mut b = Store::builder();
+    if let Some(d) = &cli.cache_dir {
+        b.cache_dir(d);
+    }
+    if let Some(k) = &cli.key_file {
+        b.key_file(k);
+    }
+    b
+}
+
+fn store_path(cli: &Cli) -> Result<PathBuf> {
+    cli.store.clone().context("no store given: use --store PATH or set ALIKE_STORE")
+}
+
+fn open(cli: &Cli) -> Result<Store> {
+    let path = store_path(cli)?;
+    let mut b = builder(cli);
+    if cli.key_file.is_none() {
+        // Ask for a passphrase only if the store turns out to need one.
+        if let Some(p) = cli
+            .password_file
+            .is_some()
+            .then(|| passphrase(cli, false))
+            .transpose()?
+            .flatten()
+            .or_else(|| std::env::var("ALIKE_PASSWORD").ok())
+        {
+            b.passphrase(p);
+        }
+    }
+    match b.open(&path) {
+        Err(e) if e.kind() == ErrorKind::PassphraseRequired => match passphrase(cli, false)? {
+            Some(p) => Ok(b.passphrase(p).open(&path)?),
+            None => Err(e.into()),
+        },
+        r => Ok(r?),
+    }
+}
+
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    fn new(cli: &Cli, what: &'static str) -> Bar {
+        if cli.quiet || !std::io::stderr().is_terminal() {
+            return Bar { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>8} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what);
+        Bar { bar: Some(bar) }
+    }
+    fn callback(&self) -> Option<impl Fn(&Progress) + Send + Sync + 'static> {
+        let bar = self.bar.clone()?;
+        Some(move |p: &Progress| {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+        })
+    }
+    fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// A token that Ctrl-C cancels: the operation stops at the next block,
+/// removes its unfinished spool files, and the command exits with status 130.
+fn cancel_on_ctrl_c() -> CancelToken {
+    let token = CancelToken::new();
+    let t = token.clone();
+    // Only one handler per process; a second call (never made) would fail harmlessly.
+    let _ = ctrlc::set_handler(move || t.cancel());
+    token
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Init { no_encryption, block_size, compression_level } => {
+            let path = store_path(&cli)?;
+            let mut b = builder(&cli);
+            b.block_size(*block_size).compression_level((*compression_level > 0).then_some(*compression_level));
+            if *no_encryption {
+                b.no_encryption();
+            } else if cli.key_file.is_none()
+                || cli.password_file.is_some()
+                || std::env::var_os("ALIKE_PASSWORD").is_some()
+            {
+                let p = passphrase(&cli, true)?.context("an encrypted store needs a passphrase: set ALIKE_PASSWORD, use --password-file, run on a terminal, or pass --no-encryption")?;
+                if p.is_empty() {
+                    bail!("the passphrase is empty");
+                }
+                b.passphrase(p);
+            }
+            let s = b.create(&path)?;
+            eprintln!(
+                "created store {} at {} ({}, {} KiB blocks)",
+                s.id(),
+                path.display(),
+                if s.is_encrypted() { "encrypted" } else { "unencrypted" },
+                s.block_size() / 1024
+            );
+        }
+        Cmd::Backup { vm, disks, no_parent, threads, json } => {
+            let store = open(&cli)?;
+            let bar = Bar::new(&cli, "backup");
+            let mut opts = BackupOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
+            if let Some(cb) = bar.callback() {
+                opts = opts.progress(cb);
+            }
+            if *no_parent {
+                opts = opts.parent(Parent::None);
+            }
+            let r = store.backup_images(vm, disks, &opts);
+            bar.done();
+            let r = r?;
+            for d in &r.version.disks {
+                if let Some(why) = &d.fallback_reason {
+                    eprintln!("alike: warning: disk {} was read in full: {why}", d.position);
+                }
+            }
+            let secs = r.elapsed.as_secs_f64();
+            if *json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": r.version.id, "vm": r.version.vm, "time": r.version.time_rfc3339(),
+                        "read_bytes": r.read_bytes, "new_bytes": r.new_bytes, "new_stored_bytes": r.new_stored_bytes,
+                        "elapsed_seconds": secs, "disks": r.version.disks,
+                    })
+                );
+            } else {
+                println!("{}", r.version.id);
+                eprintln!(
+                    "backed up {} disk(s) of {vm}: read {} in {:.2} s ({:.0} MiB/s), {} new, {} stored",
+                    r.version.disks.len(),
+                    mib(r.read_bytes),
+                    secs,
+                    r.read_bytes as f64 / 1048576.0 / secs.max(1e-9),
+                    mib(r.new_bytes),
+                    mib(r.new_stored_bytes)
+                );
+            }
+        }
+        Cmd::Versions { vm, json } => {
+            let store = open(&cli)?;
+            let vs = store.versions(vm.as_deref())?;
+            if *json {
+                let arr: Vec<_> = vs
+                    .iter()
+                    .map(|v| json!({"id": v.id, "vm": v.vm, "time": v.time_rfc3339(), "time_ms": v.time_ms, "disks": v.disks}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(arr));
+            } else {
+                for v in &vs {
+                    let sizes: Vec<String> = v.disks.iter().map(|d| mib(d.size)).collect();
+                    println!("{}  {}  {:<20}  {}", v.short_id(), v.time_rfc3339(), v.vm, sizes.join(", "));
+                }
+            }
+        }
+        Cmd::Restore { version, vm, disk, output, threads, json } => {
+            let store = open(&cli)?;
+            if version == "latest"
+                && vm.is_none()
+                && store.versions(None)?.iter().map(|v| &v.vm).collect::<std::collections::HashSet<_>>().len() > 1
+            {
+                bail!("`latest` needs --vm NAME when the store holds several VMs");
+            }
+            let v = store.version(version, vm.as_deref())?;
+            let bar = Bar::new(&cli, "restore");
+            let mut opts = RestoreOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
+            if let Some(cb) = bar.callback() {
+                opts = opts.progress(cb);
+            }
+            let t = std::time::Instant::now();
+            let r = store.restore_to_file(&v, *disk, output, &opts);
+            bar.done();
+            let r = r?;
+            let secs = t.elapsed().as_secs_f64();
+            if *json {
+                println!(
+                    "{}",
+                    json!({"id": v.id, "vm": v.vm, "disk": disk, "output": output, "size": r.size, "data_bytes": r.data_bytes, "hole_bytes": r.hole_bytes, "elapsed_seconds": secs})
+                );
+            } else {
+                eprintln!(
+                    "restored disk {disk} of {} ({}) to {}: {} data, {} holes, {:.2} s",
+                    v.short_id(),
+                    v.vm,
+                    output.display(),
+                    mib(r.data_bytes),
+                    mib(r.hole_bytes),
+                    secs
+                );
+            }
+        }
+        Cmd::Stats { json } => {
+            let store = open(&cli)?;
+            let s = store.stats()?;
+            let dedup = s.logical_bytes as f64 / (s.unique_bytes.max(1)) as f64;
+            let comp = s.unique_bytes as f64 / (s.pack_bytes.max(1)) as f64;
+            if *json {
+                println!(
+                    "{}",
+                    json!({
+                        "versions": s.versions, "logical_bytes": s.logical_bytes, "unique_bytes": s.unique_bytes,
+                        "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes, "packs": s.packs, "blobs": s.blobs,
+                        "dedup_ratio": dedup, "compression_ratio": comp,
+                        "total_ratio": s.logical_bytes as f64 / (s.stored_bytes.max(1)) as f64,
+                    })
+                );
+            } else {
+                println!("versions:          {}", s.versions);
+                println!("logical bytes:     {} ({})", s.logical_bytes, mib(s.logical_bytes));
+                println!("unique bytes:      {} ({})", s.unique_bytes, mib(s.unique_bytes));
+                println!("stored bytes:      {} ({}) in {} packs", s.stored_bytes, mib(s.stored_bytes), s.packs);
+                println!("dedup ratio:       {dedup:.2}x");
+                println!("compression ratio: {comp:.2}x");
+            }
+        }
+        Cmd::RebuildIndex => {
+            let store = open(&cli)?;
+            let (n, bad) = store.rebuild_index()?;
+            eprintln!("indexed {n} packs");
+            for (k, e) in &bad {
+                eprintln!("alike: damaged pack {k}: {e}");
+            }
+            if !bad.is_empty() {
+                bail!("{} pack(s) could not be read", bad.len());
+            }
+        }
+    }
+    Ok(())
+}

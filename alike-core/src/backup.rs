@@ -1,0 +1,309 @@
+//! The backup engine: disks → blocks → ids → new blobs → block maps → a
+//! version. Reading, hashing, compression and sealing run on every core; the
+//! store's `put` takes the sealed blobs. Memory is bounded by one map window
+//! (4096 blocks of results) plus a block buffer per thread, whatever the disk size.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use tracing::{info, info_span, warn};
+
+use crate::chunker::{blocks_touching, is_zero, valid_block_size};
+use crate::manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, VmInfo};
+use crate::progress::{CancelToken, Phase, ProgressSink, RunOptions};
+use crate::{BlobKind, ChunkId, ChunkStore, DiskSource, Error, Keys, Result, decode_blob, encode_blob_with_id};
+
+/// Engine parameters that come from the store and the caller.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EngineParams {
+    /// Block size in bytes (a store setting).
+    pub block_size: u32,
+    /// zstd level, or `None` to store blobs uncompressed.
+    pub compression_level: Option<i32>,
+}
+
+impl EngineParams {
+    /// Parameters for a block size and zstd level 3.
+    pub fn new(block_size: u32) -> EngineParams {
+        EngineParams { block_size, compression_level: Some(3) }
+    }
+}
+
+/// What to back up.
+pub struct BackupJob<'a> {
+    /// The VM.
+    pub vm: VmInfo,
+    /// Its disks, in VM order.
+    pub disks: Vec<&'a dyn DiskSource>,
+    /// The previous version of this VM: change tokens are asked about, and
+    /// unchanged ranges are carried from it.
+    pub parent: Option<(String, Manifest)>,
+    /// Creation time to record, ms since the epoch.
+    pub time_ms: i64,
+    /// Host name to record.
+    pub host: Option<String>,
+}
+
+/// Runs a backup and commits the version. Returns its id and manifest.
+///
+/// # Errors
+/// Source read errors, store errors, [`Error::Cancelled`]. On error nothing
+/// is committed: blobs already put are unreferenced and left to GC.
+pub fn backup(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    job: BackupJob<'_>,
+    run: &RunOptions,
+) -> Result<(String, Manifest)> {
+    let cancel = &run.cancel;
+    if !valid_block_size(params.block_size) {
+        return Err(Error::InvalidArgument(format!(
+            "block size {} is not a power of two from 64 KiB to 4 MiB",
+            params.block_size
+        )));
+    }
+    let span = info_span!("backup", vm = %job.vm.name);
+    let _g = span.enter();
+    let pool = pool(run.threads)?;
+    let plans = job
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| plan_disk(i as u32, *d, params.block_size, job.parent.as_ref().map(|p| &p.1)))
+        .collect::<Result<Vec<_>>>()?;
+    let total: u64 = plans.iter().map(|p| p.read_bytes).sum();
+    let sink = ProgressSink::new(run.progress.clone(), Phase::Backup, total);
+    let mut disks = Vec::with_capacity(plans.len());
+    for (plan, src) in plans.into_iter().zip(&job.disks) {
+        disks.push(pool.install(|| backup_disk(store, keys, params, plan, *src, &sink, cancel))?);
+    }
+    sink.finish();
+    cancel.check()?;
+    let manifest = Manifest {
+        schema: 1,
+        vm: job.vm,
+        time_ms: job.time_ms,
+        parent: job.parent.map(|p| p.0),
+        host: job.host,
+        disks,
+    };
+    store.flush()?;
+    let id = store.commit_version(&manifest)?;
+    info!(version = %id, "committed");
+    Ok((id, manifest))
+}
+
+pub(crate) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("alike-worker-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("cannot start worker threads: {e}")))
+}
+
+struct DiskPlan {
+    position: u32,
+    size: u64,
+    nblocks: u64,
+    /// Block index ranges to read.
+    read: Vec<Range<u64>>,
+    read_bytes: u64,
+    /// Parent maps to carry unchanged blocks from, and the changed block
+    /// ranges (incremental with change ranges). Changed blocks that are not
+    /// read (no longer allocated) become holes.
+    carry: Option<(Vec<ChunkId>, Vec<Range<u64>>)>,
+    fallback_reason: Option<String>,
+    change_token: Option<Vec<u8>>,
+}
+
+fn plan_disk(position: u32, src: &dyn DiskSource, bs: u32, parent: Option<&Manifest>) -> Result<DiskPlan> {
+    let size = src.size();
+    let bs64 = u64::from(bs);
+    let nblocks = size.div_ceil(bs64);
+    let change_token = src.change_token();
+    let allocated = blocks_touching(&src.allocated_ranges()?, bs64, nblocks);
+    let prev = parent.and_then(|p| p.disks.iter().find(|d| d.position == position));
+    let mut fallback_reason = None;
+    let mut carry = None;
+    let mut read = allocated.clone();
+    if let Some(prev) = prev {
+        if let Some(tok) = prev.change_token.as_deref() {
+            let tok = hex::decode(tok).unwrap_or_default();
+            if prev.size != size {
+                fallback_reason = Some(format!("disk size changed from {} to {size} bytes", prev.size));
+            } else if prev.block_size != bs || prev.blocks_per_map != BLOCKS_PER_MAP {
+                fallback_reason = Some("block size of the previous version differs".into());
+            } else if prev.maps.len() as u64 != nblocks.div_ceil(u64::from(BLOCKS_PER_MAP)) {
+                fallback_reason = Some("the previous version's block maps do not cover the disk".into());
+            } else {
+                match src.changed_ranges(&tok) {
+                    Ok(Some(changed)) => {
+                        let changed = blocks_touching(&changed, bs64, nblocks);
+                        read = intersect(&changed, &allocated);
+                        carry = Some((prev.maps.clone(), changed));
+                    }
+                    Ok(None) => {
+                        fallback_reason = Some("the source cannot report changes since the previous version".into())
+                    }
+                    Err(e) => fallback_reason = Some(format!("change tracking failed: {e}")),
+                }
+            }
+        }
+    }
+    if let Some(r) = &fallback_reason {
+        warn!(disk = %src.label(), reason = %r, "change tracking unusable: reading every allocated block");
+    }
+    let read_bytes = read.iter().map(|r| (r.end * bs64).min(size) - r.start * bs64).sum();
+    Ok(DiskPlan { position, size, nblocks, read, read_bytes, carry, fallback_reason, change_token })
+}
+
+fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let lo = a[i].start.max(b[j].start);
+        let hi = a[i].end.min(b[j].end);
+        if lo < hi {
+            out.push(lo..hi);
+        }
+        if a[i].end < b[j].end { i += 1 } else { j += 1 }
+    }
+    out
+}
+
+/// Reads a block map blob and checks it covers `expect` blocks.
+pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize) -> Result<BlockMap> {
+    let blob = store.get(id)?;
+    if blob.kind != BlobKind::Map {
+        return Err(Error::CorruptBlob {
+            id: *id,
+            kind: "map",
+            reason: format!("stored as a {} blob", blob.kind.name()),
+        });
+    }
+    let plain = decode_blob(keys, &blob)?;
+    let map = BlockMap::decode(&plain, &format!("block map {}", id.short()))?;
+    if map.entries.len() != expect {
+        return Err(Error::Malformed {
+            what: format!("block map {}", id.short()),
+            offset: 0,
+            reason: format!("{} entries, expected {expect}", map.entries.len()),
+        });
+    }
+    Ok(map)
+}
+
+fn backup_disk(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    plan: DiskPlan,
+    src: &dyn DiskSource,
+    sink: &ProgressSink,
+    cancel: &CancelToken,
+) -> Result<DiskRecord> {
+    let span = info_span!("disk", position = plan.position, label = %src.label());
+    let _g = span.enter();
+    let bs = u64::from(params.block_size);
+    let bpm = u64::from(BLOCKS_PER_MAP);
+    let nmaps = plan.nblocks.div_ceil(bpm);
+    let new_bytes = AtomicU64::new(0);
+    let new_stored = AtomicU64::new(0);
+    let mut data_bytes = 0u64;
+    let mut maps = Vec::with_capacity(nmaps as usize);
+    let mut read_iter = plan.read.iter().peekable();
+    for m in 0..nmaps {
+        cancel.check()?;
+        let lo = m * bpm;
+        let hi = (lo + bpm).min(plan.nblocks);
+        let n = (hi - lo) as usize;
+        let mut entries = match &plan.carry {
+            Some((parent_maps, changed)) => {
+                let mut e = load_map(store, keys, &parent_maps[m as usize], n)?.entries;
+                for r in changed.iter().filter(|r| r.start < hi && r.end > lo) {
+                    for blk in r.start.max(lo)..r.end.min(hi) {
+                        e[(blk - lo) as usize] = None;
+                    }
+                }
+                e
+            }
+            None => vec![None; n],
+        };
+        // Block indices of this window to read.
+        let mut todo: Vec<u64> = Vec::new();
+        while let Some(r) = read_iter.peek() {
+            if r.start >= hi {
+                break;
+            }
+            let a = r.start.max(lo);
+            let b = r.end.min(hi);
+            todo.extend(a..b);
+            if r.end <= hi {
+                read_iter.next();
+            } else {
+                break;
+            }
+        }
+        let results: Vec<(u64, Option<ChunkId>)> = todo
+            .par_iter()
+            .map_init(
+                || vec![0u8; bs as usize],
+                |buf, &blk| -> Result<(u64, Option<ChunkId>)> {
+                    cancel.check()?;
+                    let off = blk * bs;
+                    let len = (plan.size - off).min(bs) as usize;
+                    let data = &mut buf[..len];
+                    src.read_at(off, data)?;
+                    sink.add(len as u64);
+                    if is_zero(data) {
+                        return Ok((blk, None));
+                    }
+                    let id = keys.hash(data);
+                    if !store.contains(&id)? {
+                        let blob = encode_blob_with_id(keys, id, BlobKind::Data, data, params.compression_level)?;
+                        new_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        new_stored.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+                        store.put(blob)?;
+                    }
+                    Ok((blk, Some(id)))
+                },
+            )
+            .collect::<Result<_>>()?;
+        for (blk, id) in results {
+            entries[(blk - lo) as usize] = id;
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if e.is_some() {
+                let blk = lo + i as u64;
+                data_bytes += (plan.size - blk * bs).min(bs);
+            }
+        }
+        let map = BlockMap { entries };
+        let plain = map.encode();
+        let id = keys.hash(&plain);
+        if !store.contains(&id)? {
+            let blob = encode_blob_with_id(keys, id, BlobKind::Map, &plain, params.compression_level)?;
+            new_stored.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+            store.put(blob)?;
+        }
+        maps.push(id);
+    }
+    Ok(DiskRecord {
+        position: plan.position,
+        label: src.label(),
+        size: plan.size,
+        block_size: params.block_size,
+        blocks_per_map: BLOCKS_PER_MAP,
+        data_bytes,
+        read_bytes: plan.read_bytes,
+        new_bytes: new_bytes.into_inner(),
+        new_stored_bytes: new_stored.into_inner(),
+        incremental: plan.carry.is_some(),
+        fallback_reason: plan.fallback_reason,
+        change_token: plan.change_token.map(hex::encode),
+        maps,
+    })
+}

@@ -1,0 +1,234 @@
+//! Keys and sealing: chunk-id hashing, AES-256-GCM blob sealing, and the
+//! Argon2id wrapping of the master key by a passphrase.
+//!
+//! Every subkey is derived from the random 32-byte master key with
+//! `blake3::derive_key` under a fixed context string, so one secret serves
+//! every purpose without reuse.
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInOut, KeyInit, Nonce, Tag};
+
+use crate::{ChunkId, Error, Result};
+
+/// Bytes a sealed blob adds to its payload: 12-byte nonce + 16-byte tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+// Do not edit: changing a context string changes every id and key of every store.
+const CTX_ID_KEY: &str = "alike 2026-11 chunk id key v1";
+const CTX_ENC_KEY: &str = "alike 2026-11 blob encryption key v1";
+
+/// Fills `buf` with bytes from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::Crypto(format!("system random source failed: {e}")))
+}
+
+/// The store's random master key.
+#[derive(Clone)]
+pub struct MasterKey(pub [u8; 32]);
+
+impl MasterKey {
+    /// A fresh random key.
+    pub fn generate() -> Result<MasterKey> {
+        let mut k = [0u8; 32];
+        random_bytes(&mut k)?;
+        Ok(MasterKey(k))
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// The working keys of an open store: how ids are computed and blobs sealed.
+#[derive(Clone)]
+pub struct Keys {
+    id_key: Option<[u8; 32]>,
+    cipher: Option<Aes256Gcm>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("encrypted", &self.is_encrypted()).finish()
+    }
+}
+
+impl Keys {
+    /// Keys of an unencrypted store: plain BLAKE3 ids, blobs stored in clear.
+    pub fn unencrypted() -> Keys {
+        Keys { id_key: None, cipher: None }
+    }
+
+    /// Keys derived from a master key: keyed BLAKE3 ids, AES-256-GCM sealing.
+    pub fn from_master(master: &MasterKey) -> Keys {
+        let id_key = blake3::derive_key(CTX_ID_KEY, &master.0);
+        let enc = blake3::derive_key(CTX_ENC_KEY, &master.0);
+        let cipher = Aes256Gcm::new_from_slice(&enc).expect("32-byte key");
+        Keys { id_key: Some(id_key), cipher: Some(cipher) }
+    }
+
+    /// Whether blobs are sealed.
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// The id of a plaintext.
+    pub fn hash(&self, data: &[u8]) -> ChunkId {
+        match &self.id_key {
+            Some(k) => ChunkId(*blake3::keyed_hash(k, data).as_bytes()),
+            None => ChunkId(*blake3::hash(data).as_bytes()),
+        }
+    }
+
+    /// Seals `payload` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
+    /// Without encryption the payload is returned unchanged.
+    pub fn seal(&self, aad: &[u8], payload: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        Ok(self.seal_with_nonce(aad, payload, nonce))
+    }
+
+    /// [`Keys::seal`] with a given nonce: for golden vectors only; a nonce must
+    /// never be used twice with one key.
+    pub fn seal_with_nonce(&self, aad: &[u8], payload: &[u8], nonce: [u8; 12]) -> Vec<u8> {
+        let Some(cipher) = &self.cipher else {
+            return payload.to_vec();
+        };
+        let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(payload);
+        let n = Nonce::<Aes256Gcm>::try_from(&nonce[..]).expect("12 bytes");
+        let tag = cipher
+            .encrypt_inout_detached(&n, aad, (&mut out[NONCE_LEN..]).into())
+            .expect("AES-GCM encryption of a buffer under 64 GiB cannot fail");
+        out.extend_from_slice(tag.as_slice());
+        out
+    }
+
+    /// Opens what [`Keys::seal`] produced. `Err(reason)` when it is too short
+    /// or does not authenticate.
+    pub fn open(&self, aad: &[u8], stored: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(stored.to_vec());
+        };
+        if stored.len() < SEAL_OVERHEAD {
+            return Err("shorter than nonce and tag");
+        }
+        let (nonce, rest) = stored.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        let n = Nonce::<Aes256Gcm>::try_from(nonce).expect("12 bytes");
+        let t = Tag::<Aes256Gcm>::try_from(tag).expect("16 bytes");
+        cipher
+            .decrypt_inout_detached(&n, aad, (&mut buf[..]).into(), &t)
+            .map_err(|_| "authentication failed (wrong key or damaged bytes)")?;
+        Ok(buf)
+    }
+}
+
+/// Argon2id cost parameters, stored beside every wrapped key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    /// OWASP's Argon2id recommendation: 19 MiB, 2 passes, 1 lane.
+    fn default() -> Self {
+        KdfParams { m_cost: 19 * 1024, t_cost: 2, p_cost: 1 }
+    }
+}
+
+impl KdfParams {
+    /// Deliberately cheap parameters for tests; never for real stores.
+    pub fn insecure_fast() -> Self {
+        KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }
+    }
+}
+
+/// A master key sealed under a passphrase-derived key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Argon2id parameters.
+    pub kdf: KdfParams,
+    /// 32-byte random salt.
+    pub salt: [u8; 32],
+    /// `nonce ‖ AES-256-GCM(master key) ‖ tag`, 60 bytes.
+    pub sealed: Vec<u8>,
+}
+
+fn kdf(passphrase: &[u8], salt: &[u8; 32], p: KdfParams) -> Result<Keys> {
+    let params = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32))
+        .map_err(|e| Error::Crypto(format!("bad Argon2id parameters {p:?}: {e}")))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    a.hash_password_into(passphrase, salt, &mut out).map_err(|e| Error::Crypto(format!("Argon2id failed: {e}")))?;
+    let cipher = Aes256Gcm::new_from_slice(&out).expect("32-byte key");
+    Ok(Keys { id_key: None, cipher: Some(cipher) })
+}
+
+/// Wraps `master` under `passphrase`. `aad` binds the wrapped key to its store.
+pub fn wrap_master(master: &MasterKey, passphrase: &[u8], kdf_params: KdfParams, aad: &[u8]) -> Result<WrappedKey> {
+    let mut salt = [0u8; 32];
+    random_bytes(&mut salt)?;
+    let k = kdf(passphrase, &salt, kdf_params)?;
+    let sealed = k.seal(aad, &master.0)?;
+    Ok(WrappedKey { kdf: kdf_params, salt, sealed })
+}
+
+/// Unwraps a master key; `None` when the passphrase is wrong (or the wrapped
+/// key damaged — the two cannot be told apart by design).
+pub fn unwrap_master(w: &WrappedKey, passphrase: &[u8], aad: &[u8]) -> Result<Option<MasterKey>> {
+    let k = kdf(passphrase, &w.salt, w.kdf)?;
+    match k.open(aad, &w.sealed) {
+        Ok(pt) if pt.len() == 32 => {
+            let mut m = [0u8; 32];
+            m.copy_from_slice(&pt);
+            Ok(Some(MasterKey(m)))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let k = Keys::from_master(&MasterKey([7; 32]));
+        let s = k.seal(b"aad", b"hello").unwrap();
+        assert_eq!(s.len(), 5 + SEAL_OVERHEAD);
+        assert_eq!(k.open(b"aad", &s).unwrap(), b"hello");
+        assert!(k.open(b"other", &s).is_err(), "aad must be bound");
+        let mut bad = s.clone();
+        bad[14] ^= 1;
+        assert!(k.open(b"aad", &bad).is_err());
+        let other = Keys::from_master(&MasterKey([8; 32]));
+        assert!(other.open(b"aad", &s).is_err());
+    }
+
+    #[test]
+    fn keyed_ids_differ_from_plain() {
+        let k = Keys::from_master(&MasterKey([1; 32]));
+        assert_ne!(k.hash(b"x"), Keys::unencrypted().hash(b"x"));
+        assert_eq!(Keys::unencrypted().hash(b"x").0, *blake3::hash(b"x").as_bytes());
+    }
+
+    #[test]
+    fn wrap_unwrap() {
+        let m = MasterKey([3; 32]);
+        let w = wrap_master(&m, b"pw", KdfParams::insecure_fast(), b"store").unwrap();
+        assert_eq!(unwrap_master(&w, b"pw", b"store").unwrap().unwrap().0, m.0);
+        assert!(unwrap_master(&w, b"wrong", b"store").unwrap().is_none());
+        assert!(unwrap_master(&w, b"pw", b"other store").unwrap().is_none());
+    }
+}

@@ -1,0 +1,47 @@
+//! # alike-core
+//!
+//! The engine of *alike*: fixed-block chunking, BLAKE3 ids, zstd and
+//! AES-256-GCM blob encoding, versions and block maps, and the backup and
+//! restore engines — written against the seam traits [`DiskSource`],
+//! [`DiskTarget`] and [`ChunkStore`]. It knows no concrete store,
+//! hypervisor or network: those live in `alike-ads`, `alike-xen` and
+//! `alike-hyperv`, and the `alike` facade composes them.
+//!
+//! ```
+//! use alike_core::{Keys, MasterKey, BlobKind, encode_blob, decode_blob};
+//! let keys = Keys::from_master(&MasterKey::generate()?);
+//! let blob = encode_blob(&keys, BlobKind::Data, b"disk block", Some(3))?;
+//! assert_eq!(decode_blob(&keys, &blob)?, b"disk block");
+//! # Ok::<(), alike_core::Error>(())
+//! ```
+
+mod blob;
+mod chunker;
+mod crypto;
+mod disk;
+mod error;
+mod id;
+mod manifest;
+mod progress;
+mod store;
+
+pub mod backup;
+pub mod restore;
+
+// Errors
+pub use error::{Error, Result, Retry};
+// Ids, keys and blobs
+pub use blob::{BlobKind, Compression, StoredBlob, blob_aad, compress, decode_blob, encode_blob, encode_blob_with_id};
+pub use crypto::{KdfParams, Keys, MasterKey, SEAL_OVERHEAD, WrappedKey, random_bytes, unwrap_master, wrap_master};
+pub use id::ChunkId;
+// Chunking
+pub use chunker::{
+    DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, blocks_touching, cdc_ranges, is_zero, valid_block_size,
+};
+// Versions
+pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, VmInfo};
+// Seams
+pub use disk::{DiskSource, DiskTarget, MemSource, RawFileSource, RawFileTarget};
+pub use store::ChunkStore;
+// Progress
+pub use progress::{CancelToken, Phase, Progress, ProgressFn, ProgressSink, RunOptions};

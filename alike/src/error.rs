@@ -1,0 +1,115 @@
+//! The umbrella error of the facade.
+//!
+//! Rules: every public function of `alike` returns [`Error`]. It keeps the
+//! rich error of the layer that failed (`alike_core::Error`,
+//! `alike_ads::Error`) and classifies it with [`Error::kind`], which the
+//! bindings map to Python exceptions and C result codes.
+
+/// What kind of failure, for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The passphrase or key file does not unlock the store.
+    WrongPassphrase,
+    /// An encrypted store was opened without a passphrase or key file.
+    PassphraseRequired,
+    /// No store at that location.
+    NotAStore,
+    /// A store already exists there.
+    AlreadyExists,
+    /// A version, VM, disk or object does not exist.
+    NotFound,
+    /// Stored data is damaged.
+    Corruption,
+    /// An object has a format version this build does not read.
+    UnsupportedVersion,
+    /// The operation was cancelled.
+    Cancelled,
+    /// A bad argument.
+    InvalidArgument,
+    /// Reading a source, writing a target, or the store's files failed.
+    Io,
+    /// Anything else.
+    Other,
+}
+
+/// Errors of the `alike` API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(alike_ads::Error),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(alike_core::Error),
+    /// No version matches.
+    #[error("no version matches {spec:?}{}", vm.as_deref().map(|v| format!(" for VM {v:?}")).unwrap_or_default())]
+    VersionNotFound {
+        /// What was asked for.
+        spec: String,
+        /// VM filter.
+        vm: Option<String>,
+    },
+    /// A version id prefix matches several versions.
+    #[error("version prefix {0:?} is ambiguous: give more digits")]
+    AmbiguousVersion(String),
+    /// A bad argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl From<alike_ads::Error> for Error {
+    fn from(e: alike_ads::Error) -> Error {
+        match e {
+            alike_ads::Error::Core(c) => Error::from(c),
+            e => Error::Store(e),
+        }
+    }
+}
+
+impl From<alike_core::Error> for Error {
+    fn from(e: alike_core::Error) -> Error {
+        match e {
+            alike_core::Error::Store(b) => match b.downcast::<alike_ads::Error>() {
+                Ok(a) => Error::from(*a),
+                Err(b) => Error::Engine(alike_core::Error::Store(b)),
+            },
+            e => Error::Engine(e),
+        }
+    }
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        use alike_ads::Error as A;
+        use alike_core::Error as C;
+        match self {
+            Error::Store(a) => match a {
+                A::NotAStore { .. } => ErrorKind::NotAStore,
+                A::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+                A::BadMagic { .. } | A::Corrupt { .. } | A::Truncated { .. } => ErrorKind::Corruption,
+                A::UnsupportedVersion { .. } | A::UpgradeRequired { .. } => ErrorKind::UnsupportedVersion,
+                A::NotFound { .. } => ErrorKind::NotFound,
+                A::PassphraseRequired { .. } => ErrorKind::PassphraseRequired,
+                A::Io { .. } | A::Cache { .. } => ErrorKind::Io,
+                A::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Other,
+            },
+            Error::Engine(c) => match c {
+                C::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
+                C::CorruptBlob { .. } | C::Malformed { .. } | C::MissingChunk { .. } => ErrorKind::Corruption,
+                C::SourceRead { .. } | C::TargetWrite { .. } | C::Io { .. } => ErrorKind::Io,
+                C::Cancelled => ErrorKind::Cancelled,
+                C::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Other,
+            },
+            Error::VersionNotFound { .. } => ErrorKind::NotFound,
+            Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+/// Result alias of the facade.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

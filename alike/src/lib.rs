@@ -1,0 +1,44 @@
+//! # alike
+//!
+//! An embeddable engine for agentless VM backup on a global, block-level
+//! deduplicated store (the *Alike Data Store*). This crate is the stable API:
+//! it composes the store (`alike-ads`) and the engine (`alike-core`), and
+//! later the hypervisor adapters, into the operations a user asks for.
+//!
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let (store_dir, cache, image) = (dir.path().join("store"), dir.path().join("cache"), dir.path().join("disk.img"));
+//! # std::fs::write(&image, vec![42u8; 1 << 20]).unwrap();
+//! use alike::{Store, BackupOptions, RestoreOptions};
+//!
+//! let store = Store::builder().passphrase("s3cret").cache_dir(&cache)
+//! #   .insecure_fast_kdf()
+//!     .create(&store_dir)?;
+//! let report = store.backup_images("web-01", &[&image], &BackupOptions::default())?;
+//! println!("version {} stored {} new bytes", report.version.short_id(), report.new_stored_bytes);
+//!
+//! let latest = store.version("latest", Some("web-01"))?;
+//! store.restore_to_file(&latest, 0, dir.path().join("restored.img"), &RestoreOptions::default())?;
+//! # assert_eq!(std::fs::read(dir.path().join("restored.img")).unwrap(), std::fs::read(&image).unwrap());
+//! # Ok::<(), alike::Error>(())
+//! ```
+//!
+//! Every long operation takes a progress callback and a [`CancelToken`]
+//! through its options.
+
+mod error;
+mod options;
+mod store;
+
+pub use error::{Error, ErrorKind, Result};
+pub use options::{BackupOptions, Parent, RestoreOptions};
+pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, Version};
+
+// Engine vocabulary users need.
+pub use alike_core::{
+    CancelToken, ChunkId, DiskRecord, DiskSource, DiskTarget, KdfParams, Manifest, MemSource, NicInfo, Phase, Progress,
+    RawFileSource, RawFileTarget, VmInfo,
+};
+
+/// This library's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,106 @@
+//! Options of the facade's operations: `Default` plus chained setters.
+
+use std::sync::Arc;
+
+use alike_core::{CancelToken, Progress, ProgressFn, RunOptions};
+
+/// Options common to long operations.
+#[derive(Clone, Default)]
+pub(crate) struct Run {
+    pub(crate) threads: usize,
+    pub(crate) progress: Option<ProgressFn>,
+    pub(crate) cancel: CancelToken,
+}
+
+impl Run {
+    pub(crate) fn to_core(&self) -> RunOptions {
+        let mut r = RunOptions::default();
+        r.threads = self.threads;
+        r.progress = self.progress.clone();
+        r.cancel = self.cancel.clone();
+        r
+    }
+}
+
+macro_rules! run_setters {
+    () => {
+        /// Worker threads (0, the default, = one per core).
+        pub fn threads(mut self, n: usize) -> Self {
+            self.run.threads = n;
+            self
+        }
+        /// Called with progress (bytes done / total) from worker threads.
+        pub fn progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+            self.run.progress = Some(Arc::new(f));
+            self
+        }
+        /// Cancels the operation when `token` is cancelled.
+        pub fn cancel_token(mut self, token: CancelToken) -> Self {
+            self.run.cancel = token;
+            self
+        }
+    };
+}
+
+/// Which earlier version a backup builds on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Parent {
+    /// The newest version of the same VM (the default).
+    #[default]
+    Latest,
+    /// None: a full read (still deduplicated against the whole store).
+    None,
+    /// This version id (or unique prefix).
+    Id(String),
+}
+
+/// Options of [`crate::Store::backup`].
+///
+/// ```
+/// let opts = alike::BackupOptions::default().threads(2).compression_level(Some(1));
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    pub(crate) run: Run,
+    pub(crate) parent: Parent,
+    pub(crate) compression_level: Option<Option<i32>>,
+    pub(crate) time_ms: Option<i64>,
+}
+
+impl BackupOptions {
+    run_setters!();
+    /// Which version to build on (for change tracking and carried ranges).
+    pub fn parent(mut self, p: Parent) -> Self {
+        self.parent = p;
+        self
+    }
+    /// zstd level for this backup (`None` = store uncompressed); default: the store's.
+    pub fn compression_level(mut self, level: Option<i32>) -> Self {
+        self.compression_level = Some(level);
+        self
+    }
+    /// Creation time to record (ms since the epoch); default: now.
+    pub fn time_ms(mut self, t: i64) -> Self {
+        self.time_ms = Some(t);
+        self
+    }
+}
+
+/// Options of [`crate::Store::restore`].
+///
+/// ```
+/// let opts = alike::RestoreOptions::default().threads(2);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    pub(crate) run: Run,
+}
+
+impl RestoreOptions {
+    run_setters!();
+}

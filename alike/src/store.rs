@@ -1,0 +1,410 @@
+//! [`Store`]: an open Alike Data Store and the operations on it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alike_ads::{CreateOptions, OpenOptions, Repository};
+use alike_core::backup::{BackupJob, EngineParams};
+use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, RawFileSource, RawFileTarget, VmInfo};
+
+use crate::options::{BackupOptions, Parent, RestoreOptions};
+use crate::{Error, Result};
+
+/// Builds a [`Store`]: settings first, then [`StoreBuilder::create`] or [`StoreBuilder::open`].
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("store");
+/// # let cache = dir.path().join("cache");
+/// let store = alike::Store::builder()
+///     .passphrase("correct horse battery staple")
+///     .cache_dir(&cache)
+///     # .insecure_fast_kdf()
+///     .create(&path)?;
+/// assert!(store.is_encrypted());
+/// let again = alike::Store::builder().passphrase("correct horse battery staple").cache_dir(&cache).open(&path)?;
+/// assert_eq!(again.id(), store.id());
+/// # Ok::<(), alike::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StoreBuilder {
+    create: CreateOptions,
+    open: OpenOptions,
+}
+
+impl StoreBuilder {
+    /// The passphrase (to create an encrypted store, or to open one).
+    pub fn passphrase(&mut self, p: impl AsRef<[u8]>) -> &mut Self {
+        self.create.passphrase = Some(p.as_ref().to_vec());
+        self.open.passphrase = Some(p.as_ref().to_vec());
+        self
+    }
+    /// Opens with this key file, or on create also exports the master key to it.
+    pub fn key_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        let p = path.into();
+        self.create.key_file = Some(p.clone());
+        self.open.key_file = Some(p);
+        self
+    }
+    /// Creates an unencrypted store (only when asked for explicitly).
+    pub fn no_encryption(&mut self) -> &mut Self {
+        self.create.encrypted = false;
+        self
+    }
+    /// Block size of a new store (power of two, 64 KiB – 4 MiB; default 64 KiB).
+    pub fn block_size(&mut self, bytes: u32) -> &mut Self {
+        self.create.block_size = bytes;
+        self
+    }
+    /// Default zstd level of a new store (`None` = no compression; default 3).
+    pub fn compression_level(&mut self, level: Option<i32>) -> &mut Self {
+        self.create.compression_level = level;
+        self
+    }
+    /// Target pack size of a new store (default 32 MiB).
+    pub fn pack_size(&mut self, bytes: u64) -> &mut Self {
+        self.create.pack_size = bytes;
+        self
+    }
+    /// Argon2id cost for a new passphrase.
+    pub fn kdf(&mut self, k: KdfParams) -> &mut Self {
+        self.create.kdf = k;
+        self
+    }
+    /// Cheap Argon2id parameters: for tests and examples only.
+    pub fn insecure_fast_kdf(&mut self) -> &mut Self {
+        self.kdf(KdfParams::insecure_fast())
+    }
+    /// Where the local index cache lives.
+    pub fn cache_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.open.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Creates a store in an empty (or new) directory and opens it.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::AlreadyExists`], invalid settings, I/O.
+    pub fn create(&self, path: impl AsRef<Path>) -> Result<Store> {
+        let mut c = self.create.clone();
+        c.time_ms = now_ms();
+        Repository::create_local(path.as_ref(), &c)?;
+        self.open(path)
+    }
+
+    /// Opens an existing store.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::NotAStore`], [`crate::ErrorKind::PassphraseRequired`],
+    /// [`crate::ErrorKind::WrongPassphrase`], corruption of `config` or keys.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
+        let repo = Repository::open_local(path.as_ref(), &self.open)?;
+        Ok(Store { repo, location: path.as_ref().display().to_string() })
+    }
+}
+
+/// An open store.
+#[derive(Debug)]
+pub struct Store {
+    repo: Repository,
+    location: String,
+}
+
+/// One disk of a [`Version`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DiskInfo {
+    /// Position in the VM (0-based).
+    pub position: u32,
+    /// Source label.
+    pub label: String,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Non-hole bytes.
+    pub data_bytes: u64,
+    /// Bytes read from the source at backup.
+    pub read_bytes: u64,
+    /// Plaintext bytes new to the store at backup.
+    pub new_bytes: u64,
+    /// Stored bytes added at backup.
+    pub new_stored_bytes: u64,
+    /// Whether only changed ranges were read.
+    pub incremental: bool,
+    /// Why change tracking was not used, if it was expected.
+    pub fallback_reason: Option<String>,
+}
+
+/// A version (restore point).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Version {
+    /// Full id (64 hex digits).
+    pub id: String,
+    /// The VM's name.
+    pub vm: String,
+    /// Creation time, ms since the epoch.
+    pub time_ms: i64,
+    /// Disks.
+    pub disks: Vec<DiskInfo>,
+    /// The whole manifest (VM configuration, block maps).
+    pub manifest: Manifest,
+}
+
+impl Version {
+    fn new(id: String, manifest: Manifest) -> Version {
+        let disks = manifest
+            .disks
+            .iter()
+            .map(|d| DiskInfo {
+                position: d.position,
+                label: d.label.clone(),
+                size: d.size,
+                data_bytes: d.data_bytes,
+                read_bytes: d.read_bytes,
+                new_bytes: d.new_bytes,
+                new_stored_bytes: d.new_stored_bytes,
+                incremental: d.incremental,
+                fallback_reason: d.fallback_reason.clone(),
+            })
+            .collect();
+        Version { id, vm: manifest.vm.name.clone(), time_ms: manifest.time_ms, disks, manifest }
+    }
+
+    /// The first 12 hex digits of the id.
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+
+    /// Creation time as RFC 3339 (UTC, seconds).
+    pub fn time_rfc3339(&self) -> String {
+        let t = UNIX_EPOCH + Duration::from_millis(self.time_ms.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+}
+
+/// What a backup did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// The new version.
+    pub version: Version,
+    /// Bytes read from the sources.
+    pub read_bytes: u64,
+    /// Plaintext bytes new to the store.
+    pub new_bytes: u64,
+    /// Stored bytes added.
+    pub new_stored_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+pub use alike_ads::StoreStats;
+pub use alike_core::restore::RestoreReport;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// A builder for creating or opening a store.
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder::default()
+    }
+
+    /// The store's id (32 hex digits).
+    pub fn id(&self) -> &str {
+        &self.repo.config().store_id
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Whether the store is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.repo.config().encrypted()
+    }
+
+    /// The store's block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.repo.config().block_size
+    }
+
+    /// Backs up a VM's disks as a new version.
+    ///
+    /// Reads what the sources say is allocated (only what changed, when the
+    /// parent version has change tokens the sources understand), stores the
+    /// blocks the store lacks, and commits the version atomically.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create(dir.path().join("s"))?;
+    /// let disk = alike::MemSource { label: "disk0".into(), data: vec![7u8; 300_000] };
+    /// let r = store.backup(alike::VmInfo::named("web"), &[&disk], &alike::BackupOptions::default())?;
+    /// assert_eq!(r.version.disks[0].size, 300_000);
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Source read errors, store errors, [`crate::ErrorKind::Cancelled`]. No
+    /// version is written unless all disks were stored.
+    pub fn backup(&self, vm: VmInfo, disks: &[&dyn DiskSource], opts: &BackupOptions) -> Result<BackupReport> {
+        if vm.name.is_empty() {
+            return Err(Error::InvalidArgument("the VM needs a name".into()));
+        }
+        let started = std::time::Instant::now();
+        let parent = match &opts.parent {
+            Parent::None => None,
+            Parent::Latest => self.versions(Some(&vm.name))?.pop().map(|v| (v.id, v.manifest)),
+            Parent::Id(s) => Some(self.version(s, Some(&vm.name))).transpose()?.map(|v| (v.id, v.manifest)),
+        };
+        let mut params = EngineParams::new(self.block_size());
+        params.compression_level = opts.compression_level.unwrap_or(self.repo.config().compression_level);
+        let job = BackupJob {
+            vm,
+            disks: disks.to_vec(),
+            parent,
+            time_ms: opts.time_ms.unwrap_or_else(now_ms),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()),
+        };
+        let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
+        let (id, manifest) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                self.repo.abort_session();
+                return Err(e.into());
+            }
+        };
+        let version = Version::new(id, manifest);
+        Ok(BackupReport {
+            read_bytes: version.disks.iter().map(|d| d.read_bytes).sum(),
+            new_bytes: version.disks.iter().map(|d| d.new_bytes).sum(),
+            new_stored_bytes: version.disks.iter().map(|d| d.new_stored_bytes).sum(),
+            version,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Backs up raw disk images (or block devices) as the disks of VM `vm`.
+    ///
+    /// # Errors
+    /// As [`Store::backup`], plus opening the images.
+    pub fn backup_images(&self, vm: &str, images: &[impl AsRef<Path>], opts: &BackupOptions) -> Result<BackupReport> {
+        let sources = images.iter().map(RawFileSource::open).collect::<alike_core::Result<Vec<_>>>()?;
+        let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| s as &dyn DiskSource).collect();
+        self.backup(VmInfo::named(vm), &refs, opts)
+    }
+
+    /// All versions, oldest first; only those of `vm` when given.
+    ///
+    /// # Errors
+    /// Store errors, damaged manifests.
+    pub fn versions(&self, vm: Option<&str>) -> Result<Vec<Version>> {
+        Ok(self
+            .repo
+            .versions()?
+            .into_iter()
+            .filter(|(_, m)| vm.is_none_or(|v| m.vm.name == v))
+            .map(|(id, m)| Version::new(id, m))
+            .collect())
+    }
+
+    /// Finds a version by id, unique id prefix, or `latest` (with `vm`, the newest of that VM).
+    ///
+    /// # Errors
+    /// [`Error::VersionNotFound`], [`Error::AmbiguousVersion`].
+    pub fn version(&self, spec: &str, vm: Option<&str>) -> Result<Version> {
+        let not_found = || Error::VersionNotFound { spec: spec.into(), vm: vm.map(str::to_string) };
+        if spec == "latest" {
+            return self.versions(vm)?.pop().ok_or_else(not_found);
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!("{spec:?} is not a version id (hex digits) or `latest`")));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let ids: Vec<String> = self.repo.version_ids()?.into_iter().filter(|i| i.starts_with(&spec_l)).collect();
+        let id = match ids.as_slice() {
+            [] => return Err(not_found()),
+            [one] => one.clone(),
+            _ => return Err(Error::AmbiguousVersion(spec.into())),
+        };
+        let v = Version::new(id.clone(), self.repo.read_manifest(&id)?);
+        if vm.is_some_and(|n| n != v.vm) {
+            return Err(not_found());
+        }
+        Ok(v)
+    }
+
+    /// Restores disk `disk` (0-based) of `version` onto `target`.
+    ///
+    /// # Errors
+    /// Missing disk, damaged or missing chunks (the restore stops at the
+    /// damaged block; nothing wrong is written), target errors, cancellation.
+    pub fn restore(
+        &self,
+        version: &Version,
+        disk: u32,
+        target: &dyn DiskTarget,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        Ok(alike_core::restore::restore_disk(
+            &self.repo,
+            self.repo.keys(),
+            &version.manifest,
+            disk,
+            target,
+            &opts.run.to_core(),
+        )?)
+    }
+
+    /// Restores disk `disk` of `version` into a raw image file at `path`
+    /// (sparse where the disk has holes; written under a temporary name and
+    /// renamed when complete), or onto a block device.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create(dir.path().join("s"))?;
+    /// # let disk = alike::MemSource { label: "d".into(), data: vec![1u8; 70_000] };
+    /// let v = store.backup(alike::VmInfo::named("vm"), &[&disk], &Default::default())?.version;
+    /// store.restore_to_file(&v, 0, dir.path().join("out.img"), &Default::default())?;
+    /// assert_eq!(std::fs::read(dir.path().join("out.img")).unwrap(), disk.data);
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::restore`].
+    pub fn restore_to_file(
+        &self,
+        version: &Version,
+        disk: u32,
+        path: impl AsRef<Path>,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let t = RawFileTarget::create(path.as_ref())?;
+        self.restore(version, disk, &t, opts)
+    }
+
+    /// Figures: versions, logical vs unique vs stored bytes.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn stats(&self) -> Result<StoreStats> {
+        Ok(self.repo.stats()?)
+    }
+
+    /// Rebuilds the store's index (and the local cache) from pack trailers.
+    /// Returns the number of packs indexed and the packs that could not be read.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn rebuild_index(&self) -> Result<(usize, Vec<(String, String)>)> {
+        let (n, bad) = self.repo.rebuild_index()?;
+        Ok((n, bad.into_iter().map(|(k, e)| (k, e.to_string())).collect()))
+    }
+
+    /// The engine's chunk store, for advanced use (custom engines, tests).
+    pub fn chunk_store(&self) -> &dyn ChunkStore {
+        &self.repo
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the `alike` facade: one binary, a module per feature.
+#![allow(unreachable_pub, missing_docs)]
+
+mod integration {
+    mod bad_input;
+    mod dedup;
+    mod ext4;
+    mod incremental;
+    mod roundtrip;
+    mod util;
+}
