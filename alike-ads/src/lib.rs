@@ -31,9 +31,12 @@
 //! use alike_ads::{CreateOptions, OpenOptions, Repository};
 //! let dir = tempfile::tempdir()?;
 //! let store = dir.path().join("store");
-//! let opts = CreateOptions { encrypted: false, ..CreateOptions::default() };
-//! Repository::create_local(&store, &opts)?;
-//! let repo = Repository::open_local(&store, &OpenOptions { cache_dir: Some(dir.path().join("cache")), ..Default::default() })?;
+//! let mut create = CreateOptions::default();
+//! create.encrypted = false;
+//! Repository::create_local(&store, &create)?;
+//! let mut open = OpenOptions::default();
+//! open.cache_dir = Some(dir.path().join("cache"));
+//! let repo = Repository::open_local(&store, &open)?;
 //! assert_eq!(repo.versions()?.len(), 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -52,4 +55,7 @@ pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
 pub use index::{IndexCache, Location, SegmentPacks, decode_segment, encode_segment};
 pub use pack::{ENTRY_LEN, FOOTER_LEN, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, pack_key, read_trailer};
-pub use repo::{CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, default_cache_dir};
+pub use repo::{
+    CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, decode_manifest, default_cache_dir,
+    encode_manifest,
+};

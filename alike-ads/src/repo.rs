@@ -398,11 +398,7 @@ impl Repository {
 
     /// Writes a version manifest; returns its id.
     pub fn write_manifest(&self, m: &Manifest) -> Result<String> {
-        let json = m.to_json();
-        let z =
-            zstd::bulk::compress(&json, 3).map_err(|e| Error::InvalidArgument(format!("compressing manifest: {e}")))?;
-        let mut out = header(ObjectKind::Manifest).to_vec();
-        out.extend_from_slice(&self.keys.seal(MANIFEST_AAD, &z)?);
+        let out = encode_manifest(&self.keys, m)?;
         let id = blake3::hash(&out).to_hex().to_string();
         self.backend.write(&format!("versions/{id}"), &out)?;
         Ok(id)
@@ -418,14 +414,7 @@ impl Repository {
         if blake3::hash(&bytes).to_hex().as_str() != id {
             return Err(Error::Corrupt { object: key, reason: "content does not match its name".into() });
         }
-        let sealed = check_header(&bytes, ObjectKind::Manifest, &key)?;
-        let z = self
-            .keys
-            .open(MANIFEST_AAD, sealed)
-            .map_err(|r| Error::Corrupt { object: key.clone(), reason: r.into() })?;
-        let json = zstd::bulk::decompress(&z, 64 << 20)
-            .map_err(|e| Error::Corrupt { object: key.clone(), reason: format!("zstd: {e}") })?;
-        Ok(Manifest::from_json(&json, &key)?)
+        decode_manifest(&self.keys, &bytes, &key)
     }
 
     /// Ids of all versions (unordered).
@@ -564,6 +553,30 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
         key: key_objects.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
     }
     .into())
+}
+
+/// Encodes a manifest object: header ‖ seal(zstd-3(JSON)).
+///
+/// # Errors
+/// Compression or sealing failures.
+pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Result<Vec<u8>> {
+    let z = zstd::bulk::compress(&m.to_json(), 3)
+        .map_err(|e| Error::InvalidArgument(format!("compressing manifest: {e}")))?;
+    let mut out = header(ObjectKind::Manifest).to_vec();
+    out.extend_from_slice(&keys.seal(MANIFEST_AAD, &z)?);
+    Ok(out)
+}
+
+/// Decodes a manifest object.
+///
+/// # Errors
+/// Header errors, [`Error::Corrupt`] naming `object`.
+pub fn decode_manifest(keys: &Keys, bytes: &[u8], object: &str) -> Result<Manifest> {
+    let sealed = check_header(bytes, ObjectKind::Manifest, object)?;
+    let z = keys.open(MANIFEST_AAD, sealed).map_err(|r| Error::Corrupt { object: object.into(), reason: r.into() })?;
+    let json = zstd::bulk::decompress(&z, 64 << 20)
+        .map_err(|e| Error::Corrupt { object: object.into(), reason: format!("zstd: {e}") })?;
+    Ok(Manifest::from_json(&json, object)?)
 }
 
 fn write_local_atomic(path: &Path, data: &[u8]) -> Result<()> {

@@ -1,0 +1,181 @@
+//! The `alike` command as scripts use it: flags, `--json` shapes, exit status.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alike_testing::{sha256_file, sparse_image};
+use serde_json::Value;
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli { dir: tempfile::tempdir().unwrap() }
+    }
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_alike"));
+        c.env("ALIKE_CACHE_DIR", self.p("cache")).env("ALIKE_PASSWORD", "pw").env_remove("ALIKE_STORE");
+        c.arg("--store").arg(self.p("store"));
+        c
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd().args(args).output().unwrap();
+        assert!(o.status.success(), "alike {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+}
+
+fn init_fast(c: &Cli) {
+    // Argon2id at its default cost is fine here: it runs once per command.
+    c.ok(&["init"]);
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn backup_versions_restore_stats_as_documented() {
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("d.img");
+    sparse_image(&img, 12 << 20, 20, 1);
+    let id = c.ok(&["backup", "--vm", "web", path_str(&img)]).trim().to_string();
+    assert_eq!(id.len(), 64, "prints the version id: {id}");
+    let j = c.json(&["backup", "--vm", "web", path_str(&img), "--json"]);
+    assert_eq!(j["id"].as_str().unwrap().len(), 64);
+    assert_eq!(j["new_bytes"], 0);
+    let vs = c.json(&["versions", "--json"]);
+    let vs = vs.as_array().unwrap();
+    assert_eq!(vs.len(), 2);
+    for v in vs {
+        assert_eq!(v["vm"], "web");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["disks"][0]["size"], 12 << 20);
+    }
+    let out = c.p("r.img");
+    c.ok(&["restore", &id[..12], "--disk", "0", "--output", path_str(&out)]);
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+    let out2 = c.p("r2.img");
+    c.ok(&["restore", "latest", "--vm", "web", "--output", path_str(&out2)]);
+    assert_eq!(sha256_file(&out2), sha256_file(&img));
+    let s = c.json(&["stats", "--json"]);
+    assert!(s["logical_bytes"].as_u64().unwrap() >= 2 * s["stored_bytes"].as_u64().unwrap() / 2);
+    assert!(s["stored_bytes"].as_u64().unwrap() > 0);
+    assert!(s["dedup_ratio"].as_f64().unwrap() > 1.9);
+    // Plain output is human-readable.
+    assert!(c.ok(&["versions"]).contains("web"));
+    assert!(c.ok(&["stats"]).contains("dedup ratio"));
+}
+
+#[test]
+fn store_from_env_and_password_file() {
+    let c = Cli::new();
+    let pwf = c.p("pw.txt");
+    std::fs::write(&pwf, "file-secret\n").unwrap();
+    let run = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_alike"))
+            .env("ALIKE_CACHE_DIR", c.p("cache"))
+            .env("ALIKE_STORE", c.p("store"))
+            .env_remove("ALIKE_PASSWORD")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["--password-file", path_str(&pwf), "init"]).status.success());
+    assert!(run(&["--password-file", path_str(&pwf), "versions"]).status.success());
+    // No passphrase and no terminal: a clear one-line error, exit 1.
+    let o = run(&["versions"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("alike: error:") && err.contains("encrypted"), "{err}");
+}
+
+#[test]
+fn errors_are_one_line_and_non_zero() {
+    let c = Cli::new();
+    init_fast(&c);
+    let o = c.cmd().env("ALIKE_PASSWORD", "wrong").arg("versions").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    let o = c.cmd().args(["restore", "ffff", "--output", path_str(&c.p("x"))]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no version matches"));
+    let o = c.cmd().args(["backup", "--vm", "x", "/nonexistent.img"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.img"));
+    let o = Command::new(env!("CARGO_BIN_EXE_alike")).env_remove("ALIKE_STORE").arg("versions").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--store"));
+}
+
+#[test]
+fn unencrypted_store_needs_no_passphrase_and_latest_needs_vm() {
+    let c = Cli::new();
+    let run = |args: &[&str]| c.cmd().env_remove("ALIKE_PASSWORD").args(args).output().unwrap();
+    assert!(run(&["init", "--no-encryption", "--block-size", "131072"]).status.success());
+    let (a, b) = (c.p("a.img"), c.p("b.img"));
+    sparse_image(&a, 1 << 20, 3, 1);
+    sparse_image(&b, 1 << 20, 3, 2);
+    assert!(run(&["backup", "--vm", "a", path_str(&a)]).status.success());
+    assert!(run(&["backup", "--vm", "b", path_str(&b)]).status.success());
+    let o = run(&["restore", "latest", "--output", path_str(&c.p("o.img"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--vm"));
+    assert!(run(&["restore", "latest", "--vm", "b", "--output", path_str(&c.p("o.img"))]).status.success());
+    assert_eq!(sha256_file(c.p("o.img")), sha256_file(&b));
+}
+
+#[test]
+fn concurrent_processes_write_one_store() {
+    let c = Cli::new();
+    init_fast(&c);
+    let imgs: Vec<PathBuf> = (0..3).map(|i| c.p(&format!("d{i}.img"))).collect();
+    for (i, p) in imgs.iter().enumerate() {
+        sparse_image(p, 24 << 20, 40, 10 + i as u64);
+    }
+    // Same cache directory for all: the second process must fall back to a private cache.
+    let spawn =
+        |vm: &str, img: &Path| c.cmd().args(["backup", "--vm", vm, "--threads", "1", path_str(img)]).spawn().unwrap();
+    let children = vec![spawn("vm-a", &imgs[0]), spawn("vm-b", &imgs[1]), spawn("vm-a", &imgs[2])];
+    for ch in children {
+        let o = ch.wait_with_output().unwrap();
+        assert!(o.status.success());
+    }
+    let vs = c.json(&["versions", "--json"]);
+    let vs = vs.as_array().unwrap();
+    assert_eq!(vs.len(), 3);
+    for v in vs {
+        let out = c.p("r.img");
+        c.ok(&["restore", v["id"].as_str().unwrap(), "--output", path_str(&out)]);
+        let sha = sha256_file(&out);
+        assert!(imgs.iter().any(|i| sha256_file(i) == sha), "version {} restores to an unknown image", v["id"]);
+    }
+    // No private caches left behind.
+    let leftovers: Vec<_> =
+        walk(&c.p("cache")).into_iter().filter(|p| p.to_string_lossy().contains("index-tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
