@@ -62,7 +62,7 @@ case $UPDATE_METHOD in
 esac
 
 export PATH="$PATH:/sbin:/usr/sbin"
-for tool in mkfs.ext4 debugfs e2fsck find sort awk sed tar comm cut cp truncate head tail dd mkdir rm mv du stat; do
+for tool in mkfs.ext4 debugfs e2fsck find sort awk sed tar comm cut wc cp truncate head tail dd mkdir rm mv du stat df date chmod; do
     command -v "$tool" >/dev/null 2>&1 || die "required tool '$tool' not found (install e2fsprogs / coreutils / findutils / mawk or gawk)"
 done
 for d in $SRC_DIRS; do [ -d "$d" ] || die "source directory '$d' does not exist"; done
@@ -76,8 +76,10 @@ UUID_FRESH=3a1f6c5e-0000-4000-8000-00000000f2e5
 HASH_SEED_V1=6b2c0d4e-0000-4000-8000-00000000a11e
 HASH_SEED_FRESH=6b2c0d4e-0000-4000-8000-00000000f2e5
 # -b 4096: mke2fs.conf's "small" type would otherwise pick 1 KiB blocks below
-# 512 MiB; lazy init keeps untouched inode tables / journal as holes.
-MKFS_OPTS=(-F -q -b 4096 -E lazy_itable_init=1,lazy_journal_init=1,nodiscard)
+# 512 MiB; lazy init keeps untouched inode tables / journal as holes. (mke2fs
+# keeps only the last -E, so the hash seed goes in the same option.)
+MKFS_OPTS=(-F -q -b 4096)
+MKFS_EXT=lazy_itable_init=1,lazy_journal_init=1,nodiscard
 
 T0=$(date +%s.%N)
 mkdir -p "$OUTDIR" || die "cannot create OUTDIR '$OUTDIR'"
@@ -146,7 +148,7 @@ cut -f2 "$WORK/v1.tsv" | sed 's|^/||' \
 
 # ------------------------------------------------------------------ v1.img
 truncate -s "${SIZE_MIB}M" "$OUTDIR/v1.img"
-mkfs.ext4 "${MKFS_OPTS[@]}" -U "$UUID_V1" -E hash_seed="$HASH_SEED_V1" -L alike-v1 -d "$WORK/t1" "$OUTDIR/v1.img" \
+mkfs.ext4 "${MKFS_OPTS[@]}" -U "$UUID_V1" -E "$MKFS_EXT,hash_seed=$HASH_SEED_V1" -L alike-v1 -d "$WORK/t1" "$OUTDIR/v1.img" \
     || die "mkfs.ext4 -d failed for v1.img (is SIZE_MIB=$SIZE_MIB large enough for $SRC_MIB MiB of files?)"
 
 # ------------------------------------------------------------------ v2 tree
@@ -246,7 +248,7 @@ fi
 
 # -------------------------------------------------------------- v2-fresh.img
 truncate -s "${SIZE_MIB}M" "$OUTDIR/v2-fresh.img"
-mkfs.ext4 "${MKFS_OPTS[@]}" -U "$UUID_FRESH" -E hash_seed="$HASH_SEED_FRESH" -L alike-v2 -d "$WORK/t2" "$OUTDIR/v2-fresh.img" \
+mkfs.ext4 "${MKFS_OPTS[@]}" -U "$UUID_FRESH" -E "$MKFS_EXT,hash_seed=$HASH_SEED_FRESH" -L alike-v2 -d "$WORK/t2" "$OUTDIR/v2-fresh.img" \
     || die "mkfs.ext4 -d failed for v2-fresh.img"
 
 # ------------------------------------------------------------------- checks

@@ -5,10 +5,12 @@
 //! **API boundary:** the object-storage backend (issue 8) implements the
 //! same trait.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::io;
 use crate::{Error, Result};
@@ -42,10 +44,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 }
 
 /// A store in a local directory (or an SMB/NFS mount).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// Open handles of recently read objects: restores read thousands of
+    /// blobs from a few packs, and objects never change once written.
+    open_files: Mutex<HashMap<String, Arc<File>>>,
 }
+
+/// Open handles kept at most.
+const OPEN_FILES: usize = 128;
 
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
@@ -54,7 +62,20 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl LocalBackend {
     /// A backend rooted at `root` (not created).
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
-        LocalBackend { root: root.into() }
+        LocalBackend { root: root.into(), open_files: Mutex::new(HashMap::new()) }
+    }
+
+    fn open_cached(&self, key: &str) -> Result<Arc<File>> {
+        if let Some(f) = self.open_files.lock().expect("lock").get(key) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(self.path(key)).map_err(|e| self.not_found(key, e))?);
+        let mut m = self.open_files.lock().expect("lock");
+        if m.len() >= OPEN_FILES {
+            m.clear();
+        }
+        m.insert(key.to_string(), f.clone());
+        Ok(f)
     }
 
     /// The root directory.
@@ -97,7 +118,7 @@ impl Backend for LocalBackend {
         fs::read(self.path(key)).map_err(|e| self.not_found(key, e))
     }
     fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let f = File::open(self.path(key)).map_err(|e| self.not_found(key, e))?;
+        let f = self.open_cached(key)?;
         let mut buf = vec![0u8; len as usize];
         let mut got = 0usize;
         while got < buf.len() {
@@ -168,6 +189,7 @@ impl Backend for LocalBackend {
         self.path(key).try_exists().map_err(io(self.path(key)))
     }
     fn delete(&self, key: &str) -> Result<()> {
+        self.open_files.lock().expect("lock").remove(key);
         match fs::remove_file(self.path(key)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: self.path(key), source: e }),
             _ => Ok(()),
