@@ -204,6 +204,91 @@ impl Backend for LocalBackend {
     }
 }
 
+/// A store held in memory: for tests, fuzzing and throw-away stores.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    objects: Mutex<std::collections::BTreeMap<String, Arc<Vec<u8>>>>,
+    spool: Mutex<Option<PathBuf>>,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+    fn get(&self, key: &str) -> Result<Arc<Vec<u8>>> {
+        self.objects.lock().expect("lock").get(key).cloned().ok_or_else(|| Error::NotFound { object: key.into() })
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn location(&self) -> String {
+        "memory:".into()
+    }
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        Ok(self.get(key)?.to_vec())
+    }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let o = self.get(key)?;
+        let end = offset.checked_add(len).filter(|e| *e <= o.len() as u64);
+        match end {
+            Some(e) => Ok(o[offset as usize..e as usize].to_vec()),
+            None => Err(Error::Truncated {
+                object: key.into(),
+                offset,
+                wanted: len,
+                got: (o.len() as u64).saturating_sub(offset),
+            }),
+        }
+    }
+    fn read_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)> {
+        let o = self.get(key)?;
+        let n = (len as usize).min(o.len());
+        Ok((o[o.len() - n..].to_vec(), o.len() as u64))
+    }
+    fn write(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.objects.lock().expect("lock").insert(key.into(), Arc::new(data.to_vec()));
+        Ok(())
+    }
+    fn write_file(&self, key: &str, local: &Path) -> Result<()> {
+        let data = fs::read(local).map_err(io(local))?;
+        let _ = fs::remove_file(local);
+        self.write(key, &data)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let m = self.objects.lock().expect("lock");
+        Ok(m.range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.len() as u64))
+            .collect())
+    }
+    fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.objects.lock().expect("lock").contains_key(key))
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.objects.lock().expect("lock").remove(key);
+        Ok(())
+    }
+    fn spool_dir(&self) -> Result<PathBuf> {
+        // Packs are built in a private temporary directory, then read into memory.
+        let mut s = self.spool.lock().expect("lock");
+        if s.is_none() {
+            let d = std::env::temp_dir().join(format!("alike-mem-spool-{}-{}", std::process::id(), random_hex(6)));
+            fs::create_dir_all(&d).map_err(io(&d))?;
+            *s = Some(d);
+        }
+        Ok(s.clone().expect("set"))
+    }
+}
+
+impl Drop for MemoryBackend {
+    fn drop(&mut self) {
+        if let Some(d) = self.spool.lock().ok().and_then(|mut s| s.take()) {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// `n` random bytes as hex.
 pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];

@@ -49,7 +49,7 @@ mod index;
 mod pack;
 mod repo;
 
-pub use backend::{Backend, LocalBackend};
+pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
 pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};

@@ -1,0 +1,169 @@
+//! Untrusted bytes never panic a decoder; a full disk fails a backup cleanly.
+#![allow(missing_docs)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use alike_ads::{
+    Backend, CreateOptions, KeyFile, KeyObject, LocalBackend, MemoryBackend, OpenOptions, Repository, decode_config,
+    decode_manifest, decode_segment, read_trailer,
+};
+use alike_core::backup::{BackupJob, EngineParams};
+use alike_core::{Keys, MasterKey, MemSource, RunOptions, VmInfo};
+use proptest::prelude::*;
+
+fn keys() -> [Keys; 2] {
+    [Keys::unencrypted(), Keys::from_master(&MasterKey([5; 32]))]
+}
+
+fn with_valid_header(kind: &[u8; 2], mut body: Vec<u8>) -> Vec<u8> {
+    let mut v = vec![0x89, b'A', b'L', b'K', kind[0], kind[1], b'\r', b'\n', 1, 0, 0, 0];
+    v.append(&mut body);
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn decoders_never_panic(body in proptest::collection::vec(any::<u8>(), 0..600), raw: bool) {
+        for k in keys() {
+            for kind in [b"IX", b"MF", b"CF", b"KY", b"KF"] {
+                let b = if raw { body.clone() } else { with_valid_header(kind, body.clone()) };
+                let _ = decode_segment(&k, &b, "fuzz");
+                let _ = decode_manifest(&k, &b, "fuzz");
+                let _ = decode_config(&b);
+                let _ = KeyObject::decode(&b, "fuzz");
+                let _ = KeyFile::decode(&b, "fuzz");
+            }
+        }
+    }
+
+    #[test]
+    fn pack_trailers_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400), tlen in 0u32..500, count in 0u32..20) {
+        let be = MemoryBackend::new();
+        let mut p = with_valid_header(b"PK", body);
+        p.extend_from_slice(&tlen.to_le_bytes());
+        p.extend_from_slice(&count.to_le_bytes());
+        p.extend_from_slice(&[0x89, b'A', b'L', b'K', b'P', b'K', b'\r', b'\n']);
+        be.write("packs/aa/x", &p).unwrap();
+        for k in keys() {
+            let _ = read_trailer(&be, "packs/aa/x", &k);
+        }
+    }
+}
+
+/// A local backend whose disk fills after `budget` bytes.
+#[derive(Debug)]
+struct FullDisk {
+    inner: LocalBackend,
+    budget: AtomicU64,
+}
+
+impl FullDisk {
+    fn spend(&self, n: u64) -> alike_ads::Result<()> {
+        let left = self.budget.load(Ordering::SeqCst);
+        if n > left {
+            return Err(alike_ads::Error::Io {
+                path: self.inner.root().join("tmp"),
+                source: std::io::Error::from_raw_os_error(28), // ENOSPC
+            });
+        }
+        self.budget.fetch_sub(n, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl Backend for FullDisk {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
+        self.inner.read(key)
+    }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
+        self.inner.read_range(key, offset, len)
+    }
+    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
+        self.inner.read_tail(key, len)
+    }
+    fn write(&self, key: &str, data: &[u8]) -> alike_ads::Result<()> {
+        self.spend(data.len() as u64)?;
+        self.inner.write(key, data)
+    }
+    fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
+        let n = std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = self.spend(n) {
+            let _ = std::fs::remove_file(local);
+            return Err(e);
+        }
+        self.inner.write_file(key, local)
+    }
+    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
+        self.inner.list(prefix)
+    }
+    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn delete(&self, key: &str) -> alike_ads::Result<()> {
+        self.inner.delete(key)
+    }
+    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
+        self.inner.spool_dir()
+    }
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut c = CreateOptions::default();
+    c.encrypted = false;
+    c.pack_size = 1 << 20;
+    Repository::create_local(&root, &c).unwrap();
+    let mut o = OpenOptions::default();
+    o.cache_dir = Some(dir.path().join("cache"));
+    let be = Arc::new(FullDisk { inner: LocalBackend::new(&root), budget: AtomicU64::new(u64::MAX) });
+    let repo = Repository::open(be.clone(), &o).unwrap();
+    let params = EngineParams::new(65536);
+    let run = RunOptions::default();
+    let first = MemSource { label: "a".into(), data: noise(3 << 20, 1) };
+    let job = |vm: &str, d: &'static MemSource| BackupJob {
+        vm: VmInfo::named(vm),
+        disks: vec![d],
+        parent: None,
+        time_ms: 1,
+        host: None,
+    };
+    let first: &'static MemSource = Box::leak(Box::new(first));
+    let (id, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job("a", first), &run).unwrap();
+
+    be.budget.store(1_500_000, Ordering::SeqCst);
+    let second: &'static MemSource = Box::leak(Box::new(MemSource { label: "b".into(), data: noise(6 << 20, 2) }));
+    let e = alike_core::backup::backup(&repo, repo.keys(), &params, job("b", second), &run).unwrap_err();
+    repo.abort_session();
+    let msg = e.to_string();
+    assert!(msg.contains("No space left on device"), "{msg}");
+    assert_eq!(repo.version_ids().unwrap(), vec![id.clone()], "no version for the failed backup");
+    // What was stored before still restores.
+    let out = dir.path().join("out.img");
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), first.data);
+    let spool: Vec<_> = std::fs::read_dir(root.join("tmp")).unwrap().collect();
+    assert!(spool.is_empty(), "spool files left: {spool:?}");
+}
