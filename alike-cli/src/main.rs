@@ -55,6 +55,9 @@ enum Cmd {
         /// The VM's disks, in order (raw images or block devices).
         #[arg(required = true)]
         disks: Vec<PathBuf>,
+        /// Free-form metadata recorded with the version (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
         /// Do not build on the VM's previous version.
         #[arg(long)]
         no_parent: bool,
@@ -250,7 +253,7 @@ fn run(cli: Cli) -> Result<()> {
                 s.block_size() / 1024
             );
         }
-        Cmd::Backup { vm, disks, no_parent, threads, json } => {
+        Cmd::Backup { vm, disks, meta, no_parent, threads, json } => {
             let store = open(&cli)?;
             let bar = Bar::new(&cli, "backup");
             let mut opts = BackupOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
@@ -260,7 +263,18 @@ fn run(cli: Cli) -> Result<()> {
             if *no_parent {
                 opts = opts.parent(Parent::None);
             }
-            let r = store.backup_images(vm, disks, &opts);
+            let mut info = alike::VmInfo::named(vm);
+            for kv in meta {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--meta {kv:?}: expected KEY=VALUE"))?;
+                info.extra.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let sources = disks
+                .iter()
+                .map(alike::RawFileSource::open)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(alike::Error::from)?;
+            let refs: Vec<&dyn alike::DiskSource> = sources.iter().map(|s| s as &dyn alike::DiskSource).collect();
+            let r = store.backup(info, &refs, &opts);
             bar.done();
             let r = r?;
             for d in &r.version.disks {
@@ -297,7 +311,10 @@ fn run(cli: Cli) -> Result<()> {
             if *json {
                 let arr: Vec<_> = vs
                     .iter()
-                    .map(|v| json!({"id": v.id, "vm": v.vm, "time": v.time_rfc3339(), "time_ms": v.time_ms, "disks": v.disks}))
+                    .map(|v| {
+                        json!({"id": v.id, "vm": v.vm, "time": v.time_rfc3339(), "time_ms": v.time_ms,
+                               "parent": v.manifest.parent, "config": v.manifest.vm, "disks": v.disks})
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(arr));
             } else {

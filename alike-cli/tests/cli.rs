@@ -51,12 +51,14 @@ fn backup_versions_restore_stats_as_documented() {
     sparse_image(&img, 12 << 20, 20, 1);
     let id = c.ok(&["backup", "--vm", "web", path_str(&img)]).trim().to_string();
     assert_eq!(id.len(), 64, "prints the version id: {id}");
-    let j = c.json(&["backup", "--vm", "web", path_str(&img), "--json"]);
+    let j = c.json(&["backup", "--vm", "web", "--meta", "owner=ops", path_str(&img), "--json"]);
     assert_eq!(j["id"].as_str().unwrap().len(), 64);
     assert_eq!(j["new_bytes"], 0);
     let vs = c.json(&["versions", "--json"]);
     let vs = vs.as_array().unwrap();
     assert_eq!(vs.len(), 2);
+    assert_eq!(vs[1]["config"]["extra"]["owner"], "ops");
+    assert_eq!(vs[1]["parent"].as_str(), Some(id.as_str()));
     for v in vs {
         assert_eq!(v["vm"], "web");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
@@ -147,12 +149,19 @@ fn concurrent_processes_write_one_store() {
         sparse_image(p, 24 << 20, 40, 10 + i as u64);
     }
     // Same cache directory for all: the second process must fall back to a private cache.
-    let spawn =
-        |vm: &str, img: &Path| c.cmd().args(["backup", "--vm", vm, "--threads", "1", path_str(img)]).spawn().unwrap();
+    let spawn = |vm: &str, img: &Path| {
+        c.cmd()
+            .args(["backup", "--vm", vm, "--threads", "1", path_str(img)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let children = vec![spawn("vm-a", &imgs[0]), spawn("vm-b", &imgs[1]), spawn("vm-a", &imgs[2])];
     for ch in children {
         let o = ch.wait_with_output().unwrap();
-        assert!(o.status.success());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8(o.stdout).unwrap().trim().len(), 64);
     }
     let vs = c.json(&["versions", "--json"]);
     let vs = vs.as_array().unwrap();
