@@ -19,8 +19,10 @@
 #
 # Deterministic: the file selection and the change set come from a fixed seed
 # over a byte-sorted file list, so reruns on the same machine give the same
-# files; UUIDs, hash seeds and mkfs timestamps are fixed too. Idempotent:
-# OUTDIR's outputs are replaced on every run.
+# files, the same edits and the same block layout (UUIDs and hash seeds are
+# fixed too); between reruns only inode timestamps (ctime/atime of the staging
+# trees, debugfs write times) differ. Idempotent: OUTDIR's outputs are
+# replaced on every run.
 #
 # Knobs (environment): SEED (default 1), CHANGE_PCT (default 6, split equally
 # between removed / changed / added), MAX_FILE_MIB (default 32: larger source
@@ -68,7 +70,7 @@ done
 for d in $SRC_DIRS; do [ -d "$d" ] || die "source directory '$d' does not exist"; done
 
 export LC_ALL=C
-# Fixed times so that the images themselves are reproducible byte for byte.
+# Fixed superblock/mkfs times where e2fsprogs honours them.
 export E2FSPROGS_FAKE_TIME=1700000000
 export SOURCE_DATE_EPOCH=1700000000
 UUID_V1=3a1f6c5e-0000-4000-8000-00000000a11e
