@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use alike_core::{BlobKind, ChunkId, Compression, Keys};
+use alike_core::{BlobKind, ChunkId, ChunkLocation, Compression, FrameRef, Keys};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::format::{ObjectKind, check_header, header};
@@ -67,24 +67,7 @@ pub fn decode_segment(keys: &Keys, bytes: &[u8], object: &str) -> Result<Segment
     Ok(out)
 }
 
-/// Where a blob is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    /// Pack id.
-    pub pack: [u8; 32],
-    /// Offset in the pack.
-    pub offset: u32,
-    /// Stored length.
-    pub stored_len: u32,
-    /// Plaintext length.
-    pub raw_len: u32,
-    /// Kind.
-    pub kind: BlobKind,
-    /// Compression.
-    pub compression: Compression,
-}
-
-const CHUNKS: TableDefinition<[u8; 32], [u8; 18]> = TableDefinition::new("chunks-v1");
+const CHUNKS: TableDefinition<[u8; 32], [u8; 26]> = TableDefinition::new("chunks-v1");
 const PACKS: TableDefinition<u32, [u8; 32]> = TableDefinition::new("packs-v1");
 const PACK_NOS: TableDefinition<[u8; 32], u32> = TableDefinition::new("pack-numbers-v1");
 const SEGMENTS: TableDefinition<&str, u64> = TableDefinition::new("segments-v1");
@@ -136,7 +119,7 @@ impl IndexCache {
         let builder = || {
             let mut b = redb::Builder::new();
             // Bounded page cache keeps memory flat however large the index grows.
-            b.set_cache_size(32 << 20);
+            b.set_cache_size(16 << 20);
             b
         };
         let (db, path, temporary) = match builder().create(&path) {
@@ -185,8 +168,8 @@ impl IndexCache {
         &self.path
     }
 
-    /// Where a blob is, if an indexed pack holds it.
-    pub fn lookup(&self, id: &ChunkId) -> Result<Option<Location>> {
+    /// Where a chunk is, if an indexed pack holds it.
+    pub fn lookup(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         let e = cerr(&self.path);
         let tx = self.db.begin_read().map_err(|x| e(&x))?;
         let chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
@@ -199,9 +182,13 @@ impl IndexCache {
             .map_err(|x| e(&x))?
             .ok_or_else(|| Error::Cache { path: self.path.clone(), reason: format!("pack number {} missing", u(0)) })?
             .value();
-        let kind = BlobKind::from_code(v[16]).ok_or_else(|| e(&"bad kind code"))?;
-        let compression = Compression::from_code(v[17]).ok_or_else(|| e(&"bad compression code"))?;
-        Ok(Some(Location { pack, offset: u(4), stored_len: u(8), raw_len: u(12), kind, compression }))
+        let kind = BlobKind::from_code(v[24]).ok_or_else(|| e(&"bad kind code"))?;
+        let compression = Compression::from_code(v[25]).ok_or_else(|| e(&"bad compression code"))?;
+        Ok(Some(ChunkLocation {
+            frame: FrameRef { container: pack, offset: u(4), stored_len: u(8), raw_len: u(12), kind, compression },
+            offset: u(16),
+            len: u(20),
+        }))
     }
 
     /// Names of the segments already loaded.
@@ -237,13 +224,16 @@ impl IndexCache {
                     }
                 };
                 for en in entries {
-                    let mut v = [0u8; 18];
-                    v[..4].copy_from_slice(&no.to_le_bytes());
-                    v[4..8].copy_from_slice(&en.offset.to_le_bytes());
-                    v[8..12].copy_from_slice(&en.stored_len.to_le_bytes());
-                    v[12..16].copy_from_slice(&en.raw_len.to_le_bytes());
-                    v[16] = en.kind.code();
-                    v[17] = en.compression as u8;
+                    let mut v = [0u8; 26];
+                    for (i, x) in
+                        [no, en.frame_offset, en.frame_stored_len, en.frame_raw_len, en.chunk_offset, en.chunk_len]
+                            .into_iter()
+                            .enumerate()
+                    {
+                        v[i * 4..i * 4 + 4].copy_from_slice(&x.to_le_bytes());
+                    }
+                    v[24] = en.kind.code();
+                    v[25] = en.compression as u8;
                     chunks.insert(en.id.0, v).map_err(|x| e(&x))?;
                     count += 1;
                 }
@@ -261,21 +251,20 @@ impl IndexCache {
         tx.commit().map_err(|x| e(&x))
     }
 
-    /// Unique blobs indexed: (count, plaintext bytes of data blobs, stored bytes).
-    pub fn totals(&self) -> Result<(u64, u64, u64)> {
+    /// Unique chunks indexed: (count, plaintext bytes of data chunks).
+    pub fn totals(&self) -> Result<(u64, u64)> {
         let e = cerr(&self.path);
         let tx = self.db.begin_read().map_err(|x| e(&x))?;
         let t = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
-        let (mut n, mut raw, mut stored) = (0u64, 0u64, 0u64);
+        let (mut n, mut raw) = (0u64, 0u64);
         for r in t.iter().map_err(|x| e(&x))? {
             let (_, v) = r.map_err(|x| e(&x))?;
             let v = v.value();
             n += 1;
-            stored += u64::from(u32::from_le_bytes(v[8..12].try_into().expect("4")));
-            if v[16] == BlobKind::Data.code() {
-                raw += u64::from(u32::from_le_bytes(v[12..16].try_into().expect("4")));
+            if v[24] == BlobKind::Data.code() {
+                raw += u64::from(u32::from_le_bytes(v[20..24].try_into().expect("4")));
             }
         }
-        Ok((n, raw, stored))
+        Ok((n, raw))
     }
 }

@@ -53,7 +53,7 @@ pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
 pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
-pub use index::{IndexCache, Location, SegmentPacks, decode_segment, encode_segment};
+pub use index::{IndexCache, SegmentPacks, decode_segment, encode_segment};
 pub use pack::{ENTRY_LEN, FOOTER_LEN, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, pack_key, read_trailer};
 pub use repo::{
     CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, decode_manifest, default_cache_dir,

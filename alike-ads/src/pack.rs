@@ -1,7 +1,7 @@
-//! Pack objects: many blobs in one object, with a sealed trailer that lists
+//! Pack objects: many frames in one object, with a sealed trailer that lists
 //! them, so the index can always be rebuilt from packs alone.
 //!
-//! Layout (`docs/format.md`): header (12) ‖ blobs ‖ sealed trailer ‖ footer
+//! Layout (`docs/format.md`): header (12) ‖ frames ‖ sealed trailer ‖ footer
 //! (16: trailer length u32, entry count u32, magic). A pack's name is the
 //! BLAKE3 hash of its bytes.
 
@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use alike_core::{BlobKind, ChunkId, Compression, Keys, StoredBlob};
+use alike_core::{BlobKind, ChunkId, ChunkLocation, Compression, FrameRef, Keys, StoredFrame};
 
 use crate::backend::{Backend, random_hex};
 use crate::error::io;
@@ -17,55 +17,78 @@ use crate::format::{HEADER_LEN, ObjectKind, check_header, header};
 use crate::{Error, Result};
 
 /// Bytes of one trailer/index entry.
-pub const ENTRY_LEN: usize = 46;
+pub const ENTRY_LEN: usize = 54;
 /// Bytes of the footer.
 pub const FOOTER_LEN: usize = 16;
 /// Packs never grow past this (offsets are u32).
 pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
-/// Where a blob lives inside its pack.
+/// Where a chunk lives: its frame in the pack, and its range in the frame's plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackEntry {
-    /// Blob id.
+    /// Chunk id.
     pub id: ChunkId,
-    /// Blob kind.
+    /// Kind of the frame's chunks.
     pub kind: BlobKind,
-    /// Payload compression.
+    /// Frame compression.
     pub compression: Compression,
-    /// Offset of the stored bytes in the pack.
-    pub offset: u32,
-    /// Stored length.
-    pub stored_len: u32,
-    /// Plaintext length.
-    pub raw_len: u32,
+    /// Offset of the frame's stored bytes in the pack.
+    pub frame_offset: u32,
+    /// Stored length of the frame.
+    pub frame_stored_len: u32,
+    /// Plaintext length of the frame.
+    pub frame_raw_len: u32,
+    /// Offset of the chunk in the frame's plaintext.
+    pub chunk_offset: u32,
+    /// Length of the chunk.
+    pub chunk_len: u32,
 }
 
 impl PackEntry {
-    /// Appends the 46-byte encoding.
+    /// Appends the 54-byte encoding.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0);
         out.push(self.kind.code());
         out.push(self.compression as u8);
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.stored_len.to_le_bytes());
-        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        for v in [self.frame_offset, self.frame_stored_len, self.frame_raw_len, self.chunk_offset, self.chunk_len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
 
-    /// Decodes 46 bytes; `None` if a code is unknown.
+    /// Decodes 54 bytes; `None` if a code is unknown.
     pub fn decode(b: &[u8; ENTRY_LEN]) -> Option<PackEntry> {
         let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
         Some(PackEntry {
             id: ChunkId(b[..32].try_into().expect("32")),
             kind: BlobKind::from_code(b[32])?,
             compression: Compression::from_code(b[33])?,
-            offset: u(34),
-            stored_len: u(38),
-            raw_len: u(42),
+            frame_offset: u(34),
+            frame_stored_len: u(38),
+            frame_raw_len: u(42),
+            chunk_offset: u(46),
+            chunk_len: u(50),
         })
+    }
+
+    /// The chunk's location, for the engine.
+    pub fn location(&self, pack: [u8; 32]) -> ChunkLocation {
+        ChunkLocation {
+            frame: FrameRef {
+                container: pack,
+                offset: self.frame_offset,
+                stored_len: self.frame_stored_len,
+                raw_len: self.frame_raw_len,
+                kind: self.kind,
+                compression: self.compression,
+            },
+            offset: self.chunk_offset,
+            len: self.chunk_len,
+        }
     }
 }
 
-/// Decodes a run of entries, checking each lies inside `[HEADER_LEN, body_end)` of its pack.
+/// Decodes a run of entries, checking each chunk lies inside its frame and,
+/// when `body_end` is known, each frame inside `[HEADER_LEN, body_end)` of its pack.
 pub(crate) fn decode_entries(b: &[u8], body_end: Option<u64>, object: &str) -> Result<Vec<PackEntry>> {
     if b.len() % ENTRY_LEN != 0 {
         return Err(Error::Corrupt {
@@ -76,18 +99,15 @@ pub(crate) fn decode_entries(b: &[u8], body_end: Option<u64>, object: &str) -> R
     b.chunks_exact(ENTRY_LEN)
         .enumerate()
         .map(|(i, c)| {
-            let e = PackEntry::decode(c.try_into().expect("46")).ok_or_else(|| Error::Corrupt {
-                object: object.into(),
-                reason: format!("entry {i} has an unknown kind or compression code"),
-            })?;
-            if let Some(end) = body_end {
-                let stop = u64::from(e.offset) + u64::from(e.stored_len);
-                if u64::from(e.offset) < HEADER_LEN as u64 || stop > end {
-                    return Err(Error::Corrupt {
-                        object: object.into(),
-                        reason: format!("entry {i} ({}) points outside the blob area", e.id.short()),
-                    });
-                }
+            let bad = |r: &str| Error::Corrupt { object: object.into(), reason: format!("entry {i}: {r}") };
+            let e =
+                PackEntry::decode(c.try_into().expect("54")).ok_or_else(|| bad("unknown kind or compression code"))?;
+            if u64::from(e.chunk_offset) + u64::from(e.chunk_len) > u64::from(e.frame_raw_len) {
+                return Err(bad("chunk outside its frame"));
+            }
+            let stop = u64::from(e.frame_offset) + u64::from(e.frame_stored_len);
+            if u64::from(e.frame_offset) < HEADER_LEN as u64 || body_end.is_some_and(|end| stop > end) {
+                return Err(bad("frame outside the pack's frame area"));
             }
             Ok(e)
         })
@@ -121,7 +141,7 @@ impl PackWriter {
         let path = spool.join(format!("pack-{}.tmp", random_hex(12)));
         let f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
         let mut w = PackWriter {
-            out: BufWriter::with_capacity(1 << 20, f),
+            out: BufWriter::with_capacity(256 << 10, f),
             path,
             hasher: blake3::Hasher::new(),
             len: 0,
@@ -143,28 +163,32 @@ impl PackWriter {
         self.len
     }
 
-    /// Whether no blob was added.
+    /// Whether no frame was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// Appends a blob.
-    pub fn add(&mut self, b: &StoredBlob) -> Result<PackEntry> {
+    /// Appends a frame; returns the entries of its chunks.
+    pub fn add(&mut self, f: &StoredFrame) -> Result<&[PackEntry]> {
         let offset = self.len;
-        if offset + b.bytes.len() as u64 > MAX_PACK_SIZE {
+        if offset + f.bytes.len() as u64 > MAX_PACK_SIZE {
             return Err(Error::InvalidArgument("pack would exceed 2 GiB".into()));
         }
-        self.write_raw(&b.bytes)?;
-        let e = PackEntry {
-            id: b.id,
-            kind: b.kind,
-            compression: b.compression,
-            offset: offset as u32,
-            stored_len: b.bytes.len() as u32,
-            raw_len: b.raw_len,
-        };
-        self.entries.push(e);
-        Ok(e)
+        self.write_raw(&f.bytes)?;
+        let first = self.entries.len();
+        for c in &f.chunks {
+            self.entries.push(PackEntry {
+                id: c.id,
+                kind: f.kind,
+                compression: f.compression,
+                frame_offset: offset as u32,
+                frame_stored_len: f.bytes.len() as u32,
+                frame_raw_len: f.raw_len,
+                chunk_offset: c.offset,
+                chunk_len: c.len,
+            });
+        }
+        Ok(&self.entries[first..])
     }
 
     /// Writes trailer and footer, fsyncs, and returns the pack id, its entries

@@ -4,10 +4,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use alike_core::{ChunkId, ChunkStore, KdfParams, Keys, Manifest, MasterKey, StoredBlob};
+use alike_core::{ChunkId, ChunkLocation, ChunkStore, FrameRef, KdfParams, Keys, Manifest, MasterKey, StoredFrame};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, LocalBackend, random_hex};
@@ -86,7 +86,7 @@ pub struct StoreStats {
     pub logical_bytes: u64,
     /// Plaintext bytes of the unique data chunks.
     pub unique_bytes: u64,
-    /// Unique blobs.
+    /// Unique chunks (data and maps).
     pub blobs: u64,
     /// Bytes of all objects in the store (packs, index, versions, config, keys).
     pub stored_bytes: u64,
@@ -101,7 +101,53 @@ struct Session {
     current: Option<PackWriter>,
     /// Ids in packs not yet published (being written or finished).
     pending: HashSet<ChunkId>,
-    finishing: Vec<JoinHandle<Result<FinishedPack>>>,
+    /// Packs handed to the finisher and not yet collected.
+    in_flight: usize,
+    finisher: Option<Finisher>,
+}
+
+/// One long-lived thread that finishes packs (trailer, fsync, rename) while
+/// the workers fill the next one. One thread for the store's life, not one
+/// per pack: short-lived threads each get their own allocator arena, and
+/// memory then grows with the number of packs.
+struct Finisher {
+    tx: Option<mpsc::Sender<PackWriter>>,
+    done: mpsc::Receiver<Result<FinishedPack>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Finisher {
+    fn start(keys: Keys, backend: Arc<dyn Backend>) -> Finisher {
+        let (tx, rx) = mpsc::channel::<PackWriter>();
+        let (done_tx, done) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("alike-pack-finisher".into())
+            .spawn(move || {
+                for w in rx {
+                    let r = w.finish(&keys).and_then(|p| {
+                        if let Err(e) = backend.write_file(&pack_key(&p.id), &p.path) {
+                            let _ = std::fs::remove_file(&p.path);
+                            return Err(e);
+                        }
+                        Ok(p)
+                    });
+                    if done_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn pack finisher thread");
+        Finisher { tx: Some(tx), done, handle: Some(handle) }
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// An open store.
@@ -292,14 +338,15 @@ impl Repository {
         Ok(())
     }
 
-    fn spawn_finish(&self, w: PackWriter) -> JoinHandle<Result<FinishedPack>> {
-        let keys = self.keys.clone();
-        let backend = self.backend.clone();
-        std::thread::spawn(move || {
-            let p = w.finish(&keys)?;
-            backend.write_file(&pack_key(&p.id), &p.path)?;
-            Ok(p)
-        })
+    /// Hands a full pack to the finisher thread.
+    fn send_to_finisher(&self, s: &mut Session, w: PackWriter) -> Result<()> {
+        let f = s.finisher.get_or_insert_with(|| Finisher::start(self.keys.clone(), self.backend.clone()));
+        f.tx.as_ref()
+            .expect("open until drop")
+            .send(w)
+            .map_err(|_| Error::InvalidArgument("the pack finisher thread stopped".into()))?;
+        s.in_flight += 1;
+        Ok(())
     }
 
     /// Publishes finished packs: waits for them, writes one index segment,
@@ -307,14 +354,19 @@ impl Repository {
     fn publish(&self, s: &mut Session) -> Result<()> {
         let mut packs: Vec<([u8; 32], Vec<PackEntry>)> = Vec::new();
         let mut first_err = None;
-        for h in s.finishing.drain(..) {
-            match h.join() {
-                Ok(Ok(p)) => packs.push((p.id, p.entries)),
-                Ok(Err(e)) => {
+        while s.in_flight > 0 {
+            s.in_flight -= 1;
+            let r = match &s.finisher {
+                Some(f) => f
+                    .done
+                    .recv()
+                    .unwrap_or_else(|_| Err(Error::InvalidArgument("the pack finisher thread stopped".into()))),
+                None => Err(Error::InvalidArgument("packs in flight without a finisher".into())),
+            };
+            match r {
+                Ok(p) => packs.push((p.id, p.entries)),
+                Err(e) => {
                     first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(Error::InvalidArgument("a pack writer thread panicked".into()));
                 }
             }
         }
@@ -336,23 +388,22 @@ impl Repository {
         }
     }
 
-    fn put_inner(&self, blob: &StoredBlob) -> Result<()> {
+    fn put_inner(&self, frame: &StoredFrame) -> Result<()> {
         let mut guard = self.session.lock().expect("session lock");
         let s: &mut Session = &mut guard;
-        if s.pending.contains(&blob.id) {
+        if frame.chunks.iter().all(|c| s.pending.contains(&c.id)) {
             return Ok(());
         }
         if s.current.is_none() {
             s.current = Some(PackWriter::new(&self.backend.spool_dir()?)?);
         }
         let w = s.current.as_mut().expect("just set");
-        w.add(blob)?;
-        s.pending.insert(blob.id);
+        w.add(frame)?;
+        s.pending.extend(frame.chunks.iter().map(|c| c.id));
         if w.len() >= self.config.pack_size {
             let w = s.current.take().expect("present");
-            let h = self.spawn_finish(w);
-            s.finishing.push(h);
-            if s.finishing.len() >= PACKS_PER_SEGMENT {
+            self.send_to_finisher(s, w)?;
+            if s.in_flight >= PACKS_PER_SEGMENT {
                 self.publish(s)?;
             }
         }
@@ -360,16 +411,16 @@ impl Repository {
     }
 
     fn flush_inner(&self) -> Result<()> {
-        let mut s = self.session.lock().expect("session lock");
+        let mut guard = self.session.lock().expect("session lock");
+        let s: &mut Session = &mut guard;
         if let Some(w) = s.current.take() {
             if w.is_empty() {
                 w.abandon();
             } else {
-                let h = self.spawn_finish(w);
-                s.finishing.push(h);
+                self.send_to_finisher(s, w)?;
             }
         }
-        self.publish(&mut s)
+        self.publish(s)
     }
 
     /// Drops what this session wrote but did not publish (after a failed or
@@ -380,20 +431,17 @@ impl Repository {
         if let Some(w) = s.current.take() {
             w.abandon();
         }
-        for h in s.finishing.drain(..) {
-            let _ = h.join();
+        while s.in_flight > 0 {
+            s.in_flight -= 1;
+            if let Some(f) = &s.finisher {
+                let _ = f.done.recv();
+            }
         }
         s.pending.clear();
     }
 
-    fn get_inner(&self, id: &ChunkId) -> Result<StoredBlob> {
-        let loc = self
-            .cache
-            .lookup(id)?
-            .ok_or_else(|| alike_core::Error::MissingChunk { id: *id, needed_by: "a read".into() })?;
-        let key = pack_key(&loc.pack);
-        let bytes = self.backend.read_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))?;
-        Ok(StoredBlob { id: *id, kind: loc.kind, compression: loc.compression, raw_len: loc.raw_len, bytes })
+    fn read_frame_inner(&self, f: &FrameRef) -> Result<Vec<u8>> {
+        self.backend.read_range(&pack_key(&f.container), u64::from(f.offset), u64::from(f.stored_len))
     }
 
     /// Writes a version manifest; returns its id.
@@ -442,7 +490,7 @@ impl Repository {
     pub fn stats(&self) -> Result<StoreStats> {
         let versions = self.versions()?;
         let logical_bytes = versions.iter().flat_map(|(_, m)| &m.disks).map(|d| d.data_bytes).sum();
-        let (blobs, unique_bytes, _) = self.cache.totals()?;
+        let (blobs, unique_bytes) = self.cache.totals()?;
         let objects = self.backend.list("")?;
         let stored_bytes = objects.iter().filter(|(k, _)| !k.starts_with("tmp/")).map(|(_, n)| n).sum();
         let packs: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("packs/")).collect();
@@ -594,11 +642,14 @@ impl ChunkStore for Repository {
         }
         Ok(self.cache.lookup(id)?.is_some())
     }
-    fn put(&self, blob: StoredBlob) -> alike_core::Result<()> {
-        Ok(self.put_inner(&blob)?)
+    fn put(&self, frame: StoredFrame) -> alike_core::Result<()> {
+        Ok(self.put_inner(&frame)?)
     }
-    fn get(&self, id: &ChunkId) -> alike_core::Result<StoredBlob> {
-        Ok(self.get_inner(id)?)
+    fn locate(&self, id: &ChunkId) -> alike_core::Result<Option<ChunkLocation>> {
+        Ok(self.cache.lookup(id)?)
+    }
+    fn read_frame(&self, frame: &FrameRef) -> alike_core::Result<Vec<u8>> {
+        Ok(self.read_frame_inner(frame)?)
     }
     fn flush(&self) -> alike_core::Result<()> {
         Ok(self.flush_inner()?)

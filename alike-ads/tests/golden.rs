@@ -8,8 +8,8 @@ use alike_ads::{
     encode_manifest, encode_segment, key_aad,
 };
 use alike_core::{
-    BlobKind, BlockMap, ChunkId, Compression, KdfParams, Keys, Manifest, MasterKey, StoredBlob, blob_aad, compress,
-    decode_blob, unwrap_master, wrap_master,
+    BlobKind, BlockMap, ChunkId, ChunkLocation, Compression, FrameChunk, FrameRef, KdfParams, Keys, Manifest,
+    MasterKey, StoredFrame, chunk_in, compress, decode_frame, frame_aad, unwrap_master, wrap_master,
 };
 use serde_json::{Value, json};
 
@@ -21,15 +21,36 @@ fn block(n: usize) -> Vec<u8> {
     (0..n).map(|i| b"alike golden block "[i % 19] ^ (i / 4096) as u8).collect()
 }
 
-fn sealed_blob(keys: &Keys, kind: BlobKind, plain: &[u8]) -> StoredBlob {
-    let id = keys.hash(plain);
-    let c = compress(plain, 3);
-    let (compression, payload) = match &c {
-        Some(c) => (Compression::Zstd, c.as_slice()),
-        None => (Compression::None, plain),
-    };
-    let bytes = keys.seal_with_nonce(&blob_aad(&id, kind, compression, plain.len() as u32), payload, NONCE);
-    StoredBlob { id, kind, compression, raw_len: plain.len() as u32, bytes }
+/// A frame of `chunks` sealed with the fixed nonce (the library draws a random one).
+fn frame(keys: &Keys, kind: BlobKind, chunks: &[&[u8]]) -> StoredFrame {
+    let mut plain = Vec::new();
+    let mut meta = Vec::new();
+    for c in chunks {
+        meta.push(FrameChunk { id: keys.hash(c), offset: plain.len() as u32, len: c.len() as u32 });
+        plain.extend_from_slice(c);
+    }
+    let z = compress(&plain, 3);
+    let compression = if z.is_some() { Compression::Zstd } else { Compression::None };
+    let payload = z.unwrap_or_else(|| plain.clone());
+    let raw_len = plain.len() as u32;
+    let bytes = keys.seal_with_nonce(&frame_aad(kind, compression, raw_len), &payload, NONCE);
+    let f = StoredFrame { kind, compression, raw_len, chunks: meta, bytes };
+    // What we wrote must read back.
+    let at = FrameRef { container: [0; 32], offset: 0, stored_len: f.bytes.len() as u32, raw_len, kind, compression };
+    let opened = decode_frame(keys, &at, &f.bytes).unwrap();
+    for (c, want) in f.chunks.iter().zip(chunks) {
+        assert_eq!(
+            chunk_in(keys, &opened, &ChunkLocation { frame: at, offset: c.offset, len: c.len }, &c.id).unwrap(),
+            *want
+        );
+    }
+    f
+}
+
+fn frame_json(f: &StoredFrame) -> Value {
+    json!({"kind": f.kind.code(), "compression": f.compression as u8, "raw_len": f.raw_len,
+           "chunks": f.chunks.iter().map(|c| json!({"id": c.id.to_hex(), "offset": c.offset, "len": c.len})).collect::<Vec<_>>(),
+           "stored": hex::encode(&f.bytes)})
 }
 
 fn manifest_json() -> Value {
@@ -49,18 +70,17 @@ fn manifest_json() -> Value {
 fn compute() -> Value {
     let enc = Keys::from_master(&MasterKey(MASTER));
     let plain = Keys::unencrypted();
-    let data = block(65536);
-    let sealed = sealed_blob(&enc, BlobKind::Data, &data);
-    assert_eq!(decode_blob(&enc, &sealed).unwrap(), data);
-    let plain_blob = sealed_blob(&plain, BlobKind::Data, &data);
+    let (a, b) = (block(65536), block(65536 + 4096)[4096..].to_vec());
+    let sealed = frame(&enc, BlobKind::Data, &[&a, &b]);
+    let plain_frame = frame(&plain, BlobKind::Data, &[&a, &b]);
 
     let map = BlockMap { entries: vec![Some(ChunkId([1; 32])), None, None, Some(ChunkId([2; 32])), None] };
 
     // An unencrypted pack of two blobs (a sealed pack's trailer nonce is random).
     let dir = tempfile::tempdir().unwrap();
     let mut w = PackWriter::new(dir.path()).unwrap();
-    let b1 = sealed_blob(&plain, BlobKind::Data, &block(1000));
-    let b2 = sealed_blob(&plain, BlobKind::Map, &map.encode());
+    let b1 = frame(&plain, BlobKind::Data, &[&block(1000), &block(700)]);
+    let b2 = frame(&plain, BlobKind::Map, &[&map.encode()]);
     w.add(&b1).unwrap();
     w.add(&b2).unwrap();
     let fp = w.finish(&plain).unwrap();
@@ -87,13 +107,15 @@ fn compute() -> Value {
         "nonce": hex::encode(NONCE),
         "chunk_id_plain": {"input": "616c696b65", "id": plain.hash(b"alike").to_hex()},
         "chunk_id_keyed": {"input": "616c696b65", "id": enc.hash(b"alike").to_hex()},
-        "blob_sealed": {"kind": 0, "zstd_level": 3, "input_blake3": blake3_hex(&data), "id": sealed.id.to_hex(),
-                        "compression": sealed.compression as u8, "raw_len": sealed.raw_len, "stored": hex::encode(&sealed.bytes)},
-        "blob_plain": {"kind": 0, "zstd_level": 3, "input_blake3": blake3_hex(&data), "id": plain_blob.id.to_hex(),
-                       "compression": plain_blob.compression as u8, "raw_len": plain_blob.raw_len, "stored": hex::encode(&plain_blob.bytes)},
+        "frame_inputs": {"generator": "chunk i of n bytes: byte j = b\"alike golden block \"[j % 19] ^ (j / 4096); chunk 2 starts at j = 4096",
+                         "chunk_blake3": [blake3_hex(&a), blake3_hex(&b)], "zstd_level": 3},
+        "frame_sealed": frame_json(&sealed),
+        "frame_plain": frame_json(&plain_frame),
         "block_map": {"entries": map.entries.iter().map(|e| e.map(|i| i.to_hex())).collect::<Vec<_>>(), "encoded": hex::encode(map.encode())},
         "pack_unencrypted": {"id": hex::encode(fp.id), "bytes": hex::encode(&pack),
-                             "entries": fp.entries.iter().map(|e| json!({"id": e.id.to_hex(), "kind": e.kind.code(), "compression": e.compression as u8, "offset": e.offset, "stored_len": e.stored_len, "raw_len": e.raw_len})).collect::<Vec<_>>()},
+                             "entries": fp.entries.iter().map(|e| json!({"id": e.id.to_hex(), "kind": e.kind.code(), "compression": e.compression as u8,
+                                 "frame_offset": e.frame_offset, "frame_stored_len": e.frame_stored_len, "frame_raw_len": e.frame_raw_len,
+                                 "chunk_offset": e.chunk_offset, "chunk_len": e.chunk_len})).collect::<Vec<_>>()},
         "index_segment_unencrypted": {"bytes": hex::encode(&segment)},
         "config": {"bytes": hex::encode(encode_config(&config))},
         "manifest_unencrypted": {"json": manifest_json(), "bytes": hex::encode(&manifest_bytes)},
@@ -156,5 +178,5 @@ fn golden_vectors_match() {
     .unwrap()[0]
         .1
         .clone();
-    assert_eq!(e.len(), 2);
+    assert_eq!(e.len(), 3);
 }

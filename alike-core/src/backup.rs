@@ -12,7 +12,8 @@ use tracing::{info, info_span, warn};
 use crate::chunker::{blocks_touching, is_zero, valid_block_size};
 use crate::manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, VmInfo};
 use crate::progress::{CancelToken, Phase, ProgressSink, RunOptions};
-use crate::{BlobKind, ChunkId, ChunkStore, DiskSource, Error, Keys, Result, decode_blob, encode_blob_with_id};
+use crate::store::read_chunk;
+use crate::{BlobKind, ChunkId, ChunkStore, DiskSource, Error, Keys, Result, encode_frame};
 
 /// Engine parameters that come from the store and the caller.
 #[derive(Debug, Clone)]
@@ -174,27 +175,40 @@ fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     out
 }
 
-/// Reads a block map blob and checks it covers `expect` blocks.
+/// Reads a block map chunk and checks it covers `expect` blocks.
+///
+/// # Errors
+/// Missing or corrupt map chunk; a map of the wrong kind or length.
 pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize) -> Result<BlockMap> {
-    let blob = store.get(id)?;
-    if blob.kind != BlobKind::Map {
+    let what = || format!("block map {}", id.short());
+    if let Some(loc) = store.locate(id)?
+        && loc.frame.kind != BlobKind::Map
+    {
         return Err(Error::CorruptBlob {
             id: *id,
             kind: "map",
-            reason: format!("stored as a {} blob", blob.kind.name()),
+            reason: format!("stored as a {} chunk", loc.frame.kind.name()),
         });
     }
-    let plain = decode_blob(keys, &blob)?;
-    let map = BlockMap::decode(&plain, &format!("block map {}", id.short()))?;
+    let plain = read_chunk(store, keys, id, &what)?;
+    let map = BlockMap::decode(&plain, &what())?;
     if map.entries.len() != expect {
         return Err(Error::Malformed {
-            what: format!("block map {}", id.short()),
+            what: what(),
             offset: 0,
             reason: format!("{} entries, expected {expect}", map.entries.len()),
         });
     }
     Ok(map)
 }
+
+/// One block read in a batch: index, length, and (id, new to the store) unless all zero.
+type ReadBlock = (u64, usize, Option<(ChunkId, bool)>);
+
+/// Plaintext bytes gathered into one frame before it is compressed and sealed.
+pub const FRAME_TARGET: usize = 1 << 20;
+/// Bytes read per batch: bounds memory, and is large enough to keep every core busy.
+const BATCH_BYTES: usize = 16 << 20;
 
 fn backup_disk(
     store: &dyn ChunkStore,
@@ -215,6 +229,8 @@ fn backup_disk(
     let mut data_bytes = 0u64;
     let mut maps = Vec::with_capacity(nmaps as usize);
     let mut read_iter = plan.read.iter().peekable();
+    let batch_blocks = (BATCH_BYTES / bs as usize).max(2 * rayon::current_num_threads());
+    let mut batch_buf = vec![0u8; batch_blocks * bs as usize];
     for m in 0..nmaps {
         cancel.check()?;
         let lo = m * bpm;
@@ -238,20 +254,20 @@ fn backup_disk(
             if r.start >= hi {
                 break;
             }
-            let a = r.start.max(lo);
-            let b = r.end.min(hi);
-            todo.extend(a..b);
+            todo.extend(r.start.max(lo)..r.end.min(hi));
             if r.end <= hi {
                 read_iter.next();
             } else {
                 break;
             }
         }
-        let results: Vec<(u64, Option<ChunkId>)> = todo
-            .par_iter()
-            .map_init(
-                || vec![0u8; bs as usize],
-                |buf, &blk| -> Result<(u64, Option<ChunkId>)> {
+        for batch in todo.chunks(batch_blocks) {
+            // Read, detect zeroes, hash and look up, on every core, into the reused batch buffer.
+            let bufs = &mut batch_buf[..batch.len() * bs as usize];
+            let read: Vec<ReadBlock> = bufs
+                .par_chunks_mut(bs as usize)
+                .zip(batch.par_iter())
+                .map(|(buf, &blk)| -> Result<_> {
                     cancel.check()?;
                     let off = blk * bs;
                     let len = (plan.size - off).min(bs) as usize;
@@ -259,21 +275,46 @@ fn backup_disk(
                     src.read_at(off, data)?;
                     sink.add(len as u64);
                     if is_zero(data) {
-                        return Ok((blk, None));
+                        return Ok((blk, len, None));
                     }
                     let id = keys.hash(data);
-                    if !store.contains(&id)? {
-                        let blob = encode_blob_with_id(keys, id, BlobKind::Data, data, params.compression_level)?;
-                        new_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                        new_stored.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
-                        store.put(blob)?;
+                    Ok((blk, len, Some((id, !store.contains(&id)?))))
+                })
+                .collect::<Result<_>>()?;
+            // Gather the new chunks, each once, into frames of about FRAME_TARGET bytes.
+            let bufs = &batch_buf[..batch.len() * bs as usize];
+            let mut seen = std::collections::HashSet::new();
+            let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
+            let mut cur: Vec<(ChunkId, &[u8])> = Vec::new();
+            let mut cur_len = 0usize;
+            for (i, (blk, len, r)) in read.into_iter().enumerate() {
+                let slot = &mut entries[(blk - lo) as usize];
+                let Some((id, new)) = r else {
+                    *slot = None;
+                    continue;
+                };
+                *slot = Some(id);
+                if new && seen.insert(id) {
+                    let start = i * bs as usize;
+                    cur.push((id, &bufs[start..start + len]));
+                    cur_len += len;
+                    if cur_len >= FRAME_TARGET {
+                        frames.push(std::mem::take(&mut cur));
+                        cur_len = 0;
                     }
-                    Ok((blk, Some(id)))
-                },
-            )
-            .collect::<Result<_>>()?;
-        for (blk, id) in results {
-            entries[(blk - lo) as usize] = id;
+                }
+            }
+            if !cur.is_empty() {
+                frames.push(cur);
+            }
+            // Compress, seal and store the frames, on every core.
+            frames.par_iter().try_for_each(|chunks| -> Result<()> {
+                cancel.check()?;
+                let frame = encode_frame(keys, BlobKind::Data, chunks, params.compression_level)?;
+                new_bytes.fetch_add(u64::from(frame.raw_len), Ordering::Relaxed);
+                new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+                store.put(frame)
+            })?;
         }
         for (i, e) in entries.iter().enumerate() {
             if e.is_some() {
@@ -281,13 +322,12 @@ fn backup_disk(
                 data_bytes += (plan.size - blk * bs).min(bs);
             }
         }
-        let map = BlockMap { entries };
-        let plain = map.encode();
+        let plain = BlockMap { entries }.encode();
         let id = keys.hash(&plain);
         if !store.contains(&id)? {
-            let blob = encode_blob_with_id(keys, id, BlobKind::Map, &plain, params.compression_level)?;
-            new_stored.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
-            store.put(blob)?;
+            let frame = encode_frame(keys, BlobKind::Map, &[(id, &plain)], params.compression_level)?;
+            new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+            store.put(frame)?;
         }
         maps.push(id);
     }

@@ -1,16 +1,21 @@
-//! Blob encoding: plaintext → (id, optional zstd, optional AES-256-GCM seal),
-//! and back, with every check a reader owes: authentication, decompressed
-//! length, and the id re-computed from the plaintext.
+//! Frames: the stored unit. A frame holds one or more chunks (consecutive
+//! new disk blocks, or one block map), concatenated, compressed as one zstd
+//! frame and sealed once; every chunk keeps its own id and index entry.
+//! Small chunks dedup well; compressing them together in ~1 MiB frames
+//! compresses as well as large chunks would (`docs/design/block-size.md`).
+//!
+//! Reading a chunk: open the frame (authenticate, decompress to its exact
+//! length), slice the chunk, re-compute its id.
 
 use std::cell::RefCell;
 
 use crate::{ChunkId, Error, Keys, Result};
 
-/// What a blob holds. Bound into the seal so one kind cannot pass for another.
+/// What a frame's chunks hold. Bound into the seal so one kind cannot pass for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum BlobKind {
-    /// A disk block (or a content-defined chunk of a stream).
+    /// Disk blocks (or content-defined chunks of a stream).
     Data = 0,
     /// A block map: the chunk list of a range of a disk.
     Map = 1,
@@ -38,7 +43,7 @@ impl BlobKind {
     }
 }
 
-/// How a blob's payload is compressed.
+/// How a frame's payload is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Compression {
@@ -59,30 +64,69 @@ impl Compression {
     }
 }
 
-/// A blob as it is kept in a pack: its id and header fields, and the stored
-/// bytes (sealed when the store is encrypted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredBlob {
-    /// Id of the plaintext.
+/// One chunk inside a frame's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameChunk {
+    /// The chunk's id.
     pub id: ChunkId,
-    /// What it holds.
+    /// Offset in the frame's plaintext.
+    pub offset: u32,
+    /// Length.
+    pub len: u32,
+}
+
+/// A frame ready to store: header fields, its chunks, and the stored bytes
+/// (sealed when the store is encrypted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFrame {
+    /// What the chunks hold.
     pub kind: BlobKind,
-    /// How the payload is compressed.
+    /// Payload compression.
     pub compression: Compression,
-    /// Plaintext length.
+    /// Plaintext length (sum of chunk lengths).
     pub raw_len: u32,
+    /// The chunks, in plaintext order.
+    pub chunks: Vec<FrameChunk>,
     /// The stored bytes.
     pub bytes: Vec<u8>,
 }
 
-/// Associated data bound into every sealed blob.
-pub fn blob_aad(id: &ChunkId, kind: BlobKind, compression: Compression, raw_len: u32) -> [u8; 52] {
-    let mut a = [0u8; 52];
-    a[..14].copy_from_slice(b"alike blob v1\0");
-    a[14] = kind.code();
-    a[15] = compression as u8;
-    a[16..20].copy_from_slice(&raw_len.to_le_bytes());
-    a[20..].copy_from_slice(&id.0);
+/// Where a stored frame is, as the store reports it. `container` and
+/// `offset` are opaque to the engine (a pack id and an offset in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameRef {
+    /// The object holding the frame.
+    pub container: [u8; 32],
+    /// Offset of the stored bytes.
+    pub offset: u32,
+    /// Stored length.
+    pub stored_len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Kind.
+    pub kind: BlobKind,
+    /// Compression.
+    pub compression: Compression,
+}
+
+/// Where a chunk is: its frame and its range in the frame's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkLocation {
+    /// The frame.
+    pub frame: FrameRef,
+    /// Offset in the frame's plaintext.
+    pub offset: u32,
+    /// Length.
+    pub len: u32,
+}
+
+/// Associated data bound into every sealed frame.
+pub fn frame_aad(kind: BlobKind, compression: Compression, raw_len: u32) -> [u8; 21] {
+    let mut a = [0u8; 21];
+    a[..15].copy_from_slice(b"alike frame v1\0");
+    a[15] = kind.code();
+    a[16] = compression as u8;
+    a[17..].copy_from_slice(&raw_len.to_le_bytes());
     a
 }
 
@@ -92,7 +136,7 @@ thread_local! {
 }
 
 /// Compresses with zstd at `level`; `None` when the result would not save at
-/// least 1/32 of the input (then the blob is stored raw).
+/// least 1/32 of the input (then the frame is stored raw).
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if data.len() < 64 {
         return None;
@@ -125,49 +169,85 @@ fn decompress(data: &[u8], raw_len: usize) -> std::result::Result<Vec<u8>, Strin
     })
 }
 
-/// Turns a plaintext into a stored blob with a known id.
-pub fn encode_blob_with_id(
+/// Builds a frame from chunks whose ids are known: concatenates, compresses
+/// (`level`, or not at all), seals.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an empty or over-4-GiB frame; crypto failures.
+pub fn encode_frame(
     keys: &Keys,
-    id: ChunkId,
     kind: BlobKind,
-    plain: &[u8],
+    chunks: &[(ChunkId, &[u8])],
     level: Option<i32>,
-) -> Result<StoredBlob> {
-    let raw_len = u32::try_from(plain.len())
-        .map_err(|_| Error::InvalidArgument(format!("blob of {} bytes is too large", plain.len())))?;
-    let compressed = level.and_then(|l| compress(plain, l));
-    let (compression, payload) = match &compressed {
-        Some(c) => (Compression::Zstd, &c[..]),
-        None => (Compression::None, plain),
-    };
-    let aad = blob_aad(&id, kind, compression, raw_len);
-    let bytes =
-        if keys.is_encrypted() { keys.seal(&aad, payload)? } else { compressed.unwrap_or_else(|| plain.to_vec()) };
-    Ok(StoredBlob { id, kind, compression, raw_len, bytes })
-}
-
-/// Turns a plaintext into a stored blob: hash, compress, seal.
-pub fn encode_blob(keys: &Keys, kind: BlobKind, plain: &[u8], level: Option<i32>) -> Result<StoredBlob> {
-    encode_blob_with_id(keys, keys.hash(plain), kind, plain, level)
-}
-
-/// Opens a stored blob back into its plaintext, checking authenticity,
-/// length and id.
-pub fn decode_blob(keys: &Keys, b: &StoredBlob) -> Result<Vec<u8>> {
-    let corrupt = |reason: String| Error::CorruptBlob { id: b.id, kind: b.kind.name(), reason };
-    let aad = blob_aad(&b.id, b.kind, b.compression, b.raw_len);
-    let payload = keys.open(&aad, &b.bytes).map_err(|r| corrupt(r.to_string()))?;
-    let plain = match b.compression {
-        Compression::None => payload,
-        Compression::Zstd => decompress(&payload, b.raw_len as usize).map_err(corrupt)?,
-    };
-    if plain.len() != b.raw_len as usize {
-        return Err(corrupt(format!("{} bytes, expected {}", plain.len(), b.raw_len)));
+) -> Result<StoredFrame> {
+    let total: usize = chunks.iter().map(|(_, d)| d.len()).sum();
+    let raw_len =
+        u32::try_from(total).map_err(|_| Error::InvalidArgument(format!("frame of {total} bytes is too large")))?;
+    if chunks.is_empty() {
+        return Err(Error::InvalidArgument("a frame needs at least one chunk".into()));
     }
-    if keys.hash(&plain) != b.id {
-        return Err(corrupt("content does not match its id".into()));
+    let mut plain = Vec::with_capacity(total);
+    let mut meta = Vec::with_capacity(chunks.len());
+    for (id, d) in chunks {
+        meta.push(FrameChunk { id: *id, offset: plain.len() as u32, len: d.len() as u32 });
+        plain.extend_from_slice(d);
+    }
+    let compressed = level.and_then(|l| compress(&plain, l));
+    let compression = if compressed.is_some() { Compression::Zstd } else { Compression::None };
+    let payload = compressed.unwrap_or(plain);
+    let bytes =
+        if keys.is_encrypted() { keys.seal(&frame_aad(kind, compression, raw_len), &payload)? } else { payload };
+    Ok(StoredFrame { kind, compression, raw_len, chunks: meta, bytes })
+}
+
+/// Builds a one-chunk frame, hashing the plaintext for its id.
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn encode_single(keys: &Keys, kind: BlobKind, plain: &[u8], level: Option<i32>) -> Result<StoredFrame> {
+    encode_frame(keys, kind, &[(keys.hash(plain), plain)], level)
+}
+
+fn corrupt(f: &FrameRef, reason: String) -> Error {
+    Error::CorruptFrame { container: hex::encode(&f.container[..8]), offset: f.offset, kind: f.kind.name(), reason }
+}
+
+/// Opens a frame's stored bytes into its plaintext: authentication (when
+/// encrypted) and decompression to exactly `raw_len` bytes.
+///
+/// # Errors
+/// [`Error::CorruptFrame`] naming the frame and the failed check.
+pub fn decode_frame(keys: &Keys, f: &FrameRef, stored: &[u8]) -> Result<Vec<u8>> {
+    if stored.len() != f.stored_len as usize {
+        return Err(corrupt(f, format!("{} stored bytes, expected {}", stored.len(), f.stored_len)));
+    }
+    let payload = keys.open(&frame_aad(f.kind, f.compression, f.raw_len), stored).map_err(|r| corrupt(f, r.into()))?;
+    let plain = match f.compression {
+        Compression::None => payload,
+        Compression::Zstd => decompress(&payload, f.raw_len as usize).map_err(|r| corrupt(f, r))?,
+    };
+    if plain.len() != f.raw_len as usize {
+        return Err(corrupt(f, format!("{} bytes, expected {}", plain.len(), f.raw_len)));
     }
     Ok(plain)
+}
+
+/// The chunk `id` at `loc` inside an opened frame, after checking its id.
+///
+/// # Errors
+/// [`Error::CorruptBlob`] when the range is outside the frame or the bytes do not hash to `id`.
+pub fn chunk_in<'a>(keys: &Keys, frame_plain: &'a [u8], loc: &ChunkLocation, id: &ChunkId) -> Result<&'a [u8]> {
+    let end = loc.offset as usize + loc.len as usize;
+    let kind = loc.frame.kind.name();
+    let data = frame_plain.get(loc.offset as usize..end).ok_or_else(|| Error::CorruptBlob {
+        id: *id,
+        kind,
+        reason: format!("range {}..{end} outside its frame of {} bytes", loc.offset, frame_plain.len()),
+    })?;
+    if keys.hash(data) != *id {
+        return Err(Error::CorruptBlob { id: *id, kind, reason: "content does not match its id".into() });
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -176,45 +256,74 @@ mod tests {
     use crate::MasterKey;
     use proptest::prelude::*;
 
+    fn fref(f: &StoredFrame) -> FrameRef {
+        FrameRef {
+            container: [0; 32],
+            offset: 0,
+            stored_len: f.bytes.len() as u32,
+            raw_len: f.raw_len,
+            kind: f.kind,
+            compression: f.compression,
+        }
+    }
+
+    fn read_all(keys: &Keys, f: &StoredFrame) -> Vec<Vec<u8>> {
+        let r = fref(f);
+        let plain = decode_frame(keys, &r, &f.bytes).unwrap();
+        f.chunks
+            .iter()
+            .map(|c| {
+                chunk_in(keys, &plain, &ChunkLocation { frame: r, offset: c.offset, len: c.len }, &c.id)
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
-        fn blob_round_trip(data in proptest::collection::vec(any::<u8>(), 0..5000), rep in 0usize..3, enc: bool, level in proptest::option::of(1i32..4)) {
-            let mut plain = data.clone();
-            for _ in 0..rep { plain.extend_from_slice(&data); }
+        fn frame_round_trip(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..3000), 1..6), rep: bool, enc: bool, level in proptest::option::of(1i32..4)) {
             let keys = if enc { Keys::from_master(&MasterKey([9; 32])) } else { Keys::unencrypted() };
-            let b = encode_blob(&keys, BlobKind::Data, &plain, level).unwrap();
-            prop_assert_eq!(decode_blob(&keys, &b).unwrap(), plain);
+            let chunks: Vec<Vec<u8>> = chunks.into_iter().map(|c| if rep { c.repeat(3) } else { c }).collect();
+            let with_ids: Vec<(ChunkId, &[u8])> = chunks.iter().map(|c| (keys.hash(c), c.as_slice())).collect();
+            let f = encode_frame(&keys, BlobKind::Data, &with_ids, level).unwrap();
+            prop_assert_eq!(read_all(&keys, &f), chunks);
         }
     }
 
     #[test]
     fn compressible_is_compressed_and_random_is_raw() {
         let keys = Keys::unencrypted();
-        let b = encode_blob(&keys, BlobKind::Data, &vec![5u8; 65536], Some(1)).unwrap();
-        assert_eq!(b.compression, Compression::Zstd);
-        assert!(b.bytes.len() < 1000);
+        let f = encode_single(&keys, BlobKind::Data, &vec![5u8; 65536], Some(1)).unwrap();
+        assert_eq!(f.compression, Compression::Zstd);
+        assert!(f.bytes.len() < 1000);
         let mut r = vec![0u8; 65536];
         crate::crypto::random_bytes(&mut r).unwrap();
-        let b = encode_blob(&keys, BlobKind::Data, &r, Some(1)).unwrap();
-        assert_eq!(b.compression, Compression::None);
-        assert_eq!(b.bytes, r);
+        let f = encode_single(&keys, BlobKind::Data, &r, Some(1)).unwrap();
+        assert_eq!(f.compression, Compression::None);
+        assert_eq!(f.bytes, r);
     }
 
     #[test]
     fn damage_is_named() {
         let keys = Keys::from_master(&MasterKey([2; 32]));
-        let mut b = encode_blob(&keys, BlobKind::Data, b"some bytes here", Some(3)).unwrap();
-        b.bytes[13] ^= 0x40;
-        let e = decode_blob(&keys, &b).unwrap_err().to_string();
-        assert!(e.contains(&b.id.to_hex()) && e.contains("authentication"), "{e}");
+        let mut f = encode_single(&keys, BlobKind::Data, b"some bytes here", Some(3)).unwrap();
+        f.bytes[13] ^= 0x40;
+        let e = decode_frame(&keys, &fref(&f), &f.bytes).unwrap_err().to_string();
+        assert!(e.contains("authentication"), "{e}");
         // Kind confusion is caught by the seal.
-        let mut b = encode_blob(&keys, BlobKind::Data, b"x", None).unwrap();
-        b.kind = BlobKind::Map;
-        assert!(decode_blob(&keys, &b).is_err());
-        // Unencrypted: the id check catches damage.
+        let mut f = encode_single(&keys, BlobKind::Data, b"x", None).unwrap();
+        f.kind = BlobKind::Map;
+        assert!(decode_frame(&keys, &fref(&f), &f.bytes).is_err());
+        // Unencrypted: the id check catches damage, naming the chunk.
         let k = Keys::unencrypted();
-        let mut b = encode_blob(&k, BlobKind::Data, b"abcdef", None).unwrap();
-        b.bytes[0] = b'z';
-        assert!(decode_blob(&k, &b).unwrap_err().to_string().contains("does not match"));
+        let mut f = encode_single(&k, BlobKind::Data, b"abcdef", None).unwrap();
+        f.bytes[0] = b'z';
+        let plain = decode_frame(&k, &fref(&f), &f.bytes).unwrap();
+        let c = f.chunks[0];
+        let e = chunk_in(&k, &plain, &ChunkLocation { frame: fref(&f), offset: c.offset, len: c.len }, &c.id)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not match") && e.contains(&c.id.to_hex()), "{e}");
     }
 }

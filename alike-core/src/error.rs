@@ -41,6 +41,18 @@ pub enum Error {
         /// What check failed.
         reason: String,
     },
+    /// A stored frame failed authentication or decompression.
+    #[error("stored frame {container}@{offset} ({kind}) is corrupt: {reason}")]
+    CorruptFrame {
+        /// The object holding it (first 8 bytes of its id, hex).
+        container: String,
+        /// Offset of the frame in it.
+        offset: u32,
+        /// What kind of chunks it holds.
+        kind: &'static str,
+        /// What check failed.
+        reason: String,
+    },
     /// A structure decoded from stored bytes is malformed.
     #[error("{what} is malformed at byte {offset}: {reason}")]
     Malformed {

@@ -8,10 +8,14 @@
 //! `alike-hyperv`, and the `alike` facade composes them.
 //!
 //! ```
-//! use alike_core::{Keys, MasterKey, BlobKind, encode_blob, decode_blob};
+//! use alike_core::{BlobKind, ChunkLocation, FrameRef, Keys, MasterKey, chunk_in, decode_frame, encode_single};
 //! let keys = Keys::from_master(&MasterKey::generate()?);
-//! let blob = encode_blob(&keys, BlobKind::Data, b"disk block", Some(3))?;
-//! assert_eq!(decode_blob(&keys, &blob)?, b"disk block");
+//! let frame = encode_single(&keys, BlobKind::Data, b"disk block", Some(3))?;
+//! let at = FrameRef { container: [0; 32], offset: 0, stored_len: frame.bytes.len() as u32,
+//!                     raw_len: frame.raw_len, kind: frame.kind, compression: frame.compression };
+//! let plain = decode_frame(&keys, &at, &frame.bytes)?;
+//! let c = frame.chunks[0];
+//! assert_eq!(chunk_in(&keys, &plain, &ChunkLocation { frame: at, offset: c.offset, len: c.len }, &c.id)?, b"disk block");
 //! # Ok::<(), alike_core::Error>(())
 //! ```
 
@@ -31,7 +35,10 @@ pub mod restore;
 // Errors
 pub use error::{Error, Result, Retry};
 // Ids, keys and blobs
-pub use blob::{BlobKind, Compression, StoredBlob, blob_aad, compress, decode_blob, encode_blob, encode_blob_with_id};
+pub use blob::{
+    BlobKind, ChunkLocation, Compression, FrameChunk, FrameRef, StoredFrame, chunk_in, compress, decode_frame,
+    encode_frame, encode_single, frame_aad,
+};
 pub use crypto::{KdfParams, Keys, MasterKey, SEAL_OVERHEAD, WrappedKey, random_bytes, unwrap_master, wrap_master};
 pub use id::ChunkId;
 // Chunking
@@ -42,6 +49,6 @@ pub use chunker::{
 pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, VmInfo};
 // Seams
 pub use disk::{DiskSource, DiskTarget, MemSource, RawFileSource, RawFileTarget};
-pub use store::ChunkStore;
+pub use store::{ChunkStore, read_chunk};
 // Progress
 pub use progress::{CancelToken, Phase, Progress, ProgressFn, ProgressSink, RunOptions};

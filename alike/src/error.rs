@@ -99,7 +99,9 @@ impl Error {
             },
             Error::Engine(c) => match c {
                 C::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
-                C::CorruptBlob { .. } | C::Malformed { .. } | C::MissingChunk { .. } => ErrorKind::Corruption,
+                C::CorruptBlob { .. } | C::CorruptFrame { .. } | C::Malformed { .. } | C::MissingChunk { .. } => {
+                    ErrorKind::Corruption
+                }
                 C::SourceRead { .. } | C::TargetWrite { .. } | C::Io { .. } => ErrorKind::Io,
                 C::Cancelled => ErrorKind::Cancelled,
                 C::InvalidArgument(_) => ErrorKind::InvalidArgument,

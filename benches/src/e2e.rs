@@ -5,7 +5,9 @@
 //! Backs up V1 (first full), V1 again (unchanged re-run), V2 (incremental
 //! without change hints: everything read, dedup by hash), restores V2, and
 //! prints wall time, MB/s of image and of data, bytes added and peak RSS for
-//! each step (peak RSS is the process high-water mark, read from /proc).
+//! each step (peak RSS is the process high-water mark so far, read from
+//! /proc; the `alike` command run per step shows each step's own peak).
+//! Dirty pages are flushed (`sync`) before each step.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,6 +23,11 @@ fn peak_rss_mib() -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Flushes dirty pages so one step's writeback does not slow the next.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn main() -> Result<()> {
@@ -48,6 +55,7 @@ fn main() -> Result<()> {
     let image_size = std::fs::metadata(&v1)?.len() as f64;
     let mut rows = Vec::new();
     for (step, img) in [("first backup v1", &v1), ("unchanged re-run v1", &v1), ("incremental v2 (no hints)", &v2)] {
+        settle();
         let r = store.backup_images("bench", &[img], &BackupOptions::default())?;
         let secs = r.elapsed.as_secs_f64();
         let stored = store.stats()?.stored_bytes;
@@ -59,6 +67,7 @@ fn main() -> Result<()> {
     }
     let v = store.version("latest", Some("bench"))?;
     let out = work.join("restore.img");
+    settle();
     let t = Instant::now();
     let rr = store.restore_to_file(&v, 0, &out, &RestoreOptions::default())?;
     let secs = t.elapsed().as_secs_f64();
