@@ -27,6 +27,8 @@ pub enum ObjectKind {
     Index,
     /// `versions/…`.
     Manifest,
+    /// `verifications/…`: when and how a version was verified.
+    Verification,
 }
 
 impl ObjectKind {
@@ -39,6 +41,7 @@ impl ObjectKind {
             ObjectKind::Pack => *b"PK",
             ObjectKind::Index => *b"IX",
             ObjectKind::Manifest => *b"MF",
+            ObjectKind::Verification => *b"VF",
         }
     }
     /// The 8-byte magic.
@@ -55,6 +58,7 @@ impl ObjectKind {
             ObjectKind::Pack => "pack",
             ObjectKind::Index => "index segment",
             ObjectKind::Manifest => "version manifest",
+            ObjectKind::Verification => "verification record",
         }
     }
 }

@@ -20,12 +20,13 @@
 //! mutable object is shared, so backups of different VMs (or the same VM) run
 //! at once without locks.
 //!
-//! | operation A \ B | backup | restore | stats / versions |
-//! |---|---|---|---|
-//! | backup | allowed | allowed | allowed |
-//! | restore | allowed | allowed | allowed |
+//! | operation A \ B | backup | restore | verify | stats / versions |
+//! |---|---|---|---|---|
+//! | backup | allowed | allowed | allowed | allowed |
+//! | restore | allowed | allowed | allowed | allowed |
+//! | verify | allowed | allowed | allowed | allowed |
 //!
-//! (Prune, GC and verify join this matrix with issue 3.)
+//! (Prune and GC join this matrix with issue 3.)
 //!
 //! ```
 //! use alike_ads::{CreateOptions, OpenOptions, Repository};
@@ -48,6 +49,7 @@ mod format;
 mod index;
 mod pack;
 mod repo;
+mod verify;
 
 pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
@@ -59,3 +61,4 @@ pub use repo::{
     CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, decode_manifest, default_cache_dir,
     encode_manifest,
 };
+pub use verify::{Affected, Damage, Verification, VerifyDepth, VerifyReport};

@@ -103,6 +103,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check that versions restore: quick (structure, index, trailers) or --full (every byte).
+    /// Exit status 0 only when nothing is damaged.
+    Verify {
+        /// Read, authenticate and re-hash every byte, and check every pack's name.
+        #[arg(long)]
+        full: bool,
+        /// Only this VM's versions.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only this version (id, prefix, or `latest` with --vm).
+        #[arg(long)]
+        version: Option<String>,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the store's index from pack trailers.
     RebuildIndex,
 }
@@ -382,6 +398,57 @@ fn run(cli: Cli) -> Result<()> {
                 println!("stored bytes:      {} ({}) in {} packs", s.stored_bytes, mib(s.stored_bytes), s.packs);
                 println!("dedup ratio:       {dedup:.2}x");
                 println!("compression ratio: {comp:.2}x");
+            }
+        }
+        Cmd::Verify { full, vm, version, json } => {
+            let store = open(&cli)?;
+            let bar = Bar::new(&cli, "verify");
+            let mut opts = alike::VerifyOptions::default().full(*full).cancel_token(cancel_on_ctrl_c());
+            if let Some(cb) = bar.callback() {
+                opts = opts.progress(cb);
+            }
+            if let Some(v) = vm {
+                opts = opts.vm(v);
+            }
+            if let Some(v) = version {
+                opts = opts.version(v);
+            }
+            let r = store.verify(&opts);
+            bar.done();
+            let r = r?;
+            let depth = if *full { "full" } else { "quick" };
+            if *json {
+                println!(
+                    "{}",
+                    json!({"ok": r.ok(), "depth": depth, "versions": r.versions, "chunks": r.chunks,
+                           "packs_read": r.packs_read, "bytes_read": r.bytes_read, "damaged": r.damaged})
+                );
+            } else {
+                for d in &r.damaged {
+                    let chunk = d.chunk.as_deref().map(|c| format!(" chunk {}", &c[..16])).unwrap_or_default();
+                    println!("DAMAGED {}{chunk}: {}", d.object, d.reason);
+                    for a in &d.affects {
+                        let ranges: Vec<String> = a.ranges.iter().take(4).map(|(x, y)| format!("{x}..{y}")).collect();
+                        let more =
+                            if a.ranges.len() > 4 { format!(" (+{} more)", a.ranges.len() - 4) } else { String::new() };
+                        println!(
+                            "  breaks version {} ({}) disk {} bytes {}{more}",
+                            &a.version[..12.min(a.version.len())],
+                            a.vm,
+                            a.disk,
+                            ranges.join(", ")
+                        );
+                    }
+                }
+                eprintln!(
+                    "{depth} verify of {} version(s), {} chunks: {}",
+                    r.versions,
+                    r.chunks,
+                    if r.ok() { "all good" } else { "DAMAGED" }
+                );
+            }
+            if !r.ok() {
+                bail!("{} damaged object(s) or chunk(s) found", r.damaged.len());
             }
         }
         Cmd::RebuildIndex => {

@@ -188,3 +188,32 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn verify_exit_status_and_json() {
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("d.img");
+    sparse_image(&img, 6 << 20, 10, 3);
+    let id = c.ok(&["backup", "--vm", "web", path_str(&img)]).trim().to_string();
+    let j = c.json(&["verify", "--full", "--json"]);
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["damaged"].as_array().unwrap().len(), 0);
+    // Damage every pack: exit 1, and the JSON names the objects and the version.
+    for d in std::fs::read_dir(c.p("store/packs")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            b[200] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    let o = c.cmd().args(["verify", "--full", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["ok"], false);
+    let damaged = j["damaged"].as_array().unwrap();
+    assert!(damaged.iter().all(|d| d["object"].as_str().unwrap().starts_with("packs/")));
+    assert!(damaged.iter().any(|d| d["affects"].as_array().unwrap().iter().any(|a| a["version"] == id.as_str())));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("damaged"));
+}

@@ -44,6 +44,13 @@ pub struct Progress {
     pub bytes_total: u64,
 }
 
+impl Progress {
+    /// A verify-stage report (for stores that count their own progress).
+    pub fn verify(bytes_done: u64, bytes_total: u64) -> Progress {
+        Progress { phase: Phase::Verify, bytes_done, bytes_total }
+    }
+}
+
 /// A progress callback. Called from worker threads; keep it quick.
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 

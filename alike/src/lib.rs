@@ -30,8 +30,9 @@ mod error;
 mod options;
 mod store;
 
+pub use alike_ads::{Affected, Damage, Verification, VerifyReport};
 pub use error::{Error, ErrorKind, Result};
-pub use options::{BackupOptions, Parent, RestoreOptions};
+pub use options::{BackupOptions, Parent, RestoreOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, Version};
 
 // Engine vocabulary users need.

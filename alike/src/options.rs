@@ -104,3 +104,37 @@ pub struct RestoreOptions {
 impl RestoreOptions {
     run_setters!();
 }
+
+/// Options of [`crate::Store::verify`].
+///
+/// ```
+/// let opts = alike::VerifyOptions::default().full(true).vm("web01");
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    pub(crate) run: Run,
+    pub(crate) full: bool,
+    pub(crate) vm: Option<String>,
+    pub(crate) version: Option<String>,
+}
+
+impl VerifyOptions {
+    run_setters!();
+    /// Read and re-hash every byte (default: quick structural check).
+    pub fn full(mut self, yes: bool) -> Self {
+        self.full = yes;
+        self
+    }
+    /// Only this VM's versions.
+    pub fn vm(mut self, name: impl Into<String>) -> Self {
+        self.vm = Some(name.into());
+        self
+    }
+    /// Only this version (id, prefix, or `latest` with [`VerifyOptions::vm`]).
+    pub fn version(mut self, spec: impl Into<String>) -> Self {
+        self.version = Some(spec.into());
+        self
+    }
+}

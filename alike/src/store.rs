@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alike_ads::{CreateOptions, OpenOptions, Repository};
+use alike_ads::{CreateOptions, OpenOptions, Repository, Verification, VerifyDepth, VerifyReport};
 use alike_core::backup::{BackupJob, EngineParams};
 use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, RawFileSource, RawFileTarget, VmInfo};
 
-use crate::options::{BackupOptions, Parent, RestoreOptions};
+use crate::options::{BackupOptions, Parent, RestoreOptions, VerifyOptions};
 use crate::{Error, Result};
 
 /// Builds a [`Store`]: settings first, then [`StoreBuilder::create`] or [`StoreBuilder::open`].
@@ -391,6 +391,58 @@ impl Store {
     /// Store errors.
     pub fn stats(&self) -> Result<StoreStats> {
         Ok(self.repo.stats()?)
+    }
+
+    /// Verifies versions (all, one VM's, or one) and records the result in
+    /// the store. Damage is in the report, never an error: check
+    /// [`VerifyReport::ok`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create(dir.path().join("s"))?;
+    /// # let disk = alike::MemSource { label: "d".into(), data: vec![3u8; 200_000] };
+    /// # store.backup(alike::VmInfo::named("vm"), &[&disk], &Default::default())?;
+    /// let report = store.verify(&alike::VerifyOptions::default().full(true))?;
+    /// assert!(report.ok(), "{:?}", report.damaged);
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A version or VM that does not exist; failures to reach the store.
+    pub fn verify(&self, opts: &VerifyOptions) -> Result<VerifyReport> {
+        let ids: Vec<String> = match (&opts.version, &opts.vm) {
+            (Some(spec), vm) => vec![self.version(spec, vm.as_deref())?.id],
+            (None, Some(vm)) => {
+                let v: Vec<String> = self.versions(Some(vm))?.into_iter().map(|v| v.id).collect();
+                if v.is_empty() {
+                    return Err(Error::VersionNotFound { spec: "any".into(), vm: Some(vm.clone()) });
+                }
+                v
+            }
+            (None, None) => self.repo.version_ids()?,
+        };
+        let depth = if opts.full { VerifyDepth::Full } else { VerifyDepth::Quick };
+        let progress = opts.run.progress.clone();
+        let report = self.repo.verify(Some(&ids), depth, &|done, total| {
+            if let Some(p) = &progress {
+                p(&alike_core::Progress::verify(done, total));
+            }
+        })?;
+        let now = now_ms();
+        for id in &ids {
+            let ok = !report.damaged.iter().any(|d| d.affects.iter().any(|a| &a.version == id));
+            let depth = if opts.full { "full" } else { "quick" };
+            self.repo.record_verification(id, &Verification { time_ms: now, depth: depth.into(), ok })?;
+        }
+        Ok(report)
+    }
+
+    /// The newest verification of each version that has one, by version id.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn verifications(&self) -> Result<std::collections::HashMap<String, Verification>> {
+        Ok(self.repo.verifications()?)
     }
 
     /// Rebuilds the store's index (and the local cache) from pack trailers.

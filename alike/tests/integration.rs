@@ -8,4 +8,5 @@ mod integration {
     mod incremental;
     mod roundtrip;
     mod util;
+    mod verify;
 }
