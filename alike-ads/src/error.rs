@@ -100,6 +100,16 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// Another process holds a lock that excludes this operation.
+    #[error(
+        "the store is locked by {holder} ({lock}); if that process is gone the lock is cleared automatically once stale"
+    )]
+    Locked {
+        /// The lock object.
+        lock: String,
+        /// Who holds it.
+        holder: String,
+    },
     /// A bad argument (block size, version id…).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

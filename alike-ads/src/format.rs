@@ -29,6 +29,12 @@ pub enum ObjectKind {
     Manifest,
     /// `verifications/…`: when and how a version was verified.
     Verification,
+    /// `locks/…`: who is working on the store.
+    Lock,
+    /// `gc/…`: packs a GC condemned, to delete in a later run.
+    Condemned,
+    /// `pins/…`: a version no retention policy removes.
+    Pin,
 }
 
 impl ObjectKind {
@@ -42,6 +48,9 @@ impl ObjectKind {
             ObjectKind::Index => *b"IX",
             ObjectKind::Manifest => *b"MF",
             ObjectKind::Verification => *b"VF",
+            ObjectKind::Lock => *b"LK",
+            ObjectKind::Condemned => *b"GC",
+            ObjectKind::Pin => *b"PN",
         }
     }
     /// The 8-byte magic.
@@ -59,6 +68,9 @@ impl ObjectKind {
             ObjectKind::Index => "index segment",
             ObjectKind::Manifest => "version manifest",
             ObjectKind::Verification => "verification record",
+            ObjectKind::Lock => "lock",
+            ObjectKind::Condemned => "GC condemnation record",
+            ObjectKind::Pin => "pin",
         }
     }
 }

@@ -243,6 +243,43 @@ impl IndexCache {
         tx.commit().map_err(|x| e(&x))
     }
 
+    /// Ids of the packs the cache knows.
+    pub fn pack_ids(&self) -> Result<HashSet<[u8; 32]>> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(&x))?;
+        let t = tx.open_table(PACK_NOS).map_err(|x| e(&x))?;
+        let mut out = HashSet::new();
+        for r in t.iter().map_err(|x| e(&x))? {
+            out.insert(r.map_err(|x| e(&x))?.0.value());
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(chunk id, pack id, chunk length, kind)` for every indexed chunk.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&ChunkId, &[u8; 32], u32, BlobKind)) -> Result<()> {
+        let e = cerr(&self.path);
+        let tx = self.db.begin_read().map_err(|x| e(&x))?;
+        let packs: std::collections::HashMap<u32, [u8; 32]> = {
+            let t = tx.open_table(PACKS).map_err(|x| e(&x))?;
+            let mut m = std::collections::HashMap::new();
+            for r in t.iter().map_err(|x| e(&x))? {
+                let (k, v) = r.map_err(|x| e(&x))?;
+                m.insert(k.value(), v.value());
+            }
+            m
+        };
+        let t = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
+        for r in t.iter().map_err(|x| e(&x))? {
+            let (k, v) = r.map_err(|x| e(&x))?;
+            let v = v.value();
+            let no = u32::from_le_bytes(v[..4].try_into().expect("4"));
+            let Some(pack) = packs.get(&no) else { continue };
+            let kind = BlobKind::from_code(v[24]).unwrap_or(BlobKind::Data);
+            f(&ChunkId(k.value()), pack, u32::from_le_bytes(v[20..24].try_into().expect("4")), kind);
+        }
+        Ok(())
+    }
+
     /// Forgets everything (before a full reload).
     pub fn clear(&self) -> Result<()> {
         let e = cerr(&self.path);

@@ -47,6 +47,8 @@ mod config;
 mod error;
 mod format;
 mod index;
+mod lock;
+mod maintenance;
 mod pack;
 mod repo;
 mod verify;
@@ -56,6 +58,8 @@ pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, de
 pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
 pub use index::{IndexCache, SegmentPacks, decode_segment, encode_segment};
+pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks, live_locks};
+pub use maintenance::{CLOCK_SKEW_MS, GcReport, PruneReport, REPACK_BELOW};
 pub use pack::{ENTRY_LEN, FOOTER_LEN, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, pack_key, read_trailer};
 pub use repo::{
     CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, decode_manifest, default_cache_dir,

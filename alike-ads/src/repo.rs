@@ -157,6 +157,8 @@ pub struct Repository {
     keys: Keys,
     cache: IndexCache,
     session: Mutex<Session>,
+    /// Packs condemned by GC, read when a writer begins: never deduplicated against.
+    condemned: std::sync::RwLock<HashSet<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -275,10 +277,39 @@ impl Repository {
         let keys = unlock(&*backend, &config, opts)?;
         let dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir).join(&config.store_id);
         let cache = IndexCache::open(&dir, &config.store_id)?;
-        let repo = Repository { backend, config, keys, cache, session: Mutex::new(Session::default()) };
+        let repo = Repository {
+            backend,
+            config,
+            keys,
+            cache,
+            session: Mutex::new(Session::default()),
+            condemned: std::sync::RwLock::new(HashSet::new()),
+        };
         repo.clean_spool();
         repo.sync_cache()?;
         Ok(repo)
+    }
+
+    /// Takes a store lock (released when the guard drops).
+    ///
+    /// # Errors
+    /// [`Error::Locked`] (GC against GC); backend errors.
+    pub fn lock(&self, kind: crate::LockKind) -> Result<crate::LockGuard> {
+        crate::LockGuard::acquire(self.backend.clone(), kind)
+    }
+
+    /// Starts a writer: takes a backup lock, *then* reads GC condemnation
+    /// records (so a GC that condemns later sees this lock), adopts orphan
+    /// packs of interrupted writers, and brings the cache up to date.
+    ///
+    /// # Errors
+    /// Backend and cache errors.
+    pub fn begin_write(&self) -> Result<crate::LockGuard> {
+        let lock = self.lock(crate::LockKind::Backup)?;
+        *self.condemned.write().expect("lock") = self.condemned_packs()?;
+        self.sync_cache()?;
+        self.adopt_orphan_packs()?;
+        Ok(lock)
     }
 
     /// The store's settings.
@@ -640,7 +671,11 @@ impl ChunkStore for Repository {
         if self.session.lock().expect("session lock").pending.contains(id) {
             return Ok(true);
         }
-        Ok(self.cache.lookup(id)?.is_some())
+        Ok(match self.cache.lookup(id)? {
+            // A chunk in a condemned pack may be deleted soon: store it again.
+            Some(loc) => !self.condemned.read().expect("lock").contains(&loc.frame.container),
+            None => false,
+        })
     }
     fn put(&self, frame: StoredFrame) -> alike_core::Result<()> {
         Ok(self.put_inner(&frame)?)

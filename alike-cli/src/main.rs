@@ -119,6 +119,62 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove versions a retention policy does not keep (pinned versions always stay).
+    Prune {
+        /// Only this VM (default: each VM on its own).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Keep the newest N versions.
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest version of each of the last N hours.
+        #[arg(long, default_value_t = 0)]
+        keep_hourly: u32,
+        /// … days.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        /// … weeks.
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        /// … months.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// … years.
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reclaim space: delete data no version needs (safe while backups run).
+    Gc {
+        /// Count only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one version (its data goes at the next gc).
+    Forget {
+        /// Version id or unique prefix.
+        version: String,
+    },
+    /// Protect a version from every retention policy.
+    Pin {
+        /// Version id or unique prefix.
+        version: String,
+    },
+    /// Remove a version's protection.
+    Unpin {
+        /// Version id or unique prefix.
+        version: String,
+    },
+    /// Remove locks left by processes that are gone, and list the live ones.
+    Unlock,
     /// Rebuild the store's index from pack trailers.
     RebuildIndex,
 }
@@ -236,6 +292,11 @@ fn cancel_on_ctrl_c() -> CancelToken {
     // Only one handler per process; a second call (never made) would fail harmlessly.
     let _ = ctrlc::set_handler(move || t.cancel());
     token
+}
+
+fn alike_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn mib(b: u64) -> String {
@@ -450,6 +511,93 @@ fn run(cli: Cli) -> Result<()> {
             if !r.ok() {
                 bail!("{} damaged object(s) or chunk(s) found", r.damaged.len());
             }
+        }
+        Cmd::Prune {
+            vm,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let mut p = alike::RetentionPolicy::default();
+            p.keep_last = *keep_last;
+            p.keep_hourly = *keep_hourly;
+            p.keep_daily = *keep_daily;
+            p.keep_weekly = *keep_weekly;
+            p.keep_monthly = *keep_monthly;
+            p.keep_yearly = *keep_yearly;
+            let r = store.prune(vm.as_deref(), &p, *dry_run)?;
+            if *json {
+                let vms: Vec<_> = r.decisions.iter().map(|(vm, d)| json!({"vm": vm, "versions": d})).collect();
+                println!("{}", json!({"dry_run": dry_run, "removed": r.removed, "vms": vms}));
+            } else {
+                for (vm, ds) in &r.decisions {
+                    for d in ds {
+                        let t = alike_time(d.time_ms);
+                        let what = if d.keep {
+                            format!("keep   ({})", d.reasons.join(", "))
+                        } else if *dry_run {
+                            "would remove".into()
+                        } else {
+                            "removed".into()
+                        };
+                        println!("{}  {t}  {vm:<20}  {what}", &d.id[..12]);
+                    }
+                }
+                let n = r.decisions.iter().flat_map(|(_, d)| d).filter(|d| !d.keep).count();
+                eprintln!(
+                    "{} {n} version(s){}",
+                    if *dry_run { "would remove" } else { "removed" },
+                    if *dry_run { "" } else { "; run `alike gc` to reclaim space" }
+                );
+            }
+        }
+        Cmd::Gc { dry_run, json } => {
+            let store = open(&cli)?;
+            let r = store.gc(*dry_run)?;
+            if *json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                eprintln!(
+                    "gc: {} live / {} dead chunks in {} packs; condemned {} (repacked {}), deleted {} ({}), deferred {}, rescued {}",
+                    r.live_chunks,
+                    r.dead_chunks,
+                    r.packs,
+                    r.condemned,
+                    r.repacked,
+                    r.deleted,
+                    mib(r.bytes_freed),
+                    r.deferred,
+                    r.rescued
+                );
+                if r.deferred > 0 {
+                    eprintln!(
+                        "alike: note: a backup, restore or verify is running; run gc again later to delete the rest"
+                    );
+                }
+            }
+        }
+        Cmd::Forget { version } => {
+            open(&cli)?.forget(version)?;
+        }
+        Cmd::Pin { version } => {
+            open(&cli)?.pin(version)?;
+        }
+        Cmd::Unpin { version } => {
+            open(&cli)?.unpin(version)?;
+        }
+        Cmd::Unlock => {
+            let store = open(&cli)?;
+            let live = store.locks()?;
+            for (k, l) in &live {
+                println!("{k}  {:?} by pid {} on {} since {}", l.kind, l.pid, l.host, alike_time(l.created_ms));
+            }
+            eprintln!("stale locks removed; {} live lock(s) remain", live.len());
         }
         Cmd::RebuildIndex => {
             let store = open(&cli)?;

@@ -31,6 +31,7 @@ mod store;
 
 pub mod backup;
 pub mod restore;
+pub mod retention;
 
 // Errors
 pub use error::{Error, Result, Retry};

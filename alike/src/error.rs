@@ -29,6 +29,8 @@ pub enum ErrorKind {
     InvalidArgument,
     /// Reading a source, writing a target, or the store's files failed.
     Io,
+    /// Another process holds a lock that excludes this operation.
+    Busy,
     /// Anything else.
     Other,
 }
@@ -95,6 +97,7 @@ impl Error {
                 A::PassphraseRequired { .. } => ErrorKind::PassphraseRequired,
                 A::Io { .. } | A::Cache { .. } => ErrorKind::Io,
                 A::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                A::Locked { .. } => ErrorKind::Busy,
                 _ => ErrorKind::Other,
             },
             Error::Engine(c) => match c {

@@ -30,7 +30,8 @@ mod error;
 mod options;
 mod store;
 
-pub use alike_ads::{Affected, Damage, Verification, VerifyReport};
+pub use alike_ads::{Affected, Damage, GcReport, LockInfo, LockKind, PruneReport, Verification, VerifyReport};
+pub use alike_core::retention::{Decision, RetentionPolicy};
 pub use error::{Error, ErrorKind, Result};
 pub use options::{BackupOptions, Parent, RestoreOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, Version};

@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alike_ads::{CreateOptions, OpenOptions, Repository, Verification, VerifyDepth, VerifyReport};
+use alike_ads::{
+    CreateOptions, GcReport, LockInfo, OpenOptions, PruneReport, Repository, Verification, VerifyDepth, VerifyReport,
+};
 use alike_core::backup::{BackupJob, EngineParams};
+use alike_core::retention::RetentionPolicy;
 use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, RawFileSource, RawFileTarget, VmInfo};
 
 use crate::options::{BackupOptions, Parent, RestoreOptions, VerifyOptions};
@@ -268,6 +271,7 @@ impl Store {
             time_ms: opts.time_ms.unwrap_or_else(now_ms),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()),
         };
+        let _lock = self.repo.begin_write()?;
         let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
         let (id, manifest) = match r {
             Ok(x) => x,
@@ -422,6 +426,7 @@ impl Store {
             (None, None) => self.repo.version_ids()?,
         };
         let depth = if opts.full { VerifyDepth::Full } else { VerifyDepth::Quick };
+        let _lock = self.repo.lock(alike_ads::LockKind::Read)?;
         let progress = opts.run.progress.clone();
         let report = self.repo.verify(Some(&ids), depth, &|done, total| {
             if let Some(p) = &progress {
@@ -443,6 +448,83 @@ impl Store {
     /// Store errors.
     pub fn verifications(&self) -> Result<std::collections::HashMap<String, Verification>> {
         Ok(self.repo.verifications()?)
+    }
+
+    /// Applies a retention policy to one VM's versions (every VM's when
+    /// `vm` is `None`); removes what no rule keeps unless `dry_run`. Pinned
+    /// versions always stay. Space is reclaimed by [`Store::gc`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create(dir.path().join("s"))?;
+    /// # let disk = alike::MemSource { label: "d".into(), data: vec![3u8; 100_000] };
+    /// # for t in 0..3 { store.backup(alike::VmInfo::named("vm"), &[&disk], &alike::BackupOptions::default().time_ms(t))?; }
+    /// let mut policy = alike::RetentionPolicy::default();
+    /// policy.keep_last = 1;
+    /// let r = store.prune(Some("vm"), &policy, false)?;
+    /// assert_eq!(r.removed.len(), 2);
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// An empty policy; store errors.
+    pub fn prune(&self, vm: Option<&str>, policy: &RetentionPolicy, dry_run: bool) -> Result<PruneReport> {
+        Ok(self.repo.prune(vm, policy, dry_run)?)
+    }
+
+    /// Removes one version (id or unique prefix); its data goes at the next [`Store::gc`].
+    ///
+    /// # Errors
+    /// Unknown or pinned version; store errors.
+    pub fn forget(&self, version: &str) -> Result<()> {
+        let v = self.version(version, None)?;
+        Ok(self.repo.forget(&v.id)?)
+    }
+
+    /// Pins a version (id or unique prefix) so that no policy removes it.
+    ///
+    /// # Errors
+    /// Unknown version; store errors.
+    pub fn pin(&self, version: &str) -> Result<()> {
+        let v = self.version(version, None)?;
+        Ok(self.repo.pin(&v.id)?)
+    }
+
+    /// Removes a pin.
+    ///
+    /// # Errors
+    /// Unknown version; store errors.
+    pub fn unpin(&self, version: &str) -> Result<()> {
+        let v = self.version(version, None)?;
+        Ok(self.repo.unpin(&v.id)?)
+    }
+
+    /// Ids of pinned versions.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn pinned(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self.repo.pinned()?)
+    }
+
+    /// Collects garbage: condemns packs no version needs (repacking mostly
+    /// dead ones) and deletes condemned packs when no backup, restore or
+    /// verify that might need them is running. Safe while backups run.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::Busy`] while another GC runs; unreadable versions; store errors.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
+        Ok(self.repo.gc(dry_run)?)
+    }
+
+    /// Store locks: who is working on the store. Stale locks (their process
+    /// is gone, or they were not refreshed for 30 minutes) are removed on the
+    /// way, and only live ones are returned.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn locks(&self) -> Result<Vec<(String, LockInfo)>> {
+        Ok(alike_ads::live_locks(&**self.repo.backend())?)
     }
 
     /// Rebuilds the store's index (and the local cache) from pack trailers.

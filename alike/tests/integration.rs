@@ -6,6 +6,7 @@ mod integration {
     mod dedup;
     mod ext4;
     mod incremental;
+    mod maintenance;
     mod roundtrip;
     mod util;
     mod verify;

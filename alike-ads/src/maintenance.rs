@@ -1,0 +1,443 @@
+//! Housekeeping: pins, prune (retention), orphan-pack adoption, and garbage
+//! collection with a two-phase delete that is safe against backups running
+//! at the same time on any machine.
+//!
+//! ## How GC stays safe with concurrent writers
+//!
+//! 1. GC marks every chunk referenced by the versions it lists.
+//! 2. Packs with no live chunk are *condemned*: a `gc/<time>-<id>` record
+//!    lists them. Partly dead packs are repacked (live chunks copied into new
+//!    packs, published) and the old pack condemned. Nothing is deleted yet.
+//! 3. A backup takes its lock, *then* reads the condemnation records, and
+//!    never deduplicates against a chunk in a condemned pack (it stores it
+//!    again). So only backups whose lock is older than a record (plus the
+//!    allowed clock skew) can reference that record's packs.
+//! 4. A record's packs are deleted only when no such backup is alive, no
+//!    restore or verify is running, and after re-marking: versions that
+//!    appeared since step 1 rescue any chunk they reference.
+//!
+//! A GC run deletes what it can at once (the common case: nothing else is
+//! running) and defers the rest to the next run.
+
+use std::collections::{HashMap, HashSet};
+
+use alike_core::retention::{Decision, RetentionPolicy, apply};
+use alike_core::{BLOCKS_PER_MAP, ChunkId, Manifest, encode_frame};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::backend::random_hex;
+use crate::format::{ObjectKind, check_header, header};
+use crate::index::{decode_segment, encode_segment};
+use crate::lock::{LockKind, live_locks, now_ms};
+use crate::pack::{PackEntry, pack_key, read_trailer};
+use crate::repo::Repository;
+use crate::{Error, Result};
+
+/// Writers' clocks must agree within this.
+pub const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+/// Packs whose live bytes are below this fraction are repacked.
+pub const REPACK_BELOW: f64 = 0.5;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CondemnedRecord {
+    time_ms: i64,
+    packs: Vec<String>,
+}
+
+/// What `prune` decided (and did, unless it was a dry run).
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Per VM, newest first.
+    pub decisions: Vec<(String, Vec<Decision>)>,
+    /// Versions removed (none on a dry run).
+    pub removed: Vec<String>,
+}
+
+/// What `gc` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Versions whose chunks were marked.
+    pub versions: u64,
+    /// Distinct chunks referenced.
+    pub live_chunks: u64,
+    /// Indexed chunks no version references.
+    pub dead_chunks: u64,
+    /// Packs in the index.
+    pub packs: u64,
+    /// Packs condemned by this run (whole-dead or repacked).
+    pub condemned: u64,
+    /// Packs whose live chunks were copied into new packs.
+    pub repacked: u64,
+    /// Packs deleted by this run.
+    pub deleted: u64,
+    /// Bytes freed by the deletions.
+    pub bytes_freed: u64,
+    /// Condemned packs rescued (a new version references them again).
+    pub rescued: u64,
+    /// Condemned packs left for a later run because a backup or read is running.
+    pub deferred: u64,
+    /// Orphan packs (in no index segment) adopted into the index.
+    pub adopted: u64,
+}
+
+impl Repository {
+    /// Pins a version: no retention policy removes it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown version; backend errors.
+    pub fn pin(&self, version: &str) -> Result<()> {
+        if !self.backend().exists(&format!("versions/{version}"))? {
+            return Err(Error::NotFound { object: format!("versions/{version}") });
+        }
+        let mut out = header(ObjectKind::Pin).to_vec();
+        out.extend_from_slice(format!("{{\"time_ms\":{}}}", now_ms()).as_bytes());
+        self.backend().write(&format!("pins/{version}"), &out)
+    }
+
+    /// Removes a pin (missing is fine).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn unpin(&self, version: &str) -> Result<()> {
+        self.backend().delete(&format!("pins/{version}"))
+    }
+
+    /// Ids of pinned versions.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn pinned(&self) -> Result<HashSet<String>> {
+        Ok(self
+            .backend()
+            .list("pins/")?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix("pins/").map(str::to_string))
+            .collect())
+    }
+
+    /// Applies `policy` to the versions of `vm` (every VM when `None`), and
+    /// removes the versions no rule keeps unless `dry_run`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty policy; backend errors.
+    pub fn prune(&self, vm: Option<&str>, policy: &RetentionPolicy, dry_run: bool) -> Result<PruneReport> {
+        if policy.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a retention policy needs at least one keep rule (it would remove every version)".into(),
+            ));
+        }
+        let _lock = (!dry_run).then(|| self.lock(LockKind::Prune)).transpose()?;
+        let pinned = self.pinned()?;
+        let mut by_vm: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+        for (id, m) in self.versions()? {
+            if vm.is_none_or(|v| v == m.vm.name) {
+                by_vm.entry(m.vm.name.clone()).or_default().push((id, m.time_ms));
+            }
+        }
+        let mut report = PruneReport::default();
+        let mut names: Vec<String> = by_vm.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let d = apply(&by_vm[&name], policy, &pinned);
+            if !dry_run {
+                for x in d.iter().filter(|x| !x.keep) {
+                    self.remove_version(&x.id)?;
+                    report.removed.push(x.id.clone());
+                }
+            }
+            report.decisions.push((name, d));
+        }
+        info!(removed = report.removed.len(), dry_run, "prune");
+        Ok(report)
+    }
+
+    /// Removes one version (not its data: that is `gc`'s job). Pinned versions are refused.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a pinned version; [`Error::NotFound`]; backend errors.
+    pub fn forget(&self, id: &str) -> Result<()> {
+        if self.pinned()?.contains(id) {
+            return Err(Error::InvalidArgument(format!("version {id} is pinned; unpin it first")));
+        }
+        if !self.backend().exists(&format!("versions/{id}"))? {
+            return Err(Error::NotFound { object: format!("versions/{id}") });
+        }
+        let _lock = self.lock(LockKind::Prune)?;
+        self.remove_version(id)
+    }
+
+    fn remove_version(&self, id: &str) -> Result<()> {
+        self.backend().delete(&format!("versions/{id}"))?;
+        for (k, _) in self.backend().list(&format!("verifications/{id}/"))? {
+            self.backend().delete(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Indexes packs that no index segment lists (left by an interrupted
+    /// writer), so their chunks are reused instead of stored again. Returns
+    /// how many were adopted.
+    ///
+    /// # Errors
+    /// Backend errors; unreadable packs are skipped (verify reports them).
+    pub fn adopt_orphan_packs(&self) -> Result<u64> {
+        let known = self.cache().pack_ids()?;
+        let mut adopted = Vec::new();
+        for (key, _) in self.backend().list("packs/")? {
+            let Some(id) = key.rsplit('/').next().and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok()) else {
+                continue;
+            };
+            if known.contains(&id) {
+                continue;
+            }
+            match read_trailer(&**self.backend(), &key, self.keys()) {
+                Ok(entries) => adopted.push((id, entries)),
+                Err(e) => warn!(pack = %key, error = %e, "orphan pack unreadable; not adopted"),
+            }
+        }
+        if adopted.is_empty() {
+            return Ok(0);
+        }
+        let bytes = encode_segment(self.keys(), &adopted)?;
+        let key = format!("index/{}", blake3::hash(&bytes).to_hex());
+        self.backend().write(&key, &bytes)?;
+        self.cache().insert(&key, &adopted)?;
+        info!(packs = adopted.len(), "orphan packs adopted into the index");
+        Ok(adopted.len() as u64)
+    }
+
+    /// Packs condemned by GC records (a writer must not deduplicate against them).
+    ///
+    /// # Errors
+    /// Backend errors; malformed records are ignored with a warning.
+    pub fn condemned_packs(&self) -> Result<HashSet<[u8; 32]>> {
+        Ok(self
+            .condemned_records()?
+            .into_iter()
+            .flat_map(|(_, r)| r.packs)
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect())
+    }
+
+    fn condemned_records(&self) -> Result<Vec<(String, CondemnedRecord)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.backend().list("gc/")? {
+            let parsed = self.backend().read(&key).and_then(|b| {
+                let body = check_header(&b, ObjectKind::Condemned, &key)?.to_vec();
+                serde_json::from_slice::<CondemnedRecord>(&body)
+                    .map_err(|e| Error::Corrupt { object: key.clone(), reason: e.to_string() })
+            });
+            match parsed {
+                Ok(r) => out.push((key, r)),
+                Err(e) => warn!(record = %key, error = %e, "unreadable GC record ignored"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks every chunk (data and maps) referenced by the given manifests,
+    /// as 16-byte id prefixes (a prefix collision can only keep a dead chunk,
+    /// never delete a live one). Sorted, deduplicated.
+    fn mark(&self, manifests: &[(String, Manifest)]) -> Result<Vec<u128>> {
+        let mut live: Vec<u128> = Vec::new();
+        let prefix = |c: &ChunkId| u128::from_le_bytes(c.0[..16].try_into().expect("16"));
+        for (_, m) in manifests {
+            for d in &m.disks {
+                let nblocks = d.block_count();
+                for (mi, map_id) in d.maps.iter().enumerate() {
+                    live.push(prefix(map_id));
+                    let lo = mi as u64 * u64::from(BLOCKS_PER_MAP);
+                    let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
+                    let map = alike_core::backup::load_map(self, self.keys(), map_id, n)?;
+                    live.extend(map.entries.iter().flatten().map(prefix));
+                }
+            }
+            if live.len() > 1 << 22 {
+                live.sort_unstable();
+                live.dedup();
+            }
+        }
+        live.sort_unstable();
+        live.dedup();
+        Ok(live)
+    }
+
+    /// Collects garbage: see the module doc for the safety rules.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] while another GC runs; a version that cannot be read
+    /// (GC refuses to guess what is live: run `verify`); backend errors.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
+        let _lock = self.lock(LockKind::Gc)?;
+        let mut report = GcReport::default();
+        if !dry_run {
+            report.adopted = self.adopt_orphan_packs()?;
+        }
+        self.sync_cache()?;
+        let versions = self.versions()?;
+        report.versions = versions.len() as u64;
+        let seen: HashSet<String> = versions.iter().map(|(id, _)| id.clone()).collect();
+        let live = self.mark(&versions)?;
+        let is_live = |c: &ChunkId| live.binary_search(&u128::from_le_bytes(c.0[..16].try_into().expect("16"))).is_ok();
+
+        // Per pack: live and dead bytes.
+        let mut packs: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+        let mut live_chunks = 0u64;
+        self.cache().for_each_chunk(|id, pack, len, _| {
+            let e = packs.entry(*pack).or_default();
+            if is_live(id) {
+                e.0 += u64::from(len);
+                live_chunks += 1;
+            } else {
+                e.1 += u64::from(len);
+                report.dead_chunks += 1;
+            }
+        })?;
+        report.live_chunks = live_chunks;
+        report.packs = packs.len() as u64;
+        let already: HashSet<[u8; 32]> = self.condemned_packs()?;
+        let mut condemn: Vec<[u8; 32]> = Vec::new();
+        let mut repack: Vec<[u8; 32]> = Vec::new();
+        for (p, (l, d)) in &packs {
+            if already.contains(p) || *d == 0 {
+                continue;
+            }
+            if *l == 0 {
+                condemn.push(*p);
+            } else if (*l as f64) < REPACK_BELOW * (*l + *d) as f64 {
+                repack.push(*p);
+            }
+        }
+        if dry_run {
+            report.condemned = (condemn.len() + repack.len()) as u64;
+            report.repacked = repack.len() as u64;
+            return Ok(report);
+        }
+        // Repack: copy live chunks of mostly-dead packs into new packs.
+        for p in &repack {
+            self.repack(p, &is_live)?;
+        }
+        if !repack.is_empty() {
+            alike_core::ChunkStore::flush(self)?;
+        }
+        report.repacked = repack.len() as u64;
+        condemn.extend(&repack);
+        if !condemn.is_empty() {
+            let rec = CondemnedRecord { time_ms: now_ms(), packs: condemn.iter().map(hex::encode).collect() };
+            let mut out = header(ObjectKind::Condemned).to_vec();
+            out.extend_from_slice(&serde_json::to_vec(&rec).expect("serializes"));
+            self.backend().write(&format!("gc/{}-{}", rec.time_ms, random_hex(4)), &out)?;
+            report.condemned = condemn.len() as u64;
+        }
+        self.delete_condemned(&seen, &live, &mut report)?;
+        Ok(report)
+    }
+
+    fn repack(&self, pack: &[u8; 32], is_live: &dyn Fn(&ChunkId) -> bool) -> Result<()> {
+        let key = pack_key(pack);
+        let entries = read_trailer(&**self.backend(), &key, self.keys())?;
+        let mut frames: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+        for e in entries.into_iter().filter(|e| is_live(&e.id)) {
+            frames.entry(e.frame_offset).or_default().push(e);
+        }
+        for (_, es) in frames {
+            let f = es[0].location(*pack).frame;
+            let stored = self.backend().read_range(&key, u64::from(f.offset), u64::from(f.stored_len))?;
+            let plain = alike_core::decode_frame(self.keys(), &f, &stored)?;
+            let mut chunks = Vec::new();
+            for e in &es {
+                let loc = e.location(*pack);
+                chunks.push((e.id, alike_core::chunk_in(self.keys(), &plain, &loc, &e.id)?));
+            }
+            let frame = encode_frame(self.keys(), f.kind, &chunks, self.config().compression_level)?;
+            alike_core::ChunkStore::put(self, frame)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the packs of condemnation records whose conditions hold.
+    /// A condemned pack that holds a chunk in `live` (this run's mark) or
+    /// referenced by a version that appeared since is rescued, not deleted.
+    fn delete_condemned(&self, seen: &HashSet<String>, live: &[u128], report: &mut GcReport) -> Result<()> {
+        let records = self.condemned_records()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let locks = live_locks(&**self.backend())?;
+        // Re-mark with versions that appeared since the mark phase.
+        let newer: Vec<(String, Manifest)> = self
+            .version_ids()?
+            .into_iter()
+            .filter(|id| !seen.contains(id))
+            .map(|id| self.read_manifest(&id).map(|m| (id, m)))
+            .collect::<Result<_>>()?;
+        let rescue = self.mark(&newer)?;
+        let mut deletable: Vec<(String, Vec<[u8; 32]>)> = Vec::new();
+        for (key, rec) in &records {
+            let blocking = locks.iter().find(|(_, l)| match l.kind {
+                LockKind::Backup => l.created_ms <= rec.time_ms + CLOCK_SKEW_MS,
+                LockKind::Read => true,
+                LockKind::Prune | LockKind::Gc => false,
+            });
+            if let Some((k, l)) = blocking {
+                info!(record = %key, lock = %k, holder = ?l.kind, "deletion deferred");
+                report.deferred += rec.packs.len() as u64;
+                continue;
+            }
+            let packs = rec
+                .packs
+                .iter()
+                .filter_map(|h| hex::decode(h).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()))
+                .collect();
+            deletable.push((key.clone(), packs));
+        }
+        // One pass over the index: which candidate packs hold a chunk a newer version needs.
+        let candidates: HashSet<[u8; 32]> = deletable.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let mut rescued: HashSet<[u8; 32]> = HashSet::new();
+        if !candidates.is_empty() {
+            self.cache().for_each_chunk(|id, pack, _, _| {
+                let p = u128::from_le_bytes(id.0[..16].try_into().expect("16"));
+                if candidates.contains(pack) && (live.binary_search(&p).is_ok() || rescue.binary_search(&p).is_ok()) {
+                    rescued.insert(*pack);
+                }
+            })?;
+        }
+        report.rescued = rescued.len() as u64;
+        let deleted: HashSet<[u8; 32]> = candidates.difference(&rescued).copied().collect();
+        let done_records: Vec<String> = deletable.into_iter().map(|(k, _)| k).collect();
+        if !deleted.is_empty() {
+            // Index first: a new segment without the deleted packs, then the old segments go.
+            let mut keep: Vec<([u8; 32], Vec<PackEntry>)> = Vec::new();
+            let mut old_segments = Vec::new();
+            for (seg, _) in self.backend().list("index/")? {
+                let packs = decode_segment(self.keys(), &self.backend().read(&seg)?, &seg)?;
+                if packs.iter().any(|(p, _)| deleted.contains(p)) {
+                    keep.extend(packs.into_iter().filter(|(p, _)| !deleted.contains(p)));
+                    old_segments.push(seg);
+                }
+            }
+            if !keep.is_empty() {
+                let bytes = encode_segment(self.keys(), &keep)?;
+                self.backend().write(&format!("index/{}", blake3::hash(&bytes).to_hex()), &bytes)?;
+            }
+            for s in &old_segments {
+                self.backend().delete(s)?;
+            }
+            let sizes: HashMap<String, u64> = self.backend().list("packs/")?.into_iter().collect();
+            for p in &deleted {
+                let k = pack_key(p);
+                report.bytes_freed += sizes.get(&k).copied().unwrap_or(0);
+                self.backend().delete(&k)?;
+            }
+            report.deleted = deleted.len() as u64;
+            self.sync_cache()?;
+        }
+        for k in done_records {
+            self.backend().delete(&k)?;
+        }
+        Ok(())
+    }
+}
