@@ -18,15 +18,19 @@
 //! Writers on any number of machines add their own packs and index segments;
 //! a version becomes visible only when its manifest is written, last. No
 //! mutable object is shared, so backups of different VMs (or the same VM) run
-//! at once without locks.
+//! at once without waiting on each other: each holds a shared lock whose only
+//! job is to tell GC what it must not delete yet.
 //!
-//! | operation A \ B | backup | restore | verify | stats / versions |
-//! |---|---|---|---|---|
-//! | backup | allowed | allowed | allowed | allowed |
-//! | restore | allowed | allowed | allowed | allowed |
-//! | verify | allowed | allowed | allowed | allowed |
+//! | A \\ B | backup | restore | verify | prune / forget | gc |
+//! |---|---|---|---|---|---|
+//! | backup | allowed | allowed | allowed | allowed | allowed: gc defers deleting packs the backup may use |
+//! | restore | | allowed | allowed | allowed | allowed: gc defers deletion while a read lock lives |
+//! | verify | | | allowed | allowed | allowed (same) |
+//! | prune / forget | | | | allowed | allowed |
+//! | gc | | | | | excluded (`Error::Locked`) |
 //!
-//! (Prune and GC join this matrix with issue 3.)
+//! How GC stays safe: see the `maintenance` module and `ARCHITECTURE.md`.
+
 //!
 //! ```
 //! use alike_ads::{CreateOptions, OpenOptions, Repository};
@@ -60,7 +64,10 @@ pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
 pub use index::{IndexCache, SegmentPacks, decode_segment, encode_segment};
 pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks, live_locks};
 pub use maintenance::{CLOCK_SKEW_MS, GcReport, PruneReport, REPACK_BELOW};
-pub use pack::{ENTRY_LEN, FOOTER_LEN, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, pack_key, read_trailer};
+pub use pack::{
+    ENTRY_LEN, FOOTER_LEN, FRAMES_START, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, SALT_LEN, pack_key,
+    read_trailer,
+};
 pub use repo::{
     CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, decode_manifest, default_cache_dir,
     encode_manifest,

@@ -1,7 +1,7 @@
 //! Pack objects: many frames in one object, with a sealed trailer that lists
 //! them, so the index can always be rebuilt from packs alone.
 //!
-//! Layout (`docs/format.md`): header (12) ‖ frames ‖ sealed trailer ‖ footer
+//! Layout (`docs/format.md`): header (12) ‖ salt (16) ‖ frames ‖ sealed trailer ‖ footer
 //! (16: trailer length u32, entry count u32, magic). A pack's name is the
 //! BLAKE3 hash of its bytes.
 
@@ -20,6 +20,12 @@ use crate::{Error, Result};
 pub const ENTRY_LEN: usize = 54;
 /// Bytes of the footer.
 pub const FOOTER_LEN: usize = 16;
+/// Random bytes after the header: no two packs ever share a name (content
+/// hash), even with identical frames in an unencrypted store — so a pack a
+/// GC condemned can never be re-created under the same name by a writer.
+pub const SALT_LEN: usize = 16;
+/// Where the first frame starts.
+pub const FRAMES_START: u64 = (HEADER_LEN + SALT_LEN) as u64;
 /// Packs never grow past this (offsets are u32).
 pub const MAX_PACK_SIZE: u64 = 1 << 31;
 
@@ -106,7 +112,7 @@ pub(crate) fn decode_entries(b: &[u8], body_end: Option<u64>, object: &str) -> R
                 return Err(bad("chunk outside its frame"));
             }
             let stop = u64::from(e.frame_offset) + u64::from(e.frame_stored_len);
-            if u64::from(e.frame_offset) < HEADER_LEN as u64 || body_end.is_some_and(|end| stop > end) {
+            if u64::from(e.frame_offset) < FRAMES_START || body_end.is_some_and(|end| stop > end) {
                 return Err(bad("frame outside the pack's frame area"));
             }
             Ok(e)
@@ -136,8 +142,16 @@ pub struct PackWriter {
 }
 
 impl PackWriter {
-    /// Starts a pack in `spool`.
+    /// Starts a pack in `spool` with a random salt.
     pub fn new(spool: &Path) -> Result<PackWriter> {
+        let mut salt = [0u8; SALT_LEN];
+        getrandom::fill(&mut salt).map_err(|e| Error::InvalidArgument(format!("system random source failed: {e}")))?;
+        Self::with_salt(spool, salt)
+    }
+
+    /// Starts a pack with a given salt: for golden vectors only (a repeated
+    /// salt can give two writers the same pack name).
+    pub fn with_salt(spool: &Path, salt: [u8; SALT_LEN]) -> Result<PackWriter> {
         let path = spool.join(format!("pack-{}.tmp", random_hex(12)));
         let f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
         let mut w = PackWriter {
@@ -148,6 +162,7 @@ impl PackWriter {
             entries: Vec::new(),
         };
         w.write_raw(&header(ObjectKind::Pack))?;
+        w.write_raw(&salt)?;
         Ok(w)
     }
 

@@ -78,7 +78,7 @@ fn compute() -> Value {
 
     // An unencrypted pack of two blobs (a sealed pack's trailer nonce is random).
     let dir = tempfile::tempdir().unwrap();
-    let mut w = PackWriter::new(dir.path()).unwrap();
+    let mut w = PackWriter::with_salt(dir.path(), [0x33; 16]).unwrap();
     let b1 = frame(&plain, BlobKind::Data, &[&block(1000), &block(700)]);
     let b2 = frame(&plain, BlobKind::Map, &[&map.encode()]);
     w.add(&b1).unwrap();

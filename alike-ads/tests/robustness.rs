@@ -43,7 +43,8 @@ proptest! {
     #[test]
     fn pack_trailers_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400), tlen in 0u32..500, count in 0u32..20) {
         let be = MemoryBackend::new();
-        let mut p = with_valid_header(b"PK", body);
+        let mut p = with_valid_header(b"PK", vec![0; 16]);
+        p.extend_from_slice(&body);
         p.extend_from_slice(&tlen.to_le_bytes());
         p.extend_from_slice(&count.to_le_bytes());
         p.extend_from_slice(&[0x89, b'A', b'L', b'K', b'P', b'K', b'\r', b'\n']);

@@ -90,6 +90,10 @@ enum Cmd {
         /// Output path.
         #[arg(long, short)]
         output: PathBuf,
+        /// Go on past damage: write what can be read, leave zeroes elsewhere, list the
+        /// unreadable ranges, and exit 1 if there were any.
+        #[arg(long)]
+        partial: bool,
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -401,7 +405,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Restore { version, vm, disk, output, threads, json } => {
+        Cmd::Restore { version, vm, disk, output, partial, threads, json } => {
             let store = open(&cli)?;
             if version == "latest"
                 && vm.is_none()
@@ -411,7 +415,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let v = store.version(version, vm.as_deref())?;
             let bar = Bar::new(&cli, "restore");
-            let mut opts = RestoreOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
+            let mut opts =
+                RestoreOptions::default().threads(*threads).partial(*partial).cancel_token(cancel_on_ctrl_c());
             if let Some(cb) = bar.callback() {
                 opts = opts.progress(cb);
             }
@@ -423,9 +428,13 @@ fn run(cli: Cli) -> Result<()> {
             if *json {
                 println!(
                     "{}",
-                    json!({"id": v.id, "vm": v.vm, "disk": disk, "output": output, "size": r.size, "data_bytes": r.data_bytes, "hole_bytes": r.hole_bytes, "elapsed_seconds": secs})
+                    json!({"id": v.id, "vm": v.vm, "disk": disk, "output": output, "size": r.size, "data_bytes": r.data_bytes,
+                           "hole_bytes": r.hole_bytes, "failed_ranges": r.failed, "elapsed_seconds": secs})
                 );
             } else {
+                for (a, b) in &r.failed {
+                    println!("UNREADABLE {a}..{b} ({} bytes, zeroes written)", b - a);
+                }
                 eprintln!(
                     "restored disk {disk} of {} ({}) to {}: {} data, {} holes, {:.2} s",
                     v.short_id(),
@@ -434,6 +443,13 @@ fn run(cli: Cli) -> Result<()> {
                     mib(r.data_bytes),
                     mib(r.hole_bytes),
                     secs
+                );
+            }
+            if !r.failed.is_empty() {
+                bail!(
+                    "{} byte range(s) could not be restored: {}",
+                    r.failed.len(),
+                    r.first_error.clone().unwrap_or_default()
                 );
             }
         }

@@ -5,6 +5,7 @@
 //! parallel and out of order; holes are left sparse where the target allows.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use tracing::info_span;
@@ -30,6 +31,18 @@ pub struct RestoreReport {
     pub hole_bytes: u64,
 }
 
+/// A restore that went on past damage (see [`restore_disk_partial`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartialRestore {
+    /// What was written.
+    pub report: RestoreReport,
+    /// Byte ranges `[start, end)` that could not be read; they hold zeroes.
+    pub failed: Vec<(u64, u64)>,
+    /// The first error met, for the message.
+    pub first_error: Option<String>,
+}
+
 /// Restores disk `position` of `manifest` onto `target`, then finishes it.
 ///
 /// Every frame is authenticated and every chunk's id re-computed before its
@@ -47,6 +60,77 @@ pub fn restore_disk(
     target: &dyn DiskTarget,
     run: &RunOptions,
 ) -> Result<RestoreReport> {
+    restore_inner(store, keys, manifest, position, target, run, None)
+}
+
+/// Like [`restore_disk`], but damage does not stop it: every block that can
+/// be read and verified is written, the others are left as zeroes and listed.
+/// Only errors unrelated to stored data (the target, cancellation) stop it.
+///
+/// # Errors
+/// As [`restore_disk`], except damaged or missing chunks and frames.
+pub fn restore_disk_partial(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    manifest: &Manifest,
+    position: u32,
+    target: &dyn DiskTarget,
+    run: &RunOptions,
+) -> Result<PartialRestore> {
+    let failed = Mutex::new((Vec::new(), None));
+    let report = restore_inner(store, keys, manifest, position, target, run, Some(&failed))?;
+    let (mut ranges, first_error): (Vec<(u64, u64)>, Option<String>) = failed.into_inner().expect("lock");
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(l) if a <= l.1 => l.1 = l.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    Ok(PartialRestore { report, failed: merged, first_error })
+}
+
+/// Where a partial restore records what it could not read.
+type Failures = Mutex<(Vec<(u64, u64)>, Option<String>)>;
+
+/// Whether an error is damage to stored data (skippable in a partial restore).
+fn is_damage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::CorruptBlob { .. }
+            | Error::CorruptFrame { .. }
+            | Error::MissingChunk { .. }
+            | Error::Malformed { .. }
+            | Error::Store(_)
+    )
+}
+
+fn restore_inner(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    manifest: &Manifest,
+    position: u32,
+    target: &dyn DiskTarget,
+    run: &RunOptions,
+    failures: Option<&Failures>,
+) -> Result<RestoreReport> {
+    // In a partial restore, damage to a range is recorded and skipped.
+    let skip = |e: Error, range: (u64, u64)| -> Result<()> {
+        match failures {
+            Some(f) if is_damage(&e) => {
+                // Whatever the target held there must not pass for restored data.
+                if !target.holes_read_as_zero() {
+                    target.write_zeroes(range.0, range.1 - range.0)?;
+                }
+                let mut g = f.lock().expect("lock");
+                g.0.push(range);
+                g.1.get_or_insert_with(|| e.to_string());
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    };
     let cancel = &run.cancel;
     let disk = manifest.disks.iter().find(|d| d.position == position).ok_or_else(|| {
         Error::InvalidArgument(format!("the version has no disk {position} (it has {})", manifest.disks.len()))
@@ -72,22 +156,36 @@ pub fn restore_disk(
         cancel.check()?;
         let lo = m as u64 * bpm;
         let n = (nblocks - lo).min(bpm) as usize;
-        let map = load_map(store, keys, map_id, n)?;
+        let map = match load_map(store, keys, map_id, n) {
+            Ok(m) => m,
+            Err(e) => {
+                let range = (lo * bs, ((lo + n as u64) * bs).min(disk.size));
+                skip(e, range)?;
+                sink.add(range.1 - range.0);
+                continue;
+            }
+        };
         let written = pool.install(|| -> Result<u64> {
             // Where each chunk is, grouped by frame in disk order.
-            let located: Vec<Located> = map
+            let located: Vec<Option<Located>> = map
                 .entries
                 .par_iter()
                 .enumerate()
                 .filter_map(|(i, e)| e.map(|id| (lo + i as u64, id)))
                 .map(|(blk, id)| {
-                    let loc = store.locate(&id)?.ok_or_else(|| Error::MissingChunk {
-                        id,
-                        needed_by: format!("VM {vm} disk {position} at offset {}", blk * bs),
-                    })?;
-                    Ok((blk, id, loc))
+                    let found = store.locate(&id).and_then(|l| {
+                        l.ok_or_else(|| Error::MissingChunk {
+                            id,
+                            needed_by: format!("VM {vm} disk {position} at offset {}", blk * bs),
+                        })
+                    });
+                    match found {
+                        Ok(loc) => Ok(Some((blk, id, loc))),
+                        Err(e) => skip(e, (blk * bs, blk * bs + block_len(blk))).map(|_| None),
+                    }
                 })
                 .collect::<Result<_>>()?;
+            let located = located.into_iter().flatten();
             let mut groups: Vec<(FrameRef, Vec<Located>)> = Vec::new();
             let mut index: HashMap<FrameRef, usize> = HashMap::new();
             for (blk, id, loc) in located {
@@ -111,8 +209,24 @@ pub fn restore_disk(
                 .par_iter()
                 .map(|(frame, chunks)| -> Result<u64> {
                     cancel.check()?;
-                    let stored = store.read_frame(frame)?;
-                    let plain = decode_frame(keys, frame, &stored)?;
+                    let opened = store.read_frame(frame).and_then(|stored| decode_frame(keys, frame, &stored));
+                    let plain = match opened {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let mut first = Some(e);
+                            for (blk, _, _) in chunks {
+                                let e = first.take().unwrap_or(Error::CorruptFrame {
+                                    container: String::new(),
+                                    offset: frame.offset,
+                                    kind: "data",
+                                    reason: "same frame".into(),
+                                });
+                                skip(e, (blk * bs, blk * bs + block_len(*blk)))?;
+                                sink.add(block_len(*blk));
+                            }
+                            return Ok(0);
+                        }
+                    };
                     let mut written = 0;
                     let mut i = 0;
                     while i < chunks.len() {
@@ -141,6 +255,9 @@ pub fn restore_disk(
                             }
                             end += data.len();
                             j += 1;
+                        }
+                        if j <= i {
+                            continue;
                         }
                         let off = first_blk * bs;
                         target.write_at(off, &plain[first_loc.offset as usize..end])?;

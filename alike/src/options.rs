@@ -99,10 +99,19 @@ impl BackupOptions {
 #[non_exhaustive]
 pub struct RestoreOptions {
     pub(crate) run: Run,
+    pub(crate) partial: bool,
 }
 
 impl RestoreOptions {
     run_setters!();
+    /// Go on past damage: write every block that can be read and verified,
+    /// leave the others as zeroes and list them in
+    /// [`crate::RestoreReport::failed`]. Off by default: a damaged version
+    /// then fails at the first damaged block.
+    pub fn partial(mut self, yes: bool) -> Self {
+        self.partial = yes;
+        self
+    }
 }
 
 /// Options of [`crate::Store::verify`].

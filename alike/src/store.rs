@@ -202,7 +202,23 @@ pub struct BackupReport {
 }
 
 pub use alike_ads::StoreStats;
-pub use alike_core::restore::RestoreReport;
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// Virtual size of the restored disk.
+    pub size: u64,
+    /// Bytes written from stored chunks.
+    pub data_bytes: u64,
+    /// Bytes that are holes (zeroes) in the version.
+    pub hole_bytes: u64,
+    /// Partial restores only: byte ranges `[start, end)` that could not be
+    /// read and hold zeroes. Empty means the disk is whole.
+    pub failed: Vec<(u64, u64)>,
+    /// Partial restores only: the first error met.
+    pub first_error: Option<String>,
+}
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -352,14 +368,28 @@ impl Store {
         target: &dyn DiskTarget,
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
-        Ok(alike_core::restore::restore_disk(
-            &self.repo,
-            self.repo.keys(),
-            &version.manifest,
-            disk,
-            target,
-            &opts.run.to_core(),
-        )?)
+        let _lock = self.repo.lock(alike_ads::LockKind::Read)?;
+        let (keys, m, run) = (self.repo.keys(), &version.manifest, opts.run.to_core());
+        if opts.partial {
+            let p = alike_core::restore::restore_disk_partial(&self.repo, keys, m, disk, target, &run)?;
+            let r = p.report;
+            let lost: u64 = p.failed.iter().map(|(a, b)| b - a).sum();
+            return Ok(RestoreReport {
+                size: r.size,
+                data_bytes: r.data_bytes,
+                hole_bytes: r.hole_bytes - lost,
+                failed: p.failed,
+                first_error: p.first_error,
+            });
+        }
+        let r = alike_core::restore::restore_disk(&self.repo, keys, m, disk, target, &run)?;
+        Ok(RestoreReport {
+            size: r.size,
+            data_bytes: r.data_bytes,
+            hole_bytes: r.hole_bytes,
+            failed: Vec::new(),
+            first_error: None,
+        })
     }
 
     /// Restores disk `disk` of `version` into a raw image file at `path`

@@ -142,3 +142,61 @@ fn corruption_matrix() {
     assert_eq!(restore_sha(&store, &t.b, t.env.dir.path()), vec![sha256_file(&t.imgs[1])]);
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
 }
+
+#[test]
+fn partial_restore_writes_what_it_can_and_lists_what_verify_reports() {
+    let t = two_vms();
+    let store = t.env.open();
+    // Damage one frame in the middle of a pack that holds vm-a's data.
+    let mut damaged = false;
+    for pack in packs(&t.env) {
+        let good = std::fs::read(&pack).unwrap();
+        let mut bad = good.clone();
+        bad[good.len() / 3] ^= 0x5a;
+        std::fs::write(&pack, &bad).unwrap();
+        let r = store.verify(&VerifyOptions::default().full(true).version(&t.a.id)).unwrap();
+        if r.damaged.iter().any(|d| d.affects.iter().any(|a| a.version == t.a.id)) {
+            damaged = true;
+            break;
+        }
+        std::fs::write(&pack, &good).unwrap();
+    }
+    assert!(damaged, "no pack damage reached vm-a");
+    let report = store.verify(&VerifyOptions::default().full(true).version(&t.a.id)).unwrap();
+    let mut broken: Vec<(u64, u64)> = report
+        .damaged
+        .iter()
+        .flat_map(|d| d.affects.iter())
+        .filter(|a| a.version == t.a.id)
+        .flat_map(|a| a.ranges.clone())
+        .collect();
+    broken.sort_unstable();
+    broken.dedup();
+
+    // Without the option: fails, leaves nothing.
+    let out = t.env.path("out.img");
+    assert!(store.restore_to_file(&t.a, 0, &out, &Default::default()).is_err());
+    assert!(!out.exists());
+    // With it: the file is written; the failed ranges are what verify reported, zero-filled; the rest is exact.
+    let r = store.restore_to_file(&t.a, 0, &out, &alike::RestoreOptions::default().partial(true)).unwrap();
+    assert!(!r.failed.is_empty());
+    assert!(r.first_error.as_deref().unwrap().contains("corrupt"), "{:?}", r.first_error);
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in broken {
+        match merged.last_mut() {
+            Some(l) if a <= l.1 => l.1 = l.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    assert_eq!(r.failed, merged, "partial restore and verify disagree on what is broken");
+    let got = std::fs::read(&out).unwrap();
+    let want = std::fs::read(&t.imgs[0]).unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut cursor = 0usize;
+    for (a, b) in &r.failed {
+        assert_eq!(got[cursor..*a as usize], want[cursor..*a as usize]);
+        assert!(got[*a as usize..*b as usize].iter().all(|&x| x == 0));
+        cursor = *b as usize;
+    }
+    assert_eq!(got[cursor..], want[cursor..]);
+}
