@@ -159,6 +159,8 @@ pub struct Repository {
     session: Mutex<Session>,
     /// Packs condemned by GC, read when a writer begins: never deduplicated against.
     condemned: std::sync::RwLock<HashSet<[u8; 32]>>,
+    /// Index segments that could not be read, with why.
+    bad_segments: Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -284,6 +286,7 @@ impl Repository {
             cache,
             session: Mutex::new(Session::default()),
             condemned: std::sync::RwLock::new(HashSet::new()),
+            bad_segments: Mutex::new(Vec::new()),
         };
         repo.clean_spool();
         repo.sync_cache()?;
@@ -361,12 +364,27 @@ impl Repository {
             known.clear();
         }
         for key in listed.iter().filter(|k| !known.contains(*k)) {
-            let bytes = self.backend.read(key)?;
-            let packs = decode_segment(&self.keys, &bytes, key)?;
-            self.cache.insert(key, &packs)?;
-            debug!(segment = %key, packs = packs.len(), "index segment loaded");
+            let decoded = self.backend.read(key).and_then(|bytes| decode_segment(&self.keys, &bytes, key));
+            match decoded {
+                Ok(packs) => {
+                    self.cache.insert(key, &packs)?;
+                    debug!(segment = %key, packs = packs.len(), "index segment loaded");
+                }
+                // A damaged segment must not lock the user out: its packs' trailers
+                // hold the same facts (`rebuild_index`), and verify reports the damage.
+                Err(e @ (Error::Corrupt { .. } | Error::Truncated { .. } | Error::BadMagic { .. })) => {
+                    warn!(segment = %key, error = %e, "index segment unreadable: skipped (run rebuild-index)");
+                    self.bad_segments.lock().expect("lock").push((key.clone(), e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
+    }
+
+    /// Index segments found unreadable (skipped) since the store was opened.
+    pub fn bad_segments(&self) -> Vec<(String, String)> {
+        self.bad_segments.lock().expect("lock").clone()
     }
 
     /// Hands a full pack to the finisher thread.
@@ -566,6 +584,7 @@ impl Repository {
             self.backend.delete(k)?;
         }
         self.cache.clear()?;
+        self.bad_segments.lock().expect("lock").clear();
         self.sync_cache()?;
         Ok((good.len(), bad))
     }

@@ -154,6 +154,14 @@ impl Repository {
             }
             progress(done, total);
         }
+        for (seg, why) in self.bad_segments() {
+            walk.damaged.push(Damage {
+                object: seg,
+                chunk: None,
+                reason: format!("{why} (run rebuild-index)"),
+                affects: Vec::new(),
+            });
+        }
         report.damaged = walk.finish();
         Ok(report)
     }
@@ -165,6 +173,8 @@ impl Repository {
             let key = format!("versions/{id}");
             let m = match self.read_manifest(id) {
                 Ok(m) => m,
+                // Removed by a prune since the listing: nothing to verify, nothing damaged.
+                Err(Error::NotFound { .. }) => continue,
                 Err(e @ (Error::Io { .. } | Error::Cache { .. })) => return Err(e),
                 Err(e) => {
                     w.damaged.push(Damage {
@@ -336,16 +346,11 @@ impl Walk {
         }
         let affects = per
             .into_iter()
-            .map(|((vi, disk), mut r)| {
-                r.sort();
-                let mut merged: Vec<(u64, u64)> = Vec::new();
-                for (a, b) in r {
-                    match merged.last_mut() {
-                        Some(l) if a <= l.1 => l.1 = l.1.max(b),
-                        _ => merged.push((a, b)),
-                    }
-                }
-                Affected { version: self.versions[vi].0.clone(), vm: self.versions[vi].1.clone(), disk, ranges: merged }
+            .map(|((vi, disk), r)| Affected {
+                version: self.versions[vi].0.clone(),
+                vm: self.versions[vi].1.clone(),
+                disk,
+                ranges: alike_core::merge_ranges(r),
             })
             .collect();
         self.damaged.push(Damage { object, chunk: chunk.map(|c| c.to_hex()), reason, affects });

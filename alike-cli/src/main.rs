@@ -178,9 +178,17 @@ enum Cmd {
         version: String,
     },
     /// Remove locks left by processes that are gone, and list the live ones.
-    Unlock,
+    Unlock {
+        /// Print a JSON array of the live locks.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the store's index from pack trailers.
-    RebuildIndex,
+    RebuildIndex {
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -607,17 +615,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Unpin { version } => {
             open(&cli)?.unpin(version)?;
         }
-        Cmd::Unlock => {
+        Cmd::Unlock { json } => {
             let store = open(&cli)?;
             let live = store.locks()?;
+            if *json {
+                let arr: Vec<_> = live.iter().map(|(k, l)| json!({"lock": k, "info": l})).collect();
+                println!("{}", serde_json::Value::Array(arr));
+                return Ok(());
+            }
             for (k, l) in &live {
                 println!("{k}  {:?} by pid {} on {} since {}", l.kind, l.pid, l.host, alike_time(l.created_ms));
             }
             eprintln!("stale locks removed; {} live lock(s) remain", live.len());
         }
-        Cmd::RebuildIndex => {
+        Cmd::RebuildIndex { json } => {
             let store = open(&cli)?;
             let (n, bad) = store.rebuild_index()?;
+            if *json {
+                let arr: Vec<_> = bad.iter().map(|(k, e)| json!({"pack": k, "error": e})).collect();
+                println!("{}", json!({"packs_indexed": n, "damaged_packs": arr}));
+            }
             eprintln!("indexed {n} packs");
             for (k, e) in &bad {
                 eprintln!("alike: damaged pack {k}: {e}");

@@ -43,6 +43,19 @@ pub fn blocks_touching(ranges: &[Range<u64>], bs: u64, nblocks: u64) -> Vec<Rang
     out
 }
 
+/// Sorts byte ranges `[start, end)` and merges the ones that touch or overlap.
+pub fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(l) if a <= l.1 => l.1 = l.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
 /// Content-defined chunk boundaries of `data` with FastCDC (2020), as byte ranges.
 /// `avg` must be a power of two between 256 bytes and 256 MiB; min = avg/4, max = avg*4.
 pub fn cdc_ranges(data: &[u8], avg: u32) -> Vec<Range<usize>> {
@@ -71,6 +84,12 @@ mod tests {
     fn block_sizes() {
         assert!(valid_block_size(65536) && valid_block_size(4 << 20));
         assert!(!valid_block_size(32768) && !valid_block_size(8 << 20) && !valid_block_size(100_000));
+    }
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(merge_ranges(vec![(10, 20), (0, 5), (5, 8), (15, 30), (40, 41)]), vec![(0, 8), (10, 30), (40, 41)]);
+        assert!(merge_ranges(vec![]).is_empty());
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub use crypto::{KdfParams, Keys, MasterKey, SEAL_OVERHEAD, WrappedKey, random_b
 pub use id::ChunkId;
 // Chunking
 pub use chunker::{
-    DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, blocks_touching, cdc_ranges, is_zero, valid_block_size,
+    DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, blocks_touching, cdc_ranges, is_zero, merge_ranges,
+    valid_block_size,
 };
 // Versions
 pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, VmInfo};

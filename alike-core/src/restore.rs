@@ -79,15 +79,8 @@ pub fn restore_disk_partial(
 ) -> Result<PartialRestore> {
     let failed = Mutex::new((Vec::new(), None));
     let report = restore_inner(store, keys, manifest, position, target, run, Some(&failed))?;
-    let (mut ranges, first_error): (Vec<(u64, u64)>, Option<String>) = failed.into_inner().expect("lock");
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (a, b) in ranges {
-        match merged.last_mut() {
-            Some(l) if a <= l.1 => l.1 = l.1.max(b),
-            _ => merged.push((a, b)),
-        }
-    }
+    let (ranges, first_error): (Vec<(u64, u64)>, Option<String>) = failed.into_inner().expect("lock");
+    let merged = crate::merge_ranges(ranges);
     Ok(PartialRestore { report, failed: merged, first_error })
 }
 

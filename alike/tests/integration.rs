@@ -7,6 +7,7 @@ mod integration {
     mod ext4;
     mod incremental;
     mod maintenance;
+    mod matrix;
     mod roundtrip;
     mod util;
     mod verify;

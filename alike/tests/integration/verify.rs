@@ -163,15 +163,13 @@ fn partial_restore_writes_what_it_can_and_lists_what_verify_reports() {
     }
     assert!(damaged, "no pack damage reached vm-a");
     let report = store.verify(&VerifyOptions::default().full(true).version(&t.a.id)).unwrap();
-    let mut broken: Vec<(u64, u64)> = report
+    let broken: Vec<(u64, u64)> = report
         .damaged
         .iter()
         .flat_map(|d| d.affects.iter())
         .filter(|a| a.version == t.a.id)
         .flat_map(|a| a.ranges.clone())
         .collect();
-    broken.sort_unstable();
-    broken.dedup();
 
     // Without the option: fails, leaves nothing.
     let out = t.env.path("out.img");
@@ -181,13 +179,7 @@ fn partial_restore_writes_what_it_can_and_lists_what_verify_reports() {
     let r = store.restore_to_file(&t.a, 0, &out, &alike::RestoreOptions::default().partial(true)).unwrap();
     assert!(!r.failed.is_empty());
     assert!(r.first_error.as_deref().unwrap().contains("corrupt"), "{:?}", r.first_error);
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (a, b) in broken {
-        match merged.last_mut() {
-            Some(l) if a <= l.1 => l.1 = l.1.max(b),
-            _ => merged.push((a, b)),
-        }
-    }
+    let merged = alike_core::merge_ranges(broken);
     assert_eq!(r.failed, merged, "partial restore and verify disagree on what is broken");
     let got = std::fs::read(&out).unwrap();
     let want = std::fs::read(&t.imgs[0]).unwrap();
@@ -199,4 +191,28 @@ fn partial_restore_writes_what_it_can_and_lists_what_verify_reports() {
         cursor = *b as usize;
     }
     assert_eq!(got[cursor..], want[cursor..]);
+}
+
+#[test]
+fn a_corrupt_index_segment_does_not_lock_the_user_out() {
+    let t = two_vms();
+    let seg = std::fs::read_dir(t.env.path("store/index")).unwrap().next().unwrap().unwrap().path();
+    let mut b = std::fs::read(&seg).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 0xff;
+    std::fs::write(&seg, b).unwrap();
+    std::fs::remove_dir_all(t.env.cache()).unwrap();
+    let store = t.env.open(); // opens despite the damage
+    let r = store.verify(&VerifyOptions::default()).unwrap();
+    let name = seg.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        r.damaged.iter().any(|d| d.object.ends_with(&name) && d.reason.contains("rebuild-index")),
+        "{:#?}",
+        r.damaged
+    );
+    let (packs, bad) = store.rebuild_index().unwrap();
+    assert!(packs >= 2 && bad.is_empty());
+    let store = t.env.open();
+    assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
+    assert_eq!(restore_sha(&store, &t.a, t.env.dir.path()), vec![sha256_file(&t.imgs[0])]);
 }
