@@ -69,7 +69,7 @@ pub use pack::{
     read_trailer,
 };
 pub use repo::{
-    CreateOptions, DEFAULT_PACK_SIZE, OpenOptions, Repository, StoreStats, decode_manifest, default_cache_dir,
-    encode_manifest,
+    CreateOptions, DEFAULT_PACK_SIZE, MAX_PACK_ENTRIES, MAX_SEGMENT_ENTRIES, OpenOptions, Repository, StoreStats,
+    decode_manifest, default_cache_dir, encode_manifest,
 };
 pub use verify::{Affected, Damage, Verification, VerifyDepth, VerifyReport};

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::backend::random_hex;
 use crate::format::{ObjectKind, check_header, header};
-use crate::index::{decode_segment, encode_segment};
+use crate::index::decode_segment;
 use crate::lock::{LockKind, live_locks, now_ms};
 use crate::pack::{PackEntry, pack_key, read_trailer};
 use crate::repo::Repository;
@@ -201,10 +201,7 @@ impl Repository {
         if adopted.is_empty() {
             return Ok(0);
         }
-        let bytes = encode_segment(self.keys(), &adopted)?;
-        let key = format!("index/{}", blake3::hash(&bytes).to_hex());
-        self.backend().write(&key, &bytes)?;
-        self.cache().insert(&key, &adopted)?;
+        self.write_segments(&adopted, true)?;
         info!(packs = adopted.len(), "orphan packs adopted into the index");
         Ok(adopted.len() as u64)
     }
@@ -409,22 +406,17 @@ impl Repository {
         let deleted: HashSet<[u8; 32]> = candidates.difference(&rescued).copied().collect();
         let done_records: Vec<String> = deletable.into_iter().map(|(k, _)| k).collect();
         if !deleted.is_empty() {
-            // Index first: a new segment without the deleted packs, then the old segments go.
-            let mut keep: Vec<([u8; 32], Vec<PackEntry>)> = Vec::new();
-            let mut old_segments = Vec::new();
+            // Index first, one segment at a time: its survivors are written to a
+            // new segment before it goes; the packs are deleted only after that.
             for (seg, _) in self.backend().list("index/")? {
                 let packs = decode_segment(self.keys(), &self.backend().read(&seg)?, &seg)?;
                 if packs.iter().any(|(p, _)| deleted.contains(p)) {
-                    keep.extend(packs.into_iter().filter(|(p, _)| !deleted.contains(p)));
-                    old_segments.push(seg);
+                    let keep: Vec<_> = packs.into_iter().filter(|(p, _)| !deleted.contains(p)).collect();
+                    if !keep.is_empty() {
+                        self.write_segments(&keep, false)?;
+                    }
+                    self.backend().delete(&seg)?;
                 }
-            }
-            if !keep.is_empty() {
-                let bytes = encode_segment(self.keys(), &keep)?;
-                self.backend().write(&format!("index/{}", blake3::hash(&bytes).to_hex()), &bytes)?;
-            }
-            for s in &old_segments {
-                self.backend().delete(s)?;
             }
             let sizes: HashMap<String, u64> = self.backend().list("packs/")?.into_iter().collect();
             for p in &deleted {

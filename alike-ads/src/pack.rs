@@ -178,6 +178,11 @@ impl PackWriter {
         self.len
     }
 
+    /// Chunk entries so far.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Whether no frame was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -23,6 +23,11 @@ use crate::{Error, Result};
 pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 /// Packs written before their index segment is published.
 const PACKS_PER_SEGMENT: usize = 16;
+/// Chunks in one pack at most: trailer, pending set and cache
+/// transactions stay small even when chunks compress a thousandfold.
+pub const MAX_PACK_ENTRIES: usize = 1 << 16;
+/// Chunk entries in one index segment at most (about 7 MB).
+pub const MAX_SEGMENT_ENTRIES: usize = 1 << 17;
 const MANIFEST_AAD: &[u8] = b"alike manifest v1\0";
 const KEY_CHECK_CTX: &[u8] = b"alike key check v1";
 
@@ -387,6 +392,36 @@ impl Repository {
         self.bad_segments.lock().expect("lock").clone()
     }
 
+    /// Writes index segments listing `packs`, at most [`MAX_SEGMENT_ENTRIES`]
+    /// entries each (a pack's entries are never split), and loads them into
+    /// the cache when `load`. Returns their keys.
+    ///
+    /// # Errors
+    /// Backend and cache errors.
+    pub fn write_segments(&self, packs: &[([u8; 32], Vec<PackEntry>)], load: bool) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut start = 0;
+        while start < packs.len() {
+            let mut end = start;
+            let mut n = 0;
+            while end < packs.len() && (end == start || n + packs[end].1.len() <= MAX_SEGMENT_ENTRIES) {
+                n += packs[end].1.len();
+                end += 1;
+            }
+            let part = &packs[start..end];
+            let bytes = encode_segment(&self.keys, part)?;
+            let key = format!("index/{}", blake3::hash(&bytes).to_hex());
+            self.backend.write(&key, &bytes)?;
+            if load {
+                self.cache.insert(&key, part)?;
+            }
+            debug!(segment = %key, packs = part.len(), entries = n, "index segment written");
+            keys.push(key);
+            start = end;
+        }
+        Ok(keys)
+    }
+
     /// Hands a full pack to the finisher thread.
     fn send_to_finisher(&self, s: &mut Session, w: PackWriter) -> Result<()> {
         let f = s.finisher.get_or_insert_with(|| Finisher::start(self.keys.clone(), self.backend.clone()));
@@ -420,16 +455,13 @@ impl Repository {
             }
         }
         if !packs.is_empty() {
-            let bytes = encode_segment(&self.keys, &packs)?;
-            let key = format!("index/{}", blake3::hash(&bytes).to_hex());
-            self.backend.write(&key, &bytes)?;
-            self.cache.insert(&key, &packs)?;
+            self.write_segments(&packs, true)?;
             for (_, entries) in &packs {
                 for e in entries {
                     s.pending.remove(&e.id);
                 }
             }
-            debug!(segment = %key, packs = packs.len(), "index segment published");
+            s.pending.shrink_to(MAX_PACK_ENTRIES);
         }
         match first_err {
             Some(e) => Err(e),
@@ -449,10 +481,10 @@ impl Repository {
         let w = s.current.as_mut().expect("just set");
         w.add(frame)?;
         s.pending.extend(frame.chunks.iter().map(|c| c.id));
-        if w.len() >= self.config.pack_size {
+        if w.len() >= self.config.pack_size || w.entry_count() >= MAX_PACK_ENTRIES {
             let w = s.current.take().expect("present");
             self.send_to_finisher(s, w)?;
-            if s.in_flight >= PACKS_PER_SEGMENT {
+            if s.in_flight >= PACKS_PER_SEGMENT || s.pending.len() >= MAX_SEGMENT_ENTRIES {
                 self.publish(s)?;
             }
         }
@@ -577,10 +609,8 @@ impl Repository {
             }
         }
         let old: Vec<String> = self.backend.list("index/")?.into_iter().map(|(k, _)| k).collect();
-        let bytes = encode_segment(&self.keys, &good)?;
-        let key = format!("index/{}", blake3::hash(&bytes).to_hex());
-        self.backend.write(&key, &bytes)?;
-        for k in old.iter().filter(|k| **k != key) {
+        let new: HashSet<String> = self.write_segments(&good, false)?.into_iter().collect();
+        for k in old.iter().filter(|k| !new.contains(*k)) {
             self.backend.delete(k)?;
         }
         self.cache.clear()?;

@@ -86,9 +86,14 @@ type VersionInScope = (String, String, Vec<(u32, u64, u64)>);
 struct Walk {
     /// Versions in scope.
     versions: Vec<VersionInScope>,
-    /// Every data chunk in scope and where it is used.
-    uses: HashMap<ChunkId, Vec<Use>>,
+    /// Every data chunk in scope, sorted, once (32 bytes each: memory stays
+    /// small for millions of chunks; uses are looked up only for damage).
+    chunks: Vec<ChunkId>,
+    /// Damage found so far: (object, chunk, reason), and pre-resolved damage.
+    found: Vec<(String, Option<ChunkId>, String)>,
     damaged: Vec<Damage>,
+    /// Where damaged chunks are used (filled by `resolve`).
+    uses: HashMap<ChunkId, Vec<Use>>,
 }
 
 impl Repository {
@@ -110,12 +115,15 @@ impl Repository {
             None => self.version_ids()?,
         };
         let mut walk = self.walk(&ids)?;
-        let mut report =
-            VerifyReport { versions: walk.versions.len() as u64, chunks: walk.uses.len() as u64, ..Default::default() };
+        let mut report = VerifyReport {
+            versions: walk.versions.len() as u64,
+            chunks: walk.chunks.len() as u64,
+            ..Default::default()
+        };
         // Locate every chunk; group by pack.
         let mut by_pack: BTreeMap<[u8; 32], Vec<(ChunkId, ChunkLocation)>> = BTreeMap::new();
         let mut missing = Vec::new();
-        for id in walk.uses.keys() {
+        for id in &walk.chunks {
             match self.cache().lookup(id)? {
                 Some(loc) => by_pack.entry(loc.frame.container).or_default().push((*id, loc)),
                 None => missing.push(*id),
@@ -162,13 +170,21 @@ impl Repository {
                 affects: Vec::new(),
             });
         }
+        drop(by_pack);
+        self.resolve_uses(&mut walk)?;
         report.damaged = walk.finish();
         Ok(report)
     }
 
     /// Opens the manifests and block maps in scope and records where every chunk is used.
     fn walk(&self, ids: &[String]) -> Result<Walk> {
-        let mut w = Walk { versions: Vec::new(), uses: HashMap::new(), damaged: Vec::new() };
+        let mut w = Walk {
+            versions: Vec::new(),
+            chunks: Vec::new(),
+            found: Vec::new(),
+            damaged: Vec::new(),
+            uses: HashMap::new(),
+        };
         for id in ids {
             let key = format!("versions/{id}");
             let m = match self.read_manifest(id) {
@@ -191,7 +207,6 @@ impl Repository {
                     continue;
                 }
             };
-            let vi = w.versions.len();
             w.versions.push((
                 id.clone(),
                 m.vm.name.clone(),
@@ -205,10 +220,10 @@ impl Repository {
                     let map = self.read_map(map_id, n);
                     match map {
                         Ok(map) => {
-                            for (i, e) in map.entries.iter().enumerate() {
-                                if let Some(c) = e {
-                                    w.uses.entry(*c).or_default().push((vi, d.position, lo + i as u64));
-                                }
+                            w.chunks.extend(map.entries.iter().flatten());
+                            if w.chunks.len() > 1 << 20 {
+                                w.chunks.sort_unstable();
+                                w.chunks.dedup();
                             }
                         }
                         Err(e) => {
@@ -234,7 +249,36 @@ impl Repository {
                 }
             }
         }
+        w.chunks.sort_unstable();
+        w.chunks.dedup();
         Ok(w)
+    }
+
+    /// Second pass, only when chunks are damaged: where each damaged chunk is used.
+    fn resolve_uses(&self, w: &mut Walk) -> Result<()> {
+        let bad: std::collections::HashSet<ChunkId> = w.found.iter().filter_map(|(_, c, _)| *c).collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        for (vi, (id, _, _)) in w.versions.iter().enumerate() {
+            let Ok(m) = self.read_manifest(id) else { continue };
+            for d in &m.disks {
+                let nblocks = d.block_count();
+                for (mi, map_id) in d.maps.iter().enumerate() {
+                    let lo = mi as u64 * u64::from(BLOCKS_PER_MAP);
+                    let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
+                    let Ok(map) = self.read_map(map_id, n) else { continue };
+                    for (i, e) in map.entries.iter().enumerate() {
+                        if let Some(c) = e
+                            && bad.contains(c)
+                        {
+                            w.uses.entry(*c).or_default().push((vi, d.position, lo + i as u64));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn read_map(&self, id: &ChunkId, n: usize) -> alike_core::Result<BlockMap> {
@@ -336,6 +380,10 @@ impl Repository {
 
 impl Walk {
     fn damage(&mut self, object: String, chunk: Option<ChunkId>, reason: String) {
+        self.found.push((object, chunk, reason));
+    }
+
+    fn resolve(&mut self, object: String, chunk: Option<ChunkId>, reason: String) {
         let mut per: BTreeMap<(usize, u32), Vec<(u64, u64)>> = BTreeMap::new();
         if let Some(c) = &chunk {
             for &(vi, disk, blk) in self.uses.get(c).map(Vec::as_slice).unwrap_or_default() {
@@ -356,7 +404,10 @@ impl Walk {
         self.damaged.push(Damage { object, chunk: chunk.map(|c| c.to_hex()), reason, affects });
     }
 
-    fn finish(self) -> Vec<Damage> {
+    fn finish(mut self) -> Vec<Damage> {
+        for (object, chunk, reason) in std::mem::take(&mut self.found) {
+            self.resolve(object, chunk, reason);
+        }
         // One entry per (object, reason) for pack-level failures would hide chunks; keep them all, sorted.
         let mut d = self.damaged;
         let mut seen = HashSet::new();
