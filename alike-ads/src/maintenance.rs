@@ -365,12 +365,14 @@ impl Repository {
         }
         let locks = live_locks(&**self.backend())?;
         // Re-mark with versions that appeared since the mark phase.
-        let newer: Vec<(String, Manifest)> = self
-            .version_ids()?
-            .into_iter()
-            .filter(|id| !seen.contains(id))
-            .map(|id| self.read_manifest(&id).map(|m| (id, m)))
-            .collect::<Result<_>>()?;
+        let mut newer: Vec<(String, Manifest)> = Vec::new();
+        for id in self.version_ids()?.into_iter().filter(|id| !seen.contains(id)) {
+            match self.read_manifest(&id) {
+                Ok(m) => newer.push((id, m)),
+                Err(Error::NotFound { .. }) => {} // pruned meanwhile
+                Err(e) => return Err(e),
+            }
+        }
         let rescue = self.mark(&newer)?;
         let mut deletable: Vec<(String, Vec<[u8; 32]>)> = Vec::new();
         for (key, rec) in &records {

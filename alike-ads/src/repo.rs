@@ -556,13 +556,17 @@ impl Repository {
             .collect())
     }
 
-    /// All versions, oldest first.
+    /// All versions, oldest first. A version removed (by a concurrent prune)
+    /// between the listing and its read is simply not listed.
     pub fn versions(&self) -> Result<Vec<(String, Manifest)>> {
-        let mut v = self
-            .version_ids()?
-            .into_iter()
-            .map(|id| self.read_manifest(&id).map(|m| (id, m)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut v = Vec::new();
+        for id in self.version_ids()? {
+            match self.read_manifest(&id) {
+                Ok(m) => v.push((id, m)),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         v.sort_by(|a, b| a.1.time_ms.cmp(&b.1.time_ms).then(a.0.cmp(&b.0)));
         Ok(v)
     }

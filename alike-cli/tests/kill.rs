@@ -118,19 +118,21 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
         p
     };
     let base = mk(&h, "base.img", 1);
+    let t = Instant::now();
     h.backup("vm", &base);
+    // Kill within the time a backup of this size takes, so most kills land mid-run.
+    let backup_time = t.elapsed();
     h.check("setup");
 
     // Backup: kill mid-way, then the rerun must succeed and reuse what the killed run stored.
     let mut reused_somewhere = false;
     let mut killed = 0;
-    for i in 0..n * 3 {
+    for i in 0..n * 6 {
         if killed >= n {
             break;
         }
         let img = mk(&h, &format!("b{i}.img"), 100 + i as u64);
-        let typical = timed(&h, &["stats"]) + Duration::from_millis(600);
-        if h.kill_during(&["backup", "--vm", "vm", img.to_str().unwrap()], typical) {
+        if h.kill_during(&["backup", "--vm", "vm", img.to_str().unwrap()], backup_time) {
             killed += 1;
             h.check("backup");
         }
@@ -146,7 +148,7 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
         // Keep the number of versions (and so each check's restores) bounded.
         h.ok(&["prune", "--keep-last", "4"]);
     }
-    assert!(killed >= n.min(3), "seed {}: only {killed} backups were killed mid-way", h.seed);
+    assert!(killed >= n, "seed {}: only {killed} backups were killed mid-way", h.seed);
     assert!(reused_somewhere, "seed {}: no rerun reused what a killed backup had stored", h.seed);
 
     // Prune, gc, rebuild-index: keep trying until n kills landed mid-run (bounded).
@@ -189,7 +191,7 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
     }
     eprintln!("kills landed per operation: {landed:?}");
     for (op, k) in &landed {
-        assert!(*k >= n.min(2), "seed {}: only {k} kills landed during {op}", h.seed);
+        assert!(*k >= n, "seed {}: only {k} kills landed during {op}", h.seed);
     }
 
     // The newest version's image is still stored: backing it up again adds nothing.
