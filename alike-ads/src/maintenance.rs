@@ -238,7 +238,9 @@ impl Repository {
     /// Marks every chunk (data and maps) referenced by the given manifests,
     /// as 16-byte id prefixes (a prefix collision can only keep a dead chunk,
     /// never delete a live one). Sorted, deduplicated.
-    fn mark(&self, manifests: &[(String, Manifest)]) -> Result<Vec<u128>> {
+    fn mark(&self, manifests: &[(String, Manifest)], progress: &dyn Fn(u64, u64) -> Result<()>) -> Result<Vec<u128>> {
+        let total: u64 = manifests.iter().flat_map(|(_, m)| &m.disks).map(|d| d.maps.len() as u64).sum();
+        let mut done = 0u64;
         let mut live: Vec<u128> = Vec::new();
         let prefix = |c: &ChunkId| u128::from_le_bytes(c.0[..16].try_into().expect("16"));
         for (_, m) in manifests {
@@ -250,6 +252,8 @@ impl Repository {
                     let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
                     let map = alike_core::backup::load_map(self, self.keys(), map_id, n)?;
                     live.extend(map.entries.iter().flatten().map(prefix));
+                    done += 1;
+                    progress(done, total)?;
                 }
             }
             if live.len() > 1 << 22 {
@@ -268,6 +272,16 @@ impl Repository {
     /// [`Error::Locked`] while another GC runs; a version that cannot be read
     /// (GC refuses to guess what is live: run `verify`); backend errors.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
+        self.gc_with(dry_run, &|_, _| Ok(()))
+    }
+
+    /// [`Repository::gc`] with progress: `progress(maps marked, maps in all)`
+    /// during the mark phase; an `Err` from it (cancellation) stops the run
+    /// before anything is condemned or deleted.
+    ///
+    /// # Errors
+    /// As [`Repository::gc`], and whatever `progress` returns.
+    pub fn gc_with(&self, dry_run: bool, progress: &dyn Fn(u64, u64) -> Result<()>) -> Result<GcReport> {
         let _lock = self.lock(LockKind::Gc)?;
         let mut report = GcReport::default();
         if !dry_run {
@@ -277,7 +291,7 @@ impl Repository {
         let versions = self.versions()?;
         report.versions = versions.len() as u64;
         let seen: HashSet<String> = versions.iter().map(|(id, _)| id.clone()).collect();
-        let live = self.mark(&versions)?;
+        let live = self.mark(&versions, progress)?;
         let is_live = |c: &ChunkId| live.binary_search(&u128::from_le_bytes(c.0[..16].try_into().expect("16"))).is_ok();
 
         // Per pack: live and dead bytes.
@@ -373,7 +387,7 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        let rescue = self.mark(&newer)?;
+        let rescue = self.mark(&newer, &|_, _| Ok(()))?;
         let mut deletable: Vec<(String, Vec<[u8; 32]>)> = Vec::new();
         for (key, rec) in &records {
             let blocking = locks.iter().find(|(_, l)| match l.kind {

@@ -597,10 +597,23 @@ impl Repository {
     /// # Errors
     /// Backend errors; damaged packs are reported, not fatal.
     pub fn rebuild_index(&self) -> Result<(usize, Vec<(String, Error)>)> {
+        self.rebuild_index_with(&|_, _| Ok(()))
+    }
+
+    /// [`Repository::rebuild_index`] with progress: `progress(packs read, packs in all)`;
+    /// an `Err` from it (cancellation) stops before the index is touched.
+    ///
+    /// # Errors
+    /// As [`Repository::rebuild_index`], and whatever `progress` returns.
+    pub fn rebuild_index_with(
+        &self,
+        progress: &dyn Fn(u64, u64) -> Result<()>,
+    ) -> Result<(usize, Vec<(String, Error)>)> {
         let packs = self.backend.list("packs/")?;
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for (key, _) in &packs {
+        for (i, (key, _)) in packs.iter().enumerate() {
+            progress(i as u64, packs.len() as u64)?;
             let Some(id) = key.rsplit('/').next().and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok()) else {
                 continue;
             };
@@ -612,6 +625,7 @@ impl Repository {
                 }
             }
         }
+        progress(packs.len() as u64, packs.len() as u64)?;
         let old: Vec<String> = self.backend.list("index/")?.into_iter().map(|(k, _)| k).collect();
         let new: HashSet<String> = self.write_segments(&good, false)?.into_iter().collect();
         for k in old.iter().filter(|k| !new.contains(*k)) {

@@ -583,7 +583,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Gc { dry_run, json } => {
             let store = open(&cli)?;
-            let r = store.gc(*dry_run)?;
+            let bar = Bar::new(&cli, "gc");
+            let mut opts = alike::MaintenanceOptions::default().dry_run(*dry_run).cancel_token(cancel_on_ctrl_c());
+            if let Some(cb) = bar.callback() {
+                opts = opts.progress(cb);
+            }
+            let r = store.gc(&opts);
+            bar.done();
+            let r = r?;
             if *json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -630,7 +637,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::RebuildIndex { json } => {
             let store = open(&cli)?;
-            let (n, bad) = store.rebuild_index()?;
+            let bar = Bar::new(&cli, "index");
+            let mut opts = alike::MaintenanceOptions::default().cancel_token(cancel_on_ctrl_c());
+            if let Some(cb) = bar.callback() {
+                opts = opts.progress(cb);
+            }
+            let r = store.rebuild_index(&opts);
+            bar.done();
+            let (n, bad) = r?;
             if *json {
                 let arr: Vec<_> = bad.iter().map(|(k, e)| json!({"pack": k, "error": e})).collect();
                 println!("{}", json!({"packs_indexed": n, "damaged_packs": arr}));

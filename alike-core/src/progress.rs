@@ -15,8 +15,10 @@ pub enum Phase {
     Restore,
     /// Checking stored data.
     Verify,
-    /// Rebuilding the local index cache.
+    /// Rebuilding the index from pack trailers (units: packs).
     Index,
+    /// Garbage collection (units: block maps marked, then packs swept).
+    Gc,
 }
 
 impl Phase {
@@ -28,6 +30,7 @@ impl Phase {
             Phase::Restore => "restore",
             Phase::Verify => "verify",
             Phase::Index => "index",
+            Phase::Gc => "gc",
         }
     }
 }
@@ -48,6 +51,10 @@ impl Progress {
     /// A verify-stage report (for stores that count their own progress).
     pub fn verify(bytes_done: u64, bytes_total: u64) -> Progress {
         Progress { phase: Phase::Verify, bytes_done, bytes_total }
+    }
+    /// A report for `phase` in its own units (`bytes_*` then count those units).
+    pub fn of(phase: Phase, done: u64, total: u64) -> Progress {
+        Progress { phase, bytes_done: done, bytes_total: total }
     }
 }
 

@@ -33,7 +33,7 @@ mod store;
 pub use alike_ads::{Affected, Damage, GcReport, LockInfo, LockKind, PruneReport, Verification, VerifyReport};
 pub use alike_core::retention::{Decision, RetentionPolicy};
 pub use error::{Error, ErrorKind, Result};
-pub use options::{BackupOptions, Parent, RestoreOptions, VerifyOptions};
+pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, Version};
 
 // Engine vocabulary users need.

@@ -147,3 +147,25 @@ impl VerifyOptions {
         self
     }
 }
+
+/// Options of [`crate::Store::gc`] and [`crate::Store::rebuild_index`].
+///
+/// ```
+/// let opts = alike::MaintenanceOptions::default().dry_run(true).progress(|p| eprintln!("{}/{}", p.bytes_done, p.bytes_total));
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct MaintenanceOptions {
+    pub(crate) run: Run,
+    pub(crate) dry_run: bool,
+}
+
+impl MaintenanceOptions {
+    run_setters!();
+    /// Count only; change nothing (gc).
+    pub fn dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+}

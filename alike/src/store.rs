@@ -10,7 +10,7 @@ use alike_core::backup::{BackupJob, EngineParams};
 use alike_core::retention::RetentionPolicy;
 use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, RawFileSource, RawFileTarget, VmInfo};
 
-use crate::options::{BackupOptions, Parent, RestoreOptions, VerifyOptions};
+use crate::options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VerifyOptions};
 use crate::{Error, Result};
 
 /// Builds a [`Store`]: settings first, then [`StoreBuilder::create`] or [`StoreBuilder::open`].
@@ -543,8 +543,14 @@ impl Store {
     ///
     /// # Errors
     /// [`crate::ErrorKind::Busy`] while another GC runs; unreadable versions; store errors.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        Ok(self.repo.gc(dry_run)?)
+    pub fn gc(&self, opts: &MaintenanceOptions) -> Result<GcReport> {
+        let run = &opts.run;
+        Ok(self.repo.gc_with(opts.dry_run, &|done, total| {
+            if let Some(p) = &run.progress {
+                p(&alike_core::Progress::of(alike_core::Phase::Gc, done, total));
+            }
+            run.cancel.check().map_err(alike_ads::Error::from)
+        })?)
     }
 
     /// Store locks: who is working on the store. Stale locks (their process
@@ -562,8 +568,14 @@ impl Store {
     ///
     /// # Errors
     /// Store errors.
-    pub fn rebuild_index(&self) -> Result<(usize, Vec<(String, String)>)> {
-        let (n, bad) = self.repo.rebuild_index()?;
+    pub fn rebuild_index(&self, opts: &MaintenanceOptions) -> Result<(usize, Vec<(String, String)>)> {
+        let run = &opts.run;
+        let (n, bad) = self.repo.rebuild_index_with(&|done, total| {
+            if let Some(p) = &run.progress {
+                p(&alike_core::Progress::of(alike_core::Phase::Index, done, total));
+            }
+            run.cancel.check().map_err(alike_ads::Error::from)
+        })?;
         Ok((n, bad.into_iter().map(|(k, e)| (k, e.to_string())).collect()))
     }
 

@@ -59,7 +59,7 @@ fn prune_with_dry_run_and_pins_then_gc_reclaims_space() {
     let left: Vec<String> = store.versions(None).unwrap().into_iter().map(|v| v.id).collect();
     assert_eq!(left, vec![ids[0].clone(), ids[3].clone()], "pinned v0 and newest v3 stay");
 
-    let g = store.gc(false).unwrap();
+    let g = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(g.dead_chunks > 0 && g.deleted + g.repacked > 0, "{g:?}");
     assert_eq!(g.deferred, 0);
     let after = pack_bytes(&env);
@@ -74,7 +74,7 @@ fn prune_with_dry_run_and_pins_then_gc_reclaims_space() {
         vec![sha256_file(&imgs[3])]
     );
     // A second gc finds nothing more to do.
-    let g2 = store.gc(false).unwrap();
+    let g2 = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert_eq!((g2.dead_chunks, g2.deleted, g2.condemned), (0, 0, 0), "{g2:?}");
 }
 
@@ -100,7 +100,7 @@ fn gc_repacks_mostly_dead_packs() {
     sparse_image(&tiny, 64 << 10, 1, 3);
     store.backup_images("big", &[&tiny], &BackupOptions::default()).unwrap();
     store.prune(Some("big"), &p, false).unwrap();
-    let g = store.gc(false).unwrap();
+    let g = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(g.condemned >= 1, "{g:?}");
     assert!(g.deleted >= 1, "{g:?}");
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
@@ -125,7 +125,7 @@ fn gc_never_deletes_what_a_running_backup_deduplicated_against() {
 
     // a1 is pruned; GC condemns its packs but must not delete them while the writer runs.
     store.prune(Some("a"), &keep_last(1), false).unwrap();
-    let g = store.gc(false).unwrap();
+    let g = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(g.condemned > 0, "{g:?}");
     assert_eq!(g.deleted, 0, "deleted under a running backup: {g:?}");
     assert!(g.deferred > 0);
@@ -139,7 +139,7 @@ fn gc_never_deletes_what_a_running_backup_deduplicated_against() {
     drop(lock);
 
     // Now GC may delete, but the new version rescues what it references.
-    let g = store.gc(false).unwrap();
+    let g = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(g.rescued > 0, "{g:?}");
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
     assert_eq!(restore_sha(&store, &store.version(&cid, None).unwrap(), env.dir.path()), vec![sha256_file(&a1)]);
@@ -149,12 +149,12 @@ fn gc_never_deletes_what_a_running_backup_deduplicated_against() {
     assert_eq!(e.kind(), alike::ErrorKind::NotFound);
     store.forget(&cid).unwrap();
     let reader = writer.lock(LockKind::Read).unwrap();
-    let g = store.gc(false).unwrap();
+    let g = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(g.condemned > 0 && g.deleted == 0 && g.deferred > 0, "a running read defers deletion: {g:?}");
     let y = store.backup_images("y", &[&a1], &BackupOptions::default()).unwrap();
     assert!(y.new_bytes > 1 << 20, "a backup after condemnation must not reuse condemned packs: {}", y.new_bytes);
     drop(reader);
-    let g = store.gc(false).unwrap();
+    let g = store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(g.deleted > 0 && g.rescued == 0, "{g:?}");
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
     assert_eq!(restore_sha(&store, &y.version, env.dir.path()), vec![sha256_file(&a1)]);
@@ -181,13 +181,59 @@ fn stale_locks_are_recovered_and_gc_is_exclusive() {
     std::fs::create_dir_all(env.path("store/locks")).unwrap();
     std::fs::write(env.path("store/locks/deadbeef"), obj).unwrap();
     // gc proceeds: the dead GC's lock is stale and removed.
-    store.gc(false).unwrap();
+    store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(!env.path("store/locks/deadbeef").exists());
     // A live GC lock excludes another GC.
     let held = repo.lock(LockKind::Gc).unwrap();
-    let e = store.gc(false).unwrap_err();
+    let e = store.gc(&alike::MaintenanceOptions::default()).unwrap_err();
     assert_eq!(e.kind(), alike::ErrorKind::Busy, "{e}");
     drop(held);
-    store.gc(false).unwrap();
+    store.gc(&alike::MaintenanceOptions::default()).unwrap();
     assert!(store.locks().unwrap().is_empty());
+}
+
+#[test]
+fn gc_and_rebuild_index_report_progress_and_cancel_before_changing_anything() {
+    let env = Env::new();
+    let store = env.create(false);
+    for i in 0..3u64 {
+        let img = env.path(&format!("p{i}.img"));
+        sparse_image(&img, 4 << 20, 8, 70 + i);
+        store.backup_images("vm", &[&img], &BackupOptions::default().time_ms(i as i64)).unwrap();
+    }
+    store.prune(Some("vm"), &keep_last(1), false).unwrap();
+    // Cancelled: nothing condemned, nothing deleted.
+    let token = alike::CancelToken::new();
+    token.cancel();
+    let e = store.gc(&alike::MaintenanceOptions::default().cancel_token(token)).unwrap_err();
+    assert_eq!(e.kind(), alike::ErrorKind::Cancelled, "{e}");
+    assert!(!env.path("store/gc").exists() || std::fs::read_dir(env.path("store/gc")).unwrap().count() == 0);
+    // With progress: counts maps up to the total.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let g = store
+        .gc(&alike::MaintenanceOptions::default()
+            .progress(move |p| s2.lock().unwrap().push((p.phase, p.bytes_done, p.bytes_total))))
+        .unwrap();
+    assert!(g.deleted > 0, "{g:?}");
+    let seen = seen.lock().unwrap();
+    let last = seen.last().unwrap();
+    assert!(last.0 == alike::Phase::Gc && last.1 == last.2 && last.2 > 0, "{seen:?}");
+    // rebuild-index: packs counted, cancellable before the index is touched.
+    let before: Vec<_> = std::fs::read_dir(env.path("store/index")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let token = alike::CancelToken::new();
+    token.cancel();
+    assert!(store.rebuild_index(&alike::MaintenanceOptions::default().cancel_token(token)).is_err());
+    let after: Vec<_> = std::fs::read_dir(env.path("store/index")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before.len(), after.len());
+    let packs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p2 = packs.clone();
+    let (n, _) = store
+        .rebuild_index(
+            &alike::MaintenanceOptions::default()
+                .progress(move |p| p2.store(p.bytes_total, std::sync::atomic::Ordering::SeqCst)),
+        )
+        .unwrap();
+    assert_eq!(packs.load(std::sync::atomic::Ordering::SeqCst), n as u64);
+    assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
 }

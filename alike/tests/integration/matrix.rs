@@ -69,7 +69,7 @@ fn run(f: &Fixture, s: &Store, op: Op, n: usize) -> Option<(String, String)> {
             None
         }
         Op::Gc => {
-            match s.gc(false) {
+            match s.gc(&alike::MaintenanceOptions::default()) {
                 Ok(_) => {}
                 Err(e) => assert_eq!(e.kind(), alike::ErrorKind::Busy, "{e}"),
             }
@@ -106,7 +106,7 @@ fn every_allowed_pair_runs_at_once() {
             });
             // Afterwards, and after one more gc, everything that should be there is whole.
             let s = handle(&f, 3);
-            s.gc(false).unwrap();
+            s.gc(&alike::MaintenanceOptions::default()).unwrap();
             let r = s.verify(&VerifyOptions::default().full(true)).unwrap();
             assert!(r.ok(), "{a:?} with {b:?}: {:#?}", r.damaged);
             for (id, sha) in created.iter().chain(std::iter::once(&(f.keep_id.clone(), f.keep_sha.clone()))) {

@@ -210,7 +210,7 @@ fn a_corrupt_index_segment_does_not_lock_the_user_out() {
         "{:#?}",
         r.damaged
     );
-    let (packs, bad) = store.rebuild_index().unwrap();
+    let (packs, bad) = store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap();
     assert!(packs >= 2 && bad.is_empty());
     let store = t.env.open();
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
