@@ -70,6 +70,6 @@ pub use pack::{
 };
 pub use repo::{
     CreateOptions, DEFAULT_PACK_SIZE, MAX_PACK_ENTRIES, MAX_SEGMENT_ENTRIES, OpenOptions, Repository, StoreStats,
-    decode_manifest, default_cache_dir, encode_manifest,
+    decode_manifest, default_cache_dir, encode_manifest, host_name,
 };
 pub use verify::{Affected, Damage, Verification, VerifyDepth, VerifyReport};

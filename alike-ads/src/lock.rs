@@ -57,9 +57,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    crate::repo::host_name().unwrap_or_else(|| "unknown".into())
 }
 
 impl LockInfo {

@@ -174,7 +174,8 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-fn host() -> Option<String> {
+/// This machine's host name, as recorded in versions, keys and locks.
+pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
@@ -248,8 +249,10 @@ impl Repository {
             config.key_check = Some(key_check(&Keys::from_master(&master)));
             if let Some(pw) = &opts.passphrase {
                 let w = alike_core::wrap_master(&master, pw, opts.kdf, &key_aad(&store_id))?;
-                backend
-                    .write(&format!("keys/{}", random_hex(8)), &KeyObject::new(&w, opts.time_ms, host()).encode())?;
+                backend.write(
+                    &format!("keys/{}", random_hex(8)),
+                    &KeyObject::new(&w, opts.time_ms, host_name()).encode(),
+                )?;
             }
             if let Some(kf) = &opts.key_file {
                 write_local_atomic(kf, &KeyFile::new(&store_id, &master).encode())?;
@@ -635,12 +638,6 @@ impl Repository {
         self.bad_segments.lock().expect("lock").clear();
         self.sync_cache()?;
         Ok((good.len(), bad))
-    }
-
-    /// Adds a passphrase-wrapped copy of the master key (another way to open).
-    /// Only possible with the master key at hand, i.e. on an open store.
-    pub fn keys_count(&self) -> Result<usize> {
-        Ok(self.backend.list("keys/")?.len())
     }
 }
 

@@ -285,7 +285,7 @@ impl Store {
             disks: disks.to_vec(),
             parent,
             time_ms: opts.time_ms.unwrap_or_else(now_ms),
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()),
+            host: alike_ads::host_name(),
         };
         let _lock = self.repo.begin_write()?;
         let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
