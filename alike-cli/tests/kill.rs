@@ -162,6 +162,13 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
     let mut landed: HashMap<&str, u32> =
         HashMap::from([("backup", killed), ("prune", 0), ("gc", 0), ("rebuild-index", 0)]);
     let attempts = if std::env::var_os("ALIKE_KILLS").is_some() { n * 8 } else { n * 3 };
+    // Each kill time is drawn below the measured length of the last complete run
+    // of the same operation, so the kill lands mid-run unless the run got faster.
+    let mut last: HashMap<&str, Duration> = HashMap::from([
+        ("prune", timed(&h, &["prune", "--keep-last", "3"])),
+        ("gc", timed(&h, &["gc"])),
+        ("rebuild-index", timed(&h, &["rebuild-index"])),
+    ]);
     for attempt in 0..attempts {
         if landed.values().all(|k| *k >= n) {
             break;
@@ -169,32 +176,17 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
         // Something for prune and gc to remove.
         let img = mk(&h, "g.img", 1000 + attempt as u64);
         h.backup("vm", &img);
-        if landed["prune"] < n {
-            let typical = timed(&h, &["prune", "--keep-last", "3", "--dry-run"]);
-            if h.kill_during(&["prune", "--keep-last", "3"], typical * 2) {
-                *landed.get_mut("prune").unwrap() += 1;
-                h.check("prune");
+        for (op, args) in [
+            ("prune", &["prune", "--keep-last", "3"][..]),
+            ("gc", &["gc"][..]),
+            ("rebuild-index", &["rebuild-index"][..]),
+        ] {
+            if landed[op] < n && h.kill_during(args, last[op]) {
+                *landed.get_mut(op).unwrap() += 1;
+                h.check(op);
             }
-        }
-        h.ok(&["prune", "--keep-last", "3"]);
-        h.check("prune rerun");
-        if landed["gc"] < n {
-            let typical = timed(&h, &["gc", "--dry-run"]) * 4 + Duration::from_millis(200);
-            if h.kill_during(&["gc"], typical) {
-                *landed.get_mut("gc").unwrap() += 1;
-                h.check("gc");
-            }
-        }
-        h.ok(&["gc"]);
-        h.check("gc rerun");
-        if landed["rebuild-index"] < n {
-            let typical = timed(&h, &["rebuild-index"]);
-            if h.kill_during(&["rebuild-index"], typical * 2) {
-                *landed.get_mut("rebuild-index").unwrap() += 1;
-                h.check("rebuild-index");
-            }
-            h.ok(&["rebuild-index"]);
-            h.check("rebuild-index rerun");
+            last.insert(op, timed(&h, args));
+            h.check(&format!("{op} rerun"));
         }
     }
     eprintln!("kills landed per operation: {landed:?}");
