@@ -164,10 +164,23 @@ impl Backend for LocalBackend {
             return Ok(out);
         }
         let mut stack = vec![base];
+        // Objects (and their folders) may be removed by a concurrent prune or
+        // gc between the directory read and the stat: such an object is gone,
+        // so it is simply not listed.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         while let Some(dir) = stack.pop() {
-            for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entries = match fs::read_dir(&dir) {
+                Ok(it) => it,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(Error::Io { path: dir, source: e }),
+            };
+            for e in entries {
                 let e = e.map_err(io(&dir))?;
-                let ft = e.file_type().map_err(io(e.path()))?;
+                let ft = match e.file_type() {
+                    Ok(ft) => ft,
+                    Err(err) if gone(&err) => continue,
+                    Err(err) => return Err(Error::Io { path: e.path(), source: err }),
+                };
                 if ft.is_dir() {
                     stack.push(e.path());
                 } else if ft.is_file() {
@@ -177,8 +190,11 @@ impl Backend for LocalBackend {
                         continue;
                     }
                     let rel = e.path().strip_prefix(&self.root).expect("under root").to_string_lossy().into_owned();
-                    let len = e.metadata().map_err(io(e.path()))?.len();
-                    out.push((rel, len));
+                    match e.metadata() {
+                        Ok(m) => out.push((rel, m.len())),
+                        Err(err) if gone(&err) => {}
+                        Err(err) => return Err(Error::Io { path: e.path(), source: err }),
+                    }
                 }
             }
         }
@@ -294,4 +310,35 @@ pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).expect("OS random source");
     hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listing that races deletions (a concurrent prune or gc) leaves out
+    /// what vanished instead of failing.
+    #[test]
+    fn listing_tolerates_concurrent_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        for round in 0..20 {
+            let keys: Vec<String> = (0..300).map(|i| format!("versions/{round}-{i}")).collect();
+            for k in &keys {
+                b.write(k, b"x").unwrap();
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for k in &keys {
+                        b.delete(k).unwrap();
+                    }
+                });
+                for _ in 0..50 {
+                    let listed = b.list("versions/").unwrap();
+                    assert!(listed.iter().all(|(_, n)| *n == 1));
+                }
+            });
+            assert!(b.list("versions/").unwrap().is_empty());
+        }
+    }
 }
