@@ -1,5 +1,13 @@
 //! # alike-hyperv
 //!
-//! The Hyper-V adapter: VHDX/AVHDX format, host control and a simulator.
-//! Not written yet (issue 4); the crate exists so the workspace has its final
-//! shape. It depends on `alike-core` only.
+//! The Hyper-V adapter: the VHDX/AVHDX disk format, read and written
+//! ([`vhdx`]: [`vhdx::VhdxSource`] is an [`alike_core::DiskSource`] over a
+//! file or a differencing chain, with change tracking from checkpoints;
+//! [`vhdx::VhdxTarget`] an [`alike_core::DiskTarget`] writing dynamic and
+//! differencing files). Host control and a simulator come later (issue 4).
+//! It depends on `alike-core` only.
+
+pub mod error;
+pub mod vhdx;
+
+pub use error::VhdxError;
