@@ -12,6 +12,11 @@ step() { printf '\n== %s\n' "$*"; }
 missing=()
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)
+# gcc and valgrind: the C example and C API tests, run under memcheck.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+# python3-venv: the Python bindings are tested in a private venv.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -19,6 +24,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 export PATH="$PATH:/sbin:/usr/sbin"
+
+# A private venv with maturin, pytest and mypy (bindings-python/requirements-dev.txt).
+if [ ! -x .venv/bin/python ]; then
+    step "creating .venv"
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r bindings-python/requirements-dev.txt
 
 # --- checks ----------------------------------------------------------------
 if [ -z "${QUICK:-}" ]; then
@@ -29,8 +41,17 @@ if [ -z "${QUICK:-}" ]; then
 fi
 
 # --- tests -------------------------------------------------------------------
-step "cargo test (Rust: unit, integration, CLI, golden vectors, doc tests)"
+step "cargo test (Rust: unit, integration, CLI, golden vectors, doc tests, committed C header)"
 cargo test --workspace --locked
+
+step "Python bindings: build into .venv, pytest, stub and type checks"
+(cd bindings-python && VIRTUAL_ENV="$PWD/../.venv" ../.venv/bin/maturin develop --locked -q)
+.venv/bin/python -m pytest -q bindings-python/tests
+.venv/bin/python -m mypy.stubtest alike._native
+.venv/bin/python -m mypy --strict bindings-python/python/alike
+
+step "C ABI: example and API tests against the committed header, also under valgrind"
+bash scripts/test-c.sh
 
 step "quickstart (the README's first command, small)"
 cargo run --locked -q -p quickstart -- target/quickstart-test 128

@@ -82,7 +82,7 @@ pub struct OpenOptions {
 }
 
 /// Figures about a store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StoreStats {
     /// Versions.

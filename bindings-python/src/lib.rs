@@ -1,8 +1,24 @@
 //! # alike-python
 //!
-//! The Python module `alike` (pyo3 extension built by maturin) is issue 6;
-//! this crate holds its place in the workspace and will stay a thin layer
-//! over the `alike` facade.
+//! The private native module `alike._native`: a thin pyo3 layer over the
+//! `alike` facade. Results cross as plain dicts and lists; the pure-Python
+//! package in `python/alike` turns them into typed objects. Long operations
+//! run with the interpreter released; see [`run`] for how progress, Ctrl-C
+//! and cancellation reach them.
 
-/// The facade version the bindings are built against.
-pub const FACADE_VERSION: &str = alike::VERSION;
+use pyo3::prelude::*;
+
+mod convert;
+mod errors;
+mod run;
+mod store;
+
+/// The module `alike._native`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", alike::VERSION)?;
+    m.add_class::<store::NativeStore>()?;
+    m.add_class::<run::CancelToken>()?;
+    errors::register(m)?;
+    Ok(())
+}

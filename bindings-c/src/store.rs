@@ -1,0 +1,359 @@
+//! The store handle and its operations.
+
+use std::ffi::{c_char, c_void};
+
+use alike::{BackupOptions, MaintenanceOptions, RestoreOptions, RetentionPolicy, VerifyOptions};
+
+use crate::options::{Run, alike_cancel, alike_progress_fn, alike_store_options, with_run};
+use crate::version::{alike_version, alike_version_list};
+use crate::{FfiResult, alike_result, arg_str, guard, invalid, need, opt_str, put};
+
+/// An open store. Safe to use from several threads at once.
+pub struct alike_store {
+    inner: alike::Store,
+}
+
+/// Figures about a store.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct alike_stats {
+    /// Versions.
+    pub versions: u64,
+    /// Sum over versions of their disks' data bytes.
+    pub logical_bytes: u64,
+    /// Plaintext bytes of the unique data.
+    pub unique_bytes: u64,
+    /// Bytes of all objects in the store.
+    pub stored_bytes: u64,
+    /// Number of packs.
+    pub packs: u64,
+}
+
+/// A retention policy: how many versions each rule keeps (0 = rule off).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct alike_retention {
+    /// The newest N versions.
+    pub keep_last: u32,
+    /// The newest version of each of the last N hours that have one.
+    pub keep_hourly: u32,
+    /// … days.
+    pub keep_daily: u32,
+    /// … weeks.
+    pub keep_weekly: u32,
+    /// … months.
+    pub keep_monthly: u32,
+    /// … years.
+    pub keep_yearly: u32,
+}
+
+/// # Safety
+/// `opts` NULL or live; strings NUL-terminated or NULL.
+unsafe fn builder(opts: *const alike_store_options, passphrase: *const c_char) -> FfiResult<alike::StoreBuilder> {
+    // SAFETY: NULL or live by contract.
+    let mut b = unsafe { opts.as_ref() }.map(|o| o.builder.clone()).unwrap_or_else(alike::Store::builder);
+    if let Some(p) = unsafe { opt_str(passphrase, "passphrase")? } {
+        b.passphrase(p);
+    }
+    Ok(b)
+}
+
+/// # Safety
+/// `store` NULL or live.
+unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
+    // SAFETY: NULL or live by contract.
+    unsafe { store.as_ref() }.map(|s| &s.inner).ok_or_else(|| invalid("store is NULL"))
+}
+
+/// Creates a store at `path` (a folder that must not hold one). `passphrase`
+/// may be NULL only with a key file or no encryption in `opts` (NULL = defaults).
+///
+/// # Safety
+/// Strings NUL-terminated (or NULL where allowed); `opts` NULL or live; `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_create(
+    path: *const c_char,
+    passphrase: *const c_char,
+    opts: *const alike_store_options,
+    out: *mut *mut alike_store,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let path = arg_str(path, "path")?;
+        let s = builder(opts, passphrase)?.create(path)?;
+        put(out, Box::into_raw(Box::new(alike_store { inner: s })), "out")
+    })
+}
+
+/// Opens the store at `path`.
+///
+/// # Safety
+/// As [`alike_store_create`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_open(
+    path: *const c_char,
+    passphrase: *const c_char,
+    opts: *const alike_store_options,
+    out: *mut *mut alike_store,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let path = arg_str(path, "path")?;
+        let s = builder(opts, passphrase)?.open(path)?;
+        put(out, Box::into_raw(Box::new(alike_store { inner: s })), "out")
+    })
+}
+
+/// Closes a store (NULL is fine). No operation on it may be running.
+///
+/// # Safety
+/// `store` is NULL or from libalike, not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_free(store: *mut alike_store) {
+    if !store.is_null() {
+        // SAFETY: from Box::into_raw, freed once by contract.
+        drop(unsafe { Box::from_raw(store) });
+    }
+}
+
+/// Backs up `image_count` disk images (raw files or block devices) as the
+/// disks of VM `vm`, building on its latest version. On success, `*out`
+/// (if `out` is not NULL) receives the new version; free it.
+///
+/// # Safety
+/// `images` points to `image_count` NUL-terminated strings; other pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_backup(
+    store: *const alike_store,
+    vm: *const c_char,
+    images: *const *const c_char,
+    image_count: usize,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out: *mut *mut alike_version,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let vm = arg_str(vm, "vm")?;
+        if images.is_null() || image_count == 0 {
+            return Err(invalid("images is NULL or empty: a backup needs at least one disk"));
+        }
+        let paths = std::slice::from_raw_parts(images, image_count)
+            .iter()
+            .enumerate()
+            .map(|(i, p)| arg_str(*p, &format!("images[{i}]")))
+            .collect::<FfiResult<Vec<&str>>>()?;
+        let run = Run::new(progress, user_data, cancel);
+        let r = s.backup_images(vm, &paths, &with_run!(BackupOptions::default(), run))?;
+        if !out.is_null() {
+            out.write(Box::into_raw(Box::new(alike_version::new(r.version))));
+        }
+        Ok(())
+    })
+}
+
+/// The versions of VM `vm` (every VM when NULL), oldest first.
+///
+/// # Safety
+/// Pointers as documented; `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_versions(
+    store: *const alike_store,
+    vm: *const c_char,
+    out: *mut *mut alike_version_list,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let s = self::store(store)?;
+        let items = s.versions(opt_str(vm, "vm")?)?.into_iter().map(alike_version::new).collect();
+        put(out, Box::into_raw(Box::new(alike_version_list { items })), "out")
+    })
+}
+
+/// Finds a version by id, unique id prefix, or "latest" (of `vm`, when not NULL).
+///
+/// # Safety
+/// Pointers as documented; `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_find_version(
+    store: *const alike_store,
+    spec: *const c_char,
+    vm: *const c_char,
+    out: *mut *mut alike_version,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let s = self::store(store)?;
+        let v = s.version(arg_str(spec, "spec")?, opt_str(vm, "vm")?)?;
+        put(out, Box::into_raw(Box::new(alike_version::new(v))), "out")
+    })
+}
+
+/// Restores disk `disk` of `version` to the file `output` (written to a
+/// temporary name and renamed into place when complete).
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_restore(
+    store: *const alike_store,
+    version: *const alike_version,
+    disk: u32,
+    output: *const c_char,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
+        let output = arg_str(output, "output")?;
+        let run = Run::new(progress, user_data, cancel);
+        s.restore_to_file(&v.inner, disk, output, &with_run!(RestoreOptions::default(), run))?;
+        Ok(())
+    })
+}
+
+/// Checks the store: structure and index, or every byte when `full`.
+/// `*out_damaged` receives how many damaged objects or chunks were found
+/// (0 = healthy); damage is not an error.
+///
+/// # Safety
+/// Pointers as documented; `out_damaged` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_verify(
+    store: *const alike_store,
+    full: bool,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_damaged: *mut u64,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out_damaged, "out_damaged")?;
+        let s = self::store(store)?;
+        let run = Run::new(progress, user_data, cancel);
+        let r = s.verify(&with_run!(VerifyOptions::default().full(full), run))?;
+        put(out_damaged, r.damaged.len() as u64, "out_damaged")
+    })
+}
+
+/// Figures about the store.
+///
+/// # Safety
+/// Pointers as documented; `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_stats(store: *const alike_store, out: *mut alike_stats) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let st = self::store(store)?.stats()?;
+        put(
+            out,
+            alike_stats {
+                versions: st.versions,
+                logical_bytes: st.logical_bytes,
+                unique_bytes: st.unique_bytes,
+                stored_bytes: st.stored_bytes,
+                packs: st.packs,
+            },
+            "out",
+        )
+    })
+}
+
+/// Applies `policy` to the versions of `vm` (every VM when NULL) and removes
+/// those no rule keeps (pinned versions stay), unless `dry_run`.
+/// `*out_removed` (if not NULL) receives how many were (or would be) removed.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_prune(
+    store: *const alike_store,
+    vm: *const c_char,
+    policy: *const alike_retention,
+    dry_run: bool,
+    out_removed: *mut u64,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let p = policy.as_ref().ok_or_else(|| invalid("policy is NULL"))?;
+        let mut rp = RetentionPolicy::default();
+        rp.keep_last = p.keep_last;
+        rp.keep_hourly = p.keep_hourly;
+        rp.keep_daily = p.keep_daily;
+        rp.keep_weekly = p.keep_weekly;
+        rp.keep_monthly = p.keep_monthly;
+        rp.keep_yearly = p.keep_yearly;
+        let r = s.prune(opt_str(vm, "vm")?, &rp, dry_run)?;
+        let n =
+            if dry_run { r.decisions.iter().flat_map(|(_, d)| d).filter(|d| !d.keep).count() } else { r.removed.len() };
+        if !out_removed.is_null() {
+            out_removed.write(n as u64);
+        }
+        Ok(())
+    })
+}
+
+/// Frees the space of data no version references. `*out_bytes_freed` (if
+/// not NULL) receives the bytes freed.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_gc(
+    store: *const alike_store,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_bytes_freed: *mut u64,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let run = Run::new(progress, user_data, cancel);
+        let r = s.gc(&with_run!(MaintenanceOptions::default(), run))?;
+        if !out_bytes_freed.is_null() {
+            out_bytes_freed.write(r.bytes_freed);
+        }
+        Ok(())
+    })
+}
+
+/// Removes one version (by id or unique prefix); its data goes at the next gc.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_forget(store: *const alike_store, version: *const c_char) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let v = s.version(arg_str(version, "version")?, None)?;
+        s.forget(&v.id)?;
+        Ok(())
+    })
+}
+
+/// Protects a version from prune and forget.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_pin(store: *const alike_store, version: *const c_char) -> alike_result {
+    guard(|| unsafe {
+        self::store(store)?.pin(arg_str(version, "version")?)?;
+        Ok(())
+    })
+}
+
+/// Removes a pin.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_unpin(store: *const alike_store, version: *const c_char) -> alike_result {
+    guard(|| unsafe {
+        self::store(store)?.unpin(arg_str(version, "version")?)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,172 @@
+/*
+ * Tests of the C ABI through the committed header: result codes and
+ * messages, NULL and bad arguments, cancellation from a progress callback
+ * and from a token, maintenance calls. Run by scripts/test-c.sh (also under
+ * valgrind). Usage: test_api WORK_DIR
+ */
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alike.h"
+
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            const char *m = alike_last_error_message();                                  \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, \
+                    #cond, m ? m : "(none)");                                            \
+            exit(1);                                                                     \
+        }                                                                                \
+    } while (0)
+
+static char work[2048];
+
+static const char *path(const char *name) {
+    static char buf[4][4096];
+    static int n = 0;
+    char *p = buf[n++ % 4];
+    snprintf(p, 4096, "%s/%s", work, name);
+    return p;
+}
+
+static void write_image(const char *file, size_t mib, unsigned seed) {
+    FILE *f = fopen(file, "wb");
+    CHECK(f != NULL);
+    unsigned x = seed;
+    static unsigned char block[1 << 20];
+    for (size_t m = 0; m < mib; m++) {
+        for (size_t i = 0; i < sizeof block; i++) {
+            x = x * 1103515245u + 12345u;
+            block[i] = (unsigned char)(x >> 16);
+        }
+        CHECK(fwrite(block, 1, sizeof block, f) == sizeof block);
+    }
+    fclose(f);
+}
+
+static int files_equal(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    if (!fa || !fb) return 0;
+    int same = 1, ca, cb;
+    do {
+        ca = fgetc(fa);
+        cb = fgetc(fb);
+        if (ca != cb) same = 0;
+    } while (same && ca != EOF);
+    fclose(fa);
+    fclose(fb);
+    return same;
+}
+
+static alike_store_options *test_opts(const char *cache) {
+    alike_store_options *o = alike_store_options_new();
+    CHECK(alike_store_options_set_cache_dir(o, path(cache)) == ALIKE_OK);
+    CHECK(alike_store_options_set_insecure_fast_kdf(o) == ALIKE_OK);
+    return o;
+}
+
+static int calls = 0;
+static int cancel_after_first(void *user_data, alike_phase phase, uint64_t done, uint64_t total) {
+    (void)phase;
+    (void)total;
+    calls++;
+    if (user_data) alike_cancel_cancel((const alike_cancel *)user_data);
+    return done > 0 && user_data == NULL; /* cancel through the return value when no token */
+}
+
+int main(int argc, char **argv) {
+    CHECK(argc == 2);
+    snprintf(work, sizeof work, "%s", argv[1]);
+    CHECK(strcmp(alike_library_version(), ALIKE_VERSION_STRING) == 0);
+    CHECK(strcmp(alike_result_name(ALIKE_ERR_CORRUPTION), "ALIKE_ERR_CORRUPTION") == 0);
+
+    alike_store_options *opts = test_opts("cache");
+    alike_store *s = NULL;
+
+    /* NULL arguments are refused with a message naming them; out stays untouched. */
+    CHECK(alike_store_create(NULL, "pw", opts, &s) == ALIKE_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(alike_last_error_message(), "path") != NULL && s == NULL);
+    CHECK(alike_store_create(path("store"), "pw", opts, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+    CHECK(alike_store_options_set_compression_level(opts, 99) == ALIKE_ERR_INVALID_ARGUMENT);
+
+    CHECK(alike_store_create(path("store2"), "pw", opts, &s) == ALIKE_OK);
+    CHECK(alike_last_error_message() == NULL);
+    alike_store_free(s);
+    s = NULL;
+    CHECK(alike_store_create(path("store"), "pw", opts, &s) == ALIKE_OK);
+    alike_store *again = NULL;
+    CHECK(alike_store_create(path("store"), "pw", opts, &again) == ALIKE_ERR_ALREADY_EXISTS && again == NULL);
+
+    /* Wrong passphrase and not-a-store. */
+    alike_store_options *o2 = test_opts("cache-b");
+    CHECK(alike_store_open(path("store"), "wrong", o2, &again) == ALIKE_ERR_WRONG_PASSPHRASE);
+    CHECK(strstr(alike_last_error_message(), "passphrase") != NULL);
+    CHECK(alike_store_open(path("store"), NULL, o2, &again) == ALIKE_ERR_PASSPHRASE_REQUIRED);
+    CHECK(alike_store_open(path("nothing"), "pw", o2, &again) == ALIKE_ERR_NOT_A_STORE);
+    CHECK(again == NULL);
+    alike_store_options_free(o2);
+
+    /* Backup, then a missing image fails with IO and names the file. */
+    write_image(path("a.img"), 4, 1);
+    const char *disks[] = {path("a.img")};
+    alike_version *v = NULL;
+    CHECK(alike_store_backup(s, "vm1", disks, 1, NULL, NULL, NULL, &v) == ALIKE_OK);
+    CHECK(strlen(alike_version_id(v)) == 64 && strcmp(alike_version_vm(v), "vm1") == 0);
+    CHECK(alike_version_disk_count(v) == 1 && alike_version_disk_size(v, 0) == 4u << 20);
+    CHECK(alike_version_disk_size(v, 7) == 0);
+    const char *missing[] = {path("missing.img")};
+    CHECK(alike_store_backup(s, "vm1", missing, 1, NULL, NULL, NULL, NULL) == ALIKE_ERR_IO);
+    CHECK(strstr(alike_last_error_message(), "missing.img") != NULL);
+    CHECK(alike_store_backup(s, "vm1", NULL, 0, NULL, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+
+    /* Cancel through the callback's return value, then through a token. */
+    write_image(path("b.img"), 64, 2);
+    const char *big[] = {path("b.img")};
+    CHECK(alike_store_backup(s, "vm2", big, 1, cancel_after_first, NULL, NULL, NULL) == ALIKE_ERR_CANCELLED);
+    CHECK(calls > 0);
+    alike_cancel *tok = alike_cancel_new();
+    CHECK(!alike_cancel_is_cancelled(tok));
+    CHECK(alike_store_backup(s, "vm2", big, 1, cancel_after_first, tok, tok, NULL) == ALIKE_ERR_CANCELLED);
+    CHECK(alike_cancel_is_cancelled(tok));
+    alike_cancel_free(tok);
+    alike_version_list *list = NULL;
+    CHECK(alike_store_versions(s, "vm2", &list) == ALIKE_OK && alike_version_list_len(list) == 0);
+    alike_version_list_free(list);
+
+    /* Restore by a found version; NOT_FOUND for an unknown VM. */
+    alike_version *found = NULL;
+    CHECK(alike_store_find_version(s, "latest", "ghost", &found) == ALIKE_ERR_NOT_FOUND && found == NULL);
+    CHECK(alike_store_find_version(s, "latest", "vm1", &found) == ALIKE_OK);
+    CHECK(strcmp(alike_version_id(found), alike_version_id(v)) == 0);
+    CHECK(alike_store_restore(s, found, 0, path("a.out"), NULL, NULL, NULL) == ALIKE_OK);
+    CHECK(files_equal(path("a.img"), path("a.out")));
+    CHECK(alike_store_restore(s, found, 3, path("x.out"), NULL, NULL, NULL) != ALIKE_OK);
+    alike_version_free(found);
+
+    /* Maintenance: stats, pin, prune, gc, verify. */
+    write_image(path("a.img"), 4, 3);
+    CHECK(alike_store_backup(s, "vm1", disks, 1, NULL, NULL, NULL, NULL) == ALIKE_OK);
+    alike_stats st;
+    CHECK(alike_store_stats(s, &st) == ALIKE_OK && st.versions == 2 && st.packs >= 1);
+    CHECK(alike_store_pin(s, alike_version_id(v)) == ALIKE_OK);
+    alike_retention keep = {0};
+    uint64_t removed = 99;
+    CHECK(alike_store_prune(s, NULL, &keep, false, &removed) == ALIKE_ERR_INVALID_ARGUMENT && removed == 99);
+    keep.keep_last = 1;
+    CHECK(alike_store_prune(s, NULL, &keep, false, &removed) == ALIKE_OK && removed == 0); /* pinned stays */
+    CHECK(alike_store_unpin(s, alike_version_id(v)) == ALIKE_OK);
+    CHECK(alike_store_prune(s, NULL, &keep, false, &removed) == ALIKE_OK && removed == 1);
+    uint64_t freed = 0;
+    CHECK(alike_store_gc(s, NULL, NULL, NULL, &freed) == ALIKE_OK && freed > 0);
+    uint64_t damaged = 1;
+    CHECK(alike_store_verify(s, true, NULL, NULL, NULL, &damaged) == ALIKE_OK && damaged == 0);
+    CHECK(alike_store_forget(s, alike_version_id(v)) == ALIKE_ERR_NOT_FOUND);
+    alike_version_free(v);
+
+    alike_store_free(s);
+    alike_store_options_free(opts);
+    printf("test_api: all checks passed\n");
+    return 0;
+}

@@ -1,0 +1,481 @@
+"""alike: an embeddable VM backup engine on a block-level deduplicated, encrypted store.
+
+A thin, typed layer over the native module ``alike._native`` (Rust, pyo3)::
+
+    import alike
+
+    with alike.Store.create("/backups/store", passphrase="s3cret") as store:
+        report = store.backup(vm="web-01", disks=["disk0.img"])
+        store.restore(report.version, output="restored.img")
+
+Long operations release the GIL, call ``progress(Progress)`` on the calling
+thread, stop cleanly on Ctrl-C (then raise ``KeyboardInterrupt``) and accept a
+``CancelToken`` that another thread may cancel.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import _native
+from ._native import (
+    AlreadyExists,
+    Busy,
+    CancelToken,
+    Cancelled,
+    Corruption,
+    Error,
+    InvalidArgument,
+    IoError,
+    NotAStore,
+    NotFound,
+    PassphraseRequired,
+    UnsupportedVersion,
+    WrongPassphrase,
+)
+
+__version__: str = _native.__version__
+
+#: Another name for :class:`Busy` (a lock held by another process).
+Locked = Busy
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "AlreadyExists",
+    "BackupReport",
+    "Busy",
+    "CancelToken",
+    "Cancelled",
+    "Corruption",
+    "Damage",
+    "Disk",
+    "Error",
+    "GcReport",
+    "InvalidArgument",
+    "IoError",
+    "Locked",
+    "NotAStore",
+    "NotFound",
+    "PassphraseRequired",
+    "Progress",
+    "PruneDecision",
+    "PruneReport",
+    "RestoreReport",
+    "Stats",
+    "Store",
+    "UnsupportedVersion",
+    "VerifyReport",
+    "Version",
+    "WrongPassphrase",
+    "__version__",
+]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a long operation is: ``phase`` is one of scanning, backup,
+    restore, verify, index, gc; ``done``/``total`` count bytes (for index and
+    gc, the units of that phase)."""
+
+    phase: str
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """``done / total`` (1.0 when there is nothing to do)."""
+        return self.done / self.total if self.total else 1.0
+
+
+ProgressCallback = Callable[[Progress], Any]
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One disk of a version, with what its backup did."""
+
+    position: int
+    label: str
+    size: int
+    data_bytes: int
+    read_bytes: int
+    new_bytes: int
+    new_stored_bytes: int
+    incremental: bool
+    fallback_reason: Optional[str]
+
+    @classmethod
+    def _from(cls, d: Mapping[str, Any]) -> "Disk":
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Version:
+    """A restore point of one VM."""
+
+    id: str
+    vm: str
+    time_ms: int
+    disks: Tuple[Disk, ...]
+    #: The VM's recorded configuration (name, uuid, hypervisor, vCPUs, memory, NICs…).
+    vm_info: Dict[str, Any]
+    host: str
+    parent: Optional[str]
+
+    @property
+    def short_id(self) -> str:
+        """The first 12 hex digits of the id."""
+        return self.id[:12]
+
+    @property
+    def time(self) -> _dt.datetime:
+        """Creation time (UTC)."""
+        return _dt.datetime.fromtimestamp(self.time_ms / 1000, tz=_dt.timezone.utc)
+
+    @classmethod
+    def _from(cls, v: Mapping[str, Any]) -> "Version":
+        return cls(
+            id=v["id"],
+            vm=v["vm"],
+            time_ms=v["time_ms"],
+            disks=tuple(Disk._from(d) for d in v["disks"]),
+            vm_info=dict(v["vm_info"]),
+            host=v["host"],
+            parent=v["parent"],
+        )
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    """What a backup did."""
+
+    version: Version
+    read_bytes: int
+    new_bytes: int
+    new_stored_bytes: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore did. ``failed`` lists ``(start, end)`` byte ranges a
+    partial restore could not read (they hold zeroes); empty means whole."""
+
+    size: int
+    data_bytes: int
+    hole_bytes: int
+    failed: Tuple[Tuple[int, int], ...]
+    first_error: Optional[str]
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged object found by verify, and the versions it breaks."""
+
+    object: str
+    chunk: Optional[str]
+    reason: str
+    affects: Tuple[Dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of a verification; ``ok`` when nothing is damaged."""
+
+    versions: int
+    chunks: int
+    packs_read: int
+    bytes_read: int
+    damaged: Tuple[Damage, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+
+@dataclass(frozen=True)
+class PruneDecision:
+    """Whether one version stays, and which rules keep it."""
+
+    id: str
+    time_ms: int
+    keep: bool
+    reasons: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """Per VM the decisions (newest first), and the versions removed."""
+
+    decisions: Dict[str, Tuple[PruneDecision, ...]]
+    removed: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What garbage collection found and did."""
+
+    versions: int
+    live_chunks: int
+    dead_chunks: int
+    packs: int
+    condemned: int
+    repacked: int
+    deleted: int
+    bytes_freed: int
+    rescued: int
+    deferred: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Figures about a store."""
+
+    versions: int
+    logical_bytes: int
+    unique_bytes: int
+    blobs: int
+    stored_bytes: int
+    pack_bytes: int
+    packs: int
+
+
+def _fields(cls: Any, d: Mapping[str, Any]) -> Dict[str, Any]:
+    return {f: d[f] for f in cls.__dataclass_fields__ if f in d}
+
+
+def _progress(cb: Optional[ProgressCallback]) -> Optional[Callable[[str, int, int], Any]]:
+    if cb is None:
+        return None
+    return lambda phase, done, total: cb(Progress(phase, done, total))
+
+
+def _spec(version: Union[Version, str]) -> str:
+    return version.id if isinstance(version, Version) else version
+
+
+class Store:
+    """An open store. Use :meth:`create` or :meth:`open`; use it as a context
+    manager (or call :meth:`close`) to release it and its cache lock."""
+
+    def __init__(self, native: "_native.NativeStore") -> None:
+        self._n = native
+
+    @classmethod
+    def create(
+        cls,
+        path: PathLike,
+        passphrase: Optional[str] = None,
+        *,
+        key_file: Optional[PathLike] = None,
+        encrypt: bool = True,
+        cache_dir: Optional[PathLike] = None,
+        block_size: Optional[int] = None,
+        compression_level: Optional[int] = None,
+        insecure_fast_kdf: bool = False,
+    ) -> "Store":
+        """Creates a store at ``path`` (encrypted unless ``encrypt=False``).
+        ``insecure_fast_kdf`` is for tests only."""
+        return cls(
+            _native.NativeStore.create(
+                os.fspath(path),
+                passphrase,
+                None if key_file is None else os.fspath(key_file),
+                encrypt,
+                None if cache_dir is None else os.fspath(cache_dir),
+                block_size,
+                compression_level,
+                insecure_fast_kdf,
+            )
+        )
+
+    @classmethod
+    def open(
+        cls,
+        path: PathLike,
+        passphrase: Optional[str] = None,
+        *,
+        key_file: Optional[PathLike] = None,
+        cache_dir: Optional[PathLike] = None,
+    ) -> "Store":
+        """Opens the store at ``path``."""
+        return cls(
+            _native.NativeStore.open(
+                os.fspath(path),
+                passphrase,
+                None if key_file is None else os.fspath(key_file),
+                None if cache_dir is None else os.fspath(cache_dir),
+            )
+        )
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the store; further calls raise :class:`InvalidArgument`."""
+        self._n.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._n.closed
+
+    @property
+    def id(self) -> str:
+        """The store's id (hex)."""
+        return str(self._n.info()["id"])
+
+    @property
+    def location(self) -> str:
+        return str(self._n.info()["location"])
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self._n.info()["encrypted"])
+
+    @property
+    def block_size(self) -> int:
+        return int(self._n.info()["block_size"])
+
+    def backup(
+        self,
+        vm: str,
+        disks: Sequence[PathLike],
+        *,
+        parent: Optional[Union[Version, str]] = "latest",
+        threads: int = 0,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> BackupReport:
+        """Backs up disk images (raw files or block devices) as the disks of
+        ``vm``. ``parent`` is the version to build on: ``"latest"`` (default),
+        a version or id, or ``None`` for a full read (still deduplicated)."""
+        r = self._n.backup(
+            vm,
+            [os.fspath(d) for d in disks],
+            None if parent is None else _spec(parent),
+            parent is None,
+            threads,
+            _progress(progress),
+            cancel,
+        )
+        return BackupReport(
+            version=Version._from(r["version"]),
+            read_bytes=r["read_bytes"],
+            new_bytes=r["new_bytes"],
+            new_stored_bytes=r["new_stored_bytes"],
+            elapsed_s=r["elapsed_s"],
+        )
+
+    def versions(self, vm: Optional[str] = None) -> List[Version]:
+        """All versions, oldest first (only ``vm``'s when given)."""
+        return [Version._from(v) for v in self._n.versions(vm)]
+
+    def version(self, spec: str = "latest", vm: Optional[str] = None) -> Version:
+        """A version by id, unique id prefix, or ``"latest"`` (of ``vm``)."""
+        return Version._from(self._n.version(spec, vm))
+
+    def restore(
+        self,
+        version: Union[Version, str],
+        output: PathLike,
+        *,
+        disk: int = 0,
+        vm: Optional[str] = None,
+        partial: bool = False,
+        threads: int = 0,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> RestoreReport:
+        """Writes disk ``disk`` of ``version`` (a Version, id, prefix or
+        ``"latest"`` with ``vm``) to the file ``output``, atomically."""
+        r = self._n.restore(
+            _spec(version), os.fspath(output), disk, vm, partial, threads, _progress(progress), cancel
+        )
+        return RestoreReport(
+            size=r["size"],
+            data_bytes=r["data_bytes"],
+            hole_bytes=r["hole_bytes"],
+            failed=tuple((int(a), int(b)) for a, b in r["failed"]),
+            first_error=r["first_error"],
+        )
+
+    def verify(
+        self,
+        *,
+        full: bool = False,
+        vm: Optional[str] = None,
+        version: Optional[Union[Version, str]] = None,
+        threads: int = 0,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> VerifyReport:
+        """Checks the store: structure and index by default, every byte with ``full``."""
+        r = self._n.verify(
+            full, vm, None if version is None else _spec(version), threads, _progress(progress), cancel
+        )
+        return VerifyReport(
+            versions=r["versions"],
+            chunks=r["chunks"],
+            packs_read=r["packs_read"],
+            bytes_read=r["bytes_read"],
+            damaged=tuple(
+                Damage(d["object"], d["chunk"], d["reason"], tuple(d["affects"])) for d in r["damaged"]
+            ),
+        )
+
+    def prune(
+        self,
+        *,
+        vm: Optional[str] = None,
+        keep_last: int = 0,
+        keep_hourly: int = 0,
+        keep_daily: int = 0,
+        keep_weekly: int = 0,
+        keep_monthly: int = 0,
+        keep_yearly: int = 0,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Removes the versions no rule keeps (pinned versions always stay)."""
+        r = self._n.prune(vm, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run)
+        return PruneReport(
+            decisions={
+                name: tuple(PruneDecision(x["id"], x["time_ms"], x["keep"], tuple(x["reasons"])) for x in ds)
+                for name, ds in r["decisions"]
+            },
+            removed=tuple(r["removed"]),
+        )
+
+    def forget(self, version: Union[Version, str]) -> None:
+        """Removes one version; its data is freed by the next :meth:`gc`."""
+        self._n.forget(_spec(version))
+
+    def pin(self, version: Union[Version, str]) -> None:
+        """Protects a version from prune and forget."""
+        self._n.pin(_spec(version))
+
+    def unpin(self, version: Union[Version, str]) -> None:
+        self._n.unpin(_spec(version))
+
+    def pinned(self) -> List[str]:
+        """Ids of pinned versions, sorted."""
+        return list(self._n.pinned())
+
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> GcReport:
+        """Frees the space of data no version references."""
+        return GcReport(**_fields(GcReport, self._n.gc(dry_run, _progress(progress), cancel)))
+
+    def stats(self) -> Stats:
+        return Stats(**_fields(Stats, self._n.stats()))

@@ -1,0 +1,125 @@
+# Type stubs of the private native module (checked with mypy.stubtest in the test command).
+from typing import Any, Callable, Dict, List, Optional, final
+
+__all__ = [
+    "__version__",
+    "AlreadyExists",
+    "Busy",
+    "CancelToken",
+    "Cancelled",
+    "Corruption",
+    "Error",
+    "InvalidArgument",
+    "IoError",
+    "NativeStore",
+    "NotAStore",
+    "NotFound",
+    "PassphraseRequired",
+    "UnsupportedVersion",
+    "WrongPassphrase",
+]
+
+__version__: str
+
+class Error(Exception):
+    kind: str
+
+class WrongPassphrase(Error): ...
+class PassphraseRequired(Error): ...
+class NotAStore(Error): ...
+class AlreadyExists(Error): ...
+class NotFound(Error): ...
+class Corruption(Error): ...
+class UnsupportedVersion(Error): ...
+class Cancelled(Error): ...
+class InvalidArgument(Error): ...
+class IoError(Error): ...
+class Busy(Error): ...
+
+@final
+class CancelToken:
+    def __new__(cls) -> CancelToken: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
+
+_Progress = Optional[Callable[[str, int, int], Any]]
+
+@final
+class NativeStore:
+    @staticmethod
+    def create(
+        path: str,
+        passphrase: Optional[str] = None,
+        key_file: Optional[str] = None,
+        encrypt: bool = True,
+        cache_dir: Optional[str] = None,
+        block_size: Optional[int] = None,
+        compression_level: Optional[int] = None,
+        insecure_fast_kdf: bool = False,
+    ) -> NativeStore: ...
+    @staticmethod
+    def open(
+        path: str,
+        passphrase: Optional[str] = None,
+        key_file: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+    ) -> NativeStore: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def info(self) -> Dict[str, Any]: ...
+    def backup(
+        self,
+        vm: str,
+        disks: List[str],
+        parent: Optional[str] = None,
+        full: bool = False,
+        threads: int = 0,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    def versions(self, vm: Optional[str] = None) -> List[Dict[str, Any]]: ...
+    def version(self, spec: str, vm: Optional[str] = None) -> Dict[str, Any]: ...
+    def restore(
+        self,
+        spec: str,
+        output: str,
+        disk: int = 0,
+        vm: Optional[str] = None,
+        partial: bool = False,
+        threads: int = 0,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    def verify(
+        self,
+        full: bool = False,
+        vm: Optional[str] = None,
+        version: Optional[str] = None,
+        threads: int = 0,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    def prune(
+        self,
+        vm: Optional[str] = None,
+        keep_last: int = 0,
+        keep_hourly: int = 0,
+        keep_daily: int = 0,
+        keep_weekly: int = 0,
+        keep_monthly: int = 0,
+        keep_yearly: int = 0,
+        dry_run: bool = False,
+    ) -> Dict[str, Any]: ...
+    def forget(self, version: str) -> None: ...
+    def pin(self, version: str) -> None: ...
+    def unpin(self, version: str) -> None: ...
+    def pinned(self) -> List[str]: ...
+    def gc(
+        self,
+        dry_run: bool = False,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    def stats(self) -> Dict[str, Any]: ...

@@ -1,0 +1,328 @@
+//! `alike._native.NativeStore`: one open store. Methods mirror the facade's
+//! `Store` and return plain data; `python/alike/__init__.py` types it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use alike::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, RetentionPolicy, VerifyOptions};
+use pyo3::prelude::*;
+use serde_json::{Value, json};
+
+use crate::convert::{self, ser};
+use crate::errors;
+use crate::run::{CancelToken, run};
+
+/// An open store. `close()` releases it (and its cache lock) at once;
+/// otherwise it is released when garbage-collected.
+#[pyclass(frozen, module = "alike._native")]
+pub(crate) struct NativeStore {
+    inner: Mutex<Option<Arc<alike::Store>>>,
+}
+
+fn version_value(v: &alike::Version) -> Value {
+    json!({
+        "id": v.id,
+        "vm": v.vm,
+        "time_ms": v.time_ms,
+        "disks": v.disks,
+        "vm_info": v.manifest.vm,
+        "host": v.manifest.host,
+        "parent": v.manifest.parent,
+    })
+}
+
+impl NativeStore {
+    fn store(&self) -> PyResult<Arc<alike::Store>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| errors::InvalidArgument::new_err("the store is closed"))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn builder(passphrase: Option<&str>, key_file: Option<PathBuf>, cache_dir: Option<PathBuf>) -> alike::StoreBuilder {
+    let mut b = alike::Store::builder();
+    if let Some(p) = passphrase {
+        b.passphrase(p);
+    }
+    if let Some(k) = key_file {
+        b.key_file(k);
+    }
+    if let Some(c) = cache_dir {
+        b.cache_dir(c);
+    }
+    b
+}
+
+#[pymethods]
+impl NativeStore {
+    /// Creates a store at `path`.
+    #[staticmethod]
+    #[pyo3(signature = (path, passphrase=None, key_file=None, encrypt=true, cache_dir=None, block_size=None, compression_level=None, insecure_fast_kdf=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        py: Python<'_>,
+        path: PathBuf,
+        passphrase: Option<&str>,
+        key_file: Option<PathBuf>,
+        encrypt: bool,
+        cache_dir: Option<PathBuf>,
+        block_size: Option<u32>,
+        compression_level: Option<i32>,
+        insecure_fast_kdf: bool,
+    ) -> PyResult<NativeStore> {
+        let mut b = builder(passphrase, key_file, cache_dir);
+        if !encrypt {
+            b.no_encryption();
+        }
+        if let Some(bs) = block_size {
+            b.block_size(bs);
+        }
+        if compression_level.is_some() {
+            b.compression_level(compression_level);
+        }
+        if insecure_fast_kdf {
+            b.insecure_fast_kdf();
+        }
+        let s = py.detach(|| b.create(&path)).map_err(errors::to_py)?;
+        Ok(NativeStore { inner: Mutex::new(Some(Arc::new(s))) })
+    }
+
+    /// Opens the store at `path`.
+    #[staticmethod]
+    #[pyo3(signature = (path, passphrase=None, key_file=None, cache_dir=None))]
+    fn open(
+        py: Python<'_>,
+        path: PathBuf,
+        passphrase: Option<&str>,
+        key_file: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+    ) -> PyResult<NativeStore> {
+        let b = builder(passphrase, key_file, cache_dir);
+        let s = py.detach(|| b.open(&path)).map_err(errors::to_py)?;
+        Ok(NativeStore { inner: Mutex::new(Some(Arc::new(s))) })
+    }
+
+    /// Releases the store; later calls raise `InvalidArgument`.
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// id, location, encrypted, block_size.
+    fn info(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        convert::to_py(
+            py,
+            &json!({"id": s.id(), "location": s.location(), "encrypted": s.is_encrypted(), "block_size": s.block_size()}),
+        )
+    }
+
+    /// Backs up image files as the disks of `vm` on `parent` (default: the
+    /// VM's latest version; `full` reads everything); returns the report.
+    #[pyo3(signature = (vm, disks, parent=None, full=false, threads=0, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn backup(
+        &self,
+        py: Python<'_>,
+        vm: String,
+        disks: Vec<PathBuf>,
+        parent: Option<String>,
+        full: bool,
+        threads: usize,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        // No parent given: the VM's latest version, unless a full read is asked for.
+        let parent = match (full, parent.as_deref()) {
+            (true, _) => Parent::None,
+            (false, None | Some("latest")) => Parent::Latest,
+            (false, Some(id)) => Parent::Id(id.to_string()),
+        };
+        let r = run(py, progress, cancel, |ctx| {
+            let o = BackupOptions::default()
+                .parent(parent)
+                .threads(threads)
+                .progress(ctx.progress())
+                .cancel_token(ctx.cancel.clone());
+            s.backup_images(&vm, &disks, &o)
+        })?;
+        convert::to_py(
+            py,
+            &json!({
+                "version": version_value(&r.version),
+                "read_bytes": r.read_bytes,
+                "new_bytes": r.new_bytes,
+                "new_stored_bytes": r.new_stored_bytes,
+                "elapsed_s": r.elapsed.as_secs_f64(),
+            }),
+        )
+    }
+
+    /// Versions, oldest first (of `vm` when given).
+    #[pyo3(signature = (vm=None))]
+    fn versions(&self, py: Python<'_>, vm: Option<String>) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let v = py.detach(|| s.versions(vm.as_deref())).map_err(errors::to_py)?;
+        convert::to_py(py, &Value::Array(v.iter().map(version_value).collect()))
+    }
+
+    /// One version by id, unique prefix or "latest".
+    #[pyo3(signature = (spec, vm=None))]
+    fn version(&self, py: Python<'_>, spec: String, vm: Option<String>) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let v = py.detach(|| s.version(&spec, vm.as_deref())).map_err(errors::to_py)?;
+        convert::to_py(py, &version_value(&v))
+    }
+
+    /// Restores disk `disk` of version `spec` to the file `output`.
+    #[pyo3(signature = (spec, output, disk=0, vm=None, partial=false, threads=0, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn restore(
+        &self,
+        py: Python<'_>,
+        spec: String,
+        output: PathBuf,
+        disk: u32,
+        vm: Option<String>,
+        partial: bool,
+        threads: usize,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let r = run(py, progress, cancel, |ctx| {
+            let v = s.version(&spec, vm.as_deref())?;
+            let o = RestoreOptions::default()
+                .partial(partial)
+                .threads(threads)
+                .progress(ctx.progress())
+                .cancel_token(ctx.cancel.clone());
+            s.restore_to_file(&v, disk, &output, &o)
+        })?;
+        convert::to_py(
+            py,
+            &json!({"size": r.size, "data_bytes": r.data_bytes, "hole_bytes": r.hole_bytes,
+                    "failed": r.failed, "first_error": r.first_error}),
+        )
+    }
+
+    /// Checks the store (quick by default, every byte with `full`).
+    #[pyo3(signature = (full=false, vm=None, version=None, threads=0, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn verify(
+        &self,
+        py: Python<'_>,
+        full: bool,
+        vm: Option<String>,
+        version: Option<String>,
+        threads: usize,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let r = run(py, progress, cancel, |ctx| {
+            let mut o = VerifyOptions::default()
+                .full(full)
+                .threads(threads)
+                .progress(ctx.progress())
+                .cancel_token(ctx.cancel.clone());
+            if let Some(vm) = vm {
+                o = o.vm(vm);
+            }
+            if let Some(v) = version {
+                o = o.version(v);
+            }
+            s.verify(&o)
+        })?;
+        ser(py, &r)
+    }
+
+    /// Applies a retention policy; returns decisions and removed ids.
+    #[pyo3(signature = (vm=None, keep_last=0, keep_hourly=0, keep_daily=0, keep_weekly=0, keep_monthly=0, keep_yearly=0, dry_run=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        vm: Option<String>,
+        keep_last: u32,
+        keep_hourly: u32,
+        keep_daily: u32,
+        keep_weekly: u32,
+        keep_monthly: u32,
+        keep_yearly: u32,
+        dry_run: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let mut p = RetentionPolicy::default();
+        p.keep_last = keep_last;
+        p.keep_hourly = keep_hourly;
+        p.keep_daily = keep_daily;
+        p.keep_weekly = keep_weekly;
+        p.keep_monthly = keep_monthly;
+        p.keep_yearly = keep_yearly;
+        let r = py.detach(|| s.prune(vm.as_deref(), &p, dry_run)).map_err(errors::to_py)?;
+        ser(py, &r)
+    }
+
+    /// Removes one version (its data goes at the next gc).
+    fn forget(&self, py: Python<'_>, version: String) -> PyResult<()> {
+        let s = self.store()?;
+        py.detach(|| s.forget(&version)).map_err(errors::to_py)
+    }
+
+    /// Protects a version from prune and forget.
+    fn pin(&self, py: Python<'_>, version: String) -> PyResult<()> {
+        let s = self.store()?;
+        py.detach(|| s.pin(&version)).map_err(errors::to_py)
+    }
+
+    /// Removes a pin.
+    fn unpin(&self, py: Python<'_>, version: String) -> PyResult<()> {
+        let s = self.store()?;
+        py.detach(|| s.unpin(&version)).map_err(errors::to_py)
+    }
+
+    /// Ids of pinned versions, sorted.
+    fn pinned(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let s = self.store()?;
+        let mut v: Vec<String> = py.detach(|| s.pinned()).map_err(errors::to_py)?.into_iter().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Frees the space of data no version references.
+    #[pyo3(signature = (dry_run=false, progress=None, cancel=None))]
+    fn gc(
+        &self,
+        py: Python<'_>,
+        dry_run: bool,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let r = run(py, progress, cancel, |ctx| {
+            let o = MaintenanceOptions::default()
+                .dry_run(dry_run)
+                .progress(ctx.progress())
+                .cancel_token(ctx.cancel.clone());
+            s.gc(&o)
+        })?;
+        ser(py, &r)
+    }
+
+    /// Figures about the store.
+    fn stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let r = py.detach(|| s.stats()).map_err(errors::to_py)?;
+        ser(py, &r)
+    }
+}

@@ -1,0 +1,69 @@
+"""Errors arrive as alike.Error subclasses that name what was wrong; nothing stored changes."""
+
+from pathlib import Path
+
+import pytest
+
+import alike
+from conftest import open_store, write_image
+
+
+def test_wrong_passphrase(tmp: Path, store: alike.Store) -> None:
+    store.close()
+    with pytest.raises(alike.WrongPassphrase) as e:
+        open_store(tmp, passphrase="nope")
+    assert isinstance(e.value, alike.Error) and e.value.kind == "wrong_passphrase"
+    assert "passphrase" in str(e.value)
+    with pytest.raises(alike.PassphraseRequired):
+        alike.Store.open(tmp / "store", cache_dir=tmp / "cache")
+
+
+def test_not_a_store_and_already_exists(tmp: Path, store: alike.Store) -> None:
+    with pytest.raises(alike.NotAStore) as e:
+        alike.Store.open(tmp / "nothing-here", passphrase="pw", cache_dir=tmp / "c2")
+    assert "nothing-here" in str(e.value)
+    with pytest.raises(alike.AlreadyExists):
+        alike.Store.create(tmp / "store", passphrase="pw", cache_dir=tmp / "c3", insecure_fast_kdf=True)
+
+
+def test_not_found_and_bad_arguments(tmp: Path, store: alike.Store) -> None:
+    with pytest.raises(alike.NotFound) as e:
+        store.version("latest", vm="ghost")
+    assert "ghost" in str(e.value) and e.value.kind == "not_found"
+    with pytest.raises(alike.InvalidArgument):
+        store.version("not-hex")
+    with pytest.raises(alike.InvalidArgument):
+        store.prune()  # an empty policy would remove everything
+    with pytest.raises(alike.IoError) as io:
+        store.backup(vm="x", disks=[tmp / "missing.img"])
+    assert "missing.img" in str(io.value)
+    assert store.versions() == []
+    store.close()
+    with pytest.raises(alike.InvalidArgument, match="closed"):
+        store.versions()
+
+
+def test_corruption_is_named_and_partial_restore_recovers_the_rest(tmp: Path, store: alike.Store) -> None:
+    img = tmp / "d.img"
+    want = write_image(img, 4 << 20, seed=3)
+    store.backup(vm="x", disks=[img])
+    packs = sorted((tmp / "store" / "packs").rglob("*"))
+    pack = max((p for p in packs if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(pack.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    rep = store.verify(full=True)
+    assert not rep.ok and rep.damaged[0].object.startswith("packs/")
+    with pytest.raises(alike.Corruption) as e:
+        store.restore("latest", output=tmp / "o.img")
+    assert e.value.kind == "corruption"
+    assert not (tmp / "o.img").exists()
+    r = store.restore("latest", output=tmp / "o.img", partial=True)
+    assert r.failed and r.first_error
+    got = (tmp / "o.img").read_bytes()
+    bad = set()
+    for a, b in r.failed:
+        bad.update(range(a // 65536, b // 65536))
+    for blk in range(len(want) // 65536):
+        if blk not in bad:
+            assert got[blk * 65536 : (blk + 1) * 65536] == want[blk * 65536 : (blk + 1) * 65536]
