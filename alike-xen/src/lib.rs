@@ -1,5 +1,13 @@
 //! # alike-xen
 //!
 //! The XenServer/XCP-ng adapter: XAPI client, VHD format, NBD reader and a
-//! XAPI simulator. Not written yet (issues 4 and 5); the crate exists so the
-//! workspace has its final shape. It depends on `alike-core` only.
+//! XAPI simulator. It depends on `alike-core` only.
+//!
+//! Today it holds the [`vhd`] module: reading (files, chains, streams) and
+//! writing (restore targets, differencing images, upload streams) of legacy
+//! VHD images. The XAPI client and NBD reader follow (issues 4 and 5).
+
+mod error;
+pub mod vhd;
+
+pub use error::{Error, Result};
