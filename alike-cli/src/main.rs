@@ -52,9 +52,12 @@ enum Cmd {
         /// VM name.
         #[arg(long)]
         vm: String,
-        /// The VM's disks, in order (raw images or block devices).
+        /// The VM's disks, in order: raw images, block devices, VHD or VHDX/AVHDX files.
         #[arg(required = true)]
         disks: Vec<PathBuf>,
+        /// Image format of the disks (default: detected from each file's signature).
+        #[arg(long, value_name = "raw|vhd|vhdx")]
+        format: Option<alike::ImageFormat>,
         /// Free-form metadata recorded with the version (repeatable).
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
@@ -77,7 +80,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Restore one disk of a version to a raw image file or block device.
+    /// Restore one disk of a version to an image file (raw, VHD or VHDX) or a block device.
     Restore {
         /// Version id (or unique prefix), or `latest` (with --vm).
         version: String,
@@ -90,6 +93,9 @@ enum Cmd {
         /// Output path.
         #[arg(long, short)]
         output: PathBuf,
+        /// Output format: a sparse raw image, a dynamic VHD or a dynamic VHDX.
+        #[arg(long, value_name = "raw|vhd|vhdx", default_value = "raw")]
+        format: alike::ImageFormat,
         /// Go on past damage: write what can be read, leave zeroes elsewhere, list the
         /// unreadable ranges, and exit 1 if there were any.
         #[arg(long)]
@@ -342,7 +348,7 @@ fn run(cli: Cli) -> Result<()> {
                 s.block_size() / 1024
             );
         }
-        Cmd::Backup { vm, disks, meta, no_parent, threads, json } => {
+        Cmd::Backup { vm, disks, format, meta, no_parent, threads, json } => {
             let store = open(&cli)?;
             let bar = Bar::new(&cli, "backup");
             let mut opts = BackupOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
@@ -357,12 +363,8 @@ fn run(cli: Cli) -> Result<()> {
                 let (k, v) = kv.split_once('=').with_context(|| format!("--meta {kv:?}: expected KEY=VALUE"))?;
                 info.extra.insert(k.to_string(), serde_json::Value::String(v.to_string()));
             }
-            let sources = disks
-                .iter()
-                .map(alike::RawFileSource::open)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(alike::Error::from)?;
-            let refs: Vec<&dyn alike::DiskSource> = sources.iter().map(|s| s as &dyn alike::DiskSource).collect();
+            let sources = disks.iter().map(|d| alike::open_image(d, *format)).collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&dyn alike::DiskSource> = sources.iter().map(|s| &**s).collect();
             let r = store.backup(info, &refs, &opts);
             bar.done();
             let r = r?;
@@ -413,7 +415,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Restore { version, vm, disk, output, partial, threads, json } => {
+        Cmd::Restore { version, vm, disk, output, format, partial, threads, json } => {
             let store = open(&cli)?;
             if version == "latest"
                 && vm.is_none()
@@ -423,8 +425,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             let v = store.version(version, vm.as_deref())?;
             let bar = Bar::new(&cli, "restore");
-            let mut opts =
-                RestoreOptions::default().threads(*threads).partial(*partial).cancel_token(cancel_on_ctrl_c());
+            let mut opts = RestoreOptions::default()
+                .threads(*threads)
+                .partial(*partial)
+                .format(*format)
+                .cancel_token(cancel_on_ctrl_c());
             if let Some(cb) = bar.callback() {
                 opts = opts.progress(cb);
             }

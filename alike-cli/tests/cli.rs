@@ -217,3 +217,36 @@ fn verify_exit_status_and_json() {
     assert!(damaged.iter().any(|d| d["affects"].as_array().unwrap().iter().any(|a| a["version"] == id.as_str())));
     assert!(String::from_utf8_lossy(&o.stderr).contains("damaged"));
 }
+
+#[test]
+fn vhd_and_vhdx_files_back_up_and_restore_with_format() {
+    let c = Cli::new();
+    c.ok(&["init", "--no-encryption"]);
+    let raw = c.p("d.img");
+    sparse_image(&raw, 20 << 20, 6, 4);
+    let vhdx = c.p("d.vhdx");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vhdx", path_str(&raw), path_str(&vhdx)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Detected by its signature.
+    let j = c.json(&["backup", "--vm", "hv", path_str(&vhdx), "--json"]);
+    assert_eq!(j["disks"][0]["size"], 20 << 20);
+    for (fmt, qfmt) in [("vhd", "vpc"), ("vhdx", "vhdx"), ("raw", "raw")] {
+        let out = c.p(&format!("out.{fmt}"));
+        c.ok(&["restore", "latest", "--vm", "hv", "--format", fmt, "-o", path_str(&out)]);
+        let o = Command::new("qemu-img")
+            .args(["compare", "-f", qfmt, "-F", "raw", path_str(&out), path_str(&raw)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{fmt}: {}", String::from_utf8_lossy(&o.stdout));
+    }
+    // Forcing a format the file is not in is a clear, non-zero failure.
+    let o = c.cmd().args(["backup", "--vm", "x", "--format", "vhd", path_str(&raw)]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("d.img") && err.lines().count() == 1, "{err}");
+    let o = c.cmd().args(["restore", "latest", "--format", "qcow2", "-o", "x"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("qcow2"));
+}

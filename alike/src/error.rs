@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Io,
     /// Another process holds a lock that excludes this operation.
     Busy,
+    /// An input disk image (VHD, VHDX) is malformed or unsupported.
+    BadImage,
     /// Anything else.
     Other,
 }
@@ -59,6 +61,27 @@ pub enum Error {
     /// A bad argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A VHD image could not be read or written.
+    #[error(transparent)]
+    Vhd(alike_xen::Error),
+    /// A VHDX/AVHDX image could not be read or written.
+    #[error(transparent)]
+    Vhdx(alike_hyperv::VhdxError),
+}
+
+impl From<alike_xen::Error> for Error {
+    fn from(e: alike_xen::Error) -> Error {
+        match e {
+            alike_xen::Error::Source(c) => Error::from(c),
+            e => Error::Vhd(e),
+        }
+    }
+}
+
+impl From<alike_hyperv::VhdxError> for Error {
+    fn from(e: alike_hyperv::VhdxError) -> Error {
+        Error::Vhdx(e)
+    }
 }
 
 impl From<alike_ads::Error> for Error {
@@ -73,10 +96,20 @@ impl From<alike_ads::Error> for Error {
 impl From<alike_core::Error> for Error {
     fn from(e: alike_core::Error) -> Error {
         match e {
-            alike_core::Error::Store(b) => match b.downcast::<alike_ads::Error>() {
-                Ok(a) => Error::from(*a),
-                Err(b) => Error::Engine(alike_core::Error::Store(b)),
-            },
+            alike_core::Error::Store(b) => {
+                let b = match b.downcast::<alike_ads::Error>() {
+                    Ok(a) => return Error::from(*a),
+                    Err(b) => b,
+                };
+                let b = match b.downcast::<alike_xen::Error>() {
+                    Ok(x) => return Error::from(*x),
+                    Err(b) => b,
+                };
+                match b.downcast::<alike_hyperv::VhdxError>() {
+                    Ok(x) => Error::Vhdx(*x),
+                    Err(b) => Error::Engine(alike_core::Error::Store(b)),
+                }
+            }
             e => Error::Engine(e),
         }
     }
@@ -110,6 +143,24 @@ impl Error {
                 C::InvalidArgument(_) => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Other,
             },
+            Error::Vhd(x) => {
+                use alike_xen::Error as X;
+                match x {
+                    X::Io { .. } | X::Read { .. } | X::Write { .. } => ErrorKind::Io,
+                    X::ParentNotFound { .. } => ErrorKind::NotFound,
+                    X::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::BadImage,
+                }
+            }
+            Error::Vhdx(x) => {
+                use alike_hyperv::VhdxError as X;
+                match x {
+                    X::Io { .. } => ErrorKind::Io,
+                    X::ParentNotFound { .. } => ErrorKind::NotFound,
+                    X::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::BadImage,
+                }
+            }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
         }

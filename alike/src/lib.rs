@@ -3,7 +3,8 @@
 //! An embeddable engine for agentless VM backup on a global, block-level
 //! deduplicated store (the *Alike Data Store*). This crate is the stable API:
 //! it composes the store (`alike-ads`) and the engine (`alike-core`), and
-//! later the hypervisor adapters, into the operations a user asks for.
+//! the hypervisor adapters and disk image formats (`alike-xen`,
+//! `alike-hyperv`), into the operations a user asks for.
 //!
 //! ```
 //! # let dir = tempfile::tempdir().unwrap();
@@ -27,12 +28,14 @@
 //! through its options.
 
 mod error;
+mod image;
 mod options;
 mod store;
 
 pub use alike_ads::{Affected, Damage, GcReport, LockInfo, LockKind, PruneReport, Verification, VerifyReport};
 pub use alike_core::retention::{Decision, RetentionPolicy};
 pub use error::{Error, ErrorKind, Result};
+pub use image::{ImageFormat, create_image, open_image};
 pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, Version};
 

@@ -68,6 +68,7 @@ pub struct BackupOptions {
     pub(crate) parent: Parent,
     pub(crate) compression_level: Option<Option<i32>>,
     pub(crate) time_ms: Option<i64>,
+    pub(crate) image_format: Option<crate::ImageFormat>,
 }
 
 impl BackupOptions {
@@ -87,6 +88,12 @@ impl BackupOptions {
         self.time_ms = Some(t);
         self
     }
+    /// The format of the images given to [`crate::Store::backup_images`]
+    /// (default: detected from each file's signature).
+    pub fn image_format(mut self, f: crate::ImageFormat) -> Self {
+        self.image_format = Some(f);
+        self
+    }
 }
 
 /// Options of [`crate::Store::restore`].
@@ -100,6 +107,7 @@ impl BackupOptions {
 pub struct RestoreOptions {
     pub(crate) run: Run,
     pub(crate) partial: bool,
+    pub(crate) format: crate::ImageFormat,
 }
 
 impl RestoreOptions {
@@ -110,6 +118,11 @@ impl RestoreOptions {
     /// then fails at the first damaged block.
     pub fn partial(mut self, yes: bool) -> Self {
         self.partial = yes;
+        self
+    }
+    /// The file format [`crate::Store::restore_to_file`] writes (default: raw).
+    pub fn format(mut self, f: crate::ImageFormat) -> Self {
+        self.format = f;
         self
     }
 }

@@ -8,7 +8,7 @@ use alike_ads::{
 };
 use alike_core::backup::{BackupJob, EngineParams};
 use alike_core::retention::RetentionPolicy;
-use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, RawFileSource, RawFileTarget, VmInfo};
+use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, VmInfo};
 
 use crate::options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VerifyOptions};
 use crate::{Error, Result};
@@ -306,13 +306,15 @@ impl Store {
         })
     }
 
-    /// Backs up raw disk images (or block devices) as the disks of VM `vm`.
+    /// Backs up disk images (raw files or block devices, VHD, VHDX/AVHDX —
+    /// detected, or as [`BackupOptions::image_format`] says) as the disks of VM `vm`.
+    /// Only allocated data is read.
     ///
     /// # Errors
     /// As [`Store::backup`], plus opening the images.
     pub fn backup_images(&self, vm: &str, images: &[impl AsRef<Path>], opts: &BackupOptions) -> Result<BackupReport> {
-        let sources = images.iter().map(RawFileSource::open).collect::<alike_core::Result<Vec<_>>>()?;
-        let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| s as &dyn DiskSource).collect();
+        let sources = images.iter().map(|p| crate::open_image(p, opts.image_format)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| &**s).collect();
         self.backup(VmInfo::named(vm), &refs, opts)
     }
 
@@ -392,9 +394,10 @@ impl Store {
         })
     }
 
-    /// Restores disk `disk` of `version` into a raw image file at `path`
-    /// (sparse where the disk has holes; written under a temporary name and
-    /// renamed when complete), or onto a block device.
+    /// Restores disk `disk` of `version` into an image file at `path` — raw
+    /// by default (sparse where the disk has holes), or a dynamic VHD or VHDX
+    /// with [`RestoreOptions::format`] — written under a temporary name and
+    /// renamed when complete; or onto a block device (raw).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -415,8 +418,12 @@ impl Store {
         path: impl AsRef<Path>,
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
-        let t = RawFileTarget::create(path.as_ref())?;
-        self.restore(version, disk, &t, opts)
+        let d = version
+            .disks
+            .get(disk as usize)
+            .ok_or_else(|| Error::InvalidArgument(format!("version {} has no disk {disk}", version.short_id())))?;
+        let t = crate::create_image(path.as_ref(), opts.format, d.size)?;
+        self.restore(version, disk, &*t, opts)
     }
 
     /// Figures: versions, logical vs unique vs stored bytes.

@@ -5,6 +5,7 @@ mod integration {
     mod bad_input;
     mod dedup;
     mod ext4;
+    mod formats;
     mod incremental;
     mod maintenance;
     mod matrix;

@@ -62,6 +62,8 @@ typedef enum {
   ALIKE_ERR_BUSY = 11,
   // Any other failure.
   ALIKE_ERR_OTHER = 12,
+  // An input disk image (VHD, VHDX) is malformed or unsupported.
+  ALIKE_ERR_BAD_IMAGE = 13,
   // A bug inside libalike (a caught panic); nothing stored was changed.
   ALIKE_ERR_PANIC = 99,
 } alike_result;
@@ -83,6 +85,16 @@ typedef enum {
   // A stage this header does not know yet.
   ALIKE_PHASE_OTHER = 99,
 } alike_phase;
+
+// An image file format to restore to.
+typedef enum {
+  // A sparse raw image (or a block device).
+  ALIKE_IMAGE_RAW = 0,
+  // A dynamic VHD (XenServer).
+  ALIKE_IMAGE_VHD = 1,
+  // A dynamic VHDX (Hyper-V).
+  ALIKE_IMAGE_VHDX = 2,
+} alike_image_format;
 
 // A token that cancels the operations it is passed to, from any thread.
 typedef struct alike_cancel alike_cancel;
@@ -236,8 +248,9 @@ alike_result alike_store_open(const char *path,
 // `store` is NULL or from libalike, not yet freed.
 void alike_store_free(alike_store *store);
 
-// Backs up `image_count` disk images (raw files or block devices) as the
-// disks of VM `vm`, building on its latest version. On success, `*out`
+// Backs up `image_count` disk images (raw files or block devices, VHD,
+// VHDX/AVHDX: detected by signature) as the disks of VM `vm`, building on
+// its latest version; only allocated data is read. On success, `*out`
 // (if `out` is not NULL) receives the new version; free it.
 //
 // # Safety
@@ -268,8 +281,8 @@ alike_result alike_store_find_version(const alike_store *store,
                                       const char *vm,
                                       alike_version **out);
 
-// Restores disk `disk` of `version` to the file `output` (written to a
-// temporary name and renamed into place when complete).
+// Restores disk `disk` of `version` to the raw image file `output` (written
+// to a temporary name and renamed into place when complete).
 //
 // # Safety
 // Pointers as documented.
@@ -280,6 +293,20 @@ alike_result alike_store_restore(const alike_store *store,
                                  alike_progress_fn progress,
                                  void *user_data,
                                  const alike_cancel *cancel);
+
+// As [`alike_store_restore`], writing the image in `format` (an
+// `alike_image_format` value).
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_restore_image(const alike_store *store,
+                                       const alike_version *version,
+                                       uint32_t disk,
+                                       const char *output,
+                                       uint32_t format,
+                                       alike_progress_fn progress,
+                                       void *user_data,
+                                       const alike_cancel *cancel);
 
 // Checks the store: structure and index, or every byte when `full`.
 // `*out_damaged` receives how many damaged objects or chunks were found

@@ -55,6 +55,8 @@ pub enum alike_result {
     ALIKE_ERR_BUSY = 11,
     /// Any other failure.
     ALIKE_ERR_OTHER = 12,
+    /// An input disk image (VHD, VHDX) is malformed or unsupported.
+    ALIKE_ERR_BAD_IMAGE = 13,
     /// A bug inside libalike (a caught panic); nothing stored was changed.
     ALIKE_ERR_PANIC = 99,
 }
@@ -97,6 +99,7 @@ impl From<alike::Error> for Failure {
             K::InvalidArgument => ALIKE_ERR_INVALID_ARGUMENT,
             K::Io => ALIKE_ERR_IO,
             K::Busy => ALIKE_ERR_BUSY,
+            K::BadImage => ALIKE_ERR_BAD_IMAGE,
             _ => ALIKE_ERR_OTHER,
         };
         let mut msg = e.to_string();
@@ -205,6 +208,7 @@ pub extern "C" fn alike_result_name(code: i32) -> *const c_char {
         10 => c"ALIKE_ERR_IO",
         11 => c"ALIKE_ERR_BUSY",
         12 => c"ALIKE_ERR_OTHER",
+        13 => c"ALIKE_ERR_BAD_IMAGE",
         99 => c"ALIKE_ERR_PANIC",
         _ => c"ALIKE_UNKNOWN",
     };

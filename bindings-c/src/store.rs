@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use alike::{BackupOptions, MaintenanceOptions, RestoreOptions, RetentionPolicy, VerifyOptions};
+use alike::{BackupOptions, ImageFormat, MaintenanceOptions, RestoreOptions, RetentionPolicy, VerifyOptions};
 
 use crate::options::{Run, alike_cancel, alike_progress_fn, alike_store_options, with_run};
 use crate::version::{alike_version, alike_version_list};
@@ -116,8 +116,9 @@ pub unsafe extern "C" fn alike_store_free(store: *mut alike_store) {
     }
 }
 
-/// Backs up `image_count` disk images (raw files or block devices) as the
-/// disks of VM `vm`, building on its latest version. On success, `*out`
+/// Backs up `image_count` disk images (raw files or block devices, VHD,
+/// VHDX/AVHDX: detected by signature) as the disks of VM `vm`, building on
+/// its latest version; only allocated data is read. On success, `*out`
 /// (if `out` is not NULL) receives the new version; free it.
 ///
 /// # Safety
@@ -190,8 +191,20 @@ pub unsafe extern "C" fn alike_store_find_version(
     })
 }
 
-/// Restores disk `disk` of `version` to the file `output` (written to a
-/// temporary name and renamed into place when complete).
+/// An image file format to restore to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum alike_image_format {
+    /// A sparse raw image (or a block device).
+    ALIKE_IMAGE_RAW = 0,
+    /// A dynamic VHD (XenServer).
+    ALIKE_IMAGE_VHD = 1,
+    /// A dynamic VHDX (Hyper-V).
+    ALIKE_IMAGE_VHDX = 2,
+}
+
+/// Restores disk `disk` of `version` to the raw image file `output` (written
+/// to a temporary name and renamed into place when complete).
 ///
 /// # Safety
 /// Pointers as documented.
@@ -205,12 +218,50 @@ pub unsafe extern "C" fn alike_store_restore(
     user_data: *mut c_void,
     cancel: *const alike_cancel,
 ) -> alike_result {
+    unsafe {
+        alike_store_restore_image(
+            store,
+            version,
+            disk,
+            output,
+            alike_image_format::ALIKE_IMAGE_RAW as u32,
+            progress,
+            user_data,
+            cancel,
+        )
+    }
+}
+
+/// As [`alike_store_restore`], writing the image in `format` (an
+/// `alike_image_format` value).
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_restore_image(
+    store: *const alike_store,
+    version: *const alike_version,
+    disk: u32,
+    output: *const c_char,
+    format: u32,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+) -> alike_result {
     guard(|| unsafe {
         let s = self::store(store)?;
         let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
         let output = arg_str(output, "output")?;
+        // A plain integer, not the enum type: C may pass any value.
+        let format = match format {
+            0 => ImageFormat::Raw,
+            1 => ImageFormat::Vhd,
+            2 => ImageFormat::Vhdx,
+            n => return Err(invalid(format!("format {n} is not an alike_image_format"))),
+        };
         let run = Run::new(progress, user_data, cancel);
-        s.restore_to_file(&v.inner, disk, output, &with_run!(RestoreOptions::default(), run))?;
+        s.restore_to_file(&v.inner, disk, output, &with_run!(RestoreOptions::default().format(format), run))?;
         Ok(())
     })
 }

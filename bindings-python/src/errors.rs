@@ -17,6 +17,7 @@ create_exception!(alike, Cancelled, Error, "The operation was cancelled.");
 create_exception!(alike, InvalidArgument, Error, "A bad argument.");
 create_exception!(alike, IoError, Error, "Reading a source, writing a target, or the store's files failed.");
 create_exception!(alike, Busy, Error, "Another process holds a lock that excludes this operation.");
+create_exception!(alike, BadImage, Error, "An input disk image (VHD, VHDX) is malformed or unsupported.");
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -32,6 +33,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("IoError", py.get_type::<IoError>())?;
     m.add("Busy", py.get_type::<Busy>())?;
+    m.add("BadImage", py.get_type::<BadImage>())?;
     Ok(())
 }
 
@@ -66,6 +68,7 @@ pub(crate) fn to_py(e: alike::Error) -> PyErr {
         K::InvalidArgument => (InvalidArgument::new_err(msg), "invalid_argument"),
         K::Io => (IoError::new_err(msg), "io"),
         K::Busy => (Busy::new_err(msg), "busy"),
+        K::BadImage => (BadImage::new_err(msg), "bad_image"),
         _ => (Error::new_err(msg), "other"),
     };
     Python::attach(|py| {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use alike::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, RetentionPolicy, VerifyOptions};
+use alike::{BackupOptions, ImageFormat, MaintenanceOptions, Parent, RestoreOptions, RetentionPolicy, VerifyOptions};
 use pyo3::prelude::*;
 use serde_json::{Value, json};
 
@@ -127,7 +127,7 @@ impl NativeStore {
 
     /// Backs up image files as the disks of `vm` on `parent` (default: the
     /// VM's latest version; `full` reads everything); returns the report.
-    #[pyo3(signature = (vm, disks, parent=None, full=false, threads=0, progress=None, cancel=None))]
+    #[pyo3(signature = (vm, disks, parent=None, full=false, format=None, threads=0, progress=None, cancel=None))]
     #[allow(clippy::too_many_arguments)]
     fn backup(
         &self,
@@ -136,6 +136,7 @@ impl NativeStore {
         disks: Vec<PathBuf>,
         parent: Option<String>,
         full: bool,
+        format: Option<String>,
         threads: usize,
         progress: Option<&Bound<'_, PyAny>>,
         cancel: Option<&Bound<'_, CancelToken>>,
@@ -147,12 +148,16 @@ impl NativeStore {
             (false, None | Some("latest")) => Parent::Latest,
             (false, Some(id)) => Parent::Id(id.to_string()),
         };
+        let format = format.map(|f| f.parse::<ImageFormat>()).transpose().map_err(errors::to_py)?;
         let r = run(py, progress, cancel, |ctx| {
-            let o = BackupOptions::default()
+            let mut o = BackupOptions::default()
                 .parent(parent)
                 .threads(threads)
                 .progress(ctx.progress())
                 .cancel_token(ctx.cancel.clone());
+            if let Some(f) = format {
+                o = o.image_format(f);
+            }
             s.backup_images(&vm, &disks, &o)
         })?;
         convert::to_py(
@@ -184,7 +189,7 @@ impl NativeStore {
     }
 
     /// Restores disk `disk` of version `spec` to the file `output`.
-    #[pyo3(signature = (spec, output, disk=0, vm=None, partial=false, threads=0, progress=None, cancel=None))]
+    #[pyo3(signature = (spec, output, disk=0, vm=None, format="raw", partial=false, threads=0, progress=None, cancel=None))]
     #[allow(clippy::too_many_arguments)]
     fn restore(
         &self,
@@ -193,15 +198,18 @@ impl NativeStore {
         output: PathBuf,
         disk: u32,
         vm: Option<String>,
+        format: &str,
         partial: bool,
         threads: usize,
         progress: Option<&Bound<'_, PyAny>>,
         cancel: Option<&Bound<'_, CancelToken>>,
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
+        let format: ImageFormat = format.parse().map_err(errors::to_py)?;
         let r = run(py, progress, cancel, |ctx| {
             let v = s.version(&spec, vm.as_deref())?;
             let o = RestoreOptions::default()
+                .format(format)
                 .partial(partial)
                 .threads(threads)
                 .progress(ctx.progress())

@@ -143,21 +143,43 @@ int main(int argc, char **argv) {
     CHECK(alike_store_restore(s, found, 0, path("a.out"), NULL, NULL, NULL) == ALIKE_OK);
     CHECK(files_equal(path("a.img"), path("a.out")));
     CHECK(alike_store_restore(s, found, 3, path("x.out"), NULL, NULL, NULL) != ALIKE_OK);
+    /* The same disk as a dynamic VHDX, which backs up again to the same bytes. */
+    CHECK(alike_store_restore_image(s, found, 0, path("a.vhdx"), ALIKE_IMAGE_VHDX, NULL, NULL, NULL) == ALIKE_OK);
+    CHECK(alike_store_restore_image(s, found, 0, path("a.bad"), 7, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+    const char *vhdx[] = {path("a.vhdx")};
+    alike_version *from_vhdx = NULL;
+    CHECK(alike_store_backup(s, "vm-hv", vhdx, 1, NULL, NULL, NULL, &from_vhdx) == ALIKE_OK);
+    CHECK(alike_version_disk_size(from_vhdx, 0) == 4u << 20);
+    CHECK(alike_store_restore(s, from_vhdx, 0, path("a2.out"), NULL, NULL, NULL) == ALIKE_OK);
+    CHECK(files_equal(path("a.img"), path("a2.out")));
+    char hv_id[65];
+    snprintf(hv_id, sizeof hv_id, "%s", alike_version_id(from_vhdx));
+    alike_version_free(from_vhdx);
+    /* A file that claims to be VHDX but is not is refused as a bad image. */
+    FILE *fake = fopen(path("fake.vhdx"), "wb");
+    CHECK(fake != NULL);
+    fputs("vhdxfile", fake);
+    for (int i = 0; i < 300000; i++) fputc(0, fake);
+    fclose(fake);
+    const char *fakes[] = {path("fake.vhdx")};
+    CHECK(alike_store_backup(s, "vm-hv", fakes, 1, NULL, NULL, NULL, NULL) == ALIKE_ERR_BAD_IMAGE);
+    CHECK(strstr(alike_last_error_message(), "fake.vhdx") != NULL);
     alike_version_free(found);
 
     /* Maintenance: stats, pin, prune, gc, verify. */
     write_image(path("a.img"), 4, 3);
     CHECK(alike_store_backup(s, "vm1", disks, 1, NULL, NULL, NULL, NULL) == ALIKE_OK);
     alike_stats st;
-    CHECK(alike_store_stats(s, &st) == ALIKE_OK && st.versions == 2 && st.packs >= 1);
+    CHECK(alike_store_stats(s, &st) == ALIKE_OK && st.versions == 3 && st.packs >= 1);
     CHECK(alike_store_pin(s, alike_version_id(v)) == ALIKE_OK);
     alike_retention keep = {0};
     uint64_t removed = 99;
     CHECK(alike_store_prune(s, NULL, &keep, false, &removed) == ALIKE_ERR_INVALID_ARGUMENT && removed == 99);
     keep.keep_last = 1;
-    CHECK(alike_store_prune(s, NULL, &keep, false, &removed) == ALIKE_OK && removed == 0); /* pinned stays */
+    CHECK(alike_store_prune(s, "vm1", &keep, false, &removed) == ALIKE_OK && removed == 0); /* pinned stays */
     CHECK(alike_store_unpin(s, alike_version_id(v)) == ALIKE_OK);
-    CHECK(alike_store_prune(s, NULL, &keep, false, &removed) == ALIKE_OK && removed == 1);
+    CHECK(alike_store_prune(s, "vm1", &keep, false, &removed) == ALIKE_OK && removed == 1);
+    CHECK(alike_store_forget(s, hv_id) == ALIKE_OK); /* it shared the pruned version's data */
     uint64_t freed = 0;
     CHECK(alike_store_gc(s, NULL, NULL, NULL, &freed) == ALIKE_OK && freed > 0);
     uint64_t damaged = 1;

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import _native
 from ._native import (
     AlreadyExists,
+    BadImage,
     Busy,
     CancelToken,
     Cancelled,
@@ -47,6 +48,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = [
     "AlreadyExists",
     "BackupReport",
+    "BadImage",
     "Busy",
     "CancelToken",
     "Cancelled",
@@ -349,18 +351,22 @@ class Store:
         disks: Sequence[PathLike],
         *,
         parent: Optional[Union[Version, str]] = "latest",
+        format: Optional[str] = None,
         threads: int = 0,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
     ) -> BackupReport:
-        """Backs up disk images (raw files or block devices) as the disks of
-        ``vm``. ``parent`` is the version to build on: ``"latest"`` (default),
-        a version or id, or ``None`` for a full read (still deduplicated)."""
+        """Backs up disk images — raw files or block devices, VHD, VHDX/AVHDX
+        (``format`` "raw", "vhd" or "vhdx"; detected when ``None``) — as the
+        disks of ``vm``; only allocated data is read. ``parent`` is the
+        version to build on: ``"latest"`` (default), a version or id, or
+        ``None`` for a full read (still deduplicated)."""
         r = self._n.backup(
             vm,
             [os.fspath(d) for d in disks],
             None if parent is None else _spec(parent),
             parent is None,
+            format,
             threads,
             _progress(progress),
             cancel,
@@ -388,15 +394,17 @@ class Store:
         *,
         disk: int = 0,
         vm: Optional[str] = None,
+        format: str = "raw",
         partial: bool = False,
         threads: int = 0,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
     ) -> RestoreReport:
         """Writes disk ``disk`` of ``version`` (a Version, id, prefix or
-        ``"latest"`` with ``vm``) to the file ``output``, atomically."""
+        ``"latest"`` with ``vm``) to the file ``output``, atomically, as a
+        sparse raw image or (``format`` "vhd"/"vhdx") a dynamic VHD/VHDX."""
         r = self._n.restore(
-            _spec(version), os.fspath(output), disk, vm, partial, threads, _progress(progress), cancel
+            _spec(version), os.fspath(output), disk, vm, format, partial, threads, _progress(progress), cancel
         )
         return RestoreReport(
             size=r["size"],

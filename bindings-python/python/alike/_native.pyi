@@ -4,6 +4,7 @@ from typing import Any, Callable, Dict, List, Optional, final
 __all__ = [
     "__version__",
     "AlreadyExists",
+    "BadImage",
     "Busy",
     "CancelToken",
     "Cancelled",
@@ -35,6 +36,7 @@ class Cancelled(Error): ...
 class InvalidArgument(Error): ...
 class IoError(Error): ...
 class Busy(Error): ...
+class BadImage(Error): ...
 
 @final
 class CancelToken:
@@ -75,6 +77,7 @@ class NativeStore:
         disks: List[str],
         parent: Optional[str] = None,
         full: bool = False,
+        format: Optional[str] = None,
         threads: int = 0,
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
@@ -87,6 +90,7 @@ class NativeStore:
         output: str,
         disk: int = 0,
         vm: Optional[str] = None,
+        format: str = "raw",
         partial: bool = False,
         threads: int = 0,
         progress: _Progress = None,
