@@ -15,7 +15,7 @@ use crate::error::{Result, VhdxError};
 #[derive(Debug)]
 pub(crate) enum Backing {
     File(File),
-    Mem(Arc<[u8]>),
+    Mem(Arc<Vec<u8>>),
 }
 
 impl Backing {
@@ -75,7 +75,7 @@ impl Layer {
     }
 
     /// Parses an image held in memory.
-    pub(crate) fn from_bytes(label: PathBuf, bytes: Arc<[u8]>) -> Result<Layer> {
+    pub(crate) fn from_bytes(label: PathBuf, bytes: Arc<Vec<u8>>) -> Result<Layer> {
         let len = bytes.len() as u64;
         Layer::parse(label, Backing::Mem(bytes), len)
     }

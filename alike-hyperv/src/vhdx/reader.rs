@@ -278,7 +278,7 @@ impl VhdxSource {
     /// Parses an image held in memory; a differencing image's parent reads
     /// as zeroes. Used by the fuzz target.
     pub(crate) fn from_bytes(bytes: Vec<u8>) -> Result<VhdxSource> {
-        let layer = Layer::from_bytes(PathBuf::from("<memory>"), Arc::from(bytes))?;
+        let layer = Layer::from_bytes(PathBuf::from("<memory>"), Arc::new(bytes))?;
         Ok(VhdxSource::from_layers(vec![layer]))
     }
 
