@@ -819,6 +819,13 @@ fn fuzz_smoke_survives_mutations() {
     std::fs::write(&logged_path, &logged).unwrap();
     assert_eq!(VhdxSource::open(&logged_path).unwrap().layers()[0].log_entries_replayed, 1);
     let seeds = [std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap(), std::fs::read(&q).unwrap(), logged];
+    // `VHDX_FUZZ_SEEDS=fuzz/corpus/vhdx` leaves the seeds there for `cargo fuzz run vhdx`.
+    if let Some(out) = std::env::var_os("VHDX_FUZZ_SEEDS") {
+        std::fs::create_dir_all(&out).unwrap();
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(Path::new(&out).join(format!("seed-{i}.vhdx")), s).unwrap();
+        }
+    }
     for s in &seeds {
         let t = std::time::Instant::now();
         vhdx::fuzz_one(s);
