@@ -53,6 +53,25 @@ step "Python bindings: build into .venv, pytest, stub and type checks"
 step "C ABI: example and API tests against the committed header, also under valgrind"
 bash scripts/test-c.sh
 
+step "fuzz: a short run of every target (cargo-fuzz, nightly)"
+# Every parser of untrusted bytes has a cargo-fuzz target under fuzz/; the
+# same bodies also run on stable as mutation smoke tests inside cargo test.
+# Longer runs: cd fuzz && cargo +nightly fuzz run <target> -- -max_total_time=600
+if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+    for t in $(cargo fuzz list --fuzz-dir fuzz); do
+        log="$(mktemp)"
+        if ! (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=2048) >"$log" 2>&1; then
+            tail -40 "$log"
+            echo "fuzz target $t failed (crash input under fuzz/artifacts/$t/)"
+            exit 1
+        fi
+        echo "$t: $(grep -E '^Done' "$log" | tail -1)"
+        rm -f "$log"
+    done
+else
+    echo "no nightly toolchain or cargo-fuzz here: fuzz bodies ran only as stable smoke tests (cargo test)"
+fi
+
 step "quickstart (the README's first command, small)"
 cargo run --locked -q -p quickstart -- target/quickstart-test 128
 
