@@ -110,8 +110,7 @@ struct Entry {
     tail: u64,
     flushed: u64,
     last: u64,
-    /// (file offset, length, data) in descriptor order; `None` data = zeroes.
-    ops: Vec<Op>,
+    descs: usize,
 }
 
 struct Scanner<'a> {
@@ -179,24 +178,41 @@ impl Scanner<'_> {
         if crc != le32(h, 4) {
             return Ok(None);
         }
-        let mut ops = Vec::with_capacity(descs);
+        // Data sectors must carry the entry's sequence number.
         let mut data_i = pos + desc_sectors;
         for i in 0..descs {
             let (s, at) = desc(i);
-            let foff = le64(s, at + 16);
             if &s[at..at + 4] == b"zero" {
-                let zl = le64(s, at + 8);
-                if foff.checked_add(zl).is_none() {
+                if le64(s, at + 16).checked_add(le64(s, at + 8)).is_none() {
                     return Ok(None);
                 }
-                ops.push((foff, zl, None));
             } else {
                 let d = sector(log, n, data_i);
                 data_i += 1;
                 let dseq = (u64::from(le32(d, 4)) << 32) | u64::from(le32(d, 4092));
-                if &d[..4] != b"data" || dseq != seq || foff.checked_add(SECTOR as u64).is_none() {
+                if &d[..4] != b"data" || dseq != seq || le64(s, at + 16).checked_add(SECTOR as u64).is_none() {
                     return Ok(None);
                 }
+            }
+        }
+        Ok(Some(Entry { pos, sectors, seq, tail: le32(h, 12).into(), flushed: le64(h, 48), last: le64(h, 56), descs }))
+    }
+
+    /// The writes of a validated entry, in descriptor order.
+    fn ops(&self, e: &Entry) -> Vec<Op> {
+        let (log, n) = (self.log, self.n);
+        let desc_sectors = (e.descs + 2).div_ceil(128);
+        let mut data_i = e.pos + desc_sectors;
+        let mut ops = Vec::with_capacity(e.descs);
+        for i in 0..e.descs {
+            let at = 64 + i * 32;
+            let (s, at) = (sector(log, n, e.pos + at / SECTOR), at % SECTOR);
+            let foff = le64(s, at + 16);
+            if &s[at..at + 4] == b"zero" {
+                ops.push((foff, le64(s, at + 8), None));
+            } else {
+                let d = sector(log, n, data_i);
+                data_i += 1;
                 let mut sector = vec![0u8; SECTOR];
                 sector[..8].copy_from_slice(&s[at + 8..at + 16]);
                 sector[8..4092].copy_from_slice(&d[8..4092]);
@@ -204,7 +220,7 @@ impl Scanner<'_> {
                 ops.push((foff, SECTOR as u64, Some(Arc::from(sector))));
             }
         }
-        Ok(Some(Entry { pos, sectors, seq, tail: le32(h, 12).into(), flushed: le64(h, 48), last: le64(h, 56), ops }))
+        ops
     }
 }
 
@@ -236,10 +252,8 @@ pub(crate) fn replay(log: &[u8], log_guid: Guid, physical_len: u64) -> Result<Re
     let mut chain = vec![head.pos];
     let mut cur = head;
     while chain.len() < n {
+        // Sequence numbers strictly decrease along the walk: it cannot cycle.
         let Some(&p) = by_end.get(&(cur.pos, cur.seq.wrapping_sub(1))) else { break };
-        if chain.contains(&p) {
-            break;
-        }
         chain.push(p);
         cur = &valid[&p];
     }
@@ -255,7 +269,7 @@ pub(crate) fn replay(log: &[u8], log_guid: Guid, physical_len: u64) -> Result<Re
     }
     let mut out = Replayed { last_file_offset: head.last, entries: chain.len(), ..Replayed::default() };
     for p in chain {
-        for (off, len, data) in &valid[p].ops {
+        for (off, len, data) in &sc.ops(&valid[p]) {
             if *len == 0 {
                 continue;
             }
