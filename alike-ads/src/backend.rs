@@ -2,8 +2,27 @@
 //! key (`config`, `keys/…`, `packs/ab/…`, `index/…`, `versions/…`); the same
 //! small contract fits a local directory, an SMB/NFS mount and object storage.
 //!
-//! **API boundary:** the object-storage backend (issue 8) implements the
-//! same trait.
+//! **API boundary.** Implementations: [`LocalBackend`] (a directory),
+//! [`MemoryBackend`] (tests, fuzzing) and `ObjectBackend` (S3 and
+//! S3-compatible services, Azure, GCS; module `object`). Pick one from a
+//! location string with `backend_for`. Every implementation passes the same
+//! conformance suite (`alike-ads/tests/conformance.rs`).
+//!
+//! What the store relies on, whatever the medium:
+//!
+//! | call | guarantee |
+//! |---|---|
+//! | `write`, `write_file` | atomic: after a crash or error the key holds the whole new object or what it held before, never a part; durable once `Ok` |
+//! | `write_new` | as `write`, and only if the key is absent; of several concurrent callers exactly one gets `Ok(true)` |
+//! | `write_file` | consumes the local spool file on success (moved or uploaded, then removed); on error the caller removes it |
+//! | `list` | every key under a prefix (recursively, no page limit) with its size; keys relative to the store root, sorted; objects removed mid-listing may be left out |
+//! | `read_range`, `read_tail` | one ranged read; a short object is [`Error::Truncated`], a missing one [`Error::NotFound`] |
+//! | `delete` | a missing key is `Ok` |
+//!
+//! The key layout is the same on every backend (`docs/format.md` §1): an
+//! object store holds `<prefix>/<key>` exactly where a directory holds
+//! `<root>/<key>`. Only the spool (`tmp/`) differs: object backends build
+//! packs in a local directory.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -31,7 +50,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Writes an object atomically and durably: after `Ok` it is whole and
     /// survives a power cut; a crash before leaves nothing under `key`.
     fn write(&self, key: &str, data: &[u8]) -> Result<()>;
-    /// Moves a finished local file (from [`Backend::spool_dir`]) into the store as `key`, atomically and durably.
+    /// Writes an object atomically and durably, but only if `key` does not
+    /// exist yet: `Ok(true)` when this call created it, `Ok(false)` when an
+    /// object was already there (left untouched). Of several concurrent
+    /// callers on any number of machines, exactly one gets `Ok(true)`.
+    ///
+    /// # Errors
+    /// As [`Backend::write`].
+    fn write_new(&self, key: &str, data: &[u8]) -> Result<bool>;
+    /// Moves a finished local file (from [`Backend::spool_dir`]) into the
+    /// store as `key`, atomically and durably. On success the local file is
+    /// gone; on error it may remain and the caller removes it.
     fn write_file(&self, key: &str, local: &Path) -> Result<()>;
     /// Keys under `prefix` (recursively) with their sizes.
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
@@ -95,8 +124,21 @@ impl LocalBackend {
         }
     }
 
-    fn place(&self, key: &str, tmp: &Path) -> Result<()> {
-        let dst = self.path(key);
+    /// Writes `data` to a new spool file and fsyncs it.
+    fn write_tmp(&self, data: &[u8]) -> Result<PathBuf> {
+        let spool = self.spool_dir()?;
+        let tmp = spool.join(format!("obj-{}.tmp", random_hex(8)));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        let r = f.write_all(data).and_then(|_| f.sync_all());
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Io { path: tmp, source: e });
+        }
+        Ok(tmp)
+    }
+
+    /// Creates the directory of `dst` if missing (durably); returns it.
+    fn make_parent(dst: &Path) -> Result<PathBuf> {
         let parent = dst.parent().expect("keys have a parent").to_owned();
         if !parent.exists() {
             fs::create_dir_all(&parent).map_err(io(&parent))?;
@@ -104,9 +146,42 @@ impl LocalBackend {
                 sync_dir(pp)?;
             }
         }
+        Ok(parent)
+    }
+
+    fn place(&self, key: &str, tmp: &Path) -> Result<()> {
+        let dst = self.path(key);
+        let parent = Self::make_parent(&dst)?;
         fs::rename(tmp, &dst).map_err(io(&dst))?;
         // The rename is durable only once the directory entry is.
         sync_dir(&parent)
+    }
+
+    /// Gives the finished file `tmp` the name `key` unless that name exists:
+    /// `link(2)` never replaces its target, so of several racing callers
+    /// exactly one succeeds, and the object appears whole (the file was
+    /// complete and fsynced before it got its second name).
+    fn place_new(&self, key: &str, tmp: &Path) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let dst = self.path(key);
+        let parent = Self::make_parent(&dst)?;
+        match fs::hard_link(tmp, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // NFS may replay a link whose reply was lost and report EEXIST
+                // for our own link: the same inode under both names means we won.
+                let same = match (fs::metadata(tmp), fs::metadata(&dst)) {
+                    (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                    _ => false,
+                };
+                if !same {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(Error::Io { path: dst, source: e }),
+        }
+        sync_dir(&parent)?;
+        Ok(true)
     }
 }
 
@@ -141,18 +216,17 @@ impl Backend for LocalBackend {
         Ok((buf, size))
     }
     fn write(&self, key: &str, data: &[u8]) -> Result<()> {
-        let spool = self.spool_dir()?;
-        let tmp = spool.join(format!("obj-{}.tmp", random_hex(8)));
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
-        let r = f.write_all(data).and_then(|_| f.sync_all());
-        if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::Io { path: tmp, source: e });
-        }
-        drop(f);
+        let tmp = self.write_tmp(data)?;
         self.place(key, &tmp).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })
+    }
+    fn write_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let tmp = self.write_tmp(data)?;
+        let r = self.place_new(key, &tmp);
+        // The object (if placed) is the hard link; the temporary name goes either way.
+        let _ = fs::remove_file(&tmp);
+        r
     }
     fn write_file(&self, key: &str, local: &Path) -> Result<()> {
         self.place(key, local)
@@ -266,6 +340,16 @@ impl Backend for MemoryBackend {
         self.objects.lock().expect("lock").insert(key.into(), Arc::new(data.to_vec()));
         Ok(())
     }
+    fn write_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        use std::collections::btree_map::Entry;
+        match self.objects.lock().expect("lock").entry(key.into()) {
+            Entry::Occupied(_) => Ok(false),
+            Entry::Vacant(v) => {
+                v.insert(Arc::new(data.to_vec()));
+                Ok(true)
+            }
+        }
+    }
     fn write_file(&self, key: &str, local: &Path) -> Result<()> {
         let data = fs::read(local).map_err(io(local))?;
         let _ = fs::remove_file(local);
@@ -315,6 +399,33 @@ pub(crate) fn random_hex(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Of eight racing `write_new`s exactly one creates the object, whose
+    /// bytes are the winner's; no temporary file is left.
+    #[test]
+    fn write_new_has_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends: [Box<dyn Backend>; 2] = [Box::new(LocalBackend::new(dir.path())), Box::new(MemoryBackend::new())];
+        for b in &backends {
+            for round in 0..5 {
+                let key = format!("sub{round}/config");
+                let wins: Vec<bool> = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..8u8)
+                        .map(|i| {
+                            let (b, key) = (&b, &key);
+                            s.spawn(move || b.write_new(key, &[i; 100]).unwrap())
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+                let winner = wins.iter().position(|w| *w).unwrap() as u8;
+                assert_eq!(b.read(&key).unwrap(), vec![winner; 100]);
+                assert!(!b.write_new(&key, b"again").unwrap());
+            }
+        }
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "temporary files left");
+    }
 
     /// A listing that races deletions (a concurrent prune or gc) leaves out
     /// what vanished instead of failing.

@@ -241,6 +241,7 @@ impl Repository {
             pack_size: opts.pack_size,
             key_check: None,
         };
+        let mut key_object = None;
         if opts.encrypted {
             if opts.passphrase.is_none() && opts.key_file.is_none() {
                 return Err(Error::InvalidArgument("an encrypted store needs a passphrase or a key file".into()));
@@ -249,17 +250,27 @@ impl Repository {
             config.key_check = Some(key_check(&Keys::from_master(&master)));
             if let Some(pw) = &opts.passphrase {
                 let w = alike_core::wrap_master(&master, pw, opts.kdf, &key_aad(&store_id))?;
-                backend.write(
-                    &format!("keys/{}", random_hex(8)),
-                    &KeyObject::new(&w, opts.time_ms, host_name()).encode(),
-                )?;
+                let key = format!("keys/{}", random_hex(8));
+                backend.write(&key, &KeyObject::new(&w, opts.time_ms, host_name()).encode())?;
+                key_object = Some(key);
             }
             if let Some(kf) = &opts.key_file {
                 write_local_atomic(kf, &KeyFile::new(&store_id, &master).encode())?;
             }
         }
-        // config last: a store exists once its config does.
-        backend.write("config", &encode_config(&config))?;
+        // config last: a store exists once its config does. Created only if
+        // absent, so of two concurrent creations exactly one succeeds.
+        if !backend.write_new("config", &encode_config(&config))? {
+            // The loser's key belongs to no store: an orphan key object would
+            // make an unencrypted winner look tampered with.
+            if let Some(k) = key_object {
+                backend.delete(&k)?;
+            }
+            if let Some(kf) = opts.key_file.as_ref().filter(|_| opts.encrypted) {
+                let _ = std::fs::remove_file(kf);
+            }
+            return Err(Error::AlreadyExists { location: backend.location() });
+        }
         info!(location = %backend.location(), store = %store_id, "store created");
         Ok(())
     }

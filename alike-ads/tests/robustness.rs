@@ -94,6 +94,10 @@ impl Backend for FullDisk {
         self.spend(data.len() as u64)?;
         self.inner.write(key, data)
     }
+    fn write_new(&self, key: &str, data: &[u8]) -> alike_ads::Result<bool> {
+        self.spend(data.len() as u64)?;
+        self.inner.write_new(key, data)
+    }
     fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
         let n = std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
         if let Err(e) = self.spend(n) {
