@@ -921,16 +921,20 @@ fn bench_read_throughput() {
     };
     let v = VhdxSource::open(&img).unwrap();
     let r = RawFileSource::open(&raw).unwrap();
+    // Warm the page cache for both, then take the best of three rounds each.
+    read_all(&v, &[0..size], 4);
+    read_all(&r, &[0..size], 4);
     for threads in [1, 4] {
-        for round in 0..2 {
+        let (mut best_v, mut best_r) = (0f64, 0f64);
+        for _ in 0..3 {
             let (b, s) = read_all(&v, &[0..size], threads);
-            let (b2, s2) = read_all(&r, &[0..size], threads);
-            eprintln!(
-                "round {round} threads {threads}: vhdx {:.0} MiB/s, raw {:.0} MiB/s",
-                b as f64 / s / 1048576.0,
-                b2 as f64 / s2 / 1048576.0
-            );
+            best_v = best_v.max(b as f64 / s / 1048576.0);
+            let (b, s) = read_all(&r, &[0..size], threads);
+            best_r = best_r.max(b as f64 / s / 1048576.0);
         }
+        eprintln!(
+            "{threads} thread(s), 16 MiB reads of 1 GiB: VhdxSource {best_v:.0} MiB/s, RawFileSource {best_r:.0} MiB/s"
+        );
     }
     // 64 GiB dynamic with 1 GiB written (32 extents of 32 MiB).
     let huge = dir.path().join("huge.vhdx");
