@@ -341,11 +341,13 @@ impl DynHeader {
         b
     }
 
-    /// The parent's name from the header (UTF-16 big-endian per the spec;
-    /// little-endian is tried when big-endian gives nothing printable).
+    /// The parent's name from the header: UTF-16 big-endian per the spec;
+    /// some writers use little-endian, so the decoding with more ASCII wins.
     pub(crate) fn parent_name(&self) -> String {
         let be = utf16(&self.parent_name, false);
-        if be.chars().all(|c| !c.is_control()) { be } else { utf16(&self.parent_name, true) }
+        let le = utf16(&self.parent_name, true);
+        let ascii = |s: &str| s.chars().filter(char::is_ascii).count();
+        if ascii(&le) > ascii(&be) { le } else { be }
     }
 }
 
@@ -483,5 +485,29 @@ mod tests {
         assert_eq!(bitmap_bytes(2 << 20), 512);
         assert_eq!(bitmap_bytes(512), 512);
         assert_eq!(bitmap_bytes(1 << 28), 65536);
+    }
+
+    #[test]
+    fn parent_name_either_byte_order() {
+        let mut h = DynHeader::decode(
+            &{
+                let mut b = [0u8; HEADER_SIZE];
+                b[..8].copy_from_slice(HEADER_COOKIE);
+                b[24..28].copy_from_slice(&VERSION_1.to_be_bytes());
+                b[32..36].copy_from_slice(&(2u32 << 20).to_be_bytes());
+                let c = checksum(&b, 36);
+                b[36..40].copy_from_slice(&c.to_be_bytes());
+                b
+            },
+            "t",
+            512,
+        )
+        .unwrap();
+        for le in [false, true] {
+            let n = to_utf16("base-é.vhd", le);
+            h.parent_name = [0; 512];
+            h.parent_name[..n.len()].copy_from_slice(&n);
+            assert_eq!(h.parent_name(), "base-é.vhd");
+        }
     }
 }

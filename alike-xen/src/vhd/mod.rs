@@ -36,6 +36,28 @@
 //! and would see such a disk slightly smaller when its size is not a CHS
 //! multiple.
 //!
+//! ## Example
+//! ```
+//! use alike_core::{DiskSource, MemSource};
+//! use alike_xen::vhd::{StreamReader, VhdOptions, VhdSource, write_stream};
+//!
+//! let mut data = vec![0u8; 3 << 20];
+//! data[5000..6000].fill(7);
+//! let disk = MemSource { label: "disk".into(), data };
+//! // A dynamic VHD, written front to back (as for an upload)…
+//! let mut image = Vec::new();
+//! write_stream(&disk, &mut image, &VhdOptions::default())?;
+//! // …read back positionally…
+//! let vhd = VhdSource::from_bytes("image", image.clone())?;
+//! let mut buf = [0u8; 2];
+//! vhd.read_at(5999, &mut buf)?;
+//! assert_eq!(buf, [7, 0]);
+//! // …and as a stream: one extent per allocated 2 MiB block.
+//! let extents: Vec<_> = StreamReader::new(&image[..])?.collect::<Result<_, _>>()?;
+//! assert_eq!(extents[0].offset, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Limits
 //! - Block sizes from 512 bytes to 256 MiB (powers of two); at most 16 Mi
 //!   blocks (32 TiB at 2 MiB blocks; the format itself stops near 2 TiB).
@@ -43,6 +65,7 @@
 //!   and XenServer disagree on what they hold); the unique id is the check.
 //! - `MacX` locators are taken as plain paths after `file://` (no
 //!   percent-decoding). The XenServer "batmap" extension is ignored.
+//! - Pre-2004 Virtual PC images with a 511-byte footer are not read.
 //! - Allocated ranges are block-precise: an allocated block whose sectors
 //!   are all absent is still reported (and reads as its parent or zeroes).
 

@@ -316,8 +316,8 @@ impl<R: Read> StreamReader<R> {
             .map(|(i, &e)| Pending { sector: e, block: i as u32 })
             .collect();
         pending.sort_unstable_by_key(|p| p.sector);
-        // Everything up to the end of the whole BAT (all max_table_entries) is consumed or skipped.
-        let mut floor = table + u64::from(header.max_table_entries) * 4;
+        // Blocks must come after what was consumed: the BAT entries in use.
+        let mut floor = self.pos;
         let mut prev: Option<u64> = None;
         for p in &pending {
             if p.at() < floor {
