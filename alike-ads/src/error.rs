@@ -1,9 +1,12 @@
 //! The error type of `alike-ads`.
 //!
 //! Rules: public functions return [`Error`]; every variant names the object
-//! (store-relative key) or path it concerns. When an error crosses the
+//! (store-relative key) or path it concerns — for object storage, the full
+//! URL and the operation that failed. When an error crosses the
 //! `ChunkStore` seam it travels boxed inside `alike_core::Error::Store` and
-//! the facade downcasts it back.
+//! the facade downcasts it back. The object-storage client's own error is
+//! kept as the `source`, never flattened to a string; whether retrying might
+//! help is on the error ([`Error::retry`]).
 
 use std::path::PathBuf;
 
@@ -110,6 +113,30 @@ pub enum Error {
         /// Who holds it.
         holder: String,
     },
+    /// A request to object storage failed. Transient failures (5xx,
+    /// timeouts, dropped connections) were already retried with backoff
+    /// before this is returned.
+    #[error("object storage: {op} {url} failed: {source}")]
+    Remote {
+        /// What was attempted (`get`, `put`, `list`, `multipart upload`…).
+        op: &'static str,
+        /// The object (or prefix) URL, without credentials.
+        url: String,
+        /// Whether a later retry might succeed.
+        retry: Retry,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A store location (URL) or its options cannot be used: unknown scheme,
+    /// a backend not built in (cargo feature), a bad option.
+    #[error("store location {location}: {reason}")]
+    BadLocation {
+        /// The location as given (credentials removed).
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A bad argument (block size, version id…).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -123,6 +150,38 @@ impl From<Error> for alike_core::Error {
         match e {
             Error::Core(c) => c,
             other => alike_core::Error::Store(Box::new(other)),
+        }
+    }
+}
+
+/// Whether retrying an operation might help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retry {
+    /// It will fail again the same way (bad credentials, missing bucket, bad request).
+    Permanent,
+    /// A passing condition (server busy, network down) that outlasted the retries.
+    Transient,
+    /// Cannot tell.
+    Unknown,
+}
+
+impl Error {
+    /// Whether retrying the operation later might succeed.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Remote { retry, .. } => *retry,
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::WouldBlock => Retry::Transient,
+                _ => Retry::Unknown,
+            },
+            Error::Locked { .. } => Retry::Transient,
+            Error::Cache { .. } | Error::Core(_) => Retry::Unknown,
+            _ => Retry::Permanent,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! # alike-ads — the Alike Data Store
 //!
 //! A global, block-level deduplicated store of VM disk versions, on a local
-//! directory or share (and, later, object storage). Everything it holds is an
-//! immutable object, written once under a temporary name and renamed:
+//! directory or share, or on object storage (S3 and S3-compatible services,
+//! Azure, GCS: [`backend_for`], [`ObjectOptions`]). Everything it holds is an
+//! immutable object, written whole or not at all (temporary name and rename
+//! on a directory, one PUT or a completed multipart upload on object storage):
 //!
 //! | object | what |
 //! |---|---|
@@ -30,6 +32,20 @@
 //! | gc | | | | | excluded (`Error::Locked`) |
 //!
 //! How GC stays safe: see the `maintenance` module and `ARCHITECTURE.md`.
+//! Store creation is the one step that needs "create only if absent"
+//! ([`Backend::write_new`] of `config`): of two concurrent `create`s of one
+//! store exactly one succeeds.
+//!
+//! ## Cargo features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `s3` | on | `s3://bucket/prefix` stores (S3, MinIO, SeaweedFS, R2, Ceph RGW…) |
+//! | `azure` | off | `az://container/prefix` stores |
+//! | `gcp` | off | `gs://bucket/prefix` stores |
+//!
+//! Each pulls in `object_store` with the ring crypto provider (no aws-lc-sys)
+//! and a small tokio runtime per object backend.
 
 //!
 //! ```
@@ -53,17 +69,21 @@ mod format;
 mod index;
 mod lock;
 mod maintenance;
+mod object;
 mod pack;
 mod repo;
 mod verify;
 
 pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Retry};
 pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
 pub use index::{IndexCache, SegmentPacks, decode_segment, encode_segment};
 pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks, live_locks};
 pub use maintenance::{CLOCK_SKEW_MS, GcReport, PruneReport, REPACK_BELOW};
+#[cfg(feature = "object")]
+pub use object::ObjectBackend;
+pub use object::{MULTIPART_THRESHOLD, ObjectOptions, PART_SIZE, backend_for};
 pub use pack::{
     ENTRY_LEN, FOOTER_LEN, FRAMES_START, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, SALT_LEN, pack_key,
     read_trailer,
