@@ -241,16 +241,37 @@ fn write_dynamic_metadata(
     })
 }
 
-#[derive(Debug)]
 struct DynState {
     bat: Vec<u32>,
     next_free: u64,
 }
 
-#[derive(Debug)]
+// Summarised: the BAT can hold millions of entries.
+impl std::fmt::Debug for DynState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let allocated = self.bat.iter().filter(|e| **e != UNALLOCATED).count();
+        f.debug_struct("DynState")
+            .field("entries", &self.bat.len())
+            .field("allocated", &allocated)
+            .field("next_free", &self.next_free)
+            .finish()
+    }
+}
+
 enum Kind {
     Fixed,
     Dynamic { layout: Layout, state: Mutex<DynState>, ones: Vec<u8> },
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Fixed => f.write_str("Fixed"),
+            Kind::Dynamic { layout, state, .. } => {
+                f.debug_struct("Dynamic").field("layout", layout).field("state", state).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 /// A new VHD file as a restore target ([`DiskTarget`]): dynamic (default)
