@@ -1,10 +1,13 @@
 //! The error type of `alike-xen`.
 //!
 //! Rules: every public function of this crate returns [`Error`]. Every
-//! variant names the file (or stream label) it concerns and, for parse
-//! failures, the byte offset and what was wrong — as fields, not prose, so a
-//! caller can tell a damaged image from a missing parent or a full disk.
-//! Lower errors are kept whole as `source`.
+//! variant names the file (or stream label, server, URL or XAPI method) it
+//! concerns and, for parse failures, the byte offset and what was wrong — as
+//! fields, not prose, so a caller can tell a damaged image from a missing
+//! parent or a full disk, and a XAPI refusal (code and parameters kept)
+//! from a lost connection. Lower errors are kept whole as `source`. Session
+//! ids and passwords never appear in an error: URLs and NBD export names are
+//! shown with `session_id=…` hidden.
 //!
 //! Crossing into the engine: the [`alike_core::DiskSource`] and
 //! [`alike_core::DiskTarget`] impls report `SourceRead` / `TargetWrite`
@@ -15,10 +18,12 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use alike_core::Retry;
 
-/// Errors of the Xen adapter (today: the VHD reader and writers).
+/// Errors of the Xen adapter: the VHD reader and writers, the NBD client
+/// and the XAPI client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -225,6 +230,101 @@ pub enum Error {
     /// The disk source a writer copies from failed.
     #[error("reading the source disk: {0}")]
     Source(#[source] alike_core::Error),
+    /// An NBD server broke the protocol, refused an option this client
+    /// needs, has no such export, or failed a read.
+    #[error("NBD server {server}: {error}")]
+    Nbd {
+        /// `host:port` of the server.
+        server: String,
+        /// What happened, as data.
+        #[source]
+        error: crate::nbd::proto::ProtoError,
+    },
+    /// A TCP or TLS connection could not be made, or failed or closed
+    /// while in use (refused, reset, timed out, ended early).
+    #[error("{server}: {during}: {source}")]
+    Connection {
+        /// `host:port` (or URL, with any session id hidden).
+        server: String,
+        /// What we were doing ("connecting", "TLS handshake", "reading the reply to 3 reads"…).
+        during: String,
+        /// Underlying error (`UnexpectedEof` when the peer closed).
+        #[source]
+        source: io::Error,
+    },
+    /// The server's TLS certificate is not one of the pinned fingerprints.
+    #[error("{server}: TLS certificate has SHA-256 fingerprint {found}, which is not pinned (pinned: {})", expected.join(", "))]
+    CertificateMismatch {
+        /// `host:port` or URL.
+        server: String,
+        /// The pinned fingerprints.
+        expected: Vec<String>,
+        /// The fingerprint of the certificate the server showed.
+        found: String,
+    },
+    /// The TLS settings cannot be used (no certificate in a PEM text, a
+    /// malformed fingerprint, an unusable server name).
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
+    /// XAPI answered a call with an error (for `Async.*` calls: the task failed).
+    #[error("XAPI {method}: {code}{}", params_list(params))]
+    Xapi {
+        /// The method called (`VM.snapshot`; `task of Async.VM.snapshot` for a failed task).
+        method: String,
+        /// The XAPI error code (`SESSION_INVALID`, `HANDLE_INVALID`, `VDI_IN_USE`…).
+        code: String,
+        /// Its parameters, in order.
+        params: Vec<String>,
+    },
+    /// An HTTP exchange with XAPI failed without an HTTP answer
+    /// (connection refused or reset, TLS failure, timeout).
+    #[error("{url}: {during}{}: {source}", if *.timed_out { " (timed out)" } else { "" })]
+    Http {
+        /// The URL, with any session id hidden.
+        url: String,
+        /// What we were doing ("calling VM.snapshot", "exporting VDI …").
+        during: String,
+        /// Whether a timeout ended it.
+        timed_out: bool,
+        /// Underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// XAPI answered with an HTTP status other than success.
+    #[error("{url}: HTTP {status} while {during}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    HttpStatus {
+        /// The URL, with any session id hidden.
+        url: String,
+        /// What we were doing.
+        during: String,
+        /// The status code.
+        status: u16,
+        /// The start of the response body (text, at most 512 characters).
+        body: String,
+    },
+    /// A XAPI reply is not what XAPI sends (not JSON, not JSON-RPC, a
+    /// result of the wrong type).
+    #[error("XAPI {method}: unexpected reply: {reason}")]
+    BadReply {
+        /// The method called.
+        method: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A XAPI task did not finish in the time allowed.
+    #[error("XAPI task {task} of {method} still pending after {after:?}")]
+    TaskTimeout {
+        /// The task ref.
+        task: String,
+        /// The async method that made it.
+        method: String,
+        /// How long we waited.
+        after: Duration,
+    },
+}
+
+fn params_list(params: &[String]) -> String {
+    if params.is_empty() { String::new() } else { format!(" [{}]", params.join(", ")) }
 }
 
 fn tried_list(tried: &[PathBuf]) -> String {
@@ -237,12 +337,30 @@ fn tried_list(tried: &[PathBuf]) -> String {
 impl Error {
     /// Whether a retry of the same call may succeed.
     pub fn retry(&self) -> Retry {
+        use crate::nbd::proto::ProtoError;
         match self {
             Error::Io { .. } | Error::Read { .. } | Error::Write { .. } | Error::ParentNotFound { .. } => {
                 Retry::Unknown
             }
             Error::Source(e) => e.retry(),
+            Error::Connection { .. } | Error::Http { .. } | Error::TaskTimeout { .. } => Retry::Transient,
+            Error::HttpStatus { status, .. } if *status >= 500 => Retry::Unknown,
+            // EIO, ENOMEM, ESHUTDOWN: the server's trouble, maybe passing.
+            Error::Nbd { error: ProtoError::Command { errno: 5 | 12 | 108, .. }, .. } => Retry::Transient,
+            Error::Xapi { code, .. } => match code.as_str() {
+                "SESSION_INVALID" | "OTHER_OPERATION_IN_PROGRESS" | "VDI_IN_USE" | "HOST_IS_SLAVE" => Retry::Transient,
+                c if c.starts_with("SR_BACKEND_FAILURE") => Retry::Unknown,
+                _ => Retry::Permanent,
+            },
             _ => Retry::Permanent,
+        }
+    }
+
+    /// The XAPI error code, when this is a XAPI error.
+    pub fn xapi_code(&self) -> Option<&str> {
+        match self {
+            Error::Xapi { code, .. } => Some(code),
+            _ => None,
         }
     }
 
@@ -252,6 +370,13 @@ impl Error {
             Error::Io { source, .. } | Error::Read { source, .. } | Error::Write { source, .. } => source.kind(),
             Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
             Error::ParentNotFound { .. } => io::ErrorKind::NotFound,
+            Error::Connection { source, .. } => source.kind(),
+            Error::Http { timed_out: true, .. } => io::ErrorKind::TimedOut,
+            Error::Http { .. } | Error::HttpStatus { .. } | Error::Xapi { .. } | Error::TaskTimeout { .. } => {
+                io::ErrorKind::Other
+            }
+            Error::Nbd { error: crate::nbd::proto::ProtoError::Command { .. }, .. } => io::ErrorKind::Other,
+            Error::CertificateMismatch { .. } => io::ErrorKind::PermissionDenied,
             _ => io::ErrorKind::InvalidData,
         }
     }

@@ -8,6 +8,8 @@
 //! VHD images. The XAPI client and NBD reader follow (issues 4 and 5).
 
 mod error;
+pub mod nbd;
 pub mod vhd;
 
 pub use error::{Error, Result};
+pub use nbd::ServerCertCheck;
