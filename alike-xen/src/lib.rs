@@ -1,15 +1,29 @@
 //! # alike-xen
 //!
-//! The XenServer/XCP-ng adapter: XAPI client, VHD format, NBD reader and a
-//! XAPI simulator. It depends on `alike-core` only.
+//! The XenServer/XCP-ng adapter: XAPI client, NBD reader, VHD format. Of
+//! the workspace it depends on `alike-core` only (the XAPI simulator is a
+//! crate of its own, `alike-xen-sim`).
 //!
-//! Today it holds the [`vhd`] module: reading (files, chains, streams) and
-//! writing (restore targets, differencing images, upload streams) of legacy
-//! VHD images. The XAPI client and NBD reader follow (issues 4 and 5).
+//! Modules:
+//! - [`vhd`]: reading (files, chains, streams) and writing (restore
+//!   targets, differencing images, upload streams) of legacy VHD images.
+//! - [`nbd`]: an NBD client (sans-IO protocol core in [`nbd::proto`], a
+//!   blocking TLS-capable connection with pipelined reads, and
+//!   [`nbd::NbdDisk`], an [`alike_core::DiskSource`] over a connection pool)
+//!   for XAPI's NBD export of a VDI.
+//! - [`xapi`]: the XAPI client — JSON-RPC transport with sessions,
+//!   re-login, pool-master redirects, typed errors, task polling, the calls
+//!   a backup needs, and `/export_raw_vdi` / `/import_raw_vdi` streaming.
+//!
+//! TLS everywhere is rustls with the ring provider (set per connection; no
+//! process-wide provider needed), with certificate pinning by SHA-256
+//! fingerprint ([`ServerCertCheck`]). The Hypervisor adapter over these
+//! (inventory, CBT backup, restore) follows (issue 5).
 
 mod error;
 pub mod nbd;
 pub mod vhd;
+pub mod xapi;
 
 pub use error::{Error, Result};
 pub use nbd::ServerCertCheck;
