@@ -19,6 +19,7 @@ use alike_testing::Rng;
 use alike_xen::Error;
 use alike_xen::nbd::proto::ProtoError;
 use alike_xen::nbd::{NbdBuilder, ServerCertCheck, format_fingerprint, sha256};
+use alike_xen::xapi::NbdInfo;
 
 const MIB: u64 = 1 << 20;
 
@@ -224,6 +225,19 @@ fn starttls_with_pinned_and_ca_certificates() {
     let e = b.connect().unwrap_err();
     assert!(matches!(e, Error::Connection { .. }) && e.to_string().contains("TLS handshake"), "{e:?}");
 
+    // XAPI's path end to end: `VDI.get_nbd_info`'s record (the host's
+    // certificate pinned, its subject as SNI, STARTTLS then EXPORT_NAME and
+    // simple replies) opened as a pooled DiskSource.
+    let info: NbdInfo = serde_json::from_value(serde_json::json!({
+        "exportname": "disk", "address": "127.0.0.1", "port": srv.port, "cert": pem, "subject": "localhost"
+    }))
+    .unwrap();
+    let disk = info.builder().unwrap().open_disk().unwrap();
+    assert!(disk.info().tls && !disk.info().via_go && !disk.info().structured_replies);
+    let mut buf = vec![0u8; 3 << 20];
+    DiskSource::read_at(&disk, MIB, &mut buf).unwrap();
+    assert!(buf == data[MIB as usize..(4 * MIB) as usize]);
+
     // Without TLS the server refuses every option: a clear refusal, not a hang.
     let e = NbdBuilder::new("127.0.0.1", srv.port, "disk").connect().unwrap_err();
     assert!(e.to_string().contains("TLS required"), "{e}");
@@ -306,6 +320,40 @@ fn server_dying_mid_read_is_a_clear_error() {
     // DiskSource errors keep it: a SourceRead naming the disk and offset.
     let e = disk.read_at(4096, &mut [0u8; 4096]).unwrap_err();
     assert!(matches!(e, alike_core::Error::SourceRead { offset: 4096, .. }), "{e:?}");
+}
+
+#[test]
+fn pooled_disk_shares_few_connections_between_many_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 16 * MIB;
+    let path = image(dir.path(), size, 6);
+    let data = Arc::new(std::fs::read(&path).unwrap());
+    let srv = QemuNbd::start(&path, "disk", None);
+    let mut b = NbdBuilder::new("127.0.0.1", srv.port, "disk");
+    b.connections(2).max_request(64 << 10);
+    let disk = Arc::new(b.open_disk().unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|k| {
+            let (disk, data) = (disk.clone(), data.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(100 + k);
+                for _ in 0..200 {
+                    let len = 1 + rng.below(200_000);
+                    let off = rng.below(size - len + 1);
+                    let mut buf = vec![0u8; len as usize];
+                    disk.read_at(off, &mut buf).unwrap();
+                    assert!(buf[..] == data[off as usize..(off + len) as usize]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(disk.open_connections(), 2);
+    // Past the end: the engine's error, naming the disk.
+    let e = disk.read_at(size - 1, &mut [0u8; 2]).unwrap_err();
+    assert!(matches!(&e, alike_core::Error::SourceRead { disk, .. } if disk.starts_with("nbd://127.0.0.1:")), "{e:?}");
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub fn redact_export(s: &str) -> String {
     while let Some(i) = rest.find("session_id=") {
         let (head, tail) = rest.split_at(i + "session_id=".len());
         out.push_str(head);
-        let end = tail.find(['&', ' ', '#']).unwrap_or(tail.len());
+        let end = tail.find(['&', ' ', '#', '\'', '"', ')', '<', '>', ',', ';']).unwrap_or(tail.len());
         if end > 0 {
             out.push('…');
         }
@@ -72,5 +72,6 @@ mod tests {
             "http://h/x?session_id=…&vdi=V&session_id=…"
         );
         assert_eq!(redact_export("plain"), "plain");
+        assert_eq!(redact_export("export 'x?session_id=S' not present"), "export 'x?session_id=…' not present");
     }
 }
