@@ -153,6 +153,7 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
         parent: None,
         time_ms: 1,
         host: None,
+        origin: None,
     };
     let first: &'static MemSource = Box::leak(Box::new(first));
     let (id, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job("a", first), &run).unwrap();

@@ -129,6 +129,52 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy versions to a vault store (Offsite Vaulting): only what the vault lacks,
+    /// deduplicated, compressed and sealed with the vault's own key.
+    Vault {
+        /// The vault store (its passphrase: ALIKE_VAULT_PASSWORD or --vault-password-file).
+        #[arg(long)]
+        to: PathBuf,
+        /// Create the vault store if there is none at --to.
+        #[arg(long)]
+        init: bool,
+        /// Read the vault's passphrase from this file.
+        #[arg(long)]
+        vault_password_file: Option<PathBuf>,
+        /// Directory of the vault's local index cache (default: beside the source's cache).
+        #[arg(long)]
+        vault_cache_dir: Option<PathBuf>,
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only the newest N versions of each VM.
+        #[arg(long)]
+        last: Option<usize>,
+        /// The vault's own retention, applied after the copy: keep the newest N versions…
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// … the newest of each of the last N days…
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        /// … weeks…
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        /// … months…
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        /// … years.
+        #[arg(long)]
+        keep_yearly: Option<u32>,
+        /// Read from the source at most this many bytes per second (suffixes K, M, G: powers of 1024).
+        #[arg(long, value_parser = parse_rate)]
+        bwlimit: Option<u64>,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove versions a retention policy does not keep (pinned versions always stay).
     Prune {
         /// Only this VM (default: each VM on its own).
@@ -315,6 +361,61 @@ fn cancel_on_ctrl_c() -> CancelToken {
 fn alike_time(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_string(), 1u64 << 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_string(), 1 << 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_string(), 1 << 30),
+        t => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a rate like 500K, 20M or 1G"))?;
+    if n.is_nan() || n <= 0.0 {
+        return Err(format!("{s:?}: the rate must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn vault_store(
+    cli: &Cli,
+    to: &PathBuf,
+    init: bool,
+    password_file: Option<&PathBuf>,
+    cache: Option<&PathBuf>,
+) -> Result<Store> {
+    let mut b = Store::builder();
+    if let Some(c) = cache.or(cli.cache_dir.as_ref()) {
+        b.cache_dir(c);
+    }
+    let pass = match password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading vault password file {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        None => std::env::var("ALIKE_VAULT_PASSWORD").ok(),
+    };
+    if let Some(p) = &pass {
+        b.passphrase(p);
+    }
+    match b.open(to) {
+        Err(e) if e.kind() == ErrorKind::NotAStore && init => {
+            if pass.is_none() {
+                bail!(
+                    "creating the vault needs its own passphrase: set ALIKE_VAULT_PASSWORD or use --vault-password-file"
+                );
+            }
+            let s = b.create(to)?;
+            eprintln!("created vault store {} at {}", s.id(), to.display());
+            Ok(s)
+        }
+        Err(e) if e.kind() == ErrorKind::NotAStore => {
+            Err(anyhow::Error::from(e).context("no vault store there (use --init to create one)"))
+        }
+        r => Ok(r?),
+    }
 }
 
 fn mib(b: u64) -> String {
@@ -539,6 +640,77 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !r.ok() {
                 bail!("{} damaged object(s) or chunk(s) found", r.damaged.len());
+            }
+        }
+        Cmd::Vault {
+            to,
+            init,
+            vault_password_file,
+            vault_cache_dir,
+            vm,
+            last,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            bwlimit,
+            threads,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let vault = vault_store(&cli, to, *init, vault_password_file.as_ref(), vault_cache_dir.as_ref())?;
+            let bar = Bar::new(&cli, "vault");
+            let mut opts = alike::VaultOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
+            if let Some(cb) = bar.callback() {
+                opts = opts.progress(cb);
+            }
+            if let Some(v) = vm {
+                opts = opts.vm(v);
+            }
+            if let Some(n) = last {
+                opts = opts.last(*n);
+            }
+            if let Some(r) = bwlimit {
+                opts = opts.bandwidth_limit(*r);
+            }
+            let mut p = alike::RetentionPolicy::default();
+            p.keep_last = keep_last.unwrap_or(0);
+            p.keep_daily = keep_daily.unwrap_or(0);
+            p.keep_weekly = keep_weekly.unwrap_or(0);
+            p.keep_monthly = keep_monthly.unwrap_or(0);
+            p.keep_yearly = keep_yearly.unwrap_or(0);
+            if !p.is_empty() {
+                opts = opts.retention(p);
+            }
+            let r = store.vault(&vault, &opts);
+            bar.done();
+            let r = r?;
+            let secs = r.elapsed.as_secs_f64();
+            if *json {
+                println!(
+                    "{}",
+                    json!({"vault": vault.id(), "copied": r.copied.iter().map(|(s, v)| json!({"source": s, "vault": v})).collect::<Vec<_>>(),
+                           "already": r.already, "read_bytes": r.read_bytes, "new_bytes": r.new_bytes,
+                           "sent_bytes": r.new_stored_bytes, "pruned": r.pruned, "elapsed_seconds": secs})
+                );
+            } else {
+                for (s, v) in &r.copied {
+                    println!("{}  ->  {}", &s[..12], &v[..12]);
+                }
+                eprintln!(
+                    "vaulted {} version(s) ({} already there): read {}, sent {} in {:.2} s{}",
+                    r.copied.len(),
+                    r.already.len(),
+                    mib(r.read_bytes),
+                    mib(r.new_stored_bytes),
+                    secs,
+                    if r.pruned.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; vault retention removed {}", r.pruned.len())
+                    }
+                );
             }
         }
         Cmd::Prune {

@@ -250,3 +250,59 @@ fn vhd_and_vhdx_files_back_up_and_restore_with_format() {
     let o = c.cmd().args(["restore", "latest", "--format", "qcow2", "-o", "x"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("qcow2"));
 }
+
+/// Packs under `dir/packs`, and their bytes.
+fn packs(dir: &Path) -> (usize, u64) {
+    let p = dir.join("packs");
+    if !p.exists() {
+        return (0, 0);
+    }
+    walk(&p).iter().fold((0, 0), |(n, b), f| (n + 1, b + std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)))
+}
+
+#[test]
+fn vault_killed_midway_resumes_without_resending() {
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("big.img");
+    let mut data = vec![0u8; 160 << 20];
+    alike_testing::Rng::new(11).fill(&mut data);
+    std::fs::write(&img, &data).unwrap();
+    drop(data);
+    c.ok(&["backup", "--vm", "big", path_str(&img)]);
+    let vault = c.p("vault");
+    let vault_cmd = |extra: &[&str]| {
+        let mut cmd = c.cmd();
+        cmd.env("ALIKE_VAULT_PASSWORD", "vault-pw").args(["vault", "--to", path_str(&vault), "--vault-cache-dir"]);
+        cmd.arg(c.p("vcache")).args(extra);
+        cmd
+    };
+    // Paced so the kill lands mid-way: as soon as two packs have arrived.
+    let mut child = vault_cmd(&["--init", "--bwlimit", "40M"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while packs(&vault).0 < 2 {
+        assert!(t.elapsed().as_secs() < 120, "the vault never wrote two packs");
+        assert!(child.try_wait().unwrap().is_none(), "the vault finished before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, arrived) = packs(&vault);
+    assert!(c.json(&["versions", "--json"]).as_array().unwrap().len() == 1);
+
+    let out = vault_cmd(&["--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["copied"].as_array().unwrap().len(), 1);
+    let sent = j["sent_bytes"].as_u64().unwrap();
+    // What arrived before the kill was reused, not sent again.
+    assert!(sent + arrived / 2 <= (160 << 20) + (8 << 20), "sent {sent} again after {arrived} had arrived");
+    assert!(sent < 150 << 20, "sent {sent} of 160 MiB after the kill");
+    // The vault alone restores the version bit-exact.
+    let restored = c.p("r.img");
+    let mut r = Command::new(env!("CARGO_BIN_EXE_alike"));
+    r.env("ALIKE_CACHE_DIR", c.p("cache-r")).env("ALIKE_PASSWORD", "vault-pw").env_remove("ALIKE_STORE");
+    let o = r.args(["--store", path_str(&vault), "restore", "latest", "-o", path_str(&restored)]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha256_file(&restored), sha256_file(&img));
+}

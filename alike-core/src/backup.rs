@@ -45,6 +45,8 @@ pub struct BackupJob<'a> {
     pub time_ms: i64,
     /// Host name to record.
     pub host: Option<String>,
+    /// For a copy of another store's version: where it came from.
+    pub origin: Option<crate::Origin>,
 }
 
 /// Runs a backup and commits the version. Returns its id and manifest.
@@ -90,6 +92,7 @@ pub fn backup(
         parent: job.parent.map(|p| p.0),
         host: job.host,
         disks,
+        origin: job.origin,
     };
     store.flush()?;
     let id = store.commit_version(&manifest)?;

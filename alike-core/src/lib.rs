@@ -28,6 +28,7 @@ mod id;
 mod manifest;
 mod progress;
 mod store;
+mod version_source;
 
 pub mod backup;
 pub mod restore;
@@ -48,7 +49,8 @@ pub use chunker::{
     valid_block_size,
 };
 // Versions
-pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, VmInfo};
+pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, Origin, VmInfo};
+pub use version_source::{ManifestLookup, VersionSource};
 // Seams
 pub use disk::{DiskSource, DiskTarget, MemSource, RawFileSource, RawFileTarget};
 pub use store::{ChunkStore, read_chunk};

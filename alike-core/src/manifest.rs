@@ -109,6 +109,18 @@ pub struct Manifest {
     pub host: Option<String>,
     /// Disks in VM order.
     pub disks: Vec<DiskRecord>,
+    /// For a copy (a vaulted version): the version it was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a copied version came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The source store's id (hex).
+    pub store: String,
+    /// The source version's id.
+    pub version: String,
 }
 
 impl Manifest {

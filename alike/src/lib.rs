@@ -36,13 +36,13 @@ pub use alike_ads::{Affected, Damage, GcReport, LockInfo, LockKind, PruneReport,
 pub use alike_core::retention::{Decision, RetentionPolicy};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{ImageFormat, create_image, open_image};
-pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VerifyOptions};
-pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, Version};
+pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
+pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, VaultReport, Version};
 
 // Engine vocabulary users need.
 pub use alike_core::{
-    CancelToken, ChunkId, DiskRecord, DiskSource, DiskTarget, KdfParams, Manifest, MemSource, NicInfo, Phase, Progress,
-    RawFileSource, RawFileTarget, VmInfo,
+    CancelToken, ChunkId, DiskRecord, DiskSource, DiskTarget, KdfParams, Manifest, MemSource, NicInfo, Origin, Phase,
+    Progress, RawFileSource, RawFileTarget, VmInfo,
 };
 
 /// This library's version.

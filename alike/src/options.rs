@@ -69,6 +69,7 @@ pub struct BackupOptions {
     pub(crate) compression_level: Option<Option<i32>>,
     pub(crate) time_ms: Option<i64>,
     pub(crate) image_format: Option<crate::ImageFormat>,
+    pub(crate) origin: Option<alike_core::Origin>,
 }
 
 impl BackupOptions {
@@ -179,6 +180,51 @@ impl MaintenanceOptions {
     /// Count only; change nothing (gc).
     pub fn dry_run(mut self, yes: bool) -> Self {
         self.dry_run = yes;
+        self
+    }
+}
+
+/// Options of [`crate::Store::vault`]: which versions to copy, and the
+/// vault's own retention.
+///
+/// ```
+/// let mut keep = alike::RetentionPolicy::default();
+/// keep.keep_monthly = 24;
+/// let opts = alike::VaultOptions::default().vm("web01").last(3).retention(keep).bandwidth_limit(50 << 20);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct VaultOptions {
+    pub(crate) run: Run,
+    pub(crate) vm: Option<String>,
+    pub(crate) last: Option<usize>,
+    pub(crate) retention: Option<alike_core::retention::RetentionPolicy>,
+    pub(crate) bandwidth: Option<u64>,
+}
+
+impl VaultOptions {
+    run_setters!();
+    /// Only this VM's versions (default: every VM).
+    pub fn vm(mut self, name: impl Into<String>) -> Self {
+        self.vm = Some(name.into());
+        self
+    }
+    /// Only the newest `n` versions of each VM (default: all).
+    pub fn last(mut self, n: usize) -> Self {
+        self.last = Some(n);
+        self
+    }
+    /// After copying, apply this policy to the vault (its own retention,
+    /// usually longer than the source's).
+    pub fn retention(mut self, policy: alike_core::retention::RetentionPolicy) -> Self {
+        self.retention = Some(policy);
+        self
+    }
+    /// Read from the source at most this many bytes per second (what is sent
+    /// is at most that, after deduplication and compression).
+    pub fn bandwidth_limit(mut self, bytes_per_second: u64) -> Self {
+        self.bandwidth = Some(bytes_per_second);
         self
     }
 }

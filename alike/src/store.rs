@@ -286,6 +286,7 @@ impl Store {
             parent,
             time_ms: opts.time_ms.unwrap_or_else(now_ms),
             host: alike_ads::host_name(),
+            origin: opts.origin.clone(),
         };
         let _lock = self.repo.begin_write()?;
         let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
@@ -589,5 +590,170 @@ impl Store {
     /// The engine's chunk store, for advanced use (custom engines, tests).
     pub fn chunk_store(&self) -> &dyn ChunkStore {
         &self.repo
+    }
+}
+
+/// What [`Store::vault`] did.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VaultReport {
+    /// (source version id, vault version id) of each version copied now, oldest first.
+    pub copied: Vec<(String, String)>,
+    /// Source versions already in the vault (copied by an earlier run).
+    pub already: Vec<String>,
+    /// Bytes read from the source store (only blocks that differ from the
+    /// vault's previous copy of the VM, when it has one).
+    pub read_bytes: u64,
+    /// Plaintext bytes new to the vault.
+    pub new_bytes: u64,
+    /// Bytes added to the vault store (what was sent).
+    pub new_stored_bytes: u64,
+    /// Vault versions removed by the vault's retention.
+    pub pruned: Vec<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A source read at most `rate` bytes per second (the vault's bandwidth limit).
+struct Throttled<'a> {
+    inner: &'a dyn DiskSource,
+    rate: u64,
+    started: std::time::Instant,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl DiskSource for Throttled<'_> {
+    fn label(&self) -> String {
+        self.inner.label()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn allocated_ranges(&self) -> alike_core::Result<Vec<std::ops::Range<u64>>> {
+        self.inner.allocated_ranges()
+    }
+    fn change_token(&self) -> Option<Vec<u8>> {
+        self.inner.change_token()
+    }
+    fn changed_ranges(&self, since: &[u8]) -> alike_core::Result<Option<Vec<std::ops::Range<u64>>>> {
+        self.inner.changed_ranges(since)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<()> {
+        self.inner.read_at(offset, buf)?;
+        let total = self.bytes.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed) + buf.len() as u64;
+        let due = Duration::from_secs_f64(total as f64 / self.rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Copies versions of this store into `vault` (Offsite Vaulting): for
+    /// each chosen version not yet there, oldest first, the blocks that
+    /// differ from the vault's previous copy of the VM are read, deduplicated
+    /// against everything the vault holds, compressed and sealed with the
+    /// vault's own key, and stored — data first, the version last, so the
+    /// vault is consistent at every instant and an interrupted run resumes
+    /// without sending again what arrived. The copy keeps the version's
+    /// time, VM configuration and disks, and records where it came from
+    /// ([`alike_core::Origin`]); the vault needs nothing of this store to be
+    /// listed, verified or restored.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s);
+    /// # let disk = alike::MemSource { label: "d".into(), data: vec![3u8; 200_000] };
+    /// let site = alike::Store::builder().no_encryption().cache_dir(p("c1")).create(p("site"))?;
+    /// site.backup(alike::VmInfo::named("web01"), &[&disk], &Default::default())?;
+    /// let vault = alike::Store::builder().passphrase("offsite").insecure_fast_kdf().cache_dir(p("c2")).create(p("vault"))?;
+    /// let r = site.vault(&vault, &alike::VaultOptions::default())?;
+    /// assert_eq!(r.copied.len(), 1);
+    /// assert!(site.vault(&vault, &Default::default())?.copied.is_empty()); // nothing new
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Store errors on either side, [`crate::ErrorKind::Cancelled`]. Versions
+    /// copied before an error stay in the vault.
+    pub fn vault(&self, vault: &Store, opts: &crate::VaultOptions) -> Result<VaultReport> {
+        let started = std::time::Instant::now();
+        if vault.id() == self.id() {
+            return Err(Error::InvalidArgument("a store cannot be vaulted into itself".into()));
+        }
+        let mut chosen: Vec<Version> = Vec::new();
+        let all = self.versions(opts.vm.as_deref())?;
+        let mut by_vm: std::collections::BTreeMap<&str, Vec<&Version>> = Default::default();
+        for v in &all {
+            by_vm.entry(&v.vm).or_default().push(v);
+        }
+        for vs in by_vm.values() {
+            let skip = opts.last.map_or(0, |n| vs.len().saturating_sub(n));
+            chosen.extend(vs[skip..].iter().map(|v| (*v).clone()));
+        }
+        chosen.sort_by(|a, b| a.time_ms.cmp(&b.time_ms).then(a.id.cmp(&b.id)));
+        let present: std::collections::HashSet<String> = vault
+            .versions(None)?
+            .into_iter()
+            .filter_map(|v| v.manifest.origin.filter(|o| o.store == self.id()).map(|o| o.version))
+            .collect();
+        let mut report = VaultReport::default();
+        let lookup = |id: &str| match self.repo.read_manifest(id) {
+            Ok(m) => Ok(Some(m)),
+            Err(alike_ads::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(alike_core::Error::Store(Box::new(e))),
+        };
+        for v in chosen {
+            opts.run.cancel.check()?;
+            if present.contains(&v.id) {
+                report.already.push(v.id);
+                continue;
+            }
+            let sources = v
+                .manifest
+                .disks
+                .iter()
+                .map(|d| {
+                    alike_core::VersionSource::new(
+                        &self.repo,
+                        self.repo.keys(),
+                        self.id(),
+                        &v.id,
+                        &v.manifest,
+                        d.position,
+                        &lookup,
+                    )
+                })
+                .collect::<alike_core::Result<Vec<_>>>()?;
+            let throttled: Vec<Throttled<'_>> = sources
+                .iter()
+                .map(|s| Throttled {
+                    inner: s,
+                    rate: opts.bandwidth.unwrap_or(u64::MAX),
+                    started: std::time::Instant::now(),
+                    bytes: Default::default(),
+                })
+                .collect();
+            let refs: Vec<&dyn DiskSource> = if opts.bandwidth.is_some() {
+                throttled.iter().map(|t| t as &dyn DiskSource).collect()
+            } else {
+                sources.iter().map(|s| s as &dyn DiskSource).collect()
+            };
+            let mut bo = BackupOptions::default().time_ms(v.time_ms);
+            bo.run = opts.run.clone();
+            bo.origin = Some(alike_core::Origin { store: self.id().to_string(), version: v.id.clone() });
+            let r = vault.backup(v.manifest.vm.clone(), &refs, &bo)?;
+            tracing::info!(source = %v.id, vault = %r.version.id, read = r.read_bytes, sent = r.new_stored_bytes, "vaulted");
+            report.read_bytes += r.read_bytes;
+            report.new_bytes += r.new_bytes;
+            report.new_stored_bytes += r.new_stored_bytes;
+            report.copied.push((v.id, r.version.id));
+        }
+        if let Some(policy) = &opts.retention {
+            report.pruned = vault.prune(opts.vm.as_deref(), policy, false)?.removed;
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
 }

@@ -11,5 +11,6 @@ mod integration {
     mod matrix;
     mod roundtrip;
     mod util;
+    mod vault;
     mod verify;
 }
