@@ -9,6 +9,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 # --- what the tests need -------------------------------------------------
 # e2fsprogs: mkfs.ext4 and debugfs build the real ext4 fixtures (tests/ext4, quickstart).
+# qemu-utils: qemu-img and qemu-nbd are the oracles for VHD/VHDX and NBD.
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v qemu-nbd >/dev/null 2>&1 || missing+=(qemu-utils)
 missing=()
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)
@@ -41,6 +44,11 @@ if [ -z "${QUICK:-}" ]; then
 fi
 
 # --- tests -------------------------------------------------------------------
+step "S3 test server (SeaweedFS on loopback, for the object-storage conformance suite)"
+s3env=$(bash scripts/s3-server.sh start)
+eval "$s3env"
+trap 'bash scripts/s3-server.sh stop >/dev/null 2>&1 || true' EXIT
+
 step "cargo test (Rust: unit, integration, CLI, golden vectors, doc tests, committed C header)"
 cargo test --workspace --locked
 

@@ -844,6 +844,10 @@ mod imp {
         let skip_env_keys = explicit_keys || opts.profile.is_some();
         let mut env_has_keys = false;
         for (k, v) in std::env::vars() {
+            // An empty variable is unset (an empty endpoint would make every request URL relative).
+            if v.trim().is_empty() {
+                continue;
+            }
             let Some(name) = k.strip_prefix("AWS_").map(str::to_ascii_lowercase) else { continue };
             let Ok(key) = format!("aws_{name}").parse::<K>() else { continue };
             let is_cred = matches!(key, K::AccessKeyId | K::SecretAccessKey | K::Token);
@@ -886,6 +890,12 @@ mod imp {
         }
         if let Some(e) = &opts.endpoint {
             b = b.with_endpoint(e);
+        }
+        // object_store panics on a request URL that is not absolute: refuse such an endpoint here.
+        if let Some(e) = b.get_config_value(&K::Endpoint)
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(bad(url, format!("the S3 endpoint {e:?} is not an http:// or https:// URL")));
         }
         if let Some(r) = &opts.region {
             b = b.with_region(r);
@@ -1085,6 +1095,24 @@ mod tests {
         for badloc in ["", "s3://", "s3:///p", "file://rel", "https://h/b", "ftp://x", "s3://k:s@b/p", "s3://b/x/../y"]
         {
             assert!(matches!(parse_location(badloc), Err(Error::BadLocation { .. })), "{badloc}");
+        }
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn a_bad_endpoint_is_an_error_not_a_panic() {
+        for e in ["", "127.0.0.1:9000", "localhost"] {
+            let mut o = ObjectOptions::default();
+            o.endpoint(e).credentials("k", "s").region("us-east-1");
+            match backend_for("s3://bucket/p", &o) {
+                Err(Error::BadLocation { reason, .. }) => assert!(reason.contains("endpoint"), "{reason}"),
+                Err(other) => panic!("{e:?}: {other}"),
+                Ok(b) => {
+                    // An empty endpoint may fall back to the default one; it must not panic on use.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.exists("config")));
+                    assert!(r.is_ok(), "{e:?}: a request panicked");
+                }
+            }
         }
     }
 

@@ -14,9 +14,11 @@ use serde_json::json;
 #[derive(Parser, Debug)]
 #[command(name = "alike", version, about = "Agentless VM backup into a deduplicated, encrypted store")]
 struct Cli {
-    /// The store: a directory (also from ALIKE_STORE).
+    /// The store: a directory, or a URL (`s3://bucket/prefix`, `file:///…`) (also from ALIKE_STORE).
+    /// S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP, AWS_PROFILE.
     #[arg(long, env = "ALIKE_STORE", global = true)]
-    store: Option<PathBuf>,
+    store: Option<String>,
     /// Read the passphrase from this file (else ALIKE_PASSWORD, else a prompt on a terminal).
     #[arg(long, global = true)]
     password_file: Option<PathBuf>,
@@ -132,9 +134,9 @@ enum Cmd {
     /// Copy versions to a vault store (Offsite Vaulting): only what the vault lacks,
     /// deduplicated, compressed and sealed with the vault's own key.
     Vault {
-        /// The vault store (its passphrase: ALIKE_VAULT_PASSWORD or --vault-password-file).
+        /// The vault store, a directory or URL (its passphrase: ALIKE_VAULT_PASSWORD or --vault-password-file).
         #[arg(long)]
-        to: PathBuf,
+        to: String,
         /// Create the vault store if there is none at --to.
         #[arg(long)]
         init: bool,
@@ -285,8 +287,8 @@ fn builder(cli: &Cli) -> StoreBuilder {
     b
 }
 
-fn store_path(cli: &Cli) -> Result<PathBuf> {
-    cli.store.clone().context("no store given: use --store PATH or set ALIKE_STORE")
+fn store_path(cli: &Cli) -> Result<String> {
+    cli.store.clone().context("no store given: use --store PATH|URL or set ALIKE_STORE")
 }
 
 fn open(cli: &Cli) -> Result<Store> {
@@ -305,9 +307,9 @@ fn open(cli: &Cli) -> Result<Store> {
             b.passphrase(p);
         }
     }
-    match b.open(&path) {
+    match b.open_at(&path) {
         Err(e) if e.kind() == ErrorKind::PassphraseRequired => match passphrase(cli, false)? {
-            Some(p) => Ok(b.passphrase(p).open(&path)?),
+            Some(p) => Ok(b.passphrase(p).open_at(&path)?),
             None => Err(e.into()),
         },
         r => Ok(r?),
@@ -379,7 +381,7 @@ fn parse_rate(s: &str) -> std::result::Result<u64, String> {
 
 fn vault_store(
     cli: &Cli,
-    to: &PathBuf,
+    to: &str,
     init: bool,
     password_file: Option<&PathBuf>,
     cache: Option<&PathBuf>,
@@ -400,15 +402,15 @@ fn vault_store(
     if let Some(p) = &pass {
         b.passphrase(p);
     }
-    match b.open(to) {
+    match b.open_at(to) {
         Err(e) if e.kind() == ErrorKind::NotAStore && init => {
             if pass.is_none() {
                 bail!(
                     "creating the vault needs its own passphrase: set ALIKE_VAULT_PASSWORD or use --vault-password-file"
                 );
             }
-            let s = b.create(to)?;
-            eprintln!("created vault store {} at {}", s.id(), to.display());
+            let s = b.create_at(to)?;
+            eprintln!("created vault store {} at {to}", s.id());
             Ok(s)
         }
         Err(e) if e.kind() == ErrorKind::NotAStore => {
@@ -440,11 +442,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 b.passphrase(p);
             }
-            let s = b.create(&path)?;
+            let s = b.create_at(&path)?;
             eprintln!(
                 "created store {} at {} ({}, {} KiB blocks)",
                 s.id(),
-                path.display(),
+                path,
                 if s.is_encrypted() { "encrypted" } else { "unencrypted" },
                 s.block_size() / 1024
             );

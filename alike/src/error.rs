@@ -131,6 +131,8 @@ impl Error {
                 A::Io { .. } | A::Cache { .. } => ErrorKind::Io,
                 A::InvalidArgument(_) => ErrorKind::InvalidArgument,
                 A::Locked { .. } => ErrorKind::Busy,
+                A::Remote { .. } => ErrorKind::Io,
+                A::BadLocation { .. } => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Other,
             },
             Error::Engine(c) => match c {

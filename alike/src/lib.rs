@@ -32,7 +32,9 @@ mod image;
 mod options;
 mod store;
 
-pub use alike_ads::{Affected, Damage, GcReport, LockInfo, LockKind, PruneReport, Verification, VerifyReport};
+pub use alike_ads::{
+    Affected, Damage, GcReport, LockInfo, LockKind, ObjectOptions, PruneReport, Verification, VerifyReport,
+};
 pub use alike_core::retention::{Decision, RetentionPolicy};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{ImageFormat, create_image, open_image};

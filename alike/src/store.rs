@@ -33,6 +33,7 @@ use crate::{Error, Result};
 pub struct StoreBuilder {
     create: CreateOptions,
     open: OpenOptions,
+    object: alike_ads::ObjectOptions,
 }
 
 impl StoreBuilder {
@@ -78,9 +79,24 @@ impl StoreBuilder {
     pub fn insecure_fast_kdf(&mut self) -> &mut Self {
         self.kdf(KdfParams::insecure_fast())
     }
-    /// Where the local index cache lives.
+    /// Where the local index cache lives (for a store on object storage,
+    /// packs are also built in `<dir>/spool` before upload).
     pub fn cache_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
-        self.open.cache_dir = Some(dir.into());
+        let dir = dir.into();
+        self.object.spool_dir(dir.join("spool"));
+        self.open.cache_dir = Some(dir);
+        self
+    }
+    /// How to reach object storage for `s3://`, `az://` or `gs://`
+    /// locations (endpoint, region, credentials…); unset fields come from
+    /// the usual environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, `AWS_PROFILE`).
+    pub fn object_options(&mut self, o: alike_ads::ObjectOptions) -> &mut Self {
+        let spool = self.open.cache_dir.as_ref().map(|d| d.join("spool"));
+        self.object = o;
+        if let Some(s) = spool {
+            self.object.spool_dir(s);
+        }
         self
     }
 
@@ -103,6 +119,38 @@ impl StoreBuilder {
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         let repo = Repository::open_local(path.as_ref(), &self.open)?;
         Ok(Store { repo, location: path.as_ref().display().to_string() })
+    }
+
+    /// Creates a store at a location — a path, `file:///…`, or object
+    /// storage (`s3://bucket/prefix`; `az://`, `gs://` with those features)
+    /// — and opens it. Creating is safe against a concurrent create of the
+    /// same location: exactly one succeeds.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let url = format!("file://{}", dir.path().join("store").display());
+    /// let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create_at(&url)?;
+    /// assert!(!store.is_encrypted());
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`StoreBuilder::create`]; a location that is not understood
+    /// ([`crate::ErrorKind::InvalidArgument`]); the object store failing ([`crate::ErrorKind::Io`]).
+    pub fn create_at(&self, location: &str) -> Result<Store> {
+        let mut c = self.create.clone();
+        c.time_ms = now_ms();
+        Repository::create_at(location, &self.object, &c)?;
+        self.open_at(location)
+    }
+
+    /// Opens the store at a location (a path or URL, as [`StoreBuilder::create_at`]).
+    ///
+    /// # Errors
+    /// As [`StoreBuilder::open`] and [`StoreBuilder::create_at`].
+    pub fn open_at(&self, location: &str) -> Result<Store> {
+        let repo = Repository::open_at(location, &self.object, &self.open)?;
+        Ok(Store { repo, location: location.to_string() })
     }
 }
 

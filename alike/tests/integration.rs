@@ -10,6 +10,7 @@ mod integration {
     mod maintenance;
     mod matrix;
     mod roundtrip;
+    mod s3;
     mod util;
     mod vault;
     mod verify;
