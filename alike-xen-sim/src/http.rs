@@ -716,15 +716,17 @@ async fn import_inner(conn: &mut Conn, req: &Request, inner: &Arc<Inner>, task: 
         fail(Error::api("INTERNAL_ERROR", [format!("Unknown format {format}")]));
         return send_text(conn, "404 Not Found", &format!("Unknown format {format}")).await;
     }
-    let Some(vdi_arg) = req.param("vdi") else {
-        let msg = if format == "raw" {
-            "Missing vdi query parameter"
-        } else {
-            "Importing a VHD directly into an SR not yet supported"
-        };
-        fail(Error::api("INTERNAL_ERROR", [msg]));
-        return send_text(conn, "400 Bad Request", msg).await;
+    let vdi_arg = match req.param("vdi") {
+        Some(v) => v,
+        None => match new_import_vdi(req, inner, &format) {
+            Ok(v) => v,
+            Err(msg) => {
+                fail(Error::api("INTERNAL_ERROR", [msg]));
+                return send_text(conn, "400 Bad Request", msg).await;
+            }
+        },
     };
+    let created = !req.has_param("vdi");
     let target = {
         let st = inner.state();
         match st.resolve(Class::Vdi, &vdi_arg) {
@@ -767,12 +769,38 @@ async fn import_inner(conn: &mut Conn, req: &Request, inner: &Arc<Inner>, task: 
     } else {
         import_raw(&mut body, inner, &vdi).await
     };
+    let done = if created { Value::s(vdi.as_str()) } else { Value::s("") };
     match result {
-        Ok(()) => finish_task(inner, task, Ok(&Value::s(""))),
+        Ok(()) => finish_task(inner, task, Ok(&done)),
         Err(e) => fail(e),
     }
     let _ = inner.state().save();
     Ok(())
+}
+
+/// Without `vdi`, XAPI creates one ("Imported VDI", sized by the
+/// `Content-Length`) in the SR named by `sr_id` or `sr_uuid` — raw only.
+fn new_import_vdi(req: &Request, inner: &Inner, format: &str) -> Result<String, &'static str> {
+    if format != "raw" {
+        return Err("Importing a VHD directly into an SR not yet supported");
+    }
+    let len = req.content_length().ok_or("Missing content-length")?;
+    let mut st = inner.state();
+    let sr = req
+        .param("sr_id")
+        .and_then(|r| st.resolve(Class::Sr, &r))
+        .or_else(|| req.param("sr_uuid").and_then(|u| st.resolve(Class::Sr, &u)))
+        .ok_or("Missing or invalid sr_id")?;
+    let mut args = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("name_label", Value::s("Imported VDI")),
+        ("SR", Value::s(sr)),
+        ("virtual_size", Value::Int(len as i64)),
+        ("type", Value::s("user")),
+    ] {
+        args.insert(k.to_owned(), v);
+    }
+    st.vdi_create(&args).map_err(|_| "Cannot create the VDI")
 }
 
 async fn write_piece(inner: &Arc<Inner>, vdi: &str, offset: u64, data: Vec<u8>) -> Result<(), Error> {

@@ -50,6 +50,33 @@ mod common {
         (status, head, out[split..].to_vec())
     }
 
+    /// One request over HTTPS, trusting only the simulator's certificate
+    /// (checked for the name `localhost`); returns status and body.
+    pub(crate) fn https(sim: &Simulator, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(sim.cert_pem().as_bytes()).unwrap()).unwrap();
+        let cfg =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(sim.addr()).unwrap());
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).unwrap();
+        tls.write_all(body).unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("no head") + 4;
+        (String::from_utf8_lossy(&out[9..12]).parse().unwrap(), out[split..].to_vec())
+    }
+
     /// A JSON-RPC call; returns the parsed reply.
     pub(crate) fn jsonrpc(addr: SocketAddr, body: serde_json::Value) -> serde_json::Value {
         let (status, _, b) =
@@ -139,6 +166,42 @@ mod rpc {
         jsonrpc(a, json!({"method": "session.logout", "params": [session], "id": 8}));
         let after = jsonrpc(a, json!({"method": "VM.get_all", "params": [session], "id": 9}));
         assert_eq!(after["error"], json!(["SESSION_INVALID", session]));
+    }
+
+    #[test]
+    fn https_with_the_host_certificate() {
+        let (sim, _d) = sim_with(|c| c.tls(true));
+        assert!(sim.url().starts_with("https://"));
+        let body =
+            json!({"jsonrpc": "2.0", "method": "session.login_with_password", "params": ["root", "alike"], "id": 1});
+        let (status, reply) = https(&sim, "POST", "/jsonrpc", body.to_string().as_bytes());
+        assert_eq!(status, 200);
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        let session = reply["result"].as_str().unwrap().to_owned();
+        let call = alike_xen_sim::method_call("VM.get_all", &[Value::s(&session)]);
+        let (status, reply) = https(&sim, "POST", "/", call.as_bytes());
+        assert_eq!(status, 200);
+        let v = alike_xen_sim::parse_method_response(&reply).unwrap();
+        assert_eq!(v.as_struct().unwrap()["Status"], Value::s("Success"));
+        let vdi = disks(&sim, &session, &web(&sim))[1].clone();
+        let (status, data) =
+            https(&sim, "GET", &format!("/export_raw_vdi?session_id={session}&vdi={vdi}&format=raw"), b"");
+        assert_eq!(status, 200);
+        assert!(data == sim.read_vdi(&vdi, 0, 32 << 20).unwrap());
+    }
+
+    #[test]
+    fn delays_slow_every_call() {
+        let (sim, _d) = sim();
+        let s = sim.login().unwrap();
+        sim.faults().set_delay(Some(std::time::Duration::from_millis(150)));
+        let t = std::time::Instant::now();
+        sim.call("VM.get_all", vec![Value::s(&s)]).unwrap();
+        assert!(t.elapsed() >= std::time::Duration::from_millis(150));
+        sim.faults().clear();
+        let t = std::time::Instant::now();
+        sim.call("VM.get_all", vec![Value::s(&s)]).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_millis(150));
     }
 
     #[test]
@@ -556,6 +619,19 @@ mod transfer {
         assert!(head.contains(t));
         assert!(sim.read_vdi(&target, 0, size).unwrap() == data);
         assert_eq!(sim.call("task.get_status", vec![Value::s(&s), task.clone()]).unwrap(), Value::s("success"));
+        // Without vdi, a raw import creates "Imported VDI" in the SR; the task names it.
+        let sr = sim.lookup(Class::Sr, "Local storage").unwrap();
+        let task = sim.call("task.create", vec![Value::s(&s), Value::s("new"), Value::s("")]).unwrap();
+        let t = task.as_str().unwrap();
+        let small = vec![9u8; 3 << 20];
+        let (status, _, _) =
+            http(sim.addr(), "PUT", &format!("/import_raw_vdi?session_id={s}&sr_id={sr}&task_id={t}"), &[], &small);
+        assert_eq!(status, 200);
+        let result = sim.call("task.get_result", vec![Value::s(&s), task.clone()]).unwrap();
+        let new = alike_xen_sim::parse_value(result.as_str().unwrap()).unwrap();
+        let new = new.as_str().unwrap();
+        assert_eq!(sim.field(Class::Vdi, new, "name_label"), Some(Value::s("Imported VDI")));
+        assert!(sim.read_vdi(new, 0, 3 << 20).unwrap() == small);
         // HTTP chunked encoding is refused.
         let (status, _, _) = http(
             sim.addr(),
@@ -824,6 +900,29 @@ mod nbd {
         d[..4].copy_from_slice(&0x2560_9513u32.to_be_bytes());
         d[7] = 2;
         s.write_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_nbd_connection_cut_mid_read() {
+        let (sim, _d) = sim();
+        let s = sim.login().unwrap();
+        let vdi = snapshot_disk(&sim, &s, 0);
+        let info = nbd_info(&sim, &s, &vdi);
+        sim.faults().drop_next_nbd_after(10_000);
+        let mut t = greet(sim.nbd_addr());
+        opt(&mut t, 1, info["exportname"].as_str().unwrap().as_bytes());
+        let mut e = [0u8; 134];
+        t.read_exact(&mut e).unwrap();
+        let mut req = Vec::new();
+        req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        req.extend_from_slice(&[0, 0, 0, 0]);
+        req.extend_from_slice(&1u64.to_be_bytes());
+        req.extend_from_slice(&0u64.to_be_bytes());
+        req.extend_from_slice(&65536u32.to_be_bytes());
+        t.write_all(&req).unwrap();
+        let mut got = Vec::new();
+        let _ = t.read_to_end(&mut got);
+        assert_eq!(got.len(), 16 + 10_000, "reply header and 10 000 bytes, then the cut");
     }
 
     #[test]

@@ -204,3 +204,26 @@ def test_expired_session_is_renewed_by_the_sdk(sim, session):
     # The SDK sees SESSION_INVALID, logs in again and retries.
     assert x.VM.get_all()
     assert session._session != old
+
+
+def test_https_with_the_sdk():
+    state = tempfile.mkdtemp(prefix="xapi-sim-tls-")
+    proc = subprocess.Popen(
+        [sim_binary(), "--listen", "127.0.0.1:0", "--state", state, "--demo", "--tls", "--password", "s3cret"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = re.search(r"(https://\S+)", proc.stdout.readline()).group(1)
+        s = XenAPI.Session(url, ignore_ssl=True)
+        s.xenapi.login_with_password("root", "s3cret", "2.21", "alike-tests")
+        x = s.xenapi
+        vdi = disks(x, x.VM.get_by_name_label("db-01")[0])[0]
+        nbd = x.VDI.get_nbd_info(vdi)
+        assert nbd[0]["cert"].startswith("-----BEGIN CERTIFICATE-----")
+        assert x.network.get_purpose(x.network.get_all()[0]) == ["nbd"]
+        s.xenapi.session.logout()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
