@@ -223,7 +223,8 @@ bool alike_cancel_is_cancelled(const alike_cancel *cancel);
 // `cancel` is NULL or from `alike_cancel_new`, not yet freed.
 void alike_cancel_free(alike_cancel *cancel);
 
-// Creates a store at `path` (a folder that must not hold one). `passphrase`
+// Creates a store at `path` — a folder that must not hold one, or a URL
+// (`s3://bucket/prefix`, S3 settings from the `AWS_*` environment). `passphrase`
 // may be NULL only with a key file or no encryption in `opts` (NULL = defaults).
 //
 // # Safety
@@ -233,7 +234,7 @@ alike_result alike_store_create(const char *path,
                                 const alike_store_options *opts,
                                 alike_store **out);
 
-// Opens the store at `path`.
+// Opens the store at `path` (a folder or URL).
 //
 // # Safety
 // As [`alike_store_create`].
@@ -349,6 +350,24 @@ alike_result alike_store_gc(const alike_store *store,
                             void *user_data,
                             const alike_cancel *cancel,
                             uint64_t *out_bytes_freed);
+
+// Copies versions of `store` into `vault` (Offsite Vaulting): every
+// version of `vm` (every VM when NULL), or only the newest `last` of each
+// VM when `last` > 0; only what the vault lacks is sent, sealed with the
+// vault's own key. `*out_copied` and `*out_sent_bytes` (each may be NULL)
+// receive the versions copied and the bytes added to the vault.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_vault(const alike_store *store,
+                               const alike_store *vault,
+                               const char *vm,
+                               size_t last,
+                               alike_progress_fn progress,
+                               void *user_data,
+                               const alike_cancel *cancel,
+                               uint64_t *out_copied,
+                               uint64_t *out_sent_bytes);
 
 // Removes one version (by id or unique prefix); its data goes at the next gc.
 //

@@ -2,7 +2,9 @@
 
 use std::ffi::{c_char, c_void};
 
-use alike::{BackupOptions, ImageFormat, MaintenanceOptions, RestoreOptions, RetentionPolicy, VerifyOptions};
+use alike::{
+    BackupOptions, ImageFormat, MaintenanceOptions, RestoreOptions, RetentionPolicy, VaultOptions, VerifyOptions,
+};
 
 use crate::options::{Run, alike_cancel, alike_progress_fn, alike_store_options, with_run};
 use crate::version::{alike_version, alike_version_list};
@@ -65,7 +67,8 @@ unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
     unsafe { store.as_ref() }.map(|s| &s.inner).ok_or_else(|| invalid("store is NULL"))
 }
 
-/// Creates a store at `path` (a folder that must not hold one). `passphrase`
+/// Creates a store at `path` — a folder that must not hold one, or a URL
+/// (`s3://bucket/prefix`, S3 settings from the `AWS_*` environment). `passphrase`
 /// may be NULL only with a key file or no encryption in `opts` (NULL = defaults).
 ///
 /// # Safety
@@ -80,12 +83,12 @@ pub unsafe extern "C" fn alike_store_create(
     guard(|| unsafe {
         need(out, "out")?;
         let path = arg_str(path, "path")?;
-        let s = builder(opts, passphrase)?.create(path)?;
+        let s = builder(opts, passphrase)?.create_at(path)?;
         put(out, Box::into_raw(Box::new(alike_store { inner: s })), "out")
     })
 }
 
-/// Opens the store at `path`.
+/// Opens the store at `path` (a folder or URL).
 ///
 /// # Safety
 /// As [`alike_store_create`].
@@ -99,7 +102,7 @@ pub unsafe extern "C" fn alike_store_open(
     guard(|| unsafe {
         need(out, "out")?;
         let path = arg_str(path, "path")?;
-        let s = builder(opts, passphrase)?.open(path)?;
+        let s = builder(opts, passphrase)?.open_at(path)?;
         put(out, Box::into_raw(Box::new(alike_store { inner: s })), "out")
     })
 }
@@ -366,6 +369,49 @@ pub unsafe extern "C" fn alike_store_gc(
         let r = s.gc(&with_run!(MaintenanceOptions::default(), run))?;
         if !out_bytes_freed.is_null() {
             out_bytes_freed.write(r.bytes_freed);
+        }
+        Ok(())
+    })
+}
+
+/// Copies versions of `store` into `vault` (Offsite Vaulting): every
+/// version of `vm` (every VM when NULL), or only the newest `last` of each
+/// VM when `last` > 0; only what the vault lacks is sent, sealed with the
+/// vault's own key. `*out_copied` and `*out_sent_bytes` (each may be NULL)
+/// receive the versions copied and the bytes added to the vault.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_vault(
+    store: *const alike_store,
+    vault: *const alike_store,
+    vm: *const c_char,
+    last: usize,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_copied: *mut u64,
+    out_sent_bytes: *mut u64,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let v = vault.as_ref().map(|v| &v.inner).ok_or_else(|| invalid("vault is NULL"))?;
+        let run = Run::new(progress, user_data, cancel);
+        let mut o = with_run!(VaultOptions::default(), run);
+        if let Some(vm) = opt_str(vm, "vm")? {
+            o = o.vm(vm);
+        }
+        if last > 0 {
+            o = o.last(last);
+        }
+        let r = s.vault(v, &o)?;
+        if !out_copied.is_null() {
+            out_copied.write(r.copied.len() as u64);
+        }
+        if !out_sent_bytes.is_null() {
+            out_sent_bytes.write(r.new_stored_bytes);
         }
         Ok(())
     })

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use alike::{BackupOptions, ImageFormat, MaintenanceOptions, Parent, RestoreOptions, RetentionPolicy, VerifyOptions};
+use alike::{
+    BackupOptions, ImageFormat, MaintenanceOptions, Parent, RestoreOptions, RetentionPolicy, VaultOptions,
+    VerifyOptions,
+};
 use pyo3::prelude::*;
 use serde_json::{Value, json};
 
@@ -58,13 +61,13 @@ fn builder(passphrase: Option<&str>, key_file: Option<PathBuf>, cache_dir: Optio
 
 #[pymethods]
 impl NativeStore {
-    /// Creates a store at `path`.
+    /// Creates a store at `path` (a directory or a URL such as `s3://bucket/prefix`).
     #[staticmethod]
     #[pyo3(signature = (path, passphrase=None, key_file=None, encrypt=true, cache_dir=None, block_size=None, compression_level=None, insecure_fast_kdf=false))]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
-        path: PathBuf,
+        path: String,
         passphrase: Option<&str>,
         key_file: Option<PathBuf>,
         encrypt: bool,
@@ -86,22 +89,22 @@ impl NativeStore {
         if insecure_fast_kdf {
             b.insecure_fast_kdf();
         }
-        let s = py.detach(|| b.create(&path)).map_err(errors::to_py)?;
+        let s = py.detach(|| b.create_at(&path)).map_err(errors::to_py)?;
         Ok(NativeStore { inner: Mutex::new(Some(Arc::new(s))) })
     }
 
-    /// Opens the store at `path`.
+    /// Opens the store at `path` (a directory or a URL).
     #[staticmethod]
     #[pyo3(signature = (path, passphrase=None, key_file=None, cache_dir=None))]
     fn open(
         py: Python<'_>,
-        path: PathBuf,
+        path: String,
         passphrase: Option<&str>,
         key_file: Option<PathBuf>,
         cache_dir: Option<PathBuf>,
     ) -> PyResult<NativeStore> {
         let b = builder(passphrase, key_file, cache_dir);
-        let s = py.detach(|| b.open(&path)).map_err(errors::to_py)?;
+        let s = py.detach(|| b.open_at(&path)).map_err(errors::to_py)?;
         Ok(NativeStore { inner: Mutex::new(Some(Arc::new(s))) })
     }
 
@@ -325,6 +328,57 @@ impl NativeStore {
             s.gc(&o)
         })?;
         ser(py, &r)
+    }
+
+    /// Copies versions to the store `to` (Offsite Vaulting).
+    #[pyo3(signature = (to, vm=None, last=None, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0, keep_yearly=0, bandwidth_limit=None, threads=0, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn vault(
+        &self,
+        py: Python<'_>,
+        to: &NativeStore,
+        vm: Option<String>,
+        last: Option<usize>,
+        keep_last: u32,
+        keep_daily: u32,
+        keep_weekly: u32,
+        keep_monthly: u32,
+        keep_yearly: u32,
+        bandwidth_limit: Option<u64>,
+        threads: usize,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let v = to.store()?;
+        let mut p = RetentionPolicy::default();
+        p.keep_last = keep_last;
+        p.keep_daily = keep_daily;
+        p.keep_weekly = keep_weekly;
+        p.keep_monthly = keep_monthly;
+        p.keep_yearly = keep_yearly;
+        let r = run(py, progress, cancel, |ctx| {
+            let mut o =
+                VaultOptions::default().threads(threads).progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            if let Some(vm) = vm {
+                o = o.vm(vm);
+            }
+            if let Some(n) = last {
+                o = o.last(n);
+            }
+            if let Some(b) = bandwidth_limit {
+                o = o.bandwidth_limit(b);
+            }
+            if !p.is_empty() {
+                o = o.retention(p);
+            }
+            s.vault(&v, &o)
+        })?;
+        convert::to_py(
+            py,
+            &json!({"copied": r.copied, "already": r.already, "read_bytes": r.read_bytes, "new_bytes": r.new_bytes,
+                    "sent_bytes": r.new_stored_bytes, "pruned": r.pruned, "elapsed_s": r.elapsed.as_secs_f64()}),
+        )
     }
 
     /// Figures about the store.

@@ -187,6 +187,23 @@ int main(int argc, char **argv) {
     CHECK(alike_store_forget(s, alike_version_id(v)) == ALIKE_ERR_NOT_FOUND);
     alike_version_free(v);
 
+    /* Vault to a second store with its own passphrase; the vault alone restores. */
+    alike_store_options *vo = test_opts("vault-cache");
+    alike_store *vault = NULL;
+    CHECK(alike_store_create(path("vault"), "vault-pw", vo, &vault) == ALIKE_OK);
+    uint64_t copied = 0, sent = 0;
+    CHECK(alike_store_vault(s, vault, "vm1", 0, NULL, NULL, NULL, &copied, &sent) == ALIKE_OK);
+    CHECK(copied == 1 && sent > 0);
+    CHECK(alike_store_vault(s, vault, "vm1", 0, NULL, NULL, NULL, &copied, &sent) == ALIKE_OK && copied == 0);
+    CHECK(alike_store_vault(s, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+    alike_version *vv = NULL;
+    CHECK(alike_store_find_version(vault, "latest", "vm1", &vv) == ALIKE_OK);
+    CHECK(alike_store_restore(vault, vv, 0, path("from-vault.out"), NULL, NULL, NULL) == ALIKE_OK);
+    CHECK(files_equal(path("a.img"), path("from-vault.out")));
+    alike_version_free(vv);
+    alike_store_free(vault);
+    alike_store_options_free(vo);
+
     alike_store_free(s);
     alike_store_options_free(opts);
     printf("test_api: all checks passed\n");

@@ -70,6 +70,7 @@ __all__ = [
     "Stats",
     "Store",
     "UnsupportedVersion",
+    "VaultReport",
     "VerifyReport",
     "Version",
     "WrongPassphrase",
@@ -234,6 +235,19 @@ class GcReport:
 
 
 @dataclass(frozen=True)
+class VaultReport:
+    """What a vault run did: ``copied`` pairs (source id, vault id), oldest first."""
+
+    copied: Tuple[Tuple[str, str], ...]
+    already: Tuple[str, ...]
+    read_bytes: int
+    new_bytes: int
+    sent_bytes: int
+    pruned: Tuple[str, ...]
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
 class Stats:
     """Figures about a store."""
 
@@ -280,8 +294,9 @@ class Store:
         compression_level: Optional[int] = None,
         insecure_fast_kdf: bool = False,
     ) -> "Store":
-        """Creates a store at ``path`` (encrypted unless ``encrypt=False``).
-        ``insecure_fast_kdf`` is for tests only."""
+        """Creates a store at ``path``, a directory or a URL such as
+        ``s3://bucket/prefix`` (S3 settings from the ``AWS_*`` environment),
+        encrypted unless ``encrypt=False``. ``insecure_fast_kdf`` is for tests only."""
         return cls(
             _native.NativeStore.create(
                 os.fspath(path),
@@ -304,7 +319,7 @@ class Store:
         key_file: Optional[PathLike] = None,
         cache_dir: Optional[PathLike] = None,
     ) -> "Store":
-        """Opens the store at ``path``."""
+        """Opens the store at ``path`` (a directory or URL)."""
         return cls(
             _native.NativeStore.open(
                 os.fspath(path),
@@ -484,6 +499,39 @@ class Store:
     ) -> GcReport:
         """Frees the space of data no version references."""
         return GcReport(**_fields(GcReport, self._n.gc(dry_run, _progress(progress), cancel)))
+
+    def vault(
+        self,
+        to: "Store",
+        *,
+        vm: Optional[str] = None,
+        last: Optional[int] = None,
+        keep_last: int = 0,
+        keep_daily: int = 0,
+        keep_weekly: int = 0,
+        keep_monthly: int = 0,
+        keep_yearly: int = 0,
+        bandwidth_limit: Optional[int] = None,
+        threads: int = 0,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> VaultReport:
+        """Copies versions (all, ``vm``'s, or the newest ``last`` of each VM)
+        to the store ``to`` — only what it lacks, sealed with its own key —
+        then applies the ``keep_*`` rules there as the vault's own retention."""
+        r = self._n.vault(
+            to._n, vm, last, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly,
+            bandwidth_limit, threads, _progress(progress), cancel,
+        )
+        return VaultReport(
+            copied=tuple((a, b) for a, b in r["copied"]),
+            already=tuple(r["already"]),
+            read_bytes=r["read_bytes"],
+            new_bytes=r["new_bytes"],
+            sent_bytes=r["sent_bytes"],
+            pruned=tuple(r["pruned"]),
+            elapsed_s=r["elapsed_s"],
+        )
 
     def stats(self) -> Stats:
         return Stats(**_fields(Stats, self._n.stats()))

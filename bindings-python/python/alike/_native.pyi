@@ -126,4 +126,19 @@ class NativeStore:
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
+    def vault(
+        self,
+        to: NativeStore,
+        vm: Optional[str] = None,
+        last: Optional[int] = None,
+        keep_last: int = 0,
+        keep_daily: int = 0,
+        keep_weekly: int = 0,
+        keep_monthly: int = 0,
+        keep_yearly: int = 0,
+        bandwidth_limit: Optional[int] = None,
+        threads: int = 0,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
     def stats(self) -> Dict[str, Any]: ...
