@@ -454,6 +454,30 @@ mod cbt {
     }
 
     #[test]
+    fn state_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = || alike_xen_sim::Simulator::start(alike_xen_sim::SimConfig::new(dir.path()).demo(true)).unwrap();
+        let sim = start();
+        let s = sim.login().unwrap();
+        let leaf = disks(&sim, &s, &web(&sim))[0].clone();
+        sim.call("VDI.enable_cbt", vec![Value::s(&s), Value::s(&leaf)]).unwrap();
+        let (_, d1) = snap_disks(&sim, &s, "s1");
+        sim.guest_write(&leaf, 9 * CBT_BLOCK, b"persisted").unwrap();
+        let cert = sim.cert_pem().to_owned();
+        drop(sim);
+        let sim = start();
+        assert_eq!(sim.cert_pem(), cert, "same host certificate");
+        let s = sim.login().unwrap();
+        assert_eq!(sim.read_vdi(&leaf, 9 * CBT_BLOCK, 9).unwrap(), b"persisted");
+        let (_, d2) = snap_disks(&sim, &s, "s2");
+        assert_eq!(lcb(&sim, &s, &d1[0], &d2[0]).unwrap(), vec![9]);
+        assert_eq!(
+            sim.call("VM.get_by_name_label", vec![Value::s(&s), Value::s("web-01")]).unwrap().as_array().unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
     fn a_broken_chain_is_reported() {
         let (sim, _d) = sim();
         let s = sim.login().unwrap();
