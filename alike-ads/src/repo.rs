@@ -51,6 +51,10 @@ pub struct CreateOptions {
     pub pack_size: u64,
     /// Creation time to record, ms since the epoch.
     pub time_ms: i64,
+    /// Use this master key instead of a new random one (a vault that shares
+    /// its source's key, by explicit choice). Still wrapped by this store's
+    /// own passphrase.
+    pub master_key: Option<MasterKey>,
 }
 
 impl Default for CreateOptions {
@@ -64,6 +68,7 @@ impl Default for CreateOptions {
             key_file: None,
             pack_size: DEFAULT_PACK_SIZE,
             time_ms: 0,
+            master_key: None,
         }
     }
 }
@@ -160,6 +165,8 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
     keys: Keys,
+    /// Kept only to create a store that shares this key ([`CreateOptions::master_key`]).
+    master: Option<MasterKey>,
     cache: IndexCache,
     session: Mutex<Session>,
     /// Packs condemned by GC, read when a writer begins: never deduplicated against.
@@ -246,7 +253,10 @@ impl Repository {
             if opts.passphrase.is_none() && opts.key_file.is_none() {
                 return Err(Error::InvalidArgument("an encrypted store needs a passphrase or a key file".into()));
             }
-            let master = MasterKey::generate()?;
+            let master = match &opts.master_key {
+                Some(m) => m.clone(),
+                None => MasterKey::generate()?,
+            };
             config.key_check = Some(key_check(&Keys::from_master(&master)));
             if let Some(pw) = &opts.passphrase {
                 let w = alike_core::wrap_master(&master, pw, opts.kdf, &key_aad(&store_id))?;
@@ -295,13 +305,14 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NotAStore { location: backend.location() }),
             Err(e) => return Err(e),
         };
-        let keys = unlock(&*backend, &config, opts)?;
+        let (keys, master) = unlock(&*backend, &config, opts)?;
         let dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir).join(&config.store_id);
         let cache = IndexCache::open(&dir, &config.store_id)?;
         let repo = Repository {
             backend,
             config,
             keys,
+            master,
             cache,
             session: Mutex::new(Session::default()),
             condemned: std::sync::RwLock::new(HashSet::new()),
@@ -337,6 +348,13 @@ impl Repository {
     /// The store's settings.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The master key of an encrypted store, to create a store that shares
+    /// it by explicit choice ([`CreateOptions::master_key`]); `None` when
+    /// unencrypted.
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.master.as_ref()
     }
 
     /// The working keys.
@@ -652,13 +670,13 @@ impl Repository {
     }
 }
 
-fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Result<Keys> {
+fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Result<(Keys, Option<MasterKey>)> {
     let key_objects = backend.list("keys/")?;
     if !config.encrypted() {
         if !key_objects.is_empty() {
             return Err(Error::Corrupt { object: "config".into(), reason: "it says unencrypted, but the store holds keys (refusing to write plaintext into an encrypted store)".into() });
         }
-        return Ok(Keys::unencrypted());
+        return Ok((Keys::unencrypted(), None));
     }
     let check = config.key_check.as_deref().ok_or_else(|| Error::Corrupt {
         object: "config".into(),
@@ -674,11 +692,12 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
                 f.store_id, config.store_id
             )));
         }
-        let keys = Keys::from_master(&f.master(&obj)?);
+        let master = f.master(&obj)?;
+        let keys = Keys::from_master(&master);
         if key_check(&keys) != check {
             return Err(alike_core::Error::WrongPassphrase { key: obj }.into());
         }
-        return Ok(keys);
+        return Ok((keys, Some(master)));
     }
     let Some(pw) = &opts.passphrase else {
         return Err(Error::PassphraseRequired { location: backend.location() });
@@ -700,7 +719,7 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
                     reason: "unwraps to a key that does not match the store's key check".into(),
                 });
             }
-            return Ok(keys);
+            return Ok((keys, Some(m)));
         }
     }
     Err(alike_core::Error::WrongPassphrase {

@@ -140,6 +140,10 @@ enum Cmd {
         /// Create the vault store if there is none at --to.
         #[arg(long)]
         init: bool,
+        /// With --init: the vault shares the source store's master key (by explicit
+        /// choice; default: a key of its own). It still has its own passphrase.
+        #[arg(long, requires = "init")]
+        share_key: bool,
         /// Read the vault's passphrase from this file.
         #[arg(long)]
         vault_password_file: Option<PathBuf>,
@@ -381,8 +385,10 @@ fn parse_rate(s: &str) -> std::result::Result<u64, String> {
 
 fn vault_store(
     cli: &Cli,
+    source: &Store,
     to: &str,
     init: bool,
+    share_key: bool,
     password_file: Option<&PathBuf>,
     cache: Option<&PathBuf>,
 ) -> Result<Store> {
@@ -409,8 +415,15 @@ fn vault_store(
                     "creating the vault needs its own passphrase: set ALIKE_VAULT_PASSWORD or use --vault-password-file"
                 );
             }
+            if share_key {
+                b.share_key_of(source)?;
+            }
             let s = b.create_at(to)?;
-            eprintln!("created vault store {} at {to}", s.id());
+            eprintln!(
+                "created vault store {} at {to}{}",
+                s.id(),
+                if share_key { " (sharing the source's key)" } else { " (with a key of its own)" }
+            );
             Ok(s)
         }
         Err(e) if e.kind() == ErrorKind::NotAStore => {
@@ -647,6 +660,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Vault {
             to,
             init,
+            share_key,
             vault_password_file,
             vault_cache_dir,
             vm,
@@ -661,7 +675,15 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let store = open(&cli)?;
-            let vault = vault_store(&cli, to, *init, vault_password_file.as_ref(), vault_cache_dir.as_ref())?;
+            let vault = vault_store(
+                &cli,
+                &store,
+                to,
+                *init,
+                *share_key,
+                vault_password_file.as_ref(),
+                vault_cache_dir.as_ref(),
+            )?;
             let bar = Bar::new(&cli, "vault");
             let mut opts = alike::VaultOptions::default().threads(*threads).cancel_token(cancel_on_ctrl_c());
             if let Some(cb) = bar.callback() {

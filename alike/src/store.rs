@@ -87,6 +87,20 @@ impl StoreBuilder {
         self.open.cache_dir = Some(dir);
         self
     }
+    /// On create: use the master key of `other` (an open, encrypted store)
+    /// instead of a new one — for a vault that shares its source's key by
+    /// explicit choice. The new store still has its own passphrase (or key
+    /// file); anyone holding the source's key can also read it.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidArgument`] when `other` is unencrypted.
+    pub fn share_key_of(&mut self, other: &Store) -> Result<&mut Self> {
+        let m = other.repo.master_key().ok_or_else(|| {
+            Error::InvalidArgument("the store to share a key with is unencrypted: it has no key".into())
+        })?;
+        self.create.master_key = Some(m.clone());
+        Ok(self)
+    }
     /// How to reach object storage for `s3://`, `az://` or `gs://`
     /// locations (endpoint, region, credentials…); unset fields come from
     /// the usual environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,

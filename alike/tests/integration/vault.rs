@@ -136,3 +136,29 @@ fn bandwidth_limit_paces_the_copy() {
     // 6 MiB at 4 MiB/s cannot take less than ~1.5 s (an upper bound would be a timing test).
     assert!(t.elapsed().as_secs_f64() >= 1.4, "{:?}", t.elapsed());
 }
+
+#[test]
+fn a_vault_may_share_the_source_key_by_explicit_choice() {
+    let env = Env::new();
+    let site = env.create(true);
+    let img = env.path("d.img");
+    sparse_image(&img, 4 << 20, 6, 21);
+    let v = site.backup_images("x", &[&img], &BackupOptions::default()).unwrap().version;
+    let own = vault_store(&env, "vc1");
+    let mut b = Store::builder();
+    b.passphrase("shared vault pw").insecure_fast_kdf().cache_dir(env.path("vc2"));
+    let shared = b.share_key_of(&site).unwrap().create(env.path("vault2")).unwrap();
+    for vault in [&own, &shared] {
+        site.vault(vault, &VaultOptions::default()).unwrap();
+    }
+    let maps = |s: &Store| s.version("latest", Some("x")).unwrap().manifest.disks[0].maps.clone();
+    // Same key, same chunk ids; an own key gives different ones.
+    assert_eq!(maps(&shared), v.manifest.disks[0].maps);
+    assert_ne!(maps(&own), v.manifest.disks[0].maps);
+    let out = env.path("o.img");
+    shared.restore_to_file(&shared.version("latest", None).unwrap(), 0, &out, &RestoreOptions::default()).unwrap();
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+    // An unencrypted store has no key to share.
+    let plain = Store::builder().no_encryption().cache_dir(env.path("vc3")).create(env.path("plain")).unwrap();
+    assert_eq!(Store::builder().share_key_of(&plain).unwrap_err().kind(), alike::ErrorKind::InvalidArgument);
+}
