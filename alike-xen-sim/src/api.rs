@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::Inner;
 use crate::error::{Error, Result};
 use crate::records::{Class, defaults};
-use crate::state::now_xapi;
+use crate::state::{SnapKind, now_xapi};
 use crate::value::Value;
 
 /// Where a call came from.
@@ -49,6 +49,8 @@ fn special(class: Class, msg: &str) -> Option<Arity> {
     use Arity::*;
     Some(match (class, msg) {
         (Class::Vm, "snapshot") => Between(3, 4),
+        (Class::Vm, "snapshot_with_quiesce" | "checkpoint") => Exactly(3),
+        (Class::Vm, "get_allowed_VBD_devices") => Exactly(2),
         (Class::Vm, "clone") => Exactly(3),
         (Class::Vm, "create") => Exactly(2),
         (Class::Vm, "destroy") => Exactly(2),
@@ -275,7 +277,14 @@ impl Inner {
         let mut st = self.state();
         let read_only = msg.starts_with("get_");
         let out = match (class, msg) {
-            (Class::Vm, "snapshot") => st.vm_snapshot(&a(1), &a(2), &arg_strings(params, 3)).map(Value::Str),
+            (Class::Vm, "snapshot") => {
+                st.vm_snapshot(&a(1), &a(2), &arg_strings(params, 3), SnapKind::Plain).map(Value::Str)
+            }
+            (Class::Vm, "snapshot_with_quiesce") => {
+                st.vm_snapshot(&a(1), &a(2), &[], SnapKind::Quiesce).map(Value::Str)
+            }
+            (Class::Vm, "checkpoint") => st.vm_snapshot(&a(1), &a(2), &[], SnapKind::Checkpoint).map(Value::Str),
+            (Class::Vm, "get_allowed_VBD_devices") => st.vm_allowed_vbd_devices(&a(1)),
             (Class::Vm, "clone") => st.vm_clone(&a(1), &a(2)).map(Value::Str),
             (Class::Vm, "create") => st.vm_create(&arg_struct(params, 1, "VM")?).map(Value::Str),
             (Class::Vm, "destroy") => st.vm_destroy(&a(1)).map(|()| Value::s("")),

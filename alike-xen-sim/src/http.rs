@@ -916,6 +916,18 @@ async fn sim_api(conn: &mut Conn, req: &Request, inner: &Arc<Inner>) -> io::Resu
                 st.save()?;
                 serde_json::json!({})
             }
+            "quiesce" => {
+                let mut st = inner.state();
+                let vm = st
+                    .resolve(Class::Vm, &p("vm"))
+                    .ok_or_else(|| Error::api("HANDLE_INVALID", ["VM".to_owned(), p("vm")]))?;
+                if p("on") == "0" || p("on") == "false" {
+                    st.quiesce.remove(&vm);
+                } else {
+                    st.quiesce.insert(vm);
+                }
+                serde_json::json!({})
+            }
             "expire_sessions" => {
                 inner.state().expire_sessions(req.param("session").as_deref());
                 serde_json::json!({})

@@ -390,6 +390,18 @@ impl Simulator {
         st.save()
     }
 
+    /// Makes a VM's guest report (or stop reporting) VSS quiesce support,
+    /// which `VM.snapshot_with_quiesce` needs (otherwise
+    /// `VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED [vm]`).
+    pub fn set_quiesce_support(&self, vm: &str, on: bool) {
+        let mut st = self.inner.state();
+        if on {
+            st.quiesce.insert(vm.to_owned());
+        } else {
+            st.quiesce.remove(vm);
+        }
+    }
+
     /// Expires one session, or all of them.
     pub fn expire_sessions(&self, session: Option<&str>) {
         self.inner.state().expire_sessions(session);

@@ -52,6 +52,21 @@ pub(crate) struct State {
     pub(crate) session_timeout: Duration,
     last_active: HashMap<String, Instant>,
     pub(crate) nbd: Option<NbdEndpoint>,
+    /// VMs whose guest reports VSS quiesce support (their guest metrics
+    /// would hold `feature-quiesce`).
+    pub(crate) quiesce: BTreeSet<String>,
+}
+
+/// Which kind of VM snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SnapKind {
+    /// `VM.snapshot`: disks only, VBDs detached.
+    Plain,
+    /// `VM.snapshot_with_quiesce`: needs a running guest with VSS.
+    Quiesce,
+    /// `VM.checkpoint`: a running VM's disks and memory; the snapshot is
+    /// `Suspended` and its VBDs keep `currently_attached`.
+    Checkpoint,
 }
 
 /// A fresh random (version 4) UUID.
@@ -128,6 +143,7 @@ impl State {
             session_timeout,
             last_active: HashMap::new(),
             nbd: None,
+            quiesce: BTreeSet::new(),
         })
     }
 
@@ -484,11 +500,19 @@ impl State {
         self.where_eq(Class::Vbd, "VM", vm)
     }
 
-    /// `VM.snapshot(vm, new_name, ignore_vdis)`.
-    pub(crate) fn vm_snapshot(&mut self, vm: &str, name: &str, ignore: &[String]) -> Result<String> {
+    /// `VM.snapshot(vm, new_name, ignore_vdis)` and its quiesced and
+    /// checkpoint variants.
+    pub(crate) fn vm_snapshot(&mut self, vm: &str, name: &str, ignore: &[String], kind: SnapKind) -> Result<String> {
         let rec = self.get(Class::Vm, vm)?.clone();
         if rec.get("is_a_template").and_then(Value::as_bool) == Some(true) {
             return Err(Error::api("VM_IS_TEMPLATE", [vm, "snapshot"]));
+        }
+        let power = rec.get("power_state").and_then(Value::as_str).unwrap_or("Halted").to_owned();
+        if kind != SnapKind::Plain && power != "Running" {
+            return Err(vm_bad_power(vm, "running", &power));
+        }
+        if kind == SnapKind::Quiesce && !self.quiesce.contains(vm) {
+            return Err(Error::api("VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED", [vm]));
         }
         let now = now_xapi();
         let mut snap = rec.clone();
@@ -497,7 +521,7 @@ impl State {
         snap.insert("is_a_snapshot".into(), Value::Bool(true));
         snap.insert("snapshot_of".into(), Value::s(vm));
         snap.insert("snapshot_time".into(), Value::DateTime(now.clone()));
-        snap.insert("power_state".into(), Value::s("Halted"));
+        snap.insert("power_state".into(), Value::s(if kind == SnapKind::Checkpoint { "Suspended" } else { "Halted" }));
         snap.insert("resident_on".into(), Value::s(NULL_REF));
         snap.insert("domid".into(), Value::Int(-1));
         snap.insert("is_control_domain".into(), Value::Bool(false));
@@ -517,7 +541,10 @@ impl State {
             }
             vrec.insert("uuid".into(), Value::s(new_uuid()));
             vrec.insert("VM".into(), Value::s(snap_ref.as_str()));
-            vrec.insert("currently_attached".into(), Value::Bool(false));
+            if kind != SnapKind::Checkpoint {
+                // A checkpoint keeps the VBDs' currently_attached, as XAPI does.
+                vrec.insert("currently_attached".into(), Value::Bool(false));
+            }
             self.objects.insert(new_ref(), Obj { class: Class::Vbd, rec: vrec });
         }
         for vif in self.where_eq(Class::Vif, "VM", vm) {
@@ -528,6 +555,13 @@ impl State {
             self.objects.insert(new_ref(), Obj { class: Class::Vif, rec: vrec });
         }
         Ok(snap_ref)
+    }
+
+    /// `VM.get_allowed_VBD_devices`: free userdevice numbers.
+    pub(crate) fn vm_allowed_vbd_devices(&self, vm: &str) -> Result<Value> {
+        self.get(Class::Vm, vm)?;
+        let used: BTreeSet<String> = self.vm_vbds(vm).iter().map(|v| self.str_of(v, "userdevice")).collect();
+        Ok(Value::strings((0..16).map(|n: u32| n.to_string()).filter(|n| !used.contains(n))))
     }
 
     /// `VM.clone(vm, new_name)`: a new VM whose disks share the source's

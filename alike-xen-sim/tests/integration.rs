@@ -454,6 +454,31 @@ mod cbt {
     }
 
     #[test]
+    fn quiesce_and_checkpoint() {
+        let (sim, _d) = sim();
+        let s = sim.login().unwrap();
+        let web = web(&sim);
+        let e = sim.call("VM.snapshot_with_quiesce", vec![Value::s(&s), Value::s(&web), Value::s("q")]).unwrap_err();
+        assert_eq!(code(e), ("VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED".into(), vec![web.clone()]));
+        let db = sim.lookup(alike_xen_sim::Class::Vm, "db-01").unwrap();
+        let e = sim.call("VM.snapshot_with_quiesce", vec![Value::s(&s), Value::s(&db), Value::s("q")]).unwrap_err();
+        assert_eq!(code(e).0, "VM_BAD_POWER_STATE");
+        sim.set_quiesce_support(&web, true);
+        let q = sim.call("VM.snapshot_with_quiesce", vec![Value::s(&s), Value::s(&web), Value::s("q")]).unwrap();
+        assert_eq!(sim.field(Class::Vm, q.as_str().unwrap(), "is_a_snapshot"), Some(Value::Bool(true)));
+        // A checkpoint's VBDs stay "attached", yet list_changed_blocks is allowed on them.
+        let leaf = disks(&sim, &s, &web)[0].clone();
+        sim.call("VDI.enable_cbt", vec![Value::s(&s), Value::s(&leaf)]).unwrap();
+        let (_, d1) = snap_disks(&sim, &s, "s1");
+        let c = sim.call("VM.checkpoint", vec![Value::s(&s), Value::s(&web), Value::s("c")]).unwrap();
+        assert_eq!(sim.field(Class::Vm, c.as_str().unwrap(), "power_state"), Some(Value::s("Suspended")));
+        let d2 = disks(&sim, &s, c.as_str().unwrap());
+        assert_eq!(lcb(&sim, &s, &d1[0], &d2[0]).unwrap(), Vec::<u64>::new());
+        let free = sim.call("VM.get_allowed_VBD_devices", vec![Value::s(&s), Value::s(&web)]).unwrap();
+        assert_eq!(free.as_array().unwrap()[..2], [Value::s("2"), Value::s("4")]);
+    }
+
+    #[test]
     fn state_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let start = || alike_xen_sim::Simulator::start(alike_xen_sim::SimConfig::new(dir.path()).demo(true)).unwrap();
