@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::Inner;
 use crate::error::{Error, Result};
-use crate::records::{Class, defaults};
+use crate::records::{Class, Record, defaults};
 use crate::state::{SnapKind, now_xapi};
 use crate::value::Value;
 
@@ -165,6 +165,14 @@ impl Inner {
         if let Some(msg) = method.strip_prefix("session.") {
             return self.session_call(method, msg, &params, ctx);
         }
+        if method == "event.from" {
+            if params.len() != 4 {
+                return Err(Error::api("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, "4", &params.len().to_string()]));
+            }
+            self.state().check_session(&arg_str(&params, 0))?;
+            let timeout = params[3].as_float().unwrap_or(0.0).clamp(0.0, 3600.0);
+            return self.event_from(&arg_strings(&params, 1), &arg_str(&params, 2), Duration::from_secs_f64(timeout));
+        }
         let Some((class, msg)) = split(method) else {
             return Err(Error::api("MESSAGE_METHOD_UNKNOWN", [method]));
         };
@@ -255,14 +263,19 @@ impl Inner {
         let task = {
             let mut st = self.state();
             st.check_session(&session)?;
-            st.task_create(method, "")
+            let before = st.objects.clone();
+            let t = st.task_create(method, "");
+            st.track(&before);
+            t
         };
         let me = Arc::clone(self);
         let (inner, ctx, t) = (inner.to_owned(), ctx.clone(), task.clone());
         std::thread::spawn(move || {
             let r = me.call(&inner, params, &ctx);
             let mut st = me.state();
+            let before = st.objects.clone();
             st.task_finish(&t, r.as_ref());
+            st.track(&before);
             let _ = st.save();
         });
         Ok(Value::Str(task))
@@ -276,6 +289,7 @@ impl Inner {
         }
         let mut st = self.state();
         let read_only = msg.starts_with("get_");
+        let before = if read_only { None } else { Some(st.objects.clone()) };
         let out = match (class, msg) {
             (Class::Vm, "snapshot") => {
                 st.vm_snapshot(&a(1), &a(2), &arg_strings(params, 3), SnapKind::Plain).map(Value::Str)
@@ -347,10 +361,77 @@ impl Inner {
             }
             _ => Err(Error::api("MESSAGE_METHOD_UNKNOWN", [format!("{}.{msg}", class.name())])),
         };
+        if let Some(before) = before {
+            st.track(&before);
+        }
         if out.is_ok() && !read_only && class != Class::Task {
             st.save()?;
         }
         out
+    }
+
+    /// `event.from(classes, token, timeout)`: the changes after `token` to
+    /// objects of `classes` (`*`, lower-case class names, or `class/ref`),
+    /// waiting up to `timeout` for one; the empty token returns every
+    /// current object as an `add`.
+    fn event_from(&self, classes: &[String], token: &str, timeout: Duration) -> Result<Value> {
+        let wanted = |c: Class, r: &str| {
+            classes.iter().any(|w| {
+                let w = w.to_ascii_lowercase();
+                let name = c.name().to_ascii_lowercase();
+                w == "*" || w == name || w == format!("{name}/{}", r.to_ascii_lowercase())
+            })
+        };
+        let event = |id: u64, c: Class, op: &str, r: &str, snap: Record| {
+            let mut m = BTreeMap::new();
+            m.insert("id".to_owned(), Value::s(id.to_string()));
+            m.insert("timestamp".to_owned(), Value::s(now_xapi()));
+            m.insert("class".to_owned(), Value::s(c.name().to_ascii_lowercase()));
+            m.insert("operation".to_owned(), Value::s(op));
+            m.insert("ref".to_owned(), Value::s(r));
+            m.insert("snapshot".to_owned(), Value::Struct(snap));
+            Value::Struct(m)
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let st = self.state();
+                let mut events = Vec::new();
+                if token.is_empty() {
+                    for c in Class::ALL.into_iter().filter(|c| *c != Class::Session) {
+                        for r in st.all(c).into_iter().filter(|r| wanted(c, r)) {
+                            events.push(event(st.last_event, c, "add", &r, st.record(c, &r)?));
+                        }
+                    }
+                } else {
+                    let since: u64 = token
+                        .trim()
+                        .split(',')
+                        .next()
+                        .unwrap_or("")
+                        .parse()
+                        .map_err(|_| Error::api("EVENTS_LOST", [""; 0]))?;
+                    if st.events.front().is_some_and(|e| e.id > since + 1) {
+                        return Err(Error::api("EVENTS_LOST", [""; 0]));
+                    }
+                    for e in st.events.iter().filter(|e| e.id > since && wanted(e.class, &e.r)) {
+                        events.push(event(e.id, e.class, e.op, &e.r, e.snapshot.clone()));
+                    }
+                }
+                if !events.is_empty() || token.is_empty() || Instant::now() >= deadline {
+                    let mut counts = BTreeMap::new();
+                    for c in Class::ALL.into_iter().filter(|c| *c != Class::Session) {
+                        counts.insert(c.name().to_ascii_lowercase(), Value::Int(st.all(c).len() as i64));
+                    }
+                    let mut m = BTreeMap::new();
+                    m.insert("events".to_owned(), Value::Array(events));
+                    m.insert("valid_ref_counts".to_owned(), Value::Struct(counts));
+                    m.insert("token".to_owned(), Value::s(format!("{:020}", st.last_event)));
+                    return Ok(Value::Struct(m));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `VDI.data_destroy`: waits (lock released) for the VDI's VBDs to go,
@@ -360,7 +441,9 @@ impl Inner {
         loop {
             {
                 let mut st = self.state();
+                let before = st.objects.clone();
                 if st.vdi_data_destroy_try(vdi)? {
+                    st.track(&before);
                     st.save()?;
                     return Ok(Value::s(""));
                 }

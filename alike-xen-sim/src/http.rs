@@ -399,7 +399,10 @@ fn task_of(req: &Request, inner: &Inner) -> Option<String> {
 
 fn finish_task(inner: &Inner, task: Option<&str>, r: std::result::Result<&Value, &Error>) {
     if let Some(t) = task {
-        inner.state().task_finish(t, r);
+        let mut st = inner.state();
+        let before = st.objects.clone();
+        st.task_finish(t, r);
+        st.track(&before);
     }
 }
 

@@ -55,6 +55,23 @@ pub(crate) struct State {
     /// VMs whose guest reports VSS quiesce support (their guest metrics
     /// would hold `feature-quiesce`).
     pub(crate) quiesce: BTreeSet<String>,
+    /// Recent object changes, for `event.from`.
+    pub(crate) events: std::collections::VecDeque<Event>,
+    /// Id of the last event (tokens name it).
+    pub(crate) last_event: u64,
+}
+
+/// Most events kept for `event.from`; an older token gets `EVENTS_LOST`.
+const MAX_EVENTS: usize = 10_000;
+
+/// One object change.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    pub(crate) id: u64,
+    pub(crate) class: Class,
+    pub(crate) op: &'static str,
+    pub(crate) r: String,
+    pub(crate) snapshot: Record,
 }
 
 /// Which kind of VM snapshot.
@@ -144,6 +161,8 @@ impl State {
             last_active: HashMap::new(),
             nbd: None,
             quiesce: BTreeSet::new(),
+            events: std::collections::VecDeque::new(),
+            last_event: 0,
         })
     }
 
@@ -161,6 +180,38 @@ impl State {
         let tmp = self.dir.join("state.json.tmp");
         std::fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
         std::fs::rename(&tmp, self.dir.join(STATE_FILE)).map_err(Error::io(self.dir.join(STATE_FILE)))
+    }
+
+    /// Records `add`/`mod`/`del` events for what changed since `before`
+    /// (sessions are not evented).
+    pub(crate) fn track(&mut self, before: &BTreeMap<String, Obj>) {
+        let mut changes: Vec<(Class, &'static str, String)> = Vec::new();
+        for (r, o) in &self.objects {
+            match before.get(r) {
+                None => changes.push((o.class, "add", r.clone())),
+                Some(b) if b.rec != o.rec => changes.push((o.class, "mod", r.clone())),
+                _ => {}
+            }
+        }
+        for (r, o) in before {
+            if !self.objects.contains_key(r) {
+                changes.push((o.class, "del", r.clone()));
+            }
+        }
+        for (class, op, r) in changes {
+            if class == Class::Session {
+                continue;
+            }
+            let snapshot = match op {
+                "del" => before.get(&r).map(|o| o.rec.clone()).unwrap_or_default(),
+                _ => self.record(class, &r).unwrap_or_default(),
+            };
+            self.last_event += 1;
+            self.events.push_back(Event { id: self.last_event, class, op, r, snapshot });
+            if self.events.len() > MAX_EVENTS {
+                self.events.pop_front();
+            }
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -308,6 +308,58 @@ mod rpc {
     }
 
     #[test]
+    fn event_from_reports_task_and_vm_changes() {
+        let (sim, _d) = sim();
+        let s = sim.login().unwrap();
+        let classes = Value::strings(["task", "vm"]);
+        let first =
+            sim.call("event.from", vec![Value::s(&s), classes.clone(), Value::s(""), Value::Float(0.0)]).unwrap();
+        let first = first.as_struct().unwrap();
+        let n = first["events"].as_array().unwrap().len();
+        assert_eq!(n, 4, "every VM as an add (dom0, template, two VMs)");
+        let token = first["token"].clone();
+        // Nothing yet: an empty answer after the timeout.
+        let t = std::time::Instant::now();
+        let none =
+            sim.call("event.from", vec![Value::s(&s), classes.clone(), token.clone(), Value::Float(0.2)]).unwrap();
+        assert!(none.as_struct().unwrap()["events"].as_array().unwrap().is_empty());
+        assert!(t.elapsed() >= std::time::Duration::from_millis(200));
+        let task = sim.call("Async.VM.snapshot", vec![Value::s(&s), Value::s(web(&sim)), Value::s("ev")]).unwrap();
+        let mut seen = Vec::new();
+        let mut token = token;
+        for _ in 0..20 {
+            let r =
+                sim.call("event.from", vec![Value::s(&s), classes.clone(), token.clone(), Value::Float(1.0)]).unwrap();
+            let r = r.as_struct().unwrap();
+            token = r["token"].clone();
+            for e in r["events"].as_array().unwrap() {
+                let e = e.as_struct().unwrap();
+                let status = e["snapshot"]
+                    .as_struct()
+                    .and_then(|m| m.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                seen.push((
+                    e["class"].as_str().unwrap().to_owned(),
+                    e["operation"].as_str().unwrap().to_owned(),
+                    e["ref"].as_str().unwrap().to_owned(),
+                    status,
+                ));
+            }
+            if seen.iter().any(|(c, _, r, st)| c == "task" && r == task.as_str().unwrap() && st == "success") {
+                break;
+            }
+        }
+        assert!(seen.iter().any(|(c, op, r, _)| c == "task" && op == "add" && r == task.as_str().unwrap()), "{seen:?}");
+        assert!(
+            seen.iter().any(|(c, _, r, st)| c == "task" && r == task.as_str().unwrap() && st == "success"),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|(c, op, _, _)| c == "vm" && op == "add"), "the snapshot VM: {seen:?}");
+    }
+
+    #[test]
     fn restore_creation_calls() {
         let (sim, _d) = sim();
         let s = sim.login().unwrap();
