@@ -76,7 +76,7 @@ impl Error {
 
     /// This error as an XAPI error description: an [`Error::Api`] as it is,
     /// anything else as `INTERNAL_ERROR [message]`.
-    pub fn description(&self) -> (String, Vec<String>) {
+    pub fn to_xapi(&self) -> (String, Vec<String>) {
         match self {
             Error::Api { code, params } => (code.clone(), params.clone()),
             other => ("INTERNAL_ERROR".to_owned(), vec![other.to_string()]),

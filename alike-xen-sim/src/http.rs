@@ -315,7 +315,7 @@ async fn xml_rpc(conn: &mut Conn, req: &Request, inner: &Arc<Inner>, ctx: &Ctx, 
     let reply = match run_call(inner, ctx, method, params).await {
         Ok(v) => value::method_response(Ok(&v)),
         Err(e) => {
-            let (code, params) = e.description();
+            let (code, params) = e.to_xapi();
             value::method_response(Err((&code, &params)))
         }
     };
@@ -344,11 +344,11 @@ async fn json_rpc(conn: &mut Conn, req: &Request, inner: &Arc<Inner>, ctx: &Ctx,
         (Ok(v), true) => serde_json::json!({"jsonrpc": "2.0", "result": v.to_json(), "id": id}),
         (Ok(v), false) => serde_json::json!({"result": v.to_json(), "error": null, "id": id}),
         (Err(e), true) => {
-            let (code, data) = e.description();
+            let (code, data) = e.to_xapi();
             serde_json::json!({"jsonrpc": "2.0", "error": {"code": 1, "message": code, "data": data}, "id": id})
         }
         (Err(e), false) => {
-            let (code, data) = e.description();
+            let (code, data) = e.to_xapi();
             let mut arr = vec![serde_json::Value::String(code)];
             arr.extend(data.into_iter().map(serde_json::Value::String));
             serde_json::json!({"result": null, "error": arr, "id": id})
@@ -964,7 +964,7 @@ async fn sim_api(conn: &mut Conn, req: &Request, inner: &Arc<Inner>) -> io::Resu
     match result {
         Ok(v) => send(conn, "200 OK", &[("content-type", "application/json")], v.to_string().as_bytes(), false).await,
         Err(e) => {
-            let (code, params) = e.description();
+            let (code, params) = e.to_xapi();
             let mut arr = vec![code];
             arr.extend(params);
             let v = serde_json::json!({"error": arr});

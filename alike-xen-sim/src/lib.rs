@@ -18,8 +18,8 @@
 //!   `VDI.get_nbd_info`, `network.add_purpose`; `Async.*` with tasks.
 //! - **Sessions**: login, logout, idle expiry (`SESSION_INVALID`), and a
 //!   pool supporter's listener that answers logins with `HOST_IS_SLAVE`.
-//! - **Data**: VDIs backed by copy-on-write layers of sparse files
-//!   ([`store`](crate) module docs), CBT logs handled like sm's `.cbtlog`s,
+//! - **Data**: VDIs backed by copy-on-write layers of sparse files (a VHD
+//!   chain's semantics), CBT logs handled like sm's `.cbtlog`s,
 //!   `GET /export_raw_vdi` (raw, VHD, differencing VHD with `base=`),
 //!   `PUT /import_raw_vdi` (raw, XAPI's `chunked` framing, VHD), and an NBD
 //!   server that behaves like `xapi-nbd` (fixed newstyle, `EXPORT_NAME`,
@@ -198,7 +198,8 @@ impl Inner {
 }
 
 /// A running simulator: its listeners run on their own tokio runtime until
-/// [`Simulator::shutdown`] or drop. Usable from sync and async code alike.
+/// [`Simulator::shutdown`] or drop. It may be started and dropped from sync
+/// code or from inside another tokio runtime.
 #[derive(Debug)]
 pub struct Simulator {
     inner: Arc<Inner>,
@@ -236,10 +237,14 @@ impl Simulator {
             .enable_all()
             .build()
             .map_err(|source| Error::Net { what: "starting the runtime".into(), source })?;
+        // Bound with std and handed to tokio under `enter`, not `block_on`,
+        // so that starting from inside another runtime (an async test) works.
+        let _guard = runtime.enter();
         let bind = |addr: SocketAddr, what: &str| {
-            runtime
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|source| Error::Net { what: format!("binding {what} on {addr}"), source })
+            let net = |source| Error::Net { what: format!("binding {what} on {addr}"), source };
+            let l = std::net::TcpListener::bind(addr).map_err(net)?;
+            l.set_nonblocking(true).map_err(net)?;
+            tokio::net::TcpListener::from_std(l).map_err(net)
         };
         let api = bind(cfg.listen, "the XAPI listener")?;
         let addr = api.local_addr().map_err(|source| Error::Net { what: "local address".into(), source })?;
@@ -324,7 +329,9 @@ impl Simulator {
     }
 
     /// Runs an API call in-process, exactly as the RPC front-ends do
-    /// (parameters include the session, as on the wire).
+    /// (parameters include the session, as on the wire). It blocks (delays,
+    /// `VDI.data_destroy`'s wait): from async code, call it on a blocking
+    /// thread.
     ///
     /// # Errors
     /// The call's XAPI failure as [`Error::Api`].

@@ -521,7 +521,7 @@ impl State {
                 }
             }
             Err(e) => {
-                let (code, params) = e.description();
+                let (code, params) = e.to_xapi();
                 let mut info = vec![code];
                 info.extend(params);
                 self.set(task, "status", "failure");

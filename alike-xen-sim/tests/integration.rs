@@ -108,7 +108,7 @@ mod common {
     }
 
     pub(crate) fn code(e: alike_xen_sim::Error) -> (String, Vec<String>) {
-        e.description()
+        e.to_xapi()
     }
 
     /// Bits set in a CBT bitmap (MSB first).
@@ -188,6 +188,20 @@ mod rpc {
             https(&sim, "GET", &format!("/export_raw_vdi?session_id={session}&vdi={vdi}&format=raw"), b"");
         assert_eq!(status, 200);
         assert!(data == sim.read_vdi(&vdi, 0, 32 << 20).unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_and_stops_inside_an_async_runtime() {
+        let (sim, _d) = sim();
+        let url = sim.url();
+        let s = tokio::task::spawn_blocking(move || {
+            let s = sim.login().unwrap();
+            (sim, s)
+        })
+        .await
+        .unwrap();
+        assert!(s.1.starts_with("OpaqueRef:"), "{url}");
+        drop(s.0);
     }
 
     #[test]
