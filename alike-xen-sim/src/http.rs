@@ -258,6 +258,11 @@ async fn send_text(w: &mut Conn, status: &str, text: &str) -> io::Result<()> {
 async fn dispatch(conn: &mut Conn, req: &Request, inner: &Arc<Inner>, ctx: &Ctx) -> io::Result<bool> {
     let path = req.path.as_str();
     let m = req.method.as_str();
+    if req.header("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
+        // curl asks before sending a PUT body; without this it waits, or
+        // takes the import's early 200 as the final answer and sends nothing.
+        conn_io(conn).write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
     if path.starts_with("/export_raw_vdi") && m == "GET" {
         export(conn, req, inner).await?;
         return Ok(false);
