@@ -1,0 +1,185 @@
+//! The images a run needs: the ext4 pair (`scripts/make-ext4-pair.sh`),
+//! larger images for the scaling run made from v1's data, and a VHDX base
+//! with a differencing child for the change-hint run.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use alike_core::{DiskSource, DiskTarget, RawFileSource, is_zero};
+use anyhow::{Context, Result, ensure};
+
+/// The three images of a pair.
+#[derive(Debug, Clone)]
+pub(crate) struct Pair {
+    /// The first state.
+    pub(crate) v1: PathBuf,
+    /// v1 updated in place.
+    pub(crate) v2_inplace: PathBuf,
+    /// v2's files laid out afresh.
+    pub(crate) v2_fresh: PathBuf,
+}
+
+impl Pair {
+    fn in_dir(dir: &Path) -> Pair {
+        Pair { v1: dir.join("v1.img"), v2_inplace: dir.join("v2-inplace.img"), v2_fresh: dir.join("v2-fresh.img") }
+    }
+    fn exists(&self) -> bool {
+        [&self.v1, &self.v2_inplace, &self.v2_fresh].iter().all(|p| p.is_file())
+    }
+}
+
+/// The workspace root (for `scripts/` and `docs/`).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("benches/ has a parent").to_path_buf()
+}
+
+/// Takes the pair in `dir` if it is there (and, when `size_mib` is given,
+/// of that size); otherwise builds it with `scripts/make-ext4-pair.sh`.
+pub(crate) fn pair(dir: &Path, size_mib: u64, build: bool) -> Result<Pair> {
+    let p = Pair::in_dir(dir);
+    if p.exists() {
+        let len = std::fs::metadata(&p.v1)?.len();
+        if !build || len == size_mib << 20 {
+            return Ok(p);
+        }
+    }
+    ensure!(build, "no image pair in {} (v1.img, v2-inplace.img, v2-fresh.img)", dir.display());
+    let script = workspace_root().join("scripts/make-ext4-pair.sh");
+    eprintln!("building the {size_mib} MiB ext4 pair in {} ({})", dir.display(), script.display());
+    let st = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .arg(size_mib.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running make-ext4-pair.sh")?;
+    ensure!(st.success(), "make-ext4-pair.sh failed ({st})");
+    ensure!(p.exists(), "make-ext4-pair.sh did not leave the three images in {}", dir.display());
+    Ok(p)
+}
+
+/// Bytes of allocated (non-hole) ranges of an image.
+pub(crate) fn allocated_bytes(image: &Path) -> Result<u64> {
+    let s = RawFileSource::open(image)?;
+    Ok(s.allocated_ranges()?.iter().map(|r| r.end - r.start).sum())
+}
+
+/// A scaling image of `size` bytes made from `v1`: v1's allocated ranges
+/// tiled over the size (v1's layout repeated, clipped at the end), and in
+/// tile `t` every non-zero 4 KiB page gets its first 8 bytes XORed with a
+/// tag of (t, page) so no block repeats another tile's; zero pages stay
+/// zero. The data is real file data that compresses like v1's, and the
+/// allocated share is v1's. Reused when already there (a marker records
+/// the source and size).
+pub(crate) fn scaling_image(v1: &Path, out: &Path, size: u64) -> Result<PathBuf> {
+    let marker = out.with_extension("made");
+    let v1_len = std::fs::metadata(v1)?.len();
+    let tag = format!("from {} ({v1_len} bytes) size {size} v1\n", v1.display());
+    if out.is_file() && std::fs::read_to_string(&marker).ok().as_deref() == Some(tag.as_str()) {
+        return Ok(out.to_path_buf());
+    }
+    eprintln!("making the {} MiB scaling image {}", size >> 20, out.display());
+    let _ = std::fs::remove_file(&marker);
+    let src = RawFileSource::open(v1)?;
+    let ranges = src.allocated_ranges()?;
+    let f = std::fs::File::create(out)?;
+    f.set_len(size)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let tiles = size.div_ceil(v1_len);
+    for t in 0..tiles {
+        let base = t * v1_len;
+        for r in &ranges {
+            let mut off = r.start;
+            while off < r.end && base + off < size {
+                let n = (r.end - off).min(buf.len() as u64).min(size - base - off) as usize;
+                let b = &mut buf[..n];
+                src.read_at(off, b)?;
+                for (i, page) in b.chunks_mut(4096).enumerate() {
+                    if !is_zero(page) && page.len() >= 8 {
+                        let no = (base + off) / 4096 + i as u64;
+                        let x = (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ no;
+                        let head = u64::from_le_bytes(page[..8].try_into().expect("8")) ^ x;
+                        page[..8].copy_from_slice(&head.to_le_bytes());
+                    }
+                }
+                f.write_all_at(b, base + off)?;
+                off += n as u64;
+            }
+        }
+    }
+    f.sync_all()?;
+    std::fs::write(&marker, tag)?;
+    Ok(out.to_path_buf())
+}
+
+/// The change-hint fixture: a chain of checkpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct VhdxChain {
+    /// Dynamic VHDX holding v1's data.
+    pub(crate) base: PathBuf,
+    /// A differencing child of `base` with nothing written (a checkpoint
+    /// taken, nothing changed): its backup is the fixed cost of one.
+    pub(crate) empty: PathBuf,
+    /// A differencing child of `empty` holding the change.
+    pub(crate) child: PathBuf,
+    /// Bytes written into `child`.
+    pub(crate) changed: u64,
+}
+
+/// Builds `base.vhdx` (v1's non-zero 64 KiB blocks), `empty.avhdx` over it,
+/// and `child.avhdx` over that holding a `pct`% change of the virtual size
+/// in writes of 4 KiB to 128 KiB at 4 KiB-aligned random offsets.
+pub(crate) fn vhdx_chain(v1: &Path, dir: &Path, pct: f64, seed: u64) -> Result<VhdxChain> {
+    use alike_hyperv::vhdx::{CreateOptions, VhdxTarget, create_differencing};
+    std::fs::create_dir_all(dir)?;
+    let base = dir.join("base.vhdx");
+    let empty = dir.join("empty.avhdx");
+    let child = dir.join("child.avhdx");
+    for p in [&base, &empty, &child] {
+        let _ = std::fs::remove_file(p);
+    }
+    let src = RawFileSource::open(v1)?;
+    let size = src.size();
+    let t = VhdxTarget::create(&base, size, &CreateOptions::default())?;
+    let mut buf = vec![0u8; 65536];
+    for r in src.allocated_ranges()? {
+        let mut off = r.start - r.start % 65536;
+        while off < r.end {
+            let n = (size - off).min(65536) as usize;
+            src.read_at(off, &mut buf[..n])?;
+            if !is_zero(&buf[..n]) {
+                t.write_at(off, &buf[..n])?;
+            }
+            off += 65536;
+        }
+    }
+    t.finish(size)?;
+    drop(t);
+    let e = create_differencing(&empty, &base)?;
+    e.finish(size)?;
+    drop(e);
+    let c = create_differencing(&child, &empty)?;
+    let goal = (size as f64 * pct / 100.0) as u64;
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut changed = 0u64;
+    let mut data = vec![0u8; 128 << 10];
+    while changed < goal {
+        let len = (4096 * (1 + next() % 32)).min((goal - changed).div_ceil(4096) * 4096);
+        let off = (next() % ((size - len) / 4096)) * 4096;
+        for w in data[..len as usize].chunks_mut(8) {
+            w.copy_from_slice(&next().to_le_bytes()[..w.len()]);
+        }
+        c.write_at(off, &data[..len as usize])?;
+        changed += len;
+    }
+    c.finish(size)?;
+    drop(c);
+    ensure!(child.is_file(), "the differencing VHDX was not written");
+    Ok(VhdxChain { base, empty, child, changed })
+}

@@ -1,0 +1,179 @@
+//! `alike-bench`: the end-to-end performance harness (issue 7).
+//!
+//! One command (`scripts/bench.sh`, or `alike-bench` directly) that, in one
+//! run on one machine:
+//!
+//! 1. builds (or takes) the ext4 image pair — v1, v2 updated in place, v2
+//!    laid out afresh (`scripts/make-ext4-pair.sh`);
+//! 2. measures the machine's ceilings with the engine's own primitives
+//!    (image read cold and cached, BLAKE3, zstd, AES-GCM; one core and all);
+//! 3. for alike (its CLI, one child process per step) and for restic and
+//!    borg where installed: first backup of v1, incremental of v2 in place
+//!    (no change hints), an unchanged re-run, a restore; then, in a second
+//!    repository, v1 again and v2 laid out afresh. Each step's wall time,
+//!    MB/s of image, own peak RSS and the repository size after it;
+//! 4. alike with change hints: a VHDX base and a differencing child holding
+//!    a 2% change, backed up incrementally, against the base's full backup;
+//! 5. a scaling run: alike backups of 1, 4 and 16 GiB images, and of
+//!    synthetic disks of 100 k to 600 k highly compressible chunks (memory
+//!    against the store's chunk count);
+//! 6. prints the tables with the ratio alike/peer for every figure and the
+//!    issue's targets marked met or not, and rewrites the generated part of
+//!    `docs/performance.md`.
+//!
+//! `--smoke` does all of it on tiny images in well under a minute, and
+//! fails if any step fails or any restore is not bit-exact.
+
+mod ceilings;
+mod images;
+mod measure;
+mod report;
+mod run;
+mod synthetic;
+mod tools;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+/// Command-line options.
+#[derive(Parser, Debug)]
+#[command(name = "alike-bench", about = "alike vs restic vs borg, ceilings, change hints and scaling, in one run")]
+struct Args {
+    /// Tiny images (64 MiB), every step and installed peer, short ceilings:
+    /// the test command's check that the harness still runs.
+    #[arg(long)]
+    smoke: bool,
+    /// Take the image pair (v1.img, v2-inplace.img, v2-fresh.img) from this
+    /// directory instead of building it under target/alike-bench/.
+    #[arg(long)]
+    pair: Option<PathBuf>,
+    /// Size of the image pair to build, MiB (default 4096; 64 with --smoke).
+    #[arg(long)]
+    size: Option<u64>,
+    /// Where repositories, restores and fixtures go (default target/alike-bench/).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Run only alike (no restic, no borg).
+    #[arg(long)]
+    no_peers: bool,
+    /// Image sizes for the scaling run, MiB (default 1024,4096,16384; 8,32,128 with --smoke).
+    #[arg(long, value_delimiter = ',')]
+    scaling: Option<Vec<u64>>,
+    /// Skip the scaling run.
+    #[arg(long)]
+    no_scaling: bool,
+    /// Chunk counts for the many-chunks run (default 100000,300000,600000;
+    /// 2000,8000 with --smoke): synthetic disks of unique, highly
+    /// compressible 64 KiB blocks, to see memory against the store's chunk count.
+    #[arg(long, value_delimiter = ',')]
+    many_chunks: Option<Vec<u64>>,
+    /// Skip the many-chunks run.
+    #[arg(long)]
+    no_many_chunks: bool,
+    /// Skip the change-hint run.
+    #[arg(long)]
+    no_hints: bool,
+    /// Page cache before each step: `warm` reads the step's image into it
+    /// first, `cold` drops it (needs root), `both` runs the comparison warm
+    /// and then cold (default both; warm with --smoke). The first mode's
+    /// figures are checked against the targets.
+    #[arg(long)]
+    cache: Option<String>,
+    /// Write the report into this file's generated section (default
+    /// docs/performance.md; with --smoke, nowhere unless given).
+    #[arg(long)]
+    doc: Option<PathBuf>,
+    /// Do not write the report file.
+    #[arg(long)]
+    no_doc: bool,
+    /// The alike CLI to run (default: `alike` beside this binary).
+    #[arg(long)]
+    alike: Option<PathBuf>,
+    /// Also write every measurement as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Do not compare restored images with their sources.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+fn main() -> Result<()> {
+    let mut raw = std::env::args_os().skip(1).peekable();
+    if raw.peek().is_some_and(|a| a == measure::WRAPPER_ARG) {
+        raw.next();
+        measure::wrapper_main(raw);
+    }
+    if raw.peek().is_some_and(|a| a == synthetic::SYNTHETIC_ARG) {
+        raw.next();
+        return synthetic::child_main(raw);
+    }
+    let args = Args::parse();
+    let root = images::workspace_root();
+    let work = args.work.clone().unwrap_or_else(|| root.join("target/alike-bench"));
+    std::fs::create_dir_all(&work)?;
+    let alike = match &args.alike {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("alike"),
+    };
+    anyhow::ensure!(
+        alike.is_file(),
+        "no alike CLI at {} (build it: cargo build --release -p alike-cli, or pass --alike)",
+        alike.display()
+    );
+    let size = args.size.unwrap_or(if args.smoke { 64 } else { 4096 });
+    let scaling = if args.no_scaling {
+        Vec::new()
+    } else {
+        args.scaling.clone().unwrap_or_else(|| if args.smoke { vec![8, 32, 128] } else { vec![1024, 4096, 16384] })
+    };
+    let many = if args.no_many_chunks {
+        Vec::new()
+    } else {
+        args.many_chunks
+            .clone()
+            .unwrap_or_else(|| if args.smoke { vec![2000, 8000] } else { vec![100_000, 300_000, 600_000] })
+    };
+    let modes = match args.cache.as_deref().unwrap_or(if args.smoke { "warm" } else { "both" }) {
+        "cold" => vec![run::Cache::Cold],
+        "warm" => vec![run::Cache::Warm],
+        "both" => vec![run::Cache::Warm, run::Cache::Cold],
+        other => anyhow::bail!("--cache warm|cold|both, not {other:?}"),
+    };
+    let doc = if args.no_doc {
+        None
+    } else {
+        args.doc.clone().or_else(|| (!args.smoke).then(|| root.join("docs/performance.md")))
+    };
+    let cfg = run::Config {
+        smoke: args.smoke,
+        work,
+        pair_dir: args.pair.clone(),
+        size_mib: size,
+        tools: tools::configured(&alike, !args.no_peers, !args.smoke),
+        scaling_mib: scaling,
+        hints: !args.no_hints,
+        many_chunks: many,
+        modes,
+        verify: !args.no_verify,
+    };
+    let results = run::run(&cfg)?;
+    let md = report::markdown(&cfg, &results);
+    println!("{md}");
+    if let Some(doc) = &doc {
+        report::write_doc(doc, &md)?;
+        eprintln!("wrote {}", doc.display());
+    }
+    if let Some(j) = &args.json {
+        std::fs::write(j, serde_json::to_string_pretty(&report::json(&results))?)?;
+    }
+    let failures = results.failures();
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("alike-bench: FAILED: {f}");
+        }
+        std::process::exit(1);
+    }
+    Ok(())
+}

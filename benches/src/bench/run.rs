@@ -1,0 +1,572 @@
+//! The run: ceilings, the tool comparison, change hints, scaling.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::ceilings::{self, Ceilings};
+use crate::images::{self, Pair};
+use crate::measure::{self, Cmd, Measured};
+use crate::tools::{Kind, Repo, Tool};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Tiny images and short ceilings.
+    pub(crate) smoke: bool,
+    /// Repositories, restores, fixtures.
+    pub(crate) work: PathBuf,
+    /// Take the pair from here instead of building it.
+    pub(crate) pair_dir: Option<PathBuf>,
+    /// Pair size to build, MiB.
+    pub(crate) size_mib: u64,
+    /// alike first, then the peers.
+    pub(crate) tools: Vec<Tool>,
+    /// Scaling image sizes, MiB.
+    pub(crate) scaling_mib: Vec<u64>,
+    /// Run the change-hint backup.
+    pub(crate) hints: bool,
+    /// Chunk counts of the synthetic many-chunks backups.
+    pub(crate) many_chunks: Vec<u64>,
+    /// Page-cache modes to run the comparison in, the first one primary
+    /// (its figures are checked against the targets; hints and scaling run in it).
+    pub(crate) modes: Vec<Cache>,
+    /// Compare restored images with their sources.
+    pub(crate) verify: bool,
+}
+
+/// The page cache before a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cache {
+    /// The step's image is read into the page cache first, for every tool alike.
+    Warm,
+    /// The page cache is dropped first (`echo 3 > /proc/sys/vm/drop_caches`).
+    Cold,
+}
+
+impl Cache {
+    /// Its name in tables.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cache::Warm => "warm",
+            Cache::Cold => "cold",
+        }
+    }
+}
+
+/// The steps of the comparison, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Repository A: first backup of v1.
+    First,
+    /// Repository A: v2 updated in place, no change hints.
+    Inplace,
+    /// Repository A: v2 in place again, unchanged (peers forced to re-read).
+    Rerun,
+    /// Repository A: restore of v2 (in place).
+    Restore,
+    /// Repository B: first backup of v1 again.
+    FirstB,
+    /// Repository B: v2 laid out afresh, no change hints.
+    Fresh,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub(crate) const ALL: [Step; 6] =
+        [Step::First, Step::Inplace, Step::Rerun, Step::Restore, Step::FirstB, Step::Fresh];
+    /// Its name in tables.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Step::First => "first backup of v1",
+            Step::Inplace => "incremental: v2 updated in place (no hints)",
+            Step::Rerun => "unchanged re-run of v2 in place",
+            Step::Restore => "restore of v2 in place",
+            Step::FirstB => "first backup of v1 (repository B)",
+            Step::Fresh => "incremental: v2 laid out afresh (no hints), repository B",
+        }
+    }
+}
+
+/// One tool's one step.
+#[derive(Debug, Clone)]
+pub(crate) struct StepResult {
+    /// Tool name.
+    pub(crate) tool: String,
+    /// Which step.
+    pub(crate) step: Step,
+    /// Time, RSS, CPU.
+    pub(crate) m: Measured,
+    /// Image size (virtual bytes).
+    pub(crate) image_bytes: u64,
+    /// Allocated bytes of the image.
+    pub(crate) data_bytes: u64,
+    /// Repository size after the step.
+    pub(crate) repo_bytes: u64,
+    /// Repository growth in the step.
+    pub(crate) added_bytes: u64,
+    /// 1-minute load average before the step.
+    pub(crate) load: f64,
+    /// For a restore: bytes the restored file occupies on disk.
+    pub(crate) restored_disk_bytes: Option<u64>,
+    /// For a restore: bit-exact (`None` when not checked).
+    pub(crate) restore_ok: Option<bool>,
+    /// The page cache before the step.
+    pub(crate) cache: Cache,
+    /// For a restore: seconds of the `sync` right after it (what the tool
+    /// left unwritten; alike fsyncs before it exits).
+    pub(crate) sync_secs: f64,
+}
+
+impl StepResult {
+    /// Wall seconds until the result is durable (restores: plus the sync).
+    pub(crate) fn durable_secs(&self) -> f64 {
+        self.m.secs + self.sync_secs
+    }
+}
+
+/// The change-hint run.
+#[derive(Debug, Clone)]
+pub(crate) struct Hints {
+    /// Full backup of the VHDX base.
+    pub(crate) full: Measured,
+    /// Incremental of an empty child (the fixed cost of a backup).
+    pub(crate) empty: Measured,
+    /// Incremental of the child through its change ranges.
+    pub(crate) incr: Measured,
+    /// Bytes written into the child.
+    pub(crate) changed: u64,
+    /// Bytes the incremental read (from alike's report).
+    pub(crate) read: u64,
+    /// Bytes the full backup read.
+    pub(crate) full_read: u64,
+    /// Whether the engine used the change ranges.
+    pub(crate) incremental: bool,
+    /// Virtual size.
+    pub(crate) size: u64,
+}
+
+/// One scaling backup.
+#[derive(Debug, Clone)]
+pub(crate) struct Scale {
+    /// Image size.
+    pub(crate) size: u64,
+    /// Allocated bytes.
+    pub(crate) data: u64,
+    /// The backup.
+    pub(crate) m: Measured,
+    /// Store size after it.
+    pub(crate) repo_bytes: u64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Results {
+    /// The machine: cores, CPU model, memory.
+    pub(crate) machine: Vec<(String, String)>,
+    /// Tool names, versions and settings.
+    pub(crate) tools: Vec<(String, String, String)>,
+    /// The pair.
+    pub(crate) pair: Option<Pair>,
+    /// Image size and allocated bytes of v1.
+    pub(crate) v1_size: u64,
+    /// Allocated bytes of v1.
+    pub(crate) v1_data: u64,
+    /// Whether the page cache could be dropped.
+    pub(crate) cold_ok: bool,
+    /// The modes run, primary first.
+    pub(crate) modes: Vec<Cache>,
+    /// Ceilings.
+    pub(crate) ceilings: Ceilings,
+    /// The comparison.
+    pub(crate) steps: Vec<StepResult>,
+    /// Change hints.
+    pub(crate) hints: Option<Hints>,
+    /// Scaling.
+    pub(crate) scaling: Vec<Scale>,
+    /// Many chunks: (chunks, the backup, store bytes).
+    pub(crate) many: Vec<(u64, Measured, u64)>,
+    /// Steps that failed (the run goes on).
+    pub(crate) errors: Vec<String>,
+    /// Load average at start and end.
+    pub(crate) load: (f64, f64),
+    /// Wall time of the whole run, seconds.
+    pub(crate) total_secs: f64,
+}
+
+impl Results {
+    /// What went wrong: failed steps and restores that were not bit-exact.
+    pub(crate) fn failures(&self) -> Vec<String> {
+        let mut v = self.errors.clone();
+        for s in &self.steps {
+            if s.restore_ok == Some(false) {
+                v.push(format!("{}: the restored image differs from its source", s.tool));
+            }
+        }
+        v
+    }
+    /// The result of `tool` at `step` in the primary mode.
+    pub(crate) fn get(&self, tool: &str, step: Step) -> Option<&StepResult> {
+        let primary = self.modes.first().copied().unwrap_or(Cache::Warm);
+        self.steps.iter().find(|s| s.tool == tool && s.step == step && s.cache == primary)
+    }
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        .map(|k| format!("{:.1} GiB", k / 1048576.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    vec![
+        ("date".into(), date),
+        ("cores (nproc)".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
+        ("CPU".into(), model),
+        ("memory".into(), mem),
+        ("kernel".into(), kernel),
+    ]
+}
+
+/// Same length and bytes.
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
+    let (fa, fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ra, mut rb) =
+        (std::io::BufReader::with_capacity(1 << 20, fa), std::io::BufReader::with_capacity(1 << 20, fb));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = ra.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        rb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+fn find_file(dir: &Path, name: &std::ffi::OsStr) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name() == Some(name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+struct Runner<'a> {
+    cfg: &'a Config,
+    scratch: PathBuf,
+    primary: Cache,
+}
+
+impl Runner<'_> {
+    /// Sets the page cache up for a step that reads `inputs`.
+    fn prepare(&self, cache: Cache, inputs: &[&Path]) {
+        match cache {
+            Cache::Cold => {
+                measure::drop_caches();
+            }
+            Cache::Warm => {
+                measure::sync();
+                for p in inputs {
+                    measure::prime(p);
+                }
+            }
+        }
+    }
+    fn measured(&self, cmd: &Cmd, cache: Cache, inputs: &[&Path]) -> Result<Measured> {
+        self.prepare(cache, inputs);
+        measure::run(cmd, &self.scratch)
+    }
+    fn quiet(&self, cmd: &Cmd) -> Result<()> {
+        measure::run(cmd, &self.scratch).map(|_| ())
+    }
+    fn primary(&self) -> Cache {
+        self.primary
+    }
+}
+
+/// Runs everything `cfg` asks for.
+pub(crate) fn run(cfg: &Config) -> Result<Results> {
+    let t0 = std::time::Instant::now();
+    let mut res = Results { machine: machine(), load: (measure::load1(), f64::NAN), ..Default::default() };
+    let scratch = cfg.work.join(if cfg.smoke { "smoke" } else { "run" });
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    res.cold_ok = measure::drop_caches();
+    res.modes = cfg.modes.clone();
+    if !res.cold_ok && res.modes.contains(&Cache::Cold) {
+        eprintln!("alike-bench: cannot drop the page cache (not root?): running warm only");
+        res.modes.retain(|m| *m == Cache::Warm);
+        if res.modes.is_empty() {
+            res.modes.push(Cache::Warm);
+        }
+    }
+    let r = Runner { cfg, scratch: scratch.clone(), primary: res.modes[0] };
+    let pair = match &cfg.pair_dir {
+        Some(d) => images::pair(d, cfg.size_mib, false)?,
+        None => images::pair(&cfg.work.join(format!("pair-{}", cfg.size_mib)), cfg.size_mib, true)?,
+    };
+    res.v1_size = std::fs::metadata(&pair.v1)?.len();
+    res.v1_data = images::allocated_bytes(&pair.v1)?;
+    res.pair = Some(pair.clone());
+    for t in &cfg.tools {
+        res.tools.push((t.name.clone(), t.version.clone(), t.settings()));
+    }
+
+    eprintln!("measuring ceilings");
+    let (sample, secs) = if cfg.smoke { (8 << 20, 0.02) } else { (256 << 20, 0.5) };
+    res.ceilings = ceilings::measure(&pair.v1, 3, sample, secs, res.cold_ok)?;
+
+    for cache in res.modes.clone() {
+        eprintln!("comparison, page cache {}", cache.name());
+        if let Err(e) = compare(&r, cache, &pair, &mut res) {
+            res.errors.push(format!("comparison ({}): {e:#}", cache.name()));
+        }
+    }
+    let alike = cfg.tools.iter().find(|t| t.kind == Kind::Alike).context("alike is always configured")?;
+    if cfg.hints {
+        eprintln!("change hints");
+        match hints(&r, alike, &pair) {
+            Ok(h) => res.hints = Some(h),
+            Err(e) => res.errors.push(format!("change hints: {e:#}")),
+        }
+    }
+    for &mib in &cfg.scaling_mib {
+        eprintln!("scaling: {mib} MiB");
+        match scale(&r, alike, &pair, mib) {
+            Ok(s) => res.scaling.push(s),
+            Err(e) => res.errors.push(format!("scaling {mib} MiB: {e:#}")),
+        }
+    }
+    for &n in &cfg.many_chunks {
+        eprintln!("many chunks: {n}");
+        match many(&r, n) {
+            Ok(x) => res.many.push(x),
+            Err(e) => res.errors.push(format!("many chunks {n}: {e:#}")),
+        }
+    }
+    if !cfg.smoke {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    res.load.1 = measure::load1();
+    res.total_secs = t0.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+/// A backup step of a phase: which step, of which image, under which name.
+type Planned<'a> = (Step, &'a Path, &'static str);
+
+/// The comparison in one page-cache mode, step-major: every tool does a
+/// step before any does the next, so the tools of one step run close in
+/// time (and load).
+fn compare(r: &Runner<'_>, cache: Cache, pair: &Pair, res: &mut Results) -> Result<()> {
+    let tools = &r.cfg.tools;
+    let slug =
+        |t: &Tool| -> String { t.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect() };
+    let phases: [(&str, Vec<Planned<'_>>); 2] = [
+        (
+            "A",
+            vec![
+                (Step::First, &pair.v1, "v1"),
+                (Step::Inplace, &pair.v2_inplace, "v2"),
+                (Step::Rerun, &pair.v2_inplace, "v2-rerun"),
+            ],
+        ),
+        ("B", vec![(Step::FirstB, &pair.v1, "v1"), (Step::Fresh, &pair.v2_fresh, "v2-fresh")]),
+    ];
+    for (phase, plan) in phases {
+        let repos: Vec<Repo> =
+            tools.iter().map(|t| Repo::new(r.scratch.join(format!("{}-{phase}", slug(t))))).collect();
+        // A tool that fails is dropped from the rest of the phase; the others go on.
+        let mut alive: Vec<bool> = vec![true; tools.len()];
+        let mut before = vec![0u64; tools.len()];
+        for (i, t) in tools.iter().enumerate() {
+            repos[i].remove();
+            if let Err(e) = r.quiet(&t.init(&repos[i])) {
+                res.errors.push(format!("{} init: {e:#}", t.name));
+                alive[i] = false;
+            }
+            before[i] = measure::dir_bytes(&repos[i].dir);
+        }
+        for &(step, image, name) in &plan {
+            for (i, t) in tools.iter().enumerate() {
+                if !alive[i] {
+                    continue;
+                }
+                let load = measure::load1();
+                let m = match r.measured(&t.backup(&repos[i], image, name, step == Step::Rerun), cache, &[image]) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        res.errors.push(format!("{} {} ({}): {e:#}", t.name, step.name(), cache.name()));
+                        alive[i] = false;
+                        continue;
+                    }
+                };
+                let after = measure::dir_bytes(&repos[i].dir);
+                res.steps.push(StepResult {
+                    tool: t.name.clone(),
+                    step,
+                    m,
+                    image_bytes: std::fs::metadata(image)?.len(),
+                    data_bytes: images::allocated_bytes(image)?,
+                    repo_bytes: after,
+                    added_bytes: after.saturating_sub(before[i]),
+                    load,
+                    restored_disk_bytes: None,
+                    restore_ok: None,
+                    cache,
+                    sync_secs: 0.0,
+                });
+                before[i] = after;
+            }
+        }
+        if phase == "A" {
+            for (i, t) in tools.iter().enumerate() {
+                if !alive[i] {
+                    continue;
+                }
+                if let Err(e) = restore(r, t, &repos[i], cache, pair, before[i], res) {
+                    res.errors.push(format!("{} restore ({}): {e:#}", t.name, cache.name()));
+                }
+            }
+        }
+        for repo in &repos {
+            repo.remove();
+        }
+    }
+    Ok(())
+}
+
+fn restore(
+    r: &Runner<'_>,
+    t: &Tool,
+    repo: &Repo,
+    cache: Cache,
+    pair: &Pair,
+    repo_bytes: u64,
+    res: &mut Results,
+) -> Result<()> {
+    let out_dir = r.scratch.join("restore");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir)?;
+    let (cmd, expect) = t.restore(repo, &pair.v2_inplace, "v2-rerun", &out_dir);
+    let load = measure::load1();
+    let m = r.measured(&cmd, cache, &[])?;
+    let ts = std::time::Instant::now();
+    measure::sync();
+    let sync_secs = ts.elapsed().as_secs_f64();
+    let file = if expect.is_file() {
+        expect
+    } else {
+        find_file(&out_dir, pair.v2_inplace.file_name().unwrap_or_default())
+            .context("the restored image is not where it should be")?
+    };
+    let meta = std::fs::metadata(&file)?;
+    let restore_ok = if r.cfg.verify { Some(same_content(&file, &pair.v2_inplace)?) } else { None };
+    res.steps.push(StepResult {
+        tool: t.name.clone(),
+        step: Step::Restore,
+        m,
+        image_bytes: meta.len(),
+        data_bytes: images::allocated_bytes(&pair.v2_inplace)?,
+        repo_bytes,
+        added_bytes: 0,
+        load,
+        restored_disk_bytes: Some(std::os::unix::fs::MetadataExt::blocks(&meta) * 512),
+        restore_ok,
+        cache,
+        sync_secs,
+    });
+    let _ = std::fs::remove_dir_all(&out_dir);
+    Ok(())
+}
+
+fn alike_json(m: &Measured) -> Result<serde_json::Value> {
+    let line = m.stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from alike")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn hints(r: &Runner<'_>, alike: &Tool, pair: &Pair) -> Result<Hints> {
+    let dir = r.scratch.join("hints");
+    let _ = std::fs::remove_dir_all(&dir);
+    let fx = images::vhdx_chain(&pair.v1, &dir.join("images"), 2.0, 7)?;
+    let repo = Repo::new(dir.join("repo"));
+    r.quiet(&alike.init(&repo))?;
+    let cache = r.primary();
+    let full = r.measured(&alike.backup(&repo, &fx.base, "base", false), cache, &[&fx.base])?;
+    let empty = r.measured(&alike.backup(&repo, &fx.empty, "empty", false), cache, &[&fx.base, &fx.empty])?;
+    let incr = r.measured(&alike.backup(&repo, &fx.child, "child", false), cache, &[&fx.base, &fx.child])?;
+    let (jf, ji) = (alike_json(&full)?, alike_json(&incr)?);
+    let h = Hints {
+        changed: fx.changed,
+        read: ji["read_bytes"].as_u64().unwrap_or(0),
+        full_read: jf["read_bytes"].as_u64().unwrap_or(0),
+        incremental: ji["disks"][0]["incremental"].as_bool().unwrap_or(false)
+            && alike_json(&empty)?["disks"][0]["incremental"].as_bool().unwrap_or(false),
+        size: res_size(&pair.v1)?,
+        full,
+        empty,
+        incr,
+    };
+    repo.remove();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(h)
+}
+
+fn res_size(p: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(p)?.len())
+}
+
+fn scale(r: &Runner<'_>, alike: &Tool, pair: &Pair, mib: u64) -> Result<Scale> {
+    let img_dir = r.cfg.work.join("scaling");
+    std::fs::create_dir_all(&img_dir)?;
+    let img = images::scaling_image(&pair.v1, &img_dir.join(format!("scale-{mib}.img")), mib << 20)?;
+    let repo = Repo::new(r.scratch.join(format!("scale-{mib}")));
+    r.quiet(&alike.init(&repo))?;
+    let m = r.measured(&alike.backup(&repo, &img, "scale", false), r.primary(), &[&img]);
+    let repo_bytes = measure::dir_bytes(&repo.dir);
+    repo.remove();
+    Ok(Scale { size: mib << 20, data: images::allocated_bytes(&img)?, m: m?, repo_bytes })
+}
+
+fn many(r: &Runner<'_>, n: u64) -> Result<(u64, Measured, u64)> {
+    let repo = Repo::new(r.scratch.join(format!("many-{n}")));
+    repo.remove();
+    let cmd = Cmd::new(std::env::current_exe()?)
+        .arg(crate::synthetic::SYNTHETIC_ARG)
+        .arg(&repo.dir)
+        .arg(repo.dir.with_extension("cache"))
+        .arg(n.to_string());
+    let m = r.measured(&cmd, Cache::Warm, &[]);
+    let bytes = measure::dir_bytes(&repo.dir);
+    repo.remove();
+    Ok((n, m?, bytes))
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The performance harness in one command (issue 7; benches/README.md).
+#
+#   bash scripts/bench.sh                 # full run: 4 GiB ext4 pair, alike vs restic vs borg,
+#                                         # ceilings, change hints, scaling 1/4/16 GiB;
+#                                         # rewrites docs/performance.md (~15-25 min on 2 cores)
+#   bash scripts/bench.sh --smoke         # tiny images, every step and peer, < 1 min
+#   bash scripts/bench.sh --no-scaling    # any alike-bench option passes through
+#   STAGES=1 bash scripts/bench.sh        # also the criterion stage benchmarks
+#
+# Installs what it needs when missing (as root, or with sudo): restic and
+# borgbackup (the peers), e2fsprogs (the ext4 images). Builds the release
+# `alike` CLI and `alike-bench`; SMOKE builds stay in the dev profile when
+# PROFILE=dev is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/sbin:/usr/sbin"
+
+missing=()
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+command -v borg >/dev/null 2>&1 || missing+=(borgbackup)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)
+if ((${#missing[@]})) && [ -z "${NO_INSTALL:-}" ]; then
+    echo "bench.sh: installing ${missing[*]}" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; then
+        :
+    else
+        echo "bench.sh: could not install ${missing[*]}: the run goes on without them" >&2
+    fi
+fi
+
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+    cargo build --release --locked -p alike-cli -p alike-benches
+    BIN=target/release
+else
+    cargo build --locked -p alike-cli -p alike-benches
+    BIN=target/debug
+fi
+
+if [ -n "${STAGES:-}" ]; then
+    cargo bench --locked -p alike-benches --bench stages
+fi
+
+exec "$BIN/alike-bench" --alike "$BIN/alike" "$@"
