@@ -33,7 +33,8 @@ if [ ! -x .venv/bin/python ]; then
     step "creating .venv"
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -r bindings-python/requirements-dev.txt
+.venv/bin/pip install -q --disable-pip-version-check -r bindings-python/requirements-dev.txt \
+    -r alike-xen-sim/requirements-test.txt
 
 # --- checks ----------------------------------------------------------------
 if [ -z "${QUICK:-}" ]; then
@@ -57,6 +58,10 @@ step "Python bindings: build into .venv, pytest, stub and type checks"
 .venv/bin/python -m pytest -q bindings-python/tests
 .venv/bin/python -m mypy.stubtest alike._native
 .venv/bin/python -m mypy --strict bindings-python/python/alike
+
+step "XAPI simulator driven by the official XenAPI Python SDK"
+cargo build --locked -q -p alike-xen-sim --bin alike-xapi-sim
+.venv/bin/python -m pytest -q alike-xen-sim/tests/python
 
 step "C ABI: example and API tests against the committed header, also under valgrind"
 bash scripts/test-c.sh
