@@ -14,12 +14,16 @@
 //! - [`xapi`]: the XAPI client — JSON-RPC transport with sessions,
 //!   re-login, pool-master redirects, typed errors, task polling, the calls
 //!   a backup needs, and `/export_raw_vdi` / `/import_raw_vdi` streaming.
+//! - [`adapter`]: the pool adapter over these — inventory, Enhanced Backup
+//!   with CBT ([`adapter::XenPool::begin_backup`], snapshot VDIs as
+//!   [`alike_core::DiskSource`]s over NBD or exports), and restore of whole
+//!   VMs and single disks.
 //!
 //! TLS everywhere is rustls with the ring provider (set per connection; no
 //! process-wide provider needed), with certificate pinning by SHA-256
-//! fingerprint ([`ServerCertCheck`]). The Hypervisor adapter over these
-//! (inventory, CBT backup, restore) follows (issue 5).
+//! fingerprint ([`ServerCertCheck`]).
 
+pub mod adapter;
 mod error;
 pub mod nbd;
 pub mod vhd;
