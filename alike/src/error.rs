@@ -67,6 +67,16 @@ pub enum Error {
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
     Vhdx(alike_hyperv::VhdxError),
+    /// A XenServer/XCP-ng pool refused or failed (what was being done, and
+    /// the XAPI code and parameters: [`Error::xapi_code`]).
+    #[error(transparent)]
+    Xen(alike_xen::adapter::PoolError),
+}
+
+impl From<alike_xen::adapter::PoolError> for Error {
+    fn from(e: alike_xen::adapter::PoolError) -> Error {
+        Error::Xen(e)
+    }
 }
 
 impl From<alike_xen::Error> for Error {
@@ -119,7 +129,6 @@ impl Error {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         use alike_ads::Error as A;
-        use alike_core::Error as C;
         match self {
             Error::Store(a) => match a {
                 A::NotAStore { .. } => ErrorKind::NotAStore,
@@ -135,16 +144,7 @@ impl Error {
                 A::BadLocation { .. } => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Other,
             },
-            Error::Engine(c) => match c {
-                C::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
-                C::CorruptBlob { .. } | C::CorruptFrame { .. } | C::Malformed { .. } | C::MissingChunk { .. } => {
-                    ErrorKind::Corruption
-                }
-                C::SourceRead { .. } | C::TargetWrite { .. } | C::Io { .. } => ErrorKind::Io,
-                C::Cancelled => ErrorKind::Cancelled,
-                C::InvalidArgument(_) => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Other,
-            },
+            Error::Engine(c) => core_kind(c),
             Error::Vhd(x) => {
                 use alike_xen::Error as X;
                 match x {
@@ -165,7 +165,67 @@ impl Error {
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Xen(x) => xen_kind(x),
         }
+    }
+
+    /// The XAPI error code when a XenServer/XCP-ng pool refused
+    /// (`SESSION_AUTHENTICATION_FAILED`, `VDI_IN_USE`…).
+    pub fn xapi_code(&self) -> Option<&str> {
+        match self {
+            Error::Xen(x) => x.xapi_code(),
+            Error::Vhd(x) => x.xapi_code(),
+            _ => None,
+        }
+    }
+}
+
+fn core_kind(c: &alike_core::Error) -> ErrorKind {
+    use alike_core::Error as C;
+    match c {
+        C::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
+        C::CorruptBlob { .. } | C::CorruptFrame { .. } | C::Malformed { .. } | C::MissingChunk { .. } => {
+            ErrorKind::Corruption
+        }
+        C::SourceRead { .. } | C::TargetWrite { .. } | C::Io { .. } => ErrorKind::Io,
+        C::Cancelled => ErrorKind::Cancelled,
+        C::InvalidArgument(_) => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// XAPI refusals keep their code ([`Error::xapi_code`]); the kind says
+/// only what a caller can act on: not found, busy, I/O (the pool
+/// unreachable, a transfer cut), cancelled; other refusals are `Other`.
+fn xen_kind(x: &alike_xen::adapter::PoolError) -> ErrorKind {
+    use alike_xen::Error as X;
+    use alike_xen::adapter::PoolError as P;
+    match x {
+        P::NotFound { .. } => return ErrorKind::NotFound,
+        P::Ambiguous { .. } | P::BadConfig(_) | P::InvalidArgument(_) => return ErrorKind::InvalidArgument,
+        P::Cancelled => return ErrorKind::Cancelled,
+        _ => {}
+    }
+    match x.xen_error() {
+        Some(X::Source(c)) => core_kind(c),
+        Some(X::Xapi { code, .. }) => match code.as_str() {
+            "HANDLE_INVALID" | "UUID_INVALID" | "VDI_MISSING" => ErrorKind::NotFound,
+            "VDI_IN_USE" | "OTHER_OPERATION_IN_PROGRESS" => ErrorKind::Busy,
+            _ => ErrorKind::Other,
+        },
+        Some(
+            X::Http { .. }
+            | X::HttpStatus { .. }
+            | X::Connection { .. }
+            | X::TaskTimeout { .. }
+            | X::CertificateMismatch { .. }
+            | X::Nbd { .. }
+            | X::Io { .. }
+            | X::Read { .. }
+            | X::Write { .. },
+        ) => ErrorKind::Io,
+        Some(X::InvalidArgument(_) | X::TlsSetup(_)) => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Other,
     }
 }
 

@@ -31,15 +31,22 @@ mod error;
 mod image;
 mod options;
 mod store;
+mod xen;
 
 pub use alike_ads::{
     Affected, Damage, GcReport, LockInfo, LockKind, ObjectOptions, PruneReport, Verification, VerifyReport,
 };
 pub use alike_core::retention::{Decision, RetentionPolicy};
+/// XenServer/XCP-ng pools ([`Store::backup_xen`], [`Store::restore_xen_vm`]).
+pub use alike_xen::adapter::{
+    DiskTransport, PoolError, Quiesce, ReleaseReport, Transport, UploadFormat, VmRestoreOptions, VmSummary,
+    XenBackupOptions, XenPool, XenVmConfig,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{ImageFormat, create_image, open_image};
 pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, VaultReport, Version};
+pub use xen::{XenBackupReport, XenDiskReport, XenRestoreReport, XenUploadReport, xen_pool};
 
 // Engine vocabulary users need.
 pub use alike_core::{

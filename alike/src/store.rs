@@ -653,6 +653,12 @@ impl Store {
     pub fn chunk_store(&self) -> &dyn ChunkStore {
         &self.repo
     }
+
+    /// The open repository, for the facade's other modules (`xen`: read
+    /// locks, keys, stored versions as sources).
+    pub(crate) fn repo(&self) -> &Repository {
+        &self.repo
+    }
 }
 
 /// What [`Store::vault`] did.
