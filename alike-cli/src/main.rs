@@ -3,6 +3,8 @@
 //! Scripts depend on its shape: the commands, flags, `--json` keys and exit
 //! status (0 success, 1 failure with a one-line error on stderr, 2 usage).
 
+mod xen;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -241,6 +243,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// XenServer/XCP-ng: list a pool's VMs, back one up (CBT incremental), restore a version as a new VM.
+    Xen(xen::XenArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex {
         /// Print a JSON object.
@@ -836,6 +840,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             eprintln!("stale locks removed; {} live lock(s) remain", live.len());
         }
+        Cmd::Xen(a) => xen::run(&cli, a)?,
         Cmd::RebuildIndex { json } => {
             let store = open(&cli)?;
             let bar = Bar::new(&cli, "index");

@@ -259,7 +259,7 @@ impl XenPool {
                 by_origin.get(vdi_ref).or_else(|| by_device.get(&d.userdevice)).cloned().ok_or_else(|| {
                     PoolError::Xen {
                         context: format!("finding the snapshot of disk {} (VDI {}) of {who}", d.position, d.vdi_uuid),
-                        source: Box::new(crate::Error::BadReply {
+                        error: Box::new(crate::Error::BadReply {
                             method: "VM.snapshot".into(),
                             reason: format!("snapshot {snap_uuid} has no disk at userdevice {}", d.userdevice),
                         }),
@@ -352,7 +352,7 @@ impl XenPool {
                 Err(e) => {
                     return Err(PoolError::Xen {
                         context: format!("taking a quiesced snapshot of {who}"),
-                        source: Box::new(e),
+                        error: Box::new(e),
                     });
                 }
             }

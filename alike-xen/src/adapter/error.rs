@@ -3,8 +3,12 @@
 //! and parameters included).
 //!
 //! Rules: every public function of the adapter returns [`PoolError`].
-//! Lower errors are kept as `source`, never flattened to text; the context
-//! names the objects by name and uuid. Failures inside the engine's calls to
+//! Lower errors are kept whole in a field ([`PoolError::xen_error`],
+//! [`PoolError::xapi_code`]), never flattened to text; the context names the
+//! objects by name and uuid. The message already holds the lower error's
+//! text (the engine records messages, not chains, as fallback reasons), so
+//! it is not also returned by `Error::source` — a printed chain would say
+//! everything twice. Failures inside the engine's calls to
 //! a [`crate::adapter::XenDisk`] cross the seam as `alike_core::Error`
 //! (`SourceRead` for reads, `Store` holding a [`PoolError`] for change
 //! tracking).
@@ -16,13 +20,12 @@ use alike_core::Retry;
 #[non_exhaustive]
 pub enum PoolError {
     /// A XAPI call, an HTTP transfer or an NBD exchange failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Xen {
         /// What the adapter was doing ("snapshotting VM web-01 (uuid …)").
         context: String,
         /// The error, with its XAPI code and parameters when XAPI refused.
-        #[source]
-        source: Box<crate::Error>,
+        error: Box<crate::Error>,
     },
     /// No object of that class has that name, uuid or ref.
     #[error("no {class} {spec:?} in the pool (by name, uuid or ref){hint}")]
@@ -59,8 +62,7 @@ pub enum PoolError {
         /// Why, with the XAPI error's text when there is one.
         reason: String,
         /// The XAPI (or HTTP) error, when there is one.
-        #[source]
-        source: Option<Box<crate::Error>>,
+        error: Option<Box<crate::Error>>,
     },
     /// A caller passed something unusable.
     #[error("invalid argument: {0}")]
@@ -90,7 +92,7 @@ impl PoolError {
     /// The lower error, when there is one.
     pub fn xen_error(&self) -> Option<&crate::Error> {
         match self {
-            PoolError::Xen { source, .. } | PoolError::ChangesUnknown { source: Some(source), .. } => Some(source),
+            PoolError::Xen { error, .. } | PoolError::ChangesUnknown { error: Some(error), .. } => Some(error),
             _ => None,
         }
     }
@@ -121,6 +123,6 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for crate::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> PoolResult<T> {
-        self.map_err(|source| PoolError::Xen { context: what(), source: Box::new(source) })
+        self.map_err(|source| PoolError::Xen { context: what(), error: Box::new(source) })
     }
 }

@@ -429,7 +429,7 @@ impl XenPool {
             Ok(Value::String(r)) => Ok(r),
             Ok(other) => Err(PoolError::Xen {
                 context: format!("looking up VDI {spec}"),
-                source: Box::new(Error::BadReply {
+                error: Box::new(Error::BadReply {
                     method: "VDI.get_by_uuid".into(),
                     reason: format!("ref is {other}"),
                 }),
@@ -437,7 +437,7 @@ impl XenPool {
             Err(e) if e.xapi_code() == Some("UUID_INVALID") => {
                 Err(PoolError::NotFound { class: "VDI", spec: spec.to_owned(), hint: "" })
             }
-            Err(e) => Err(PoolError::Xen { context: format!("looking up VDI {spec}"), source: Box::new(e) }),
+            Err(e) => Err(PoolError::Xen { context: format!("looking up VDI {spec}"), error: Box::new(e) }),
         }
     }
 
@@ -450,7 +450,7 @@ impl XenPool {
                 Ok(r) if keep(&r) => Ok((spec.to_owned(), r)),
                 Ok(_) => Err(not_found()),
                 Err(e) if e.xapi_code() == Some("HANDLE_INVALID") => Err(not_found()),
-                Err(e) => Err(PoolError::Xen { context: format!("looking up {class} {spec}"), source: Box::new(e) }),
+                Err(e) => Err(PoolError::Xen { context: format!("looking up {class} {spec}"), error: Box::new(e) }),
             };
         }
         let all = self.all_raw(class).ctx(|| format!("listing {class}s to find {spec:?}"))?;
@@ -485,6 +485,6 @@ pub(crate) fn parse_vbd(raw: &Raw, r: &str) -> Result<VbdRecord> {
 
 impl From<Error> for PoolError {
     fn from(source: Error) -> PoolError {
-        PoolError::Xen { context: "XAPI".into(), source: Box::new(source) }
+        PoolError::Xen { context: "XAPI".into(), error: Box::new(source) }
     }
 }

@@ -256,14 +256,13 @@ impl XenPool {
     pub fn destroy_vm(&self, vm: &CreatedVm) -> PoolResult<()> {
         let mut first = None;
         if let Err(e) = self.client().vm_destroy(&vm.vm_ref) {
-            first
-                .get_or_insert(PoolError::Xen { context: format!("destroying VM {:?}", vm.name), source: Box::new(e) });
+            first.get_or_insert(PoolError::Xen { context: format!("destroying VM {:?}", vm.name), error: Box::new(e) });
         }
         for d in &vm.disks {
             if let Err(e) = self.client().vdi_destroy(&d.vdi_ref) {
                 first.get_or_insert(PoolError::Xen {
                     context: format!("destroying VDI {}", d.vdi_uuid),
-                    source: Box::new(e),
+                    error: Box::new(e),
                 });
             }
         }

@@ -202,7 +202,7 @@ impl<'p> XenDisk<'p> {
     }
 
     fn unknown(&self, reason: String, source: Option<Box<crate::Error>>) -> PoolError {
-        let e = PoolError::ChangesUnknown { disk: self.label.clone(), reason, source };
+        let e = PoolError::ChangesUnknown { disk: self.label.clone(), reason, error: source };
         tracing::warn!(disk = %self.label, error = %e, "CBT: falling back to a full read of the disk");
         self.note(e.to_string());
         e
@@ -288,7 +288,7 @@ impl<'p> XenDisk<'p> {
             Err(PoolError::Cancelled) => Err(PoolError::Cancelled),
             Err(e) => {
                 let source = match e {
-                    PoolError::Xen { source, .. } => Some(source),
+                    PoolError::Xen { error, .. } => Some(error),
                     _ => None,
                 };
                 let text = source.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -305,7 +305,7 @@ impl<'p> XenDisk<'p> {
     /// Downloads the snapshot VDI (`fmt`) into a new spool file.
     fn download(&self, dir: &Path, fmt: &ExportFormat) -> PoolResult<Spool> {
         let what = || format!("exporting snapshot VDI {} ({})", self.snap_uuid, self.label);
-        let xen = |source: crate::Error| PoolError::Xen { context: what(), source: Box::new(source) };
+        let xen = |source: crate::Error| PoolError::Xen { context: what(), error: Box::new(source) };
         let file = spool_file(dir).map_err(|e| xen(crate::Error::Io { path: dir.to_owned(), source: e }))?;
         file.set_len(self.size).map_err(|e| xen(crate::Error::Io { path: dir.to_owned(), source: e }))?;
         let stream = self.client.export_raw_vdi(&self.snap_ref, fmt).map_err(xen)?;
@@ -399,9 +399,9 @@ impl<'p> XenDisk<'p> {
             return Ok(Arc::clone(d));
         }
         let what = || format!("opening the NBD export of snapshot VDI {} ({})", self.snap_uuid, self.label);
-        let mut b = info.builder().map_err(|source| PoolError::Xen { context: what(), source: Box::new(source) })?;
+        let mut b = info.builder().map_err(|source| PoolError::Xen { context: what(), error: Box::new(source) })?;
         b.connections((*connections).max(1)).label(format!("NBD export of {}", self.label));
-        let d = Arc::new(b.open_disk().map_err(|source| PoolError::Xen { context: what(), source: Box::new(source) })?);
+        let d = Arc::new(b.open_disk().map_err(|source| PoolError::Xen { context: what(), error: Box::new(source) })?);
         *guard = Some(Arc::clone(&d));
         Ok(d)
     }

@@ -1,0 +1,221 @@
+//! `alike xen …` against the `alike-xapi-sim` binary (`--demo`): list VMs,
+//! back up (full, then incremental with the exact bytes read), a broken CBT
+//! chain printed as a warning, restore as a new VM, and that VM backed up
+//! and restored to files bit-exact with the original version.
+//!
+//! The simulator binary: `ALIKE_XAPI_SIM`, else built beside `alike`
+//! (`cargo build -p alike-xen-sim --bin alike-xapi-sim`).
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn sim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALIKE_XAPI_SIM") {
+        return p.into();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_alike")).with_file_name("alike-xapi-sim");
+    // Build it (a no-op when fresh): `cargo test -p alike-cli` alone does not.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let profile = if bin.parent().is_some_and(|d| d.ends_with("release")) { vec!["--release"] } else { vec![] };
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "alike-xen-sim", "--bin", "alike-xapi-sim", "--manifest-path"])
+        .arg(&manifest)
+        .args(&profile)
+        .status()
+        .expect("running cargo to build alike-xapi-sim");
+    assert!(st.success(), "building alike-xapi-sim failed");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+struct Sim {
+    child: Child,
+    url: String,
+    addr: String,
+}
+
+impl Sim {
+    fn start(state: &Path) -> Sim {
+        let mut child = Command::new(sim_binary())
+            .args(["--listen", "127.0.0.1:0", "--demo", "--state"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut first).unwrap();
+        // Keep reading what it prints (it dies on a closed stdout).
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let url = first.split_whitespace().last().unwrap().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        Sim { child, url, addr }
+    }
+
+    /// The simulator's test API: the guest writes `body` at `offset` of a VDI (marks CBT).
+    fn guest_write(&self, vdi: &str, offset: u64, body: &[u8]) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let head = format!(
+            "PUT /sim/write?vdi={vdi}&offset={offset} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    fn post(&self, target: &str) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let head =
+            format!("POST {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", self.addr);
+        s.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cli {
+    dir: tempfile::TempDir,
+    sim: Sim,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Sim::start(&dir.path().join("sim"));
+        std::fs::write(dir.path().join("xen-pw"), "alike\n").unwrap();
+        Cli { dir, sim }
+    }
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_alike"));
+        c.env("ALIKE_CACHE_DIR", self.p("cache"))
+            .env("ALIKE_PASSWORD", "pw")
+            .env("ALIKE_XEN_PASSWORD", "alike")
+            .env_remove("ALIKE_STORE")
+            .env_remove("ALIKE_XEN_URL");
+        c.arg("--store").arg(self.p("store"));
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "alike {args:?} failed: {err}");
+        (String::from_utf8(o.stdout).unwrap(), err)
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args).0).unwrap()
+    }
+    fn xen<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["xen", "--url", self.sim.url.as_str()];
+        v.extend_from_slice(rest);
+        v
+    }
+}
+
+#[test]
+fn vms_backup_incremental_fallback_and_restore() {
+    let c = Cli::new();
+    // Unencrypted: no passphrase hashing in each of the many commands below.
+    c.ok(&["init", "--no-encryption"]);
+    // vms, with the password from a file.
+    let pwf = c.p("xen-pw");
+    let o = c
+        .cmd()
+        .env_remove("ALIKE_XEN_PASSWORD")
+        .args(c.xen(&["--xen-password-file", pwf.to_str().unwrap(), "vms", "--json"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vms: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = vms.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["db-01", "web-01"]);
+    let web = &vms[1];
+    let root_vdi = web["disks"][0]["vdi_uuid"].as_str().unwrap().to_owned();
+    let data_vdi = web["disks"][1]["vdi_uuid"].as_str().unwrap().to_owned();
+    let (text, _) = c.ok(&c.xen(&["vms"]));
+    assert!(text.contains("web-01") && text.contains("web-01 root 64.0 MiB"), "{text}");
+    let pool = c.json(&c.xen(&["pool", "--json"]));
+    assert_eq!(pool["srs"][0]["name"], "Local storage");
+
+    // Full, then incremental.
+    let b1 = c.json(&c.xen(&["backup", "--vm", "web-01", "--json"]));
+    assert_eq!(b1["disks"][0]["mode"], "full");
+    assert_eq!(b1["disks"][0]["transport"], "nbd");
+    assert_eq!(b1["read_bytes"], 96 << 20);
+    let v1 = b1["id"].as_str().unwrap().to_owned();
+    c.sim.guest_write(&root_vdi, 65536 * 10 + 3, b"scattered");
+    c.sim.guest_write(&root_vdi, 65536 * 500, &[1u8; 65537]);
+    c.sim.guest_write(&data_vdi, 0, b"x");
+    let b2 = c.json(&c.xen(&["backup", "--vm", web["uuid"].as_str().unwrap(), "--json"]));
+    assert_eq!(b2["disks"][0]["mode"], "incremental");
+    assert_eq!(b2["disks"][0]["read_bytes"], 3 * 65536, "blocks 10, 500 and 501");
+    assert_eq!(b2["disks"][1]["read_bytes"], 65536);
+    assert_eq!(b2["read_bytes"], 4 * 65536);
+    assert_eq!(b2["wire_bytes"], 4 * 65536);
+    assert_eq!(b2["released"]["destroyed_snapshots"][0], b1["snapshot"]);
+
+    // A broken chain: a warning on stderr, a full read, still a version.
+    c.sim.post("/sim/fail_next?method=VDI.list_changed_blocks&code=SR_BACKEND_FAILURE_460&params=,injected,");
+    let (out, err) = c.ok(&c.xen(&["backup", "--vm", "web-01"]));
+    assert_eq!(out.trim().len(), 64, "prints the version id: {out}");
+    assert!(
+        err.contains("alike: warning: disk 0 (VDI ")
+            && err.contains("was read in full")
+            && err.contains("SR_BACKEND_FAILURE_460"),
+        "{err}"
+    );
+    assert!(
+        err.contains("disk 0 (VDI") && err.contains("full over nbd") && err.contains("incremental over nbd"),
+        "{err}"
+    );
+
+    // Restore version 1 as a new VM, then back that VM up and compare its disks with version 1's.
+    let (out, _) = c.ok(&c.xen(&["restore", &v1[..12], "--sr", "Local storage", "--name", "web-01-restored"]));
+    let new_uuid = out.trim().to_owned();
+    let vms = c.json(&c.xen(&["vms", "--json"]));
+    let restored = vms.as_array().unwrap().iter().find(|v| v["uuid"] == new_uuid.as_str()).unwrap();
+    assert_eq!(restored["name"], "web-01-restored");
+    assert_eq!(restored["power_state"], "Halted");
+    assert_eq!(restored["disks"].as_array().unwrap().len(), 2);
+    assert_eq!(restored["nics"][0]["mac"], web["nics"][0]["mac"]);
+    c.ok(&c.xen(&["backup", "--vm", "web-01-restored"]));
+    for disk in ["0", "1"] {
+        let a = c.p(&format!("orig{disk}.img"));
+        let b = c.p(&format!("back{disk}.img"));
+        c.ok(&["restore", &v1, "--disk", disk, "-o", a.to_str().unwrap()]);
+        c.ok(&["restore", "latest", "--vm", "web-01-restored", "--disk", disk, "-o", b.to_str().unwrap()]);
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "disk {disk} differs");
+    }
+
+    // Errors: a wrong password, an unknown VM.
+    let o = c.cmd().env("ALIKE_XEN_PASSWORD", "wrong").args(c.xen(&["vms"])).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SESSION_AUTHENTICATION_FAILED"));
+    let o = c.run(&c.xen(&["backup", "--vm", "nope"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no VM \"nope\""), "{}", String::from_utf8_lossy(&o.stderr));
+}
