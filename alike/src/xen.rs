@@ -214,6 +214,15 @@ impl Store {
                 Some((d.position, decode_hex(t)?))
             })
             .collect();
+        // Disks of the parent without a change token are read whole by the
+        // engine without a recorded reason: the report gives one.
+        let untracked: Vec<u32> = parent
+            .iter()
+            .flat_map(|p| &p.manifest.disks)
+            .filter(|d| d.change_token.is_none())
+            .map(|d| d.position)
+            .collect();
+        let parent_id = parent.as_ref().map(|p| p.short_id().to_owned()).unwrap_or_default();
         let xopts = xen.clone().cancel_token(opts.run.cancel.clone());
         let session = pool.begin_backup(&vm_ref, &xopts, &previous)?;
         let mut o = opts.clone();
@@ -233,6 +242,11 @@ impl Store {
             .iter()
             .map(|d| {
                 let v = backup.version.disks.iter().find(|x| x.position == d.position());
+                let untracked = untracked.contains(&d.position()).then(|| {
+                    format!(
+                        "the previous version {parent_id} recorded no change token for this disk (it was not backed up from this pool)"
+                    )
+                });
                 XenDiskReport {
                     position: d.position(),
                     vdi_uuid: d.vdi_uuid().to_owned(),
@@ -240,7 +254,7 @@ impl Store {
                     size: d.size(),
                     transport: d.transport(),
                     incremental: v.is_some_and(|v| v.incremental),
-                    fallback_reason: v.and_then(|v| v.fallback_reason.clone()),
+                    fallback_reason: v.and_then(|v| v.fallback_reason.clone()).or(untracked),
                     read_bytes: v.map_or(0, |v| v.read_bytes),
                     wire_bytes: d.wire_bytes(),
                 }

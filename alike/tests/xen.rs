@@ -166,9 +166,16 @@ fn broken_chains_fall_back_loudly_and_stay_correct() {
     let r = backup(&env, &pool, "web-01");
     assert!(r.disks[0].incremental, "and the chain is whole again");
 
-    // A resized disk (db-01 is halted, so its VDI can grow).
+    // A previous version without change tokens (a plain image backup of the same name).
+    let img = env.dir.path().join("db.img");
+    std::fs::write(&img, vec![3u8; 1 << 20]).unwrap();
+    env.store.backup_images("db-01", &[&img], &BackupOptions::default()).unwrap();
     let db = env.vdi("db-01 disk");
-    backup(&env, &pool, "db-01");
+    let r = backup(&env, &pool, "db-01");
+    let why = r.disks[0].fallback_reason.as_deref().unwrap();
+    assert!(why.contains("recorded no change token"), "{why}");
+
+    // A resized disk (db-01 is halted, so its VDI can grow).
     let s = env.sim.login().unwrap();
     env.sim.call("VDI.resize", vec![Value::s(&s), Value::s(&db), Value::Int(64 << 20)]).unwrap();
     let r = backup(&env, &pool, "db-01");

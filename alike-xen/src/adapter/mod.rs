@@ -27,7 +27,8 @@
 //!   certificate, a pool of connections opened on the first read — an NBD
 //!   connection attaches the VDI to dom0, and XAPI refuses
 //!   `list_changed_blocks` on an attached VDI, so change tracking is asked
-//!   first), or, when no network has an NBD purpose (`get_nbd_info` is
+//!   first; the export name carries the session, so the connections are
+//!   made early in the read), or, when no network has an NBD purpose (`get_nbd_info` is
 //!   empty), through `GET /export_raw_vdi`: a dynamic VHD (raw above
 //!   2040 GiB) downloaded into a sparse spool file that the engine then
 //!   reads at random; for an incremental, a differencing VHD against the
@@ -69,7 +70,10 @@
 //!    whole).
 //!
 //! Only objects marked `alike:backup` are touched: snapshots a user (or
-//! another tool) took are left alone. A snapshot VDI without CBT cannot be
+//! another tool) took are left alone. Two stores backing up one VM release
+//! each other's snapshots; their next backups stay incremental over NBD
+//! (a CBT log is enough) but not over the export path (a delta export needs
+//! the base's data). A snapshot VDI without CBT cannot be
 //! data-destroyed (`VDI_NO_CBT_METADATA`) and is destroyed instead. A
 //! backup that fails or is cancelled destroys its own snapshot (VM and
 //! VDIs) in [`XenBackup::abort`] (also on drop). Release failures after a
