@@ -54,13 +54,14 @@ step "cargo test (Rust: unit, integration, CLI, golden vectors, doc tests, commi
 cargo test --workspace --locked
 
 step "Python bindings: build into .venv, pytest, stub and type checks"
+# (the Xen tests drive the simulator binary)
+cargo build --locked -q -p alike-xen-sim --bin alike-xapi-sim
 (cd bindings-python && VIRTUAL_ENV="$PWD/../.venv" ../.venv/bin/maturin develop --locked -q)
 .venv/bin/python -m pytest -q bindings-python/tests
 .venv/bin/python -m mypy.stubtest alike._native
 .venv/bin/python -m mypy --strict bindings-python/python/alike
 
 step "XAPI simulator driven by the official XenAPI Python SDK"
-cargo build --locked -q -p alike-xen-sim --bin alike-xapi-sim
 .venv/bin/python -m pytest -q alike-xen-sim/tests/python
 
 step "C ABI: example and API tests against the committed header, also under valgrind"

@@ -12,6 +12,7 @@ mod convert;
 mod errors;
 mod run;
 mod store;
+mod xen;
 
 /// The module `alike._native`.
 #[pymodule]
@@ -19,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", alike::VERSION)?;
     m.add_class::<store::NativeStore>()?;
     m.add_class::<run::CancelToken>()?;
+    m.add_class::<xen::NativeXenPool>()?;
     errors::register(m)?;
     Ok(())
 }

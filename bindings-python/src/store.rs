@@ -381,6 +381,78 @@ impl NativeStore {
         )
     }
 
+    /// Backs up the XenServer VM `vm` (name or uuid) of `pool`: snapshot,
+    /// only the blocks CBT reports changed since the last backup (or a full,
+    /// deduplicated read, said loudly), then the previous snapshot released.
+    #[pyo3(signature = (pool, vm, full=false, quiesce=false, threads=0, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn backup_xen(
+        &self,
+        py: Python<'_>,
+        pool: &crate::xen::NativeXenPool,
+        vm: String,
+        full: bool,
+        quiesce: bool,
+        threads: usize,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let p = pool.inner.clone();
+        let r = run(py, progress, cancel, |ctx| {
+            let mut o =
+                BackupOptions::default().threads(threads).progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            if full {
+                o = o.parent(Parent::None);
+            }
+            let mut x = alike::XenBackupOptions::default();
+            if quiesce {
+                x = x.quiesce(alike::Quiesce::IfSupported);
+            }
+            s.backup_xen(&p, &vm, &x, &o)
+        })?;
+        convert::to_py(
+            py,
+            &json!({
+                "version": version_value(&r.backup.version),
+                "read_bytes": r.backup.read_bytes,
+                "new_bytes": r.backup.new_bytes,
+                "new_stored_bytes": r.backup.new_stored_bytes,
+                "elapsed_s": r.backup.elapsed.as_secs_f64(),
+                "vm_uuid": r.vm_uuid,
+                "snapshot_uuid": r.snapshot_uuid,
+                "consistency": r.consistency,
+                "disks": r.disks,
+                "warnings": r.warnings,
+            }),
+        )
+    }
+
+    /// Recreates version `spec` as a new VM on `pool`: its configuration, on
+    /// storage repository `sr` (name or uuid) and `network`, with its disks uploaded.
+    #[pyo3(signature = (spec, pool, sr, network=None, vm=None, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn restore_xen_vm(
+        &self,
+        py: Python<'_>,
+        spec: String,
+        pool: &crate::xen::NativeXenPool,
+        sr: String,
+        network: Option<String>,
+        vm: Option<String>,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let p = pool.inner.clone();
+        let r = run(py, progress, cancel, |ctx| {
+            let v = s.version(&spec, vm.as_deref())?;
+            let o = RestoreOptions::default().progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            s.restore_xen_vm(&v, &p, &sr, network.as_deref(), &alike::VmRestoreOptions::default(), &o)
+        })?;
+        ser(py, &r)
+    }
+
     /// Figures about the store.
     fn stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let s = self.store()?;

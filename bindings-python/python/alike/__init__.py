@@ -74,6 +74,9 @@ __all__ = [
     "VerifyReport",
     "Version",
     "WrongPassphrase",
+    "XenBackupReport",
+    "XenDisk",
+    "XenPool",
     "__version__",
 ]
 
@@ -245,6 +248,51 @@ class VaultReport:
     sent_bytes: int
     pruned: Tuple[str, ...]
     elapsed_s: float
+
+
+@dataclass(frozen=True)
+class XenDisk:
+    """How one disk of a XenServer VM was backed up."""
+
+    position: int
+    vdi_uuid: str
+    snapshot_vdi_uuid: str
+    size: int
+    transport: str
+    incremental: bool
+    #: Why it was read whole although an earlier version existed (said loudly, never silently).
+    fallback_reason: Optional[str]
+    read_bytes: int
+    wire_bytes: int
+
+
+@dataclass(frozen=True)
+class XenBackupReport:
+    """What a XenServer VM backup did."""
+
+    version: Version
+    read_bytes: int
+    new_bytes: int
+    new_stored_bytes: int
+    elapsed_s: float
+    vm_uuid: str
+    snapshot_uuid: str
+    consistency: str
+    disks: Tuple[XenDisk, ...]
+    warnings: Tuple[str, ...]
+
+
+class XenPool:
+    """A logged-in session with a XenServer/XCP-ng pool (XAPI)."""
+
+    def __init__(self, native: "_native.NativeXenPool") -> None:
+        self._n = native
+
+    @classmethod
+    def connect(cls, url: str, user: str, password: str, *, fingerprint: Optional[str] = None) -> "XenPool":
+        """Logs in to ``url`` (``https://pool-master``); ``fingerprint`` (SHA-256,
+        hex) pins a self-signed pool certificate."""
+        return cls(_native.NativeXenPool.connect(url, user, password, fingerprint))
 
 
 @dataclass(frozen=True)
@@ -532,6 +580,51 @@ class Store:
             pruned=tuple(r["pruned"]),
             elapsed_s=r["elapsed_s"],
         )
+
+    def backup_xen(
+        self,
+        pool: XenPool,
+        vm: str,
+        *,
+        full: bool = False,
+        quiesce: bool = False,
+        threads: int = 0,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> XenBackupReport:
+        """Backs up the VM ``vm`` (name or uuid) of ``pool``: a snapshot, then
+        only the blocks changed since the last backup (CBT), or everything,
+        deduplicated, when ``full`` or when the change chain is broken — which
+        each disk's ``fallback_reason`` then says."""
+        r = self._n.backup_xen(pool._n, vm, full, quiesce, threads, _progress(progress), cancel)
+        return XenBackupReport(
+            version=Version._from(r["version"]),
+            read_bytes=r["read_bytes"],
+            new_bytes=r["new_bytes"],
+            new_stored_bytes=r["new_stored_bytes"],
+            elapsed_s=r["elapsed_s"],
+            vm_uuid=r["vm_uuid"],
+            snapshot_uuid=r["snapshot_uuid"],
+            consistency=r["consistency"],
+            disks=tuple(XenDisk(**_fields(XenDisk, d)) for d in r["disks"]),
+            warnings=tuple(r["warnings"]),
+        )
+
+    def restore_xen_vm(
+        self,
+        version: Union[Version, str],
+        pool: XenPool,
+        sr: str,
+        *,
+        network: Optional[str] = None,
+        vm: Optional[str] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]:
+        """Recreates ``version`` as a new VM on ``pool`` (its recorded
+        configuration, disks uploaded to the storage repository ``sr``, NICs on
+        ``network``); returns the new VM's ``vm_uuid``, ``name`` and ``disks``."""
+        return dict(self._n.restore_xen_vm(_spec(version), pool._n, sr, network, vm, _progress(progress), cancel))
 
     def stats(self) -> Stats:
         return Stats(**_fields(Stats, self._n.stats()))

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidArgument",
     "IoError",
     "NativeStore",
+    "NativeXenPool",
     "NotAStore",
     "NotFound",
     "PassphraseRequired",
@@ -141,4 +142,29 @@ class NativeStore:
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
+    def backup_xen(
+        self,
+        pool: NativeXenPool,
+        vm: str,
+        full: bool = False,
+        quiesce: bool = False,
+        threads: int = 0,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    def restore_xen_vm(
+        self,
+        spec: str,
+        pool: NativeXenPool,
+        sr: str,
+        network: Optional[str] = None,
+        vm: Optional[str] = None,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
     def stats(self) -> Dict[str, Any]: ...
+
+@final
+class NativeXenPool:
+    @staticmethod
+    def connect(url: str, user: str, password: str, fingerprint: Optional[str] = None) -> NativeXenPool: ...
