@@ -5,9 +5,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p alike-c --locked
+cargo build -p alike-xen-sim --bin alike-xapi-sim --locked -q
 lib="$PWD/target/debug"
 out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+sim_pids=()
+trap 'rm -rf "$out"; for p in "${sim_pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+# A fresh simulated XenServer pool for each run of the API tests (its first line is its URL).
+start_sim() {
+    local d="$out/sim-$1"
+    mkdir -p "$d"
+    mkfifo "$d/out"
+    target/debug/alike-xapi-sim --listen 127.0.0.1:0 --state "$d/state" --demo >"$d/out" 2>&1 &
+    sim_pids+=($!)
+    exec 3<"$d/out"
+    read -r first <&3
+    xapi_url=$(printf '%s\n' "$first" | grep -o 'https\?://[^ ]*')
+    # keep draining the simulator's output so it never blocks on a full pipe
+    cat <&3 >/dev/null &
+    exec 3<&-
+}
 cflags=(-std=c11 -Wall -Wextra -Werror -g -I bindings-c/include)
 gcc "${cflags[@]}" examples/c/backup.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/backup"
 gcc "${cflags[@]}" bindings-c/tests/c/test_api.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_api"
@@ -27,14 +43,16 @@ run plain "$out/backup" "$out/plain/store" "$out/disk.img" "$out/plain/restored.
 cmp "$out/disk.img" "$out/plain/restored.img"
 run static "$out/backup-static" "$out/static/store" "$out/disk.img" "$out/static/restored.img" --insecure-fast-kdf
 cmp "$out/disk.img" "$out/static/restored.img"
-run api "$out/test_api" "$out/api"
+start_sim plain
+run api "$out/test_api" "$out/api" "$xapi_url"
 
 if command -v valgrind >/dev/null; then
     vg=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
         --show-leak-kinds=definite,indirect)
     run vg-plain "${vg[@]}" "$out/backup" "$out/vg-plain/store" "$out/disk.img" "$out/vg-plain/restored.img" --insecure-fast-kdf
     cmp "$out/disk.img" "$out/vg-plain/restored.img"
-    run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api"
+    start_sim vg
+    run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url"
     echo "C example and C API tests: clean under valgrind"
 else
     echo "valgrind not installed: C tests ran without memcheck" >&2

@@ -111,6 +111,9 @@ typedef struct alike_version alike_version;
 // A list of versions, oldest first.
 typedef struct alike_version_list alike_version_list;
 
+// A logged-in session with a XenServer/XCP-ng pool (XAPI).
+typedef struct alike_xen_pool alike_xen_pool;
+
 // A progress callback: `done` of `total` bytes (or units) in `phase`.
 // Called from engine threads, one call at a time. Return 0 to go on,
 // non-zero to cancel the operation (it then fails with ALIKE_ERR_CANCELLED,
@@ -386,6 +389,59 @@ alike_result alike_store_pin(const alike_store *store, const char *version);
 // # Safety
 // Pointers as documented.
 alike_result alike_store_unpin(const alike_store *store, const char *version);
+
+// Logs in to the pool at `url` (`https://pool-master`) as `user` with
+// `password`; `fingerprint` (SHA-256 hex of the pool certificate, or NULL)
+// pins a self-signed certificate. Free the pool with `alike_xen_pool_free`.
+//
+// # Safety
+// Strings NUL-terminated (fingerprint may be NULL); `out` writable.
+alike_result alike_xen_pool_connect(const char *url,
+                                    const char *user,
+                                    const char *password,
+                                    const char *fingerprint,
+                                    alike_xen_pool **out);
+
+// Logs out and frees a pool (NULL is fine).
+//
+// # Safety
+// `pool` is NULL or from `alike_xen_pool_connect`, not yet freed.
+void alike_xen_pool_free(alike_xen_pool *pool);
+
+// Backs up the VM `vm` (name or uuid) of `pool`: a snapshot, then only the
+// blocks changed since the last backup (CBT) — or everything, deduplicated,
+// when the change chain is broken. `*out_incremental_disks` and
+// `*out_full_disks` (each may be NULL) receive how many disks were read
+// each way; `*out` (may be NULL) the new version, to free.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_backup_xen(const alike_store *store,
+                                    const alike_xen_pool *pool,
+                                    const char *vm,
+                                    alike_progress_fn progress,
+                                    void *user_data,
+                                    const alike_cancel *cancel,
+                                    uint32_t *out_incremental_disks,
+                                    uint32_t *out_full_disks,
+                                    alike_version **out);
+
+// Recreates `version` as a new VM on `pool` from its recorded
+// configuration, its disks uploaded to the storage repository `sr` (name
+// or uuid) and its NICs on `network` (name or uuid; NULL = as recorded).
+// `out_vm_uuid` (may be NULL) receives the new VM's uuid, 37 bytes with the NUL.
+//
+// # Safety
+// Pointers as documented; `out_vm_uuid` NULL or writable for 37 bytes.
+alike_result alike_store_restore_xen_vm(const alike_store *store,
+                                        const alike_version *version,
+                                        const alike_xen_pool *pool,
+                                        const char *sr,
+                                        const char *network,
+                                        alike_progress_fn progress,
+                                        void *user_data,
+                                        const alike_cancel *cancel,
+                                        char *out_vm_uuid);
 
 // The version's id (64 hex digits), valid as long as `v`.
 //

@@ -454,3 +454,130 @@ pub unsafe extern "C" fn alike_store_unpin(store: *const alike_store, version: *
         Ok(())
     })
 }
+
+/// A logged-in session with a XenServer/XCP-ng pool (XAPI).
+pub struct alike_xen_pool {
+    inner: alike::XenPool,
+}
+
+/// Logs in to the pool at `url` (`https://pool-master`) as `user` with
+/// `password`; `fingerprint` (SHA-256 hex of the pool certificate, or NULL)
+/// pins a self-signed certificate. Free the pool with `alike_xen_pool_free`.
+///
+/// # Safety
+/// Strings NUL-terminated (fingerprint may be NULL); `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_xen_pool_connect(
+    url: *const c_char,
+    user: *const c_char,
+    password: *const c_char,
+    fingerprint: *const c_char,
+    out: *mut *mut alike_xen_pool,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let p = alike::xen_pool(
+            arg_str(url, "url")?,
+            arg_str(user, "user")?,
+            arg_str(password, "password")?,
+            opt_str(fingerprint, "fingerprint")?,
+        )?;
+        put(out, Box::into_raw(Box::new(alike_xen_pool { inner: p })), "out")
+    })
+}
+
+/// Logs out and frees a pool (NULL is fine).
+///
+/// # Safety
+/// `pool` is NULL or from `alike_xen_pool_connect`, not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_xen_pool_free(pool: *mut alike_xen_pool) {
+    if !pool.is_null() {
+        // SAFETY: from Box::into_raw, freed once by contract.
+        drop(unsafe { Box::from_raw(pool) });
+    }
+}
+
+/// Backs up the VM `vm` (name or uuid) of `pool`: a snapshot, then only the
+/// blocks changed since the last backup (CBT) — or everything, deduplicated,
+/// when the change chain is broken. `*out_incremental_disks` and
+/// `*out_full_disks` (each may be NULL) receive how many disks were read
+/// each way; `*out` (may be NULL) the new version, to free.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_backup_xen(
+    store: *const alike_store,
+    pool: *const alike_xen_pool,
+    vm: *const c_char,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_incremental_disks: *mut u32,
+    out_full_disks: *mut u32,
+    out: *mut *mut alike_version,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let p = pool.as_ref().map(|p| &p.inner).ok_or_else(|| invalid("pool is NULL"))?;
+        let vm = arg_str(vm, "vm")?;
+        let run = Run::new(progress, user_data, cancel);
+        let r = s.backup_xen(p, vm, &alike::XenBackupOptions::default(), &with_run!(BackupOptions::default(), run))?;
+        let inc = r.disks.iter().filter(|d| d.incremental).count() as u32;
+        if !out_incremental_disks.is_null() {
+            out_incremental_disks.write(inc);
+        }
+        if !out_full_disks.is_null() {
+            out_full_disks.write(r.disks.len() as u32 - inc);
+        }
+        if !out.is_null() {
+            out.write(Box::into_raw(Box::new(alike_version::new(r.backup.version))));
+        }
+        Ok(())
+    })
+}
+
+/// Recreates `version` as a new VM on `pool` from its recorded
+/// configuration, its disks uploaded to the storage repository `sr` (name
+/// or uuid) and its NICs on `network` (name or uuid; NULL = as recorded).
+/// `out_vm_uuid` (may be NULL) receives the new VM's uuid, 37 bytes with the NUL.
+///
+/// # Safety
+/// Pointers as documented; `out_vm_uuid` NULL or writable for 37 bytes.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_restore_xen_vm(
+    store: *const alike_store,
+    version: *const alike_version,
+    pool: *const alike_xen_pool,
+    sr: *const c_char,
+    network: *const c_char,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_vm_uuid: *mut c_char,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
+        let p = pool.as_ref().map(|p| &p.inner).ok_or_else(|| invalid("pool is NULL"))?;
+        let run = Run::new(progress, user_data, cancel);
+        let r = s.restore_xen_vm(
+            &v.inner,
+            p,
+            arg_str(sr, "sr")?,
+            opt_str(network, "network")?,
+            &alike::VmRestoreOptions::default(),
+            &with_run!(RestoreOptions::default(), run),
+        )?;
+        if !out_vm_uuid.is_null() {
+            let b = r.vm_uuid.as_bytes();
+            let n = b.len().min(36);
+            std::ptr::copy_nonoverlapping(b.as_ptr(), out_vm_uuid.cast::<u8>(), n);
+            out_vm_uuid.add(n).write(0);
+        }
+        Ok(())
+    })
+}

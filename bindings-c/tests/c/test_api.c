@@ -2,7 +2,7 @@
  * Tests of the C ABI through the committed header: result codes and
  * messages, NULL and bad arguments, cancellation from a progress callback
  * and from a token, maintenance calls. Run by scripts/test-c.sh (also under
- * valgrind). Usage: test_api WORK_DIR
+ * valgrind). Usage: test_api WORK_DIR [XAPI_URL of an alike-xapi-sim --demo]
  */
 #include <assert.h>
 #include <stdio.h>
@@ -77,7 +77,7 @@ static int cancel_after_first(void *user_data, alike_phase phase, uint64_t done,
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc == 2);
+    CHECK(argc == 2 || argc == 3);
     snprintf(work, sizeof work, "%s", argv[1]);
     CHECK(strcmp(alike_library_version(), ALIKE_VERSION_STRING) == 0);
     CHECK(strcmp(alike_result_name(ALIKE_ERR_CORRUPTION), "ALIKE_ERR_CORRUPTION") == 0);
@@ -203,6 +203,27 @@ int main(int argc, char **argv) {
     alike_version_free(vv);
     alike_store_free(vault);
     alike_store_options_free(vo);
+
+    /* XenServer, when a simulator URL is given: full, then CBT incremental, then a new VM. */
+    if (argc > 2) {
+        alike_xen_pool *pool = NULL;
+        CHECK(alike_xen_pool_connect(argv[2], "root", "wrong", NULL, &pool) != ALIKE_OK && pool == NULL);
+        CHECK(strstr(alike_last_error_message(), "SESSION_AUTHENTICATION_FAILED") != NULL);
+        CHECK(alike_xen_pool_connect(argv[2], "root", "alike", NULL, &pool) == ALIKE_OK);
+        uint32_t inc = 9, full = 9;
+        alike_version *xv = NULL;
+        CHECK(alike_store_backup_xen(s, pool, "web-01", NULL, NULL, NULL, &inc, &full, &xv) == ALIKE_OK);
+        CHECK(inc == 0 && full == 2 && alike_version_disk_count(xv) == 2);
+        alike_version_free(xv);
+        CHECK(alike_store_backup_xen(s, pool, "web-01", NULL, NULL, NULL, &inc, &full, &xv) == ALIKE_OK);
+        CHECK(inc == 2 && full == 0);
+        char uuid[37] = {0};
+        CHECK(alike_store_restore_xen_vm(s, xv, pool, "Local storage", NULL, NULL, NULL, NULL, uuid) == ALIKE_OK);
+        CHECK(strlen(uuid) == 36);
+        CHECK(alike_store_backup_xen(s, pool, "no-such-vm", NULL, NULL, NULL, NULL, NULL, NULL) == ALIKE_ERR_NOT_FOUND);
+        alike_version_free(xv);
+        alike_xen_pool_free(pool);
+    }
 
     alike_store_free(s);
     alike_store_options_free(opts);
