@@ -155,6 +155,9 @@ fn plan_disk(position: u32, src: &dyn DiskSource, bs: u32, parent: Option<&Manif
                     Err(e) => fallback_reason = Some(format!("change tracking failed: {e}")),
                 }
             }
+        } else if change_token.is_some() {
+            // The source tracks changes, but nothing to ask it about was recorded last time.
+            fallback_reason = Some("the previous version recorded no change token for this disk".into());
         }
     }
     if let Some(r) = &fallback_reason {

@@ -66,4 +66,11 @@ fn broken_change_chain_falls_back_to_a_full_read_and_says_so() {
     // Without a parent nothing is expected, so nothing is reported.
     let r = store.backup(vm, &[&disk as &dyn DiskSource], &BackupOptions::default().parent(Parent::None)).unwrap();
     assert!(r.version.disks[0].fallback_reason.is_none());
+    // A tracked source after a version that recorded no token: read in full, and said so.
+    let plain = alike::MemSource { label: "plain".into(), data: disk.bytes() };
+    let vm2 = VmInfo::named("vm2");
+    store.backup(vm2.clone(), &[&plain as &dyn DiskSource], &BackupOptions::default()).unwrap();
+    let r = store.backup(vm2, &[&disk as &dyn DiskSource], &BackupOptions::default()).unwrap();
+    let d = &r.version.disks[0];
+    assert!(!d.incremental && d.fallback_reason.as_deref().unwrap().contains("no change token"), "{d:?}");
 }
