@@ -74,6 +74,43 @@ pub trait DiskTarget: Send + Sync {
     fn finish(&self, size: u64) -> Result<()>;
 }
 
+/// A source that reads through another and calls `hook(bytes)` after each
+/// successful read — to count, pace or cancel reads (a vault's bandwidth
+/// limit, an upload's progress). Everything else is the inner source's.
+pub struct HookedSource<'a, F> {
+    inner: &'a dyn DiskSource,
+    hook: F,
+}
+
+impl<'a, F: Fn(u64) -> Result<()> + Send + Sync> HookedSource<'a, F> {
+    /// Wraps `inner`; `hook` gets the length of each read.
+    pub fn new(inner: &'a dyn DiskSource, hook: F) -> Self {
+        HookedSource { inner, hook }
+    }
+}
+
+impl<F: Fn(u64) -> Result<()> + Send + Sync> DiskSource for HookedSource<'_, F> {
+    fn label(&self) -> String {
+        self.inner.label()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn allocated_ranges(&self) -> Result<Vec<Range<u64>>> {
+        self.inner.allocated_ranges()
+    }
+    fn change_token(&self) -> Option<Vec<u8>> {
+        self.inner.change_token()
+    }
+    fn changed_ranges(&self, since: &[u8]) -> Result<Option<Vec<Range<u64>>>> {
+        self.inner.changed_ranges(since)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read_at(offset, buf)?;
+        (self.hook)(buf.len() as u64)
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_owned(), source }
 }

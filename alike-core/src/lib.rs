@@ -52,7 +52,7 @@ pub use chunker::{
 pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, Origin, VmInfo};
 pub use version_source::{ManifestLookup, VersionSource};
 // Seams
-pub use disk::{DiskSource, DiskTarget, MemSource, RawFileSource, RawFileTarget};
+pub use disk::{DiskSource, DiskTarget, HookedSource, MemSource, RawFileSource, RawFileTarget};
 pub use store::{ChunkStore, read_chunk};
 // Progress
 pub use progress::{CancelToken, Phase, Progress, ProgressFn, ProgressSink, RunOptions};

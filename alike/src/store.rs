@@ -682,41 +682,6 @@ pub struct VaultReport {
     pub elapsed: Duration,
 }
 
-/// A source read at most `rate` bytes per second (the vault's bandwidth limit).
-struct Throttled<'a> {
-    inner: &'a dyn DiskSource,
-    rate: u64,
-    started: std::time::Instant,
-    bytes: std::sync::atomic::AtomicU64,
-}
-
-impl DiskSource for Throttled<'_> {
-    fn label(&self) -> String {
-        self.inner.label()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn allocated_ranges(&self) -> alike_core::Result<Vec<std::ops::Range<u64>>> {
-        self.inner.allocated_ranges()
-    }
-    fn change_token(&self) -> Option<Vec<u8>> {
-        self.inner.change_token()
-    }
-    fn changed_ranges(&self, since: &[u8]) -> alike_core::Result<Option<Vec<std::ops::Range<u64>>>> {
-        self.inner.changed_ranges(since)
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<()> {
-        self.inner.read_at(offset, buf)?;
-        let total = self.bytes.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed) + buf.len() as u64;
-        let due = Duration::from_secs_f64(total as f64 / self.rate.max(1) as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        Ok(())
-    }
-}
-
 impl Store {
     /// Copies versions of this store into `vault` (Offsite Vaulting): for
     /// each chosen version not yet there, oldest first, the blocks that
@@ -794,15 +759,18 @@ impl Store {
                     )
                 })
                 .collect::<alike_core::Result<Vec<_>>>()?;
-            let throttled: Vec<Throttled<'_>> = sources
-                .iter()
-                .map(|s| Throttled {
-                    inner: s,
-                    rate: opts.bandwidth.unwrap_or(u64::MAX),
-                    started: std::time::Instant::now(),
-                    bytes: Default::default(),
-                })
-                .collect();
+            // The bandwidth limit: after each read, wait until the bytes read so far are due.
+            let started = std::time::Instant::now();
+            let read_so_far = std::sync::atomic::AtomicU64::new(0);
+            let rate = opts.bandwidth.unwrap_or(u64::MAX).max(1);
+            let pace = |n: u64| {
+                let total = read_so_far.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                if let Some(wait) = Duration::from_secs_f64(total as f64 / rate as f64).checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                Ok(())
+            };
+            let throttled: Vec<_> = sources.iter().map(|s| alike_core::HookedSource::new(s, &pace)).collect();
             let refs: Vec<&dyn DiskSource> = if opts.bandwidth.is_some() {
                 throttled.iter().map(|t| t as &dyn DiskSource).collect()
             } else {

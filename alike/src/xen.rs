@@ -33,7 +33,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use alike_core::{CancelToken, DiskSource, Phase, ProgressSink};
+use alike_core::{DiskSource, Phase, ProgressSink};
 use alike_xen::adapter::{DiskTransport, ReleaseReport, UploadFormat, VmRestoreOptions, XenBackupOptions, XenPool};
 use alike_xen::xapi::{Client, ImportFormat};
 use alike_xen::{ServerCertCheck, adapter::XenVmConfig};
@@ -144,33 +144,6 @@ pub struct XenRestoreReport {
     pub warnings: Vec<String>,
     /// Wall time, ms.
     pub elapsed_ms: u64,
-}
-
-/// A stored disk read for an upload: counts progress, honours cancellation.
-struct Upload<'a> {
-    inner: &'a dyn DiskSource,
-    sink: &'a ProgressSink,
-    cancel: &'a CancelToken,
-    read: AtomicU64,
-}
-
-impl DiskSource for Upload<'_> {
-    fn label(&self) -> String {
-        self.inner.label()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn allocated_ranges(&self) -> alike_core::Result<Vec<std::ops::Range<u64>>> {
-        self.inner.allocated_ranges()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<()> {
-        self.cancel.check()?;
-        self.inner.read_at(offset, buf)?;
-        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.sink.add(buf.len() as u64);
-        Ok(())
-    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -386,7 +359,14 @@ impl Store {
             position,
             &no_other,
         )?;
-        let up = Upload { inner: &src, sink, cancel: &opts.run.cancel, read: AtomicU64::new(0) };
+        // Counts progress and the bytes read; a cancel stops the upload at the next read.
+        let read = AtomicU64::new(0);
+        let count = |n: u64| {
+            read.fetch_add(n, Ordering::Relaxed);
+            sink.add(n);
+            opts.run.cancel.check()
+        };
+        let up = alike_core::HookedSource::new(&src, count);
         let (fmt, sent) = pool.upload_disk(vdi, &up, format, new_vdi)?;
         let vdi_uuid = pool.client().vdi_get_record(&pool.find_vdi(vdi)?).map(|r| r.uuid).unwrap_or_default();
         Ok(XenUploadReport {
@@ -395,7 +375,7 @@ impl Store {
             format: if fmt == ImportFormat::Vhd { "vhd" } else { "raw" }.into(),
             size: src.size(),
             sent_bytes: sent,
-            read_bytes: up.read.load(Ordering::Relaxed),
+            read_bytes: read.load(Ordering::Relaxed),
             elapsed_ms: ms(started.elapsed()),
         })
     }
