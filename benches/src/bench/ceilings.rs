@@ -36,21 +36,26 @@ pub(crate) struct Ceilings {
     pub(crate) blake3_all: f64,
 }
 
-/// Up to `limit` bytes of the image's non-zero 64 KiB blocks: real file
-/// data, so that zstd rates are those of the backup.
-pub(crate) fn sample(image: &Path, limit: usize) -> Result<Vec<u8>> {
+/// Up to `limit` bytes of the image's non-zero 64 KiB blocks, every
+/// `stride`th: real file data spread over the disk (not only the
+/// file-system metadata at its start), so that zstd rates are the backup's.
+pub(crate) fn sample(image: &Path, limit: usize, stride: u64) -> Result<Vec<u8>> {
     let src = RawFileSource::open(image)?;
     let mut out = Vec::with_capacity(limit);
     let mut buf = vec![0u8; 65536];
+    let mut seen = 0u64;
     'outer: for r in src.allocated_ranges()? {
         let mut off = r.start - r.start % 65536;
         while off < r.end {
             let n = (src.size() - off).min(65536) as usize;
             src.read_at(off, &mut buf[..n])?;
             if !is_zero(&buf[..n]) {
-                out.extend_from_slice(&buf[..n]);
-                if out.len() >= limit {
-                    break 'outer;
+                seen += 1;
+                if seen.is_multiple_of(stride) {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() >= limit {
+                        break 'outer;
+                    }
                 }
             }
             off += 65536;
@@ -142,7 +147,7 @@ pub(crate) fn measure(image: &Path, level: i32, sample_bytes: usize, min_secs: f
         all: None,
         note: "second read, bytes of allocated data per second".into(),
     });
-    let data = sample(image, sample_bytes)?;
+    let data = sample(image, sample_bytes, 4)?;
     let keys = Keys::from_master(&MasterKey([7; 32]));
     let (one, all) = single_all(&data, min_secs, 65536, |b| {
         std::hint::black_box(keys.hash(b));

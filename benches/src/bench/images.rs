@@ -1,8 +1,7 @@
-//! The images a run needs: the ext4 pair (`scripts/make-ext4-pair.sh`),
-//! larger images for the scaling run made from v1's data, and a VHDX base
-//! with a differencing child for the change-hint run.
+//! The images a run needs: the ext4 pair (`scripts/make-ext4-pair.sh`) and
+//! a chain of VHDX checkpoints for the change-hint run. (The scaling run's
+//! larger disks are generated on the fly from v1: `synthetic::Tiled`.)
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use alike_core::{DiskSource, DiskTarget, RawFileSource, is_zero};
@@ -62,54 +61,6 @@ pub(crate) fn pair(dir: &Path, size_mib: u64, build: bool) -> Result<Pair> {
 pub(crate) fn allocated_bytes(image: &Path) -> Result<u64> {
     let s = RawFileSource::open(image)?;
     Ok(s.allocated_ranges()?.iter().map(|r| r.end - r.start).sum())
-}
-
-/// A scaling image of `size` bytes made from `v1`: v1's allocated ranges
-/// tiled over the size (v1's layout repeated, clipped at the end), and in
-/// tile `t` every non-zero 4 KiB page gets its first 8 bytes XORed with a
-/// tag of (t, page) so no block repeats another tile's; zero pages stay
-/// zero. The data is real file data that compresses like v1's, and the
-/// allocated share is v1's. Reused when already there (a marker records
-/// the source and size).
-pub(crate) fn scaling_image(v1: &Path, out: &Path, size: u64) -> Result<PathBuf> {
-    let marker = out.with_extension("made");
-    let v1_len = std::fs::metadata(v1)?.len();
-    let tag = format!("from {} ({v1_len} bytes) size {size} v1\n", v1.display());
-    if out.is_file() && std::fs::read_to_string(&marker).ok().as_deref() == Some(tag.as_str()) {
-        return Ok(out.to_path_buf());
-    }
-    eprintln!("making the {} MiB scaling image {}", size >> 20, out.display());
-    let _ = std::fs::remove_file(&marker);
-    let src = RawFileSource::open(v1)?;
-    let ranges = src.allocated_ranges()?;
-    let f = std::fs::File::create(out)?;
-    f.set_len(size)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let tiles = size.div_ceil(v1_len);
-    for t in 0..tiles {
-        let base = t * v1_len;
-        for r in &ranges {
-            let mut off = r.start;
-            while off < r.end && base + off < size {
-                let n = (r.end - off).min(buf.len() as u64).min(size - base - off) as usize;
-                let b = &mut buf[..n];
-                src.read_at(off, b)?;
-                for (i, page) in b.chunks_mut(4096).enumerate() {
-                    if !is_zero(page) && page.len() >= 8 {
-                        let no = (base + off) / 4096 + i as u64;
-                        let x = (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ no;
-                        let head = u64::from_le_bytes(page[..8].try_into().expect("8")) ^ x;
-                        page[..8].copy_from_slice(&head.to_le_bytes());
-                    }
-                }
-                f.write_all_at(b, base + off)?;
-                off += n as u64;
-            }
-        }
-    }
-    f.sync_all()?;
-    std::fs::write(&marker, tag)?;
-    Ok(out.to_path_buf())
 }
 
 /// The change-hint fixture: a chain of checkpoints.

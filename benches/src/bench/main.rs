@@ -109,6 +109,10 @@ fn main() -> Result<()> {
         raw.next();
         return synthetic::child_main(raw);
     }
+    if raw.peek().is_some_and(|a| a == synthetic::TILED_ARG) {
+        raw.next();
+        return synthetic::tiled_main(raw);
+    }
     let args = Args::parse();
     let root = images::workspace_root();
     let work = args.work.clone().unwrap_or_else(|| root.join("target/alike-bench"));

@@ -53,21 +53,22 @@ fn step_table(out: &mut String, res: &Results, step: Step, cache: Cache) {
     if restore {
         let _ = writeln!(
             out,
-            "| tool | wall s to exit | + sync s | MB/s of image, durable | MB/s to exit | peak RSS MiB | on disk MiB | bit-exact | load | alike/peer MB/s (durable) | alike/peer MB/s (to exit) | alike/peer RSS |"
+            "| tool | wall s to exit | + sync s | MB/s of image, durable | MB/s to exit | CPU s (user+sys) | peak RSS MiB | on disk MiB | bit-exact | load | alike/peer MB/s (durable) | alike/peer MB/s (to exit) | alike/peer CPU s | alike/peer RSS |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     } else {
         let _ = writeln!(
             out,
-            "| tool | wall s | MB/s of image | peak RSS MiB | repo MiB after | added MiB | CPU s (user+sys) | load | alike/peer MB/s | alike/peer RSS | alike/peer added |"
+            "| tool | wall s | MB/s of image | peak RSS MiB | repo MiB after | added MiB | CPU s (user+sys) | load | alike/peer MB/s | alike/peer CPU s | alike/peer RSS | alike/peer added |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
     let exit_mbps = |r: &StepResult| r.image_bytes as f64 / r.m.secs / 1e6;
+    let cpu = |r: &StepResult| r.m.user + r.m.sys;
     for r in rows {
-        let re = match alike {
-            Some(a) if r.tool != "alike" => ratio(exit_mbps(a), exit_mbps(r)),
-            _ => "—".into(),
+        let (re, rc) = match alike {
+            Some(a) if r.tool != "alike" => (ratio(exit_mbps(a), exit_mbps(r)), ratio(cpu(a), cpu(r))),
+            _ => ("—".into(), "—".into()),
         };
         let (rm, rr, ra) = match alike {
             Some(a) if r.tool != "alike" => {
@@ -83,12 +84,13 @@ fn step_table(out: &mut String, res: &Results, step: Step, cache: Cache) {
             };
             let _ = writeln!(
                 out,
-                "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {exact} | {:.2} | {rm} | {re} | {rr} |",
+                "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {exact} | {:.2} | {rm} | {re} | {rc} | {rr} |",
                 r.tool,
                 r.m.secs,
                 r.sync_secs,
                 mbps(r),
                 exit_mbps(r),
+                cpu(r),
                 rss(r),
                 mib(r.restored_disk_bytes.unwrap_or(0)),
                 r.load
@@ -96,7 +98,7 @@ fn step_table(out: &mut String, res: &Results, step: Step, cache: Cache) {
         } else {
             let _ = writeln!(
                 out,
-                "| {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {rm} | {rr} | {ra} |",
+                "| {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {rm} | {rc} | {rr} | {ra} |",
                 r.tool,
                 r.m.secs,
                 mbps(r),
@@ -119,14 +121,31 @@ struct Target {
 fn targets(res: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     let peers: Vec<String> = res.tools.iter().map(|x| x.0.clone()).filter(|n| n != "alike").collect();
-    let a = |s: Step| res.get("alike", s);
+    // The first backup runs twice (repositories A and B): each tool's
+    // faster one counts, the same for every tool, to damp a shared machine's noise.
+    let best = |tool: &str, s: Step| -> Option<&StepResult> {
+        let x = res.get(tool, s);
+        if s != Step::First {
+            return x;
+        }
+        match (x, res.get(tool, Step::FirstB)) {
+            (Some(p), Some(q)) => Some(if q.m.secs < p.m.secs { q } else { p }),
+            (p, q) => p.or(q),
+        }
+    };
+    let a = |s: Step| best("alike", s);
     let throughput = |step: Step, peer: &str, factor: f64, label: &str| -> Target {
-        match (a(step), res.get(peer, step)) {
+        match (a(step), best(peer, step)) {
             (Some(x), Some(y)) => {
                 let q = mbps(x) / mbps(y);
+                let c = (y.m.user + y.m.sys) / (x.m.user + x.m.sys);
                 Target {
                     what: format!("{label}: ≥ {factor}× {peer}'s throughput"),
-                    measured: format!("{q:.2}× ({:.0} vs {:.0} MB/s of image)", mbps(x), mbps(y)),
+                    measured: format!(
+                        "{q:.2}× ({:.0} vs {:.0} MB/s of image); {peer} uses {c:.1}× alike's CPU time",
+                        mbps(x),
+                        mbps(y)
+                    ),
                     ok: Some(q >= factor),
                 }
             }
@@ -138,7 +157,7 @@ fn targets(res: &Results) -> Vec<Target> {
         }
     };
     for peer in &peers {
-        t.push(throughput(Step::First, peer, 3.0, "first full backup"));
+        t.push(throughput(Step::First, peer, 3.0, "first full backup (best of the two, repositories A and B)"));
     }
     if let (Some(x), Some(y)) = (a(Step::First), res.get("restic", Step::First)) {
         let q = x.repo_bytes as f64 / y.repo_bytes as f64;

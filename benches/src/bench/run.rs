@@ -361,7 +361,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
     }
     for &mib in &cfg.scaling_mib {
         eprintln!("scaling: {mib} MiB");
-        match scale(&r, alike, &pair, mib) {
+        match scale(&r, &pair, mib) {
             Ok(s) => res.scaling.push(s),
             Err(e) => res.errors.push(format!("scaling {mib} MiB: {e:#}")),
         }
@@ -545,16 +545,21 @@ fn res_size(p: &Path) -> Result<u64> {
     Ok(std::fs::metadata(p)?.len())
 }
 
-fn scale(r: &Runner<'_>, alike: &Tool, pair: &Pair, mib: u64) -> Result<Scale> {
-    let img_dir = r.cfg.work.join("scaling");
-    std::fs::create_dir_all(&img_dir)?;
-    let img = images::scaling_image(&pair.v1, &img_dir.join(format!("scale-{mib}.img")), mib << 20)?;
+fn scale(r: &Runner<'_>, pair: &Pair, mib: u64) -> Result<Scale> {
     let repo = Repo::new(r.scratch.join(format!("scale-{mib}")));
-    r.quiet(&alike.init(&repo))?;
-    let m = r.measured(&alike.backup(&repo, &img, "scale", false), r.primary(), &[&img]);
+    repo.remove();
+    let cmd = Cmd::new(std::env::current_exe()?)
+        .arg(crate::synthetic::TILED_ARG)
+        .arg(&repo.dir)
+        .arg(repo.dir.with_extension("cache"))
+        .arg(&pair.v1)
+        .arg((mib << 20).to_string());
+    let m = r.measured(&cmd, r.primary(), &[&pair.v1]);
     let repo_bytes = measure::dir_bytes(&repo.dir);
     repo.remove();
-    Ok(Scale { size: mib << 20, data: images::allocated_bytes(&img)?, m: m?, repo_bytes })
+    let m = m?;
+    let data = alike_json(&m)?["allocated"].as_u64().unwrap_or(0);
+    Ok(Scale { size: mib << 20, data, m, repo_bytes })
 }
 
 fn many(r: &Runner<'_>, n: u64) -> Result<(u64, Measured, u64)> {
