@@ -8,7 +8,6 @@
 //! them, so a crashed process never needs manual cleanup.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -118,7 +117,7 @@ pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
 pub struct LockGuard {
     key: String,
     backend: Arc<dyn Backend>,
-    stop: Arc<AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
     info: LockInfo,
 }
@@ -151,27 +150,22 @@ impl LockGuard {
                 });
             }
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b2, k2, s2, mut i2) = (backend.clone(), key.clone(), stop.clone(), info.clone());
+        // Dropping the sender wakes the refresher at once (a sleeping loop made
+        // every command wait up to a tick at exit).
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (b2, k2, mut i2) = (backend.clone(), key.clone(), info.clone());
         let refresher = std::thread::Builder::new()
             .name("alike-lock-refresh".into())
             .spawn(move || {
-                let tick = Duration::from_millis(200);
-                let mut waited = Duration::ZERO;
-                while !s2.load(Ordering::SeqCst) {
-                    std::thread::sleep(tick);
-                    waited += tick;
-                    if waited >= REFRESH {
-                        waited = Duration::ZERO;
-                        i2.refreshed_ms = now_ms();
-                        if let Err(e) = b2.write(&k2, &i2.encode()) {
-                            tracing::warn!(lock = %k2, error = %e, "could not refresh the store lock");
-                        }
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH) {
+                    i2.refreshed_ms = now_ms();
+                    if let Err(e) = b2.write(&k2, &i2.encode()) {
+                        tracing::warn!(lock = %k2, error = %e, "could not refresh the store lock");
                     }
                 }
             })
             .expect("spawn lock refresher");
-        Ok(LockGuard { key, backend, stop, refresher: Some(refresher), info })
+        Ok(LockGuard { key, backend, stop: Some(stop), refresher: Some(refresher), info })
     }
 
     /// What this lock says.
@@ -182,7 +176,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
