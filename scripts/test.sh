@@ -18,6 +18,9 @@ command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)
 # gcc and valgrind: the C example and C API tests, run under memcheck.
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+# restic and borg: the performance harness's smoke run compares against them.
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+command -v borg >/dev/null 2>&1 || missing+=(borgbackup)
 # python3-venv: the Python bindings are tested in a private venv.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
@@ -85,6 +88,10 @@ if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2
 else
     echo "no nightly toolchain or cargo-fuzz here: fuzz bodies ran only as stable smoke tests (cargo test)"
 fi
+
+step "performance harness smoke (alike vs restic and borg on 64 MiB images; the real run: bash scripts/bench.sh)"
+cargo build --locked -q -p alike-cli -p alike-benches
+target/debug/alike-bench --smoke --alike target/debug/alike
 
 step "quickstart (the README's first command, small)"
 cargo run --locked -q -p quickstart -- target/quickstart-test 128
