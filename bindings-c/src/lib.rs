@@ -164,6 +164,17 @@ pub(crate) fn need<T>(out: *mut T, name: &str) -> FfiResult {
     if out.is_null() { Err(invalid(format!("{name} is NULL"))) } else { Ok(()) }
 }
 
+/// Frees what `Box::into_raw` handed out; NULL is fine.
+///
+/// # Safety
+/// `p` is NULL or came from `Box::into_raw` and is freed only once.
+pub(crate) unsafe fn free_box<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: from Box::into_raw, freed once by the caller's contract.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
 /// Writes `v` through a required out-pointer.
 ///
 /// # Safety

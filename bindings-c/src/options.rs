@@ -25,10 +25,7 @@ pub extern "C" fn alike_store_options_new() -> *mut alike_store_options {
 /// `opts` is NULL or from `alike_store_options_new`, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn alike_store_options_free(opts: *mut alike_store_options) {
-    if !opts.is_null() {
-        // SAFETY: from Box::into_raw, freed once by contract.
-        drop(unsafe { Box::from_raw(opts) });
-    }
+    unsafe { crate::free_box(opts) }
 }
 
 /// Applies `f` to the builder behind `opts`.
@@ -164,10 +161,7 @@ pub unsafe extern "C" fn alike_cancel_is_cancelled(cancel: *const alike_cancel) 
 /// `cancel` is NULL or from `alike_cancel_new`, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn alike_cancel_free(cancel: *mut alike_cancel) {
-    if !cancel.is_null() {
-        // SAFETY: from Box::into_raw, freed once by contract.
-        drop(unsafe { Box::from_raw(cancel) });
-    }
+    unsafe { crate::free_box(cancel) }
 }
 
 /// The stage a progress report is about.

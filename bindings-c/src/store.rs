@@ -113,10 +113,7 @@ pub unsafe extern "C" fn alike_store_open(
 /// `store` is NULL or from libalike, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn alike_store_free(store: *mut alike_store) {
-    if !store.is_null() {
-        // SAFETY: from Box::into_raw, freed once by contract.
-        drop(unsafe { Box::from_raw(store) });
-    }
+    unsafe { crate::free_box(store) }
 }
 
 /// Backs up `image_count` disk images (raw files or block devices, VHD,
@@ -492,10 +489,7 @@ pub unsafe extern "C" fn alike_xen_pool_connect(
 /// `pool` is NULL or from `alike_xen_pool_connect`, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn alike_xen_pool_free(pool: *mut alike_xen_pool) {
-    if !pool.is_null() {
-        // SAFETY: from Box::into_raw, freed once by contract.
-        drop(unsafe { Box::from_raw(pool) });
-    }
+    unsafe { crate::free_box(pool) }
 }
 
 /// Backs up the VM `vm` (name or uuid) of `pool`: a snapshot, then only the

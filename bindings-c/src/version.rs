@@ -89,10 +89,7 @@ pub unsafe extern "C" fn alike_version_disk_data_bytes(v: *const alike_version, 
 /// `v` is NULL or an owned version from libalike, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn alike_version_free(v: *mut alike_version) {
-    if !v.is_null() {
-        // SAFETY: from Box::into_raw, freed once by contract.
-        drop(unsafe { Box::from_raw(v) });
-    }
+    unsafe { crate::free_box(v) }
 }
 
 /// Number of versions in the list (0 for NULL).
@@ -122,8 +119,5 @@ pub unsafe extern "C" fn alike_version_list_get(list: *const alike_version_list,
 /// `list` is NULL or from libalike, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn alike_version_list_free(list: *mut alike_version_list) {
-    if !list.is_null() {
-        // SAFETY: from Box::into_raw, freed once by contract.
-        drop(unsafe { Box::from_raw(list) });
-    }
+    unsafe { crate::free_box(list) }
 }

@@ -125,3 +125,11 @@ pub(crate) fn run<T: Send>(
     }
     result.map_err(errors::to_py)
 }
+
+/// Sets this run's progress sink and cancel token on a facade options value.
+macro_rules! with_ctx {
+    ($opts:expr, $ctx:expr) => {
+        $opts.progress($ctx.progress()).cancel_token($ctx.cancel.clone())
+    };
+}
+pub(crate) use with_ctx;

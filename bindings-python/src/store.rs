@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::convert::{self, ser};
 use crate::errors;
-use crate::run::{CancelToken, run};
+use crate::run::{CancelToken, run, with_ctx};
 
 /// An open store. `close()` releases it (and its cache lock) at once;
 /// otherwise it is released when garbage-collected.
@@ -153,11 +153,7 @@ impl NativeStore {
         };
         let format = format.map(|f| f.parse::<ImageFormat>()).transpose().map_err(errors::to_py)?;
         let r = run(py, progress, cancel, |ctx| {
-            let mut o = BackupOptions::default()
-                .parent(parent)
-                .threads(threads)
-                .progress(ctx.progress())
-                .cancel_token(ctx.cancel.clone());
+            let mut o = with_ctx!(BackupOptions::default().parent(parent).threads(threads), ctx);
             if let Some(f) = format {
                 o = o.image_format(f);
             }
@@ -211,12 +207,7 @@ impl NativeStore {
         let format: ImageFormat = format.parse().map_err(errors::to_py)?;
         let r = run(py, progress, cancel, |ctx| {
             let v = s.version(&spec, vm.as_deref())?;
-            let o = RestoreOptions::default()
-                .format(format)
-                .partial(partial)
-                .threads(threads)
-                .progress(ctx.progress())
-                .cancel_token(ctx.cancel.clone());
+            let o = with_ctx!(RestoreOptions::default().format(format).partial(partial).threads(threads), ctx);
             s.restore_to_file(&v, disk, &output, &o)
         })?;
         convert::to_py(
@@ -241,11 +232,7 @@ impl NativeStore {
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         let r = run(py, progress, cancel, |ctx| {
-            let mut o = VerifyOptions::default()
-                .full(full)
-                .threads(threads)
-                .progress(ctx.progress())
-                .cancel_token(ctx.cancel.clone());
+            let mut o = with_ctx!(VerifyOptions::default().full(full).threads(threads), ctx);
             if let Some(vm) = vm {
                 o = o.vm(vm);
             }
@@ -321,10 +308,7 @@ impl NativeStore {
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         let r = run(py, progress, cancel, |ctx| {
-            let o = MaintenanceOptions::default()
-                .dry_run(dry_run)
-                .progress(ctx.progress())
-                .cancel_token(ctx.cancel.clone());
+            let o = with_ctx!(MaintenanceOptions::default().dry_run(dry_run), ctx);
             s.gc(&o)
         })?;
         ser(py, &r)
@@ -358,8 +342,7 @@ impl NativeStore {
         p.keep_monthly = keep_monthly;
         p.keep_yearly = keep_yearly;
         let r = run(py, progress, cancel, |ctx| {
-            let mut o =
-                VaultOptions::default().threads(threads).progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            let mut o = with_ctx!(VaultOptions::default().threads(threads), ctx);
             if let Some(vm) = vm {
                 o = o.vm(vm);
             }
@@ -400,8 +383,7 @@ impl NativeStore {
         let s = self.store()?;
         let p = pool.inner.clone();
         let r = run(py, progress, cancel, |ctx| {
-            let mut o =
-                BackupOptions::default().threads(threads).progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            let mut o = with_ctx!(BackupOptions::default().threads(threads), ctx);
             if full {
                 o = o.parent(Parent::None);
             }
@@ -447,7 +429,7 @@ impl NativeStore {
         let p = pool.inner.clone();
         let r = run(py, progress, cancel, |ctx| {
             let v = s.version(&spec, vm.as_deref())?;
-            let o = RestoreOptions::default().progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            let o = with_ctx!(RestoreOptions::default(), ctx);
             s.restore_xen_vm(&v, &p, &sr, network.as_deref(), &alike::VmRestoreOptions::default(), &o)
         })?;
         ser(py, &r)
