@@ -5,14 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step names the free disk space: a full disk is the likeliest failure on a small machine.
+step() { printf '\n== %s  [%s free]\n' "$*" "$(df -h --output=avail . | tail -1 | tr -d ' ')"; }
+
+# CI builds once from cold: incremental caches would only cost disk (gigabytes) and time.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 # --- what the tests need -------------------------------------------------
 # e2fsprogs: mkfs.ext4 and debugfs build the real ext4 fixtures (tests/ext4, quickstart).
 # qemu-utils: qemu-img and qemu-nbd are the oracles for VHD/VHDX and NBD.
+missing=()
 command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
 command -v qemu-nbd >/dev/null 2>&1 || missing+=(qemu-utils)
-missing=()
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)
 # gcc and valgrind: the C example and C API tests, run under memcheck.
@@ -85,6 +89,8 @@ if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2
         echo "$t: $(grep -E '^Done' "$log" | tail -1)"
         rm -f "$log"
     done
+    # The sanitizer build is not used again in this run; on CI its disk is worth more.
+    if [ -n "${CI:-}" ]; then rm -rf fuzz/target; fi
 else
     echo "no nightly toolchain or cargo-fuzz here: fuzz bodies ran only as stable smoke tests (cargo test)"
 fi
@@ -92,9 +98,11 @@ fi
 step "performance harness smoke (alike vs restic and borg on 64 MiB images; the real run: bash scripts/bench.sh)"
 cargo build --locked -q -p alike-cli -p alike-benches
 target/debug/alike-bench --smoke --alike target/debug/alike
+rm -rf target/alike-bench
 
 step "quickstart (the README's first command, small)"
 cargo run --locked -q -p quickstart -- target/quickstart-test 128
+rm -rf target/quickstart-test
 
 echo
 echo "all tests passed"

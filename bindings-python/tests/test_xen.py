@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ def sim_url() -> Iterator[str]:
     yield m.group(1)
     proc.terminate()
     proc.wait(timeout=10)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def test_backup_twice_then_restore_as_a_new_vm(tmp: Path, store: alike.Store, sim_url: str) -> None:

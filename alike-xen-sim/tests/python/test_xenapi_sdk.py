@@ -10,6 +10,7 @@ The simulator binary is taken from $ALIKE_XAPI_SIM, else target/debug.
 import base64
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -46,6 +47,7 @@ def sim():
     yield m.group(1)
     proc.terminate()
     proc.wait(timeout=10)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -227,3 +229,4 @@ def test_https_with_the_sdk():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        shutil.rmtree(state, ignore_errors=True)
