@@ -21,17 +21,21 @@ pub type SegmentPacks = Vec<([u8; 32], Vec<PackEntry>)>;
 
 /// Encodes an index segment: header ‖ sealed(u32 pack count ‖ per pack: id ‖ u32 n ‖ n entries).
 pub fn encode_segment(keys: &Keys, packs: &[([u8; 32], Vec<PackEntry>)]) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    // One buffer, sealed in place: a full segment is ~7 MB.
+    let hdr = header(ObjectKind::Index);
+    let body_len = 4 + packs.iter().map(|(_, e)| 36 + e.len() * ENTRY_LEN).sum::<usize>();
+    let mut out = Vec::with_capacity(hdr.len() + body_len + alike_core::SEAL_OVERHEAD);
+    out.extend_from_slice(&hdr);
+    let start = out.len();
+    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for (id, entries) in packs {
-        body.extend_from_slice(id);
-        body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in entries {
-            e.encode_into(&mut body);
+            e.encode_into(&mut out);
         }
     }
-    let mut out = header(ObjectKind::Index).to_vec();
-    out.extend_from_slice(&keys.seal(SEGMENT_AAD, &body)?);
+    keys.seal_in_place(SEGMENT_AAD, &mut out, start)?;
     Ok(out)
 }
 
@@ -170,25 +174,54 @@ impl IndexCache {
 
     /// Where a chunk is, if an indexed pack holds it.
     pub fn lookup(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        Ok(self.lookup_many(std::slice::from_ref(id))?.pop().flatten())
+    }
+
+    /// [`IndexCache::lookup`] for many ids, in one read transaction: a
+    /// transaction and its table handles cost more than a look-up itself, and
+    /// consecutive chunks mostly share a pack.
+    pub fn lookup_many(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLocation>>> {
         let e = cerr(&self.path);
         let tx = self.db.begin_read().map_err(|x| e(&x))?;
         let chunks = tx.open_table(CHUNKS).map_err(|x| e(&x))?;
-        let Some(v) = chunks.get(id.0).map_err(|x| e(&x))? else { return Ok(None) };
-        let v = v.value();
-        let u = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4"));
-        let packs = tx.open_table(PACKS).map_err(|x| e(&x))?;
-        let pack = packs
-            .get(u(0))
-            .map_err(|x| e(&x))?
-            .ok_or_else(|| Error::Cache { path: self.path.clone(), reason: format!("pack number {} missing", u(0)) })?
-            .value();
-        let kind = BlobKind::from_code(v[24]).ok_or_else(|| e(&"bad kind code"))?;
-        let compression = Compression::from_code(v[25]).ok_or_else(|| e(&"bad compression code"))?;
-        Ok(Some(ChunkLocation {
-            frame: FrameRef { container: pack, offset: u(4), stored_len: u(8), raw_len: u(12), kind, compression },
-            offset: u(16),
-            len: u(20),
-        }))
+        let mut packs = None;
+        let mut last_pack: Option<(u32, [u8; 32])> = None;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(v) = chunks.get(id.0).map_err(|x| e(&x))? else {
+                out.push(None);
+                continue;
+            };
+            let v = v.value();
+            let u = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4"));
+            let pack = match last_pack {
+                Some((no, pack)) if no == u(0) => pack,
+                _ => {
+                    let t = match &mut packs {
+                        Some(t) => t,
+                        None => packs.insert(tx.open_table(PACKS).map_err(|x| e(&x))?),
+                    };
+                    let pack = t
+                        .get(u(0))
+                        .map_err(|x| e(&x))?
+                        .ok_or_else(|| Error::Cache {
+                            path: self.path.clone(),
+                            reason: format!("pack number {} missing", u(0)),
+                        })?
+                        .value();
+                    last_pack = Some((u(0), pack));
+                    pack
+                }
+            };
+            let kind = BlobKind::from_code(v[24]).ok_or_else(|| e(&"bad kind code"))?;
+            let compression = Compression::from_code(v[25]).ok_or_else(|| e(&"bad compression code"))?;
+            out.push(Some(ChunkLocation {
+                frame: FrameRef { container: pack, offset: u(4), stored_len: u(8), raw_len: u(12), kind, compression },
+                offset: u(16),
+                len: u(20),
+            }));
+        }
+        Ok(out)
     }
 
     /// Names of the segments already loaded.

@@ -777,6 +777,31 @@ impl ChunkStore for Repository {
     fn locate(&self, id: &ChunkId) -> alike_core::Result<Option<ChunkLocation>> {
         Ok(self.cache.lookup(id)?)
     }
+    fn contains_many(&self, ids: &[ChunkId]) -> alike_core::Result<Vec<bool>> {
+        let mut out = vec![false; ids.len()];
+        let mut ask = Vec::with_capacity(ids.len());
+        {
+            let s = self.session.lock().expect("session lock");
+            for (i, id) in ids.iter().enumerate() {
+                if s.pending.contains(id) {
+                    out[i] = true;
+                } else {
+                    ask.push(i);
+                }
+            }
+        }
+        let asked: Vec<ChunkId> = ask.iter().map(|&i| ids[i]).collect();
+        let found = self.cache.lookup_many(&asked)?;
+        let condemned = self.condemned.read().expect("lock");
+        for (i, loc) in ask.into_iter().zip(found) {
+            // A chunk in a condemned pack may be deleted soon: store it again.
+            out[i] = loc.is_some_and(|l| !condemned.contains(&l.frame.container));
+        }
+        Ok(out)
+    }
+    fn locate_many(&self, ids: &[ChunkId]) -> alike_core::Result<Vec<Option<ChunkLocation>>> {
+        Ok(self.cache.lookup_many(ids)?)
+    }
     fn read_frame(&self, frame: &FrameRef) -> alike_core::Result<Vec<u8>> {
         Ok(self.read_frame_inner(frame)?)
     }

@@ -211,6 +211,9 @@ pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize
 /// One block read in a batch: index, length, and (id, new to the store) unless all zero.
 type ReadBlock = (u64, usize, Option<(ChunkId, bool)>);
 
+/// Ids looked up per index transaction.
+pub(crate) const LOOKUP_BATCH: usize = 128;
+
 /// Plaintext bytes gathered into one frame before it is compressed and sealed.
 pub const FRAME_TARGET: usize = 1 << 20;
 /// Bytes read per batch: bounds memory, and is large enough to keep every core busy.
@@ -268,9 +271,9 @@ fn backup_disk(
             }
         }
         for batch in todo.chunks(batch_blocks) {
-            // Read, detect zeroes, hash and look up, on every core, into the reused batch buffer.
+            // Read, detect zeroes and hash, on every core, into the reused batch buffer.
             let bufs = &mut batch_buf[..batch.len() * bs as usize];
-            let read: Vec<ReadBlock> = bufs
+            let hashed: Vec<(u64, usize, Option<ChunkId>)> = bufs
                 .par_chunks_mut(bs as usize)
                 .zip(batch.par_iter())
                 .map(|(buf, &blk)| -> Result<_> {
@@ -280,13 +283,18 @@ fn backup_disk(
                     let data = &mut buf[..len];
                     src.read_at(off, data)?;
                     sink.add(len as u64);
-                    if is_zero(data) {
-                        return Ok((blk, len, None));
-                    }
-                    let id = keys.hash(data);
-                    Ok((blk, len, Some((id, !store.contains(&id)?))))
+                    Ok((blk, len, (!is_zero(data)).then(|| keys.hash(data))))
                 })
                 .collect::<Result<_>>()?;
+            // Look the ids up in a few index transactions, not one per block.
+            let ids: Vec<ChunkId> = hashed.iter().filter_map(|h| h.2).collect();
+            let known: Vec<bool> =
+                ids.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
+            let mut known = known.into_iter();
+            let read: Vec<ReadBlock> = hashed
+                .into_iter()
+                .map(|(blk, len, id)| (blk, len, id.map(|id| (id, !known.next().unwrap_or(false)))))
+                .collect();
             // Gather the new chunks, each once, into frames of about FRAME_TARGET bytes.
             let bufs = &batch_buf[..batch.len() * bs as usize];
             let mut seen = std::collections::HashSet::new();

@@ -91,6 +91,29 @@ impl Keys {
         Ok(self.seal_with_nonce(aad, payload, nonce))
     }
 
+    /// [`Keys::seal`] without a copy: `buf[start..]` is sealed where it lies,
+    /// so `buf` ends as `prefix ‖ nonce ‖ ciphertext ‖ tag` (or unchanged
+    /// without encryption). For large objects built in one buffer (index
+    /// segments), which would otherwise be held two or three times at once.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] when no nonce can be drawn.
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>, start: usize) -> Result<()> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(());
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        buf.reserve(SEAL_OVERHEAD);
+        buf.splice(start..start, nonce);
+        let n = Nonce::<Aes256Gcm>::try_from(&nonce[..]).expect("12 bytes");
+        let tag = cipher
+            .encrypt_inout_detached(&n, aad, (&mut buf[start + NONCE_LEN..]).into())
+            .expect("AES-GCM encryption of a buffer under 64 GiB cannot fail");
+        buf.extend_from_slice(tag.as_slice());
+        Ok(())
+    }
+
     /// [`Keys::seal`] with a given nonce: for golden vectors only; a nonce must
     /// never be used twice with one key.
     pub fn seal_with_nonce(&self, aad: &[u8], payload: &[u8], nonce: [u8; 12]) -> Vec<u8> {

@@ -18,6 +18,16 @@ pub trait ChunkStore: Send + Sync {
     fn put(&self, frame: StoredFrame) -> Result<()>;
     /// Where a chunk is, if stored.
     fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>>;
+    /// [`ChunkStore::contains`] for many ids; a store with an index
+    /// transaction answers them all in one.
+    fn contains_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        ids.iter().map(|id| self.contains(id)).collect()
+    }
+    /// [`ChunkStore::locate`] for many ids; a store with an index transaction
+    /// answers them all in one.
+    fn locate_many(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLocation>>> {
+        ids.iter().map(|id| self.locate(id)).collect()
+    }
     /// The stored bytes of a frame (not yet opened: see [`crate::decode_frame`]).
     fn read_frame(&self, frame: &FrameRef) -> Result<Vec<u8>>;
     /// Makes every frame put so far durable and visible to other writers.
