@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use tracing::info_span;
 
-use crate::backup::{load_map, pool};
+use crate::backup::{LOOKUP_BATCH, load_map, pool};
 use crate::progress::{Phase, ProgressSink, RunOptions};
 use crate::{
     ChunkId, ChunkLocation, ChunkStore, DiskTarget, Error, FrameRef, Keys, Manifest, Result, chunk_in, decode_frame,
@@ -142,7 +142,13 @@ fn restore_inner(
         });
     }
     let sink = ProgressSink::new(run.progress.clone(), Phase::Restore, disk.size);
-    let pool = pool(run.threads)?;
+    // Writers wait on the target (direct I/O, a network disk): twice as many
+    // workers as cores keep every core busy while half of them wait.
+    let threads = match run.threads {
+        0 => 2 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let pool = pool(threads)?;
     let block_len = |blk: u64| (disk.size - blk * bs).min(bs);
     let mut report = RestoreReport { size: disk.size, ..Default::default() };
     for (m, map_id) in disk.maps.iter().enumerate() {
@@ -159,25 +165,43 @@ fn restore_inner(
             }
         };
         let written = pool.install(|| -> Result<u64> {
-            // Where each chunk is, grouped by frame in disk order.
-            let located: Vec<Option<Located>> = map
-                .entries
-                .par_iter()
-                .enumerate()
-                .filter_map(|(i, e)| e.map(|id| (lo + i as u64, id)))
-                .map(|(blk, id)| {
-                    let found = store.locate(&id).and_then(|l| {
-                        l.ok_or_else(|| Error::MissingChunk {
-                            id,
-                            needed_by: format!("VM {vm} disk {position} at offset {}", blk * bs),
+            // Where each chunk is (a few index transactions, not one per block),
+            // grouped by frame in disk order.
+            let wanted: Vec<(u64, ChunkId)> =
+                map.entries.iter().enumerate().filter_map(|(i, e)| e.map(|id| (lo + i as u64, id))).collect();
+            let located: Vec<Option<Located>> = wanted
+                .par_chunks(LOOKUP_BATCH)
+                .map(|part| -> Result<Vec<Option<Located>>> {
+                    let ids: Vec<ChunkId> = part.iter().map(|w| w.1).collect();
+                    let found = match store.locate_many(&ids) {
+                        Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
+                        // A failed transaction fails each of its blocks (a partial restore skips them).
+                        Err(e) => {
+                            let msg = e.to_string();
+                            let mut first = Some(e);
+                            part.iter()
+                                .map(|_| Err(first.take().unwrap_or_else(|| Error::Store(msg.clone().into()))))
+                                .collect()
+                        }
+                    };
+                    part.iter()
+                        .zip(found)
+                        .map(|(&(blk, id), found)| {
+                            let found = found.and_then(|l| {
+                                l.ok_or_else(|| Error::MissingChunk {
+                                    id,
+                                    needed_by: format!("VM {vm} disk {position} at offset {}", blk * bs),
+                                })
+                            });
+                            match found {
+                                Ok(loc) => Ok(Some((blk, id, loc))),
+                                Err(e) => skip(e, (blk * bs, blk * bs + block_len(blk))).map(|_| None),
+                            }
                         })
-                    });
-                    match found {
-                        Ok(loc) => Ok(Some((blk, id, loc))),
-                        Err(e) => skip(e, (blk * bs, blk * bs + block_len(blk))).map(|_| None),
-                    }
+                        .collect()
                 })
-                .collect::<Result<_>>()?;
+                .collect::<Result<Vec<_>>>()?
+                .concat();
             let located = located.into_iter().flatten();
             let mut groups: Vec<(FrameRef, Vec<Located>)> = Vec::new();
             let mut index: HashMap<FrameRef, usize> = HashMap::new();
@@ -187,6 +211,23 @@ fn restore_inner(
                     groups.len() - 1
                 });
                 groups[g].1.push((blk, id, loc));
+            }
+            // Runs of data blocks, reserved before the writes that fill them.
+            let mut run: Option<(u64, u64)> = None;
+            for (i, e) in map.entries.iter().enumerate() {
+                let blk = lo + i as u64;
+                match (e.is_some(), run) {
+                    (true, Some((s, n))) if s + n == blk => run = Some((s, n + 1)),
+                    (true, _) => {
+                        if let Some((s, n)) = run.replace((blk, 1)) {
+                            target.reserve(s * bs, ((s + n) * bs).min(disk.size) - s * bs)?;
+                        }
+                    }
+                    (false, _) => {}
+                }
+            }
+            if let Some((s, n)) = run {
+                target.reserve(s * bs, ((s + n) * bs).min(disk.size) - s * bs)?;
             }
             let holes: Vec<u64> = if target.holes_read_as_zero() {
                 Vec::new()
