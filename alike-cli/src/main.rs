@@ -3,6 +3,7 @@
 //! Scripts depend on its shape: the commands, flags, `--json` keys and exit
 //! status (0 success, 1 failure with a one-line error on stderr, 2 usage).
 
+mod alloc;
 mod xen;
 
 use std::io::IsTerminal;
@@ -254,6 +255,7 @@ enum Cmd {
 }
 
 fn main() {
+    alloc::tune();
     let filter = tracing_subscriber::EnvFilter::try_from_env("ALIKE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();

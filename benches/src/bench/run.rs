@@ -550,6 +550,8 @@ fn scale(r: &Runner<'_>, pair: &Pair, mib: u64) -> Result<Scale> {
     repo.remove();
     let cmd = Cmd::new(std::env::current_exe()?)
         .arg(crate::synthetic::TILED_ARG)
+        // The library in this process, with the allocator set as the alike CLI sets it.
+        .env("MALLOC_ARENA_MAX", "1")
         .arg(&repo.dir)
         .arg(repo.dir.with_extension("cache"))
         .arg(&pair.v1)
@@ -567,6 +569,7 @@ fn many(r: &Runner<'_>, n: u64) -> Result<(u64, Measured, u64)> {
     repo.remove();
     let cmd = Cmd::new(std::env::current_exe()?)
         .arg(crate::synthetic::SYNTHETIC_ARG)
+        .env("MALLOC_ARENA_MAX", "1")
         .arg(&repo.dir)
         .arg(repo.dir.with_extension("cache"))
         .arg(n.to_string());
