@@ -282,6 +282,18 @@ fn index(c: &mut Criterion) {
                 cache.lookup(&id((x >> 11) % n)).expect("lookup").expect("hit")
             })
         });
+        // The engine's way: 128 ids per read transaction (time per batch).
+        g.bench_function(BenchmarkId::new("lookup_many 128 hits", n), |b| {
+            b.iter(|| {
+                let ids: Vec<_> = (0..128)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        id((x >> 11) % n)
+                    })
+                    .collect();
+                cache.lookup_many(&ids).expect("lookup")
+            })
+        });
         g.bench_function(BenchmarkId::new("lookup miss", n), |b| {
             b.iter(|| {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
