@@ -156,15 +156,7 @@ impl Drop for Fixture {
 }
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    alike_testing::Rng::new(seed).noise(n)
 }
 
 fn write_spool_file(b: &dyn Backend, data: &[u8]) -> PathBuf {

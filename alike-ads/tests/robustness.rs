@@ -121,15 +121,7 @@ impl Backend for FullDisk {
 }
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    alike_testing::Rng::new(seed).noise(n)
 }
 
 #[test]

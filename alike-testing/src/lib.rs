@@ -41,6 +41,10 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+    /// `n` incompressible bytes.
+    pub fn noise(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
     /// Fills with half-compressible bytes (text-like runs and noise).
     pub fn fill(&mut self, buf: &mut [u8]) {
         for c in buf.chunks_mut(64) {
