@@ -704,12 +704,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(r) = bwlimit {
                 opts = opts.bandwidth_limit(*r);
             }
-            let mut p = alike::RetentionPolicy::default();
-            p.keep_last = keep_last.unwrap_or(0);
-            p.keep_daily = keep_daily.unwrap_or(0);
-            p.keep_weekly = keep_weekly.unwrap_or(0);
-            p.keep_monthly = keep_monthly.unwrap_or(0);
-            p.keep_yearly = keep_yearly.unwrap_or(0);
+            let p = alike::RetentionPolicy::default()
+                .last(keep_last.unwrap_or(0))
+                .daily(keep_daily.unwrap_or(0))
+                .weekly(keep_weekly.unwrap_or(0))
+                .monthly(keep_monthly.unwrap_or(0))
+                .yearly(keep_yearly.unwrap_or(0));
             if !p.is_empty() {
                 opts = opts.retention(p);
             }
@@ -755,13 +755,13 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let store = open(&cli)?;
-            let mut p = alike::RetentionPolicy::default();
-            p.keep_last = *keep_last;
-            p.keep_hourly = *keep_hourly;
-            p.keep_daily = *keep_daily;
-            p.keep_weekly = *keep_weekly;
-            p.keep_monthly = *keep_monthly;
-            p.keep_yearly = *keep_yearly;
+            let p = alike::RetentionPolicy::default()
+                .last(*keep_last)
+                .hourly(*keep_hourly)
+                .daily(*keep_daily)
+                .weekly(*keep_weekly)
+                .monthly(*keep_monthly)
+                .yearly(*keep_yearly);
             let r = store.prune(vm.as_deref(), &p, *dry_run)?;
             if *json {
                 let vms: Vec<_> = r.decisions.iter().map(|(vm, d)| json!({"vm": vm, "versions": d})).collect();

@@ -25,6 +25,47 @@ pub struct RetentionPolicy {
 }
 
 impl RetentionPolicy {
+    /// Keeps the newest `n` versions.
+    ///
+    /// ```
+    /// let p = alike_core::retention::RetentionPolicy::default().last(3).daily(7).monthly(12);
+    /// assert_eq!((p.keep_last, p.keep_daily, p.keep_monthly, p.keep_weekly), (3, 7, 12, 0));
+    /// ```
+    #[must_use]
+    pub fn last(mut self, n: u32) -> Self {
+        self.keep_last = n;
+        self
+    }
+    /// Keeps the newest version of each of the last `n` hours that have one.
+    #[must_use]
+    pub fn hourly(mut self, n: u32) -> Self {
+        self.keep_hourly = n;
+        self
+    }
+    /// … of the last `n` days.
+    #[must_use]
+    pub fn daily(mut self, n: u32) -> Self {
+        self.keep_daily = n;
+        self
+    }
+    /// … of the last `n` weeks.
+    #[must_use]
+    pub fn weekly(mut self, n: u32) -> Self {
+        self.keep_weekly = n;
+        self
+    }
+    /// … of the last `n` months.
+    #[must_use]
+    pub fn monthly(mut self, n: u32) -> Self {
+        self.keep_monthly = n;
+        self
+    }
+    /// … of the last `n` years.
+    #[must_use]
+    pub fn yearly(mut self, n: u32) -> Self {
+        self.keep_yearly = n;
+        self
+    }
     /// Whether any rule keeps anything (an empty policy would remove everything).
     pub fn is_empty(&self) -> bool {
         *self == RetentionPolicy::default()

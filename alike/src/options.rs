@@ -188,8 +188,7 @@ impl MaintenanceOptions {
 /// vault's own retention.
 ///
 /// ```
-/// let mut keep = alike::RetentionPolicy::default();
-/// keep.keep_monthly = 24;
+/// let keep = alike::RetentionPolicy::default().monthly(24);
 /// let opts = alike::VaultOptions::default().vm("web01").last(3).retention(keep).bandwidth_limit(50 << 20);
 /// # let _ = opts;
 /// ```

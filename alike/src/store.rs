@@ -559,8 +559,7 @@ impl Store {
     /// # let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create(dir.path().join("s"))?;
     /// # let disk = alike::MemSource { label: "d".into(), data: vec![3u8; 100_000] };
     /// # for t in 0..3 { store.backup(alike::VmInfo::named("vm"), &[&disk], &alike::BackupOptions::default().time_ms(t))?; }
-    /// let mut policy = alike::RetentionPolicy::default();
-    /// policy.keep_last = 1;
+    /// let policy = alike::RetentionPolicy::default().last(1);
     /// let r = store.prune(Some("vm"), &policy, false)?;
     /// assert_eq!(r.removed.len(), 2);
     /// # Ok::<(), alike::Error>(())

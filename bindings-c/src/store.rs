@@ -330,13 +330,13 @@ pub unsafe extern "C" fn alike_store_prune(
     guard(|| unsafe {
         let s = self::store(store)?;
         let p = policy.as_ref().ok_or_else(|| invalid("policy is NULL"))?;
-        let mut rp = RetentionPolicy::default();
-        rp.keep_last = p.keep_last;
-        rp.keep_hourly = p.keep_hourly;
-        rp.keep_daily = p.keep_daily;
-        rp.keep_weekly = p.keep_weekly;
-        rp.keep_monthly = p.keep_monthly;
-        rp.keep_yearly = p.keep_yearly;
+        let rp = RetentionPolicy::default()
+            .last(p.keep_last)
+            .hourly(p.keep_hourly)
+            .daily(p.keep_daily)
+            .weekly(p.keep_weekly)
+            .monthly(p.keep_monthly)
+            .yearly(p.keep_yearly);
         let r = s.prune(opt_str(vm, "vm")?, &rp, dry_run)?;
         let n =
             if dry_run { r.decisions.iter().flat_map(|(_, d)| d).filter(|d| !d.keep).count() } else { r.removed.len() };

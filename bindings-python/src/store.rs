@@ -260,13 +260,13 @@ impl NativeStore {
         dry_run: bool,
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
-        let mut p = RetentionPolicy::default();
-        p.keep_last = keep_last;
-        p.keep_hourly = keep_hourly;
-        p.keep_daily = keep_daily;
-        p.keep_weekly = keep_weekly;
-        p.keep_monthly = keep_monthly;
-        p.keep_yearly = keep_yearly;
+        let p = RetentionPolicy::default()
+            .last(keep_last)
+            .hourly(keep_hourly)
+            .daily(keep_daily)
+            .weekly(keep_weekly)
+            .monthly(keep_monthly)
+            .yearly(keep_yearly);
         let r = py.detach(|| s.prune(vm.as_deref(), &p, dry_run)).map_err(errors::to_py)?;
         ser(py, &r)
     }
@@ -335,12 +335,12 @@ impl NativeStore {
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         let v = to.store()?;
-        let mut p = RetentionPolicy::default();
-        p.keep_last = keep_last;
-        p.keep_daily = keep_daily;
-        p.keep_weekly = keep_weekly;
-        p.keep_monthly = keep_monthly;
-        p.keep_yearly = keep_yearly;
+        let p = RetentionPolicy::default()
+            .last(keep_last)
+            .daily(keep_daily)
+            .weekly(keep_weekly)
+            .monthly(keep_monthly)
+            .yearly(keep_yearly);
         let r = run(py, progress, cancel, |ctx| {
             let mut o = with_ctx!(VaultOptions::default().threads(threads), ctx);
             if let Some(vm) = vm {
