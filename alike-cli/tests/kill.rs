@@ -135,7 +135,9 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
     let mut reused_somewhere = false;
     let mut killed = 0;
     for i in 0..n * 6 {
-        if killed >= n {
+        // Go on until a rerun also reused a killed run's pack: kills that land
+        // before the first pack is placed leave nothing to reuse.
+        if killed >= n && reused_somewhere {
             break;
         }
         let img = mk(&h, &format!("b{i}.img"), 100 + i as u64);
