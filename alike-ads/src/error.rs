@@ -3,12 +3,14 @@
 //! Rules: public functions return [`Error`]; every variant names the object
 //! (store-relative key) or path it concerns — for object storage, the full
 //! URL and the operation that failed. When an error crosses the
-//! `ChunkStore` seam it travels boxed inside `alike_core::Error::Store` and
-//! the facade downcasts it back. The object-storage client's own error is
+//! `ChunkStore` seam it travels boxed inside `alike_core::Error::Seam`, with
+//! the kind and retry class this crate gives it ([`alike_core::SeamError`]). The object-storage client's own error is
 //! kept as the `source`, never flattened to a string; whether retrying might
 //! help is on the error ([`Error::retry`]).
 
 use std::path::PathBuf;
+
+use alike_core::ErrorKind;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -149,24 +151,39 @@ impl From<Error> for alike_core::Error {
     fn from(e: Error) -> alike_core::Error {
         match e {
             Error::Core(c) => c,
-            other => alike_core::Error::Store(Box::new(other)),
+            other => alike_core::Error::seam(other),
         }
     }
 }
 
-/// Whether retrying an operation might help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Retry {
-    /// It will fail again the same way (bad credentials, missing bucket, bad request).
-    Permanent,
-    /// A passing condition (server busy, network down) that outlasted the retries.
-    Transient,
-    /// Cannot tell.
-    Unknown,
+pub use alike_core::Retry;
+
+impl alike_core::SeamError for Error {
+    fn kind(&self) -> ErrorKind {
+        self.kind()
+    }
+    fn retry(&self) -> Retry {
+        self.retry()
+    }
 }
 
 impl Error {
+    /// What kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotAStore { .. } => ErrorKind::NotAStore,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::BadMagic { .. } | Error::Corrupt { .. } | Error::Truncated { .. } => ErrorKind::Corruption,
+            Error::UnsupportedVersion { .. } | Error::UpgradeRequired { .. } => ErrorKind::UnsupportedVersion,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::PassphraseRequired { .. } => ErrorKind::PassphraseRequired,
+            Error::Io { .. } | Error::Cache { .. } | Error::Remote { .. } => ErrorKind::Io,
+            Error::InvalidArgument(_) | Error::BadLocation { .. } => ErrorKind::InvalidArgument,
+            Error::Locked { .. } => ErrorKind::Busy,
+            Error::Core(c) => c.kind(),
+        }
+    }
+
     /// Whether retrying the operation later might succeed.
     pub fn retry(&self) -> Retry {
         match self {
@@ -180,7 +197,8 @@ impl Error {
                 _ => Retry::Unknown,
             },
             Error::Locked { .. } => Retry::Transient,
-            Error::Cache { .. } | Error::Core(_) => Retry::Unknown,
+            Error::Core(c) => c.retry(),
+            Error::Cache { .. } => Retry::Unknown,
             _ => Retry::Permanent,
         }
     }

@@ -165,3 +165,102 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
     let spool: Vec<_> = std::fs::read_dir(root.join("tmp")).unwrap().collect();
     assert!(spool.is_empty(), "spool files left: {spool:?}");
 }
+
+/// A local backend whose pack reads time out while `down` is set, as an S3
+/// endpoint that stays unreachable past the client's retries.
+#[derive(Debug)]
+struct Flaky {
+    inner: LocalBackend,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn outage(&self, key: &str) -> alike_ads::Result<()> {
+        if self.down.load(Ordering::SeqCst) && key.starts_with("packs/") {
+            return Err(alike_ads::Error::Remote {
+                op: "get",
+                url: format!("s3://test/{key}"),
+                retry: alike_ads::Retry::Transient,
+                source: Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "operation timed out")),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl Backend for Flaky {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
+        self.outage(key)?;
+        self.inner.read(key)
+    }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
+        self.outage(key)?;
+        self.inner.read_range(key, offset, len)
+    }
+    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
+        self.outage(key)?;
+        self.inner.read_tail(key, len)
+    }
+    fn write(&self, key: &str, data: &[u8]) -> alike_ads::Result<()> {
+        self.inner.write(key, data)
+    }
+    fn write_new(&self, key: &str, data: &[u8]) -> alike_ads::Result<bool> {
+        self.inner.write_new(key, data)
+    }
+    fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
+        self.inner.write_file(key, local)
+    }
+    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
+        self.inner.list(prefix)
+    }
+    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn delete(&self, key: &str) -> alike_ads::Result<()> {
+        self.inner.delete(key)
+    }
+    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
+        self.inner.spool_dir()
+    }
+}
+
+/// A partial restore zero-fills damage, never data it merely could not reach:
+/// a transient failure (a timeout that outlasted the retries) stops it with
+/// the error, its kind and retry class intact across the `ChunkStore` seam;
+/// once the store answers again, the same partial restore is whole.
+#[test]
+fn a_partial_restore_tells_a_transient_failure_from_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut c = CreateOptions::default();
+    c.encrypted = false;
+    Repository::create_local(&root, &c).unwrap();
+    let mut o = OpenOptions::default();
+    o.cache_dir = Some(dir.path().join("cache"));
+    let be = Arc::new(Flaky { inner: LocalBackend::new(&root), down: false.into() });
+    let repo = Repository::open(be.clone(), &o).unwrap();
+    let data: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(2 << 20, 3) }));
+    let job =
+        BackupJob { vm: VmInfo::named("a"), disks: vec![data], parent: None, time_ms: 1, host: None, origin: None };
+    let run = RunOptions::default();
+    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &EngineParams::new(65536), job, &run).unwrap();
+
+    be.down.store(true, Ordering::SeqCst);
+    let out = dir.path().join("out.img");
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    let e = alike_core::restore::restore_disk_partial(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
+    assert_eq!(e.kind(), alike_core::ErrorKind::Io, "{e}");
+    assert_eq!(e.retry(), alike_core::Retry::Transient, "{e}");
+    assert!(!e.is_damage(), "{e}");
+    assert!(e.to_string().contains("timed out"), "{e}");
+
+    be.down.store(false, Ordering::SeqCst);
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    let p = alike_core::restore::restore_disk_partial(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
+    assert!(p.failed.is_empty(), "{:?}", p.failed);
+    assert_eq!(std::fs::read(&out).unwrap(), data.data);
+}

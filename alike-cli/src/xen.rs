@@ -5,10 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use alike::{
-    BackupOptions, Parent, Quiesce, RestoreOptions, Transport, UploadFormat, VmRestoreOptions, XenBackupOptions,
-    XenPool,
-};
+use alike::{BackupOptions, Parent, Placement, Quiesce, RestoreOptions, Transport, XenBackupOptions, XenPool};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -144,6 +141,11 @@ fn connect(a: &XenArgs) -> Result<XenPool> {
     alike::xen_pool(&a.url, &a.user, &pw, a.fingerprint.as_deref()).with_context(|| format!("connecting to {}", a.url))
 }
 
+/// A disk's VDI uuid among the host identifiers of a report.
+fn vdi(ids: &std::collections::BTreeMap<String, String>) -> &str {
+    ids.get("vdi").or_else(|| ids.get("vdi_uuid")).map_or("?", String::as_str)
+}
+
 fn version(store: &alike::Store, spec: &str, vm: Option<&str>) -> Result<alike::Version> {
     if spec == "latest"
         && vm.is_none()
@@ -205,78 +207,56 @@ pub(crate) fn run(cli: &Cli, a: &XenArgs) -> Result<()> {
         }
         XenCmd::Backup { vm, quiesce, transport, full, threads, json } => {
             let store = open(cli)?;
-            let pool = connect(a)?;
+            let mut pool = connect(a)?;
+            pool.set_backup_options(XenBackupOptions::default().transport(match transport {
+                XenTransport::Auto => Transport::Auto,
+                XenTransport::Nbd => Transport::Nbd,
+                XenTransport::Export => Transport::Export,
+            }));
             let bar = Bar::new(cli, "backup");
-            let cancel = cancel_on_ctrl_c();
-            let mut opts = BackupOptions::default().threads(*threads).cancel_token(cancel);
+            let mut opts = BackupOptions::default()
+                .threads(*threads)
+                .cancel_token(cancel_on_ctrl_c())
+                .quiesce(if *quiesce { Quiesce::IfSupported } else { Quiesce::No });
             if let Some(cb) = bar.callback() {
                 opts = opts.progress(cb);
             }
             if *full {
                 opts = opts.parent(Parent::None);
             }
-            let xen = XenBackupOptions::default()
-                .quiesce(if *quiesce { Quiesce::IfSupported } else { Quiesce::No })
-                .transport(match transport {
-                    XenTransport::Auto => Transport::Auto,
-                    XenTransport::Nbd => Transport::Nbd,
-                    XenTransport::Export => Transport::Export,
-                });
-            let r = store.backup_xen(&pool, vm, &xen, &opts);
+            let r = store.backup_vm(&pool, vm, &opts);
             bar.done();
             let r = r?;
             for d in &r.disks {
                 if let Some(why) = &d.fallback_reason {
-                    eprintln!("alike: warning: disk {} (VDI {}) was read in full: {why}", d.position, d.vdi_uuid);
+                    eprintln!("alike: warning: disk {} (VDI {}) was read in full: {why}", d.position, vdi(&d.ids));
                 }
             }
             for w in &r.warnings {
                 eprintln!("alike: warning: {w}");
             }
-            let v = &r.backup.version;
-            let secs = r.backup.elapsed.as_secs_f64();
-            let wire: u64 = r.disks.iter().map(|d| d.wire_bytes).sum();
             if *json {
-                let disks: Vec<_> = r
-                    .disks
-                    .iter()
-                    .map(|d| {
-                        json!({"position": d.position, "vdi": d.vdi_uuid, "snapshot_vdi": d.snapshot_vdi_uuid,
-                               "size": d.size, "transport": d.transport,
-                               "mode": if d.incremental { "incremental" } else { "full" },
-                               "incremental": d.incremental, "fallback_reason": d.fallback_reason,
-                               "read_bytes": d.read_bytes, "wire_bytes": d.wire_bytes})
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({
-                        "id": v.id, "vm": v.vm, "vm_uuid": r.vm_uuid, "time": v.time_rfc3339(),
-                        "snapshot": r.snapshot_uuid, "consistency": r.consistency,
-                        "read_bytes": r.backup.read_bytes, "wire_bytes": wire, "new_bytes": r.backup.new_bytes,
-                        "new_stored_bytes": r.backup.new_stored_bytes, "elapsed_seconds": secs,
-                        "disks": disks, "released": r.released, "warnings": r.warnings,
-                    })
-                );
+                println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("{}", v.id);
+                println!("{}", r.id);
                 for d in &r.disks {
                     eprintln!(
                         "disk {} (VDI {}): {} over {}, read {}",
                         d.position,
-                        d.vdi_uuid,
-                        if d.incremental { "incremental" } else { "full" },
-                        d.transport.name(),
+                        vdi(&d.ids),
+                        d.mode,
+                        d.transport,
                         mib(d.read_bytes)
                     );
                 }
                 eprintln!(
-                    "backed up VM {} ({} snapshot): read {} in {secs:.2} s, {} new, {} stored; released {} earlier snapshot(s)",
-                    v.vm,
+                    "backed up VM {} ({} snapshot): read {} in {:.2} s, {} new, {} stored; released {} earlier snapshot(s)",
+                    r.vm,
                     r.consistency,
-                    mib(r.backup.read_bytes),
-                    mib(r.backup.new_bytes),
-                    mib(r.backup.new_stored_bytes),
+                    mib(r.read_bytes),
+                    r.elapsed_seconds,
+                    mib(r.new_bytes),
+                    mib(r.new_stored_bytes),
                     r.released.destroyed_snapshots.len()
                 );
             }
@@ -290,11 +270,14 @@ pub(crate) fn run(cli: &Cli, a: &XenArgs) -> Result<()> {
             if let Some(cb) = bar.callback() {
                 opts = opts.progress(cb);
             }
-            let mut xen = VmRestoreOptions::default().keep_macs(!*new_macs);
+            let mut place = Placement::on(sr).keep_macs(!*new_macs);
             if let Some(n) = name {
-                xen = xen.name(n);
+                place = place.name(n);
             }
-            let r = store.restore_xen_vm(&v, &pool, sr, network.as_deref(), &xen, &opts);
+            if let Some(n) = network {
+                place = place.network(n);
+            }
+            let r = store.restore_vm(&v, &pool, &place, &opts);
             bar.done();
             let r = r?;
             for w in &r.warnings {
@@ -305,7 +288,7 @@ pub(crate) fn run(cli: &Cli, a: &XenArgs) -> Result<()> {
             } else {
                 println!("{}", r.vm_uuid);
                 for d in &r.disks {
-                    eprintln!("disk {} -> VDI {} ({}, {} sent)", d.position, d.vdi_uuid, d.format, mib(d.sent_bytes));
+                    eprintln!("disk {} -> VDI {} ({}, {} sent)", d.position, vdi(&d.ids), d.format, mib(d.sent_bytes));
                 }
                 eprintln!(
                     "restored version {} of {} as VM {:?} ({}), halted, in {:.2} s",
@@ -313,7 +296,7 @@ pub(crate) fn run(cli: &Cli, a: &XenArgs) -> Result<()> {
                     v.vm,
                     r.name,
                     r.vm_uuid,
-                    r.elapsed_ms as f64 / 1000.0
+                    r.elapsed_seconds
                 );
             }
         }
@@ -326,7 +309,7 @@ pub(crate) fn run(cli: &Cli, a: &XenArgs) -> Result<()> {
             if let Some(cb) = bar.callback() {
                 opts = opts.progress(cb);
             }
-            let r = store.restore_xen_disk(&v, *disk, &pool, vdi, UploadFormat::Auto, &opts);
+            let r = store.restore_vm_disk(&v, *disk, &pool, vdi, &opts);
             bar.done();
             let r = r?;
             if *json {
@@ -336,10 +319,10 @@ pub(crate) fn run(cli: &Cli, a: &XenArgs) -> Result<()> {
                     "wrote disk {disk} of {} ({}) over VDI {}: {} sent ({}) in {:.2} s",
                     v.short_id(),
                     v.vm,
-                    r.vdi_uuid,
+                    self::vdi(&r.ids),
                     mib(r.sent_bytes),
                     r.format,
-                    r.elapsed_ms as f64 / 1000.0
+                    r.elapsed_seconds
                 );
             }
         }

@@ -2,8 +2,12 @@
 //!
 //! Rules: every public function of this crate returns [`Error`]. Parse and
 //! verification failures are data (variants with ids and offsets), never bare
-//! strings. Errors coming from a store implementation are kept whole in
-//! [`Error::Store`] so the facade can classify them.
+//! strings. An error made by an implementation of a seam trait (a store, a
+//! disk source, a hypervisor) is kept whole in [`Error::Seam`], and the crate
+//! that made it says what it is through [`SeamError`]: its [`ErrorKind`], its
+//! [`Retry`] class and the host's own code. Nothing above unpacks it again by
+//! downcasting: [`Error::kind`], [`Error::retry`] and [`Error::code`] answer
+//! for every variant.
 
 use std::path::PathBuf;
 
@@ -19,6 +23,146 @@ pub enum Retry {
     Transient,
     /// Not known.
     Unknown,
+}
+
+/// What kind of failure, for callers that branch on it (the bindings map it
+/// to Python exception classes and C result codes). Set by the crate where
+/// the error is made, and kept across seams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The passphrase or key file does not unlock the store.
+    WrongPassphrase,
+    /// An encrypted store was opened without a passphrase or key file.
+    PassphraseRequired,
+    /// No store at that location.
+    NotAStore,
+    /// A store already exists there.
+    AlreadyExists,
+    /// A version, VM, disk or object does not exist.
+    NotFound,
+    /// Stored data is damaged.
+    Corruption,
+    /// An object has a format version this build does not read.
+    UnsupportedVersion,
+    /// The operation was cancelled.
+    Cancelled,
+    /// A bad argument.
+    InvalidArgument,
+    /// Reading a source, writing a target, the store's files or the network failed.
+    Io,
+    /// Another process holds a lock that excludes this operation, or the
+    /// host says the object is in use.
+    Busy,
+    /// An input disk image (VHD, VHDX) is malformed or unsupported.
+    BadImage,
+    /// Anything else.
+    Other,
+}
+
+/// The one table of error kinds the bindings are made from: the kind, its
+/// stable C result code (never reused), its snake-case name (Python's
+/// `Error.kind`), its C name, and its Python exception class.
+macro_rules! kinds {
+    ($($kind:ident = $code:literal, $name:literal, $c:literal, $py:literal;)*) => {
+        impl ErrorKind {
+            /// Every kind, in the order of their C codes.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$kind),*];
+
+            /// The stable C result code (`alike_result`), never reused.
+            pub fn code(self) -> u32 {
+                match self { $(ErrorKind::$kind => $code),* }
+            }
+            /// The kind's name in snake case (`not_found`): Python's `Error.kind`.
+            pub fn name(self) -> &'static str {
+                match self { $(ErrorKind::$kind => $name),* }
+            }
+            /// The C name of its result code (`ALIKE_ERR_NOT_FOUND`).
+            pub fn c_name(self) -> &'static str {
+                match self { $(ErrorKind::$kind => $c),* }
+            }
+            /// The Python exception class (`alike.NotFound`); `Error`, the
+            /// base class, for `Other`.
+            pub fn python_class(self) -> &'static str {
+                match self { $(ErrorKind::$kind => $py),* }
+            }
+        }
+    };
+}
+
+kinds! {
+    WrongPassphrase = 1, "wrong_passphrase", "ALIKE_ERR_WRONG_PASSPHRASE", "WrongPassphrase";
+    PassphraseRequired = 2, "passphrase_required", "ALIKE_ERR_PASSPHRASE_REQUIRED", "PassphraseRequired";
+    NotAStore = 3, "not_a_store", "ALIKE_ERR_NOT_A_STORE", "NotAStore";
+    AlreadyExists = 4, "already_exists", "ALIKE_ERR_ALREADY_EXISTS", "AlreadyExists";
+    NotFound = 5, "not_found", "ALIKE_ERR_NOT_FOUND", "NotFound";
+    Corruption = 6, "corruption", "ALIKE_ERR_CORRUPTION", "Corruption";
+    UnsupportedVersion = 7, "unsupported_version", "ALIKE_ERR_UNSUPPORTED_VERSION", "UnsupportedVersion";
+    Cancelled = 8, "cancelled", "ALIKE_ERR_CANCELLED", "Cancelled";
+    InvalidArgument = 9, "invalid_argument", "ALIKE_ERR_INVALID_ARGUMENT", "InvalidArgument";
+    Io = 10, "io", "ALIKE_ERR_IO", "IoError";
+    Busy = 11, "busy", "ALIKE_ERR_BUSY", "Busy";
+    Other = 12, "other", "ALIKE_ERR_OTHER", "Error";
+    BadImage = 13, "bad_image", "ALIKE_ERR_BAD_IMAGE", "BadImage";
+}
+
+impl Retry {
+    /// `permanent`, `transient` or `unknown` (Python's `Error.retry`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Retry::Permanent => "permanent",
+            Retry::Transient => "transient",
+            Retry::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the crate that made an error says of it, so that it survives a seam
+/// trait (boxed in [`Error::Seam`]) with its kind, retry class and code.
+pub trait SeamError: std::error::Error + Send + Sync + 'static {
+    /// What kind of failure.
+    fn kind(&self) -> ErrorKind;
+    /// Whether a retry of the same call may succeed.
+    fn retry(&self) -> Retry;
+    /// The host's or service's own code for a refusal (XAPI's
+    /// `VDI_IN_USE`, an HTTP status), when there is one.
+    fn code(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A seam implementation's error, boxed whole (see [`SeamError`]): it
+/// displays as itself, keeps its source chain, and can be downcast back to
+/// its own type by whoever knows it.
+#[derive(Debug)]
+pub struct Foreign(Box<dyn SeamError>);
+
+impl Foreign {
+    /// The error as its crate made it, when it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        let e: &(dyn std::error::Error + 'static) = &*self.0;
+        e.downcast_ref::<T>()
+    }
+}
+
+impl std::ops::Deref for Foreign {
+    type Target = dyn SeamError;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for Foreign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Foreign {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Errors of the engine.
@@ -108,24 +252,138 @@ pub enum Error {
         /// What needs it (version / disk / offset).
         needed_by: String,
     },
-    /// The store implementation failed.
+    /// An implementation of a seam trait (the store, a disk source, a
+    /// hypervisor) failed; its crate's error is kept whole and classified.
     #[error(transparent)]
-    Store(Box<dyn std::error::Error + Send + Sync + 'static>),
+    Seam(Foreign),
     /// A key derivation or cipher setup failure that is not a wrong passphrase.
     #[error("crypto: {0}")]
     Crypto(String),
 }
 
 impl Error {
+    /// Wraps a seam implementation's error.
+    pub fn seam(e: impl SeamError) -> Error {
+        Error::Seam(Foreign(Box::new(e)))
+    }
+
     /// Whether a retry of the same call may succeed.
     pub fn retry(&self) -> Retry {
         match self {
-            Error::SourceRead { .. } | Error::TargetWrite { .. } | Error::Io { .. } => Retry::Unknown,
-            Error::Store(_) => Retry::Unknown,
+            Error::SourceRead { source, .. } | Error::TargetWrite { source, .. } | Error::Io { source, .. } => {
+                io_retry(source)
+            }
+            Error::Seam(e) => e.retry(),
             _ => Retry::Permanent,
         }
+    }
+
+    /// What kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
+            Error::CorruptBlob { .. } | Error::CorruptFrame { .. } | Error::Malformed { .. } => ErrorKind::Corruption,
+            Error::MissingChunk { .. } => ErrorKind::Corruption,
+            Error::SourceRead { .. } | Error::TargetWrite { .. } | Error::Io { .. } => ErrorKind::Io,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Seam(e) => e.kind(),
+            Error::Crypto(_) => ErrorKind::Other,
+        }
+    }
+
+    /// The host's or service's own code, when a seam implementation gave one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Seam(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is damage to stored data (a chunk that fails
+    /// authentication, a missing chunk or object), as opposed to a failure
+    /// to reach the data that a later attempt may not meet.
+    pub fn is_damage(&self) -> bool {
+        match self.kind() {
+            ErrorKind::Corruption => true,
+            ErrorKind::NotFound => matches!(self, Error::Seam(_)),
+            _ => false,
+        }
+    }
+}
+
+/// A copy of an error's message, kind and retry class, where one failure
+/// must be reported for several items (a failed index transaction fails
+/// each of its blocks).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Echo {
+    message: String,
+    kind: ErrorKind,
+    retry: Retry,
+}
+
+impl Echo {
+    pub(crate) fn of(e: &Error) -> Echo {
+        Echo { message: e.to_string(), kind: e.kind(), retry: e.retry() }
+    }
+    pub(crate) fn to_error(&self) -> Error {
+        Error::seam(self.clone())
+    }
+}
+
+impl SeamError for Echo {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    fn retry(&self) -> Retry {
+        self.retry
+    }
+}
+
+/// Interrupted and timed-out I/O may pass; the rest is not known.
+fn io_retry(e: &std::io::Error) -> Retry {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::Interrupted | K::TimedOut | K::WouldBlock | K::ConnectionReset | K::ConnectionAborted => Retry::Transient,
+        _ => Retry::Unknown,
     }
 }
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    #[test]
+    fn the_kind_table_is_whole_and_codes_are_unique() {
+        let mut codes: Vec<u32> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+        for k in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name(), "serde and the table agree");
+            assert!(k.c_name().starts_with("ALIKE_ERR_"));
+        }
+        // Every variant is in the table: a new kind must be given a code.
+        let every = |k: ErrorKind| match k {
+            ErrorKind::WrongPassphrase
+            | ErrorKind::PassphraseRequired
+            | ErrorKind::NotAStore
+            | ErrorKind::AlreadyExists
+            | ErrorKind::NotFound
+            | ErrorKind::Corruption
+            | ErrorKind::UnsupportedVersion
+            | ErrorKind::Cancelled
+            | ErrorKind::InvalidArgument
+            | ErrorKind::Io
+            | ErrorKind::Busy
+            | ErrorKind::Other
+            | ErrorKind::BadImage => ErrorKind::ALL.contains(&k),
+        };
+        assert!(ErrorKind::ALL.iter().all(|k| every(*k)));
+        assert_eq!(ErrorKind::ALL.len(), 13);
+    }
+}

@@ -24,6 +24,7 @@ mod chunker;
 mod crypto;
 mod disk;
 mod error;
+mod hypervisor;
 mod id;
 mod manifest;
 mod progress;
@@ -35,7 +36,7 @@ pub mod restore;
 pub mod retention;
 
 // Errors
-pub use error::{Error, Result, Retry};
+pub use error::{Error, ErrorKind, Foreign, Result, Retry, SeamError};
 // Ids, keys and blobs
 pub use blob::{
     BlobKind, ChunkLocation, Compression, FrameChunk, FrameRef, StoredFrame, chunk_in, compress, decode_frame,
@@ -53,6 +54,10 @@ pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, Orig
 pub use version_source::{ManifestLookup, VersionSource};
 // Seams
 pub use disk::{DiskSource, DiskTarget, HookedSource, MemSource, RawFileSource, RawFileTarget};
+pub use hypervisor::{
+    BackupSession, CreatedVm, DiskSink, Hypervisor, Placement, PlannedDisk, PreviousDisk, Quiesce, ReleaseReport,
+    RestoreSession, SessionDisk, SnapshotOptions, StreamSink, StreamWritten,
+};
 pub use store::{ChunkStore, read_chunk};
 // Progress
 pub use progress::{CancelToken, Phase, Progress, ProgressFn, ProgressSink, RunOptions};

@@ -87,16 +87,11 @@ pub fn restore_disk_partial(
 /// Where a partial restore records what it could not read.
 type Failures = Mutex<(Vec<(u64, u64)>, Option<String>)>;
 
-/// Whether an error is damage to stored data (skippable in a partial restore).
+/// Whether an error is damage to stored data (skippable in a partial
+/// restore). A failure to reach the data (a timeout, a full disk) is not: it
+/// stops even a partial restore, which must not zero-fill data that is there.
 fn is_damage(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::CorruptBlob { .. }
-            | Error::CorruptFrame { .. }
-            | Error::MissingChunk { .. }
-            | Error::Malformed { .. }
-            | Error::Store(_)
-    )
+    e.is_damage()
 }
 
 fn restore_inner(
@@ -177,11 +172,9 @@ fn restore_inner(
                         Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
                         // A failed transaction fails each of its blocks (a partial restore skips them).
                         Err(e) => {
-                            let msg = e.to_string();
+                            let echo = crate::error::Echo::of(&e);
                             let mut first = Some(e);
-                            part.iter()
-                                .map(|_| Err(first.take().unwrap_or_else(|| Error::Store(msg.clone().into()))))
-                                .collect()
+                            part.iter().map(|_| Err(first.take().unwrap_or_else(|| echo.to_error()))).collect()
                         }
                     };
                     part.iter()

@@ -14,13 +14,14 @@
 //! (with this error inside the `io::Error`), so the engine never mistakes a
 //! failing restore target for damaged stored data; elsewhere
 //! `From<Error> for alike_core::Error` keeps this error whole in
-//! `alike_core::Error::Store`, from which the facade can downcast it.
+//! `alike_core::Error::Seam`, with the kind, retry class and XAPI code this
+//! crate gives it ([`alike_core::SeamError`]).
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alike_core::Retry;
+use alike_core::{ErrorKind, Retry};
 
 /// Errors of the Xen adapter: the VHD reader and writers, the NBD client
 /// and the XAPI client.
@@ -356,6 +357,32 @@ impl Error {
         }
     }
 
+    /// What kind of failure: a malformed image is `BadImage`; a XAPI
+    /// refusal keeps its code ([`Error::xapi_code`]) and its kind says only
+    /// what a caller can act on (not found, busy); a pool that cannot be
+    /// reached or a transfer cut is `Io`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } | Error::Read { .. } | Error::Write { .. } => ErrorKind::Io,
+            Error::ParentNotFound { .. } => ErrorKind::NotFound,
+            Error::InvalidArgument(_) | Error::TlsSetup(_) => ErrorKind::InvalidArgument,
+            Error::Source(c) => c.kind(),
+            Error::Xapi { code, .. } => match code.as_str() {
+                "HANDLE_INVALID" | "UUID_INVALID" | "VDI_MISSING" => ErrorKind::NotFound,
+                "VDI_IN_USE" | "OTHER_OPERATION_IN_PROGRESS" => ErrorKind::Busy,
+                _ => ErrorKind::Other,
+            },
+            Error::Http { .. }
+            | Error::HttpStatus { .. }
+            | Error::Connection { .. }
+            | Error::TaskTimeout { .. }
+            | Error::CertificateMismatch { .. }
+            | Error::Nbd { .. } => ErrorKind::Io,
+            Error::BadReply { .. } => ErrorKind::Other,
+            _ => ErrorKind::BadImage,
+        }
+    }
+
     /// The XAPI error code, when this is a XAPI error.
     pub fn xapi_code(&self) -> Option<&str> {
         match self {
@@ -392,8 +419,20 @@ impl From<Error> for alike_core::Error {
         match e {
             Error::Io { path, source } => alike_core::Error::Io { path, source },
             Error::Source(e) => e,
-            e => alike_core::Error::Store(Box::new(e)),
+            e => alike_core::Error::seam(e),
         }
+    }
+}
+
+impl alike_core::SeamError for Error {
+    fn kind(&self) -> ErrorKind {
+        self.kind()
+    }
+    fn retry(&self) -> Retry {
+        self.retry()
+    }
+    fn code(&self) -> Option<&str> {
+        self.xapi_code()
     }
 }
 

@@ -210,7 +210,8 @@ fn broken_cbt_chains_are_reported_with_their_cause() {
     sim.faults().fail_next("VDI.list_changed_blocks", "SR_BACKEND_FAILURE_460", &["", "injected", ""]);
     let b2 = p.begin_backup("web-01", &opts, &t1).unwrap();
     let e = b2.xen_disks()[0].changed_ranges(&t1[0].1).unwrap_err();
-    let alike_core::Error::Store(inner) = &e else { panic!("{e:?}") };
+    let alike_core::Error::Seam(inner) = &e else { panic!("{e:?}") };
+    assert_eq!(e.code(), Some("SR_BACKEND_FAILURE_460"), "the XAPI code crosses the seam");
     let pe = inner.downcast_ref::<PoolError>().unwrap();
     assert!(matches!(pe, PoolError::ChangesUnknown { .. }));
     assert_eq!(pe.xapi_code(), Some("SR_BACKEND_FAILURE_460"));

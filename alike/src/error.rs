@@ -2,40 +2,13 @@
 //!
 //! Rules: every public function of `alike` returns [`Error`]. It keeps the
 //! rich error of the layer that failed (`alike_core::Error`,
-//! `alike_ads::Error`) and classifies it with [`Error::kind`], which the
-//! bindings map to Python exceptions and C result codes.
+//! `alike_ads::Error`, an adapter's) whole. Its kind ([`Error::kind`], which
+//! the bindings map to Python exceptions and C result codes), its retry class
+//! ([`Error::retry`]) and a host's code ([`Error::code`]) are the ones the
+//! crate that made it gave it: errors that crossed a seam trait arrive as
+//! `alike_core::Error::Seam` and are never unpacked by downcasting here.
 
-/// What kind of failure, for callers that branch on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The passphrase or key file does not unlock the store.
-    WrongPassphrase,
-    /// An encrypted store was opened without a passphrase or key file.
-    PassphraseRequired,
-    /// No store at that location.
-    NotAStore,
-    /// A store already exists there.
-    AlreadyExists,
-    /// A version, VM, disk or object does not exist.
-    NotFound,
-    /// Stored data is damaged.
-    Corruption,
-    /// An object has a format version this build does not read.
-    UnsupportedVersion,
-    /// The operation was cancelled.
-    Cancelled,
-    /// A bad argument.
-    InvalidArgument,
-    /// Reading a source, writing a target, or the store's files failed.
-    Io,
-    /// Another process holds a lock that excludes this operation.
-    Busy,
-    /// An input disk image (VHD, VHDX) is malformed or unsupported.
-    BadImage,
-    /// Anything else.
-    Other,
-}
+pub use alike_core::{ErrorKind, Retry};
 
 /// Errors of the `alike` API.
 #[derive(Debug, thiserror::Error)]
@@ -105,55 +78,17 @@ impl From<alike_ads::Error> for Error {
 
 impl From<alike_core::Error> for Error {
     fn from(e: alike_core::Error) -> Error {
-        match e {
-            alike_core::Error::Store(b) => {
-                let b = match b.downcast::<alike_ads::Error>() {
-                    Ok(a) => return Error::from(*a),
-                    Err(b) => b,
-                };
-                let b = match b.downcast::<alike_xen::Error>() {
-                    Ok(x) => return Error::from(*x),
-                    Err(b) => b,
-                };
-                match b.downcast::<alike_hyperv::VhdxError>() {
-                    Ok(x) => Error::Vhdx(*x),
-                    Err(b) => Error::Engine(alike_core::Error::Store(b)),
-                }
-            }
-            e => Error::Engine(e),
-        }
+        Error::Engine(e)
     }
 }
 
 impl Error {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
-        use alike_ads::Error as A;
         match self {
-            Error::Store(a) => match a {
-                A::NotAStore { .. } => ErrorKind::NotAStore,
-                A::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-                A::BadMagic { .. } | A::Corrupt { .. } | A::Truncated { .. } => ErrorKind::Corruption,
-                A::UnsupportedVersion { .. } | A::UpgradeRequired { .. } => ErrorKind::UnsupportedVersion,
-                A::NotFound { .. } => ErrorKind::NotFound,
-                A::PassphraseRequired { .. } => ErrorKind::PassphraseRequired,
-                A::Io { .. } | A::Cache { .. } => ErrorKind::Io,
-                A::InvalidArgument(_) => ErrorKind::InvalidArgument,
-                A::Locked { .. } => ErrorKind::Busy,
-                A::Remote { .. } => ErrorKind::Io,
-                A::BadLocation { .. } => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Other,
-            },
-            Error::Engine(c) => core_kind(c),
-            Error::Vhd(x) => {
-                use alike_xen::Error as X;
-                match x {
-                    X::Io { .. } | X::Read { .. } | X::Write { .. } => ErrorKind::Io,
-                    X::ParentNotFound { .. } => ErrorKind::NotFound,
-                    X::InvalidArgument(_) => ErrorKind::InvalidArgument,
-                    _ => ErrorKind::BadImage,
-                }
-            }
+            Error::Store(a) => a.kind(),
+            Error::Engine(c) => c.kind(),
+            Error::Vhd(x) => x.kind(),
             Error::Vhdx(x) => {
                 use alike_hyperv::VhdxError as X;
                 match x {
@@ -165,67 +100,40 @@ impl Error {
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
-            Error::Xen(x) => xen_kind(x),
+            Error::Xen(x) => x.kind(),
+        }
+    }
+
+    /// Whether a retry of the same call may succeed: `Transient` for a
+    /// network blip or a lock held by someone else, `Permanent` for bad
+    /// input or damage, `Unknown` when it cannot be told.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Store(a) => a.retry(),
+            Error::Engine(c) => c.retry(),
+            Error::Vhd(x) => x.retry(),
+            Error::Vhdx(alike_hyperv::VhdxError::Io { .. }) => Retry::Unknown,
+            Error::Xen(x) => x.retry(),
+            _ => Retry::Permanent,
+        }
+    }
+
+    /// The host's or service's own code for a refusal (XAPI's
+    /// `SESSION_AUTHENTICATION_FAILED`, `VDI_IN_USE`…), when there is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Xen(x) => x.xapi_code(),
+            Error::Vhd(x) => x.xapi_code(),
+            Error::Engine(c) => c.code(),
+            _ => None,
         }
     }
 
     /// The XAPI error code when a XenServer/XCP-ng pool refused
     /// (`SESSION_AUTHENTICATION_FAILED`, `VDI_IN_USE`…).
+    #[deprecated(note = "use Error::code, which answers for every host")]
     pub fn xapi_code(&self) -> Option<&str> {
-        match self {
-            Error::Xen(x) => x.xapi_code(),
-            Error::Vhd(x) => x.xapi_code(),
-            _ => None,
-        }
-    }
-}
-
-fn core_kind(c: &alike_core::Error) -> ErrorKind {
-    use alike_core::Error as C;
-    match c {
-        C::WrongPassphrase { .. } => ErrorKind::WrongPassphrase,
-        C::CorruptBlob { .. } | C::CorruptFrame { .. } | C::Malformed { .. } | C::MissingChunk { .. } => {
-            ErrorKind::Corruption
-        }
-        C::SourceRead { .. } | C::TargetWrite { .. } | C::Io { .. } => ErrorKind::Io,
-        C::Cancelled => ErrorKind::Cancelled,
-        C::InvalidArgument(_) => ErrorKind::InvalidArgument,
-        _ => ErrorKind::Other,
-    }
-}
-
-/// XAPI refusals keep their code ([`Error::xapi_code`]); the kind says
-/// only what a caller can act on: not found, busy, I/O (the pool
-/// unreachable, a transfer cut), cancelled; other refusals are `Other`.
-fn xen_kind(x: &alike_xen::adapter::PoolError) -> ErrorKind {
-    use alike_xen::Error as X;
-    use alike_xen::adapter::PoolError as P;
-    match x {
-        P::NotFound { .. } => return ErrorKind::NotFound,
-        P::Ambiguous { .. } | P::BadConfig(_) | P::InvalidArgument(_) => return ErrorKind::InvalidArgument,
-        P::Cancelled => return ErrorKind::Cancelled,
-        _ => {}
-    }
-    match x.xen_error() {
-        Some(X::Source(c)) => core_kind(c),
-        Some(X::Xapi { code, .. }) => match code.as_str() {
-            "HANDLE_INVALID" | "UUID_INVALID" | "VDI_MISSING" => ErrorKind::NotFound,
-            "VDI_IN_USE" | "OTHER_OPERATION_IN_PROGRESS" => ErrorKind::Busy,
-            _ => ErrorKind::Other,
-        },
-        Some(
-            X::Http { .. }
-            | X::HttpStatus { .. }
-            | X::Connection { .. }
-            | X::TaskTimeout { .. }
-            | X::CertificateMismatch { .. }
-            | X::Nbd { .. }
-            | X::Io { .. }
-            | X::Read { .. }
-            | X::Write { .. },
-        ) => ErrorKind::Io,
-        Some(X::InvalidArgument(_) | X::TlsSetup(_)) => ErrorKind::InvalidArgument,
-        _ => ErrorKind::Other,
+        self.code()
     }
 }
 

@@ -31,22 +31,33 @@ mod error;
 mod image;
 mod options;
 mod store;
+mod vm;
+#[cfg(feature = "xen")]
 mod xen;
 
 pub use alike_ads::{
     Affected, Damage, GcReport, LockInfo, LockKind, ObjectOptions, PruneReport, Verification, VerifyReport,
 };
 pub use alike_core::retention::{Decision, RetentionPolicy};
-/// XenServer/XCP-ng pools ([`Store::backup_xen`], [`Store::restore_xen_vm`]).
+/// XenServer/XCP-ng pools: a [`XenPool`] is a [`Hypervisor`] for
+/// [`Store::backup_vm`] and [`Store::restore_vm`].
+#[cfg(feature = "xen")]
 pub use alike_xen::adapter::{
-    DiskTransport, PoolError, Quiesce, ReleaseReport, Transport, UploadFormat, VmRestoreOptions, VmSummary,
-    XenBackupOptions, XenPool, XenVmConfig,
+    DiskTransport, PoolError, Transport, UploadFormat, VmRestoreOptions, VmSummary, XenBackupOptions, XenPool,
+    XenVmConfig,
 };
-pub use error::{Error, ErrorKind, Result};
+#[cfg(feature = "xen")]
+pub use xen::xen_pool;
+// The hypervisor seam.
+pub use alike_core::{
+    BackupSession, CreatedVm, DiskSink, Hypervisor, Placement, PlannedDisk, PreviousDisk, Quiesce, ReleaseReport,
+    RestoreSession, SessionDisk, SnapshotOptions, StreamSink, StreamWritten,
+};
+pub use error::{Error, ErrorKind, Result, Retry};
 pub use image::{ImageFormat, create_image, open_image};
 pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, VaultReport, Version};
-pub use xen::{XenBackupReport, XenDiskReport, XenRestoreReport, XenUploadReport, xen_pool};
+pub use vm::{DiskUploadReport, VmBackupReport, VmDiskReport, VmRestoreReport};
 
 // Engine vocabulary users need.
 pub use alike_core::{

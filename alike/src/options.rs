@@ -70,10 +70,17 @@ pub struct BackupOptions {
     pub(crate) time_ms: Option<i64>,
     pub(crate) image_format: Option<crate::ImageFormat>,
     pub(crate) origin: Option<alike_core::Origin>,
+    pub(crate) quiesce: alike_core::Quiesce,
 }
 
 impl BackupOptions {
     run_setters!();
+    /// For [`crate::Store::backup_vm`]: quiesce the guest before the
+    /// snapshot (default: a crash-consistent snapshot).
+    pub fn quiesce(mut self, q: alike_core::Quiesce) -> Self {
+        self.quiesce = q;
+        self
+    }
     /// Which version to build on (for change tracking and carried ranges).
     pub fn parent(mut self, p: Parent) -> Self {
         self.parent = p;

@@ -235,6 +235,20 @@ impl Version {
         Version { id, vm: manifest.vm.name.clone(), time_ms: manifest.time_ms, disks, manifest }
     }
 
+    /// The disk at `position`.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidArgument`] when the version has no such disk.
+    pub fn disk(&self, position: u32) -> Result<&DiskInfo> {
+        self.disks.iter().find(|d| d.position == position).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "version {} has no disk {position} (it has {})",
+                self.short_id(),
+                self.disks.len()
+            ))
+        })
+    }
+
     /// The first 12 hex digits of the id.
     pub fn short_id(&self) -> &str {
         &self.id[..12.min(self.id.len())]
@@ -335,11 +349,7 @@ impl Store {
             return Err(Error::InvalidArgument("the VM needs a name".into()));
         }
         let started = std::time::Instant::now();
-        let parent = match &opts.parent {
-            Parent::None => None,
-            Parent::Latest => self.versions(Some(&vm.name))?.pop().map(|v| (v.id, v.manifest)),
-            Parent::Id(s) => Some(self.version(s, Some(&vm.name))).transpose()?.map(|v| (v.id, v.manifest)),
-        };
+        let parent = self.parent_version(&vm.name, &opts.parent)?.map(|v| (v.id, v.manifest));
         let mut params = EngineParams::new(self.block_size());
         params.compression_level = opts.compression_level.unwrap_or(self.repo.config().compression_level);
         let job = BackupJob {
@@ -367,6 +377,17 @@ impl Store {
             version,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The version a backup of VM `vm` builds on: none, the VM's latest, or
+    /// the one asked for (which must be the VM's). The one rule every
+    /// backup path uses.
+    pub(crate) fn parent_version(&self, vm: &str, parent: &Parent) -> Result<Option<Version>> {
+        match parent {
+            Parent::None => Ok(None),
+            Parent::Latest => Ok(self.versions(Some(vm))?.pop()),
+            Parent::Id(s) => Ok(Some(self.version(s, Some(vm))?)),
+        }
     }
 
     /// Backs up disk images (raw files or block devices, VHD, VHDX/AVHDX —
@@ -481,10 +502,7 @@ impl Store {
         path: impl AsRef<Path>,
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
-        let d = version
-            .disks
-            .get(disk as usize)
-            .ok_or_else(|| Error::InvalidArgument(format!("version {} has no disk {disk}", version.short_id())))?;
+        let d = version.disk(disk)?;
         let t = crate::create_image(path.as_ref(), opts.format, d.size)?;
         self.restore(version, disk, &*t, opts)
     }
@@ -734,7 +752,7 @@ impl Store {
         let lookup = |id: &str| match self.repo.read_manifest(id) {
             Ok(m) => Ok(Some(m)),
             Err(alike_ads::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(alike_core::Error::Store(Box::new(e))),
+            Err(e) => Err(alike_core::Error::seam(e)),
         };
         for v in chosen {
             opts.run.cancel.check()?;

@@ -6,6 +6,7 @@ mod integration {
     mod dedup;
     mod ext4;
     mod formats;
+    mod hypervisor;
     mod incremental;
     mod maintenance;
     mod matrix;

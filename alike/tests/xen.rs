@@ -10,10 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use alike::{
-    BackupOptions, DiskTransport, ErrorKind, RestoreOptions, Store, UploadFormat, VmRestoreOptions, XenBackupOptions,
-    XenPool, XenVmConfig,
-};
+use alike::{BackupOptions, ErrorKind, Placement, RestoreOptions, Store, UploadFormat, XenPool, XenVmConfig};
 use alike_xen_sim::{Class, SimConfig, Simulator, Value};
 
 const KIB64: u64 = 64 << 10;
@@ -60,8 +57,13 @@ impl Env {
     }
 }
 
-fn backup(env: &Env, pool: &XenPool, vm: &str) -> alike::XenBackupReport {
-    env.store.backup_xen(pool, vm, &XenBackupOptions::default(), &BackupOptions::default()).unwrap()
+fn backup(env: &Env, pool: &XenPool, vm: &str) -> alike::VmBackupReport {
+    env.store.backup_vm(pool, vm, &BackupOptions::default()).unwrap()
+}
+
+/// A disk's host identifier (`vdi`, `snapshot_vdi`, `vdi_uuid`).
+fn id<'a>(ids: &'a std::collections::BTreeMap<String, String>, name: &str) -> &'a str {
+    ids.get(name).map(String::as_str).unwrap_or_else(|| panic!("no {name} in {ids:?}"))
 }
 
 /// Distinct 64 KiB blocks touched by writes at (offset, len).
@@ -89,7 +91,7 @@ fn full_then_incremental_reads_only_changed_blocks_and_both_versions_restore_bit
     assert_eq!(r1.disks.len(), 2);
     for d in &r1.disks {
         assert!(!d.incremental && d.fallback_reason.is_none(), "{d:?}");
-        assert_eq!(d.transport, DiskTransport::Nbd);
+        assert_eq!(d.transport, "nbd");
         assert_eq!((d.read_bytes, d.wire_bytes), (d.size, d.size), "a full read over NBD");
     }
     assert_eq!(r1.backup.read_bytes, 96 << 20);
@@ -120,12 +122,12 @@ fn full_then_incremental_reads_only_changed_blocks_and_both_versions_restore_bit
     assert_eq!((d1.read_bytes, d1.wire_bytes), (2 * KIB64, 2 * KIB64));
     assert_eq!(r2.backup.read_bytes, 8 * KIB64);
     // The first snapshot is released as designed: VM destroyed, VDIs data-destroyed.
-    assert_eq!(r2.released.destroyed_snapshots, std::slice::from_ref(&r1.snapshot_uuid));
+    assert_eq!(r2.released.destroyed_snapshots, std::slice::from_ref(&r1.snapshot));
     assert_eq!(
-        r2.released.data_destroyed_vdis,
-        r1.disks.iter().map(|d| d.snapshot_vdi_uuid.clone()).collect::<Vec<_>>()
+        r2.released.released["data_destroyed_vdis"],
+        r1.disks.iter().map(|d| id(&d.ids, "snapshot_vdi").to_owned()).collect::<Vec<_>>()
     );
-    let old = env.call("VDI.get_by_uuid", &[&r1.disks[0].snapshot_vdi_uuid]);
+    let old = env.call("VDI.get_by_uuid", &[id(&r1.disks[0].ids, "snapshot_vdi")]);
     assert_eq!(env.sim.field(Class::Vdi, old.as_str().unwrap(), "type").unwrap().as_str(), Some("cbt_metadata"));
 
     assert!(same(&env.restored(&r1.backup.version, 0), &v1_root));
@@ -190,7 +192,7 @@ fn export_path_end_to_end() {
     let pool = env.pool();
     let (root, data) = (env.vdi("web-01 root"), env.vdi("web-01 data"));
     let r1 = backup(&env, &pool, "web-01");
-    assert!(r1.disks.iter().all(|d| d.transport == DiskTransport::Export && !d.incremental));
+    assert!(r1.disks.iter().all(|d| d.transport == "export" && !d.incremental));
     assert!(r1.disks[0].read_bytes < 64 << 20, "only the allocated blocks: {:?}", r1.disks[0]);
     env.sim.guest_write(&root, 3 << 20, &[5u8; 10]).unwrap();
     let r2 = backup(&env, &pool, "web-01");
@@ -210,13 +212,13 @@ fn https_with_a_pinned_certificate_and_tls_nbd() {
     let fp = alike_xen::nbd::format_fingerprint(&alike_xen::nbd::sha256(&der[0]));
     let pool = alike::xen_pool(&env.sim.url(), "root", env.sim.password(), Some(&fp)).unwrap();
     let r = backup(&env, &pool, "db-01");
-    assert_eq!(r.disks[0].transport, DiskTransport::Nbd);
+    assert_eq!(r.disks[0].transport, "nbd");
     assert!(same(&env.restored(&r.backup.version, 0), &env.read(&env.vdi("db-01 disk"), 48 << 20)));
     let wrong = "00:".repeat(31) + "00";
     let e = alike::xen_pool(&env.sim.url(), "root", env.sim.password(), Some(&wrong)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io, "{e}");
     let e = alike::xen_pool(&env.sim.url(), "root", "wrong", Some(&fp)).unwrap_err();
-    assert_eq!(e.xapi_code(), Some("SESSION_AUTHENTICATION_FAILED"), "{e}");
+    assert_eq!(e.code(), Some("SESSION_AUTHENTICATION_FAILED"), "{e}");
 }
 
 #[test]
@@ -226,10 +228,7 @@ fn a_version_restores_as_a_vm_field_by_field_and_over_an_existing_vdi() {
     let r = backup(&env, &pool, "web-01");
     let v = r.backup.version.clone();
     let recorded = XenVmConfig::from_vm_info(&v.manifest.vm).unwrap();
-    let rr = env
-        .store
-        .restore_xen_vm(&v, &pool, "Local storage", None, &VmRestoreOptions::default(), &RestoreOptions::default())
-        .unwrap();
+    let rr = env.store.restore_vm(&v, &pool, &Placement::on("Local storage"), &RestoreOptions::default()).unwrap();
     assert_eq!(rr.name, "web-01");
     assert!(rr.warnings.is_empty(), "{:?}", rr.warnings);
     let (new_ref, raw) = pool.find_vm(&rr.vm_uuid).unwrap();
@@ -250,10 +249,10 @@ fn a_version_restores_as_a_vm_field_by_field_and_over_an_existing_vdi() {
         );
     }
     for (u, d) in rr.disks.iter().zip(&now.disks) {
-        assert_eq!(u.vdi_uuid, d.vdi_uuid);
+        assert_eq!(id(&u.ids, "vdi_uuid"), d.vdi_uuid);
         assert_eq!(u.format, "vhd", "a sparse disk into a new VDI goes as a VHD: {u:?}");
         assert!(u.sent_bytes < u.size, "{u:?}");
-        let vdi = env.call("VDI.get_by_uuid", &[&u.vdi_uuid]);
+        let vdi = env.call("VDI.get_by_uuid", &[id(&u.ids, "vdi_uuid")]);
         assert!(same(&env.read(vdi.as_str().unwrap(), u.size), &env.restored(&v, u.position)), "disk {}", u.position);
     }
 
@@ -262,28 +261,20 @@ fn a_version_restores_as_a_vm_field_by_field_and_over_an_existing_vdi() {
     let rdb = backup(&env, &pool, "db-01");
     let before = env.read(&db, 48 << 20);
     env.sim.guest_write(&db, 1 << 20, &[0xFF; 4096]).unwrap();
-    let up = env
-        .store
-        .restore_xen_disk(&rdb.backup.version, 0, &pool, &db, UploadFormat::Auto, &RestoreOptions::default())
-        .unwrap();
+    let up = env.store.restore_vm_disk(&rdb.backup.version, 0, &pool, &db, &RestoreOptions::default()).unwrap();
     assert_eq!((up.format.as_str(), up.sent_bytes), ("raw", 48 << 20));
     assert!(same(&env.read(&db, 48 << 20), &before));
 
     // Errors keep their kinds.
-    let e = env.store.backup_xen(&pool, "nope", &XenBackupOptions::default(), &BackupOptions::default()).unwrap_err();
+    let e = env.store.backup_vm(&pool, "nope", &BackupOptions::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     let img = env.dir.path().join("plain.img");
     std::fs::write(&img, vec![1u8; 1 << 20]).unwrap();
     let plain = env.store.backup_images("plain", &[&img], &BackupOptions::default()).unwrap().version;
-    let e = env
-        .store
-        .restore_xen_vm(&plain, &pool, "Local storage", None, &VmRestoreOptions::default(), &RestoreOptions::default())
-        .unwrap_err();
+    let e =
+        env.store.restore_vm(&plain, &pool, &Placement::on("Local storage"), &RestoreOptions::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    let e = env
-        .store
-        .restore_xen_vm(&v, &pool, "nowhere", None, &VmRestoreOptions::default(), &RestoreOptions::default())
-        .unwrap_err();
+    let e = env.store.restore_vm(&v, &pool, &Placement::on("nowhere"), &RestoreOptions::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 }
 
@@ -385,7 +376,9 @@ fn measure_4gib_full_vs_incremental() {
     // … or streamed from the store as a VHD.
     let target = fresh("restored-stream");
     let t = Instant::now();
-    let up = env.store.restore_xen_disk(v, 1, &pool, &target, UploadFormat::Vhd, &RestoreOptions::default());
+    let mut vhd_pool = env.pool();
+    vhd_pool.set_upload_format(UploadFormat::Vhd);
+    let up = env.store.restore_vm_disk(v, 1, &vhd_pool, &target, &RestoreOptions::default());
     let stream_s = t.elapsed().as_secs_f64();
     let up = up.unwrap_or_else(|e| panic!("after {stream_s:.2} s: {e}"));
     println!("restore streamed from the store as a VHD ({} MiB sent): {stream_s:.2} s", up.sent_bytes >> 20);

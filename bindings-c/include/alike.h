@@ -34,6 +34,18 @@
 #define ALIKE_VERSION_STRING "0.1.0"
 
 
+// Whether retrying a failed call may succeed (`alike_last_error_retry`).
+typedef enum {
+  // The last call succeeded.
+  ALIKE_RETRY_NONE = 0,
+  // The same call will fail the same way (bad input, damage).
+  ALIKE_RETRY_PERMANENT = 1,
+  // A retry may succeed (a network blip, a lock held by someone else).
+  ALIKE_RETRY_TRANSIENT = 2,
+  // Cannot be told.
+  ALIKE_RETRY_UNKNOWN = 3,
+} alike_retry;
+
 // Result codes. The numbers are stable (see the ABI promise above).
 typedef enum {
   // Success.
@@ -160,6 +172,10 @@ const char *alike_library_version(void);
 // The message of the last failure on this thread, or NULL if the last call
 // succeeded. Valid until the next libalike call on this thread.
 const char *alike_last_error_message(void);
+
+// Whether retrying the last failed call on this thread may succeed;
+// `ALIKE_RETRY_NONE` if the last call succeeded.
+alike_retry alike_last_error_retry(void);
 
 // A short, static, NUL-terminated name of a result code ("ALIKE_ERR_IO"…);
 // "ALIKE_UNKNOWN" for a number that is not one.

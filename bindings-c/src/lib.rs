@@ -61,46 +61,74 @@ pub enum alike_result {
     ALIKE_ERR_PANIC = 99,
 }
 
-thread_local! {
-    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+/// Whether retrying a failed call may succeed (`alike_last_error_retry`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum alike_retry {
+    /// The last call succeeded.
+    ALIKE_RETRY_NONE = 0,
+    /// The same call will fail the same way (bad input, damage).
+    ALIKE_RETRY_PERMANENT = 1,
+    /// A retry may succeed (a network blip, a lock held by someone else).
+    ALIKE_RETRY_TRANSIENT = 2,
+    /// Cannot be told.
+    ALIKE_RETRY_UNKNOWN = 3,
 }
 
-fn set_last_error(msg: impl Into<String>) {
+thread_local! {
+    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+    static LAST_RETRY: std::cell::Cell<alike_retry> = const { std::cell::Cell::new(alike_retry::ALIKE_RETRY_NONE) };
+}
+
+fn set_last_error(msg: impl Into<String>, retry: alike_retry) {
     let msg = msg.into().replace('\0', "\\0");
     LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(msg).ok());
+    LAST_RETRY.with(|r| r.set(retry));
 }
 
 fn clear_last_error() {
     LAST_ERROR.with(|e| *e.borrow_mut() = None);
+    LAST_RETRY.with(|r| r.set(alike_retry::ALIKE_RETRY_NONE));
 }
 
-/// An error inside an exported function: its code and message.
-pub(crate) struct Failure(alike_result, String);
+/// An error inside an exported function: its code, message and retry class.
+pub(crate) struct Failure(alike_result, String, alike_retry);
 
 pub(crate) type FfiResult<T = ()> = Result<T, Failure>;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Failure {
-    Failure(alike_result::ALIKE_ERR_INVALID_ARGUMENT, msg.into())
+    Failure(alike_result::ALIKE_ERR_INVALID_ARGUMENT, msg.into(), alike_retry::ALIKE_RETRY_PERMANENT)
+}
+
+/// The result code of a kind, by its number in the one table
+/// (`alike::ErrorKind::code`; a test checks every kind).
+fn result_of(kind: alike::ErrorKind) -> alike_result {
+    use alike_result::*;
+    match kind.code() {
+        1 => ALIKE_ERR_WRONG_PASSPHRASE,
+        2 => ALIKE_ERR_PASSPHRASE_REQUIRED,
+        3 => ALIKE_ERR_NOT_A_STORE,
+        4 => ALIKE_ERR_ALREADY_EXISTS,
+        5 => ALIKE_ERR_NOT_FOUND,
+        6 => ALIKE_ERR_CORRUPTION,
+        7 => ALIKE_ERR_UNSUPPORTED_VERSION,
+        8 => ALIKE_ERR_CANCELLED,
+        9 => ALIKE_ERR_INVALID_ARGUMENT,
+        10 => ALIKE_ERR_IO,
+        11 => ALIKE_ERR_BUSY,
+        13 => ALIKE_ERR_BAD_IMAGE,
+        _ => ALIKE_ERR_OTHER,
+    }
 }
 
 impl From<alike::Error> for Failure {
     fn from(e: alike::Error) -> Failure {
-        use alike::ErrorKind as K;
-        use alike_result::*;
-        let code = match e.kind() {
-            K::WrongPassphrase => ALIKE_ERR_WRONG_PASSPHRASE,
-            K::PassphraseRequired => ALIKE_ERR_PASSPHRASE_REQUIRED,
-            K::NotAStore => ALIKE_ERR_NOT_A_STORE,
-            K::AlreadyExists => ALIKE_ERR_ALREADY_EXISTS,
-            K::NotFound => ALIKE_ERR_NOT_FOUND,
-            K::Corruption => ALIKE_ERR_CORRUPTION,
-            K::UnsupportedVersion => ALIKE_ERR_UNSUPPORTED_VERSION,
-            K::Cancelled => ALIKE_ERR_CANCELLED,
-            K::InvalidArgument => ALIKE_ERR_INVALID_ARGUMENT,
-            K::Io => ALIKE_ERR_IO,
-            K::Busy => ALIKE_ERR_BUSY,
-            K::BadImage => ALIKE_ERR_BAD_IMAGE,
-            _ => ALIKE_ERR_OTHER,
+        let code = result_of(e.kind());
+        let retry = match e.retry() {
+            alike::Retry::Transient => alike_retry::ALIKE_RETRY_TRANSIENT,
+            alike::Retry::Permanent => alike_retry::ALIKE_RETRY_PERMANENT,
+            _ => alike_retry::ALIKE_RETRY_UNKNOWN,
         };
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -112,7 +140,7 @@ impl From<alike::Error> for Failure {
             }
             src = c.source();
         }
-        Failure(code, msg)
+        Failure(code, msg, retry)
     }
 }
 
@@ -122,8 +150,8 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> alike_result {
     clear_last_error();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => alike_result::ALIKE_OK,
-        Ok(Err(Failure(code, msg))) => {
-            set_last_error(msg);
+        Ok(Err(Failure(code, msg, retry))) => {
+            set_last_error(msg, retry);
             code
         }
         Err(p) => {
@@ -132,7 +160,10 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> alike_result {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            set_last_error(format!("internal error in libalike (please report): {what}"));
+            set_last_error(
+                format!("internal error in libalike (please report): {what}"),
+                alike_retry::ALIKE_RETRY_UNKNOWN,
+            );
             alike_result::ALIKE_ERR_PANIC
         }
     }
@@ -201,6 +232,13 @@ pub extern "C" fn alike_last_error_message() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
 }
 
+/// Whether retrying the last failed call on this thread may succeed;
+/// `ALIKE_RETRY_NONE` if the last call succeeded.
+#[unsafe(no_mangle)]
+pub extern "C" fn alike_last_error_retry() -> alike_retry {
+    LAST_RETRY.with(std::cell::Cell::get)
+}
+
 /// A short, static, NUL-terminated name of a result code ("ALIKE_ERR_IO"…);
 /// "ALIKE_UNKNOWN" for a number that is not one.
 #[unsafe(no_mangle)]
@@ -228,6 +266,16 @@ pub extern "C" fn alike_result_name(code: i32) -> *const c_char {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_error_kind_has_its_code_and_name() {
+        for k in alike::ErrorKind::ALL {
+            let r = super::result_of(*k);
+            assert_eq!(r as u32, k.code(), "{k:?}");
+            let name = unsafe { std::ffi::CStr::from_ptr(super::alike_result_name(k.code() as i32)) };
+            assert_eq!(name.to_str().unwrap(), k.c_name(), "{k:?}");
+        }
+    }
+
     #[test]
     fn version_matches_the_crate() {
         assert_eq!(super::VERSION.to_str().unwrap(), alike::VERSION);

@@ -518,7 +518,7 @@ pub unsafe extern "C" fn alike_store_backup_xen(
         let p = pool.as_ref().map(|p| &p.inner).ok_or_else(|| invalid("pool is NULL"))?;
         let vm = arg_str(vm, "vm")?;
         let run = Run::new(progress, user_data, cancel);
-        let r = s.backup_xen(p, vm, &alike::XenBackupOptions::default(), &with_run!(BackupOptions::default(), run))?;
+        let r = s.backup_vm(p, vm, &with_run!(BackupOptions::default(), run))?;
         let inc = r.disks.iter().filter(|d| d.incremental).count() as u32;
         if !out_incremental_disks.is_null() {
             out_incremental_disks.write(inc);
@@ -558,14 +558,11 @@ pub unsafe extern "C" fn alike_store_restore_xen_vm(
         let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
         let p = pool.as_ref().map(|p| &p.inner).ok_or_else(|| invalid("pool is NULL"))?;
         let run = Run::new(progress, user_data, cancel);
-        let r = s.restore_xen_vm(
-            &v.inner,
-            p,
-            arg_str(sr, "sr")?,
-            opt_str(network, "network")?,
-            &alike::VmRestoreOptions::default(),
-            &with_run!(RestoreOptions::default(), run),
-        )?;
+        let mut place = alike::Placement::on(arg_str(sr, "sr")?);
+        if let Some(n) = opt_str(network, "network")? {
+            place = place.network(n);
+        }
+        let r = s.restore_vm(&v.inner, p, &place, &with_run!(RestoreOptions::default(), run))?;
         if !out_vm_uuid.is_null() {
             let b = r.vm_uuid.as_bytes();
             let n = b.len().min(36);

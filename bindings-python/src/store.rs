@@ -40,7 +40,7 @@ impl NativeStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| errors::InvalidArgument::new_err("the store is closed"))
+            .ok_or_else(|| errors::to_py(alike::Error::InvalidArgument("the store is closed".into())))
     }
 }
 
@@ -387,27 +387,17 @@ impl NativeStore {
             if full {
                 o = o.parent(Parent::None);
             }
-            let mut x = alike::XenBackupOptions::default();
             if quiesce {
-                x = x.quiesce(alike::Quiesce::IfSupported);
+                o = o.quiesce(alike::Quiesce::IfSupported);
             }
-            s.backup_xen(&p, &vm, &x, &o)
+            s.backup_vm(&*p, &vm, &o)
         })?;
-        convert::to_py(
-            py,
-            &json!({
-                "version": version_value(&r.backup.version),
-                "read_bytes": r.backup.read_bytes,
-                "new_bytes": r.backup.new_bytes,
-                "new_stored_bytes": r.backup.new_stored_bytes,
-                "elapsed_s": r.backup.elapsed.as_secs_f64(),
-                "vm_uuid": r.vm_uuid,
-                "snapshot_uuid": r.snapshot_uuid,
-                "consistency": r.consistency,
-                "disks": r.disks,
-                "warnings": r.warnings,
-            }),
-        )
+        // The report as the facade defines it, plus the version for the dataclass.
+        let mut j = serde_json::to_value(&r).map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("internal: cannot convert a result: {e}"))
+        })?;
+        j["version"] = version_value(&r.backup.version);
+        convert::to_py(py, &j)
     }
 
     /// Recreates version `spec` as a new VM on `pool`: its configuration, on
@@ -430,7 +420,11 @@ impl NativeStore {
         let r = run(py, progress, cancel, |ctx| {
             let v = s.version(&spec, vm.as_deref())?;
             let o = with_ctx!(RestoreOptions::default(), ctx);
-            s.restore_xen_vm(&v, &p, &sr, network.as_deref(), &alike::VmRestoreOptions::default(), &o)
+            let mut place = alike::Placement::on(&sr);
+            if let Some(n) = &network {
+                place = place.network(n);
+            }
+            s.restore_vm(&v, &*p, &place, &o)
         })?;
         ser(py, &r)
     }

@@ -30,6 +30,7 @@ def test_not_found_and_bad_arguments(tmp: Path, store: alike.Store) -> None:
     with pytest.raises(alike.NotFound) as e:
         store.version("latest", vm="ghost")
     assert "ghost" in str(e.value) and e.value.kind == "not_found"
+    assert e.value.retry == "permanent" and e.value.code is None
     with pytest.raises(alike.InvalidArgument):
         store.version("not-hex")
     with pytest.raises(alike.InvalidArgument):
@@ -67,3 +68,12 @@ def test_corruption_is_named_and_partial_restore_recovers_the_rest(tmp: Path, st
     for blk in range(len(want) // 65536):
         if blk not in bad:
             assert got[blk * 65536 : (blk + 1) * 65536] == want[blk * 65536 : (blk + 1) * 65536]
+
+
+def test_every_kind_has_its_class() -> None:
+    # The classes are made from the engine's one table of kinds.
+    names = ["WrongPassphrase", "PassphraseRequired", "NotAStore", "AlreadyExists", "NotFound", "Corruption",
+             "UnsupportedVersion", "Cancelled", "InvalidArgument", "IoError", "Busy", "BadImage"]
+    for n in names:
+        cls = getattr(alike, n)
+        assert issubclass(cls, alike.Error), n

@@ -45,6 +45,16 @@ def test_backup_twice_then_restore_as_a_new_vm(tmp: Path, store: alike.Store, si
     # Nothing changed in the guest: CBT says so and nothing is read.
     assert all(d.incremental and d.fallback_reason is None for d in again.disks), again.disks
     assert again.read_bytes == 0
+    # The fields are those of `alike xen backup --json`; the old names still answer, with a warning.
+    assert again.released["kept_snapshot"] == again.snapshot
+    assert again.released["destroyed_snapshots"] == [first.snapshot]
+    assert [d.mode for d in again.disks] == ["incremental", "incremental"]
+    with pytest.warns(DeprecationWarning):
+        assert again.snapshot_uuid == again.snapshot
+    with pytest.warns(DeprecationWarning):
+        assert again.disks[0].vdi_uuid == again.disks[0].vdi
+    with pytest.warns(DeprecationWarning):
+        assert again.elapsed_s == again.elapsed_seconds
     restored = store.restore_xen_vm(again.version, pool, "Local storage")
     assert restored["vm_uuid"] and len(restored["disks"]) == 2
     with pytest.raises(alike.Error) as e:

@@ -15,19 +15,7 @@ use super::error::{Context, PoolError, PoolResult};
 use super::pool::{XenPool, device_order, flag, is_ref, num, parse_vm, string_map, strings, text};
 use super::source::{DiskSpec, Token, XenDisk};
 
-/// Whether to ask the guest to quiesce before the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Quiesce {
-    /// Crash-consistent `VM.snapshot` (the default).
-    #[default]
-    No,
-    /// `VM.snapshot_with_quiesce` when the VM offers it (a running guest
-    /// with VSS); otherwise, with a warning, a crash-consistent snapshot.
-    IfSupported,
-    /// `VM.snapshot_with_quiesce`, or fail.
-    Required,
-}
+pub use alike_core::Quiesce;
 
 /// How to read the snapshot VDIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

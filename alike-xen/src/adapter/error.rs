@@ -97,6 +97,17 @@ impl PoolError {
         }
     }
 
+    /// What kind of failure (a XAPI refusal's kind is its lower error's).
+    pub fn kind(&self) -> alike_core::ErrorKind {
+        use alike_core::ErrorKind as K;
+        match self {
+            PoolError::NotFound { .. } => K::NotFound,
+            PoolError::Ambiguous { .. } | PoolError::BadConfig(_) | PoolError::InvalidArgument(_) => K::InvalidArgument,
+            PoolError::Cancelled => K::Cancelled,
+            _ => self.xen_error().map_or(K::Other, crate::Error::kind),
+        }
+    }
+
     /// Whether a retry of the same operation may succeed.
     pub fn retry(&self) -> Retry {
         match self.xen_error() {
@@ -110,8 +121,20 @@ impl From<PoolError> for alike_core::Error {
     fn from(e: PoolError) -> alike_core::Error {
         match e {
             PoolError::Cancelled => alike_core::Error::Cancelled,
-            e => alike_core::Error::Store(Box::new(e)),
+            e => alike_core::Error::seam(e),
         }
+    }
+}
+
+impl alike_core::SeamError for PoolError {
+    fn kind(&self) -> alike_core::ErrorKind {
+        self.kind()
+    }
+    fn retry(&self) -> Retry {
+        self.retry()
+    }
+    fn code(&self) -> Option<&str> {
+        self.xapi_code()
     }
 }
 

@@ -95,6 +95,7 @@
 mod backup;
 mod config;
 mod error;
+mod host;
 mod pool;
 mod restore;
 mod source;

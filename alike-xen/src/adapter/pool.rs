@@ -185,12 +185,39 @@ pub struct NetworkSummary {
 #[derive(Debug)]
 pub struct XenPool {
     client: Client,
+    backup: super::XenBackupOptions,
+    upload: super::UploadFormat,
 }
 
 impl XenPool {
     /// A pool over a client (logged in, or logging in at the first call).
     pub fn new(client: Client) -> XenPool {
-        XenPool { client }
+        XenPool { client, backup: super::XenBackupOptions::default(), upload: super::UploadFormat::default() }
+    }
+
+    /// How backups through the [`alike_core::Hypervisor`] seam read this
+    /// pool's disks (transport, NBD connections, spool, CBT); the trait's
+    /// own options (quiesce, cancel) override those fields.
+    pub fn set_backup_options(&mut self, o: super::XenBackupOptions) -> &mut Self {
+        self.backup = o;
+        self
+    }
+
+    /// The backup settings in force.
+    pub fn backup_options(&self) -> &super::XenBackupOptions {
+        &self.backup
+    }
+
+    /// How restores through the [`alike_core::Hypervisor`] seam upload disks
+    /// (default [`super::UploadFormat::Auto`]).
+    pub fn set_upload_format(&mut self, f: super::UploadFormat) -> &mut Self {
+        self.upload = f;
+        self
+    }
+
+    /// The upload format in force.
+    pub fn upload_format(&self) -> super::UploadFormat {
+        self.upload
     }
 
     /// Logs in with `builder` (following `HOST_IS_SLAVE` to the master).
@@ -200,7 +227,7 @@ impl XenPool {
     /// transport error (unreachable, certificate refused).
     pub fn connect(builder: &ClientBuilder) -> PoolResult<XenPool> {
         let client = builder.login().ctx(|| "logging in to XAPI".to_owned())?;
-        Ok(XenPool { client })
+        Ok(XenPool::new(client))
     }
 
     /// The XAPI client.

@@ -96,7 +96,7 @@ enum Reader {
 ///   this snapshot)` → 64 KiB ranges (NBD), or the blocks of a delta VHD
 ///   export against the previous snapshot (export). When that is not
 ///   possible, an error ([`PoolError::ChangesUnknown`] inside
-///   `alike_core::Error::Store`) that says why: the engine then reads the
+///   `alike_core::Error::Seam`) that says why: the engine then reads the
 ///   whole disk and records the text as the disk's fallback reason.
 pub struct XenDisk<'p> {
     client: &'p Client,
@@ -458,7 +458,7 @@ impl DiskSource for XenDisk<'_> {
         match self.changed(since) {
             Ok(r) => Ok(Some(r)),
             Err(PoolError::Cancelled) => Err(alike_core::Error::Cancelled),
-            Err(e) => Err(alike_core::Error::Store(Box::new(e))),
+            Err(e) => Err(alike_core::Error::seam(e)),
         }
     }
 

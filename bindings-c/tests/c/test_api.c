@@ -93,6 +93,7 @@ int main(int argc, char **argv) {
 
     CHECK(alike_store_create(path("store2"), "pw", opts, &s) == ALIKE_OK);
     CHECK(alike_last_error_message() == NULL);
+    CHECK(alike_last_error_retry() == ALIKE_RETRY_NONE);
     alike_store_free(s);
     s = NULL;
     CHECK(alike_store_create(path("store"), "pw", opts, &s) == ALIKE_OK);
@@ -105,6 +106,7 @@ int main(int argc, char **argv) {
     CHECK(strstr(alike_last_error_message(), "passphrase") != NULL);
     CHECK(alike_store_open(path("store"), NULL, o2, &again) == ALIKE_ERR_PASSPHRASE_REQUIRED);
     CHECK(alike_store_open(path("nothing"), "pw", o2, &again) == ALIKE_ERR_NOT_A_STORE);
+    CHECK(alike_last_error_retry() == ALIKE_RETRY_PERMANENT);
     CHECK(again == NULL);
     alike_store_options_free(o2);
 

@@ -250,36 +250,77 @@ class VaultReport:
     elapsed_s: float
 
 
+def _deprecated(old: str, new: str) -> None:
+    import warnings as _warnings
+
+    _warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+
+
 @dataclass(frozen=True)
 class XenDisk:
-    """How one disk of a XenServer VM was backed up."""
+    """How one disk of a XenServer VM was backed up (the fields of ``alike xen backup --json``)."""
 
     position: int
-    vdi_uuid: str
-    snapshot_vdi_uuid: str
+    #: The VM's VDI (uuid).
+    vdi: str
+    #: The snapshot VDI read (uuid).
+    snapshot_vdi: str
     size: int
     transport: str
+    #: ``incremental`` or ``full``.
+    mode: str
     incremental: bool
     #: Why it was read whole although an earlier version existed (said loudly, never silently).
     fallback_reason: Optional[str]
     read_bytes: int
     wire_bytes: int
 
+    @property
+    def vdi_uuid(self) -> str:
+        """Deprecated alias of :attr:`vdi`."""
+        _deprecated("XenDisk.vdi_uuid", "vdi")
+        return self.vdi
+
+    @property
+    def snapshot_vdi_uuid(self) -> str:
+        """Deprecated alias of :attr:`snapshot_vdi`."""
+        _deprecated("XenDisk.snapshot_vdi_uuid", "snapshot_vdi")
+        return self.snapshot_vdi
+
 
 @dataclass(frozen=True)
 class XenBackupReport:
-    """What a XenServer VM backup did."""
+    """What a XenServer VM backup did (the fields of ``alike xen backup --json``, plus ``version``)."""
 
     version: Version
+    id: str
+    vm: str
+    vm_uuid: str
+    time: str
+    #: The snapshot VM kept as the next backup's base (uuid).
+    snapshot: str
+    consistency: str
     read_bytes: int
+    wire_bytes: int
     new_bytes: int
     new_stored_bytes: int
-    elapsed_s: float
-    vm_uuid: str
-    snapshot_uuid: str
-    consistency: str
+    elapsed_seconds: float
     disks: Tuple[XenDisk, ...]
+    #: What the pool released: ``kept_snapshot``, ``destroyed_snapshots``, ``data_destroyed_vdis``, ``destroyed_vdis``, ``warnings``.
+    released: Dict[str, Any]
     warnings: Tuple[str, ...]
+
+    @property
+    def elapsed_s(self) -> float:
+        """Deprecated alias of :attr:`elapsed_seconds`."""
+        _deprecated("XenBackupReport.elapsed_s", "elapsed_seconds")
+        return self.elapsed_seconds
+
+    @property
+    def snapshot_uuid(self) -> str:
+        """Deprecated alias of :attr:`snapshot`."""
+        _deprecated("XenBackupReport.snapshot_uuid", "snapshot")
+        return self.snapshot
 
 
 class XenPool:
@@ -597,18 +638,14 @@ class Store:
         deduplicated, when ``full`` or when the change chain is broken — which
         each disk's ``fallback_reason`` then says."""
         r = self._n.backup_xen(pool._n, vm, full, quiesce, threads, _progress(progress), cancel)
-        return XenBackupReport(
+        fields = _fields(XenBackupReport, r)
+        fields.update(
             version=Version._from(r["version"]),
-            read_bytes=r["read_bytes"],
-            new_bytes=r["new_bytes"],
-            new_stored_bytes=r["new_stored_bytes"],
-            elapsed_s=r["elapsed_s"],
-            vm_uuid=r["vm_uuid"],
-            snapshot_uuid=r["snapshot_uuid"],
-            consistency=r["consistency"],
             disks=tuple(XenDisk(**_fields(XenDisk, d)) for d in r["disks"]),
+            released=dict(r["released"]),
             warnings=tuple(r["warnings"]),
         )
+        return XenBackupReport(**fields)
 
     def restore_xen_vm(
         self,

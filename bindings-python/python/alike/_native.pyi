@@ -25,6 +25,8 @@ __version__: str
 
 class Error(Exception):
     kind: str
+    retry: str
+    code: Optional[str]
 
 class WrongPassphrase(Error): ...
 class PassphraseRequired(Error): ...
