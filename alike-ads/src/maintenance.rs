@@ -46,13 +46,38 @@ struct CondemnedRecord {
 }
 
 /// What `prune` decided (and did, unless it was a dry run).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PruneReport {
+    /// Whether nothing was removed, only decided.
+    pub dry_run: bool,
     /// Per VM, newest first.
     pub decisions: Vec<(String, Vec<Decision>)>,
     /// Versions removed (none on a dry run).
     pub removed: Vec<String>,
+}
+
+/// The schema of `alike prune --json`: `vms` is a list of `{vm, versions}`.
+impl Serialize for PruneReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Vm<'a> {
+            vm: &'a str,
+            versions: &'a [Decision],
+        }
+        #[derive(Serialize)]
+        struct Json<'a> {
+            dry_run: bool,
+            removed: &'a [String],
+            vms: Vec<Vm<'a>>,
+        }
+        Json {
+            dry_run: self.dry_run,
+            removed: &self.removed,
+            vms: self.decisions.iter().map(|(vm, d)| Vm { vm, versions: d }).collect(),
+        }
+        .serialize(s)
+    }
 }
 
 /// What `gc` found and did.
@@ -137,7 +162,7 @@ impl Repository {
                 by_vm.entry(m.vm.name.clone()).or_default().push((id, m.time_ms));
             }
         }
-        let mut report = PruneReport::default();
+        let mut report = PruneReport { dry_run, ..PruneReport::default() };
         let mut names: Vec<String> = by_vm.keys().cloned().collect();
         names.sort();
         for name in names {

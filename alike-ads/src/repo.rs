@@ -87,7 +87,7 @@ pub struct OpenOptions {
 }
 
 /// Figures about a store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
     /// Versions.
@@ -104,6 +104,53 @@ pub struct StoreStats {
     pub pack_bytes: u64,
     /// Number of packs.
     pub packs: u64,
+}
+
+impl StoreStats {
+    /// Logical bytes per unique byte: what deduplication saves.
+    pub fn dedup_ratio(&self) -> f64 {
+        self.logical_bytes as f64 / self.unique_bytes.max(1) as f64
+    }
+    /// Unique bytes per pack byte: what compression saves.
+    pub fn compression_ratio(&self) -> f64 {
+        self.unique_bytes as f64 / self.pack_bytes.max(1) as f64
+    }
+    /// Logical bytes per stored byte: both, and the store's overhead.
+    pub fn total_ratio(&self) -> f64 {
+        self.logical_bytes as f64 / self.stored_bytes.max(1) as f64
+    }
+}
+
+/// The schema of `alike stats --json`: the figures and their ratios.
+impl serde::Serialize for StoreStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json {
+            versions: u64,
+            logical_bytes: u64,
+            unique_bytes: u64,
+            blobs: u64,
+            stored_bytes: u64,
+            pack_bytes: u64,
+            packs: u64,
+            dedup_ratio: f64,
+            compression_ratio: f64,
+            total_ratio: f64,
+        }
+        Json {
+            versions: self.versions,
+            logical_bytes: self.logical_bytes,
+            unique_bytes: self.unique_bytes,
+            blobs: self.blobs,
+            stored_bytes: self.stored_bytes,
+            pack_bytes: self.pack_bytes,
+            packs: self.packs,
+            dedup_ratio: self.dedup_ratio(),
+            compression_ratio: self.compression_ratio(),
+            total_ratio: self.total_ratio(),
+        }
+        .serialize(s)
+    }
 }
 
 #[derive(Default)]

@@ -58,6 +58,10 @@ pub struct Damage {
 /// The result of a verification.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
+    /// Whether nothing is damaged (the same as [`VerifyReport::ok`]).
+    pub ok: bool,
+    /// `quick` or `full`.
+    pub depth: String,
     /// Versions checked.
     pub versions: u64,
     /// Distinct chunks checked.
@@ -116,6 +120,7 @@ impl Repository {
         };
         let mut walk = self.walk(&ids)?;
         let mut report = VerifyReport {
+            depth: if matches!(depth, VerifyDepth::Full) { "full" } else { "quick" }.into(),
             versions: walk.versions.len() as u64,
             chunks: walk.chunks.len() as u64,
             ..Default::default()
@@ -173,6 +178,7 @@ impl Repository {
         drop(by_pack);
         self.resolve_uses(&mut walk)?;
         report.damaged = walk.finish();
+        report.ok = report.damaged.is_empty();
         Ok(report)
     }
 

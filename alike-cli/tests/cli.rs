@@ -306,3 +306,53 @@ fn vault_killed_midway_resumes_without_resending() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(sha256_file(&restored), sha256_file(&img));
 }
+
+/// A JSON value's keys, recursively (objects by keys, arrays by their first element).
+fn keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), keys(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(keys).into_iter().collect()),
+        _ => Value::Null,
+    }
+}
+
+/// Every `--json` prints the library's report as it is: the keys pinned in
+/// `testdata/report-schema.json` (the file the facade's and Python's tests read).
+#[test]
+fn json_output_is_the_reports_schema() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/report-schema.json")).unwrap(),
+    )
+    .unwrap();
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("d.img");
+    sparse_image(&img, 4 << 20, 8, 5);
+    let b = c.json(&["backup", "--vm", "web", path_str(&img), "--json"]);
+    assert_eq!(keys(&b), schema["backup"]);
+    assert_eq!(keys(&c.json(&["versions", "--json"])[0]), schema["version"]);
+    let r = c.json(&["restore", "latest", "-o", path_str(&c.p("r.img")), "--json"]);
+    let mut want = schema["restore"].clone();
+    for k in ["id", "vm", "disk", "output"] {
+        want[k] = Value::Null;
+    }
+    assert_eq!(keys(&r), want);
+    assert_eq!(keys(&c.json(&["verify", "--json"])), schema["verify"]);
+    assert_eq!(keys(&c.json(&["stats", "--json"])), schema["stats"]);
+    assert_eq!(keys(&c.json(&["prune", "--keep-last", "1", "--dry-run", "--json"])), schema["prune"]);
+    assert_eq!(keys(&c.json(&["gc", "--dry-run", "--json"])), schema["gc"]);
+    assert_eq!(keys(&c.json(&["rebuild-index", "--json"])), schema["rebuild_index"]);
+    let v = c
+        .cmd()
+        .env("ALIKE_VAULT_PASSWORD", "v")
+        .args(["vault", "--to", path_str(&c.p("vault")), "--init", "--json"])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    assert_eq!(keys(&serde_json::from_slice(&v.stdout).unwrap()), schema["vault"]);
+    // `latest` without --vm is refused once the store holds two VMs (the library's rule).
+    c.ok(&["backup", "--vm", "db", path_str(&img)]);
+    let o = c.cmd().args(["restore", "latest", "-o", path_str(&c.p("x.img"))]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`latest` needs a VM name"), "{o:?}");
+}

@@ -56,7 +56,10 @@ pub use alike_core::{
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use image::{ImageFormat, create_image, open_image};
 pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
-pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, VaultReport, Version};
+pub use store::{
+    BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
+    VaultCopy, VaultReport, Version,
+};
 pub use vm::{DiskUploadReport, VmBackupReport, VmDiskReport, VmRestoreReport};
 
 // Engine vocabulary users need.

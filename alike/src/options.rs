@@ -66,7 +66,7 @@ pub enum Parent {
 pub struct BackupOptions {
     pub(crate) run: Run,
     pub(crate) parent: Parent,
-    pub(crate) compression_level: Option<Option<i32>>,
+    pub(crate) compression: Compression,
     pub(crate) time_ms: Option<i64>,
     pub(crate) image_format: Option<crate::ImageFormat>,
     pub(crate) origin: Option<alike_core::Origin>,
@@ -88,7 +88,10 @@ impl BackupOptions {
     }
     /// zstd level for this backup (`None` = store uncompressed); default: the store's.
     pub fn compression_level(mut self, level: Option<i32>) -> Self {
-        self.compression_level = Some(level);
+        self.compression = match level {
+            Some(l) => Compression::Zstd(l),
+            None => Compression::Off,
+        };
         self
     }
     /// Creation time to record (ms since the epoch); default: now.
@@ -101,6 +104,29 @@ impl BackupOptions {
     pub fn image_format(mut self, f: crate::ImageFormat) -> Self {
         self.image_format = Some(f);
         self
+    }
+}
+
+/// The zstd level a backup asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Compression {
+    /// The store's own level.
+    #[default]
+    StoreDefault,
+    /// Stored uncompressed.
+    Off,
+    /// This level.
+    Zstd(i32),
+}
+
+impl Compression {
+    /// The level in the engine's terms, given the store's default.
+    pub(crate) fn level(self, store: Option<i32>) -> Option<i32> {
+        match self {
+            Compression::StoreDefault => store,
+            Compression::Off => None,
+            Compression::Zstd(l) => Some(l),
+        }
     }
 }
 

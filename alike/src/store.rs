@@ -197,6 +197,9 @@ pub struct DiskInfo {
     pub incremental: bool,
     /// Why change tracking was not used, if it was expected.
     pub fallback_reason: Option<String>,
+    /// The source's change token at backup (hex), when it gave one: what the
+    /// next backup asks for changes since.
+    pub change_token: Option<String>,
 }
 
 /// A version (restore point).
@@ -211,8 +214,36 @@ pub struct Version {
     pub time_ms: i64,
     /// Disks.
     pub disks: Vec<DiskInfo>,
-    /// The whole manifest (VM configuration, block maps).
-    pub manifest: Manifest,
+    /// The stored manifest (block maps and all): the facade's own business.
+    pub(crate) manifest: Manifest,
+}
+
+/// The schema of a version in `--json` output and the bindings.
+impl serde::Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            id: &'a str,
+            vm: &'a str,
+            time: String,
+            time_ms: i64,
+            parent: Option<&'a str>,
+            host: Option<&'a str>,
+            config: &'a VmInfo,
+            disks: &'a [DiskInfo],
+        }
+        Json {
+            id: &self.id,
+            vm: &self.vm,
+            time: self.time_rfc3339(),
+            time_ms: self.time_ms,
+            parent: self.parent(),
+            host: self.host(),
+            config: self.config(),
+            disks: &self.disks,
+        }
+        .serialize(s)
+    }
 }
 
 impl Version {
@@ -230,9 +261,39 @@ impl Version {
                 new_stored_bytes: d.new_stored_bytes,
                 incremental: d.incremental,
                 fallback_reason: d.fallback_reason.clone(),
+                change_token: d.change_token.clone(),
             })
             .collect();
         Version { id, vm: manifest.vm.name.clone(), time_ms: manifest.time_ms, disks, manifest }
+    }
+
+    /// The VM's recorded configuration (name, uuid, hypervisor, vCPUs,
+    /// memory, NICs, and the host's own record in `extra`).
+    pub fn config(&self) -> &VmInfo {
+        &self.manifest.vm
+    }
+
+    /// The version this one was built on, if any.
+    pub fn parent(&self) -> Option<&str> {
+        self.manifest.parent.as_deref()
+    }
+
+    /// The machine that made it, when recorded.
+    pub fn host(&self) -> Option<&str> {
+        self.manifest.host.as_deref()
+    }
+
+    /// Where a vaulted copy came from (source store and version).
+    pub fn origin(&self) -> Option<&alike_core::Origin> {
+        self.manifest.origin.as_ref()
+    }
+
+    /// The stored manifest itself (block maps, change tokens): the on-disk
+    /// record, for tools and tests that inspect the format. Not part of the
+    /// stable API: its shape follows `docs/format.md`.
+    #[doc(hidden)]
+    pub fn stored_manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     /// The disk at `position`.
@@ -261,6 +322,11 @@ impl Version {
     }
 }
 
+/// Durations are seconds (f64) in every serialised report.
+pub(crate) fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// What a backup did.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -277,10 +343,69 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
+/// The schema of `alike backup --json`.
+impl serde::Serialize for BackupReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            id: &'a str,
+            vm: &'a str,
+            time: String,
+            read_bytes: u64,
+            new_bytes: u64,
+            new_stored_bytes: u64,
+            elapsed_seconds: f64,
+            disks: &'a [DiskInfo],
+        }
+        let v = &self.version;
+        Json {
+            id: &v.id,
+            vm: &v.vm,
+            time: v.time_rfc3339(),
+            read_bytes: self.read_bytes,
+            new_bytes: self.new_bytes,
+            new_stored_bytes: self.new_stored_bytes,
+            elapsed_seconds: self.elapsed.as_secs_f64(),
+            disks: &v.disks,
+        }
+        .serialize(s)
+    }
+}
+
 pub use alike_ads::StoreStats;
 
+/// A live lock on the store: who is working on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HeldLock {
+    /// The lock object's key.
+    pub lock: String,
+    /// Who holds it, since when.
+    pub info: LockInfo,
+}
+
+/// A pack [`Store::rebuild_index`] could not read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DamagedPack {
+    /// The pack's key.
+    pub pack: String,
+    /// Why it could not be read.
+    pub error: String,
+}
+
+/// What [`Store::rebuild_index`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RebuildReport {
+    /// Packs whose trailers were indexed.
+    pub packs_indexed: u64,
+    /// Packs that could not be read.
+    pub damaged_packs: Vec<DamagedPack>,
+}
+
 /// What a restore did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RestoreReport {
     /// Virtual size of the restored disk.
@@ -291,9 +416,12 @@ pub struct RestoreReport {
     pub hole_bytes: u64,
     /// Partial restores only: byte ranges `[start, end)` that could not be
     /// read and hold zeroes. Empty means the disk is whole.
-    pub failed: Vec<(u64, u64)>,
+    pub failed_ranges: Vec<(u64, u64)>,
     /// Partial restores only: the first error met.
     pub first_error: Option<String>,
+    /// Wall time.
+    #[serde(rename = "elapsed_seconds", serialize_with = "seconds")]
+    pub elapsed: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -351,7 +479,7 @@ impl Store {
         let started = std::time::Instant::now();
         let parent = self.parent_version(&vm.name, &opts.parent)?.map(|v| (v.id, v.manifest));
         let mut params = EngineParams::new(self.block_size());
-        params.compression_level = opts.compression_level.unwrap_or(self.repo.config().compression_level);
+        params.compression_level = opts.compression.level(self.repo.config().compression_level);
         let job = BackupJob {
             vm,
             disks: disks.to_vec(),
@@ -423,7 +551,11 @@ impl Store {
     pub fn version(&self, spec: &str, vm: Option<&str>) -> Result<Version> {
         let not_found = || Error::VersionNotFound { spec: spec.into(), vm: vm.map(str::to_string) };
         if spec == "latest" {
-            return self.versions(vm)?.pop().ok_or_else(not_found);
+            let mut all = self.versions(vm)?;
+            if vm.is_none() && all.iter().any(|v| v.vm != all[0].vm) {
+                return Err(Error::InvalidArgument("`latest` needs a VM name when the store holds several VMs".into()));
+            }
+            return all.pop().ok_or_else(not_found);
         }
         if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::InvalidArgument(format!("{spec:?} is not a version id (hex digits) or `latest`")));
@@ -454,6 +586,7 @@ impl Store {
         target: &dyn DiskTarget,
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
+        let started = std::time::Instant::now();
         let _lock = self.repo.lock(alike_ads::LockKind::Read)?;
         let (keys, m, run) = (self.repo.keys(), &version.manifest, opts.run.to_core());
         if opts.partial {
@@ -464,8 +597,9 @@ impl Store {
                 size: r.size,
                 data_bytes: r.data_bytes,
                 hole_bytes: r.hole_bytes - lost,
-                failed: p.failed,
+                failed_ranges: p.failed,
                 first_error: p.first_error,
+                elapsed: started.elapsed(),
             });
         }
         let r = alike_core::restore::restore_disk(&self.repo, keys, m, disk, target, &run)?;
@@ -473,8 +607,9 @@ impl Store {
             size: r.size,
             data_bytes: r.data_bytes,
             hole_bytes: r.hole_bytes,
-            failed: Vec::new(),
+            failed_ranges: Vec::new(),
             first_error: None,
+            elapsed: started.elapsed(),
         })
     }
 
@@ -646,16 +781,17 @@ impl Store {
     ///
     /// # Errors
     /// Store errors.
-    pub fn locks(&self) -> Result<Vec<(String, LockInfo)>> {
-        Ok(alike_ads::live_locks(&**self.repo.backend())?)
+    pub fn locks(&self) -> Result<Vec<HeldLock>> {
+        let live = alike_ads::live_locks(&**self.repo.backend())?;
+        Ok(live.into_iter().map(|(lock, info)| HeldLock { lock, info }).collect())
     }
 
-    /// Rebuilds the store's index (and the local cache) from pack trailers.
-    /// Returns the number of packs indexed and the packs that could not be read.
+    /// Rebuilds the store's index (and the local cache) from pack trailers:
+    /// how many packs were indexed, and the packs that could not be read.
     ///
     /// # Errors
     /// Store errors.
-    pub fn rebuild_index(&self, opts: &MaintenanceOptions) -> Result<(usize, Vec<(String, String)>)> {
+    pub fn rebuild_index(&self, opts: &MaintenanceOptions) -> Result<RebuildReport> {
         let run = &opts.run;
         let (n, bad) = self.repo.rebuild_index_with(&|done, total| {
             if let Some(p) = &run.progress {
@@ -663,7 +799,10 @@ impl Store {
             }
             run.cancel.check().map_err(alike_ads::Error::from)
         })?;
-        Ok((n, bad.into_iter().map(|(k, e)| (k, e.to_string())).collect()))
+        Ok(RebuildReport {
+            packs_indexed: n as u64,
+            damaged_packs: bad.into_iter().map(|(pack, e)| DamagedPack { pack, error: e.to_string() }).collect(),
+        })
     }
 
     /// The engine's chunk store, for advanced use (custom engines, tests).
@@ -678,12 +817,24 @@ impl Store {
     }
 }
 
+/// A version copied by [`Store::vault`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct VaultCopy {
+    /// The source version's id.
+    pub source: String,
+    /// The copy's id in the vault.
+    pub vault: String,
+}
+
 /// What [`Store::vault`] did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct VaultReport {
-    /// (source version id, vault version id) of each version copied now, oldest first.
-    pub copied: Vec<(String, String)>,
+    /// The vault store's id.
+    pub vault: String,
+    /// Each version copied now, oldest first.
+    pub copied: Vec<VaultCopy>,
     /// Source versions already in the vault (copied by an earlier run).
     pub already: Vec<String>,
     /// Bytes read from the source store (only blocks that differ from the
@@ -692,10 +843,11 @@ pub struct VaultReport {
     /// Plaintext bytes new to the vault.
     pub new_bytes: u64,
     /// Bytes added to the vault store (what was sent).
-    pub new_stored_bytes: u64,
+    pub sent_bytes: u64,
     /// Vault versions removed by the vault's retention.
     pub pruned: Vec<String>,
     /// Wall time.
+    #[serde(rename = "elapsed_seconds", serialize_with = "seconds")]
     pub elapsed: Duration,
 }
 
@@ -748,7 +900,7 @@ impl Store {
             .into_iter()
             .filter_map(|v| v.manifest.origin.filter(|o| o.store == self.id()).map(|o| o.version))
             .collect();
-        let mut report = VaultReport::default();
+        let mut report = VaultReport { vault: vault.id().to_owned(), ..VaultReport::default() };
         let lookup = |id: &str| match self.repo.read_manifest(id) {
             Ok(m) => Ok(Some(m)),
             Err(alike_ads::Error::NotFound { .. }) => Ok(None),
@@ -800,8 +952,8 @@ impl Store {
             tracing::info!(source = %v.id, vault = %r.version.id, read = r.read_bytes, sent = r.new_stored_bytes, "vaulted");
             report.read_bytes += r.read_bytes;
             report.new_bytes += r.new_bytes;
-            report.new_stored_bytes += r.new_stored_bytes;
-            report.copied.push((v.id, r.version.id));
+            report.sent_bytes += r.new_stored_bytes;
+            report.copied.push(VaultCopy { source: v.id, vault: r.version.id });
         }
         if let Some(policy) = &opts.retention {
             report.pruned = vault.prune(opts.vm.as_deref(), policy, false)?.removed;

@@ -12,6 +12,7 @@ mod integration {
     mod matrix;
     mod roundtrip;
     mod s3;
+    mod schema;
     mod util;
     mod vault;
     mod verify;

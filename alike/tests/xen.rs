@@ -95,9 +95,9 @@ fn full_then_incremental_reads_only_changed_blocks_and_both_versions_restore_bit
         assert_eq!((d.read_bytes, d.wire_bytes), (d.size, d.size), "a full read over NBD");
     }
     assert_eq!(r1.backup.read_bytes, 96 << 20);
-    let m = &r1.backup.version.manifest;
-    assert_eq!(m.vm.hypervisor, "xen");
-    assert!(m.disks.iter().all(|d| d.change_token.is_some()), "tokens are kept in the manifest");
+    let v1 = &r1.backup.version;
+    assert_eq!(v1.config().hypervisor, "xen");
+    assert!(v1.disks.iter().all(|d| d.change_token.is_some()), "tokens are kept in the manifest");
 
     // The guest writes scattered blocks on both disks.
     let root_writes =
@@ -113,7 +113,7 @@ fn full_then_incremental_reads_only_changed_blocks_and_both_versions_restore_bit
     let v2_data = env.read(&data, 32 << 20);
 
     let r2 = backup(&env, &pool, "web-01");
-    assert_eq!(r2.backup.version.manifest.parent.as_deref(), Some(r1.backup.version.id.as_str()));
+    assert_eq!(r2.backup.version.parent(), Some(r1.backup.version.id.as_str()));
     let (d0, d1) = (&r2.disks[0], &r2.disks[1]);
     assert!(d0.incremental && d1.incremental && d0.fallback_reason.is_none(), "{d0:?} {d1:?}");
     assert_eq!(block_count(&root_writes), 6);
@@ -227,7 +227,7 @@ fn a_version_restores_as_a_vm_field_by_field_and_over_an_existing_vdi() {
     let pool = env.pool();
     let r = backup(&env, &pool, "web-01");
     let v = r.backup.version.clone();
-    let recorded = XenVmConfig::from_vm_info(&v.manifest.vm).unwrap();
+    let recorded = XenVmConfig::from_vm_info(v.config()).unwrap();
     let rr = env.store.restore_vm(&v, &pool, &Placement::on("Local storage"), &RestoreOptions::default()).unwrap();
     assert_eq!(rr.name, "web-01");
     assert!(rr.warnings.is_empty(), "{:?}", rr.warnings);

@@ -471,6 +471,13 @@ const char *alike_version_id(const alike_version *v);
 // `v` is a live version.
 const char *alike_version_vm(const alike_version *v);
 
+// The version as JSON, in the schema of `alike versions --json` (id, vm,
+// time, time_ms, parent, host, config, disks), valid as long as `v`.
+//
+// # Safety
+// `v` is NULL or a live version.
+const char *alike_version_json(const alike_version *v);
+
 // Creation time, milliseconds since 1970-01-01 UTC (0 for NULL).
 //
 // # Safety

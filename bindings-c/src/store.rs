@@ -408,7 +408,7 @@ pub unsafe extern "C" fn alike_store_vault(
             out_copied.write(r.copied.len() as u64);
         }
         if !out_sent_bytes.is_null() {
-            out_sent_bytes.write(r.new_stored_bytes);
+            out_sent_bytes.write(r.sent_bytes);
         }
         Ok(())
     })

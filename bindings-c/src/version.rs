@@ -7,6 +7,7 @@ pub struct alike_version {
     pub(crate) inner: alike::Version,
     id: CString,
     vm: CString,
+    json: CString,
 }
 
 impl alike_version {
@@ -14,7 +15,9 @@ impl alike_version {
         // Ids are hex and VM names come from C strings or manifests: an interior
         // NUL cannot come from a C caller, and a manifest's is escaped here.
         let c = |s: &str| CString::new(s.replace('\0', "\\0")).unwrap_or_default();
-        alike_version { id: c(&v.id), vm: c(&v.vm), inner: v }
+        // The facade's schema of a version, as the CLI's `versions --json` prints it.
+        let json = c(&serde_json::to_string(&v).unwrap_or_default());
+        alike_version { id: c(&v.id), vm: c(&v.vm), json, inner: v }
     }
 }
 
@@ -41,6 +44,17 @@ pub unsafe extern "C" fn alike_version_id(v: *const alike_version) -> *const c_c
 pub unsafe extern "C" fn alike_version_vm(v: *const alike_version) -> *const c_char {
     // SAFETY: NULL or live by contract.
     unsafe { v.as_ref() }.map_or(std::ptr::null(), |v| v.vm.as_ptr())
+}
+
+/// The version as JSON, in the schema of `alike versions --json` (id, vm,
+/// time, time_ms, parent, host, config, disks), valid as long as `v`.
+///
+/// # Safety
+/// `v` is NULL or a live version.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_version_json(v: *const alike_version) -> *const c_char {
+    // SAFETY: NULL or live by contract.
+    unsafe { v.as_ref() }.map_or(std::ptr::null(), |v| v.json.as_ptr())
 }
 
 /// Creation time, milliseconds since 1970-01-01 UTC (0 for NULL).

@@ -22,16 +22,13 @@ pub(crate) struct NativeStore {
     inner: Mutex<Option<Arc<alike::Store>>>,
 }
 
-fn version_value(v: &alike::Version) -> Value {
-    json!({
-        "id": v.id,
-        "vm": v.vm,
-        "time_ms": v.time_ms,
-        "disks": v.disks,
-        "vm_info": v.manifest.vm,
-        "host": v.manifest.host,
-        "parent": v.manifest.parent,
-    })
+/// A facade report as the facade serialises it, plus its version whole
+/// (for the Python dataclass).
+fn with_version(report: &impl serde::Serialize, v: &alike::Version) -> PyResult<Value> {
+    let internal = |e: serde_json::Error| pyo3::exceptions::PyRuntimeError::new_err(format!("internal: {e}"));
+    let mut j = serde_json::to_value(report).map_err(internal)?;
+    j["version"] = serde_json::to_value(v).map_err(internal)?;
+    Ok(j)
 }
 
 impl NativeStore {
@@ -159,16 +156,7 @@ impl NativeStore {
             }
             s.backup_images(&vm, &disks, &o)
         })?;
-        convert::to_py(
-            py,
-            &json!({
-                "version": version_value(&r.version),
-                "read_bytes": r.read_bytes,
-                "new_bytes": r.new_bytes,
-                "new_stored_bytes": r.new_stored_bytes,
-                "elapsed_s": r.elapsed.as_secs_f64(),
-            }),
-        )
+        convert::to_py(py, &with_version(&r, &r.version)?)
     }
 
     /// Versions, oldest first (of `vm` when given).
@@ -176,7 +164,7 @@ impl NativeStore {
     fn versions(&self, py: Python<'_>, vm: Option<String>) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         let v = py.detach(|| s.versions(vm.as_deref())).map_err(errors::to_py)?;
-        convert::to_py(py, &Value::Array(v.iter().map(version_value).collect()))
+        ser(py, &v)
     }
 
     /// One version by id, unique prefix or "latest".
@@ -184,7 +172,7 @@ impl NativeStore {
     fn version(&self, py: Python<'_>, spec: String, vm: Option<String>) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         let v = py.detach(|| s.version(&spec, vm.as_deref())).map_err(errors::to_py)?;
-        convert::to_py(py, &version_value(&v))
+        ser(py, &v)
     }
 
     /// Restores disk `disk` of version `spec` to the file `output`.
@@ -210,11 +198,7 @@ impl NativeStore {
             let o = with_ctx!(RestoreOptions::default().format(format).partial(partial).threads(threads), ctx);
             s.restore_to_file(&v, disk, &output, &o)
         })?;
-        convert::to_py(
-            py,
-            &json!({"size": r.size, "data_bytes": r.data_bytes, "hole_bytes": r.hole_bytes,
-                    "failed": r.failed, "first_error": r.first_error}),
-        )
+        ser(py, &r)
     }
 
     /// Checks the store (quick by default, every byte with `full`).
@@ -357,11 +341,7 @@ impl NativeStore {
             }
             s.vault(&v, &o)
         })?;
-        convert::to_py(
-            py,
-            &json!({"copied": r.copied, "already": r.already, "read_bytes": r.read_bytes, "new_bytes": r.new_bytes,
-                    "sent_bytes": r.new_stored_bytes, "pruned": r.pruned, "elapsed_s": r.elapsed.as_secs_f64()}),
-        )
+        ser(py, &r)
     }
 
     /// Backs up the XenServer VM `vm` (name or uuid) of `pool`: snapshot,
@@ -392,12 +372,7 @@ impl NativeStore {
             }
             s.backup_vm(&*p, &vm, &o)
         })?;
-        // The report as the facade defines it, plus the version for the dataclass.
-        let mut j = serde_json::to_value(&r).map_err(|e| {
-            pyo3::exceptions::PyRuntimeError::new_err(format!("internal: cannot convert a result: {e}"))
-        })?;
-        j["version"] = version_value(&r.backup.version);
-        convert::to_py(py, &j)
+        convert::to_py(py, &with_version(&r, &r.backup.version)?)
     }
 
     /// Recreates version `spec` as a new VM on `pool`: its configuration, on

@@ -60,10 +60,10 @@ def test_corruption_is_named_and_partial_restore_recovers_the_rest(tmp: Path, st
     assert e.value.kind == "corruption"
     assert not (tmp / "o.img").exists()
     r = store.restore("latest", output=tmp / "o.img", partial=True)
-    assert r.failed and r.first_error
+    assert r.failed_ranges and r.first_error
     got = (tmp / "o.img").read_bytes()
     bad = set()
-    for a, b in r.failed:
+    for a, b in r.failed_ranges:
         bad.update(range(a // 65536, b // 65536))
     for blk in range(len(want) // 65536):
         if blk not in bad:

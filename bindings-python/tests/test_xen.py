@@ -40,7 +40,7 @@ def test_backup_twice_then_restore_as_a_new_vm(tmp: Path, store: alike.Store, si
     pool = alike.XenPool.connect(sim_url, "root", "alike")
     first = store.backup_xen(pool, "web-01")
     assert [d.incremental for d in first.disks] == [False, False]
-    assert first.version.vm_info["hypervisor"] == "xen"
+    assert first.version.config["hypervisor"] == "xen"
     again = store.backup_xen(pool, "web-01")
     # Nothing changed in the guest: CBT says so and nothing is read.
     assert all(d.incremental and d.fallback_reason is None for d in again.disks), again.disks

@@ -71,8 +71,8 @@ fn index_rebuilt_from_pack_trailers_when_segments_are_lost() {
     let e = store.restore_to_file(&v, 0, env.path("x.img"), &Default::default()).unwrap_err();
     assert_eq!(e.kind(), alike::ErrorKind::Corruption, "{e}");
     assert!(e.to_string().contains("not in the store"), "{e}");
-    let (n, bad) = store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap();
-    assert!(n >= 1 && bad.is_empty());
+    let r = store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap();
+    assert!(r.packs_indexed >= 1 && r.damaged_packs.is_empty());
     assert_eq!(restore_sha(&store, &v, env.dir.path()), vec![sha256_file(&img)]);
 }
 

@@ -29,7 +29,7 @@ struct Log {
 }
 
 /// A host with one VM of two tracked disks; restored VMs land in `made`.
-struct FakeHost {
+pub struct FakeHost {
     disks: Vec<TrackedDisk>,
     /// Fail reads of disk 1 (a host that breaks mid-backup).
     fail_disk1: bool,
@@ -38,7 +38,7 @@ struct FakeHost {
 }
 
 impl FakeHost {
-    fn new() -> FakeHost {
+    pub fn new() -> FakeHost {
         let mut rng = alike_testing::Rng::new(11);
         FakeHost {
             disks: vec![TrackedDisk::new(rng.noise(3 << 20)), TrackedDisk::new(rng.noise(1 << 20))],

@@ -229,12 +229,13 @@ fn gc_and_rebuild_index_report_progress_and_cancel_before_changing_anything() {
     assert_eq!(before.len(), after.len());
     let packs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let p2 = packs.clone();
-    let (n, _) = store
+    let n = store
         .rebuild_index(
             &alike::MaintenanceOptions::default()
                 .progress(move |p| p2.store(p.bytes_total, std::sync::atomic::Ordering::SeqCst)),
         )
-        .unwrap();
-    assert_eq!(packs.load(std::sync::atomic::Ordering::SeqCst), n as u64);
+        .unwrap()
+        .packs_indexed;
+    assert_eq!(packs.load(std::sync::atomic::Ordering::SeqCst), n);
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
 }

@@ -66,7 +66,7 @@ fn store_on_s3_and_vault_to_s3() {
     eprintln!(
         "vault to S3: read {:.1} MiB, sent {:.1} MiB in {:.2} s ({:.0} MiB/s of data)",
         r.read_bytes as f64 / 1048576.0,
-        r.new_stored_bytes as f64 / 1048576.0,
+        r.sent_bytes as f64 / 1048576.0,
         t.elapsed().as_secs_f64(),
         r.read_bytes as f64 / 1048576.0 / t.elapsed().as_secs_f64()
     );
@@ -83,10 +83,10 @@ fn store_on_s3_and_vault_to_s3() {
     eprintln!(
         "incremental vault after 8 × 64 KiB changed: read {} KiB, sent {} KiB",
         r2.read_bytes >> 10,
-        r2.new_stored_bytes >> 10
+        r2.sent_bytes >> 10
     );
     assert!(r2.read_bytes <= 8 * 65536);
-    assert!(r2.new_stored_bytes < 2 << 20);
+    assert!(r2.sent_bytes < 2 << 20);
     drop(vault);
     drop(site);
 

@@ -41,7 +41,7 @@ fn vault_is_incremental_and_restores_alone() {
     let vault = vault_store(&env, "vcache");
     let r = site.vault(&vault, &VaultOptions::default()).unwrap();
     assert_eq!(r.copied.len(), 1);
-    let full_sent = r.new_stored_bytes;
+    let full_sent = r.sent_bytes;
     assert!(full_sent > 0);
     // ~2% of blocks change (40 × 4 KiB pieces over 24 MiB touch ≤ 40 of 384 blocks).
     scribble(&d0, 25, 7);
@@ -53,11 +53,11 @@ fn vault_is_incremental_and_restores_alone() {
     assert_eq!(r2.already, vec![v1.id.clone()]);
     // Only the blocks that differ from the vault's previous copy are read.
     assert!(r2.read_bytes <= 40 * 65536, "read {} for 40 changed pieces", r2.read_bytes);
-    assert!(r2.new_stored_bytes < full_sent / 5, "sent {} after a 2% change (full: {full_sent})", r2.new_stored_bytes);
-    let vd = vault.version(&r2.copied[0].1, None).unwrap();
+    assert!(r2.sent_bytes < full_sent / 5, "sent {} after a 2% change (full: {full_sent})", r2.sent_bytes);
+    let vd = vault.version(&r2.copied[0].vault, None).unwrap();
     assert!(vd.disks.iter().all(|d| d.incremental), "{:?}", vd.disks);
     assert_eq!(vd.time_ms, 2_000);
-    assert_eq!(vd.manifest.origin.as_ref().unwrap().version, v2.id);
+    assert_eq!(vd.origin().unwrap().version, v2.id);
     // Nothing new: nothing copied.
     assert!(site.vault(&vault, &VaultOptions::default()).unwrap().copied.is_empty());
     drop(vault);
@@ -73,7 +73,7 @@ fn vault_is_incremental_and_restores_alone() {
     let vs = vault.versions(Some("web")).unwrap();
     assert_eq!(vs.len(), 2);
     for (v, (src, s0, s1)) in vs.iter().zip(&expect) {
-        assert_eq!(&v.manifest.origin.as_ref().unwrap().version, src);
+        assert_eq!(&v.origin().unwrap().version, src);
         for (disk, want) in [(0, s0), (1, s1)] {
             let out = env.path("out.img");
             vault.restore_to_file(v, disk, &out, &RestoreOptions::default()).unwrap();
@@ -100,7 +100,7 @@ fn vault_selection_and_its_own_retention() {
     }
     let vault = vault_store(&env, "vc");
     let r = site.vault(&vault, &VaultOptions::default().vm("db").last(2)).unwrap();
-    let copied: Vec<&String> = r.copied.iter().map(|(s, _)| s).collect();
+    let copied: Vec<&String> = r.copied.iter().map(|c| &c.source).collect();
     assert_eq!(copied, vec![&ids[2], &ids[3]]);
     assert!(vault.versions(Some("other")).unwrap().is_empty());
     let mut keep = RetentionPolicy::default();
@@ -111,7 +111,7 @@ fn vault_selection_and_its_own_retention() {
     assert_eq!(r.pruned.len(), 3);
     let left = vault.versions(Some("db")).unwrap();
     assert_eq!(left.len(), 1);
-    assert_eq!(left[0].manifest.origin.as_ref().unwrap().version, ids[3]);
+    assert_eq!(left[0].origin().unwrap().version, ids[3]);
     vault.gc(&Default::default()).unwrap();
     let out = env.path("o.img");
     vault.restore_to_file(&left[0], 0, &out, &RestoreOptions::default()).unwrap();
@@ -151,10 +151,10 @@ fn a_vault_may_share_the_source_key_by_explicit_choice() {
     for vault in [&own, &shared] {
         site.vault(vault, &VaultOptions::default()).unwrap();
     }
-    let maps = |s: &Store| s.version("latest", Some("x")).unwrap().manifest.disks[0].maps.clone();
+    let maps = |s: &Store| s.version("latest", Some("x")).unwrap().stored_manifest().disks[0].maps.clone();
     // Same key, same chunk ids; an own key gives different ones.
-    assert_eq!(maps(&shared), v.manifest.disks[0].maps);
-    assert_ne!(maps(&own), v.manifest.disks[0].maps);
+    assert_eq!(maps(&shared), v.stored_manifest().disks[0].maps);
+    assert_ne!(maps(&own), v.stored_manifest().disks[0].maps);
     let out = env.path("o.img");
     shared.restore_to_file(&shared.version("latest", None).unwrap(), 0, &out, &RestoreOptions::default()).unwrap();
     assert_eq!(sha256_file(&out), sha256_file(&img));

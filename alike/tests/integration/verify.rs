@@ -177,15 +177,15 @@ fn partial_restore_writes_what_it_can_and_lists_what_verify_reports() {
     assert!(!out.exists());
     // With it: the file is written; the failed ranges are what verify reported, zero-filled; the rest is exact.
     let r = store.restore_to_file(&t.a, 0, &out, &alike::RestoreOptions::default().partial(true)).unwrap();
-    assert!(!r.failed.is_empty());
+    assert!(!r.failed_ranges.is_empty());
     assert!(r.first_error.as_deref().unwrap().contains("corrupt"), "{:?}", r.first_error);
     let merged = alike_core::merge_ranges(broken);
-    assert_eq!(r.failed, merged, "partial restore and verify disagree on what is broken");
+    assert_eq!(r.failed_ranges, merged, "partial restore and verify disagree on what is broken");
     let got = std::fs::read(&out).unwrap();
     let want = std::fs::read(&t.imgs[0]).unwrap();
     assert_eq!(got.len(), want.len());
     let mut cursor = 0usize;
-    for (a, b) in &r.failed {
+    for (a, b) in &r.failed_ranges {
         assert_eq!(got[cursor..*a as usize], want[cursor..*a as usize]);
         assert!(got[*a as usize..*b as usize].iter().all(|&x| x == 0));
         cursor = *b as usize;
@@ -210,8 +210,8 @@ fn a_corrupt_index_segment_does_not_lock_the_user_out() {
         "{:#?}",
         r.damaged
     );
-    let (packs, bad) = store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap();
-    assert!(packs >= 2 && bad.is_empty());
+    let r = store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap();
+    assert!(r.packs_indexed >= 2 && r.damaged_packs.is_empty());
     let store = t.env.open();
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
     assert_eq!(restore_sha(&store, &t.a, t.env.dir.path()), vec![sha256_file(&t.imgs[0])]);

@@ -116,6 +116,13 @@ int main(int argc, char **argv) {
     alike_version *v = NULL;
     CHECK(alike_store_backup(s, "vm1", disks, 1, NULL, NULL, NULL, &v) == ALIKE_OK);
     CHECK(strlen(alike_version_id(v)) == 64 && strcmp(alike_version_vm(v), "vm1") == 0);
+    /* The same keys as `alike versions --json` and testdata/report-schema.json. */
+    {
+        const char *keys[] = {"\"id\"", "\"vm\"", "\"time\"", "\"time_ms\"", "\"parent\"", "\"host\"",
+                              "\"config\"", "\"disks\"", "\"change_token\""};
+        for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+            CHECK(strstr(alike_version_json(v), keys[i]) != NULL);
+    }
     CHECK(alike_version_disk_count(v) == 1 && alike_version_disk_size(v, 0) == 4u << 20);
     CHECK(alike_version_disk_size(v, 7) == 0);
     const char *missing[] = {path("missing.img")};

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _native
 from ._native import (
@@ -66,10 +66,12 @@ __all__ = [
     "Progress",
     "PruneDecision",
     "PruneReport",
+    "PruneVm",
     "RestoreReport",
     "Stats",
     "Store",
     "UnsupportedVersion",
+    "VaultCopy",
     "VaultReport",
     "VerifyReport",
     "Version",
@@ -79,6 +81,12 @@ __all__ = [
     "XenPool",
     "__version__",
 ]
+
+
+def _deprecated(old: str, new: str) -> None:
+    import warnings as _warnings
+
+    _warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -113,10 +121,12 @@ class Disk:
     new_stored_bytes: int
     incremental: bool
     fallback_reason: Optional[str]
+    #: The source's change token at backup (hex), when it gave one.
+    change_token: Optional[str] = None
 
     @classmethod
     def _from(cls, d: Mapping[str, Any]) -> "Disk":
-        return cls(**{f: d[f] for f in cls.__dataclass_fields__})
+        return cls(**_fields(cls, d))
 
 
 @dataclass(frozen=True)
@@ -128,9 +138,15 @@ class Version:
     time_ms: int
     disks: Tuple[Disk, ...]
     #: The VM's recorded configuration (name, uuid, hypervisor, vCPUs, memory, NICs…).
-    vm_info: Dict[str, Any]
-    host: str
+    config: Dict[str, Any]
+    host: Optional[str]
     parent: Optional[str]
+
+    @property
+    def vm_info(self) -> Dict[str, Any]:
+        """Deprecated alias of :attr:`config`."""
+        _deprecated("Version.vm_info", "config")
+        return self.config
 
     @property
     def short_id(self) -> str:
@@ -149,7 +165,7 @@ class Version:
             vm=v["vm"],
             time_ms=v["time_ms"],
             disks=tuple(Disk._from(d) for d in v["disks"]),
-            vm_info=dict(v["vm_info"]),
+            config=dict(v["config"]),
             host=v["host"],
             parent=v["parent"],
         )
@@ -157,25 +173,42 @@ class Version:
 
 @dataclass(frozen=True)
 class BackupReport:
-    """What a backup did."""
+    """What a backup did: the fields of ``alike backup --json``, plus ``version``."""
 
     version: Version
+    id: str
+    vm: str
+    time: str
     read_bytes: int
     new_bytes: int
     new_stored_bytes: int
-    elapsed_s: float
+    elapsed_seconds: float
+    disks: Tuple[Disk, ...]
+
+    @property
+    def elapsed_s(self) -> float:
+        """Deprecated alias of :attr:`elapsed_seconds`."""
+        _deprecated("BackupReport.elapsed_s", "elapsed_seconds")
+        return self.elapsed_seconds
 
 
 @dataclass(frozen=True)
 class RestoreReport:
-    """What a restore did. ``failed`` lists ``(start, end)`` byte ranges a
+    """What a restore did. ``failed_ranges`` lists ``(start, end)`` byte ranges a
     partial restore could not read (they hold zeroes); empty means whole."""
 
     size: int
     data_bytes: int
     hole_bytes: int
-    failed: Tuple[Tuple[int, int], ...]
+    failed_ranges: Tuple[Tuple[int, int], ...]
     first_error: Optional[str]
+    elapsed_seconds: float
+
+    @property
+    def failed(self) -> Tuple[Tuple[int, int], ...]:
+        """Deprecated alias of :attr:`failed_ranges`."""
+        _deprecated("RestoreReport.failed", "failed_ranges")
+        return self.failed_ranges
 
 
 @dataclass(frozen=True)
@@ -192,15 +225,15 @@ class Damage:
 class VerifyReport:
     """The result of a verification; ``ok`` when nothing is damaged."""
 
+    #: True when nothing is damaged.
+    ok: bool
+    #: ``quick`` or ``full``.
+    depth: str
     versions: int
     chunks: int
     packs_read: int
     bytes_read: int
     damaged: Tuple[Damage, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.damaged
 
 
 @dataclass(frozen=True)
@@ -214,11 +247,26 @@ class PruneDecision:
 
 
 @dataclass(frozen=True)
+class PruneVm:
+    """The decisions for one VM's versions, newest first."""
+
+    vm: str
+    versions: Tuple[PruneDecision, ...]
+
+
+@dataclass(frozen=True)
 class PruneReport:
     """Per VM the decisions (newest first), and the versions removed."""
 
-    decisions: Dict[str, Tuple[PruneDecision, ...]]
+    dry_run: bool
     removed: Tuple[str, ...]
+    vms: Tuple[PruneVm, ...]
+
+    @property
+    def decisions(self) -> Dict[str, Tuple[PruneDecision, ...]]:
+        """Deprecated: the decisions by VM name (use :attr:`vms`)."""
+        _deprecated("PruneReport.decisions", "vms")
+        return {v.vm: v.versions for v in self.vms}
 
 
 @dataclass(frozen=True)
@@ -235,25 +283,35 @@ class GcReport:
     bytes_freed: int
     rescued: int
     deferred: int
+    #: Packs of interrupted writers adopted into the index.
+    adopted: int = 0
+
+
+class VaultCopy(NamedTuple):
+    """A version copied to a vault: ``(source, vault)`` ids."""
+
+    source: str
+    vault: str
 
 
 @dataclass(frozen=True)
 class VaultReport:
     """What a vault run did: ``copied`` pairs (source id, vault id), oldest first."""
 
-    copied: Tuple[Tuple[str, str], ...]
+    vault: str
+    copied: Tuple[VaultCopy, ...]
     already: Tuple[str, ...]
     read_bytes: int
     new_bytes: int
     sent_bytes: int
     pruned: Tuple[str, ...]
-    elapsed_s: float
+    elapsed_seconds: float
 
-
-def _deprecated(old: str, new: str) -> None:
-    import warnings as _warnings
-
-    _warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+    @property
+    def elapsed_s(self) -> float:
+        """Deprecated alias of :attr:`elapsed_seconds`."""
+        _deprecated("VaultReport.elapsed_s", "elapsed_seconds")
+        return self.elapsed_seconds
 
 
 @dataclass(frozen=True)
@@ -347,6 +405,12 @@ class Stats:
     stored_bytes: int
     pack_bytes: int
     packs: int
+    #: Logical bytes per unique byte.
+    dedup_ratio: float = 0.0
+    #: Unique bytes per pack byte.
+    compression_ratio: float = 0.0
+    #: Logical bytes per stored byte.
+    total_ratio: float = 0.0
 
 
 def _fields(cls: Any, d: Mapping[str, Any]) -> Dict[str, Any]:
@@ -475,13 +539,9 @@ class Store:
             _progress(progress),
             cancel,
         )
-        return BackupReport(
-            version=Version._from(r["version"]),
-            read_bytes=r["read_bytes"],
-            new_bytes=r["new_bytes"],
-            new_stored_bytes=r["new_stored_bytes"],
-            elapsed_s=r["elapsed_s"],
-        )
+        fields = _fields(BackupReport, r)
+        fields.update(version=Version._from(r["version"]), disks=tuple(Disk._from(d) for d in r["disks"]))
+        return BackupReport(**fields)
 
     def versions(self, vm: Optional[str] = None) -> List[Version]:
         """All versions, oldest first (only ``vm``'s when given)."""
@@ -510,13 +570,9 @@ class Store:
         r = self._n.restore(
             _spec(version), os.fspath(output), disk, vm, format, partial, threads, _progress(progress), cancel
         )
-        return RestoreReport(
-            size=r["size"],
-            data_bytes=r["data_bytes"],
-            hole_bytes=r["hole_bytes"],
-            failed=tuple((int(a), int(b)) for a, b in r["failed"]),
-            first_error=r["first_error"],
-        )
+        fields = _fields(RestoreReport, r)
+        fields.update(failed_ranges=tuple((int(a), int(b)) for a, b in r["failed_ranges"]))
+        return RestoreReport(**fields)
 
     def verify(
         self,
@@ -532,15 +588,11 @@ class Store:
         r = self._n.verify(
             full, vm, None if version is None else _spec(version), threads, _progress(progress), cancel
         )
-        return VerifyReport(
-            versions=r["versions"],
-            chunks=r["chunks"],
-            packs_read=r["packs_read"],
-            bytes_read=r["bytes_read"],
-            damaged=tuple(
-                Damage(d["object"], d["chunk"], d["reason"], tuple(d["affects"])) for d in r["damaged"]
-            ),
+        fields = _fields(VerifyReport, r)
+        fields.update(
+            damaged=tuple(Damage(d["object"], d["chunk"], d["reason"], tuple(d["affects"])) for d in r["damaged"])
         )
+        return VerifyReport(**fields)
 
     def prune(
         self,
@@ -557,11 +609,15 @@ class Store:
         """Removes the versions no rule keeps (pinned versions always stay)."""
         r = self._n.prune(vm, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run)
         return PruneReport(
-            decisions={
-                name: tuple(PruneDecision(x["id"], x["time_ms"], x["keep"], tuple(x["reasons"])) for x in ds)
-                for name, ds in r["decisions"]
-            },
+            dry_run=r["dry_run"],
             removed=tuple(r["removed"]),
+            vms=tuple(
+                PruneVm(
+                    v["vm"],
+                    tuple(PruneDecision(x["id"], x["time_ms"], x["keep"], tuple(x["reasons"])) for x in v["versions"]),
+                )
+                for v in r["vms"]
+            ),
         )
 
     def forget(self, version: Union[Version, str]) -> None:
@@ -612,15 +668,13 @@ class Store:
             to._n, vm, last, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly,
             bandwidth_limit, threads, _progress(progress), cancel,
         )
-        return VaultReport(
-            copied=tuple((a, b) for a, b in r["copied"]),
+        fields = _fields(VaultReport, r)
+        fields.update(
+            copied=tuple(VaultCopy(c["source"], c["vault"]) for c in r["copied"]),
             already=tuple(r["already"]),
-            read_bytes=r["read_bytes"],
-            new_bytes=r["new_bytes"],
-            sent_bytes=r["sent_bytes"],
             pruned=tuple(r["pruned"]),
-            elapsed_s=r["elapsed_s"],
         )
+        return VaultReport(**fields)
 
     def backup_xen(
         self,

@@ -1,0 +1,78 @@
+//! The JSON schema of every facade report, pinned: `testdata/report-schema.json`
+//! holds each report's keys (nested objects and the first element of arrays
+//! too). The CLI's `--json` and the Python bindings print these reports as
+//! they are, and their tests read the same file. After a deliberate change:
+//! `ALIKE_BLESS=1 cargo test -p alike --test integration schema`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::util::Env;
+
+/// A value's shape: objects by their keys, arrays by their first element.
+pub fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        _ => Value::Null,
+    }
+}
+
+fn schema_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/report-schema.json")
+}
+
+#[test]
+fn every_report_keeps_its_json_schema() {
+    let env = Env::new();
+    let store = env.create(true);
+    let img = env.path("d.img");
+    std::fs::write(&img, alike_testing::Rng::new(4).noise(300_000)).unwrap();
+    let mut got: BTreeMap<&str, Value> = BTreeMap::new();
+    let ser = |v: &dyn erased::Ser| v.value();
+
+    let b = store.backup_images("vm1", &[&img], &alike::BackupOptions::default()).unwrap();
+    got.insert("backup", ser(&b));
+    got.insert("version", ser(&b.version));
+    let r = store.restore_to_file(&b.version, 0, env.path("out.img"), &alike::RestoreOptions::default()).unwrap();
+    got.insert("restore", ser(&r));
+    got.insert("verify", ser(&store.verify(&alike::VerifyOptions::default().full(true)).unwrap()));
+    got.insert("stats", ser(&store.stats().unwrap()));
+    let keep = alike::RetentionPolicy::default().last(1);
+    got.insert("prune", ser(&store.prune(None, &keep, true).unwrap()));
+    got.insert("gc", ser(&store.gc(&alike::MaintenanceOptions::default().dry_run(true)).unwrap()));
+    got.insert("rebuild_index", ser(&store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap()));
+    let vault =
+        alike::Store::builder().no_encryption().cache_dir(env.path("vcache")).create(env.path("vault")).unwrap();
+    got.insert("vault", ser(&store.vault(&vault, &alike::VaultOptions::default()).unwrap()));
+    let host = super::hypervisor::FakeHost::new();
+    let vb = store.backup_vm(&host, "vm1", &alike::BackupOptions::default()).unwrap();
+    got.insert("vm_backup", ser(&vb));
+    let v = store.version(&vb.id, None).unwrap();
+    let vr = store.restore_vm(&v, &host, &alike::Placement::on("memory"), &alike::RestoreOptions::default()).unwrap();
+    got.insert("vm_restore", ser(&vr));
+
+    let now = json!(got.iter().map(|(k, v)| (k.to_string(), shape(v))).collect::<serde_json::Map<_, _>>());
+    if std::env::var_os("ALIKE_BLESS").is_some() {
+        std::fs::write(schema_path(), serde_json::to_string_pretty(&now).unwrap() + "\n").unwrap();
+    }
+    let pinned: Value = serde_json::from_str(&std::fs::read_to_string(schema_path()).unwrap()).unwrap();
+    assert_eq!(
+        now, pinned,
+        "a report's JSON schema changed: scripts read these keys. If deliberate, bless it \
+         (ALIKE_BLESS=1 cargo test -p alike --test integration schema) and keep the old names as aliases"
+    );
+}
+
+/// Serialises any report (object safety for the table above).
+mod erased {
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap()
+        }
+    }
+}
