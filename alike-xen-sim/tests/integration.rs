@@ -632,7 +632,7 @@ mod transfer {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("full.vhd");
         std::fs::write(&img, &vhd).unwrap();
-        let ours = alike_xen::vhd::VhdSource::open(&img).unwrap();
+        let ours = alike_formats::vhd::VhdSource::open(&img).unwrap();
         let mut got = vec![0u8; size];
         ours.read_at(0, &mut got).unwrap();
         assert!(got == want, "VHD export differs (our reader)");
@@ -692,8 +692,8 @@ mod transfer {
         );
         assert_eq!(status, 200);
         // Only the two touched 2 MiB blocks, every sector present.
-        let mut stream = alike_xen::vhd::StreamReader::new(&delta[..]).unwrap();
-        assert_eq!(stream.disk_type(), alike_xen::vhd::DiskType::Differencing);
+        let mut stream = alike_formats::vhd::StreamReader::new(&delta[..]).unwrap();
+        assert_eq!(stream.disk_type(), alike_formats::vhd::DiskType::Differencing);
         let mut covered = 0u64;
         let mut starts = Vec::new();
         while let Some(e) = stream.next_extent().unwrap() {
@@ -705,7 +705,7 @@ mod transfer {
         // The delta over the full export reads as the new snapshot.
         let child = dir.path().join("delta.vhd");
         std::fs::write(&child, &delta).unwrap();
-        let chain = alike_xen::vhd::VhdSource::open(&child).unwrap();
+        let chain = alike_formats::vhd::VhdSource::open(&child).unwrap();
         let mut got = vec![0u8; 64 << 20];
         chain.read_at(0, &mut got).unwrap();
         assert!(got == sim.read_vdi(&next, 0, 64 << 20).unwrap(), "delta chain differs");
@@ -779,7 +779,7 @@ mod transfer {
         other[(20 << 20)..(20 << 20) + 5000].fill(0x5A);
         let src = alike_core::MemSource { label: "v".into(), data: other.clone() };
         let mut vhd = Vec::new();
-        alike_xen::vhd::write_stream(&src, &mut vhd, &alike_xen::vhd::VhdOptions::default()).unwrap();
+        alike_formats::vhd::write_stream(&src, &mut vhd, &alike_formats::vhd::VhdOptions::default()).unwrap();
         let (status, _, _) =
             http(sim.addr(), "PUT", &format!("/import_raw_vdi?session_id={s}&vdi={target}&format=vhd"), &[], &vhd);
         assert_eq!(status, 200);

@@ -63,10 +63,10 @@ pub enum Error {
     InvalidArgument(String),
     /// A VHD image could not be read or written.
     #[error(transparent)]
-    Vhd(alike_xen::Error),
+    Vhd(alike_formats::vhd::VhdError),
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
-    Vhdx(alike_hyperv::VhdxError),
+    Vhdx(alike_formats::vhdx::VhdxError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
     #[error(transparent)]
@@ -79,17 +79,17 @@ impl From<alike_xen::adapter::PoolError> for Error {
     }
 }
 
-impl From<alike_xen::Error> for Error {
-    fn from(e: alike_xen::Error) -> Error {
+impl From<alike_formats::vhd::VhdError> for Error {
+    fn from(e: alike_formats::vhd::VhdError) -> Error {
         match e {
-            alike_xen::Error::Source(c) => Error::from(c),
+            alike_formats::vhd::VhdError::Source(c) => Error::from(c),
             e => Error::Vhd(e),
         }
     }
 }
 
-impl From<alike_hyperv::VhdxError> for Error {
-    fn from(e: alike_hyperv::VhdxError) -> Error {
+impl From<alike_formats::vhdx::VhdxError> for Error {
+    fn from(e: alike_formats::vhdx::VhdxError) -> Error {
         Error::Vhdx(e)
     }
 }
@@ -111,11 +111,11 @@ impl From<alike_core::Error> for Error {
                     Ok(a) => return Error::from(*a),
                     Err(b) => b,
                 };
-                let b = match b.downcast::<alike_xen::Error>() {
+                let b = match b.downcast::<alike_formats::vhd::VhdError>() {
                     Ok(x) => return Error::from(*x),
                     Err(b) => b,
                 };
-                match b.downcast::<alike_hyperv::VhdxError>() {
+                match b.downcast::<alike_formats::vhdx::VhdxError>() {
                     Ok(x) => Error::Vhdx(*x),
                     Err(b) => Error::Engine(alike_core::Error::Store(b)),
                 }
@@ -146,7 +146,7 @@ impl Error {
             },
             Error::Engine(c) => core_kind(c),
             Error::Vhd(x) => {
-                use alike_xen::Error as X;
+                use alike_formats::vhd::VhdError as X;
                 match x {
                     X::Io { .. } | X::Read { .. } | X::Write { .. } => ErrorKind::Io,
                     X::ParentNotFound { .. } => ErrorKind::NotFound,
@@ -155,7 +155,7 @@ impl Error {
                 }
             }
             Error::Vhdx(x) => {
-                use alike_hyperv::VhdxError as X;
+                use alike_formats::vhdx::VhdxError as X;
                 match x {
                     X::Io { .. } => ErrorKind::Io,
                     X::ParentNotFound { .. } => ErrorKind::NotFound,
@@ -174,7 +174,6 @@ impl Error {
     pub fn xapi_code(&self) -> Option<&str> {
         match self {
             Error::Xen(x) => x.xapi_code(),
-            Error::Vhd(x) => x.xapi_code(),
             _ => None,
         }
     }

@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    alike_hyperv::vhdx::fuzz_one(data);
+    alike_formats::vhdx::fuzz_one(data);
 });

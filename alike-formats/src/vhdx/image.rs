@@ -7,9 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::error::{Result, VhdxError};
 use super::format::*;
 use super::log::{self, Overlay};
-use crate::error::{Result, VhdxError};
 
 /// Where a layer's bytes come from.
 #[derive(Debug)]

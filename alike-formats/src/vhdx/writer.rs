@@ -8,9 +8,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::error::{Result, VhdxError};
 use super::format::*;
 use super::reader::VhdxSource;
-use crate::error::{Result, VhdxError};
 
 /// Block size Hyper-V uses for new dynamic disks.
 pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 20;
