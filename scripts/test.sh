@@ -49,6 +49,9 @@ if [ -z "${QUICK:-}" ]; then
     cargo fmt --all -- --check
     step "cargo clippy"
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    step "cargo check: the facade without its default features (xen, hyperv, s3)"
+    cargo check -q --locked -p alike --no-default-features
+    cargo check -q --locked -p alike --no-default-features --features xen
 fi
 
 # --- tests -------------------------------------------------------------------

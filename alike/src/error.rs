@@ -69,10 +69,12 @@ pub enum Error {
     Vhdx(alike_formats::vhdx::VhdxError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
+    #[cfg(feature = "xen")]
     #[error(transparent)]
     Xen(alike_xen::adapter::PoolError),
 }
 
+#[cfg(feature = "xen")]
 impl From<alike_xen::adapter::PoolError> for Error {
     fn from(e: alike_xen::adapter::PoolError) -> Error {
         Error::Xen(e)
@@ -165,6 +167,7 @@ impl Error {
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            #[cfg(feature = "xen")]
             Error::Xen(x) => xen_kind(x),
         }
     }
@@ -173,6 +176,7 @@ impl Error {
     /// (`SESSION_AUTHENTICATION_FAILED`, `VDI_IN_USE`…).
     pub fn xapi_code(&self) -> Option<&str> {
         match self {
+            #[cfg(feature = "xen")]
             Error::Xen(x) => x.xapi_code(),
             _ => None,
         }
@@ -196,6 +200,7 @@ fn core_kind(c: &alike_core::Error) -> ErrorKind {
 /// XAPI refusals keep their code ([`Error::xapi_code`]); the kind says
 /// only what a caller can act on: not found, busy, I/O (the pool
 /// unreachable, a transfer cut), cancelled; other refusals are `Other`.
+#[cfg(feature = "xen")]
 fn xen_kind(x: &alike_xen::adapter::PoolError) -> ErrorKind {
     use alike_xen::Error as X;
     use alike_xen::adapter::PoolError as P;

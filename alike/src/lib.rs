@@ -31,6 +31,7 @@ mod error;
 mod image;
 mod options;
 mod store;
+#[cfg(feature = "xen")]
 mod xen;
 
 pub use alike_ads::{
@@ -38,6 +39,7 @@ pub use alike_ads::{
 };
 pub use alike_core::retention::{Decision, RetentionPolicy};
 /// XenServer/XCP-ng pools ([`Store::backup_xen`], [`Store::restore_xen_vm`]).
+#[cfg(feature = "xen")]
 pub use alike_xen::adapter::{
     DiskTransport, PoolError, Quiesce, ReleaseReport, Transport, UploadFormat, VmRestoreOptions, VmSummary,
     XenBackupOptions, XenPool, XenVmConfig,
@@ -46,6 +48,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use image::{ImageFormat, create_image, open_image};
 pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
 pub use store::{BackupReport, DiskInfo, RestoreReport, Store, StoreBuilder, StoreStats, VaultReport, Version};
+#[cfg(feature = "xen")]
 pub use xen::{XenBackupReport, XenDiskReport, XenRestoreReport, XenUploadReport, xen_pool};
 
 // Engine vocabulary users need.
