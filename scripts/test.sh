@@ -49,6 +49,11 @@ if [ -z "${QUICK:-}" ]; then
     cargo fmt --all -- --check
     step "cargo clippy"
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    step "layering: the dependency rules of ARCHITECTURE.md (scripts/check-layering.sh)"
+    bash scripts/check-layering.sh
+    step "cargo check: the facade without its default features (xen, hyperv, s3)"
+    cargo check -q --locked -p alike --no-default-features
+    cargo check -q --locked -p alike --no-default-features --features xen
 fi
 
 # --- tests -------------------------------------------------------------------

@@ -24,6 +24,7 @@
 //! `<root>/<key>`. Only the spool (`tmp/`) differs: object backends build
 //! packs in a local directory.
 
+use alike_core::Recover;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -95,11 +96,11 @@ impl LocalBackend {
     }
 
     fn open_cached(&self, key: &str) -> Result<Arc<File>> {
-        if let Some(f) = self.open_files.lock().expect("lock").get(key) {
+        if let Some(f) = self.open_files.locked().get(key) {
             return Ok(f.clone());
         }
         let f = Arc::new(File::open(self.path(key)).map_err(|e| self.not_found(key, e))?);
-        let mut m = self.open_files.lock().expect("lock");
+        let mut m = self.open_files.locked();
         if m.len() >= OPEN_FILES {
             m.clear();
         }
@@ -127,7 +128,7 @@ impl LocalBackend {
     /// Writes `data` to a new spool file and fsyncs it.
     fn write_tmp(&self, data: &[u8]) -> Result<PathBuf> {
         let spool = self.spool_dir()?;
-        let tmp = spool.join(format!("obj-{}.tmp", random_hex(8)));
+        let tmp = spool.join(format!("obj-{}.tmp", random_hex(8)?));
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
         let r = f.write_all(data).and_then(|_| f.sync_all());
         if let Err(e) = r {
@@ -279,7 +280,7 @@ impl Backend for LocalBackend {
         self.path(key).try_exists().map_err(io(self.path(key)))
     }
     fn delete(&self, key: &str) -> Result<()> {
-        self.open_files.lock().expect("lock").remove(key);
+        self.open_files.locked().remove(key);
         match fs::remove_file(self.path(key)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: self.path(key), source: e }),
             _ => Ok(()),
@@ -307,7 +308,7 @@ impl MemoryBackend {
         MemoryBackend::default()
     }
     fn get(&self, key: &str) -> Result<Arc<Vec<u8>>> {
-        self.objects.lock().expect("lock").get(key).cloned().ok_or_else(|| Error::NotFound { object: key.into() })
+        self.objects.locked().get(key).cloned().ok_or_else(|| Error::NotFound { object: key.into() })
     }
 }
 
@@ -337,12 +338,12 @@ impl Backend for MemoryBackend {
         Ok((o[o.len() - n..].to_vec(), o.len() as u64))
     }
     fn write(&self, key: &str, data: &[u8]) -> Result<()> {
-        self.objects.lock().expect("lock").insert(key.into(), Arc::new(data.to_vec()));
+        self.objects.locked().insert(key.into(), Arc::new(data.to_vec()));
         Ok(())
     }
     fn write_new(&self, key: &str, data: &[u8]) -> Result<bool> {
         use std::collections::btree_map::Entry;
-        match self.objects.lock().expect("lock").entry(key.into()) {
+        match self.objects.locked().entry(key.into()) {
             Entry::Occupied(_) => Ok(false),
             Entry::Vacant(v) => {
                 v.insert(Arc::new(data.to_vec()));
@@ -356,24 +357,24 @@ impl Backend for MemoryBackend {
         self.write(key, &data)
     }
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let m = self.objects.lock().expect("lock");
+        let m = self.objects.locked();
         Ok(m.range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.len() as u64))
             .collect())
     }
     fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.objects.lock().expect("lock").contains_key(key))
+        Ok(self.objects.locked().contains_key(key))
     }
     fn delete(&self, key: &str) -> Result<()> {
-        self.objects.lock().expect("lock").remove(key);
+        self.objects.locked().remove(key);
         Ok(())
     }
     fn spool_dir(&self) -> Result<PathBuf> {
         // Packs are built in a private temporary directory, then read into memory.
-        let mut s = self.spool.lock().expect("lock");
+        let mut s = self.spool.locked();
         if s.is_none() {
-            let d = std::env::temp_dir().join(format!("alike-mem-spool-{}-{}", std::process::id(), random_hex(6)));
+            let d = std::env::temp_dir().join(format!("alike-mem-spool-{}-{}", std::process::id(), random_hex(6)?));
             fs::create_dir_all(&d).map_err(io(&d))?;
             *s = Some(d);
         }
@@ -390,10 +391,10 @@ impl Drop for MemoryBackend {
 }
 
 /// `n` random bytes as hex.
-pub(crate) fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> Result<String> {
     let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).expect("OS random source");
-    hex::encode(b)
+    alike_core::random_bytes(&mut b)?;
+    Ok(hex::encode(b))
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ impl IndexCache {
         let (db, path, temporary) = match builder().create(&path) {
             Ok(db) => (db, path, false),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                let tmp = dir.join(format!("index-tmp-{}-{}.redb", std::process::id(), crate::backend::random_hex(4)));
+                let tmp = dir.join(format!("index-tmp-{}-{}.redb", std::process::id(), crate::backend::random_hex(4)?));
                 tracing::info!(cache = %path.display(), "index cache in use by another process: using a private one");
                 let db = builder().create(&tmp).map_err(|e| cerr(&tmp)(&e))?;
                 (db, tmp, true)

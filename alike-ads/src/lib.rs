@@ -85,8 +85,8 @@ pub use maintenance::{CLOCK_SKEW_MS, GcReport, PruneReport, REPACK_BELOW};
 pub use object::ObjectBackend;
 pub use object::{MULTIPART_THRESHOLD, ObjectOptions, PART_SIZE, backend_for};
 pub use pack::{
-    ENTRY_LEN, FOOTER_LEN, FRAMES_START, FinishedPack, MAX_PACK_SIZE, PackEntry, PackWriter, SALT_LEN, pack_key,
-    read_trailer,
+    ENTRY_LEN, FOOTER_LEN, FRAMES_START, FinishedPack, MAX_PACK_SIZE, PackEntry, PackFooter, PackWriter, SALT_LEN,
+    decode_footer, decode_pack_trailer, decode_trailer, encode_trailer, pack_key, read_trailer,
 };
 pub use repo::{
     CreateOptions, DEFAULT_PACK_SIZE, MAX_PACK_ENTRIES, MAX_SEGMENT_ENTRIES, OpenOptions, Repository, StoreStats,

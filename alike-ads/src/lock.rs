@@ -137,7 +137,7 @@ impl LockGuard {
     pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind) -> Result<LockGuard> {
         let now = now_ms();
         let info = LockInfo { kind, host: hostname(), pid: std::process::id(), created_ms: now, refreshed_ms: now };
-        let key = format!("locks/{}", random_hex(8));
+        let key = format!("locks/{}", random_hex(8)?);
         backend.write(&key, &info.encode())?;
         if kind == LockKind::Gc {
             let others: Vec<_> =
@@ -154,17 +154,14 @@ impl LockGuard {
         // every command wait up to a tick at exit).
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (b2, k2, mut i2) = (backend.clone(), key.clone(), info.clone());
-        let refresher = std::thread::Builder::new()
-            .name("alike-lock-refresh".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH) {
-                    i2.refreshed_ms = now_ms();
-                    if let Err(e) = b2.write(&k2, &i2.encode()) {
-                        tracing::warn!(lock = %k2, error = %e, "could not refresh the store lock");
-                    }
+        let refresher = alike_core::spawn("alike-lock-refresh", move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH) {
+                i2.refreshed_ms = now_ms();
+                if let Err(e) = b2.write(&k2, &i2.encode()) {
+                    tracing::warn!(lock = %k2, error = %e, "could not refresh the store lock");
                 }
-            })
-            .expect("spawn lock refresher");
+            }
+        })?;
         Ok(LockGuard { key, backend, stop: Some(stop), refresher: Some(refresher), info })
     }
 

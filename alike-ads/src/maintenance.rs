@@ -365,7 +365,7 @@ impl Repository {
             let rec = CondemnedRecord { time_ms: now_ms(), packs: condemn.iter().map(hex::encode).collect() };
             let mut out = header(ObjectKind::Condemned).to_vec();
             out.extend_from_slice(&serde_json::to_vec(&rec).expect("serializes"));
-            self.backend().write(&format!("gc/{}-{}", rec.time_ms, random_hex(4)), &out)?;
+            self.backend().write(&format!("gc/{}-{}", rec.time_ms, random_hex(4)?), &out)?;
             report.condemned = condemn.len() as u64;
         }
         self.delete_condemned(&seen, &live, &mut report)?;

@@ -145,14 +145,14 @@ impl PackWriter {
     /// Starts a pack in `spool` with a random salt.
     pub fn new(spool: &Path) -> Result<PackWriter> {
         let mut salt = [0u8; SALT_LEN];
-        getrandom::fill(&mut salt).map_err(|e| Error::InvalidArgument(format!("system random source failed: {e}")))?;
+        alike_core::random_bytes(&mut salt)?;
         Self::with_salt(spool, salt)
     }
 
     /// Starts a pack with a given salt: for golden vectors only (a repeated
     /// salt can give two writers the same pack name).
     pub fn with_salt(spool: &Path, salt: [u8; SALT_LEN]) -> Result<PackWriter> {
-        let path = spool.join(format!("pack-{}.tmp", random_hex(12)));
+        let path = spool.join(format!("pack-{}.tmp", random_hex(12)?));
         let f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
         let mut w = PackWriter {
             out: BufWriter::with_capacity(256 << 10, f),
@@ -214,18 +214,8 @@ impl PackWriter {
     /// Writes trailer and footer, fsyncs, and returns the pack id, its entries
     /// and the spool file (ready for [`Backend::write_file`]).
     pub fn finish(mut self, keys: &Keys) -> Result<FinishedPack> {
-        let count = self.entries.len() as u32;
-        let mut t = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
-        for e in &self.entries {
-            e.encode_into(&mut t);
-        }
-        let sealed = keys.seal(&trailer_aad(count), &t)?;
-        self.write_raw(&sealed)?;
-        let mut footer = [0u8; FOOTER_LEN];
-        footer[..4].copy_from_slice(&(sealed.len() as u32).to_le_bytes());
-        footer[4..8].copy_from_slice(&count.to_le_bytes());
-        footer[8..].copy_from_slice(&ObjectKind::Pack.magic());
-        self.write_raw(&footer)?;
+        let tail = encode_trailer(&self.entries, keys)?;
+        self.write_raw(&tail)?;
         let file = self.out.into_inner().map_err(|e| Error::Io { path: self.path.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io(&self.path))?;
         Ok(FinishedPack {
@@ -257,7 +247,127 @@ pub struct FinishedPack {
     pub size: u64,
 }
 
-/// Reads and opens a pack's trailer, checking the header too.
+/// What a pack's footer says, checked against the pack's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackFooter {
+    /// Where the sealed trailer starts: also the end of the frame area.
+    pub trailer_offset: u64,
+    /// Bytes of the sealed trailer.
+    pub trailer_len: u32,
+    /// Entries the trailer holds.
+    pub entry_count: u32,
+}
+
+impl PackFooter {
+    /// The 16 footer bytes: `trailer_len u32 ‖ entry_count u32 ‖ magic`.
+    pub fn encode(trailer_len: u32, entry_count: u32) -> [u8; FOOTER_LEN] {
+        let mut footer = [0u8; FOOTER_LEN];
+        footer[..4].copy_from_slice(&trailer_len.to_le_bytes());
+        footer[4..8].copy_from_slice(&entry_count.to_le_bytes());
+        footer[8..].copy_from_slice(&ObjectKind::Pack.magic());
+        footer
+    }
+}
+
+/// The sealed trailer listing `entries`, followed by the footer: the bytes
+/// that end a pack (`docs/format.md`). Pure: [`PackWriter::finish`] writes
+/// them, and [`decode_pack_trailer`] reads them back.
+///
+/// # Errors
+/// Sealing failed (see [`Keys::seal`]).
+pub fn encode_trailer(entries: &[PackEntry], keys: &Keys) -> Result<Vec<u8>> {
+    let count = entries.len() as u32;
+    let mut t = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for e in entries {
+        e.encode_into(&mut t);
+    }
+    let mut tail = keys.seal(&trailer_aad(count), &t)?;
+    let footer = PackFooter::encode(tail.len() as u32, count);
+    tail.extend_from_slice(&footer);
+    Ok(tail)
+}
+
+/// Decodes the last [`FOOTER_LEN`] bytes of a pack of `pack_size` bytes
+/// (`footer` may be shorter when the pack is): checks the magic and that the
+/// trailer fits between the header and the footer.
+///
+/// # Errors
+/// [`Error::Truncated`] for a pack too short to hold a header and a footer,
+/// [`Error::Corrupt`] naming `object` for a missing magic or an impossible
+/// trailer length.
+pub fn decode_footer(footer: &[u8], pack_size: u64, object: &str) -> Result<PackFooter> {
+    if pack_size < (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(Error::Truncated {
+            object: object.into(),
+            offset: 0,
+            wanted: (HEADER_LEN + FOOTER_LEN) as u64,
+            got: pack_size,
+        });
+    }
+    if footer.len() < FOOTER_LEN {
+        return Err(Error::Truncated {
+            object: object.into(),
+            offset: pack_size - footer.len() as u64,
+            wanted: FOOTER_LEN as u64,
+            got: footer.len() as u64,
+        });
+    }
+    let footer = &footer[footer.len() - FOOTER_LEN..];
+    if footer[8..] != ObjectKind::Pack.magic() {
+        return Err(Error::Corrupt {
+            object: object.into(),
+            reason: "footer magic missing (truncated or damaged pack)".into(),
+        });
+    }
+    let trailer_len = u32::from_le_bytes(footer[..4].try_into().expect("4"));
+    let entry_count = u32::from_le_bytes(footer[4..8].try_into().expect("4"));
+    let trailer_offset = pack_size
+        .checked_sub(FOOTER_LEN as u64 + u64::from(trailer_len))
+        .filter(|e| *e >= HEADER_LEN as u64)
+        .ok_or_else(|| Error::Corrupt {
+            object: object.into(),
+            reason: format!("trailer length {trailer_len} exceeds the pack"),
+        })?;
+    Ok(PackFooter { trailer_offset, trailer_len, entry_count })
+}
+
+/// Opens the sealed trailer that `footer` locates (`sealed` = its
+/// `trailer_len` bytes) and decodes its entries, checking each frame lies in
+/// the pack's frame area.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `object`: the trailer does not authenticate,
+/// holds the wrong number of bytes, or an entry is invalid.
+pub fn decode_trailer(sealed: &[u8], footer: &PackFooter, keys: &Keys, object: &str) -> Result<Vec<PackEntry>> {
+    let count = footer.entry_count;
+    let plain = keys
+        .open(&trailer_aad(count), sealed)
+        .map_err(|r| Error::Corrupt { object: object.into(), reason: format!("trailer: {r}") })?;
+    if plain.len() != count as usize * ENTRY_LEN {
+        return Err(Error::Corrupt {
+            object: object.into(),
+            reason: format!("trailer holds {} bytes for {count} entries", plain.len()),
+        });
+    }
+    decode_entries(&plain, Some(footer.trailer_offset), object)
+}
+
+/// [`read_trailer`] over a whole pack held in memory: header, footer and
+/// trailer checked and decoded, no I/O.
+///
+/// # Errors
+/// As [`read_trailer`].
+pub fn decode_pack_trailer(pack: &[u8], keys: &Keys, object: &str) -> Result<Vec<PackEntry>> {
+    check_header(pack, ObjectKind::Pack, object)?;
+    let size = pack.len() as u64;
+    let footer = decode_footer(&pack[pack.len().saturating_sub(FOOTER_LEN)..], size, object)?;
+    let start = footer.trailer_offset as usize;
+    decode_trailer(&pack[start..start + footer.trailer_len as usize], &footer, keys, object)
+}
+
+/// Reads and opens a pack's trailer, checking the header too: the I/O
+/// around [`decode_footer`] and [`decode_trailer`] (two ranged reads and the
+/// tail, never the frames).
 ///
 /// # Errors
 /// [`Error::Truncated`], [`Error::BadMagic`], [`Error::Corrupt`] naming the pack.
@@ -265,34 +375,110 @@ pub fn read_trailer(backend: &dyn Backend, key: &str, keys: &Keys) -> Result<Vec
     let head = backend.read_range(key, 0, HEADER_LEN as u64)?;
     check_header(&head, ObjectKind::Pack, key)?;
     let (tail, size) = backend.read_tail(key, FOOTER_LEN as u64)?;
-    if size < (HEADER_LEN + FOOTER_LEN) as u64 {
-        return Err(Error::Truncated {
-            object: key.into(),
-            offset: 0,
-            wanted: (HEADER_LEN + FOOTER_LEN) as u64,
-            got: size,
-        });
+    let footer = decode_footer(&tail, size, key)?;
+    let sealed = backend.read_range(key, footer.trailer_offset, u64::from(footer.trailer_len))?;
+    decode_trailer(&sealed, &footer, keys, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use alike_core::MasterKey;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn keys() -> [Keys; 2] {
+        [Keys::unencrypted(), Keys::from_master(&MasterKey([7; 32]))]
     }
-    if tail[8..] != ObjectKind::Pack.magic() {
-        return Err(Error::Corrupt {
-            object: key.into(),
-            reason: "footer magic missing (truncated or damaged pack)".into(),
-        });
+
+    fn entry(i: u32, frame_len: u32) -> PackEntry {
+        PackEntry {
+            id: ChunkId([i as u8; 32]),
+            kind: if i % 3 == 0 { BlobKind::Map } else { BlobKind::Data },
+            compression: if i % 2 == 0 { Compression::Zstd } else { Compression::None },
+            frame_offset: FRAMES_START as u32 + i * frame_len,
+            frame_stored_len: frame_len,
+            frame_raw_len: 4 * frame_len,
+            chunk_offset: i % 4 * frame_len,
+            chunk_len: frame_len,
+        }
     }
-    let tlen = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4")));
-    let count = u32::from_le_bytes(tail[4..8].try_into().expect("4"));
-    let body_end = size.checked_sub(FOOTER_LEN as u64 + tlen).filter(|e| *e >= HEADER_LEN as u64).ok_or_else(|| {
-        Error::Corrupt { object: key.into(), reason: format!("trailer length {tlen} exceeds the pack") }
-    })?;
-    let sealed = backend.read_range(key, body_end, tlen)?;
-    let plain = keys
-        .open(&trailer_aad(count), &sealed)
-        .map_err(|r| Error::Corrupt { object: key.into(), reason: format!("trailer: {r}") })?;
-    if plain.len() != count as usize * ENTRY_LEN {
-        return Err(Error::Corrupt {
-            object: key.into(),
-            reason: format!("trailer holds {} bytes for {count} entries", plain.len()),
-        });
+
+    /// A whole pack with `frames` bytes of frame area and these entries.
+    fn pack(entries: &[PackEntry], frames: usize, keys: &Keys) -> Vec<u8> {
+        let mut p = header(ObjectKind::Pack).to_vec();
+        p.extend_from_slice(&[0xA5; SALT_LEN]);
+        p.resize(FRAMES_START as usize + frames, 0x5A);
+        p.extend_from_slice(&encode_trailer(entries, keys).unwrap());
+        p
     }
-    decode_entries(&plain, Some(body_end), key)
+
+    #[test]
+    fn footer_layout_is_pinned() {
+        let f = PackFooter::encode(0x0102, 7);
+        assert_eq!(f[..8], [2, 1, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(f[8..], ObjectKind::Pack.magic());
+        let got = decode_footer(&f, 0x1000, "p").unwrap();
+        assert_eq!(got, PackFooter { trailer_offset: 0x1000 - 16 - 0x0102, trailer_len: 0x0102, entry_count: 7 });
+    }
+
+    #[test]
+    fn round_trip_and_every_truncation_fails() {
+        for k in keys() {
+            let entries: Vec<_> = (0..5).map(|i| entry(i, 100)).collect();
+            let p = pack(&entries, 500, &k);
+            assert_eq!(decode_pack_trailer(&p, &k, "p").unwrap(), entries);
+            // The I/O path agrees with the pure one.
+            let be = crate::MemoryBackend::new();
+            be.write("packs/aa/p", &p).unwrap();
+            assert_eq!(read_trailer(&be, "packs/aa/p", &k).unwrap(), entries);
+            for n in 0..p.len() {
+                assert!(decode_pack_trailer(&p[..n], &k, "p").is_err(), "prefix of {n} bytes decoded");
+            }
+        }
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let k = &keys()[1];
+        let entries: Vec<_> = (0..3).map(|i| entry(i, 10)).collect();
+        let mut p = pack(&entries, 30, k);
+        let n = p.len();
+        p[n - FOOTER_LEN - 1] ^= 1;
+        let e = decode_pack_trailer(&p, k, "p").unwrap_err().to_string();
+        assert!(e.contains("trailer"), "{e}");
+        p[n - 1] ^= 1;
+        let e = decode_pack_trailer(&p, k, "p").unwrap_err().to_string();
+        assert!(e.contains("footer magic"), "{e}");
+        // A frame the trailer places past the frame area.
+        let p = pack(&entries, 29, k);
+        let e = decode_pack_trailer(&p, k, "p").unwrap_err().to_string();
+        assert!(e.contains("frame outside"), "{e}");
+        // A trailer longer than the pack.
+        let mut f = pack(&[], 0, k);
+        let n = f.len();
+        f[n - FOOTER_LEN..n - FOOTER_LEN + 4].copy_from_slice(&1000u32.to_le_bytes());
+        let e = decode_pack_trailer(&f, k, "p").unwrap_err().to_string();
+        assert!(e.contains("exceeds the pack"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(n in 0u32..40, frame_len in 1u32..300, enc: bool) {
+            let k = &keys()[usize::from(enc)];
+            let entries: Vec<_> = (0..n).map(|i| entry(i, frame_len)).collect();
+            let p = pack(&entries, (n * frame_len) as usize, k);
+            prop_assert_eq!(decode_pack_trailer(&p, k, "p").unwrap(), entries);
+        }
+
+        #[test]
+        fn decoders_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..200), size in 0u64..1000) {
+            for k in keys() {
+                let _ = decode_pack_trailer(&tail, &k, "p");
+                if let Ok(f) = decode_footer(&tail, size, "p") {
+                    let _ = decode_trailer(&tail, &f, &k, "p");
+                }
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! packs not yet published in an index segment), the local index cache, and
 //! versions. Implements `alike_core::ChunkStore`.
 
+use alike_core::Recover;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -174,27 +175,24 @@ struct Finisher {
 }
 
 impl Finisher {
-    fn start(keys: Keys, backend: Arc<dyn Backend>) -> Finisher {
+    fn start(keys: Keys, backend: Arc<dyn Backend>) -> Result<Finisher> {
         let (tx, rx) = mpsc::channel::<PackWriter>();
         let (done_tx, done) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("alike-pack-finisher".into())
-            .spawn(move || {
-                for w in rx {
-                    let r = w.finish(&keys).and_then(|p| {
-                        if let Err(e) = backend.write_file(&pack_key(&p.id), &p.path) {
-                            let _ = std::fs::remove_file(&p.path);
-                            return Err(e);
-                        }
-                        Ok(p)
-                    });
-                    if done_tx.send(r).is_err() {
-                        break;
+        let handle = alike_core::spawn("alike-pack-finisher", move || {
+            for w in rx {
+                let r = w.finish(&keys).and_then(|p| {
+                    if let Err(e) = backend.write_file(&pack_key(&p.id), &p.path) {
+                        let _ = std::fs::remove_file(&p.path);
+                        return Err(e);
                     }
+                    Ok(p)
+                });
+                if done_tx.send(r).is_err() {
+                    break;
                 }
-            })
-            .expect("spawn pack finisher thread");
-        Finisher { tx: Some(tx), done, handle: Some(handle) }
+            }
+        })?;
+        Ok(Finisher { tx: Some(tx), done, handle: Some(handle) })
     }
 }
 
@@ -285,7 +283,7 @@ impl Repository {
         if !(1 << 20..=1 << 30).contains(&opts.pack_size) {
             return Err(Error::InvalidArgument("pack size must be 1 MiB – 1 GiB".into()));
         }
-        let store_id = random_hex(16);
+        let store_id = random_hex(16)?;
         let mut config = StoreConfig {
             store_id: store_id.clone(),
             created_ms: opts.time_ms,
@@ -307,7 +305,7 @@ impl Repository {
             config.key_check = Some(key_check(&Keys::from_master(&master)));
             if let Some(pw) = &opts.passphrase {
                 let w = alike_core::wrap_master(&master, pw, opts.kdf, &key_aad(&store_id))?;
-                let key = format!("keys/{}", random_hex(8));
+                let key = format!("keys/{}", random_hex(8)?);
                 backend.write(&key, &KeyObject::new(&w, opts.time_ms, host_name()).encode())?;
                 key_object = Some(key);
             }
@@ -458,7 +456,7 @@ impl Repository {
                 // hold the same facts (`rebuild_index`), and verify reports the damage.
                 Err(e @ (Error::Corrupt { .. } | Error::Truncated { .. } | Error::BadMagic { .. })) => {
                     warn!(segment = %key, error = %e, "index segment unreadable: skipped (run rebuild-index)");
-                    self.bad_segments.lock().expect("lock").push((key.clone(), e.to_string()));
+                    self.bad_segments.locked().push((key.clone(), e.to_string()));
                 }
                 Err(e) => return Err(e),
             }
@@ -468,7 +466,7 @@ impl Repository {
 
     /// Index segments found unreadable (skipped) since the store was opened.
     pub fn bad_segments(&self) -> Vec<(String, String)> {
-        self.bad_segments.lock().expect("lock").clone()
+        self.bad_segments.locked().clone()
     }
 
     /// Writes index segments listing `packs`, at most [`MAX_SEGMENT_ENTRIES`]
@@ -503,7 +501,10 @@ impl Repository {
 
     /// Hands a full pack to the finisher thread.
     fn send_to_finisher(&self, s: &mut Session, w: PackWriter) -> Result<()> {
-        let f = s.finisher.get_or_insert_with(|| Finisher::start(self.keys.clone(), self.backend.clone()));
+        if s.finisher.is_none() {
+            s.finisher = Some(Finisher::start(self.keys.clone(), self.backend.clone())?);
+        }
+        let Some(f) = s.finisher.as_ref() else { unreachable!("set above") };
         f.tx.as_ref()
             .expect("open until drop")
             .send(w)
@@ -549,7 +550,7 @@ impl Repository {
     }
 
     fn put_inner(&self, frame: &StoredFrame) -> Result<()> {
-        let mut guard = self.session.lock().expect("session lock");
+        let mut guard = self.session.locked();
         let s: &mut Session = &mut guard;
         if frame.chunks.iter().all(|c| s.pending.contains(&c.id)) {
             return Ok(());
@@ -571,7 +572,7 @@ impl Repository {
     }
 
     fn flush_inner(&self) -> Result<()> {
-        let mut guard = self.session.lock().expect("session lock");
+        let mut guard = self.session.locked();
         let s: &mut Session = &mut guard;
         if let Some(w) = s.current.take() {
             if w.is_empty() {
@@ -587,7 +588,7 @@ impl Repository {
     /// cancelled backup). Finished packs already placed stay, unindexed, for
     /// GC or `rebuild_index`.
     pub fn abort_session(&self) {
-        let mut s = self.session.lock().expect("session lock");
+        let mut s = self.session.locked();
         if let Some(w) = s.current.take() {
             w.abandon();
         }
@@ -711,7 +712,7 @@ impl Repository {
             self.backend.delete(k)?;
         }
         self.cache.clear()?;
-        self.bad_segments.lock().expect("lock").clear();
+        self.bad_segments.locked().clear();
         self.sync_cache()?;
         Ok((good.len(), bad))
     }
@@ -801,7 +802,7 @@ pub fn decode_manifest(keys: &Keys, bytes: &[u8], object: &str) -> Result<Manife
 
 fn write_local_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", random_hex(4)));
+    let tmp = path.with_extension(format!("tmp-{}", random_hex(4)?));
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(crate::error::io(&tmp))?;
     f.write_all(data).and_then(|_| f.sync_all()).map_err(crate::error::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(crate::error::io(path))
@@ -809,7 +810,7 @@ fn write_local_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 impl ChunkStore for Repository {
     fn contains(&self, id: &ChunkId) -> alike_core::Result<bool> {
-        if self.session.lock().expect("session lock").pending.contains(id) {
+        if self.session.locked().pending.contains(id) {
             return Ok(true);
         }
         Ok(match self.cache.lookup(id)? {
@@ -828,7 +829,7 @@ impl ChunkStore for Repository {
         let mut out = vec![false; ids.len()];
         let mut ask = Vec::with_capacity(ids.len());
         {
-            let s = self.session.lock().expect("session lock");
+            let s = self.session.locked();
             for (i, id) in ids.iter().enumerate() {
                 if s.pending.contains(id) {
                     out[i] = true;

@@ -101,11 +101,9 @@ pub fn backup(
 }
 
 pub(crate) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("alike-worker-{i}"))
-        .build()
-        .map_err(|e| Error::InvalidArgument(format!("cannot start worker threads: {e}")))
+    rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("alike-worker-{i}")).build().map_err(
+        |e| Error::Thread { name: format!("alike-worker-* ({threads} threads)"), source: std::io::Error::other(e) },
+    )
 }
 
 struct DiskPlan {

@@ -256,6 +256,15 @@ pub enum Error {
     /// hypervisor) failed; its crate's error is kept whole and classified.
     #[error(transparent)]
     Seam(Foreign),
+    /// The system refused to start a thread.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A key derivation or cipher setup failure that is not a wrong passphrase.
     #[error("crypto: {0}")]
     Crypto(String),
@@ -274,6 +283,7 @@ impl Error {
                 io_retry(source)
             }
             Error::Seam(e) => e.retry(),
+            Error::Thread { .. } => Retry::Transient,
             _ => Retry::Permanent,
         }
     }
@@ -285,6 +295,7 @@ impl Error {
             Error::CorruptBlob { .. } | Error::CorruptFrame { .. } | Error::Malformed { .. } => ErrorKind::Corruption,
             Error::MissingChunk { .. } => ErrorKind::Corruption,
             Error::SourceRead { .. } | Error::TargetWrite { .. } | Error::Io { .. } => ErrorKind::Io,
+            Error::Thread { .. } => ErrorKind::Io,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Seam(e) => e.kind(),

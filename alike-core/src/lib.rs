@@ -27,6 +27,7 @@ mod error;
 mod hypervisor;
 mod id;
 mod manifest;
+mod policy;
 mod progress;
 mod store;
 mod version_source;
@@ -59,5 +60,7 @@ pub use hypervisor::{
     RestoreSession, SessionDisk, SnapshotOptions, StreamSink, StreamWritten,
 };
 pub use store::{ChunkStore, read_chunk};
+// Workspace policies: locks, threads
+pub use policy::{Recover, spawn, spawn_scoped};
 // Progress
 pub use progress::{CancelToken, Phase, Progress, ProgressFn, ProgressSink, RunOptions};

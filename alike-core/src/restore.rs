@@ -4,6 +4,7 @@
 //! consecutively in a frame are written with one call. Work runs in
 //! parallel and out of order; holes are left sparse where the target allows.
 
+use crate::Recover;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -79,7 +80,8 @@ pub fn restore_disk_partial(
 ) -> Result<PartialRestore> {
     let failed = Mutex::new((Vec::new(), None));
     let report = restore_inner(store, keys, manifest, position, target, run, Some(&failed))?;
-    let (ranges, first_error): (Vec<(u64, u64)>, Option<String>) = failed.into_inner().expect("lock");
+    let (ranges, first_error): (Vec<(u64, u64)>, Option<String>) =
+        failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     let merged = crate::merge_ranges(ranges);
     Ok(PartialRestore { report, failed: merged, first_error })
 }
@@ -111,7 +113,7 @@ fn restore_inner(
                 if !target.holes_read_as_zero() {
                     target.write_zeroes(range.0, range.1 - range.0)?;
                 }
-                let mut g = f.lock().expect("lock");
+                let mut g = f.locked();
                 g.0.push(range);
                 g.1.get_or_insert_with(|| e.to_string());
                 Ok(())

@@ -3,6 +3,7 @@
 //! `changed_ranges` against an earlier version of the same store compares
 //! block maps, so copying a new version reads only the blocks that differ.
 
+use crate::Recover;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -108,7 +109,7 @@ impl<'a> VersionSource<'a> {
     }
 
     fn map(&self, m: usize) -> Result<Arc<BlockMap>> {
-        if let Some(x) = self.maps.lock().expect("lock").get(&m) {
+        if let Some(x) = self.maps.locked().get(&m) {
             return Ok(x);
         }
         let id = self.disk.maps.get(m).ok_or_else(|| Error::Malformed {
@@ -117,20 +118,20 @@ impl<'a> VersionSource<'a> {
             reason: "block map index past the disk".into(),
         })?;
         let map = Arc::new(load_map(self.store, self.keys, id, self.blocks_in_map(m))?);
-        self.maps.lock().expect("lock").put(m, map.clone());
+        self.maps.locked().put(m, map.clone());
         Ok(map)
     }
 
     fn chunk(&self, id: &ChunkId, blk: u64) -> Result<Vec<u8>> {
         let needed_by = || format!("VM {} disk {} at offset {}", self.vm, self.disk.position, blk * self.bs());
         let loc = self.store.locate(id)?.ok_or_else(|| Error::MissingChunk { id: *id, needed_by: needed_by() })?;
-        let cached = self.frames.lock().expect("lock").get(&loc.frame);
+        let cached = self.frames.locked().get(&loc.frame);
         let plain = match cached {
             Some(p) => p,
             None => {
                 let stored = self.store.read_frame(&loc.frame)?;
                 let p = Arc::new(decode_frame(self.keys, &loc.frame, &stored)?);
-                self.frames.lock().expect("lock").put(loc.frame, p.clone());
+                self.frames.locked().put(loc.frame, p.clone());
                 p
             }
         };

@@ -1,13 +1,9 @@
 //! # alike-hyperv
 //!
-//! The Hyper-V adapter: the VHDX/AVHDX disk format, read and written
-//! ([`vhdx`]: [`vhdx::VhdxSource`] is an [`alike_core::DiskSource`] over a
-//! file or a differencing chain, with change tracking from checkpoints;
-//! [`vhdx::VhdxTarget`] an [`alike_core::DiskTarget`] writing dynamic and
-//! differencing files). Host control and a simulator come later (issue 4).
-//! It depends on `alike-core` only.
+//! The Hyper-V adapter. Host control and a simulator come later (issue 4).
+//! The VHDX/AVHDX format lives in `alike-formats` (restores and exports
+//! write it whatever the hypervisor); it is re-exported here as [`vhdx`].
+//! It depends on `alike-core` and `alike-formats` only.
 
-pub mod error;
-pub mod vhdx;
-
-pub use error::VhdxError;
+pub use alike_formats::vhdx;
+pub use alike_formats::vhdx::VhdxError;

@@ -201,3 +201,21 @@ pub fn ext4_pair(dir: &Path, size_mib: u64, data_mib: u64) -> Option<[PathBuf; 3
     }
     Some(["v1.img", "v2-inplace.img", "v2-fresh.img"].map(|n| dir.join(n)))
 }
+
+/// Whether the external tool `name` (an oracle such as `qemu-img`) runs here
+/// (`name --version` succeeds). On a developer machine a missing tool prints
+/// why the test is skipped and returns `false`; under `CI` (the variable set
+/// and not empty) it panics, so CI can never skip a check silently.
+///
+/// # Panics
+/// When `name` is missing and `CI` is set.
+pub fn require_tool(name: &str) -> bool {
+    if std::process::Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{name} is missing, and CI is set: the test command must install it (scripts/test.sh)");
+    }
+    eprintln!("{name} not found: skipping this test (under CI it would fail)");
+    false
+}

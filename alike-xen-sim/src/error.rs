@@ -46,7 +46,7 @@ pub enum Error {
     Tls(String),
     /// Writing or reading a VHD stream failed.
     #[error(transparent)]
-    Vhd(#[from] alike_xen::Error),
+    Vhd(#[from] alike_formats::vhd::VhdError),
     /// The state file is damaged or from an unknown version.
     #[error("state file {}: {reason}", path.display())]
     State {

@@ -496,7 +496,7 @@ enum ExportBody {
 }
 
 fn produce(body: ExportBody, w: &mut ChannelWriter, tmp: &std::path::Path) -> Result<(), Error> {
-    use alike_xen::vhd::{VhdOptions, write_differencing, write_stream};
+    use alike_formats::vhd::{VhdOptions, write_differencing, write_stream};
     match body {
         ExportBody::Raw(r) => {
             let mut buf = vec![0u8; 1 << 20];
@@ -862,7 +862,7 @@ async fn import_vhd(body: &mut (impl AsyncRead + Unpin), inner: &Arc<Inner>, vdi
     let (inner2, vdi2) = (Arc::clone(inner), vdi.to_owned());
     let consumer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
         let mut stream =
-            alike_xen::vhd::StreamReader::with_label(ChannelReader { rx, cur: Vec::new(), pos: 0 }, "import")?;
+            alike_formats::vhd::StreamReader::with_label(ChannelReader { rx, cur: Vec::new(), pos: 0 }, "import")?;
         while let Some(extent) = stream.next_extent()? {
             inner2.state().vdi_write(&vdi2, extent.offset, &extent.data, true)?;
         }

@@ -2,10 +2,10 @@
 //!
 //! Rules: every public function of this crate returns [`Error`]. Every
 //! variant names the file (or stream label, server, URL or XAPI method) it
-//! concerns and, for parse failures, the byte offset and what was wrong — as
-//! fields, not prose, so a caller can tell a damaged image from a missing
-//! parent or a full disk, and a XAPI refusal (code and parameters kept)
-//! from a lost connection. Lower errors are kept whole as `source`. Session
+//! concerns and what was wrong — as fields, not prose, so a caller can tell
+//! a damaged export (the format's own error, `VhdError`, kept whole) from a
+//! full disk, and a XAPI refusal (code and parameters kept) from a lost
+//! connection. Lower errors are kept whole as `source`. Session
 //! ids and passwords never appear in an error: URLs and NBD export names are
 //! shown with `session_id=…` hidden.
 //!
@@ -22,9 +22,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use alike_core::{ErrorKind, Retry};
+use alike_formats::vhd::VhdError;
 
-/// Errors of the Xen adapter: the VHD reader and writers, the NBD client
-/// and the XAPI client.
+/// Errors of the Xen adapter: the NBD client, the XAPI client, and the VHD
+/// exports and uploads they move.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -61,176 +62,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A structure does not start with the cookie its kind must have (not a
-    /// VHD, or the structure is not where the file says it is).
-    #[error("{file}: no VHD {what} at offset {offset}: cookie is {found:?}, expected {expected:?}")]
-    BadCookie {
-        /// File path or stream label.
-        file: String,
-        /// Which structure ("footer", "dynamic disk header").
-        what: &'static str,
-        /// Where it was looked for.
-        offset: u64,
-        /// The bytes found, escaped.
-        found: String,
-        /// The cookie wanted.
-        expected: &'static str,
-    },
-    /// A structure's stored checksum does not match its bytes.
-    #[error("{file}: {what} at offset {offset} is damaged: checksum {stored:#010x} stored, {computed:#010x} computed")]
-    Checksum {
-        /// File path or stream label.
-        file: String,
-        /// Which structure.
-        what: &'static str,
-        /// Where it is.
-        offset: u64,
-        /// The checksum in the structure.
-        stored: u32,
-        /// The checksum of its bytes.
-        computed: u32,
-    },
-    /// A structure has a format version this build does not read.
-    #[error("{file}: {what} has version {version:#010x}; only 1.x is supported")]
-    UnsupportedVersion {
-        /// File path or stream label.
-        file: String,
-        /// Which structure.
-        what: &'static str,
-        /// The version found.
-        version: u32,
-    },
-    /// The footer names a disk type other than fixed (2), dynamic (3) or differencing (4).
-    #[error("{file}: unsupported VHD disk type {disk_type}")]
-    UnsupportedDiskType {
-        /// File path or stream label.
-        file: String,
-        /// The type found.
-        disk_type: u32,
-    },
-    /// The dynamic header's block size is not a power of two between 512 bytes and 256 MiB.
-    #[error("{file}: block size {block_size} is not allowed (a power of two from 512 bytes to 256 MiB)")]
-    BadBlockSize {
-        /// File path or stream label.
-        file: String,
-        /// The block size found (or asked for).
-        block_size: u64,
-    },
-    /// A structure runs past the end of the file.
-    #[error(
-        "{file}: {what} at offset {offset} ({len} bytes) runs past the end of the file ({file_len} bytes); truncated?"
-    )]
-    Truncated {
-        /// File path.
-        file: String,
-        /// Which structure.
-        what: &'static str,
-        /// Where it starts.
-        offset: u64,
-        /// Its length.
-        len: u64,
-        /// The file's length.
-        file_len: u64,
-    },
-    /// A block allocation table entry points past the end of the file.
-    #[error("{file}: BAT entry {block} points to offset {offset}, past the end of the file ({file_len} bytes)")]
-    BatEntryPastEnd {
-        /// File path.
-        file: String,
-        /// Block number (BAT index).
-        block: u64,
-        /// Byte offset the entry names (its sector bitmap).
-        offset: u64,
-        /// The file's length.
-        file_len: u64,
-    },
-    /// In a stream, a block lies before bytes already consumed (behind the
-    /// BAT, or overlapping the previous block): it cannot be read without seeking.
-    #[error("{file}: BAT entry {block} points to offset {offset}, but the stream is already at {position} ({reason})")]
-    BlockOutOfOrder {
-        /// Stream label.
-        file: String,
-        /// Block number.
-        block: u64,
-        /// Byte offset the entry names.
-        offset: u64,
-        /// The first byte offset still readable.
-        position: u64,
-        /// "overlaps the BAT", "overlaps block N"…
-        reason: String,
-    },
-    /// A field is inconsistent with the others or out of range.
-    #[error("{file}: malformed VHD at offset {offset}: {reason}")]
-    Malformed {
-        /// File path or stream label.
-        file: String,
-        /// Offset of the structure or field.
-        offset: u64,
-        /// What was wrong.
-        reason: String,
-    },
-    /// A size or count exceeds what this reader accepts.
-    #[error("{file}: {what} is {value}, more than the limit {limit}")]
-    TooLarge {
-        /// File path or stream label.
-        file: String,
-        /// Which quantity.
-        what: &'static str,
-        /// The value found.
-        value: u64,
-        /// The limit.
-        limit: u64,
-    },
-    /// No parent locator (nor the parent's name) of a differencing disk names an existing file.
-    #[error("{file}: parent {parent_name:?} not found; tried {}", tried_list(tried))]
-    ParentNotFound {
-        /// The differencing disk.
-        file: String,
-        /// The parent's name from the header.
-        parent_name: String,
-        /// Every path tried, in order.
-        tried: Vec<PathBuf>,
-    },
-    /// The parent found has a different unique id than the child's header records.
-    #[error("{file}: parent {} has unique id {found}, but the child expects {expected}", parent.display())]
-    ParentUuidMismatch {
-        /// The differencing disk.
-        file: String,
-        /// The parent file that was found.
-        parent: PathBuf,
-        /// The parent unique id in the child's header.
-        expected: String,
-        /// The unique id in the parent's footer.
-        found: String,
-    },
-    /// Following parents came back to a file already in the chain.
-    #[error("{file}: loop in the parent chain: parent {} is already in the chain", parent.display())]
-    ParentLoop {
-        /// The differencing disk whose parent closes the loop.
-        file: String,
-        /// The parent (canonical path).
-        parent: PathBuf,
-    },
-    /// The differencing chain is deeper than the limit.
-    #[error("{file}: differencing chain deeper than {limit} images")]
-    ChainTooDeep {
-        /// The top of the chain.
-        file: String,
-        /// The limit.
-        limit: usize,
-    },
-    /// A differencing disk was opened where its parent cannot be looked up (from memory).
-    #[error("{file}: is a differencing disk; open it from a file so its parent can be found")]
-    NeedsParent {
-        /// Label.
-        file: String,
-    },
     /// A caller passed something unusable (a write past the disk's end, a bad option).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The disk source a writer copies from failed.
     #[error("reading the source disk: {0}")]
     Source(#[source] alike_core::Error),
+    /// A VHD (an export, an upload) is malformed or cannot be written; its
+    /// I/O, argument and source failures arrive as [`Error::Read`],
+    /// [`Error::Write`], [`Error::Io`], [`Error::InvalidArgument`] and
+    /// [`Error::Source`] instead (see `From<VhdError>`).
+    #[error(transparent)]
+    Vhd(VhdError),
     /// An NBD server broke the protocol, refused an option this client
     /// needs, has no such export, or failed a read.
     #[error("NBD server {server}: {error}")]
@@ -328,22 +171,14 @@ fn params_list(params: &[String]) -> String {
     if params.is_empty() { String::new() } else { format!(" [{}]", params.join(", ")) }
 }
 
-fn tried_list(tried: &[PathBuf]) -> String {
-    if tried.is_empty() {
-        return "nothing (no usable parent locator)".to_owned();
-    }
-    tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-}
-
 impl Error {
     /// Whether a retry of the same call may succeed.
     pub fn retry(&self) -> Retry {
         use crate::nbd::proto::ProtoError;
         match self {
-            Error::Io { .. } | Error::Read { .. } | Error::Write { .. } | Error::ParentNotFound { .. } => {
-                Retry::Unknown
-            }
+            Error::Io { .. } | Error::Read { .. } | Error::Write { .. } => Retry::Unknown,
             Error::Source(e) => e.retry(),
+            Error::Vhd(e) => e.retry(),
             Error::Connection { .. } | Error::Http { .. } | Error::TaskTimeout { .. } => Retry::Transient,
             Error::HttpStatus { status, .. } if *status >= 500 => Retry::Unknown,
             // EIO, ENOMEM, ESHUTDOWN: the server's trouble, maybe passing.
@@ -364,7 +199,6 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Io { .. } | Error::Read { .. } | Error::Write { .. } => ErrorKind::Io,
-            Error::ParentNotFound { .. } => ErrorKind::NotFound,
             Error::InvalidArgument(_) | Error::TlsSetup(_) => ErrorKind::InvalidArgument,
             Error::Source(c) => c.kind(),
             Error::Xapi { code, .. } => match code.as_str() {
@@ -379,7 +213,7 @@ impl Error {
             | Error::CertificateMismatch { .. }
             | Error::Nbd { .. } => ErrorKind::Io,
             Error::BadReply { .. } => ErrorKind::Other,
-            _ => ErrorKind::BadImage,
+            Error::Vhd(e) => e.kind(),
         }
     }
 
@@ -396,7 +230,7 @@ impl Error {
         match self {
             Error::Io { source, .. } | Error::Read { source, .. } | Error::Write { source, .. } => source.kind(),
             Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
-            Error::ParentNotFound { .. } => io::ErrorKind::NotFound,
+            Error::Vhd(e) => e.io_kind(),
             Error::Connection { source, .. } => source.kind(),
             Error::Http { timed_out: true, .. } => io::ErrorKind::TimedOut,
             Error::Http { .. } | Error::HttpStatus { .. } | Error::Xapi { .. } | Error::TaskTimeout { .. } => {
@@ -414,11 +248,28 @@ impl Error {
     }
 }
 
+/// The VHD errors this crate's own variants already say (I/O, arguments,
+/// the source disk) become those, so a caller matches them in one place
+/// whatever layer failed; format errors stay whole in [`Error::Vhd`].
+impl From<VhdError> for Error {
+    fn from(e: VhdError) -> Error {
+        match e {
+            VhdError::Io { path, source } => Error::Io { path, source },
+            VhdError::Read { file, offset, len, source } => Error::Read { file, offset, len, source },
+            VhdError::Write { file, offset, source } => Error::Write { file, offset, source },
+            VhdError::InvalidArgument(reason) => Error::InvalidArgument(reason),
+            VhdError::Source(e) => Error::Source(e),
+            e => Error::Vhd(e),
+        }
+    }
+}
+
 impl From<Error> for alike_core::Error {
     fn from(e: Error) -> alike_core::Error {
         match e {
             Error::Io { path, source } => alike_core::Error::Io { path, source },
             Error::Source(e) => e,
+            Error::Vhd(e) => e.into(),
             e => alike_core::Error::seam(e),
         }
     }

@@ -1,12 +1,15 @@
 //! # alike-xen
 //!
-//! The XenServer/XCP-ng adapter: XAPI client, NBD reader, VHD format. Of
-//! the workspace it depends on `alike-core` only (the XAPI simulator is a
-//! crate of its own, `alike-xen-sim`).
+//! The XenServer/XCP-ng adapter: XAPI client, NBD reader, pool adapter. Of
+//! the workspace it depends on `alike-core`, `alike-formats` (the VHD
+//! format, re-exported as [`vhd`]) and `alike-nbd` (the NBD protocol core,
+//! re-exported as [`nbd::proto`]) only; the XAPI simulator is a crate of its
+//! own, `alike-xen-sim`, that does not link this one.
 //!
 //! Modules:
 //! - [`vhd`]: reading (files, chains, streams) and writing (restore
-//!   targets, differencing images, upload streams) of legacy VHD images.
+//!   targets, differencing images, upload streams) of legacy VHD images
+//!   (`alike_formats::vhd`).
 //! - [`nbd`]: an NBD client (sans-IO protocol core in [`nbd::proto`], a
 //!   blocking TLS-capable connection with pipelined reads, and
 //!   [`nbd::NbdDisk`], an [`alike_core::DiskSource`] over a connection pool)
@@ -26,8 +29,9 @@
 pub mod adapter;
 mod error;
 pub mod nbd;
-pub mod vhd;
 pub mod xapi;
+
+pub use alike_formats::vhd;
 
 pub use error::{Error, Result};
 pub use nbd::ServerCertCheck;

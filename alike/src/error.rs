@@ -36,33 +36,35 @@ pub enum Error {
     InvalidArgument(String),
     /// A VHD image could not be read or written.
     #[error(transparent)]
-    Vhd(alike_xen::Error),
+    Vhd(alike_formats::vhd::VhdError),
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
-    Vhdx(alike_hyperv::VhdxError),
+    Vhdx(alike_formats::vhdx::VhdxError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
+    #[cfg(feature = "xen")]
     #[error(transparent)]
     Xen(alike_xen::adapter::PoolError),
 }
 
+#[cfg(feature = "xen")]
 impl From<alike_xen::adapter::PoolError> for Error {
     fn from(e: alike_xen::adapter::PoolError) -> Error {
         Error::Xen(e)
     }
 }
 
-impl From<alike_xen::Error> for Error {
-    fn from(e: alike_xen::Error) -> Error {
+impl From<alike_formats::vhd::VhdError> for Error {
+    fn from(e: alike_formats::vhd::VhdError) -> Error {
         match e {
-            alike_xen::Error::Source(c) => Error::from(c),
+            alike_formats::vhd::VhdError::Source(c) => Error::from(c),
             e => Error::Vhd(e),
         }
     }
 }
 
-impl From<alike_hyperv::VhdxError> for Error {
-    fn from(e: alike_hyperv::VhdxError) -> Error {
+impl From<alike_formats::vhdx::VhdxError> for Error {
+    fn from(e: alike_formats::vhdx::VhdxError) -> Error {
         Error::Vhdx(e)
     }
 }
@@ -90,7 +92,7 @@ impl Error {
             Error::Engine(c) => c.kind(),
             Error::Vhd(x) => x.kind(),
             Error::Vhdx(x) => {
-                use alike_hyperv::VhdxError as X;
+                use alike_formats::vhdx::VhdxError as X;
                 match x {
                     X::Io { .. } => ErrorKind::Io,
                     X::ParentNotFound { .. } => ErrorKind::NotFound,
@@ -100,6 +102,7 @@ impl Error {
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
         }
     }
@@ -112,7 +115,8 @@ impl Error {
             Error::Store(a) => a.retry(),
             Error::Engine(c) => c.retry(),
             Error::Vhd(x) => x.retry(),
-            Error::Vhdx(alike_hyperv::VhdxError::Io { .. }) => Retry::Unknown,
+            Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
+            #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             _ => Retry::Permanent,
         }
@@ -122,8 +126,8 @@ impl Error {
     /// `SESSION_AUTHENTICATION_FAILED`, `VDI_IN_USE`…), when there is one.
     pub fn code(&self) -> Option<&str> {
         match self {
+            #[cfg(feature = "xen")]
             Error::Xen(x) => x.xapi_code(),
-            Error::Vhd(x) => x.xapi_code(),
             Error::Engine(c) => c.code(),
             _ => None,
         }

@@ -131,8 +131,8 @@ pub fn open_image(path: impl AsRef<Path>, format: Option<ImageFormat>) -> Result
     };
     Ok(match format {
         ImageFormat::Raw => Box::new(RawFileSource::open(path)?),
-        ImageFormat::Vhd => Box::new(alike_xen::vhd::VhdSource::open(path)?),
-        ImageFormat::Vhdx => Box::new(alike_hyperv::vhdx::VhdxSource::open(path)?),
+        ImageFormat::Vhd => Box::new(alike_formats::vhd::VhdSource::open(path)?),
+        ImageFormat::Vhdx => Box::new(alike_formats::vhdx::VhdxSource::open(path)?),
     })
 }
 
@@ -147,10 +147,12 @@ pub fn create_image(path: impl AsRef<Path>, format: ImageFormat, size: u64) -> R
     Ok(match format {
         ImageFormat::Raw => Box::new(RawFileTarget::create(path)?),
         ImageFormat::Vhd => {
-            Box::new(alike_xen::vhd::VhdTarget::create(path, size, &alike_xen::vhd::VhdOptions::default())?)
+            Box::new(alike_formats::vhd::VhdTarget::create(path, size, &alike_formats::vhd::VhdOptions::default())?)
         }
-        ImageFormat::Vhdx => {
-            Box::new(alike_hyperv::vhdx::VhdxTarget::create(path, size, &alike_hyperv::vhdx::CreateOptions::default())?)
-        }
+        ImageFormat::Vhdx => Box::new(alike_formats::vhdx::VhdxTarget::create(
+            path,
+            size,
+            &alike_formats::vhdx::CreateOptions::default(),
+        )?),
     })
 }

@@ -68,5 +68,9 @@ pub use alike_core::{
     Progress, RawFileSource, RawFileTarget, VmInfo,
 };
 
+/// The workspace's policies for the bindings' own locks and threads: a
+/// poisoned mutex is recovered, a thread that cannot start is an error.
+pub use alike_core::{Recover, spawn, spawn_scoped};
+
 /// This library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -812,6 +812,7 @@ impl Store {
 
     /// The open repository, for the facade's other modules (`xen`: read
     /// locks, keys, stored versions as sources).
+    #[cfg_attr(not(feature = "xen"), allow(dead_code))]
     pub(crate) fn repo(&self) -> &Repository {
         &self.repo
     }

@@ -1,5 +1,6 @@
 //! Store options (a builder), cancel tokens and progress callbacks.
 
+use alike::Recover;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 
@@ -230,7 +231,7 @@ impl Run {
                 Phase::Gc => alike_phase::ALIKE_PHASE_GC,
                 _ => alike_phase::ALIKE_PHASE_OTHER,
             };
-            let c = cb.lock().unwrap_or_else(|e| e.into_inner());
+            let c = cb.locked();
             // SAFETY: a valid function pointer with the documented signature.
             if unsafe { (c.f)(c.user_data, phase, p.bytes_done, p.bytes_total) } != 0 {
                 cancel.cancel();

@@ -8,6 +8,7 @@
 //! `KeyboardInterrupt`. An exception raised by the callback cancels the
 //! operation too and is re-raised.
 
+use alike::Recover;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,7 +77,7 @@ pub(crate) fn run<T: Send>(
     let mut pending: Option<PyErr> = None;
     let deliver = |delivered: &mut Option<(Phase, u64, u64)>, pending: &mut Option<PyErr>| {
         let Some(cb) = progress else { return };
-        let latest = *ctx.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = *ctx.slot.locked();
         if let Some((phase, done, total)) = latest
             && latest != *delivered
             && pending.is_none()
@@ -89,11 +90,14 @@ pub(crate) fn run<T: Send>(
         }
     };
     let outcome = std::thread::scope(|s| {
-        let worker = s.spawn(|| {
+        let worker = match alike::spawn_scoped(s, "alike-python-call", || {
             let r = f(&ctx);
             drop(tx);
             r
-        });
+        }) {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(alike::Error::from(e))),
+        };
         loop {
             // Disconnected = the worker finished (or panicked).
             let finished = py.detach(|| rx.recv_timeout(TICK).is_err_and(|e| e.is_disconnected()));

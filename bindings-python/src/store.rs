@@ -1,6 +1,7 @@
 //! `alike._native.NativeStore`: one open store. Methods mirror the facade's
 //! `Store` and return plain data; `python/alike/__init__.py` types it.
 
+use alike::Recover;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -34,8 +35,7 @@ fn with_version(report: &impl serde::Serialize, v: &alike::Version) -> PyResult<
 impl NativeStore {
     fn store(&self) -> PyResult<Arc<alike::Store>> {
         self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .clone()
             .ok_or_else(|| errors::to_py(alike::Error::InvalidArgument("the store is closed".into())))
     }
@@ -107,13 +107,13 @@ impl NativeStore {
 
     /// Releases the store; later calls raise `InvalidArgument`.
     fn close(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner.locked().take();
     }
 
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.inner.locked().is_none()
     }
 
     /// id, location, encrypted, block_size.

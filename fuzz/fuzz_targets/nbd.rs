@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    alike_xen::nbd::fuzz_one(data);
+    alike_nbd::fuzz_one(data);
 });

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    alike_xen::vhd::fuzz_one(data);
+    alike_formats::vhd::fuzz_one(data);
 });

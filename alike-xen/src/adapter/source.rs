@@ -341,14 +341,14 @@ impl<'p> XenDisk<'p> {
                 off += n as u64;
             }
         } else {
-            let mut vhd = StreamReader::with_label(counted, &what()).map_err(xen)?;
+            let mut vhd = StreamReader::with_label(counted, &what()).map_err(|e| xen(e.into()))?;
             if let Some(size) = vhd.size().filter(|s| *s != self.size) {
                 return Err(xen(crate::Error::InvalidArgument(format!(
                     "the exported VHD is {size} bytes, the VDI {}",
                     self.size
                 ))));
             }
-            while let Some(e) = vhd.next_extent().map_err(xen)? {
+            while let Some(e) = vhd.next_extent().map_err(|e| xen(e.into()))? {
                 self.check_cancel()?;
                 put(e.offset, &e.data)?;
             }

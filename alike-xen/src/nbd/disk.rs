@@ -1,6 +1,7 @@
 //! An NBD export as an [`alike_core::DiskSource`]: a small pool of
 //! connections shared by the engine's reader threads.
 
+use alike_core::Recover;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use alike_core::DiskSource;
@@ -78,7 +79,7 @@ impl NbdDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+        self.pool.locked()
     }
 
     fn take(&self) -> Result<NbdClient> {

@@ -2,7 +2,7 @@
 //! (`VDI.get_nbd_info`), or any NBD server such as `qemu-nbd`.
 //!
 //! ## Layers
-//! - [`proto`]: the protocol, sans I/O — fixed-newstyle handshake
+//! - [`proto`] (the `alike-nbd` crate): the protocol, sans I/O — fixed-newstyle handshake
 //!   ([`proto::Handshake`]: `NBD_OPT_STARTTLS`, `NBD_OPT_STRUCTURED_REPLY`,
 //!   `NBD_OPT_GO` with `NBD_INFO_EXPORT`/`NBD_INFO_BLOCK_SIZE`, falling back to
 //!   `NBD_OPT_EXPORT_NAME` when the server answers `NBD_REP_ERR_UNSUP`, as
@@ -35,7 +35,7 @@
 
 mod client;
 mod disk;
-pub mod proto;
+pub use alike_nbd::proto;
 pub(crate) mod tls;
 pub use client::{DEFAULT_ALIGN, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_REQUEST, NbdBuilder, NbdClient};
 pub use disk::NbdDisk;

@@ -1,6 +1,7 @@
 //! The XAPI client: JSON-RPC over HTTP(S) with sessions, re-login,
 //! pool-master redirects and task polling; the typed calls a backup needs.
 
+use alike_core::Recover;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -232,7 +233,7 @@ impl Client {
     }
 
     fn lock_session(&self) -> MutexGuard<'_, Option<String>> {
-        self.session.lock().unwrap_or_else(|p| p.into_inner())
+        self.session.locked()
     }
 
     /// The current session ref, if logged in. It is a bearer secret: XAPI
@@ -289,7 +290,7 @@ impl Client {
     /// [`Error::Xapi`] (`SESSION_AUTHENTICATION_FAILED`…), [`Error::Http`],
     /// [`Error::CertificateMismatch`].
     pub fn login(&self) -> Result<()> {
-        let _g = self.login_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.login_lock.locked();
         self.login_locked()
     }
 
@@ -319,7 +320,7 @@ impl Client {
 
     /// Logs in again unless another thread already replaced `failed`.
     fn relogin(&self, failed: &str) -> Result<()> {
-        let _g = self.login_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.login_lock.locked();
         if self.lock_session().as_deref() != Some(failed) {
             return Ok(());
         }
@@ -348,7 +349,7 @@ impl Client {
         if let Some(s) = self.session_ref() {
             return Ok(s);
         }
-        let _g = self.login_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.login_lock.locked();
         if let Some(s) = self.session_ref() {
             return Ok(s);
         }

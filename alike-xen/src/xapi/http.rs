@@ -265,7 +265,7 @@ impl Client {
         let len = writer.as_ref().map_or(source.size(), StreamWriter::len);
         let (tx, rx) = sync_channel::<Vec<u8>>(4);
         std::thread::scope(|scope| {
-            let producer = scope.spawn(move || -> Result<()> {
+            let producer = alike_core::spawn_scoped(scope, "alike-upload", move || -> Result<()> {
                 let mut out = PipeWriter { tx, buf: Vec::with_capacity(PIPE_PIECE) };
                 match &writer {
                     Some(w) => {
@@ -274,7 +274,8 @@ impl Client {
                     None => copy_source(source, &mut out)?,
                 }
                 out.finish().map_err(|e| Error::Write { file: "upload pipe".into(), offset: len, source: e })
-            });
+            })
+            .map_err(Error::Source)?;
             let uploaded = self.import_raw_vdi(vdi, format, PipeReader { rx, cur: Vec::new(), pos: 0 }, len);
             let produced =
                 producer.join().unwrap_or_else(|_| Err(Error::InvalidArgument("upload producer panicked".into())));

@@ -4,11 +4,11 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
+use super::error::{Result, VhdError};
 use super::format::{
     DiskType, DynHeader, FOOTER_SIZE, Footer, HEADER_SIZE, MAX_BLOCKS, SECTOR, UNALLOCATED, bit, bitmap_bytes, run_end,
     uuid_hex,
 };
-use crate::{Error, Result};
 
 /// Largest extent yielded (and buffer held) at once.
 const PIECE: u64 = 4 << 20;
@@ -111,9 +111,9 @@ impl<R: Read> StreamReader<R> {
     /// (or, for a fixed stream, only peeks at the first sector).
     ///
     /// # Errors
-    /// [`Error::Read`] when the stream fails or ends early; [`Error::Checksum`],
-    /// [`Error::BadCookie`], [`Error::BadBlockSize`], [`Error::Malformed`],
-    /// [`Error::TooLarge`] for a damaged header; [`Error::BlockOutOfOrder`]
+    /// [`VhdError::Read`] when the stream fails or ends early; [`VhdError::Checksum`],
+    /// [`VhdError::BadCookie`], [`VhdError::BadBlockSize`], [`VhdError::Malformed`],
+    /// [`VhdError::TooLarge`] for a damaged header; [`VhdError::BlockOutOfOrder`]
     /// for a BAT entry pointing backwards or at an overlapping block.
     pub fn with_label(r: R, label: &str) -> Result<StreamReader<R>> {
         let mut s = StreamReader {
@@ -135,7 +135,7 @@ impl<R: Read> StreamReader<R> {
         match footer {
             Some(f) if f.disk_type == 3 || f.disk_type == 4 => s.start_dynamic(f)?,
             Some(f) if f.disk_type != 2 => {
-                return Err(Error::UnsupportedDiskType { file: s.label, disk_type: f.disk_type });
+                return Err(VhdError::UnsupportedDiskType { file: s.label, disk_type: f.disk_type });
             }
             // A fixed stream: its first sector is data (or, improbably, a fixed footer: data too).
             _ => s.state = State::Fixed { held: first, data_pos: 0 },
@@ -178,8 +178,8 @@ impl<R: Read> StreamReader<R> {
     /// error the reader is finished and returns `None`.
     ///
     /// # Errors
-    /// [`Error::Read`] when the stream fails or ends early (inside a block,
-    /// or before its footer); [`Error::Checksum`] / [`Error::Malformed`] for a
+    /// [`VhdError::Read`] when the stream fails or ends early (inside a block,
+    /// or before its footer); [`VhdError::Checksum`] / [`VhdError::Malformed`] for a
     /// bad or disagreeing footer at the end.
     pub fn next_extent(&mut self) -> Result<Option<Extent>> {
         loop {
@@ -208,7 +208,7 @@ impl<R: Read> StreamReader<R> {
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
-                    return Err(Error::Read {
+                    return Err(VhdError::Read {
                         file: self.label.clone(),
                         offset: self.pos + n as u64,
                         len: (buf.len() - n) as u64,
@@ -225,7 +225,7 @@ impl<R: Read> StreamReader<R> {
         let at = self.pos;
         let n = self.fill(buf)?;
         if n < buf.len() {
-            return Err(Error::Read {
+            return Err(VhdError::Read {
                 file: self.label.clone(),
                 offset: at,
                 len: buf.len() as u64,
@@ -243,7 +243,7 @@ impl<R: Read> StreamReader<R> {
             let at = self.pos;
             let got = self.fill(&mut scratch[..n])?;
             if got < n {
-                return Err(Error::Read {
+                return Err(VhdError::Read {
                     file: self.label.clone(),
                     offset: at,
                     len: to - at,
@@ -258,7 +258,7 @@ impl<R: Read> StreamReader<R> {
         self.disk_type = if footer.disk_type == 4 { DiskType::Differencing } else { DiskType::Dynamic };
         let hoff = footer.data_offset;
         if hoff < FOOTER_SIZE as u64 {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: self.label.clone(),
                 offset: 16,
                 reason: format!("dynamic header offset {hoff} overlaps the footer copy"),
@@ -272,7 +272,7 @@ impl<R: Read> StreamReader<R> {
         let block_size = u64::from(header.block_size);
         let blocks = size.div_ceil(block_size);
         if blocks > MAX_BLOCKS {
-            return Err(Error::TooLarge {
+            return Err(VhdError::TooLarge {
                 file: self.label.clone(),
                 what: "block count",
                 value: blocks,
@@ -280,7 +280,7 @@ impl<R: Read> StreamReader<R> {
             });
         }
         if blocks > u64::from(header.max_table_entries) {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: self.label.clone(),
                 offset: hoff + 28,
                 reason: format!(
@@ -291,7 +291,7 @@ impl<R: Read> StreamReader<R> {
         }
         let table = header.table_offset;
         if table < self.pos {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: self.label.clone(),
                 offset: hoff + 16,
                 reason: format!("the BAT at {table} lies before the end of the dynamic header ({})", self.pos),
@@ -325,7 +325,7 @@ impl<R: Read> StreamReader<R> {
                     None => "the block would overlap the headers or the BAT".to_owned(),
                     Some(b) => format!("the block would overlap block {b}"),
                 };
-                return Err(Error::BlockOutOfOrder {
+                return Err(VhdError::BlockOutOfOrder {
                     file: self.label.clone(),
                     block: u64::from(p.block),
                     offset: p.at(),
@@ -415,7 +415,7 @@ impl<R: Read> StreamReader<R> {
         }
         let at = self.pos.saturating_sub(tail.len() as u64);
         if tail.len() < FOOTER_SIZE {
-            return Err(Error::Read {
+            return Err(VhdError::Read {
                 file: self.label.clone(),
                 offset: at,
                 len: FOOTER_SIZE as u64,
@@ -425,7 +425,7 @@ impl<R: Read> StreamReader<R> {
         let f = Footer::decode(&tail, &self.label, at)?;
         let front = self.footer.as_ref().expect("dynamic streams have a footer");
         if f.unique_id != front.unique_id || f.current_size != front.current_size || f.disk_type != front.disk_type {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: self.label.clone(),
                 offset: at,
                 reason: format!(
@@ -463,7 +463,7 @@ impl<R: Read> StreamReader<R> {
         }
         // The end: the last 512 bytes are the footer.
         if buf.len() < FOOTER_SIZE {
-            return Err(Error::Read {
+            return Err(VhdError::Read {
                 file: self.label.clone(),
                 offset: self.pos,
                 len: FOOTER_SIZE as u64,
@@ -474,14 +474,14 @@ impl<R: Read> StreamReader<R> {
         let data = buf.len() - FOOTER_SIZE;
         let f = Footer::decode(&buf[data..], &self.label, footer_at)?;
         if f.disk_type != 2 {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: self.label.clone(),
                 offset: footer_at,
                 reason: format!("a stream without a footer copy at offset 0 ends with a type {} footer", f.disk_type),
             });
         }
         if f.current_size != footer_at {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: self.label.clone(),
                 offset: footer_at,
                 reason: format!(

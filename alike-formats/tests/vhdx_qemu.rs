@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use alike_core::{DiskSource, DiskTarget, RawFileSource};
-use alike_hyperv::vhdx::{self, CreateOptions, VhdxError, VhdxSource, VhdxTarget};
+use alike_formats::vhdx::{self, CreateOptions, VhdxError, VhdxSource, VhdxTarget};
 use alike_testing::{Rng, sha256_file, sparse_image};
 
 const MIB: u64 = 1 << 20;

@@ -5,9 +5,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::error::{Result, VhdxError};
 use super::format::*;
 use super::image::Layer;
-use crate::error::{Result, VhdxError};
 
 /// Prefix of the change tokens a [`VhdxSource`] hands out.
 pub const CHANGE_TOKEN_PREFIX: &[u8] = b"vhdx-dwg:";

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{Error, Result};
+use super::error::{Result, VhdError};
 
 /// Bytes per sector; every VHD offset and size is counted in these.
 pub(crate) const SECTOR: u64 = 512;
@@ -130,7 +130,7 @@ impl Footer {
     /// at `offset` of `file`. The disk type is checked by the caller.
     pub(crate) fn decode(b: &[u8], file: &str, offset: u64) -> Result<Footer> {
         if b.len() < FOOTER_SIZE {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: file.to_owned(),
                 offset,
                 reason: "footer shorter than 512 bytes".into(),
@@ -138,7 +138,7 @@ impl Footer {
         }
         let b = &b[..FOOTER_SIZE];
         if &b[..8] != FOOTER_COOKIE {
-            return Err(Error::BadCookie {
+            return Err(VhdError::BadCookie {
                 file: file.to_owned(),
                 what: "footer",
                 offset,
@@ -149,11 +149,11 @@ impl Footer {
         let stored = be32(b, 64);
         let computed = checksum(b, 64);
         if stored != computed {
-            return Err(Error::Checksum { file: file.to_owned(), what: "footer", offset, stored, computed });
+            return Err(VhdError::Checksum { file: file.to_owned(), what: "footer", offset, stored, computed });
         }
         let version = be32(b, 12);
         if version >> 16 != 1 {
-            return Err(Error::UnsupportedVersion { file: file.to_owned(), what: "footer", version });
+            return Err(VhdError::UnsupportedVersion { file: file.to_owned(), what: "footer", version });
         }
         let mut creator_app = [0u8; 4];
         creator_app.copy_from_slice(&b[28..32]);
@@ -258,7 +258,7 @@ impl DynHeader {
     /// Parses and verifies (cookie, checksum, version, block size) a header at `offset` of `file`.
     pub(crate) fn decode(b: &[u8], file: &str, offset: u64) -> Result<DynHeader> {
         if b.len() < HEADER_SIZE {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: file.to_owned(),
                 offset,
                 reason: "header shorter than 1024 bytes".into(),
@@ -266,7 +266,7 @@ impl DynHeader {
         }
         let b = &b[..HEADER_SIZE];
         if &b[..8] != HEADER_COOKIE {
-            return Err(Error::BadCookie {
+            return Err(VhdError::BadCookie {
                 file: file.to_owned(),
                 what: "dynamic disk header",
                 offset,
@@ -277,7 +277,7 @@ impl DynHeader {
         let stored = be32(b, 36);
         let computed = checksum(b, 36);
         if stored != computed {
-            return Err(Error::Checksum {
+            return Err(VhdError::Checksum {
                 file: file.to_owned(),
                 what: "dynamic disk header",
                 offset,
@@ -287,7 +287,7 @@ impl DynHeader {
         }
         let version = be32(b, 24);
         if version >> 16 != 1 {
-            return Err(Error::UnsupportedVersion { file: file.to_owned(), what: "dynamic disk header", version });
+            return Err(VhdError::UnsupportedVersion { file: file.to_owned(), what: "dynamic disk header", version });
         }
         let block_size = be32(b, 32);
         check_block_size(u64::from(block_size), file)?;
@@ -368,7 +368,7 @@ pub(crate) fn to_utf16(s: &str, little_endian: bool) -> Vec<u8> {
 /// Checks a block size: a power of two in `MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE`.
 pub(crate) fn check_block_size(block_size: u64, file: &str) -> Result<()> {
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(Error::BadBlockSize { file: file.to_owned(), block_size });
+        return Err(VhdError::BadBlockSize { file: file.to_owned(), block_size });
     }
     Ok(())
 }
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(Footer::decode(&b, "t", 0).unwrap(), f);
         let mut bad = b;
         bad[50] ^= 1;
-        assert!(matches!(Footer::decode(&bad, "t", 0), Err(Error::Checksum { .. })));
+        assert!(matches!(Footer::decode(&bad, "t", 0), Err(VhdError::Checksum { .. })));
     }
 
     #[test]

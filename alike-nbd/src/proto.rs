@@ -1,8 +1,8 @@
 //! The NBD protocol core, sans I/O: encoders, decoders and the two state
 //! machines of a client — [`Handshake`] (fixed-newstyle negotiation) and
 //! [`Transmission`] (`NBD_CMD_READ` requests and their replies). Nothing
-//! here touches a socket or a clock; the blocking shell
-//! ([`crate::nbd::NbdClient`]) moves the bytes.
+//! here touches a socket or a clock; a shell (alike-xen's blocking
+//! `NbdClient`) moves the bytes.
 //!
 //! All integers on the wire are big-endian (NBD `doc/proto.md`).
 //!

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::error::{Result, VhdxError};
+use super::error::{Result, VhdxError};
 
 pub(crate) const KIB: u64 = 1024;
 pub(crate) const MIB: u64 = 1024 * 1024;
@@ -67,14 +67,15 @@ impl Guid {
 
     /// A fresh random (version 4) GUID.
     ///
-    /// # Panics
-    /// When the operating system's random source fails.
-    pub fn random() -> Guid {
+    /// # Errors
+    /// When the operating system's random source fails (the workspace's
+    /// policy: an error, never a panic or a weaker source).
+    pub fn random() -> alike_core::Result<Guid> {
         let mut b = [0u8; 16];
-        getrandom::fill(&mut b).expect("system random source failed");
+        alike_core::random_bytes(&mut b)?;
         b[7] = (b[7] & 0x0f) | 0x40; // data3 high nibble = version 4 (stored LE)
         b[8] = (b[8] & 0x3f) | 0x80; // variant 10b
-        Guid(b)
+        Ok(Guid(b))
     }
 
     /// Whether all bytes are zero.
@@ -572,7 +573,7 @@ mod tests {
         assert_eq!(BAT_REGION.to_string(), "2dc27766-f623-4200-9d64-115e9bfd4a08");
         assert_eq!(Guid::parse("{2DC27766-F623-4200-9D64-115E9BFD4A08}"), Some(BAT_REGION));
         assert_eq!(Guid::parse("nope"), None);
-        let r = Guid::random();
+        let r = Guid::random().unwrap();
         assert_eq!(Guid::parse(&format!("{{{r}}}")), Some(r));
     }
 
@@ -580,8 +581,8 @@ mod tests {
     fn header_round_trip_and_crc() {
         let h = Header {
             sequence: 7,
-            file_write_guid: Guid::random(),
-            data_write_guid: Guid::random(),
+            file_write_guid: Guid::random().unwrap(),
+            data_write_guid: Guid::random().unwrap(),
             log_guid: Guid::ZERO,
             log_version: 0,
             version: 1,

@@ -39,7 +39,7 @@
 //! ## Example
 //! ```
 //! use alike_core::{DiskSource, MemSource};
-//! use alike_xen::vhd::{StreamReader, VhdOptions, VhdSource, write_stream};
+//! use alike_formats::vhd::{StreamReader, VhdOptions, VhdSource, write_stream};
 //!
 //! let mut data = vec![0u8; 3 << 20];
 //! data[5000..6000].fill(7);
@@ -69,10 +69,13 @@
 //! - Allocated ranges are block-precise: an allocated block whose sectors
 //!   are all absent is still reported (and reads as its parent or zeroes).
 
+mod error;
 mod format;
 mod reader;
 mod stream;
 mod writer;
+
+pub use error::{Result, VhdError};
 
 pub use format::DiskType;
 pub use reader::{MAX_CHAIN_DEPTH, VhdSource};

@@ -1,6 +1,6 @@
-//! The error type of `alike-hyperv`.
+//! The error type of the VHDX reader and writer.
 //!
-//! Rules: every public function of this crate returns [`VhdxError`]; each
+//! Rules: every public function of [`crate::vhdx`] returns [`VhdxError`]; each
 //! variant names the file and, where there is one, the byte offset and the
 //! structure involved, so a message alone says what was wrong where. The
 //! `alike_core` trait impls ([`alike_core::DiskSource`],
@@ -251,5 +251,5 @@ impl From<VhdxError> for alike_core::Error {
     }
 }
 
-/// Result alias of this crate.
+/// Result alias of the VHDX module.
 pub type Result<T, E = VhdxError> = std::result::Result<T, E>;

@@ -1,15 +1,16 @@
 //! One VHDX file, parsed: headers, log overlay, regions, metadata and BAT,
 //! with positional reads that see the replayed log.
 
+use alike_core::Recover;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::error::{Result, VhdxError};
 use super::format::*;
 use super::log::{self, Overlay};
-use crate::error::{Result, VhdxError};
 
 /// Where a layer's bytes come from.
 #[derive(Debug)]
@@ -418,7 +419,7 @@ impl Layer {
 
     /// The sector bitmap bits (LSB-first) of payload block `block`, cached.
     pub(crate) fn block_bitmap(&self, block: u64) -> Result<Arc<[u8]>> {
-        if let Some(b) = self.bitmaps.lock().unwrap_or_else(|p| p.into_inner()).map.get(&block) {
+        if let Some(b) = self.bitmaps.locked().map.get(&block) {
             return Ok(b.clone());
         }
         let g = self.geo;
@@ -431,7 +432,7 @@ impl Layer {
             self.read(at, &mut bits, "sector bitmap")?;
         }
         let bits: Arc<[u8]> = Arc::from(bits);
-        let mut c = self.bitmaps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.bitmaps.locked();
         if c.bytes + len > BITMAP_CACHE_BYTES {
             c.map.clear();
             c.bytes = 0;

@@ -94,7 +94,7 @@
 //!
 //! ```
 //! use alike_core::{DiskSource, DiskTarget};
-//! use alike_hyperv::vhdx::{CreateOptions, VhdxSource, VhdxTarget};
+//! use alike_formats::vhdx::{CreateOptions, VhdxSource, VhdxTarget};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("disk.vhdx");
@@ -109,6 +109,7 @@
 //! assert_eq!(s.allocated_ranges().unwrap(), vec![0..32 << 20]);
 //! ```
 
+mod error;
 mod format;
 mod image;
 mod log;
@@ -119,7 +120,7 @@ pub use format::{Guid, ParentLocator};
 pub use reader::{CHANGE_TOKEN_PREFIX, DEFAULT_MAX_DEPTH, LayerInfo, OpenOptions, VhdxSource};
 pub use writer::{CreateOptions, DEFAULT_BLOCK_SIZE, VhdxTarget};
 
-pub use crate::error::VhdxError;
+pub use error::{Result, VhdxError};
 
 use std::path::Path;
 

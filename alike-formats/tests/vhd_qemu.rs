@@ -18,11 +18,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use alike_core::{DiskSource, DiskTarget, MemSource, RawFileSource};
-use alike_testing::Rng;
-use alike_xen::Error;
-use alike_xen::vhd::{
-    DiskType, StreamReader, StreamWriter, VhdOptions, VhdSource, VhdTarget, write_differencing, write_stream,
+use alike_formats::vhd::{
+    DiskType, StreamReader, StreamWriter, VhdError, VhdOptions, VhdSource, VhdTarget, write_differencing, write_stream,
 };
+use alike_testing::Rng;
 
 const MIB: u64 = 1 << 20;
 
@@ -401,7 +400,7 @@ fn fix_header_checksum(b: &mut [u8]) {
     b[548..552].copy_from_slice(&c.to_be_bytes());
 }
 
-fn open_bytes(dir: &Path, b: &[u8]) -> Result<VhdSource, Error> {
+fn open_bytes(dir: &Path, b: &[u8]) -> Result<VhdSource, VhdError> {
     let p = dir.join("bad.vhd");
     std::fs::write(&p, b).unwrap();
     VhdSource::open(&p)
@@ -421,37 +420,37 @@ fn bad_inputs_give_named_errors() {
     assert!(open_bytes(d, &b).is_ok(), "head copy should rescue a damaged tail footer");
     b[50] ^= 0x40;
     let e = open_bytes(d, &b).unwrap_err();
-    assert!(matches!(e, Error::Checksum { what: "footer", .. }), "{e}");
+    assert!(matches!(e, VhdError::Checksum { what: "footer", .. }), "{e}");
     assert!(e.to_string().contains("bad.vhd"), "error names the file: {e}");
 
     // Dynamic header: checksum, cookie, block size.
     let mut b = good.clone();
     b[600] ^= 1;
     let e = open_bytes(d, &b).unwrap_err();
-    assert!(matches!(e, Error::Checksum { what: "dynamic disk header", .. }), "{e}");
+    assert!(matches!(e, VhdError::Checksum { what: "dynamic disk header", .. }), "{e}");
     let mut b = good.clone();
     b[512..520].copy_from_slice(b"cxspars!");
-    assert!(matches!(open_bytes(d, &b).unwrap_err(), Error::BadCookie { .. }));
+    assert!(matches!(open_bytes(d, &b).unwrap_err(), VhdError::BadCookie { .. }));
     let mut b = good.clone();
     b[544..548].copy_from_slice(&(3u32 << 20).to_be_bytes());
     fix_header_checksum(&mut b);
     let e = open_bytes(d, &b).unwrap_err();
-    assert!(matches!(e, Error::BadBlockSize { block_size: 3_145_728, .. }), "{e}");
+    assert!(matches!(e, VhdError::BadBlockSize { block_size: 3_145_728, .. }), "{e}");
 
     // A BAT entry past the end of the file (qemu's BAT is at 1536).
     let mut b = good.clone();
     b[1536..1540].copy_from_slice(&0x0100_0000u32.to_be_bytes());
     let e = open_bytes(d, &b).unwrap_err();
-    assert!(matches!(e, Error::BatEntryPastEnd { block: 0, .. }), "{e}");
+    assert!(matches!(e, VhdError::BatEntryPastEnd { block: 0, .. }), "{e}");
 
     // Truncated: the footer copy at 0 is found, then the blocks are missing.
     let e = open_bytes(d, &good[..n / 2]).unwrap_err();
-    assert!(matches!(e, Error::BatEntryPastEnd { .. } | Error::Truncated { .. }), "{e}");
+    assert!(matches!(e, VhdError::BatEntryPastEnd { .. } | VhdError::Truncated { .. }), "{e}");
     let e = open_bytes(d, &good[..300]).unwrap_err();
-    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+    assert!(matches!(e, VhdError::Truncated { .. }), "{e}");
     // Not a VHD at all.
     let e = open_bytes(d, &vec![7u8; 4096]).unwrap_err();
-    assert!(matches!(e, Error::BadCookie { what: "footer", .. }), "{e}");
+    assert!(matches!(e, VhdError::BadCookie { what: "footer", .. }), "{e}");
 
     // Chains: parent missing, replaced, self-referencing, too deep.
     let data = read_all(&VhdSource::open(&good_path).unwrap());
@@ -462,7 +461,7 @@ fn bad_inputs_give_named_errors() {
     std::fs::rename(&good_path, &moved).unwrap();
     let e = VhdSource::open(&child).unwrap_err();
     match &e {
-        Error::ParentNotFound { tried, parent_name, .. } => {
+        VhdError::ParentNotFound { tried, parent_name, .. } => {
             assert_eq!(parent_name, "good.vhd");
             assert!(tried.iter().any(|p| p.ends_with("good.vhd")), "{e}");
         }
@@ -471,10 +470,10 @@ fn bad_inputs_give_named_errors() {
     let (_, other) = small_dynamic(d, "good.vhd"); // same name, new unique id
     assert_eq!(other, good_path);
     let e = VhdSource::open(&child).unwrap_err();
-    assert!(matches!(e, Error::ParentUuidMismatch { .. }), "{e}");
+    assert!(matches!(e, VhdError::ParentUuidMismatch { .. }), "{e}");
     std::fs::copy(&child, &good_path).unwrap(); // "good.vhd" is now a child of "good.vhd"
     let e = VhdSource::open(&good_path).unwrap_err();
-    assert!(matches!(e, Error::ParentLoop { .. }), "{e}");
+    assert!(matches!(e, VhdError::ParentLoop { .. }), "{e}");
 
     let deep = d.join("deep");
     std::fs::create_dir(&deep).unwrap();
@@ -482,19 +481,19 @@ fn bad_inputs_give_named_errors() {
     let mut parent = deep.join("0.vhd");
     let target = VhdTarget::create(&parent, 8192, &VhdOptions::default().block_size(4096)).unwrap();
     target.finish(8192).unwrap();
-    for i in 1..=alike_xen::vhd::MAX_CHAIN_DEPTH {
+    for i in 1..=alike_formats::vhd::MAX_CHAIN_DEPTH {
         let child = deep.join(format!("{i}.vhd"));
         write_differencing(&child, &parent, &small, &[0..512]).unwrap_or_else(|e| panic!("level {i}: {e}"));
         parent = child;
     }
     let e = VhdSource::open(&parent).unwrap_err();
-    assert!(matches!(e, Error::ChainTooDeep { limit: 64, .. }), "{e}");
+    assert!(matches!(e, VhdError::ChainTooDeep { limit: 64, .. }), "{e}");
 
     // Streams: a BAT entry pointing backwards (into the headers).
     let mut b = good.clone();
     b[1536..1540].copy_from_slice(&1u32.to_be_bytes());
     let e = StreamReader::new(NoSeekRead::new(b)).unwrap_err();
-    assert!(matches!(e, Error::BlockOutOfOrder { block: 0, .. }), "{e}");
+    assert!(matches!(e, VhdError::BlockOutOfOrder { block: 0, .. }), "{e}");
 }
 
 /// The restore target: writes past the end and a second finish are

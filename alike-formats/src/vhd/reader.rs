@@ -1,6 +1,7 @@
 //! The positional reader: a VHD file, or a chain of differencing VHDs, as a
 //! [`DiskSource`].
 
+use alike_core::Recover;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
@@ -12,11 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use alike_core::{DiskSource, RawFileSource};
 
+use super::error::{Result, VhdError};
 use super::format::{
     DiskType, DynHeader, FOOTER_SIZE, Footer, HEADER_SIZE, MAX_BLOCKS, PLAT_MACX, PLAT_W2KU, PLAT_W2RU, SECTOR,
     UNALLOCATED, bit, bitmap_bytes, run_end, utf16, uuid_hex,
 };
-use crate::{Error, Result};
 
 /// Deepest differencing chain [`VhdSource::open`] follows.
 pub const MAX_CHAIN_DEPTH: usize = 64;
@@ -84,13 +85,13 @@ impl BitmapCache {
 
     fn get(&self, block: u64, load: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<[u8]>> {
         let slot = &self.slots[(block % self.slots.len() as u64) as usize];
-        if let Some((b, bm)) = &*slot.lock().unwrap_or_else(|e| e.into_inner())
+        if let Some((b, bm)) = &*slot.locked()
             && *b == block
         {
             return Ok(bm.clone());
         }
         let bm: Arc<[u8]> = load()?.into();
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((block, bm.clone()));
+        *slot.locked() = Some((block, bm.clone()));
         Ok(bm)
     }
 }
@@ -130,7 +131,7 @@ impl fmt::Debug for Layer {
 impl Layer {
     /// Reads exactly `buf.len()` bytes at `offset` of the file.
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.storage.read_exact_at(buf, offset).map_err(|source| Error::Read {
+        self.storage.read_exact_at(buf, offset).map_err(|source| VhdError::Read {
             file: self.label.clone(),
             offset,
             len: buf.len() as u64,
@@ -141,7 +142,7 @@ impl Layer {
     fn read_vec(&self, offset: u64, len: u64, what: &'static str) -> Result<Vec<u8>> {
         let file_len = self.storage.len();
         if offset.checked_add(len).is_none_or(|e| e > file_len) {
-            return Err(Error::Truncated { file: self.label.clone(), what, offset, len, file_len });
+            return Err(VhdError::Truncated { file: self.label.clone(), what, offset, len, file_len });
         }
         let mut v = vec![0u8; len as usize];
         self.read(&mut v, offset)?;
@@ -153,11 +154,11 @@ impl Layer {
     pub(crate) fn parse(storage: Box<dyn Storage>, label: String, path: Option<PathBuf>) -> Result<Layer> {
         let file_len = storage.len();
         if file_len < FOOTER_SIZE as u64 {
-            return Err(Error::Truncated { file: label, what: "footer", offset: 0, len: 512, file_len });
+            return Err(VhdError::Truncated { file: label, what: "footer", offset: 0, len: 512, file_len });
         }
         let mut tail = [0u8; FOOTER_SIZE];
         let tail_at = file_len - FOOTER_SIZE as u64;
-        storage.read_exact_at(&mut tail, tail_at).map_err(|source| Error::Read {
+        storage.read_exact_at(&mut tail, tail_at).map_err(|source| VhdError::Read {
             file: label.clone(),
             offset: tail_at,
             len: 512,
@@ -181,13 +182,13 @@ impl Layer {
             }
         };
         let Some(disk_type) = DiskType::from_code(footer.disk_type) else {
-            return Err(Error::UnsupportedDiskType { file: label, disk_type: footer.disk_type });
+            return Err(VhdError::UnsupportedDiskType { file: label, disk_type: footer.disk_type });
         };
         let size = footer.current_size;
         let mut layer = Layer { label, path, storage, footer, disk_type, size, sparse: None };
         if disk_type == DiskType::Fixed {
             if size > tail_at {
-                return Err(Error::Truncated {
+                return Err(VhdError::Truncated {
                     file: layer.label,
                     what: "fixed disk data",
                     offset: 0,
@@ -203,10 +204,15 @@ impl Layer {
         let block_size = u64::from(header.block_size);
         let blocks = size.div_ceil(block_size);
         if blocks > MAX_BLOCKS {
-            return Err(Error::TooLarge { file: layer.label, what: "block count", value: blocks, limit: MAX_BLOCKS });
+            return Err(VhdError::TooLarge {
+                file: layer.label,
+                what: "block count",
+                value: blocks,
+                limit: MAX_BLOCKS,
+            });
         }
         if blocks > u64::from(header.max_table_entries) {
-            return Err(Error::Malformed {
+            return Err(VhdError::Malformed {
                 file: layer.label,
                 offset: hoff + 28,
                 reason: format!(
@@ -228,7 +234,7 @@ impl Layer {
             // What must be in the file: the bitmap and the sectors of the block inside the disk.
             let used = (size - block_start).min(block_size).div_ceil(SECTOR) * SECTOR;
             if start + bitmap_len + used > file_len {
-                return Err(Error::BatEntryPastEnd { file: layer.label, block: i as u64, offset: start, file_len });
+                return Err(VhdError::BatEntryPastEnd { file: layer.label, block: i as u64, offset: start, file_len });
             }
         }
         let bitmaps = BitmapCache::new(bitmap_len, blocks);
@@ -237,11 +243,11 @@ impl Layer {
     }
 
     fn open_file(path: &Path) -> Result<Layer> {
-        let io_err = |source| Error::Io { path: path.to_owned(), source };
+        let io_err = |source| VhdError::Io { path: path.to_owned(), source };
         let file = File::open(path).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         if meta.is_dir() {
-            return Err(Error::InvalidArgument(format!("{} is a directory, not a VHD file", path.display())));
+            return Err(VhdError::InvalidArgument(format!("{} is a directory, not a VHD file", path.display())));
         }
         let storage = FileStorage { file, len: meta.len() };
         Layer::parse(Box::new(storage), path.display().to_string(), Some(path.to_owned()))
@@ -329,14 +335,14 @@ impl VhdSource {
     /// must not loop.
     ///
     /// # Errors
-    /// [`Error::Io`] when a file cannot be opened; [`Error::BadCookie`],
-    /// [`Error::Checksum`], [`Error::Truncated`], [`Error::BatEntryPastEnd`],
-    /// [`Error::BadBlockSize`], [`Error::Malformed`] and friends for a damaged
-    /// image; [`Error::ParentNotFound`], [`Error::ParentUuidMismatch`],
-    /// [`Error::ParentLoop`], [`Error::ChainTooDeep`] for a broken chain.
+    /// [`VhdError::Io`] when a file cannot be opened; [`VhdError::BadCookie`],
+    /// [`VhdError::Checksum`], [`VhdError::Truncated`], [`VhdError::BatEntryPastEnd`],
+    /// [`VhdError::BadBlockSize`], [`VhdError::Malformed`] and friends for a damaged
+    /// image; [`VhdError::ParentNotFound`], [`VhdError::ParentUuidMismatch`],
+    /// [`VhdError::ParentLoop`], [`VhdError::ChainTooDeep`] for a broken chain.
     pub fn open(path: impl AsRef<Path>) -> Result<VhdSource> {
         let path = path.as_ref();
-        let canon = |p: &Path| std::fs::canonicalize(p).map_err(|source| Error::Io { path: p.to_owned(), source });
+        let canon = |p: &Path| std::fs::canonicalize(p).map_err(|source| VhdError::Io { path: p.to_owned(), source });
         let mut seen = HashSet::new();
         seen.insert(canon(path)?);
         let mut layers = vec![Layer::open_file(path)?];
@@ -346,7 +352,7 @@ impl VhdSource {
                 break;
             }
             if layers.len() >= MAX_CHAIN_DEPTH {
-                return Err(Error::ChainTooDeep { file: path.display().to_string(), limit: MAX_CHAIN_DEPTH });
+                return Err(VhdError::ChainTooDeep { file: path.display().to_string(), limit: MAX_CHAIN_DEPTH });
             }
             let child_path = child.path.clone().expect("file layers have paths");
             let dir = match child_path.parent() {
@@ -364,7 +370,7 @@ impl VhdSource {
                 }
                 let c = canon(&cand)?;
                 if seen.contains(&c) {
-                    return Err(Error::ParentLoop { file: child.label.clone(), parent: c });
+                    return Err(VhdError::ParentLoop { file: child.label.clone(), parent: c });
                 }
                 let parent = Layer::open_file(&cand)?;
                 if parent.footer.unique_id != expected {
@@ -380,7 +386,7 @@ impl VhdSource {
                     layers.push(parent);
                 }
                 (None, Some((parent, uid))) => {
-                    return Err(Error::ParentUuidMismatch {
+                    return Err(VhdError::ParentUuidMismatch {
                         file: child.label.clone(),
                         parent,
                         expected: uuid_hex(&expected),
@@ -389,7 +395,7 @@ impl VhdSource {
                 }
                 (None, None) => {
                     let parent_name = child.sparse.as_ref().map(|s| s.header.parent_name()).unwrap_or_default();
-                    return Err(Error::ParentNotFound { file: child.label.clone(), parent_name, tried });
+                    return Err(VhdError::ParentNotFound { file: child.label.clone(), parent_name, tried });
                 }
             }
         }
@@ -399,12 +405,12 @@ impl VhdSource {
     /// Reads a fixed or dynamic VHD image held in memory.
     ///
     /// # Errors
-    /// As [`VhdSource::open`] for a damaged image; [`Error::NeedsParent`] for
+    /// As [`VhdSource::open`] for a damaged image; [`VhdError::NeedsParent`] for
     /// a differencing image.
     pub fn from_bytes(label: &str, image: Vec<u8>) -> Result<VhdSource> {
         let layer = Layer::parse(Box::new(MemStorage(image)), label.to_owned(), None)?;
         if layer.disk_type == DiskType::Differencing {
-            return Err(Error::NeedsParent { file: label.to_owned() });
+            return Err(VhdError::NeedsParent { file: label.to_owned() });
         }
         Ok(VhdSource::from_layers(label.to_owned(), vec![layer]))
     }
@@ -502,10 +508,10 @@ impl VhdSource {
                 None => match &layer.path {
                     Some(p) => {
                         let raw = RawFileSource::open(p).map_err(|e| match e {
-                            alike_core::Error::Io { path, source } => Error::Io { path, source },
-                            e => Error::Source(e),
+                            alike_core::Error::Io { path, source } => VhdError::Io { path, source },
+                            e => VhdError::Source(e),
                         })?;
-                        let holes = raw.allocated_ranges().map_err(Error::Source)?;
+                        let holes = raw.allocated_ranges().map_err(VhdError::Source)?;
                         all.extend(holes.into_iter().filter(|r| r.start < limit).map(|r| r.start..r.end.min(limit)));
                     }
                     None => all.push(0..limit),
@@ -545,9 +551,10 @@ impl DiskSource for VhdSource {
         })
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<()> {
-        let fail = |e: Error| alike_core::Error::SourceRead { disk: self.label.clone(), offset, source: e.into_io() };
+        let fail =
+            |e: VhdError| alike_core::Error::SourceRead { disk: self.label.clone(), offset, source: e.into_io() };
         if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
-            return Err(fail(Error::InvalidArgument(format!(
+            return Err(fail(VhdError::InvalidArgument(format!(
                 "read of {} bytes at {offset} is past the end of the disk ({} bytes)",
                 buf.len(),
                 self.size

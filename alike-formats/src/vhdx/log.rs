@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn empty_or_garbage_log_replays_nothing() {
-        let g = Guid::random();
+        let g = Guid::random().unwrap();
         let r = replay(&vec![0u8; 1 << 20], g, 0).unwrap();
         assert!(r.overlay.is_empty());
         let mut junk = vec![0u8; 1 << 20];

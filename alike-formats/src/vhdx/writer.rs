@@ -1,6 +1,7 @@
 //! [`VhdxTarget`]: writes a dynamic or differencing VHDX as an
 //! [`alike_core::DiskTarget`].
 
+use alike_core::Recover;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -8,9 +9,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::error::{Result, VhdxError};
 use super::format::*;
 use super::reader::VhdxSource;
-use crate::error::{Result, VhdxError};
 
 /// Block size Hyper-V uses for new dynamic disks.
 pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 20;
@@ -201,6 +202,11 @@ impl VhdxTarget {
         })
     }
 
+    /// A random GUID; a failing system random source is an error naming this file.
+    fn guid(&self) -> Result<Guid> {
+        Guid::random().map_err(|e| self.io("drawing a random GUID", 0)(std::io::Error::other(e.to_string())))
+    }
+
     fn io(&self, what: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> VhdxError + '_ {
         move |source| VhdxError::Io { file: self.tmp.clone(), what, offset, source }
     }
@@ -216,7 +222,7 @@ impl VhdxTarget {
         if v >= MIB {
             return v;
         }
-        let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.next_free.locked();
         let v = slot.load(Ordering::Acquire);
         if v >= MIB {
             return v;
@@ -317,7 +323,7 @@ impl VhdxTarget {
         if edges.is_empty() {
             return Ok(());
         }
-        let _g = self.rmw.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rmw.locked();
         let bits = self.bitmap(block);
         for s0 in edges {
             let sector = s0 / ss;
@@ -366,7 +372,7 @@ impl VhdxTarget {
             }
             if state == 0 && whole {
                 // Differencing, never written: mark the block zero instead of storing zeroes.
-                let _n = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+                let _n = self.next_free.locked();
                 if slot.load(Ordering::Acquire) == 0 {
                     slot.store(ZERO_MARK, Ordering::Release);
                     pos = bend;
@@ -406,7 +412,7 @@ impl VhdxTarget {
             return Err(VhdxError::InvalidArgument { file: self.path.clone(), reason: "finished twice".into() });
         }
         let g = self.geo;
-        let mut next = *self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = *self.next_free.locked();
         let mut bat = vec![0u64; g.bat_entries() as usize];
         let spb = g.sectors_per_block();
         let block_bits = |block: u64| -> Option<Vec<u8>> {
@@ -469,7 +475,7 @@ impl VhdxTarget {
                 [(g.block_size as u32).to_le_bytes(), flags.to_le_bytes()].concat()
             }),
             (VIRTUAL_DISK_SIZE, META_IS_REQUIRED | META_IS_VIRTUAL_DISK, g.virtual_size.to_le_bytes().to_vec()),
-            (PAGE83_DATA, META_IS_REQUIRED | META_IS_VIRTUAL_DISK, Guid::random().0.to_vec()),
+            (PAGE83_DATA, META_IS_REQUIRED | META_IS_VIRTUAL_DISK, self.guid()?.0.to_vec()),
             (
                 LOGICAL_SECTOR_SIZE,
                 META_IS_REQUIRED | META_IS_VIRTUAL_DISK,
@@ -506,8 +512,8 @@ impl VhdxTarget {
         // Headers: both valid, the second current.
         let mut h = Header {
             sequence: 1,
-            file_write_guid: Guid::random(),
-            data_write_guid: Guid::random(),
+            file_write_guid: self.guid()?,
+            data_write_guid: self.guid()?,
             log_guid: Guid::ZERO,
             log_version: 0,
             version: 1,

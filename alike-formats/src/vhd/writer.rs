@@ -2,6 +2,7 @@
 //! [`write_differencing`] (a child over an existing VHD) and [`StreamWriter`]
 //! (a dynamic VHD produced front to back, for an HTTP upload).
 
+use alike_core::Recover;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -14,12 +15,12 @@ use std::time::SystemTime;
 
 use alike_core::{DiskSource, DiskTarget};
 
+use super::error::{Result, VhdError};
 use super::format::{
     DiskType, DynHeader, FOOTER_SIZE, Footer, HEADER_SIZE, Locator, MAX_BLOCKS, PLAT_MACX, PLAT_W2KU, PLAT_W2RU,
     SECTOR, UNALLOCATED, VERSION_1, bitmap_bytes, check_block_size, round_up_sector, set_bit, to_utf16, vhd_time,
 };
 use super::reader::{VhdSource, merge};
-use crate::{Error, Result};
 
 /// Block size of the dynamic and differencing disks we write unless told otherwise.
 pub const DEFAULT_BLOCK_SIZE: u32 = 2 << 20;
@@ -74,7 +75,7 @@ impl VhdOptions {
             return Ok(u);
         }
         let mut u = [0u8; 16];
-        alike_core::random_bytes(&mut u).map_err(Error::Source)?;
+        alike_core::random_bytes(&mut u).map_err(VhdError::Source)?;
         // An RFC 4122 version 4 UUID, as other writers produce.
         u[6] = (u[6] & 0x0F) | 0x40;
         u[8] = (u[8] & 0x3F) | 0x80;
@@ -87,7 +88,7 @@ fn now() -> u32 {
 }
 
 fn pwrite(file: &File, data: &[u8], offset: u64, label: &str) -> Result<()> {
-    file.write_all_at(data, offset).map_err(|source| Error::Write { file: label.to_owned(), offset, source })
+    file.write_all_at(data, offset).map_err(|source| VhdError::Write { file: label.to_owned(), offset, source })
 }
 
 /// The BAT area: entries big-endian, padded to a sector with `0xFF`.
@@ -116,7 +117,7 @@ impl Layout {
         check_block_size(block_size, label)?;
         let entries = size.div_ceil(block_size);
         if entries > MAX_BLOCKS {
-            return Err(Error::TooLarge {
+            return Err(VhdError::TooLarge {
                 file: label.to_owned(),
                 what: "block count",
                 value: entries,
@@ -154,7 +155,7 @@ impl Layout {
 fn bat_entry(at: u64, label: &str) -> Result<u32> {
     let sector = at / SECTOR;
     if sector >= u64::from(UNALLOCATED) {
-        return Err(Error::TooLarge {
+        return Err(VhdError::TooLarge {
             file: label.to_owned(),
             what: "block offset (in sectors)",
             value: sector,
@@ -177,8 +178,9 @@ struct TempFile {
 impl TempFile {
     fn create(path: &Path) -> Result<TempFile> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name =
-            path.file_name().ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| VhdError::InvalidArgument(format!("{} is not a file path", path.display())))?;
         let mut tmp_name = OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(format!(".alike-partial-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
@@ -188,7 +190,7 @@ impl TempFile {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|source| Error::Io { path: tmp.clone(), source })?;
+            .map_err(|source| VhdError::Io { path: tmp.clone(), source })?;
         Ok(TempFile { path: path.to_owned(), tmp, file, committed: AtomicBool::new(false) })
     }
 
@@ -196,7 +198,7 @@ impl TempFile {
     fn commit(&self) -> Result<()> {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| Error::Io { path, source }
+            move |source| VhdError::Io { path, source }
         };
         self.file.sync_all().map_err(io(&self.tmp))?;
         std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
@@ -234,7 +236,7 @@ fn write_dynamic_metadata(
     let f = footer.encode();
     pwrite(&t.file, &f, 0, label)?;
     pwrite(&t.file, &f, end, label)?;
-    t.file.set_len(end + FOOTER_SIZE as u64).map_err(|source| Error::Write {
+    t.file.set_len(end + FOOTER_SIZE as u64).map_err(|source| VhdError::Write {
         file: label.to_owned(),
         offset: end,
         source,
@@ -303,8 +305,8 @@ impl VhdTarget {
     /// (replaced at finish).
     ///
     /// # Errors
-    /// [`Error::BadBlockSize`] / [`Error::TooLarge`] for unusable options or
-    /// sizes; [`Error::Io`] when the temporary file cannot be created.
+    /// [`VhdError::BadBlockSize`] / [`VhdError::TooLarge`] for unusable options or
+    /// sizes; [`VhdError::Io`] when the temporary file cannot be created.
     pub fn create(path: impl AsRef<Path>, size: u64, opts: &VhdOptions) -> Result<VhdTarget> {
         let path = path.as_ref();
         let label = path.display().to_string();
@@ -328,7 +330,7 @@ impl VhdTarget {
 
     /// Byte offset in the file of block `block`'s sector bitmap, allocating it on first use.
     fn block_at(&self, block: u64, layout: &Layout, state: &Mutex<DynState>, ones: &[u8]) -> Result<u64> {
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = state.locked();
         let e = st.bat[block as usize];
         if e != UNALLOCATED {
             return Ok(u64::from(e) * SECTOR);
@@ -344,10 +346,10 @@ impl VhdTarget {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         if self.finishing.load(Ordering::SeqCst) {
-            return Err(Error::InvalidArgument(format!("{}: write after finish", self.label)));
+            return Err(VhdError::InvalidArgument(format!("{}: write after finish", self.label)));
         }
         if offset.checked_add(data.len() as u64).is_none_or(|e| e > self.capacity) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(VhdError::InvalidArgument(format!(
                 "{}: write of {} bytes at {offset} is past the end of the disk ({} bytes)",
                 self.label,
                 data.len(),
@@ -372,11 +374,11 @@ impl VhdTarget {
 
     fn complete(&self, size: u64) -> Result<()> {
         if self.finishing.swap(true, Ordering::SeqCst) {
-            return Err(Error::InvalidArgument(format!("{}: finish called twice", self.label)));
+            return Err(VhdError::InvalidArgument(format!("{}: finish called twice", self.label)));
         }
         let size = round_up_sector(size);
         if size > self.capacity {
-            return Err(Error::InvalidArgument(format!(
+            return Err(VhdError::InvalidArgument(format!(
                 "{}: finishing at {size} bytes, but it was created for {}",
                 self.label, self.capacity
             )));
@@ -385,14 +387,14 @@ impl VhdTarget {
             Kind::Fixed => {
                 let footer = Footer::new(DiskType::Fixed, size, u64::MAX, self.uid, now());
                 pwrite(&self.t.file, &footer.encode(), size, &self.label)?;
-                self.t.file.set_len(size + FOOTER_SIZE as u64).map_err(|source| Error::Write {
+                self.t.file.set_len(size + FOOTER_SIZE as u64).map_err(|source| VhdError::Write {
                     file: self.label.clone(),
                     offset: size,
                     source,
                 })?;
             }
             Kind::Dynamic { layout, state, .. } => {
-                let st = state.lock().unwrap_or_else(|e| e.into_inner());
+                let st = state.locked();
                 let footer = Footer::new(DiskType::Dynamic, size, HEADER_AT, self.uid, now());
                 write_dynamic_metadata(&self.t, &self.label, layout, &st.bat, &layout.header(), &footer, st.next_free)?;
             }
@@ -467,7 +469,7 @@ fn read_source(source: &dyn DiskSource, offset: u64, buf: &mut [u8]) -> Result<(
     let avail = source.size().saturating_sub(offset).min(buf.len() as u64) as usize;
     let (head, tail) = buf.split_at_mut(avail);
     if !head.is_empty() {
-        source.read_at(offset, head).map_err(Error::Source)?;
+        source.read_at(offset, head).map_err(VhdError::Source)?;
     }
     tail.fill(0);
     Ok(())
@@ -501,8 +503,8 @@ fn relative_path(from: &Path, to: &Path) -> PathBuf {
 /// temporary name, synced and renamed into place.
 ///
 /// # Errors
-/// As [`VhdSource::open`] for the parent; [`Error::Source`] when `source`
-/// fails; [`Error::Io`] / [`Error::Write`] for the new file.
+/// As [`VhdSource::open`] for the parent; [`VhdError::Source`] when `source`
+/// fails; [`VhdError::Io`] / [`VhdError::Write`] for the new file.
 pub fn write_differencing(
     path: impl AsRef<Path>,
     parent: impl AsRef<Path>,
@@ -514,7 +516,7 @@ pub fn write_differencing(
     let parent_src = VhdSource::open(parent)?;
     let io = |p: &Path| {
         let p = p.to_owned();
-        move |source| Error::Io { path: p, source }
+        move |source| VhdError::Io { path: p, source }
     };
     let parent_abs = std::fs::canonicalize(parent).map_err(io(parent))?;
     let mtime = std::fs::metadata(parent).and_then(|m| m.modified()).map_err(io(parent))?;
@@ -615,13 +617,13 @@ impl<'a> StreamWriter<'a> {
     /// Plans the stream: asks `source` for its allocated ranges once.
     ///
     /// # Errors
-    /// [`Error::Source`] when the source fails; [`Error::BadBlockSize`] /
-    /// [`Error::TooLarge`] for unusable options or sizes.
+    /// [`VhdError::Source`] when the source fails; [`VhdError::BadBlockSize`] /
+    /// [`VhdError::TooLarge`] for unusable options or sizes.
     pub fn new(source: &'a dyn DiskSource, opts: &VhdOptions) -> Result<StreamWriter<'a>> {
         let label = source.label();
         let size = round_up_sector(source.size());
         let layout = Layout::new(size, u64::from(opts.block_size), AFTER_HEADER, &label)?;
-        let ranges = sector_ranges(&source.allocated_ranges().map_err(Error::Source)?, size);
+        let ranges = sector_ranges(&source.allocated_ranges().map_err(VhdError::Source)?, size);
         let mut blocks = 0u64;
         for_each_block(&ranges, layout.block_size, |_, _| {
             blocks += 1;
@@ -653,7 +655,7 @@ impl<'a> StreamWriter<'a> {
     /// Writes the whole image to `out`; returns the bytes written ([`StreamWriter::len`]).
     ///
     /// # Errors
-    /// [`Error::Source`] when the source fails; [`Error::Write`] when `out` fails.
+    /// [`VhdError::Source`] when the source fails; [`VhdError::Write`] when `out` fails.
     pub fn write_to(&self, out: impl Write) -> Result<u64> {
         let mut out = Counted { out, n: 0, label: "VHD stream" };
         let l = &self.layout;
@@ -735,12 +737,16 @@ struct Counted<W> {
 
 impl<W: Write> Counted<W> {
     fn put(&mut self, b: &[u8]) -> Result<()> {
-        self.out.write_all(b).map_err(|source| Error::Write { file: self.label.to_owned(), offset: self.n, source })?;
+        self.out.write_all(b).map_err(|source| VhdError::Write {
+            file: self.label.to_owned(),
+            offset: self.n,
+            source,
+        })?;
         self.n += b.len() as u64;
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {
-        self.out.flush().map_err(|source| Error::Write { file: self.label.to_owned(), offset: self.n, source })
+        self.out.flush().map_err(|source| VhdError::Write { file: self.label.to_owned(), offset: self.n, source })
     }
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The layering rules of ARCHITECTURE.md ("Architecture invariants"), checked
+# on the dependency graph, so that a forbidden dependency fails the test
+# command (scripts/test.sh) instead of waiting for a reviewer.
+#   bash scripts/check-layering.sh
+#
+# Each rule lists, for one crate, the packages that must not appear in its
+# dependency tree (normal and build edges; dev edges where the rule says so),
+# with every feature on and for every target platform: a forbidden crate
+# behind a feature or a cfg is still forbidden. A violation prints the rule
+# and the path that brings the crate in (`cargo tree -i`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Crates that speak to the network (clients, servers, TLS, sockets).
+NETWORK=(reqwest hyper h2 rustls tokio-rustls native-tls openssl russh mio socket2 ureq object_store)
+# Our own crates all start with `alike`.
+OURS='alike*'
+
+status=0
+
+# forbid RULE CRATE EDGES PATTERN... [--except NAME...]
+forbid() {
+    local rule=$1 crate=$2 edges=$3
+    shift 3
+    local patterns=() except=() into=patterns
+    for a in "$@"; do
+        if [ "$a" = --except ]; then into=except; continue; fi
+        if [ $into = patterns ]; then patterns+=("$a"); else except+=("$a"); fi
+    done
+    local tree=(cargo tree -q -p "$crate" -e "$edges" --all-features --target all)
+    local deps
+    deps=$("${tree[@]}" --prefix none --format '{p}' | awk -v self="$crate" '$1 != self { print $1 }' | sort -u)
+    local d p e hit
+    for d in $deps; do
+        hit=""
+        for p in "${patterns[@]}"; do
+            # shellcheck disable=SC2053 # the patterns are globs
+            if [[ $d == $p ]]; then hit=1; fi
+        done
+        for e in "${except[@]}"; do
+            if [ "$d" = "$e" ]; then hit=""; fi
+        done
+        if [ -n "$hit" ]; then
+            echo "layering: rule violated: $rule"
+            echo "  $crate depends on $d ($edges edges), through:"
+            "${tree[@]}" -i "$d" | sed 's/^/    /'
+            status=1
+        fi
+    done
+}
+
+forbid "alike-core knows no store, hypervisor or network crate, and no redb" \
+    alike-core normal,build "$OURS" redb "${NETWORK[@]}"
+
+for c in alike-formats alike-nbd; do
+    forbid "$c (formats and protocols, needed whatever the hypervisor) depends on no crate of ours but alike-core, and on no redb or network crate" \
+        "$c" normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core
+done
+
+for a in alike-xen alike-hyperv alike-ads; do
+    others=()
+    for b in alike-xen alike-hyperv alike-ads; do [ "$a" = "$b" ] || others+=("$b"); done
+    forbid "the hypervisor adapters and the store (alike-xen, alike-hyperv, alike-ads) never depend on each other" \
+        "$a" normal,build "${others[@]}"
+done
+
+for a in alike-xen alike-hyperv; do
+    forbid "the hypervisor adapters know no redb (local state lives in the crates above core that own it)" \
+        "$a" normal,build redb
+done
+
+forbid "the XAPI simulator does not link the Xen client it exists to check (dev-dependencies included)" \
+    alike-xen-sim normal,build,dev alike-xen
+
+if [ $status = 0 ]; then
+    echo "layering: all rules hold"
+fi
+exit $status
