@@ -139,6 +139,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The store refused a write: no permission, or a write-once (WORM)
+    /// bucket (HTTP 401/403).
+    #[error("{object}: the store refused to {op}: {reason}")]
+    Refused {
+        /// What was attempted.
+        op: &'static str,
+        /// The object or URL.
+        object: String,
+        /// What the store said.
+        reason: String,
+    },
     /// A bad argument (block size, version id…).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -168,6 +179,20 @@ impl alike_core::SeamError for Error {
 }
 
 impl Error {
+    /// Whether the store refused a write because it is read-only to us: a
+    /// read-only filesystem or share, no permission, a write-once bucket.
+    /// Read-only operations go on without their lock when this is why.
+    pub fn is_write_refused(&self) -> bool {
+        match self {
+            Error::Refused { .. } => true,
+            Error::Io { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+                    || matches!(source.raw_os_error(), Some(30 | 13 | 1))
+            }
+            _ => false,
+        }
+    }
+
     /// What kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -180,6 +205,7 @@ impl Error {
             Error::Io { .. } | Error::Cache { .. } | Error::Remote { .. } => ErrorKind::Io,
             Error::InvalidArgument(_) | Error::BadLocation { .. } => ErrorKind::InvalidArgument,
             Error::Locked { .. } => ErrorKind::Busy,
+            Error::Refused { .. } => ErrorKind::Io,
             Error::Core(c) => c.kind(),
         }
     }

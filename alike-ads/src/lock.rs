@@ -104,7 +104,12 @@ pub fn live_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
             Some(i) if i.stale_reason(now).is_none() => live.push((key, i)),
             Some(i) => {
                 tracing::info!(lock = %key, reason = %i.stale_reason(now).unwrap_or_default(), "removing stale lock");
-                backend.delete(&key)?;
+                match backend.delete(&key) {
+                    Err(e) if e.is_write_refused() => {
+                        tracing::warn!(lock = %key, error = %e, "cannot remove a stale lock: the store is read-only to us");
+                    }
+                    r => r?,
+                }
             }
             // A lock object being written right now can be briefly unreadable; leave it unless old.
             None => {}
@@ -138,7 +143,20 @@ impl LockGuard {
         let now = now_ms();
         let info = LockInfo { kind, host: hostname(), pid: std::process::id(), created_ms: now, refreshed_ms: now };
         let key = format!("locks/{}", random_hex(8)?);
-        backend.write(&key, &info.encode())?;
+        if let Err(e) = backend.write(&key, &info.encode()) {
+            // A read-only store (a DR site's read-only share, a WORM vault, a
+            // snapshot) still restores and verifies: without the lock, which
+            // exists only so that GC's two-phase delete can see readers.
+            if kind == LockKind::Read && e.is_write_refused() {
+                tracing::warn!(
+                    store = %backend.location(),
+                    error = %e,
+                    "the store is read-only to us: reading without a lock (a gc on another host cannot see this reader)"
+                );
+                return Ok(LockGuard { key: String::new(), backend, stop: None, refresher: None, info });
+            }
+            return Err(e);
+        }
         if kind == LockKind::Gc {
             let others: Vec<_> =
                 live_locks(&*backend)?.into_iter().filter(|(k, i)| i.kind == LockKind::Gc && *k != key).collect();
@@ -165,6 +183,11 @@ impl LockGuard {
         Ok(LockGuard { key, backend, stop: Some(stop), refresher: Some(refresher), info })
     }
 
+    /// Whether a lock object is held (false: a reader of a read-only store).
+    pub fn is_held(&self) -> bool {
+        !self.key.is_empty()
+    }
+
     /// What this lock says.
     pub fn info(&self) -> &LockInfo {
         &self.info
@@ -177,6 +200,8 @@ impl Drop for LockGuard {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
-        let _ = self.backend.delete(&self.key);
+        if !self.key.is_empty() {
+            let _ = self.backend.delete(&self.key);
+        }
     }
 }

@@ -106,6 +106,8 @@ pub struct GcReport {
     pub deferred: u64,
     /// Orphan packs (in no index segment) adopted into the index.
     pub adopted: u64,
+    /// Spool files of writers that are gone, removed (`tmp/pack-*.tmp`…).
+    pub spool_files_removed: u64,
 }
 
 impl Repository {
@@ -231,6 +233,44 @@ impl Repository {
         Ok(adopted.len() as u64)
     }
 
+    /// Removes the spool files of writers that are gone: a file last
+    /// written before the oldest live writer (backup lock) started cannot be
+    /// a live writer's, whatever host wrote it; with no live writer, none is.
+    /// Five minutes of margin absorb clock skew between hosts sharing a store.
+    /// Returns how many files were removed.
+    ///
+    /// # Errors
+    /// Backend errors listing the locks.
+    pub fn reclaim_spool(&self) -> Result<u64> {
+        const SKEW_MS: i64 = 5 * 60 * 1000;
+        let oldest_writer = crate::live_locks(&**self.backend())?
+            .into_iter()
+            .filter(|(_, l)| l.kind == LockKind::Backup)
+            .map(|(_, l)| l.created_ms)
+            .min();
+        let Ok(dir) = self.backend().spool_dir() else { return Ok(0) };
+        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(0) };
+        let mut removed = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".tmp") {
+                continue;
+            }
+            let mtime_ms = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let dead = oldest_writer.is_none_or(|start| mtime_ms < start - SKEW_MS);
+            if dead && std::fs::remove_file(e.path()).is_ok() {
+                info!(file = %name, "removed the spool file of a writer that is gone");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Packs condemned by GC records (a writer must not deduplicate against them).
     ///
     /// # Errors
@@ -310,6 +350,7 @@ impl Repository {
         let _lock = self.lock(LockKind::Gc)?;
         let mut report = GcReport::default();
         if !dry_run {
+            report.spool_files_removed = self.reclaim_spool()?;
             report.adopted = self.adopt_orphan_packs()?;
         }
         self.sync_cache()?;

@@ -510,6 +510,9 @@ mod imp {
             if let object_store::Error::NotFound { .. } = e {
                 return Error::NotFound { object: key.to_string() };
             }
+            if matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) {
+                return Error::Refused { op, object: self.url_of(key), reason: e.to_string() };
+            }
             Error::Remote { op, url: self.url_of(key), retry: retry_of(&e), source: Box::new(e) }
         }
 

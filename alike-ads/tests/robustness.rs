@@ -264,3 +264,119 @@ fn a_partial_restore_tells_a_transient_failure_from_damage() {
     assert!(p.failed.is_empty(), "{:?}", p.failed);
     assert_eq!(std::fs::read(&out).unwrap(), data.data);
 }
+
+/// GC reclaims the spool files of writers that are gone (a killed backup's
+/// `tmp/pack-*.tmp`) at once, and never a live writer's.
+#[test]
+fn gc_reclaims_the_spool_of_dead_writers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut c = CreateOptions::default();
+    c.encrypted = false;
+    Repository::create_local(&root, &c).unwrap();
+    let mut o = OpenOptions::default();
+    o.cache_dir = Some(dir.path().join("cache"));
+    let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &o).unwrap();
+    let spool = root.join("tmp");
+    std::fs::create_dir_all(&spool).unwrap();
+    let dead = spool.join("pack-0123456789abcdef01234567.tmp");
+    std::fs::write(&dead, vec![7u8; 7 << 20]).unwrap();
+    let r = repo.gc_with(false, &|_, _| Ok(())).unwrap();
+    assert_eq!(r.spool_files_removed, 1);
+    assert!(!dead.exists(), "a killed writer's spool file stays until a day passes");
+
+    // A live writer (another handle holds a backup lock): its fresh spool file stays.
+    let mut o2 = OpenOptions::default();
+    o2.cache_dir = Some(dir.path().join("cache2"));
+    let writer = Repository::open(Arc::new(LocalBackend::new(&root)), &o2).unwrap();
+    let lock = writer.begin_write().unwrap();
+    let live = spool.join("pack-fedcba9876543210fedcba98.tmp");
+    std::fs::write(&live, b"in progress").unwrap();
+    let r = repo.gc_with(false, &|_, _| Ok(())).unwrap();
+    assert_eq!(r.spool_files_removed, 0);
+    assert!(live.exists(), "a live writer's spool file was removed");
+    drop(lock);
+}
+
+/// A store whose every write is refused, as a WORM bucket answers 403.
+#[derive(Debug)]
+struct WriteOnce {
+    inner: LocalBackend,
+}
+
+impl WriteOnce {
+    fn refuse(&self, op: &'static str, key: &str) -> alike_ads::Error {
+        alike_ads::Error::Refused { op, object: key.into(), reason: "403 Forbidden (object lock)".into() }
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl Backend for WriteOnce {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
+        self.inner.read(key)
+    }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
+        self.inner.read_range(key, offset, len)
+    }
+    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
+        self.inner.read_tail(key, len)
+    }
+    fn write(&self, key: &str, _: &[u8]) -> alike_ads::Result<()> {
+        Err(self.refuse("put", key))
+    }
+    fn write_new(&self, key: &str, _: &[u8]) -> alike_ads::Result<bool> {
+        Err(self.refuse("put", key))
+    }
+    fn write_file(&self, key: &str, _: &Path) -> alike_ads::Result<()> {
+        Err(self.refuse("put", key))
+    }
+    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
+        self.inner.list(prefix)
+    }
+    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn delete(&self, key: &str) -> alike_ads::Result<()> {
+        Err(self.refuse("delete", key))
+    }
+    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
+        self.inner.spool_dir()
+    }
+}
+
+/// A store that refuses writes (a WORM vault, a read-only share) restores
+/// and verifies without its read lock, while writers are refused clearly.
+#[test]
+fn a_store_that_refuses_writes_still_restores_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut c = CreateOptions::default();
+    c.encrypted = false;
+    Repository::create_local(&root, &c).unwrap();
+    let mut o = OpenOptions::default();
+    o.cache_dir = Some(dir.path().join("cache"));
+    let data: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(1 << 20, 9) }));
+    let (_, m) = {
+        let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &o).unwrap();
+        let _w = repo.begin_write().unwrap();
+        let job =
+            BackupJob { vm: VmInfo::named("a"), disks: vec![data], parent: None, time_ms: 1, host: None, origin: None };
+        alike_core::backup::backup(&repo, repo.keys(), &EngineParams::new(65536), job, &RunOptions::default()).unwrap()
+    };
+    let mut o2 = OpenOptions::default();
+    o2.cache_dir = Some(dir.path().join("cold-cache"));
+    let repo = Repository::open(Arc::new(WriteOnce { inner: LocalBackend::new(&root) }), &o2).unwrap();
+    let read = repo.lock(alike_ads::LockKind::Read).unwrap();
+    assert!(!read.is_held(), "no lock object can be written");
+    let out = dir.path().join("out.img");
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &RunOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data.data);
+    assert!(repo.verify(None, alike_ads::VerifyDepth::Full, &|_, _| {}).unwrap().ok());
+    drop(read);
+    let e = repo.begin_write().unwrap_err();
+    assert!(e.is_write_refused() && e.to_string().contains("refused"), "{e}");
+}

@@ -356,3 +356,55 @@ fn json_output_is_the_reports_schema() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("`latest` needs a VM name"), "{o:?}");
 }
+
+/// A read-only bind mount of a directory, unmounted on drop.
+struct RoMount(PathBuf);
+
+impl RoMount {
+    fn new(src: &Path, at: &Path) -> Option<RoMount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = |args: &[&str]| Command::new("mount").args(args).status().is_ok_and(|s| s.success());
+        if !ok(&["--bind", path_str(src), path_str(at)]) {
+            return None;
+        }
+        let m = RoMount(at.to_owned());
+        ok(&["-o", "remount,bind,ro", path_str(at)]).then_some(m)
+    }
+}
+
+impl Drop for RoMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A DR site with a read-only share: restore and verify work, with a warning,
+/// and write nothing.
+#[test]
+fn a_read_only_store_restores_and_verifies() {
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("d.img");
+    sparse_image(&img, 4 << 20, 8, 7);
+    c.ok(&["backup", "--vm", "web", path_str(&img)]);
+    let Some(_m) = RoMount::new(&c.p("store"), &c.p("ro")) else {
+        assert!(std::env::var_os("CI").is_none(), "a read-only bind mount is needed here (root, mount)");
+        eprintln!("skipped: cannot make a read-only bind mount here");
+        return;
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_alike"));
+        cmd.env("ALIKE_CACHE_DIR", c.p("cache-ro")).env("ALIKE_PASSWORD", "pw").env_remove("ALIKE_STORE");
+        cmd.arg("--store").arg(c.p("ro")).args(args).output().unwrap()
+    };
+    let out = c.p("r.img");
+    let o = run(&["restore", "latest", "--vm", "web", "-o", path_str(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+    let o = run(&["verify", "--full"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not recorded"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["backup", "--vm", "web", path_str(&img)]);
+    assert_eq!(o.status.code(), Some(1), "a backup into a read-only store fails");
+}

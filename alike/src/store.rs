@@ -690,7 +690,13 @@ impl Store {
         for id in &ids {
             let ok = !report.damaged.iter().any(|d| d.affects.iter().any(|a| &a.version == id));
             let depth = if opts.full { "full" } else { "quick" };
-            self.repo.record_verification(id, &Verification { time_ms: now, depth: depth.into(), ok })?;
+            match self.repo.record_verification(id, &Verification { time_ms: now, depth: depth.into(), ok }) {
+                Err(e) if e.is_write_refused() => {
+                    tracing::warn!(error = %e, "the store is read-only to us: this verification is not recorded");
+                    break;
+                }
+                r => r?,
+            }
         }
         Ok(report)
     }
