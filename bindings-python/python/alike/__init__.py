@@ -285,6 +285,8 @@ class GcReport:
     deferred: int
     #: Packs of interrupted writers adopted into the index.
     adopted: int = 0
+    #: Spool files of writers that are gone, removed.
+    spool_files_removed: int = 0
 
 
 class VaultCopy(NamedTuple):
