@@ -180,6 +180,10 @@ pub(crate) struct RestoreArgs {
     /// unreadable ranges, and exit 1 if there were any.
     #[arg(long)]
     partial: bool,
+    /// Replace an existing output file (refused without it; a block device
+    /// needs no --force, but one that is mounted or in use is always refused).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     threads: ThreadsArg,
     #[command(flatten)]
@@ -204,6 +208,7 @@ pub(crate) fn restore(cli: &Cli, a: &RestoreArgs) -> Result<()> {
         let mut o = RestoreOptions::default()
             .threads(a.threads.threads)
             .partial(a.partial)
+            .force(a.force)
             .format(a.format)
             .cancel_token(cancel);
         if let Some(cb) = cb {

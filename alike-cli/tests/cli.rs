@@ -168,7 +168,7 @@ fn concurrent_processes_write_one_store() {
     assert_eq!(vs.len(), 3);
     for v in vs {
         let out = c.p("r.img");
-        c.ok(&["restore", v["id"].as_str().unwrap(), "--output", path_str(&out)]);
+        c.ok(&["restore", v["id"].as_str().unwrap(), "--force", "--output", path_str(&out)]);
         let sha = sha256_file(&out);
         assert!(imgs.iter().any(|i| sha256_file(i) == sha), "version {} restores to an unknown image", v["id"]);
     }
@@ -407,4 +407,53 @@ fn a_read_only_store_restores_and_verifies() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not recorded"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&["backup", "--vm", "web", path_str(&img)]);
     assert_eq!(o.status.code(), Some(1), "a backup into a read-only store fails");
+}
+
+/// `restore` never overwrites what it was not asked to: an existing file
+/// (here the very image backed up) needs `--force`; FIFOs and character
+/// devices are refused; a mounted block device is refused (EBUSY).
+#[test]
+fn restore_refuses_to_overwrite_without_force() {
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("d.img");
+    sparse_image(&img, 2 << 20, 6, 11);
+    let before = sha256_file(&img);
+    c.ok(&["backup", "--vm", "web", path_str(&img)]);
+    std::fs::write(&img, b"changed since").unwrap();
+    let o = c.cmd().args(["restore", "latest", "-o", path_str(&img)]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"), "{o:?}");
+    assert_eq!(std::fs::read(&img).unwrap(), b"changed since", "the existing file was changed");
+    c.ok(&["restore", "latest", "-o", path_str(&img), "--force"]);
+    assert_eq!(sha256_file(&img), before);
+    let fifo = c.p("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (target, what) in [(path_str(&fifo), "a FIFO"), ("/dev/null", "a character device")] {
+        let o = c.cmd().args(["restore", "latest", "--force", "-o", target]).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{target}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(what), "{target}: {o:?}");
+    }
+    // A mounted block device (a loop device with a filesystem on it).
+    let dev_img = c.p("dev.img");
+    std::fs::File::create(&dev_img).unwrap().set_len(8 << 20).unwrap();
+    let attach = Command::new("losetup").args(["-f", "--show", path_str(&dev_img)]).output();
+    let Some(dev) = attach.ok().filter(|o| o.status.success()).map(|o| String::from_utf8(o.stdout).unwrap()) else {
+        assert!(std::env::var_os("CI").is_none(), "a loop device is needed here (root, losetup)");
+        eprintln!("skipped the block-device case: no loop device");
+        return;
+    };
+    let dev = dev.trim().to_string();
+    let mnt = c.p("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mkfs = Command::new("mkfs.ext4").args(["-q", &dev]).status().unwrap().success();
+    let mounted = mkfs && Command::new("mount").args([&dev, path_str(&mnt)]).status().unwrap().success();
+    let o = c.cmd().args(["restore", "latest", "-o", &dev]).output().unwrap();
+    if mounted {
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(mounted, "could not mount a filesystem on {dev}");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mounted or in use"), "{o:?}");
 }

@@ -83,7 +83,7 @@ impl Harness {
                 continue; // removed by a prune (or forget) that ran before the kill
             }
             let out = self.p("check.img");
-            self.ok(&["restore", id, "--output", out.to_str().unwrap()]);
+            self.ok(&["restore", id, "--force", "--output", out.to_str().unwrap()]);
             assert_eq!(&sha256_file(&out), sha, "seed {}: version {id} differs after a kill during {what}", self.seed);
         }
         // A version listed but not committed by us can only come from the killed job itself: it must be whole too (verify passed).

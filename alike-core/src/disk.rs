@@ -268,7 +268,24 @@ impl RawFileTarget {
         let path = path.as_ref().to_owned();
         let is_dev = std::fs::metadata(&path).map(|m| m.file_type().is_block_device()).unwrap_or(false);
         if is_dev {
-            let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+            // O_EXCL on a block device: EBUSY when it is mounted or held by
+            // another exclusive opener (a VM, a device mapper) — never
+            // write under a live filesystem.
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+                .open(&path)
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                        Error::InvalidArgument(format!(
+                            "{} is mounted or in use (EBUSY): refusing to write over it",
+                            path.display()
+                        ))
+                    } else {
+                        Error::Io { path: path.clone(), source: e }
+                    }
+                })?;
             let direct = open_direct(&path);
             return Ok(RawFileTarget { path, tmp: None, file, direct, direct_ok: true.into(), fresh: false });
         }

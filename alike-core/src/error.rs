@@ -38,7 +38,7 @@ pub enum ErrorKind {
     PassphraseRequired,
     /// No store at that location.
     NotAStore,
-    /// A store already exists there.
+    /// A store, or a restore's output file, already exists there.
     AlreadyExists,
     /// A version, VM, disk or object does not exist.
     NotFound,

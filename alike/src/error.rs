@@ -34,6 +34,12 @@ pub enum Error {
     /// A bad argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A restore's output already exists (refused unless forced).
+    #[error("{} already exists: refusing to overwrite it (force it to replace the file)", path.display())]
+    OutputExists {
+        /// The output path.
+        path: std::path::PathBuf,
+    },
     /// A VHD image could not be read or written.
     #[error(transparent)]
     Vhd(alike_formats::vhd::VhdError),
@@ -102,6 +108,7 @@ impl Error {
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::OutputExists { .. } => ErrorKind::AlreadyExists,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
         }

@@ -136,6 +136,48 @@ pub fn open_image(path: impl AsRef<Path>, format: Option<ImageFormat>) -> Result
     })
 }
 
+/// Checks that `path` may receive a restored image: a new file, an existing
+/// regular file only when `force` (it may be the very image that was backed
+/// up), a block device for a raw image (opened exclusively later, so a
+/// mounted or in-use device is refused then); never a directory, FIFO,
+/// socket or character device.
+///
+/// # Errors
+/// [`crate::ErrorKind::AlreadyExists`] for an existing file without
+/// `force`; [`crate::ErrorKind::InvalidArgument`] for anything that is not a
+/// disk image target.
+pub(crate) fn check_output(path: &Path, format: ImageFormat, force: bool) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let m = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(alike_core::Error::Io { path: path.to_owned(), source: e }.into()),
+    };
+    let t = m.file_type();
+    let what = if t.is_file() {
+        if force {
+            return Ok(());
+        }
+        return Err(Error::OutputExists { path: path.to_owned() });
+    } else if t.is_block_device() {
+        if format == ImageFormat::Raw {
+            return Ok(());
+        }
+        "a block device (only a raw image can be restored onto one)"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::InvalidArgument(format!("{} is {what}: not a place to restore a disk image to", path.display())))
+}
+
 /// Creates an image of `size` bytes to restore into: a sparse raw file, a
 /// dynamic VHD (2 MiB blocks) or a dynamic VHDX (32 MiB blocks). The file
 /// appears at `path` only when the target is finished.

@@ -142,13 +142,22 @@ pub struct RestoreOptions {
     pub(crate) run: Run,
     pub(crate) partial: bool,
     pub(crate) format: crate::ImageFormat,
+    pub(crate) force: bool,
 }
 
 impl RestoreOptions {
     run_setters!();
+    /// [`crate::Store::restore_to_file`]: replace an existing file (off by
+    /// default: an existing file — maybe the very image that was backed up —
+    /// is refused). Block devices need no force; a mounted or in-use one is
+    /// refused whatever this says.
+    pub fn force(mut self, yes: bool) -> Self {
+        self.force = yes;
+        self
+    }
     /// Go on past damage: write every block that can be read and verified,
     /// leave the others as zeroes and list them in
-    /// [`crate::RestoreReport::failed`]. Off by default: a damaged version
+    /// [`crate::RestoreReport::failed_ranges`]. Off by default: a damaged version
     /// then fails at the first damaged block.
     pub fn partial(mut self, yes: bool) -> Self {
         self.partial = yes;

@@ -638,6 +638,7 @@ impl Store {
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let d = version.disk(disk)?;
+        crate::image::check_output(path.as_ref(), opts.format, opts.force)?;
         let t = crate::create_image(path.as_ref(), opts.format, d.size)?;
         self.restore(version, disk, &*t, opts)
     }

@@ -69,7 +69,7 @@ fn main() -> Result<()> {
     let out = work.join("restore.img");
     settle();
     let t = Instant::now();
-    let rr = store.restore_to_file(&v, 0, &out, &RestoreOptions::default())?;
+    let rr = store.restore_to_file(&v, 0, &out, &RestoreOptions::default().force(true))?;
     let secs = t.elapsed().as_secs_f64();
     rows.push(serde_json::json!({
         "step": "restore v2", "seconds": secs, "image_MBps": rr.size as f64 / secs / 1e6,

@@ -34,6 +34,14 @@
 #define ALIKE_VERSION_STRING "0.1.0"
 
 
+// `alike_store_restore_ex` flags: replace an existing output file.
+#define ALIKE_RESTORE_FORCE 1
+
+// `alike_store_restore_ex` flags: go on past damage (zeroes where blocks
+// are unreadable); the call then fails with `ALIKE_ERR_CORRUPTION` after
+// writing everything else, naming the ranges in the message.
+#define ALIKE_RESTORE_PARTIAL 2
+
 // Whether retrying a failed call may succeed (`alike_last_error_retry`).
 typedef enum {
   // The last call succeeded.
@@ -327,6 +335,22 @@ alike_result alike_store_restore_image(const alike_store *store,
                                        alike_progress_fn progress,
                                        void *user_data,
                                        const alike_cancel *cancel);
+
+// As [`alike_store_restore_image`], with `flags` (a bitwise OR of
+// `ALIKE_RESTORE_*`). The older restore functions refuse an existing output
+// file; this one replaces it with `ALIKE_RESTORE_FORCE`.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_restore_ex(const alike_store *store,
+                                    const alike_version *version,
+                                    uint32_t disk,
+                                    const char *output,
+                                    uint32_t format,
+                                    uint32_t flags,
+                                    alike_progress_fn progress,
+                                    void *user_data,
+                                    const alike_cancel *cancel);
 
 // Checks the store: structure and index, or every byte when `full`.
 // `*out_damaged` receives how many damaged objects or chunks were found

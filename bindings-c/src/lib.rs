@@ -97,6 +97,13 @@ pub(crate) struct Failure(alike_result, String, alike_retry);
 
 pub(crate) type FfiResult<T = ()> = Result<T, Failure>;
 
+impl Failure {
+    /// Damage a call went past (a partial restore's unreadable ranges).
+    pub(crate) fn corruption(msg: String) -> Failure {
+        Failure(alike_result::ALIKE_ERR_CORRUPTION, msg, alike_retry::ALIKE_RETRY_PERMANENT)
+    }
+}
+
 pub(crate) fn invalid(msg: impl Into<String>) -> Failure {
     Failure(alike_result::ALIKE_ERR_INVALID_ARGUMENT, msg.into(), alike_retry::ALIKE_RETRY_PERMANENT)
 }

@@ -249,7 +249,51 @@ pub unsafe extern "C" fn alike_store_restore_image(
     user_data: *mut c_void,
     cancel: *const alike_cancel,
 ) -> alike_result {
-    guard(|| unsafe {
+    guard(|| unsafe { restore_inner(store, version, disk, output, format, 0, progress, user_data, cancel) })
+}
+
+/// `alike_store_restore_ex` flags: replace an existing output file.
+pub const ALIKE_RESTORE_FORCE: u32 = 1;
+/// `alike_store_restore_ex` flags: go on past damage (zeroes where blocks
+/// are unreadable); the call then fails with `ALIKE_ERR_CORRUPTION` after
+/// writing everything else, naming the ranges in the message.
+pub const ALIKE_RESTORE_PARTIAL: u32 = 2;
+
+/// As [`alike_store_restore_image`], with `flags` (a bitwise OR of
+/// `ALIKE_RESTORE_*`). The older restore functions refuse an existing output
+/// file; this one replaces it with `ALIKE_RESTORE_FORCE`.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_restore_ex(
+    store: *const alike_store,
+    version: *const alike_version,
+    disk: u32,
+    output: *const c_char,
+    format: u32,
+    flags: u32,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+) -> alike_result {
+    guard(|| unsafe { restore_inner(store, version, disk, output, format, flags, progress, user_data, cancel) })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn restore_inner(
+    store: *const alike_store,
+    version: *const alike_version,
+    disk: u32,
+    output: *const c_char,
+    format: u32,
+    flags: u32,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+) -> FfiResult {
+    unsafe {
         let s = self::store(store)?;
         let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
         let output = arg_str(output, "output")?;
@@ -260,10 +304,23 @@ pub unsafe extern "C" fn alike_store_restore_image(
             2 => ImageFormat::Vhdx,
             n => return Err(invalid(format!("format {n} is not an alike_image_format"))),
         };
+        if flags & !(ALIKE_RESTORE_FORCE | ALIKE_RESTORE_PARTIAL) != 0 {
+            return Err(invalid(format!("flags {flags:#x} holds bits that are not ALIKE_RESTORE_*")));
+        }
         let run = Run::new(progress, user_data, cancel);
-        s.restore_to_file(&v.inner, disk, output, &with_run!(RestoreOptions::default().format(format), run))?;
+        let o = RestoreOptions::default()
+            .format(format)
+            .force(flags & ALIKE_RESTORE_FORCE != 0)
+            .partial(flags & ALIKE_RESTORE_PARTIAL != 0);
+        let r = s.restore_to_file(&v.inner, disk, output, &with_run!(o, run))?;
+        if let Some(e) = r.first_error {
+            return Err(crate::Failure::corruption(format!(
+                "{} byte range(s) could not be restored (zeroes written): {e}",
+                r.failed_ranges.len()
+            )));
+        }
         Ok(())
-    })
+    }
 }
 
 /// Checks the store: structure and index, or every byte when `full`.

@@ -176,7 +176,7 @@ impl NativeStore {
     }
 
     /// Restores disk `disk` of version `spec` to the file `output`.
-    #[pyo3(signature = (spec, output, disk=0, vm=None, format="raw", partial=false, threads=0, progress=None, cancel=None))]
+    #[pyo3(signature = (spec, output, disk=0, vm=None, format="raw", partial=false, threads=0, progress=None, cancel=None, force=false))]
     #[allow(clippy::too_many_arguments)]
     fn restore(
         &self,
@@ -190,12 +190,14 @@ impl NativeStore {
         threads: usize,
         progress: Option<&Bound<'_, PyAny>>,
         cancel: Option<&Bound<'_, CancelToken>>,
+        force: bool,
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         let format: ImageFormat = format.parse().map_err(errors::to_py)?;
         let r = run(py, progress, cancel, |ctx| {
             let v = s.version(&spec, vm.as_deref())?;
-            let o = with_ctx!(RestoreOptions::default().format(format).partial(partial).threads(threads), ctx);
+            let o =
+                with_ctx!(RestoreOptions::default().format(format).partial(partial).force(force).threads(threads), ctx);
             s.restore_to_file(&v, disk, &output, &o)
         })?;
         ser(py, &r)

@@ -77,3 +77,14 @@ def test_every_kind_has_its_class() -> None:
     for n in names:
         cls = getattr(alike, n)
         assert issubclass(cls, alike.Error), n
+
+
+def test_restore_refuses_an_existing_file_unless_forced(tmp: Path, store: alike.Store) -> None:
+    write_image(tmp / "d.img", 1 << 20, 8)
+    v = store.backup(vm="a", disks=[tmp / "d.img"]).version
+    (tmp / "out.img").write_bytes(b"keep me")
+    with pytest.raises(alike.AlreadyExists):
+        store.restore(v, tmp / "out.img")
+    assert (tmp / "out.img").read_bytes() == b"keep me"
+    store.restore(v, tmp / "out.img", force=True)
+    assert (tmp / "out.img").read_bytes() == (tmp / "d.img").read_bytes()

@@ -46,7 +46,7 @@ def test_incremental_and_listing(tmp: Path, store: alike.Store) -> None:
     out = tmp / "v1.img"
     store.restore(v1.id, output=out)
     assert out.read_bytes() == first
-    store.restore("latest", output=out, vm="db")
+    store.restore("latest", output=out, vm="db", force=True)
     assert out.read_bytes() == bytes(changed)
     assert v1.time.tzinfo is not None
 

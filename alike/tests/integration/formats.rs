@@ -49,7 +49,7 @@ fn vhd_and_vhdx_in_and_out() {
         // (-f: qemu does not probe a fixed VHD, whose only footer is at the end.)
         qemu_img(&["convert", "-f", fmt, "-O", "raw", img.to_str().unwrap(), oracle.to_str().unwrap()]);
         let out = env.path("back.raw");
-        store.restore_to_file(&r.version, 0, &out, &RestoreOptions::default()).unwrap();
+        store.restore_to_file(&r.version, 0, &out, &RestoreOptions::default().force(true)).unwrap();
         assert_eq!(sha256_file(&out), sha256_file(&oracle), "{name}: restored raw differs from qemu's conversion");
         if r.version.disks[0].size == (64 << 20) + 512 {
             assert_eq!(sha256_file(&out), want, "{name}");

@@ -8,7 +8,7 @@ use super::util::Env;
 
 fn restore_bytes(env: &Env, store: &alike::Store, v: &alike::Version) -> Vec<u8> {
     let out = env.path("r.img");
-    store.restore_to_file(v, 0, &out, &Default::default()).unwrap();
+    store.restore_to_file(v, 0, &out, &alike::RestoreOptions::default().force(true)).unwrap();
     std::fs::read(&out).unwrap()
 }
 

@@ -111,7 +111,8 @@ fn every_allowed_pair_runs_at_once() {
             assert!(r.ok(), "{a:?} with {b:?}: {:#?}", r.damaged);
             for (id, sha) in created.iter().chain(std::iter::once(&(f.keep_id.clone(), f.keep_sha.clone()))) {
                 let out = f.env.path("check.img");
-                s.restore_to_file(&s.version(id, None).unwrap(), 0, &out, &RestoreOptions::default()).unwrap();
+                s.restore_to_file(&s.version(id, None).unwrap(), 0, &out, &RestoreOptions::default().force(true))
+                    .unwrap();
                 assert_eq!(&sha256_file(&out), sha, "{a:?} with {b:?}: version {id}");
             }
         }

@@ -76,7 +76,7 @@ fn vault_is_incremental_and_restores_alone() {
         assert_eq!(&v.origin().unwrap().version, src);
         for (disk, want) in [(0, s0), (1, s1)] {
             let out = env.path("out.img");
-            vault.restore_to_file(v, disk, &out, &RestoreOptions::default()).unwrap();
+            vault.restore_to_file(v, disk, &out, &RestoreOptions::default().force(true)).unwrap();
             assert_eq!(&sha256_file(&out), want, "vault version {} disk {disk}", v.short_id());
         }
     }

@@ -150,6 +150,13 @@ int main(int argc, char **argv) {
     CHECK(alike_store_find_version(s, "latest", "vm1", &found) == ALIKE_OK);
     CHECK(strcmp(alike_version_id(found), alike_version_id(v)) == 0);
     CHECK(alike_store_restore(s, found, 0, path("a.out"), NULL, NULL, NULL) == ALIKE_OK);
+    /* An existing output is refused by the old functions and replaced with ALIKE_RESTORE_FORCE. */
+    CHECK(alike_store_restore(s, found, 0, path("a.out"), NULL, NULL, NULL) == ALIKE_ERR_ALREADY_EXISTS);
+    CHECK(strstr(alike_last_error_message(), "already exists") != NULL);
+    CHECK(alike_store_restore_ex(s, found, 0, path("a.out"), ALIKE_IMAGE_RAW, ALIKE_RESTORE_FORCE, NULL, NULL, NULL) ==
+          ALIKE_OK);
+    CHECK(alike_store_restore_ex(s, found, 0, path("a.out"), ALIKE_IMAGE_RAW, 0x80, NULL, NULL, NULL) ==
+          ALIKE_ERR_INVALID_ARGUMENT);
     CHECK(files_equal(path("a.img"), path("a.out")));
     CHECK(alike_store_restore(s, found, 3, path("x.out"), NULL, NULL, NULL) != ALIKE_OK);
     /* The same disk as a dynamic VHDX, which backs up again to the same bytes. */

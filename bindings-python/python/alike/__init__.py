@@ -565,12 +565,14 @@ class Store:
         threads: int = 0,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
+        force: bool = False,
     ) -> RestoreReport:
         """Writes disk ``disk`` of ``version`` (a Version, id, prefix or
         ``"latest"`` with ``vm``) to the file ``output``, atomically, as a
-        sparse raw image or (``format`` "vhd"/"vhdx") a dynamic VHD/VHDX."""
+        sparse raw image or (``format`` "vhd"/"vhdx") a dynamic VHD/VHDX. An
+        existing file is refused (:class:`AlreadyExists`) unless ``force``."""
         r = self._n.restore(
-            _spec(version), os.fspath(output), disk, vm, format, partial, threads, _progress(progress), cancel
+            _spec(version), os.fspath(output), disk, vm, format, partial, threads, _progress(progress), cancel, force
         )
         fields = _fields(RestoreReport, r)
         fields.update(failed_ranges=tuple((int(a), int(b)) for a, b in r["failed_ranges"]))

@@ -98,6 +98,7 @@ class NativeStore:
         threads: int = 0,
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
+        force: bool = False,
     ) -> Dict[str, Any]: ...
     def verify(
         self,

@@ -60,7 +60,8 @@ fn main() -> Result<()> {
         let version = store.version(id, None)?;
         let out = work.join(format!("restored-{}.img", version.short_id()));
         let t = Instant::now();
-        store.restore_to_file(&version, 0, &out, &RestoreOptions::default())?;
+        // The example's own scratch files: a rerun replaces them.
+        store.restore_to_file(&version, 0, &out, &RestoreOptions::default().force(true))?;
         let secs = t.elapsed().as_secs_f64();
         let (a, b) = (digest(original)?, digest(&out)?);
         if a != b {
