@@ -353,8 +353,14 @@ impl Repository {
             report.spool_files_removed = self.reclaim_spool()?;
             report.adopted = self.adopt_orphan_packs()?;
         }
-        self.sync_cache()?;
+        // Versions first, then the cache: a manifest is written only after
+        // the index segment of its chunks, so every version listed here has
+        // its segment on the store by the time the cache is brought up to
+        // date. (The other order let a backup finishing in between hand GC a
+        // manifest whose chunks its cache did not know: "chunk … is not in
+        // the store".)
         let versions = self.versions()?;
+        self.sync_cache()?;
         report.versions = versions.len() as u64;
         let seen: HashSet<String> = versions.iter().map(|(id, _)| id.clone()).collect();
         let live = self.mark(&versions, progress)?;

@@ -118,6 +118,10 @@ impl Repository {
             Some(v) => v.to_vec(),
             None => self.version_ids()?,
         };
+        // Versions known, then the cache brought up to date: a version
+        // committed by another writer since this handle opened has its index
+        // segment on the store already (no false "in no index segment").
+        self.sync_cache()?;
         let mut walk = self.walk(&ids)?;
         let mut report = VerifyReport {
             depth: if matches!(depth, VerifyDepth::Full) { "full" } else { "quick" }.into(),

@@ -380,3 +380,114 @@ fn a_store_that_refuses_writes_still_restores_and_verifies() {
     let e = repo.begin_write().unwrap_err();
     assert!(e.is_write_refused() && e.to_string().contains("refused"), "{e}");
 }
+
+/// A local backend that runs `hook` once, right after the first listing of
+/// `index/` (GC's cache sync): a backup that finishes at that moment.
+struct AfterIndexListing {
+    inner: LocalBackend,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for AfterIndexListing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterIndexListing")
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl Backend for AfterIndexListing {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
+        self.inner.read(key)
+    }
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
+        self.inner.read_range(key, offset, len)
+    }
+    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
+        self.inner.read_tail(key, len)
+    }
+    fn write(&self, key: &str, data: &[u8]) -> alike_ads::Result<()> {
+        self.inner.write(key, data)
+    }
+    fn write_new(&self, key: &str, data: &[u8]) -> alike_ads::Result<bool> {
+        self.inner.write_new(key, data)
+    }
+    fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
+        self.inner.write_file(key, local)
+    }
+    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
+        let listed = self.inner.list(prefix)?;
+        if prefix == "index/" {
+            let hook = self.hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(h) = hook {
+                h();
+            }
+        }
+        Ok(listed)
+    }
+    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn delete(&self, key: &str) -> alike_ads::Result<()> {
+        self.inner.delete(key)
+    }
+    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
+        self.inner.spool_dir()
+    }
+}
+
+/// The window behind "gc failed once with chunk … is not in the store": a
+/// backup that commits between GC's cache sync and its listing of versions.
+/// GC lists versions first now, so it runs clean, deletes nothing the new
+/// version needs, and the version restores.
+#[test]
+fn a_backup_committing_while_gc_syncs_its_cache_is_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut c = CreateOptions::default();
+    c.encrypted = false;
+    Repository::create_local(&root, &c).unwrap();
+    let opts = |cache: &str| {
+        let mut o = OpenOptions::default();
+        o.cache_dir = Some(dir.path().join(cache));
+        o
+    };
+    let first: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(1 << 20, 21) }));
+    let second: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(1 << 20, 22) }));
+    let run = RunOptions::default();
+    let job = |d: &'static MemSource, t| BackupJob {
+        vm: VmInfo::named("same-vm"),
+        disks: vec![d],
+        parent: None,
+        time_ms: t,
+        host: None,
+        origin: None,
+    };
+    let writer = Arc::new(Repository::open(Arc::new(LocalBackend::new(&root)), &opts("c1")).unwrap());
+    {
+        let _w = writer.begin_write().unwrap();
+        alike_core::backup::backup(&*writer, writer.keys(), &EngineParams::new(65536), job(first, 1), &run).unwrap();
+    }
+    let w2 = writer.clone();
+    let committed = Arc::new(std::sync::Mutex::new(None));
+    let c2 = committed.clone();
+    let hook: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _w = w2.begin_write().unwrap();
+        let r = alike_core::backup::backup(&*w2, w2.keys(), &EngineParams::new(65536), job(second, 2), &run).unwrap();
+        *c2.lock().unwrap() = Some(r);
+    });
+    let be = Arc::new(AfterIndexListing { inner: LocalBackend::new(&root), hook: std::sync::Mutex::new(None) });
+    let gc_repo = Repository::open(be.clone(), &opts("c2")).unwrap();
+    // Armed now: the opening's own cache sync has passed.
+    *be.hook.lock().unwrap() = Some(hook);
+    let r = gc_repo.gc_with(false, &|_, _| Ok(())).unwrap();
+    assert!(committed.lock().unwrap().is_some(), "the backup ran inside GC's sync");
+    drop(r);
+    let (_, m) = committed.lock().unwrap().take().unwrap();
+    let out = dir.path().join("out.img");
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    alike_core::restore::restore_disk(&*writer, writer.keys(), &m, 0, &target, &RunOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), second.data);
+}

@@ -588,6 +588,9 @@ impl Store {
     ) -> Result<RestoreReport> {
         let started = std::time::Instant::now();
         let _lock = self.repo.lock(alike_ads::LockKind::Read)?;
+        // The version may be newer than this handle's cache (another writer
+        // committed it since): its index segment is on the store already.
+        self.repo.sync_cache()?;
         let (keys, m, run) = (self.repo.keys(), &version.manifest, opts.run.to_core());
         if opts.partial {
             let p = alike_core::restore::restore_disk_partial(&self.repo, keys, m, disk, target, &run)?;

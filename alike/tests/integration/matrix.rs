@@ -118,3 +118,20 @@ fn every_allowed_pair_runs_at_once() {
         }
     }
 }
+
+/// A handle opened before another writer's backup restores and verifies
+/// that backup: its cache catches up with the store instead of calling the
+/// new version's chunks missing.
+#[test]
+fn an_older_handle_sees_a_newer_version() {
+    let env = Env::new();
+    let first = env.create(false);
+    let img = env.path("d.img");
+    std::fs::write(&img, alike_testing::Rng::new(31).noise(1 << 20)).unwrap();
+    let other = alike::Store::builder().cache_dir(env.path("cache-2")).open(env.path("store")).unwrap();
+    let v = other.backup_images("vm", &[&img], &alike::BackupOptions::default()).unwrap().version;
+    assert!(first.verify(&alike::VerifyOptions::default()).unwrap().ok());
+    let out = env.path("out.img");
+    first.restore_to_file(&v, 0, &out, &alike::RestoreOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+}
