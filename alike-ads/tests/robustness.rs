@@ -484,7 +484,7 @@ fn a_backup_committing_while_gc_syncs_its_cache_is_safe() {
     *be.hook.lock().unwrap() = Some(hook);
     let r = gc_repo.gc_with(false, &|_, _| Ok(())).unwrap();
     assert!(committed.lock().unwrap().is_some(), "the backup ran inside GC's sync");
-    drop(r);
+    assert_eq!(r.versions, 1, "GC saw the versions listed before its sync");
     let (_, m) = committed.lock().unwrap().take().unwrap();
     let out = dir.path().join("out.img");
     let target = alike_core::RawFileTarget::create(&out).unwrap();
