@@ -108,6 +108,9 @@ pub struct GcReport {
     pub adopted: u64,
     /// Spool files of writers that are gone, removed (`tmp/pack-*.tmp`…).
     pub spool_files_removed: u64,
+    /// Damaged version manifests: while any is in the store, GC condemns and
+    /// deletes nothing (what they referenced cannot be known).
+    pub damaged_versions: Vec<String>,
 }
 
 impl Repository {
@@ -233,10 +236,12 @@ impl Repository {
         Ok(adopted.len() as u64)
     }
 
-    /// Removes the spool files of writers that are gone: a file last
-    /// written before the oldest live writer (backup lock) started cannot be
-    /// a live writer's, whatever host wrote it; with no live writer, none is.
-    /// Five minutes of margin absorb clock skew between hosts sharing a store.
+    /// Removes the spool files of writers that are gone: a pack spool file
+    /// (`pack-*.tmp`) last written before the oldest live writer (backup
+    /// lock) started cannot be a live writer's, whatever host wrote it; with
+    /// no live writer, none is. Five minutes of margin absorb clock skew
+    /// between hosts sharing a store. Other temporary files (one object on its
+    /// way to its key, written by any process) go after an hour.
     /// Returns how many files were removed.
     ///
     /// # Errors
@@ -256,13 +261,21 @@ impl Repository {
             if !name.ends_with(".tmp") {
                 continue;
             }
+            // Other temporary files are single objects on their way to their
+            // key (a lock, a record), written by any process in milliseconds
+            // and renamed: only one left an hour is a dead writer's.
+            let is_pack = name.starts_with("pack-");
             let mtime_ms = e
                 .metadata()
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            let dead = oldest_writer.is_none_or(|start| mtime_ms < start - SKEW_MS);
+            let dead = if is_pack {
+                oldest_writer.is_none_or(|start| mtime_ms < start - SKEW_MS)
+            } else {
+                mtime_ms < now_ms() - 3_600_000
+            };
             if dead && std::fs::remove_file(e.path()).is_ok() {
                 info!(file = %name, "removed the spool file of a writer that is gone");
                 removed += 1;
@@ -359,8 +372,9 @@ impl Repository {
         // date. (The other order let a backup finishing in between hand GC a
         // manifest whose chunks its cache did not know: "chunk … is not in
         // the store".)
-        let versions = self.versions()?;
+        let (versions, damaged) = self.scan_versions()?;
         self.sync_cache()?;
+        report.damaged_versions = damaged.iter().map(|d| d.id.clone()).collect();
         report.versions = versions.len() as u64;
         let seen: HashSet<String> = versions.iter().map(|(id, _)| id.clone()).collect();
         let live = self.mark(&versions, progress)?;
@@ -393,6 +407,14 @@ impl Repository {
             } else if (*l as f64) < REPACK_BELOW * (*l + *d) as f64 {
                 repack.push(*p);
             }
+        }
+        if !damaged.is_empty() {
+            // Conservative: a damaged manifest may reference any chunk.
+            warn!(
+                damaged = damaged.len(),
+                "damaged version manifests: gc deletes nothing until they are forgotten or restored"
+            );
+            return Ok(report);
         }
         if dry_run {
             report.condemned = (condemn.len() + repack.len()) as u64;
@@ -456,7 +478,11 @@ impl Repository {
             match self.read_manifest(&id) {
                 Ok(m) => newer.push((id, m)),
                 Err(Error::NotFound { .. }) => {} // pruned meanwhile
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // A version that appeared damaged: keep everything this run.
+                    warn!(version = %id, error = %e, "a new version cannot be read: gc deletes nothing this run");
+                    return Ok(());
+                }
             }
         }
         let rescue = self.mark(&newer, &|_, _| Ok(()))?;

@@ -2,7 +2,7 @@
 //! packs not yet published in an index segment), the local index cache, and
 //! versions. Implements `alike_core::ChunkStore`.
 
-use alike_core::Recover;
+use alike_core::{ErrorKind, Recover};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -85,6 +85,19 @@ pub struct OpenOptions {
     /// Where the local index cache lives (default: `$ALIKE_CACHE_DIR`,
     /// `$XDG_CACHE_HOME/alike` or `~/.cache/alike`).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// The readable versions (id, manifest), sorted by time, and the damaged ones.
+pub type VersionScan = (Vec<(String, Manifest)>, Vec<DamagedVersion>);
+
+/// An object in `versions/` that cannot be read as a version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DamagedVersion {
+    /// Its name (the version id it claims).
+    pub id: String,
+    /// Why it cannot be read.
+    pub reason: String,
 }
 
 /// Figures about a store.
@@ -639,16 +652,33 @@ impl Repository {
     /// All versions, oldest first. A version removed (by a concurrent prune)
     /// between the listing and its read is simply not listed.
     pub fn versions(&self) -> Result<Vec<(String, Manifest)>> {
+        Ok(self.scan_versions()?.0)
+    }
+
+    /// Every version, sorted by time, and apart the objects in `versions/`
+    /// that cannot be read as one (bit rot, truncation, an old manifest
+    /// copied over a new one, a stray file): one damaged object never stops
+    /// the store — each is named, with why, and a warning is logged.
+    ///
+    /// # Errors
+    /// Failures to reach the store (I/O, network): those are not damage.
+    pub fn scan_versions(&self) -> Result<VersionScan> {
         let mut v = Vec::new();
+        let mut damaged = Vec::new();
         for id in self.version_ids()? {
             match self.read_manifest(&id) {
                 Ok(m) => v.push((id, m)),
                 Err(Error::NotFound { .. }) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Corruption | ErrorKind::UnsupportedVersion) => {
+                    warn!(version = %id, error = %e, "damaged version manifest: skipped (verify names it; `forget` removes it)");
+                    damaged.push(DamagedVersion { id, reason: e.to_string() });
+                }
                 Err(e) => return Err(e),
             }
         }
         v.sort_by(|a, b| a.1.time_ms.cmp(&b.1.time_ms).then(a.0.cmp(&b.0)));
-        Ok(v)
+        damaged.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((v, damaged))
     }
 
     /// Figures about the store.

@@ -38,7 +38,8 @@ pub struct Affected {
     pub vm: String,
     /// Disk position.
     pub disk: u32,
-    /// Broken byte ranges `[start, end)`, merged.
+    /// Broken byte ranges `[start, end)`, merged; empty when the whole version
+    /// is broken (its manifest cannot be read, so its disks are unknown).
     pub ranges: Vec<(u64, u64)>,
 }
 
@@ -207,12 +208,9 @@ impl Repository {
                         object: key,
                         chunk: None,
                         reason: e.to_string(),
-                        affects: vec![Affected {
-                            version: id.clone(),
-                            vm: "?".into(),
-                            disk: 0,
-                            ranges: vec![(0, u64::MAX)],
-                        }],
+                        // The whole version: its disks and sizes are in the
+                        // manifest that cannot be read (no byte ranges).
+                        affects: vec![Affected { version: id.clone(), vm: "?".into(), disk: 0, ranges: Vec::new() }],
                     });
                     continue;
                 }

@@ -500,7 +500,15 @@ fn disk(mib: usize, seed: u64) -> Vec<u8> {
 fn backup(repo: &Repository, vm: &str, data: &[u8], time_ms: i64) -> (String, Manifest) {
     let _lock = repo.begin_write().unwrap();
     let src = MemSource { label: "disk0".into(), data: data.to_vec() };
-    let job = BackupJob { vm: VmInfo::named(vm), disks: vec![&src], parent: None, time_ms, host: None, origin: None };
+    let job = BackupJob {
+        vm: VmInfo::named(vm),
+        disks: vec![&src],
+        parent: None,
+        time_ms,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    };
     let r = alike_core::backup::backup(repo, repo.keys(), &EngineParams::new(65536), job, &RunOptions::default());
     if r.is_err() {
         repo.abort_session();

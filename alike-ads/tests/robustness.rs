@@ -146,6 +146,7 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
         time_ms: 1,
         host: None,
         origin: None,
+        no_parent_reason: None,
     };
     let first: &'static MemSource = Box::leak(Box::new(first));
     let (id, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job("a", first), &run).unwrap();
@@ -244,8 +245,15 @@ fn a_partial_restore_tells_a_transient_failure_from_damage() {
     let be = Arc::new(Flaky { inner: LocalBackend::new(&root), down: false.into() });
     let repo = Repository::open(be.clone(), &o).unwrap();
     let data: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(2 << 20, 3) }));
-    let job =
-        BackupJob { vm: VmInfo::named("a"), disks: vec![data], parent: None, time_ms: 1, host: None, origin: None };
+    let job = BackupJob {
+        vm: VmInfo::named("a"),
+        disks: vec![data],
+        parent: None,
+        time_ms: 1,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    };
     let run = RunOptions::default();
     let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &EngineParams::new(65536), job, &run).unwrap();
 
@@ -362,8 +370,15 @@ fn a_store_that_refuses_writes_still_restores_and_verifies() {
     let (_, m) = {
         let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &o).unwrap();
         let _w = repo.begin_write().unwrap();
-        let job =
-            BackupJob { vm: VmInfo::named("a"), disks: vec![data], parent: None, time_ms: 1, host: None, origin: None };
+        let job = BackupJob {
+            vm: VmInfo::named("a"),
+            disks: vec![data],
+            parent: None,
+            time_ms: 1,
+            host: None,
+            origin: None,
+            no_parent_reason: None,
+        };
         alike_core::backup::backup(&repo, repo.keys(), &EngineParams::new(65536), job, &RunOptions::default()).unwrap()
     };
     let mut o2 = OpenOptions::default();
@@ -464,6 +479,7 @@ fn a_backup_committing_while_gc_syncs_its_cache_is_safe() {
         time_ms: t,
         host: None,
         origin: None,
+        no_parent_reason: None,
     };
     let writer = Arc::new(Repository::open(Arc::new(LocalBackend::new(&root)), &opts("c1")).unwrap());
     {

@@ -128,7 +128,11 @@ pub(crate) struct VersionsArgs {
 }
 
 pub(crate) fn versions(cli: &Cli, a: &VersionsArgs) -> Result<()> {
-    let vs = open(cli)?.versions(a.vm.as_deref())?;
+    let store = open(cli)?;
+    let vs = store.versions(a.vm.as_deref())?;
+    for d in store.damaged_versions()? {
+        eprintln!("alike: warning: versions/{} cannot be read and is not listed: {}", d.id, d.reason);
+    }
     if a.out.json {
         return print_json(&vs);
     }
@@ -295,6 +299,10 @@ pub(crate) fn verify(cli: &Cli, a: &VerifyArgs) -> Result<()> {
             let chunk = d.chunk.as_deref().map(|c| format!(" chunk {}", &c[..16.min(c.len())])).unwrap_or_default();
             println!("DAMAGED {}{chunk}: {}", d.object, d.reason);
             for x in &d.affects {
+                if x.ranges.is_empty() {
+                    println!("  breaks version {} entirely (it cannot be read)", &x.version[..12.min(x.version.len())]);
+                    continue;
+                }
                 let ranges: Vec<String> = x.ranges.iter().take(4).map(|(p, q)| format!("{p}..{q}")).collect();
                 let more = if x.ranges.len() > 4 { format!(" (+{} more)", x.ranges.len() - 4) } else { String::new() };
                 println!(

@@ -47,6 +47,9 @@ pub struct BackupJob<'a> {
     pub host: Option<String>,
     /// For a copy of another store's version: where it came from.
     pub origin: Option<crate::Origin>,
+    /// Why there is no parent although one was asked for (its manifest is
+    /// damaged, its data is missing): recorded as each disk's fallback reason.
+    pub no_parent_reason: Option<String>,
 }
 
 /// Runs a backup and commits the version. Returns its id and manifest.
@@ -75,7 +78,16 @@ pub fn backup(
         .disks
         .iter()
         .enumerate()
-        .map(|(i, d)| plan_disk(i as u32, *d, params.block_size, job.parent.as_ref().map(|p| &p.1)))
+        .map(|(i, d)| {
+            let mut plan = plan_disk(i as u32, *d, params.block_size, job.parent.as_ref().map(|p| &p.1))?;
+            if job.parent.is_none()
+                && let Some(why) = &job.no_parent_reason
+            {
+                warn!(disk = i, reason = %why, "read in full");
+                plan.fallback_reason = Some(why.clone());
+            }
+            Ok(plan)
+        })
         .collect::<Result<Vec<_>>>()?;
     let total: u64 = plans.iter().map(|p| p.read_bytes).sum();
     let sink = ProgressSink::new(run.progress.clone(), Phase::Backup, total);

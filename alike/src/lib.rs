@@ -36,7 +36,8 @@ mod vm;
 mod xen;
 
 pub use alike_ads::{
-    Affected, Damage, GcReport, LockInfo, LockKind, ObjectOptions, PruneReport, Verification, VerifyReport,
+    Affected, Damage, DamagedVersion, GcReport, LockInfo, LockKind, ObjectOptions, PruneReport, Verification,
+    VerifyReport,
 };
 pub use alike_core::retention::{Decision, RetentionPolicy};
 /// XenServer/XCP-ng pools: a [`XenPool`] is a [`Hypervisor`] for

@@ -477,7 +477,8 @@ impl Store {
             return Err(Error::InvalidArgument("the VM needs a name".into()));
         }
         let started = std::time::Instant::now();
-        let parent = self.parent_version(&vm.name, &opts.parent)?.map(|v| (v.id, v.manifest));
+        let (parent, no_parent_reason) = self.parent_version(&vm.name, &opts.parent)?;
+        let parent = parent.map(|v| (v.id, v.manifest));
         let mut params = EngineParams::new(self.block_size());
         params.compression_level = opts.compression.level(self.repo.config().compression_level);
         let job = BackupJob {
@@ -487,6 +488,7 @@ impl Store {
             time_ms: opts.time_ms.unwrap_or_else(now_ms),
             host: alike_ads::host_name(),
             origin: opts.origin.clone(),
+            no_parent_reason,
         };
         let _lock = self.repo.begin_write()?;
         let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
@@ -510,12 +512,38 @@ impl Store {
     /// The version a backup of VM `vm` builds on: none, the VM's latest, or
     /// the one asked for (which must be the VM's). The one rule every
     /// backup path uses.
-    pub(crate) fn parent_version(&self, vm: &str, parent: &Parent) -> Result<Option<Version>> {
+    /// When the store holds damaged manifests, any of them may be the VM's
+    /// latest: then there is no parent, and the reason says why (the backup
+    /// reads in full, deduplicated, and records it).
+    pub(crate) fn parent_version(&self, vm: &str, parent: &Parent) -> Result<(Option<Version>, Option<String>)> {
         match parent {
-            Parent::None => Ok(None),
-            Parent::Latest => Ok(self.versions(Some(vm))?.pop()),
-            Parent::Id(s) => Ok(Some(self.version(s, Some(vm))?)),
+            Parent::None => Ok((None, None)),
+            Parent::Latest => {
+                let (good, damaged) = self.repo.scan_versions()?;
+                if let Some(d) = damaged.first() {
+                    let why = format!(
+                        "{} version manifest(s) of this store are damaged ({}…) and one may be this VM's latest: \
+                         read in full, deduplicated (`alike verify` names them; `alike forget` removes them)",
+                        damaged.len(),
+                        &d.id[..12.min(d.id.len())]
+                    );
+                    return Ok((None, Some(why)));
+                }
+                let latest = good.into_iter().rfind(|(_, m)| m.vm.name == vm);
+                Ok((latest.map(|(id, m)| Version::new(id, m)), None))
+            }
+            Parent::Id(s) => Ok((Some(self.version(s, Some(vm))?), None)),
         }
+    }
+
+    /// Objects in `versions/` that cannot be read as versions (bit rot, a
+    /// truncated or stray file): listed apart so that one never stops the
+    /// others. `forget` removes them.
+    ///
+    /// # Errors
+    /// Failures to reach the store.
+    pub fn damaged_versions(&self) -> Result<Vec<alike_ads::DamagedVersion>> {
+        Ok(self.repo.scan_versions()?.1)
     }
 
     /// Backs up disk images (raw files or block devices, VHD, VHDX/AVHDX —
@@ -739,8 +767,28 @@ impl Store {
     /// # Errors
     /// Unknown or pinned version; store errors.
     pub fn forget(&self, version: &str) -> Result<()> {
-        let v = self.version(version, None)?;
-        Ok(self.repo.forget(&v.id)?)
+        // By name, not by reading it: a damaged manifest can be forgotten too.
+        let id = if version == "latest" { self.version(version, None)?.id } else { self.resolve_id(version)? };
+        Ok(self.repo.forget(&id)?)
+    }
+
+    /// A full version id from a unique prefix, without reading the manifest.
+    fn resolve_id(&self, spec: &str) -> Result<String> {
+        let all = self.repo.version_ids()?;
+        // A stray object in `versions/` is named exactly.
+        if all.iter().any(|i| i == spec) {
+            return Ok(spec.to_owned());
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!("{spec:?} is not a version id (hex digits) or `latest`")));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let ids: Vec<String> = all.into_iter().filter(|i| i.starts_with(&spec_l)).collect();
+        match ids.as_slice() {
+            [] => Err(Error::VersionNotFound { spec: spec.into(), vm: None }),
+            [one] => Ok(one.clone()),
+            _ => Err(Error::AmbiguousVersion(spec.into())),
+        }
     }
 
     /// Pins a version (id or unique prefix) so that no policy removes it.

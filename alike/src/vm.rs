@@ -178,7 +178,7 @@ impl Store {
     /// no version is written.
     pub fn backup_vm(&self, hv: &dyn Hypervisor, vm: &str, opts: &BackupOptions) -> Result<VmBackupReport> {
         let name = hv.vm_name(vm)?;
-        let parent = self.parent_version(&name, &opts.parent)?;
+        let (parent, no_parent) = self.parent_version(&name, &opts.parent)?;
         let previous: Vec<PreviousDisk> = parent
             .iter()
             .flat_map(|p| &p.manifest.disks)
@@ -196,7 +196,12 @@ impl Store {
         let snap = SnapshotOptions::default().quiesce(opts.quiesce).cancel_token(opts.run.cancel.clone());
         let session = hv.begin_backup(vm, &previous, &snap)?;
         let mut o = opts.clone();
-        o.parent = parent.map_or(Parent::None, |p| Parent::Id(p.id));
+        o.parent = match (parent, no_parent) {
+            (Some(p), _) => Parent::Id(p.id),
+            // The same reason again for the engine to record.
+            (None, Some(_)) => Parent::Latest,
+            (None, None) => Parent::None,
+        };
         let backup = match self.backup(session.vm().clone(), &session.disks(), &o) {
             Ok(r) => r,
             Err(e) => {

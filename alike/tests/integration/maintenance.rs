@@ -132,8 +132,15 @@ fn gc_never_deletes_what_a_running_backup_deduplicated_against() {
 
     // The writer deduplicates against a1's (condemned) chunks and commits.
     let src = RawFileSource::open(&a1).unwrap();
-    let job =
-        BackupJob { vm: VmInfo::named("c"), disks: vec![&src], parent: None, time_ms: 3, host: None, origin: None };
+    let job = BackupJob {
+        vm: VmInfo::named("c"),
+        disks: vec![&src],
+        parent: None,
+        time_ms: 3,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    };
     let (cid, _) =
         alike_core::backup::backup(&writer, writer.keys(), &EngineParams::new(65536), job, &RunOptions::default())
             .unwrap();

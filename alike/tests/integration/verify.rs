@@ -216,3 +216,49 @@ fn a_corrupt_index_segment_does_not_lock_the_user_out() {
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
     assert_eq!(restore_sha(&store, &t.a, t.env.dir.path()), vec![sha256_file(&t.imgs[0])]);
 }
+
+/// One damaged manifest (a flipped byte) and a stray file in `versions/`
+/// never stop the store: versions lists the rest, a backup of the VM reads
+/// in full with the reason recorded, verify names the damaged object
+/// (the whole version, no absurd byte range), gc runs and deletes nothing,
+/// and forget removes both.
+#[test]
+fn a_damaged_manifest_never_stops_the_store() {
+    let env = super::util::Env::new();
+    let store = env.create(true);
+    let img = env.path("d.img");
+    std::fs::write(&img, alike_testing::Rng::new(41).noise(1 << 20)).unwrap();
+    let v1 = store.backup_images("web", &[&img], &alike::BackupOptions::default()).unwrap().version;
+    let v2 = store.backup_images("web", &[&img], &alike::BackupOptions::default()).unwrap().version;
+    let m2 = env.path(&format!("store/versions/{}", v2.id));
+    let mut b = std::fs::read(&m2).unwrap();
+    b[40] ^= 1;
+    std::fs::write(&m2, b).unwrap();
+    std::fs::write(env.path("store/versions/notes.txt"), b"left here by someone").unwrap();
+
+    let ids: Vec<String> = store.versions(None).unwrap().into_iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec![v1.id.clone()]);
+    let damaged: Vec<String> = store.damaged_versions().unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(damaged.len(), 2, "{damaged:?}");
+
+    let r = store.backup_images("web", &[&img], &alike::BackupOptions::default()).unwrap();
+    let why = r.version.disks[0].fallback_reason.as_deref().unwrap_or_default();
+    assert!(why.contains("damaged") && !r.version.disks[0].incremental, "{why:?}");
+
+    let report = store.verify(&VerifyOptions::default()).unwrap();
+    assert!(!report.ok());
+    let d = report.damaged.iter().find(|d| d.object == format!("versions/{}", v2.id)).expect("named");
+    assert!(d.affects.iter().all(|a| a.ranges.is_empty()), "{:?}", d.affects);
+
+    let packs = std::fs::read_dir(env.path("store/packs")).unwrap().count();
+    let gc = store.gc(&alike::MaintenanceOptions::default()).unwrap();
+    assert_eq!(gc.damaged_versions.len(), 2);
+    assert_eq!((gc.condemned, gc.deleted), (0, 0));
+    assert_eq!(std::fs::read_dir(env.path("store/packs")).unwrap().count(), packs);
+
+    store.forget(&v2.id[..12]).unwrap();
+    store.forget("notes.txt").unwrap();
+    assert!(store.damaged_versions().unwrap().is_empty());
+    assert!(store.verify(&VerifyOptions::default()).unwrap().ok());
+    assert_eq!(restore_sha(&store, &v1, env.dir.path()), vec![sha256_file(&img)]);
+}

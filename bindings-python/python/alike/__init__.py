@@ -287,6 +287,8 @@ class GcReport:
     adopted: int = 0
     #: Spool files of writers that are gone, removed.
     spool_files_removed: int = 0
+    #: Damaged version manifests: while any exists, gc deletes nothing.
+    damaged_versions: Tuple[str, ...] = ()
 
 
 class VaultCopy(NamedTuple):
@@ -647,7 +649,9 @@ class Store:
         cancel: Optional[CancelToken] = None,
     ) -> GcReport:
         """Frees the space of data no version references."""
-        return GcReport(**_fields(GcReport, self._n.gc(dry_run, _progress(progress), cancel)))
+        fields = _fields(GcReport, self._n.gc(dry_run, _progress(progress), cancel))
+        fields["damaged_versions"] = tuple(fields.get("damaged_versions", ()))
+        return GcReport(**fields)
 
     def vault(
         self,
