@@ -172,6 +172,9 @@ impl Repository {
             }
             progress(done, total);
         }
+        if matches!(depth, VerifyDepth::Full) {
+            self.verify_segments(&by_pack, &mut walk, &mut report)?;
+        }
         for (seg, why) in self.bad_segments() {
             walk.damaged.push(Damage {
                 object: seg,
@@ -185,6 +188,81 @@ impl Repository {
         report.damaged = walk.finish();
         report.ok = report.damaged.is_empty();
         Ok(report)
+    }
+
+    /// The stored index segments themselves, never only the cache built from
+    /// them (`docs/format.md` §8.5): each one's name is the BLAKE3 of its
+    /// bytes and it opens; every pack in scope is listed by an intact
+    /// segment, and listed as its trailer says. Where one is not, a host
+    /// with a cold cache could not find (or would misplace) those chunks:
+    /// they are damage, mapped to the versions that need them.
+    fn verify_segments(
+        &self,
+        by_pack: &BTreeMap<[u8; 32], Vec<(ChunkId, ChunkLocation)>>,
+        walk: &mut Walk,
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        let mut listed: HashMap<[u8; 32], (String, Vec<crate::PackEntry>)> = HashMap::new();
+        for (key, _) in self.backend().list("index/")? {
+            let bytes = match self.backend().read(&key) {
+                Ok(b) => b,
+                Err(Error::NotFound { .. }) => continue, // replaced by a GC meanwhile
+                Err(e @ (Error::Io { .. } | Error::Remote { .. })) => return Err(e),
+                Err(e) => {
+                    walk.damage(key.clone(), None, format!("index segment unreadable: {e}"));
+                    continue;
+                }
+            };
+            report.bytes_read += bytes.len() as u64;
+            let name_ok = key.strip_prefix("index/") == Some(blake3::hash(&bytes).to_hex().as_str());
+            let decoded = if name_ok {
+                crate::decode_segment(self.keys(), &bytes, &key)
+            } else {
+                Err(Error::Corrupt { object: key.clone(), reason: "content does not match its name".into() })
+            };
+            match decoded {
+                Ok(packs) => {
+                    for (p, entries) in packs {
+                        listed.entry(p).or_insert_with(|| (key.clone(), Vec::new())).1.extend(entries);
+                    }
+                }
+                Err(e) => walk.damaged.push(Damage {
+                    object: key,
+                    chunk: None,
+                    reason: format!("{e}: a host with a cold cache cannot use it (run rebuild-index)"),
+                    affects: Vec::new(),
+                }),
+            }
+        }
+        for (pack, chunks) in by_pack {
+            let pkey = pack_key(pack);
+            let Some((seg, entries)) = listed.get(pack) else {
+                for (id, _) in chunks {
+                    walk.damage(
+                        "index".into(),
+                        Some(*id),
+                        format!(
+                            "no intact index segment lists {pkey}: a cold cache cannot find it (run rebuild-index)"
+                        ),
+                    );
+                }
+                continue;
+            };
+            // The segment must say where each chunk is as the pack's own trailer does.
+            let Ok(trailer) = read_trailer(&**self.backend(), &pkey, self.keys()) else { continue };
+            let truth: HashMap<ChunkId, crate::PackEntry> = trailer.into_iter().map(|e| (e.id, e)).collect();
+            let said: HashMap<ChunkId, &crate::PackEntry> = entries.iter().map(|e| (e.id, e)).collect();
+            for (id, _) in chunks {
+                if said.get(id).map(|e| **e) != truth.get(id).copied() {
+                    walk.damage(
+                        seg.clone(),
+                        Some(*id),
+                        format!("index segment disagrees with {pkey}'s trailer about this chunk (run rebuild-index)"),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Opens the manifests and block maps in scope and records where every chunk is used.

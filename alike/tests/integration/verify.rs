@@ -262,3 +262,32 @@ fn a_damaged_manifest_never_stops_the_store() {
     assert!(store.verify(&VerifyOptions::default()).unwrap().ok());
     assert_eq!(restore_sha(&store, &v1, env.dir.path()), vec![sha256_file(&img)]);
 }
+
+/// `verify --full` checks the stored index segments, not only the warm
+/// cache built from them: a corrupt segment is damage that names the
+/// versions a cold host could not restore, until `rebuild-index`.
+#[test]
+fn full_verify_checks_index_segments_with_a_warm_cache() {
+    let env = super::util::Env::new();
+    let store = env.create(true);
+    let img = env.path("d.img");
+    std::fs::write(&img, alike_testing::Rng::new(43).noise(2 << 20)).unwrap();
+    let v = store.backup_images("web", &[&img], &alike::BackupOptions::default()).unwrap().version;
+    assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
+    for e in std::fs::read_dir(env.path("store/index")).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 5] ^= 0x40;
+        std::fs::write(&p, b).unwrap();
+    }
+    // The same handle: its cache still knows every chunk.
+    let r = store.verify(&VerifyOptions::default().full(true)).unwrap();
+    assert!(!r.ok(), "a corrupt index segment passed a full verify");
+    assert!(r.damaged.iter().any(|d| d.object.starts_with("index/")), "{:#?}", r.damaged);
+    assert!(r.damaged.iter().any(|d| d.affects.iter().any(|a| a.version == v.id)), "{:#?}", r.damaged);
+    // Quick verify trusts the cache; full is the one that reads the segments.
+    store.rebuild_index(&alike::MaintenanceOptions::default()).unwrap();
+    let r = store.verify(&VerifyOptions::default().full(true)).unwrap();
+    assert!(r.ok(), "{:#?}", r.damaged);
+}
