@@ -108,9 +108,13 @@ pub struct GcReport {
     pub adopted: u64,
     /// Spool files of writers that are gone, removed (`tmp/pack-*.tmp`…).
     pub spool_files_removed: u64,
-    /// Damaged version manifests: while any is in the store, GC condemns and
-    /// deletes nothing (what they referenced cannot be known).
+    /// Damaged version manifests, and versions whose block maps cannot be
+    /// read: while any is in the store, GC condemns and deletes nothing (what
+    /// they referenced cannot be known).
     pub damaged_versions: Vec<String>,
+    /// Packs the index listed but the store no longer held, dropped from
+    /// the index (their data was lost; verify names the versions that need it).
+    pub lost_packs: Vec<String>,
 }
 
 impl Repository {
@@ -236,6 +240,36 @@ impl Repository {
         Ok(adopted.len() as u64)
     }
 
+    /// Drops packs that the index lists but the store no longer holds (lost
+    /// to a disk, deleted by hand) from the index segments, one segment at a
+    /// time as GC does for the packs it deletes, so that no cache — a cold
+    /// one loading segments in any order — points a chunk at them once a
+    /// backup has stored it again. Returns the packs dropped.
+    ///
+    /// # Errors
+    /// Backend and cache errors.
+    fn drop_lost_packs(&self) -> Result<Vec<String>> {
+        let lost = self.missing_packs()?;
+        if lost.is_empty() {
+            return Ok(Vec::new());
+        }
+        warn!(packs = lost.len(), "dropping packs missing from the store from the index");
+        for (seg, _) in self.backend().list("index/")? {
+            let packs = decode_segment(self.keys(), &self.backend().read(&seg)?, &seg)?;
+            if packs.iter().any(|(p, _)| lost.contains(p)) {
+                let keep: Vec<_> = packs.into_iter().filter(|(p, _)| !lost.contains(p)).collect();
+                if !keep.is_empty() {
+                    self.write_segments(&keep, false)?;
+                }
+                self.backend().delete(&seg)?;
+            }
+        }
+        self.sync_cache()?;
+        let mut names: Vec<String> = lost.iter().map(pack_key).collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Removes the spool files of writers that are gone: a pack spool file
     /// (`pack-*.tmp`) last written before the oldest live writer (backup
     /// lock) started cannot be a live writer's, whatever host wrote it; with
@@ -316,19 +350,34 @@ impl Repository {
     /// Marks every chunk (data and maps) referenced by the given manifests,
     /// as 16-byte id prefixes (a prefix collision can only keep a dead chunk,
     /// never delete a live one). Sorted, deduplicated.
-    fn mark(&self, manifests: &[(String, Manifest)], progress: &dyn Fn(u64, u64) -> Result<()>) -> Result<Vec<u128>> {
+    fn mark(
+        &self,
+        manifests: &[(String, Manifest)],
+        progress: &dyn Fn(u64, u64) -> Result<()>,
+        unreadable: &mut Vec<String>,
+    ) -> Result<Vec<u128>> {
         let total: u64 = manifests.iter().flat_map(|(_, m)| &m.disks).map(|d| d.maps.len() as u64).sum();
         let mut done = 0u64;
         let mut live: Vec<u128> = Vec::new();
         let prefix = |c: &ChunkId| u128::from_le_bytes(c.0[..16].try_into().expect("16"));
-        for (_, m) in manifests {
+        'versions: for (_id, m) in manifests {
             for d in &m.disks {
                 let nblocks = d.block_count();
                 for (mi, map_id) in d.maps.iter().enumerate() {
                     live.push(prefix(map_id));
                     let lo = mi as u64 * u64::from(BLOCKS_PER_MAP);
                     let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
-                    let map = alike_core::backup::load_map(self, self.keys(), map_id, n)?;
+                    let map = match alike_core::backup::load_map(self, self.keys(), map_id, n) {
+                        Ok(m) => m,
+                        // Lost or damaged data: what the version referenced
+                        // cannot be known; the caller deletes nothing.
+                        Err(e) if e.is_damage() => {
+                            warn!(version = %_id, error = %e, "a block map cannot be read: gc deletes nothing");
+                            unreadable.push(_id.clone());
+                            continue 'versions;
+                        }
+                        Err(e) => return Err(Error::Core(e)),
+                    };
                     live.extend(map.entries.iter().flatten().map(prefix));
                     done += 1;
                     progress(done, total)?;
@@ -375,9 +424,14 @@ impl Repository {
         let (versions, damaged) = self.scan_versions()?;
         self.sync_cache()?;
         report.damaged_versions = damaged.iter().map(|d| d.id.clone()).collect();
+        if !dry_run {
+            report.lost_packs = self.drop_lost_packs()?;
+        }
         report.versions = versions.len() as u64;
         let seen: HashSet<String> = versions.iter().map(|(id, _)| id.clone()).collect();
-        let live = self.mark(&versions, progress)?;
+        let mut unreadable = Vec::new();
+        let live = self.mark(&versions, progress, &mut unreadable)?;
+        report.damaged_versions.extend(unreadable);
         let is_live = |c: &ChunkId| live.binary_search(&u128::from_le_bytes(c.0[..16].try_into().expect("16"))).is_ok();
 
         // Per pack: live and dead bytes.
@@ -408,8 +462,9 @@ impl Repository {
                 repack.push(*p);
             }
         }
-        if !damaged.is_empty() {
-            // Conservative: a damaged manifest may reference any chunk.
+        if !report.damaged_versions.is_empty() {
+            // Conservative: a damaged manifest, or a version whose maps
+            // cannot be read, may reference any chunk.
             warn!(
                 damaged = damaged.len(),
                 "damaged version manifests: gc deletes nothing until they are forgotten or restored"
@@ -485,7 +540,11 @@ impl Repository {
                 }
             }
         }
-        let rescue = self.mark(&newer, &|_, _| Ok(()))?;
+        let mut unreadable = Vec::new();
+        let rescue = self.mark(&newer, &|_, _| Ok(()), &mut unreadable)?;
+        if !unreadable.is_empty() {
+            return Ok(());
+        }
         let mut deletable: Vec<(String, Vec<[u8; 32]>)> = Vec::new();
         for (key, rec) in &records {
             let blocking = locks.iter().find(|(_, l)| match l.kind {

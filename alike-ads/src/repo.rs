@@ -229,6 +229,8 @@ pub struct Repository {
     session: Mutex<Session>,
     /// Packs condemned by GC, read when a writer begins: never deduplicated against.
     condemned: std::sync::RwLock<HashSet<[u8; 32]>>,
+    /// Packs the index knows that the store did not hold when this writer began.
+    missing: std::sync::RwLock<HashSet<[u8; 32]>>,
     /// Index segments that could not be read, with why.
     bad_segments: Mutex<Vec<(String, String)>>,
 }
@@ -374,6 +376,7 @@ impl Repository {
             cache,
             session: Mutex::new(Session::default()),
             condemned: std::sync::RwLock::new(HashSet::new()),
+            missing: std::sync::RwLock::new(HashSet::new()),
             bad_segments: Mutex::new(Vec::new()),
         };
         repo.clean_spool();
@@ -397,10 +400,67 @@ impl Repository {
     /// Backend and cache errors.
     pub fn begin_write(&self) -> Result<crate::LockGuard> {
         let lock = self.lock(crate::LockKind::Backup)?;
-        *self.condemned.write().expect("lock") = self.condemned_packs()?;
+        let mut avoid = self.condemned_packs()?;
         self.sync_cache()?;
         self.adopt_orphan_packs()?;
+        // Packs the index knows that the store no longer has (lost to a
+        // disk, deleted by hand): never deduplicate against them, so this
+        // backup stores their chunks again and heals what it touches.
+        let missing = self.missing_packs()?;
+        if !missing.is_empty() {
+            warn!(
+                packs = missing.len(),
+                "packs listed by the index are missing from the store: their chunks are stored again (verify names \
+                 the versions that needed them; rebuild-index drops them from the index)"
+            );
+        }
+        avoid.extend(missing.iter().copied());
+        *self.missing.write().unwrap_or_else(std::sync::PoisonError::into_inner) = missing;
+        *self.condemned.write().unwrap_or_else(std::sync::PoisonError::into_inner) = avoid;
         Ok(lock)
+    }
+
+    /// Packs the local index knows that the store does not hold.
+    ///
+    /// # Errors
+    /// Backend and cache errors.
+    pub fn missing_packs(&self) -> Result<HashSet<[u8; 32]>> {
+        let listed: HashSet<String> = self.backend.list("packs/")?.into_iter().map(|(k, _)| k).collect();
+        Ok(self.cache.pack_ids()?.into_iter().filter(|p| !listed.contains(&crate::pack::pack_key(p))).collect())
+    }
+
+    /// Whether a version needs a chunk that is not in the store as this
+    /// writer found it (in a missing pack, or in no pack): a parent like that
+    /// must not lend its unchanged blocks to a new version. Reads the
+    /// version's block maps; only called when packs are missing.
+    ///
+    /// # Errors
+    /// Failures to reach the store.
+    pub fn needs_missing_data(&self, manifest: &Manifest) -> Result<bool> {
+        let missing = self.missing.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        let gone = |id: &ChunkId| -> Result<bool> {
+            Ok(self.cache.lookup(id)?.is_none_or(|l| missing.contains(&l.frame.container)))
+        };
+        for d in &manifest.disks {
+            let nblocks = d.block_count();
+            for (mi, map_id) in d.maps.iter().enumerate() {
+                if gone(map_id)? {
+                    return Ok(true);
+                }
+                let lo = mi as u64 * u64::from(d.blocks_per_map);
+                let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
+                let Ok(map) = alike_core::backup::load_map(self, &self.keys, map_id, n) else { return Ok(true) };
+                for id in map.entries.iter().flatten() {
+                    if gone(id)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The store's settings.

@@ -201,3 +201,49 @@ fn sigkill_during_backup_prune_gc_and_rebuild_index() {
     assert_eq!(j["new_bytes"], 0, "seed {}: dedup lost after index rebuilds", h.seed);
     eprintln!("kill harness: {} kills survived (seed {})", h.kills, h.seed);
 }
+
+/// Two backups of the same VM at once, beside a gc and a prune, round after
+/// round (`ALIKE_SOAK` rounds; 3 in the test command): every process
+/// succeeds (gc may find another gc busy), and after each round `verify
+/// --full` passes and every version listed restores bit-exact. Prints the
+/// rounds, the versions made and the time taken.
+#[test]
+fn two_backups_of_one_vm_beside_gc_and_prune() {
+    let mut h = Harness::new();
+    h.ok(&["init", "--no-encryption"]);
+    let rounds: u32 = std::env::var("ALIKE_SOAK").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let started = Instant::now();
+    let mut made = 0;
+    for round in 0..rounds {
+        let imgs: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                let p = h.p(&format!("r{round}-{i}.img"));
+                sparse_image(&p, 12 << 20, 24, h.seed ^ u64::from(round * 2 + i));
+                p
+            })
+            .collect();
+        let spawn = |args: &[&str]| h.cmd().args(args).spawn().unwrap();
+        let b1 = spawn(&["backup", "--vm", "same", "--json", imgs[0].to_str().unwrap()]);
+        let b2 = spawn(&["backup", "--vm", "same", "--json", imgs[1].to_str().unwrap()]);
+        let gc = spawn(&["gc"]);
+        let prune = spawn(&["prune", "--vm", "same", "--keep-last", "3"]);
+        for (b, img) in [(b1, &imgs[0]), (b2, &imgs[1])] {
+            let o = b.wait_with_output().unwrap();
+            assert!(o.status.success(), "seed {} round {round}: {}", h.seed, String::from_utf8_lossy(&o.stderr));
+            let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+            h.committed.insert(j["id"].as_str().unwrap().to_string(), sha256_file(img));
+            made += 1;
+        }
+        let o = gc.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() || err.contains("Locked") || err.contains("lock"), "seed {}: gc: {err}", h.seed);
+        let o = prune.wait_with_output().unwrap();
+        assert!(o.status.success(), "seed {}: prune: {}", h.seed, String::from_utf8_lossy(&o.stderr));
+        h.check(&format!("round {round}"));
+    }
+    eprintln!(
+        "soak: {rounds} round(s), {made} backups of one VM beside gc and prune, {} versions kept, {:.1} s",
+        h.versions().len(),
+        started.elapsed().as_secs_f64()
+    );
+}

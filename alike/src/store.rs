@@ -477,7 +477,17 @@ impl Store {
             return Err(Error::InvalidArgument("the VM needs a name".into()));
         }
         let started = std::time::Instant::now();
-        let (parent, no_parent_reason) = self.parent_version(&vm.name, &opts.parent)?;
+        let _lock = self.repo.begin_write()?;
+        let (mut parent, mut no_parent_reason) = self.parent_version(&vm.name, &opts.parent)?;
+        if let Some(p) = &parent
+            && self.repo.needs_missing_data(&p.manifest)?
+        {
+            no_parent_reason = Some(format!(
+                "the previous version {} needs data from packs missing from the store: read in full to store it again",
+                p.short_id()
+            ));
+            parent = None;
+        }
         let parent = parent.map(|v| (v.id, v.manifest));
         let mut params = EngineParams::new(self.block_size());
         params.compression_level = opts.compression.level(self.repo.config().compression_level);
@@ -490,7 +500,6 @@ impl Store {
             origin: opts.origin.clone(),
             no_parent_reason,
         };
-        let _lock = self.repo.begin_write()?;
         let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
         let (id, manifest) = match r {
             Ok(x) => x,

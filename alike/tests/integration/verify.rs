@@ -291,3 +291,70 @@ fn full_verify_checks_index_segments_with_a_warm_cache() {
     let r = store.verify(&VerifyOptions::default().full(true)).unwrap();
     assert!(r.ok(), "{:#?}", r.damaged);
 }
+
+/// A backup after a pack was lost never deduplicates against it nor carries
+/// its parent's blocks from it: it stores the chunks again, and the new
+/// version restores while verify names the old one.
+#[test]
+fn a_backup_after_a_lost_pack_heals_instead_of_trusting_the_index() {
+    let env = super::util::Env::new();
+    let store = env.create(true);
+    let disk = alike_testing::TrackedDisk::new(alike_testing::Rng::new(47).noise(3 << 20));
+    let v1 = store.backup(alike::VmInfo::named("web"), &[&disk], &alike::BackupOptions::default()).unwrap().version;
+    for d in std::fs::read_dir(env.path("store/packs")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+    }
+    // Nothing changed on the disk: an incremental would carry everything from v1.
+    let r = store.backup(alike::VmInfo::named("web"), &[&disk], &alike::BackupOptions::default()).unwrap();
+    let d = &r.version.disks[0];
+    assert!(!d.incremental, "carried blocks from a version whose packs are gone");
+    assert!(d.fallback_reason.as_deref().unwrap_or_default().contains("missing"), "{d:?}");
+    assert!(r.new_bytes >= 3 << 20, "the chunks were not stored again: {} new bytes", r.new_bytes);
+    let out = env.path("healed.img");
+    store.restore_to_file(&r.version, 0, &out, &alike::RestoreOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), disk.bytes());
+    // The same chunks stored again heal v1 too: verify finds the store whole.
+    let report = store.verify(&VerifyOptions::default().full(true)).unwrap();
+    assert!(report.ok(), "{:#?}", report.damaged);
+    store.restore_to_file(&v1, 0, env.path("v1.img"), &alike::RestoreOptions::default()).unwrap();
+    assert_eq!(std::fs::read(env.path("v1.img")).unwrap(), disk.bytes());
+    // gc drops the lost packs from the index, so no cold cache points at them.
+    let gc = store.gc(&alike::MaintenanceOptions::default()).unwrap();
+    assert!(!gc.lost_packs.is_empty(), "{gc:?}");
+    assert!(gc.damaged_versions.is_empty(), "{gc:?}");
+    let cold = alike::Store::builder().passphrase("pw").cache_dir(env.path("cold")).open(env.path("store")).unwrap();
+    cold.restore_to_file(&v1, 0, env.path("cold.img"), &alike::RestoreOptions::default()).unwrap();
+    assert_eq!(std::fs::read(env.path("cold.img")).unwrap(), disk.bytes());
+    // A second image backed up from scratch after the loss dedups only against intact packs.
+    let img = env.path("same.img");
+    std::fs::write(&img, disk.bytes()).unwrap();
+    let v3 = store.backup_images("other", &[&img], &alike::BackupOptions::default()).unwrap().version;
+    store.restore_to_file(&v3, 0, env.path("v3.img"), &alike::RestoreOptions::default()).unwrap();
+}
+
+/// gc with data lost and not healed: it runs, names the versions it cannot
+/// read, and deletes nothing.
+#[test]
+fn gc_with_lost_data_deletes_nothing_and_says_why() {
+    let env = super::util::Env::new();
+    let store = env.create(false);
+    let img = env.path("d.img");
+    std::fs::write(&img, alike_testing::Rng::new(53).noise(1 << 20)).unwrap();
+    store.backup_images("web", &[&img], &alike::BackupOptions::default()).unwrap();
+    let other = env.path("e.img");
+    std::fs::write(&other, alike_testing::Rng::new(54).noise(1 << 20)).unwrap();
+    store.backup_images("db", &[&other], &alike::BackupOptions::default()).unwrap();
+    let first_pack = std::fs::read_dir(env.path("store/packs"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .next()
+        .unwrap();
+    std::fs::remove_file(&first_pack).unwrap();
+    let gc = store.gc(&alike::MaintenanceOptions::default()).unwrap();
+    assert_eq!(gc.lost_packs.len(), 1, "{gc:?}");
+    assert!(!gc.damaged_versions.is_empty(), "{gc:?}");
+    assert_eq!((gc.condemned, gc.deleted), (0, 0), "{gc:?}");
+}

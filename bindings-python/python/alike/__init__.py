@@ -287,8 +287,10 @@ class GcReport:
     adopted: int = 0
     #: Spool files of writers that are gone, removed.
     spool_files_removed: int = 0
-    #: Damaged version manifests: while any exists, gc deletes nothing.
+    #: Damaged version manifests (or versions whose maps cannot be read): while any exists, gc deletes nothing.
     damaged_versions: Tuple[str, ...] = ()
+    #: Packs the index listed but the store no longer held, dropped from the index.
+    lost_packs: Tuple[str, ...] = ()
 
 
 class VaultCopy(NamedTuple):
@@ -651,6 +653,7 @@ class Store:
         """Frees the space of data no version references."""
         fields = _fields(GcReport, self._n.gc(dry_run, _progress(progress), cancel))
         fields["damaged_versions"] = tuple(fields.get("damaged_versions", ()))
+        fields["lost_packs"] = tuple(fields.get("lost_packs", ()))
         return GcReport(**fields)
 
     def vault(
