@@ -9,9 +9,11 @@
 #   STAGES=1 bash scripts/bench.sh        # also the criterion stage benchmarks
 #
 # Installs what it needs when missing (as root, or with sudo): restic and
-# borgbackup (the peers), e2fsprogs (the ext4 images). Builds the release
-# `alike` CLI and `alike-bench`; SMOKE builds stay in the dev profile when
-# PROFILE=dev is set.
+# borgbackup (the peers), e2fsprogs (the ext4 images). Builds the `alike`
+# CLI and `alike-bench` in the `profiling` profile (release code with line
+# tables, so `perf` of a run names files and lines; target/profiling/);
+# PROFILE=release measures the stripped binaries users get, PROFILE=dev the
+# debug ones (quick smoke runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/sbin:/usr/sbin"
@@ -31,14 +33,9 @@ if ((${#missing[@]})) && [ -z "${NO_INSTALL:-}" ]; then
     fi
 fi
 
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-    cargo build --release --locked -p alike-cli -p alike-benches
-    BIN=target/release
-else
-    cargo build --locked -p alike-cli -p alike-benches
-    BIN=target/debug
-fi
+PROFILE=${PROFILE:-profiling}
+case "$PROFILE" in dev | debug) PROFILE=dev BIN=target/debug ;; *) BIN=target/$PROFILE ;; esac
+cargo build --profile "$PROFILE" --locked -p alike-cli -p alike-benches
 
 if [ -n "${STAGES:-}" ]; then
     cargo bench --locked -p alike-benches --bench stages

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds libalike, compiles the C example and the C API tests against the
 # committed header, runs them, then runs them again under valgrind (memcheck):
-# any invalid access or definite/indirect leak fails.
+# any invalid access or definite/indirect leak fails. Last, installs the
+# library into a temporary prefix (scripts/install-c.sh) and builds and runs
+# the example against that copy through pkg-config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p alike-c --locked
@@ -58,3 +60,32 @@ else
     echo "valgrind not installed: C tests ran without memcheck" >&2
     [ -z "${CI:-}" ] || exit 1
 fi
+
+# The installed copy, as a user gets it: scripts/install-c.sh into a fresh
+# prefix (from the dev build made above, to save a release build here; its
+# documented default is release), then the example built through pkg-config
+# against the installed header and libraries alone, shared and static.
+prefix="$out/prefix"
+if ! PROFILE=dev bash scripts/install-c.sh "$prefix" >"$out/install.log" 2>&1; then
+    cat "$out/install.log"
+    exit 1
+fi
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+cflags=(-std=c11 -Wall -Wextra -Werror)
+# shellcheck disable=SC2046  # pkg-config's output is meant to be split
+gcc "${cflags[@]}" examples/c/backup.c $(pkg-config --cflags --libs alike) -o "$out/backup-installed"
+# shellcheck disable=SC2046
+gcc "${cflags[@]}" examples/c/backup.c $(pkg-config --cflags alike) "$(pkg-config --variable=libdir alike)/libalike.a" \
+    $(pkg-config --variable=native_libs alike) -o "$out/backup-installed-static"
+# The program asks for the soname, which the loader finds in the prefix.
+needed=$(readelf -d "$out/backup-installed")
+grep -q 'NEEDED.*\[libalike\.so\.[0-9]*\]' <<<"$needed" || { echo "backup-installed: no NEEDED libalike.so.N"; exit 1; }
+needed=$(readelf -d "$out/backup-installed-static")
+if grep -q 'NEEDED.*libalike' <<<"$needed"; then echo "backup-installed-static needs a shared libalike"; exit 1; fi
+run installed env LD_LIBRARY_PATH="$prefix/lib" "$out/backup-installed" "$out/installed/store" "$out/disk.img" \
+    "$out/installed/restored.img" --insecure-fast-kdf
+cmp "$out/disk.img" "$out/installed/restored.img"
+run installed-static "$out/backup-installed-static" "$out/installed-static/store" "$out/disk.img" \
+    "$out/installed-static/restored.img" --insecure-fast-kdf
+cmp "$out/disk.img" "$out/installed-static/restored.img"
+echo "C library installed into a prefix (scripts/install-c.sh): example built with pkg-config, shared and static, runs"

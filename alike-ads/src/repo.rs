@@ -510,6 +510,22 @@ impl Repository {
     /// Loads index segments the cache has not seen; reloads everything if a
     /// segment it knew has disappeared.
     pub fn sync_cache(&self) -> Result<()> {
+        // A GC replaces a segment by writing its successor first and deleting
+        // it after: one listed a moment ago may be gone when read. A fresh
+        // listing then holds its successor.
+        let mut attempt = 0;
+        loop {
+            match self.sync_cache_once() {
+                Err(Error::NotFound { object }) if object.starts_with("index/") && attempt < 8 => {
+                    debug!(segment = %object, "index segment replaced while loading: listing again");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn sync_cache_once(&self) -> Result<()> {
         let listed: Vec<String> = self.backend.list("index/")?.into_iter().map(|(k, _)| k).collect();
         let mut known = self.cache.segments()?;
         let listed_set: HashSet<&String> = listed.iter().collect();

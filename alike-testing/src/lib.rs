@@ -202,20 +202,33 @@ pub fn ext4_pair(dir: &Path, size_mib: u64, data_mib: u64) -> Option<[PathBuf; 3
     Some(["v1.img", "v2-inplace.img", "v2-fresh.img"].map(|n| dir.join(n)))
 }
 
-/// Whether the external tool `name` (an oracle such as `qemu-img`) runs here
-/// (`name --version` succeeds). On a developer machine a missing tool prints
-/// why the test is skipped and returns `false`; under `CI` (the variable set
-/// and not empty) it panics, so CI can never skip a check silently.
-///
-/// # Panics
-/// When `name` is missing and `CI` is set.
-pub fn require_tool(name: &str) -> bool {
-    if std::process::Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return true;
+/// Whether this run is CI (`CI` set, and not empty, `0` or `false`): there a
+/// test that cannot run fails instead of skipping (see [`skip`]).
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// A test that cannot run here: on a developer's machine prints why and
+/// returns (the caller then returns, skipping the rest); under CI panics
+/// with the reason, because the test command must install what every test
+/// needs (`scripts/test.sh`) and a skip there would hide that it did not.
+pub fn skip(reason: &str) {
+    assert!(!on_ci(), "CI is set, and this test cannot run: {reason}");
+    eprintln!("skipped: {reason}");
+}
+
+/// Whether `tool` runs (`tool --version` exits 0). When it does not: under
+/// CI panics naming it, elsewhere prints a skip line and returns `false`.
+/// Use as `if !require_tool("qemu-img") { return; }`.
+pub fn require_tool(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(&format!("{tool} is not installed (bash scripts/test.sh installs it)"));
     }
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{name} is missing, and CI is set: the test command must install it (scripts/test.sh)");
-    }
-    eprintln!("{name} not found: skipping this test (under CI it would fail)");
-    false
+    ok
 }

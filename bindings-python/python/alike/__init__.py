@@ -13,12 +13,24 @@ thread, stop cleanly on Ctrl-C (then raise ``KeyboardInterrupt``) and accept a
 ``CancelToken`` that another thread may cancel.
 """
 
-from __future__ import annotations
+# Only the API's names are public: what the implementation imports is bound
+# under a leading underscore, so that `dir(alike)` lists `__all__`'s names
+# (and the `_native` module) and nothing else (tests/test_namespace.py).
+from __future__ import annotations as _annotations
 
 import datetime as _dt
-import os
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+import os as _os
+from dataclasses import dataclass as _dataclass
+from typing import Any as _Any
+from typing import Callable as _Callable
+from typing import Dict as _Dict
+from typing import List as _List
+from typing import Mapping as _Mapping
+from typing import NamedTuple as _NamedTuple
+from typing import Optional as _Optional
+from typing import Sequence as _Sequence
+from typing import Tuple as _Tuple
+from typing import Union as _Union
 
 from . import _native
 from ._native import (
@@ -43,7 +55,8 @@ __version__: str = _native.__version__
 #: Another name for :class:`Busy` (a lock held by another process).
 Locked = Busy
 
-PathLike = Union[str, "os.PathLike[str]"]
+#: A filesystem path: a ``str`` or an ``os.PathLike`` (``pathlib.Path``).
+PathLike = _Union[str, "_os.PathLike[str]"]
 
 __all__ = [
     "AlreadyExists",
@@ -63,7 +76,9 @@ __all__ = [
     "NotAStore",
     "NotFound",
     "PassphraseRequired",
+    "PathLike",
     "Progress",
+    "ProgressCallback",
     "PruneDecision",
     "PruneReport",
     "PruneVm",
@@ -89,7 +104,7 @@ def _deprecated(old: str, new: str) -> None:
     _warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Progress:
     """How far a long operation is: ``phase`` is one of scanning, backup,
     restore, verify, index, gc; ``done``/``total`` count bytes (for index and
@@ -105,10 +120,11 @@ class Progress:
         return self.done / self.total if self.total else 1.0
 
 
-ProgressCallback = Callable[[Progress], Any]
+#: What ``progress=`` takes: called with a :class:`Progress`; its return value is ignored.
+ProgressCallback = _Callable[[Progress], _Any]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Disk:
     """One disk of a version, with what its backup did."""
 
@@ -120,30 +136,30 @@ class Disk:
     new_bytes: int
     new_stored_bytes: int
     incremental: bool
-    fallback_reason: Optional[str]
+    fallback_reason: _Optional[str]
     #: The source's change token at backup (hex), when it gave one.
-    change_token: Optional[str] = None
+    change_token: _Optional[str] = None
 
     @classmethod
-    def _from(cls, d: Mapping[str, Any]) -> "Disk":
+    def _from(cls, d: _Mapping[str, _Any]) -> "Disk":
         return cls(**_fields(cls, d))
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Version:
     """A restore point of one VM."""
 
     id: str
     vm: str
     time_ms: int
-    disks: Tuple[Disk, ...]
+    disks: _Tuple[Disk, ...]
     #: The VM's recorded configuration (name, uuid, hypervisor, vCPUs, memory, NICs…).
-    config: Dict[str, Any]
-    host: Optional[str]
-    parent: Optional[str]
+    config: _Dict[str, _Any]
+    host: _Optional[str]
+    parent: _Optional[str]
 
     @property
-    def vm_info(self) -> Dict[str, Any]:
+    def vm_info(self) -> _Dict[str, _Any]:
         """Deprecated alias of :attr:`config`."""
         _deprecated("Version.vm_info", "config")
         return self.config
@@ -159,7 +175,7 @@ class Version:
         return _dt.datetime.fromtimestamp(self.time_ms / 1000, tz=_dt.timezone.utc)
 
     @classmethod
-    def _from(cls, v: Mapping[str, Any]) -> "Version":
+    def _from(cls, v: _Mapping[str, _Any]) -> "Version":
         return cls(
             id=v["id"],
             vm=v["vm"],
@@ -171,7 +187,7 @@ class Version:
         )
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class BackupReport:
     """What a backup did: the fields of ``alike backup --json``, plus ``version``."""
 
@@ -183,7 +199,7 @@ class BackupReport:
     new_bytes: int
     new_stored_bytes: int
     elapsed_seconds: float
-    disks: Tuple[Disk, ...]
+    disks: _Tuple[Disk, ...]
 
     @property
     def elapsed_s(self) -> float:
@@ -192,7 +208,7 @@ class BackupReport:
         return self.elapsed_seconds
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class RestoreReport:
     """What a restore did. ``failed_ranges`` lists ``(start, end)`` byte ranges a
     partial restore could not read (they hold zeroes); empty means whole."""
@@ -200,28 +216,28 @@ class RestoreReport:
     size: int
     data_bytes: int
     hole_bytes: int
-    failed_ranges: Tuple[Tuple[int, int], ...]
-    first_error: Optional[str]
+    failed_ranges: _Tuple[_Tuple[int, int], ...]
+    first_error: _Optional[str]
     elapsed_seconds: float
 
     @property
-    def failed(self) -> Tuple[Tuple[int, int], ...]:
+    def failed(self) -> _Tuple[_Tuple[int, int], ...]:
         """Deprecated alias of :attr:`failed_ranges`."""
         _deprecated("RestoreReport.failed", "failed_ranges")
         return self.failed_ranges
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Damage:
     """One damaged object found by verify, and the versions it breaks."""
 
     object: str
-    chunk: Optional[str]
+    chunk: _Optional[str]
     reason: str
-    affects: Tuple[Dict[str, Any], ...]
+    affects: _Tuple[_Dict[str, _Any], ...]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class VerifyReport:
     """The result of a verification; ``ok`` when nothing is damaged."""
 
@@ -233,43 +249,43 @@ class VerifyReport:
     chunks: int
     packs_read: int
     bytes_read: int
-    damaged: Tuple[Damage, ...]
+    damaged: _Tuple[Damage, ...]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class PruneDecision:
     """Whether one version stays, and which rules keep it."""
 
     id: str
     time_ms: int
     keep: bool
-    reasons: Tuple[str, ...]
+    reasons: _Tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class PruneVm:
     """The decisions for one VM's versions, newest first."""
 
     vm: str
-    versions: Tuple[PruneDecision, ...]
+    versions: _Tuple[PruneDecision, ...]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class PruneReport:
     """Per VM the decisions (newest first), and the versions removed."""
 
     dry_run: bool
-    removed: Tuple[str, ...]
-    vms: Tuple[PruneVm, ...]
+    removed: _Tuple[str, ...]
+    vms: _Tuple[PruneVm, ...]
 
     @property
-    def decisions(self) -> Dict[str, Tuple[PruneDecision, ...]]:
+    def decisions(self) -> _Dict[str, _Tuple[PruneDecision, ...]]:
         """Deprecated: the decisions by VM name (use :attr:`vms`)."""
         _deprecated("PruneReport.decisions", "vms")
         return {v.vm: v.versions for v in self.vms}
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class GcReport:
     """What garbage collection found and did."""
 
@@ -288,29 +304,29 @@ class GcReport:
     #: Spool files of writers that are gone, removed.
     spool_files_removed: int = 0
     #: Damaged version manifests (or versions whose maps cannot be read): while any exists, gc deletes nothing.
-    damaged_versions: Tuple[str, ...] = ()
+    damaged_versions: _Tuple[str, ...] = ()
     #: Packs the index listed but the store no longer held, dropped from the index.
-    lost_packs: Tuple[str, ...] = ()
+    lost_packs: _Tuple[str, ...] = ()
 
 
-class VaultCopy(NamedTuple):
+class VaultCopy(_NamedTuple):
     """A version copied to a vault: ``(source, vault)`` ids."""
 
     source: str
     vault: str
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class VaultReport:
     """What a vault run did: ``copied`` pairs (source id, vault id), oldest first."""
 
     vault: str
-    copied: Tuple[VaultCopy, ...]
-    already: Tuple[str, ...]
+    copied: _Tuple[VaultCopy, ...]
+    already: _Tuple[str, ...]
     read_bytes: int
     new_bytes: int
     sent_bytes: int
-    pruned: Tuple[str, ...]
+    pruned: _Tuple[str, ...]
     elapsed_seconds: float
 
     @property
@@ -320,7 +336,7 @@ class VaultReport:
         return self.elapsed_seconds
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class XenDisk:
     """How one disk of a XenServer VM was backed up (the fields of ``alike xen backup --json``)."""
 
@@ -335,7 +351,7 @@ class XenDisk:
     mode: str
     incremental: bool
     #: Why it was read whole although an earlier version existed (said loudly, never silently).
-    fallback_reason: Optional[str]
+    fallback_reason: _Optional[str]
     read_bytes: int
     wire_bytes: int
 
@@ -352,7 +368,7 @@ class XenDisk:
         return self.snapshot_vdi
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class XenBackupReport:
     """What a XenServer VM backup did (the fields of ``alike xen backup --json``, plus ``version``)."""
 
@@ -369,10 +385,10 @@ class XenBackupReport:
     new_bytes: int
     new_stored_bytes: int
     elapsed_seconds: float
-    disks: Tuple[XenDisk, ...]
+    disks: _Tuple[XenDisk, ...]
     #: What the pool released: ``kept_snapshot``, ``destroyed_snapshots``, ``data_destroyed_vdis``, ``destroyed_vdis``, ``warnings``.
-    released: Dict[str, Any]
-    warnings: Tuple[str, ...]
+    released: _Dict[str, _Any]
+    warnings: _Tuple[str, ...]
 
     @property
     def elapsed_s(self) -> float:
@@ -394,13 +410,13 @@ class XenPool:
         self._n = native
 
     @classmethod
-    def connect(cls, url: str, user: str, password: str, *, fingerprint: Optional[str] = None) -> "XenPool":
+    def connect(cls, url: str, user: str, password: str, *, fingerprint: _Optional[str] = None) -> "XenPool":
         """Logs in to ``url`` (``https://pool-master``); ``fingerprint`` (SHA-256,
         hex) pins a self-signed pool certificate."""
         return cls(_native.NativeXenPool.connect(url, user, password, fingerprint))
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Stats:
     """Figures about a store."""
 
@@ -419,17 +435,17 @@ class Stats:
     total_ratio: float = 0.0
 
 
-def _fields(cls: Any, d: Mapping[str, Any]) -> Dict[str, Any]:
+def _fields(cls: _Any, d: _Mapping[str, _Any]) -> _Dict[str, _Any]:
     return {f: d[f] for f in cls.__dataclass_fields__ if f in d}
 
 
-def _progress(cb: Optional[ProgressCallback]) -> Optional[Callable[[str, int, int], Any]]:
+def _progress(cb: _Optional[ProgressCallback]) -> _Optional[_Callable[[str, int, int], _Any]]:
     if cb is None:
         return None
     return lambda phase, done, total: cb(Progress(phase, done, total))
 
 
-def _spec(version: Union[Version, str]) -> str:
+def _spec(version: _Union[Version, str]) -> str:
     return version.id if isinstance(version, Version) else version
 
 
@@ -444,13 +460,13 @@ class Store:
     def create(
         cls,
         path: PathLike,
-        passphrase: Optional[str] = None,
+        passphrase: _Optional[str] = None,
         *,
-        key_file: Optional[PathLike] = None,
+        key_file: _Optional[PathLike] = None,
         encrypt: bool = True,
-        cache_dir: Optional[PathLike] = None,
-        block_size: Optional[int] = None,
-        compression_level: Optional[int] = None,
+        cache_dir: _Optional[PathLike] = None,
+        block_size: _Optional[int] = None,
+        compression_level: _Optional[int] = None,
         insecure_fast_kdf: bool = False,
     ) -> "Store":
         """Creates a store at ``path``, a directory or a URL such as
@@ -458,11 +474,11 @@ class Store:
         encrypted unless ``encrypt=False``. ``insecure_fast_kdf`` is for tests only."""
         return cls(
             _native.NativeStore.create(
-                os.fspath(path),
+                _os.fspath(path),
                 passphrase,
-                None if key_file is None else os.fspath(key_file),
+                None if key_file is None else _os.fspath(key_file),
                 encrypt,
-                None if cache_dir is None else os.fspath(cache_dir),
+                None if cache_dir is None else _os.fspath(cache_dir),
                 block_size,
                 compression_level,
                 insecure_fast_kdf,
@@ -473,18 +489,18 @@ class Store:
     def open(
         cls,
         path: PathLike,
-        passphrase: Optional[str] = None,
+        passphrase: _Optional[str] = None,
         *,
-        key_file: Optional[PathLike] = None,
-        cache_dir: Optional[PathLike] = None,
+        key_file: _Optional[PathLike] = None,
+        cache_dir: _Optional[PathLike] = None,
     ) -> "Store":
         """Opens the store at ``path`` (a directory or URL)."""
         return cls(
             _native.NativeStore.open(
-                os.fspath(path),
+                _os.fspath(path),
                 passphrase,
-                None if key_file is None else os.fspath(key_file),
-                None if cache_dir is None else os.fspath(cache_dir),
+                None if key_file is None else _os.fspath(key_file),
+                None if cache_dir is None else _os.fspath(cache_dir),
             )
         )
 
@@ -522,13 +538,13 @@ class Store:
     def backup(
         self,
         vm: str,
-        disks: Sequence[PathLike],
+        disks: _Sequence[PathLike],
         *,
-        parent: Optional[Union[Version, str]] = "latest",
-        format: Optional[str] = None,
+        parent: _Optional[_Union[Version, str]] = "latest",
+        format: _Optional[str] = None,
         threads: int = 0,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
     ) -> BackupReport:
         """Backs up disk images — raw files or block devices, VHD, VHDX/AVHDX
         (``format`` "raw", "vhd" or "vhdx"; detected when ``None``) — as the
@@ -537,7 +553,7 @@ class Store:
         ``None`` for a full read (still deduplicated)."""
         r = self._n.backup(
             vm,
-            [os.fspath(d) for d in disks],
+            [_os.fspath(d) for d in disks],
             None if parent is None else _spec(parent),
             parent is None,
             format,
@@ -549,26 +565,26 @@ class Store:
         fields.update(version=Version._from(r["version"]), disks=tuple(Disk._from(d) for d in r["disks"]))
         return BackupReport(**fields)
 
-    def versions(self, vm: Optional[str] = None) -> List[Version]:
+    def versions(self, vm: _Optional[str] = None) -> _List[Version]:
         """All versions, oldest first (only ``vm``'s when given)."""
         return [Version._from(v) for v in self._n.versions(vm)]
 
-    def version(self, spec: str = "latest", vm: Optional[str] = None) -> Version:
+    def version(self, spec: str = "latest", vm: _Optional[str] = None) -> Version:
         """A version by id, unique id prefix, or ``"latest"`` (of ``vm``)."""
         return Version._from(self._n.version(spec, vm))
 
     def restore(
         self,
-        version: Union[Version, str],
+        version: _Union[Version, str],
         output: PathLike,
         *,
         disk: int = 0,
-        vm: Optional[str] = None,
+        vm: _Optional[str] = None,
         format: str = "raw",
         partial: bool = False,
         threads: int = 0,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
         force: bool = False,
     ) -> RestoreReport:
         """Writes disk ``disk`` of ``version`` (a Version, id, prefix or
@@ -576,7 +592,7 @@ class Store:
         sparse raw image or (``format`` "vhd"/"vhdx") a dynamic VHD/VHDX. An
         existing file is refused (:class:`AlreadyExists`) unless ``force``."""
         r = self._n.restore(
-            _spec(version), os.fspath(output), disk, vm, format, partial, threads, _progress(progress), cancel, force
+            _spec(version), _os.fspath(output), disk, vm, format, partial, threads, _progress(progress), cancel, force
         )
         fields = _fields(RestoreReport, r)
         fields.update(failed_ranges=tuple((int(a), int(b)) for a, b in r["failed_ranges"]))
@@ -586,11 +602,11 @@ class Store:
         self,
         *,
         full: bool = False,
-        vm: Optional[str] = None,
-        version: Optional[Union[Version, str]] = None,
+        vm: _Optional[str] = None,
+        version: _Optional[_Union[Version, str]] = None,
         threads: int = 0,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
     ) -> VerifyReport:
         """Checks the store: structure and index by default, every byte with ``full``."""
         r = self._n.verify(
@@ -605,7 +621,7 @@ class Store:
     def prune(
         self,
         *,
-        vm: Optional[str] = None,
+        vm: _Optional[str] = None,
         keep_last: int = 0,
         keep_hourly: int = 0,
         keep_daily: int = 0,
@@ -628,18 +644,18 @@ class Store:
             ),
         )
 
-    def forget(self, version: Union[Version, str]) -> None:
+    def forget(self, version: _Union[Version, str]) -> None:
         """Removes one version; its data is freed by the next :meth:`gc`."""
         self._n.forget(_spec(version))
 
-    def pin(self, version: Union[Version, str]) -> None:
+    def pin(self, version: _Union[Version, str]) -> None:
         """Protects a version from prune and forget."""
         self._n.pin(_spec(version))
 
-    def unpin(self, version: Union[Version, str]) -> None:
+    def unpin(self, version: _Union[Version, str]) -> None:
         self._n.unpin(_spec(version))
 
-    def pinned(self) -> List[str]:
+    def pinned(self) -> _List[str]:
         """Ids of pinned versions, sorted."""
         return list(self._n.pinned())
 
@@ -647,8 +663,8 @@ class Store:
         self,
         *,
         dry_run: bool = False,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
     ) -> GcReport:
         """Frees the space of data no version references."""
         fields = _fields(GcReport, self._n.gc(dry_run, _progress(progress), cancel))
@@ -660,17 +676,17 @@ class Store:
         self,
         to: "Store",
         *,
-        vm: Optional[str] = None,
-        last: Optional[int] = None,
+        vm: _Optional[str] = None,
+        last: _Optional[int] = None,
         keep_last: int = 0,
         keep_daily: int = 0,
         keep_weekly: int = 0,
         keep_monthly: int = 0,
         keep_yearly: int = 0,
-        bandwidth_limit: Optional[int] = None,
+        bandwidth_limit: _Optional[int] = None,
         threads: int = 0,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
     ) -> VaultReport:
         """Copies versions (all, ``vm``'s, or the newest ``last`` of each VM)
         to the store ``to`` — only what it lacks, sealed with its own key —
@@ -695,8 +711,8 @@ class Store:
         full: bool = False,
         quiesce: bool = False,
         threads: int = 0,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
     ) -> XenBackupReport:
         """Backs up the VM ``vm`` (name or uuid) of ``pool``: a snapshot, then
         only the blocks changed since the last backup (CBT), or everything,
@@ -714,15 +730,15 @@ class Store:
 
     def restore_xen_vm(
         self,
-        version: Union[Version, str],
+        version: _Union[Version, str],
         pool: XenPool,
         sr: str,
         *,
-        network: Optional[str] = None,
-        vm: Optional[str] = None,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
-    ) -> Dict[str, Any]:
+        network: _Optional[str] = None,
+        vm: _Optional[str] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> _Dict[str, _Any]:
         """Recreates ``version`` as a new VM on ``pool`` (its recorded
         configuration, disks uploaded to the storage repository ``sr``, NICs on
         ``network``); returns the new VM's ``vm_uuid``, ``name`` and ``disks``."""
