@@ -557,6 +557,34 @@ mod imp {
         }
     }
 
+    /// The largest object read whole (`Backend::read`): a full verify reads
+    /// a pack whole, and no pack is larger than [`crate::MAX_PACK_SIZE`].
+    /// Everything else read whole (config, keys, index segments, manifests,
+    /// records) is far smaller.
+    const MAX_WHOLE_OBJECT: u64 = crate::MAX_PACK_SIZE;
+
+    /// A GET's body, bounded: never more than `limit` bytes, nor more than
+    /// the response declared (its `Content-Length`/`Content-Range`), checked
+    /// before reading and as the bytes arrive — a server that answers with a
+    /// huge or endless body costs at most `limit` bytes of memory.
+    async fn collect(g: object_store::GetResult, limit: u64) -> object_store::Result<Vec<u8>> {
+        let declared = g.range.end.saturating_sub(g.range.start);
+        let too_long = |what: String| object_store::Error::Generic { store: "alike", source: what.into() };
+        if declared > limit {
+            return Err(too_long(format!("the response declares {declared} bytes, more than the {limit} expected")));
+        }
+        let mut out = Vec::with_capacity(declared.min(8 << 20) as usize);
+        let mut body = g.into_stream();
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            if (out.len() + piece.len()) as u64 > declared {
+                return Err(too_long(format!("the body is longer than the {declared} bytes its response declared")));
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+
     impl Drop for ObjectBackend {
         fn drop(&mut self) {
             // Never blocks, so dropping inside an async context is fine.
@@ -684,11 +712,11 @@ mod imp {
             let (store, path) = (self.store.clone(), self.path(key)?);
             let r = self.run(async move {
                 match store.get(&path).await {
-                    Ok(g) => g.bytes().await,
+                    Ok(g) => collect(g, MAX_WHOLE_OBJECT).await,
                     Err(e) => Err(e),
                 }
             })?;
-            r.map(|b| b.to_vec()).map_err(|e| self.remote("get", key, e))
+            r.map_err(|e| self.remote("get", key, e))
         }
 
         fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -699,8 +727,12 @@ mod imp {
             }
             let end = offset.checked_add(len).ok_or_else(|| truncated(0))?;
             let (store, path) = (self.store.clone(), self.path(key)?);
-            match self.run(async move { store.get_range(&path, offset..end).await })? {
-                Ok(b) if b.len() as u64 == len => Ok(b.to_vec()),
+            let r = self.run(async move {
+                let opts = GetOptions { range: Some(GetRange::Bounded(offset..end)), ..Default::default() };
+                collect(store.get_opts(&path, opts).await?, len).await
+            })?;
+            match r {
+                Ok(b) if b.len() as u64 == len => Ok(b),
                 Ok(b) => Err(truncated(b.len() as u64)),
                 Err(e @ object_store::Error::NotFound { .. }) => Err(self.remote("get range", key, e)),
                 Err(e) => {
@@ -724,7 +756,7 @@ mod imp {
                     .get_opts(&path, GetOptions { range: Some(GetRange::Suffix(len)), ..Default::default() })
                     .await?;
                 let size = g.meta.size;
-                g.bytes().await.map(|b| (b.to_vec(), size))
+                collect(g, len).await.map(|b| (b, size))
             })?;
             match r {
                 Ok(x) => Ok(x),
@@ -752,7 +784,8 @@ mod imp {
                         // Ours if it holds our bytes: a retry of a PUT whose
                         // reply was lost finds the object it created.
                         match store.get(&path).await {
-                            Ok(g) => Ok(g.bytes().await? == payload),
+                            Ok(g) if g.meta.size != payload.len() as u64 => Ok(false),
+                            Ok(g) => Ok(collect(g, payload.len() as u64).await? == payload),
                             Err(object_store::Error::NotFound { .. }) => Ok(false),
                             Err(e) => Err(e),
                         }

@@ -1,13 +1,16 @@
 //! Secrets and untrusted lengths: key files and key objects are read
 //! bounded and never echoed, a bad key object does not lock the user out,
-//! secret-bearing files are their owner's only, a folder in use is named.
+//! secret-bearing files are their owner's only, a folder in use is named,
+//! and an object-storage body is never read past what was asked for.
 #![allow(missing_docs)]
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use alike_ads::{Backend, CreateOptions, Error, KeyObject, LocalBackend, OpenOptions, Repository};
+use alike_ads::{Backend, CreateOptions, Error, KeyObject, LocalBackend, ObjectOptions, OpenOptions, Repository};
 use alike_core::{ErrorKind, KdfParams};
 
 fn create_options(dir: &Path, key_file: bool) -> CreateOptions {
@@ -143,4 +146,78 @@ fn create_in_a_folder_in_use_says_what_it_holds() {
     Repository::create_local(&store, &create_options(dir.path(), false)).unwrap();
     let e = Repository::create_local(&store, &create_options(dir.path(), false)).unwrap_err();
     assert!(e.to_string().contains("already holds a store"), "{e}");
+}
+
+/// A one-connection-at-a-time HTTP server that answers every request with
+/// `head` and then up to `body` bytes (in 64 KiB pieces, chunked when the
+/// head says so), and counts what it sent.
+fn fake_s3(head: &'static str, body: u64) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s = sent.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut req = Vec::new();
+            let mut b = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                req.push(b[0]);
+            }
+            let chunked = head.contains("chunked");
+            if c.write_all(head.as_bytes()).is_err() {
+                continue;
+            }
+            let piece = vec![b'x'; 64 << 10];
+            let mut n = 0;
+            while n < body {
+                let r = if chunked {
+                    c.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .and_then(|_| c.write_all(&piece))
+                        .and_then(|_| c.write_all(b"\r\n"))
+                } else {
+                    c.write_all(&piece)
+                };
+                if r.is_err() {
+                    break;
+                }
+                n += piece.len() as u64;
+                s.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    (url, sent)
+}
+
+fn s3_backend(endpoint: &str, spool: &Path) -> std::sync::Arc<dyn Backend> {
+    let mut o = ObjectOptions::default();
+    o.endpoint(endpoint).allow_http(true).path_style(true).region("us-east-1").credentials("k", "s").spool_dir(spool);
+    o.max_retries = Some(0);
+    alike_ads::backend_for("s3://bucket/store", &o).unwrap()
+}
+
+#[test]
+fn object_storage_bodies_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    // A whole-object read whose response declares 1 TiB: refused before reading.
+    let (url, sent) = fake_s3(
+        "HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\nETag: \"e\"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n",
+        256 << 20,
+    );
+    let be = s3_backend(&url, dir.path());
+    let e = be.read("config").unwrap_err().to_string();
+    assert!(e.contains("declares 1099511627776 bytes"), "{e}");
+    assert!(sent.load(std::sync::atomic::Ordering::Relaxed) < 256 << 20);
+
+    // A ranged read answered with an endless chunked body: stopped past the range.
+    let (url, _) = fake_s3(
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/1000\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nETag: \"e\"\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n",
+        1 << 30,
+    );
+    let be = s3_backend(&url, dir.path());
+    match be.read_range("packs/aa/x", 0, 100) {
+        Ok(b) => assert_eq!(b.len(), 100, "no more than the range"),
+        Err(e) => assert!(e.to_string().contains("longer than"), "{e}"),
+    }
 }
