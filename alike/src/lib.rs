@@ -55,7 +55,9 @@ pub use alike_core::{
 };
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use image::{ImageFormat, create_image, open_image};
-pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
+pub use options::{
+    BackupOptions, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+};
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
     VaultCopy, VaultReport, Version,

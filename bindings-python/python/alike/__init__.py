@@ -523,12 +523,15 @@ class Store:
         threads: int = 0,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
+        allow_empty: bool = False,
     ) -> BackupReport:
         """Backs up disk images — raw files or block devices, VHD, VHDX/AVHDX
         (``format`` "raw", "vhd" or "vhdx"; detected when ``None``) — as the
         disks of ``vm``; only allocated data is read. ``parent`` is the
         version to build on: ``"latest"`` (default), a version or id, or
-        ``None`` for a full read (still deduplicated)."""
+        ``None`` for a full read (still deduplicated). A disk of 0 bytes is
+        refused unless ``allow_empty``; character devices always are;
+        ``threads`` is at most 1024 (0: one per core)."""
         r = self._n.backup(
             vm,
             [os.fspath(d) for d in disks],
@@ -538,6 +541,7 @@ class Store:
             threads,
             _progress(progress),
             cancel,
+            allow_empty,
         )
         fields = _fields(BackupReport, r)
         fields.update(version=Version._from(r["version"]), disks=tuple(Disk._from(d) for d in r["disks"]))
