@@ -1,6 +1,7 @@
 //! The `alike` command against bad input and secrets: bounded secret files
 //! never echoed, key files never overwritten and private, numeric options
-//! with ranges, what is not a disk refused, a folder in use named.
+//! with ranges, what is not a disk refused, a folder in use named, and no
+//! password in clear to a pool across the network.
 #![allow(missing_docs)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -129,4 +130,26 @@ fn init_in_a_folder_in_use_says_what_it_holds() {
     std::fs::write(c.p("store/notes.txt"), b"mine").unwrap();
     c.fails(&["init"], &["holds no store", "2 entries", "Documents/", "notes.txt"]);
     assert_eq!(std::fs::read(c.p("store/notes.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn no_xapi_password_in_clear_across_the_network() {
+    let xen = |args: &[&str]| {
+        let mut v = vec!["xen", "--user", "root"];
+        v.extend_from_slice(args);
+        v.push("vms");
+        let o = Command::new(env!("CARGO_BIN_EXE_alike")).env("ALIKE_XEN_PASSWORD", "pw").args(&v).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let fp = "AB:".repeat(31) + "AB";
+    let (code, err) = xen(&["--url", "http://127.0.0.1:9", "--fingerprint", &fp]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("plain HTTP") && err.contains("https://"), "{err}");
+    let (code, err) = xen(&["--url", "http://192.0.2.1:8080"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("in clear") && err.contains("--insecure"), "{err}");
+    // With --insecure it goes on (and finds nothing listening on this machine).
+    let (code, err) = xen(&["--url", "http://0.0.0.0:9", "--insecure"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("in clear"), "{err}");
 }

@@ -47,7 +47,7 @@ pub use alike_xen::adapter::{
     XenVmConfig,
 };
 #[cfg(feature = "xen")]
-pub use xen::xen_pool;
+pub use xen::{XenConnectOptions, xen_pool, xen_pool_with};
 // The hypervisor seam.
 pub use alike_core::{
     BackupSession, CreatedVm, DiskSink, Hypervisor, Placement, PlannedDisk, PreviousDisk, Quiesce, ReleaseReport,

@@ -388,10 +388,14 @@ class XenPool:
         self._n = native
 
     @classmethod
-    def connect(cls, url: str, user: str, password: str, *, fingerprint: Optional[str] = None) -> "XenPool":
+    def connect(
+        cls, url: str, user: str, password: str, *, fingerprint: Optional[str] = None, insecure: bool = False
+    ) -> "XenPool":
         """Logs in to ``url`` (``https://pool-master``); ``fingerprint`` (SHA-256,
-        hex) pins a self-signed pool certificate."""
-        return cls(_native.NativeXenPool.connect(url, user, password, fingerprint))
+        hex) pins a self-signed pool certificate. ``http://`` is refused to a
+        host that is not a loopback address unless ``insecure`` (the password
+        would travel in clear), and never takes a fingerprint."""
+        return cls(_native.NativeXenPool.connect(url, user, password, fingerprint, insecure))
 
 
 @dataclass(frozen=True)

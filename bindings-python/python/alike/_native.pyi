@@ -170,4 +170,6 @@ class NativeStore:
 @final
 class NativeXenPool:
     @staticmethod
-    def connect(url: str, user: str, password: str, fingerprint: Optional[str] = None) -> NativeXenPool: ...
+    def connect(
+        url: str, user: str, password: str, fingerprint: Optional[str] = None, insecure: bool = False
+    ) -> NativeXenPool: ...
