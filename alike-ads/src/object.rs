@@ -125,9 +125,10 @@ pub struct ObjectOptions {
     /// Local directory where packs are built before upload (default
     /// `<default cache dir>/spool`).
     pub spool_dir: Option<PathBuf>,
-    /// Objects larger than this are uploaded in parts (default 16 MiB).
+    /// Objects larger than this are uploaded in parts (default 16 MiB; at
+    /// most 5 GiB on remote services).
     pub multipart_threshold: Option<u64>,
-    /// Size of upload parts (default 8 MiB; at least 5 MiB on remote services).
+    /// Size of upload parts (default 8 MiB; 5 MiB to 5 GiB on remote services).
     pub part_size: Option<u64>,
     /// Retries of a failed request (default 10).
     pub max_retries: Option<usize>,
@@ -333,6 +334,8 @@ mod imp {
     const PARTS_IN_FLIGHT: usize = 4;
     /// The smallest part S3, GCS and R2 accept (except the last).
     const MIN_PART: u64 = 5 << 20;
+    /// The largest part (and single PUT) S3 accepts.
+    const MAX_PART: u64 = 5 << 30;
 
     /// A store on object storage. See the module doc of `object` for
     /// locations, credentials and how each guarantee is kept.
@@ -451,6 +454,14 @@ mod imp {
             let part = opts.part_size.unwrap_or(PART_SIZE);
             if part < MIN_PART {
                 return Err(bad(url, format!("part size {part} is below the 5 MiB services accept")));
+            }
+            // S3's own limits (a part, and a single PUT, of at most 5 GiB).
+            if part > MAX_PART {
+                return Err(bad(url, format!("part size {part} is above the 5 GiB services accept")));
+            }
+            let threshold = opts.multipart_threshold.unwrap_or(MULTIPART_THRESHOLD);
+            if threshold > MAX_PART {
+                return Err(bad(url, format!("multipart threshold {threshold} is above the 5 GiB of a single PUT")));
             }
             let display = if prefix.is_empty() {
                 format!("{scheme}://{bucket}")

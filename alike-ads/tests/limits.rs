@@ -221,3 +221,20 @@ fn object_storage_bodies_are_bounded() {
         Err(e) => assert!(e.to_string().contains("longer than"), "{e}"),
     }
 }
+
+#[test]
+fn upload_sizes_have_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    for (threshold, part, what) in [
+        (16 << 20, 1 << 20, "below the 5 MiB"),
+        (16 << 20, 6 << 30, "above the 5 GiB"),
+        (6 << 30, 8 << 20, "multipart threshold"),
+    ] {
+        let mut o = ObjectOptions::default();
+        o.endpoint("http://127.0.0.1:9").allow_http(true).region("us-east-1").spool_dir(dir.path());
+        o.multipart(threshold, part);
+        let e = alike_ads::backend_for("s3://bucket/store", &o).map(drop).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains(what), "{what:?} not in {e}");
+    }
+}

@@ -31,9 +31,8 @@ pub enum Transport {
     Export,
 }
 
-/// The most NBD connections per disk: xapi-nbd serves a handful per host,
-/// and more only queue.
-pub const MAX_NBD_CONNECTIONS: usize = 64;
+/// The most NBD connections per disk (`nbd::MAX_CONNECTIONS`).
+pub const MAX_NBD_CONNECTIONS: usize = crate::nbd::MAX_CONNECTIONS;
 
 /// Settings of [`XenPool::begin_backup`]: `Default` plus chained setters.
 ///
