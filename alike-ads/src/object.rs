@@ -1034,6 +1034,45 @@ mod imp {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws").join(name)))
         }
 
+        /// The largest AWS config or credentials file read: they hold a few
+        /// lines per profile.
+        const MAX_AWS_FILE: u64 = 1 << 20;
+
+        /// A regular file of at most [`MAX_AWS_FILE`] bytes, as text; `None`
+        /// (the file ignored, with a warning that shows none of it) otherwise:
+        /// `AWS_SHARED_CREDENTIALS_FILE=/dev/zero` is not read forever.
+        fn read_small(path: &std::path::Path) -> Option<String> {
+            use std::io::Read;
+            let f = std::fs::File::open(path).ok()?;
+            let ignored = |why: &str| {
+                tracing::warn!(file = %path.display(), "AWS config file ignored: {why}");
+                None
+            };
+            if !f.metadata().ok()?.is_file() {
+                return ignored("not a regular file");
+            }
+            let mut text = String::new();
+            f.take(MAX_AWS_FILE + 1).read_to_string(&mut text).ok()?;
+            if text.len() as u64 > MAX_AWS_FILE {
+                return ignored("larger than 1 MiB");
+            }
+            Some(text)
+        }
+
+        #[cfg(test)]
+        #[test]
+        fn aws_files_are_read_bounded() {
+            let started = std::time::Instant::now();
+            assert_eq!(read_small(std::path::Path::new("/dev/zero")), None);
+            let dir = std::env::temp_dir().join(format!("alike-aws-{}", std::process::id()));
+            std::fs::write(&dir, "[default]\nregion = x\n").unwrap();
+            assert_eq!(read_small(&dir).as_deref(), Some("[default]\nregion = x\n"));
+            std::fs::File::create(&dir).unwrap().set_len(MAX_AWS_FILE + 1).unwrap();
+            assert_eq!(read_small(&dir), None);
+            let _ = std::fs::remove_file(&dir);
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        }
+
         /// `key = value` pairs of section `[section]` of an INI text.
         pub(super) fn section(text: &str, section: &str) -> Vec<(String, String)> {
             let mut inside = false;
@@ -1063,7 +1102,7 @@ mod imp {
             ];
             // The credentials file comes last and wins, as in the AWS CLI.
             for (file, sect) in sources {
-                let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { continue };
+                let Some(text) = file.and_then(|f| read_small(&f)) else { continue };
                 for (k, v) in section(&text, &sect) {
                     let slot = match k.as_str() {
                         "aws_access_key_id" => &mut p.access_key_id,
