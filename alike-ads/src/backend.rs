@@ -125,11 +125,15 @@ impl LocalBackend {
         }
     }
 
-    /// Writes `data` to a new spool file and fsyncs it.
-    fn write_tmp(&self, data: &[u8]) -> Result<PathBuf> {
+    /// Writes `data` to a new spool file and fsyncs it. The file of a key
+    /// object or of `config` is its owner's only (0600): they are wrapped,
+    /// but there is no reason to share them.
+    fn write_tmp(&self, key: &str, data: &[u8]) -> Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
         let spool = self.spool_dir()?;
         let tmp = spool.join(format!("obj-{}.tmp", random_hex(8)?));
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        let mode = if key == "config" || key.starts_with("keys/") { 0o600 } else { 0o666 };
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
         let r = f.write_all(data).and_then(|_| f.sync_all());
         if let Err(e) = r {
             let _ = fs::remove_file(&tmp);
@@ -217,13 +221,13 @@ impl Backend for LocalBackend {
         Ok((buf, size))
     }
     fn write(&self, key: &str, data: &[u8]) -> Result<()> {
-        let tmp = self.write_tmp(data)?;
+        let tmp = self.write_tmp(key, data)?;
         self.place(key, &tmp).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })
     }
     fn write_new(&self, key: &str, data: &[u8]) -> Result<bool> {
-        let tmp = self.write_tmp(data)?;
+        let tmp = self.write_tmp(key, data)?;
         let r = self.place_new(key, &tmp);
         // The object (if placed) is the hard link; the temporary name goes either way.
         let _ = fs::remove_file(&tmp);

@@ -1,5 +1,7 @@
 //! The `config` object, key objects (`keys/…`) and exported key files.
 
+use std::path::Path;
+
 use alike_core::{KdfParams, MasterKey, WrappedKey};
 use serde::{Deserialize, Serialize};
 
@@ -150,11 +152,11 @@ impl KeyObject {
             .and_then(|s| s.try_into().ok())
             .ok_or_else(|| bad("salt is not 32 bytes of hex"))?;
         let sealed = hex::decode(&self.sealed).map_err(|_| bad("sealed key is not hex"))?;
-        Ok(WrappedKey {
-            kdf: KdfParams { m_cost: self.m_cost, t_cost: self.t_cost, p_cost: self.p_cost },
-            salt,
-            sealed,
-        })
+        let kdf = KdfParams { m_cost: self.m_cost, t_cost: self.t_cost, p_cost: self.p_cost };
+        // The cost is the object's word: bounded, so a forged object cannot
+        // make opening the store allocate terabytes or run for days.
+        check_kdf(&kdf).map_err(|r| bad(&r))?;
+        Ok(WrappedKey { kdf, salt, sealed })
     }
     /// Encodes: header ‖ JSON ‖ BLAKE3.
     pub fn encode(&self) -> Vec<u8> {
@@ -164,6 +166,85 @@ impl KeyObject {
     pub fn decode(bytes: &[u8], object: &str) -> Result<KeyObject> {
         parse(check_checksum(bytes, ObjectKind::Key, object)?, object)
     }
+}
+
+/// Most memory an Argon2id key derivation may use: 4 GiB (in KiB).
+pub(crate) const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
+/// Most Argon2id passes.
+pub(crate) const MAX_KDF_PASSES: u32 = 64;
+/// Most Argon2id lanes.
+pub(crate) const MAX_KDF_LANES: u32 = 64;
+
+/// Checks an Argon2id cost against the bounds above (on create, and on
+/// every key object read).
+///
+/// # Errors
+/// What is out of range.
+pub(crate) fn check_kdf(k: &KdfParams) -> std::result::Result<(), String> {
+    if k.m_cost > MAX_KDF_MEMORY_KIB || k.t_cost > MAX_KDF_PASSES || k.p_cost > MAX_KDF_LANES {
+        return Err(format!(
+            "Argon2id cost m={} KiB t={} p={} is above the limits (m ≤ {MAX_KDF_MEMORY_KIB} KiB, t ≤ {MAX_KDF_PASSES}, p ≤ {MAX_KDF_LANES})",
+            k.m_cost, k.t_cost, k.p_cost
+        ));
+    }
+    Ok(())
+}
+
+/// The largest key file read: one is about 150 bytes.
+pub(crate) const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Reads and decodes the key file at `path`: a regular file of at most
+/// [`MAX_KEY_FILE`] bytes (a mistaken `/dev/zero` is not read forever).
+/// No error shows any of its content.
+///
+/// # Errors
+/// [`Error::Io`]; [`Error::InvalidArgument`] for something that is not a
+/// regular file or is too large; header, checksum and JSON errors.
+pub(crate) fn read_key_file(path: &Path) -> Result<KeyFile> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(crate::error::io(path))?;
+    let m = f.metadata().map_err(crate::error::io(path))?;
+    if !m.is_file() {
+        return Err(Error::InvalidArgument(format!("key file {} is not a regular file", path.display())));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes).map_err(crate::error::io(path))?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(Error::InvalidArgument(format!(
+            "key file {} is larger than {} KiB: not a key file",
+            path.display(),
+            MAX_KEY_FILE >> 10
+        )));
+    }
+    KeyFile::decode(&bytes, &path.display().to_string())
+}
+
+/// Writes a new key file, readable by its owner only (0600), durably. An
+/// existing file is never replaced.
+///
+/// # Errors
+/// [`Error::FileExists`]; [`Error::Io`].
+pub(crate) fn write_key_file(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::FileExists { path: path.to_owned(), what: "key file" });
+        }
+        Err(e) => return Err(Error::Io { path: path.to_owned(), source: e }),
+    };
+    if let Err(e) = f.write_all(data).and_then(|_| f.sync_all()) {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(Error::Io { path: path.to_owned(), source: e });
+    }
+    // The new name is durable once its folder is.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// A key file exported for the user: the master key itself, for opening the

@@ -22,20 +22,41 @@ pub enum Error {
         /// Where we looked.
         location: String,
     },
-    /// `create` found a store (or other files) already there.
+    /// `create` found a store already there.
     #[error("{location} already holds a store")]
     AlreadyExists {
         /// Where.
         location: String,
     },
-    /// An object does not start with the magic its kind must have.
-    #[error("{object} is not an alike {kind} object (bad magic {found})")]
+    /// `create` found a folder that holds something other than a store.
+    #[error(
+        "{location} is not empty and holds no store (no config object): it holds {holds}; create the store in an empty folder"
+    )]
+    NotEmpty {
+        /// Where.
+        location: String,
+        /// A few of the names found there, and how many in all.
+        holds: String,
+    },
+    /// A file the store would write (an exported key file) already exists:
+    /// it is never overwritten.
+    #[error("{path} already exists: refusing to overwrite it with a {what}")]
+    FileExists {
+        /// The file.
+        path: PathBuf,
+        /// What would have been written.
+        what: &'static str,
+    },
+    /// An object does not start with the magic its kind must have. For
+    /// secret-bearing kinds (key objects, key files) `found` is empty: a
+    /// passphrase file given by mistake must not end up in a log.
+    #[error("{object} is not an alike {kind} object{}", shown_magic(.found))]
     BadMagic {
         /// Object key.
         object: String,
         /// Expected kind.
         kind: &'static str,
-        /// Hex of the first bytes found.
+        /// Hex of the first bytes found; empty for secret-bearing kinds.
         found: String,
     },
     /// An object was written by a newer format than this build knows.
@@ -197,7 +218,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotAStore { .. } => ErrorKind::NotAStore,
-            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::AlreadyExists { .. } | Error::NotEmpty { .. } | Error::FileExists { .. } => ErrorKind::AlreadyExists,
             Error::BadMagic { .. } | Error::Corrupt { .. } | Error::Truncated { .. } => ErrorKind::Corruption,
             Error::UnsupportedVersion { .. } | Error::UpgradeRequired { .. } => ErrorKind::UnsupportedVersion,
             Error::NotFound { .. } => ErrorKind::NotFound,
@@ -228,6 +249,10 @@ impl Error {
             _ => Retry::Permanent,
         }
     }
+}
+
+fn shown_magic(found: &str) -> String {
+    if found.is_empty() { String::new() } else { format!(" (bad magic {found})") }
 }
 
 /// Result alias of this crate.

@@ -58,6 +58,11 @@ impl ObjectKind {
         let l = self.letters();
         [0x89, b'A', b'L', b'K', l[0], l[1], b'\r', b'\n']
     }
+    /// Whether objects of this kind carry a key (wrapped or not): their
+    /// bytes never appear in an error.
+    pub const fn secret(self) -> bool {
+        matches!(self, ObjectKind::Key | ObjectKind::KeyFile)
+    }
     /// Name for messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -98,7 +103,9 @@ pub fn check_header<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Resu
         });
     }
     if bytes[..8] != kind.magic() {
-        return Err(Error::BadMagic { object: object.into(), kind: kind.name(), found: hex::encode(&bytes[..8]) });
+        // A key file given by mistake may be a passphrase file: show none of it.
+        let found = if kind.secret() { String::new() } else { hex::encode(&bytes[..8]) };
+        return Err(Error::BadMagic { object: object.into(), kind: kind.name(), found });
     }
     let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if v > FORMAT_VERSION {
@@ -138,6 +145,10 @@ mod tests {
         let mut h = header(ObjectKind::Pack).to_vec();
         assert!(check_header(&h, ObjectKind::Pack, "p").is_ok());
         assert!(matches!(check_header(&h, ObjectKind::Index, "p"), Err(Error::BadMagic { .. })));
+        let e = check_header(b"line1secret\nline2", ObjectKind::KeyFile, "k").unwrap_err().to_string();
+        assert!(!e.contains("6c696e65") && !e.contains("line1"), "a secret file's bytes are never shown: {e}");
+        let e = check_header(b"line1secret\nline2", ObjectKind::Pack, "p").unwrap_err().to_string();
+        assert!(e.contains("bad magic 6c696e6531736563"), "{e}");
         h[8] = 2;
         let e = check_header(&h, ObjectKind::Pack, "p").unwrap_err();
         assert!(matches!(e, Error::UnsupportedVersion { version: 2, .. }), "{e}");

@@ -114,12 +114,49 @@ fn cerr(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> Error + '_ {
     move |e| Error::Cache { path: path.to_owned(), reason: e.to_string() }
 }
 
+/// The cache's folder, its owner's only (0700): it names the store's
+/// chunks. Folders created above it are 0700 too.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(crate::error::io(dir))?;
+    let m = std::fs::metadata(dir).map_err(crate::error::io(dir))?;
+    // A folder made by an older version, or shared on purpose by its
+    // owner: tightened when we may, used as it is when not.
+    if m.permissions().mode() & 0o077 != 0 {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(cache = %dir.display(), error = %e, "cache folder is readable by others");
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` empty and 0600 when missing (redb then initialises it),
+/// or makes an existing cache file 0600.
+fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(crate::error::io(path))?;
+    let m = f.metadata().map_err(crate::error::io(path))?;
+    if m.permissions().mode() & 0o077 != 0 {
+        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(cache = %path.display(), error = %e, "cache file is readable by others");
+        }
+    }
+    Ok(())
+}
+
 impl IndexCache {
     /// Opens (or creates) the cache in `dir` for `store_id`. When another
     /// process holds it, a private temporary cache is used instead.
     pub fn open(dir: &Path, store_id: &str) -> Result<IndexCache> {
-        std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+        private_dir(dir)?;
         let path = dir.join("index-v1.redb");
+        private_file(&path)?;
         let builder = || {
             let mut b = redb::Builder::new();
             // A bounded page cache keeps memory flat however large the index
@@ -134,6 +171,7 @@ impl IndexCache {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 let tmp = dir.join(format!("index-tmp-{}-{}.redb", std::process::id(), crate::backend::random_hex(4)?));
                 tracing::info!(cache = %path.display(), "index cache in use by another process: using a private one");
+                private_file(&tmp)?;
                 let db = builder().create(&tmp).map_err(|e| cerr(&tmp)(&e))?;
                 (db, tmp, true)
             }
@@ -141,6 +179,7 @@ impl IndexCache {
                 // A damaged cache is rebuilt, never trusted.
                 tracing::warn!(cache = %path.display(), error = %e, "index cache unreadable: rebuilding it");
                 let _ = std::fs::remove_file(&path);
+                private_file(&path)?;
                 let db = builder().create(&path).map_err(|e| cerr(&path)(&e))?;
                 (db, path, false)
             }

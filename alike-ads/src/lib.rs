@@ -89,7 +89,7 @@ pub use pack::{
     decode_footer, decode_pack_trailer, decode_trailer, encode_trailer, pack_key, read_trailer,
 };
 pub use repo::{
-    CreateOptions, DEFAULT_PACK_SIZE, DamagedVersion, MAX_PACK_ENTRIES, MAX_SEGMENT_ENTRIES, OpenOptions, Repository,
-    StoreStats, VersionScan, decode_manifest, default_cache_dir, encode_manifest, host_name,
+    COMPRESSION_LEVELS, CreateOptions, DEFAULT_PACK_SIZE, DamagedVersion, MAX_PACK_ENTRIES, MAX_SEGMENT_ENTRIES,
+    OpenOptions, Repository, StoreStats, VersionScan, decode_manifest, default_cache_dir, encode_manifest, host_name,
 };
 pub use verify::{Affected, Damage, Verification, VerifyDepth, VerifyReport};

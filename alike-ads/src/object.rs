@@ -125,9 +125,10 @@ pub struct ObjectOptions {
     /// Local directory where packs are built before upload (default
     /// `<default cache dir>/spool`).
     pub spool_dir: Option<PathBuf>,
-    /// Objects larger than this are uploaded in parts (default 16 MiB).
+    /// Objects larger than this are uploaded in parts (default 16 MiB; at
+    /// most 5 GiB on remote services).
     pub multipart_threshold: Option<u64>,
-    /// Size of upload parts (default 8 MiB; at least 5 MiB on remote services).
+    /// Size of upload parts (default 8 MiB; 5 MiB to 5 GiB on remote services).
     pub part_size: Option<u64>,
     /// Retries of a failed request (default 10).
     pub max_retries: Option<usize>,
@@ -333,6 +334,8 @@ mod imp {
     const PARTS_IN_FLIGHT: usize = 4;
     /// The smallest part S3, GCS and R2 accept (except the last).
     const MIN_PART: u64 = 5 << 20;
+    /// The largest part (and single PUT) S3 accepts.
+    const MAX_PART: u64 = 5 << 30;
 
     /// A store on object storage. See the module doc of `object` for
     /// locations, credentials and how each guarantee is kept.
@@ -452,6 +455,14 @@ mod imp {
             if part < MIN_PART {
                 return Err(bad(url, format!("part size {part} is below the 5 MiB services accept")));
             }
+            // S3's own limits (a part, and a single PUT, of at most 5 GiB).
+            if part > MAX_PART {
+                return Err(bad(url, format!("part size {part} is above the 5 GiB services accept")));
+            }
+            let threshold = opts.multipart_threshold.unwrap_or(MULTIPART_THRESHOLD);
+            if threshold > MAX_PART {
+                return Err(bad(url, format!("multipart threshold {threshold} is above the 5 GiB of a single PUT")));
+            }
             let display = if prefix.is_empty() {
                 format!("{scheme}://{bucket}")
             } else {
@@ -558,6 +569,34 @@ mod imp {
             let (store, path) = (self.store.clone(), self.path(key)?);
             self.run(async move { store.head(&path).await })?.map(|m| m.size).map_err(|e| self.remote("head", key, e))
         }
+    }
+
+    /// The largest object read whole (`Backend::read`): a full verify reads
+    /// a pack whole, and no pack is larger than [`crate::MAX_PACK_SIZE`].
+    /// Everything else read whole (config, keys, index segments, manifests,
+    /// records) is far smaller.
+    const MAX_WHOLE_OBJECT: u64 = crate::MAX_PACK_SIZE;
+
+    /// A GET's body, bounded: never more than `limit` bytes, nor more than
+    /// the response declared (its `Content-Length`/`Content-Range`), checked
+    /// before reading and as the bytes arrive — a server that answers with a
+    /// huge or endless body costs at most `limit` bytes of memory.
+    async fn collect(g: object_store::GetResult, limit: u64) -> object_store::Result<Vec<u8>> {
+        let declared = g.range.end.saturating_sub(g.range.start);
+        let too_long = |what: String| object_store::Error::Generic { store: "alike", source: what.into() };
+        if declared > limit {
+            return Err(too_long(format!("the response declares {declared} bytes, more than the {limit} expected")));
+        }
+        let mut out = Vec::with_capacity(declared.min(8 << 20) as usize);
+        let mut body = g.into_stream();
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            if (out.len() + piece.len()) as u64 > declared {
+                return Err(too_long(format!("the body is longer than the {declared} bytes its response declared")));
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
     }
 
     impl Drop for ObjectBackend {
@@ -687,11 +726,11 @@ mod imp {
             let (store, path) = (self.store.clone(), self.path(key)?);
             let r = self.run(async move {
                 match store.get(&path).await {
-                    Ok(g) => g.bytes().await,
+                    Ok(g) => collect(g, MAX_WHOLE_OBJECT).await,
                     Err(e) => Err(e),
                 }
             })?;
-            r.map(|b| b.to_vec()).map_err(|e| self.remote("get", key, e))
+            r.map_err(|e| self.remote("get", key, e))
         }
 
         fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -702,8 +741,12 @@ mod imp {
             }
             let end = offset.checked_add(len).ok_or_else(|| truncated(0))?;
             let (store, path) = (self.store.clone(), self.path(key)?);
-            match self.run(async move { store.get_range(&path, offset..end).await })? {
-                Ok(b) if b.len() as u64 == len => Ok(b.to_vec()),
+            let r = self.run(async move {
+                let opts = GetOptions { range: Some(GetRange::Bounded(offset..end)), ..Default::default() };
+                collect(store.get_opts(&path, opts).await?, len).await
+            })?;
+            match r {
+                Ok(b) if b.len() as u64 == len => Ok(b),
                 Ok(b) => Err(truncated(b.len() as u64)),
                 Err(e @ object_store::Error::NotFound { .. }) => Err(self.remote("get range", key, e)),
                 Err(e) => {
@@ -727,7 +770,7 @@ mod imp {
                     .get_opts(&path, GetOptions { range: Some(GetRange::Suffix(len)), ..Default::default() })
                     .await?;
                 let size = g.meta.size;
-                g.bytes().await.map(|b| (b.to_vec(), size))
+                collect(g, len).await.map(|b| (b, size))
             })?;
             match r {
                 Ok(x) => Ok(x),
@@ -755,7 +798,8 @@ mod imp {
                         // Ours if it holds our bytes: a retry of a PUT whose
                         // reply was lost finds the object it created.
                         match store.get(&path).await {
-                            Ok(g) => Ok(g.bytes().await? == payload),
+                            Ok(g) if g.meta.size != payload.len() as u64 => Ok(false),
+                            Ok(g) => Ok(collect(g, payload.len() as u64).await? == payload),
                             Err(object_store::Error::NotFound { .. }) => Ok(false),
                             Err(e) => Err(e),
                         }
@@ -993,6 +1037,45 @@ mod imp {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws").join(name)))
         }
 
+        /// The largest AWS config or credentials file read: they hold a few
+        /// lines per profile.
+        const MAX_AWS_FILE: u64 = 1 << 20;
+
+        /// A regular file of at most [`MAX_AWS_FILE`] bytes, as text; `None`
+        /// (the file ignored, with a warning that shows none of it) otherwise:
+        /// `AWS_SHARED_CREDENTIALS_FILE=/dev/zero` is not read forever.
+        fn read_small(path: &std::path::Path) -> Option<String> {
+            use std::io::Read;
+            let f = std::fs::File::open(path).ok()?;
+            let ignored = |why: &str| {
+                tracing::warn!(file = %path.display(), "AWS config file ignored: {why}");
+                None
+            };
+            if !f.metadata().ok()?.is_file() {
+                return ignored("not a regular file");
+            }
+            let mut text = String::new();
+            f.take(MAX_AWS_FILE + 1).read_to_string(&mut text).ok()?;
+            if text.len() as u64 > MAX_AWS_FILE {
+                return ignored("larger than 1 MiB");
+            }
+            Some(text)
+        }
+
+        #[cfg(test)]
+        #[test]
+        fn aws_files_are_read_bounded() {
+            let started = std::time::Instant::now();
+            assert_eq!(read_small(std::path::Path::new("/dev/zero")), None);
+            let dir = std::env::temp_dir().join(format!("alike-aws-{}", std::process::id()));
+            std::fs::write(&dir, "[default]\nregion = x\n").unwrap();
+            assert_eq!(read_small(&dir).as_deref(), Some("[default]\nregion = x\n"));
+            std::fs::File::create(&dir).unwrap().set_len(MAX_AWS_FILE + 1).unwrap();
+            assert_eq!(read_small(&dir), None);
+            let _ = std::fs::remove_file(&dir);
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        }
+
         /// `key = value` pairs of section `[section]` of an INI text.
         pub(super) fn section(text: &str, section: &str) -> Vec<(String, String)> {
             let mut inside = false;
@@ -1022,7 +1105,7 @@ mod imp {
             ];
             // The credentials file comes last and wins, as in the AWS CLI.
             for (file, sect) in sources {
-                let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else { continue };
+                let Some(text) = file.and_then(|f| read_small(&f)) else { continue };
                 for (k, v) in section(&text, &sect) {
                     let slot = match k.as_str() {
                         "aws_access_key_id" => &mut p.access_key_id,

@@ -2,13 +2,15 @@
 //! packs not yet published in an index segment), the local index cache, and
 //! versions. Implements `alike_core::ChunkStore`.
 
-use alike_core::{ErrorKind, Recover};
+use alike_core::Recover;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use alike_core::{ChunkId, ChunkLocation, ChunkStore, FrameRef, KdfParams, Keys, Manifest, MasterKey, StoredFrame};
+use alike_core::{
+    ChunkId, ChunkLocation, ChunkStore, ErrorKind, FrameRef, KdfParams, Keys, Manifest, MasterKey, StoredFrame,
+};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, LocalBackend, random_hex};
@@ -20,6 +22,9 @@ use crate::index::{IndexCache, decode_segment, encode_segment};
 use crate::pack::{FinishedPack, PackEntry, PackWriter, pack_key, read_trailer};
 use crate::{Error, Result};
 
+/// The zstd levels a store or a backup may ask for: zstd's own range, its
+/// negative "fast" levels included.
+pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = -(1 << 17)..=22;
 /// Default target pack size: 32 MiB.
 pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 /// Packs written before their index segment is published.
@@ -272,9 +277,11 @@ impl Repository {
     pub fn create_local(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
         let path = path.as_ref();
         if path.exists() {
-            let mut rd = std::fs::read_dir(path).map_err(crate::error::io(path))?;
-            if rd.next().is_some() {
+            if path.join("config").exists() {
                 return Err(Error::AlreadyExists { location: path.display().to_string() });
+            }
+            if let Some(holds) = folder_contents(path)? {
+                return Err(Error::NotEmpty { location: path.display().to_string(), holds });
             }
         }
         std::fs::create_dir_all(path).map_err(crate::error::io(path))?;
@@ -298,6 +305,20 @@ impl Repository {
         if !(1 << 20..=1 << 30).contains(&opts.pack_size) {
             return Err(Error::InvalidArgument("pack size must be 1 MiB – 1 GiB".into()));
         }
+        if let Some(l) = opts.compression_level.filter(|l| !COMPRESSION_LEVELS.contains(l)) {
+            return Err(Error::InvalidArgument(format!(
+                "zstd level {l}: from {} to {}",
+                COMPRESSION_LEVELS.start(),
+                COMPRESSION_LEVELS.end()
+            )));
+        }
+        if let Some(kf) = opts.key_file.as_ref().filter(|_| opts.encrypted) {
+            // A key file may be the only way into another store: never replace one.
+            if kf.symlink_metadata().is_ok() {
+                return Err(Error::FileExists { path: kf.clone(), what: "key file" });
+            }
+        }
+        crate::config::check_kdf(&opts.kdf).map_err(Error::InvalidArgument)?;
         let store_id = random_hex(16)?;
         let mut config = StoreConfig {
             store_id: store_id.clone(),
@@ -325,7 +346,7 @@ impl Repository {
                 key_object = Some(key);
             }
             if let Some(kf) = &opts.key_file {
-                write_local_atomic(kf, &KeyFile::new(&store_id, &master).encode())?;
+                crate::config::write_key_file(kf, &KeyFile::new(&store_id, &master).encode())?;
             }
         }
         // config last: a store exists once its config does. Created only if
@@ -838,8 +859,7 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
     })?;
     if let Some(kf) = &opts.key_file {
         let obj = kf.display().to_string();
-        let bytes = std::fs::read(kf).map_err(crate::error::io(kf))?;
-        let f = KeyFile::decode(&bytes, &obj)?;
+        let f = crate::config::read_key_file(kf)?;
         if f.store_id != config.store_id {
             return Err(Error::InvalidArgument(format!(
                 "key file {obj} belongs to store {}, not {}",
@@ -863,23 +883,94 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
         });
     }
     let aad = key_aad(&config.store_id);
-    for (key, _) in &key_objects {
-        let ko = KeyObject::decode(&backend.read(key)?, key)?;
-        if let Some(m) = alike_core::unwrap_master(&ko.wrapped(key)?, pw, &aad)? {
-            let keys = Keys::from_master(&m);
-            if key_check(&keys) != check {
-                return Err(Error::Corrupt {
-                    object: key.clone(),
-                    reason: "unwraps to a key that does not match the store's key check".into(),
-                });
+    // Every key object is tried: one damaged or foreign object must not lock
+    // the user out while another one opens the store. The bad ones are named.
+    let mut bad: Vec<(String, Error)> = Vec::new();
+    let mut tried = Vec::new();
+    for (key, size) in &key_objects {
+        match try_key_object(backend, key, *size, pw, &aad, check) {
+            Ok(Some(keys)) => {
+                for (k, e) in &bad {
+                    warn!(key = %k, error = %e, "unusable key object skipped (another one opened the store)");
+                }
+                return Ok(keys);
             }
-            return Ok((keys, Some(m)));
+            Ok(None) => tried.push(key.as_str()),
+            Err(e) if matches!(e.kind(), ErrorKind::Corruption | ErrorKind::UnsupportedVersion) => {
+                bad.push((key.clone(), e));
+            }
+            Err(e) => return Err(e),
         }
     }
-    Err(alike_core::Error::WrongPassphrase {
-        key: key_objects.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+    let bad_text = bad.iter().map(|(k, e)| format!("{k}: {e}")).collect::<Vec<_>>().join("; ");
+    if tried.is_empty() {
+        if bad.len() == 1 {
+            return Err(bad.remove(0).1);
+        }
+        return Err(Error::Corrupt { object: "keys/".into(), reason: format!("no usable key object ({bad_text})") });
     }
-    .into())
+    let mut key = tried.join(", ");
+    if !bad.is_empty() {
+        key.push_str(&format!(" (unusable and skipped: {bad_text})"));
+    }
+    Err(alike_core::Error::WrongPassphrase { key }.into())
+}
+
+/// A key object larger than this is not one (they are about 400 bytes).
+const MAX_KEY_OBJECT: u64 = 64 << 10;
+
+/// Unwraps one key object with `pw`: `Some` keys when it opens the store,
+/// `None` when the passphrase is not this object's.
+fn try_key_object(
+    backend: &dyn Backend,
+    key: &str,
+    size: u64,
+    pw: &[u8],
+    aad: &[u8],
+    check: &str,
+) -> Result<Option<(Keys, Option<MasterKey>)>> {
+    if size > MAX_KEY_OBJECT {
+        return Err(Error::Corrupt {
+            object: key.into(),
+            reason: format!("{size} bytes, more than a key object's {MAX_KEY_OBJECT} at most"),
+        });
+    }
+    let w = KeyObject::decode(&backend.read(key)?, key)?.wrapped(key)?;
+    let m = alike_core::unwrap_master(&w, pw, aad)
+        .map_err(|e| Error::Corrupt { object: key.into(), reason: e.to_string() })?;
+    let Some(m) = m else { return Ok(None) };
+    let keys = Keys::from_master(&m);
+    if key_check(&keys) != check {
+        return Err(Error::Corrupt {
+            object: key.into(),
+            reason: "unwraps to a key that does not match the store's key check".into(),
+        });
+    }
+    Ok(Some((keys, Some(m))))
+}
+
+/// `None` for an empty folder; else a few of the names in it and how many
+/// there are, for the error of a `create` in a folder in use.
+fn folder_contents(path: &Path) -> Result<Option<String>> {
+    let mut names = Vec::new();
+    let mut count = 0usize;
+    for e in std::fs::read_dir(path).map_err(crate::error::io(path))? {
+        let e = e.map_err(crate::error::io(path))?;
+        count += 1;
+        if names.len() < 5 {
+            let dir = e.file_type().is_ok_and(|t| t.is_dir());
+            names.push(format!("{}{}", e.file_name().to_string_lossy(), if dir { "/" } else { "" }));
+        }
+    }
+    if count == 0 {
+        return Ok(None);
+    }
+    names.sort();
+    let mut holds = names.join(", ");
+    if count > names.len() {
+        holds.push_str(&format!(" and {} more", count - names.len()));
+    }
+    Ok(Some(format!("{count} entr{} ({holds})", if count == 1 { "y" } else { "ies" })))
 }
 
 /// Encodes a manifest object: header ‖ seal(zstd-3(JSON)).
@@ -904,14 +995,6 @@ pub fn decode_manifest(keys: &Keys, bytes: &[u8], object: &str) -> Result<Manife
     let json = zstd::bulk::decompress(&z, 64 << 20)
         .map_err(|e| Error::Corrupt { object: object.into(), reason: format!("zstd: {e}") })?;
     Ok(Manifest::from_json(&json, object)?)
-}
-
-fn write_local_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", random_hex(4)?));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(crate::error::io(&tmp))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(crate::error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(crate::error::io(path))
 }
 
 impl ChunkStore for Repository {

@@ -69,6 +69,9 @@ pub(crate) struct BackupArgs {
     /// Do not build on the VM's previous version.
     #[arg(long)]
     no_parent: bool,
+    /// Accept a disk of 0 bytes (refused by default: an empty file is usually a mistake).
+    #[arg(long)]
+    allow_empty: bool,
     #[command(flatten)]
     threads: ThreadsArg,
     #[command(flatten)]
@@ -85,7 +88,7 @@ pub(crate) fn backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     let sources = a.disks.iter().map(|d| alike::open_image(d, a.format)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&dyn alike::DiskSource> = sources.iter().map(|s| &**s).collect();
     let r = long(cli, "backup", |cb, cancel| {
-        let mut o = BackupOptions::default().threads(a.threads.threads).cancel_token(cancel);
+        let mut o = BackupOptions::default().threads(a.threads.threads).allow_empty(a.allow_empty).cancel_token(cancel);
         if let Some(cb) = cb {
             o = o.progress(cb);
         }
@@ -97,6 +100,9 @@ pub(crate) fn backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
     for d in &r.version.disks {
         if let Some(why) = &d.fallback_reason {
             eprintln!("alike: warning: disk {} was read in full: {why}", d.position);
+        }
+        if d.size == 0 {
+            eprintln!("alike: note: disk {} ({}) is empty: backed up as a disk of 0 bytes", d.position, d.label);
         }
     }
     if a.out.json {
@@ -453,29 +459,32 @@ fn vault_store(cli: &Cli, source: &Store, a: &VaultArgs) -> Result<Store> {
 
 pub(crate) fn vault(cli: &Cli, a: &VaultArgs) -> Result<()> {
     let store = open(cli)?;
-    let vault = vault_store(cli, &store, a)?;
     let policy = RetentionPolicy::default()
         .last(a.keep_last.unwrap_or(0))
         .daily(a.keep_daily.unwrap_or(0))
         .weekly(a.keep_weekly.unwrap_or(0))
         .monthly(a.keep_monthly.unwrap_or(0))
         .yearly(a.keep_yearly.unwrap_or(0));
+    let mut o = alike::VaultOptions::default().threads(a.threads.threads);
+    if let Some(v) = &a.vm {
+        o = o.vm(v);
+    }
+    if let Some(n) = a.last {
+        o = o.last(n);
+    }
+    if let Some(r) = a.bwlimit {
+        o = o.bandwidth_limit(r);
+    }
+    if !policy.is_empty() {
+        o = o.retention(policy);
+    }
+    // Before the vault is created or opened: bad options change nothing.
+    o.validate()?;
+    let vault = vault_store(cli, &store, a)?;
     let r = long(cli, "vault", |cb, cancel| {
-        let mut o = alike::VaultOptions::default().threads(a.threads.threads).cancel_token(cancel);
+        let mut o = o.cancel_token(cancel);
         if let Some(cb) = cb {
             o = o.progress(cb);
-        }
-        if let Some(v) = &a.vm {
-            o = o.vm(v);
-        }
-        if let Some(n) = a.last {
-            o = o.last(n);
-        }
-        if let Some(r) = a.bwlimit {
-            o = o.bandwidth_limit(r);
-        }
-        if !policy.is_empty() {
-            o = o.retention(policy);
         }
         store.vault(&vault, &o)
     })?;

@@ -30,6 +30,10 @@ pub(crate) struct XenArgs {
     /// are usually self-signed.
     #[arg(long, value_name = "SHA256")]
     fingerprint: Option<String>,
+    /// Allow http:// to a pool that is not on this machine: the password then crosses the network
+    /// in clear (without it, http:// is accepted only to a loopback address).
+    #[arg(long)]
+    insecure: bool,
     #[command(subcommand)]
     cmd: XenCmd,
 }
@@ -120,7 +124,11 @@ fn password(a: &XenArgs) -> Result<String> {
 
 fn connect(a: &XenArgs) -> Result<XenPool> {
     let pw = password(a)?;
-    alike::xen_pool(&a.url, &a.user, &pw, a.fingerprint.as_deref()).with_context(|| format!("connecting to {}", a.url))
+    let mut o = alike::XenConnectOptions::default().insecure(a.insecure);
+    if let Some(fp) = &a.fingerprint {
+        o = o.fingerprint(fp);
+    }
+    alike::xen_pool_with(&a.url, &a.user, &pw, &o).with_context(|| format!("connecting to {}", a.url))
 }
 
 /// A disk's VDI uuid among the host identifiers of a report.

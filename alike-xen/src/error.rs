@@ -106,6 +106,36 @@ pub enum Error {
         /// The fingerprint of the certificate the server showed.
         found: String,
     },
+    /// The server's TLS certificate is not trusted (self-signed, an unknown
+    /// issuer, a wrong name, expired), with no fingerprint pinned.
+    #[error(
+        "{server}: TLS certificate not trusted ({reason}){}",
+        match .fingerprint {
+            Some(fp) => format!("; it has SHA-256 fingerprint {fp}: if the pool shows the same (`openssl x509 -noout -fingerprint -sha256 -in /etc/xensource/xapi-ssl.pem`), pin it with --fingerprint"),
+            None => "; pin the pool's certificate by its SHA-256 fingerprint (`--fingerprint`)".into(),
+        }
+    )]
+    CertificateUntrusted {
+        /// `host:port` or URL.
+        server: String,
+        /// Why the verifier refused it.
+        reason: String,
+        /// The fingerprint of the certificate the server showed, when seen.
+        fingerprint: Option<String>,
+    },
+    /// A XAPI reply was larger than the client accepts
+    /// ([`crate::xapi::ClientBuilder::max_reply_bytes`]).
+    #[error(
+        "XAPI {method}: the reply from {url} is larger than {limit} bytes, the most this client reads (ClientBuilder::max_reply_bytes)"
+    )]
+    ReplyTooLarge {
+        /// The URL.
+        url: String,
+        /// The method called.
+        method: String,
+        /// The limit.
+        limit: u64,
+    },
     /// The TLS settings cannot be used (no certificate in a PEM text, a
     /// malformed fingerprint, an unusable server name).
     #[error("TLS setup: {0}")]
@@ -211,6 +241,8 @@ impl Error {
             | Error::Connection { .. }
             | Error::TaskTimeout { .. }
             | Error::CertificateMismatch { .. }
+            | Error::CertificateUntrusted { .. }
+            | Error::ReplyTooLarge { .. }
             | Error::Nbd { .. } => ErrorKind::Io,
             Error::BadReply { .. } => ErrorKind::Other,
             Error::Vhd(e) => e.kind(),
@@ -237,7 +269,7 @@ impl Error {
                 io::ErrorKind::Other
             }
             Error::Nbd { error: crate::nbd::proto::ProtoError::Command { .. }, .. } => io::ErrorKind::Other,
-            Error::CertificateMismatch { .. } => io::ErrorKind::PermissionDenied,
+            Error::CertificateMismatch { .. } | Error::CertificateUntrusted { .. } => io::ErrorKind::PermissionDenied,
             _ => io::ErrorKind::InvalidData,
         }
     }

@@ -223,7 +223,13 @@ fn starttls_with_pinned_and_ca_certificates() {
     let mut b = NbdBuilder::new("127.0.0.1", srv.port, "disk");
     b.tls(ServerCertCheck::CaPem(other.cert.pem())).tls_server_name("localhost");
     let e = b.connect().unwrap_err();
-    assert!(matches!(e, Error::Connection { .. }) && e.to_string().contains("TLS handshake"), "{e:?}");
+    match &e {
+        Error::CertificateUntrusted { fingerprint, .. } => {
+            assert_eq!(fingerprint.as_deref(), Some(format_fingerprint(&sha256(&der)).as_str()));
+        }
+        other => panic!("expected CertificateUntrusted, got {other:?}"),
+    }
+    assert!(e.to_string().contains("not trusted"), "{e}");
 
     // XAPI's path end to end: `VDI.get_nbd_info`'s record (the host's
     // certificate pinned, its subject as SNI, STARTTLS then EXPORT_NAME and

@@ -611,11 +611,51 @@ fn https_with_a_pinned_certificate_and_a_mismatch_refused() {
     }
     eprintln!("{e}");
     assert_eq!(x.logins.load(Ordering::SeqCst), 1, "the refused connection never logged in");
-    // The platform's trust store does not know a self-signed pool certificate.
+    // The platform's trust store does not know a self-signed pool
+    // certificate: the error says so, shows its fingerprint and how to pin it.
     let e = Client::builder(&url).credentials("root", "pw").login().unwrap_err();
-    assert!(matches!(&e, Error::Http { .. }), "{e:?}");
-    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    let fp = alike_xen::nbd::format_fingerprint(&alike_xen::nbd::sha256(&der));
+    match &e {
+        Error::CertificateUntrusted { fingerprint, reason, .. } => {
+            assert_eq!(fingerprint.as_deref(), Some(fp.as_str()));
+            assert!(!reason.is_empty());
+        }
+        e => panic!("expected CertificateUntrusted, got {e:?}"),
+    }
+    let t = e.to_string();
+    assert!(t.contains("not trusted") && t.contains(&fp) && t.contains("pin it with --fingerprint"), "{t}");
     eprintln!("{e}");
+    // A fingerprint with plain HTTP is refused before anything is sent.
+    let e = Client::builder(format!("http://{}", srv.addr))
+        .server_cert(ServerCertCheck::pin(&fp).unwrap())
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("plain HTTP"), "{e}");
+}
+
+#[test]
+fn replies_are_read_up_to_a_limit() {
+    // A "login" answered with 10 MiB, announced or not: the client stops at
+    // its limit (1 MiB here) with a clear error.
+    for announced in [true, false] {
+        let big = Arc::new(vec![b' '; 10 << 20]);
+        let srv = Responder::start(
+            "127.0.0.1:0",
+            None,
+            Arc::new(move |_req: &Req| Reply::Stream { body: big.to_vec(), length: announced.then_some(10 << 20) }),
+        )
+        .unwrap();
+        let e = Client::builder(srv.url()).credentials("root", "pw").max_reply_bytes(1 << 20).login().unwrap_err();
+        match &e {
+            Error::ReplyTooLarge { limit, method, .. } => {
+                assert_eq!(*limit, 1 << 20);
+                assert_eq!(method, "session.login_with_password");
+            }
+            e => panic!("expected ReplyTooLarge, got {e:?}"),
+        }
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+    }
+    assert_eq!(alike_xen::xapi::DEFAULT_MAX_REPLY, 256 << 20);
 }
 
 #[test]

@@ -59,14 +59,16 @@ impl ImageFormat {
     /// anything else, and block devices, are raw.
     ///
     /// # Errors
-    /// The file cannot be opened or read.
+    /// The file cannot be opened or read; it is a character device, a FIFO,
+    /// a socket or a folder ([`crate::ErrorKind::InvalidArgument`]).
     pub fn detect(path: impl AsRef<Path>) -> Result<ImageFormat> {
         let path = path.as_ref();
         let io = |source| Error::Engine(alike_core::Error::Io { path: path.to_owned(), source });
-        let mut f = File::open(path).map_err(io)?;
-        if f.metadata().map_err(io)?.file_type().is_block_device() {
+        // Before opening: opening a FIFO would wait for a writer.
+        if check_disk_file(path)? {
             return Ok(ImageFormat::Raw);
         }
+        let mut f = File::open(path).map_err(io)?;
         let mut head = [0u8; 8];
         let n = read_up_to(&mut f, &mut head).map_err(io)?;
         if n == 8 && &head == b"vhdxfile" {
@@ -85,6 +87,34 @@ impl ImageFormat {
         }
         Ok(ImageFormat::Raw)
     }
+}
+
+/// Whether `path` (symbolic links followed) is a block device; `Ok(false)`
+/// for a regular file.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming what it is for anything else:
+/// `/dev/zero`, `/dev/urandom` or `/dev/null` is not a disk.
+fn check_disk_file(path: &Path) -> Result<bool> {
+    let m = std::fs::metadata(path)
+        .map_err(|source| Error::Engine(alike_core::Error::Io { path: path.to_owned(), source }))?;
+    let t = m.file_type();
+    let what = if t.is_file() {
+        return Ok(false);
+    } else if t.is_block_device() {
+        return Ok(true);
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::InvalidArgument(format!("{} is {what}, not a disk image or block device", path.display())))
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -122,9 +152,11 @@ impl FromStr for ImageFormat {
 ///
 /// # Errors
 /// The file cannot be read; the image is malformed ([`crate::ErrorKind::BadImage`]);
-/// a parent is missing ([`crate::ErrorKind::NotFound`]).
+/// a parent is missing ([`crate::ErrorKind::NotFound`]); a character
+/// device, FIFO, socket or folder is not a disk ([`crate::ErrorKind::InvalidArgument`]).
 pub fn open_image(path: impl AsRef<Path>, format: Option<ImageFormat>) -> Result<Box<dyn DiskSource>> {
     let path = path.as_ref();
+    check_disk_file(path)?;
     let format = match format {
         Some(f) => f,
         None => ImageFormat::detect(path)?,

@@ -48,7 +48,7 @@ pub use alike_xen::adapter::{
     XenVmConfig,
 };
 #[cfg(feature = "xen")]
-pub use xen::xen_pool;
+pub use xen::{XenConnectOptions, xen_pool, xen_pool_with};
 // The hypervisor seam.
 pub use alike_core::{
     BackupSession, CreatedVm, DiskSink, Hypervisor, Placement, PlannedDisk, PreviousDisk, Quiesce, ReleaseReport,
@@ -56,7 +56,9 @@ pub use alike_core::{
 };
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use image::{ImageFormat, create_image, open_image};
-pub use options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions};
+pub use options::{
+    BackupOptions, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+};
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
     VaultCopy, VaultReport, Version,

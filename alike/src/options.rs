@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use alike_core::{CancelToken, Progress, ProgressFn, RunOptions};
 
+use crate::{Error, Result};
+
 /// Options common to long operations.
 #[derive(Clone, Default)]
 pub(crate) struct Run {
@@ -12,7 +14,27 @@ pub(crate) struct Run {
     pub(crate) cancel: CancelToken,
 }
 
+/// The most worker threads an operation takes (0 = one per core). More
+/// buys nothing on any machine, and an absurd count would start threads
+/// until the machine stalls.
+pub const MAX_THREADS: usize = 1024;
+
+/// The slowest bandwidth limit a vault accepts, bytes per second: slower
+/// would make a vault look hung.
+pub const MIN_BANDWIDTH: u64 = 1024;
+
 impl Run {
+    /// Checks the settings every long operation shares.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.threads > MAX_THREADS {
+            return Err(Error::InvalidArgument(format!(
+                "{} worker threads: at most {MAX_THREADS} (0 = one per core)",
+                self.threads
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn to_core(&self) -> RunOptions {
         let mut r = RunOptions::default();
         r.threads = self.threads;
@@ -24,7 +46,9 @@ impl Run {
 
 macro_rules! run_setters {
     () => {
-        /// Worker threads (0, the default, = one per core).
+        /// Worker threads (0, the default, = one per core; at most
+        /// [`crate::MAX_THREADS`], else the operation fails with
+        /// [`crate::ErrorKind::InvalidArgument`]).
         pub fn threads(mut self, n: usize) -> Self {
             self.run.threads = n;
             self
@@ -71,10 +95,24 @@ pub struct BackupOptions {
     pub(crate) image_format: Option<crate::ImageFormat>,
     pub(crate) origin: Option<alike_core::Origin>,
     pub(crate) quiesce: alike_core::Quiesce,
+    pub(crate) allow_empty: bool,
 }
 
 impl BackupOptions {
     run_setters!();
+    pub(crate) fn check(&self) -> Result<()> {
+        self.run.check()?;
+        if let Compression::Zstd(l) = self.compression {
+            if !alike_ads::COMPRESSION_LEVELS.contains(&l) {
+                return Err(Error::InvalidArgument(format!(
+                    "zstd level {l}: from {} to {}",
+                    alike_ads::COMPRESSION_LEVELS.start(),
+                    alike_ads::COMPRESSION_LEVELS.end()
+                )));
+            }
+        }
+        Ok(())
+    }
     /// For [`crate::Store::backup_vm`]: quiesce the guest before the
     /// snapshot (default: a crash-consistent snapshot).
     pub fn quiesce(mut self, q: alike_core::Quiesce) -> Self {
@@ -97,6 +135,13 @@ impl BackupOptions {
     /// Creation time to record (ms since the epoch); default: now.
     pub fn time_ms(mut self, t: i64) -> Self {
         self.time_ms = Some(t);
+        self
+    }
+    /// Accept a disk of 0 bytes (default: refused, as a mistake — an empty
+    /// file, `/dev/null`, a VHDX of virtual size 0). The version then
+    /// records a disk of size 0.
+    pub fn allow_empty(mut self, yes: bool) -> Self {
+        self.allow_empty = yes;
         self
     }
     /// The format of the images given to [`crate::Store::backup_images`]
@@ -246,6 +291,21 @@ pub struct VaultOptions {
 
 impl VaultOptions {
     run_setters!();
+    /// Checks the ranges ([`crate::MAX_THREADS`], [`crate::MIN_BANDWIDTH`]),
+    /// as [`crate::Store::vault`] does first: for a front-end that wants to
+    /// know before it creates the vault.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidArgument`] naming the value and its range.
+    pub fn validate(&self) -> Result<()> {
+        self.run.check()?;
+        if let Some(b) = self.bandwidth.filter(|&b| b < MIN_BANDWIDTH) {
+            return Err(Error::InvalidArgument(format!(
+                "bandwidth limit of {b} bytes/s: at least {MIN_BANDWIDTH} (1 KiB/s)"
+            )));
+        }
+        Ok(())
+    }
     /// Only this VM's versions (default: every VM).
     pub fn vm(mut self, name: impl Into<String>) -> Self {
         self.vm = Some(name.into());
@@ -263,7 +323,8 @@ impl VaultOptions {
         self
     }
     /// Read from the source at most this many bytes per second (what is sent
-    /// is at most that, after deduplication and compression).
+    /// is at most that, after deduplication and compression); at least
+    /// [`crate::MIN_BANDWIDTH`].
     pub fn bandwidth_limit(mut self, bytes_per_second: u64) -> Self {
         self.bandwidth = Some(bytes_per_second);
         self

@@ -472,9 +472,20 @@ impl Store {
     /// # Errors
     /// Source read errors, store errors, [`crate::ErrorKind::Cancelled`]. No
     /// version is written unless all disks were stored.
+    /// [`crate::ErrorKind::InvalidArgument`] for a disk of 0 bytes unless
+    /// [`BackupOptions::allow_empty`], or options out of range.
     pub fn backup(&self, vm: VmInfo, disks: &[&dyn DiskSource], opts: &BackupOptions) -> Result<BackupReport> {
+        opts.check()?;
         if vm.name.is_empty() {
             return Err(Error::InvalidArgument("the VM needs a name".into()));
+        }
+        // An empty disk is far more often a mistake (a wrong path, a
+        // truncated copy, /dev/null) than a disk: only when asked for.
+        if let Some(d) = disks.iter().find(|d| d.size() == 0).filter(|_| !opts.allow_empty) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is an empty disk (0 bytes): back it up only when asked for (allow_empty, `--allow-empty`)",
+                d.label()
+            )));
         }
         let started = std::time::Instant::now();
         let _lock = self.repo.begin_write()?;
@@ -557,11 +568,14 @@ impl Store {
 
     /// Backs up disk images (raw files or block devices, VHD, VHDX/AVHDX —
     /// detected, or as [`BackupOptions::image_format`] says) as the disks of VM `vm`.
-    /// Only allocated data is read.
+    /// Only allocated data is read. An image of 0 bytes is refused unless
+    /// [`BackupOptions::allow_empty`]; character devices, FIFOs and sockets
+    /// always are ([`crate::open_image`]).
     ///
     /// # Errors
     /// As [`Store::backup`], plus opening the images.
     pub fn backup_images(&self, vm: &str, images: &[impl AsRef<Path>], opts: &BackupOptions) -> Result<BackupReport> {
+        opts.check()?;
         let sources = images.iter().map(|p| crate::open_image(p, opts.image_format)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| &**s).collect();
         self.backup(VmInfo::named(vm), &refs, opts)
@@ -623,6 +637,7 @@ impl Store {
         target: &dyn DiskTarget,
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
+        opts.run.check()?;
         let started = std::time::Instant::now();
         let _lock = self.repo.lock(alike_ads::LockKind::Read)?;
         // The version may be newer than this handle's cache (another writer
@@ -708,6 +723,7 @@ impl Store {
     /// # Errors
     /// A version or VM that does not exist; failures to reach the store.
     pub fn verify(&self, opts: &VerifyOptions) -> Result<VerifyReport> {
+        opts.run.check()?;
         let ids: Vec<String> = match (&opts.version, &opts.vm) {
             (Some(spec), vm) => vec![self.version(spec, vm.as_deref())?.id],
             (None, Some(vm)) => {
@@ -833,6 +849,7 @@ impl Store {
     /// # Errors
     /// [`crate::ErrorKind::Busy`] while another GC runs; unreadable versions; store errors.
     pub fn gc(&self, opts: &MaintenanceOptions) -> Result<GcReport> {
+        opts.run.check()?;
         let run = &opts.run;
         Ok(self.repo.gc_with(opts.dry_run, &|done, total| {
             if let Some(p) = &run.progress {
@@ -859,6 +876,7 @@ impl Store {
     /// # Errors
     /// Store errors.
     pub fn rebuild_index(&self, opts: &MaintenanceOptions) -> Result<RebuildReport> {
+        opts.run.check()?;
         let run = &opts.run;
         let (n, bad) = self.repo.rebuild_index_with(&|done, total| {
             if let Some(p) = &run.progress {
@@ -948,6 +966,7 @@ impl Store {
     /// Store errors on either side, [`crate::ErrorKind::Cancelled`]. Versions
     /// copied before an error stay in the vault.
     pub fn vault(&self, vault: &Store, opts: &crate::VaultOptions) -> Result<VaultReport> {
+        opts.validate()?;
         let started = std::time::Instant::now();
         if vault.id() == self.id() {
             return Err(Error::InvalidArgument("a store cannot be vaulted into itself".into()));
@@ -1013,7 +1032,8 @@ impl Store {
             } else {
                 sources.iter().map(|s| s as &dyn DiskSource).collect()
             };
-            let mut bo = BackupOptions::default().time_ms(v.time_ms);
+            // A copy, not a new backup: an empty disk was accepted at its backup.
+            let mut bo = BackupOptions::default().time_ms(v.time_ms).allow_empty(true);
             bo.run = opts.run.clone();
             bo.origin = Some(alike_core::Origin { store: self.id().to_string(), version: v.id.clone() });
             let r = vault.backup(v.manifest.vm.clone(), &refs, &bo)?;

@@ -177,6 +177,7 @@ impl Store {
     /// and store's errors; the snapshot of a failed backup is released and
     /// no version is written.
     pub fn backup_vm(&self, hv: &dyn Hypervisor, vm: &str, opts: &BackupOptions) -> Result<VmBackupReport> {
+        opts.check()?;
         let name = hv.vm_name(vm)?;
         let (parent, no_parent) = self.parent_version(&name, &opts.parent)?;
         let previous: Vec<PreviousDisk> = parent
@@ -277,6 +278,7 @@ impl Store {
         placement: &Placement,
         opts: &RestoreOptions,
     ) -> Result<VmRestoreReport> {
+        opts.run.check()?;
         let started = Instant::now();
         let _lock = self.repo().lock(alike_ads::LockKind::Read)?;
         let planned: Vec<PlannedDisk> =
@@ -327,6 +329,7 @@ impl Store {
         target: &str,
         opts: &RestoreOptions,
     ) -> Result<DiskUploadReport> {
+        opts.run.check()?;
         let d = version.disk(disk)?;
         let _lock = self.repo().lock(alike_ads::LockKind::Read)?;
         let sink = ProgressSink::new(opts.run.progress.clone(), Phase::Restore, d.size);

@@ -8,6 +8,7 @@ mod integration {
     mod formats;
     mod hypervisor;
     mod incremental;
+    mod limits;
     mod maintenance;
     mod matrix;
     mod roundtrip;

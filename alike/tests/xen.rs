@@ -219,6 +219,22 @@ fn https_with_a_pinned_certificate_and_tls_nbd() {
     assert_eq!(e.kind(), ErrorKind::Io, "{e}");
     let e = alike::xen_pool(&env.sim.url(), "root", "wrong", Some(&fp)).unwrap_err();
     assert_eq!(e.code(), Some("SESSION_AUTHENTICATION_FAILED"), "{e}");
+    // Unpinned, the self-signed certificate is refused with its fingerprint and how to pin it.
+    let e = alike::xen_pool(&env.sim.url(), "root", env.sim.password(), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(e.to_string().contains("not trusted") && e.to_string().contains(&fp), "{e}");
+    // A fingerprint pins an HTTPS certificate: with http:// it is refused, not ignored.
+    let plain = env.sim.url().replace("https://", "http://");
+    let e = alike::xen_pool(&plain, "root", env.sim.password(), Some(&fp)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    // Credentials in clear only to this machine, unless asked for.
+    let far = "http://192.0.2.1:80";
+    let e = alike::xen_pool(far, "root", "pw", None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("in clear"), "{e}");
+    let o = alike::XenConnectOptions::default().insecure(true);
+    let e = alike::xen_pool_with("http://0.0.0.0:9", "root", "pw", &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "past the check, nothing listens: {e}");
 }
 
 #[test]

@@ -127,7 +127,8 @@ impl NativeStore {
 
     /// Backs up image files as the disks of `vm` on `parent` (default: the
     /// VM's latest version; `full` reads everything); returns the report.
-    #[pyo3(signature = (vm, disks, parent=None, full=false, format=None, threads=0, progress=None, cancel=None))]
+    /// A disk of 0 bytes only with `allow_empty`.
+    #[pyo3(signature = (vm, disks, parent=None, full=false, format=None, threads=0, progress=None, cancel=None, allow_empty=false))]
     #[allow(clippy::too_many_arguments)]
     fn backup(
         &self,
@@ -140,6 +141,7 @@ impl NativeStore {
         threads: usize,
         progress: Option<&Bound<'_, PyAny>>,
         cancel: Option<&Bound<'_, CancelToken>>,
+        allow_empty: bool,
     ) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         // No parent given: the VM's latest version, unless a full read is asked for.
@@ -150,7 +152,8 @@ impl NativeStore {
         };
         let format = format.map(|f| f.parse::<ImageFormat>()).transpose().map_err(errors::to_py)?;
         let r = run(py, progress, cancel, |ctx| {
-            let mut o = with_ctx!(BackupOptions::default().parent(parent).threads(threads), ctx);
+            let mut o =
+                with_ctx!(BackupOptions::default().parent(parent).threads(threads).allow_empty(allow_empty), ctx);
             if let Some(f) = format {
                 o = o.image_format(f);
             }

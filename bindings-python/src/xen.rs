@@ -16,17 +16,23 @@ pub(crate) struct NativeXenPool {
 #[pymethods]
 impl NativeXenPool {
     /// Logs in to the pool at `url` (`https://host`); `fingerprint` pins a
-    /// self-signed certificate by its SHA-256.
+    /// self-signed certificate by its SHA-256; `insecure` allows `http://`
+    /// to a host that is not a loopback address (the password in clear).
     #[staticmethod]
-    #[pyo3(signature = (url, user, password, fingerprint=None))]
+    #[pyo3(signature = (url, user, password, fingerprint=None, insecure=false))]
     fn connect(
         py: Python<'_>,
         url: String,
         user: String,
         password: String,
         fingerprint: Option<String>,
+        insecure: bool,
     ) -> PyResult<NativeXenPool> {
-        let p = py.detach(|| alike::xen_pool(&url, &user, &password, fingerprint.as_deref())).map_err(errors::to_py)?;
+        let mut o = alike::XenConnectOptions::default().insecure(insecure);
+        if let Some(fp) = fingerprint {
+            o = o.fingerprint(fp);
+        }
+        let p = py.detach(|| alike::xen_pool_with(&url, &user, &password, &o)).map_err(errors::to_py)?;
         Ok(NativeXenPool { inner: Arc::new(p) })
     }
 }

@@ -38,7 +38,19 @@ def test_not_found_and_bad_arguments(tmp: Path, store: alike.Store) -> None:
     with pytest.raises(alike.IoError) as io:
         store.backup(vm="x", disks=[tmp / "missing.img"])
     assert "missing.img" in str(io.value)
+    # Ranges and what is a disk are the facade's, so Python gets them too.
+    img = tmp / "one.img"
+    img.write_bytes(b"x" * 65536)
+    with pytest.raises(alike.InvalidArgument, match="at most 1024"):
+        store.backup(vm="x", disks=[img], threads=1_000_000)
+    with pytest.raises(alike.InvalidArgument, match="character device"):
+        store.backup(vm="x", disks=["/dev/zero"])
+    empty = tmp / "empty.img"
+    empty.write_bytes(b"")
+    with pytest.raises(alike.InvalidArgument, match="empty disk"):
+        store.backup(vm="x", disks=[empty])
     assert store.versions() == []
+    assert store.backup(vm="x", disks=[empty], allow_empty=True).disks[0].size == 0
     store.close()
     with pytest.raises(alike.InvalidArgument, match="closed"):
         store.versions()

@@ -60,3 +60,13 @@ def test_backup_twice_then_restore_as_a_new_vm(tmp: Path, store: alike.Store, si
     with pytest.raises(alike.Error) as e:
         alike.XenPool.connect(sim_url, "root", "wrong")
     assert "SESSION_AUTHENTICATION_FAILED" in str(e.value)
+
+
+def test_no_password_in_clear_across_the_network() -> None:
+    with pytest.raises(alike.InvalidArgument, match="in clear"):
+        alike.XenPool.connect("http://192.0.2.1:80", "root", "pw")
+    with pytest.raises(alike.InvalidArgument, match="plain HTTP"):
+        alike.XenPool.connect("http://127.0.0.1:9", "root", "pw", fingerprint="AB" * 32)
+    # Allowed on request: then it is only unreachable.
+    with pytest.raises(alike.IoError):
+        alike.XenPool.connect("http://0.0.0.0:9", "root", "pw", insecure=True)

@@ -31,6 +31,9 @@ pub enum Transport {
     Export,
 }
 
+/// The most NBD connections per disk (`nbd::MAX_CONNECTIONS`).
+pub const MAX_NBD_CONNECTIONS: usize = crate::nbd::MAX_CONNECTIONS;
+
 /// Settings of [`XenPool::begin_backup`]: `Default` plus chained setters.
 ///
 /// ```
@@ -75,7 +78,8 @@ impl XenBackupOptions {
         self.transport = t;
         self
     }
-    /// NBD connections per disk (default 4).
+    /// NBD connections per disk (default 4; 1 to [`MAX_NBD_CONNECTIONS`],
+    /// else [`XenPool::begin_backup`] fails).
     #[must_use]
     pub fn nbd_connections(mut self, n: usize) -> Self {
         self.nbd_connections = n.max(1);
@@ -159,13 +163,20 @@ impl XenPool {
     /// [`PoolError::Xen`] when XAPI refuses the snapshot (its code kept:
     /// `VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED` with [`Quiesce::Required`],
     /// `SR_FULL`…); [`PoolError::InvalidArgument`] for [`Transport::Nbd`]
-    /// on a pool without NBD. A snapshot taken before an error is destroyed.
+    /// on a pool without NBD, or more than [`MAX_NBD_CONNECTIONS`]. A
+    /// snapshot taken before an error is destroyed.
     pub fn begin_backup(
         &self,
         vm: &str,
         opts: &XenBackupOptions,
         previous: &[(u32, Vec<u8>)],
     ) -> PoolResult<XenBackup<'_>> {
+        if opts.nbd_connections > MAX_NBD_CONNECTIONS {
+            return Err(PoolError::InvalidArgument(format!(
+                "{} NBD connections per disk: at most {MAX_NBD_CONNECTIONS}",
+                opts.nbd_connections
+            )));
+        }
         let (vm_ref, raw) = self.find_vm(vm)?;
         let rec = parse_vm(&raw, &vm_ref)?;
         let who = format!("VM {} ({})", rec.name_label, rec.uuid);

@@ -100,7 +100,7 @@ mod pool;
 mod restore;
 mod source;
 
-pub use backup::{Quiesce, ReleaseReport, Transport, XenBackup, XenBackupOptions};
+pub use backup::{MAX_NBD_CONNECTIONS, Quiesce, ReleaseReport, Transport, XenBackup, XenBackupOptions};
 pub use config::{XenCdConfig, XenDiskConfig, XenNicConfig, XenSnapshotInfo, XenVmConfig};
 pub use error::{PoolError, PoolResult};
 pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, XenPool};

@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// sizes (XAPI's server refuses reads not aligned to 512-byte sectors).
 pub const DEFAULT_ALIGN: u32 = 512;
 
+/// The most connections one NBD disk opens: xapi-nbd serves a handful per
+/// host, and more only queue.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// How to reach an export and what to negotiate; opens connections
 /// ([`NbdBuilder::connect`]) or a pooled [`super::NbdDisk`] ([`NbdBuilder::open_disk`]).
 #[derive(Debug, Clone)]
@@ -104,14 +108,14 @@ impl NbdBuilder {
         self.max_request = bytes.clamp(4096, MAX_READ_LEN);
         self
     }
-    /// Read requests kept in flight on one connection (at least 1).
+    /// Read requests kept in flight on one connection (clamped to 1 … 64).
     pub fn max_in_flight(&mut self, n: usize) -> &mut NbdBuilder {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = n.clamp(1, 64);
         self
     }
-    /// Connections a [`super::NbdDisk`] may open (at least 1).
+    /// Connections a [`super::NbdDisk`] may open (clamped to 1 … [`MAX_CONNECTIONS`]).
     pub fn connections(&mut self, n: usize) -> &mut NbdBuilder {
-        self.connections = n.max(1);
+        self.connections = n.clamp(1, MAX_CONNECTIONS);
         self
     }
     /// The label of a [`super::NbdDisk`] (default `nbd://host:port/export`, session id hidden).

@@ -37,7 +37,7 @@ mod client;
 mod disk;
 pub use alike_nbd::proto;
 pub(crate) mod tls;
-pub use client::{DEFAULT_ALIGN, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_REQUEST, NbdBuilder, NbdClient};
+pub use client::{DEFAULT_ALIGN, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_REQUEST, MAX_CONNECTIONS, NbdBuilder, NbdClient};
 pub use disk::NbdDisk;
 pub use proto::fuzz_one;
 pub use tls::{ServerCertCheck, format_fingerprint, parse_fingerprint, pem_certs, sha256};

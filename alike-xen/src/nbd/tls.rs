@@ -118,12 +118,13 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A rustls client configuration and, when pinning, the verifier (which
-/// remembers the fingerprint of a refused certificate, for the error).
+/// A rustls client configuration and its verifier, which remembers the
+/// fingerprint of a refused certificate, for the error.
 #[derive(Clone)]
 pub(crate) struct TlsSetup {
     pub(crate) config: Arc<ClientConfig>,
     pub(crate) pins: Option<Arc<PinVerifier>>,
+    pub(crate) trust: Option<Arc<RecordingVerifier>>,
 }
 
 impl fmt::Debug for TlsSetup {
@@ -138,33 +139,46 @@ impl TlsSetup {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::TlsSetup(e.to_string()))?;
-        let (config, pins) = match check {
-            ServerCertCheck::System => {
-                let v = rustls_platform_verifier::Verifier::new(provider)
-                    .map_err(|e| Error::TlsSetup(format!("platform trust store: {e}")))?;
-                (builder.dangerous().with_custom_certificate_verifier(Arc::new(v)).with_no_client_auth(), None)
-            }
+        let inner: Arc<dyn ServerCertVerifier> = match check {
+            ServerCertCheck::System => Arc::new(
+                rustls_platform_verifier::Verifier::new(provider.clone())
+                    .map_err(|e| Error::TlsSetup(format!("platform trust store: {e}")))?,
+            ),
             ServerCertCheck::CaPem(pem) => {
                 let mut roots = RootCertStore::empty();
                 for c in pem_certs(pem)? {
                     roots.add(c).map_err(|e| Error::TlsSetup(format!("CA certificate: {e}")))?;
                 }
-                (builder.with_root_certificates(roots).with_no_client_auth(), None)
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| Error::TlsSetup(format!("CA certificates: {e}")))?
             }
             ServerCertCheck::Sha256(fps) => {
                 if fps.is_empty() {
                     return Err(Error::TlsSetup("no fingerprint to pin".into()));
                 }
                 let v = Arc::new(PinVerifier { pins: fps.clone(), provider, refused: Mutex::new(None) });
-                (builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth(), Some(v))
+                let config = builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth();
+                return Ok(TlsSetup { config: Arc::new(config), pins: Some(v), trust: None });
             }
         };
-        Ok(TlsSetup { config: Arc::new(config), pins })
+        let v = Arc::new(RecordingVerifier { inner, refused: Mutex::new(None) });
+        let config = builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth();
+        Ok(TlsSetup { config: Arc::new(config), pins: None, trust: Some(v) })
     }
 
-    /// The error for a failed TLS handshake: a pin mismatch when the
-    /// verifier refused a certificate, else `other`.
+    /// The error for a failed TLS handshake when the verifier refused a
+    /// certificate: a pin mismatch, or an untrusted certificate with its
+    /// fingerprint (so the user can check it and pin it).
     pub(crate) fn mismatch_error(&self, server: &str) -> Option<Error> {
+        if let Some(trust) = &self.trust {
+            let (fp, reason) = trust.refused.lock().ok()?.take()?;
+            return Some(Error::CertificateUntrusted {
+                server: server.to_owned(),
+                reason,
+                fingerprint: Some(format_fingerprint(&fp)),
+            });
+        }
         let pins = self.pins.as_ref()?;
         let found = pins.refused.lock().ok()?.take()?;
         Some(Error::CertificateMismatch {
@@ -185,6 +199,61 @@ pub(crate) fn server_name(preferred: Option<&str>, host: &str) -> Result<ServerN
     }
     let h = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(h.to_owned()).map_err(|e| Error::TlsSetup(format!("{host:?} is not a server name: {e}")))
+}
+
+/// A trust-store verifier (the platform's, or given CA certificates) that
+/// remembers the fingerprint of the certificate it refused and why.
+#[derive(Debug)]
+pub(crate) struct RecordingVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    refused: Mutex<Option<([u8; 32], String)>>,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).inspect_err(|e| {
+            if let Ok(mut r) = self.refused.lock() {
+                *r = Some((sha256(end_entity), e.to_string()));
+            }
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
 }
 
 /// Accepts the pinned certificates only; signatures are still checked.

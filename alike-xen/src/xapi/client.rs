@@ -21,6 +21,12 @@ use crate::{Error, Result};
 /// How many `HOST_IS_SLAVE` redirects one call follows.
 const MAX_REDIRECTS: usize = 3;
 
+/// The largest JSON-RPC reply the client reads by default: 256 MiB. XAPI
+/// sets no limit; the largest replies are `*.get_all_records` of a big
+/// pool (thousands of VMs and VDIs: tens of MiB), so this leaves room while
+/// a server answering with an endless body cannot exhaust memory.
+pub const DEFAULT_MAX_REPLY: u64 = 256 << 20;
+
 /// Settings of a [`Client`]; [`ClientBuilder::login`] connects.
 #[derive(Clone)]
 pub struct ClientBuilder {
@@ -33,6 +39,8 @@ pub struct ClientBuilder {
     call_timeout: Duration,
     io_timeout: Duration,
     task_timeout: Duration,
+    max_reply: u64,
+    insecure_http: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -42,6 +50,8 @@ impl std::fmt::Debug for ClientBuilder {
             .field("user", &self.user)
             .field("password", &"…")
             .field("cert", &self.cert)
+            .field("max_reply", &self.max_reply)
+            .field("insecure_http", &self.insecure_http)
             .finish_non_exhaustive()
     }
 }
@@ -50,7 +60,8 @@ impl ClientBuilder {
     /// A client of the pool at `url`: `https://host[:port]`, `http://host[:port]`,
     /// or a bare host (HTTPS). Defaults: user `root`, no password, the
     /// platform's trust store, 10 s to connect, 120 s per call, 300 s per
-    /// transfer read, 1 h per task.
+    /// transfer read, 1 h per task, replies up to [`DEFAULT_MAX_REPLY`],
+    /// plain `http://` only to a loopback address.
     pub fn new(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             url: url.into(),
@@ -62,6 +73,8 @@ impl ClientBuilder {
             call_timeout: Duration::from_secs(120),
             io_timeout: Duration::from_secs(300),
             task_timeout: Duration::from_secs(3600),
+            max_reply: DEFAULT_MAX_REPLY,
+            insecure_http: false,
         }
     }
     /// The user name and password for `session.login_with_password`.
@@ -104,13 +117,35 @@ impl ClientBuilder {
         self.task_timeout = t;
         self
     }
+    /// The largest JSON-RPC reply read (default [`DEFAULT_MAX_REPLY`]); a
+    /// larger one fails the call with [`Error::ReplyTooLarge`] having read
+    /// at most this much. At least 64 KiB.
+    pub fn max_reply_bytes(&mut self, n: u64) -> &mut ClientBuilder {
+        self.max_reply = n.max(64 << 10);
+        self
+    }
+    /// Allow `http://` to a host that is not a loopback address: the
+    /// password and the session then travel in clear. Off by default.
+    pub fn allow_insecure_http(&mut self, yes: bool) -> &mut ClientBuilder {
+        self.insecure_http = yes;
+        self
+    }
 
     /// Builds the client without logging in (the first call logs in).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an unusable URL; [`Error::TlsSetup`].
+    /// [`Error::InvalidArgument`] for an unusable URL, for `http://` with a
+    /// certificate check, or for `http://` to a host that is not a loopback
+    /// address without [`ClientBuilder::allow_insecure_http`]; [`Error::TlsSetup`].
     pub fn build(&self) -> Result<Client> {
         let base = parse_base(&self.url)?;
+        if base.scheme() == "http" && self.cert != ServerCertCheck::System {
+            return Err(Error::InvalidArgument(format!(
+                "{} is plain HTTP: a certificate fingerprint or CA pins an HTTPS certificate, and over http:// nothing would be checked and the password would travel in clear; use https://",
+                base.as_str().trim_end_matches('/')
+            )));
+        }
+        check_plain_http(&base, self.insecure_http)?;
         let tls = TlsSetup::new(&self.cert)?;
         let rpc = http_client(&tls, self.connect_timeout, Some(self.call_timeout), None, true)?;
         Ok(Client {
@@ -126,6 +161,8 @@ impl ClientBuilder {
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             task_timeout: self.task_timeout,
+            max_reply: self.max_reply,
+            insecure_http: self.insecure_http,
         })
     }
 
@@ -153,6 +190,24 @@ fn parse_base(url: &str) -> Result<Url> {
     u.set_query(None);
     u.set_fragment(None);
     Ok(u)
+}
+
+/// Refuses `http://` to a host that is not a loopback address unless
+/// allowed: the password and the session would cross the network in clear.
+fn check_plain_http(base: &Url, allowed: bool) -> Result<()> {
+    if base.scheme() != "http" || allowed {
+        return Ok(());
+    }
+    let host = base.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "refusing to send the XAPI password in clear to {}: use https:// (a self-signed pool certificate is pinned by its fingerprint), or allow plain HTTP explicitly (`--insecure`, ClientBuilder::allow_insecure_http)",
+        base.as_str().trim_end_matches('/')
+    )))
 }
 
 pub(crate) fn http_client(
@@ -205,6 +260,8 @@ pub struct Client {
     connect_timeout: Duration,
     io_timeout: Duration,
     task_timeout: Duration,
+    max_reply: u64,
+    insecure_http: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -280,8 +337,32 @@ impl Client {
         if !status.is_success() {
             return Err(status_error(&url, during(), resp));
         }
-        let bytes = resp.bytes().map_err(|e| self.http_error(&url, during(), e))?;
+        let bytes = self.read_reply(resp, &url, method)?;
         wire::decode_reply(method, &bytes)
+    }
+
+    /// A reply's body, at most `max_reply` bytes: a larger one is refused
+    /// from its `Content-Length`, or as soon as more arrives.
+    fn read_reply(&self, resp: reqwest::blocking::Response, url: &Url, method: &str) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let too_large = || Error::ReplyTooLarge {
+            url: redact_export(url.as_str()),
+            method: method.to_owned(),
+            limit: self.max_reply,
+        };
+        if resp.content_length().is_some_and(|n| n > self.max_reply) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        resp.take(self.max_reply + 1).read_to_end(&mut bytes).map_err(|e| Error::Connection {
+            server: redact_export(url.as_str()),
+            during: format!("reading the reply to {method}"),
+            source: e,
+        })?;
+        if bytes.len() as u64 > self.max_reply {
+            return Err(too_large());
+        }
+        Ok(bytes)
     }
 
     /// Logs in (again), following `HOST_IS_SLAVE` to the master.
@@ -337,10 +418,14 @@ impl Client {
             if master.contains(':') && !master.starts_with('[') { format!("[{master}]") } else { master.to_owned() };
         let mut base = self.base.write().unwrap_or_else(|p| p.into_inner());
         let old = base.to_string();
-        base.set_host(Some(&host)).map_err(|e| Error::BadReply {
+        let mut new = base.clone();
+        new.set_host(Some(&host)).map_err(|e| Error::BadReply {
             method: method.into(),
             reason: format!("HOST_IS_SLAVE names {master:?}, not a host: {e}"),
         })?;
+        // A loopback pool member may name a master across the network.
+        check_plain_http(&new, self.insecure_http)?;
+        *base = new;
         tracing::info!(from = %old, to = %base, "XAPI: this host is a pool member; moving to the pool master");
         Ok(())
     }
@@ -659,5 +744,24 @@ mod tests {
         assert_eq!(parse_base("http://10.0.0.1:8080/x?y").unwrap().as_str(), "http://10.0.0.1:8080/");
         assert_eq!(parse_base("https://[fe80::1]").unwrap().as_str(), "https://[fe80::1]/");
         assert!(parse_base("ftp://h").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        for ok in ["http://127.0.0.1:8080", "http://localhost", "http://[::1]:80", "https://pool", "pool"] {
+            assert!(check_plain_http(&parse_base(ok).unwrap(), false).is_ok(), "{ok}");
+        }
+        let far = parse_base("http://10.0.0.1").unwrap();
+        let e = check_plain_http(&far, false).unwrap_err().to_string();
+        assert!(e.contains("in clear") && e.contains("--insecure"), "{e}");
+        assert!(check_plain_http(&far, true).is_ok());
+    }
+
+    #[test]
+    fn a_fingerprint_needs_https() {
+        let mut b = Client::builder("http://127.0.0.1:1");
+        b.server_cert(ServerCertCheck::pin(&"AB".repeat(32)).unwrap());
+        let e = b.build().unwrap_err().to_string();
+        assert!(e.contains("plain HTTP") && e.contains("https://"), "{e}");
     }
 }

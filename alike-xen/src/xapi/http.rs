@@ -235,9 +235,9 @@ impl Client {
             .map_err(|e| self.http_error(&url, label.clone(), e));
         let outcome = match sent {
             Ok(resp) if resp.status().is_success() => {
-                // Drain the (empty) body so the server sees a clean end.
-                let mut resp = resp;
-                let _ = io::copy(&mut resp, &mut io::sink());
+                // Drain the (empty) body so the server sees a clean end;
+                // never more than a little of it.
+                let _ = io::copy(&mut resp.take(64 << 10), &mut io::sink());
                 self.wait_task(&task, "import_raw_vdi").map(drop)
             }
             Ok(resp) => Err(status_error(&url, label, resp)),

@@ -8,6 +8,16 @@
 //!   (pinning by SHA-256 fingerprint, since pool certificates are usually
 //!   self-signed). reqwest's blocking client carries it (already in the
 //!   build for the object store).
+//! - Bounds: a JSON-RPC reply is read up to [`ClientBuilder::max_reply_bytes`]
+//!   ([`DEFAULT_MAX_REPLY`], 256 MiB; XAPI sets none), an error body up to
+//!   2 KiB, an upload's answer up to 64 KiB; a raw export must be exactly
+//!   the VDI's virtual size, and a VHD export is parsed as it streams
+//!   (never buffered whole).
+//! - Plain HTTP: `http://` only to a loopback address unless
+//!   [`ClientBuilder::allow_insecure_http`] (the password would travel in
+//!   clear), never with a certificate check; an untrusted HTTPS certificate
+//!   is [`crate::Error::CertificateUntrusted`] with its fingerprint, to check
+//!   and pin.
 //! - Sessions: [`ClientBuilder::login`]; transparent re-login and one retry
 //!   on `SESSION_INVALID`; `HOST_IS_SLAVE` moves to the pool master.
 //! - Errors: [`crate::Error::Xapi`] keeps the XAPI code and parameters and
@@ -44,7 +54,7 @@ mod http;
 mod types;
 mod wire;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, DEFAULT_MAX_REPLY};
 pub use http::{ExportFormat, ExportStream, ImportFormat};
 pub use types::{NULL_REF, NbdInfo, TaskRecord, VbdRecord, VdiRecord, VmRecord};
 pub use wire::ChangedBlocks;

@@ -108,6 +108,10 @@ int main(int argc, char **argv) {
     CHECK(alike_store_open(path("nothing"), "pw", o2, &again) == ALIKE_ERR_NOT_A_STORE);
     CHECK(alike_last_error_retry() == ALIKE_RETRY_PERMANENT);
     CHECK(again == NULL);
+    /* A key file is a small regular file: /dev/zero is refused at once, not read forever. */
+    CHECK(alike_store_options_set_key_file(o2, "/dev/zero") == ALIKE_OK);
+    CHECK(alike_store_open(path("store"), NULL, o2, &again) == ALIKE_ERR_INVALID_ARGUMENT && again == NULL);
+    CHECK(strstr(alike_last_error_message(), "not a regular file") != NULL);
     alike_store_options_free(o2);
 
     /* Backup, then a missing image fails with IO and names the file. */
@@ -129,6 +133,10 @@ int main(int argc, char **argv) {
     CHECK(alike_store_backup(s, "vm1", missing, 1, NULL, NULL, NULL, NULL) == ALIKE_ERR_IO);
     CHECK(strstr(alike_last_error_message(), "missing.img") != NULL);
     CHECK(alike_store_backup(s, "vm1", NULL, 0, NULL, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+    /* A character device is not a disk. */
+    const char *zero[] = {"/dev/zero"};
+    CHECK(alike_store_backup(s, "vm1", zero, 1, NULL, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(alike_last_error_message(), "character device") != NULL);
 
     /* Cancel through the callback's return value, then through a token. */
     write_image(path("b.img"), 64, 2);

@@ -410,10 +410,14 @@ class XenPool:
         self._n = native
 
     @classmethod
-    def connect(cls, url: str, user: str, password: str, *, fingerprint: _Optional[str] = None) -> "XenPool":
+    def connect(
+        cls, url: str, user: str, password: str, *, fingerprint: _Optional[str] = None, insecure: bool = False
+    ) -> "XenPool":
         """Logs in to ``url`` (``https://pool-master``); ``fingerprint`` (SHA-256,
-        hex) pins a self-signed pool certificate."""
-        return cls(_native.NativeXenPool.connect(url, user, password, fingerprint))
+        hex) pins a self-signed pool certificate. ``http://`` is refused to a
+        host that is not a loopback address unless ``insecure`` (the password
+        would travel in clear), and never takes a fingerprint."""
+        return cls(_native.NativeXenPool.connect(url, user, password, fingerprint, insecure))
 
 
 @_dataclass(frozen=True)
@@ -545,12 +549,15 @@ class Store:
         threads: int = 0,
         progress: _Optional[ProgressCallback] = None,
         cancel: _Optional[CancelToken] = None,
+        allow_empty: bool = False,
     ) -> BackupReport:
         """Backs up disk images — raw files or block devices, VHD, VHDX/AVHDX
         (``format`` "raw", "vhd" or "vhdx"; detected when ``None``) — as the
         disks of ``vm``; only allocated data is read. ``parent`` is the
         version to build on: ``"latest"`` (default), a version or id, or
-        ``None`` for a full read (still deduplicated)."""
+        ``None`` for a full read (still deduplicated). A disk of 0 bytes is
+        refused unless ``allow_empty``; character devices always are;
+        ``threads`` is at most 1024 (0: one per core)."""
         r = self._n.backup(
             vm,
             [_os.fspath(d) for d in disks],
@@ -560,6 +567,7 @@ class Store:
             threads,
             _progress(progress),
             cancel,
+            allow_empty,
         )
         fields = _fields(BackupReport, r)
         fields.update(version=Version._from(r["version"]), disks=tuple(Disk._from(d) for d in r["disks"]))
