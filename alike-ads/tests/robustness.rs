@@ -55,64 +55,85 @@ proptest! {
     }
 }
 
-/// A local backend whose disk fills after `budget` bytes.
-#[derive(Debug)]
-struct FullDisk {
+type ReadHook = Box<dyn Fn(&str) -> alike_ads::Result<()> + Send + Sync>;
+type WriteHook = Box<dyn Fn(&str, u64) -> alike_ads::Result<()> + Send + Sync>;
+type ListHook = Box<dyn Fn(&str) + Send + Sync>;
+type OnceHook = Box<dyn FnOnce() + Send>;
+
+/// A local backend with faults injected by hooks: before a read, before a
+/// write or delete (with the bytes about to be written), after a listing.
+/// One decorator for every fault these tests need (a full disk, an outage,
+/// a write-once bucket, a backup landing mid-listing).
+struct Hooked {
     inner: LocalBackend,
-    budget: AtomicU64,
+    read: Option<ReadHook>,
+    write: Option<WriteHook>,
+    list: Option<ListHook>,
 }
 
-impl FullDisk {
-    fn spend(&self, n: u64) -> alike_ads::Result<()> {
-        let left = self.budget.load(Ordering::SeqCst);
-        if n > left {
-            return Err(alike_ads::Error::Io {
-                path: self.inner.root().join("tmp"),
-                source: std::io::Error::from_raw_os_error(28), // ENOSPC
-            });
-        }
-        self.budget.fetch_sub(n, Ordering::SeqCst);
-        Ok(())
+impl Hooked {
+    fn new(root: &Path) -> Hooked {
+        Hooked { inner: LocalBackend::new(root), read: None, write: None, list: None }
+    }
+    fn before_read(&self, key: &str) -> alike_ads::Result<()> {
+        self.read.as_ref().map_or(Ok(()), |h| h(key))
+    }
+    fn before_write(&self, key: &str, n: u64) -> alike_ads::Result<()> {
+        self.write.as_ref().map_or(Ok(()), |h| h(key, n))
+    }
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
 #[deny(clippy::missing_trait_methods)]
-impl Backend for FullDisk {
+impl Backend for Hooked {
     fn location(&self) -> String {
         self.inner.location()
     }
     fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
+        self.before_read(key)?;
         self.inner.read(key)
     }
     fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
+        self.before_read(key)?;
         self.inner.read_range(key, offset, len)
     }
     fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
+        self.before_read(key)?;
         self.inner.read_tail(key, len)
     }
     fn write(&self, key: &str, data: &[u8]) -> alike_ads::Result<()> {
-        self.spend(data.len() as u64)?;
+        self.before_write(key, data.len() as u64)?;
         self.inner.write(key, data)
     }
     fn write_new(&self, key: &str, data: &[u8]) -> alike_ads::Result<bool> {
-        self.spend(data.len() as u64)?;
+        self.before_write(key, data.len() as u64)?;
         self.inner.write_new(key, data)
     }
     fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
         let n = std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
-        if let Err(e) = self.spend(n) {
+        if let Err(e) = self.before_write(key, n) {
             let _ = std::fs::remove_file(local);
             return Err(e);
         }
         self.inner.write_file(key, local)
     }
     fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
-        self.inner.list(prefix)
+        let listed = self.inner.list(prefix)?;
+        if let Some(h) = &self.list {
+            h(prefix);
+        }
+        Ok(listed)
     }
     fn exists(&self, key: &str) -> alike_ads::Result<bool> {
         self.inner.exists(key)
     }
     fn delete(&self, key: &str) -> alike_ads::Result<()> {
+        self.before_write(key, 0)?;
         self.inner.delete(key)
     }
     fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
@@ -134,7 +155,19 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
     Repository::create_local(&root, &c).unwrap();
     let mut o = OpenOptions::default();
     o.cache_dir = Some(dir.path().join("cache"));
-    let be = Arc::new(FullDisk { inner: LocalBackend::new(&root), budget: AtomicU64::new(u64::MAX) });
+    // A disk that fills after `budget` bytes.
+    let budget = Arc::new(AtomicU64::new(u64::MAX));
+    let b2 = budget.clone();
+    let spool = root.join("tmp");
+    let mut hooked = Hooked::new(&root);
+    hooked.write = Some(Box::new(move |_, n| {
+        if n > b2.load(Ordering::SeqCst) {
+            return Err(alike_ads::Error::Io { path: spool.clone(), source: std::io::Error::from_raw_os_error(28) });
+        }
+        b2.fetch_sub(n, Ordering::SeqCst);
+        Ok(())
+    }));
+    let be = Arc::new(hooked);
     let repo = Repository::open(be.clone(), &o).unwrap();
     let params = EngineParams::new(65536);
     let run = RunOptions::default();
@@ -151,7 +184,7 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
     let first: &'static MemSource = Box::leak(Box::new(first));
     let (id, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job("a", first), &run).unwrap();
 
-    be.budget.store(1_500_000, Ordering::SeqCst);
+    budget.store(1_500_000, Ordering::SeqCst);
     let second: &'static MemSource = Box::leak(Box::new(MemSource { label: "b".into(), data: noise(6 << 20, 2) }));
     let e = alike_core::backup::backup(&repo, repo.keys(), &params, job("b", second), &run).unwrap_err();
     repo.abort_session();
@@ -167,68 +200,6 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
     assert!(spool.is_empty(), "spool files left: {spool:?}");
 }
 
-/// A local backend whose pack reads time out while `down` is set, as an S3
-/// endpoint that stays unreachable past the client's retries.
-#[derive(Debug)]
-struct Flaky {
-    inner: LocalBackend,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Flaky {
-    fn outage(&self, key: &str) -> alike_ads::Result<()> {
-        if self.down.load(Ordering::SeqCst) && key.starts_with("packs/") {
-            return Err(alike_ads::Error::Remote {
-                op: "get",
-                url: format!("s3://test/{key}"),
-                retry: alike_ads::Retry::Transient,
-                source: Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "operation timed out")),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[deny(clippy::missing_trait_methods)]
-impl Backend for Flaky {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
-        self.outage(key)?;
-        self.inner.read(key)
-    }
-    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
-        self.outage(key)?;
-        self.inner.read_range(key, offset, len)
-    }
-    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
-        self.outage(key)?;
-        self.inner.read_tail(key, len)
-    }
-    fn write(&self, key: &str, data: &[u8]) -> alike_ads::Result<()> {
-        self.inner.write(key, data)
-    }
-    fn write_new(&self, key: &str, data: &[u8]) -> alike_ads::Result<bool> {
-        self.inner.write_new(key, data)
-    }
-    fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
-        self.inner.write_file(key, local)
-    }
-    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
-        self.inner.list(prefix)
-    }
-    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
-        self.inner.exists(key)
-    }
-    fn delete(&self, key: &str) -> alike_ads::Result<()> {
-        self.inner.delete(key)
-    }
-    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
-        self.inner.spool_dir()
-    }
-}
-
 /// A partial restore zero-fills damage, never data it merely could not reach:
 /// a transient failure (a timeout that outlasted the retries) stops it with
 /// the error, its kind and retry class intact across the `ChunkStore` seam;
@@ -242,7 +213,23 @@ fn a_partial_restore_tells_a_transient_failure_from_damage() {
     Repository::create_local(&root, &c).unwrap();
     let mut o = OpenOptions::default();
     o.cache_dir = Some(dir.path().join("cache"));
-    let be = Arc::new(Flaky { inner: LocalBackend::new(&root), down: false.into() });
+    // Pack reads time out while `down` is set, as an S3 endpoint that stays
+    // unreachable past the client's retries.
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = down.clone();
+    let mut hooked = Hooked::new(&root);
+    hooked.read = Some(Box::new(move |key| {
+        if d2.load(Ordering::SeqCst) && key.starts_with("packs/") {
+            return Err(alike_ads::Error::Remote {
+                op: "get",
+                url: format!("s3://test/{key}"),
+                retry: alike_ads::Retry::Transient,
+                source: Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "operation timed out")),
+            });
+        }
+        Ok(())
+    }));
+    let be = Arc::new(hooked);
     let repo = Repository::open(be.clone(), &o).unwrap();
     let data: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(2 << 20, 3) }));
     let job = BackupJob {
@@ -257,7 +244,7 @@ fn a_partial_restore_tells_a_transient_failure_from_damage() {
     let run = RunOptions::default();
     let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &EngineParams::new(65536), job, &run).unwrap();
 
-    be.down.store(true, Ordering::SeqCst);
+    down.store(true, Ordering::SeqCst);
     let out = dir.path().join("out.img");
     let target = alike_core::RawFileTarget::create(&out).unwrap();
     let e = alike_core::restore::restore_disk_partial(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
@@ -266,7 +253,7 @@ fn a_partial_restore_tells_a_transient_failure_from_damage() {
     assert!(!e.is_damage(), "{e}");
     assert!(e.to_string().contains("timed out"), "{e}");
 
-    be.down.store(false, Ordering::SeqCst);
+    down.store(false, Ordering::SeqCst);
     let target = alike_core::RawFileTarget::create(&out).unwrap();
     let p = alike_core::restore::restore_disk_partial(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
     assert!(p.failed.is_empty(), "{:?}", p.failed);
@@ -306,55 +293,6 @@ fn gc_reclaims_the_spool_of_dead_writers_only() {
     drop(lock);
 }
 
-/// A store whose every write is refused, as a WORM bucket answers 403.
-#[derive(Debug)]
-struct WriteOnce {
-    inner: LocalBackend,
-}
-
-impl WriteOnce {
-    fn refuse(&self, op: &'static str, key: &str) -> alike_ads::Error {
-        alike_ads::Error::Refused { op, object: key.into(), reason: "403 Forbidden (object lock)".into() }
-    }
-}
-
-#[deny(clippy::missing_trait_methods)]
-impl Backend for WriteOnce {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
-        self.inner.read(key)
-    }
-    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
-        self.inner.read_range(key, offset, len)
-    }
-    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
-        self.inner.read_tail(key, len)
-    }
-    fn write(&self, key: &str, _: &[u8]) -> alike_ads::Result<()> {
-        Err(self.refuse("put", key))
-    }
-    fn write_new(&self, key: &str, _: &[u8]) -> alike_ads::Result<bool> {
-        Err(self.refuse("put", key))
-    }
-    fn write_file(&self, key: &str, _: &Path) -> alike_ads::Result<()> {
-        Err(self.refuse("put", key))
-    }
-    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
-        self.inner.list(prefix)
-    }
-    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
-        self.inner.exists(key)
-    }
-    fn delete(&self, key: &str) -> alike_ads::Result<()> {
-        Err(self.refuse("delete", key))
-    }
-    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
-        self.inner.spool_dir()
-    }
-}
-
 /// A store that refuses writes (a WORM vault, a read-only share) restores
 /// and verifies without its read lock, while writers are refused clearly.
 #[test]
@@ -383,7 +321,12 @@ fn a_store_that_refuses_writes_still_restores_and_verifies() {
     };
     let mut o2 = OpenOptions::default();
     o2.cache_dir = Some(dir.path().join("cold-cache"));
-    let repo = Repository::open(Arc::new(WriteOnce { inner: LocalBackend::new(&root) }), &o2).unwrap();
+    // Every write refused, as a WORM bucket answers 403.
+    let mut hooked = Hooked::new(&root);
+    hooked.write = Some(Box::new(|key, _| {
+        Err(alike_ads::Error::Refused { op: "put", object: key.into(), reason: "403 Forbidden (object lock)".into() })
+    }));
+    let repo = Repository::open(Arc::new(hooked), &o2).unwrap();
     let read = repo.lock(alike_ads::LockKind::Read).unwrap();
     assert!(!read.is_held(), "no lock object can be written");
     let out = dir.path().join("out.img");
@@ -394,63 +337,6 @@ fn a_store_that_refuses_writes_still_restores_and_verifies() {
     drop(read);
     let e = repo.begin_write().unwrap_err();
     assert!(e.is_write_refused() && e.to_string().contains("refused"), "{e}");
-}
-
-/// A local backend that runs `hook` once, right after the first listing of
-/// `index/` (GC's cache sync): a backup that finishes at that moment.
-struct AfterIndexListing {
-    inner: LocalBackend,
-    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl std::fmt::Debug for AfterIndexListing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AfterIndexListing")
-    }
-}
-
-#[deny(clippy::missing_trait_methods)]
-impl Backend for AfterIndexListing {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn read(&self, key: &str) -> alike_ads::Result<Vec<u8>> {
-        self.inner.read(key)
-    }
-    fn read_range(&self, key: &str, offset: u64, len: u64) -> alike_ads::Result<Vec<u8>> {
-        self.inner.read_range(key, offset, len)
-    }
-    fn read_tail(&self, key: &str, len: u64) -> alike_ads::Result<(Vec<u8>, u64)> {
-        self.inner.read_tail(key, len)
-    }
-    fn write(&self, key: &str, data: &[u8]) -> alike_ads::Result<()> {
-        self.inner.write(key, data)
-    }
-    fn write_new(&self, key: &str, data: &[u8]) -> alike_ads::Result<bool> {
-        self.inner.write_new(key, data)
-    }
-    fn write_file(&self, key: &str, local: &Path) -> alike_ads::Result<()> {
-        self.inner.write_file(key, local)
-    }
-    fn list(&self, prefix: &str) -> alike_ads::Result<Vec<(String, u64)>> {
-        let listed = self.inner.list(prefix)?;
-        if prefix == "index/" {
-            let hook = self.hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            if let Some(h) = hook {
-                h();
-            }
-        }
-        Ok(listed)
-    }
-    fn exists(&self, key: &str) -> alike_ads::Result<bool> {
-        self.inner.exists(key)
-    }
-    fn delete(&self, key: &str) -> alike_ads::Result<()> {
-        self.inner.delete(key)
-    }
-    fn spool_dir(&self) -> alike_ads::Result<std::path::PathBuf> {
-        self.inner.spool_dir()
-    }
 }
 
 /// The window behind "gc failed once with chunk … is not in the store": a
@@ -494,10 +380,21 @@ fn a_backup_committing_while_gc_syncs_its_cache_is_safe() {
         let r = alike_core::backup::backup(&*w2, w2.keys(), &EngineParams::new(65536), job(second, 2), &run).unwrap();
         *c2.lock().unwrap() = Some(r);
     });
-    let be = Arc::new(AfterIndexListing { inner: LocalBackend::new(&root), hook: std::sync::Mutex::new(None) });
-    let gc_repo = Repository::open(be.clone(), &opts("c2")).unwrap();
-    // Armed now: the opening's own cache sync has passed.
-    *be.hook.lock().unwrap() = Some(hook);
+    // The backup runs once, right after a listing of `index/` (GC's cache
+    // sync), armed after the opening's own sync.
+    let armed: Arc<std::sync::Mutex<Option<OnceHook>>> = Arc::new(std::sync::Mutex::new(None));
+    let a2 = armed.clone();
+    let mut hooked = Hooked::new(&root);
+    hooked.list = Some(Box::new(move |prefix| {
+        if prefix == "index/" {
+            let h = a2.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(h) = h {
+                h();
+            }
+        }
+    }));
+    let gc_repo = Repository::open(Arc::new(hooked), &opts("c2")).unwrap();
+    *armed.lock().unwrap() = Some(hook);
     let r = gc_repo.gc_with(false, &|_, _| Ok(())).unwrap();
     assert!(committed.lock().unwrap().is_some(), "the backup ran inside GC's sync");
     assert_eq!(r.versions, 1, "GC saw the versions listed before its sync");

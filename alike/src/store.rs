@@ -608,15 +608,9 @@ impl Store {
             }
             return all.pop().ok_or_else(not_found);
         }
-        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!("{spec:?} is not a version id (hex digits) or `latest`")));
-        }
-        let spec_l = spec.to_ascii_lowercase();
-        let ids: Vec<String> = self.repo.version_ids()?.into_iter().filter(|i| i.starts_with(&spec_l)).collect();
-        let id = match ids.as_slice() {
-            [] => return Err(not_found()),
-            [one] => one.clone(),
-            _ => return Err(Error::AmbiguousVersion(spec.into())),
+        let id = match self.resolve_id(spec) {
+            Err(Error::VersionNotFound { .. }) => return Err(not_found()),
+            r => r?,
         };
         let v = Version::new(id.clone(), self.repo.read_manifest(&id)?);
         if vm.is_some_and(|n| n != v.vm) {
