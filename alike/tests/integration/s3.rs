@@ -94,6 +94,6 @@ fn store_on_s3_and_vault_to_s3() {
     let vault = builder(&o, env.path("fresh"), "vault pw").open_at(&vault_url).unwrap();
     assert!(vault.verify(&VerifyOptions::default().full(true)).unwrap().ok());
     let latest = vault.version("latest", Some("web")).unwrap();
-    vault.restore_to_file(&latest, 0, &out, &RestoreOptions::default()).unwrap();
+    vault.restore_to_file(&latest, 0, &out, &RestoreOptions::default().force(true)).unwrap();
     assert_eq!(sha256_file(&out), sha256_file(&img));
 }
