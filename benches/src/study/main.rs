@@ -1,0 +1,368 @@
+//! `chunk-study`: which chunking should alike's disks use (issue 13)?
+//!
+//! For each image pair (v1.img, v2-inplace.img, v2-fresh.img, as made by
+//! `scripts/make-ext4-pair.sh` and `scripts/make-ntfs-pair.sh`) and each
+//! candidate chunker (`chunkers.rs`), it cuts v1, then v2 in place and v2
+//! afresh against v1's chunks, hashing and compressing as the engine would
+//! (`sink.rs`), and reports per image: chunks, mean/min/max chunk size,
+//! unique bytes, bytes new against v1, and those bytes after zstd-3 in
+//! ~1 MiB frames. Then, on one core, the throughput of each chunker with
+//! keyed BLAKE3 included; the CBT incremental model of the 4 KiB CDC
+//! candidates (`resync.rs`); and, with `--peers`, restic, casync and the
+//! alike engine of today on the same pairs (`peers.rs`).
+//!
+//! ```sh
+//! cargo build --release -p alike-cli -p alike-benches
+//! target/release/chunk-study --pair ext4=DIR --pair ntfs=DIR --peers --alike target/release/alike
+//! ```
+//!
+//! The measurements of `docs/design/chunking.md` come from it.
+
+mod chunkers;
+mod image;
+mod peers;
+mod resync;
+mod sink;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::json;
+
+use chunkers::{ByteCdc, Cdc4k, Cdc4kParams, Chunker, Fixed};
+use image::Image;
+use sink::{Sink, Tally};
+
+/// Command-line options.
+#[derive(Parser, Debug)]
+#[command(name = "chunk-study", about = "candidate chunkers on image pairs: dedup, compression, speed, CBT resync")]
+struct Args {
+    /// A pair: NAME=DIR, DIR holding v1.img, v2-inplace.img, v2-fresh.img (repeatable).
+    #[arg(long, required = true)]
+    pair: Vec<String>,
+    /// MiB of v1's data kept in memory for the throughput runs.
+    #[arg(long, default_value_t = 512)]
+    sample_mib: u64,
+    /// Runs of each throughput measurement (the best counts).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Also run restic and casync (when installed) and `--alike` on the pairs.
+    #[arg(long)]
+    peers: bool,
+    /// The alike CLI, for the engine-of-today baseline with `--peers`.
+    #[arg(long)]
+    alike: Option<PathBuf>,
+    /// Scratch space for the peers' repositories (default target/chunk-study).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Only these candidates (substrings of their names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Compression threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also write every figure as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The candidates, today's first.
+fn candidates(disk_size: u64) -> Vec<Box<dyn Chunker>> {
+    vec![
+        Box::new(Fixed::new(64 << 10, disk_size)),
+        Box::new(Cdc4k::new(Cdc4kParams::kib(8, 32, 128))),
+        Box::new(Cdc4k::new(Cdc4kParams::kib(16, 64, 256))),
+        Box::new(Cdc4k::new(Cdc4kParams::kib(32, 128, 512))),
+        Box::new(ByteCdc::new(16 << 10, 64 << 10, 256 << 10)),
+        Box::new(ByteCdc::new(512 << 10, 1 << 20, 8 << 20)),
+    ]
+}
+
+const PIECE: usize = 8 << 20;
+
+/// Cuts `img` with `c` into `sink`; returns seconds.
+fn cut(img: &Image, c: &mut dyn Chunker, sink: &mut Sink<'_>) -> Result<f64> {
+    let t = Instant::now();
+    let mut emit = |o: u64, b: &[u8]| sink.chunk(o, b);
+    img.for_each_piece(PIECE, |o, d| c.feed(o, d, &mut emit))?;
+    c.finish(&mut emit);
+    sink.finish();
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// One candidate on one pair.
+struct Row {
+    name: String,
+    v1: Tally,
+    inplace: Tally,
+    fresh: Tally,
+    resync: Option<resync::Resync>,
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
+fn tally_json(t: &Tally) -> serde_json::Value {
+    json!({"chunks": t.chunks, "bytes": t.bytes, "min": t.min, "max": t.max, "new_chunks": t.new_chunks,
+           "new_bytes": t.new_bytes, "new_stored": t.new_stored, "frames": t.frames})
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let work = args.work.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.join("target/chunk-study")).unwrap_or_default()
+    });
+    let keep = |name: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|s| name.contains(s.as_str())));
+    let mut md = String::new();
+    let mut js = Vec::new();
+    let mut throughput_done = false;
+    let mut tp_rows: Vec<(String, f64, f64)> = Vec::new();
+    for spec in &args.pair {
+        let (name, dir) = spec.split_once('=').context("--pair NAME=DIR")?;
+        let dir = PathBuf::from(dir);
+        let v1 = Image::open(&dir.join("v1.img"))?;
+        let v2i = Image::open(&dir.join("v2-inplace.img"))?;
+        let v2f = Image::open(&dir.join("v2-fresh.img"))?;
+        eprintln!("{name}: changed 64 KiB blocks v1 → v2 in place");
+        let changed = image::changed_ranges(&v1, &v2i, 64 << 10)?;
+        let mut rows = Vec::new();
+        for mut c in candidates(v1.size) {
+            if !keep(&c.name()) {
+                continue;
+            }
+            let cdc4k = c.name().starts_with("4 KiB CDC");
+            eprintln!("{name}: {}", c.name());
+            let mut s1 = Sink::new(None, threads, cdc4k);
+            cut(&v1, c.as_mut(), &mut s1)?;
+            let ids = std::mem::take(&mut s1.ids);
+            let mut si = Sink::new(Some(&ids), threads, cdc4k);
+            cut(&v2i, c.fresh().as_mut(), &mut si)?;
+            let mut sf = Sink::new(Some(&ids), threads, false);
+            cut(&v2f, c.fresh().as_mut(), &mut sf)?;
+            let resync = if cdc4k {
+                let p = match c.name().as_str() {
+                    n if n.contains("8/32/128") => Cdc4kParams::kib(8, 32, 128),
+                    n if n.contains("32/128/512") => Cdc4kParams::kib(32, 128, 512),
+                    _ => Cdc4kParams::kib(16, 64, 256),
+                };
+                let l1 = s1.list.take().unwrap_or_default();
+                let l2 = si.list.take().unwrap_or_default();
+                Some(resync::model(p, &l1, &l2, &v2i, &changed)?)
+            } else {
+                None
+            };
+            rows.push(Row { name: c.name(), v1: s1.t.clone(), inplace: si.t.clone(), fresh: sf.t.clone(), resync });
+        }
+        let mut peer_rows = Vec::new();
+        if args.peers {
+            for tool in peers::available(args.alike.as_deref()) {
+                eprintln!("{name}: {tool}");
+                match peers::run_tool(&tool, &dir, &work.join(format!("{name}-peer"))) {
+                    Ok(r) => peer_rows.push(r),
+                    Err(e) => eprintln!("chunk-study: {tool} on {name}: {e:#}"),
+                }
+            }
+        }
+        report_pair(&mut md, name, &dir, &v1, &v2i, &v2f, &rows, &peer_rows);
+        js.push(json!({
+            "pair": name, "dir": dir, "v1_allocated": v1.allocated(), "size": v1.size,
+            "changed_64k_bytes": changed.iter().map(|r| r.end - r.start).sum::<u64>(),
+            "candidates": rows.iter().map(|r| json!({
+                "name": r.name, "v1": tally_json(&r.v1), "inplace": tally_json(&r.inplace), "fresh": tally_json(&r.fresh),
+                "resync": r.resync.as_ref().map(|x| json!({"changed_ranges": x.changed_ranges, "changed_bytes": x.changed_bytes,
+                    "spans": x.spans, "read_bytes": x.read_bytes, "before": x.before_bytes, "after": x.after_bytes,
+                    "p50": resync::pct(&x.distances, 0.5), "p90": resync::pct(&x.distances, 0.9),
+                    "max": resync::pct(&x.distances, 1.0), "identical": x.identical, "chunks": x.chunks})),
+            })).collect::<Vec<_>>(),
+            "peers": peer_rows.iter().map(|p| json!({"tool": p.tool, "v1": p.v1, "inplace": p.inplace, "fresh": p.fresh, "v1_secs": p.v1_secs})).collect::<Vec<_>>(),
+        }));
+        if !throughput_done {
+            eprintln!("{name}: throughput, one core, {} MiB of v1 in memory", args.sample_mib);
+            tp_rows = throughput(&v1, args.sample_mib << 20, args.runs, &keep)?;
+            throughput_done = true;
+            let _ = writeln!(
+                md,
+                "\n### Throughput, one core ({} MiB of {name} v1's data in memory, best of {})\n",
+                args.sample_mib, args.runs
+            );
+            let _ = writeln!(md, "| what | MB/s | chunks per GiB |\n|---|---:|---:|");
+            for (n, rate, per_gib) in &tp_rows {
+                let pg = if *per_gib > 0.0 { format!("{per_gib:.0}") } else { "—".into() };
+                let _ = writeln!(md, "| {n} | {:.0} | {pg} |", rate / 1e6);
+            }
+        }
+    }
+    println!("{md}");
+    if let Some(j) = &args.json {
+        let tp: Vec<_> =
+            tp_rows.iter().map(|(n, r, g)| json!({"name": n, "bytes_per_sec": r, "chunks_per_gib": g})).collect();
+        std::fs::write(j, serde_json::to_string_pretty(&json!({"pairs": js, "throughput": tp}))?)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_pair(
+    md: &mut String,
+    name: &str,
+    dir: &std::path::Path,
+    v1: &Image,
+    v2i: &Image,
+    v2f: &Image,
+    rows: &[Row],
+    peers: &[peers::PeerRun],
+) {
+    let _ = writeln!(
+        md,
+        "\n## {name} ({}; {} MiB images; allocated: v1 {:.0} MB, v2 in place {:.0} MB, v2 afresh {:.0} MB)\n",
+        dir.display(),
+        v1.size >> 20,
+        mb(v1.allocated()),
+        mb(v2i.allocated()),
+        mb(v2f.allocated())
+    );
+    let _ = writeln!(
+        md,
+        "| chunker | v1 chunks | mean KiB | min–max KiB | v1 unique MB | v1 stored MB (zstd 3, 1 MiB frames) | in place: new MB | stored MB | afresh: new MB | stored MB |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {}–{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.name,
+            r.v1.chunks,
+            r.v1.bytes as f64 / r.v1.chunks.max(1) as f64 / 1024.0,
+            r.v1.min >> 10,
+            r.v1.max >> 10,
+            mb(r.v1.new_bytes),
+            mb(r.v1.new_stored),
+            mb(r.inplace.new_bytes),
+            mb(r.inplace.new_stored),
+            mb(r.fresh.new_bytes),
+            mb(r.fresh.new_stored)
+        );
+    }
+    for p in peers {
+        let _ = writeln!(
+            md,
+            "| **{}** (repository bytes) | | | | | {:.1} | | {:.1} | | {:.1} |",
+            p.tool,
+            mb(p.v1),
+            mb(p.inplace),
+            mb(p.fresh)
+        );
+    }
+    let rs: Vec<&Row> = rows.iter().filter(|r| r.resync.is_some()).collect();
+    if !rs.is_empty() {
+        let _ =
+            writeln!(md, "\n### {name}: CBT incremental of v2 in place, 4 KiB CDC re-chunked around changed ranges\n");
+        let _ = writeln!(
+            md,
+            "| chunker | changed 64 KiB blocks: ranges | MB | re-chunked spans | MB read | of which before | after | resync distance p50 / p90 / max KiB | chunks re-cut | = full chunking |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for r in rs {
+            let x = r.resync.as_ref().expect("filtered");
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} / {} / {} | {} | {} |",
+                r.name,
+                x.changed_ranges,
+                mb(x.changed_bytes),
+                x.spans,
+                mb(x.read_bytes),
+                mb(x.before_bytes),
+                mb(x.after_bytes),
+                resync::pct(&x.distances, 0.5) >> 10,
+                resync::pct(&x.distances, 0.9) >> 10,
+                resync::pct(&x.distances, 1.0) >> 10,
+                x.chunks,
+                if x.identical { "yes" } else { "**NO**" }
+            );
+        }
+    }
+}
+
+/// Throughput on one core of each candidate (cut + keyed BLAKE3 of every
+/// chunk) and of the primitives, over `limit` bytes of `img` in memory.
+fn throughput(img: &Image, limit: u64, runs: usize, keep: &dyn Fn(&str) -> bool) -> Result<Vec<(String, f64, f64)>> {
+    let sample = img.sample(limit, PIECE)?;
+    let bytes: u64 = sample.iter().map(|p| p.1.len() as u64).sum();
+    let keys = sink::keys();
+    let best = |f: &mut dyn FnMut() -> u64| -> (f64, u64) {
+        let mut b = f64::INFINITY;
+        let mut n = 0;
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            n = f();
+            b = b.min(t.elapsed().as_secs_f64());
+        }
+        (b, n)
+    };
+    let mut out = Vec::new();
+    for c in candidates(img.size) {
+        if !keep(&c.name()) {
+            continue;
+        }
+        let (secs, n) = best(&mut || {
+            let mut c = c.fresh();
+            let mut n = 0u64;
+            let mut emit = |_o: u64, b: &[u8]| {
+                std::hint::black_box(keys.hash(b));
+                n += 1;
+            };
+            for (o, d) in &sample {
+                c.feed(*o, d, &mut emit);
+            }
+            c.finish(&mut emit);
+            n
+        });
+        out.push((
+            format!("{} + keyed BLAKE3", c.name()),
+            bytes as f64 / secs,
+            n as f64 * (1u64 << 30) as f64 / bytes as f64,
+        ));
+    }
+    let (secs, _) = best(&mut || {
+        for (_, d) in &sample {
+            for b in d.chunks(64 << 10) {
+                std::hint::black_box(keys.hash(b));
+            }
+        }
+        0
+    });
+    out.push(("keyed BLAKE3 alone, 64 KiB blocks".into(), bytes as f64 / secs, 0.0));
+    let (secs, _) = best(&mut || {
+        for (_, d) in &sample {
+            for b in d.chunks(chunkers::BLOCK) {
+                std::hint::black_box(chunkers::cut_hash(b));
+            }
+        }
+        0
+    });
+    out.push(("4 KiB cut hash alone (every block)".into(), bytes as f64 / secs, 0.0));
+    let (secs, _) = best(&mut || {
+        for (_, d) in &sample {
+            for b in d.chunks(chunkers::BLOCK) {
+                std::hint::black_box(chunkers::is_zero(b));
+            }
+        }
+        0
+    });
+    out.push(("zero test alone (every 4 KiB block)".into(), bytes as f64 / secs, 0.0));
+    let (secs, _) = best(&mut || {
+        let mut n = 0;
+        for (_, d) in &sample {
+            n += alike_core::cdc_ranges(d, 64 << 10).len() as u64;
+        }
+        n
+    });
+    out.push(("FastCDC 16/64/256 KiB cut alone (no hash)".into(), bytes as f64 / secs, 0.0));
+    Ok(out)
+}
