@@ -2,9 +2,10 @@
 //!
 //! Given the parent's chunks (v1), the new image (v2 updated in place) and
 //! the 64 KiB blocks that changed (what CBT reports), re-chunk only around
-//! each changed range: start at the parent's chunk boundary at or before the
-//! range (the cut decisions before it are the parent's, since the bytes
-//! are), cut with a fresh state, and stop at the first position at or past
+//! each changed range: start at the start of the parent's chunk that holds
+//! the range's first byte or ends right before it (the cut decisions before
+//! it are the parent's, since the bytes are; a chunk ending there may have
+//! been ended by a zero block that is now data), cut with a fresh state, and stop at the first position at or past
 //! the range's end where the new state is at a chunk boundary and the
 //! parent's is too (not inside one of its chunks): from there on the bytes
 //! are the parent's, and so are the cuts, up to the next changed range. A
@@ -72,7 +73,11 @@ pub(crate) fn model(
     while i < changed.len() {
         let first = changed[i].start;
         let mut end = changed[i].end;
-        let c = inside(&parent, first).map_or(first, |ch| ch.start);
+        // Back to the start of the parent's chunk holding `first`, or ending
+        // at it: a chunk of the parent that ends at `first` may have been
+        // ended by a zero block there, which v2 may no longer have.
+        let j = parent.partition_point(|ch| ch.start < first);
+        let c = j.checked_sub(1).map(|j| &parent[j]).filter(|ch| ch.end >= first).map_or(first, |ch| ch.start);
         let mut st = Cdc4kState::new(p);
         let mut pos = c;
         loop {
@@ -124,6 +129,19 @@ pub(crate) fn model(
         .collect();
     merged.sort_unstable();
     out.identical = merged == v2_full;
+    if !out.identical {
+        let k = merged.iter().zip(v2_full).position(|(a, b)| a != b).unwrap_or(merged.len().min(v2_full.len()));
+        let around = |l: &[(u64, u32)]| l[k.saturating_sub(2)..(k + 3).min(l.len())].to_vec();
+        eprintln!(
+            "resync: the incremental chunk list departs from the full one at chunk {k}: {:?} vs {:?}; spans near: {:?}",
+            around(&merged),
+            around(v2_full),
+            spans
+                .iter()
+                .filter(|s| merged.get(k).is_some_and(|m| s.end + (1 << 20) > m.0 && s.start < m.0 + (1 << 20)))
+                .collect::<Vec<_>>()
+        );
+    }
     Ok(out)
 }
 
