@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use anyhow::Result;
 
-use crate::chunkers::{BLOCK, Cdc4kParams, Cdc4kState, cut_hash, is_zero};
+use crate::chunkers::{BLOCK, Cdc4kParams, Cdc4kState, is_zero};
 use crate::image::Image;
 
 /// What the incremental model measured.
@@ -102,7 +102,7 @@ pub(crate) fn model(
             if is_zero(b) {
                 recut.extend(st.end());
             } else {
-                recut.extend(st.push(pos, cut_hash(b)));
+                recut.extend(st.push(pos, p.hash(b)));
             }
             pos += BLOCK as u64;
         }
