@@ -82,6 +82,10 @@ struct Args {
     /// machine's cores, and the core count itself).
     #[arg(long, value_delimiter = ',')]
     core_scaling: Option<Vec<usize>>,
+    /// Rounds of the core-scaling run, thread counts interleaved; each
+    /// step's fastest run counts (default 3; 1 with --smoke).
+    #[arg(long)]
+    core_rounds: Option<usize>,
     /// Skip the core-scaling run.
     #[arg(long)]
     no_core_scaling: bool,
@@ -195,6 +199,7 @@ fn main() -> Result<()> {
         modes,
         verify: !args.no_verify,
         core_threads,
+        core_rounds: args.core_rounds.unwrap_or(if args.smoke { 1 } else { 3 }),
         ntfs,
     };
     let results = run::run(&cfg)?;

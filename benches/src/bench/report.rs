@@ -511,7 +511,7 @@ fn core_table(o: &mut String, res: &Results) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let _ = writeln!(
         o,
-        "\n## Core scaling (alike, v1: first backup into a fresh store, unchanged re-run, restore; `--threads N`, {cores} cores here)\n"
+        "\n## Core scaling (alike, v1: first backup into a fresh store, unchanged re-run, restore; `--threads N`, {cores} cores here; fastest of the rounds)\n"
     );
     let _ = writeln!(
         o,

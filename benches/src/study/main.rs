@@ -87,6 +87,7 @@ fn candidates(disk_size: u64) -> Vec<Box<dyn Chunker>> {
         Box::new(Cdc4k::new(Cdc4kParams::kib(32, 128, 512))),
         Box::new(Cdc4k::new(Cdc4kParams::kib(32, 64, 128))),
         Box::new(Cdc4k::new(Cdc4kParams::kib(16, 32, 64))),
+        Box::new(Cdc4k::new(Cdc4kParams::kib(16, 32, 64).sampled())),
         Box::new(Cdc4k::new(Cdc4kParams::kib(8, 32, 128).sampled())),
         Box::new(Cdc4k::new(Cdc4kParams::kib(32, 64, 128).sampled())),
         Box::new(ByteCdc::new(16 << 10, 64 << 10, 256 << 10)),
