@@ -1,4 +1,5 @@
-//! The images a run needs: the ext4 pair (`scripts/make-ext4-pair.sh`) and
+//! The images a run needs: the ext4 pair (`scripts/make-ext4-pair.sh`), the
+//! NTFS pair (`scripts/make-ntfs-pair.sh`) and
 //! a chain of VHDX checkpoints for the change-hint run. (The scaling run's
 //! larger disks are generated on the fly from v1: `synthetic::Tiled`.)
 
@@ -35,6 +36,16 @@ pub(crate) fn workspace_root() -> PathBuf {
 /// Takes the pair in `dir` if it is there (and, when `size_mib` is given,
 /// of that size); otherwise builds it with `scripts/make-ext4-pair.sh`.
 pub(crate) fn pair(dir: &Path, size_mib: u64, build: bool) -> Result<Pair> {
+    pair_from(dir, size_mib, build, "make-ext4-pair.sh")
+}
+
+/// The same for an NTFS pair, built with `scripts/make-ntfs-pair.sh`
+/// (ntfs-3g and FUSE, as root).
+pub(crate) fn ntfs_pair(dir: &Path, size_mib: u64, build: bool) -> Result<Pair> {
+    pair_from(dir, size_mib, build, "make-ntfs-pair.sh")
+}
+
+fn pair_from(dir: &Path, size_mib: u64, build: bool, script_name: &str) -> Result<Pair> {
     let p = Pair::in_dir(dir);
     if p.exists() {
         let len = std::fs::metadata(&p.v1)?.len();
@@ -43,17 +54,17 @@ pub(crate) fn pair(dir: &Path, size_mib: u64, build: bool) -> Result<Pair> {
         }
     }
     ensure!(build, "no image pair in {} (v1.img, v2-inplace.img, v2-fresh.img)", dir.display());
-    let script = workspace_root().join("scripts/make-ext4-pair.sh");
-    eprintln!("building the {size_mib} MiB ext4 pair in {} ({})", dir.display(), script.display());
+    let script = workspace_root().join("scripts").join(script_name);
+    eprintln!("building the {size_mib} MiB image pair in {} ({})", dir.display(), script.display());
     let st = std::process::Command::new("bash")
         .arg(&script)
         .arg(dir)
         .arg(size_mib.to_string())
         .stdout(std::process::Stdio::null())
         .status()
-        .context("running make-ext4-pair.sh")?;
-    ensure!(st.success(), "make-ext4-pair.sh failed ({st})");
-    ensure!(p.exists(), "make-ext4-pair.sh did not leave the three images in {}", dir.display());
+        .with_context(|| format!("running {script_name}"))?;
+    ensure!(st.success(), "{script_name} failed ({st})");
+    ensure!(p.exists(), "{script_name} did not leave the three images in {}", dir.display());
     Ok(p)
 }
 

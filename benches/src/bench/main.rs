@@ -16,8 +16,13 @@
 //!    a 2% change, backed up incrementally, against the base's full backup;
 //! 5. a scaling run: alike backups of 1, 4 and 16 GiB images, and of
 //!    synthetic disks of 100 k to 600 k highly compressible chunks (memory
-//!    against the store's chunk count);
-//! 6. prints the tables with the ratio alike/peer for every figure and the
+//!    against the store's chunk count); and a core-scaling run: backup,
+//!    unchanged re-run and restore of v1 at `--threads` 1, 2, 4, … up to
+//!    the machine's cores;
+//! 6. the NTFS pair (`scripts/make-ntfs-pair.sh`): every tool's stored
+//!    bytes after v1 and added by v2 in place and afresh, beside the ext4
+//!    pair's (issue 13);
+//! 7. prints the tables with the ratio alike/peer for every figure and the
 //!    issue's targets marked met or not, and rewrites the generated part of
 //!    `docs/performance.md`.
 //!
@@ -72,6 +77,26 @@ struct Args {
     /// Skip the many-chunks run.
     #[arg(long)]
     no_many_chunks: bool,
+    /// Thread counts of the core-scaling run: backup, unchanged re-run and
+    /// restore of v1 at each `--threads` (default 1, 2, 4, … up to the
+    /// machine's cores, and the core count itself).
+    #[arg(long, value_delimiter = ',')]
+    core_scaling: Option<Vec<usize>>,
+    /// Rounds of the core-scaling run, thread counts interleaved; each
+    /// step's fastest run counts (default 3; 1 with --smoke).
+    #[arg(long)]
+    core_rounds: Option<usize>,
+    /// Skip the core-scaling run.
+    #[arg(long)]
+    no_core_scaling: bool,
+    /// Take the NTFS image pair from this directory instead of building it
+    /// under target/alike-bench/ntfs-SIZE/ (`scripts/make-ntfs-pair.sh`).
+    #[arg(long)]
+    ntfs_pair: Option<PathBuf>,
+    /// Skip the NTFS pair (stored bytes of every tool; default on, except
+    /// with --smoke, where `--ntfs-pair` turns it on).
+    #[arg(long)]
+    no_ntfs: bool,
     /// Skip the change-hint run.
     #[arg(long)]
     no_hints: bool,
@@ -139,6 +164,18 @@ fn main() -> Result<()> {
             .clone()
             .unwrap_or_else(|| if args.smoke { vec![2000, 8000] } else { vec![100_000, 300_000, 600_000] })
     };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let core_threads = if args.no_core_scaling {
+        Vec::new()
+    } else {
+        args.core_scaling.clone().unwrap_or_else(|| run::thread_counts(cores))
+    };
+    let ntfs = match (&args.ntfs_pair, args.no_ntfs, args.smoke) {
+        (_, true, _) => None,
+        (Some(d), false, _) => Some((d.clone(), false)),
+        (None, false, false) => Some((work.join(format!("ntfs-{size}")), true)),
+        (None, false, true) => None,
+    };
     let modes = match args.cache.as_deref().unwrap_or(if args.smoke { "warm" } else { "both" }) {
         "cold" => vec![run::Cache::Cold],
         "warm" => vec![run::Cache::Warm],
@@ -161,6 +198,9 @@ fn main() -> Result<()> {
         many_chunks: many,
         modes,
         verify: !args.no_verify,
+        core_threads,
+        core_rounds: args.core_rounds.unwrap_or(if args.smoke { 1 } else { 3 }),
+        ntfs,
     };
     let results = run::run(&cfg)?;
     let md = report::markdown(&cfg, &results);

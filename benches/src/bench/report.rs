@@ -339,6 +339,10 @@ pub(crate) fn markdown(cfg: &Config, res: &Results) -> String {
         let _ = writeln!(o, "| {} | {} | {} |", t.what, t.measured, mark(t.ok));
     }
 
+    if !res.dedup.is_empty() {
+        dedup_tables(&mut o, res);
+    }
+
     for &cache in &res.modes {
         let _ = writeln!(o, "\n## alike vs restic vs borg, {} page cache", cache.name());
         for s in Step::ALL {
@@ -425,6 +429,9 @@ pub(crate) fn markdown(cfg: &Config, res: &Results) -> String {
             );
         }
     }
+    if !res.cores.is_empty() {
+        core_table(&mut o, res);
+    }
     if !res.errors.is_empty() {
         let _ = writeln!(o, "\n## Failures\n");
         for e in &res.errors {
@@ -432,6 +439,127 @@ pub(crate) fn markdown(cfg: &Config, res: &Results) -> String {
         }
     }
     o
+}
+
+/// Stored bytes per pair and tool, and the targets of issue 13: on each
+/// pair, alike stores no more than restic after v1 and adds no more for v2,
+/// in place and afresh.
+fn dedup_tables(o: &mut String, res: &Results) {
+    let _ = writeln!(o, "\n## Targets (issue 13: dedup under shifted layouts)\n");
+    let _ = writeln!(o, "| target | measured | |\n|---|---|---|");
+    let pairs: Vec<&str> = {
+        let mut v: Vec<&str> = res.dedup.iter().map(|d| d.pair.as_str()).collect();
+        v.dedup();
+        v
+    };
+    let find = |pair: &str, tool: &str| res.dedup.iter().find(|d| d.pair == pair && d.tool == tool);
+    for pair in &pairs {
+        let (Some(a), Some(r)) = (find(pair, "alike"), find(pair, "restic")) else { continue };
+        let rows: [(&str, Option<u64>, Option<u64>); 3] = [
+            ("stored after v1", Some(a.v1), Some(r.v1)),
+            ("added by v2 in place", a.inplace, r.inplace),
+            ("added by v2 afresh", a.fresh, r.fresh),
+        ];
+        for (what, x, y) in rows {
+            let (Some(x), Some(y)) = (x, y) else { continue };
+            let _ = writeln!(
+                o,
+                "| {pair}: {what} ≤ restic's | {:.1} vs {:.1} MiB ({}) | {} |",
+                mib(x),
+                mib(y),
+                ratio(x as f64, y as f64),
+                mark(Some(x <= y))
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Stored bytes per pair (repository sizes; {} cache)\n",
+        res.modes.first().map_or("", |m| m.name())
+    );
+    let _ = writeln!(
+        o,
+        "| pair | tool | first backup s | after v1 MiB | v2 in place: added MiB | v2 afresh: added MiB | alike/tool after v1 | in place | afresh |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let f = |x: Option<u64>| x.map_or("—".to_string(), |v| format!("{:.1}", mib(v)));
+    for d in &res.dedup {
+        let a = find(&d.pair, "alike");
+        let q = |x: Option<u64>, y: Option<u64>| match (x, y) {
+            (Some(x), Some(y)) if d.tool != "alike" => ratio(x as f64, y as f64),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} |",
+            d.pair,
+            d.tool,
+            d.v1_secs,
+            mib(d.v1),
+            f(d.inplace),
+            f(d.fresh),
+            q(a.map(|a| a.v1), Some(d.v1)),
+            q(a.and_then(|a| a.inplace), d.inplace),
+            q(a.and_then(|a| a.fresh), d.fresh)
+        );
+    }
+}
+
+/// The core-scaling table: per step and thread count, wall time, MB/s of
+/// image, speed-up against one thread, CPU time per GB of allocated data,
+/// and the serial fraction that Amdahl's law gives for the speed-up.
+fn core_table(o: &mut String, res: &Results) {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let _ = writeln!(
+        o,
+        "\n## Core scaling (alike, v1: first backup into a fresh store, unchanged re-run, restore; `--threads N`, {cores} cores here; fastest of the rounds)\n"
+    );
+    let _ = writeln!(
+        o,
+        "| step | threads | wall s | MB/s of image | speed-up vs 1 thread | CPU s (user+sys) | CPU s per GB of data | serial fraction (Amdahl) | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let data = res.v1_data.max(1) as f64;
+    type Pick = fn(&crate::run::CoreRun) -> &crate::measure::Measured;
+    let steps: [(&str, Pick); 3] =
+        [("first backup", |c| &c.backup), ("unchanged re-run", |c| &c.rerun), ("restore", |c| &c.restore)];
+    for (name, pick) in steps {
+        let base = res.cores.iter().find(|c| c.threads == 1).map(|c| pick(c).secs);
+        for c in &res.cores {
+            let m = pick(c);
+            let cpu = m.user + m.sys;
+            let (speedup, serial) = match base {
+                Some(b) if m.secs > 0.0 => {
+                    let s = b / m.secs;
+                    let n = c.threads as f64;
+                    let f = ((n / s) - 1.0) / (n - 1.0);
+                    // Outside [0, 1] the speed-up is noise (or a slow-down), not a serial share.
+                    let f = if c.threads < 2 {
+                        "—".into()
+                    } else if (0.0..=1.0).contains(&f) {
+                        format!("{f:.2}")
+                    } else {
+                        "n/a".into()
+                    };
+                    (format!("{s:.2}×"), f)
+                }
+                _ => ("—".into(), "—".into()),
+            };
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {:.2} | {:.0} | {speedup} | {cpu:.2} | {:.2} | {serial} | {:.1} |",
+                c.threads,
+                m.secs,
+                res.v1_size as f64 / m.secs / 1e6,
+                cpu / (data / 1e9),
+                m.maxrss_kib as f64 / 1024.0
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nSpeed-up is wall time at 1 thread over wall time at N; the serial fraction f solves N/S = 1 + f(N − 1) \
+         (0: perfect scaling, 1: none; n/a when the speed-up is below 1 or above N). CPU time per GB that \
+         grows with N is contention, not work."
+    );
 }
 
 /// Replaces the generated section of `doc` (between the markers) with
@@ -463,6 +591,8 @@ pub(crate) fn json(res: &Results) -> serde_json::Value {
         "hints": res.hints.as_ref().map(|h| json!({"full": m(&h.full), "empty": m(&h.empty), "incremental": m(&h.incr), "changed": h.changed, "read": h.read, "used": h.incremental})),
         "scaling": res.scaling.iter().map(|s| json!({"size": s.size, "data": s.data, "run": m(&s.m), "repo_bytes": s.repo_bytes})).collect::<Vec<_>>(),
         "many_chunks": res.many.iter().map(|(n, r, b)| json!({"chunks": n, "run": m(r), "store_bytes": b})).collect::<Vec<_>>(),
+        "dedup": res.dedup.iter().map(|d| json!({"pair": d.pair, "tool": d.tool, "v1": d.v1, "inplace": d.inplace, "fresh": d.fresh, "v1_secs": d.v1_secs})).collect::<Vec<_>>(),
+        "core_scaling": res.cores.iter().map(|c| json!({"threads": c.threads, "backup": m(&c.backup), "rerun": m(&c.rerun), "restore": m(&c.restore)})).collect::<Vec<_>>(),
         "errors": res.errors,
     })
 }

@@ -33,6 +33,13 @@ pub(crate) struct Config {
     pub(crate) modes: Vec<Cache>,
     /// Compare restored images with their sources.
     pub(crate) verify: bool,
+    /// Thread counts of the core-scaling run (empty: skip it).
+    pub(crate) core_threads: Vec<usize>,
+    /// Rounds of the core-scaling run (each step's fastest counts).
+    pub(crate) core_rounds: usize,
+    /// The NTFS pair for the dedup comparison: `Some((dir, build))` — take
+    /// it from `dir`, or build it there when `build`; `None`: skip it.
+    pub(crate) ntfs: Option<(PathBuf, bool)>,
 }
 
 /// The page cache before a step.
@@ -159,6 +166,51 @@ pub(crate) struct Scale {
     pub(crate) repo_bytes: u64,
 }
 
+/// The core-scaling run at one thread count: v1 backed up into a fresh
+/// store, backed up again unchanged, and restored, each with `--threads`.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreRun {
+    /// `--threads`.
+    pub(crate) threads: usize,
+    /// First backup of v1.
+    pub(crate) backup: Measured,
+    /// Unchanged re-run of v1.
+    pub(crate) rerun: Measured,
+    /// Restore of v1 (to exit; alike fsyncs before it exits).
+    pub(crate) restore: Measured,
+}
+
+impl CoreRun {
+    /// Keeps, step by step, the faster of `self` and `other`.
+    fn keep_fastest(&mut self, other: CoreRun) {
+        for (mine, theirs) in
+            [(&mut self.backup, other.backup), (&mut self.rerun, other.rerun), (&mut self.restore, other.restore)]
+        {
+            if theirs.secs < mine.secs {
+                *mine = theirs;
+            }
+        }
+    }
+}
+
+/// Stored bytes of one tool on one pair (issue 13): repository size after
+/// v1, and what v2 in place and v2 afresh added.
+#[derive(Debug, Clone)]
+pub(crate) struct PairDedup {
+    /// `ext4` or `NTFS`.
+    pub(crate) pair: String,
+    /// Tool name.
+    pub(crate) tool: String,
+    /// Repository bytes after v1.
+    pub(crate) v1: u64,
+    /// Added by v2 in place.
+    pub(crate) inplace: Option<u64>,
+    /// Added by v2 afresh (in a second repository holding v1).
+    pub(crate) fresh: Option<u64>,
+    /// Wall seconds of the first backup.
+    pub(crate) v1_secs: f64,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Results {
@@ -186,6 +238,10 @@ pub(crate) struct Results {
     pub(crate) scaling: Vec<Scale>,
     /// Many chunks: (chunks, the backup, store bytes).
     pub(crate) many: Vec<(u64, Measured, u64)>,
+    /// Core scaling, by thread count.
+    pub(crate) cores: Vec<CoreRun>,
+    /// Stored bytes per pair and tool (the ext4 pair's from the comparison).
+    pub(crate) dedup: Vec<PairDedup>,
     /// Steps that failed (the run goes on).
     pub(crate) errors: Vec<String>,
     /// Load average at start and end.
@@ -351,6 +407,14 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
             res.errors.push(format!("comparison ({}): {e:#}", cache.name()));
         }
     }
+    res.dedup.extend(dedup_from_steps(&res));
+    if let Some((dir, build)) = &cfg.ntfs {
+        eprintln!("NTFS pair: stored bytes");
+        match images::ntfs_pair(dir, cfg.size_mib, *build).and_then(|p| ntfs_dedup(&r, &p, &mut res)) {
+            Ok(()) => {}
+            Err(e) => res.errors.push(format!("NTFS pair: {e:#}")),
+        }
+    }
     let alike = cfg.tools.iter().find(|t| t.kind == Kind::Alike).context("alike is always configured")?;
     if cfg.hints {
         eprintln!("change hints");
@@ -364,6 +428,21 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
         match scale(&r, &pair, mib) {
             Ok(s) => res.scaling.push(s),
             Err(e) => res.errors.push(format!("scaling {mib} MiB: {e:#}")),
+        }
+    }
+    // Thread counts interleaved round by round, each step's fastest kept:
+    // on a shared machine a neighbour's burst then costs one round, not one
+    // thread count.
+    for round in 0..cfg.core_rounds.max(1) {
+        for &n in &cfg.core_threads {
+            eprintln!("core scaling: --threads {n} (round {})", round + 1);
+            match core_run(&r, alike, &pair, n) {
+                Ok(c) => match res.cores.iter_mut().find(|x| x.threads == n) {
+                    Some(x) => x.keep_fastest(c),
+                    None => res.cores.push(c),
+                },
+                Err(e) => res.errors.push(format!("core scaling, {n} threads: {e:#}")),
+            }
         }
     }
     for &n in &cfg.many_chunks {
@@ -577,4 +656,94 @@ fn many(r: &Runner<'_>, n: u64) -> Result<(u64, Measured, u64)> {
     let bytes = measure::dir_bytes(&repo.dir);
     repo.remove();
     Ok((n, m?, bytes))
+}
+
+/// The thread counts of a core-scaling run: 1, 2, 4, … up to `cores`, and
+/// `cores` itself.
+pub(crate) fn thread_counts(cores: usize) -> Vec<usize> {
+    let mut v: Vec<usize> =
+        std::iter::successors(Some(1usize), |n| n.checked_mul(2)).take_while(|&n| n <= cores).collect();
+    if v.last() != Some(&cores.max(1)) {
+        v.push(cores.max(1));
+    }
+    v
+}
+
+fn core_run(r: &Runner<'_>, alike: &Tool, pair: &Pair, threads: usize) -> Result<CoreRun> {
+    let repo = Repo::new(r.scratch.join(format!("cores-{threads}")));
+    repo.remove();
+    r.quiet(&alike.init(&repo))?;
+    let n = threads.to_string();
+    let cache = r.primary();
+    let with_threads = |c: Cmd| c.arg("--threads").arg(&n);
+    let backup = r.measured(&with_threads(alike.backup(&repo, &pair.v1, "v1", false)), cache, &[&pair.v1]);
+    let rerun = backup.and_then(|b| {
+        Ok((b, r.measured(&with_threads(alike.backup(&repo, &pair.v1, "v1", true)), cache, &[&pair.v1])?))
+    });
+    let out_dir = r.scratch.join(format!("cores-{threads}-restore"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir)?;
+    let result = rerun.and_then(|(backup, rerun)| {
+        let (cmd, out) = alike.restore(&repo, &pair.v1, "v1", &out_dir);
+        let restore = r.measured(&with_threads(cmd), cache, &[])?;
+        if r.cfg.verify {
+            anyhow::ensure!(same_content(&out, &pair.v1)?, "the restored image differs from v1");
+        }
+        Ok(CoreRun { threads, backup, rerun, restore })
+    });
+    let _ = std::fs::remove_dir_all(&out_dir);
+    repo.remove();
+    result
+}
+
+/// The ext4 pair's stored bytes, from the comparison's steps (primary mode).
+fn dedup_from_steps(res: &Results) -> Vec<PairDedup> {
+    let mut out = Vec::new();
+    for (tool, _, _) in &res.tools {
+        let Some(first) = res.get(tool, Step::First) else { continue };
+        out.push(PairDedup {
+            pair: "ext4".into(),
+            tool: tool.clone(),
+            v1: first.repo_bytes,
+            inplace: res.get(tool, Step::Inplace).map(|s| s.added_bytes),
+            fresh: res.get(tool, Step::Fresh).map(|s| s.added_bytes),
+            v1_secs: first.m.secs,
+        });
+    }
+    out
+}
+
+/// Every tool on the NTFS pair: repository A gets v1 then v2 in place,
+/// repository B v1 then v2 afresh; only sizes (and the first backup's
+/// time) are kept.
+fn ntfs_dedup(r: &Runner<'_>, pair: &Pair, res: &mut Results) -> Result<()> {
+    let cache = r.primary();
+    for t in &r.cfg.tools {
+        let slug: String = t.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let one = |phase: &str, second: &Path, name: &str| -> Result<(u64, u64, f64)> {
+            let repo = Repo::new(r.scratch.join(format!("ntfs-{slug}-{phase}")));
+            repo.remove();
+            let out = (|| {
+                r.quiet(&t.init(&repo))?;
+                let m = r.measured(&t.backup(&repo, &pair.v1, "v1", false), cache, &[&pair.v1])?;
+                let v1 = measure::dir_bytes(&repo.dir);
+                r.measured(&t.backup(&repo, second, name, false), cache, &[second])?;
+                Ok((v1, measure::dir_bytes(&repo.dir) - v1, m.secs))
+            })();
+            repo.remove();
+            out
+        };
+        match one("A", &pair.v2_inplace, "v2").and_then(|a| Ok((a, one("B", &pair.v2_fresh, "v2-fresh")?))) {
+            Ok(((v1, inplace, secs), (_, fresh, _))) => res.dedup.push(PairDedup {
+                pair: "NTFS".into(),
+                tool: t.name.clone(),
+                v1,
+                inplace: Some(inplace),
+                fresh: Some(fresh),
+                v1_secs: secs,
+            }),
+            Err(e) => res.errors.push(format!("{} on the NTFS pair: {e:#}", t.name)),
+        }
+    }
+    Ok(())
 }
