@@ -166,6 +166,15 @@ fn vms_backup_incremental_fallback_and_restore() {
     assert_eq!(b1["disks"][0]["mode"], "full");
     assert_eq!(b1["disks"][0]["transport"], "nbd");
     assert_eq!(b1["read_bytes"], 96 << 20);
+    // The keys scripts read since the first release, unchanged by the hypervisor seam.
+    assert_eq!(b1["disks"][0]["vdi"], root_vdi.as_str());
+    assert!(b1["disks"][0]["snapshot_vdi"].as_str().is_some_and(|s| s.len() == 36), "{b1}");
+    for k in ["vm_uuid", "time", "snapshot", "consistency", "wire_bytes", "new_stored_bytes", "elapsed_seconds"] {
+        assert!(b1.get(k).is_some(), "no {k} in {b1}");
+    }
+    for k in ["kept_snapshot", "destroyed_snapshots", "data_destroyed_vdis", "destroyed_vdis", "warnings"] {
+        assert!(b1["released"].get(k).is_some(), "no released.{k} in {b1}");
+    }
     let v1 = b1["id"].as_str().unwrap().to_owned();
     c.sim.guest_write(&root_vdi, 65536 * 10 + 3, b"scattered");
     c.sim.guest_write(&root_vdi, 65536 * 500, &[1u8; 65537]);
