@@ -141,20 +141,35 @@ impl Backend for Hooked {
     }
 }
 
+/// An unencrypted local store in a fresh folder (packs of `pack_size` when
+/// given): the folder and the store's root.
+fn local_store(pack_size: Option<u64>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut c = CreateOptions::default();
+    c.encrypted = false;
+    if let Some(n) = pack_size {
+        c.pack_size = n;
+    }
+    Repository::create_local(&root, &c).unwrap();
+    (dir, root)
+}
+
+/// Open options with the local cache in `dir/name`.
+fn cache_in(dir: &Path, name: &str) -> OpenOptions {
+    let mut o = OpenOptions::default();
+    o.cache_dir = Some(dir.join(name));
+    o
+}
+
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     alike_testing::Rng::new(seed).noise(n)
 }
 
 #[test]
 fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let mut c = CreateOptions::default();
-    c.encrypted = false;
-    c.pack_size = 1 << 20;
-    Repository::create_local(&root, &c).unwrap();
-    let mut o = OpenOptions::default();
-    o.cache_dir = Some(dir.path().join("cache"));
+    let (dir, root) = local_store(Some(1 << 20));
+    let o = cache_in(dir.path(), "cache");
     // A disk that fills after `budget` bytes.
     let budget = Arc::new(AtomicU64::new(u64::MAX));
     let b2 = budget.clone();
@@ -206,13 +221,8 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
 /// once the store answers again, the same partial restore is whole.
 #[test]
 fn a_partial_restore_tells_a_transient_failure_from_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let mut c = CreateOptions::default();
-    c.encrypted = false;
-    Repository::create_local(&root, &c).unwrap();
-    let mut o = OpenOptions::default();
-    o.cache_dir = Some(dir.path().join("cache"));
+    let (dir, root) = local_store(None);
+    let o = cache_in(dir.path(), "cache");
     // Pack reads time out while `down` is set, as an S3 endpoint that stays
     // unreachable past the client's retries.
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -264,13 +274,8 @@ fn a_partial_restore_tells_a_transient_failure_from_damage() {
 /// `tmp/pack-*.tmp`) at once, and never a live writer's.
 #[test]
 fn gc_reclaims_the_spool_of_dead_writers_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let mut c = CreateOptions::default();
-    c.encrypted = false;
-    Repository::create_local(&root, &c).unwrap();
-    let mut o = OpenOptions::default();
-    o.cache_dir = Some(dir.path().join("cache"));
+    let (dir, root) = local_store(None);
+    let o = cache_in(dir.path(), "cache");
     let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &o).unwrap();
     let spool = root.join("tmp");
     std::fs::create_dir_all(&spool).unwrap();
@@ -281,8 +286,7 @@ fn gc_reclaims_the_spool_of_dead_writers_only() {
     assert!(!dead.exists(), "a killed writer's spool file stays until a day passes");
 
     // A live writer (another handle holds a backup lock): its fresh spool file stays.
-    let mut o2 = OpenOptions::default();
-    o2.cache_dir = Some(dir.path().join("cache2"));
+    let o2 = cache_in(dir.path(), "cache2");
     let writer = Repository::open(Arc::new(LocalBackend::new(&root)), &o2).unwrap();
     let lock = writer.begin_write().unwrap();
     let live = spool.join("pack-fedcba9876543210fedcba98.tmp");
@@ -297,13 +301,8 @@ fn gc_reclaims_the_spool_of_dead_writers_only() {
 /// and verifies without its read lock, while writers are refused clearly.
 #[test]
 fn a_store_that_refuses_writes_still_restores_and_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let mut c = CreateOptions::default();
-    c.encrypted = false;
-    Repository::create_local(&root, &c).unwrap();
-    let mut o = OpenOptions::default();
-    o.cache_dir = Some(dir.path().join("cache"));
+    let (dir, root) = local_store(None);
+    let o = cache_in(dir.path(), "cache");
     let data: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(1 << 20, 9) }));
     let (_, m) = {
         let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &o).unwrap();
@@ -319,8 +318,7 @@ fn a_store_that_refuses_writes_still_restores_and_verifies() {
         };
         alike_core::backup::backup(&repo, repo.keys(), &EngineParams::new(65536), job, &RunOptions::default()).unwrap()
     };
-    let mut o2 = OpenOptions::default();
-    o2.cache_dir = Some(dir.path().join("cold-cache"));
+    let o2 = cache_in(dir.path(), "cold-cache");
     // Every write refused, as a WORM bucket answers 403.
     let mut hooked = Hooked::new(&root);
     hooked.write = Some(Box::new(|key, _| {
@@ -345,16 +343,8 @@ fn a_store_that_refuses_writes_still_restores_and_verifies() {
 /// version needs, and the version restores.
 #[test]
 fn a_backup_committing_while_gc_syncs_its_cache_is_safe() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let mut c = CreateOptions::default();
-    c.encrypted = false;
-    Repository::create_local(&root, &c).unwrap();
-    let opts = |cache: &str| {
-        let mut o = OpenOptions::default();
-        o.cache_dir = Some(dir.path().join(cache));
-        o
-    };
+    let (dir, root) = local_store(None);
+    let opts = |cache: &str| cache_in(dir.path(), cache);
     let first: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(1 << 20, 21) }));
     let second: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(1 << 20, 22) }));
     let run = RunOptions::default();
