@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use alike_core::{KdfParams, MasterKey, WrappedKey};
+use alike_core::{CdcParams, Chunking, KdfParams, MasterKey, WrappedKey};
 use serde::{Deserialize, Serialize};
 
-use crate::format::{HEADER_LEN, ObjectKind, check_header, header};
+use crate::format::{HEADER_LEN, ObjectKind, check_header_version, header_v};
 use crate::{Error, Result};
 
 /// Encryption name in `config` for encrypted stores.
@@ -21,8 +21,9 @@ pub struct StoreConfig {
     pub store_id: String,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
-    /// Disk block size in bytes.
-    pub block_size: u32,
+    /// Fixed-block stores (format 1): the disk block size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
     /// Default zstd level for new blobs; `null` = no compression.
     pub compression_level: Option<i32>,
     /// `"aes-256-gcm"` or `"none"`.
@@ -32,6 +33,9 @@ pub struct StoreConfig {
     /// Encrypted stores: keyed BLAKE3 of a fixed string under the id key,
     /// hex; tells a right key from a wrong one without revealing anything.
     pub key_check: Option<String>,
+    /// Content-defined stores (format 2): the chunk sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<CdcParams>,
 }
 
 impl StoreConfig {
@@ -39,10 +43,25 @@ impl StoreConfig {
     pub fn encrypted(&self) -> bool {
         self.encryption == AES_256_GCM
     }
+    /// How the store cuts disks.
+    pub fn chunking(&self) -> Chunking {
+        match (self.chunking, self.block_size) {
+            (Some(p), _) => Chunking::Cdc(p),
+            (None, bs) => Chunking::Fixed { block_size: bs.unwrap_or(alike_core::DEFAULT_BLOCK_SIZE) },
+        }
+    }
+    /// The format version of the store: 2 for content-defined chunking, else 1.
+    pub fn format_version(&self) -> u32 {
+        if self.chunking.is_some() { 2 } else { 1 }
+    }
 }
 
 fn with_checksum(kind: ObjectKind, json: Vec<u8>) -> Vec<u8> {
-    let mut out = header(kind).to_vec();
+    with_checksum_v(kind, 1, json)
+}
+
+fn with_checksum_v(kind: ObjectKind, version: u32, json: Vec<u8>) -> Vec<u8> {
+    let mut out = header_v(kind, version).to_vec();
     out.extend_from_slice(&json);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
@@ -50,7 +69,11 @@ fn with_checksum(kind: ObjectKind, json: Vec<u8>) -> Vec<u8> {
 }
 
 fn check_checksum<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Result<&'a [u8]> {
-    let body = check_header(bytes, kind, object)?;
+    check_checksum_v(bytes, kind, object).map(|(_, json)| json)
+}
+
+fn check_checksum_v<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Result<(u32, &'a [u8])> {
+    let (version, body) = check_header_version(bytes, kind, object)?;
     if body.len() < 32 {
         return Err(Error::Truncated {
             object: object.into(),
@@ -63,7 +86,7 @@ fn check_checksum<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Result
     if blake3::hash(json).as_bytes() != sum {
         return Err(Error::Corrupt { object: object.into(), reason: "checksum mismatch".into() });
     }
-    Ok(&json[HEADER_LEN..])
+    Ok((version, &json[HEADER_LEN..]))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(json: &[u8], object: &str) -> Result<T> {
@@ -72,7 +95,7 @@ fn parse<T: for<'de> Deserialize<'de>>(json: &[u8], object: &str) -> Result<T> {
 
 /// Encodes `config`: header ‖ JSON ‖ BLAKE3 of the preceding bytes.
 pub fn encode_config(c: &StoreConfig) -> Vec<u8> {
-    with_checksum(ObjectKind::Config, serde_json::to_vec_pretty(c).expect("serializes"))
+    with_checksum_v(ObjectKind::Config, c.format_version(), serde_json::to_vec_pretty(c).expect("serializes"))
 }
 
 /// Decodes and validates `config`.
@@ -81,13 +104,20 @@ pub fn encode_config(c: &StoreConfig) -> Vec<u8> {
 /// Header, checksum and JSON errors naming `config`; unknown encryption or a
 /// bad block size.
 pub fn decode_config(bytes: &[u8]) -> Result<StoreConfig> {
-    let c: StoreConfig = parse(check_checksum(bytes, ObjectKind::Config, "config")?, "config")?;
+    let (version, json) = check_checksum_v(bytes, ObjectKind::Config, "config")?;
+    let c: StoreConfig = parse(json, "config")?;
     let bad = |r: String| Error::Corrupt { object: "config".into(), reason: r };
     if c.encryption != AES_256_GCM && c.encryption != NO_ENCRYPTION {
         return Err(bad(format!("unknown encryption {:?}", c.encryption)));
     }
-    if !alike_core::valid_block_size(c.block_size) {
-        return Err(bad(format!("block size {} is not allowed", c.block_size)));
+    match (version, c.block_size, c.chunking) {
+        (1, Some(bs), None) if !alike_core::valid_block_size(bs) => {
+            return Err(bad(format!("block size {bs} is not allowed")));
+        }
+        (1, Some(_), None) => {}
+        (2, None, Some(p)) => p.validate().map_err(|e| bad(format!("chunking: {e}")))?,
+        (1, ..) => return Err(bad("a format 1 config needs block_size and no chunking".into())),
+        _ => return Err(bad("a format 2 config needs chunking and no block_size".into())),
     }
     if c.store_id.len() != 32 || hex::decode(&c.store_id).is_err() {
         return Err(bad("store_id is not 32 hex digits".into()));

@@ -7,8 +7,10 @@
 
 use crate::{Error, Result};
 
-/// Format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes and reads. Version 2
+/// (content-defined chunking) changed `config` and version manifests only;
+/// every other object kind is still written as version 1.
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of magic + version at the start of every object.
 pub const HEADER_LEN: usize = 12;
 
@@ -63,6 +65,13 @@ impl ObjectKind {
     pub const fn secret(self) -> bool {
         matches!(self, ObjectKind::Key | ObjectKind::KeyFile)
     }
+    /// The header versions this build reads for objects of this kind.
+    pub const fn versions(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            ObjectKind::Config | ObjectKind::Manifest => 1..=2,
+            _ => 1..=1,
+        }
+    }
     /// Name for messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -80,11 +89,17 @@ impl ObjectKind {
     }
 }
 
-/// The 12-byte header of an object of `kind`.
+/// The 12-byte header of an object of `kind`, format version 1.
 pub fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
+    header_v(kind, 1)
+}
+
+/// The 12-byte header of an object of `kind` at format `version`.
+pub fn header_v(kind: ObjectKind, version: u32) -> [u8; HEADER_LEN] {
+    debug_assert!(kind.versions().contains(&version));
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(&kind.magic());
-    h[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..].copy_from_slice(&version.to_le_bytes());
     h
 }
 
@@ -94,6 +109,14 @@ pub fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
 /// [`Error::Truncated`], [`Error::BadMagic`], [`Error::UnsupportedVersion`],
 /// [`Error::UpgradeRequired`].
 pub fn check_header<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Result<&'a [u8]> {
+    check_header_version(bytes, kind, object).map(|(_, body)| body)
+}
+
+/// Like [`check_header`], and also returns the object's format version.
+///
+/// # Errors
+/// As [`check_header`].
+pub fn check_header_version<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Result<(u32, &'a [u8])> {
     if bytes.len() < HEADER_LEN {
         return Err(Error::Truncated {
             object: object.into(),
@@ -108,13 +131,14 @@ pub fn check_header<'a>(bytes: &'a [u8], kind: ObjectKind, object: &str) -> Resu
         return Err(Error::BadMagic { object: object.into(), kind: kind.name(), found });
     }
     let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if v > FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion { object: object.into(), version: v, known: FORMAT_VERSION });
+    let known = kind.versions();
+    if v > *known.end() {
+        return Err(Error::UnsupportedVersion { object: object.into(), version: v, known: *known.end() });
     }
-    if v < FORMAT_VERSION {
+    if v < *known.start() {
         return Err(Error::UpgradeRequired { object: object.into(), version: v });
     }
-    Ok(&bytes[HEADER_LEN..])
+    Ok((v, &bytes[HEADER_LEN..]))
 }
 
 #[cfg(test)]
@@ -155,6 +179,14 @@ mod tests {
         assert!(e.to_string().contains("version 2"));
         h[8] = 0;
         assert!(matches!(check_header(&h, ObjectKind::Pack, "p"), Err(Error::UpgradeRequired { version: 0, .. })));
+        // Configs and manifests come in versions 1 and 2; 3 is refused.
+        for v in [1u32, 2] {
+            let h = header_v(ObjectKind::Manifest, v);
+            assert_eq!(check_header_version(&h, ObjectKind::Manifest, "m").unwrap().0, v);
+        }
+        let mut h = header_v(ObjectKind::Config, 2).to_vec();
+        h[8] = 3;
+        assert!(matches!(check_header(&h, ObjectKind::Config, "c"), Err(Error::UnsupportedVersion { known: 2, .. })));
         assert!(matches!(check_header(&h[..5], ObjectKind::Pack, "p"), Err(Error::Truncated { .. })));
     }
 }

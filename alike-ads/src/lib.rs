@@ -77,7 +77,7 @@ mod verify;
 pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
 pub use error::{Error, Result, Retry};
-pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, header};
+pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, check_header_version, header, header_v};
 pub use index::{IndexCache, SegmentPacks, decode_segment, encode_segment};
 pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks, live_locks};
 pub use maintenance::{CLOCK_SKEW_MS, GcReport, PruneReport, REPACK_BELOW};

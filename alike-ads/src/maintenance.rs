@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 
 use alike_core::retention::{Decision, RetentionPolicy, apply};
-use alike_core::{BLOCKS_PER_MAP, ChunkId, Manifest, encode_frame};
+use alike_core::{ChunkId, Manifest, encode_frame};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -362,12 +362,9 @@ impl Repository {
         let prefix = |c: &ChunkId| u128::from_le_bytes(c.0[..16].try_into().expect("16"));
         'versions: for (_id, m) in manifests {
             for d in &m.disks {
-                let nblocks = d.block_count();
                 for (mi, map_id) in d.maps.iter().enumerate() {
                     live.push(prefix(map_id));
-                    let lo = mi as u64 * u64::from(BLOCKS_PER_MAP);
-                    let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
-                    let map = match alike_core::backup::load_map(self, self.keys(), map_id, n) {
+                    let map = match alike_core::load_window(self, self.keys(), d, mi) {
                         Ok(m) => m,
                         // Lost or damaged data: what the version referenced
                         // cannot be known; the caller deletes nothing.
@@ -378,7 +375,7 @@ impl Repository {
                         }
                         Err(e) => return Err(Error::Core(e)),
                     };
-                    live.extend(map.entries.iter().flatten().map(prefix));
+                    live.extend(map.extents.iter().map(|e| prefix(&e.id)));
                     done += 1;
                     progress(done, total)?;
                 }

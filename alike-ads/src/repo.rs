@@ -2,6 +2,7 @@
 //! packs not yet published in an index segment), the local index cache, and
 //! versions. Implements `alike_core::ChunkStore`.
 
+use alike_core::Chunking;
 use alike_core::Recover;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::backend::{Backend, LocalBackend, random_hex};
 use crate::config::{
     AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad,
 };
-use crate::format::{ObjectKind, check_header, header};
+use crate::format::{ObjectKind, check_header_version, header_v};
 use crate::index::{IndexCache, decode_segment, encode_segment};
 use crate::pack::{FinishedPack, PackEntry, PackWriter, pack_key, read_trailer};
 use crate::{Error, Result};
@@ -41,8 +42,9 @@ const KEY_CHECK_CTX: &[u8] = b"alike key check v1";
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CreateOptions {
-    /// Block size (power of two, 64 KiB – 4 MiB).
-    pub block_size: u32,
+    /// How disks are cut: content-defined chunks (format 2, the default) or
+    /// fixed blocks of a power of two from 64 KiB to 4 MiB (format 1).
+    pub chunking: Chunking,
     /// zstd level for new blobs; `None` = no compression.
     pub compression_level: Option<i32>,
     /// Passphrase; `None` with `encrypted` needs `key_file`.
@@ -66,7 +68,7 @@ pub struct CreateOptions {
 impl Default for CreateOptions {
     fn default() -> Self {
         CreateOptions {
-            block_size: alike_core::DEFAULT_BLOCK_SIZE,
+            chunking: Chunking::default(),
             compression_level: Some(3),
             passphrase: None,
             encrypted: true,
@@ -296,12 +298,7 @@ impl Repository {
         if backend.exists("config")? {
             return Err(Error::AlreadyExists { location: backend.location() });
         }
-        if !alike_core::valid_block_size(opts.block_size) {
-            return Err(Error::InvalidArgument(format!(
-                "block size {} is not a power of two from 64 KiB to 4 MiB",
-                opts.block_size
-            )));
-        }
+        opts.chunking.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if !(1 << 20..=1 << 30).contains(&opts.pack_size) {
             return Err(Error::InvalidArgument("pack size must be 1 MiB – 1 GiB".into()));
         }
@@ -323,11 +320,18 @@ impl Repository {
         let mut config = StoreConfig {
             store_id: store_id.clone(),
             created_ms: opts.time_ms,
-            block_size: opts.block_size,
+            block_size: match opts.chunking {
+                Chunking::Fixed { block_size } => Some(block_size),
+                _ => None,
+            },
             compression_level: opts.compression_level,
             encryption: if opts.encrypted { AES_256_GCM } else { NO_ENCRYPTION }.into(),
             pack_size: opts.pack_size,
             key_check: None,
+            chunking: match opts.chunking {
+                Chunking::Cdc(p) => Some(p),
+                _ => None,
+            },
         };
         let mut key_object = None;
         if opts.encrypted {
@@ -466,15 +470,12 @@ impl Repository {
             Ok(self.cache.lookup(id)?.is_none_or(|l| missing.contains(&l.frame.container)))
         };
         for d in &manifest.disks {
-            let nblocks = d.block_count();
             for (mi, map_id) in d.maps.iter().enumerate() {
                 if gone(map_id)? {
                     return Ok(true);
                 }
-                let lo = mi as u64 * u64::from(d.blocks_per_map);
-                let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
-                let Ok(map) = alike_core::backup::load_map(self, &self.keys, map_id, n) else { return Ok(true) };
-                for id in map.entries.iter().flatten() {
+                let Ok(map) = alike_core::load_window(self, &self.keys, d, mi) else { return Ok(true) };
+                for id in map.extents.iter().map(|e| &e.id) {
                     if gone(id)? {
                         return Ok(true);
                     }
@@ -980,7 +981,7 @@ fn folder_contents(path: &Path) -> Result<Option<String>> {
 pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Result<Vec<u8>> {
     let z = zstd::bulk::compress(&m.to_json(), 3)
         .map_err(|e| Error::InvalidArgument(format!("compressing manifest: {e}")))?;
-    let mut out = header(ObjectKind::Manifest).to_vec();
+    let mut out = header_v(ObjectKind::Manifest, m.schema).to_vec();
     out.extend_from_slice(&keys.seal(MANIFEST_AAD, &z)?);
     Ok(out)
 }
@@ -990,11 +991,18 @@ pub fn encode_manifest(keys: &Keys, m: &Manifest) -> Result<Vec<u8>> {
 /// # Errors
 /// Header errors, [`Error::Corrupt`] naming `object`.
 pub fn decode_manifest(keys: &Keys, bytes: &[u8], object: &str) -> Result<Manifest> {
-    let sealed = check_header(bytes, ObjectKind::Manifest, object)?;
+    let (version, sealed) = check_header_version(bytes, ObjectKind::Manifest, object)?;
     let z = keys.open(MANIFEST_AAD, sealed).map_err(|r| Error::Corrupt { object: object.into(), reason: r.into() })?;
     let json = zstd::bulk::decompress(&z, 64 << 20)
         .map_err(|e| Error::Corrupt { object: object.into(), reason: format!("zstd: {e}") })?;
-    Ok(Manifest::from_json(&json, object)?)
+    let m = Manifest::from_json(&json, object)?;
+    if m.schema != version {
+        return Err(Error::Corrupt {
+            object: object.into(),
+            reason: format!("schema {} in a format {version} manifest", m.schema),
+        });
+    }
+    Ok(m)
 }
 
 impl ChunkStore for Repository {

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use alike_core::{BLOCKS_PER_MAP, BlockMap, ChunkId, ChunkLocation, FrameRef, chunk_in, decode_frame};
+use alike_core::{ChunkId, ChunkLocation, FrameRef, chunk_in, decode_frame, load_window};
 use serde::Serialize;
 
 use crate::pack::{FOOTER_LEN, pack_key, read_trailer};
@@ -82,8 +82,8 @@ impl VerifyReport {
     }
 }
 
-/// Where a chunk is used: (version index, disk position, block index).
-type Use = (usize, u32, u64);
+/// Where a chunk is used: (version index, disk position, start and end byte).
+type Use = (usize, u32, u64, u64);
 
 /// A version in scope: id, VM name, and per disk (position, block size, size).
 type VersionInScope = (String, String, Vec<(u32, u64, u64)>);
@@ -299,14 +299,10 @@ impl Repository {
                 m.disks.iter().map(|d| (d.position, u64::from(d.block_size), d.size)).collect(),
             ));
             for d in &m.disks {
-                let nblocks = d.block_count();
                 for (mi, map_id) in d.maps.iter().enumerate() {
-                    let lo = mi as u64 * u64::from(BLOCKS_PER_MAP);
-                    let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
-                    let map = self.read_map(map_id, n);
-                    match map {
-                        Ok(map) => {
-                            w.chunks.extend(map.entries.iter().flatten());
+                    match load_window(self, self.keys(), d, mi) {
+                        Ok(win) => {
+                            w.chunks.extend(win.extents.iter().map(|e| e.id));
                             if w.chunks.len() > 1 << 20 {
                                 w.chunks.sort_unstable();
                                 w.chunks.dedup();
@@ -314,11 +310,11 @@ impl Repository {
                         }
                         Err(e) => {
                             // The whole map's range is unreadable; name the pack that holds the map.
-                            let bs = u64::from(d.block_size);
                             let object = match self.cache().lookup(map_id)? {
                                 Some(loc) => pack_key(&loc.frame.container),
                                 None => "index".to_string(),
                             };
+                            let r = d.window_range(mi);
                             w.damaged.push(Damage {
                                 object,
                                 chunk: Some(map_id.to_hex()),
@@ -327,7 +323,7 @@ impl Repository {
                                     version: id.clone(),
                                     vm: m.vm.name.clone(),
                                     disk: d.position,
-                                    ranges: vec![(lo * bs, ((lo + n as u64) * bs).min(d.size))],
+                                    ranges: vec![(r.start, r.end)],
                                 }],
                             });
                         }
@@ -349,26 +345,17 @@ impl Repository {
         for (vi, (id, _, _)) in w.versions.iter().enumerate() {
             let Ok(m) = self.read_manifest(id) else { continue };
             for d in &m.disks {
-                let nblocks = d.block_count();
-                for (mi, map_id) in d.maps.iter().enumerate() {
-                    let lo = mi as u64 * u64::from(BLOCKS_PER_MAP);
-                    let n = (nblocks - lo).min(u64::from(d.blocks_per_map)) as usize;
-                    let Ok(map) = self.read_map(map_id, n) else { continue };
-                    for (i, e) in map.entries.iter().enumerate() {
-                        if let Some(c) = e
-                            && bad.contains(c)
-                        {
-                            w.uses.entry(*c).or_default().push((vi, d.position, lo + i as u64));
+                for mi in 0..d.maps.len() {
+                    let Ok(win) = load_window(self, self.keys(), d, mi) else { continue };
+                    for e in &win.extents {
+                        if bad.contains(&e.id) {
+                            w.uses.entry(e.id).or_default().push((vi, d.position, e.offset, e.end()));
                         }
                     }
                 }
             }
         }
         Ok(())
-    }
-
-    fn read_map(&self, id: &ChunkId, n: usize) -> alike_core::Result<BlockMap> {
-        alike_core::backup::load_map(self, self.keys(), id, n)
     }
 
     fn quick_pack(&self, key: &str, size: u64, chunks: &[(ChunkId, ChunkLocation)], walk: &mut Walk) {
@@ -472,10 +459,8 @@ impl Walk {
     fn resolve(&mut self, object: String, chunk: Option<ChunkId>, reason: String) {
         let mut per: BTreeMap<(usize, u32), Vec<(u64, u64)>> = BTreeMap::new();
         if let Some(c) = &chunk {
-            for &(vi, disk, blk) in self.uses.get(c).map(Vec::as_slice).unwrap_or_default() {
-                let (_, _, disks) = &self.versions[vi];
-                let (bs, size) = disks.iter().find(|d| d.0 == disk).map(|d| (d.1, d.2)).unwrap_or((0, 0));
-                per.entry((vi, disk)).or_default().push((blk * bs, ((blk + 1) * bs).min(size)));
+            for &(vi, disk, start, end) in self.uses.get(c).map(Vec::as_slice).unwrap_or_default() {
+                per.entry((vi, disk)).or_default().push((start, end));
             }
         }
         let affects = per

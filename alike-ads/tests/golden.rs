@@ -92,11 +92,12 @@ fn compute() -> Value {
     let config = StoreConfig {
         store_id: "00112233445566778899aabbccddeeff".into(),
         created_ms: 1_790_000_000_000,
-        block_size: 65536,
+        block_size: Some(65536),
         compression_level: Some(3),
         encryption: "aes-256-gcm".into(),
         pack_size: 32 << 20,
         key_check: Some(enc.hash(b"alike key check v1").to_hex()),
+        chunking: None,
     };
     let manifest = Manifest::from_json(manifest_json().to_string().as_bytes(), "golden").unwrap();
     let manifest_bytes = encode_manifest(&plain, &manifest).unwrap();
@@ -158,7 +159,7 @@ fn golden_vectors_match() {
     // What is stored must also read back with today's code.
     let plain = Keys::unencrypted();
     let cfg = decode_config(&hex::decode(want["config"]["bytes"].as_str().unwrap()).unwrap()).unwrap();
-    assert_eq!(cfg.block_size, 65536);
+    assert_eq!(cfg.block_size, Some(65536));
     let m =
         decode_manifest(&plain, &hex::decode(want["manifest_unencrypted"]["bytes"].as_str().unwrap()).unwrap(), "g")
             .unwrap();

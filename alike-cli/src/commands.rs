@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use alike::{BackupOptions, ErrorKind, Parent, RestoreOptions, RetentionPolicy, Store};
+use alike::{BackupOptions, Chunking, ErrorKind, Parent, RestoreOptions, RetentionPolicy, Store};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -19,9 +19,15 @@ pub(crate) struct InitArgs {
     /// Store data unencrypted (encryption is the default).
     #[arg(long)]
     no_encryption: bool,
-    /// Block size in bytes: a power of two from 65536 to 4194304.
-    #[arg(long, default_value_t = 65536)]
-    block_size: u32,
+    /// Cut disks into fixed blocks of this many bytes (a power of two from
+    /// 65536 to 4194304): a format 1 store, readable by older builds.
+    #[arg(long, conflicts_with = "chunking")]
+    block_size: Option<u32>,
+    /// How to cut disks: `cdc` (content-defined chunks on 4 KiB
+    /// boundaries, 16/32/64 KiB: the default), `cdc:MIN/AVG/MAX` in KiB,
+    /// `fixed` (64 KiB blocks) or `fixed:KIB`.
+    #[arg(long)]
+    chunking: Option<String>,
     /// zstd level (0 = no compression).
     #[arg(long, default_value_t = 3)]
     compression_level: i32,
@@ -30,7 +36,8 @@ pub(crate) struct InitArgs {
 pub(crate) fn init(cli: &Cli, a: &InitArgs) -> Result<()> {
     let path = store_path(cli)?;
     let mut b = builder(cli);
-    b.block_size(a.block_size).compression_level((a.compression_level > 0).then_some(a.compression_level));
+    b.chunking(parse_chunking(a.chunking.as_deref(), a.block_size)?)
+        .compression_level((a.compression_level > 0).then_some(a.compression_level));
     if a.no_encryption {
         b.no_encryption();
     } else if cli.key_file.is_none() || cli.password_file.is_some() || std::env::var_os("ALIKE_PASSWORD").is_some() {
@@ -42,13 +49,25 @@ pub(crate) fn init(cli: &Cli, a: &InitArgs) -> Result<()> {
     }
     let s = b.create_at(&path)?;
     eprintln!(
-        "created store {} at {} ({}, {} KiB blocks)",
+        "created store {} at {} ({}, chunking {}, format {})",
         s.id(),
         path,
         if s.is_encrypted() { "encrypted" } else { "unencrypted" },
-        s.block_size() / 1024
+        s.chunking(),
+        s.format_version()
     );
     Ok(())
+}
+
+/// `--chunking` and `--block-size` as a [`Chunking`].
+fn parse_chunking(spec: Option<&str>, block_size: Option<u32>) -> Result<Chunking> {
+    let c = match (spec, block_size) {
+        (_, Some(bs)) => Chunking::Fixed { block_size: bs },
+        (None, None) => Chunking::default(),
+        (Some(s), None) => s.parse()?,
+    };
+    c.validate()?;
+    Ok(c)
 }
 
 /// `alike backup`.

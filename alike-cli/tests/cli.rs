@@ -124,6 +124,31 @@ fn errors_are_one_line_and_non_zero() {
 }
 
 #[test]
+fn init_chooses_the_chunking_and_says_it() {
+    let c = Cli::new();
+    let init = |dir: &str, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_alike"));
+        cmd.env("ALIKE_CACHE_DIR", c.p("cache")).env_remove("ALIKE_STORE");
+        cmd.arg("--store").arg(c.p(dir)).args(["init", "--no-encryption"]).args(extra);
+        cmd.output().unwrap()
+    };
+    let o = init("cdc", &[]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("chunking cdc:16/32/64, format 2"), "{o:?}");
+    let o = init("fixed", &["--chunking", "fixed"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("chunking fixed:64, format 1"), "{o:?}");
+    let o = init("sizes", &["--chunking", "cdc:32/64/128"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("chunking cdc:32/64/128, format 2"), "{o:?}");
+    for bad in [&["--chunking", "cdc:64/32/16"][..], &["--chunking", "rabin"], &["--block-size", "4096"]] {
+        let o = init("bad", bad);
+        assert_eq!(o.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.lines().count() == 1 && (err.contains("chunk") || err.contains("block size")), "{bad:?}: {err}");
+        assert!(!c.p("bad").join("config").exists());
+    }
+}
+
+#[test]
 fn unencrypted_store_needs_no_passphrase_and_latest_needs_vm() {
     let c = Cli::new();
     let run = |args: &[&str]| c.cmd().env_remove("ALIKE_PASSWORD").args(args).output().unwrap();

@@ -140,7 +140,8 @@ impl Cli {
 fn vms_backup_incremental_fallback_and_restore() {
     let c = Cli::new();
     // Unencrypted: no passphrase hashing in each of the many commands below.
-    c.ok(&["init", "--no-encryption"]);
+    // Fixed blocks: the figures below are CBT's exact 64 KiB blocks.
+    c.ok(&["init", "--no-encryption", "--chunking", "fixed"]);
     // vms, with the password from a file.
     let pwf = c.p("xen-pw");
     let o = c

@@ -1,7 +1,12 @@
-//! The backup engine: disks → blocks → ids → new blobs → block maps → a
+//! The backup engine: disks → chunks → ids → new blobs → block maps → a
 //! version. Reading, hashing, compression and sealing run on every core; the
 //! store's `put` takes the sealed blobs. Memory is bounded by one map window
-//! (4096 blocks of results) plus a block buffer per thread, whatever the disk size.
+//! of results plus one read batch, whatever the disk size.
+//!
+//! Two chunkings share the plan (what to read, what to carry from the
+//! parent) and the storing of new chunks: fixed blocks (format 1 stores,
+//! this module) and content-defined cuts on 4 KiB boundaries (format 2,
+//! `cdc_backup`).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,26 +14,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use tracing::{info, info_span, warn};
 
-use crate::chunker::{blocks_touching, is_zero, valid_block_size};
+use crate::chunker::{blocks_touching, is_zero};
 use crate::manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, VmInfo};
 use crate::progress::{CancelToken, Phase, ProgressSink, RunOptions};
 use crate::store::read_chunk;
 use crate::{BlobKind, ChunkId, ChunkStore, DiskSource, Error, Keys, Result, encode_frame};
+use crate::{CDC_BLOCK, CDC_WINDOW_BLOCKS, Chunking};
 
 /// Engine parameters that come from the store and the caller.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EngineParams {
-    /// Block size in bytes (a store setting).
-    pub block_size: u32,
+    /// How disks are cut into chunks (a store setting).
+    pub chunking: Chunking,
     /// zstd level, or `None` to store blobs uncompressed.
     pub compression_level: Option<i32>,
 }
 
 impl EngineParams {
-    /// Parameters for a block size and zstd level 3.
+    /// Parameters for fixed blocks of `block_size` bytes and zstd level 3.
     pub fn new(block_size: u32) -> EngineParams {
-        EngineParams { block_size, compression_level: Some(3) }
+        EngineParams::with_chunking(Chunking::Fixed { block_size })
+    }
+    /// Parameters for a chunking and zstd level 3.
+    pub fn with_chunking(chunking: Chunking) -> EngineParams {
+        EngineParams { chunking, compression_level: Some(3) }
+    }
+    /// The grid disks are read on: the block size, or 4 KiB for content-defined chunks.
+    pub(crate) fn grid(&self) -> u32 {
+        match self.chunking {
+            Chunking::Fixed { block_size } => block_size,
+            Chunking::Cdc(_) => CDC_BLOCK,
+        }
+    }
+    /// The block-map geometry of a disk backed up with these parameters:
+    /// (block size, blocks per map, chunking recorded in the disk).
+    pub(crate) fn geometry(&self) -> (u32, u32, Option<crate::CdcParams>) {
+        match self.chunking {
+            Chunking::Fixed { block_size } => (block_size, BLOCKS_PER_MAP, None),
+            Chunking::Cdc(p) => (CDC_BLOCK, CDC_WINDOW_BLOCKS, Some(p)),
+        }
     }
 }
 
@@ -65,12 +90,7 @@ pub fn backup(
     run: &RunOptions,
 ) -> Result<(String, Manifest)> {
     let cancel = &run.cancel;
-    if !valid_block_size(params.block_size) {
-        return Err(Error::InvalidArgument(format!(
-            "block size {} is not a power of two from 64 KiB to 4 MiB",
-            params.block_size
-        )));
-    }
+    params.chunking.validate()?;
     let span = info_span!("backup", vm = %job.vm.name);
     let _g = span.enter();
     let pool = pool(run.threads)?;
@@ -79,7 +99,7 @@ pub fn backup(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let mut plan = plan_disk(i as u32, *d, params.block_size, job.parent.as_ref().map(|p| &p.1))?;
+            let mut plan = plan_disk(i as u32, *d, params, job.parent.as_ref().map(|p| &p.1))?;
             if job.parent.is_none()
                 && let Some(why) = &job.no_parent_reason
             {
@@ -93,12 +113,15 @@ pub fn backup(
     let sink = ProgressSink::new(run.progress.clone(), Phase::Backup, total);
     let mut disks = Vec::with_capacity(plans.len());
     for (plan, src) in plans.into_iter().zip(&job.disks) {
-        disks.push(pool.install(|| backup_disk(store, keys, params, plan, *src, &sink, cancel))?);
+        disks.push(pool.install(|| match &params.chunking {
+            Chunking::Cdc(p) => crate::cdc_backup::backup_disk(store, keys, params, p, plan, *src, &sink, cancel),
+            _ => backup_disk(store, keys, params, plan, *src, &sink, cancel),
+        })?);
     }
     sink.finish();
     cancel.check()?;
     let manifest = Manifest {
-        schema: 1,
+        schema: Manifest::schema_for(&disks),
         vm: job.vm,
         time_ms: job.time_ms,
         parent: job.parent.map(|p| p.0),
@@ -118,23 +141,31 @@ pub(crate) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
     )
 }
 
-struct DiskPlan {
-    position: u32,
-    size: u64,
-    nblocks: u64,
+/// What to read of one disk, on the engine's grid (blocks of the block
+/// size, or 4 KiB blocks for content-defined chunks).
+pub(crate) struct DiskPlan {
+    pub(crate) position: u32,
+    pub(crate) size: u64,
+    pub(crate) nblocks: u64,
     /// Block index ranges to read.
-    read: Vec<Range<u64>>,
-    read_bytes: u64,
-    /// Parent maps to carry unchanged blocks from, and the changed block
-    /// ranges (incremental with change ranges). Changed blocks that are not
-    /// read (no longer allocated) become holes.
-    carry: Option<(Vec<ChunkId>, Vec<Range<u64>>)>,
-    fallback_reason: Option<String>,
-    change_token: Option<Vec<u8>>,
+    pub(crate) read: Vec<Range<u64>>,
+    pub(crate) read_bytes: u64,
+    /// The parent's disk to carry unchanged blocks from, and the changed
+    /// block ranges (incremental with change ranges). Changed blocks that
+    /// are not read (no longer allocated) become holes.
+    pub(crate) carry: Option<(DiskRecord, Vec<Range<u64>>)>,
+    pub(crate) fallback_reason: Option<String>,
+    pub(crate) change_token: Option<Vec<u8>>,
 }
 
-fn plan_disk(position: u32, src: &dyn DiskSource, bs: u32, parent: Option<&Manifest>) -> Result<DiskPlan> {
+fn plan_disk(
+    position: u32,
+    src: &dyn DiskSource,
+    params: &EngineParams,
+    parent: Option<&Manifest>,
+) -> Result<DiskPlan> {
     let size = src.size();
+    let (bs, bpm, chunking) = params.geometry();
     let bs64 = u64::from(bs);
     let nblocks = size.div_ceil(bs64);
     let change_token = src.change_token();
@@ -148,16 +179,20 @@ fn plan_disk(position: u32, src: &dyn DiskSource, bs: u32, parent: Option<&Manif
             let tok = hex::decode(tok).unwrap_or_default();
             if prev.size != size {
                 fallback_reason = Some(format!("disk size changed from {} to {size} bytes", prev.size));
-            } else if prev.block_size != bs || prev.blocks_per_map != BLOCKS_PER_MAP {
-                fallback_reason = Some("block size of the previous version differs".into());
-            } else if prev.maps.len() as u64 != nblocks.div_ceil(u64::from(BLOCKS_PER_MAP)) {
+            } else if prev.chunking != chunking || prev.block_size != bs || prev.blocks_per_map != bpm {
+                fallback_reason = Some(format!(
+                    "the previous version was cut differently ({}) from this store's setting ({})",
+                    disk_chunking(prev),
+                    params.chunking
+                ));
+            } else if prev.maps.len() as u64 != nblocks.div_ceil(u64::from(bpm)) {
                 fallback_reason = Some("the previous version's block maps do not cover the disk".into());
             } else {
                 match src.changed_ranges(&tok) {
                     Ok(Some(changed)) => {
                         let changed = blocks_touching(&changed, bs64, nblocks);
                         read = intersect(&changed, &allocated);
-                        carry = Some((prev.maps.clone(), changed));
+                        carry = Some((prev.clone(), changed));
                     }
                     Ok(None) => {
                         fallback_reason = Some("the source cannot report changes since the previous version".into())
@@ -177,7 +212,15 @@ fn plan_disk(position: u32, src: &dyn DiskSource, bs: u32, parent: Option<&Manif
     Ok(DiskPlan { position, size, nblocks, read, read_bytes, carry, fallback_reason, change_token })
 }
 
-fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+/// How a stored disk was cut.
+fn disk_chunking(d: &DiskRecord) -> Chunking {
+    match d.chunking {
+        Some(p) => Chunking::Cdc(p),
+        None => Chunking::Fixed { block_size: d.block_size },
+    }
+}
+
+pub(crate) fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
@@ -218,16 +261,78 @@ pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize
     Ok(map)
 }
 
-/// One block read in a batch: index, length, and (id, new to the store) unless all zero.
-type ReadBlock = (u64, usize, Option<(ChunkId, bool)>);
-
 /// Ids looked up per index transaction.
 pub(crate) const LOOKUP_BATCH: usize = 128;
 
 /// Plaintext bytes gathered into one frame before it is compressed and sealed.
 pub const FRAME_TARGET: usize = 1 << 20;
 /// Bytes read per batch: bounds memory, and is large enough to keep every core busy.
-const BATCH_BYTES: usize = 16 << 20;
+pub(crate) const BATCH_BYTES: usize = 16 << 20;
+
+/// What a disk's backup added to the store.
+#[derive(Default)]
+pub(crate) struct Added {
+    pub(crate) new_bytes: AtomicU64,
+    pub(crate) new_stored: AtomicU64,
+}
+
+/// Stores the chunks of one batch that the store lacks: looks their ids up
+/// in a few index transactions, gathers each new chunk once, in disk order,
+/// into frames of about [`FRAME_TARGET`] bytes, and compresses, seals and
+/// puts the frames on every core.
+pub(crate) fn store_new(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    chunks: &[(ChunkId, &[u8])],
+    added: &Added,
+    cancel: &CancelToken,
+) -> Result<()> {
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+    let known: Vec<bool> =
+        ids.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
+    let mut seen = std::collections::HashSet::new();
+    let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
+    let mut cur: Vec<(ChunkId, &[u8])> = Vec::new();
+    let mut cur_len = 0usize;
+    for (&(id, data), known) in chunks.iter().zip(known) {
+        if !known && seen.insert(id) {
+            cur.push((id, data));
+            cur_len += data.len();
+            if cur_len >= FRAME_TARGET {
+                frames.push(std::mem::take(&mut cur));
+                cur_len = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        frames.push(cur);
+    }
+    frames.par_iter().try_for_each(|chunks| -> Result<()> {
+        cancel.check()?;
+        let frame = encode_frame(keys, BlobKind::Data, chunks, params.compression_level)?;
+        added.new_bytes.fetch_add(u64::from(frame.raw_len), Ordering::Relaxed);
+        added.new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+        store.put(frame)
+    })
+}
+
+/// Stores a block map's plaintext unless the store has it; returns its id.
+pub(crate) fn store_map(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    plain: &[u8],
+    added: &Added,
+) -> Result<ChunkId> {
+    let id = keys.hash(plain);
+    if !store.contains(&id)? {
+        let frame = encode_frame(keys, BlobKind::Map, &[(id, plain)], params.compression_level)?;
+        added.new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+        store.put(frame)?;
+    }
+    Ok(id)
+}
 
 fn backup_disk(
     store: &dyn ChunkStore,
@@ -240,11 +345,10 @@ fn backup_disk(
 ) -> Result<DiskRecord> {
     let span = info_span!("disk", position = plan.position, label = %src.label());
     let _g = span.enter();
-    let bs = u64::from(params.block_size);
+    let bs = u64::from(params.grid());
     let bpm = u64::from(BLOCKS_PER_MAP);
     let nmaps = plan.nblocks.div_ceil(bpm);
-    let new_bytes = AtomicU64::new(0);
-    let new_stored = AtomicU64::new(0);
+    let added = Added::default();
     let mut data_bytes = 0u64;
     let mut maps = Vec::with_capacity(nmaps as usize);
     let mut read_iter = plan.read.iter().peekable();
@@ -256,8 +360,8 @@ fn backup_disk(
         let hi = (lo + bpm).min(plan.nblocks);
         let n = (hi - lo) as usize;
         let mut entries = match &plan.carry {
-            Some((parent_maps, changed)) => {
-                let mut e = load_map(store, keys, &parent_maps[m as usize], n)?.entries;
+            Some((parent, changed)) => {
+                let mut e = load_map(store, keys, &parent.maps[m as usize], n)?.entries;
                 for r in changed.iter().filter(|r| r.start < hi && r.end > lo) {
                     for blk in r.start.max(lo)..r.end.min(hi) {
                         e[(blk - lo) as usize] = None;
@@ -296,49 +400,16 @@ fn backup_disk(
                     Ok((blk, len, (!is_zero(data)).then(|| keys.hash(data))))
                 })
                 .collect::<Result<_>>()?;
-            // Look the ids up in a few index transactions, not one per block.
-            let ids: Vec<ChunkId> = hashed.iter().filter_map(|h| h.2).collect();
-            let known: Vec<bool> =
-                ids.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
-            let mut known = known.into_iter();
-            let read: Vec<ReadBlock> = hashed
-                .into_iter()
-                .map(|(blk, len, id)| (blk, len, id.map(|id| (id, !known.next().unwrap_or(false)))))
-                .collect();
-            // Gather the new chunks, each once, into frames of about FRAME_TARGET bytes.
             let bufs = &batch_buf[..batch.len() * bs as usize];
-            let mut seen = std::collections::HashSet::new();
-            let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
-            let mut cur: Vec<(ChunkId, &[u8])> = Vec::new();
-            let mut cur_len = 0usize;
-            for (i, (blk, len, r)) in read.into_iter().enumerate() {
-                let slot = &mut entries[(blk - lo) as usize];
-                let Some((id, new)) = r else {
-                    *slot = None;
-                    continue;
-                };
-                *slot = Some(id);
-                if new && seen.insert(id) {
+            let mut chunks: Vec<(ChunkId, &[u8])> = Vec::with_capacity(hashed.len());
+            for (i, (blk, len, id)) in hashed.into_iter().enumerate() {
+                entries[(blk - lo) as usize] = id;
+                if let Some(id) = id {
                     let start = i * bs as usize;
-                    cur.push((id, &bufs[start..start + len]));
-                    cur_len += len;
-                    if cur_len >= FRAME_TARGET {
-                        frames.push(std::mem::take(&mut cur));
-                        cur_len = 0;
-                    }
+                    chunks.push((id, &bufs[start..start + len]));
                 }
             }
-            if !cur.is_empty() {
-                frames.push(cur);
-            }
-            // Compress, seal and store the frames, on every core.
-            frames.par_iter().try_for_each(|chunks| -> Result<()> {
-                cancel.check()?;
-                let frame = encode_frame(keys, BlobKind::Data, chunks, params.compression_level)?;
-                new_bytes.fetch_add(u64::from(frame.raw_len), Ordering::Relaxed);
-                new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
-                store.put(frame)
-            })?;
+            store_new(store, keys, params, &chunks, &added, cancel)?;
         }
         for (i, e) in entries.iter().enumerate() {
             if e.is_some() {
@@ -346,28 +417,22 @@ fn backup_disk(
                 data_bytes += (plan.size - blk * bs).min(bs);
             }
         }
-        let plain = BlockMap { entries }.encode();
-        let id = keys.hash(&plain);
-        if !store.contains(&id)? {
-            let frame = encode_frame(keys, BlobKind::Map, &[(id, &plain)], params.compression_level)?;
-            new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
-            store.put(frame)?;
-        }
-        maps.push(id);
+        maps.push(store_map(store, keys, params, &BlockMap { entries }.encode(), &added)?);
     }
     Ok(DiskRecord {
         position: plan.position,
         label: src.label(),
         size: plan.size,
-        block_size: params.block_size,
+        block_size: params.grid(),
         blocks_per_map: BLOCKS_PER_MAP,
         data_bytes,
         read_bytes: plan.read_bytes,
-        new_bytes: new_bytes.into_inner(),
-        new_stored_bytes: new_stored.into_inner(),
+        new_bytes: added.new_bytes.into_inner(),
+        new_stored_bytes: added.new_stored.into_inner(),
         incremental: plan.carry.is_some(),
         fallback_reason: plan.fallback_reason,
         change_token: plan.change_token.map(hex::encode),
         maps,
+        chunking: None,
     })
 }

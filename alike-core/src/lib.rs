@@ -20,10 +20,13 @@
 //! ```
 
 mod blob;
+mod cdc;
+mod cdc_backup;
 mod chunker;
 mod crypto;
 mod disk;
 mod error;
+mod extents;
 mod hypervisor;
 mod id;
 mod manifest;
@@ -46,11 +49,13 @@ pub use blob::{
 pub use crypto::{KdfParams, Keys, MasterKey, SEAL_OVERHEAD, WrappedKey, random_bytes, unwrap_master, wrap_master};
 pub use id::ChunkId;
 // Chunking
+pub use cdc::{CDC_BLOCK, CDC_MAX_CHUNK, CDC_WINDOW_BLOCKS, CdcParams, CdcState, Chunking, cut_hash, cut_image};
 pub use chunker::{
     DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, blocks_touching, cdc_ranges, is_zero, merge_ranges,
     valid_block_size,
 };
 // Versions
+pub use extents::{Extent, ExtentMap, Window, load_window};
 pub use manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, NicInfo, Origin, VmInfo};
 pub use version_source::{ManifestLookup, VersionSource};
 // Seams

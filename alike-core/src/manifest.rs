@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkId, Error, Result};
+use crate::{CdcParams, ChunkId, Error, Result};
 
 /// Blocks covered by one block map (256 MiB of disk at 64 KiB blocks).
 pub const BLOCKS_PER_MAP: u32 = 4096;
@@ -84,6 +84,11 @@ pub struct DiskRecord {
     pub change_token: Option<String>,
     /// Block map ids, in disk order.
     pub maps: Vec<ChunkId>,
+    /// Content-defined chunking (format 2): the chunk sizes the disk was
+    /// cut with; its maps are [`crate::ExtentMap`]s over 4 KiB blocks.
+    /// Absent: fixed blocks of `block_size`, bitmap maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<CdcParams>,
 }
 
 impl DiskRecord {
@@ -97,7 +102,7 @@ impl DiskRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Manifest {
-    /// Manifest schema version (1).
+    /// Manifest schema version: 1, or 2 when a disk is content-defined.
     pub schema: u32,
     /// The VM.
     pub vm: VmInfo,
@@ -128,6 +133,10 @@ impl Manifest {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("manifest serializes")
     }
+    /// The schema a manifest with these disks is written with.
+    pub fn schema_for(disks: &[DiskRecord]) -> u32 {
+        if disks.iter().any(|d| d.chunking.is_some()) { 2 } else { 1 }
+    }
     /// Decodes from JSON.
     ///
     /// # Errors
@@ -138,12 +147,22 @@ impl Manifest {
             offset: e.column() as u64,
             reason: e.to_string(),
         })?;
-        if m.schema != 1 {
+        if !(1..=2).contains(&m.schema) {
             return Err(Error::Malformed {
                 what: what.into(),
                 offset: 0,
-                reason: format!("manifest schema {} is not supported (this build knows 1)", m.schema),
+                reason: format!("manifest schema {} is not supported (this build knows 1 and 2)", m.schema),
             });
+        }
+        if m.schema == 1 && m.disks.iter().any(|d| d.chunking.is_some()) {
+            return Err(Error::Malformed {
+                what: what.into(),
+                offset: 0,
+                reason: "a schema 1 manifest with a content-defined disk".into(),
+            });
+        }
+        for d in &m.disks {
+            d.check_geometry(&format!("{what}, disk {}", d.position))?;
         }
         Ok(m)
     }

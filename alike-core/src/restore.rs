@@ -11,14 +11,15 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use tracing::info_span;
 
-use crate::backup::{LOOKUP_BATCH, load_map, pool};
+use crate::backup::{LOOKUP_BATCH, pool};
+use crate::extents::{Extent, load_window};
 use crate::progress::{Phase, ProgressSink, RunOptions};
 use crate::{
     ChunkId, ChunkLocation, ChunkStore, DiskTarget, Error, FrameRef, Keys, Manifest, Result, chunk_in, decode_frame,
 };
 
-/// A block to restore: its index, chunk id and where the chunk is.
-type Located = (u64, ChunkId, ChunkLocation);
+/// A chunk to restore: the disk bytes it fills and where it is stored.
+type Located = (Extent, ChunkLocation);
 
 /// What a restore did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,17 +128,8 @@ fn restore_inner(
     })?;
     let span = info_span!("restore", vm = %manifest.vm.name, disk = position);
     let _g = span.enter();
-    let bs = u64::from(disk.block_size);
-    let bpm = u64::from(disk.blocks_per_map);
-    let nblocks = disk.block_count();
     let vm = &manifest.vm.name;
-    if disk.maps.len() as u64 != nblocks.div_ceil(bpm) {
-        return Err(Error::Malformed {
-            what: format!("manifest of VM {vm} disk {position}"),
-            offset: 0,
-            reason: format!("{} block maps for {nblocks} blocks", disk.maps.len()),
-        });
-    }
+    disk.check_geometry(&format!("manifest of VM {vm} disk {position}"))?;
     let sink = ProgressSink::new(run.progress.clone(), Phase::Restore, disk.size);
     // Writers wait on the target (direct I/O, a network disk): twice as many
     // workers as cores keep every core busy while half of them wait.
@@ -146,33 +138,29 @@ fn restore_inner(
         n => n,
     };
     let pool = pool(threads)?;
-    let block_len = |blk: u64| (disk.size - blk * bs).min(bs);
     let mut report = RestoreReport { size: disk.size, ..Default::default() };
-    for (m, map_id) in disk.maps.iter().enumerate() {
+    for m in 0..disk.maps.len() {
         cancel.check()?;
-        let lo = m as u64 * bpm;
-        let n = (nblocks - lo).min(bpm) as usize;
-        let map = match load_map(store, keys, map_id, n) {
-            Ok(m) => m,
+        let window = match load_window(store, keys, disk, m) {
+            Ok(w) => w,
             Err(e) => {
-                let range = (lo * bs, ((lo + n as u64) * bs).min(disk.size));
-                skip(e, range)?;
-                sink.add(range.1 - range.0);
+                let range = disk.window_range(m);
+                skip(e, (range.start, range.end))?;
+                sink.add(range.end - range.start);
                 continue;
             }
         };
         let written = pool.install(|| -> Result<u64> {
-            // Where each chunk is (a few index transactions, not one per block),
-            // grouped by frame in disk order.
-            let wanted: Vec<(u64, ChunkId)> =
-                map.entries.iter().enumerate().filter_map(|(i, e)| e.map(|id| (lo + i as u64, id))).collect();
-            let located: Vec<Option<Located>> = wanted
+            // Where each chunk is (a few index transactions, not one per
+            // chunk), grouped by frame in disk order.
+            let located: Vec<Option<Located>> = window
+                .extents
                 .par_chunks(LOOKUP_BATCH)
                 .map(|part| -> Result<Vec<Option<Located>>> {
-                    let ids: Vec<ChunkId> = part.iter().map(|w| w.1).collect();
+                    let ids: Vec<ChunkId> = part.iter().map(|e| e.id).collect();
                     let found = match store.locate_many(&ids) {
                         Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
-                        // A failed transaction fails each of its blocks (a partial restore skips them).
+                        // A failed transaction fails each of its chunks (a partial restore skips them).
                         Err(e) => {
                             let echo = crate::error::Echo::of(&e);
                             let mut first = Some(e);
@@ -181,16 +169,16 @@ fn restore_inner(
                     };
                     part.iter()
                         .zip(found)
-                        .map(|(&(blk, id), found)| {
+                        .map(|(&ext, found)| {
                             let found = found.and_then(|l| {
                                 l.ok_or_else(|| Error::MissingChunk {
-                                    id,
-                                    needed_by: format!("VM {vm} disk {position} at offset {}", blk * bs),
+                                    id: ext.id,
+                                    needed_by: format!("VM {vm} disk {position} at offset {}", ext.offset),
                                 })
                             });
                             match found {
-                                Ok(loc) => Ok(Some((blk, id, loc))),
-                                Err(e) => skip(e, (blk * bs, blk * bs + block_len(blk))).map(|_| None),
+                                Ok(loc) => Ok(Some((ext, loc))),
+                                Err(e) => skip(e, (ext.offset, ext.end())).map(|_| None),
                             }
                         })
                         .collect()
@@ -200,38 +188,32 @@ fn restore_inner(
             let located = located.into_iter().flatten();
             let mut groups: Vec<(FrameRef, Vec<Located>)> = Vec::new();
             let mut index: HashMap<FrameRef, usize> = HashMap::new();
-            for (blk, id, loc) in located {
+            for (ext, loc) in located {
                 let g = *index.entry(loc.frame).or_insert_with(|| {
                     groups.push((loc.frame, Vec::new()));
                     groups.len() - 1
                 });
-                groups[g].1.push((blk, id, loc));
+                groups[g].1.push((ext, loc));
             }
-            // Runs of data blocks, reserved before the writes that fill them.
+            // Runs of contiguous data, reserved before the writes that fill them.
             let mut run: Option<(u64, u64)> = None;
-            for (i, e) in map.entries.iter().enumerate() {
-                let blk = lo + i as u64;
-                match (e.is_some(), run) {
-                    (true, Some((s, n))) if s + n == blk => run = Some((s, n + 1)),
-                    (true, _) => {
-                        if let Some((s, n)) = run.replace((blk, 1)) {
-                            target.reserve(s * bs, ((s + n) * bs).min(disk.size) - s * bs)?;
+            for e in &window.extents {
+                match run {
+                    Some((s, end)) if end == e.offset => run = Some((s, e.end())),
+                    _ => {
+                        if let Some((s, end)) = run.replace((e.offset, e.end())) {
+                            target.reserve(s, end - s)?;
                         }
                     }
-                    (false, _) => {}
                 }
             }
-            if let Some((s, n)) = run {
-                target.reserve(s * bs, ((s + n) * bs).min(disk.size) - s * bs)?;
+            if let Some((s, end)) = run {
+                target.reserve(s, end - s)?;
             }
-            let holes: Vec<u64> = if target.holes_read_as_zero() {
-                Vec::new()
-            } else {
-                map.entries.iter().enumerate().filter(|(_, e)| e.is_none()).map(|(i, _)| lo + i as u64).collect()
-            };
-            holes.par_iter().try_for_each(|&blk| -> Result<()> {
-                target.write_zeroes(blk * bs, block_len(blk))?;
-                sink.add(block_len(blk));
+            let holes = if target.holes_read_as_zero() { Vec::new() } else { window.holes() };
+            holes.par_iter().try_for_each(|h| -> Result<()> {
+                target.write_zeroes(h.start, h.end - h.start)?;
+                sink.add(h.end - h.start);
                 Ok(())
             })?;
             groups
@@ -243,15 +225,15 @@ fn restore_inner(
                         Ok(p) => p,
                         Err(e) => {
                             let mut first = Some(e);
-                            for (blk, _, _) in chunks {
+                            for (ext, _) in chunks {
                                 let e = first.take().unwrap_or(Error::CorruptFrame {
                                     container: String::new(),
                                     offset: frame.offset,
                                     kind: "data",
                                     reason: "same frame".into(),
                                 });
-                                skip(e, (blk * bs, blk * bs + block_len(*blk)))?;
-                                sink.add(block_len(*blk));
+                                skip(e, (ext.offset, ext.end()))?;
+                                sink.add(ext.len);
                             }
                             return Ok(0);
                         }
@@ -259,37 +241,37 @@ fn restore_inner(
                     let mut written = 0;
                     let mut i = 0;
                     while i < chunks.len() {
-                        // A run: consecutive blocks stored consecutively in this frame.
-                        let (first_blk, _, first_loc) = chunks[i];
+                        // A run: chunks contiguous on the disk and stored consecutively in this frame.
+                        let (first, first_loc) = chunks[i];
                         let mut end = first_loc.offset as usize;
+                        let mut disk_end = first.offset;
                         let mut j = i;
                         while j < chunks.len() {
-                            let (blk, id, loc) = &chunks[j];
-                            let expected_blk = first_blk + (j - i) as u64;
-                            if *blk != expected_blk || loc.offset as usize != end {
+                            let (ext, loc) = &chunks[j];
+                            if ext.offset != disk_end || loc.offset as usize != end {
                                 break;
                             }
-                            let data = chunk_in(keys, &plain, loc, id)?;
-                            if data.len() as u64 != block_len(*blk) {
+                            let data = chunk_in(keys, &plain, loc, &ext.id)?;
+                            if data.len() as u64 != ext.len {
                                 return Err(Error::CorruptBlob {
-                                    id: *id,
+                                    id: ext.id,
                                     kind: "data",
                                     reason: format!(
                                         "{} bytes where the disk needs {} at offset {}",
                                         data.len(),
-                                        block_len(*blk),
-                                        blk * bs
+                                        ext.len,
+                                        ext.offset
                                     ),
                                 });
                             }
                             end += data.len();
+                            disk_end += ext.len;
                             j += 1;
                         }
                         if j <= i {
                             continue;
                         }
-                        let off = first_blk * bs;
-                        target.write_at(off, &plain[first_loc.offset as usize..end])?;
+                        target.write_at(first.offset, &plain[first_loc.offset as usize..end])?;
                         let n = (end - first_loc.offset as usize) as u64;
                         sink.add(n);
                         written += n;
@@ -300,10 +282,8 @@ fn restore_inner(
                 .try_reduce(|| 0, |a, b| Ok(a + b))
         })?;
         report.data_bytes += written;
-        let holes_here: u64 =
-            map.entries.iter().enumerate().filter(|(_, e)| e.is_none()).map(|(i, _)| block_len(lo + i as u64)).sum();
         if target.holes_read_as_zero() {
-            sink.add(holes_here);
+            sink.add(window.range.end - window.range.start - window.data_bytes());
         }
     }
     cancel.check()?;

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use crate::backup::load_map;
 use crate::blob::{chunk_in, decode_frame};
-use crate::{BlockMap, ChunkId, ChunkStore, DiskRecord, DiskSource, Error, FrameRef, Keys, Manifest, Result};
+use crate::extents::{Extent, Window, load_window};
+use crate::{ChunkId, ChunkStore, DiskRecord, DiskSource, Error, FrameRef, Keys, Manifest, Result};
+use std::collections::HashSet;
 
 /// Looks up another version of the same store by id (`Ok(None)`: gone).
 pub type ManifestLookup<'a> = dyn Fn(&str) -> Result<Option<Manifest>> + Send + Sync + 'a;
@@ -28,7 +29,7 @@ pub struct VersionSource<'a> {
     vm: String,
     disk: DiskRecord,
     lookup: &'a ManifestLookup<'a>,
-    maps: Mutex<Lru<usize, Arc<BlockMap>>>,
+    maps: Mutex<Lru<usize, Arc<Window>>>,
     frames: Mutex<Lru<FrameRef, Arc<Vec<u8>>>>,
 }
 
@@ -99,31 +100,24 @@ impl<'a> VersionSource<'a> {
         })
     }
 
-    fn bs(&self) -> u64 {
-        u64::from(self.disk.block_size)
-    }
-
-    fn blocks_in_map(&self, m: usize) -> usize {
-        let bpm = u64::from(self.disk.blocks_per_map);
-        (self.disk.block_count() - m as u64 * bpm).min(bpm) as usize
-    }
-
-    fn map(&self, m: usize) -> Result<Arc<BlockMap>> {
+    fn window(&self, m: usize) -> Result<Arc<Window>> {
         if let Some(x) = self.maps.locked().get(&m) {
             return Ok(x);
         }
-        let id = self.disk.maps.get(m).ok_or_else(|| Error::Malformed {
-            what: format!("version {} disk {}", self.version, self.disk.position),
-            offset: m as u64,
-            reason: "block map index past the disk".into(),
-        })?;
-        let map = Arc::new(load_map(self.store, self.keys, id, self.blocks_in_map(m))?);
-        self.maps.locked().put(m, map.clone());
-        Ok(map)
+        if m >= self.disk.maps.len() {
+            return Err(Error::Malformed {
+                what: format!("version {} disk {}", self.version, self.disk.position),
+                offset: m as u64,
+                reason: "block map index past the disk".into(),
+            });
+        }
+        let w = Arc::new(load_window(self.store, self.keys, &self.disk, m)?);
+        self.maps.locked().put(m, w.clone());
+        Ok(w)
     }
 
-    fn chunk(&self, id: &ChunkId, blk: u64) -> Result<Vec<u8>> {
-        let needed_by = || format!("VM {} disk {} at offset {}", self.vm, self.disk.position, blk * self.bs());
+    fn chunk(&self, id: &ChunkId, offset: u64) -> Result<Arc<Vec<u8>>> {
+        let needed_by = || format!("VM {} disk {} at offset {offset}", self.vm, self.disk.position);
         let loc = self.store.locate(id)?.ok_or_else(|| Error::MissingChunk { id: *id, needed_by: needed_by() })?;
         let cached = self.frames.locked().get(&loc.frame);
         let plain = match cached {
@@ -135,33 +129,25 @@ impl<'a> VersionSource<'a> {
                 p
             }
         };
-        Ok(chunk_in(self.keys, &plain, &loc, id)?.to_vec())
+        Ok(Arc::new(chunk_in(self.keys, &plain, &loc, id)?.to_vec()))
     }
 
-    /// Byte ranges whose blocks differ between this disk and `other`'s maps.
+    /// Byte ranges whose chunks differ between this disk and `other`'s maps
+    /// (same geometry): an extent of either side that the other lacks.
     fn diff(&self, other: &DiskRecord) -> Result<Vec<Range<u64>>> {
-        let bs = self.bs();
-        let bpm = u64::from(self.disk.blocks_per_map);
-        let mut out: Vec<Range<u64>> = Vec::new();
-        let mut push = |a: u64, b: u64| match out.last_mut() {
-            Some(r) if r.end == a => r.end = b,
-            _ => out.push(a..b),
-        };
+        let mut out: Vec<(u64, u64)> = Vec::new();
         for (m, id) in self.disk.maps.iter().enumerate() {
             if other.maps.get(m) == Some(id) {
                 continue;
             }
-            let n = self.blocks_in_map(m);
-            let mine = self.map(m)?;
-            let theirs = load_map(self.store, self.keys, &other.maps[m], n)?;
-            for (i, (a, b)) in mine.entries.iter().zip(&theirs.entries).enumerate() {
-                if a != b {
-                    let blk = m as u64 * bpm + i as u64;
-                    push(blk * bs, ((blk + 1) * bs).min(self.disk.size));
-                }
-            }
+            let mine = self.window(m)?;
+            let theirs = load_window(self.store, self.keys, other, m)?;
+            let a: HashSet<&Extent> = mine.extents.iter().collect();
+            let b: HashSet<&Extent> = theirs.extents.iter().collect();
+            out.extend(mine.extents.iter().filter(|e| !b.contains(e)).map(|e| (e.offset, e.end())));
+            out.extend(theirs.extents.iter().filter(|e| !a.contains(e)).map(|e| (e.offset, e.end())));
         }
-        Ok(out)
+        Ok(crate::merge_ranges(out).into_iter().map(|(a, b)| a..b).collect())
     }
 }
 
@@ -180,19 +166,12 @@ impl DiskSource for VersionSource<'_> {
     }
 
     fn allocated_ranges(&self) -> Result<Vec<Range<u64>>> {
-        let bs = self.bs();
-        let bpm = u64::from(self.disk.blocks_per_map);
         let mut out: Vec<Range<u64>> = Vec::new();
         for m in 0..self.disk.maps.len() {
-            let map = self.map(m)?;
-            for (i, e) in map.entries.iter().enumerate() {
-                if e.is_some() {
-                    let blk = m as u64 * bpm + i as u64;
-                    let (a, b) = (blk * bs, ((blk + 1) * bs).min(self.disk.size));
-                    match out.last_mut() {
-                        Some(r) if r.end == a => r.end = b,
-                        _ => out.push(a..b),
-                    }
+            for e in &self.window(m)?.extents {
+                match out.last_mut() {
+                    Some(r) if r.end == e.offset => r.end = e.end(),
+                    _ => out.push(e.offset..e.end()),
                 }
             }
         }
@@ -220,7 +199,8 @@ impl DiskSource for VersionSource<'_> {
             Some(d)
                 if d.size == self.disk.size
                     && d.block_size == self.disk.block_size
-                    && d.blocks_per_map == self.disk.blocks_per_map =>
+                    && d.blocks_per_map == self.disk.blocks_per_map
+                    && d.chunking == self.disk.chunking =>
             {
                 Ok(Some(self.diff(d)?))
             }
@@ -237,28 +217,36 @@ impl DiskSource for VersionSource<'_> {
                 self.disk.size
             ))
         })?;
-        let bs = self.bs();
-        let bpm = u64::from(self.disk.blocks_per_map);
+        let wb = self.disk.window_bytes();
         let mut pos = offset;
         while pos < end {
-            let blk = pos / bs;
-            let in_blk = (pos - blk * bs) as usize;
-            let n = ((blk + 1) * bs).min(end) - pos;
-            let dst = &mut buf[(pos - offset) as usize..(pos - offset + n) as usize];
-            let map = self.map((blk / bpm) as usize)?;
-            match map.entries[(blk % bpm) as usize] {
-                None => dst.fill(0),
-                Some(id) => {
-                    let c = self.chunk(&id, blk)?;
-                    let src = c.get(in_blk..in_blk + n as usize).ok_or_else(|| Error::Malformed {
-                        what: format!("chunk {} of {}", id.short(), self.label()),
-                        offset: in_blk as u64,
-                        reason: format!("{} bytes, shorter than its block", c.len()),
-                    })?;
-                    dst.copy_from_slice(src);
+            let w = self.window((pos / wb) as usize)?;
+            let wend = w.range.end.min(end);
+            while pos < wend {
+                let dst_at = (pos - offset) as usize;
+                match w.find(pos) {
+                    None => {
+                        // A hole up to the next extent.
+                        let i = w.extents.partition_point(|e| e.offset <= pos);
+                        let to = w.extents.get(i).map_or(wend, |e| e.offset.min(wend));
+                        buf[dst_at..(to - offset) as usize].fill(0);
+                        pos = to;
+                    }
+                    Some(e) => {
+                        let c = self.chunk(&e.id, e.offset)?;
+                        let to = e.end().min(wend);
+                        let src = c.get((pos - e.offset) as usize..(to - e.offset) as usize).ok_or_else(|| {
+                            Error::Malformed {
+                                what: format!("chunk {} of {}", e.id.short(), self.label()),
+                                offset: pos - e.offset,
+                                reason: format!("{} bytes, shorter than its extent ({})", c.len(), e.len),
+                            }
+                        })?;
+                        buf[dst_at..(to - offset) as usize].copy_from_slice(src);
+                        pos = to;
+                    }
                 }
             }
-            pos += n;
         }
         Ok(())
     }

@@ -67,8 +67,8 @@ pub use vm::{DiskUploadReport, VmBackupReport, VmDiskReport, VmRestoreReport};
 
 // Engine vocabulary users need.
 pub use alike_core::{
-    CancelToken, ChunkId, DiskRecord, DiskSource, DiskTarget, KdfParams, Manifest, MemSource, NicInfo, Origin, Phase,
-    Progress, RawFileSource, RawFileTarget, VmInfo,
+    CancelToken, CdcParams, ChunkId, Chunking, DiskRecord, DiskSource, DiskTarget, KdfParams, Manifest, MemSource,
+    NicInfo, Origin, Phase, Progress, RawFileSource, RawFileTarget, VmInfo,
 };
 
 /// The workspace's policies for the bindings' own locks and threads: a

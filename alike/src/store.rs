@@ -8,7 +8,7 @@ use alike_ads::{
 };
 use alike_core::backup::{BackupJob, EngineParams};
 use alike_core::retention::RetentionPolicy;
-use alike_core::{ChunkStore, DiskSource, DiskTarget, KdfParams, Manifest, VmInfo};
+use alike_core::{ChunkStore, Chunking, DiskSource, DiskTarget, KdfParams, Manifest, VmInfo};
 
 use crate::options::{BackupOptions, MaintenanceOptions, Parent, RestoreOptions, VerifyOptions};
 use crate::{Error, Result};
@@ -55,9 +55,29 @@ impl StoreBuilder {
         self.create.encrypted = false;
         self
     }
-    /// Block size of a new store (power of two, 64 KiB – 4 MiB; default 64 KiB).
+    /// Makes a new store cut disks into fixed blocks of `bytes` (a power of
+    /// two, 64 KiB – 4 MiB): a format 1 store, readable by older builds.
+    /// New stores cut content-defined chunks unless told otherwise
+    /// ([`StoreBuilder::chunking`]).
     pub fn block_size(&mut self, bytes: u32) -> &mut Self {
-        self.create.block_size = bytes;
+        self.create.chunking = Chunking::Fixed { block_size: bytes };
+        self
+    }
+    /// How a new store cuts disks (default: content-defined 16/32/64 KiB
+    /// chunks on 4 KiB boundaries, format 2).
+    ///
+    /// ```
+    /// # fn main() -> alike::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use alike::{CdcParams, Chunking, Store};
+    /// let sizes = CdcParams { min: 32 << 10, avg: 64 << 10, max: 128 << 10 };
+    /// let store = Store::builder().no_encryption().chunking(Chunking::Cdc(sizes)).create(dir.path())?;
+    /// assert_eq!(store.chunking(), Chunking::Cdc(sizes));
+    /// assert_eq!(store.block_size(), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn chunking(&mut self, chunking: Chunking) -> &mut Self {
+        self.create.chunking = chunking;
         self
     }
     /// Default zstd level of a new store (`None` = no compression; default 3).
@@ -200,6 +220,8 @@ pub struct DiskInfo {
     /// The source's change token at backup (hex), when it gave one: what the
     /// next backup asks for changes since.
     pub change_token: Option<String>,
+    /// How the disk was cut: `cdc:MIN/AVG/MAX` (KiB) or `fixed:KIB`.
+    pub chunking: String,
 }
 
 /// A version (restore point).
@@ -262,6 +284,11 @@ impl Version {
                 incremental: d.incremental,
                 fallback_reason: d.fallback_reason.clone(),
                 change_token: d.change_token.clone(),
+                chunking: match d.chunking {
+                    Some(p) => Chunking::Cdc(p),
+                    None => Chunking::Fixed { block_size: d.block_size },
+                }
+                .to_string(),
             })
             .collect();
         Version { id, vm: manifest.vm.name.clone(), time_ms: manifest.time_ms, disks, manifest }
@@ -449,9 +476,20 @@ impl Store {
         self.repo.config().encrypted()
     }
 
-    /// The store's block size in bytes.
-    pub fn block_size(&self) -> u32 {
+    /// The block size of a fixed-block store (format 1); `None` for a
+    /// store of content-defined chunks.
+    pub fn block_size(&self) -> Option<u32> {
         self.repo.config().block_size
+    }
+
+    /// How the store cuts disks into chunks (fixed at creation).
+    pub fn chunking(&self) -> Chunking {
+        self.repo.config().chunking()
+    }
+
+    /// The store's format version: 2 for content-defined chunks, 1 for fixed blocks.
+    pub fn format_version(&self) -> u32 {
+        self.repo.config().format_version()
     }
 
     /// Backs up a VM's disks as a new version.
@@ -500,7 +538,7 @@ impl Store {
             parent = None;
         }
         let parent = parent.map(|v| (v.id, v.manifest));
-        let mut params = EngineParams::new(self.block_size());
+        let mut params = EngineParams::with_chunking(self.chunking());
         params.compression_level = opts.compression.level(self.repo.config().compression_level);
         let job = BackupJob {
             vm,

@@ -3,6 +3,7 @@
 
 mod integration {
     mod bad_input;
+    mod cdc;
     mod dedup;
     mod ext4;
     mod formats;

@@ -22,11 +22,16 @@ struct Env {
 }
 
 impl Env {
+    /// A fixed-block store: these tests pin the exact 64 KiB blocks CBT reports.
     fn new(f: impl FnOnce(SimConfig) -> SimConfig) -> Env {
+        Env::with_chunking(f, alike::Chunking::Fixed { block_size: 65536 })
+    }
+    fn with_chunking(f: impl FnOnce(SimConfig) -> SimConfig, chunking: alike::Chunking) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let cfg = f(SimConfig::new(dir.path().join("sim")).demo(true).data_destroy_wait(Duration::from_millis(200)));
         let sim = Simulator::start(cfg).unwrap();
         let store = Store::builder()
+            .chunking(chunking)
             .passphrase("pw")
             .insecure_fast_kdf()
             .cache_dir(dir.path().join("cache"))
@@ -76,6 +81,40 @@ fn block_count(writes: &[(u64, usize)]) -> u64 {
 
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a == b
+}
+
+/// The default store (content-defined chunks) behind XAPI's CBT: the 64 KiB
+/// blocks CBT reports are re-cut with the chunks around them, and the
+/// incremental equals a full backup of the same disks.
+#[test]
+fn cbt_incremental_into_a_content_defined_store_equals_a_full_backup() {
+    let env = Env::with_chunking(|c| c, alike::Chunking::default());
+    let pool = env.pool();
+    let root = env.vdi("web-01 root");
+    let r1 = backup(&env, &pool, "web-01");
+    assert!(r1.disks.iter().all(|d| !d.incremental));
+    let writes = [(0u64, 10usize), (7 * KIB64 + 5, 3), (513 * KIB64, 65536), (1023 * KIB64, 7), (40 << 20, 300_000)];
+    for (i, &(o, l)) in writes.iter().enumerate() {
+        env.sim.guest_write(&root, o, &vec![0x21 * (i as u8 + 1); l]).unwrap();
+    }
+    let r2 = backup(&env, &pool, "web-01");
+    let d0 = &r2.disks[0];
+    assert!(d0.incremental && d0.fallback_reason.is_none(), "{d0:?}");
+    // CBT's blocks (4 + 5 for the long write = 9 × 64 KiB), the chunks they
+    // start in and the cuts after them: at most 3 × 64 KiB per changed range.
+    assert!(d0.read_bytes >= 9 * KIB64 && d0.read_bytes <= 9 * KIB64 + 5 * 3 * KIB64, "{d0:?}");
+    assert_eq!(r2.disks[1].read_bytes, 0);
+    assert!(same(&env.restored(&r2.backup.version, 0), &env.read(&root, 64 << 20)));
+    let m = r2.backup.version.stored_manifest();
+    let full = env
+        .store
+        .backup_images(
+            "check",
+            &[&env.dir.path().join(format!("r-{}-0.img", r2.backup.version.short_id()))],
+            &Default::default(),
+        )
+        .unwrap();
+    assert_eq!(m.disks[0].maps, full.version.stored_manifest().disks[0].maps, "re-cut = cut in full");
 }
 
 #[test]

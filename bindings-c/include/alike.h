@@ -223,6 +223,14 @@ alike_result alike_store_options_set_no_encryption(alike_store_options *opts);
 // `opts` is a live options object.
 alike_result alike_store_options_set_compression_level(alike_store_options *opts, int level);
 
+// How a new store cuts disks: `"cdc"` (content-defined 16/32/64 KiB
+// chunks on 4 KiB boundaries, the default), `"cdc:MIN/AVG/MAX"` in KiB,
+// `"fixed"` (64 KiB blocks, a format 1 store) or `"fixed:KIB"`.
+//
+// # Safety
+// `opts` is a live options object; `spec` a NUL-terminated string.
+alike_result alike_store_options_set_chunking(alike_store_options *opts, const char *spec);
+
 // A cheap key derivation, for tests only: it makes a passphrase easy to guess.
 //
 // # Safety

@@ -109,6 +109,26 @@ pub unsafe extern "C" fn alike_store_options_set_compression_level(
     }
 }
 
+/// How a new store cuts disks: `"cdc"` (content-defined 16/32/64 KiB
+/// chunks on 4 KiB boundaries, the default), `"cdc:MIN/AVG/MAX"` in KiB,
+/// `"fixed"` (64 KiB blocks, a format 1 store) or `"fixed:KIB"`.
+///
+/// # Safety
+/// `opts` is a live options object; `spec` a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_options_set_chunking(
+    opts: *mut alike_store_options,
+    spec: *const c_char,
+) -> alike_result {
+    unsafe {
+        with_opts(opts, |b| {
+            let c: alike::Chunking = arg_str(spec, "spec")?.parse().map_err(alike::Error::from)?;
+            b.chunking(c);
+            Ok(())
+        })
+    }
+}
+
 /// A cheap key derivation, for tests only: it makes a passphrase easy to guess.
 ///
 /// # Safety

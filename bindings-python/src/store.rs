@@ -60,7 +60,7 @@ fn builder(passphrase: Option<&str>, key_file: Option<PathBuf>, cache_dir: Optio
 impl NativeStore {
     /// Creates a store at `path` (a directory or a URL such as `s3://bucket/prefix`).
     #[staticmethod]
-    #[pyo3(signature = (path, passphrase=None, key_file=None, encrypt=true, cache_dir=None, block_size=None, compression_level=None, insecure_fast_kdf=false))]
+    #[pyo3(signature = (path, passphrase=None, key_file=None, encrypt=true, cache_dir=None, block_size=None, compression_level=None, insecure_fast_kdf=false, chunking=None))]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
@@ -72,10 +72,14 @@ impl NativeStore {
         block_size: Option<u32>,
         compression_level: Option<i32>,
         insecure_fast_kdf: bool,
+        chunking: Option<&str>,
     ) -> PyResult<NativeStore> {
         let mut b = builder(passphrase, key_file, cache_dir);
         if !encrypt {
             b.no_encryption();
+        }
+        if let Some(c) = chunking {
+            b.chunking(c.parse::<alike::Chunking>().map_err(|e| errors::to_py(alike::Error::from(e)))?);
         }
         if let Some(bs) = block_size {
             b.block_size(bs);
@@ -116,12 +120,19 @@ impl NativeStore {
         self.inner.locked().is_none()
     }
 
-    /// id, location, encrypted, block_size.
+    /// id, location, encrypted, block_size (null for content-defined chunks), chunking, format_version.
     fn info(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let s = self.store()?;
         convert::to_py(
             py,
-            &json!({"id": s.id(), "location": s.location(), "encrypted": s.is_encrypted(), "block_size": s.block_size()}),
+            &json!({
+                "id": s.id(),
+                "location": s.location(),
+                "encrypted": s.is_encrypted(),
+                "block_size": s.block_size(),
+                "chunking": s.chunking().to_string(),
+                "format_version": s.format_version(),
+            }),
         )
     }
 

@@ -277,7 +277,7 @@ impl alike_core::SeamError for NoSuchVm {
 #[test]
 fn a_second_hypervisor_backs_up_and_restores_through_the_facade() {
     let env = Env::new();
-    let store = env.create(true);
+    let store = env.create_fixed(true);
     let host = FakeHost::new();
 
     let opts = BackupOptions::default().quiesce(Quiesce::IfSupported);

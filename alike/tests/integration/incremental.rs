@@ -15,7 +15,7 @@ fn restore_bytes(env: &Env, store: &alike::Store, v: &alike::Version) -> Vec<u8>
 #[test]
 fn only_changed_blocks_are_read_and_the_rest_is_carried() {
     let env = Env::new();
-    let store = env.create(true);
+    let store = env.create_fixed(true);
     let mut data = vec![0u8; 32 << 20];
     Rng::new(1).fill(&mut data[..20 << 20]);
     let disk = TrackedDisk::new(data);
@@ -48,7 +48,7 @@ fn only_changed_blocks_are_read_and_the_rest_is_carried() {
 #[test]
 fn broken_change_chain_falls_back_to_a_full_read_and_says_so() {
     let env = Env::new();
-    let store = env.create(false);
+    let store = env.create_fixed(false);
     let mut data = vec![0u8; 8 << 20];
     Rng::new(2).fill(&mut data);
     let disk = TrackedDisk::new(data);

@@ -110,7 +110,7 @@ fn gc_repacks_mostly_dead_packs() {
 #[test]
 fn gc_never_deletes_what_a_running_backup_deduplicated_against() {
     let env = Env::new();
-    let store = env.create(false);
+    let store = env.create_fixed(false);
     let (a1, a2) = (env.path("a1.img"), env.path("a2.img"));
     sparse_image(&a1, 6 << 20, 15, 11);
     sparse_image(&a2, 6 << 20, 15, 12);

@@ -17,7 +17,15 @@ impl Env {
         self.path("cache")
     }
     pub fn create(&self, encrypted: bool) -> Store {
+        self.create_with(encrypted, alike::Chunking::default())
+    }
+    /// A fixed-block store (format 1) of 64 KiB blocks.
+    pub fn create_fixed(&self, encrypted: bool) -> Store {
+        self.create_with(encrypted, alike::Chunking::Fixed { block_size: 65536 })
+    }
+    pub fn create_with(&self, encrypted: bool, chunking: alike::Chunking) -> Store {
         let mut b = Store::builder();
+        b.chunking(chunking);
         b.cache_dir(self.cache()).insecure_fast_kdf();
         if encrypted {
             b.passphrase("pw");

@@ -52,6 +52,7 @@ fn vault_is_incremental_and_restores_alone() {
     assert_eq!(r2.copied.len(), 1);
     assert_eq!(r2.already, vec![v1.id.clone()]);
     // Only the blocks that differ from the vault's previous copy are read.
+    eprintln!("vault read {} sent {}", r2.read_bytes, r2.sent_bytes);
     assert!(r2.read_bytes <= 40 * 65536, "read {} for 40 changed pieces", r2.read_bytes);
     assert!(r2.sent_bytes < full_sent / 5, "sent {} after a 2% change (full: {full_sent})", r2.sent_bytes);
     let vd = vault.version(&r2.copied[0].vault, None).unwrap();

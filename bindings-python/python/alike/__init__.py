@@ -139,6 +139,8 @@ class Disk:
     fallback_reason: _Optional[str]
     #: The source's change token at backup (hex), when it gave one.
     change_token: _Optional[str] = None
+    #: How the disk was cut: ``cdc:MIN/AVG/MAX`` (KiB) or ``fixed:KIB``.
+    chunking: str = ""
 
     @classmethod
     def _from(cls, d: _Mapping[str, _Any]) -> "Disk":
@@ -472,10 +474,16 @@ class Store:
         block_size: _Optional[int] = None,
         compression_level: _Optional[int] = None,
         insecure_fast_kdf: bool = False,
+        chunking: _Optional[str] = None,
     ) -> "Store":
         """Creates a store at ``path``, a directory or a URL such as
         ``s3://bucket/prefix`` (S3 settings from the ``AWS_*`` environment),
-        encrypted unless ``encrypt=False``. ``insecure_fast_kdf`` is for tests only."""
+        encrypted unless ``encrypt=False``. ``insecure_fast_kdf`` is for tests only.
+
+        ``chunking`` is how disks are cut: ``"cdc"`` (content-defined
+        16/32/64 KiB chunks on 4 KiB boundaries, the default),
+        ``"cdc:MIN/AVG/MAX"`` in KiB, ``"fixed"`` or ``"fixed:KIB"``; a
+        ``block_size`` makes a fixed-block (format 1) store."""
         return cls(
             _native.NativeStore.create(
                 _os.fspath(path),
@@ -486,6 +494,7 @@ class Store:
                 block_size,
                 compression_level,
                 insecure_fast_kdf,
+                chunking,
             )
         )
 
@@ -536,8 +545,20 @@ class Store:
         return bool(self._n.info()["encrypted"])
 
     @property
-    def block_size(self) -> int:
-        return int(self._n.info()["block_size"])
+    def block_size(self) -> _Optional[int]:
+        """The block size of a fixed-block store; ``None`` for content-defined chunks."""
+        bs = self._n.info()["block_size"]
+        return None if bs is None else int(bs)
+
+    @property
+    def chunking(self) -> str:
+        """How the store cuts disks, in words."""
+        return str(self._n.info()["chunking"])
+
+    @property
+    def format_version(self) -> int:
+        """2 for content-defined chunks, 1 for fixed blocks."""
+        return int(self._n.info()["format_version"])
 
     def backup(
         self,

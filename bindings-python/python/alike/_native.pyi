@@ -62,6 +62,7 @@ class NativeStore:
         block_size: Optional[int] = None,
         compression_level: Optional[int] = None,
         insecure_fast_kdf: bool = False,
+        chunking: Optional[str] = None,
     ) -> NativeStore: ...
     @staticmethod
     def open(
