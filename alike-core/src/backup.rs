@@ -156,6 +156,10 @@ pub(crate) struct DiskPlan {
     pub(crate) carry: Option<(DiskRecord, Vec<Range<u64>>)>,
     pub(crate) fallback_reason: Option<String>,
     pub(crate) change_token: Option<Vec<u8>>,
+    /// The parent's disk when it was cut the same way (whether or not
+    /// change tracking is used): a chunk cut at the same place with the
+    /// same id as the parent's is known to the store without a look-up.
+    pub(crate) same_cut_parent: Option<DiskRecord>,
 }
 
 fn plan_disk(
@@ -209,7 +213,11 @@ fn plan_disk(
         warn!(disk = %src.label(), reason = %r, "change tracking unusable: reading every allocated block");
     }
     let read_bytes = read.iter().map(|r| (r.end * bs64).min(size) - r.start * bs64).sum();
-    Ok(DiskPlan { position, size, nblocks, read, read_bytes, carry, fallback_reason, change_token })
+    let same_cut_parent = prev
+        .filter(|p| p.size == size && p.chunking == chunking && p.block_size == bs && p.blocks_per_map == bpm)
+        .filter(|p| p.maps.len() as u64 == nblocks.div_ceil(u64::from(bpm)))
+        .cloned();
+    Ok(DiskPlan { position, size, nblocks, read, read_bytes, carry, fallback_reason, change_token, same_cut_parent })
 }
 
 /// How a stored disk was cut.
@@ -277,7 +285,8 @@ pub(crate) struct Added {
 }
 
 /// Stores the chunks of one batch that the store lacks: looks their ids up
-/// in a few index transactions, gathers each new chunk once, in disk order,
+/// in a few index transactions (except those `known_hint` marks as known),
+/// gathers each new chunk once, in disk order,
 /// into frames of about [`FRAME_TARGET`] bytes, and compresses, seals and
 /// puts the frames on every core.
 pub(crate) fn store_new(
@@ -285,12 +294,18 @@ pub(crate) fn store_new(
     keys: &Keys,
     params: &EngineParams,
     chunks: &[(ChunkId, &[u8])],
+    known_hint: Option<&[bool]>,
     added: &Added,
     cancel: &CancelToken,
 ) -> Result<()> {
-    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+    // Chunks the parent version holds at the same place need no look-up.
+    let ask: Vec<ChunkId> =
+        chunks.iter().enumerate().filter(|(i, _)| !known_hint.is_some_and(|k| k[*i])).map(|(_, c)| c.0).collect();
+    let answers: Vec<bool> =
+        ask.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
+    let mut answers = answers.into_iter();
     let known: Vec<bool> =
-        ids.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
+        (0..chunks.len()).map(|i| known_hint.is_some_and(|k| k[i]) || answers.next().unwrap_or(false)).collect();
     let mut seen = std::collections::HashSet::new();
     let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
     let mut cur: Vec<(ChunkId, &[u8])> = Vec::new();
@@ -409,7 +424,7 @@ fn backup_disk(
                     chunks.push((id, &bufs[start..start + len]));
                 }
             }
-            store_new(store, keys, params, &chunks, &added, cancel)?;
+            store_new(store, keys, params, &chunks, None, &added, cancel)?;
         }
         for (i, e) in entries.iter().enumerate() {
             if e.is_some() {

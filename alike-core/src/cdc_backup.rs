@@ -31,12 +31,13 @@ use rayon::prelude::*;
 use tracing::info_span;
 
 use crate::backup::{Added, BATCH_BYTES, DiskPlan, EngineParams, store_map, store_new};
-use crate::extents::{ExtentMap, Window, load_window};
+use crate::extents::{Extent, ExtentMap, Window, load_window};
 use crate::progress::{CancelToken, ProgressSink};
 use crate::{
     CDC_BLOCK, CDC_WINDOW_BLOCKS, CdcParams, CdcState, ChunkId, ChunkStore, DiskRecord, DiskSource, Keys, Result,
     cut_hash, is_zero,
 };
+use std::collections::HashSet;
 
 const BS: u64 = CDC_BLOCK as u64;
 /// Blocks read per parallel task.
@@ -186,6 +187,11 @@ pub(crate) fn backup_disk(
         cancel.check()?;
         let lo = w * wb;
         let hi = (lo + wb).min(plan.nblocks);
+        // The parent's chunks of this window, for look-ups a re-run can skip.
+        let same_cut = match &plan.same_cut_parent {
+            Some(prev) => Some(load_window(store, keys, prev, w as usize)?),
+            None => None,
+        };
         let (items, reads, parent) = match &plan.carry {
             None => {
                 let mut items = Vec::new();
@@ -204,7 +210,10 @@ pub(crate) fn backup_disk(
                 (items, reads, None)
             }
             Some((prev, changed)) => {
-                let pw = load_window(store, keys, prev, w as usize)?;
+                let pw = match &same_cut {
+                    Some(pw) => pw.clone(),
+                    None => load_window(store, keys, prev, w as usize)?,
+                };
                 let here: Vec<Range<u64>> = changed
                     .iter()
                     .filter(|r| r.start < hi && r.end > lo)
@@ -229,19 +238,9 @@ pub(crate) fn backup_disk(
                 (items, reads, Some((pw, cuts)))
             }
         };
-        let cut = cut_window(
-            &reader,
-            keys,
-            params,
-            p,
-            store,
-            &added,
-            &mut buf,
-            hi,
-            &items,
-            reads,
-            parent.as_ref().map(|x| &x.1),
-        )?;
+        let hint: Option<HashSet<Extent>> = same_cut.map(|w| w.extents.into_iter().collect());
+        let ctx = Ctx { reader: &reader, keys, params, p, store, added: &added, known: hint.as_ref() };
+        let cut = cut_window(&ctx, &mut buf, hi, &items, reads, parent.as_ref().map(|x| &x.1))?;
         let mut extents: Vec<(u64, u32, ChunkId)> = cut.chunks;
         if let Some((pw, _)) = &parent {
             // The parent's chunks outside the re-cut spans stay as they were.
@@ -362,22 +361,29 @@ impl Open {
     }
 }
 
+/// What cutting a window works with.
+struct Ctx<'a> {
+    reader: &'a Reader<'a>,
+    keys: &'a Keys,
+    params: &'a EngineParams,
+    p: &'a CdcParams,
+    store: &'a dyn ChunkStore,
+    added: &'a Added,
+    /// The parent's chunks of the window, when it was cut the same way.
+    known: Option<&'a HashSet<Extent>>,
+}
+
 /// Cuts one window `[items[0].start…, hi)`: reads `reads` in batches,
 /// cuts, hashes and stores new chunks.
-#[allow(clippy::too_many_arguments)]
 fn cut_window(
-    reader: &Reader<'_>,
-    keys: &Keys,
-    params: &EngineParams,
-    p: &CdcParams,
-    store: &dyn ChunkStore,
-    added: &Added,
+    ctx: &Ctx<'_>,
     buf: &mut [u8],
     hi: u64,
     items: &[Item],
     reads: Vec<Range<u64>>,
     parent: Option<&ParentCuts>,
 ) -> Result<WindowCut> {
+    let Ctx { reader, keys, params, p, store, added, known } = *ctx;
     let max_blocks = u64::from(p.max / CDC_BLOCK);
     let cap_blocks = buf.len() as u64 / BS;
     let mut queue: std::collections::VecDeque<Range<u64>> = reads.into();
@@ -490,7 +496,13 @@ fn cut_window(
             .collect();
         let ids: Vec<ChunkId> = datas.par_iter().map(|d| keys.hash(d)).collect();
         let chunks: Vec<(ChunkId, &[u8])> = ids.iter().copied().zip(datas.iter().copied()).collect();
-        store_new(store, keys, params, &chunks, added, reader.cancel)?;
+        let hint: Option<Vec<bool>> = known.map(|k| {
+            cuts.iter()
+                .zip(&chunks)
+                .map(|(c, (id, d))| k.contains(&Extent { offset: c.blk * BS, len: d.len() as u64, id: *id }))
+                .collect()
+        });
+        store_new(store, keys, params, &chunks, hint.as_deref(), added, reader.cancel)?;
         for (c, id) in cuts.iter().zip(ids) {
             out.chunks.push((c.blk, c.n, id));
         }
