@@ -179,47 +179,80 @@ struct Session {
     current: Option<PackWriter>,
     /// Ids in packs not yet published (being written or finished).
     pending: HashSet<ChunkId>,
-    /// Packs handed to the finisher and not yet collected.
+    /// Packs handed to the finishers and not yet claimed by a publisher.
     in_flight: usize,
-    finisher: Option<Finisher>,
+    finisher: Option<Arc<Finisher>>,
 }
 
-/// One long-lived thread that finishes packs (trailer, fsync, rename) while
-/// the workers fill the next one. One thread for the store's life, not one
-/// per pack: short-lived threads each get their own allocator arena, and
-/// memory then grows with the number of packs.
+/// Threads that finish packs (trailer, fsync, placing the pack in the
+/// store: a rename, or an upload to object storage) while the workers fill
+/// the next ones. Long-lived, for the store's life, not one per pack:
+/// short-lived threads each get their own allocator arena, and memory then
+/// grows with the number of packs. Several, so that one slow fsync or
+/// upload does not hold the backup up.
 struct Finisher {
     tx: Option<mpsc::Sender<PackWriter>>,
-    done: mpsc::Receiver<Result<FinishedPack>>,
-    handle: Option<JoinHandle<()>>,
+    done: Mutex<mpsc::Receiver<Result<FinishedPack>>>,
+    handles: Vec<JoinHandle<()>>,
 }
+
+/// Finisher threads per store.
+const FINISHERS: usize = 3;
 
 impl Finisher {
     fn start(keys: Keys, backend: Arc<dyn Backend>) -> Result<Finisher> {
         let (tx, rx) = mpsc::channel::<PackWriter>();
+        let rx = Arc::new(Mutex::new(rx));
         let (done_tx, done) = mpsc::channel();
-        let handle = alike_core::spawn("alike-pack-finisher", move || {
-            for w in rx {
-                let r = w.finish(&keys).and_then(|p| {
-                    if let Err(e) = backend.write_file(&pack_key(&p.id), &p.path) {
-                        let _ = std::fs::remove_file(&p.path);
-                        return Err(e);
+        let mut handles = Vec::with_capacity(FINISHERS);
+        for i in 0..FINISHERS {
+            let (rx, done_tx, keys, backend) = (rx.clone(), done_tx.clone(), keys.clone(), backend.clone());
+            handles.push(alike_core::spawn(&format!("alike-pack-finisher-{i}"), move || {
+                loop {
+                    // The lock is held only to take the next pack, not while finishing it.
+                    let next = rx.locked().recv();
+                    let Ok(w) = next else { break };
+                    let r = w.finish(&keys).and_then(|p| {
+                        if let Err(e) = backend.write_file(&pack_key(&p.id), &p.path) {
+                            let _ = std::fs::remove_file(&p.path);
+                            return Err(e);
+                        }
+                        Ok(p)
+                    });
+                    if done_tx.send(r).is_err() {
+                        break;
                     }
-                    Ok(p)
-                });
-                if done_tx.send(r).is_err() {
+                }
+            })?);
+        }
+        Ok(Finisher { tx: Some(tx), done: Mutex::new(done), handles })
+    }
+
+    /// Waits for `n` finished packs (whichever finish first).
+    fn collect(&self, n: usize) -> (Vec<FinishedPack>, Option<Error>) {
+        let done = self.done.locked();
+        let mut packs = Vec::with_capacity(n);
+        let mut first_err = None;
+        for _ in 0..n {
+            match done.recv() {
+                Ok(Ok(p)) => packs.push(p),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::InvalidArgument("the pack finisher threads stopped".into()));
                     break;
                 }
             }
-        })?;
-        Ok(Finisher { tx: Some(tx), done, handle: Some(handle) })
+        }
+        (packs, first_err)
     }
 }
 
 impl Drop for Finisher {
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
@@ -234,6 +267,9 @@ pub struct Repository {
     master: Option<MasterKey>,
     cache: IndexCache,
     session: Mutex<Session>,
+    /// Held while publishing (index segment, cache): one publisher at a
+    /// time, and never the session lock, so workers go on filling packs.
+    publishing: Mutex<()>,
     /// Packs condemned by GC, read when a writer begins: never deduplicated against.
     condemned: std::sync::RwLock<HashSet<[u8; 32]>>,
     /// Packs the index knows that the store did not hold when this writer began.
@@ -400,6 +436,7 @@ impl Repository {
             master,
             cache,
             session: Mutex::new(Session::default()),
+            publishing: Mutex::new(()),
             condemned: std::sync::RwLock::new(HashSet::new()),
             missing: std::sync::RwLock::new(HashSet::new()),
             bad_segments: Mutex::new(Vec::new()),
@@ -610,43 +647,37 @@ impl Repository {
         Ok(keys)
     }
 
-    /// Hands a full pack to the finisher thread.
+    /// Hands a full pack to the finisher threads.
     fn send_to_finisher(&self, s: &mut Session, w: PackWriter) -> Result<()> {
         if s.finisher.is_none() {
-            s.finisher = Some(Finisher::start(self.keys.clone(), self.backend.clone())?);
+            s.finisher = Some(Arc::new(Finisher::start(self.keys.clone(), self.backend.clone())?));
         }
         let Some(f) = s.finisher.as_ref() else { unreachable!("set above") };
         f.tx.as_ref()
             .expect("open until drop")
             .send(w)
-            .map_err(|_| Error::InvalidArgument("the pack finisher thread stopped".into()))?;
+            .map_err(|_| Error::InvalidArgument("the pack finisher threads stopped".into()))?;
         s.in_flight += 1;
         Ok(())
     }
 
-    /// Publishes finished packs: waits for them, writes one index segment,
-    /// loads it into the cache. Called with the session lock held.
-    fn publish(&self, s: &mut Session) -> Result<()> {
-        let mut packs: Vec<([u8; 32], Vec<PackEntry>)> = Vec::new();
-        let mut first_err = None;
-        while s.in_flight > 0 {
-            s.in_flight -= 1;
-            let r = match &s.finisher {
-                Some(f) => f
-                    .done
-                    .recv()
-                    .unwrap_or_else(|_| Err(Error::InvalidArgument("the pack finisher thread stopped".into()))),
-                None => Err(Error::InvalidArgument("packs in flight without a finisher".into())),
-            };
-            match r {
-                Ok(p) => packs.push((p.id, p.entries)),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+    /// Claims the packs in flight for a publisher (called with the session lock).
+    fn claim(s: &mut Session) -> Option<(usize, Arc<Finisher>)> {
+        let n = std::mem::take(&mut s.in_flight);
+        s.finisher.clone().filter(|_| n > 0).map(|f| (n, f))
+    }
+
+    /// Publishes `n` packs in flight: waits for them, writes their index
+    /// segment and loads it into the cache, then forgets their ids as
+    /// pending. Runs without the session lock: the other workers go on.
+    fn publish(&self, claimed: Option<(usize, Arc<Finisher>)>) -> Result<()> {
+        let Some((n, finisher)) = claimed else { return Ok(()) };
+        let _one = self.publishing.locked();
+        let (packs, first_err) = finisher.collect(n);
+        let packs: Vec<([u8; 32], Vec<PackEntry>)> = packs.into_iter().map(|p| (p.id, p.entries)).collect();
         if !packs.is_empty() {
             self.write_segments(&packs, true)?;
+            let mut s = self.session.locked();
             for (_, entries) in &packs {
                 for e in entries {
                     s.pending.remove(&e.id);
@@ -661,55 +692,66 @@ impl Repository {
     }
 
     fn put_inner(&self, frame: &StoredFrame) -> Result<()> {
-        let mut guard = self.session.locked();
-        let s: &mut Session = &mut guard;
-        if frame.chunks.iter().all(|c| s.pending.contains(&c.id)) {
-            return Ok(());
-        }
-        if s.current.is_none() {
-            s.current = Some(PackWriter::new(&self.backend.spool_dir()?)?);
-        }
-        let w = s.current.as_mut().expect("just set");
-        w.add(frame)?;
-        s.pending.extend(frame.chunks.iter().map(|c| c.id));
-        if w.len() >= self.config.pack_size || w.entry_count() >= MAX_PACK_ENTRIES {
+        let claimed = {
+            let mut guard = self.session.locked();
+            let s: &mut Session = &mut guard;
+            if frame.chunks.iter().all(|c| s.pending.contains(&c.id)) {
+                return Ok(());
+            }
+            if s.current.is_none() {
+                s.current = Some(PackWriter::new(&self.backend.spool_dir()?)?);
+            }
+            let w = s.current.as_mut().expect("just set");
+            w.add(frame)?;
+            s.pending.extend(frame.chunks.iter().map(|c| c.id));
+            if w.len() < self.config.pack_size && w.entry_count() < MAX_PACK_ENTRIES {
+                return Ok(());
+            }
             let w = s.current.take().expect("present");
             self.send_to_finisher(s, w)?;
-            if s.in_flight >= PACKS_PER_SEGMENT || s.pending.len() >= MAX_SEGMENT_ENTRIES {
-                self.publish(s)?;
+            if s.in_flight < PACKS_PER_SEGMENT && s.pending.len() < MAX_SEGMENT_ENTRIES {
+                return Ok(());
             }
-        }
-        Ok(())
+            Self::claim(s)
+        };
+        self.publish(claimed)
     }
 
+    /// Sends the open pack to the finishers and publishes every pack in
+    /// flight. Callers flush after their puts have returned (a put may be
+    /// publishing what it claimed; the publish lock orders the two).
     fn flush_inner(&self) -> Result<()> {
-        let mut guard = self.session.locked();
-        let s: &mut Session = &mut guard;
-        if let Some(w) = s.current.take() {
-            if w.is_empty() {
-                w.abandon();
-            } else {
-                self.send_to_finisher(s, w)?;
+        let claimed = {
+            let mut guard = self.session.locked();
+            let s: &mut Session = &mut guard;
+            if let Some(w) = s.current.take() {
+                if w.is_empty() {
+                    w.abandon();
+                } else {
+                    self.send_to_finisher(s, w)?;
+                }
             }
-        }
-        self.publish(s)
+            Self::claim(s)
+        };
+        self.publish(claimed)
     }
 
     /// Drops what this session wrote but did not publish (after a failed or
     /// cancelled backup). Finished packs already placed stay, unindexed, for
     /// GC or `rebuild_index`.
     pub fn abort_session(&self) {
-        let mut s = self.session.locked();
-        if let Some(w) = s.current.take() {
-            w.abandon();
-        }
-        while s.in_flight > 0 {
-            s.in_flight -= 1;
-            if let Some(f) = &s.finisher {
-                let _ = f.done.recv();
+        let claimed = {
+            let mut s = self.session.locked();
+            if let Some(w) = s.current.take() {
+                w.abandon();
             }
+            Self::claim(&mut s)
+        };
+        if let Some((n, f)) = claimed {
+            let _one = self.publishing.locked();
+            let _ = f.collect(n);
         }
-        s.pending.clear();
+        self.session.locked().pending.clear();
     }
 
     fn read_frame_inner(&self, f: &FrameRef) -> Result<Vec<u8>> {
