@@ -12,11 +12,14 @@ use rayon::prelude::*;
 use tracing::info_span;
 
 use crate::backup::{LOOKUP_BATCH, pool};
-use crate::extents::{Extent, load_window};
+use crate::extents::{Extent, Window, load_window};
 use crate::progress::{Phase, ProgressSink, RunOptions};
 use crate::{
     ChunkId, ChunkLocation, ChunkStore, DiskTarget, Error, FrameRef, Keys, Manifest, Result, chunk_in, decode_frame,
 };
+
+/// Disk bytes restored per round of parallel work.
+const GROUP_BYTES: u64 = 512 << 20;
 
 /// A chunk to restore: the disk bytes it fills and where it is stored.
 type Located = (Extent, ChunkLocation);
@@ -139,17 +142,7 @@ fn restore_inner(
     };
     let pool = pool(threads)?;
     let mut report = RestoreReport { size: disk.size, ..Default::default() };
-    for m in 0..disk.maps.len() {
-        cancel.check()?;
-        let window = match load_window(store, keys, disk, m) {
-            Ok(w) => w,
-            Err(e) => {
-                let range = disk.window_range(m);
-                skip(e, (range.start, range.end))?;
-                sink.add(range.end - range.start);
-                continue;
-            }
-        };
+    let restore_window = |window: &Window| -> Result<u64> {
         let written = pool.install(|| -> Result<u64> {
             // Where each chunk is (a few index transactions, not one per
             // chunk), grouped by frame in disk order.
@@ -281,9 +274,42 @@ fn restore_inner(
                 })
                 .try_reduce(|| 0, |a, b| Ok(a + b))
         })?;
-        report.data_bytes += written;
         if target.holes_read_as_zero() {
             sink.add(window.range.end - window.range.start - window.data_bytes());
+        }
+        Ok(written)
+    };
+    // Several windows per round of parallel work (~512 MiB of disk): fewer
+    // points where every worker waits for the slowest frame.
+    let per_round = (GROUP_BYTES / disk.window_bytes().max(1)).clamp(1, 16) as usize;
+    let mut rounds: Vec<Window> = Vec::new();
+    for first in (0..disk.maps.len()).step_by(per_round) {
+        cancel.check()?;
+        let ms: Vec<usize> = (first..(first + per_round).min(disk.maps.len())).collect();
+        let loaded: Vec<Result<Window>> =
+            pool.install(|| ms.par_iter().map(|&m| load_window(store, keys, disk, m)).collect());
+        // Runs of windows that loaded become one window each; one that did not is skipped.
+        let mut run: Option<Window> = None;
+        for (m, w) in ms.iter().zip(loaded) {
+            match w {
+                Ok(w) => match &mut run {
+                    Some(r) => {
+                        r.range.end = w.range.end;
+                        r.extents.extend(w.extents);
+                    }
+                    None => run = Some(w),
+                },
+                Err(e) => {
+                    rounds.extend(run.take());
+                    let range = disk.window_range(*m);
+                    skip(e, (range.start, range.end))?;
+                    sink.add(range.end - range.start);
+                }
+            }
+        }
+        rounds.extend(run.take());
+        for window in rounds.drain(..) {
+            report.data_bytes += restore_window(&window)?;
         }
     }
     cancel.check()?;
