@@ -274,8 +274,12 @@ pub(crate) const LOOKUP_BATCH: usize = 128;
 
 /// Plaintext bytes gathered into one frame before it is compressed and sealed.
 pub const FRAME_TARGET: usize = 1 << 20;
-/// Bytes read per batch: bounds memory, and is large enough to keep every core busy.
-pub(crate) const BATCH_BYTES: usize = 16 << 20;
+/// Bytes read per batch: bounds memory, and is large enough to keep every
+/// core busy between the stages' barriers (read, cut, hash, compress): 4 MiB
+/// per worker (four ~1 MiB frames each to compress), from 16 to 128 MiB.
+pub(crate) fn batch_bytes() -> usize {
+    (rayon::current_num_threads() * (4 << 20)).clamp(16 << 20, 128 << 20)
+}
 
 /// What a disk's backup added to the store.
 #[derive(Default)]
@@ -367,7 +371,7 @@ fn backup_disk(
     let mut data_bytes = 0u64;
     let mut maps = Vec::with_capacity(nmaps as usize);
     let mut read_iter = plan.read.iter().peekable();
-    let batch_blocks = (BATCH_BYTES / bs as usize).max(2 * rayon::current_num_threads());
+    let batch_blocks = (batch_bytes() / bs as usize).max(2 * rayon::current_num_threads());
     let mut batch_buf = vec![0u8; batch_blocks * bs as usize];
     for m in 0..nmaps {
         cancel.check()?;

@@ -7,7 +7,7 @@
 //!    read; for a change-tracked incremental, each changed range from its
 //!    *restart point* (the start of the parent's chunk that holds or ends
 //!    right before the range's first block), plus some slack past its end.
-//! 2. **Read** a batch of them (at most [`BATCH_BYTES`]) on every core and
+//! 2. **Read** a batch of them (16–128 MiB, 4 MiB per worker) on every core and
 //!    compute each 4 KiB block's zero flag and cut hash there too.
 //! 3. **Cut**, one sequential scan over the blocks' flags (microseconds):
 //!    zero blocks and gaps end chunks, the cut hash ends them after `min`.
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use tracing::info_span;
 
-use crate::backup::{Added, BATCH_BYTES, DiskPlan, EngineParams, store_map, store_new};
+use crate::backup::{Added, DiskPlan, EngineParams, batch_bytes, store_map, store_new};
 use crate::extents::{Extent, ExtentMap, Window, load_window};
 use crate::progress::{CancelToken, ProgressSink};
 use crate::{
@@ -175,7 +175,7 @@ pub(crate) fn backup_disk(
     let nwin = plan.nblocks.div_ceil(wb);
     let added = Added::default();
     let reader = Reader { src, size: plan.size, nblocks: plan.nblocks, sink, cancel, read_bytes: AtomicU64::new(0) };
-    let mut buf = vec![0u8; BATCH_BYTES];
+    let mut buf = vec![0u8; batch_bytes()];
     let mut maps = Vec::with_capacity(nwin as usize);
     let mut data_bytes = 0u64;
     let mut full = plan.read.iter().cloned().peekable();
