@@ -90,6 +90,24 @@ int main(int argc, char **argv) {
     CHECK(strstr(alike_last_error_message(), "path") != NULL && s == NULL);
     CHECK(alike_store_create(path("store"), "pw", opts, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
     CHECK(alike_store_options_set_compression_level(opts, 99) == ALIKE_ERR_INVALID_ARGUMENT);
+    /* Chunking: a bad spec is refused with a message naming it; a fixed-block store is format 1. */
+    {
+        alike_store_options *fo = test_opts("cache-fixed");
+        CHECK(alike_store_options_set_chunking(fo, "cdc:64/32/16") == ALIKE_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(alike_last_error_message(), "cdc:64/32/16") != NULL);
+        CHECK(alike_store_options_set_chunking(fo, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+        CHECK(alike_store_options_set_chunking(fo, "fixed") == ALIKE_OK);
+        alike_store *fs = NULL;
+        CHECK(alike_store_create(path("fixed"), "pw", fo, &fs) == ALIKE_OK);
+        alike_store_free(fs);
+        alike_store_options_free(fo);
+        char cfg[4096];
+        snprintf(cfg, sizeof cfg, "%s/config", path("fixed"));
+        FILE *f = fopen(cfg, "rb");
+        unsigned char head[12];
+        CHECK(f != NULL && fread(head, 1, 12, f) == 12 && head[8] == 1);
+        fclose(f);
+    }
 
     CHECK(alike_store_create(path("store2"), "pw", opts, &s) == ALIKE_OK);
     CHECK(alike_last_error_message() == NULL);
@@ -123,7 +141,7 @@ int main(int argc, char **argv) {
     /* The same keys as `alike versions --json` and testdata/report-schema.json. */
     {
         const char *keys[] = {"\"id\"", "\"vm\"", "\"time\"", "\"time_ms\"", "\"parent\"", "\"host\"",
-                              "\"config\"", "\"disks\"", "\"change_token\""};
+                              "\"config\"", "\"disks\"", "\"change_token\"", "\"chunking\":\"cdc:16/32/64\""};
         for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
             CHECK(strstr(alike_version_json(v), keys[i]) != NULL);
     }
