@@ -85,35 +85,10 @@ pub(crate) fn cut_hash(block: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The cut hash of one 4 KiB block from a sample of it: one 64-bit word
-/// of each 64-byte line, at an offset that walks through the line's eight
-/// words from line to line (512 of the 4096 bytes), through two chains of
-/// xor-multiply, finalised by fmix64. The block is in cache anyway (it was
-/// just read, zero-tested, and is about to be hashed), so this costs ~64
-/// multiplies per block: next to nothing against BLAKE3. The decision is
-/// still a function of the block's content alone; blocks that differ only
-/// outside the sample decide alike, which costs nothing but a
-/// differently shaped chunk.
+/// The sampled cut hash: the engine's own (`alike_core::cut_hash`, the
+/// format's definition), so that the study models exactly what is stored.
 pub(crate) fn cut_hash_sampled(block: &[u8]) -> u64 {
-    const M: u64 = 0x9E37_79B9_7F4A_7C15;
-    let (mut a, mut b) = (0x243F_6A88_85A3_08D3u64, 0x1319_8A2E_0370_7344u64);
-    let mut lines = block.chunks_exact(128);
-    for (i, two) in lines.by_ref().enumerate() {
-        let o = (2 * i % 8) * 8;
-        let x = u64::from_le_bytes(two[o..o + 8].try_into().expect("8 bytes"));
-        let y = u64::from_le_bytes(two[64 + o + 8..64 + o + 16].try_into().expect("8 bytes"));
-        a = (a ^ x).wrapping_mul(M);
-        b = (b ^ y).wrapping_mul(M);
-    }
-    for (i, &v) in lines.remainder().iter().enumerate() {
-        a ^= u64::from(v) << ((i % 8) * 8);
-    }
-    let mut h = a ^ b.rotate_left(32);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    h ^ (h >> 33)
+    alike_core::cut_hash(block)
 }
 
 // ---------------------------------------------------------------- fixed
