@@ -1,16 +1,19 @@
-//! A whole v1 store, written once and kept in `testdata/golden-store-v1.json`:
-//! every later build must still open it, list its version and restore the
-//! disk bit for bit. The Python and C tests read the same file with their
-//! own APIs. Regenerate only for a deliberate format change, with
-//! `ALIKE_BLESS=1 cargo test -p alike --test golden_store`.
+//! Whole stores, written once and kept in `testdata/golden-store-v1.json`
+//! (fixed 64 KiB blocks, format 1) and `testdata/golden-store-v2.json`
+//! (content-defined chunks, format 2): every later build must still open
+//! them, list their version and restore the disk bit for bit. The Python
+//! and C tests read the same files with their own APIs. Regenerate only for
+//! a deliberate format change, with `ALIKE_BLESS=1 cargo test -p alike
+//! --test golden_store` (each file is written by its own test).
 #![allow(missing_docs)]
 
 use std::path::Path;
 
-use alike::{BackupOptions, RestoreOptions, Store, VerifyOptions};
+use alike::{BackupOptions, Chunking, RestoreOptions, Store, VerifyOptions};
 use serde_json::{Value, json};
 
-const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/golden-store-v1.json");
+const V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/golden-store-v1.json");
+const V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/golden-store-v2.json");
 const PASSPHRASE: &str = "golden store passphrase";
 
 /// 1 MiB + 4 KiB: text, a hole, a repeat of block 0 (dedup), a pseudo-random
@@ -33,10 +36,11 @@ fn disk() -> Vec<u8> {
     d
 }
 
-fn bless(dir: &Path) {
+fn bless(dir: &Path, path: &str, chunking: Chunking) {
     let img = dir.join("golden.img");
     std::fs::write(&img, disk()).unwrap();
     let store = Store::builder()
+        .chunking(chunking)
         .passphrase(PASSPHRASE)
         .insecure_fast_kdf()
         .cache_dir(dir.join("cache"))
@@ -61,7 +65,7 @@ fn bless(dir: &Path) {
         }
     }
     let v = json!({
-        "comment": "A complete store written by format v1; see alike/tests/golden_store.rs.",
+        "comment": format!("A complete store written by format v{}; see alike/tests/golden_store.rs.", if path == V1 { 1 } else { 2 }),
         "passphrase": PASSPHRASE,
         "vm": "golden-vm",
         "version_id": r.version.id,
@@ -70,16 +74,25 @@ fn bless(dir: &Path) {
         "disk_sha256": alike_testing::sha256(&disk()),
         "objects": objects,
     });
-    std::fs::write(PATH, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
 }
 
 #[test]
-fn golden_store_still_opens_and_restores() {
+fn golden_store_v1_still_opens_and_restores() {
+    check(V1, Chunking::Fixed { block_size: 65536 }, 1);
+}
+
+#[test]
+fn golden_store_v2_still_opens_and_restores() {
+    check(V2, Chunking::default(), 2);
+}
+
+fn check(path: &str, chunking: Chunking, format: u32) {
     let dir = tempfile::tempdir().unwrap();
     if std::env::var_os("ALIKE_BLESS").is_some() {
-        bless(dir.path());
+        bless(dir.path(), path, chunking);
     }
-    let g: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(g["disk_sha256"], alike_testing::sha256(&disk()), "the generator changed: re-bless deliberately");
     let root = dir.path().join("copy");
     for (key, hexbytes) in g["objects"].as_object().unwrap() {
@@ -88,6 +101,7 @@ fn golden_store_still_opens_and_restores() {
         std::fs::write(&p, hex::decode(hexbytes.as_str().unwrap()).unwrap()).unwrap();
     }
     let store = Store::builder().passphrase(PASSPHRASE).cache_dir(dir.path().join("cache2")).open(&root).unwrap();
+    assert_eq!((store.format_version(), store.chunking()), (format, chunking));
     let versions = store.versions(None).unwrap();
     assert_eq!(versions.len(), 1);
     let v = &versions[0];
