@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use alike_ads::{
-    Backend, CreateOptions, KeyFile, KeyObject, LocalBackend, MemoryBackend, OpenOptions, Repository, decode_config,
-    decode_manifest, decode_segment, read_trailer,
+    Backend, CreateOptions, KeyFile, KeyObject, LocalBackend, MemoryBackend, ObjectKind, OpenOptions, Repository,
+    decode_config, decode_manifest, decode_segment, header_v, read_trailer,
 };
 use alike_core::backup::{BackupJob, EngineParams};
-use alike_core::{Keys, MasterKey, MemSource, RunOptions, VmInfo};
+use alike_core::{ExtentMap, Keys, MasterKey, MemSource, RunOptions, VmInfo};
 use proptest::prelude::*;
 
 fn keys() -> [Keys; 2] {
@@ -41,6 +41,43 @@ proptest! {
     }
 
     #[test]
+    fn format2_objects_never_panic(
+        edits in proptest::collection::vec((any::<u16>(), 0u8..8, proptest::collection::vec(any::<u8>(), 0..8)), 1..4),
+        manifest: bool,
+        map in proptest::collection::vec(any::<u8>(), 0..300),
+        window: u32,
+        max: u32,
+    ) {
+        // A golden v2 config or schema-2 manifest body, edited, in valid
+        // envelopes of both header versions (as fuzz/fuzz_targets/format2.rs).
+        let mut json = golden_v2_body(manifest);
+        for (at, del, ins) in edits {
+            let at = usize::from(at) % (json.len() + 1);
+            let end = (at + usize::from(del)).min(json.len());
+            json.splice(at..end, ins);
+        }
+        for v in [1, 2] {
+            let mut c = header_v(ObjectKind::Config, v).to_vec();
+            c.extend_from_slice(&json);
+            let sum = blake3::hash(&c);
+            c.extend_from_slice(sum.as_bytes());
+            if let Ok(c) = decode_config(&c) {
+                prop_assert_eq!(c.format_version(), v);
+            }
+            let mut m = header_v(ObjectKind::Manifest, v).to_vec();
+            m.extend_from_slice(&zstd::bulk::compress(&json, 1).unwrap());
+            if let Ok(m) = decode_manifest(&Keys::unencrypted(), &m, "fuzz") {
+                prop_assert_eq!(m.schema, v);
+            }
+        }
+        for (w, x) in [(window, max), (window % 40, max % 20)] {
+            if let Ok(m) = ExtentMap::decode(&map, w, x, "fuzz") {
+                prop_assert_eq!(m.encode(), map.clone());
+            }
+        }
+    }
+
+    #[test]
     fn pack_trailers_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400), tlen in 0u32..500, count in 0u32..20) {
         let be = MemoryBackend::new();
         let mut p = with_valid_header(b"PK", vec![0; 16]);
@@ -52,6 +89,21 @@ proptest! {
         for k in keys() {
             let _ = read_trailer(&be, "packs/aa/x", &k);
         }
+    }
+}
+
+/// The JSON body of the golden v2 config, or of its schema-2 manifest.
+fn golden_v2_body(manifest: bool) -> Vec<u8> {
+    static G: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let g = G.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/golden-v2.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    });
+    if manifest {
+        g["manifest_unencrypted"]["json"].to_string().into_bytes()
+    } else {
+        let c = hex::decode(g["config"]["bytes"].as_str().unwrap()).unwrap();
+        c[12..c.len() - 32].to_vec()
     }
 }
 
