@@ -195,7 +195,15 @@ fn plan_disk(
                 match src.changed_ranges(&tok) {
                     Ok(Some(changed)) => {
                         let changed = blocks_touching(&changed, bs64, nblocks);
-                        read = intersect(&changed, &allocated);
+                        // Content-defined chunks are re-cut over every changed
+                        // block (one no longer allocated reads as zeroes, a
+                        // hole); fixed blocks read only allocated ones. The
+                        // re-cut also reads around the changes: this is the
+                        // progress estimate, the record says what was read.
+                        read = match chunking {
+                            Some(_) => changed.clone(),
+                            None => intersect(&changed, &allocated),
+                        };
                         carry = Some((prev.clone(), changed));
                     }
                     Ok(None) => {
