@@ -116,12 +116,31 @@ struct Args {
     /// The alike CLI to run (default: `alike` beside this binary).
     #[arg(long)]
     alike: Option<PathBuf>,
+    /// alike's stores are made with `alike init --chunking SPEC` (`cdc`,
+    /// `cdc:MIN/AVG/MAX` in KiB, `fixed`, `fixed:KIB`); several specs,
+    /// comma-separated, run alike once per spec as tools named
+    /// `alike (SPEC)`, side by side in every table. The first is primary:
+    /// the targets, change hints, scaling and core scaling use it, and the
+    /// others run the comparison and the NTFS pair, and the change hints
+    /// too. Default: one `alike`, with the store's default chunking.
+    #[arg(long, value_delimiter = ',', value_name = "SPEC")]
+    alike_chunking: Vec<String>,
     /// Also write every measurement as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Do not compare restored images with their sources.
     #[arg(long)]
     no_verify: bool,
+}
+
+/// Checks `--alike-chunking`: every spec parses as alike's `--chunking`
+/// does, and none is given twice.
+fn check_chunkings(specs: &[String]) -> Result<()> {
+    for (i, s) in specs.iter().enumerate() {
+        s.parse::<alike::Chunking>().map_err(|e| anyhow::anyhow!("--alike-chunking: {e}"))?;
+        anyhow::ensure!(!specs[..i].contains(s), "--alike-chunking: {s:?} is given twice");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -139,6 +158,7 @@ fn main() -> Result<()> {
         return synthetic::tiled_main(raw);
     }
     let args = Args::parse();
+    check_chunkings(&args.alike_chunking)?;
     let root = images::workspace_root();
     let work = args.work.clone().unwrap_or_else(|| root.join("target/alike-bench"));
     std::fs::create_dir_all(&work)?;
@@ -192,7 +212,7 @@ fn main() -> Result<()> {
         work,
         pair_dir: args.pair.clone(),
         size_mib: size,
-        tools: tools::configured(&alike, !args.no_peers, !args.smoke),
+        tools: tools::configured(&alike, &args.alike_chunking, !args.no_peers, !args.smoke),
         scaling_mib: scaling,
         hints: !args.no_hints,
         many_chunks: many,
@@ -220,4 +240,25 @@ fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alike_chunking_option() {
+        let a = Args::try_parse_from(["alike-bench", "--alike-chunking", "cdc,fixed"]).expect("parses");
+        assert_eq!(a.alike_chunking, ["cdc", "fixed"]);
+        assert!(check_chunkings(&a.alike_chunking).is_ok());
+        let a =
+            Args::try_parse_from(["alike-bench", "--alike-chunking", "cdc:16/32/64", "--alike-chunking", "fixed:128"])
+                .expect("parses");
+        assert_eq!(a.alike_chunking, ["cdc:16/32/64", "fixed:128"]);
+        assert!(check_chunkings(&a.alike_chunking).is_ok());
+        assert!(Args::try_parse_from(["alike-bench"]).expect("parses").alike_chunking.is_empty());
+        assert!(check_chunkings(&["cdc:1/2".into()]).is_err());
+        assert!(check_chunkings(&["rabin".into()]).is_err());
+        assert!(check_chunkings(&["fixed".into(), "fixed".into()]).is_err());
+    }
 }

@@ -52,6 +52,11 @@ impl Cmd {
         self.cwd = Some(d.into());
         self
     }
+    /// The arguments (not the program), for tests.
+    #[cfg(test)]
+    pub(crate) fn argv(&self) -> Vec<String> {
+        self.args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
     fn describe(&self) -> String {
         let mut s = self.program.display().to_string();
         for a in &self.args {

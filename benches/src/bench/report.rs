@@ -47,7 +47,7 @@ fn step_table(out: &mut String, res: &Results, step: Step, cache: Cache) {
     if rows.is_empty() {
         return;
     }
-    let alike = rows.iter().find(|r| r.tool == "alike").copied();
+    let alike = rows.iter().find(|r| r.tool == res.alike).copied();
     let restore = step == Step::Restore;
     let _ = writeln!(out, "\n### {} ({} cache)\n", step.name(), cache.name());
     if restore {
@@ -67,11 +67,11 @@ fn step_table(out: &mut String, res: &Results, step: Step, cache: Cache) {
     let cpu = |r: &StepResult| r.m.user + r.m.sys;
     for r in rows {
         let (re, rc) = match alike {
-            Some(a) if r.tool != "alike" => (ratio(exit_mbps(a), exit_mbps(r)), ratio(cpu(a), cpu(r))),
+            Some(a) if r.tool != res.alike => (ratio(exit_mbps(a), exit_mbps(r)), ratio(cpu(a), cpu(r))),
             _ => ("—".into(), "—".into()),
         };
         let (rm, rr, ra) = match alike {
-            Some(a) if r.tool != "alike" => {
+            Some(a) if r.tool != res.alike => {
                 (ratio(mbps(a), mbps(r)), ratio(rss(a), rss(r)), ratio(stored(a) as f64, stored(r) as f64))
             }
             _ => ("—".into(), "—".into(), "—".into()),
@@ -120,7 +120,7 @@ struct Target {
 
 fn targets(res: &Results) -> Vec<Target> {
     let mut t = Vec::new();
-    let peers: Vec<String> = res.tools.iter().map(|x| x.0.clone()).filter(|n| n != "alike").collect();
+    let peers: Vec<String> = res.tools.iter().map(|x| x.0.clone()).filter(|n| !res.is_alike(n)).collect();
     // The first backup runs twice (repositories A and B): each tool's
     // faster one counts, the same for every tool, to damp a shared machine's noise.
     let best = |tool: &str, s: Step| -> Option<&StepResult> {
@@ -133,7 +133,7 @@ fn targets(res: &Results) -> Vec<Target> {
             (p, q) => p.or(q),
         }
     };
-    let a = |s: Step| best("alike", s);
+    let a = |s: Step| best(&res.alike, s);
     let throughput = |step: Step, peer: &str, factor: f64, label: &str| -> Target {
         match (a(step), best(peer, step)) {
             (Some(x), Some(y)) => {
@@ -199,7 +199,7 @@ fn targets(res: &Results) -> Vec<Target> {
             ok: Some(x.added_bytes <= y.added_bytes),
         });
     }
-    if let Some(h) = &res.hints {
+    if let Some(h) = res.primary_hints() {
         let q = h.incr.secs / h.full.secs;
         t.push(Target {
             what: "change hints: a 2% change backs up in < 5% of the full backup's time".into(),
@@ -239,7 +239,7 @@ fn targets(res: &Results) -> Vec<Target> {
     let max_rss = |tool: &str| {
         res.steps.iter().filter(|s| s.tool == tool).map(|s| s.m.maxrss_kib).max().map(|k| k as f64 / 1024.0)
     };
-    if let Some(ar) = max_rss("alike") {
+    if let Some(ar) = max_rss(&res.alike) {
         let leanest =
             peers.iter().filter_map(|p| max_rss(p).map(|r| (p.clone(), r))).min_by(|x, y| x.1.total_cmp(&y.1));
         if let Some((p, pr)) = leanest {
@@ -357,37 +357,43 @@ pub(crate) fn markdown(cfg: &Config, res: &Results) -> String {
         let _ = writeln!(o, "| {} | {} | {} | {} |", c.name, f(c.single), f(c.all), c.note);
     }
 
-    if let Some(h) = &res.hints {
+    if !res.hints.is_empty() {
         let _ = writeln!(o, "\n## Change hints (VHDX base + differencing child, alike only)\n");
         let _ = writeln!(
             o,
-            "| backup | wall s | read MiB | peak RSS MiB | share of the full backup's time |\n|---|---:|---:|---:|---:|"
+            "| tool | backup | wall s | read MiB | peak RSS MiB | share of the full backup's time |\n|---|---|---:|---:|---:|---:|"
         );
-        let _ = writeln!(
-            o,
-            "| full: base.vhdx ({} MiB virtual) | {:.2} | {:.1} | {:.1} | 100% |",
-            h.size >> 20,
-            h.full.secs,
-            mib(h.full_read),
-            h.full.maxrss_kib as f64 / 1024.0
-        );
-        let _ = writeln!(
-            o,
-            "| incremental: empty.avhdx, a checkpoint with nothing written | {:.2} | — | {:.1} | {:.1}% |",
-            h.empty.secs,
-            h.empty.maxrss_kib as f64 / 1024.0,
-            h.empty.secs * 100.0 / h.full.secs
-        );
-        let _ = writeln!(
-            o,
-            "| incremental: child.avhdx, {:.1} MiB written ({:.1}% of the disk) | {:.2} | {:.1} | {:.1} | {:.1}% |",
-            mib(h.changed),
-            h.changed as f64 * 100.0 / h.size as f64,
-            h.incr.secs,
-            mib(h.read),
-            h.incr.maxrss_kib as f64 / 1024.0,
-            h.incr.secs * 100.0 / h.full.secs
-        );
+        for h in &res.hints {
+            let _ = writeln!(
+                o,
+                "| {} | full: base.vhdx ({} MiB virtual) | {:.2} | {:.1} | {:.1} | 100% |",
+                h.tool,
+                h.size >> 20,
+                h.full.secs,
+                mib(h.full_read),
+                h.full.maxrss_kib as f64 / 1024.0
+            );
+            let _ = writeln!(
+                o,
+                "| {} | incremental: empty.avhdx, a checkpoint with nothing written | {:.2} | — | {:.1} | {:.1}% |",
+                h.tool,
+                h.empty.secs,
+                h.empty.maxrss_kib as f64 / 1024.0,
+                h.empty.secs * 100.0 / h.full.secs
+            );
+            let _ = writeln!(
+                o,
+                "| {} | incremental: child.avhdx, {:.1} MiB written ({:.1}% of the disk){} | {:.2} | {:.1} | {:.1} | {:.1}% |",
+                h.tool,
+                mib(h.changed),
+                h.changed as f64 * 100.0 / h.size as f64,
+                if h.incremental { "" } else { ", change tracking NOT used" },
+                h.incr.secs,
+                mib(h.read),
+                h.incr.maxrss_kib as f64 / 1024.0,
+                h.incr.secs * 100.0 / h.full.secs
+            );
+        }
     }
 
     if !res.scaling.is_empty() {
@@ -454,7 +460,7 @@ fn dedup_tables(o: &mut String, res: &Results) {
     };
     let find = |pair: &str, tool: &str| res.dedup.iter().find(|d| d.pair == pair && d.tool == tool);
     for pair in &pairs {
-        let (Some(a), Some(r)) = (find(pair, "alike"), find(pair, "restic")) else { continue };
+        let (Some(a), Some(r)) = (find(pair, &res.alike), find(pair, "restic")) else { continue };
         let rows: [(&str, Option<u64>, Option<u64>); 3] = [
             ("stored after v1", Some(a.v1), Some(r.v1)),
             ("added by v2 in place", a.inplace, r.inplace),
@@ -483,9 +489,9 @@ fn dedup_tables(o: &mut String, res: &Results) {
     );
     let f = |x: Option<u64>| x.map_or("—".to_string(), |v| format!("{:.1}", mib(v)));
     for d in &res.dedup {
-        let a = find(&d.pair, "alike");
+        let a = find(&d.pair, &res.alike);
         let q = |x: Option<u64>, y: Option<u64>| match (x, y) {
-            (Some(x), Some(y)) if d.tool != "alike" => ratio(x as f64, y as f64),
+            (Some(x), Some(y)) if d.tool != res.alike => ratio(x as f64, y as f64),
             _ => "—".into(),
         };
         let _ = writeln!(
@@ -511,7 +517,8 @@ fn core_table(o: &mut String, res: &Results) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let _ = writeln!(
         o,
-        "\n## Core scaling (alike, v1: first backup into a fresh store, unchanged re-run, restore; `--threads N`, {cores} cores here; fastest of the rounds)\n"
+        "\n## Core scaling ({}, v1: first backup into a fresh store, unchanged re-run, restore; `--threads N`, {cores} cores here; fastest of the rounds)\n",
+        res.alike
     );
     let _ = writeln!(
         o,
@@ -588,7 +595,8 @@ pub(crate) fn json(res: &Results) -> serde_json::Value {
             "cache": s.cache.name(), "sync_seconds": s.sync_secs,
         })).collect::<Vec<_>>(),
         "ceilings": res.ceilings.rows.iter().map(|c| json!({"name": c.name, "single": c.single, "all": c.all, "note": c.note})).collect::<Vec<_>>(),
-        "hints": res.hints.as_ref().map(|h| json!({"full": m(&h.full), "empty": m(&h.empty), "incremental": m(&h.incr), "changed": h.changed, "read": h.read, "used": h.incremental})),
+        "alike": res.alike,
+        "hints": res.hints.iter().map(|h| json!({"tool": h.tool, "full": m(&h.full), "empty": m(&h.empty), "incremental": m(&h.incr), "changed": h.changed, "read": h.read, "full_read": h.full_read, "used": h.incremental})).collect::<Vec<_>>(),
         "scaling": res.scaling.iter().map(|s| json!({"size": s.size, "data": s.data, "run": m(&s.m), "repo_bytes": s.repo_bytes})).collect::<Vec<_>>(),
         "many_chunks": res.many.iter().map(|(n, r, b)| json!({"chunks": n, "run": m(r), "store_bytes": b})).collect::<Vec<_>>(),
         "dedup": res.dedup.iter().map(|d| json!({"pair": d.pair, "tool": d.tool, "v1": d.v1, "inplace": d.inplace, "fresh": d.fresh, "v1_secs": d.v1_secs})).collect::<Vec<_>>(),

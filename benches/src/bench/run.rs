@@ -132,9 +132,11 @@ impl StepResult {
     }
 }
 
-/// The change-hint run.
+/// The change-hint run of one alike tool.
 #[derive(Debug, Clone)]
 pub(crate) struct Hints {
+    /// The alike tool (its store's chunking).
+    pub(crate) tool: String,
     /// Full backup of the VHDX base.
     pub(crate) full: Measured,
     /// Incremental of an empty child (the fixed cost of a backup).
@@ -218,6 +220,10 @@ pub(crate) struct Results {
     pub(crate) machine: Vec<(String, String)>,
     /// Tool names, versions and settings.
     pub(crate) tools: Vec<(String, String, String)>,
+    /// The primary alike tool's name (targets and ratios are its).
+    pub(crate) alike: String,
+    /// Every alike tool's name, the primary first (the others are not peers).
+    pub(crate) alike_tools: Vec<String>,
     /// The pair.
     pub(crate) pair: Option<Pair>,
     /// Image size and allocated bytes of v1.
@@ -232,8 +238,8 @@ pub(crate) struct Results {
     pub(crate) ceilings: Ceilings,
     /// The comparison.
     pub(crate) steps: Vec<StepResult>,
-    /// Change hints.
-    pub(crate) hints: Option<Hints>,
+    /// Change hints, per alike tool (the primary first).
+    pub(crate) hints: Vec<Hints>,
     /// Scaling.
     pub(crate) scaling: Vec<Scale>,
     /// Many chunks: (chunks, the backup, store bytes).
@@ -260,6 +266,14 @@ impl Results {
             }
         }
         v
+    }
+    /// The primary alike tool's change-hint run.
+    pub(crate) fn primary_hints(&self) -> Option<&Hints> {
+        self.hints.iter().find(|h| h.tool == self.alike)
+    }
+    /// Whether `tool` is one of alike's (not a peer).
+    pub(crate) fn is_alike(&self, tool: &str) -> bool {
+        self.alike_tools.iter().any(|t| t == tool)
     }
     /// The result of `tool` at `step` in the primary mode.
     pub(crate) fn get(&self, tool: &str, step: Step) -> Option<&StepResult> {
@@ -395,7 +409,11 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
     res.pair = Some(pair.clone());
     for t in &cfg.tools {
         res.tools.push((t.name.clone(), t.version.clone(), t.settings()));
+        if t.kind == Kind::Alike {
+            res.alike_tools.push(t.name.clone());
+        }
     }
+    res.alike = res.alike_tools.first().cloned().context("alike is always configured")?;
 
     eprintln!("measuring ceilings");
     let (sample, secs) = if cfg.smoke { (8 << 20, 0.02) } else { (256 << 20, 0.5) };
@@ -417,15 +435,17 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
     }
     let alike = cfg.tools.iter().find(|t| t.kind == Kind::Alike).context("alike is always configured")?;
     if cfg.hints {
-        eprintln!("change hints");
-        match hints(&r, alike, &pair) {
-            Ok(h) => res.hints = Some(h),
-            Err(e) => res.errors.push(format!("change hints: {e:#}")),
+        for t in cfg.tools.iter().filter(|t| t.kind == Kind::Alike) {
+            eprintln!("change hints: {}", t.name);
+            match hints(&r, t, &pair) {
+                Ok(h) => res.hints.push(h),
+                Err(e) => res.errors.push(format!("change hints, {}: {e:#}", t.name)),
+            }
         }
     }
     for &mib in &cfg.scaling_mib {
         eprintln!("scaling: {mib} MiB");
-        match scale(&r, &pair, mib) {
+        match scale(&r, alike, &pair, mib) {
             Ok(s) => res.scaling.push(s),
             Err(e) => res.errors.push(format!("scaling {mib} MiB: {e:#}")),
         }
@@ -447,7 +467,7 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
     }
     for &n in &cfg.many_chunks {
         eprintln!("many chunks: {n}");
-        match many(&r, n) {
+        match many(&r, alike, n) {
             Ok(x) => res.many.push(x),
             Err(e) => res.errors.push(format!("many chunks {n}: {e:#}")),
         }
@@ -605,6 +625,7 @@ fn hints(r: &Runner<'_>, alike: &Tool, pair: &Pair) -> Result<Hints> {
     let incr = r.measured(&alike.backup(&repo, &fx.child, "child", false), cache, &[&fx.base, &fx.child])?;
     let (jf, ji) = (alike_json(&full)?, alike_json(&incr)?);
     let h = Hints {
+        tool: alike.name.clone(),
         changed: fx.changed,
         read: ji["read_bytes"].as_u64().unwrap_or(0),
         full_read: jf["read_bytes"].as_u64().unwrap_or(0),
@@ -624,7 +645,7 @@ fn res_size(p: &Path) -> Result<u64> {
     Ok(std::fs::metadata(p)?.len())
 }
 
-fn scale(r: &Runner<'_>, pair: &Pair, mib: u64) -> Result<Scale> {
+fn scale(r: &Runner<'_>, alike: &Tool, pair: &Pair, mib: u64) -> Result<Scale> {
     let repo = Repo::new(r.scratch.join(format!("scale-{mib}")));
     repo.remove();
     let cmd = Cmd::new(std::env::current_exe()?)
@@ -634,7 +655,8 @@ fn scale(r: &Runner<'_>, pair: &Pair, mib: u64) -> Result<Scale> {
         .arg(&repo.dir)
         .arg(repo.dir.with_extension("cache"))
         .arg(&pair.v1)
-        .arg((mib << 20).to_string());
+        .arg((mib << 20).to_string())
+        .args(alike.chunking.iter());
     let m = r.measured(&cmd, r.primary(), &[&pair.v1]);
     let repo_bytes = measure::dir_bytes(&repo.dir);
     repo.remove();
@@ -643,7 +665,7 @@ fn scale(r: &Runner<'_>, pair: &Pair, mib: u64) -> Result<Scale> {
     Ok(Scale { size: mib << 20, data, m, repo_bytes })
 }
 
-fn many(r: &Runner<'_>, n: u64) -> Result<(u64, Measured, u64)> {
+fn many(r: &Runner<'_>, alike: &Tool, n: u64) -> Result<(u64, Measured, u64)> {
     let repo = Repo::new(r.scratch.join(format!("many-{n}")));
     repo.remove();
     let cmd = Cmd::new(std::env::current_exe()?)
@@ -651,7 +673,8 @@ fn many(r: &Runner<'_>, n: u64) -> Result<(u64, Measured, u64)> {
         .env("MALLOC_ARENA_MAX", "1")
         .arg(&repo.dir)
         .arg(repo.dir.with_extension("cache"))
-        .arg(n.to_string());
+        .arg(n.to_string())
+        .args(alike.chunking.iter());
     let m = r.measured(&cmd, Cache::Warm, &[]);
     let bytes = measure::dir_bytes(&repo.dir);
     repo.remove();

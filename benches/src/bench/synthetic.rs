@@ -4,10 +4,10 @@
 //! number of chunks in the store (index, caches, per-pack state) shows here
 //! where real data would need terabytes.
 //!
-//! Runs in a child process (`alike-bench __synthetic STORE CACHE N`, through
+//! Runs in a child process (`alike-bench __synthetic STORE CACHE N [CHUNKING]`, through
 //! the measuring wrapper) so its peak RSS is its own.
 //!
-//! Also the scaling run's disks (`alike-bench __tiled STORE CACHE V1 SIZE`):
+//! Also the scaling run's disks (`alike-bench __tiled STORE CACHE V1 SIZE [CHUNKING]`):
 //! v1's layout tiled over SIZE bytes, generated on the fly from v1.img, so a
 //! 16 GiB disk with ~8 GB of data needs no 8 GB image on a shared disk.
 
@@ -60,13 +60,24 @@ fn template() -> Vec<u8> {
     line.iter().copied().cycle().take(BLOCK as usize).collect()
 }
 
-/// Child mode: creates a store at STORE (cache CACHE) and backs up a
-/// synthetic disk of N blocks into it.
+/// A new store at `store` (cache `cache`), with the chunking `spec`
+/// (`alike init --chunking`'s syntax) when given, else the default.
+fn create(store: &std::path::Path, cache: &std::path::Path, spec: Option<OsString>) -> Result<Store> {
+    let mut b = Store::builder();
+    b.passphrase("alike-bench").cache_dir(cache);
+    if let Some(spec) = spec {
+        b.chunking(spec.to_string_lossy().parse::<alike::Chunking>()?);
+    }
+    Ok(b.create(store)?)
+}
+
+/// Child mode: creates a store at STORE (cache CACHE; chunking CHUNKING
+/// when given) and backs up a synthetic disk of N blocks into it.
 pub(crate) fn child_main(mut args: impl Iterator<Item = OsString>) -> Result<()> {
     let store = PathBuf::from(args.next().context("STORE")?);
     let cache = PathBuf::from(args.next().context("CACHE")?);
     let n: u64 = args.next().context("N")?.to_string_lossy().parse()?;
-    let s = Store::builder().passphrase("alike-bench").cache_dir(&cache).create(&store)?;
+    let s = create(&store, &cache, args.next())?;
     let disk = Synthetic { blocks: n, template: template() };
     let r = s.backup(VmInfo::named("synthetic"), &[&disk], &BackupOptions::default())?;
     println!(
@@ -140,15 +151,15 @@ impl DiskSource for Tiled {
     }
 }
 
-/// Child mode: creates a store at STORE (cache CACHE) and backs up v1
-/// (V1) tiled over SIZE bytes.
+/// Child mode: creates a store at STORE (cache CACHE; chunking CHUNKING
+/// when given) and backs up v1 (V1) tiled over SIZE bytes.
 pub(crate) fn tiled_main(mut args: impl Iterator<Item = OsString>) -> Result<()> {
     let store = PathBuf::from(args.next().context("STORE")?);
     let cache = PathBuf::from(args.next().context("CACHE")?);
     let v1 = PathBuf::from(args.next().context("V1")?);
     let size: u64 = args.next().context("SIZE")?.to_string_lossy().parse()?;
     let disk = Tiled::new(&v1, size)?;
-    let s = Store::builder().passphrase("alike-bench").cache_dir(&cache).create(&store)?;
+    let s = create(&store, &cache, args.next())?;
     let r = s.backup(VmInfo::named("tiled"), &[&disk], &BackupOptions::default())?;
     let data: u64 = disk.ranges.iter().map(|r| r.end - r.start).sum();
     println!(

@@ -34,6 +34,8 @@ pub(crate) struct Tool {
     compression: Option<String>,
     /// borg's encryption mode.
     borg_mode: String,
+    /// alike: the `--chunking` given to `alike init` (`None`: the store's default).
+    pub(crate) chunking: Option<String>,
     /// The version string, for the report.
     pub(crate) version: String,
 }
@@ -60,17 +62,36 @@ fn cpu_has_sha() -> bool {
         .unwrap_or(false)
 }
 
-/// The tool configurations to run: alike always; restic and borg when
-/// installed and `peers` is set; borg with zstd too when `variants`.
-pub(crate) fn configured(alike_bin: &Path, peers: bool, variants: bool) -> Vec<Tool> {
-    let mut v = vec![Tool {
-        kind: Kind::Alike,
-        name: "alike".into(),
-        bin: alike_bin.to_path_buf(),
-        compression: None,
-        borg_mode: String::new(),
-        version: version_of(alike_bin, "--version"),
-    }];
+/// The name of alike's tool for the `--chunking` spec of its stores
+/// (`None`: the store's default): `alike`, or `alike (SPEC)`.
+pub(crate) fn alike_name(chunking: Option<&str>) -> String {
+    match chunking {
+        None => "alike".into(),
+        Some(c) => format!("alike ({c})"),
+    }
+}
+
+/// The tool configurations to run: alike always — once with the store's
+/// default chunking when `chunkings` is empty, else once per spec (each
+/// store made with `alike init --chunking SPEC`), the first one primary;
+/// restic and borg when installed and `peers` is set; borg with zstd too
+/// when `variants`.
+pub(crate) fn configured(alike_bin: &Path, chunkings: &[String], peers: bool, variants: bool) -> Vec<Tool> {
+    let version = version_of(alike_bin, "--version");
+    let specs: Vec<Option<String>> =
+        if chunkings.is_empty() { vec![None] } else { chunkings.iter().cloned().map(Some).collect() };
+    let mut v: Vec<Tool> = specs
+        .into_iter()
+        .map(|chunking| Tool {
+            kind: Kind::Alike,
+            name: alike_name(chunking.as_deref()),
+            bin: alike_bin.to_path_buf(),
+            compression: None,
+            borg_mode: String::new(),
+            chunking,
+            version: version.clone(),
+        })
+        .collect();
     if !peers {
         return v;
     }
@@ -82,6 +103,7 @@ pub(crate) fn configured(alike_bin: &Path, peers: bool, variants: bool) -> Vec<T
             bin,
             compression: None,
             borg_mode: String::new(),
+            chunking: None,
             version,
         });
     }
@@ -99,6 +121,7 @@ pub(crate) fn configured(alike_bin: &Path, peers: bool, variants: bool) -> Vec<T
                 bin: bin.clone(),
                 compression: comp,
                 borg_mode: borg_mode.clone(),
+                chunking: None,
                 version: version.clone(),
             });
         }
@@ -131,7 +154,15 @@ impl Tool {
     /// A short description of the settings, for the report.
     pub(crate) fn settings(&self) -> String {
         match self.kind {
-            Kind::Alike => "AES-256-GCM, keyed BLAKE3, zstd 3 in ~1 MiB frames, 64 KiB fixed blocks".into(),
+            Kind::Alike => format!(
+                "AES-256-GCM, keyed BLAKE3, zstd 3 in ~1 MiB frames, {}",
+                match self.chunking.as_deref() {
+                    None =>
+                        "the store's default chunking (`alike init`: content-defined on 4 KiB boundaries, 16/32/64 KiB)"
+                            .to_string(),
+                    Some(c) => format!("`alike init --chunking {c}`"),
+                }
+            ),
             Kind::Restic => "repository v2, AES-256-CTR + Poly1305, compression auto (zstd), CDC ~1 MiB".into(),
             Kind::Borg => format!(
                 "`{}`, compression {}, buzhash CDC ~2 MiB, files cache off for the re-run",
@@ -170,7 +201,10 @@ impl Tool {
     /// Creates the repository.
     pub(crate) fn init(&self, repo: &Repo) -> Cmd {
         match self.kind {
-            Kind::Alike => self.base(repo).arg("init"),
+            Kind::Alike => match &self.chunking {
+                None => self.base(repo).arg("init"),
+                Some(c) => self.base(repo).args(["init", "--chunking", c]),
+            },
             Kind::Restic => self.base(repo).arg("init"),
             Kind::Borg => self.base(repo).args(["init", "--encryption", &self.borg_mode]),
         }
@@ -224,5 +258,31 @@ impl Tool {
                 out_dir.join(&file),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_alike_per_chunking_first_primary() {
+        let bin = Path::new("/nonexistent/alike");
+        let plain = configured(bin, &[], false, false);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].name, "alike");
+        assert_eq!(plain[0].init(&Repo::new("/r".into())).argv()[4..], ["--quiet", "init"]);
+
+        let specs = ["cdc".to_string(), "fixed".to_string()];
+        let two = configured(bin, &specs, false, false);
+        let names: Vec<&str> = two.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["alike (cdc)", "alike (fixed)"]);
+        assert!(two.iter().all(|t| t.kind == Kind::Alike));
+        let argv = two[1].init(&Repo::new("/r".into())).argv();
+        assert_eq!(argv[argv.len() - 3..], ["init", "--chunking", "fixed"]);
+        assert!(two[1].settings().contains("--chunking fixed"));
+        // Backups and restores take no chunking: the store has it.
+        let b = two[1].backup(&Repo::new("/r".into()), Path::new("/i/v1.img"), "v1", false).argv();
+        assert!(!b.iter().any(|a| a == "--chunking"));
     }
 }
