@@ -300,6 +300,8 @@ impl Repository {
             ));
             for d in &m.disks {
                 for (mi, map_id) in d.maps.iter().enumerate() {
+                    // The map's own frame is checked with its pack like any chunk's.
+                    w.chunks.push(*map_id);
                     match load_window(self, self.keys(), d, mi) {
                         Ok(win) => {
                             w.chunks.extend(win.extents.iter().map(|e| e.id));
@@ -345,7 +347,12 @@ impl Repository {
         for (vi, (id, _, _)) in w.versions.iter().enumerate() {
             let Ok(m) = self.read_manifest(id) else { continue };
             for d in &m.disks {
-                for mi in 0..d.maps.len() {
+                for (mi, map_id) in d.maps.iter().enumerate() {
+                    if bad.contains(map_id) {
+                        // A damaged map breaks its whole window.
+                        let r = d.window_range(mi);
+                        w.uses.entry(*map_id).or_default().push((vi, d.position, r.start, r.end));
+                    }
                     let Ok(win) = load_window(self, self.keys(), d, mi) else { continue };
                     for e in &win.extents {
                         if bad.contains(&e.id) {

@@ -19,7 +19,7 @@ use crate::manifest::{BLOCKS_PER_MAP, BlockMap, DiskRecord, Manifest, VmInfo};
 use crate::progress::{CancelToken, Phase, ProgressSink, RunOptions};
 use crate::store::read_chunk;
 use crate::{BlobKind, ChunkId, ChunkStore, DiskSource, Error, Keys, Result, encode_frame};
-use crate::{CDC_BLOCK, CDC_WINDOW_BLOCKS, Chunking};
+use crate::{CDC_BLOCK, CDC_WINDOW_BLOCKS, Chunking, Recover};
 
 /// Engine parameters that come from the store and the caller.
 #[derive(Debug, Clone)]
@@ -294,13 +294,18 @@ pub(crate) fn batch_bytes() -> usize {
 pub(crate) struct Added {
     pub(crate) new_bytes: AtomicU64,
     pub(crate) new_stored: AtomicU64,
+    /// New chunks of a frame not yet full, carried to the next batch so
+    /// that scattered new chunks still compress in ~1 MiB frames; stored by
+    /// [`finish_frames`] at the end of the disk.
+    pub(crate) carry: std::sync::Mutex<Vec<(ChunkId, Vec<u8>)>>,
 }
 
 /// Stores the chunks of one batch that the store lacks: looks their ids up
 /// in a few index transactions (except those `known_hint` marks as known),
-/// gathers each new chunk once, in disk order,
-/// into frames of about [`FRAME_TARGET`] bytes, and compresses, seals and
-/// puts the frames on every core.
+/// gathers each new chunk once, in disk order, after those carried from
+/// earlier batches, into frames of about [`FRAME_TARGET`] bytes, and
+/// compresses, seals and puts the full frames on every core. The last,
+/// short frame is carried to the next batch (copied: at most a frame).
 pub(crate) fn store_new(
     store: &dyn ChunkStore,
     keys: &Keys,
@@ -318,10 +323,11 @@ pub(crate) fn store_new(
     let mut answers = answers.into_iter();
     let known: Vec<bool> =
         (0..chunks.len()).map(|i| known_hint.is_some_and(|k| k[i]) || answers.next().unwrap_or(false)).collect();
-    let mut seen = std::collections::HashSet::new();
+    let carried = std::mem::take(&mut *added.carry.locked());
+    let mut seen: std::collections::HashSet<ChunkId> = carried.iter().map(|c| c.0).collect();
     let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
-    let mut cur: Vec<(ChunkId, &[u8])> = Vec::new();
-    let mut cur_len = 0usize;
+    let mut cur: Vec<(ChunkId, &[u8])> = carried.iter().map(|(id, d)| (*id, &d[..])).collect();
+    let mut cur_len: usize = cur.iter().map(|c| c.1.len()).sum();
     for (&(id, data), known) in chunks.iter().zip(known) {
         if !known && seen.insert(id) {
             cur.push((id, data));
@@ -332,9 +338,35 @@ pub(crate) fn store_new(
             }
         }
     }
-    if !cur.is_empty() {
-        frames.push(cur);
+    *added.carry.locked() = cur.into_iter().map(|(id, d)| (id, d.to_vec())).collect();
+    put_frames(store, keys, params, &frames, added, cancel)
+}
+
+/// Stores the frame carried at the end of a disk.
+pub(crate) fn finish_frames(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    added: &Added,
+    cancel: &CancelToken,
+) -> Result<()> {
+    let carried = std::mem::take(&mut *added.carry.locked());
+    if carried.is_empty() {
+        return Ok(());
     }
+    let frame: Vec<(ChunkId, &[u8])> = carried.iter().map(|(id, d)| (*id, &d[..])).collect();
+    put_frames(store, keys, params, &[frame], added, cancel)
+}
+
+/// Compresses, seals and puts frames on every core.
+fn put_frames(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    frames: &[Vec<(ChunkId, &[u8])>],
+    added: &Added,
+    cancel: &CancelToken,
+) -> Result<()> {
     frames.par_iter().try_for_each(|chunks| -> Result<()> {
         cancel.check()?;
         let frame = encode_frame(keys, BlobKind::Data, chunks, params.compression_level)?;
@@ -446,6 +478,7 @@ fn backup_disk(
         }
         maps.push(store_map(store, keys, params, &BlockMap { entries }.encode(), &added)?);
     }
+    finish_frames(store, keys, params, &added, cancel)?;
     Ok(DiskRecord {
         position: plan.position,
         label: src.label(),

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use tracing::info_span;
 
-use crate::backup::{Added, DiskPlan, EngineParams, batch_bytes, store_map, store_new};
+use crate::backup::{Added, DiskPlan, EngineParams, batch_bytes, finish_frames, store_map, store_new};
 use crate::extents::{Extent, ExtentMap, Window, load_window};
 use crate::progress::{CancelToken, ProgressSink};
 use crate::{
@@ -260,6 +260,7 @@ pub(crate) fn backup_disk(
         let map = ExtentMap { extents: extents.iter().map(|&(a, n, id)| ((a - lo) as u16, n as u16, id)).collect() };
         maps.push(store_map(store, keys, params, &map.encode(), &added)?);
     }
+    finish_frames(store, keys, params, &added, cancel)?;
     Ok(DiskRecord {
         position: plan.position,
         label: src.label(),
