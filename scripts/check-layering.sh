@@ -58,6 +58,9 @@ for c in alike-formats alike-nbd; do
         "$c" normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core
 done
 
+forbid "alike-replica (replica targets, driven by the protocol or the facade) depends on no crate of ours but alike-core and alike-formats, and on no redb or network crate" \
+    alike-replica normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core alike-formats
+
 for a in alike-xen alike-hyperv alike-ads; do
     others=()
     for b in alike-xen alike-hyperv alike-ads; do [ "$a" = "$b" ] || others+=("$b"); done

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use alike_core::{DiskSource, DiskTarget, RawFileSource};
 use alike_formats::vhdx::{self, CreateOptions, VhdxError, VhdxSource, VhdxTarget};
+use alike_testing::vhdx_spec as spec;
 use alike_testing::{Rng, sha256_file, sparse_image};
 
 const MIB: u64 = 1 << 20;
@@ -90,127 +91,6 @@ fn assert_covers(ranges: &[Range<u64>], raw: &Path) {
 
 fn total(r: &[Range<u64>]) -> u64 {
     r.iter().map(|r| r.end - r.start).sum()
-}
-
-/// An independent, minimal decoder of the structures (from the MS-VHDX text).
-mod spec {
-    pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
-    pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-    }
-    pub(crate) fn crc_zeroed(b: &[u8], field: usize) -> u32 {
-        let mut v = b.to_vec();
-        v[field..field + 4].fill(0);
-        crc32c::crc32c(&v)
-    }
-    pub(crate) fn reseal(b: &mut [u8], field: usize) {
-        let c = crc_zeroed(b, field);
-        b[field..field + 4].copy_from_slice(&c.to_le_bytes());
-    }
-    /// GUID text from its stored bytes (data1..3 little-endian).
-    pub(crate) fn guid(b: &[u8]) -> String {
-        format!(
-            "{:08x}-{:04x}-{:04x}-{}-{}",
-            le32(b, 0),
-            u16::from_le_bytes([b[4], b[5]]),
-            u16::from_le_bytes([b[6], b[7]]),
-            b[8..10].iter().map(|x| format!("{x:02x}")).collect::<String>(),
-            b[10..16].iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )
-    }
-    #[derive(Debug)]
-    pub(crate) struct Hdr {
-        pub(crate) seq: u64,
-        pub(crate) dwg: String,
-        pub(crate) log_guid_zero: bool,
-        pub(crate) version: u16,
-        pub(crate) log_len: u32,
-        pub(crate) log_off: u64,
-    }
-    pub(crate) fn header(f: &[u8], at: usize) -> Hdr {
-        let b = &f[at..at + 4096];
-        assert_eq!(&b[..4], b"head");
-        assert_eq!(le32(b, 4), crc_zeroed(b, 4), "header CRC at {at}");
-        Hdr {
-            seq: le64(b, 8),
-            dwg: guid(&b[32..48]),
-            log_guid_zero: b[48..64].iter().all(|x| *x == 0),
-            version: u16::from_le_bytes([b[66], b[67]]),
-            log_len: le32(b, 68),
-            log_off: le64(b, 72),
-        }
-    }
-    /// (guid, offset, length, required) of each region.
-    pub(crate) fn regions(f: &[u8], at: usize) -> Vec<(String, u64, u32, bool)> {
-        let b = &f[at..at + 65536];
-        assert_eq!(&b[..4], b"regi");
-        assert_eq!(le32(b, 4), crc_zeroed(b, 4), "region table CRC at {at}");
-        (0..le32(b, 8) as usize)
-            .map(|i| {
-                let e = 16 + i * 32;
-                (guid(&b[e..e + 16]), le64(b, e + 16), le32(b, e + 24), le32(b, e + 28) & 1 == 1)
-            })
-            .collect()
-    }
-    /// (guid, bytes, flags) of each metadata item.
-    pub(crate) fn metadata(f: &[u8], region: u64) -> Vec<(String, Vec<u8>, u32)> {
-        let r = region as usize;
-        assert_eq!(&f[r..r + 8], b"metadata");
-        let n = u16::from_le_bytes([f[r + 10], f[r + 11]]) as usize;
-        (0..n)
-            .map(|i| {
-                let e = r + 32 + i * 32;
-                let (off, len) = (le32(f, e + 16) as usize, le32(f, e + 20) as usize);
-                (guid(&f[e..e + 16]), f[r + off..r + off + len].to_vec(), le32(f, e + 24))
-            })
-            .collect()
-    }
-    pub(crate) fn utf16(b: &[u8]) -> String {
-        String::from_utf16(&b.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>()).unwrap()
-    }
-    pub(crate) fn locator(b: &[u8]) -> Vec<(String, String)> {
-        assert_eq!(guid(&b[..16]), "b04aefb7-d19e-4a81-b789-25b8e9445913");
-        let n = u16::from_le_bytes([b[18], b[19]]) as usize;
-        (0..n)
-            .map(|i| {
-                let e = 20 + i * 12;
-                let (ko, vo) = (le32(b, e) as usize, le32(b, e + 4) as usize);
-                let (kl, vl) = (
-                    u16::from_le_bytes([b[e + 8], b[e + 9]]) as usize,
-                    u16::from_le_bytes([b[e + 10], b[e + 11]]) as usize,
-                );
-                (utf16(&b[ko..ko + kl]), utf16(&b[vo..vo + vl]))
-            })
-            .collect()
-    }
-    pub(crate) const BAT: &str = "2dc27766-f623-4200-9d64-115e9bfd4a08";
-    pub(crate) const METADATA: &str = "8b7ca206-4790-4b9a-b8fe-575f050f886e";
-    pub(crate) const FILE_PARAMS: &str = "caa16737-fa36-4d43-b3b6-33f0aa44e76b";
-    pub(crate) const PARENT_LOCATOR: &str = "a8d35f2d-b30b-454d-abf7-d3d84834ab0c";
-
-    /// The current header, region tables and metadata of a file, checked.
-    pub(crate) struct Parsed {
-        pub(crate) hdr: Hdr,
-        pub(crate) bat_off: u64,
-        pub(crate) meta: Vec<(String, Vec<u8>, u32)>,
-        /// Both regions marked required (we do; qemu does not).
-        pub(crate) required: bool,
-    }
-    pub(crate) fn parse(f: &[u8]) -> Parsed {
-        assert_eq!(&f[..8], b"vhdxfile");
-        let (h1, h2) = (header(f, 65536), header(f, 131072));
-        let hdr = if h2.seq > h1.seq { h2 } else { h1 };
-        assert_eq!(hdr.version, 1);
-        assert!(hdr.log_guid_zero && hdr.log_len as u64 % (1 << 20) == 0 && hdr.log_off >= 1 << 20);
-        let r1 = regions(f, 196608);
-        assert_eq!(r1, regions(f, 262144), "both region tables agree");
-        let bat = r1.iter().find(|r| r.0 == BAT).expect("BAT region");
-        let md = r1.iter().find(|r| r.0 == METADATA).expect("metadata region");
-        assert!(bat.1 % (1 << 20) == 0 && md.1 % (1 << 20) == 0);
-        Parsed { hdr, bat_off: bat.1, meta: metadata(f, md.1), required: bat.3 && md.3 }
-    }
 }
 
 #[test]
@@ -459,6 +339,63 @@ fn differencing_chain_of_three_restores_and_tracks_changes() {
     std::fs::rename(&c2, moved.join("snaps/base_2.avhdx")).unwrap();
     let src = VhdxSource::open(moved.join("snaps/base_2.avhdx")).unwrap();
     assert_reads_like(&src, &exp_path);
+}
+
+#[test]
+fn a_child_rewritten_over_a_new_parent_keeps_its_data_write_guid() {
+    // What a replica's merge does: base ← c1 ← c2 becomes base2 ← c1' ← c2,
+    // base2 holding base+c1... here base2 holds what base holds and c1' what
+    // c1 holds, with c1's DataWriteGuid, so c2 still finds and accepts it.
+    let dir = tempfile::tempdir().unwrap();
+    let size = 8 * MIB;
+    let mut o = CreateOptions::default();
+    o.block_size(MIB as u32);
+    let mut expected = vec![0u8; size as usize];
+    let mut rng = Rng::new(5);
+    let mut data = |n: usize| rng.noise(n);
+    let base = dir.path().join("base.vhdx");
+    let t = VhdxTarget::create(&base, size, &o).unwrap();
+    apply(&mut expected, &t, 0, &data(3 * MIB as usize));
+    t.finish(size).unwrap();
+    let c1 = dir.path().join("c1.avhdx");
+    let t = vhdx::create_differencing(&c1, &base).unwrap();
+    apply(&mut expected, &t, MIB + 1000, &data(70_000));
+    t.finish(size).unwrap();
+    let c2 = dir.path().join("c2.avhdx");
+    let t = vhdx::create_differencing(&c2, &c1).unwrap();
+    apply(&mut expected, &t, 5 * MIB, &data(4096));
+    t.finish(size).unwrap();
+    let exp = dir.path().join("expected.raw");
+    std::fs::write(&exp, &expected).unwrap();
+
+    let base2 = dir.path().join("base2.vhdx");
+    let t = VhdxTarget::create(&base2, size, &o).unwrap();
+    let old_base = VhdxSource::open(&base).unwrap();
+    let mut buf = vec![0u8; size as usize];
+    old_base.read_exact_at(0, &mut buf).unwrap();
+    t.write(0, &buf).unwrap();
+    t.finish(size).unwrap();
+    let old_c1 = VhdxSource::open(&c1).unwrap();
+    let dwg = old_c1.layers()[0].data_write_guid;
+    let t = VhdxTarget::create_differencing(&c1, &base2).unwrap().with_data_write_guid(dwg);
+    for r in old_c1.child_ranges().unwrap() {
+        let mut b = vec![0u8; (r.end - r.start) as usize];
+        old_c1.read_exact_at(r.start, &mut b).unwrap();
+        t.write(r.start, &b).unwrap();
+    }
+    t.finish(size).unwrap();
+    std::fs::remove_file(&base).unwrap();
+    let src = VhdxSource::open(&c2).unwrap();
+    let names: Vec<_> = src.layers().iter().map(|l| l.path.file_name().unwrap().to_owned()).collect();
+    assert_eq!(names, ["c2.avhdx", "c1.avhdx", "base2.vhdx"]);
+    assert_eq!(src.layers()[1].data_write_guid, dwg);
+    assert_reads_like(&src, &exp);
+    let parsed = spec::parse(&std::fs::read(&c1).unwrap());
+    assert_eq!(parsed.hdr.dwg, dwg.to_string());
+    let files: Vec<Vec<u8>> = [&c2, &c1, &base2].iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    assert!(spec::read_chain(&refs) == expected, "the independent decoder reads the chain");
+    qemu(&["check", "-f", "vhdx", p(&base2)]);
 }
 
 /// A log entry per MS-VHDX 2.3.1: header, descriptors, data sectors.

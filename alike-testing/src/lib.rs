@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use alike_core::{DiskSource, Error, MemSource, Result};
 use sha2::Digest;
 
+pub mod vhdx_spec;
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(p: impl AsRef<Path>) -> String {
     let data = std::fs::read(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()));

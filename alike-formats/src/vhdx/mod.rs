@@ -77,7 +77,9 @@
 //! this host — and sector bitmap blocks); sectors not written read from the
 //! parent, and a partly written sector is merged with its current content.
 //! Everything goes to a temporary file that `finish` syncs and renames into
-//! place.
+//! place. [`VhdxTarget::with_data_write_guid`] keeps a chosen DataWriteGuid,
+//! so a file rewritten over another parent (a replica's merge) stays the
+//! parent its children name.
 //!
 //! # Limits
 //!

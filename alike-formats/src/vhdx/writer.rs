@@ -89,6 +89,8 @@ pub struct VhdxTarget {
     /// Serialises read-modify-write of partly written sectors.
     rmw: Mutex<()>,
     finished: AtomicBool,
+    /// The DataWriteGuid to record, when the caller chose it.
+    data_write_guid: Option<Guid>,
 }
 
 fn tmp_path(path: &Path) -> Result<PathBuf> {
@@ -199,7 +201,20 @@ impl VhdxTarget {
             bitmaps: RwLock::new(HashMap::new()),
             rmw: Mutex::new(()),
             finished: AtomicBool::new(false),
+            data_write_guid: None,
         })
+    }
+
+    /// Records `guid` as the file's DataWriteGuid instead of a fresh random
+    /// one. For a file that replaces another holding the same virtual disk
+    /// (a differencing file given a new parent, with the same content):
+    /// children whose `parent_linkage` names the old file's DataWriteGuid
+    /// then accept the new one. Never give two files with different
+    /// content the same DataWriteGuid.
+    #[must_use]
+    pub fn with_data_write_guid(mut self, guid: Guid) -> VhdxTarget {
+        self.data_write_guid = Some(guid);
+        self
     }
 
     /// A random GUID; a failing system random source is an error naming this file.
@@ -513,7 +528,10 @@ impl VhdxTarget {
         let mut h = Header {
             sequence: 1,
             file_write_guid: self.guid()?,
-            data_write_guid: self.guid()?,
+            data_write_guid: match self.data_write_guid {
+                Some(g) => g,
+                None => self.guid()?,
+            },
             log_guid: Guid::ZERO,
             log_version: 0,
             version: 1,
