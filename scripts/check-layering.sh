@@ -58,6 +58,9 @@ for c in alike-formats alike-nbd; do
         "$c" normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core
 done
 
+forbid "alike-repl (the replication protocol and its TCP shell) depends on no crate of ours, no redb and no network crate: the protocol is sans I/O, the shell uses std::net" \
+    alike-repl normal,build "$OURS" redb "${NETWORK[@]}"
+
 for a in alike-xen alike-hyperv alike-ads; do
     others=()
     for b in alike-xen alike-hyperv alike-ads; do [ "$a" = "$b" ] || others+=("$b"); done
