@@ -256,3 +256,47 @@ fn the_stored_sender_flights_drive_a_receiver_today() {
     assert!(events.iter().any(|e| matches!(e, ReceiverEvent::Meta { kind: 1, .. })));
     assert_eq!(events.iter().filter(|e| matches!(e, ReceiverEvent::Data(_))).count(), 1);
 }
+
+/// The fuzz body on stable: streams made of the golden messages, mutated,
+/// against both machines (the nightly `repl` fuzz target runs it for long).
+#[test]
+fn fuzz_smoke_survives_mutations_of_golden_streams() {
+    let text = std::fs::read_to_string(PATH).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let m = |k: &str| hex::decode(want["messages"][k].as_str().unwrap()).unwrap();
+    let to_receiver: Vec<u8> =
+        [vec![0u8], m("meta"), m("disk_begin"), m("offer_0"), m("offer_1"), m("data"), m("disk_end"), m("commit")]
+            .concat();
+    let mut need = Vec::new();
+    wire::encode_message(&Message::Need(Need { batch: 0, needed: vec![true, false, true] }), &mut need);
+    wire::encode_message(&Message::Need(Need { batch: 1, needed: vec![true, true] }), &mut need);
+    let to_sender: Vec<u8> = [vec![1u8], need, m("ack")].concat();
+    let raw: Vec<u8> = want["flights"]["sender"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| hex::decode(f.as_str().unwrap()).unwrap())
+        .collect();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for base in [&to_receiver, &to_sender, &raw] {
+        alike_repl::fuzz_one(base);
+        for _ in 0..60 {
+            let mut b = base.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % b.len();
+                match next() % 3 {
+                    0 => b[at] ^= 1 << (next() % 8),
+                    1 => b[at] = next() as u8,
+                    _ => b.truncate(at.max(1)),
+                }
+            }
+            alike_repl::fuzz_one(&b);
+        }
+    }
+}

@@ -154,6 +154,14 @@ fn a_50ms_round_trip_costs_a_few_round_trips_not_one_per_batch() {
     // The same transfer stop-and-wait (a window of one batch) pays a round
     // trip per batch: the measure above would see it.
     let sw = simulate(1024, 8, 1, bw, 50 * MS);
+    eprintln!(
+        "4 MiB at 8 MB/s in 128 batches: 0 ms RTT {} ms, 50 ms RTT {} ms ({} turns); stop-and-wait at 50 ms {} ms ({} turns)",
+        fast.time / MS,
+        slow.time / MS,
+        slow.turns,
+        sw.time / MS,
+        sw.turns
+    );
     assert!(sw.turns >= 100, "stop-and-wait: {} turns", sw.turns);
     assert!(sw.time > fast.time + 100 * 50 * MS, "stop-and-wait: {} ms", sw.time / MS);
 }
