@@ -300,3 +300,44 @@ fn fuzz_smoke_survives_mutations_of_golden_streams() {
         }
     }
 }
+
+/// A machine never asks for more than the next unit (preamble, record) and
+/// says exactly how much that is, so a shell never reads past it.
+#[test]
+fn need_more_asks_for_exactly_the_next_unit() {
+    let text = std::fs::read_to_string(PATH).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let stream: Vec<u8> = want["flights"]["sender"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| hex::decode(f.as_str().unwrap()).unwrap())
+        .collect();
+    let replica = ReplicaInfo { id_key: ID_KEY, base: b"point-0".to_vec() };
+    let mut r = Receiver::new(Config::new(JOB, secret(), Dial::Accept, receiver_ephemeral()), replica).unwrap();
+    let mut at = 0;
+    let mut units = 0;
+    while at < stream.len() {
+        let unit = if units == 0 { 12 } else { 2 + usize::from(u16::from_le_bytes([stream[at], stream[at + 1]])) };
+        for have in 0..unit {
+            let want = if units > 0 && have < 2 { 2 } else { unit };
+            assert_eq!(
+                r.handle_input(&stream[at..at + have]).unwrap(),
+                Progress::NeedMore(want),
+                "unit {units}, {have} bytes"
+            );
+        }
+        // With more bytes than the unit, it still uses exactly the unit.
+        assert_eq!(r.handle_input(&stream[at..]).unwrap(), Progress::Consumed(unit), "unit {units}");
+        at += unit;
+        units += 1;
+        while let Some(ev) = r.poll_event() {
+            match ev {
+                ReceiverEvent::Offer(o) => r.need(o.batch, &vec![o.batch == 1; o.extents.len()]).unwrap(),
+                ReceiverEvent::DiskEnd { disk, digest } => r.finish_disk(disk, digest).unwrap(),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(units, 4);
+}
