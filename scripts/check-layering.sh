@@ -60,6 +60,8 @@ done
 
 forbid "alike-replica (replica targets, driven by the protocol or the facade) depends on no crate of ours but alike-core and alike-formats, and on no redb or network crate" \
     alike-replica normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core alike-formats
+forbid "alike-repl (the replication protocol and its TCP shell) depends on no crate of ours, no redb and no network crate: the protocol is sans I/O, the shell uses std::net" \
+    alike-repl normal,build "$OURS" redb "${NETWORK[@]}"
 
 for a in alike-xen alike-hyperv alike-ads; do
     others=()
