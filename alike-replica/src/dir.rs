@@ -213,10 +213,20 @@ impl ReplicaDir {
             .mode(0o600)
             .open(&path)
             .map_err(ReplicaError::io(&path, "opening the lock"))?;
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(DirLock(f)),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(ReplicaError::Busy { file: path }),
-            Err(e) => Err(ReplicaError::Io { file: path, what: "locking", source: e.into() }),
+        // A lock just released can stay held for a moment by a process
+        // forked (to run something else) while its descriptor was open, until
+        // that child execs: wait up to 2 s before calling the replica busy.
+        let mut tries = 0;
+        loop {
+            match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(DirLock(f)),
+                Err(rustix::io::Errno::WOULDBLOCK) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Err(ReplicaError::Busy { file: path }),
+                Err(e) => return Err(ReplicaError::Io { file: path, what: "locking", source: e.into() }),
+            }
         }
     }
 
