@@ -13,8 +13,12 @@
 //!   metadata context, a STARTTLS hook) and [`ServerTransmission`] (reads
 //!   with hole chunks, writes, `BLOCK_STATUS`, every refusal as its NBD
 //!   error);
+//! - a **blocking server shell** ([`serve`]): TCP and Unix sockets, one
+//!   thread per connection up to a bound, serving anything that implements
+//!   [`serve::Export`] (the `alike` facade serves stored versions with it).
 //!
-//! No clock, TLS library, socket or other crate in the state machines. It depends on nothing but `std` and `thiserror`,
+//! No clock, TLS library or other crate in the state machines; the shell
+//! uses `std::net` only. It depends on nothing but `std` and `thiserror`,
 //! so restores and exports can speak NBD whatever the hypervisor.
 //! [`fuzz_one`] (both halves) and [`fuzz_server_one`] are the bodies of the
 //! `nbd` and `nbd_server` fuzz targets.
@@ -47,6 +51,7 @@
 //! ```
 
 pub mod proto;
+pub mod serve;
 pub mod server;
 
 pub use proto::{
