@@ -60,8 +60,11 @@ use crate::{Error, Result};
 const WINDOWS_CACHED: usize = 32;
 /// Sequential streams followed per disk.
 const STREAMS: usize = 8;
-/// A read within this distance of a stream's end continues it.
-const STREAM_SLACK: u64 = 16 << 20;
+/// A read that starts this far before a stream's end (requests served out
+/// of order) or this far after it (a small gap) continues the stream;
+/// anything else starts a new one. Random reads rarely fall in.
+const STREAM_BEHIND: u64 = 8 << 20;
+const STREAM_AHEAD: u64 = 1 << 20;
 /// Read-ahead is cut into jobs of this many disk bytes.
 const PREFETCH_JOB: u64 = 4 << 20;
 /// Jobs queued at most (more are dropped: the reader loads what it needs).
@@ -620,8 +623,7 @@ impl<'a> DiskExport<'a> {
             *tick += 1;
             let t = *tick;
             let hit = streams.iter_mut().find(|s| {
-                offset.saturating_add(STREAM_SLACK) >= s.next
-                    && offset <= s.scheduled.max(s.next).saturating_add(STREAM_SLACK)
+                offset.saturating_add(STREAM_BEHIND) >= s.next && offset <= s.next.saturating_add(STREAM_AHEAD)
             });
             match hit {
                 Some(s) => {
@@ -654,15 +656,22 @@ impl<'a> DiskExport<'a> {
         }
     }
 
-    /// Loads the frames of `range` into the cache (a prefetch job; errors are the reader's to meet).
+    /// Loads the frames of `range` into the cache and checks the chunks the
+    /// range needs, so that the reader only copies (a prefetch job; errors
+    /// are the reader's to meet).
     fn prefetch(&self, range: Range<u64>) {
         let Ok((parts, _)) = self.layout(range.start, range.end.min(self.disk.size)) else { return };
         let ids: Vec<ChunkId> = parts.iter().map(|p| p.id).collect();
         let Ok(locs) = self.reader.repo.locate_many(&ids) else { return };
-        let mut seen = HashSet::new();
-        for loc in locs.into_iter().flatten() {
-            if seen.insert(loc.frame) {
-                let _ = self.reader.frame(&loc.frame);
+        let mut frame: Option<(FrameRef, Arc<Frame>)> = None;
+        for (id, loc) in ids.iter().zip(locs) {
+            let Some(loc) = loc else { continue };
+            if frame.as_ref().is_none_or(|(f, _)| *f != loc.frame) {
+                let Ok(f) = self.reader.frame(&loc.frame) else { continue };
+                frame = Some((loc.frame, f));
+            }
+            if let Some((_, f)) = &frame {
+                let _ = self.chunk(f, &loc, id);
             }
         }
     }
