@@ -668,8 +668,11 @@ impl Connection<'_, '_> {
         };
         match command {
             Command::Read { handle, offset, len, df } => {
-                data.clear();
-                data.resize(len as usize, 0);
+                // The export fills every byte: grow the buffer, never clear it.
+                if data.len() < len as usize {
+                    data.resize(len as usize, 0);
+                }
+                let data = &mut data[..len as usize];
                 match export.read_at(offset, data) {
                     Ok(holes) => {
                         if let Some(out) = tx.poll_transmit() {
