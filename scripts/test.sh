@@ -70,6 +70,9 @@ step "install tools"
 tools=(
     qemu-img:qemu-utils    # VHD/VHDX tests: qemu-img is the oracle
     qemu-nbd:qemu-utils    # NBD client tests: qemu-nbd is the server
+    qemu-io:qemu-utils     # NBD export tests: writes through the overlay
+    nbdinfo:libnbd-bin     # NBD export tests: --map shows the holes
+    nbdcopy:libnbd-bin     # ... and a multi-connection copy
     mkfs.ext4:e2fsprogs    # real ext4 fixtures (tests, quickstart)
     debugfs:e2fsprogs
     gcc:gcc                # the C example and C API tests

@@ -37,6 +37,9 @@ pub enum ObjectKind {
     Condemned,
     /// `pins/…`: a version no retention policy removes.
     Pin,
+    /// A copy-on-write overlay of an NBD export (a local file of the user's,
+    /// not in the store).
+    Overlay,
 }
 
 impl ObjectKind {
@@ -53,6 +56,7 @@ impl ObjectKind {
             ObjectKind::Lock => *b"LK",
             ObjectKind::Condemned => *b"GC",
             ObjectKind::Pin => *b"PN",
+            ObjectKind::Overlay => *b"OV",
         }
     }
     /// The 8-byte magic.
@@ -85,6 +89,7 @@ impl ObjectKind {
             ObjectKind::Lock => "lock",
             ObjectKind::Condemned => "GC condemnation record",
             ObjectKind::Pin => "pin",
+            ObjectKind::Overlay => "NBD write overlay",
         }
     }
 }
@@ -154,6 +159,7 @@ mod tests {
             ObjectKind::Pack,
             ObjectKind::Index,
             ObjectKind::Manifest,
+            ObjectKind::Overlay,
         ] {
             let m = k.magic();
             assert!(m[0] & 0x80 != 0, "high bit catches 7-bit stripping");

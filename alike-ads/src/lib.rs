@@ -30,6 +30,7 @@
 //! | verify | | | allowed | allowed | allowed (same) |
 //! | prune / forget | | | | allowed | allowed |
 //! | gc | | | | | excluded (`Error::Locked`) |
+//! | read of named versions ([`Repository::lock_versions`]: an NBD export) | allowed | allowed | allowed | prune keeps them; forget refuses them (`Error::Locked`) | allowed: gc keeps them and deletes the rest |
 //!
 //! How GC stays safe: see the `maintenance` module and `ARCHITECTURE.md`.
 //! Store creation is the one step that needs "create only if absent"

@@ -32,7 +32,8 @@ pub enum LockKind {
     Prune,
     /// Collecting garbage (one at a time).
     Gc,
-    /// Reading versions: restore, verify.
+    /// Reading versions: restore, verify; an NBD export (with the versions it
+    /// reads in [`LockInfo::versions`]).
     Read,
 }
 
@@ -49,6 +50,15 @@ pub struct LockInfo {
     pub created_ms: i64,
     /// Last refresh, ms since the epoch.
     pub refreshed_ms: i64,
+    /// A `read` lock that reads only these versions (an NBD export that
+    /// holds its version for the session): GC keeps them — they are live
+    /// like any listed version, and prune keeps them as if pinned — and
+    /// deletes the rest of what it condemned. `None` (every other lock, and
+    /// every lock written before this field existed): a reader of anything,
+    /// so GC defers all deletion while it lives. Old builds ignore the field
+    /// and see an ordinary `read` lock: they defer, which is safe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<String>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -140,8 +150,22 @@ impl LockGuard {
     /// # Errors
     /// [`Error::Locked`]; backend errors.
     pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind) -> Result<LockGuard> {
+        Self::acquire_with(backend, kind, None)
+    }
+
+    /// Takes a `read` lock on `versions` only ([`LockInfo::versions`]): GC
+    /// keeps them and goes on deleting everything else.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn acquire_versions(backend: Arc<dyn Backend>, versions: &[String]) -> Result<LockGuard> {
+        Self::acquire_with(backend, LockKind::Read, Some(versions.to_vec()))
+    }
+
+    fn acquire_with(backend: Arc<dyn Backend>, kind: LockKind, versions: Option<Vec<String>>) -> Result<LockGuard> {
         let now = now_ms();
-        let info = LockInfo { kind, host: hostname(), pid: std::process::id(), created_ms: now, refreshed_ms: now };
+        let info =
+            LockInfo { kind, host: hostname(), pid: std::process::id(), created_ms: now, refreshed_ms: now, versions };
         let key = format!("locks/{}", random_hex(8)?);
         if let Err(e) = backend.write(&key, &info.encode()) {
             // A read-only store (a DR site's read-only share, a WORM vault, a
@@ -203,5 +227,26 @@ impl Drop for LockGuard {
         if !self.key.is_empty() {
             let _ = self.backend.delete(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Locks written before `versions` existed still read; a lock without
+    /// versions writes none (old readers see the same bytes as before).
+    #[test]
+    fn version_holds_are_an_optional_field() {
+        let old = br#"{"kind":"read","host":"h","pid":1,"created_ms":2,"refreshed_ms":3}"#;
+        let l: LockInfo = serde_json::from_slice(old).unwrap();
+        assert_eq!(l.versions, None);
+        assert_eq!(serde_json::to_vec(&l).unwrap(), old.to_vec());
+        let backend: Arc<dyn Backend> = Arc::new(crate::MemoryBackend::new());
+        let g = LockGuard::acquire_versions(backend.clone(), &["ab".repeat(32)]).unwrap();
+        let (_, info) = live_locks(&*backend).unwrap().pop().unwrap();
+        assert_eq!((info.kind, info.versions), (LockKind::Read, Some(vec!["ab".repeat(32)])));
+        drop(g);
+        assert!(live_locks(&*backend).unwrap().is_empty());
     }
 }

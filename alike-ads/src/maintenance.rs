@@ -14,7 +14,11 @@
 //!    allowed clock skew) can reference that record's packs.
 //! 4. A record's packs are deleted only when no such backup is alive, no
 //!    restore or verify is running, and after re-marking: versions that
-//!    appeared since step 1 rescue any chunk they reference.
+//!    appeared since step 1 rescue any chunk they reference. A reader of
+//!    named versions only (an NBD export: [`LockInfo::versions`]) does not
+//!    block deletion while those versions were marked by this run (their
+//!    chunks are live, so no deleted pack holds one); if one of them is gone,
+//!    it blocks like any reader.
 //!
 //! A GC run deletes what it can at once (the common case: nothing else is
 //! running) and defers the rest to the next run.
@@ -26,6 +30,7 @@ use alike_core::{ChunkId, Manifest, encode_frame};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::LockInfo;
 use crate::backend::random_hex;
 use crate::format::{ObjectKind, check_header, header};
 use crate::index::decode_segment;
@@ -139,6 +144,26 @@ impl Repository {
         self.backend().delete(&format!("pins/{version}"))
     }
 
+    /// Versions held by live `read` locks on named versions (NBD exports):
+    /// prune keeps them as if pinned, forget refuses them, GC keeps them.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn held_versions(&self) -> Result<HashSet<String>> {
+        Ok(live_locks(&**self.backend())?
+            .into_iter()
+            .filter(|(_, l)| l.kind == LockKind::Read)
+            .flat_map(|(_, l)| l.versions.unwrap_or_default())
+            .collect())
+    }
+
+    fn holders_of(&self, id: &str) -> Result<Vec<(String, LockInfo)>> {
+        Ok(live_locks(&**self.backend())?
+            .into_iter()
+            .filter(|(_, l)| l.kind == LockKind::Read && l.versions.as_ref().is_some_and(|v| v.iter().any(|x| x == id)))
+            .collect())
+    }
+
     /// Ids of pinned versions.
     ///
     /// # Errors
@@ -164,7 +189,9 @@ impl Repository {
             ));
         }
         let _lock = (!dry_run).then(|| self.lock(LockKind::Prune)).transpose()?;
-        let pinned = self.pinned()?;
+        // Versions an NBD export is serving stay, as pinned ones do.
+        let mut pinned = self.pinned()?;
+        pinned.extend(self.held_versions()?);
         let mut by_vm: HashMap<String, Vec<(String, i64)>> = HashMap::new();
         for (id, m) in self.versions()? {
             if vm.is_none_or(|v| v == m.vm.name) {
@@ -195,6 +222,12 @@ impl Repository {
     pub fn forget(&self, id: &str) -> Result<()> {
         if self.pinned()?.contains(id) {
             return Err(Error::InvalidArgument(format!("version {id} is pinned; unpin it first")));
+        }
+        if let Some((lock, l)) = self.holders_of(id)?.into_iter().next() {
+            return Err(Error::Locked {
+                lock,
+                holder: format!("version {id} is being read (an NBD export?) by pid {} on {}", l.pid, l.host),
+            });
         }
         if !self.backend().exists(&format!("versions/{id}"))? {
             return Err(Error::NotFound { object: format!("versions/{id}") });
@@ -542,11 +575,19 @@ impl Repository {
         if !unreadable.is_empty() {
             return Ok(());
         }
+        // Versions whose chunks this run marked (listed at the start, or since).
+        let marked: HashSet<&str> =
+            seen.iter().map(String::as_str).chain(newer.iter().map(|(id, _)| id.as_str())).collect();
         let mut deletable: Vec<(String, Vec<[u8; 32]>)> = Vec::new();
         for (key, rec) in &records {
             let blocking = locks.iter().find(|(_, l)| match l.kind {
                 LockKind::Backup => l.created_ms <= rec.time_ms + CLOCK_SKEW_MS,
-                LockKind::Read => true,
+                // A reader of named versions (an NBD export) blocks nothing
+                // while they are versions this run marked (their chunks are
+                // live, so no pack holding one is deleted); one of them gone
+                // (forgotten mid-export) means its chunks were not marked:
+                // then it blocks like any reader.
+                LockKind::Read => l.versions.as_ref().is_none_or(|vs| vs.iter().any(|v| !marked.contains(v.as_str()))),
                 LockKind::Prune | LockKind::Gc => false,
             });
             if let Some((k, l)) = blocking {

@@ -454,6 +454,16 @@ impl Repository {
         crate::LockGuard::acquire(self.backend.clone(), kind)
     }
 
+    /// Takes a `read` lock on these versions only (a long reader such as an
+    /// NBD export): GC keeps them and goes on collecting the rest of the
+    /// store; prune keeps them, forget refuses them.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn lock_versions(&self, versions: &[String]) -> Result<crate::LockGuard> {
+        crate::LockGuard::acquire_versions(self.backend.clone(), versions)
+    }
+
     /// Starts a writer: takes a backup lock, *then* reads GC condemnation
     /// records (so a GC that condemns later sees this lock), adopts orphan
     /// packs of interrupted writers, and brings the cache up to date.

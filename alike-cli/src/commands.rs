@@ -665,3 +665,94 @@ pub(crate) fn rebuild_index(cli: &Cli, a: &JsonArg) -> Result<()> {
     }
     Ok(())
 }
+
+/// `alike serve-nbd`.
+#[derive(Args, Debug)]
+pub(crate) struct ServeNbdArgs {
+    #[command(flatten)]
+    which: VersionArg,
+    /// Serve this disk (from 0; default 0), as the default export and as `diskN`.
+    #[arg(long, conflicts_with = "all")]
+    disk: Option<u32>,
+    /// Serve every disk, disk N as the export `diskN` (no default export).
+    #[arg(long)]
+    all: bool,
+    /// Listen on TCP ADDR:PORT (a host alone: port 10809; port 0: any free port).
+    /// NBD has no authentication: the default serves this machine only.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10809")]
+    listen: String,
+    /// Listen on a Unix socket instead (a socket left by a server that is gone is replaced).
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Make the export writable: writes go to this copy-on-write overlay file
+    /// (the version never changes), deleted at the end unless --keep-overlay.
+    /// One disk only; the file must not exist (unless kept earlier, with --keep-overlay).
+    #[arg(long, value_name = "FILE", conflicts_with = "all")]
+    writable_overlay: Option<PathBuf>,
+    /// Keep the overlay file at the end; reopen it if it exists (an overlay of the same version and disk).
+    #[arg(long, requires = "writable_overlay")]
+    keep_overlay: bool,
+    /// MiB of decoded frames cached for every client together (8 to 65536).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    cache_size: u64,
+    /// MiB read ahead of a sequential reader (0 = none; at most half the cache).
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    readahead: u64,
+    /// The most client connections at once (1 to 64).
+    #[arg(long, default_value_t = alike::MAX_NBD_CONNECTIONS)]
+    connections: usize,
+    #[command(flatten)]
+    threads: ThreadsArg,
+    #[command(flatten)]
+    out: JsonArg,
+}
+
+/// Serves disks of a version over NBD until Ctrl-C; one line on stdout
+/// says where, once the server accepts connections.
+pub(crate) fn serve_nbd(cli: &Cli, a: &ServeNbdArgs) -> Result<()> {
+    let store = open(cli)?;
+    let v = a.which.find(&store)?;
+    let mut o = alike::NbdOptions::default()
+        .threads(a.threads.threads)
+        .cache_size(a.cache_size << 20)
+        .readahead(a.readahead << 20)
+        .max_connections(a.connections)
+        .cancel_token(crate::common::cancel_on_ctrl_c());
+    o = match &a.socket {
+        Some(p) => o.listen_unix(p),
+        None => o.listen_tcp(&a.listen),
+    };
+    o = if a.all { o.all_disks() } else { o.disk(a.disk.unwrap_or(0)) };
+    if let Some(f) = &a.writable_overlay {
+        o = o.writable_overlay(f).keep_overlay(a.keep_overlay);
+    }
+    let (json, vm, short) = (a.out.json, v.vm.clone(), v.short_id().to_string());
+    let overlay = a.writable_overlay.clone();
+    o = o.on_listening(move |l| {
+        if json {
+            let _ = print_json(l);
+            return;
+        }
+        let exports: Vec<String> = l.exports.iter().map(|e| format!("{} ({})", e.uri, mib(e.size))).collect();
+        let mode = match &overlay {
+            Some(f) => format!("writable through overlay {}", f.display()),
+            None => "read-only".into(),
+        };
+        println!("listening on {} (version {short} of {vm}, {mode}); Ctrl-C stops", exports.join(", "));
+    });
+    let r = store.serve_nbd(&v, &o)?;
+    if a.out.json {
+        return print_json(&r);
+    }
+    eprintln!(
+        "served {} connection(s), {} requests: {} read, {} written; {} read from the store, {:.1} s{}",
+        r.connections,
+        r.requests,
+        mib(r.bytes_read),
+        mib(r.bytes_written),
+        mib(r.store_bytes_read),
+        r.elapsed.as_secs_f64(),
+        r.overlay_kept.as_ref().map(|p| format!("; overlay kept at {}", p.display())).unwrap_or_default()
+    );
+    Ok(())
+}

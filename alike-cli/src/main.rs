@@ -68,6 +68,10 @@ enum Cmd {
     Unpin(commands::IdArg),
     /// Remove locks left by processes that are gone, and list the live ones.
     Unlock(common::JsonArg),
+    /// Serve disks of a version over NBD (read-only, or writable through a
+    /// copy-on-write overlay) until Ctrl-C: qemu-img, nbdcopy, nbdinfo, nbdfuse…
+    /// read it without a restore. Prints one line saying where it listens.
+    ServeNbd(commands::ServeNbdArgs),
     /// XenServer/XCP-ng: list a pool's VMs, back one up (CBT incremental), restore a version as a new VM.
     Xen(xen::XenArgs),
     /// Rebuild the store's index from pack trailers.
@@ -103,6 +107,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Pin(a) => commands::pin(cli, a),
         Cmd::Unpin(a) => commands::unpin(cli, a),
         Cmd::Unlock(a) => commands::unlock(cli, a),
+        Cmd::ServeNbd(a) => commands::serve_nbd(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
     }

@@ -482,3 +482,92 @@ fn restore_refuses_to_overwrite_without_force() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("mounted or in use"), "{o:?}");
 }
+
+/// `alike serve-nbd`: one line on stdout once it listens; qemu-img reads
+/// the version through it; Ctrl-C (SIGINT) stops it cleanly (status 0, a
+/// summary, `--json`: the report); the socket and overlay options.
+#[test]
+fn serve_nbd_prints_where_it_listens_and_stops_on_ctrl_c() {
+    use std::io::BufRead;
+    if !alike_testing::require_tool("qemu-img") {
+        return;
+    }
+    let c = Cli::new();
+    init_fast(&c);
+    let img = c.p("d.img");
+    sparse_image(&img, 12 << 20, 20, 3);
+    c.ok(&["backup", "--vm", "web", path_str(&img)]);
+    let serve = |extra: &[&str], json: bool| {
+        let mut child = c
+            .cmd()
+            .args(["serve-nbd", "latest", "--vm", "web"])
+            .args(extra)
+            .args(if json { &["--json"][..] } else { &[][..] })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        (child, out, line)
+    };
+    let stop = |mut child: std::process::Child, mut out: std::io::BufReader<std::process::ChildStdout>| {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "serve-nbd after Ctrl-C: {status:?} {err}");
+        (rest, err)
+    };
+    // TCP, a free port: "listening on nbd://127.0.0.1:PORT/disk0 (…)".
+    let (child, out, line) = serve(&["--listen", "127.0.0.1:0"], false);
+    assert!(line.starts_with("listening on nbd://127.0.0.1:") && line.contains("read-only"), "{line}");
+    let uri = line.split_whitespace().nth(2).unwrap().to_string();
+    assert!(uri.ends_with("/disk0"), "{uri}");
+    let o = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(&uri)
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (rest, err) = stop(child, out);
+    assert!(rest.is_empty(), "one line only: {rest}");
+    assert!(err.contains("served 1 connection(s)"), "{err}");
+    // A Unix socket, --json: the listening line and the report are JSON.
+    let sock = c.p("nbd.sock");
+    let (child, out, line) = serve(&["--socket", path_str(&sock)], true);
+    let l: Value = serde_json::from_str(&line).unwrap();
+    let uri = l["exports"][0]["uri"].as_str().unwrap().to_string();
+    assert!(uri.starts_with("nbd+unix:///disk0?socket="), "{uri}");
+    let o = Command::new("qemu-img").args(["info", "--output=json"]).arg(&uri).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (rest, _) = stop(child, out);
+    let report: Value = serde_json::from_str(rest.trim()).unwrap();
+    assert_eq!(report["connections"], 1);
+    assert!(!sock.exists());
+    // Writable through an overlay, kept.
+    let ov = c.p("overlay");
+    let (child, out, line) =
+        serve(&["--listen", "127.0.0.1:0", "--writable-overlay", path_str(&ov), "--keep-overlay"], false);
+    assert!(line.contains("writable through overlay"), "{line}");
+    let (_, err) = stop(child, out);
+    assert!(err.contains("overlay kept at"), "{err}");
+    assert!(ov.exists());
+    // Refusals: two ways to listen; --keep-overlay alone; --all with an overlay.
+    for bad in [
+        &["--listen", "127.0.0.1:0", "--socket", "x"][..],
+        &["--keep-overlay"][..],
+        &["--all", "--writable-overlay", "x"][..],
+    ] {
+        let o = c.cmd().args(["serve-nbd", "latest"]).args(bad).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = c.cmd().args(["serve-nbd", "latest", "--disk", "7"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no disk 7"));
+}

@@ -58,6 +58,12 @@ pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 /// `NBD_OPT_STRUCTURED_REPLY`.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// `NBD_OPT_LIST_META_CONTEXT`.
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// `NBD_OPT_SET_META_CONTEXT`.
+pub const OPT_SET_META_CONTEXT: u32 = 10;
+/// `NBD_OPT_EXTENDED_HEADERS` (not supported by the server half: answered `NBD_REP_ERR_UNSUP`).
+pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
 /// Option reply: acknowledged.
 pub const REP_ACK: u32 = 1;
@@ -65,6 +71,8 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Option reply: information about an export (`NBD_OPT_GO`/`INFO`).
 pub const REP_INFO: u32 = 3;
+/// Option reply: a metadata context (`NBD_OPT_LIST_META_CONTEXT`/`SET_META_CONTEXT`).
+pub const REP_META_CONTEXT: u32 = 4;
 /// Bit set in every option error reply.
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
 /// Option error: unsupported option.
@@ -99,6 +107,16 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 pub const TFLAG_HAS_FLAGS: u16 = 1;
 /// Transmission flag: the export is read-only.
 pub const TFLAG_READ_ONLY: u16 = 2;
+/// Transmission flag: `NBD_CMD_FLUSH` is understood.
+pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+/// Transmission flag: `NBD_CMD_FLAG_FUA` is understood.
+pub const TFLAG_SEND_FUA: u16 = 1 << 3;
+/// Transmission flag: `NBD_CMD_TRIM` is understood.
+pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
+/// Transmission flag: `NBD_CMD_WRITE_ZEROES` (and `NBD_CMD_FLAG_NO_HOLE`) is understood.
+pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// Transmission flag: `NBD_CMD_FLAG_DF` is understood (structured replies only).
+pub const TFLAG_SEND_DF: u16 = 1 << 7;
 /// Transmission flag: several connections may serve one client consistently.
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
@@ -108,6 +126,51 @@ pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
 /// `NBD_CMD_DISC`.
 pub const CMD_DISC: u16 = 2;
+/// `NBD_CMD_FLUSH`.
+pub const CMD_FLUSH: u16 = 3;
+/// `NBD_CMD_TRIM`.
+pub const CMD_TRIM: u16 = 4;
+/// `NBD_CMD_CACHE` (not advertised by the server half: answered `EINVAL`).
+pub const CMD_CACHE: u16 = 5;
+/// `NBD_CMD_WRITE_ZEROES`.
+pub const CMD_WRITE_ZEROES: u16 = 6;
+/// `NBD_CMD_BLOCK_STATUS`.
+pub const CMD_BLOCK_STATUS: u16 = 7;
+
+/// Command flag: force unit access (reply only once the write is durable).
+pub const CMD_FLAG_FUA: u16 = 1;
+/// Command flag of `NBD_CMD_WRITE_ZEROES`: do not punch a hole.
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag of `NBD_CMD_READ`: one content chunk only ("don't fragment").
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Command flag of `NBD_CMD_BLOCK_STATUS`: one extent only.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Command flag of `NBD_CMD_WRITE_ZEROES`: fail fast unless zeroing is fast (not advertised).
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// NBD error: operation not permitted (a write to a read-only export).
+pub const EPERM: u32 = 1;
+/// NBD error: input/output error.
+pub const EIO: u32 = 5;
+/// NBD error: cannot allocate memory.
+pub const ENOMEM: u32 = 12;
+/// NBD error: invalid argument (a bad request, a read past the end).
+pub const EINVAL: u32 = 22;
+/// NBD error: no space left (a write past the end).
+pub const ENOSPC: u32 = 28;
+/// NBD error: value too large.
+pub const EOVERFLOW: u32 = 75;
+/// NBD error: operation not supported.
+pub const ENOTSUP: u32 = 95;
+/// NBD error: the server is shutting down.
+pub const ESHUTDOWN: u32 = 108;
+
+/// The one metadata context the specification defines.
+pub const META_BASE_ALLOCATION: &str = "base:allocation";
+/// `base:allocation` status bit: the extent is a hole (not allocated).
+pub const STATE_HOLE: u32 = 1;
+/// `base:allocation` status bit: the extent reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 /// Structured reply flag: the last chunk of a reply.
 pub const REPLY_FLAG_DONE: u16 = 1;
@@ -130,6 +193,8 @@ pub const REPLY_TYPE_ERROR_OFFSET: u16 = REPLY_TYPE_FLAG_ERROR | 2;
 pub const GREETING_LEN: usize = 18;
 /// Length of an option reply header.
 pub const OPTION_REPLY_HEADER_LEN: usize = 20;
+/// Length of an option request header (magic, option, length).
+pub const OPTION_HEADER_LEN: usize = 16;
 /// Length of a request.
 pub const REQUEST_LEN: usize = 28;
 /// Length of a simple reply header.
@@ -214,6 +279,9 @@ pub fn option_name(opt: u32) -> &'static str {
         OPT_INFO => "NBD_OPT_INFO",
         OPT_GO => "NBD_OPT_GO",
         OPT_STRUCTURED_REPLY => "NBD_OPT_STRUCTURED_REPLY",
+        OPT_LIST_META_CONTEXT => "NBD_OPT_LIST_META_CONTEXT",
+        OPT_SET_META_CONTEXT => "NBD_OPT_SET_META_CONTEXT",
+        OPT_EXTENDED_HEADERS => "NBD_OPT_EXTENDED_HEADERS",
         _ => "an unknown option",
     }
 }
@@ -224,6 +292,7 @@ pub fn reply_name(rep: u32) -> &'static str {
         REP_ACK => "NBD_REP_ACK",
         REP_SERVER => "NBD_REP_SERVER",
         REP_INFO => "NBD_REP_INFO",
+        REP_META_CONTEXT => "NBD_REP_META_CONTEXT",
         REP_ERR_UNSUP => "NBD_REP_ERR_UNSUP (unsupported)",
         REP_ERR_POLICY => "NBD_REP_ERR_POLICY (forbidden by policy)",
         REP_ERR_INVALID => "NBD_REP_ERR_INVALID (invalid)",
@@ -244,6 +313,11 @@ pub fn command_name(cmd: u16) -> &'static str {
         CMD_READ => "NBD_CMD_READ",
         CMD_WRITE => "NBD_CMD_WRITE",
         CMD_DISC => "NBD_CMD_DISC",
+        CMD_FLUSH => "NBD_CMD_FLUSH",
+        CMD_TRIM => "NBD_CMD_TRIM",
+        CMD_CACHE => "NBD_CMD_CACHE",
+        CMD_WRITE_ZEROES => "NBD_CMD_WRITE_ZEROES",
+        CMD_BLOCK_STATUS => "NBD_CMD_BLOCK_STATUS",
         _ => "an unknown command",
     }
 }
@@ -251,24 +325,24 @@ pub fn command_name(cmd: u16) -> &'static str {
 /// The name of an NBD error number, for messages.
 pub fn errno_name(errno: u32) -> &'static str {
     match errno {
-        1 => "EPERM",
-        5 => "EIO",
-        12 => "ENOMEM",
-        22 => "EINVAL",
-        28 => "ENOSPC",
-        75 => "EOVERFLOW",
-        95 => "ENOTSUP",
-        108 => "ESHUTDOWN",
+        EPERM => "EPERM",
+        EIO => "EIO",
+        ENOMEM => "ENOMEM",
+        EINVAL => "EINVAL",
+        ENOSPC => "ENOSPC",
+        EOVERFLOW => "EOVERFLOW",
+        ENOTSUP => "ENOTSUP",
+        ESHUTDOWN => "ESHUTDOWN",
         _ => "unknown error",
     }
 }
 
-fn violation(phase: &'static str, reason: impl Into<String>) -> ProtoError {
+pub(crate) fn violation(phase: &'static str, reason: impl Into<String>) -> ProtoError {
     ProtoError::Violation { phase, reason: reason.into() }
 }
 
 /// Up to 512 bytes of a server message as text.
-fn message_text(bytes: &[u8]) -> String {
+pub(crate) fn message_text(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(512)];
     let mut s: String = String::from_utf8_lossy(cut).chars().filter(|c| !c.is_control()).collect();
     if bytes.len() > cut.len() {
@@ -277,17 +351,17 @@ fn message_text(bytes: &[u8]) -> String {
     s
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];
     a.copy_from_slice(&b[at..at + 2]);
     u16::from_be_bytes(a)
 }
-fn be32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_be_bytes(a)
 }
-fn be64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(a)
@@ -332,6 +406,83 @@ pub fn encode_request(flags: u16, command: u16, handle: u64, offset: u64, len: u
     out[8..16].copy_from_slice(&handle.to_be_bytes());
     out[16..24].copy_from_slice(&offset.to_be_bytes());
     out[24..28].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The server's greeting (18 bytes): `NBDMAGIC`, `IHAVEOPT`, handshake flags.
+pub fn encode_greeting(flags: u16) -> [u8; GREETING_LEN] {
+    let mut out = [0u8; GREETING_LEN];
+    out[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    out[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    out[16..18].copy_from_slice(&flags.to_be_bytes());
+    out
+}
+
+/// An option reply: magic, option, reply type, length, data.
+///
+/// # Errors
+/// [`ProtoError::InvalidRequest`] when `data` is longer than [`MAX_OPTION_REPLY`]
+/// (no client would accept it).
+pub fn encode_option_reply(option: u32, reply: u32, data: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    if data.len() > MAX_OPTION_REPLY as usize {
+        return Err(ProtoError::InvalidRequest(format!(
+            "option reply of {} bytes; at most {MAX_OPTION_REPLY}",
+            data.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(OPTION_REPLY_HEADER_LEN + data.len());
+    out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&reply.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// The reply to `NBD_OPT_EXPORT_NAME`: size, transmission flags, and 124
+/// zero bytes unless the client negotiated `NBD_FLAG_C_NO_ZEROES`.
+pub fn encode_export_name_reply(size: u64, flags: u16, zeroes: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(134);
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    if zeroes {
+        out.extend_from_slice(&[0u8; 124]);
+    }
+    out
+}
+
+/// A simple reply header (16 bytes); a successful read's data follows it.
+pub fn encode_simple_reply(errno: u32, handle: u64) -> [u8; SIMPLE_REPLY_LEN] {
+    let mut out = [0u8; SIMPLE_REPLY_LEN];
+    out[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    out[4..8].copy_from_slice(&errno.to_be_bytes());
+    out[8..16].copy_from_slice(&handle.to_be_bytes());
+    out
+}
+
+/// A structured reply chunk header (20 bytes); `len` payload bytes follow it.
+pub fn encode_chunk_header(flags: u16, ty: u16, handle: u64, len: u32) -> [u8; CHUNK_HEADER_LEN] {
+    let mut out = [0u8; CHUNK_HEADER_LEN];
+    out[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&ty.to_be_bytes());
+    out[8..16].copy_from_slice(&handle.to_be_bytes());
+    out[16..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// A whole `NBD_REPLY_TYPE_ERROR` chunk, final: the error and a message
+/// for a human (cut to 4096 bytes at a character boundary).
+pub fn encode_error_chunk(handle: u64, errno: u32, message: &str) -> Vec<u8> {
+    let mut cut = message.len().min(MAX_EXPORT_NAME);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let msg = &message.as_bytes()[..cut];
+    let mut out = encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle, 6 + msg.len() as u32).to_vec();
+    out.extend_from_slice(&errno.to_be_bytes());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
     out
 }
 
@@ -411,6 +562,70 @@ pub fn decode_option_reply(b: &[u8], phase: &'static str) -> Result<Result<(Opti
     let reply =
         OptionReply { option: be32(b, 8), reply: be32(b, 12), data: b[OPTION_REPLY_HEADER_LEN..total].to_vec() };
     Ok(Ok((reply, total)))
+}
+
+/// The header of an option request; its `len` data bytes follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionHeader {
+    /// The option (`OPT_*`).
+    pub option: u32,
+    /// Length of its data.
+    pub len: u32,
+}
+
+/// Decodes an option request header from the first [`OPTION_HEADER_LEN`]
+/// bytes (`Ok(None)`: more are needed).
+///
+/// # Errors
+/// [`ProtoError::Violation`] when the magic is not `IHAVEOPT`.
+pub fn decode_option_header(b: &[u8]) -> Result<Option<OptionHeader>, ProtoError> {
+    if b.len() < OPTION_HEADER_LEN {
+        return Ok(None);
+    }
+    let magic = be64(b, 0);
+    if magic != IHAVEOPT {
+        return Err(violation("option request", format!("magic is {magic:#018x}, expected IHAVEOPT")));
+    }
+    Ok(Some(OptionHeader { option: be32(b, 8), len: be32(b, 12) }))
+}
+
+/// A transmission request, as sent (not yet checked against the export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Command flags (`CMD_FLAG_*`).
+    pub flags: u16,
+    /// The command (`CMD_*`).
+    pub command: u16,
+    /// The client's handle, echoed in the reply.
+    pub handle: u64,
+    /// Offset.
+    pub offset: u64,
+    /// Length (of the payload, for `NBD_CMD_WRITE`).
+    pub len: u32,
+}
+
+/// Decodes a request from the first [`REQUEST_LEN`] bytes (`Ok(None)`: more are needed).
+///
+/// # Errors
+/// [`ProtoError::Violation`] when the magic is not the request magic.
+pub fn decode_request(b: &[u8]) -> Result<Option<Request>, ProtoError> {
+    if b.len() < 4 {
+        return Ok(None);
+    }
+    let magic = be32(b, 0);
+    if magic != REQUEST_MAGIC {
+        return Err(violation("request", format!("magic is {magic:#010x}, expected {REQUEST_MAGIC:#010x}")));
+    }
+    if b.len() < REQUEST_LEN {
+        return Ok(None);
+    }
+    Ok(Some(Request {
+        flags: be16(b, 4),
+        command: be16(b, 6),
+        handle: be64(b, 8),
+        offset: be64(b, 16),
+        len: be32(b, 24),
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -1197,9 +1412,12 @@ const FUZZ_READS: [(u64, u32); 3] = [(0, 8192), (61440, 4096), (512, 1024)];
 /// handshake (TLS pretended at once) and then replies to the reads of the
 /// captured sessions — in three configurations (`NBD_OPT_GO` with
 /// structured replies; `NBD_OPT_EXPORT_NAME` with simple replies; STARTTLS
-/// first). The body of the `nbd` fuzz target, public so a stable-toolchain
-/// test can run it: it must return, never panic, on any bytes.
+/// first); then as a client's byte stream through a whole server session
+/// ([`crate::server::fuzz_server_one`]). The body of the `nbd` fuzz target,
+/// public so a stable-toolchain test can run it: it must return, never
+/// panic, on any bytes.
 pub fn fuzz_one(data: &[u8]) {
+    crate::server::fuzz_server_one(data);
     for cfg in [
         HandshakeConfig::new("fuzz"),
         HandshakeConfig::new("fuzz").go(false).structured_replies(false),
@@ -1322,29 +1540,17 @@ mod tests {
         check_reads(&bufs);
     }
 
+    // The server's messages, from the codec the server half uses.
     fn greeting(flags: u16) -> Vec<u8> {
-        let mut v = NBDMAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        v.extend_from_slice(&flags.to_be_bytes());
-        v
+        encode_greeting(flags).to_vec()
     }
 
     fn opt_reply(option: u32, reply: u32, data: &[u8]) -> Vec<u8> {
-        let mut v = OPTION_REPLY_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&option.to_be_bytes());
-        v.extend_from_slice(&reply.to_be_bytes());
-        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        v.extend_from_slice(data);
-        v
+        encode_option_reply(option, reply, data).unwrap()
     }
 
     fn export_reply(size: u64, flags: u16, zeroes: bool) -> Vec<u8> {
-        let mut v = size.to_be_bytes().to_vec();
-        v.extend_from_slice(&flags.to_be_bytes());
-        if zeroes {
-            v.extend_from_slice(&[0u8; 124]);
-        }
-        v
+        encode_export_name_reply(size, flags, zeroes)
     }
 
     /// Feeds a whole buffer, asserting each NeedMore asks for exactly what a message needs.
@@ -1486,11 +1692,7 @@ mod tests {
     }
 
     fn chunk(flags: u16, ty: u16, handle: u64, payload: &[u8]) -> Vec<u8> {
-        let mut v = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&ty.to_be_bytes());
-        v.extend_from_slice(&handle.to_be_bytes());
-        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        let mut v = encode_chunk_header(flags, ty, handle, payload.len() as u32).to_vec();
         v.extend_from_slice(payload);
         v
     }

@@ -29,6 +29,7 @@
 
 mod error;
 mod image;
+mod nbd;
 mod options;
 mod store;
 mod vm;
@@ -56,8 +57,10 @@ pub use alike_core::{
 };
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use image::{ImageFormat, create_image, open_image};
+pub use nbd::{NbdExportInfo, NbdListening, NbdReport};
 pub use options::{
-    BackupOptions, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+    BackupOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, NBD_CACHE_RANGE, NbdListen,
+    NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
 };
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,

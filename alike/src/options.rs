@@ -330,3 +330,167 @@ impl VaultOptions {
         self
     }
 }
+
+/// Worker threads for `n` (0 = one per core).
+pub(crate) fn worker_threads(n: usize) -> usize {
+    if n == 0 { std::thread::available_parallelism().map_or(1, std::num::NonZero::get) } else { n }
+}
+
+/// The most NBD connections an export serves at once.
+pub const MAX_NBD_CONNECTIONS: usize = 64;
+/// The smallest and largest frame cache of an NBD export.
+pub const NBD_CACHE_RANGE: std::ops::RangeInclusive<u64> = (8 << 20)..=(64 << 30);
+
+/// Where an NBD export listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NbdListen {
+    /// TCP `HOST:PORT` (a host alone: NBD's port 10809; port 0: a free port).
+    Tcp(String),
+    /// A Unix socket at this path.
+    Unix(std::path::PathBuf),
+}
+
+/// Which disks of a version an NBD export serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NbdDisks {
+    /// This one, as the default export and as `diskN`.
+    One(u32),
+    /// Every disk, as `diskN` (no default export).
+    All,
+}
+
+/// Told where an NBD export listens.
+pub(crate) type ListeningFn = Arc<dyn Fn(&crate::NbdListening) + Send + Sync>;
+
+/// Options of [`crate::Store::serve_nbd`].
+///
+/// ```
+/// let opts = alike::NbdOptions::default()
+///     .listen_unix("/run/alike/web01.sock")
+///     .disk(1)
+///     .cache_size(512 << 20)
+///     .readahead(64 << 20);
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct NbdOptions {
+    pub(crate) run: Run,
+    pub(crate) listen: NbdListen,
+    pub(crate) disks: NbdDisks,
+    pub(crate) cache_bytes: u64,
+    pub(crate) readahead_bytes: u64,
+    pub(crate) max_connections: usize,
+    pub(crate) overlay: Option<std::path::PathBuf>,
+    pub(crate) keep_overlay: bool,
+    pub(crate) on_listening: Option<ListeningFn>,
+}
+
+impl Default for NbdOptions {
+    fn default() -> Self {
+        NbdOptions {
+            run: Run::default(),
+            listen: NbdListen::Tcp(format!("127.0.0.1:{}", alike_nbd::serve::DEFAULT_PORT)),
+            disks: NbdDisks::One(0),
+            cache_bytes: 256 << 20,
+            readahead_bytes: 32 << 20,
+            max_connections: MAX_NBD_CONNECTIONS,
+            overlay: None,
+            keep_overlay: false,
+            on_listening: None,
+        }
+    }
+}
+
+impl NbdOptions {
+    run_setters!();
+    pub(crate) fn check(&self) -> Result<()> {
+        self.run.check()?;
+        if !NBD_CACHE_RANGE.contains(&self.cache_bytes) {
+            return Err(Error::InvalidArgument(format!(
+                "an NBD frame cache of {} bytes: {} MiB to {} GiB",
+                self.cache_bytes,
+                NBD_CACHE_RANGE.start() >> 20,
+                NBD_CACHE_RANGE.end() >> 30
+            )));
+        }
+        if self.readahead_bytes > self.cache_bytes / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "NBD read-ahead of {} bytes: at most half the frame cache ({} bytes)",
+                self.readahead_bytes,
+                self.cache_bytes / 2
+            )));
+        }
+        if !(1..=MAX_NBD_CONNECTIONS).contains(&self.max_connections) {
+            return Err(Error::InvalidArgument(format!(
+                "{} NBD connections: 1 to {MAX_NBD_CONNECTIONS}",
+                self.max_connections
+            )));
+        }
+        if self.keep_overlay && self.overlay.is_none() {
+            return Err(Error::InvalidArgument("keeping the overlay needs a writable overlay file".into()));
+        }
+        Ok(())
+    }
+    /// Listen on TCP `addr` (`HOST:PORT`, `[V6]:PORT`, or a host alone for
+    /// port 10809; default `127.0.0.1:10809`: NBD has no authentication
+    /// without TLS, so serving beyond this machine is an explicit choice).
+    pub fn listen_tcp(mut self, addr: impl Into<String>) -> Self {
+        self.listen = NbdListen::Tcp(addr.into());
+        self
+    }
+    /// Listen on a Unix socket at `path` (a socket left by a server that is
+    /// gone is replaced; anything else there is refused).
+    pub fn listen_unix(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.listen = NbdListen::Unix(path.into());
+        self
+    }
+    /// Serve disk `position` (default 0), as the default export and as `diskN`.
+    pub fn disk(mut self, position: u32) -> Self {
+        self.disks = NbdDisks::One(position);
+        self
+    }
+    /// Serve every disk, disk N as the export `diskN` (no default export).
+    pub fn all_disks(mut self) -> Self {
+        self.disks = NbdDisks::All;
+        self
+    }
+    /// Bytes of decoded frames kept for every connection and disk together
+    /// (default 256 MiB; 8 MiB to 64 GiB).
+    pub fn cache_size(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+    /// Bytes read ahead of a sequential reader (default 32 MiB; 0 = none; at
+    /// most half the cache).
+    pub fn readahead(mut self, bytes: u64) -> Self {
+        self.readahead_bytes = bytes;
+        self
+    }
+    /// The most connections at once (default and maximum
+    /// [`MAX_NBD_CONNECTIONS`]); more are closed at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// Make the export writable: writes go to a copy-on-write overlay file
+    /// at `path` (one disk only; the version never changes). The file must
+    /// not exist, unless [`NbdOptions::keep_overlay`] and it is an overlay of
+    /// the same version and disk kept by an earlier session. It is deleted
+    /// at the end unless kept.
+    pub fn writable_overlay(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.overlay = Some(path.into());
+        self
+    }
+    /// Keep the overlay file at the end (and reopen an existing one).
+    pub fn keep_overlay(mut self, keep: bool) -> Self {
+        self.keep_overlay = keep;
+        self
+    }
+    /// Called once the server listens (where, and the exports' URIs).
+    pub fn on_listening(mut self, f: impl Fn(&crate::NbdListening) + Send + Sync + 'static) -> Self {
+        self.on_listening = Some(Arc::new(f));
+        self
+    }
+}

@@ -927,9 +927,8 @@ impl Store {
         &self.repo
     }
 
-    /// The open repository, for the facade's other modules (`xen`: read
-    /// locks, keys, stored versions as sources).
-    #[cfg_attr(not(feature = "xen"), allow(dead_code))]
+    /// The open repository, for the facade's other modules (`xen`, `nbd`:
+    /// read locks, keys, stored versions as sources).
     pub(crate) fn repo(&self) -> &Repository {
         &self.repo
     }

@@ -12,6 +12,7 @@ mod integration {
     mod limits;
     mod maintenance;
     mod matrix;
+    mod nbd;
     mod roundtrip;
     mod s3;
     mod schema;

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod nbd;
 mod run;
 mod store;
 mod xen;
@@ -20,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", alike::VERSION)?;
     m.add_class::<store::NativeStore>()?;
     m.add_class::<run::CancelToken>()?;
+    m.add_class::<nbd::NativeNbdServer>()?;
     m.add_class::<xen::NativeXenPool>()?;
     errors::register(m)?;
     Ok(())

@@ -217,6 +217,52 @@ impl NativeStore {
         ser(py, &r)
     }
 
+    /// Serves version `spec` over NBD on a thread until the returned
+    /// server's `stop()`: one disk (`disk`) or every disk (`all_disks`), on
+    /// TCP `listen` or a Unix `socket`, read-only or writable through
+    /// `writable_overlay`.
+    #[pyo3(signature = (spec, vm=None, disk=0, all_disks=false, listen=None, socket=None, writable_overlay=None, keep_overlay=false, cache_size=None, readahead=None, connections=None, threads=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn serve_nbd(
+        &self,
+        py: Python<'_>,
+        spec: String,
+        vm: Option<String>,
+        disk: u32,
+        all_disks: bool,
+        listen: Option<String>,
+        socket: Option<PathBuf>,
+        writable_overlay: Option<PathBuf>,
+        keep_overlay: bool,
+        cache_size: Option<u64>,
+        readahead: Option<u64>,
+        connections: Option<usize>,
+        threads: usize,
+    ) -> PyResult<crate::nbd::NativeNbdServer> {
+        let s = self.store()?;
+        let mut o = alike::NbdOptions::default().threads(threads).keep_overlay(keep_overlay);
+        o = if all_disks { o.all_disks() } else { o.disk(disk) };
+        if let Some(l) = listen {
+            o = o.listen_tcp(l);
+        }
+        if let Some(p) = socket {
+            o = o.listen_unix(p);
+        }
+        if let Some(f) = writable_overlay {
+            o = o.writable_overlay(f);
+        }
+        if let Some(b) = cache_size {
+            o = o.cache_size(b);
+        }
+        if let Some(b) = readahead {
+            o = o.readahead(b);
+        }
+        if let Some(n) = connections {
+            o = o.max_connections(n);
+        }
+        crate::nbd::NativeNbdServer::start(py, s, spec, vm, o)
+    }
+
     /// Checks the store (quick by default, every byte with `full`).
     #[pyo3(signature = (full=false, vm=None, version=None, threads=0, progress=None, cancel=None))]
     #[allow(clippy::too_many_arguments)]

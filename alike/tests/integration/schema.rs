@@ -37,6 +37,11 @@ fn every_report_keeps_its_json_schema() {
     got.insert("version", ser(&b.version));
     let r = store.restore_to_file(&b.version, 0, env.path("out.img"), &alike::RestoreOptions::default()).unwrap();
     got.insert("restore", ser(&r));
+    // An NBD session cancelled before it starts: its report, at once.
+    let stop = alike::CancelToken::new();
+    stop.cancel();
+    let nbd = alike::NbdOptions::default().listen_tcp("127.0.0.1:0").cancel_token(stop);
+    got.insert("nbd", ser(&store.serve_nbd(&b.version, &nbd).unwrap()));
     got.insert("verify", ser(&store.verify(&alike::VerifyOptions::default().full(true)).unwrap()));
     got.insert("stats", ser(&store.stats().unwrap()));
     let keep = alike::RetentionPolicy::default().last(1);

@@ -73,6 +73,9 @@ __all__ = [
     "InvalidArgument",
     "IoError",
     "Locked",
+    "NbdExport",
+    "NbdReport",
+    "NbdServer",
     "NotAStore",
     "NotFound",
     "PassphraseRequired",
@@ -441,6 +444,67 @@ class Stats:
     total_ratio: float = 0.0
 
 
+@_dataclass(frozen=True)
+class NbdExport:
+    """One export of an NBD server: ``name`` (``disk0``…), its ``uri``
+    (``nbd://127.0.0.1:10809/disk0``), the version's ``disk``, ``size`` in
+    bytes, whether it is ``writable`` (into the overlay) and whether the empty
+    export name (``default``) serves it."""
+
+    name: str
+    uri: str
+    disk: int
+    size: int
+    writable: bool
+    default: bool
+
+
+@_dataclass(frozen=True)
+class NbdReport:
+    """What an NBD session did (``bytes_read``: data sent, holes not counted;
+    ``store_bytes_read``: stored frames read, read-ahead included)."""
+
+    id: str
+    connections: int
+    refused: int
+    requests: int
+    bytes_read: int
+    bytes_written: int
+    store_bytes_read: int
+    overlay_kept: _Optional[str]
+    elapsed_seconds: float
+
+
+class NbdServer:
+    """A version served over NBD on its own thread (:meth:`Store.serve_nbd`)
+    until :meth:`stop` — or the end of a ``with`` block. ``uri`` is the
+    server's (the default export, when one disk is served); ``exports`` each
+    export's."""
+
+    def __init__(self, native: "_native.NativeNbdServer") -> None:
+        self._n = native
+        listening = native.listening()
+        self.uri: str = listening["uri"]
+        self.exports: _Tuple[NbdExport, ...] = tuple(
+            NbdExport(**_fields(NbdExport, e)) for e in listening["exports"]
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._n.running
+
+    def stop(self) -> NbdReport:
+        """Stops serving (each connection after the request it serves) and
+        returns the session's report (the same one when called again)."""
+        return NbdReport(**_fields(NbdReport, self._n.stop()))
+
+    def __enter__(self) -> "NbdServer":
+        return self
+
+    def __exit__(self, *exc: _Any) -> None:
+        self.stop()
+
+
 def _fields(cls: _Any, d: _Mapping[str, _Any]) -> _Dict[str, _Any]:
     return {f: d[f] for f in cls.__dataclass_fields__ if f in d}
 
@@ -775,3 +839,43 @@ class Store:
 
     def stats(self) -> Stats:
         return Stats(**_fields(Stats, self._n.stats()))
+
+    def serve_nbd(
+        self,
+        version: _Union[Version, str],
+        *,
+        vm: _Optional[str] = None,
+        disk: int = 0,
+        all_disks: bool = False,
+        listen: _Optional[str] = None,
+        socket: _Optional[PathLike] = None,
+        writable_overlay: _Optional[PathLike] = None,
+        keep_overlay: bool = False,
+        cache_size: _Optional[int] = None,
+        readahead: _Optional[int] = None,
+        connections: _Optional[int] = None,
+        threads: int = 0,
+    ) -> NbdServer:
+        """Serves ``version`` over NBD until the returned server's
+        :meth:`NbdServer.stop`: disk ``disk`` (also the default export) or
+        every disk (``all_disks``, as ``diskN``), on TCP ``listen``
+        (``"HOST:PORT"``, default ``"127.0.0.1:10809"``; port 0: a free one)
+        or a Unix ``socket``; read-only, or writable through a copy-on-write
+        ``writable_overlay`` file (deleted at the end unless ``keep_overlay``).
+        ``cache_size`` and ``readahead`` are bytes. Returns once it listens."""
+        return NbdServer(
+            self._n.serve_nbd(
+                _spec(version),
+                vm,
+                disk,
+                all_disks,
+                listen,
+                None if socket is None else _os.fspath(socket),
+                None if writable_overlay is None else _os.fspath(writable_overlay),
+                keep_overlay,
+                cache_size,
+                readahead,
+                connections,
+                threads,
+            )
+        )

@@ -12,6 +12,7 @@ __all__ = [
     "Error",
     "InvalidArgument",
     "IoError",
+    "NativeNbdServer",
     "NativeStore",
     "NativeXenPool",
     "NotAStore",
@@ -168,6 +169,28 @@ class NativeStore:
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
     def stats(self) -> Dict[str, Any]: ...
+    def serve_nbd(
+        self,
+        spec: str,
+        vm: Optional[str] = None,
+        disk: int = 0,
+        all_disks: bool = False,
+        listen: Optional[str] = None,
+        socket: Optional[str] = None,
+        writable_overlay: Optional[str] = None,
+        keep_overlay: bool = False,
+        cache_size: Optional[int] = None,
+        readahead: Optional[int] = None,
+        connections: Optional[int] = None,
+        threads: int = 0,
+    ) -> NativeNbdServer: ...
+
+@final
+class NativeNbdServer:
+    def listening(self) -> Dict[str, Any]: ...
+    @property
+    def running(self) -> bool: ...
+    def stop(self) -> Dict[str, Any]: ...
 
 @final
 class NativeXenPool:

@@ -1,0 +1,320 @@
+//! The blocking shell with clients nobody here wrote (qemu-img, nbdinfo,
+//! nbdcopy) and with this crate's own client half, over an in-memory
+//! export whose all-zero 4 KiB blocks are holes.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::ops::Range;
+use std::path::Path;
+use std::process::Command;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use alike_nbd::proto::{self, EIO, STATE_HOLE, STATE_ZERO};
+use alike_nbd::serve::{CommandError, Export, Listener, ServeOptions, ServeReport, serve};
+use alike_nbd::server::{ExportConfig, Extent, ServerConfig};
+
+const BLOCK: u64 = 4096;
+
+/// An export in memory: 4 KiB blocks that are all zero are holes.
+struct Mem {
+    data: RwLock<Vec<u8>>,
+    /// Reads of this range fail with EIO.
+    bad: Option<Range<u64>>,
+}
+
+impl Mem {
+    fn new(data: Vec<u8>) -> Mem {
+        Mem { data: RwLock::new(data), bad: None }
+    }
+    fn is_hole(d: &[u8], b: u64) -> bool {
+        let s = (b * BLOCK) as usize;
+        d[s..(s + BLOCK as usize).min(d.len())].iter().all(|&x| x == 0)
+    }
+}
+
+impl Export for Mem {
+    fn size(&self) -> u64 {
+        self.data.read().unwrap().len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<Range<u64>>, CommandError> {
+        let end = offset + buf.len() as u64;
+        if self.bad.as_ref().is_some_and(|b| b.start < end && offset < b.end) {
+            return Err(CommandError::new(EIO, "damaged block"));
+        }
+        let d = self.data.read().unwrap();
+        buf.copy_from_slice(&d[offset as usize..end as usize]);
+        let mut holes: Vec<Range<u64>> = Vec::new();
+        for b in offset / BLOCK..end.div_ceil(BLOCK) {
+            if Mem::is_hole(&d, b) {
+                let r = (b * BLOCK).max(offset)..((b + 1) * BLOCK).min(end);
+                match holes.last_mut() {
+                    Some(h) if h.end == r.start => h.end = r.end,
+                    _ => holes.push(r),
+                }
+            }
+        }
+        Ok(holes)
+    }
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, CommandError> {
+        let d = self.data.read().unwrap();
+        let end = (offset + len).min(d.len() as u64);
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let b = at / BLOCK;
+            let next = ((b + 1) * BLOCK).min(end);
+            let flags = if Mem::is_hole(&d, b) { STATE_HOLE | STATE_ZERO } else { 0 };
+            out.push(Extent { len: next - at, flags });
+            at = next;
+        }
+        Ok(out)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), CommandError> {
+        self.data.write().unwrap()[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> Result<(), CommandError> {
+        self.data.write().unwrap()[offset as usize..(offset + len) as usize].fill(0);
+        Ok(())
+    }
+}
+
+/// 8 MiB: data in the first MiB and at 5 MiB, holes elsewhere.
+fn image() -> Vec<u8> {
+    let mut d = vec![0u8; 8 << 20];
+    alike_testing::Rng::new(7).fill(&mut d[..1 << 20]);
+    alike_testing::Rng::new(8).fill(&mut d[5 << 20..(5 << 20) + 300_000]);
+    d
+}
+
+/// Runs `f` with a server of `exports` on `listener`, then stops it.
+fn with_server<T>(
+    listener: Listener,
+    cfg: ServerConfig,
+    exports: &[&dyn Export],
+    f: impl FnOnce(&Listener) -> T,
+) -> (T, ServeReport) {
+    let stop = AtomicBool::new(false);
+    let stop_fn = || stop.load(Ordering::SeqCst);
+    /// Stops the server also when `f` panics (else the scope would wait forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    std::thread::scope(|s| {
+        let l = &listener;
+        let (cfg, stop_fn) = (&cfg, &stop_fn);
+        let h = s.spawn(move || serve(l, cfg, exports, &ServeOptions::new(stop_fn)).unwrap());
+        let guard = StopOnDrop(&stop);
+        let r = f(l);
+        drop(guard);
+        (r, h.join().unwrap())
+    })
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn write(dir: &Path, name: &str, d: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, d).unwrap();
+    p
+}
+
+#[test]
+fn qemu_img_and_libnbd_read_a_memory_export_bit_exact_with_holes() {
+    if !alike_testing::require_tool("qemu-img") || !alike_testing::require_tool("nbdinfo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = image();
+    let reference = write(dir.path(), "ref.img", &img);
+    let mem = Mem::new(img.clone());
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("disk0", img.len() as u64)]);
+    let ((), report) = with_server(Listener::tcp("127.0.0.1:0").unwrap(), cfg, &[&mem], |l| {
+        let uri = l.export_uri("disk0");
+        // qemu-img: structured replies, block status, several requests in flight.
+        run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&uri).arg(&reference));
+        let out = dir.path().join("copy.img");
+        run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&uri).arg(&out));
+        assert!(std::fs::read(&out).unwrap() == img);
+        // nbdinfo: the map shows the holes.
+        let map = run(Command::new("nbdinfo").arg("--map").arg(&uri));
+        assert!(map.contains("hole,zero"), "{map}");
+        let first: Vec<&str> = map.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(first[..3], ["0", "1048576", "0"], "{map}");
+        // The default export (the empty name) is the first.
+        let info = run(Command::new("nbdinfo").arg("--json").arg(l.uri()));
+        assert!(info.contains("\"export-size\": 8388608"), "{info}");
+        assert!(info.contains("\"can_multi_conn\": true") && info.contains("\"is_read_only\": true"), "{info}");
+        // nbdcopy with several connections at once.
+        if alike_testing::require_tool("nbdcopy") {
+            let out2 = dir.path().join("copy2.img");
+            run(Command::new("nbdcopy").args(["--connections=4", "--requests=8"]).arg(&uri).arg(&out2));
+            assert!(std::fs::read(&out2).unwrap() == img);
+        }
+    });
+    assert!(report.connections >= 4, "{report:?}");
+    assert!(report.bytes_read < 3 * img.len() as u64, "holes travel as holes: {report:?}");
+}
+
+#[test]
+fn unix_socket_export_names_and_unknown_export() {
+    if !alike_testing::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = Mem::new(image());
+    let mut bimg = vec![3u8; 1 << 20];
+    bimg[..4096].fill(0);
+    let b = Mem::new(bimg.clone());
+    let cfg = ServerConfig::new(vec![
+        ExportConfig::read_only("disk0", 8 << 20),
+        ExportConfig::read_only("disk1", 1 << 20).description("second disk"),
+    ])
+    .default_export(None);
+    let sock = dir.path().join("nbd.sock");
+    let reference = write(dir.path(), "b.img", &bimg);
+    let ((), _) = with_server(Listener::unix(&sock).unwrap(), cfg, &[&a, &b], |l| {
+        let uri = l.export_uri("disk1");
+        assert!(uri.starts_with("nbd+unix:///disk1?socket="), "{uri}");
+        run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&uri).arg(&reference));
+        // No default export: the empty name is refused with a message.
+        let out = Command::new("qemu-img").args(["info", "-f", "raw"]).arg(l.uri()).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no export named") && err.contains("disk1"), "{err}");
+        if alike_testing::require_tool("nbdinfo") {
+            let list = run(Command::new("nbdinfo").arg("--list").arg(l.uri()));
+            assert!(list.contains("disk0") && list.contains("second disk"), "{list}");
+        }
+    });
+    assert!(!sock.exists(), "the socket file is removed");
+    // A live socket is not replaced; a stale one is.
+    std::fs::write(&sock, b"not a socket").unwrap();
+    assert!(Listener::unix(&sock).is_err());
+    std::fs::remove_file(&sock).unwrap();
+    let stale = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    drop(stale);
+    assert!(Listener::unix(&sock).is_ok());
+}
+
+#[test]
+fn writes_through_qemu_io_and_refusals_on_read_only() {
+    // qemu-io comes with qemu-img (qemu-utils).
+    if !alike_testing::require_tool("qemu-io") {
+        return;
+    }
+    let mem = Mem::new(vec![0u8; 4 << 20]);
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("rw", 4 << 20).writable(true)]);
+    let ((), report) = with_server(Listener::tcp("127.0.0.1:0").unwrap(), cfg, &[&mem], |l| {
+        let uri = l.export_uri("rw");
+        run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xab 4096 12288", "-c", "flush"]).arg(&uri));
+        run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -z 8192 4096"]).arg(&uri));
+        let out = run(Command::new("qemu-io").args(["-f", "raw", "-c", "read -P 0xab 4096 4096"]).arg(&uri));
+        assert!(!out.contains("Pattern verification failed"), "{out}");
+    });
+    assert_eq!(report.bytes_written, 12288, "{report:?}");
+    let d = mem.data.read().unwrap();
+    assert!(d[4096..8192].iter().all(|&x| x == 0xab));
+    assert!(d[8192..12288].iter().all(|&x| x == 0));
+    assert!(d[12288..16384].iter().all(|&x| x == 0xab));
+    // Read-only: qemu opens it read-only, and a write is refused.
+    let ro = Mem::new(vec![1u8; 1 << 20]);
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("ro", 1 << 20)]);
+    with_server(Listener::tcp("127.0.0.1:0").unwrap(), cfg, &[&ro], |l| {
+        let out = Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "write -P 1 0 4096"])
+            .arg(l.export_uri("ro"))
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success() && all.contains("Permission denied"), "{all}");
+    });
+    assert!(ro.data.read().unwrap().iter().all(|&x| x == 1));
+}
+
+#[test]
+fn own_client_half_reads_through_the_shell_and_read_errors_keep_the_connection() {
+    let img = image();
+    let mut mem = Mem::new(img.clone());
+    mem.bad = Some(4096..8192);
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("d", img.len() as u64)]);
+    let (r, _) = with_server(Listener::tcp("127.0.0.1:0").unwrap(), cfg, &[&mem], |l| {
+        let Listener::Tcp(t) = l else { unreachable!() };
+        let mut s = std::net::TcpStream::connect(t.local_addr().unwrap()).unwrap();
+        client_reads(&mut s, &[(0, 4096), (4096, 4096), (1 << 20, 1 << 20), (0, 65536)])
+    });
+    assert!(r[0].as_ref().unwrap()[..] == img[..4096]);
+    let e = r[1].as_ref().unwrap_err();
+    assert!(matches!(e, proto::ProtoError::Command { errno: EIO, .. }) && e.to_string().contains("damaged block"));
+    assert!(r[2].as_ref().unwrap().iter().all(|&x| x == 0) == img[1 << 20..2 << 20].iter().all(|&x| x == 0));
+    assert!(r[3].is_err(), "overlaps the damaged block");
+}
+
+/// A minimal blocking client over `alike_nbd::{Handshake, Transmission}`.
+fn client_reads(s: &mut std::net::TcpStream, reads: &[(u64, u32)]) -> Vec<Result<Vec<u8>, proto::ProtoError>> {
+    use alike_nbd::{Handshake, HandshakeConfig, HandshakeEvent, Progress, Step, Transmission};
+    use std::io::{Read, Write};
+    let mut hs = Handshake::new(HandshakeConfig::new("d")).unwrap();
+    let mut buf = Vec::new();
+    let fill = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>, n: usize| {
+        while buf.len() < n {
+            let at = buf.len();
+            buf.resize(n, 0);
+            let k = s.read(&mut buf[at..]).unwrap();
+            assert!(k > 0, "server closed");
+            buf.truncate(at + k);
+        }
+    };
+    let info = loop {
+        if let Some(out) = hs.poll_transmit() {
+            s.write_all(&out).unwrap();
+        }
+        if let Some(HandshakeEvent::Done(i)) = hs.poll_event() {
+            break i;
+        }
+        match hs.handle_input(&buf).unwrap() {
+            Progress::Consumed(n) => drop(buf.drain(..n)),
+            Progress::NeedMore(n) => fill(s, &mut buf, n),
+        }
+    };
+    assert!(info.structured_replies && info.via_go);
+    let mut tx = Transmission::new(&info);
+    let mut out: Vec<Result<Vec<u8>, proto::ProtoError>> = Vec::new();
+    for &(off, len) in reads {
+        let (handle, req) = tx.read_request(off, len).unwrap();
+        s.write_all(&req).unwrap();
+        let mut data = vec![0xEEu8; len as usize];
+        loop {
+            match tx.handle_input(&buf).unwrap() {
+                Step::NeedMore(n) => fill(s, &mut buf, n),
+                Step::Consumed(n) => drop(buf.drain(..n)),
+                Step::Payload { consumed, at, len, .. } => {
+                    buf.drain(..consumed);
+                    fill(s, &mut buf, len as usize);
+                    data[at as usize..][..len as usize].copy_from_slice(&buf[..len as usize]);
+                    buf.drain(..len as usize);
+                    tx.payload_done();
+                }
+                Step::Zeroes { consumed, at, len, .. } => {
+                    buf.drain(..consumed);
+                    data[at as usize..][..len as usize].fill(0);
+                }
+                Step::Finished { consumed, handle: h, result } => {
+                    buf.drain(..consumed);
+                    assert_eq!(h, handle);
+                    out.push(result.map(|()| data));
+                    break;
+                }
+            }
+        }
+    }
+    s.write_all(&tx.disconnect_request()).unwrap();
+    out
+}
