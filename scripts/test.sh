@@ -189,7 +189,7 @@ else
     echo "skipped: no nightly toolchain (the fuzz bodies ran only as stable smoke tests, in cargo test)"
 fi
 
-step "performance harness smoke" "alike vs restic and borg on 64 MiB images; the real run: bash scripts/bench.sh"
+step "performance harness smoke" "alike vs restic and borg on 128 MiB images; the real run: bash scripts/bench.sh"
 cargo build --locked -q -p alike-cli -p alike-benches
 target/debug/alike-bench --smoke --alike target/debug/alike
 rm -rf target/alike-bench

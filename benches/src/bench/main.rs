@@ -46,7 +46,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "alike-bench", about = "alike vs restic vs borg, ceilings, change hints and scaling, in one run")]
 struct Args {
-    /// Tiny images (64 MiB), every step and installed peer, short ceilings:
+    /// Tiny images (128 MiB), every step and installed peer, short ceilings:
     /// the test command's check that the harness still runs.
     #[arg(long)]
     smoke: bool,
@@ -54,7 +54,7 @@ struct Args {
     /// directory instead of building it under target/alike-bench/.
     #[arg(long)]
     pair: Option<PathBuf>,
-    /// Size of the image pair to build, MiB (default 4096; 64 with --smoke).
+    /// Size of the image pair to build, MiB (default 4096; 128 with --smoke).
     #[arg(long)]
     size: Option<u64>,
     /// Where repositories, restores and fixtures go (default target/alike-bench/).
@@ -171,7 +171,7 @@ fn main() -> Result<()> {
         "no alike CLI at {} (build it: cargo build --release -p alike-cli, or pass --alike)",
         alike.display()
     );
-    let size = args.size.unwrap_or(if args.smoke { 64 } else { 4096 });
+    let size = args.size.unwrap_or(if args.smoke { 128 } else { 4096 });
     let scaling = if args.no_scaling {
         Vec::new()
     } else {
