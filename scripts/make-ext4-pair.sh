@@ -120,11 +120,7 @@ awk -F'\t' -v seed="$SEED" '
     { x = (x * 48271) % 2147483647; printf "%010d\t%s\t%s\n", x, $1, $2 }
 ' "$WORK/candidates.tsv" | sort -t$'\t' -k1,1n -k3,3 | awk -F'\t' -v budget=$(( SRC_MIB * 1048576 )) \
     -v sel="$WORK/v1.unsorted" -v pool="$WORK/pool.tsv" '
-    # The budget counts the 4 KiB blocks a file takes, and a file that would
-    # pass it goes to the pool: one large file (up to MAX_FILE_MIB) must not
-    # overfill a small image.
-    { b = int(($2 + 4095) / 4096) * 4096
-      if (tot + b <= budget) { tot += b; print $2 "\t" $3 > sel } else print $2 "\t" $3 > pool }
+    { if (tot < budget) { tot += $2; print $2 "\t" $3 > sel } else print $2 "\t" $3 > pool }
 '
 sort -t$'\t' -k2,2 "$WORK/v1.unsorted" >"$WORK/v1.tsv"
 [ -s "$WORK/pool.tsv" ] || die "not enough source files for SRC_BYTES_MIB=$SRC_MIB plus additions (have $(awk -F'\t' '{t+=$1} END{printf "%d", t/1048576}' "$WORK/candidates.tsv") MiB of candidates)"
