@@ -250,12 +250,12 @@ pub(crate) fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     out
 }
 
-/// Reads a block map chunk and checks it covers `expect` blocks.
+/// Reads the plaintext of a block map chunk (either map kind), refusing a
+/// chunk stored as another kind.
 ///
 /// # Errors
-/// Missing or corrupt map chunk; a map of the wrong kind or length.
-pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize) -> Result<BlockMap> {
-    let what = || format!("block map {}", id.short());
+/// Missing or corrupt chunk; a chunk that is not a map.
+pub(crate) fn read_map_chunk(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId) -> Result<Vec<u8>> {
     if let Some(loc) = store.locate(id)?
         && loc.frame.kind != BlobKind::Map
     {
@@ -265,7 +265,16 @@ pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize
             reason: format!("stored as a {} chunk", loc.frame.kind.name()),
         });
     }
-    let plain = read_chunk(store, keys, id, &what)?;
+    read_chunk(store, keys, id, &|| format!("block map {}", id.short()))
+}
+
+/// Reads a block map chunk and checks it covers `expect` blocks.
+///
+/// # Errors
+/// Missing or corrupt map chunk; a map of the wrong kind or length.
+pub fn load_map(store: &dyn ChunkStore, keys: &Keys, id: &ChunkId, expect: usize) -> Result<BlockMap> {
+    let what = || format!("block map {}", id.short());
+    let plain = read_map_chunk(store, keys, id)?;
     let map = BlockMap::decode(&plain, &what())?;
     if map.entries.len() != expect {
         return Err(Error::Malformed {

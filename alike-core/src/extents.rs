@@ -10,9 +10,7 @@
 
 use std::ops::Range;
 
-use crate::backup::load_map;
-use crate::blob::BlobKind;
-use crate::store::read_chunk;
+use crate::backup::{load_map, read_map_chunk};
 use crate::{CDC_BLOCK, ChunkId, ChunkStore, DiskRecord, Error, Keys, Result};
 
 /// Disk bytes held by one chunk.
@@ -208,18 +206,9 @@ pub fn load_window(store: &dyn ChunkStore, keys: &Keys, disk: &DiskRecord, m: us
             }
         }
         Some(p) => {
-            let what = || format!("block map {}", id.short());
-            if let Some(loc) = store.locate(id)?
-                && loc.frame.kind != BlobKind::Map
-            {
-                return Err(Error::CorruptBlob {
-                    id: *id,
-                    kind: "map",
-                    reason: format!("stored as a {} chunk", loc.frame.kind.name()),
-                });
-            }
-            let plain = read_chunk(store, keys, id, &what)?;
-            let map = ExtentMap::decode(&plain, blocks as u32, p.max / CDC_BLOCK, &what())?;
+            let plain = read_map_chunk(store, keys, id)?;
+            let map =
+                ExtentMap::decode(&plain, blocks as u32, p.max / CDC_BLOCK, &format!("block map {}", id.short()))?;
             for (s, n, id) in map.extents {
                 let offset = range.start + u64::from(s) * bs;
                 extents.push(Extent { offset, len: (offset + u64::from(n) * bs).min(range.end) - offset, id });
