@@ -53,6 +53,9 @@ forbid() {
 forbid "alike-core knows no store, hypervisor or network crate, and no redb" \
     alike-core normal,build "$OURS" redb "${NETWORK[@]}"
 
+forbid "alike-fs (partitions, volumes and filesystems read from a device) depends on no crate of ours, no redb and no network crate" \
+    alike-fs normal,build "$OURS" redb "${NETWORK[@]}"
+
 for c in alike-formats alike-nbd; do
     forbid "$c (formats and protocols, needed whatever the hypervisor) depends on no crate of ours but alike-core, and on no redb or network crate" \
         "$c" normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core
