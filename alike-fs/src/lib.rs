@@ -16,6 +16,8 @@
 
 use std::ops::Range;
 
+pub mod lvm;
+
 /// Random access to the bytes of a device: a disk of a version, a
 /// partition of it, a logical volume.
 ///
