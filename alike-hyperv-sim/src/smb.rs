@@ -8,6 +8,7 @@
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -108,7 +109,11 @@ impl Smbd {
         }
         let log = std::fs::File::create(dir.join("log/smbd.out")).map_err(Error::io(dir.join("log/smbd.out")))?;
         let log2 = log.try_clone().map_err(Error::io(dir.join("log/smbd.out")))?;
+        // smbd signals its whole process group when it stops: give it a
+        // group of its own, or it would take the simulator (and a test
+        // process hosting it) down with it.
         let child = Command::new(smbd)
+            .process_group(0)
             .args(["--foreground", "--no-process-group", "--debug-stdout", "--configfile"])
             .arg(&conf_path)
             .stdin(Stdio::null())
