@@ -120,6 +120,15 @@ pub enum Error {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A disk's VHDX/AVHDX chain could not be opened or read.
+    #[error("disk {disk}: {source}")]
+    Disk {
+        /// The disk's file as the host names it.
+        disk: String,
+        /// What the VHDX reader said.
+        #[source]
+        source: crate::vhdx::VhdxError,
+    },
 }
 
 /// `alike-hyperv`'s result.

@@ -12,10 +12,12 @@
 //! The VHDX/AVHDX format lives in `alike-formats` (restores and exports
 //! write it whatever the hypervisor); it is re-exported here as [`vhdx`].
 
+pub mod adapter;
 mod error;
 pub mod smb;
 pub mod wsman;
 
+pub use adapter::{HostOptions, HvDiskConfig, HvNicConfig, HvVmConfig, HyperVBackup, HyperVHost};
 pub use alike_formats::vhdx;
 pub use alike_formats::vhdx::VhdxError;
 pub use error::{Error, NtlmError, Result};
