@@ -80,7 +80,10 @@ def sim() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def proto(sim: dict[str, str]) -> winrm.Protocol:
-    return winrm.Protocol(sim["url"], transport="ntlm", username=USER, password=PASSWORD, message_encryption="always")
+    # Plain HTTP: no certificate to validate (and no CA-bundle warning).
+    return winrm.Protocol(
+        sim["url"], transport="ntlm", username=USER, password=PASSWORD, message_encryption="always", server_cert_validation="ignore"
+    )
 
 
 def envelope(p: winrm.Protocol, uri: str, action: str, body: dict, selectors: dict[str, str] | None = None) -> str:
@@ -259,7 +262,7 @@ def test_faults(proto: winrm.Protocol) -> None:
 
 
 def test_wrong_password_is_refused(sim: dict[str, str]) -> None:
-    p = winrm.Protocol(sim["url"], transport="ntlm", username=USER, password="wrong", message_encryption="always")
+    p = winrm.Protocol(sim["url"], transport="ntlm", username=USER, password="wrong", message_encryption="always", server_cert_validation="ignore")
     with pytest.raises(InvalidCredentialsError):
         p.send_message("<x/>")
 
