@@ -40,6 +40,9 @@
 //! and the engine falls back loudly to a full, deduplicated read.
 //!
 //! [`HyperVBackup::abort`] (also on drop) destroys the checkpoint.
+//! Recovery checkpoints found on the VM when a backup starts were left by
+//! a backup that did not finish (a killed process, a lost host): they are
+//! reported as a warning, not removed — another product may own them.
 //! Restore to a Hyper-V host is not written yet.
 
 use std::collections::HashMap;
@@ -425,6 +428,15 @@ impl HyperVHost {
         let vm_i = self.find_vm(vm)?;
         let vm_epr = HyperVHost::epr(&vm_i)?;
         let config = self.config(&vm_i, &self.realized(&vm_i)?)?;
+        // Recovery checkpoints already there were left by a backup that did
+        // not finish (ours or another product's): reported, not removed.
+        let leftovers: Vec<String> = self
+            .client
+            .associators(&vm_epr, "Msvm_SnapshotOfVirtualSystem", "Msvm_VirtualSystemSettingData")?
+            .iter()
+            .filter(|s| s.text("VirtualSystemType") == Some("Microsoft:Hyper-V:Snapshot:Recovery"))
+            .map(|s| s.text("ElementName").or(s.text("InstanceID")).unwrap_or_default().to_owned())
+            .collect();
         let svc = self.service("Msvm_VirtualSystemSnapshotService")?;
         let level = if quiesce == Quiesce::No { "2" } else { "1" };
         let settings = Embedded::new("Msvm_VirtualSystemSnapshotSettingData").prop("ConsistencyLevel", "uint8", level);
@@ -475,6 +487,13 @@ impl HyperVHost {
             disks: Vec::new(),
             done: false,
         };
+        if !leftovers.is_empty() {
+            b.warnings.push(format!(
+                "{} recovery checkpoint(s) of this VM were left by an unfinished backup (remove them on the host): {}",
+                leftovers.len(),
+                leftovers.join(", ")
+            ));
+        }
         if quiesce == Quiesce::Required && b.consistency != "application-consistent" {
             return Err(Error::InvalidArgument(format!(
                 "VM {:?}: the checkpoint is crash-consistent (VSS in the guest did not take part)",

@@ -163,6 +163,25 @@ fn full_then_rct_incremental_reads_only_changed_blocks_and_restores_bit_exact() 
     );
     assert!(env.restored(&r4.backup.version, 1) == env.disk(1, 32 << 20));
 
+    // A recovery checkpoint left by an unfinished run is reported; the backup still works.
+    let snap_svc = c.query("SELECT * FROM Msvm_VirtualSystemSnapshotService").unwrap().remove(0).epr.unwrap();
+    let vm_epr =
+        c.query("SELECT * FROM Msvm_ComputerSystem WHERE ElementName = 'web-01'").unwrap().remove(0).epr.unwrap();
+    c.invoke(
+        &snap_svc,
+        "CreateSnapshot",
+        &[
+            ("AffectedSystem", alike_hyperv::wsman::Arg::Ref(vm_epr)),
+            ("SnapshotType", alike_hyperv::wsman::Arg::Text("32768".into())),
+        ],
+        &|| false,
+    )
+    .unwrap();
+    env.sim.guest_write(&env.vm, 1, 3 * KIB64, b"under two checkpoints").unwrap();
+    let r4b = env.backup();
+    assert!(r4b.warnings.iter().any(|w| w.contains("left by an unfinished backup")), "{:?}", r4b.warnings);
+    assert!(env.restored(&r4b.backup.version, 1) == env.disk(1, 32 << 20));
+
     // Without VSS in the guest a quiesced backup is crash-consistent, and says so.
     env.sim.set_vss(&env.vm, false).unwrap();
     let r5 = env.backup();
