@@ -80,6 +80,8 @@ done
 
 forbid "the XAPI simulator does not link the Xen client it exists to check (dev-dependencies included)" \
     alike-xen-sim normal,build,dev alike-xen
+forbid "the Hyper-V simulator does not link the Hyper-V client it exists to check (dev-dependencies included)" \
+    alike-hyperv-sim normal,build,dev alike-hyperv
 
 if [ $status = 0 ]; then
     echo "layering: all rules hold"

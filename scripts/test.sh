@@ -84,6 +84,9 @@ tools=(
     pkg-config:pkg-config  # the installed C library is found through alike.pc
     restic:restic          # the performance harness's smoke run compares against them
     borg:borgbackup
+    smbd:samba             # the Hyper-V simulator serves its host's share with a private smbd
+    smbpasswd:samba-common-bin
+    smbclient:smbclient    # ... which smbclient reads in the simulator's test
 )
 export PATH="$PATH:/sbin:/usr/sbin"
 missing=()
@@ -110,7 +113,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r bindings-python/requirements-dev.txt \
-    -r alike-xen-sim/requirements-test.txt
+    -r alike-xen-sim/requirements-test.txt -r alike-hyperv-sim/requirements-test.txt
 
 # cargo-fuzz on the nightly toolchain: the fuzz step. A fresh machine has no
 # cargo-fuzz: building it from crates.io takes about half a minute.
@@ -166,6 +169,10 @@ cargo build --locked -q -p alike-xen-sim --bin alike-xapi-sim
 
 step "XAPI simulator + XenAPI SDK" "the simulator driven by the official XenAPI Python SDK"
 .venv/bin/python -m pytest -q alike-xen-sim/tests/python
+
+step "Hyper-V simulator + pywinrm + smbclient" "WS-Man with NTLM and message encryption driven by pywinrm; the host's share read by smbclient"
+cargo build --locked -q -p alike-hyperv-sim --bin alike-hyperv-sim
+.venv/bin/python -m pytest -q alike-hyperv-sim/tests/python
 
 step "C ABI" "example and API tests against the committed header, also under valgrind; install into a prefix, build against it"
 bash scripts/test-c.sh

@@ -6,6 +6,7 @@
 mod alloc;
 mod commands;
 mod common;
+mod hyperv;
 mod xen;
 
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ enum Cmd {
     ServeNbd(commands::ServeNbdArgs),
     /// XenServer/XCP-ng: list a pool's VMs, back one up (CBT incremental), restore a version as a new VM.
     Xen(xen::XenArgs),
+    /// Hyper-V: list a host's VMs, back one up (recovery checkpoints, RCT incremental, disks over SMB).
+    Hyperv(hyperv::HypervArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
 }
@@ -109,6 +112,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Unlock(a) => commands::unlock(cli, a),
         Cmd::ServeNbd(a) => commands::serve_nbd(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
+        Cmd::Hyperv(a) => hyperv::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
     }
 }

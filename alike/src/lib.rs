@@ -43,6 +43,10 @@ pub use alike_ads::{
     VerifyReport,
 };
 pub use alike_core::retention::{Decision, RetentionPolicy};
+/// Hyper-V hosts: a [`HyperVHost`] (WMI over WinRM, disks over SMB) is a
+/// [`Hypervisor`] for [`Store::backup_vm`]; restore to a host comes later.
+#[cfg(feature = "hyperv")]
+pub use alike_hyperv::{HostOptions as HyperVHostOptions, HvVmConfig, HyperVHost};
 /// XenServer/XCP-ng pools: a [`XenPool`] is a [`Hypervisor`] for
 /// [`Store::backup_vm`] and [`Store::restore_vm`].
 #[cfg(feature = "xen")]

@@ -17,12 +17,15 @@ use super::log::{self, Overlay};
 pub(crate) enum Backing {
     File(File),
     Mem(Arc<Vec<u8>>),
+    /// A reader from a [`super::files::Files`] (SMB, memory, …).
+    Dyn(Arc<dyn super::files::ReadAt>),
 }
 
 impl Backing {
     fn pread(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
         match self {
             Backing::File(f) => f.read_at(buf, off),
+            Backing::Dyn(r) => r.read_at(buf, off),
             Backing::Mem(m) => {
                 let Ok(start) = usize::try_from(off) else { return Ok(0) };
                 let Some(src) = m.get(start..) else { return Ok(0) };
@@ -73,6 +76,13 @@ impl Layer {
         let file = File::open(path).map_err(io_err(path, "opening", 0))?;
         let len = file.metadata().map_err(io_err(path, "inspecting", 0))?.len();
         Layer::parse(path.to_owned(), Backing::File(file), len)
+    }
+
+    /// Opens and parses `path` through a [`super::files::Files`].
+    pub(crate) fn open_in(path: &Path, files: &dyn super::files::Files) -> Result<Layer> {
+        let r = files.open(path).map_err(io_err(path, "opening", 0))?;
+        let len = r.size().map_err(io_err(path, "inspecting", 0))?;
+        Layer::parse(path.to_owned(), Backing::Dyn(r), len)
     }
 
     /// Parses an image held in memory.

@@ -49,6 +49,15 @@
 //! twice is a loop ([`VhdxError::ParentLoop`]); chains are limited to
 //! [`OpenOptions::max_depth`] files (64 by default).
 //!
+//! # Where files are read from
+//!
+//! [`VhdxSource::open`] reads local files. [`VhdxSource::open_in`] reads a
+//! chain through a [`Files`] — a positional reader per file ([`ReadAt`]) and
+//! the look-up of existing names — so the same reader opens a chain on an
+//! SMB share (the Hyper-V adapter, with no mount) or in memory
+//! ([`MemoryFiles`]); parents are found by the same rules, in `Files`'
+//! namespace.
+//!
 //! # Change tracking without RCT
 //!
 //! [`VhdxSource::child_ranges`] lists what the top file alone holds: for a
@@ -112,12 +121,14 @@
 //! ```
 
 mod error;
+mod files;
 mod format;
 mod image;
 mod log;
 mod reader;
 mod writer;
 
+pub use files::{Files, LocalFiles, MemoryFiles, ReadAt};
 pub use format::{Guid, ParentLocator};
 pub use reader::{CHANGE_TOKEN_PREFIX, DEFAULT_MAX_DEPTH, LayerInfo, OpenOptions, VhdxSource};
 pub use writer::{CreateOptions, DEFAULT_BLOCK_SIZE, VhdxTarget};

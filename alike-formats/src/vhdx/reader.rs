@@ -1,11 +1,11 @@
 //! [`VhdxSource`]: a VHDX file or AVHDX chain as an [`alike_core::DiskSource`].
 
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{Result, VhdxError};
+use super::files::{Files, LocalFiles};
 use super::format::*;
 use super::image::Layer;
 
@@ -171,26 +171,6 @@ fn parent_candidates(child: &Path, loc: &ParentLocator, opts: &OpenOptions) -> V
     out
 }
 
-/// `p` if it exists, else a file in the same folder whose name matches
-/// ignoring ASCII case (Windows names are case-insensitive).
-fn existing(p: &Path) -> Option<PathBuf> {
-    if p.is_file() {
-        return Some(p.to_owned());
-    }
-    let name = p.file_name()?.to_str()?;
-    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-}
-
-fn file_id(p: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
-}
-
 fn linkages(loc: &ParentLocator) -> Vec<Guid> {
     ["parent_linkage", "parent_linkage2"].iter().filter_map(|k| loc.get(k).and_then(Guid::parse)).collect()
 }
@@ -214,9 +194,25 @@ impl VhdxSource {
     /// # Errors
     /// As [`VhdxSource::open`].
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<VhdxSource> {
-        let path = path.as_ref().to_owned();
-        let top = Layer::open(&path)?;
-        let mut seen = vec![file_id(&path)];
+        VhdxSource::open_chain(path.as_ref(), &LocalFiles, opts, true)
+    }
+
+    /// Opens a file and its chain of parents from `files` (an SMB share,
+    /// memory…): the same rules as [`VhdxSource::open_with`], with paths in
+    /// `files`' namespace. Reads go through `files`' readers, positional and
+    /// from any thread.
+    ///
+    /// # Errors
+    /// As [`VhdxSource::open`]; `files`' I/O errors as [`VhdxError::Io`].
+    pub fn open_in(path: impl AsRef<Path>, files: &dyn Files, opts: &OpenOptions) -> Result<VhdxSource> {
+        VhdxSource::open_chain(path.as_ref(), files, opts, false)
+    }
+
+    fn open_chain(path: &Path, files: &dyn Files, opts: &OpenOptions, local: bool) -> Result<VhdxSource> {
+        let open = |p: &Path| if local { Layer::open(p) } else { Layer::open_in(p, files) };
+        let path = path.to_owned();
+        let top = open(&path)?;
+        let mut seen = vec![files.identity(&path)];
         let mut layers = vec![top];
         loop {
             let child = layers.last().expect("at least one layer");
@@ -232,12 +228,12 @@ impl VhdxSource {
             let mut mismatch = None;
             let mut found = None;
             for cand in &candidates {
-                let Some(real) = existing(cand) else { continue };
-                let id = file_id(&real);
+                let Some(real) = files.existing(cand) else { continue };
+                let id = files.identity(&real);
                 if id.is_some() && seen.contains(&id) {
                     return Err(VhdxError::ParentLoop { file: child.path.clone(), parent: real });
                 }
-                let parent = Layer::open(&real)?;
+                let parent = open(&real)?;
                 if !expect.contains(&parent.header.data_write_guid) {
                     mismatch.get_or_insert(VhdxError::ParentLinkageMismatch {
                         file: child.path.clone(),

@@ -1,0 +1,205 @@
+//! `alike hyperv …` against the `alike-hyperv-sim` binary (`--demo`, with
+//! its smbd): list VMs, back up (full, then RCT incremental with the exact
+//! bytes read), a reset RCT printed as a warning, and the versions
+//! restored to files bit-exact with the disks the guest saw.
+//!
+//! The simulator binary: `ALIKE_HYPERV_SIM`, else built beside `alike`
+//! (`cargo build -p alike-hyperv-sim --bin alike-hyperv-sim`).
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const PASSWORD: &str = "S3cret!<&>";
+
+fn sim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALIKE_HYPERV_SIM") {
+        return p.into();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_alike")).with_file_name("alike-hyperv-sim");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let profile = if bin.parent().is_some_and(|d| d.ends_with("release")) { vec!["--release"] } else { vec![] };
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "alike-hyperv-sim", "--bin", "alike-hyperv-sim", "--manifest-path"])
+        .arg(&manifest)
+        .args(&profile)
+        .status()
+        .expect("running cargo to build alike-hyperv-sim");
+    assert!(st.success(), "building alike-hyperv-sim failed");
+    bin
+}
+
+struct Sim {
+    child: Child,
+    url: String,
+    addr: String,
+    smb_port: String,
+}
+
+impl Sim {
+    fn start(state: &Path) -> Sim {
+        let mut child = Command::new(sim_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--demo",
+                "--user",
+                "hvadmin",
+                "--password",
+                PASSWORD,
+                "--smb-port",
+                "0",
+                "--state",
+            ])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut url, mut smb_port) = (String::new(), String::new());
+        for _ in 0..4 {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            if line.contains("WS-Management at") {
+                url = line.split_whitespace().last().unwrap().to_owned();
+            } else if line.contains(" on port ") {
+                smb_port = line.split(" on port ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        assert!(url.starts_with("http://127.0.0.1:") && !smb_port.is_empty(), "{url} {smb_port}");
+        let addr = url.trim_start_matches("http://").trim_end_matches("/wsman").to_owned();
+        Sim { child, url, addr, smb_port }
+    }
+
+    fn post(&self, target: &str, body: &[u8]) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // SIGTERM, so that it stops its smbd.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn smbd_here() -> bool {
+    let found = ["/usr/sbin/smbd", "/usr/bin/smbd"].iter().any(|p| Path::new(p).exists());
+    if !found {
+        alike_testing::skip("smbd is not installed (Debian package samba; bash scripts/test.sh installs it)");
+    }
+    found
+}
+
+struct Cli {
+    dir: tempfile::TempDir,
+    sim: Sim,
+}
+
+impl Cli {
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_alike"));
+        c.env("ALIKE_CACHE_DIR", self.p("cache"))
+            .env("ALIKE_PASSWORD", "pw")
+            .env("ALIKE_HYPERV_PASSWORD", PASSWORD)
+            .env_remove("ALIKE_STORE")
+            .env_remove("ALIKE_HYPERV_URL");
+        c.arg("--store").arg(self.p("store"));
+        c
+    }
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let o: Output = self.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "alike {args:?} failed: {err}");
+        (String::from_utf8(o.stdout).unwrap(), err)
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args).0).unwrap()
+    }
+    fn hv<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec![
+            "hyperv",
+            "--url",
+            self.sim.url.as_str(),
+            "--user",
+            "hvadmin",
+            "--smb-port",
+            self.sim.smb_port.as_str(),
+        ];
+        v.extend_from_slice(rest);
+        v
+    }
+}
+
+#[test]
+fn vms_backup_rct_incremental_fallback_and_restore() {
+    if !smbd_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&dir.path().join("sim"));
+    let c = Cli { dir, sim };
+    c.ok(&["init", "--no-encryption", "--chunking", "fixed"]);
+    let pwf = c.p("hv-pw");
+    std::fs::write(&pwf, format!("{PASSWORD}\n")).unwrap();
+    let o = c
+        .cmd()
+        .env_remove("ALIKE_HYPERV_PASSWORD")
+        .args(c.hv(&["--hyperv-password-file", pwf.to_str().unwrap(), "vms", "--json"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vms: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut names: Vec<&str> = vms.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["db-01", "web-01"]);
+    let (text, _) = c.ok(&c.hv(&["vms"]));
+    assert!(text.contains("web-01") && text.contains("gen 2"), "{text}");
+
+    let b1 = c.json(&c.hv(&["backup", "--vm", "web-01", "--json"]));
+    assert_eq!(b1["disks"][0]["mode"], "full");
+    assert_eq!(b1["disks"][0]["transport"], "smb");
+    assert_eq!(b1["consistency"], "crash-consistent");
+    c.sim.post("/sim/guest-write?vm=web-01&disk=0&offset=655363", b"scattered");
+    c.sim.post("/sim/guest-write?vm=web-01&disk=1&offset=0", b"x");
+    let b2 = c.json(&c.hv(&["backup", "--vm", "web-01", "--quiesce", "--json"]));
+    assert_eq!(b2["consistency"], "application-consistent");
+    assert_eq!(b2["disks"][0]["mode"], "incremental");
+    assert_eq!(b2["disks"][0]["read_bytes"], 65536);
+    assert_eq!(b2["disks"][1]["read_bytes"], 65536);
+
+    c.sim.post("/sim/reset-rct?vm=web-01&disk=1", b"");
+    let (out, err) = c.ok(&c.hv(&["backup", "--vm", "web-01"]));
+    assert_eq!(out.trim().len(), 64, "prints the version id: {out}");
+    assert!(
+        err.contains("alike: warning: disk 1 (") && err.contains("was read in full") && err.contains("32773"),
+        "{err}"
+    );
+
+    // The last version restores to what the guest sees.
+    let img = c.p("d0.img");
+    c.ok(&["restore", out.trim(), "--disk", "0", "--output", img.to_str().unwrap()]);
+    let restored = std::fs::read(&img).unwrap();
+    assert_eq!(restored.len(), 64 << 20);
+    assert_eq!(&restored[655363..655372], b"scattered");
+}
