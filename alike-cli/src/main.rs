@@ -6,6 +6,7 @@
 mod alloc;
 mod commands;
 mod common;
+mod remote;
 mod xen;
 
 use std::path::PathBuf;
@@ -76,6 +77,11 @@ enum Cmd {
     Xen(xen::XenArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
+    /// Run as a processor: say hello, read one job from standard input (the
+    /// processor protocol, docs/processor-protocol.md), run it, stream its
+    /// events to standard output. Started over SSH by `--via`.
+    #[command(hide = true)]
+    Processor(remote::ProcessorArgs),
 }
 
 fn main() {
@@ -110,5 +116,6 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::ServeNbd(a) => commands::serve_nbd(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
+        Cmd::Processor(a) => remote::processor(a),
     }
 }

@@ -51,6 +51,19 @@ pub enum Error {
     #[cfg(feature = "xen")]
     #[error(transparent)]
     Xen(alike_xen::adapter::PoolError),
+    /// A job on a processor, or the SSH connection to it, failed: the
+    /// host, port, job and the remote error's own kind, retry class and
+    /// code (`HOST_KEY_CHANGED`, `AUTH_FAILED`, a failed job's code…).
+    #[cfg(feature = "remote")]
+    #[error(transparent)]
+    Remote(Box<alike_remote::ssh::RemoteError>),
+}
+
+#[cfg(feature = "remote")]
+impl From<alike_remote::ssh::RemoteError> for Error {
+    fn from(e: alike_remote::ssh::RemoteError) -> Error {
+        Error::Remote(Box::new(e))
+    }
 }
 
 #[cfg(feature = "xen")]
@@ -111,6 +124,8 @@ impl Error {
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
+            #[cfg(feature = "remote")]
+            Error::Remote(r) => r.kind(),
         }
     }
 
@@ -125,6 +140,8 @@ impl Error {
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
+            #[cfg(feature = "remote")]
+            Error::Remote(r) => r.retry(),
             _ => Retry::Permanent,
         }
     }
@@ -136,6 +153,8 @@ impl Error {
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.xapi_code(),
             Error::Engine(c) => c.code(),
+            #[cfg(feature = "remote")]
+            Error::Remote(r) => r.code(),
             _ => None,
         }
     }

@@ -31,6 +31,7 @@ mod error;
 mod image;
 mod nbd;
 mod options;
+pub mod remote;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]

@@ -50,6 +50,14 @@ impl StoreBuilder {
         self.open.key_file = Some(p);
         self
     }
+    /// Opens with a key file's contents (what [`StoreBuilder::key_file`]
+    /// would read), for a caller that has the key but no file — a processor
+    /// gets it from its orchestrator. Only for opening; wins over
+    /// [`StoreBuilder::key_file`].
+    pub fn key_file_contents(&mut self, data: impl Into<Vec<u8>>) -> &mut Self {
+        self.open.key_file_data = Some(data.into());
+        self
+    }
     /// Creates an unencrypted store (only when asked for explicitly).
     pub fn no_encryption(&mut self) -> &mut Self {
         self.create.encrypted = false;
