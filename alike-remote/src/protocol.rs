@@ -92,6 +92,21 @@ pub enum ProtocolError {
     },
 }
 
+impl alike_core::SeamError for ProtocolError {
+    /// Another version is `UnsupportedVersion`; a kind the worker does not
+    /// run, `InvalidArgument`; anything else breaks the protocol: `Other`.
+    fn kind(&self) -> alike_core::ErrorKind {
+        match self {
+            ProtocolError::Version { .. } => alike_core::ErrorKind::UnsupportedVersion,
+            ProtocolError::UnsupportedKind { .. } => alike_core::ErrorKind::InvalidArgument,
+            _ => alike_core::ErrorKind::Other,
+        }
+    }
+    fn retry(&self) -> alike_core::Retry {
+        alike_core::Retry::Permanent
+    }
+}
+
 /// A secret: a passphrase, key or credential. Never printed (`Debug` says
 /// `<secret>`), wiped from memory when dropped; it travels only inside a
 /// [`JobSpec`] on the worker's standard input.

@@ -13,6 +13,7 @@ mod integration {
     mod maintenance;
     mod matrix;
     mod nbd;
+    mod processor;
     mod roundtrip;
     mod s3;
     mod schema;

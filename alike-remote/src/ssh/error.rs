@@ -215,11 +215,7 @@ impl RemoteError {
             | RemoteError::HostKeyChanged { .. }
             | RemoteError::HostKeyRevoked { .. }
             | RemoteError::AuthFailed { .. } => ErrorKind::Other,
-            RemoteError::Protocol { source, .. } => match source {
-                ProtocolError::Version { .. } => ErrorKind::UnsupportedVersion,
-                ProtocolError::UnsupportedKind { .. } => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Other,
-            },
+            RemoteError::Protocol { source, .. } => alike_core::SeamError::kind(source),
             RemoteError::Job { failure, .. } => {
                 ErrorKind::ALL.iter().copied().find(|k| k.name() == failure.kind).unwrap_or(ErrorKind::Other)
             }

@@ -329,6 +329,9 @@ impl ProcessorJob {
     /// # Errors
     /// [`crate::ErrorKind::InvalidArgument`], naming the field or secret.
     pub fn from_spec(spec: JobSpec) -> Result<ProcessorJob> {
+        if spec.id.is_empty() || spec.id.len() > 255 {
+            return Err(Error::InvalidArgument("a job id is 1 to 255 bytes".into()));
+        }
         let bad = |e: serde_json::Error| Error::InvalidArgument(format!("{} job parameters: {e}", spec.kind));
         let kind = match spec.kind.as_str() {
             "backup" => JobKind::Backup(serde_json::from_value(spec.params.clone()).map_err(bad)?),

@@ -182,7 +182,7 @@ fn watch_input(
     let mut dec = LineDecoder::new(MAX_LINE, "orchestrator");
     let mut buf = vec![0u8; 16 << 10];
     let mut job_seen = false;
-    let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("processor protocol: {e}"));
+    let bad = |e: alike_remote::protocol::ProtocolError| Error::from(alike_core::Error::seam(e));
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -192,7 +192,7 @@ fn watch_input(
             Ok(l) => l,
             Err(e) => {
                 if !job_seen {
-                    let _ = tx.send(Err(bad(&e)));
+                    let _ = tx.send(Err(bad(e)));
                 }
                 break;
             }
@@ -206,11 +206,16 @@ fn watch_input(
                     }
                 }
                 (false, Ok(_)) => {
-                    let _ = tx.send(Err(bad(&"the first message must be the job")));
+                    let e = alike_remote::protocol::ProtocolError::Unexpected {
+                        what: "cancel".into(),
+                        from: "orchestrator",
+                        why: "the first message must be the job",
+                    };
+                    let _ = tx.send(Err(bad(e)));
                     return;
                 }
                 (false, Err(e)) => {
-                    let _ = tx.send(Err(bad(&e)));
+                    let _ = tx.send(Err(bad(e)));
                     return;
                 }
                 (true, Ok(OrchestratorMessage::Cancel)) => {
