@@ -543,16 +543,16 @@ impl LineDecoder {
         LineDecoder { buf: Vec::new(), max, from, spent: false }
     }
 
-    /// Adds `data` and returns the lines it completes, in order.
+    /// Adds `data`, appending the lines it completes to `out`, in order.
     ///
     /// # Errors
-    /// [`ProtocolError::LineTooLong`] once a line passes the bound (the
-    /// decoder is then spent: the stream has no line boundary to resume at).
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    /// [`ProtocolError::LineTooLong`] once a line passes the bound; the
+    /// lines completed before it are in `out` all the same. The decoder is
+    /// then spent: the stream has no line boundary to resume at.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), ProtocolError> {
         if self.spent {
             return Err(self.too_long());
         }
-        let mut lines = Vec::new();
         let mut rest = data;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             if self.buf.len() + i > self.max {
@@ -564,7 +564,7 @@ impl LineDecoder {
                 line.pop();
             }
             if !line.is_empty() {
-                lines.push(line);
+                out.push(line);
             }
             rest = &rest[i + 1..];
         }
@@ -572,7 +572,7 @@ impl LineDecoder {
             return Err(self.too_long());
         }
         self.buf.extend_from_slice(rest);
-        Ok(lines)
+        Ok(())
     }
 
     /// Bytes of an unfinished line held.
@@ -707,13 +707,17 @@ pub fn fuzz_one(data: &[u8]) {
         None => (1, data),
     };
     for part in body.chunks(chunk) {
-        let Ok(lines) = dec.push(part) else { return };
+        let mut lines = Vec::new();
+        let pushed = dec.push(part, &mut lines);
         for l in lines {
             let _ = decode_orchestrator(&l);
             match orch.handle_line(&l) {
                 Ok(Step::Finished(_)) | Err(_) => return,
                 Ok(_) => {}
             }
+        }
+        if pushed.is_err() {
+            return;
         }
     }
 }
@@ -725,15 +729,22 @@ mod tests {
     #[test]
     fn lines_are_cut_across_pushes_and_bounded() {
         let mut d = LineDecoder::new(8, "processor");
-        assert!(d.push(b"ab").unwrap().is_empty());
-        assert_eq!(d.push(b"c\r\n\nde\nf").unwrap(), vec![b"abc".to_vec(), b"de".to_vec()]);
+        let push = |d: &mut LineDecoder, b: &[u8]| {
+            let mut out = Vec::new();
+            d.push(b, &mut out).map(|()| out)
+        };
+        assert!(push(&mut d, b"ab").unwrap().is_empty());
+        assert_eq!(push(&mut d, b"c\r\n\nde\nf").unwrap(), vec![b"abc".to_vec(), b"de".to_vec()]);
         assert_eq!(d.pending(), 1);
-        assert_eq!(d.push(b"1234567\n").unwrap(), vec![b"f1234567".to_vec()]);
+        assert_eq!(push(&mut d, b"1234567\n").unwrap(), vec![b"f1234567".to_vec()]);
         // 9 bytes without a newline: refused as soon as it is known.
-        assert!(matches!(d.push(b"123456789"), Err(ProtocolError::LineTooLong { .. })));
-        // ... and a long line ending in the same push too.
+        assert!(matches!(push(&mut d, b"123456789"), Err(ProtocolError::LineTooLong { limit: 8, .. })));
+        assert!(push(&mut d, b"\n").is_err(), "spent");
+        // A long line ending in the same push too; the lines before it still come out.
         let mut d = LineDecoder::new(8, "processor");
-        assert!(matches!(d.push(b"123456789\n"), Err(ProtocolError::LineTooLong { .. })));
+        let mut out = Vec::new();
+        assert!(matches!(d.push(b"ok\n123456789\n", &mut out), Err(ProtocolError::LineTooLong { .. })));
+        assert_eq!(out, vec![b"ok".to_vec()]);
     }
 
     #[test]

@@ -574,19 +574,19 @@ async fn pump(
     let (mut status, mut signal) = (None, None);
     while let Some(msg) = read.wait().await {
         match msg {
-            ChannelMsg::Data { data } => match dec.push(&data) {
-                Ok(lines) => {
-                    for l in lines {
-                        if tx.send(Ok(Output::Line(l))).await.is_err() {
-                            return;
-                        }
+            ChannelMsg::Data { data } => {
+                let mut lines = Vec::new();
+                let pushed = dec.push(&data, &mut lines);
+                for l in lines {
+                    if tx.send(Ok(Output::Line(l))).await.is_err() {
+                        return;
                     }
                 }
-                Err(e) => {
+                if let Err(e) = pushed {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
-            },
+            }
             ChannelMsg::ExtendedData { data, ext: 1 } => stderr.locked().push(&data),
             ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
             ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),

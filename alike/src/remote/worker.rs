@@ -188,15 +188,8 @@ fn watch_input(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let lines = match dec.push(&buf[..n]) {
-            Ok(l) => l,
-            Err(e) => {
-                if !job_seen {
-                    let _ = tx.send(Err(bad(e)));
-                }
-                break;
-            }
-        };
+        let mut lines = Vec::new();
+        let pushed = dec.push(&buf[..n], &mut lines);
         for line in lines {
             match (job_seen, decode_orchestrator(&line)) {
                 (false, Ok(OrchestratorMessage::Job(spec))) => {
@@ -227,6 +220,12 @@ fn watch_input(
                     cancel.cancel();
                 }
             }
+        }
+        if let Err(e) = pushed {
+            if !job_seen {
+                let _ = tx.send(Err(bad(e)));
+            }
+            break;
         }
     }
     closed.store(true, Ordering::Relaxed);
