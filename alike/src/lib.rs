@@ -31,6 +31,7 @@ mod error;
 mod image;
 mod nbd;
 mod options;
+mod replicate;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]
@@ -61,6 +62,10 @@ pub use nbd::{NbdExportInfo, NbdListening, NbdReport};
 pub use options::{
     BackupOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, NBD_CACHE_RANGE, NbdListen,
     NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+};
+pub use replicate::{
+    DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
+    MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
 };
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
