@@ -46,6 +46,10 @@ pub enum Error {
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
     Vhdx(alike_formats::vhdx::VhdxError),
+    /// A replication failed: the link, the peer (another job, no secret,
+    /// another version), the replica, or a source.
+    #[error(transparent)]
+    Replication(alike_replicate::ReplicateError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
     #[cfg(feature = "xen")]
@@ -72,6 +76,21 @@ impl From<alike_formats::vhd::VhdError> for Error {
 impl From<alike_formats::vhdx::VhdxError> for Error {
     fn from(e: alike_formats::vhdx::VhdxError) -> Error {
         Error::Vhdx(e)
+    }
+}
+
+impl From<alike_replicate::ReplicateError> for Error {
+    fn from(e: alike_replicate::ReplicateError) -> Error {
+        match e {
+            alike_replicate::ReplicateError::Core(c) => Error::from(c),
+            e => Error::Replication(e),
+        }
+    }
+}
+
+impl From<alike_replica::ReplicaError> for Error {
+    fn from(e: alike_replica::ReplicaError) -> Error {
+        Error::from(alike_replicate::ReplicateError::from(e))
     }
 }
 
@@ -109,6 +128,7 @@ impl Error {
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
+            Error::Replication(r) => alike_core::SeamError::kind(r),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
         }
@@ -123,6 +143,7 @@ impl Error {
             Error::Engine(c) => c.retry(),
             Error::Vhd(x) => x.retry(),
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
+            Error::Replication(r) => alike_core::SeamError::retry(r),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             _ => Retry::Permanent,

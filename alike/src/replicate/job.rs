@@ -253,6 +253,13 @@ pub struct JobSeed {
     pub version: String,
 }
 
+impl JobSeed {
+    /// Version `version` of `store`.
+    pub fn new(store: JobStore, version: impl Into<String>) -> JobSeed {
+        JobSeed { store, version: version.into() }
+    }
+}
+
 /// The job description of one end of a replication; see the module docs
 /// and `docs/replication-job.md`.
 ///
