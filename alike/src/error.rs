@@ -46,6 +46,10 @@ pub enum Error {
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
     Vhdx(alike_formats::vhdx::VhdxError),
+    /// A replication failed: the link, the peer (another job, no secret,
+    /// another version), the replica, or a source.
+    #[error(transparent)]
+    Replication(alike_replicate::ReplicateError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
     #[cfg(feature = "xen")]
@@ -88,6 +92,21 @@ impl From<alike_formats::vhdx::VhdxError> for Error {
     }
 }
 
+impl From<alike_replicate::ReplicateError> for Error {
+    fn from(e: alike_replicate::ReplicateError) -> Error {
+        match e {
+            alike_replicate::ReplicateError::Core(c) => Error::from(c),
+            e => Error::Replication(e),
+        }
+    }
+}
+
+impl From<alike_replica::ReplicaError> for Error {
+    fn from(e: alike_replica::ReplicaError) -> Error {
+        Error::from(alike_replicate::ReplicateError::from(e))
+    }
+}
+
 impl From<alike_ads::Error> for Error {
     fn from(e: alike_ads::Error) -> Error {
         match e {
@@ -122,6 +141,7 @@ impl Error {
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
+            Error::Replication(r) => alike_core::SeamError::kind(r),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
             #[cfg(feature = "remote")]
@@ -138,6 +158,7 @@ impl Error {
             Error::Engine(c) => c.retry(),
             Error::Vhd(x) => x.retry(),
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
+            Error::Replication(r) => alike_core::SeamError::retry(r),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             #[cfg(feature = "remote")]
