@@ -473,3 +473,74 @@ fn a_job_runs_on_a_processor_in_its_own_network_namespace() {
     // come from the bridge's address.
     assert!(p.sshd.log_text().contains(&format!("from {}", net.host_address())), "{}", p.sshd.log_text());
 }
+
+#[test]
+fn a_replication_runs_between_two_processors_in_their_own_namespaces() {
+    use alike::{JobReplica, JobRole, JobSecret, JobSource, Replica, ReplicaExportOptions, ReplicationJob};
+    let Some(mut net) = alike_testing::netns::ProcessorNet::new() else { return };
+    net.add_processor();
+    net.add_processor();
+    let (a, b) = (&net.processors()[0], &net.processors()[1]);
+    let env = Env::new();
+    let img = env.image("web-disk0.img", 8, 10);
+    let replica = env.p("replica");
+    let secret = JobSecret::generate().unwrap();
+    let secret_hex = serde_json::to_value(&secret).unwrap().as_str().unwrap().to_string();
+    // Push: the receiver (processor b) listens on its own address, port 2812;
+    // the sender (processor a) dials it across the bridge.
+    let mut recv = ReplicationJob::new("dr-web", "web", JobRole::Receiver, secret.clone());
+    recv.listen = Some(b.address.clone());
+    recv.replica = Some(JobReplica::Dir { path: replica.clone() });
+    let mut send = ReplicationJob::new("dr-web", "web", JobRole::Sender, secret);
+    send.peer = Some(b.address.clone());
+    send.disks.push(JobSource::Image { path: img.clone() });
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = {
+        let h = Host::new(&b.sshd.user, &b.address, 22).unwrap();
+        let (pol, k) = (HostKeyPolicy::fingerprints([&b.sshd.host_fingerprint]).unwrap(), key(&b.sshd));
+        let job = ProcessorJob::replication_end(recv);
+        let opts = RemoteOptions::default().command(worker()).on_event(move |e| {
+            if let ProcessorEvent::Listening(l) = e {
+                let _ = tx.send(l.address.clone());
+            }
+        });
+        std::thread::spawn(move || run_remote(&h, &pol, &k, &job, &opts))
+    };
+    let listening = rx.recv_timeout(Duration::from_secs(30)).expect("the receiver listens");
+    assert_eq!(listening, format!("{}:2812", b.address));
+    // Both ends run now: the job secret is in no command line or environment.
+    let (hits, _) = scan_proc(secret_hex.as_bytes(), None);
+    assert!(hits.is_empty(), "{hits:?}");
+
+    let events: Events = Default::default();
+    let job = ProcessorJob::replication_end(send);
+    assert_eq!(job.kind_name(), "replicate-sender");
+    let sent = run_remote(
+        &Host::new(&a.sshd.user, &a.address, 22).unwrap(),
+        &policy(&a.sshd),
+        &key(&a.sshd),
+        &job,
+        &recording(&events),
+    )
+    .unwrap();
+    let got = receiver.join().unwrap().unwrap();
+    assert_eq!(sent.result["role"], "sender");
+    assert_eq!(got.result["role"], "receiver");
+    assert_eq!(sent.result["point"], got.result["point"]);
+    assert!(sent.result["read_bytes"].as_u64().unwrap() > 0 && sent.result["sent_bytes"].as_u64().unwrap() > 0);
+    let ev = events.lock().unwrap();
+    assert!(
+        ev.iter()
+            .any(|(_, e)| matches!(e, ProcessorEvent::Progress(p) if p.phase == "replicate" && p.disks.len() == 1)),
+        "{ev:?}"
+    );
+    drop(ev);
+    // The replica's point is the source, bit for bit.
+    let r = Replica::open(&replica).unwrap();
+    let point = r.points().unwrap().last().unwrap().point;
+    assert_eq!(serde_json::json!(point), got.result["point"]);
+    let out = env.p("exported.img");
+    r.export(point, 0, &out, &ReplicaExportOptions::default()).unwrap();
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+}

@@ -292,6 +292,22 @@ impl Queued {
     }
 }
 
+/// The job listens for a peer (a replication end that waits for the other
+/// end to dial it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Listening {
+    /// The address and port it listens on (`10.0.0.2:2812`, `[fd00::2]:2812`).
+    pub address: String,
+}
+
+impl Listening {
+    /// A `listening` event.
+    pub fn new(address: impl Into<String>) -> Listening {
+        Listening { address: address.into() }
+    }
+}
+
 /// Bytes done in one disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -420,6 +436,8 @@ pub enum WorkerMessage {
     Started(Started),
     /// The job waits for something.
     Queued(Queued),
+    /// The job listens for a peer.
+    Listening(Listening),
     /// How far it is.
     Progress(ProgressEvent),
     /// Something a person should know.
@@ -437,6 +455,7 @@ impl WorkerMessage {
             WorkerMessage::Hello(_) => "hello",
             WorkerMessage::Started(_) => "started",
             WorkerMessage::Queued(_) => "queued",
+            WorkerMessage::Listening(_) => "listening",
             WorkerMessage::Progress(_) => "progress",
             WorkerMessage::Warning(_) => "warning",
             WorkerMessage::Done(_) => "done",

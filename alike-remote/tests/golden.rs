@@ -72,7 +72,7 @@ fn the_orchestrator_sends_the_golden_job_after_the_golden_hello() {
             other => panic!("{name}: {other:?}"),
         }
     }
-    assert_eq!(events, ["started", "queued", "progress", "progress", "warning"]);
+    assert_eq!(events, ["started", "queued", "listening", "progress", "progress", "progress", "warning"]);
 }
 
 #[test]

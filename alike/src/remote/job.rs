@@ -8,15 +8,20 @@ use std::path::PathBuf;
 use alike_remote::protocol::{JobSpec, Secret, Secrets};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, JobPassword, JobRole, JobStore, ReplicationJob, Result};
 
 /// The job kinds this build's processor runs.
-pub const KINDS: &[&str] = &["backup", "restore", "verify"];
+pub const KINDS: &[&str] = &["backup", "restore", "verify", "replicate-sender", "replicate-receiver"];
 
 /// The secrets a job on a store takes: its passphrase or key file, and
 /// object-storage credentials.
 const STORE_SECRETS: &[&str] =
     &["passphrase", "key_file", "s3_access_key_id", "s3_secret_access_key", "s3_session_token"];
+
+/// The secret of a replication kind that carries the per-job secret (64
+/// hex digits); each store's passphrase goes as `password:` + its location.
+const JOB_SECRET: &str = "job_secret";
+const PASSWORD_OF: &str = "password:";
 
 /// The largest key file sent (hex of at most this many bytes).
 const MAX_KEY_FILE: usize = 64 << 10;
@@ -196,6 +201,11 @@ pub enum JobKind {
     Restore(RestoreJob),
     /// Verify a store.
     Verify(VerifyJob),
+    /// Be the sending end of a replication (`docs/replication-job.md`; the
+    /// job's `role` is `sender`).
+    ReplicateSender(ReplicationJob),
+    /// Be the receiving end of a replication (`role` `receiver`).
+    ReplicateReceiver(ReplicationJob),
 }
 
 impl JobKind {
@@ -205,10 +215,9 @@ impl JobKind {
             JobKind::Backup(_) => "backup",
             JobKind::Restore(_) => "restore",
             JobKind::Verify(_) => "verify",
+            JobKind::ReplicateSender(_) => "replicate-sender",
+            JobKind::ReplicateReceiver(_) => "replicate-receiver",
         }
-    }
-    fn secrets(&self) -> &'static [&'static str] {
-        STORE_SECRETS
     }
 }
 
@@ -262,6 +271,18 @@ impl ProcessorJob {
     pub fn verify(job: VerifyJob) -> ProcessorJob {
         ProcessorJob::new(JobKind::Verify(job))
     }
+    /// One end of a replication, as its role says (`replicate-sender` or
+    /// `replicate-receiver`), with the replication's job id. The per-job
+    /// secret and the stores' passphrases move from the job description
+    /// into the job's secrets (see [`ProcessorJob::to_spec`]).
+    pub fn replication_end(job: ReplicationJob) -> ProcessorJob {
+        let id = job.job_id.clone();
+        let kind = match job.role {
+            JobRole::Sender => JobKind::ReplicateSender(job),
+            JobRole::Receiver => JobKind::ReplicateReceiver(job),
+        };
+        ProcessorJob::new(kind).with_id(id)
+    }
     /// The kind's name.
     pub fn kind_name(&self) -> &'static str {
         self.kind.name()
@@ -303,7 +324,10 @@ impl ProcessorJob {
         &self.secrets
     }
 
-    /// The job as the protocol carries it.
+    /// The job as the protocol carries it. For the replication kinds the
+    /// parameters are the job description (`docs/replication-job.md`)
+    /// without its secrets: the per-job secret goes as the secret
+    /// `job_secret`, each store's `password` as `password:LOCATION`.
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidArgument`] when a parameter is out of range.
@@ -311,13 +335,27 @@ impl ProcessorJob {
         if self.id.is_empty() || self.id.len() > 255 {
             return Err(Error::InvalidArgument(format!("job id {:?}: 1 to 255 bytes", self.id)));
         }
+        let bad = |e: serde_json::Error| Error::InvalidArgument(format!("job parameters: {e}"));
+        let mut secrets = self.secrets.clone();
         let params = match &self.kind {
-            JobKind::Backup(b) => serde_json::to_value(b),
-            JobKind::Restore(r) => serde_json::to_value(r),
-            JobKind::Verify(v) => serde_json::to_value(v),
-        }
-        .map_err(|e| Error::InvalidArgument(format!("job parameters: {e}")))?;
-        let mut spec = JobSpec::new(&self.id, self.kind.name(), params).with_secrets(self.secrets.clone());
+            JobKind::Backup(b) => serde_json::to_value(b).map_err(bad)?,
+            JobKind::Restore(r) => serde_json::to_value(r).map_err(bad)?,
+            JobKind::Verify(v) => serde_json::to_value(v).map_err(bad)?,
+            JobKind::ReplicateSender(j) | JobKind::ReplicateReceiver(j) => {
+                let mut j = j.clone();
+                for st in stores_of(&mut j) {
+                    if let Some(p) = st.password.take() {
+                        secrets.insert(format!("{PASSWORD_OF}{}", st.location), Secret::new(p.0));
+                    }
+                }
+                let mut v = serde_json::to_value(&j).map_err(bad)?;
+                if let Some(serde_json::Value::String(hex)) = v.as_object_mut().and_then(|o| o.remove("secret")) {
+                    secrets.insert(JOB_SECRET, Secret::new(hex));
+                }
+                v
+            }
+        };
+        let mut spec = JobSpec::new(&self.id, self.kind.name(), params).with_secrets(secrets);
         spec.progress_interval_ms = self.progress_interval_ms;
         Ok(spec)
     }
@@ -333,10 +371,16 @@ impl ProcessorJob {
             return Err(Error::InvalidArgument("a job id is 1 to 255 bytes".into()));
         }
         let bad = |e: serde_json::Error| Error::InvalidArgument(format!("{} job parameters: {e}", spec.kind));
+        let mut secrets = spec.secrets;
         let kind = match spec.kind.as_str() {
-            "backup" => JobKind::Backup(serde_json::from_value(spec.params.clone()).map_err(bad)?),
-            "restore" => JobKind::Restore(serde_json::from_value(spec.params.clone()).map_err(bad)?),
-            "verify" => JobKind::Verify(serde_json::from_value(spec.params.clone()).map_err(bad)?),
+            "backup" => JobKind::Backup(serde_json::from_value(spec.params).map_err(bad)?),
+            "restore" => JobKind::Restore(serde_json::from_value(spec.params).map_err(bad)?),
+            "verify" => JobKind::Verify(serde_json::from_value(spec.params).map_err(bad)?),
+            k @ ("replicate-sender" | "replicate-receiver") => {
+                let role = if k == "replicate-sender" { JobRole::Sender } else { JobRole::Receiver };
+                let job = replication_job(spec.params, &mut secrets, role, k)?;
+                if role == JobRole::Sender { JobKind::ReplicateSender(job) } else { JobKind::ReplicateReceiver(job) }
+            }
             k => {
                 return Err(Error::InvalidArgument(format!(
                     "this processor does not run {k:?} jobs (it runs: {})",
@@ -344,18 +388,25 @@ impl ProcessorJob {
                 )));
             }
         };
-        let takes = kind.secrets();
-        if let Some(n) = spec.secrets.names().find(|n| !takes.contains(n)) {
-            return Err(Error::InvalidArgument(format!(
-                "a {} job takes no secret {n:?} (it takes: {})",
-                spec.kind,
+        let takes: &[&str] = match kind {
+            JobKind::ReplicateSender(_) | JobKind::ReplicateReceiver(_) => &[],
+            _ => STORE_SECRETS,
+        };
+        if let Some(n) = secrets.names().find(|n| !takes.contains(n)) {
+            let takes = if takes.is_empty() {
+                format!("{JOB_SECRET} and {PASSWORD_OF}LOCATION for each store it names")
+            } else {
                 takes.join(", ")
+            };
+            return Err(Error::InvalidArgument(format!(
+                "a {} job takes no secret {n:?} (it takes: {takes})",
+                spec.kind
             )));
         }
-        if spec.secrets.get("key_file").is_some_and(|k| k.expose().len() > 2 * MAX_KEY_FILE) {
+        if secrets.get("key_file").is_some_and(|k| k.expose().len() > 2 * MAX_KEY_FILE) {
             return Err(Error::InvalidArgument("the key_file secret is larger than a key file".into()));
         }
-        Ok(ProcessorJob { id: spec.id, kind, progress_interval_ms: spec.progress_interval_ms, secrets: spec.secrets })
+        Ok(ProcessorJob { id: spec.id, kind, progress_interval_ms: spec.progress_interval_ms, secrets })
     }
 
     /// Opens the job's store with its secrets (the worker's side).
@@ -398,4 +449,65 @@ impl ProcessorJob {
         b.object_options(o);
         b.open_at(&s.location)
     }
+}
+
+/// Every store a replication job names (its sources' stores, its seed's,
+/// its one-pass target).
+fn stores_of(job: &mut ReplicationJob) -> Vec<&mut JobStore> {
+    let mut out: Vec<&mut JobStore> = Vec::new();
+    for d in &mut job.disks {
+        if let crate::JobSource::StoreVersion { store, .. } = d {
+            out.push(store);
+        }
+    }
+    if let Some(s) = &mut job.seed {
+        out.push(&mut s.store);
+    }
+    if let Some(s) = &mut job.backup_to {
+        out.push(s);
+    }
+    out
+}
+
+/// A replication end's job description from a spec: the parameters with
+/// the secrets put back where the description holds them. The secrets
+/// used are taken out of `secrets`; what is left is refused by the caller.
+fn replication_job(
+    mut params: serde_json::Value,
+    secrets: &mut Secrets,
+    role: JobRole,
+    kind: &str,
+) -> Result<ReplicationJob> {
+    let bad = |m: String| Err(Error::InvalidArgument(format!("{kind} job: {m}")));
+    let Some(obj) = params.as_object_mut() else { return bad("the parameters are not an object".into()) };
+    if obj.contains_key("secret") {
+        return bad(format!("the per-job secret travels in the secrets, as {JOB_SECRET:?}, not in the parameters"));
+    }
+    let Some(secret) = secrets.take(JOB_SECRET) else {
+        return bad(format!("the secret {JOB_SECRET:?} (64 hex digits) is missing"));
+    };
+    obj.insert("secret".into(), serde_json::Value::String(secret.expose().to_string()));
+    let text = zeroize::Zeroizing::new(serde_json::to_vec(&params).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+    let mut job = ReplicationJob::from_json(&text)?;
+    if job.role != role {
+        return bad(format!("the job description's role is {}", job.role.name()));
+    }
+    let mut used = Vec::new();
+    for st in stores_of(&mut job) {
+        if st.password.is_some() {
+            return bad(format!(
+                "store {}: a passphrase travels in the secrets, as \"{PASSWORD_OF}{}\"",
+                st.location, st.location
+            ));
+        }
+        let name = format!("{PASSWORD_OF}{}", st.location);
+        if let Some(p) = secrets.get(&name) {
+            st.password = Some(JobPassword(p.expose().to_string()));
+            used.push(name);
+        }
+    }
+    for n in used {
+        secrets.take(&n);
+    }
+    Ok(job)
 }

@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use alike_core::{CancelToken, DiskSource, Progress, Recover};
 use alike_remote::protocol::{
-    DiskProgress, Done, Failure, Hello, LineDecoder, MAX_LINE, OrchestratorMessage, ProgressEvent, Queued, Started,
-    Warning, WorkerMessage, decode_orchestrator, encode,
+    DiskProgress, Done, Failure, Hello, LineDecoder, Listening, MAX_LINE, OrchestratorMessage, ProgressEvent, Queued,
+    Started, Warning, WorkerMessage, decode_orchestrator, encode,
 };
 
 use super::job::{BackupJob, JobKind, KINDS, ProcessorJob, RestoreJob, VerifyJob};
 use crate::{BackupOptions, Error, ErrorKind, Parent, RestoreOptions, Result, Retry, VerifyOptions};
+use crate::{EndOptions, JobLink, ReplicationJob};
 
 /// How a processor runs.
 #[derive(Debug, Clone)]
@@ -267,24 +268,24 @@ impl Ctx {
     /// A progress event, at most one per interval (a phase's first and
     /// last reports always go).
     fn progress(&self, p: &Progress, disks: impl FnOnce() -> Vec<DiskProgress>) {
-        let phase = p.phase.name();
+        self.progress_of(p.phase.name(), p.bytes_done, p.bytes_total, disks);
+    }
+    fn progress_of(&self, phase: &'static str, done: u64, total: u64, disks: impl FnOnce() -> Vec<DiskProgress>) {
         {
             let mut last = self.last.locked();
             let now = Instant::now();
             let due = match *last {
                 // The same figures again say nothing new.
-                Some((_, ph, done)) if ph == phase && done == p.bytes_done => false,
-                Some((t, ph, _)) => {
-                    ph != phase || now.duration_since(t) >= self.interval || p.bytes_done >= p.bytes_total
-                }
+                Some((_, ph, d)) if ph == phase && d == done => false,
+                Some((t, ph, _)) => ph != phase || now.duration_since(t) >= self.interval || done >= total,
                 None => true,
             };
             if !due {
                 return;
             }
-            *last = Some((now, phase, p.bytes_done));
+            *last = Some((now, phase, done));
         }
-        self.out.send(&WorkerMessage::Progress(ProgressEvent::new(phase, p.bytes_done, p.bytes_total, disks())));
+        self.out.send(&WorkerMessage::Progress(ProgressEvent::new(phase, done, total, disks())));
     }
     fn warn(&self, message: String, disk: Option<u32>) {
         tracing::warn!(disk, "{message}");
@@ -302,6 +303,7 @@ fn run_job(job: &ProcessorJob, ctx: &Arc<Ctx>, opts: &WorkerOptions) -> Result<s
         JobKind::Backup(b) => backup(job, b, ctx),
         JobKind::Restore(r) => restore(job, r, ctx),
         JobKind::Verify(v) => verify(job, v, ctx),
+        JobKind::ReplicateSender(r) | JobKind::ReplicateReceiver(r) => replicate(r, ctx),
     }?;
     Ok(v)
 }
@@ -488,4 +490,24 @@ fn verify(job: &ProcessorJob, v: &VerifyJob, ctx: &Arc<Ctx>) -> Result<serde_jso
         ctx.warn(format!("{} damaged object(s) or chunk(s) found", r.damaged.len()), None);
     }
     to_value(&r)
+}
+
+/// One end of a replication: the engine's `run_end`, its progress per disk
+/// as `progress` events (phase `replicate`: bytes read of what this run
+/// reads), and a `listening` event once a listening end listens.
+fn replicate(r: &ReplicationJob, ctx: &Arc<Ctx>) -> Result<serde_json::Value> {
+    let (c, c2, c3) = (ctx.clone(), ctx.clone(), ctx.clone());
+    let o = EndOptions::default()
+        .cancel_token(ctx.cancel.clone())
+        .progress(move |p| c.progress(p, Vec::new))
+        .disk_progress(move |p| {
+            let disks: Vec<DiskProgress> =
+                p.disks.iter().map(|d| DiskProgress::new(d.disk as u32, d.read_bytes, d.total_bytes)).collect();
+            let done = disks.iter().map(|d| d.bytes_done).sum();
+            let total = disks.iter().map(|d| d.bytes_total).sum();
+            c2.progress_of("replicate", done, total, || disks)
+        })
+        .on_listening(move |a| c3.out.send(&WorkerMessage::Listening(Listening::new(a.to_string()))));
+    let report = crate::run_end(r, JobLink::FromJob, &o)?;
+    to_value(&report)
 }

@@ -73,7 +73,7 @@ fn a_processor_refuses_what_it_must_and_says_why() {
     // Another version: refused naming both, as unsupported_version.
     let (exit, ev) = serve(&[r#"{"type":"job","v":2,"id":"j","kind":"backup","params":{}}"#], true);
     assert_eq!(exit, WorkerExit::Failed);
-    assert!(matches!(&ev[0], ProcessorEvent::Hello(h) if h.v == 1 && h.kinds == ["backup", "restore", "verify"]));
+    assert!(matches!(&ev[0], ProcessorEvent::Hello(h) if h.v == 1 && h.kinds == alike::remote::KINDS));
     let f = failure(&ev);
     assert_eq!(f.kind, "unsupported_version");
     assert!(f.message.contains("v2") && f.message.contains("v1"), "{}", f.message);
@@ -81,7 +81,7 @@ fn a_processor_refuses_what_it_must_and_says_why() {
     let cases = [
         (
             r#"{"type":"job","v":1,"id":"j","kind":"vault","params":{}}"#,
-            "does not run \"vault\" jobs (it runs: backup, restore, verify)",
+            "does not run \"vault\" jobs (it runs: backup, restore, verify, replicate-sender, replicate-receiver)",
         ),
         (
             r#"{"type":"job","v":1,"id":"j","kind":"verify","params":{"store":{"location":"/x"},"bwlimit":1}}"#,
@@ -93,6 +93,30 @@ fn a_processor_refuses_what_it_must_and_says_why() {
             "takes no secret \"token\"",
         ),
         (r#"{"type":"cancel"}"#, "the first message must be the job"),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"replicate-sender","params":{"version":1,"job_id":"j","vm":"v","role":"sender","peer":"h","secret":"00"}}"#,
+            "the per-job secret travels in the secrets, as \"job_secret\"",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"replicate-sender","params":{"version":1,"job_id":"j","vm":"v","role":"sender","peer":"h"}}"#,
+            "the secret \"job_secret\" (64 hex digits) is missing",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"replicate-sender","params":{"version":1,"job_id":"j","vm":"v","role":"receiver","listen":"h","replica":{"kind":"dir","path":"/r"}},"secrets":{"job_secret":"5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f"}}"#,
+            "the job description's role is receiver",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"replicate-receiver","params":{"version":1,"job_id":"j","vm":"v","role":"receiver","replica":{"kind":"dir","path":"/r"},"seed":{"store":{"location":"/s","password":"t0p"},"version":"latest"}},"secrets":{"job_secret":"5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f"}}"#,
+            "store /s: a passphrase travels in the secrets, as \"password:/s\"",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"replicate-receiver","params":{"version":1,"job_id":"j","vm":"v","role":"receiver","replica":{"kind":"dir","path":"/r"}},"secrets":{"job_secret":"5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f","password:/elsewhere":"t0p"}}"#,
+            "takes no secret \"password:/elsewhere\"",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"replicate-receiver","params":{"version":2,"job_id":"j"},"secrets":{"job_secret":"00"}}"#,
+            "job description version 2: this build reads version 1",
+        ),
         ("not json", "malformed message from the orchestrator"),
     ];
     for (line, want) in cases {
@@ -160,5 +184,5 @@ fn the_golden_jobs_are_the_facades_job_kinds() {
         let again = encode(&OrchestratorMessage::Job(job.to_spec().unwrap()));
         assert_eq!(String::from_utf8(again.to_vec()).unwrap(), format!("{line}\n"));
     }
-    assert_eq!(kinds, ["backup", "restore", "verify"]);
+    assert_eq!(kinds, ["backup", "restore", "verify", "replicate-receiver"]);
 }
