@@ -307,44 +307,55 @@ fn closing_the_channel_mid_job_cancels_it_cleanly() {
 fn jobs_queue_on_a_processor_that_runs_one_at_a_time() {
     let Some(sshd) = Sshd::start() else { return };
     let env = Env::new();
-    env.store("s", "pw");
-    let a = env.image("a.img", 96, 5);
-    let b = env.image("b.img", 4, 6);
+    let store = env.store("s", "pw");
+    let img = env.image("b.img", 4, 6);
     let lock = env.p("processor.lock");
-    let cmd = format!("{ALIKE} processor --queue-lock {}", lock.display());
-    let first_started = Arc::new(Mutex::new(false));
-    let (fs, h, p, k) = (first_started.clone(), host(&sshd), policy(&sshd), key(&sshd));
-    let spec_a = env.spec("s");
-    let first = {
-        let cmd = cmd.clone();
-        std::thread::spawn(move || {
-            let mut j = BackupJob::new(spec_a, "a", vec![a]);
-            j.threads = 1;
-            let opts = RemoteOptions::default().command(cmd).on_event(move |e| {
-                if matches!(e, ProcessorEvent::Progress(_)) {
-                    *fs.lock().unwrap() = true;
-                }
-            });
-            run_remote(&h, &p, &k, &ProcessorJob::backup(j).passphrase("pw").with_progress_interval_ms(10), &opts)
-        })
-    };
+    std::fs::write(&lock, "job job-first (backup, pid 1)").unwrap();
+    // Another job holds the processor: a process of ours holds the lock
+    // (flock(1) on a descriptor, then the shell becomes `sleep`, keeping
+    // it) until the test lets it go.
+    let mut holder = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec 9>>'{}' && flock 9 && exec sleep 60", lock.display()))
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
-    while !*first_started.lock().unwrap() {
-        assert!(t0.elapsed() < Duration::from_secs(20) && !first.is_finished(), "the first job never progressed");
-        std::thread::sleep(Duration::from_millis(5));
+    while Command::new("flock").args(["-n"]).arg(&lock).arg("true").status().unwrap().success() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "flock(1) did not take the lock");
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let holder_pid = holder.id();
     let events: Events = Default::default();
-    let opts = recording(&events).command(cmd);
-    let second = ProcessorJob::backup(BackupJob::new(env.spec("s"), "b", vec![b])).passphrase("pw");
-    run_remote(&host(&sshd), &policy(&sshd), &key(&sshd), &second, &opts).unwrap();
-    let first = first.join().unwrap().unwrap();
+    let ev = events.clone();
+    let opts = RemoteOptions::default().command(format!("{ALIKE} processor --queue-lock {}", lock.display())).on_event(
+        move |e| {
+            ev.lock().unwrap().push((Instant::now(), e.clone()));
+            if matches!(e, ProcessorEvent::Queued(_)) {
+                // The holder is done: the queued job goes on by itself.
+                let _ = Command::new("kill").arg(holder_pid.to_string()).status();
+            }
+        },
+    );
+    let job = ProcessorJob::backup(BackupJob::new(env.spec("s"), "b", vec![img.clone()])).passphrase("pw");
+    run_remote(&host(&sshd), &policy(&sshd), &key(&sshd), &job, &opts).unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
     let ev = events.lock().unwrap();
-    let queued = ev.iter().find_map(|(_, e)| match e {
-        ProcessorEvent::Queued(q) => Some(q.reason.clone()),
-        _ => None,
-    });
-    let queued = queued.unwrap_or_else(|| panic!("the second job was not queued: {ev:?}"));
-    assert!(queued.contains(&format!("job {}", first.job)), "{queued}");
+    let kinds: Vec<&str> = ev.iter().map(|(_, e)| e.type_name()).collect();
+    assert_eq!(kinds[..2], ["started", "queued"], "{ev:?}");
+    let ProcessorEvent::Queued(q) = &ev[1].1 else { unreachable!() };
+    assert_eq!(
+        q.reason,
+        format!(
+            "this processor runs one job at a time, and job job-first (backup, pid 1) holds it ({})",
+            lock.display()
+        )
+    );
+    assert!(kinds.contains(&"progress"), "{kinds:?}");
+    // The job ran once the lock was free, and left its own name in the file.
+    assert_eq!(store.versions(Some("b")).unwrap().len(), 1);
+    let text = std::fs::read_to_string(&lock).unwrap();
+    assert!(text.starts_with(&format!("job {} (backup, pid ", job.id)), "{text}");
 }
 
 #[test]
