@@ -128,6 +128,18 @@ fn with_secrets(cli: &Cli, mut job: ProcessorJob, prompted: Option<String>) -> R
 /// stderr; asks for the passphrase on a terminal when the processor says
 /// the store needs one.
 fn run(cli: &Cli, via: &ViaArgs, what: &'static str, make: impl Fn() -> ProcessorJob) -> Result<RemoteReport> {
+    run_with(cli, via, what, true, make)
+}
+
+/// [`run`], with the store's secrets from this side or (`store_secrets`
+/// false: a replication end, whose secrets are in its job) without.
+fn run_with(
+    cli: &Cli,
+    via: &ViaArgs,
+    what: &'static str,
+    store_secrets: bool,
+    make: impl Fn() -> ProcessorJob,
+) -> Result<RemoteReport> {
     let host = via.host()?;
     let policy = via.policy()?;
     let key = via.key()?;
@@ -142,6 +154,7 @@ fn run(cli: &Cli, via: &ViaArgs, what: &'static str, make: impl Fn() -> Processo
             .on_event(|e| match e {
                 ProcessorEvent::Queued(q) => eprintln!("alike: queued: {}", q.reason),
                 ProcessorEvent::Warning(w) => eprintln!("alike: warning: {}", w.message),
+                ProcessorEvent::Listening(l) => eprintln!("alike: listening on {} (on the processor)", l.address),
                 _ => {}
             });
         if let Some(cb) = bar.callback() {
@@ -151,6 +164,9 @@ fn run(cli: &Cli, via: &ViaArgs, what: &'static str, make: impl Fn() -> Processo
         bar.done();
         r
     };
+    if !store_secrets {
+        return Ok(go(make())?);
+    }
     match go(with_secrets(cli, make(), None)?) {
         Err(e)
             if e.kind() == ErrorKind::PassphraseRequired
@@ -272,5 +288,28 @@ pub(crate) fn verify(cli: &Cli, a: &crate::commands::VerifyArgs, via: &ViaArgs) 
     if damaged > 0 {
         bail!("{damaged} damaged object(s) or chunk(s) found");
     }
+    Ok(())
+}
+
+/// `alike replicate --via`: one end of a replication on a processor.
+pub(crate) fn replication_end(cli: &Cli, job: &alike::ReplicationJob, via: &ViaArgs, json: bool) -> Result<()> {
+    let what = if job.role == alike::JobRole::Sender { "send" } else { "receive" };
+    let r = run_with(cli, via, what, false, || ProcessorJob::replication_end(job.clone()))?;
+    let v = &r.result;
+    if json {
+        return print_json(v);
+    }
+    println!("{}", u(v, "point"));
+    eprintln!(
+        "{} of job {} ({}) on {}: point {}, read {}, sent {} in {:.2} s",
+        v["role"].as_str().unwrap_or_default(),
+        v["job_id"],
+        v["vm"].as_str().unwrap_or_default(),
+        r.host,
+        u(v, "point"),
+        mib(u(v, "read_bytes")),
+        mib(u(v, "sent_bytes")),
+        v["elapsed_seconds"].as_f64().unwrap_or_default()
+    );
     Ok(())
 }

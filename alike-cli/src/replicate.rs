@@ -74,6 +74,11 @@ pub(crate) struct ReplicateArgs {
     /// file, or `-` for stdin. Everything else comes from the job.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["to_dir", "disks", "listen", "connect"])]
     job: Option<PathBuf>,
+    /// Run the end on a processor over SSH (`--job` or `--listen/--connect`
+    /// only): the job's paths are the processor's; its secret and store
+    /// passphrases travel in the SSH channel only.
+    #[command(flatten)]
+    via: crate::remote::ViaArgs,
     #[command(flatten)]
     out: JsonArg,
 }
@@ -141,15 +146,23 @@ fn split_seed(spec: &str) -> Result<(&str, &str)> {
 }
 
 pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
+    // One end, here or (with --via) on a processor over SSH.
+    let end = |job: &ReplicationJob| match a.via.via {
+        Some(_) => crate::remote::replication_end(cli, job, &a.via, a.out.json),
+        None => run_job(cli, job, a.out.json),
+    };
     if let Some(f) = &a.job {
         let text = read_bounded(f, alike::MAX_JOB_BYTES, "job description")?;
         let job = ReplicationJob::from_json(&text)?;
-        return run_job(cli, &job, a.out.json);
+        return end(&job);
     }
     let vm = a.vm.clone().context("--vm is required")?;
     if a.listen.is_some() || a.connect.is_some() {
         let job = two_process_job(cli, a, &vm)?;
-        return run_job(cli, &job, a.out.json);
+        return end(&job);
+    }
+    if a.via.via.is_some() {
+        bail!("--via runs one end of two processes: give --job FILE, or --listen/--connect");
     }
     let (Some(dir), false) = (&a.to_dir, a.disks.is_empty()) else {
         bail!(

@@ -505,6 +505,7 @@ fn a_replication_runs_between_two_processors_in_their_own_namespaces() {
     let mut send = ReplicationJob::new("dr-web", "web", JobRole::Sender, secret);
     send.peer = Some(b.address.clone());
     send.disks.push(JobSource::Image { path: img.clone() });
+    let (recv2, send2) = (recv.clone(), send.clone());
 
     let (tx, rx) = std::sync::mpsc::channel();
     let receiver = {
@@ -553,5 +554,42 @@ fn a_replication_runs_between_two_processors_in_their_own_namespaces() {
     assert_eq!(serde_json::json!(point), got.result["point"]);
     let out = env.p("exported.img");
     r.export(point, 0, &out, &ReplicaExportOptions::default()).unwrap();
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+
+    // A second run, the sender's end started by the CLI from a job file
+    // (`alike replicate --job FILE --via …`), after the source changed.
+    let mut data = std::fs::read(&img).unwrap();
+    data[(1 << 20)..(1 << 20) + 4096].fill(0xa5);
+    std::fs::write(&img, &data).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = {
+        let h = Host::new(&b.sshd.user, &b.address, 22).unwrap();
+        let (pol, k) = (policy(&b.sshd), key(&b.sshd));
+        let job = ProcessorJob::replication_end(recv2);
+        let opts = RemoteOptions::default().command(worker()).on_event(move |e| {
+            if let ProcessorEvent::Listening(_) = e {
+                let _ = tx.send(());
+            }
+        });
+        std::thread::spawn(move || run_remote(&h, &pol, &k, &job, &opts))
+    };
+    rx.recv_timeout(Duration::from_secs(30)).expect("the receiver listens");
+    let job_file = env.p("send.json");
+    std::fs::write(&job_file, send2.to_json().unwrap()).unwrap();
+    let o = Command::new(ALIKE)
+        .args(["replicate", "--json", "--job"])
+        .arg(&job_file)
+        .args(["--via", &a.sshd.destination(), "--ssh-key"])
+        .arg(&a.sshd.client_key)
+        .args(["--host-key", &a.sshd.host_fingerprint, "--processor-command", &worker()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sent: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got = receiver.join().unwrap().unwrap();
+    assert_eq!(sent["point"], got.result["point"]);
+    let point2 = sent["point"].as_u64().unwrap();
+    assert!(point2 > point);
+    r.export(point2, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
     assert_eq!(sha256_file(&out), sha256_file(&img));
 }
