@@ -77,7 +77,7 @@ enum Cmd {
     /// Replicate a VM's disks onto a replica (a folder of VHDX files), sending only
     /// the chunks it lacks: both ends here (--to-dir DIR DISK…), or one end of two
     /// processes (--listen/--connect, or --job FILE). Prints the new point's id.
-    Replicate(replicate::ReplicateArgs),
+    Replicate(Box<replicate::ReplicateArgs>),
     /// A replica's points, export of a point's disk, the history of runs.
     Replica(replicate::ReplicaArgs),
     /// XenServer/XCP-ng: list a pool's VMs, back one up (CBT incremental), restore a version as a new VM.
