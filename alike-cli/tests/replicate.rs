@@ -47,6 +47,24 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_str(&ok(args)).unwrap()
 }
 
+/// A JSON value's keys, recursively (objects by keys, arrays by their first element).
+fn keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), keys(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(keys).into_iter().collect()),
+        _ => Value::Null,
+    }
+}
+
+/// The pinned keys of report `name` (`testdata/report-schema.json`).
+fn schema(name: &str) -> Value {
+    let all: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/report-schema.json")).unwrap(),
+    )
+    .unwrap();
+    all[name].clone()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -146,6 +164,7 @@ fn replicate_to_dir_sends_only_what_changed_and_every_point_exports_bit_exact() 
     let imgs = write_images(t, "src", &g1);
     let first = json(&["replicate", "--vm", "web", "--to-dir", s(&dir), s(&imgs[0]), s(&imgs[1]), "--json"]);
     assert_eq!(first["point"], 1);
+    assert_eq!(keys(&first), schema("replicate"), "--json prints the library's report");
     assert_eq!(first["read_bytes"].as_u64().unwrap(), (g1[0].len() + g1[1].len()) as u64);
     let (raw1, z1) = lacking(&dir, &[vec![0; g1[0].len()], vec![0; g1[1].len()]], &g1);
     assert_eq!(first["needed_bytes"].as_u64().unwrap(), raw1);
@@ -161,6 +180,7 @@ fn replicate_to_dir_sends_only_what_changed_and_every_point_exports_bit_exact() 
     assert_eq!(out.trim(), "2", "the new point's id, alone on stdout");
     let (raw2, z2) = lacking(&dir, &g1, &g2);
     let h = json(&["replica", "history", s(&dir), "--json"]);
+    assert_eq!(keys(&h[1]), schema("replication_record"));
     assert_eq!(h.as_array().unwrap().len(), 2);
     assert_eq!(h[1]["point"], 2);
     assert_eq!(h[1]["result"], "ok");
@@ -206,6 +226,7 @@ fn replicate_to_dir_sends_only_what_changed_and_every_point_exports_bit_exact() 
     let p4 = r["point"].as_u64().unwrap();
     points.push((p4, g4));
     let list = json(&["replica", "list", s(&dir), "--json"]);
+    assert_eq!(keys(&list[0]), schema("replica_point"));
     let listed: Vec<u64> = list.as_array().unwrap().iter().map(|p| p["point"].as_u64().unwrap()).collect();
     let kept: Vec<u64> = points.iter().rev().take(2).rev().map(|p| p.0).collect();
     assert_eq!(listed, kept, "oldest first, the newest two");
@@ -341,6 +362,8 @@ fn two_processes_over_tcp_push_and_pull_and_a_wrong_secret() {
     let sj: Value = serde_json::from_str(&sender.1).unwrap();
     let rj: Value = serde_json::from_str(&receiver.1).unwrap();
     assert_eq!((sj["role"].as_str(), rj["role"].as_str()), (Some("sender"), Some("receiver")));
+    assert_eq!(keys(&sj), schema("replicate_sender"));
+    assert_eq!(keys(&rj), schema("replicate_receiver"));
     assert_eq!((&sj["point"], &rj["point"]), (&Value::from(1), &Value::from(1)));
     assert_eq!(sj["sent_bytes"], rj["sent_bytes"], "what one end sent, the other took");
     assert_exports(&dir, t, 1, &g1);
@@ -556,4 +579,56 @@ fn sigkill_of_the_sender_the_receiver_or_the_link_never_tears_the_replica() {
          {committed_anyway} after the point was committed), seed {seed}",
         victims[0], victims[1], victims[2]
     );
+}
+
+#[test]
+fn one_pass_backup_and_a_seeded_first_run_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let cache = t.join("cache");
+    let with_store = |args: &[&str]| {
+        let mut a = vec!["--store", s(&store), "--cache-dir", s(&cache)];
+        a.extend_from_slice(args);
+        json(&a)
+    };
+    ok(&["--store", s(&store), "--cache-dir", s(&cache), "init", "--no-encryption"]);
+    let mut g = vec![disk(21, 8 * MIB)];
+    let imgs = write_images(t, "src", &g);
+    // One pass: a version in the store and a point in the replica, the image read once.
+    let r = with_store(&[
+        "replicate",
+        "--vm",
+        "web",
+        "--to-dir",
+        s(&t.join("r1")),
+        s(&imgs[0]),
+        "--backup-to",
+        s(&store),
+        "--json",
+    ]);
+    assert_eq!(r["read_bytes"].as_u64().unwrap(), g[0].len() as u64);
+    assert_eq!(r["backup"]["read_bytes"], r["read_bytes"]);
+    let versions = with_store(&["versions", "--json"]);
+    assert_eq!(versions[0]["id"], r["backup"]["id"]);
+    assert_exports(&t.join("r1"), t, 1, &g);
+
+    // A new replica elsewhere, seeded from that version: only the changes cross.
+    scatter(&mut g[0], &mut Rng::new(3), 4);
+    let imgs = write_images(t, "src", &g);
+    let seed = format!("{}:latest", s(&store));
+    let r = with_store(&[
+        "replicate",
+        "--vm",
+        "web",
+        "--to-dir",
+        s(&t.join("r2")),
+        s(&imgs[0]),
+        "--seed-from",
+        &seed,
+        "--json",
+    ]);
+    assert!(r["replica"]["seeded_bytes"].as_u64().unwrap() > 4 * MIB as u64, "{r}");
+    assert!(r["needed_bytes"].as_u64().unwrap() <= 4 * (64 << 10), "{r}");
+    assert_exports(&t.join("r2"), t, 1, &g);
 }
