@@ -11,6 +11,7 @@ use alike_core::{DiskSource, Error, MemSource, Result};
 use sha2::Digest;
 
 pub mod netns;
+pub mod proxy;
 pub mod sshd;
 pub mod vhdx_spec;
 

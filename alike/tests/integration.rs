@@ -14,6 +14,7 @@ mod integration {
     mod matrix;
     mod nbd;
     mod processor;
+    mod replicate;
     mod roundtrip;
     mod s3;
     mod schema;

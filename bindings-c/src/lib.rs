@@ -16,10 +16,12 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod options;
+mod replica;
 mod store;
 mod version;
 
 pub use options::*;
+pub use replica::*;
 pub use store::*;
 pub use version::*;
 
