@@ -66,6 +66,27 @@ forbid "alike-replica (replica targets, driven by the protocol or the facade) de
 forbid "alike-repl (the replication protocol and its TCP shell) depends on no crate of ours, no redb and no network crate: the protocol is sans I/O, the shell uses std::net" \
     alike-repl normal,build "$OURS" redb "${NETWORK[@]}"
 
+forbid "alike-replicate (the replication engine) depends on no crate of ours but alike-core, alike-repl and alike-replica, and on no redb or network crate: sources and replicas come from above, the TCP shell is std::net" \
+    alike-replicate normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core alike-repl alike-replica alike-formats
+
+forbid "alike-remote (the processor protocol and the SSH client) depends on no crate of ours but alike-core, on no redb, and on no network crate but russh and tokio's own" \
+    alike-remote normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core russh mio socket2
+
+# Without its \`ssh\` feature alike-remote is the protocol alone: what the
+# worker side and the fuzz target build.
+bare=$(cargo tree -q -p alike-remote --no-default-features -e normal,build --target all --prefix none --format '{p}' | awk '{ print $1 }' | sort -u)
+for d in russh tokio "${NETWORK[@]}"; do
+    if grep -qx "$d" <<<"$bare"; then
+        echo "layering: rule violated: alike-remote without its ssh feature depends on no network crate"
+        echo "  it depends on $d"
+        status=1
+    fi
+done
+
+for a in alike-xen alike-hyperv alike-ads; do
+    forbid "SSH is alike-remote's: the adapters and the store do not speak it" "$a" normal,build russh
+done
+
 for a in alike-xen alike-hyperv alike-ads; do
     others=()
     for b in alike-xen alike-hyperv alike-ads; do [ "$a" = "$b" ] || others+=("$b"); done

@@ -89,6 +89,9 @@ pub struct OpenOptions {
     pub passphrase: Option<Vec<u8>>,
     /// Key file of an encrypted store (instead of a passphrase).
     pub key_file: Option<PathBuf>,
+    /// The contents of a key file, instead of its path (a processor gets
+    /// them from its orchestrator, not from a file). Wins over `key_file`.
+    pub key_file_data: Option<Vec<u8>>,
     /// Where the local index cache lives (default: `$ALIKE_CACHE_DIR`,
     /// `$XDG_CACHE_HOME/alike` or `~/.cache/alike`).
     pub cache_dir: Option<PathBuf>,
@@ -910,9 +913,15 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
         object: "config".into(),
         reason: "encrypted store without key_check".into(),
     })?;
-    if let Some(kf) = &opts.key_file {
-        let obj = kf.display().to_string();
-        let f = crate::config::read_key_file(kf)?;
+    let key_file = match (&opts.key_file_data, &opts.key_file) {
+        (Some(data), _) => {
+            let obj = "the key file given".to_string();
+            Some((KeyFile::decode(data, &obj)?, obj))
+        }
+        (None, Some(kf)) => Some((crate::config::read_key_file(kf)?, kf.display().to_string())),
+        (None, None) => None,
+    };
+    if let Some((f, obj)) = key_file {
         if f.store_id != config.store_id {
             return Err(Error::InvalidArgument(format!(
                 "key file {obj} belongs to store {}, not {}",

@@ -75,29 +75,34 @@ fn parse_chunking(spec: Option<&str>, block_size: Option<u32>) -> Result<Chunkin
 pub(crate) struct BackupArgs {
     /// VM name.
     #[arg(long)]
-    vm: String,
+    pub(crate) vm: String,
     /// The VM's disks, in order: raw images, block devices, VHD or VHDX/AVHDX files.
     #[arg(required = true)]
-    disks: Vec<PathBuf>,
+    pub(crate) disks: Vec<PathBuf>,
     /// Image format of the disks (default: detected from each file's signature).
     #[arg(long, value_name = "raw|vhd|vhdx")]
-    format: Option<alike::ImageFormat>,
+    pub(crate) format: Option<alike::ImageFormat>,
     /// Free-form metadata recorded with the version (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE")]
-    meta: Vec<String>,
+    pub(crate) meta: Vec<String>,
     /// Do not build on the VM's previous version.
     #[arg(long)]
-    no_parent: bool,
+    pub(crate) no_parent: bool,
     /// Accept a disk of 0 bytes (refused by default: an empty file is usually a mistake).
     #[arg(long)]
-    allow_empty: bool,
+    pub(crate) allow_empty: bool,
     #[command(flatten)]
-    threads: ThreadsArg,
+    pub(crate) threads: ThreadsArg,
     #[command(flatten)]
-    out: JsonArg,
+    pub(crate) out: JsonArg,
+    #[command(flatten)]
+    pub(crate) via: crate::remote::ViaArgs,
 }
 
 pub(crate) fn backup(cli: &Cli, a: &BackupArgs) -> Result<()> {
+    if a.via.via.is_some() {
+        return crate::remote::backup(cli, a, &a.via);
+    }
     let store = open(cli)?;
     let mut info = alike::VmInfo::named(&a.vm);
     for kv in &a.meta {
@@ -195,28 +200,30 @@ impl VersionArg {
 #[derive(Args, Debug)]
 pub(crate) struct RestoreArgs {
     #[command(flatten)]
-    which: VersionArg,
+    pub(crate) which: VersionArg,
     /// Disk position, from 0.
     #[arg(long, default_value_t = 0)]
-    disk: u32,
+    pub(crate) disk: u32,
     /// Output path.
     #[arg(long, short)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Output format: a sparse raw image, a dynamic VHD or a dynamic VHDX.
     #[arg(long, value_name = "raw|vhd|vhdx", default_value = "raw")]
-    format: alike::ImageFormat,
+    pub(crate) format: alike::ImageFormat,
     /// Go on past damage: write what can be read, leave zeroes elsewhere, list the
     /// unreadable ranges, and exit 1 if there were any.
     #[arg(long)]
-    partial: bool,
+    pub(crate) partial: bool,
     /// Replace an existing output file (refused without it; a block device
     /// needs no --force, but one that is mounted or in use is always refused).
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
     #[command(flatten)]
-    threads: ThreadsArg,
+    pub(crate) threads: ThreadsArg,
     #[command(flatten)]
-    out: JsonArg,
+    pub(crate) out: JsonArg,
+    #[command(flatten)]
+    pub(crate) via: crate::remote::ViaArgs,
 }
 
 /// What `alike restore --json` prints: which disk went where, and the report.
@@ -231,6 +238,9 @@ struct Restored<'a> {
 }
 
 pub(crate) fn restore(cli: &Cli, a: &RestoreArgs) -> Result<()> {
+    if a.via.via.is_some() {
+        return crate::remote::restore(cli, a, &a.via);
+    }
     let store = open(cli)?;
     let v = a.which.find(&store)?;
     let r = long(cli, "restore", |cb, cancel| {
@@ -291,18 +301,23 @@ pub(crate) fn stats(cli: &Cli, a: &JsonArg) -> Result<()> {
 pub(crate) struct VerifyArgs {
     /// Read, authenticate and re-hash every byte, and check every pack's name.
     #[arg(long)]
-    full: bool,
+    pub(crate) full: bool,
     /// Only this VM's versions.
     #[arg(long)]
-    vm: Option<String>,
+    pub(crate) vm: Option<String>,
     /// Only this version (id, prefix, or `latest` with --vm).
     #[arg(long)]
-    version: Option<String>,
+    pub(crate) version: Option<String>,
     #[command(flatten)]
-    out: JsonArg,
+    pub(crate) out: JsonArg,
+    #[command(flatten)]
+    pub(crate) via: crate::remote::ViaArgs,
 }
 
 pub(crate) fn verify(cli: &Cli, a: &VerifyArgs) -> Result<()> {
+    if a.via.via.is_some() {
+        return crate::remote::verify(cli, a, &a.via);
+    }
     let store = open(cli)?;
     let r = long(cli, "verify", |cb, cancel| {
         let mut o = alike::VerifyOptions::default().full(a.full).cancel_token(cancel);

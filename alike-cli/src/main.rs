@@ -7,6 +7,8 @@ mod alloc;
 mod commands;
 mod common;
 mod hyperv;
+mod remote;
+mod replicate;
 mod xen;
 
 use std::path::PathBuf;
@@ -73,12 +75,23 @@ enum Cmd {
     /// copy-on-write overlay) until Ctrl-C: qemu-img, nbdcopy, nbdinfo, nbdfuse…
     /// read it without a restore. Prints one line saying where it listens.
     ServeNbd(commands::ServeNbdArgs),
+    /// Replicate a VM's disks onto a replica (a folder of VHDX files), sending only
+    /// the chunks it lacks: both ends here (--to-dir DIR DISK…), or one end of two
+    /// processes (--listen/--connect, or --job FILE). Prints the new point's id.
+    Replicate(Box<replicate::ReplicateArgs>),
+    /// A replica's points, export of a point's disk, the history of runs.
+    Replica(replicate::ReplicaArgs),
     /// XenServer/XCP-ng: list a pool's VMs, back one up (CBT incremental), restore a version as a new VM.
     Xen(xen::XenArgs),
     /// Hyper-V: list a host's VMs, back one up (recovery checkpoints, RCT incremental, disks over SMB).
     Hyperv(hyperv::HypervArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
+    /// Run as a processor: say hello, read one job from standard input (the
+    /// processor protocol, docs/processor-protocol.md), run it, stream its
+    /// events to standard output. Started over SSH by `--via`.
+    #[command(hide = true)]
+    Processor(remote::ProcessorArgs),
 }
 
 fn main() {
@@ -111,8 +124,11 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Unpin(a) => commands::unpin(cli, a),
         Cmd::Unlock(a) => commands::unlock(cli, a),
         Cmd::ServeNbd(a) => commands::serve_nbd(cli, a),
+        Cmd::Replicate(a) => replicate::replicate(cli, a),
+        Cmd::Replica(a) => replicate::replica(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::Hyperv(a) => hyperv::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
+        Cmd::Processor(a) => remote::processor(a),
     }
 }

@@ -70,6 +70,18 @@ impl Keys {
         Keys { id_key: Some(id_key), cipher: Some(cipher) }
     }
 
+    /// Keys that only compute ids, keyed with `id_key` (no sealing): a
+    /// replication sender hashes with the key the replica hands it.
+    pub fn for_ids(id_key: [u8; 32]) -> Keys {
+        Keys { id_key: Some(id_key), cipher: None }
+    }
+
+    /// The key ids are computed with (`None`: plain BLAKE3). A replica
+    /// hands it to its senders; a store's never leaves the store.
+    pub fn id_key(&self) -> Option<[u8; 32]> {
+        self.id_key
+    }
+
     /// Whether blobs are sealed.
     pub fn is_encrypted(&self) -> bool {
         self.cipher.is_some()

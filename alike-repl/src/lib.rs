@@ -142,7 +142,7 @@ pub mod wire;
 pub use link::{Config, DEFAULT_SEND_BUFFER, Dial, Endpoint, Progress, Stats};
 pub use pipe::Pipe;
 pub use receiver::{DataFrame, Receiver, ReceiverEvent};
-pub use sender::{NeedBatch, Sender, SenderEvent};
+pub use sender::{DiskStats, NeedBatch, Sender, SenderEvent};
 
 // What the messages carry.
 pub use wire::{DiskSpec, Extent, Geometry, Limits, Offer, ReplicaInfo, Role};

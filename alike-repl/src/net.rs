@@ -14,9 +14,11 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::link::{Endpoint, Progress};
@@ -41,6 +43,44 @@ pub enum Flow<T> {
     Wait,
     /// Finished, with this result.
     Done(T),
+}
+
+/// A token bucket over the writer's writes.
+struct Pace {
+    rate: Arc<AtomicU64>,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Pace {
+    fn new(rate: Arc<AtomicU64>) -> Pace {
+        Pace { rate, tokens: 0.0, at: Instant::now() }
+    }
+
+    fn write_all(&mut self, w: &mut TcpStream, b: &[u8]) -> std::io::Result<()> {
+        let mut rest = b;
+        while !rest.is_empty() {
+            let rate = self.rate.load(Ordering::Relaxed);
+            if rate == 0 {
+                self.tokens = 0.0;
+                self.at = Instant::now();
+                return w.write_all(rest);
+            }
+            let burst = (rate as f64 / 20.0).max(16384.0);
+            let now = Instant::now();
+            self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate as f64).min(burst);
+            self.at = now;
+            let piece = rest.len().min(burst as usize).max(1);
+            if self.tokens < piece as f64 {
+                std::thread::sleep(Duration::from_secs_f64((piece as f64 - self.tokens) / rate as f64));
+                continue;
+            }
+            self.tokens -= piece as f64;
+            w.write_all(&rest[..piece])?;
+            rest = &rest[piece..];
+        }
+        Ok(())
+    }
 }
 
 enum Io {
@@ -93,6 +133,8 @@ struct Sock {
     credits: Option<mpsc::SyncSender<()>>,
     writer: Option<mpsc::Sender<Vec<u8>>>,
     writer_thread: Option<JoinHandle<()>>,
+    /// The writer's rate limit in bytes per second (0: none).
+    rate: Arc<AtomicU64>,
     reader_thread: Option<JoinHandle<()>>,
 }
 
@@ -144,8 +186,16 @@ impl<M: Endpoint> Connection<M> {
         for _ in 0..READ_QUEUE {
             let _ = credits.send(());
         }
-        let mut sock =
-            Sock { stream, events, credits: Some(credits), writer: None, writer_thread: None, reader_thread: None };
+        let rate = Arc::new(AtomicU64::new(0));
+        let mut sock = Sock {
+            stream,
+            events,
+            credits: Some(credits),
+            writer: None,
+            writer_thread: None,
+            rate: rate.clone(),
+            reader_thread: None,
+        };
         let mut rd = sock.stream.try_clone().map_err(|e| Error::io("cloning the socket", &e))?;
         let rtx = tx.clone();
         sock.reader_thread = Some(
@@ -182,8 +232,9 @@ impl<M: Endpoint> Connection<M> {
             std::thread::Builder::new()
                 .name("alike-repl-write".into())
                 .spawn(move || {
+                    let mut pace = Pace::new(rate);
                     for b in wrx {
-                        let ev = match wr.write_all(&b) {
+                        let ev = match pace.write_all(&mut wr, &b) {
                             Ok(()) => Io::Wrote(b.len()),
                             Err(e) => Io::WriteFailed(e),
                         };
@@ -208,6 +259,14 @@ impl<M: Endpoint> Connection<M> {
         s.set_read_timeout(timeout)
             .and_then(|()| s.set_write_timeout(timeout))
             .map_err(|e| Error::io("setting the idle timeout", &e))
+    }
+
+    /// Puts at most `bytes_per_second` on the wire from now on (`None`:
+    /// no limit): the writer thread paces its writes (bursts of at most
+    /// 1/20 s of the rate, at least 16 KiB), and TCP pushes back on
+    /// whatever waits.
+    pub fn set_rate_limit(&mut self, bytes_per_second: Option<u64>) {
+        self.sock.rate.store(bytes_per_second.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// How many bytes may be handed to the writer thread and not yet written

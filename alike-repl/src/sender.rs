@@ -54,6 +54,21 @@ enum Phase {
     Done,
 }
 
+/// Byte counts of one disk on the sending side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiskStats {
+    /// Bytes of the extents offered.
+    pub offered_bytes: u64,
+    /// Bytes of the extents the receiver said it needs.
+    pub needed_bytes: u64,
+    /// Raw bytes of the extents handed to data frames.
+    pub data_raw_bytes: u64,
+    /// The data frames' payloads as coded (compressed): what crossed for
+    /// this disk, before message and record overhead.
+    pub data_payload_bytes: u64,
+}
+
 #[derive(Debug)]
 struct Disk {
     spec: DiskSpec,
@@ -61,6 +76,7 @@ struct Disk {
     next: u64,
     offered: u64,
     sent: u64,
+    stats: DiskStats,
     /// Needed extents whose bytes the engine has not handed over: offset → (len, batch).
     unsent: BTreeMap<u64, (u32, u64)>,
     ended: bool,
@@ -202,6 +218,11 @@ impl Sender {
         self.core.stats()
     }
 
+    /// Byte counts of disk `disk` so far (`None`: not begun).
+    pub fn disk_stats(&self, disk: u32) -> Option<DiskStats> {
+        self.disks.get(&disk).map(|d| d.stats)
+    }
+
     /// Bytes waiting in the machine for the wire (queued messages and the
     /// open data frame included).
     pub fn backlog(&self) -> usize {
@@ -316,8 +337,18 @@ impl Sender {
             )));
         }
         self.enqueue(true, Message::DiskBegin(spec), Vec::new());
-        self.disks
-            .insert(spec.disk, Disk { spec, next: 0, offered: 0, sent: 0, unsent: BTreeMap::new(), ended: false });
+        self.disks.insert(
+            spec.disk,
+            Disk {
+                spec,
+                next: 0,
+                offered: 0,
+                sent: 0,
+                stats: DiskStats::default(),
+                unsent: BTreeMap::new(),
+                ended: false,
+            },
+        );
         Ok(())
     }
 
@@ -360,6 +391,7 @@ impl Sender {
         let bytes = extents.iter().map(|e| u64::from(e.len)).sum::<u64>();
         d.next = next;
         d.offered += count;
+        d.stats.offered_bytes += bytes;
         self.core.stats.offered_extents += count;
         self.core.stats.offered_bytes += bytes;
         self.next_batch += 1;
@@ -478,6 +510,10 @@ impl Sender {
         self.core.stats.data_frames += 1;
         self.core.stats.data_raw_bytes += raw_len;
         self.core.stats.data_payload_bytes += payload.len() as u64;
+        if let Some(d) = self.disks.get_mut(&f.disk) {
+            d.stats.data_raw_bytes += raw_len;
+            d.stats.data_payload_bytes += payload.len() as u64;
+        }
         self.enqueue(false, Message::Data(Data { disk: f.disk, codec, extents: f.extents, payload }), f.batches);
     }
 
@@ -577,6 +613,7 @@ impl Sender {
         self.settle(n.batch);
         if let Some(d) = self.disks.get_mut(&disk) {
             for e in &extents {
+                d.stats.needed_bytes += u64::from(e.len);
                 d.unsent.insert(e.offset, (e.len, n.batch));
                 self.core.stats.needed_extents += 1;
                 self.core.stats.needed_bytes += u64::from(e.len);

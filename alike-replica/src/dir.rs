@@ -47,18 +47,21 @@ use alike_core::{CancelToken, Chunking, DiskSource, Keys, MasterKey, is_zero};
 use alike_formats::vhdx::{CreateOptions, VhdxError, VhdxSource, VhdxTarget};
 
 use crate::error::{ReplicaError, Result};
+use crate::journal::JournalWriter;
 use crate::manifest::{
     MANIFEST, MAX_DISKS, Manifest, ManifestDisk, ManifestPoint, check_size, disk_file, record_file, sync_dir,
     write_atomic,
 };
 use crate::record::Record;
-use crate::run::Run;
+use crate::run::{CopyKind, Run};
 use crate::target::{Point, PointDisk, ReplicaTarget, RunLayer};
 
 /// The key file's name.
 const KEY: &str = "key";
 /// The lock file's name.
 const LOCK: &str = "lock";
+/// The resume journal of a first run (`crate::journal`).
+const JOURNAL: &str = "resume.journal";
 /// Magic of the key file: `0x89 'A' 'L' 'K' 'R' 'K' '\r' '\n'` (do not edit).
 const KEY_MAGIC: [u8; 8] = [0x89, b'A', b'L', b'K', b'R', b'K', b'\r', b'\n'];
 const KEY_VERSION: u32 = 1;
@@ -318,6 +321,10 @@ impl ReplicaDir {
                     }
                 }
             }
+        }
+        if m.newest().is_some() {
+            // Only a first run keeps a journal: once a point exists it is a leftover.
+            let _ = std::fs::remove_file(self.dir.join(JOURNAL));
         }
         let entries = std::fs::read_dir(&self.dir).map_err(ReplicaError::io(&self.dir, "listing"))?;
         for e in entries {
@@ -590,8 +597,32 @@ impl ReplicaTarget for ReplicaDir {
             let t = t.map_err(ReplicaError::image(point, d))?;
             disks.push(LayerDisk { target: Some(t), name, size });
         }
+        let first = m.newest().is_none();
         let layer = DirLayer { dir: self, _lock: lock, manifest: m, point, disks, sealed: false, committed: false };
-        Run::new(Box::new(layer), disk_sizes, parents, record, keys, note)
+        let mut run = Run::new(Box::new(layer), disk_sizes, parents, record, keys, note)?;
+        if first {
+            // A first run can be long (a seed over a WAN): what arrives is
+            // journaled, and what an earlier attempt received is copied from
+            // the journal instead of being sent again.
+            let (writer, held) = JournalWriter::open(&self.dir.join(JOURNAL))?;
+            if let Some((src, extents)) = held {
+                run.add_copy_source(CopyKind::Resume, Box::new(src), &extents);
+            }
+            run.set_journal(writer);
+        }
+        Ok(run)
+    }
+
+    fn discard_partial(&self) -> Result<bool> {
+        let _lock = self.lock()?;
+        match std::fs::remove_file(self.dir.join(JOURNAL)) {
+            Ok(()) => {
+                sync_dir(&self.dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ReplicaError::Io { file: self.dir.join(JOURNAL), what: "removing", source: e }),
+        }
     }
 
     fn keep_last(&self, n: usize) -> Result<Vec<u64>> {

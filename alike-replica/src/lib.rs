@@ -75,6 +75,7 @@
 
 mod dir;
 mod error;
+mod journal;
 mod local;
 mod manifest;
 mod record;
@@ -84,8 +85,8 @@ mod target;
 // The seam
 pub use target::{ExportOptions, ExportReport, Point, PointDisk, ReplicaTarget, RunLayer, rfc3339};
 // Runs and the record
-pub use record::{MAX_EXTENT, Record, RecordDisk, cut_disk};
-pub use run::{Committed, Run, RunStats};
+pub use record::{CutSink, MAX_EXTENT, Record, RecordDisk, cut_disk, cut_range, cut_range_batched};
+pub use run::{Committed, CopyKind, Run, RunStats};
 // A folder of VHDX files
 pub use dir::{DEFAULT_VHDX_BLOCK_SIZE, MAX_POINTS, ReplicaDir, ReplicaDirBuilder};
 // Both ends in one process

@@ -321,19 +321,46 @@ pub(crate) fn grid(chunking: &Chunking) -> u64 {
 
 /// What [`cut_range`] hands its sink: a span of the disk and the chunks
 /// that lie in it with their bytes; the rest of the span reads as zeroes.
-pub(crate) type CutSink<'s> = dyn FnMut(Range<u64>, &[(Extent, &[u8])]) -> Result<()> + 's;
+pub type CutSink<'s> = dyn FnMut(Range<u64>, &[(Extent, &[u8])]) -> Result<()> + 's;
 
 /// Cuts `within` (grid-aligned, or ending at the disk's end) of `src`, as
 /// if it were a disk of its own that starts at a chunk boundary, in
 /// batches of about 16 MiB. The spans handed to `sink` follow each other
 /// and together cover `within`; each ends at a chunk boundary. Returns the
 /// bytes read.
-pub(crate) fn cut_range(
+///
+/// A sender offers what this hands its sink, span by span; a range of a
+/// disk cut alone may cut differently from the whole disk near its start
+/// (the ids stay true, only matching is less likely there).
+///
+/// # Errors
+/// `within` does not start on the chunking's grid; a read fails; `cancel`
+/// is cancelled; what `sink` returns.
+pub fn cut_range(
     src: &dyn DiskSource,
     within: Range<u64>,
     chunking: &Chunking,
     keys: &Keys,
     cancel: &CancelToken,
+    sink: &mut CutSink<'_>,
+) -> Result<u64> {
+    cut_range_batched(src, within, chunking, keys, cancel, BATCH, sink)
+}
+
+/// [`cut_range`] reading about `batch` bytes at a time (at least one unit
+/// of the chunking's grid): the sink hears of each batch's chunks as soon
+/// as they are cut, so a caller that stops early reads little past where
+/// it stops.
+///
+/// # Errors
+/// As [`cut_range`].
+pub fn cut_range_batched(
+    src: &dyn DiskSource,
+    within: Range<u64>,
+    chunking: &Chunking,
+    keys: &Keys,
+    cancel: &CancelToken,
+    batch: u64,
     sink: &mut CutSink<'_>,
 ) -> Result<u64> {
     let size = src.size();
@@ -345,7 +372,7 @@ pub(crate) fn cut_range(
             within.start
         )));
     }
-    let batch = (BATCH / unit).max(1) * unit;
+    let batch = (batch / unit).max(1) * unit;
     let mut regions: Vec<Range<u64>> = Vec::new();
     for r in src.allocated_ranges()? {
         let s = r.start.max(within.start);

@@ -48,6 +48,37 @@ pub struct RunStats {
     pub zeroed_bytes: u64,
     /// Bytes read back at commit to hash ranges of unknown ids.
     pub rehashed_bytes: u64,
+    /// Offered bytes found in a seed (a version the receiver could read)
+    /// and copied from it instead of sent.
+    pub seeded_bytes: u64,
+    /// Offered bytes found in what an earlier attempt of the run received
+    /// (its resume journal) and copied from it instead of sent.
+    pub resumed_bytes: u64,
+}
+
+/// Where a run may copy offered chunks from instead of having them sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CopyKind {
+    /// A seed: a version of the VM the receiver can read.
+    Seed,
+    /// What an earlier attempt received (a resume journal).
+    Resume,
+}
+
+struct CopySource<'a> {
+    src: Box<dyn DiskSource + 'a>,
+    ids: HashMap<ChunkId, (u64, u64)>,
+    kind: CopyKind,
+}
+
+/// Where a chunk with a given id can be read locally.
+#[derive(Debug, Clone, Copy)]
+enum Loc {
+    /// Disk, offset of the newest point.
+    Parent(usize, u64),
+    /// Copy source, offset.
+    Extra(usize, u64),
 }
 
 /// What [`Run::commit`] made.
@@ -201,6 +232,8 @@ pub struct Run<'a> {
     note: Option<String>,
     state: Mutex<RunState>,
     index: OnceLock<HashMap<ChunkId, (usize, u64)>>,
+    extra: Vec<CopySource<'a>>,
+    journal: Option<crate::journal::JournalWriter>,
 }
 
 impl std::fmt::Debug for Run<'_> {
@@ -249,7 +282,45 @@ impl<'a> Run<'a> {
             note,
             state: Mutex::new(RunState { disks, stats: RunStats::default() }),
             index: OnceLock::new(),
+            extra: Vec::new(),
+            journal: None,
         })
+    }
+
+    /// Adds a place offered chunks may be copied from instead of sent:
+    /// `src` holds `extents` (their ids under [`Run::keys`]; each is checked
+    /// again when copied, so a wrong one only costs its sending). Call
+    /// before the first offer.
+    pub fn add_copy_source(&mut self, kind: CopyKind, src: Box<dyn DiskSource + 'a>, extents: &[Extent]) {
+        let ids = extents.iter().map(|e| (e.id, (e.offset, e.len))).collect();
+        self.extra.push(CopySource { src, ids, kind });
+    }
+
+    /// Keeps every extent that arrives in `journal` too, so that an attempt
+    /// cut short can be resumed without sending it again.
+    pub(crate) fn set_journal(&mut self, journal: crate::journal::JournalWriter) {
+        self.journal = Some(journal);
+    }
+
+    /// The chunks of disk `disk` as the new point holds them so far, in
+    /// order: what its digest is computed over.
+    ///
+    /// # Errors
+    /// [`ReplicaError::InvalidArgument`] for a disk the run does not have,
+    /// or one holding ranges whose ids are known only at commit (written
+    /// raw, or parts of chunks an offer cut).
+    pub fn disk_extents(&self, disk: usize) -> Result<Vec<Extent>> {
+        let st = self.state.locked();
+        let d = st.disks.get(disk).ok_or_else(|| {
+            ReplicaError::InvalidArgument(format!("disk {disk}: the run has {} disk(s)", st.disks.len()))
+        })?;
+        if let Some(r) = d.stale.iter().next() {
+            return Err(ReplicaError::InvalidArgument(format!(
+                "disk {disk}: range {}..{} has ids known only at commit",
+                r.start, r.end
+            )));
+        }
+        Ok(d.map.iter().map(|(o, e)| Extent { offset: *o, len: e.len, id: e.id }).collect())
     }
 
     /// The id the new point will have.
@@ -374,8 +445,13 @@ impl<'a> Run<'a> {
                     continue;
                 }
                 states.push(State::Pending);
-                match self.index().get(&e.id) {
-                    Some(&(sd, so)) => copies.push((i, sd, so)),
+                let found = self.index().get(&e.id).map(|&(d, o)| Loc::Parent(d, o)).or_else(|| {
+                    self.extra.iter().enumerate().find_map(|(x, c)| {
+                        c.ids.get(&e.id).filter(|(_, len)| *len == e.len).map(|&(o, _)| Loc::Extra(x, o))
+                    })
+                });
+                match found {
+                    Some(loc) => copies.push((i, loc)),
                     None => need.push(i),
                 }
             }
@@ -396,19 +472,27 @@ impl<'a> Run<'a> {
             self.layer.write_zeroes(disk, r.start, r.end - r.start)?;
         }
         let mut buf = Vec::new();
-        for (i, sd, so) in copies {
+        for (i, loc) in copies {
             let e = &extents[i];
             buf.resize(e.len as usize, 0);
-            let ok = so + e.len <= self.parents[sd].size()
-                && self.parents[sd].read_at(so, &mut buf).is_ok()
-                && self.keys.hash(&buf) == e.id;
+            let (src, so): (&dyn DiskSource, u64) = match loc {
+                Loc::Parent(sd, so) => (&*self.parents[sd], so),
+                Loc::Extra(x, so) => (&*self.extra[x].src, so),
+            };
+            let ok = so + e.len <= src.size() && src.read_at(so, &mut buf).is_ok() && self.keys.hash(&buf) == e.id;
             if !ok {
                 need.push(i); // the record was wrong about it: have it sent
                 continue;
             }
             self.layer.write_at(disk, e.offset, &buf)?;
             let mut st = self.state.locked();
-            st.stats.copied_bytes += e.len;
+            match loc {
+                Loc::Parent(..) => st.stats.copied_bytes += e.len,
+                Loc::Extra(x, _) => match self.extra[x].kind {
+                    CopyKind::Seed => st.stats.seeded_bytes += e.len,
+                    CopyKind::Resume => st.stats.resumed_bytes += e.len,
+                },
+            }
             let ds = &mut st.disks[disk];
             if let Some(en) = ds.map.get_mut(&e.offset).filter(|en| en.state == State::Pending && en.id == e.id) {
                 en.state = State::Written;
@@ -450,6 +534,9 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.layer.write_at(disk, offset, data)?;
+        if let Some(j) = &self.journal {
+            j.append(&id, data)?;
+        }
         let mut st = self.state.locked();
         st.stats.received_bytes += len;
         let ds = &mut st.disks[disk];
@@ -508,7 +595,7 @@ impl<'a> Run<'a> {
     /// (the run is discarded); a read, write or sync failure. After an
     /// error the replica is at its previous point.
     pub fn commit(self, time_ms: u64) -> Result<Committed> {
-        let Run { mut layer, record, keys, state, .. } = self;
+        let Run { mut layer, record, keys, state, journal, .. } = self;
         let RunState { mut disks, mut stats } = state.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (d, ds) in disks.iter().enumerate() {
             let pending: Vec<(&u64, &Entry)> = ds.map.iter().filter(|(_, e)| e.state == State::Pending).collect();
@@ -555,6 +642,10 @@ impl<'a> Run<'a> {
         }
         let new = Record::new(layer.point(), chunking, out)?;
         let point = layer.commit(time_ms, &new)?;
+        if let Some(j) = journal {
+            // Committed: what the attempts received is the point now.
+            j.discard();
+        }
         Ok(Committed { point, stats })
     }
 

@@ -160,6 +160,17 @@ pub trait ReplicaTarget: Send + Sync {
     /// points it can (keep fewer).
     fn begin(&self, disk_sizes: &[u64]) -> Result<Run<'_>>;
 
+    /// Discards what an unfinished first run kept to resume (its journal
+    /// of received data): the next first run starts from nothing. Returns
+    /// whether there was something to discard.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Busy`] while a run works on the replica; a file
+    /// cannot be removed.
+    fn discard_partial(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Keeps the newest `n` points (`n` ≥ 1), merging the older ones away;
     /// every point kept still reads as it did. Returns the points removed.
     ///

@@ -46,11 +46,28 @@ pub enum Error {
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
     Vhdx(alike_formats::vhdx::VhdxError),
+    /// A replication failed: the link, the peer (another job, no secret,
+    /// another version), the replica, or a source.
+    #[error(transparent)]
+    Replication(alike_replicate::ReplicateError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
     #[cfg(feature = "xen")]
     #[error(transparent)]
     Xen(alike_xen::adapter::PoolError),
+    /// A job on a processor, or the SSH connection to it, failed: the
+    /// host, port, job and the remote error's own kind, retry class and
+    /// code (`HOST_KEY_CHANGED`, `AUTH_FAILED`, a failed job's code…).
+    #[cfg(feature = "remote")]
+    #[error(transparent)]
+    Remote(Box<alike_remote::ssh::RemoteError>),
+}
+
+#[cfg(feature = "remote")]
+impl From<alike_remote::ssh::RemoteError> for Error {
+    fn from(e: alike_remote::ssh::RemoteError) -> Error {
+        Error::Remote(Box::new(e))
+    }
 }
 
 #[cfg(feature = "xen")]
@@ -72,6 +89,21 @@ impl From<alike_formats::vhd::VhdError> for Error {
 impl From<alike_formats::vhdx::VhdxError> for Error {
     fn from(e: alike_formats::vhdx::VhdxError) -> Error {
         Error::Vhdx(e)
+    }
+}
+
+impl From<alike_replicate::ReplicateError> for Error {
+    fn from(e: alike_replicate::ReplicateError) -> Error {
+        match e {
+            alike_replicate::ReplicateError::Core(c) => Error::from(c),
+            e => Error::Replication(e),
+        }
+    }
+}
+
+impl From<alike_replica::ReplicaError> for Error {
+    fn from(e: alike_replica::ReplicaError) -> Error {
+        Error::from(alike_replicate::ReplicateError::from(e))
     }
 }
 
@@ -109,8 +141,11 @@ impl Error {
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
+            Error::Replication(r) => alike_core::SeamError::kind(r),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
+            #[cfg(feature = "remote")]
+            Error::Remote(r) => r.kind(),
         }
     }
 
@@ -123,8 +158,11 @@ impl Error {
             Error::Engine(c) => c.retry(),
             Error::Vhd(x) => x.retry(),
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
+            Error::Replication(r) => alike_core::SeamError::retry(r),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
+            #[cfg(feature = "remote")]
+            Error::Remote(r) => r.retry(),
             _ => Retry::Permanent,
         }
     }
@@ -136,6 +174,8 @@ impl Error {
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.xapi_code(),
             Error::Engine(c) => c.code(),
+            #[cfg(feature = "remote")]
+            Error::Remote(r) => r.code(),
             _ => None,
         }
     }

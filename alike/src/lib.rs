@@ -33,6 +33,8 @@ mod nbd;
 #[cfg(feature = "tls")]
 mod nbd_tls;
 mod options;
+pub mod remote;
+mod replicate;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]
@@ -68,6 +70,13 @@ pub use options::{
     BackupOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, NBD_CACHE_RANGE, NbdListen,
     NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
 };
+// Replication.
+pub use replicate::{
+    DEFAULT_PORT, DiskProgress, EndOptions, EndReport, Flow, JOB_VERSION, JobLink, JobPassword, JobReplica, JobRole,
+    JobSecret, JobSeed, JobSource, JobStore, MAX_JOB_BYTES, MAX_KEEP, Replica, ReplicaExportOptions,
+    ReplicaExportReport, ReplicaPoint, ReplicaRunStats, ReplicateOptions, ReplicateReport, ReplicationJob,
+    ReplicationProgress, ReplicationRecord, replicate, replicate_images, run_end, run_receiver, run_sender,
+};
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
     VaultCopy, VaultReport, Version,
@@ -77,7 +86,7 @@ pub use vm::{DiskUploadReport, VmBackupReport, VmDiskReport, VmRestoreReport};
 // Engine vocabulary users need.
 pub use alike_core::{
     CancelToken, CdcParams, ChunkId, Chunking, DiskRecord, DiskSource, DiskTarget, KdfParams, Manifest, MemSource,
-    NicInfo, Origin, Phase, Progress, RawFileSource, RawFileTarget, VmInfo,
+    NicInfo, Origin, Phase, Progress, RawFileSource, RawFileTarget, RunOptions, VmInfo,
 };
 
 /// The workspace's policies for the bindings' own locks and threads: a

@@ -50,6 +50,14 @@ impl StoreBuilder {
         self.open.key_file = Some(p);
         self
     }
+    /// Opens with a key file's contents (what [`StoreBuilder::key_file`]
+    /// would read), for a caller that has the key but no file — a processor
+    /// gets it from its orchestrator. Only for opening; wins over
+    /// [`StoreBuilder::key_file`].
+    pub fn key_file_contents(&mut self, data: impl Into<Vec<u8>>) -> &mut Self {
+        self.open.key_file_data = Some(data.into());
+        self
+    }
     /// Creates an unencrypted store (only when asked for explicitly).
     pub fn no_encryption(&mut self) -> &mut Self {
         self.create.encrypted = false;
@@ -929,6 +937,41 @@ impl Store {
 
     /// The open repository, for the facade's other modules (`xen`, `nbd`:
     /// read locks, keys, stored versions as sources).
+    /// Finds other versions of this store by id (for a version source's
+    /// `changed_ranges`).
+    pub(crate) fn manifest_lookup(&self) -> impl Fn(&str) -> alike_core::Result<Option<Manifest>> + Send + Sync + '_ {
+        move |id: &str| match self.repo.read_manifest(id) {
+            Ok(m) => Ok(Some(m)),
+            Err(alike_ads::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(alike_core::Error::seam(e)),
+        }
+    }
+
+    /// Every disk of `version`, read back from the store (block maps and
+    /// frames); each source's change token names the version, so a later
+    /// version's `changed_ranges` against it compares block maps.
+    pub(crate) fn version_sources<'a>(
+        &'a self,
+        version: &Version,
+        lookup: &'a alike_core::ManifestLookup<'a>,
+    ) -> Result<Vec<alike_core::VersionSource<'a>>> {
+        let m = &version.manifest;
+        Ok(m.disks
+            .iter()
+            .map(|d| {
+                alike_core::VersionSource::new(
+                    &self.repo,
+                    self.repo.keys(),
+                    self.id(),
+                    &version.id,
+                    m,
+                    d.position,
+                    lookup,
+                )
+            })
+            .collect::<alike_core::Result<Vec<_>>>()?)
+    }
+
     pub(crate) fn repo(&self) -> &Repository {
         &self.repo
     }

@@ -14,6 +14,8 @@ mod integration {
     mod matrix;
     mod nbd;
     mod nbd_tls;
+    mod processor;
+    mod replicate;
     mod roundtrip;
     mod s3;
     mod schema;

@@ -126,6 +126,14 @@ typedef struct alike_nbd_options alike_nbd_options;
 // A running NBD export (`alike_store_serve_nbd`).
 typedef struct alike_nbd_server alike_nbd_server;
 
+// A replica of a VM kept as a folder of VHDX files. Safe to use from
+// several threads at once (one replication at a time writes it; others
+// fail with ALIKE_ERR_BUSY).
+typedef struct alike_replica alike_replica;
+
+// A replica's points, oldest first.
+typedef struct alike_replica_point_list alike_replica_point_list;
+
 // An open store. Safe to use from several threads at once.
 typedef struct alike_store alike_store;
 
@@ -146,6 +154,31 @@ typedef struct alike_xen_pool alike_xen_pool;
 // non-zero to cancel the operation (it then fails with ALIKE_ERR_CANCELLED,
 // and the alike_cancel passed with it, if any, is cancelled too).
 typedef int (*alike_progress_fn)(void *user_data, alike_phase phase, uint64_t done, uint64_t total);
+
+// What a replication did.
+typedef struct {
+  // The new point's id.
+  uint64_t point;
+  // Its time, milliseconds since 1970-01-01 UTC.
+  uint64_t time_ms;
+  // Bytes read from the images.
+  uint64_t read_bytes;
+  // Bytes of the chunks the replica lacked.
+  uint64_t needed_bytes;
+  // Bytes the sender handed the receiver, as they would cross a link
+  // (compressed, framed).
+  uint64_t sent_bytes;
+} alike_replicate_report;
+
+// A committed point of a replica.
+typedef struct {
+  // Its id.
+  uint64_t point;
+  // When it was committed, milliseconds since 1970-01-01 UTC.
+  uint64_t time_ms;
+  // How many disks it holds.
+  uint32_t disk_count;
+} alike_replica_point;
 
 // Figures about a store.
 typedef struct {
@@ -359,6 +392,91 @@ bool alike_cancel_is_cancelled(const alike_cancel *cancel);
 // # Safety
 // `cancel` is NULL or from `alike_cancel_new`, not yet freed.
 void alike_cancel_free(alike_cancel *cancel);
+
+// Opens the replica in folder `dir`.
+//
+// # Safety
+// `dir` NUL-terminated; `out` writable.
+alike_result alike_replica_open(const char *dir, alike_replica **out);
+
+// Opens the replica of VM `vm` in folder `dir`, or makes one there.
+//
+// # Safety
+// Strings NUL-terminated; `out` writable.
+alike_result alike_replica_open_or_create(const char *dir, const char *vm, alike_replica **out);
+
+// Frees a replica handle (NULL is fine).
+//
+// # Safety
+// `r` NULL or from `alike_replica_open*`, freed once.
+void alike_replica_free(alike_replica *r);
+
+// Replicates image files (raw, VHD, VHDX/AVHDX; block devices) as the
+// disks of the replica's VM into a new point, sending only the chunks the
+// replica lacks. `keep` > 0 keeps only the newest `keep` points after;
+// `bwlimit` > 0 caps the bytes per second on the (in-process) link.
+// Progress counts bytes read (ALIKE_PHASE_BACKUP). On success `*out` (if
+// not NULL) receives the report. On failure the replica is at its last point.
+//
+// # Safety
+// `images` points to `image_count` NUL-terminated strings; other pointers as documented.
+alike_result alike_replica_replicate(const alike_replica *r,
+                                     const char *const *images,
+                                     size_t image_count,
+                                     uint32_t keep,
+                                     uint64_t bwlimit,
+                                     alike_progress_fn progress,
+                                     void *user_data,
+                                     const alike_cancel *cancel,
+                                     alike_replicate_report *out);
+
+// The replica's committed points, oldest first; free the list.
+//
+// # Safety
+// `r` live; `out` writable.
+alike_result alike_replica_points(const alike_replica *r, alike_replica_point_list **out);
+
+// How many points the list holds (0 for NULL).
+//
+// # Safety
+// `list` NULL or live.
+size_t alike_replica_point_list_len(const alike_replica_point_list *list);
+
+// Point `i` of the list (oldest first) into `*out`.
+//
+// # Safety
+// `list` live; `out` writable.
+alike_result alike_replica_point_list_get(const alike_replica_point_list *list,
+                                          size_t i,
+                                          alike_replica_point *out);
+
+// The list as JSON, in the schema of `alike replica list --json` (point,
+// time, time_ms, disks), valid as long as `list`.
+//
+// # Safety
+// `list` NULL or live.
+const char *alike_replica_point_list_json(const alike_replica_point_list *list);
+
+// Frees a list of points (NULL is fine).
+//
+// # Safety
+// `list` NULL or from `alike_replica_points`, freed once.
+void alike_replica_point_list_free(alike_replica_point_list *list);
+
+// Writes disk `disk` of point `point` to `output` as a raw image (sparse
+// where the point holds zeroes); an existing `output` is replaced only
+// when `force`.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_replica_export(const alike_replica *r,
+                                  uint64_t point,
+                                  uint32_t disk,
+                                  const char *output,
+                                  bool force,
+                                  alike_progress_fn progress,
+                                  void *user_data,
+                                  const alike_cancel *cancel);
 
 // Creates a store at `path` — a folder that must not hold one, or a URL
 // (`s3://bucket/prefix`, S3 settings from the `AWS_*` environment). `passphrase`

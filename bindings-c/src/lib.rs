@@ -17,11 +17,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod nbd;
 mod options;
+mod replica;
 mod store;
 mod version;
 
 pub use nbd::*;
 pub use options::*;
+pub use replica::*;
 pub use store::*;
 pub use version::*;
 

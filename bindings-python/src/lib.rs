@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod nbd;
+mod replica;
 mod run;
 mod store;
 mod xen;
@@ -22,6 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::NativeStore>()?;
     m.add_class::<run::CancelToken>()?;
     m.add_class::<nbd::NativeNbdServer>()?;
+    m.add_class::<replica::NativeReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
     errors::register(m)?;
     Ok(())

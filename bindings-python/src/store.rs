@@ -25,7 +25,7 @@ pub(crate) struct NativeStore {
 
 /// A facade report as the facade serialises it, plus its version whole
 /// (for the Python dataclass).
-fn with_version(report: &impl serde::Serialize, v: &alike::Version) -> PyResult<Value> {
+pub(crate) fn with_version(report: &impl serde::Serialize, v: &alike::Version) -> PyResult<Value> {
     let internal = |e: serde_json::Error| pyo3::exceptions::PyRuntimeError::new_err(format!("internal: {e}"));
     let mut j = serde_json::to_value(report).map_err(internal)?;
     j["version"] = serde_json::to_value(v).map_err(internal)?;
@@ -33,7 +33,7 @@ fn with_version(report: &impl serde::Serialize, v: &alike::Version) -> PyResult<
 }
 
 impl NativeStore {
-    fn store(&self) -> PyResult<Arc<alike::Store>> {
+    pub(crate) fn store(&self) -> PyResult<Arc<alike::Store>> {
         self.inner
             .locked()
             .clone()

@@ -58,6 +58,29 @@ fn every_report_keeps_its_json_schema() {
     let vr = store.restore_vm(&v, &host, &alike::Placement::on("memory"), &alike::RestoreOptions::default()).unwrap();
     got.insert("vm_restore", ser(&vr));
 
+    // Replication: both ends here, then the two ends of a job over loopback.
+    let rimg = env.path("r.img");
+    std::fs::write(&rimg, alike_testing::Rng::new(5).noise(1 << 20)).unwrap();
+    let replica = alike::Replica::open_or_create(env.path("replica"), "vm1").unwrap();
+    let rr = alike::replicate_images("vm1", &[&rimg], &replica, &alike::ReplicateOptions::default()).unwrap();
+    got.insert("replicate", ser(&rr));
+    got.insert("replica_point", ser(&replica.points().unwrap()[0]));
+    got.insert("replication_record", ser(&replica.history().unwrap()[0]));
+    let secret = alike::JobSecret::from_bytes([5; 32]);
+    let mut s = alike::ReplicationJob::new("j", "vm1", alike::JobRole::Sender, secret.clone());
+    s.disks.push(alike::JobSource::Image { path: rimg.clone() });
+    let mut r = alike::ReplicationJob::new("j", "vm1", alike::JobRole::Receiver, secret);
+    r.replica = Some(alike::JobReplica::Dir { path: env.path("replica2") });
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.peer = Some(l.local_addr().unwrap().to_string());
+    let (se, re) = std::thread::scope(|sc| {
+        let t = sc.spawn(|| alike::run_end(&r, alike::JobLink::Listener(l), &alike::EndOptions::default()));
+        let se = alike::run_end(&s, alike::JobLink::FromJob, &alike::EndOptions::default()).unwrap();
+        (se, t.join().unwrap().unwrap())
+    });
+    got.insert("replicate_sender", ser(&se));
+    got.insert("replicate_receiver", ser(&re));
+
     let now = json!(got.iter().map(|(k, v)| (k.to_string(), shape(v))).collect::<serde_json::Map<_, _>>());
     if std::env::var_os("ALIKE_BLESS").is_some() {
         std::fs::write(schema_path(), serde_json::to_string_pretty(&now).unwrap() + "\n").unwrap();

@@ -96,6 +96,14 @@ static int nbd_greets(const char *uri) {
 }
 
 static int calls = 0;
+static int count_progress(void *user_data, alike_phase phase, uint64_t done, uint64_t total) {
+    (void)user_data;
+    (void)phase;
+    (void)done;
+    (void)total;
+    calls++;
+    return 0;
+}
 static int cancel_after_first(void *user_data, alike_phase phase, uint64_t done, uint64_t total) {
     (void)phase;
     (void)total;
@@ -335,6 +343,51 @@ int main(int argc, char **argv) {
         CHECK(alike_store_backup_xen(s, pool, "no-such-vm", NULL, NULL, NULL, NULL, NULL, NULL) == ALIKE_ERR_NOT_FOUND);
         alike_version_free(xv);
         alike_xen_pool_free(pool);
+    }
+
+    /* Replication into a folder of VHDX files: a first run, then a change, then points and exports. */
+    {
+        write_image(path("r0.img"), 4, 11);
+        alike_replica *rep = NULL;
+        CHECK(alike_replica_open(path("replica"), &rep) == ALIKE_ERR_NOT_FOUND && rep == NULL);
+        CHECK(alike_replica_open_or_create(path("replica"), "vm-r", &rep) == ALIKE_OK && rep != NULL);
+        const char *imgs[] = {path("r0.img")};
+        alike_replicate_report rr;
+        memset(&rr, 0, sizeof rr);
+        calls = 0;
+        CHECK(alike_replica_replicate(rep, imgs, 1, 0, 0, count_progress, NULL, NULL, &rr) == ALIKE_OK);
+        CHECK(rr.point == 1 && rr.read_bytes == (4u << 20) && rr.sent_bytes > 0 && calls > 0);
+        uint64_t first_sent = rr.sent_bytes;
+        /* One 4 KiB block changes: far less crosses the second time. */
+        FILE *f = fopen(path("r0.img"), "r+b");
+        CHECK(f != NULL);
+        CHECK(fseek(f, 1 << 20, SEEK_SET) == 0);
+        static unsigned char blk[4096];
+        memset(blk, 0x5a, sizeof blk);
+        CHECK(fwrite(blk, 1, sizeof blk, f) == sizeof blk);
+        fclose(f);
+        CHECK(alike_replica_replicate(rep, imgs, 1, 5, 0, NULL, NULL, NULL, &rr) == ALIKE_OK);
+        CHECK(rr.point == 2 && rr.needed_bytes <= (64u << 10) && rr.sent_bytes * 10 < first_sent);
+        alike_replica_point_list *pts = NULL;
+        CHECK(alike_replica_points(rep, &pts) == ALIKE_OK);
+        CHECK(alike_replica_point_list_len(pts) == 2);
+        alike_replica_point p;
+        CHECK(alike_replica_point_list_get(pts, 1, &p) == ALIKE_OK && p.point == 2 && p.disk_count == 1);
+        CHECK(alike_replica_point_list_get(pts, 2, &p) == ALIKE_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(alike_replica_point_list_json(pts), "\"time_ms\"") != NULL);
+        alike_replica_point_list_free(pts);
+        CHECK(alike_replica_export(rep, 2, 0, path("r0.out"), false, NULL, NULL, NULL) == ALIKE_OK);
+        CHECK(files_equal(path("r0.img"), path("r0.out")));
+        CHECK(alike_replica_export(rep, 2, 0, path("r0.out"), false, NULL, NULL, NULL) == ALIKE_ERR_ALREADY_EXISTS);
+        CHECK(alike_replica_export(rep, 9, 0, path("r9.out"), false, NULL, NULL, NULL) == ALIKE_ERR_NOT_FOUND);
+        /* A cancel from the progress callback leaves the replica at its last point. */
+        calls = 0;
+        CHECK(alike_replica_replicate(rep, imgs, 1, 0, 0, cancel_after_first, NULL, NULL, NULL) == ALIKE_ERR_CANCELLED);
+        CHECK(alike_replica_points(rep, &pts) == ALIKE_OK && alike_replica_point_list_len(pts) == 2);
+        alike_replica_point_list_free(pts);
+        CHECK(alike_replica_replicate(rep, NULL, 0, 0, 0, NULL, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+        CHECK(alike_replica_replicate(NULL, imgs, 1, 0, 0, NULL, NULL, NULL, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+        alike_replica_free(rep);
     }
 
     alike_store_free(s);

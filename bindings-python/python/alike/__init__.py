@@ -85,6 +85,14 @@ __all__ = [
     "PruneDecision",
     "PruneReport",
     "PruneVm",
+    "Replica",
+    "ReplicaDiskProgress",
+    "ReplicaExportReport",
+    "ReplicaPoint",
+    "ReplicaPointDisk",
+    "ReplicaRunStats",
+    "ReplicateReport",
+    "ReplicationRecord",
     "RestoreReport",
     "Stats",
     "Store",
@@ -888,3 +896,216 @@ class Store:
                 None if tls_client_ca is None else _os.fspath(tls_client_ca),
             )
         )
+
+
+@_dataclass(frozen=True)
+class ReplicaDiskProgress:
+    """One disk of a replication: bytes the run reads (``total_bytes``), has
+    read, hashed, offered to the replica, that the replica lacked
+    (``needed_bytes``) and sent compressed (``sent_bytes``); whether only
+    what changed was read (``changed_only``)."""
+
+    disk: int
+    size: int
+    total_bytes: int
+    read_bytes: int
+    hashed_bytes: int
+    offered_bytes: int
+    needed_bytes: int
+    sent_bytes: int
+    changed_only: bool
+
+
+@_dataclass(frozen=True)
+class ReplicaRunStats:
+    """What the replica's side did with the offers: held in place
+    (``present_bytes``), copied from elsewhere in it, from a seed or from an
+    earlier attempt (``copied_bytes``, ``seeded_bytes``, ``resumed_bytes``),
+    received."""
+
+    offered_bytes: int
+    present_bytes: int
+    copied_bytes: int
+    needed_bytes: int
+    received_bytes: int
+    raw_bytes: int
+    zeroed_bytes: int
+    rehashed_bytes: int
+    seeded_bytes: int
+    resumed_bytes: int
+
+
+@_dataclass(frozen=True)
+class ReplicateReport:
+    """What a replication did: the fields of ``alike replicate --json``.
+    ``sent_bytes`` are the bytes the sender handed the receiver as they
+    would cross a link (compressed, framed); ``backup`` is the version a
+    one-pass run stored."""
+
+    vm: str
+    point: int
+    time: str
+    time_ms: int
+    read_bytes: int
+    store_read_bytes: int
+    hashed_bytes: int
+    needed_bytes: int
+    sent_bytes: int
+    disks: _Tuple[ReplicaDiskProgress, ...]
+    replica: ReplicaRunStats
+    removed_points: _Tuple[int, ...]
+    backup: _Optional[BackupReport]
+    elapsed_seconds: float
+
+
+@_dataclass(frozen=True)
+class ReplicaPointDisk:
+    """One disk of a replica point: its size and the file at the top of its chain."""
+
+    size: int
+    location: str
+
+
+@_dataclass(frozen=True)
+class ReplicaPoint:
+    """A committed point of a replica (``alike replica list --json``)."""
+
+    point: int
+    time: str
+    time_ms: int
+    disks: _Tuple[ReplicaPointDisk, ...]
+
+
+@_dataclass(frozen=True)
+class ReplicationRecord:
+    """One run into a replica, as its history keeps it (``result``: ``"ok"``,
+    ``"failed"`` or ``"cancelled"``)."""
+
+    started: str
+    started_ms: int
+    result: str
+    point: _Optional[int]
+    read_bytes: int
+    sent_bytes: int
+    elapsed_seconds: float
+    error: _Optional[str]
+
+
+@_dataclass(frozen=True)
+class ReplicaExportReport:
+    """What exporting a point's disk wrote."""
+
+    point: int
+    disk: int
+    size: int
+    written_bytes: int
+    elapsed_seconds: float
+
+
+def _backup_report(r: _Mapping[str, _Any]) -> BackupReport:
+    fields = _fields(BackupReport, r)
+    fields.update(version=Version._from(r["version"]), disks=tuple(Disk._from(d) for d in r["disks"]))
+    return BackupReport(**fields)
+
+
+class Replica:
+    """A replica of a VM kept as a folder of VHDX files (a base VHDX and one
+    differencing AVHDX per point), as a Hyper-V host or a share holds one.
+    No store is needed to replicate (one only to seed a first replication or
+    for one-pass backup and replication)::
+
+        replica = alike.Replica.open_or_create("/replicas/web-01", vm="web-01")
+        report = replica.replicate(["disk0.img"], keep=7)
+        replica.export(report.point, 0, "disk0-restored.img")
+    """
+
+    def __init__(self, native: "_native.NativeReplica") -> None:
+        self._n = native
+
+    @classmethod
+    def open(cls, path: PathLike) -> "Replica":
+        """Opens the replica in ``path`` (``NotFound`` when there is none)."""
+        return cls(_native.NativeReplica.open(_os.fspath(path)))
+
+    @classmethod
+    def open_or_create(cls, path: PathLike, vm: str) -> "Replica":
+        """Opens the replica of ``vm`` in ``path``, or makes one there."""
+        return cls(_native.NativeReplica.open_or_create(_os.fspath(path), vm))
+
+    @property
+    def path(self) -> str:
+        return self._n.path
+
+    @property
+    def vm(self) -> str:
+        return self._n.vm
+
+    def replicate(
+        self,
+        disks: _Sequence[PathLike],
+        *,
+        keep: _Optional[int] = None,
+        bwlimit: _Optional[int] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+        seed: _Optional[_Tuple[Store, _Union[Version, str]]] = None,
+        backup_to: _Optional[Store] = None,
+    ) -> ReplicateReport:
+        """Replicates image files (raw, VHD, VHDX/AVHDX; block devices) as
+        the VM's disks into a new point, sending only the chunks the replica
+        lacks (both ends of the protocol run here). ``keep``: keep only the
+        newest N points after; ``bwlimit``: bytes per second on the wire;
+        ``seed``: ``(store, version)`` a first point starts from;
+        ``backup_to``: one-pass backup and replication into this store (the
+        disks read once). Progress counts bytes read; Ctrl-C or ``cancel``
+        leave the replica at its last point."""
+        r = self._n.replicate(
+            [_os.fspath(d) for d in disks],
+            keep,
+            bwlimit,
+            _progress(progress),
+            cancel,
+            None if seed is None else seed[0]._n,
+            None if seed is None else _spec(seed[1]),
+            None if backup_to is None else backup_to._n,
+        )
+        fields = _fields(ReplicateReport, r)
+        fields.update(
+            disks=tuple(ReplicaDiskProgress(**_fields(ReplicaDiskProgress, d)) for d in r["disks"]),
+            replica=ReplicaRunStats(**_fields(ReplicaRunStats, r["replica"])),
+            removed_points=tuple(r["removed_points"]),
+            backup=None if r["backup"] is None else _backup_report(r["backup"]),
+        )
+        return ReplicateReport(**fields)
+
+    def points(self) -> _List[ReplicaPoint]:
+        """The committed points, oldest first."""
+        return [
+            ReplicaPoint(
+                point=p["point"],
+                time=p["time"],
+                time_ms=p["time_ms"],
+                disks=tuple(ReplicaPointDisk(**_fields(ReplicaPointDisk, d)) for d in p["disks"]),
+            )
+            for p in self._n.points()
+        ]
+
+    def history(self) -> _List[ReplicationRecord]:
+        """The runs into this replica, oldest first: point, bytes read and
+        sent, duration, result."""
+        return [ReplicationRecord(**_fields(ReplicationRecord, r)) for r in self._n.history()]
+
+    def export(
+        self,
+        point: int,
+        disk: int,
+        output: PathLike,
+        *,
+        force: bool = False,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> ReplicaExportReport:
+        """Writes disk ``disk`` of point ``point`` to ``output`` as a raw
+        image (sparse where the point holds zeroes)."""
+        r = self._n.export(point, disk, _os.fspath(output), force, _progress(progress), cancel)
+        return ReplicaExportReport(**_fields(ReplicaExportReport, r))

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidArgument",
     "IoError",
     "NativeNbdServer",
+    "NativeReplica",
     "NativeStore",
     "NativeXenPool",
     "NotAStore",
@@ -194,6 +195,39 @@ class NativeNbdServer:
     @property
     def running(self) -> bool: ...
     def stop(self) -> Dict[str, Any]: ...
+
+@final
+class NativeReplica:
+    @staticmethod
+    def open(path: str) -> NativeReplica: ...
+    @staticmethod
+    def open_or_create(path: str, vm: str) -> NativeReplica: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def vm(self) -> str: ...
+    def replicate(
+        self,
+        disks: List[str],
+        keep: Optional[int] = None,
+        bwlimit: Optional[int] = None,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+        seed_store: Optional[NativeStore] = None,
+        seed_version: Optional[str] = None,
+        backup_to: Optional[NativeStore] = None,
+    ) -> Dict[str, Any]: ...
+    def points(self) -> List[Dict[str, Any]]: ...
+    def history(self) -> List[Dict[str, Any]]: ...
+    def export(
+        self,
+        point: int,
+        disk: int,
+        output: str,
+        force: bool = False,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
 
 @final
 class NativeXenPool:
