@@ -79,6 +79,9 @@ tools=(
     sgdisk:gdisk           # file restore: GPT disks
     parted:parted          # file restore: MBR disks with logical partitions
     partx:util-linux       # file restore: the oracle of partition numbering
+    pvcreate:lvm2          # LVM2 fixtures (alike-fs tests/lvm.rs): pvcreate, vgcreate, vgcfgrestore on loop devices
+    losetup:mount          # ... the loop devices they need
+    sfdisk:fdisk           # ... and a partition table holding a PV
     gcc:gcc                # the C example and C API tests
     valgrind:valgrind      # ... run under memcheck
     pkg-config:pkg-config  # the installed C library is found through alike.pc

@@ -18,6 +18,8 @@
 //! - [`part`]: MBR (with logical partitions) and GPT partition tables, and
 //!   [`part::Slice`], a device over a byte range of another.
 //! - [`ext`]: ext2, ext3 and ext4.
+//! - [`lvm`]: LVM2 volume groups and their linear and striped logical
+//!   volumes, without device-mapper.
 //! - [`scan`]: the volumes of a set of disks (whole disks, partitions,
 //!   LVM2 logical volumes) and the filesystem on each, probed in one place.
 //! - [`extract`]: path look-up and safe extraction into a directory (no
@@ -40,6 +42,7 @@ use std::path::Path;
 
 pub mod ext;
 pub mod extract;
+pub mod lvm;
 pub mod part;
 pub mod scan;
 

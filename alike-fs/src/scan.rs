@@ -169,21 +169,60 @@ pub fn open_filesystem(dev: Arc<dyn BlockDevice>) -> Result<Option<Arc<dyn FileS
 /// A logical volume found by the LVM2 reader.
 struct FoundLv {
     info: LvInfo,
+    /// Its name's VG part: the VG's name, with `@UUID8` when another VG
+    /// shares the name.
+    vg_label: String,
     size: u64,
-    device: Arc<dyn BlockDevice>,
+    /// Indexes (into the PVs given) of the devices holding its VG.
+    pvs: Vec<usize>,
+    device: std::result::Result<Arc<dyn BlockDevice>, String>,
 }
 
-/// The logical volumes on `pvs` (devices without a filesystem).
-fn logical_volumes(pvs: &[Arc<dyn BlockDevice>]) -> Result<Vec<FoundLv>> {
-    // ---- LVM2 plugs in here. ----
-    // Branch i15-lvm (`crate::lvm::scan(pvs) -> Vec<VolumeGroup>`): one
-    // FoundLv per `vg.lvs` entry, `device: lv.device()`.
-    let _ = pvs;
-    Ok(Vec::new())
+/// The visible logical volumes on `pvs` (devices without a filesystem),
+/// and what went wrong reading them.
+fn logical_volumes(pvs: &[Arc<dyn BlockDevice>]) -> (Vec<FoundLv>, Vec<String>) {
+    let report = crate::lvm::scan_report(pvs);
+    let mut warnings: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| format!("LVM2 on {}: {}", pvs.get(p.device).map_or_else(|| "?".into(), |d| d.describe()), p.error))
+        .collect();
+    let mut out = Vec::new();
+    for vg in &report.volume_groups {
+        if !vg.missing_pvs.is_empty() {
+            warnings.push(format!(
+                "volume group {} ({}): physical volume(s) {} not found on these disks",
+                vg.name,
+                vg.uuid,
+                vg.missing_pvs.join(", ")
+            ));
+        }
+        let vg_label = if vg.name_collision {
+            format!("{}@{}", vg.name, vg.uuid.chars().filter(|c| *c != '-').take(8).collect::<String>())
+        } else {
+            vg.name.clone()
+        };
+        let on: Vec<usize> = vg.pvs.iter().filter_map(|p| p.device).collect();
+        for lv in vg.lvs.iter().filter(|lv| lv.visible) {
+            out.push(FoundLv {
+                info: LvInfo {
+                    vg: vg.name.clone(),
+                    vg_uuid: vg.uuid.clone(),
+                    lv: lv.name.clone(),
+                    lv_uuid: lv.uuid.clone(),
+                },
+                vg_label: vg_label.clone(),
+                size: lv.size,
+                pvs: on.clone(),
+                device: lv.device().map_err(|e| e.to_string()),
+            });
+        }
+    }
+    (out, warnings)
 }
 
 /// Whether `dev` carries an LVM2 label (`LABELONE` … `LVM2 001` in one of
-/// its first four sectors).
+/// its first four sectors): worth handing to the LVM2 reader.
 fn is_lvm_pv(dev: &dyn BlockDevice) -> Result<bool> {
     if dev.size() < 2048 {
         return Ok(false);
@@ -251,32 +290,32 @@ pub fn scan(disks: &[Disk]) -> Result<Scan> {
     }
     let pvs: Vec<&Volume> = out.volumes.iter().filter(|v| v.lvm_pv).collect();
     if !pvs.is_empty() {
-        let pv_disks: Vec<u32> = {
-            let mut x: Vec<u32> = pvs.iter().flat_map(|v| v.disks.iter().copied()).collect();
-            x.sort_unstable();
-            x.dedup();
-            x
-        };
         let devices: Vec<Arc<dyn BlockDevice>> = pvs.iter().map(|v| v.device.clone()).collect();
-        let lvs = match logical_volumes(&devices) {
-            Ok(l) => l,
-            Err(e) => {
-                out.warnings.push(format!("LVM2: {e}"));
-                Vec::new()
-            }
-        };
-        let ambiguous = |vg: &str, uuid: &str| lvs.iter().any(|o| o.info.vg == vg && o.info.vg_uuid != uuid);
-        for lv in &lvs {
-            let vg = if ambiguous(&lv.info.vg, &lv.info.vg_uuid) {
-                let u: String = lv.info.vg_uuid.chars().filter(|c| *c != '-').take(8).collect();
-                format!("{}@{u}", lv.info.vg)
-            } else {
-                lv.info.vg.clone()
+        let pv_disks: Vec<Vec<u32>> = pvs.iter().map(|v| v.disks.clone()).collect();
+        let (lvs, warnings) = logical_volumes(&devices);
+        out.warnings.extend(warnings);
+        for lv in lvs {
+            let mut disks: Vec<u32> = lv.pvs.iter().filter_map(|&i| pv_disks.get(i)).flatten().copied().collect();
+            disks.sort_unstable();
+            disks.dedup();
+            let name = format!("{}/{}", lv.vg_label, lv.info.lv);
+            let mut v = match lv.device {
+                Ok(dev) => probe(name, VolumeKind::LogicalVolume, disks, dev),
+                Err(why) => Volume {
+                    device: Arc::new(crate::MemDevice::new(name.clone(), Vec::new())),
+                    name,
+                    kind: VolumeKind::LogicalVolume,
+                    disks,
+                    size: 0,
+                    partition: None,
+                    lv: None,
+                    fs: None,
+                    error: Some(why),
+                    lvm_pv: false,
+                },
             };
-            let mut v =
-                probe(format!("{vg}/{}", lv.info.lv), VolumeKind::LogicalVolume, pv_disks.clone(), lv.device.clone());
-            v.size = lv.size.min(v.size);
-            v.lv = Some(lv.info.clone());
+            v.size = lv.size;
+            v.lv = Some(lv.info);
             out.volumes.push(v);
         }
     }
