@@ -27,6 +27,7 @@
 //! Every long operation takes a progress callback and a [`CancelToken`]
 //! through its options.
 
+mod disk_reader;
 mod error;
 mod image;
 mod nbd;
