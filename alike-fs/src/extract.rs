@@ -547,9 +547,9 @@ impl Walker<'_> {
         match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) if !self.opts.force => {
-                return Err(FsError::Refused {
+                return Err(FsError::Exists {
                     path: path.into(),
-                    why: "it exists in the target directory (force replaces files and merges directories)".into(),
+                    why: "exists in the target directory (force replaces files and merges directories)".into(),
                 });
             }
             Err(Errno::EXIST) => match open() {
@@ -592,7 +592,7 @@ impl Walker<'_> {
             Ok(x) => Ok(x),
             Err(Errno::EXIST) if self.opts.force => {
                 rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| match e {
-                    Errno::ISDIR | Errno::PERM => FsError::Refused {
+                    Errno::ISDIR | Errno::PERM => FsError::Exists {
                         path: path.into(),
                         why: "a directory of that name is in the target directory (it is never removed)".into(),
                     },
@@ -600,9 +600,9 @@ impl Walker<'_> {
                 })?;
                 create().map_err(|e| errno_io(path, e))
             }
-            Err(Errno::EXIST) => Err(FsError::Refused {
+            Err(Errno::EXIST) => Err(FsError::Exists {
                 path: path.into(),
-                why: "it exists in the target directory (force replaces it)".into(),
+                why: "exists in the target directory (force replaces it)".into(),
             }),
             Err(e) => Err(errno_io(path, e)),
         }
@@ -657,8 +657,8 @@ impl Walker<'_> {
                 .map_err(|_| Errno::IO)
             });
             if linked.is_ok() {
+                // Its bytes were counted once, with the first copy.
                 self.summary.hard_links += 1;
-                self.progress.bytes_done += m.size;
                 return Ok(());
             }
             // The first copy is gone or cannot be linked to: write the data again.

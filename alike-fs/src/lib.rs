@@ -389,13 +389,22 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
-    /// Extraction refused a name or a link that would leave the target
-    /// directory, or an existing file without `force`.
+    /// Extraction refused a name that would leave the target directory
+    /// (or cannot be created there).
     #[error("refused {path}: {why}")]
     Refused {
         /// The name as found in the filesystem.
         path: String,
         /// Why it was refused.
+        why: String,
+    },
+    /// Extraction met a name that already exists in the target directory
+    /// (replaced only with `force`; a directory is never replaced).
+    #[error("{path}: {why}")]
+    Exists {
+        /// The entry, by its path in the filesystem.
+        path: String,
+        /// What is in the way, and what would replace it.
         why: String,
     },
     /// The caller cancelled.

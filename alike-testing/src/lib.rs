@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use alike_core::{DiskSource, Error, MemSource, Result};
 use sha2::Digest;
 
+pub mod tree;
 pub mod vhdx_spec;
 
 /// SHA-256 of a file, hex.

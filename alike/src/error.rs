@@ -46,6 +46,10 @@ pub enum Error {
     /// A VHDX/AVHDX image could not be read or written.
     #[error(transparent)]
     Vhdx(alike_formats::vhdx::VhdxError),
+    /// File-level restore: a partition table, volume or filesystem could not
+    /// be read, a path names nothing, the target refused a file.
+    #[error(transparent)]
+    Fs(alike_fs::FsError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
     #[cfg(feature = "xen")]
@@ -57,6 +61,12 @@ pub enum Error {
 impl From<alike_xen::adapter::PoolError> for Error {
     fn from(e: alike_xen::adapter::PoolError) -> Error {
         Error::Xen(e)
+    }
+}
+
+impl From<alike_fs::FsError> for Error {
+    fn from(e: alike_fs::FsError) -> Error {
+        Error::Fs(e)
     }
 }
 
@@ -109,6 +119,7 @@ impl Error {
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
+            Error::Fs(f) => crate::files::fs_kind(f),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
         }
@@ -123,6 +134,7 @@ impl Error {
             Error::Engine(c) => c.retry(),
             Error::Vhd(x) => x.retry(),
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
+            Error::Fs(alike_fs::FsError::Device { .. } | alike_fs::FsError::Io { .. }) => Retry::Unknown,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             _ => Retry::Permanent,

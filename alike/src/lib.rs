@@ -29,6 +29,7 @@
 
 mod disk_reader;
 mod error;
+mod files;
 mod image;
 mod nbd;
 mod options;
@@ -56,12 +57,17 @@ pub use alike_core::{
     BackupSession, CreatedVm, DiskSink, Hypervisor, Placement, PlannedDisk, PreviousDisk, Quiesce, ReleaseReport,
     RestoreSession, SessionDisk, SnapshotOptions, StreamSink, StreamWritten,
 };
+/// File-level restore's building blocks, for embedders that read disks of
+/// their own (an image file, a block device) the way [`Store::ls`] and
+/// [`Store::extract`] read a version's.
+pub use alike_fs;
 pub use error::{Error, ErrorKind, Result, Retry};
+pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};
 pub use nbd::{NbdExportInfo, NbdListening, NbdReport};
 pub use options::{
-    BackupOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, NBD_CACHE_RANGE, NbdListen,
-    NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+    BackupOptions, ExtractOptions, LsOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions,
+    NBD_CACHE_RANGE, NbdListen, NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
 };
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,

@@ -188,7 +188,7 @@ fn extraction_refuses_existing_files_unless_forced() {
     std::fs::write(out.join("d/f"), b"old").unwrap();
     let r = extract(fs.as_ref(), &[b"/d".as_slice()], &out, &ExtractOptions::default()).unwrap();
     assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
-    assert!(matches!(r.failures[0].error, alike_fs::FsError::Refused { .. }));
+    assert!(matches!(r.failures[0].error, alike_fs::FsError::Exists { .. }));
     assert_eq!(std::fs::read(out.join("d/f")).unwrap(), b"old");
     let r = extract(fs.as_ref(), &[b"/d".as_slice()], &out, &ExtractOptions::default().force(true)).unwrap();
     assert!(r.failures.is_empty(), "{:?}", r.failures);
