@@ -188,7 +188,7 @@ if [ -n "$fuzz" ]; then
         mkdir -p "$seed/t/d" && echo hello >"$seed/t/d/f" && ln -s d/f "$seed/t/l"
         mkfs.ext4 -q -F -b 1024 -N 16 -O ^has_journal,inline_data -I 256 -d "$seed/t" fuzz/corpus/fs/seed-ext4 128K
         truncate -s 192K fuzz/corpus/fs/seed-gpt
-        sgdisk -q -n 1:34:+128K fuzz/corpus/fs/seed-gpt >/dev/null
+        sgdisk -n 1:34:+128K fuzz/corpus/fs/seed-gpt >/dev/null
         dd if=fuzz/corpus/fs/seed-ext4 of=fuzz/corpus/fs/seed-gpt bs=512 seek=34 conv=notrunc status=none
         rm -rf "$seed"
     fi

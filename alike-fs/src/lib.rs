@@ -363,8 +363,9 @@ pub enum FsError {
     /// No filesystem, partition table or volume group recognised.
     #[error("not recognised: {0}")]
     NotRecognised(String),
-    /// A path names nothing.
-    #[error("no such file or directory: {0}")]
+    /// A path names nothing (or a volume, partition or filesystem asked for
+    /// is not there: the message says which, and what there is).
+    #[error("not found: {0}")]
     NotFound(String),
     /// A path goes through something that is not a directory.
     #[error("not a directory: {0}")]

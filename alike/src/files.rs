@@ -447,7 +447,12 @@ impl Store {
         let failures = done
             .failures
             .into_iter()
-            .map(|f| ExtractFailure { path: f.path, kind: fs_kind(&f.error).name().into(), error: f.error.to_string() })
+            .map(|f| {
+                // Most errors name the entry already; the path is a field of its own.
+                let msg = f.error.to_string();
+                let error = msg.strip_prefix(&format!("{}: ", f.path)).unwrap_or(&msg).to_string();
+                ExtractFailure { kind: fs_kind(&f.error).name().into(), path: f.path, error }
+            })
             .collect();
         Ok(ExtractReport {
             id: version.id.clone(),
