@@ -12,7 +12,7 @@ use crate::{FfiResult, alike_result, arg_str, guard, invalid, need, opt_str, put
 
 /// An open store. Safe to use from several threads at once.
 pub struct alike_store {
-    inner: alike::Store,
+    pub(crate) inner: alike::Store,
 }
 
 /// Figures about a store.
@@ -62,7 +62,7 @@ unsafe fn builder(opts: *const alike_store_options, passphrase: *const c_char) -
 
 /// # Safety
 /// `store` NULL or live.
-unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
+pub(crate) unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
     // SAFETY: NULL or live by contract.
     unsafe { store.as_ref() }.map(|s| &s.inner).ok_or_else(|| invalid("store is NULL"))
 }
