@@ -961,8 +961,11 @@ fn map_segments(
 fn describe_layout(segments: &[Segment]) -> String {
     let one = |k: &SegmentKind| match k {
         SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => "linear".to_owned(),
-        SegmentKind::Striped { stripe_size, stripes } => {
+        SegmentKind::Striped { stripe_size, stripes } if stripe_size % 1024 == 0 => {
             format!("striped ({} stripes of {} KiB)", stripes.len(), stripe_size / 1024)
+        }
+        SegmentKind::Striped { stripe_size, stripes } => {
+            format!("striped ({} stripes of {stripe_size} bytes)", stripes.len())
         }
         SegmentKind::Other { type_name } => format!("{type_name} (not readable)"),
     };

@@ -32,6 +32,8 @@ mod error;
 mod files;
 mod image;
 mod nbd;
+#[cfg(feature = "tls")]
+mod nbd_tls;
 mod options;
 mod store;
 mod vm;

@@ -16,11 +16,13 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod files;
+mod nbd;
 mod options;
 mod store;
 mod version;
 
 pub use files::*;
+pub use nbd::*;
 pub use options::*;
 pub use store::*;
 pub use version::*;
