@@ -26,6 +26,13 @@
 //!
 //! Every long operation takes a progress callback and a [`CancelToken`]
 //! through its options.
+//!
+//! Restores: a whole disk to an image file or a device
+//! ([`Store::restore_to_file`]), a whole VM to a host ([`Store::restore_vm`]),
+//! a version served over NBD ([`Store::serve_nbd`]), and files out of a
+//! version without restoring or mounting anything ([`Store::ls`],
+//! [`Store::extract`]: partitions, LVM2 and the filesystems `alike-fs` reads, from the
+//! store on demand).
 
 mod disk_reader;
 mod error;
