@@ -187,7 +187,7 @@ if [ -n "$fuzz" ]; then
     if [ ! -e fuzz/corpus/fs/seed-gpt ]; then
         seed=$(mktemp -d)
         mkdir -p "$seed/t/d" && echo hello >"$seed/t/d/f" && ln -s d/f "$seed/t/l"
-        mkfs.ext4 -q -F -b 1024 -N 16 -O ^has_journal,inline_data -I 256 -d "$seed/t" fuzz/corpus/fs/seed-ext4 128K
+        mkfs.ext4 -q -F -b 1024 -N 16 -O ^has_journal,inline_data -I 256 -d "$seed/t" fuzz/corpus/fs/seed-ext4 128K >/dev/null
         truncate -s 192K fuzz/corpus/fs/seed-gpt
         sgdisk -n 1:34:+128K fuzz/corpus/fs/seed-gpt >/dev/null
         dd if=fuzz/corpus/fs/seed-ext4 of=fuzz/corpus/fs/seed-gpt bs=512 seek=34 conv=notrunc status=none

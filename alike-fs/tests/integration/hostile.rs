@@ -134,3 +134,29 @@ fn a_symlink_placed_in_the_target_is_never_followed() {
     assert_eq!(std::fs::read(out.join("d/f")).unwrap(), b"data");
     assert!(!std::fs::symlink_metadata(out.join("g")).unwrap().is_symlink());
 }
+
+#[test]
+fn absurd_depth_fails_by_name_and_the_byte_bound_stops_the_run() {
+    if !need(&["mkfs.ext4"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, img, out) = (t.path().join("src"), t.path().join("fs.img"), t.path().join("out"));
+    let mut deep = src.clone();
+    for _ in 0..300 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom"), b"too deep").unwrap();
+    std::fs::write(src.join("hundred"), vec![7u8; 100]).unwrap();
+    mkfs("ext4", &src, &img, 16, &[]);
+    let r = run_extract(&img, &out, false);
+    assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+    assert!(matches!(r.failures[0].error, FsError::Limit(_)), "{:?}", r.failures);
+    assert_eq!(r.failures[0].path.matches("/d").count(), alike_fs::extract::MAX_DEPTH);
+    // A bound of 10 bytes: the 100-byte file stops the whole run.
+    let fs = alike_fs::ext::open(dev(&img)).unwrap().unwrap();
+    let opts = ExtractOptions::default().max_bytes(10);
+    let e = extract(fs.as_ref(), &[b"/hundred".as_slice()], &t.path().join("o2"), &opts).unwrap_err();
+    assert!(matches!(e, FsError::Limit(_)), "{e}");
+}
