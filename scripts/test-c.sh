@@ -29,6 +29,7 @@ start_sim() {
 cflags=(-std=c11 -Wall -Wextra -Werror -g -I bindings-c/include)
 gcc "${cflags[@]}" examples/c/backup.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/backup"
 gcc "${cflags[@]}" bindings-c/tests/c/test_api.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_api"
+gcc "${cflags[@]}" bindings-c/tests/c/test_files.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_files"
 # The static library links too (with the system libraries Rust needs).
 gcc "${cflags[@]}" examples/c/backup.c "$lib/libalike.a" -lpthread -ldl -lm -o "$out/backup-static"
 
@@ -47,6 +48,14 @@ run static "$out/backup-static" "$out/static/store" "$out/disk.img" "$out/static
 cmp "$out/disk.img" "$out/static/restored.img"
 start_sim plain
 run api "$out/test_api" "$out/api" "$xapi_url"
+# An ext4 image of a small tree (mke2fs), for the file-restore tests.
+mkdir -p "$out/fs-src/dir"
+printf 'hello from C\n' >"$out/fs-src/hello.txt"
+chmod 640 "$out/fs-src/hello.txt"
+head -c 300000 /dev/urandom >"$out/fs-src/dir/inner.txt"
+ln -s ../hello.txt "$out/fs-src/dir/link"
+PATH="$PATH:/sbin:/usr/sbin" mkfs.ext4 -q -F -d "$out/fs-src" "$out/fs.img" 16M >/dev/null
+run files "$out/test_files" "$out/files" "$out/fs.img" "$out/fs-src"
 
 if command -v valgrind >/dev/null; then
     vg=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
@@ -55,6 +64,7 @@ if command -v valgrind >/dev/null; then
     cmp "$out/disk.img" "$out/vg-plain/restored.img"
     start_sim vg
     run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url"
+    run vg-files "${vg[@]}" "$out/test_files" "$out/vg-files" "$out/fs.img" "$out/fs-src"
     echo "C example and C API tests: clean under valgrind"
 else
     echo "valgrind not installed: C tests ran without memcheck" >&2

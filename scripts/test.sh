@@ -75,6 +75,10 @@ tools=(
     nbdcopy:libnbd-bin     # ... and a multi-connection copy
     mkfs.ext4:e2fsprogs    # real ext4 fixtures (tests, quickstart)
     debugfs:e2fsprogs
+    e2fsck:e2fsprogs       # file restore: the oracle of journal replay, htree directories
+    sgdisk:gdisk           # file restore: GPT disks
+    parted:parted          # file restore: MBR disks with logical partitions
+    partx:util-linux       # file restore: the oracle of partition numbering
     pvcreate:lvm2          # LVM2 fixtures (alike-fs tests/lvm.rs): pvcreate, vgcreate, vgcfgrestore on loop devices
     losetup:mount          # ... the loop devices they need
     sfdisk:fdisk           # ... and a partition table holding a PV
@@ -187,6 +191,18 @@ step "fuzz" "a short run of every target: cargo-fuzz, nightly, libFuzzer with AS
 if [ -n "$fuzz" ]; then
     # One build of every target, then each runs from it.
     (cd fuzz && cargo +nightly fuzz build)
+    # Seeds for `fs`: an ext4 image (inline data, a symlink) alone and behind
+    # a GPT, made by the real tools; libFuzzer mutates from there.
+    mkdir -p fuzz/corpus/fs
+    if [ ! -e fuzz/corpus/fs/seed-gpt ]; then
+        seed=$(mktemp -d)
+        mkdir -p "$seed/t/d" && echo hello >"$seed/t/d/f" && ln -s d/f "$seed/t/l"
+        mkfs.ext4 -q -F -b 1024 -N 16 -O ^has_journal,inline_data -I 256 -d "$seed/t" fuzz/corpus/fs/seed-ext4 128K >/dev/null
+        truncate -s 192K fuzz/corpus/fs/seed-gpt
+        sgdisk -n 1:34:+128K fuzz/corpus/fs/seed-gpt >/dev/null
+        dd if=fuzz/corpus/fs/seed-ext4 of=fuzz/corpus/fs/seed-gpt bs=512 seek=34 conv=notrunc status=none
+        rm -rf "$seed"
+    fi
     for t in $(cargo fuzz list --fuzz-dir fuzz); do
         log="$(mktemp)"
         if ! (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=2048) >"$log" 2>&1; then

@@ -9,6 +9,7 @@ mod common;
 mod hyperv;
 mod remote;
 mod replicate;
+mod files;
 mod xen;
 
 use std::path::PathBuf;
@@ -51,6 +52,13 @@ enum Cmd {
     Versions(commands::VersionsArgs),
     /// Restore one disk of a version to an image file (raw, VHD or VHDX) or a block device.
     Restore(commands::RestoreArgs),
+    /// List the volumes of a version (partitions, LVM2 logical volumes, filesystems),
+    /// or a directory or file in one of them, straight from the store: no restore, no mount.
+    Ls(files::LsArgs),
+    /// Extract files and directories of a version into a directory, straight from the
+    /// store: modes, times, symlinks and hard links kept; nothing written outside DIR.
+    /// Exit status 1 when any entry could not be extracted (the rest are).
+    Extract(files::ExtractArgs),
     /// Show store figures: logical and stored bytes, dedup and compression ratios.
     Stats(common::JsonArg),
     /// Check that versions restore: quick (structure, index, trailers) or --full (every byte).
@@ -114,6 +122,8 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Backup(a) => commands::backup(cli, a),
         Cmd::Versions(a) => commands::versions(cli, a),
         Cmd::Restore(a) => commands::restore(cli, a),
+        Cmd::Ls(a) => files::ls(cli, a),
+        Cmd::Extract(a) => files::extract(cli, a),
         Cmd::Stats(a) => commands::stats(cli, a),
         Cmd::Verify(a) => commands::verify(cli, a),
         Cmd::Vault(a) => commands::vault(cli, a),

@@ -606,3 +606,59 @@ fn serve_nbd_prints_where_it_listens_and_stops_on_ctrl_c() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no disk 7"));
 }
+
+/// `alike ls` and `alike extract` as scripts use them: volumes, entries,
+/// the extracted tree equal to the source, `--json` as the reports' schema,
+/// exit status 1 when entries fail, 2 for conflicting flags.
+#[test]
+fn ls_and_extract_as_documented() {
+    use alike_testing::tree::{assert_same_tree, build_tree, mkfs, need};
+    if !need(&["mkfs.ext4"]) {
+        return;
+    }
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/report-schema.json")).unwrap(),
+    )
+    .unwrap();
+    let c = Cli::new();
+    init_fast(&c);
+    let src = c.p("src");
+    build_tree(&src);
+    let img = c.p("fs.img");
+    mkfs("ext4", &src, &img, 48, &[]);
+    c.ok(&["backup", "--vm", "files", path_str(&img)]);
+
+    let vols = c.ok(&["ls", "latest"]);
+    assert!(vols.contains("disk") && vols.contains("ext4"), "{vols}");
+    let j = c.json(&["ls", "latest", "--json"]);
+    assert_eq!(keys(&j), schema["ls_volumes"]);
+    assert_eq!(j["volumes"][0]["filesystem"], "ext4");
+    let listing = c.ok(&["ls", "latest", "/"]);
+    assert!(listing.contains("link-absolute -> /etc/passwd"), "{listing}");
+    assert!(listing.contains("-rwxr-xr-x") && listing.contains("exec.sh"), "{listing}");
+    let j = c.json(&["ls", "latest", "--vm", "files", "--disk", "0", "/nested", "--json"]);
+    assert_eq!(keys(&j), schema["ls"]);
+    assert_eq!(j["entries"][0]["path"], "/nested/a");
+
+    let out = c.p("out");
+    c.ok(&["extract", "latest", "/", "--to", path_str(&out)]);
+    std::fs::remove_dir(out.join("lost+found")).unwrap();
+    assert_same_tree(&src, &out);
+    // Again: every top-level name exists; each fails, JSON still printed, exit 1.
+    let o =
+        c.cmd().args(["extract", "latest", "/size-1", "/nested", "--to", path_str(&out), "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(keys(&r), schema["extract"]);
+    assert_eq!(r["failures"].as_array().unwrap().len(), 2);
+    assert_eq!(r["failures"][0]["kind"], "already_exists");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 entries could not be extracted"), "{o:?}");
+    c.ok(&["extract", "latest", "/size-1", "/nested", "--to", path_str(&out), "--force"]);
+    // Flags that conflict are a usage error; a path that names nothing is an error.
+    let o = c.cmd().args(["ls", "latest", "--partition", "1", "--volume", "v/l", "/"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = c.cmd().args(["extract", "latest", "/missing", "--to", path_str(&c.p("o2"))]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found: /missing"), "{o:?}");
+    assert!(!c.p("o2").exists() || std::fs::read_dir(c.p("o2")).unwrap().count() == 0);
+}

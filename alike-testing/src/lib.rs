@@ -13,6 +13,7 @@ use sha2::Digest;
 pub mod netns;
 pub mod proxy;
 pub mod sshd;
+pub mod tree;
 pub mod vhdx_spec;
 
 /// SHA-256 of a file, hex.

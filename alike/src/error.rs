@@ -50,6 +50,10 @@ pub enum Error {
     /// another version), the replica, or a source.
     #[error(transparent)]
     Replication(alike_replicate::ReplicateError),
+    /// File-level restore: a partition table, volume or filesystem could not
+    /// be read, a path names nothing, the target refused a file.
+    #[error(transparent)]
+    Fs(alike_fs::FsError),
     /// A XenServer/XCP-ng pool refused or failed (what was being done, and
     /// the XAPI code and parameters: [`Error::xapi_code`]).
     #[cfg(feature = "xen")]
@@ -74,6 +78,12 @@ impl From<alike_remote::ssh::RemoteError> for Error {
 impl From<alike_xen::adapter::PoolError> for Error {
     fn from(e: alike_xen::adapter::PoolError) -> Error {
         Error::Xen(e)
+    }
+}
+
+impl From<alike_fs::FsError> for Error {
+    fn from(e: alike_fs::FsError) -> Error {
+        Error::Fs(e)
     }
 }
 
@@ -142,6 +152,7 @@ impl Error {
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
             Error::Replication(r) => alike_core::SeamError::kind(r),
+            Error::Fs(f) => crate::files::fs_kind(f),
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.kind(),
             #[cfg(feature = "remote")]
@@ -159,6 +170,7 @@ impl Error {
             Error::Vhd(x) => x.retry(),
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
             Error::Replication(r) => alike_core::SeamError::retry(r),
+            Error::Fs(alike_fs::FsError::Device { .. } | alike_fs::FsError::Io { .. }) => Retry::Unknown,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             #[cfg(feature = "remote")]

@@ -26,8 +26,17 @@
 //!
 //! Every long operation takes a progress callback and a [`CancelToken`]
 //! through its options.
+//!
+//! Restores: a whole disk to an image file or a device
+//! ([`Store::restore_to_file`]), a whole VM to a host ([`Store::restore_vm`]),
+//! a version served over NBD ([`Store::serve_nbd`]), and files out of a
+//! version without restoring or mounting anything ([`Store::ls`],
+//! [`Store::extract`]: partitions, LVM2 and the filesystems `alike-fs` reads, from the
+//! store on demand).
 
+mod disk_reader;
 mod error;
+mod files;
 mod image;
 mod nbd;
 #[cfg(feature = "tls")]
@@ -63,12 +72,17 @@ pub use alike_core::{
     BackupSession, CreatedVm, DiskSink, Hypervisor, Placement, PlannedDisk, PreviousDisk, Quiesce, ReleaseReport,
     RestoreSession, SessionDisk, SnapshotOptions, StreamSink, StreamWritten,
 };
+/// File-level restore's building blocks, for embedders that read disks of
+/// their own (an image file, a block device) the way [`Store::ls`] and
+/// [`Store::extract`] read a version's.
+pub use alike_fs;
 pub use error::{Error, ErrorKind, Result, Retry};
+pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};
 pub use nbd::{NbdExportInfo, NbdListening, NbdReport};
 pub use options::{
-    BackupOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions, NBD_CACHE_RANGE, NbdListen,
-    NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+    BackupOptions, ExtractOptions, LsOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions,
+    NBD_CACHE_RANGE, NbdListen, NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
 };
 // Replication.
 pub use replicate::{

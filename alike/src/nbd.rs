@@ -3,7 +3,7 @@
 //! store on demand — nothing is restored first.
 //!
 //! ## How a read is served
-//! A disk is its row of windows (one block map each, `load_window`: either
+//! (`crate::disk_reader`, shared with file restore.) A disk is its row of windows (one block map each, `load_window`: either
 //! chunking); a read walks the extents it covers — gaps are holes, sent as
 //! hole chunks and reported as `NBD_STATE_HOLE | NBD_STATE_ZERO` by
 //! `NBD_CMD_BLOCK_STATUS` — locates their chunks and copies them out of
@@ -36,28 +36,25 @@
 //! checksum) at every flush and at the end; the file is deleted at the end
 //! unless kept, and a kept one can be served again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alike_ads::Repository;
-use alike_core::{ChunkId, ChunkLocation, ChunkStore, DiskRecord, ErrorKind, FrameRef, Recover, Window};
+use alike_core::{DiskRecord, ErrorKind, Recover};
 use alike_nbd::proto::{EIO, ESHUTDOWN, STATE_HOLE, STATE_ZERO};
 use alike_nbd::serve::{CommandError, Export, Listener, ServeEvent, ServeOptions};
 use alike_nbd::server::{ExportConfig, Extent as NbdExtent, ServerConfig, TlsMode};
 
+use crate::disk_reader::{DiskReader, StoreReader};
 use crate::options::{NbdDisks, NbdListen, NbdOptions};
 use crate::store::{Store, Version};
 use crate::{Error, Result};
 
-/// Windows (block maps) cached per disk.
-const WINDOWS_CACHED: usize = 32;
 /// Sequential streams followed per disk.
 const STREAMS: usize = 8;
 /// A read that starts this far before a stream's end (requests served out
@@ -192,23 +189,16 @@ impl Store {
                 "a writable overlay serves one disk: choose it (not every disk)".into(),
             ));
         }
-        // Hold the version first, then make sure it still exists: a forget
-        // between the caller's lookup and the hold would leave GC free to
-        // delete its data.
-        let _hold = self.repo().lock_versions(std::slice::from_ref(&version.id))?;
-        match self.repo().read_manifest(&version.id) {
-            Err(alike_ads::Error::NotFound { .. }) => {
-                return Err(Error::VersionNotFound { spec: version.id.clone(), vm: Some(version.vm.clone()) });
-            }
-            r => drop(r?),
-        }
-        self.repo().sync_cache()?;
+        let _hold = self.hold_version(version)?;
 
-        let reader = StoreReader::new(self.repo(), opts.cache_bytes);
+        let reader = Arc::new(StoreReader::new(self.repo_arc(), opts.cache_bytes));
+        let prefetch = Prefetch::default();
         let exports: Vec<DiskExport<'_>> = disks
             .iter()
             .enumerate()
-            .map(|(i, d)| DiskExport::new(&reader, i, d.clone(), opts.readahead_bytes, version))
+            .map(|(i, d)| {
+                DiskExport::new(DiskReader::new(reader.clone(), d.clone(), version), &prefetch, i, opts.readahead_bytes)
+            })
             .collect();
         let overlay = match &opts.overlay {
             Some(p) => Some(Overlay::open(p, opts.keep_overlay, &exports[0], self.id(), &version.id)?),
@@ -290,13 +280,13 @@ impl Store {
             for _ in 0..workers {
                 alike_core::spawn_scoped(s, "alike-nbd-prefetch", || prefetch_worker(&jobs_rx, &exports))?;
             }
-            *reader.prefetch.locked() = Some(jobs_tx);
+            *prefetch.tx.locked() = Some(jobs_tx);
             if let Some(f) = &opts.on_listening {
                 f(&listening);
             }
             let r = alike_nbd::serve::serve(&listener, &cfg, &served, &so);
             // Closing the queue ends the workers.
-            reader.prefetch.locked().take();
+            prefetch.tx.locked().take();
             r.map_err(|source| Error::Engine(alike_core::Error::Io { path: listening.uri.clone().into(), source }))
         })?;
         let overlay_kept = match overlay {
@@ -310,7 +300,7 @@ impl Store {
             requests: served_report.requests,
             bytes_read: served_report.bytes_read,
             bytes_written: served_report.bytes_written,
-            store_bytes_read: reader.store_bytes.load(Ordering::Relaxed),
+            store_bytes_read: reader.store_bytes(),
             overlay_kept,
             elapsed: started.elapsed(),
         })
@@ -333,129 +323,10 @@ impl Version {
 // ---------------------------------------------------------------------------
 // Frames: one bounded cache per session
 
-/// A decoded frame and the chunks of it already verified.
-struct Frame {
-    plain: Vec<u8>,
-    verified: Mutex<HashSet<ChunkId>>,
-}
-
-/// Why a frame could not be loaded (kept in the cache slot, so it must clone).
-#[derive(Debug, Clone)]
-struct LoadError {
-    kind: ErrorKind,
-    message: String,
-}
-
-type Slot = Arc<OnceLock<std::result::Result<Arc<Frame>, LoadError>>>;
-
-struct CacheInner {
-    tick: u64,
-    bytes: u64,
-    slots: HashMap<FrameRef, (u64, Slot)>,
-    order: BTreeMap<u64, FrameRef>,
-}
-
-/// Decoded frames, least recently used out first, at most `cap` plaintext
-/// bytes (plus frames being loaded).
-struct FrameCache {
-    cap: u64,
-    inner: Mutex<CacheInner>,
-}
-
-impl FrameCache {
-    fn new(cap: u64) -> FrameCache {
-        FrameCache {
-            cap,
-            inner: Mutex::new(CacheInner { tick: 0, bytes: 0, slots: HashMap::new(), order: BTreeMap::new() }),
-        }
-    }
-
-    /// The slot of `f`, new (and counted) if absent; evicts the least recently used.
-    fn slot(&self, f: &FrameRef) -> Slot {
-        let mut c = self.inner.locked();
-        c.tick += 1;
-        let t = c.tick;
-        if let Some((old, slot)) = c.slots.get(f).map(|(t, s)| (*t, s.clone())) {
-            c.order.remove(&old);
-            c.order.insert(t, *f);
-            c.slots.insert(*f, (t, slot.clone()));
-            return slot;
-        }
-        let slot: Slot = Arc::new(OnceLock::new());
-        c.slots.insert(*f, (t, slot.clone()));
-        c.order.insert(t, *f);
-        c.bytes += u64::from(f.raw_len);
-        while c.bytes > self.cap && c.order.len() > 1 {
-            let Some((&oldest, &victim)) = c.order.iter().next() else { break };
-            c.order.remove(&oldest);
-            c.slots.remove(&victim);
-            c.bytes = c.bytes.saturating_sub(u64::from(victim.raw_len));
-        }
-        slot
-    }
-
-    /// Forgets `f` if its slot is still `slot` (a failed load is tried again next time).
-    fn forget(&self, f: &FrameRef, slot: &Slot) {
-        let mut c = self.inner.locked();
-        if let Some((t, s)) = c.slots.get(f).map(|(t, s)| (*t, s.clone()))
-            && Arc::ptr_eq(&s, slot)
-        {
-            c.slots.remove(f);
-            c.order.remove(&t);
-            c.bytes = c.bytes.saturating_sub(u64::from(f.raw_len));
-        }
-    }
-}
-
 /// A prefetch job: load the frames of `range` of disk `disk`.
 struct Job {
     disk: usize,
     range: Range<u64>,
-}
-
-/// Reads frames from the store for every disk of a session.
-struct StoreReader<'a> {
-    repo: &'a Repository,
-    cache: FrameCache,
-    store_bytes: AtomicU64,
-    prefetch: Mutex<Option<SyncSender<Job>>>,
-}
-
-impl<'a> StoreReader<'a> {
-    fn new(repo: &'a Repository, cache_bytes: u64) -> StoreReader<'a> {
-        StoreReader {
-            repo,
-            cache: FrameCache::new(cache_bytes),
-            store_bytes: AtomicU64::new(0),
-            prefetch: Mutex::new(None),
-        }
-    }
-
-    /// The decoded frame `f`, from the cache or the store (a load in flight is waited for).
-    fn frame(&self, f: &FrameRef) -> std::result::Result<Arc<Frame>, LoadError> {
-        let slot = self.cache.slot(f);
-        let r = slot.get_or_init(|| {
-            let load = || -> alike_core::Result<Frame> {
-                let stored = self.repo.read_frame(f)?;
-                self.store_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
-                let plain = alike_core::decode_frame(self.repo.keys(), f, &stored)?;
-                Ok(Frame { plain, verified: Mutex::new(HashSet::new()) })
-            };
-            load().map(Arc::new).map_err(|e| LoadError { kind: e.kind(), message: e.to_string() })
-        });
-        if r.is_err() {
-            self.cache.forget(f, &slot);
-        }
-        r.clone()
-    }
-
-    fn schedule(&self, job: Job) {
-        if let Some(tx) = self.prefetch.locked().as_ref() {
-            match tx.try_send(job) {
-                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-            }
-        }
-    }
 }
 
 fn prefetch_worker(jobs: &Mutex<Receiver<Job>>, disks: &[DiskExport<'_>]) {
@@ -463,7 +334,7 @@ fn prefetch_worker(jobs: &Mutex<Receiver<Job>>, disks: &[DiskExport<'_>]) {
         let job = jobs.locked().recv();
         let Ok(job) = job else { return };
         if let Some(d) = disks.get(job.disk) {
-            d.prefetch(job.range);
+            d.disk.prefetch(job.range);
         }
     }
 }
@@ -480,165 +351,67 @@ struct Stream {
     used: u64,
 }
 
-/// Cached windows: (tick, [(map index, last use, window)]).
-type Windows = (u64, Vec<(usize, u64, Arc<Window>)>);
-
-/// A piece of a read: disk bytes `range` held by `extent`.
-struct Part {
-    id: ChunkId,
-    extent_offset: u64,
-    range: Range<u64>,
+/// The read-ahead queue of a session, open while it serves.
+#[derive(Default)]
+struct Prefetch {
+    tx: Mutex<Option<SyncSender<Job>>>,
 }
 
-/// One disk of a stored version, as an NBD export.
+impl Prefetch {
+    fn schedule(&self, job: Job) {
+        if let Some(tx) = self.tx.locked().as_ref() {
+            match tx.try_send(job) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+}
+
+/// One disk of a stored version, as an NBD export: the shared reader
+/// (`crate::disk_reader`) plus the export's sequential streams.
 struct DiskExport<'a> {
-    reader: &'a StoreReader<'a>,
+    disk: DiskReader,
+    prefetch: &'a Prefetch,
     index: usize,
-    disk: DiskRecord,
-    label: String,
     readahead: u64,
-    windows: Mutex<Windows>,
     streams: Mutex<(u64, Vec<Stream>)>,
 }
 
 /// What went wrong reading the store, for the client (the connection goes on).
-fn command_error(what: &str, e: &alike_core::Error) -> CommandError {
-    match e.kind() {
+fn command_error(what: &str, e: &dyn ErrorKindOf) -> CommandError {
+    match e.error_kind() {
         ErrorKind::Cancelled => CommandError::new(ESHUTDOWN, "the server is stopping"),
-        _ => CommandError::new(EIO, format!("{what}: {e}")),
+        _ => CommandError::new(EIO, format!("{what}: {}", e.message())),
+    }
+}
+
+/// The engine's and the facade's errors alike, for [`command_error`].
+trait ErrorKindOf {
+    fn error_kind(&self) -> ErrorKind;
+    fn message(&self) -> String;
+}
+
+impl ErrorKindOf for alike_core::Error {
+    fn error_kind(&self) -> ErrorKind {
+        self.kind()
+    }
+    fn message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ErrorKindOf for Error {
+    fn error_kind(&self) -> ErrorKind {
+        self.kind()
+    }
+    fn message(&self) -> String {
+        self.to_string()
     }
 }
 
 impl<'a> DiskExport<'a> {
-    fn new(reader: &'a StoreReader<'a>, index: usize, disk: DiskRecord, readahead: u64, v: &Version) -> DiskExport<'a> {
-        let label = format!("VM {} disk {} (version {})", v.vm, disk.position, v.short_id());
-        DiskExport {
-            reader,
-            index,
-            disk,
-            label,
-            readahead,
-            windows: Mutex::new((0, Vec::new())),
-            streams: Mutex::new((0, Vec::new())),
-        }
-    }
-
-    fn window(&self, m: usize) -> alike_core::Result<Arc<Window>> {
-        {
-            let mut g = self.windows.locked();
-            let (tick, w) = &mut *g;
-            *tick += 1;
-            if let Some(e) = w.iter_mut().find(|e| e.0 == m) {
-                e.1 = *tick;
-                return Ok(e.2.clone());
-            }
-        }
-        let loaded = Arc::new(alike_core::load_window(self.reader.repo, self.reader.repo.keys(), &self.disk, m)?);
-        let mut g = self.windows.locked();
-        let (tick, w) = &mut *g;
-        *tick += 1;
-        if w.len() >= WINDOWS_CACHED
-            && let Some(i) = w.iter().enumerate().min_by_key(|(_, e)| e.1).map(|(i, _)| i)
-        {
-            w.swap_remove(i);
-        }
-        w.push((m, *tick, loaded.clone()));
-        Ok(loaded)
-    }
-
-    /// Data pieces and holes of `[start, end)`, in order.
-    fn layout(&self, start: u64, end: u64) -> alike_core::Result<(Vec<Part>, Vec<Range<u64>>)> {
-        let wb = self.disk.window_bytes().max(1);
-        let (mut parts, mut holes): (Vec<Part>, Vec<Range<u64>>) = (Vec::new(), Vec::new());
-        let mut hole = |r: Range<u64>| match holes.last_mut() {
-            Some(h) if h.end == r.start => h.end = r.end,
-            _ => holes.push(r),
-        };
-        let mut pos = start;
-        while pos < end {
-            let w = self.window((pos / wb) as usize)?;
-            let wend = w.range.end.min(end);
-            if wend <= pos {
-                return Err(alike_core::Error::Malformed {
-                    what: self.label.clone(),
-                    offset: pos,
-                    reason: format!("window {} ends at {} (disk of {} bytes)", pos / wb, w.range.end, self.disk.size),
-                });
-            }
-            let mut i = w.extents.partition_point(|e| e.end() <= pos);
-            while pos < wend {
-                match w.extents.get(i) {
-                    Some(e) if e.offset < wend => {
-                        if e.offset > pos {
-                            hole(pos..e.offset);
-                            pos = e.offset;
-                        }
-                        let to = e.end().min(wend);
-                        parts.push(Part { id: e.id, extent_offset: e.offset, range: pos..to });
-                        pos = to;
-                        i += 1;
-                    }
-                    _ => {
-                        hole(pos..wend);
-                        pos = wend;
-                    }
-                }
-            }
-        }
-        Ok((parts, holes))
-    }
-
-    /// Copies the data pieces of a read into `buf` (which starts at `offset`).
-    fn fill(&self, offset: u64, parts: &[Part], buf: &mut [u8]) -> alike_core::Result<()> {
-        let ids: Vec<ChunkId> = parts.iter().map(|p| p.id).collect();
-        let locs = self.reader.repo.locate_many(&ids)?;
-        for (p, loc) in parts.iter().zip(locs) {
-            let needed_by = || format!("{} at offset {}", self.label, p.range.start);
-            let loc: ChunkLocation =
-                loc.ok_or_else(|| alike_core::Error::MissingChunk { id: p.id, needed_by: needed_by() })?;
-            let frame = self.reader.frame(&loc.frame).map_err(|e| match e.kind {
-                ErrorKind::NotFound => {
-                    alike_core::Error::MissingChunk { id: p.id, needed_by: format!("{}: {}", needed_by(), e.message) }
-                }
-                _ => alike_core::Error::Malformed { what: needed_by(), offset: 0, reason: e.message },
-            })?;
-            let chunk = self.chunk(&frame, &loc, &p.id)?;
-            let from = (p.range.start - p.extent_offset) as usize;
-            let n = (p.range.end - p.range.start) as usize;
-            let src = chunk.get(from..from + n).ok_or_else(|| alike_core::Error::Malformed {
-                what: format!("chunk {} of {}", p.id.short(), self.label),
-                offset: from as u64,
-                reason: format!("{} bytes, shorter than its extent", chunk.len()),
-            })?;
-            let at = (p.range.start - offset) as usize;
-            buf[at..at + n].copy_from_slice(src);
-        }
-        Ok(())
-    }
-
-    /// The chunk's bytes in `frame`, its id checked the first time.
-    fn chunk<'f>(&self, frame: &'f Frame, loc: &ChunkLocation, id: &ChunkId) -> alike_core::Result<&'f [u8]> {
-        let keys = self.reader.repo.keys();
-        let start = loc.offset as usize;
-        let end = start + loc.len as usize;
-        if frame.verified.locked().contains(id) {
-            if let Some(b) = frame.plain.get(start..end) {
-                return Ok(b);
-            }
-        }
-        let b = alike_core::chunk_in(keys, &frame.plain, loc, id)?;
-        frame.verified.locked().insert(*id);
-        Ok(b)
-    }
-
-    fn read_once(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<Vec<Range<u64>>> {
-        let end = offset + buf.len() as u64;
-        let (parts, holes) = self.layout(offset, end)?;
-        for h in &holes {
-            buf[(h.start - offset) as usize..(h.end - offset) as usize].fill(0);
-        }
-        self.fill(offset, &parts, buf)?;
-        Ok(holes)
+    fn new(disk: DiskReader, prefetch: &'a Prefetch, index: usize, readahead: u64) -> DiskExport<'a> {
+        DiskExport { disk, prefetch, index, readahead, streams: Mutex::new((0, Vec::new())) }
     }
 
     /// Notes a read; schedules read-ahead when it continues a stream.
@@ -659,7 +432,7 @@ impl<'a> DiskExport<'a> {
                 Some(s) => {
                     s.used = t;
                     s.next = s.next.max(end);
-                    let target = s.next.saturating_add(self.readahead).min(self.disk.size);
+                    let target = s.next.saturating_add(self.readahead).min(self.disk.record.size);
                     let from = s.scheduled.max(s.next);
                     if from < target && target - from >= PREFETCH_JOB.min(self.readahead) / 2 {
                         let mut at = from;
@@ -682,36 +455,16 @@ impl<'a> DiskExport<'a> {
             }
         }
         for j in jobs {
-            self.reader.schedule(j);
-        }
-    }
-
-    /// Loads the frames of `range` into the cache and checks the chunks the
-    /// range needs, so that the reader only copies (a prefetch job; errors
-    /// are the reader's to meet).
-    fn prefetch(&self, range: Range<u64>) {
-        let Ok((parts, _)) = self.layout(range.start, range.end.min(self.disk.size)) else { return };
-        let ids: Vec<ChunkId> = parts.iter().map(|p| p.id).collect();
-        let Ok(locs) = self.reader.repo.locate_many(&ids) else { return };
-        let mut frame: Option<(FrameRef, Arc<Frame>)> = None;
-        for (id, loc) in ids.iter().zip(locs) {
-            let Some(loc) = loc else { continue };
-            if frame.as_ref().is_none_or(|(f, _)| *f != loc.frame) {
-                let Ok(f) = self.reader.frame(&loc.frame) else { continue };
-                frame = Some((loc.frame, f));
-            }
-            if let Some((_, f)) = &frame {
-                let _ = self.chunk(f, &loc, id);
-            }
+            self.prefetch.schedule(j);
         }
     }
 
     /// `base:allocation` extents from `offset` (at most [`STATUS_WINDOWS`] windows).
     fn status(&self, offset: u64, len: u64) -> alike_core::Result<Vec<NbdExtent>> {
-        let wb = self.disk.window_bytes().max(1);
+        let wb = self.disk.record.window_bytes().max(1);
         let limit = (offset / wb + STATUS_WINDOWS) * wb;
-        let end = offset.saturating_add(len).min(self.disk.size).min(limit);
-        let (parts, holes) = self.layout(offset, end)?;
+        let end = offset.saturating_add(len).min(self.disk.record.size).min(limit);
+        let (parts, holes) = self.disk.layout(offset, end)?;
         let mut pieces: Vec<(Range<u64>, u32)> = parts.into_iter().map(|p| (p.range, 0)).collect();
         pieces.extend(holes.into_iter().map(|h| (h, STATE_HOLE | STATE_ZERO)));
         pieces.sort_by_key(|(r, _)| r.start);
@@ -728,29 +481,20 @@ impl<'a> DiskExport<'a> {
 
 impl Export for DiskExport<'_> {
     fn size(&self) -> u64 {
-        self.disk.size
+        self.disk.record.size
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<Vec<Range<u64>>, CommandError> {
         self.note_read(offset, offset + buf.len() as u64);
-        match self.read_once(offset, buf) {
-            Ok(h) => Ok(h),
-            // A pack GC deleted after repacking its live chunks (or a new
-            // index segment this handle has not loaded): sync the cache, once.
-            Err(e) if e.is_damage() => {
-                tracing::info!(disk = %self.label, error = %e, "a chunk moved: syncing the index cache");
-                self.reader.repo.sync_cache().map_err(|e| CommandError::io(format!("{}: {e}", self.label)))?;
-                self.read_once(offset, buf).map_err(|e| command_error(&self.label, &e))
-            }
-            Err(e) => {
-                tracing::warn!(disk = %self.label, offset, len = buf.len(), error = %e, "NBD read failed");
-                Err(command_error(&self.label, &e))
-            }
-        }
+        // A moved chunk syncs the cache and is read again inside.
+        self.disk.read_at(offset, buf).map_err(|e| {
+            tracing::warn!(disk = %self.disk.label, offset, len = buf.len(), error = %e, "NBD read failed");
+            command_error(&self.disk.label, &e)
+        })
     }
 
     fn extents(&self, offset: u64, len: u64) -> std::result::Result<Vec<NbdExtent>, CommandError> {
-        self.status(offset, len).map_err(|e| command_error(&self.label, &e))
+        self.status(offset, len).map_err(|e| command_error(&self.disk.label, &e))
     }
 }
 
@@ -788,14 +532,14 @@ impl<'a> Overlay<'a> {
     /// Creates the overlay at `path` (refused if it exists, unless `keep`
     /// and it is an overlay of this very version and disk, which is reopened).
     fn open(path: &Path, keep: bool, base: &'a DiskExport<'a>, store: &str, version: &str) -> Result<Overlay<'a>> {
-        let size = base.disk.size;
+        let size = base.disk.record.size;
         let blocks = size.div_ceil(OV_BLOCK);
         let bitmap_len = blocks.div_ceil(8);
         let data_at = OV_HEADER + bitmap_len.div_ceil(OV_BLOCK) * OV_BLOCK;
         let mut header = alike_ads::header(alike_ads::ObjectKind::Overlay).to_vec();
         header.extend_from_slice(&(OV_BLOCK as u32).to_le_bytes());
         header.extend_from_slice(&size.to_le_bytes());
-        header.extend_from_slice(&base.disk.position.to_le_bytes());
+        header.extend_from_slice(&base.disk.record.position.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         let mut ids = [0u8; 96];
         ids[..store.len().min(32)].copy_from_slice(&store.as_bytes()[..store.len().min(32)]);
@@ -820,7 +564,7 @@ impl<'a> Overlay<'a> {
             if head[..128] != header[..] {
                 return Err(bad(format!(
                     "an overlay of another disk or version (this is disk {} of version {})",
-                    base.disk.position,
+                    base.disk.record.position,
                     &version[..12.min(version.len())]
                 )));
             }

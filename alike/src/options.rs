@@ -538,3 +538,199 @@ impl NbdOptions {
         self
     }
 }
+
+/// Which volume of a disk a file restore reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum VolumeChoice {
+    /// The disk's one filesystem.
+    #[default]
+    Auto,
+    /// Partition N (Linux's numbering).
+    Partition(u32),
+    /// An LVM2 logical volume, `VG/LV` (or `VG@UUIDPREFIX/LV`).
+    Volume(String),
+}
+
+/// The frame cache of a file restore by default: listings and extractions
+/// read little at a time, and rarely read a frame twice.
+const FILES_CACHE: u64 = 64 << 20;
+
+/// Checks what [`LsOptions`] and [`ExtractOptions`] share.
+fn check_files(run: &Run, cache_bytes: u64, volume: &VolumeChoice, two: bool) -> Result<()> {
+    run.check()?;
+    if !NBD_CACHE_RANGE.contains(&cache_bytes) {
+        return Err(Error::InvalidArgument(format!(
+            "a frame cache of {cache_bytes} bytes: {} MiB to {} GiB",
+            NBD_CACHE_RANGE.start() >> 20,
+            NBD_CACHE_RANGE.end() >> 30
+        )));
+    }
+    if two {
+        return Err(Error::InvalidArgument("a partition and a logical volume were both given: choose one".into()));
+    }
+    if let VolumeChoice::Volume(v) = volume
+        && !v.contains('/')
+    {
+        return Err(Error::InvalidArgument(format!("{v:?}: a logical volume is named VG/LV")));
+    }
+    Ok(())
+}
+
+macro_rules! volume_setters {
+    () => {
+        /// The disk (position from 0; default 0). A logical volume is found
+        /// whatever the disk.
+        pub fn disk(mut self, position: u32) -> Self {
+            self.disk = Some(position);
+            self
+        }
+        /// Partition `n` of the disk, numbered as Linux numbers them (GPT
+        /// slots from 1, MBR primaries 1–4, logical partitions from 5).
+        pub fn partition(mut self, n: u32) -> Self {
+            self.two |= matches!(self.volume, VolumeChoice::Volume(_));
+            self.volume = VolumeChoice::Partition(n);
+            self
+        }
+        /// The LVM2 logical volume `VG/LV`; when two volume groups share the
+        /// name, `VG@UUID/LV` with a prefix of the group's UUID (as listings
+        /// name them).
+        pub fn volume(mut self, name: impl Into<String>) -> Self {
+            self.two |= matches!(self.volume, VolumeChoice::Partition(_));
+            self.volume = VolumeChoice::Volume(name.into());
+            self
+        }
+        /// Bytes of decoded frames cached (default 64 MiB; 8 MiB to 64 GiB).
+        pub fn cache_size(mut self, bytes: u64) -> Self {
+            self.cache_bytes = bytes;
+            self
+        }
+    };
+}
+
+/// Options of [`crate::Store::ls`]: which volume, and which path (none:
+/// list the volumes). Without a partition or a volume, a disk holding one
+/// filesystem is read directly.
+///
+/// ```
+/// let opts = alike::LsOptions::default().disk(0).partition(2).path("/etc");
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct LsOptions {
+    pub(crate) run: Run,
+    pub(crate) disk: Option<u32>,
+    pub(crate) volume: VolumeChoice,
+    pub(crate) two: bool,
+    pub(crate) path: Option<String>,
+    pub(crate) cache_bytes: u64,
+}
+
+impl Default for LsOptions {
+    fn default() -> Self {
+        LsOptions {
+            run: Run::default(),
+            disk: None,
+            volume: VolumeChoice::Auto,
+            two: false,
+            path: None,
+            cache_bytes: FILES_CACHE,
+        }
+    }
+}
+
+impl LsOptions {
+    run_setters!();
+    volume_setters!();
+    pub(crate) fn check(&self) -> Result<()> {
+        check_files(&self.run, self.cache_bytes, &self.volume, self.two)
+    }
+    /// List this directory's entries (or this one file or link), `/`-separated
+    /// from the filesystem's root.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+}
+
+/// Options of [`crate::Store::extract`]: which volume, which paths, and
+/// the target directory.
+///
+/// ```
+/// let opts = alike::ExtractOptions::default().volume("vg0/root").path("/etc").path("/home/ann").to("/tmp/out");
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ExtractOptions {
+    pub(crate) run: Run,
+    pub(crate) disk: Option<u32>,
+    pub(crate) volume: VolumeChoice,
+    pub(crate) two: bool,
+    pub(crate) paths: Vec<String>,
+    pub(crate) to: Option<std::path::PathBuf>,
+    pub(crate) force: bool,
+    pub(crate) cache_bytes: u64,
+    pub(crate) max_bytes: Option<u64>,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            run: Run::default(),
+            disk: None,
+            volume: VolumeChoice::Auto,
+            two: false,
+            paths: Vec::new(),
+            to: None,
+            force: false,
+            cache_bytes: FILES_CACHE,
+            max_bytes: None,
+        }
+    }
+}
+
+impl ExtractOptions {
+    run_setters!();
+    volume_setters!();
+    pub(crate) fn check(&self) -> Result<()> {
+        check_files(&self.run, self.cache_bytes, &self.volume, self.two)?;
+        if self.paths.is_empty() {
+            return Err(Error::InvalidArgument("no path to extract (`/` extracts everything)".into()));
+        }
+        if self.to.as_ref().is_none_or(|t| t.as_os_str().is_empty()) {
+            return Err(Error::InvalidArgument("no target directory to extract into".into()));
+        }
+        Ok(())
+    }
+    /// Add a path to extract (`/`-separated from the filesystem's root; `/`
+    /// is the whole filesystem).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.paths.push(path.into());
+        self
+    }
+    /// Add paths to extract.
+    pub fn paths<I: IntoIterator<Item = S>, S: Into<String>>(mut self, paths: I) -> Self {
+        self.paths.extend(paths.into_iter().map(Into::into));
+        self
+    }
+    /// The directory to extract into (created if missing).
+    pub fn to(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.to = Some(dir.into());
+        self
+    }
+    /// Replace existing files and links in the target, merge into existing
+    /// directories (default: refuse them, each as a failure). A directory
+    /// is never removed.
+    pub fn force(mut self, yes: bool) -> Self {
+        self.force = yes;
+        self
+    }
+    /// The most bytes of file data written (default: four times the
+    /// volume's size, at least 1 GiB): a bound against a damaged or hostile
+    /// filesystem that claims more data than it can hold.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+}

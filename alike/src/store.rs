@@ -160,7 +160,7 @@ impl StoreBuilder {
     /// [`crate::ErrorKind::WrongPassphrase`], corruption of `config` or keys.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         let repo = Repository::open_local(path.as_ref(), &self.open)?;
-        Ok(Store { repo, location: path.as_ref().display().to_string() })
+        Ok(Store { repo: std::sync::Arc::new(repo), location: path.as_ref().display().to_string() })
     }
 
     /// Creates a store at a location — a path, `file:///…`, or object
@@ -192,14 +192,16 @@ impl StoreBuilder {
     /// As [`StoreBuilder::open`] and [`StoreBuilder::create_at`].
     pub fn open_at(&self, location: &str) -> Result<Store> {
         let repo = Repository::open_at(location, &self.object, &self.open)?;
-        Ok(Store { repo, location: location.to_string() })
+        Ok(Store { repo: std::sync::Arc::new(repo), location: location.to_string() })
     }
 }
 
 /// An open store.
 #[derive(Debug)]
 pub struct Store {
-    repo: Repository,
+    /// Shared with readers that outlive a borrow of the store (a version's
+    /// disk as a block device for file restore).
+    repo: std::sync::Arc<Repository>,
     location: String,
 }
 
@@ -557,7 +559,7 @@ impl Store {
             origin: opts.origin.clone(),
             no_parent_reason,
         };
-        let r = alike_core::backup::backup(&self.repo, self.repo.keys(), &params, job, &opts.run.to_core());
+        let r = alike_core::backup::backup(self.repo.as_ref(), self.repo.keys(), &params, job, &opts.run.to_core());
         let (id, manifest) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -685,7 +687,7 @@ impl Store {
         self.repo.sync_cache()?;
         let (keys, m, run) = (self.repo.keys(), &version.manifest, opts.run.to_core());
         if opts.partial {
-            let p = alike_core::restore::restore_disk_partial(&self.repo, keys, m, disk, target, &run)?;
+            let p = alike_core::restore::restore_disk_partial(self.repo.as_ref(), keys, m, disk, target, &run)?;
             let r = p.report;
             let lost: u64 = p.failed.iter().map(|(a, b)| b - a).sum();
             return Ok(RestoreReport {
@@ -697,7 +699,7 @@ impl Store {
                 elapsed: started.elapsed(),
             });
         }
-        let r = alike_core::restore::restore_disk(&self.repo, keys, m, disk, target, &run)?;
+        let r = alike_core::restore::restore_disk(self.repo.as_ref(), keys, m, disk, target, &run)?;
         Ok(RestoreReport {
             size: r.size,
             data_bytes: r.data_bytes,
@@ -932,7 +934,7 @@ impl Store {
 
     /// The engine's chunk store, for advanced use (custom engines, tests).
     pub fn chunk_store(&self) -> &dyn ChunkStore {
-        &self.repo
+        self.repo.as_ref()
     }
 
     /// The open repository, for the facade's other modules (`xen`, `nbd`:
@@ -974,6 +976,11 @@ impl Store {
 
     pub(crate) fn repo(&self) -> &Repository {
         &self.repo
+    }
+
+    /// The open repository, shared (see [`Store::repo`]).
+    pub(crate) fn repo_arc(&self) -> std::sync::Arc<Repository> {
+        self.repo.clone()
     }
 }
 
@@ -1079,7 +1086,7 @@ impl Store {
                 .iter()
                 .map(|d| {
                     alike_core::VersionSource::new(
-                        &self.repo,
+                        self.repo.as_ref(),
                         self.repo.keys(),
                         self.id(),
                         &v.id,

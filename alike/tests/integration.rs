@@ -6,6 +6,7 @@ mod integration {
     mod cdc;
     mod dedup;
     mod ext4;
+    mod files;
     mod formats;
     mod hypervisor;
     mod incremental;

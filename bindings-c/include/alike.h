@@ -34,6 +34,10 @@
 #define ALIKE_VERSION_STRING "0.1.0"
 
 
+// `alike_store_extract` flags: replace existing files and links in the
+// target, merge into existing directories (a directory is never removed).
+#define ALIKE_EXTRACT_FORCE 1
+
 // `alike_store_restore_ex` flags: replace an existing output file.
 #define ALIKE_RESTORE_FORCE 1
 
@@ -228,6 +232,60 @@ alike_retry alike_last_error_retry(void);
 // A short, static, NUL-terminated name of a result code ("ALIKE_ERR_IO"…);
 // "ALIKE_UNKNOWN" for a number that is not one.
 const char *alike_result_name(int32_t code);
+
+// Lists, as JSON in the schema of `alike ls --json`, the volumes of
+// `version` (`path` NULL: partitions, LVM2 logical volumes, filesystems),
+// or the entries of the directory `path` (or the one file or link it
+// names) in a volume of disk `disk`: partition `partition` (Linux's
+// numbering; 0 = none), the logical volume `volume` (`"VG/LV"`; NULL =
+// none), or with neither the disk's one filesystem. `*out_json` receives
+// the text; free it with `alike_string_free`.
+//
+// # Safety
+// Pointers as documented; strings NUL-terminated; `out_json` writable.
+alike_result alike_store_ls_json(const alike_store *store,
+                                 const alike_version *version,
+                                 uint32_t disk,
+                                 uint32_t partition,
+                                 const char *volume,
+                                 const char *path,
+                                 char **out_json);
+
+// Extracts the `n_paths` paths of `paths` (`"/"` is everything) of a
+// volume of `version` (chosen as in `alike_store_ls_json`) into the
+// directory `to` (created if missing), each under its last name. Nothing
+// is written outside `to`; links are restored as links and never followed;
+// hard links, sparse files, modes and times are kept. `flags`: a bitwise OR
+// of `ALIKE_EXTRACT_*`. Entries that cannot be extracted (a damaged block,
+// an existing name without `ALIKE_EXTRACT_FORCE`) do not fail the call:
+// `*out_failures` (may be NULL) receives how many, and the report (JSON in
+// the schema of `alike extract --json`, freed with `alike_string_free`;
+// `out_report` may be NULL) names them.
+//
+// # Safety
+// Pointers as documented; `paths` holds `n_paths` NUL-terminated strings;
+// `cancel` NULL or live.
+alike_result alike_store_extract(const alike_store *store,
+                                 const alike_version *version,
+                                 uint32_t disk,
+                                 uint32_t partition,
+                                 const char *volume,
+                                 const char *const *paths,
+                                 size_t n_paths,
+                                 const char *to,
+                                 uint32_t flags,
+                                 alike_progress_fn progress,
+                                 void *user_data,
+                                 const alike_cancel *cancel,
+                                 uint64_t *out_failures,
+                                 char **out_report);
+
+// Frees a string the library returned for the caller to own (JSON from
+// `alike_store_ls_json` or `alike_store_extract`); NULL is fine.
+//
+// # Safety
+// `s` is NULL or such a string, freed once.
+void alike_string_free(char *s);
 
 // New options with the defaults. Free with `alike_nbd_options_free`.
 alike_nbd_options *alike_nbd_options_new(void);

@@ -15,12 +15,14 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+mod files;
 mod nbd;
 mod options;
 mod replica;
 mod store;
 mod version;
 
+pub use files::*;
 pub use nbd::*;
 pub use options::*;
 pub use replica::*;

@@ -63,7 +63,7 @@ unsafe fn builder(opts: *const alike_store_options, passphrase: *const c_char) -
 
 /// # Safety
 /// `store` NULL or live.
-unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
+pub(crate) unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
     // SAFETY: NULL or live by contract.
     unsafe { store.as_ref() }.map(|s| &*s.inner).ok_or_else(|| invalid("store is NULL"))
 }

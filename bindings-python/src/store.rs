@@ -217,6 +217,89 @@ impl NativeStore {
         ser(py, &r)
     }
 
+    /// Lists the volumes of version `spec` (no `path`), or a directory or
+    /// file of one volume (`partition`, `volume`, or the disk's one
+    /// filesystem).
+    #[pyo3(signature = (spec, vm=None, path=None, disk=None, partition=None, volume=None, cache_size=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn ls(
+        &self,
+        py: Python<'_>,
+        spec: String,
+        vm: Option<String>,
+        path: Option<String>,
+        disk: Option<u32>,
+        partition: Option<u32>,
+        volume: Option<String>,
+        cache_size: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let r = run(py, None, None, |_ctx| {
+            let v = s.version(&spec, vm.as_deref())?;
+            let mut o = alike::LsOptions::default();
+            if let Some(d) = disk {
+                o = o.disk(d);
+            }
+            if let Some(p) = partition {
+                o = o.partition(p);
+            }
+            if let Some(l) = volume {
+                o = o.volume(l);
+            }
+            if let Some(b) = cache_size {
+                o = o.cache_size(b);
+            }
+            if let Some(p) = path {
+                o = o.path(p);
+            }
+            s.ls(&v, &o)
+        })?;
+        ser(py, &r)
+    }
+
+    /// Extracts `paths` of version `spec` into the directory `to`.
+    #[pyo3(signature = (spec, paths, to, vm=None, disk=None, partition=None, volume=None, force=false, max_bytes=None, cache_size=None, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn extract(
+        &self,
+        py: Python<'_>,
+        spec: String,
+        paths: Vec<String>,
+        to: PathBuf,
+        vm: Option<String>,
+        disk: Option<u32>,
+        partition: Option<u32>,
+        volume: Option<String>,
+        force: bool,
+        max_bytes: Option<u64>,
+        cache_size: Option<u64>,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let r = run(py, progress, cancel, |ctx| {
+            let v = s.version(&spec, vm.as_deref())?;
+            let mut o = with_ctx!(alike::ExtractOptions::default().paths(paths).to(&to).force(force), ctx);
+            if let Some(d) = disk {
+                o = o.disk(d);
+            }
+            if let Some(p) = partition {
+                o = o.partition(p);
+            }
+            if let Some(l) = volume {
+                o = o.volume(l);
+            }
+            if let Some(b) = cache_size {
+                o = o.cache_size(b);
+            }
+            if let Some(b) = max_bytes {
+                o = o.max_bytes(b);
+            }
+            s.extract(&v, &o)
+        })?;
+        ser(py, &r)
+    }
+
     /// Serves version `spec` over NBD on a thread until the returned
     /// server's `stop()`: one disk (`disk`) or every disk (`all_disks`), on
     /// TCP `listen` or a Unix `socket`, read-only or writable through

@@ -57,6 +57,21 @@ fn every_report_keeps_its_json_schema() {
     let v = store.version(&vb.id, None).unwrap();
     let vr = store.restore_vm(&v, &host, &alike::Placement::on("memory"), &alike::RestoreOptions::default()).unwrap();
     got.insert("vm_restore", ser(&vr));
+    // File restore: a small ext4 disk with one file and one symlink.
+    if !alike_testing::tree::need(&["mkfs.ext4"]) {
+        return;
+    }
+    let src = env.path("tree");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    std::os::unix::fs::symlink("f", src.join("l")).unwrap();
+    let fs_img = env.path("fs.img");
+    alike_testing::tree::mkfs("ext4", &src, &fs_img, 8, &[]);
+    let fv = store.backup_images("files", &[&fs_img], &alike::BackupOptions::default()).unwrap().version;
+    got.insert("ls_volumes", ser(&store.ls(&fv, &alike::LsOptions::default()).unwrap()));
+    got.insert("ls", ser(&store.ls(&fv, &alike::LsOptions::default().path("/l")).unwrap()));
+    let ex = alike::ExtractOptions::default().path("/f").path("/f").to(env.path("extracted"));
+    got.insert("extract", ser(&store.extract(&fv, &ex).unwrap()));
 
     // Replication: both ends here, then the two ends of a job over loopback.
     let rimg = env.path("r.img");

@@ -69,9 +69,13 @@ __all__ = [
     "Damage",
     "Disk",
     "Error",
+    "ExtractFailure",
+    "ExtractReport",
+    "FileEntry",
     "GcReport",
     "InvalidArgument",
     "IoError",
+    "Listing",
     "Locked",
     "NbdExport",
     "NbdReport",
@@ -101,6 +105,7 @@ __all__ = [
     "VaultReport",
     "VerifyReport",
     "Version",
+    "Volume",
     "WrongPassphrase",
     "XenBackupReport",
     "XenDisk",
@@ -513,6 +518,124 @@ class NbdServer:
         self.stop()
 
 
+@_dataclass(frozen=True)
+class Volume:
+    """A volume of a version's disks (:meth:`Store.ls` without a path): a
+    filesystem on a whole disk (``name`` ``"disk"``), a partition (``name``
+    its number, as Linux numbers them) or an LVM2 logical volume (``"VG/LV"``,
+    ``"VG@UUID8/LV"`` when two volume groups share a name); ``filesystem`` is
+    ``"ext4"``, ``"NTFS"``… or None, ``error`` why it could not be read."""
+
+    disk: int
+    name: str
+    kind: str
+    size: int
+    start: _Optional[int]
+    partition_type: _Optional[str]
+    partition_type_name: _Optional[str]
+    partition_name: _Optional[str]
+    partition_uuid: _Optional[str]
+    vg_uuid: _Optional[str]
+    lv_uuid: _Optional[str]
+    filesystem: _Optional[str]
+    label: _Optional[str]
+    uuid: _Optional[str]
+    error: _Optional[str]
+    lvm_pv: bool
+
+
+@_dataclass(frozen=True)
+class FileEntry:
+    """A file, directory or link in a listing. ``kind`` is ``"file"``,
+    ``"dir"``, ``"symlink"`` or ``"other"``; times are nanoseconds since the
+    epoch; ``target`` is a symlink's target (never followed); ``name_hex`` the
+    name's bytes when they are not UTF-8; ``unreadable`` why the file cannot
+    be extracted, when it cannot."""
+
+    name: str
+    name_hex: _Optional[str]
+    path: str
+    kind: str
+    size: int
+    mode: _Optional[int]
+    uid: _Optional[int]
+    gid: _Optional[int]
+    nlink: int
+    mtime_ns: _Optional[int]
+    atime_ns: _Optional[int]
+    btime_ns: _Optional[int]
+    target: _Optional[str]
+    id: int
+    unreadable: _Optional[str]
+
+    @property
+    def mtime(self) -> _Optional[_dt.datetime]:
+        """The modification time, in UTC (microseconds)."""
+        if self.mtime_ns is None:
+            return None
+        return _dt.datetime.fromtimestamp(self.mtime_ns / 1e9, tz=_dt.timezone.utc)
+
+
+@_dataclass(frozen=True)
+class Listing:
+    """What :meth:`Store.ls` found: without a path the ``volumes``; with one
+    the ``volume`` read, the normalised ``path`` and its ``entries`` (a
+    directory's, by name, or the one file or link the path names).
+    Iterating a listing gives its entries (or, without a path, its volumes)."""
+
+    id: str
+    vm: str
+    volumes: _Tuple[Volume, ...]
+    volume: _Optional[Volume]
+    path: _Optional[str]
+    entries: _Tuple[FileEntry, ...]
+    warnings: _Tuple[str, ...]
+    store_bytes_read: int
+
+    def __iter__(self) -> _Any:
+        return iter(self.entries if self.path is not None else self.volumes)
+
+    def __len__(self) -> int:
+        return len(self.entries if self.path is not None else self.volumes)
+
+
+@_dataclass(frozen=True)
+class ExtractFailure:
+    """An entry :meth:`Store.extract` could not extract: its ``path``, the
+    error's ``kind`` (``"corruption"``, ``"already_exists"``…) and message."""
+
+    path: str
+    kind: str
+    error: str
+
+
+@_dataclass(frozen=True)
+class ExtractReport:
+    """What :meth:`Store.extract` did: entries written, ``bytes`` of file
+    data written, ``store_bytes_read`` fetched from the store, and the
+    ``failures`` (the rest extracted)."""
+
+    id: str
+    vm: str
+    volume: Volume
+    to: str
+    files: int
+    dirs: int
+    symlinks: int
+    hard_links: int
+    skipped: int
+    skipped_names: int
+    bytes: int
+    store_bytes_read: int
+    failures: _Tuple[ExtractFailure, ...]
+    warnings: _Tuple[str, ...]
+    elapsed_seconds: float
+
+
+def _volume(d: _Mapping[str, _Any]) -> Volume:
+    return Volume(**_fields(Volume, d))
+
+
 def _fields(cls: _Any, d: _Mapping[str, _Any]) -> _Dict[str, _Any]:
     return {f: d[f] for f in cls.__dataclass_fields__ if f in d}
 
@@ -847,6 +970,95 @@ class Store:
 
     def stats(self) -> Stats:
         return Stats(**_fields(Stats, self._n.stats()))
+
+    def ls(
+        self,
+        version: _Union[Version, str],
+        path: _Optional[str] = None,
+        *,
+        vm: _Optional[str] = None,
+        disk: _Optional[int] = None,
+        partition: _Optional[int] = None,
+        volume: _Optional[str] = None,
+        cache_size: _Optional[int] = None,
+    ) -> Listing:
+        """Lists what ``version``'s disks hold, straight from the store (no
+        restore, no mount): without ``path`` the volumes (partitions, LVM2
+        logical volumes, filesystems); with one the entries of that directory
+        (or the one file or link) of the volume chosen by ``partition`` (its
+        number), ``volume`` (``"VG/LV"``) or, with neither, the one filesystem
+        of ``disk`` (default 0). Links are never followed.
+
+        ::
+
+            for e in store.ls("latest", "/etc", vm="web01", partition=2):
+                print(e.name, e.size)
+        """
+        r = self._n.ls(_spec(version), vm, path, disk, partition, volume, cache_size)
+        return Listing(
+            id=r["id"],
+            vm=r["vm"],
+            volumes=tuple(_volume(v) for v in r["volumes"]),
+            volume=None if r["volume"] is None else _volume(r["volume"]),
+            path=r["path"],
+            entries=tuple(FileEntry(**_fields(FileEntry, e)) for e in r["entries"]),
+            warnings=tuple(r["warnings"]),
+            store_bytes_read=r["store_bytes_read"],
+        )
+
+    def extract(
+        self,
+        version: _Union[Version, str],
+        paths: _Union[str, _Sequence[str]],
+        to: PathLike,
+        *,
+        vm: _Optional[str] = None,
+        disk: _Optional[int] = None,
+        partition: _Optional[int] = None,
+        volume: _Optional[str] = None,
+        force: bool = False,
+        max_bytes: _Optional[int] = None,
+        cache_size: _Optional[int] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> ExtractReport:
+        """Extracts ``paths`` (one or several; ``"/"`` is everything) of
+        ``version`` into the directory ``to``, each under its last name,
+        straight from the store. Nothing is written outside ``to``: names that
+        would leave it are refused, symlinks are restored as links and never
+        followed. Hard links, sparse files, modes and times are kept. Existing
+        names are refused unless ``force``. Entries that fail (a damaged block,
+        an unreadable file) are in ``failures``; the rest extract.
+
+        ::
+
+            r = store.extract("latest", ["/etc/nginx"], "/tmp/out", vm="web01", volume="vg0/root")
+            for f in r.failures:
+                print(f.path, f.error)
+        """
+        if isinstance(paths, str):
+            paths = [paths]
+        r = self._n.extract(
+            _spec(version),
+            list(paths),
+            _os.fspath(to),
+            vm,
+            disk,
+            partition,
+            volume,
+            force,
+            max_bytes,
+            cache_size,
+            _progress(progress),
+            cancel,
+        )
+        fields = _fields(ExtractReport, r)
+        fields.update(
+            volume=_volume(r["volume"]),
+            failures=tuple(ExtractFailure(**f) for f in r["failures"]),
+            warnings=tuple(r["warnings"]),
+        )
+        return ExtractReport(**fields)
 
     def serve_nbd(
         self,

@@ -170,6 +170,31 @@ class NativeStore:
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
     def stats(self) -> Dict[str, Any]: ...
+    def ls(
+        self,
+        spec: str,
+        vm: Optional[str] = None,
+        path: Optional[str] = None,
+        disk: Optional[int] = None,
+        partition: Optional[int] = None,
+        volume: Optional[str] = None,
+        cache_size: Optional[int] = None,
+    ) -> Dict[str, Any]: ...
+    def extract(
+        self,
+        spec: str,
+        paths: List[str],
+        to: str,
+        vm: Optional[str] = None,
+        disk: Optional[int] = None,
+        partition: Optional[int] = None,
+        volume: Optional[str] = None,
+        force: bool = False,
+        max_bytes: Optional[int] = None,
+        cache_size: Optional[int] = None,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
     def serve_nbd(
         self,
         spec: str,
