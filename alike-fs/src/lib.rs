@@ -16,6 +16,11 @@
 
 use std::ops::Range;
 
+pub mod fat;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod ntfs;
+
 /// Random access to the bytes of a device: a disk of a version, a
 /// partition of it, a logical volume.
 ///

@@ -1,0 +1,66 @@
+//! Lists a filesystem image read by alike-fs's NTFS or FAT reader:
+//! `cargo run -p alike-fs --example fsls -- IMAGE [--cat PATH]`.
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use alike_fs::{BlockDevice, FileId, FileKind, FileSystem, FsError};
+
+struct FileDev(std::fs::File, u64);
+
+impl BlockDevice for FileDev {
+    fn size(&self) -> u64 {
+        self.1
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> alike_fs::Result<()> {
+        self.0.read_exact_at(buf, offset).map_err(|e| FsError::Device {
+            device: "image".into(),
+            offset,
+            len: buf.len() as u64,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn list(fs: &dyn FileSystem, dir: FileId, path: &str) {
+    let entries = match fs.read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return println!("{path}: {e}"),
+    };
+    for e in entries {
+        let name = String::from_utf8_lossy(&e.name);
+        let p = format!("{path}/{name}");
+        let m = &e.meta;
+        let extra = match m.kind {
+            FileKind::Symlink => format!(
+                " -> {}",
+                fs.read_link(m.id).map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_else(|e| e.to_string())
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{:?} {:>10} id={} nlink={} mtime={:?} {p}{extra}{}",
+            m.kind,
+            m.size,
+            m.id.0,
+            m.nlink,
+            m.mtime,
+            m.unreadable.as_deref().map(|u| format!("  [unreadable: {u}]")).unwrap_or_default()
+        );
+        if m.kind == FileKind::Dir {
+            list(fs, m.id, &p);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let f = std::fs::File::open(&args[1]).unwrap();
+    let size = f.metadata().unwrap().len();
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDev(f, size));
+    let fs = match alike_fs::ntfs::open(dev.clone()).unwrap() {
+        Some(fs) => fs,
+        None => alike_fs::fat::open(dev).unwrap().expect("neither NTFS nor FAT"),
+    };
+    println!("{:?} label {:?}", fs.kind(), fs.label());
+    list(&*fs, fs.root(), "");
+}
