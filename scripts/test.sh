@@ -78,6 +78,13 @@ tools=(
     gcc:gcc                # the C example and C API tests
     valgrind:valgrind      # ... run under memcheck
     pkg-config:pkg-config  # the installed C library is found through alike.pc
+    mkntfs:ntfs-3g         # alike-fs NTFS tests: the image is made by mkntfs, ntfscp and ntfs-3g (FUSE)
+    ntfscp:ntfs-3g
+    ntfs-3g:ntfs-3g
+    setfattr:attr          # ... compressed directories, reparse points, DOS names through ntfs-3g
+    wimlib-imagex:wimtools # ... libwim compresses the CompactOS (WOF) chunks
+    mkfs.vfat:dosfstools   # alike-fs FAT tests
+    mcopy:mtools
     restic:restic          # the performance harness's smoke run compares against them
     borg:borgbackup
 )
@@ -171,6 +178,10 @@ step "fuzz" "a short run of every target: cargo-fuzz, nightly, libFuzzer with AS
 # same bodies also run on stable as mutation smoke tests inside cargo test.
 # Longer runs: cd fuzz && cargo +nightly fuzz run <target> -- -max_total_time=600
 if [ -n "$fuzz" ]; then
+    # Filesystem targets start from small real images (random bytes are never NTFS).
+    if [ ! -d fuzz/corpus/ntfs ] || [ ! -d fuzz/corpus/fat ]; then
+        FS_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q --locked -p alike-fs --test ntfs_fat fuzz_seeds >/dev/null
+    fi
     # One build of every target, then each runs from it.
     (cd fuzz && cargo +nightly fuzz build)
     for t in $(cargo fuzz list --fuzz-dir fuzz); do

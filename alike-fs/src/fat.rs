@@ -174,8 +174,15 @@ struct FatFs {
     label: Option<String>,
     /// Runs (first cluster, clusters) of the chains followed, by first
     /// cluster and length followed.
-    chains: Mutex<HashMap<(u32, u64), Arc<Vec<(u32, u32)>>>>,
+    chains: Mutex<HashMap<(u32, u64), Arc<Chain>>>,
 }
+
+/// A cluster chain as runs of (first cluster, clusters).
+type Chain = Vec<(u32, u32)>;
+
+/// A directory's bytes, and (offset in them, device offset) where each run
+/// of clusters starts.
+type DirBytes = (Vec<u8>, Vec<(u64, u64)>);
 
 /// A short directory entry, parsed.
 struct Short {
@@ -219,14 +226,14 @@ impl FatFs {
 
     /// The runs of the chain starting at `first`, `want` clusters long
     /// (fewer where the chain ends first: the caller checks).
-    fn chain(&self, first: u32, want: u64, what: &dyn Fn() -> String) -> Result<Arc<Vec<(u32, u32)>>> {
+    fn chain(&self, first: u32, want: u64, what: &dyn Fn() -> String) -> Result<Arc<Chain>> {
         let key = (first, want);
         if let Some(c) = self.chains.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
         // More clusters than the volume has means a loop somewhere.
         let want = want.min(u64::from(self.clusters) + 1);
-        let mut runs: Vec<(u32, u32)> = Vec::new();
+        let mut runs: Chain = Vec::new();
         let mut c = first;
         let mut n = 0u64;
         // Brent's cycle detection: a chain that comes back to a cluster it
@@ -300,7 +307,7 @@ impl FatFs {
     }
 
     /// The bytes of directory `dir`, and where each 32-byte entry lies.
-    fn dir_bytes(&self, dir: u64) -> Result<(Vec<u8>, Vec<(u64, u64)>)> {
+    fn dir_bytes(&self, dir: u64) -> Result<DirBytes> {
         if dir == ROOT && self.ty != Type::Fat32 {
             let mut b = vec![0u8; self.root_bytes as usize];
             self.dev.read_exact_at(self.root_start, &mut b)?;
@@ -339,7 +346,6 @@ impl FatFs {
     }
 
     /// The entries of directory `dir`, and the volume label found in it.
-    #[allow(clippy::type_complexity)]
     fn dir_entries(&self, dir: u64) -> Result<(Vec<DirEntry>, Option<String>)> {
         let (b, map) = self.dir_bytes(dir)?;
         let device_pos = |off: u64| {
@@ -380,7 +386,7 @@ impl FatFs {
                 for r in [1..11, 14..26, 28..32] {
                     part.extend(e[r].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
                 }
-                part.extend(lfn.drain(..));
+                part.append(&mut lfn);
                 lfn = part;
                 lfn_next = seq - 1;
                 continue;

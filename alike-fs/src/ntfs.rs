@@ -59,11 +59,8 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ntfs::attribute_value::NtfsAttributeValue;
-use ntfs::indexes::NtfsFileNameIndex;
-use ntfs::structured_values::{
-    NtfsAttributeList, NtfsFileName, NtfsFileNamespace, NtfsIndexAllocation, NtfsIndexRoot, NtfsStandardInformation,
-};
-use ntfs::{NtfsAttribute, NtfsAttributeType, NtfsFile, NtfsIndexEntryFlags, NtfsReadSeek};
+use ntfs::structured_values::{NtfsAttributeList, NtfsFileName, NtfsFileNamespace, NtfsStandardInformation};
+use ntfs::{NtfsAttribute, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 
 use crate::{BlockDevice, DirEntry, FileId, FileKind, FileSystem, FsError, FsKind, Metadata, Result};
 
@@ -296,10 +293,10 @@ impl NtfsFs {
     fn read_dir_locked(&self, st: &mut State, dir: u64) -> Result<Vec<(Vec<u8>, u64, u16)>> {
         let State { vol, cur, .. } = st;
         cur.budget = META_BUDGET;
-        let (file, _raw) = open_record(vol, cur, &self.dev, dir)?;
-        let ctx = |e: &str| format!("directory index of MFT record {dir}: {e}");
-        let mut root_attr = None;
-        let mut alloc_attr = None;
+        let (file, raw) = open_record(vol, cur, &self.dev, dir)?;
+        let ctx = |e: &str| format!("directory MFT record {dir}: {e}");
+        let mut root_value = None;
+        let mut alloc = None;
         let mut attrs = file.attributes();
         let mut seen = 0usize;
         while let Some(item) = attrs.next(cur) {
@@ -317,33 +314,50 @@ impl NtfsFs {
                 continue;
             }
             match ty {
-                Ok(NtfsAttributeType::IndexRoot) => root_attr = Some(item),
-                _ => alloc_attr = Some(item),
+                Ok(NtfsAttributeType::IndexRoot) if root_value.is_none() => {
+                    root_value = Some(read_small_value(cur, &a, 1 << 16).map_err(|e| e.in_ctx(&ctx("$INDEX_ROOT")))?);
+                }
+                Ok(NtfsAttributeType::IndexAllocation) if alloc.is_none() && !a.is_resident() => {
+                    let d = parse_data(
+                        vol,
+                        cur,
+                        &raw,
+                        &file,
+                        &a,
+                        NtfsAttributeType::IndexAllocation,
+                        "$I30",
+                        self.cluster,
+                        dir,
+                    )?;
+                    alloc = d.runs;
+                }
+                _ => {}
             }
         }
-        let root_item = root_attr.ok_or_else(|| corrupt(ctx("no $INDEX_ROOT")))?;
-        let root_a = root_item.to_attribute().map_err(|e| cur.fail(&ctx("$INDEX_ROOT"), e))?;
-        let root = root_a.resident_structured_value::<NtfsIndexRoot>().map_err(|e| cur.fail(&ctx("$INDEX_ROOT"), e))?;
-        let record_size = root.index_record_size();
-        let alloc_a = match &alloc_attr {
-            Some(item) => Some(item.to_attribute().map_err(|e| cur.fail(&ctx("$INDEX_ALLOCATION"), e))?),
-            None => None,
-        };
-        let alloc = match &alloc_a {
-            Some(a) => Some(
-                a.structured_value::<_, NtfsIndexAllocation>(cur)
-                    .map_err(|e| cur.fail(&ctx("$INDEX_ALLOCATION"), e))?,
-            ),
-            None => None,
-        };
+        let root = root_value.ok_or_else(|| corrupt(ctx("no $INDEX_ROOT")))?;
+        if root.len() < 0x20 {
+            return Err(corrupt(ctx(&format!("a {}-byte $INDEX_ROOT", root.len()))));
+        }
+        let record_size = u32::from_le_bytes([root[8], root[9], root[10], root[11]]);
+        if !(512..=65536).contains(&record_size) || !record_size.is_power_of_two() {
+            return Err(corrupt(ctx(&format!("index record size {record_size}"))));
+        }
+        // Index VCNs count clusters, or 512-byte blocks where a cluster is
+        // larger than an index record.
+        let vcn_bytes = if self.cluster <= u64::from(record_size) { self.cluster } else { 512 };
         // No more nodes than the allocation holds, whatever the pointers say.
-        let max_nodes = match &alloc_a {
-            Some(a) => a.value_length().min(self.dev.size()) / u64::from(record_size.max(512)) + 1,
-            None => 0,
+        let max_nodes = alloc.as_ref().map_or(0, |r| r.size.min(self.dev.size()) / u64::from(record_size) + 1);
+        let mut walk = IndexWalk {
+            dev: &*self.dev,
+            out: Vec::new(),
+            visited: HashSet::new(),
+            max_nodes,
+            record_size,
+            vcn_bytes,
+            dir,
         };
-        let mut walk = IndexWalk { out: Vec::new(), visited: HashSet::new(), max_nodes, record_size, dir };
-        let items = node_items(root.entries::<NtfsFileNameIndex>().map_err(|e| cur.fail(&ctx("root node"), e))?, dir)?;
-        walk.items(vol, cur, alloc.as_ref(), items, 0)?;
+        let items = node_items(&root, 0x10, dir)?;
+        walk.items(alloc.as_ref(), items, 0)?;
         Ok(walk.out)
     }
 }
@@ -435,17 +449,7 @@ fn validate_record(dev: &Arc<dyn BlockDevice>, pos: u64, size: usize) -> std::re
     if &b[..4] != b"FILE" {
         return Err("no FILE signature".into());
     }
-    let usa_off = usize::from(u16::from_le_bytes([b[4], b[5]]));
-    let usa_count = usize::from(u16::from_le_bytes([b[6], b[7]]));
-    if usa_count == 0 || usa_off + 2 * usa_count > size || (usa_count - 1) * 512 > size {
-        return Err(format!("update sequence array ({usa_count} at {usa_off}) does not fit"));
-    }
-    for i in 1..usa_count {
-        let at = i * 512 - 2;
-        let src = usa_off + 2 * i;
-        b[at] = b[src];
-        b[at + 1] = b[src + 1];
-    }
+    fixup(&mut b)?;
     let first = usize::from(u16::from_le_bytes([b[0x14], b[0x15]]));
     let in_use = u32::from_le_bytes([b[0x18], b[0x19], b[0x1a], b[0x1b]]) as usize;
     if in_use > size || first > in_use {
@@ -494,64 +498,78 @@ enum Item {
     Entry(Vec<u8>, u64, u16),
 }
 
-fn node_items<'a, I>(entries: I, dir: u64) -> Result<Vec<Item>>
-where
-    I: Iterator<Item = ntfs::Result<ntfs::NtfsIndexEntry<'a, NtfsFileNameIndex>>>,
-{
+/// The items of the index node whose header (entries offset, bytes in use,
+/// allocated, flags) starts at `node` in `b`. Parsed here, not by the crate,
+/// whose entry iterator indexes entry bytes unchecked and loops on an entry
+/// of length 0.
+fn node_items(b: &[u8], node: usize, dir: u64) -> Result<Vec<Item>> {
+    let bad = |what: String| corrupt(format!("directory MFT record {dir}: index node: {what}"));
+    let le32 = |at: usize| b.get(at..at + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) as usize);
+    let (Some(first), Some(used)) = (le32(node), le32(node + 4)) else {
+        return Err(bad("header cut off".into()));
+    };
+    let end = node.checked_add(used).filter(|&e| e <= b.len()).ok_or_else(|| bad(format!("{used} bytes in use")))?;
+    let mut at = node.checked_add(first).filter(|&a| a <= end).ok_or_else(|| bad(format!("entries at {first}")))?;
     let mut out = Vec::new();
-    for e in entries {
-        let e = e.map_err(|err| corrupt(format!("directory MFT record {dir}: index entry: {err}")))?;
-        if let Some(vcn) = e.subnode_vcn() {
-            let vcn = vcn.map_err(|err| corrupt(format!("directory MFT record {dir}: subnode: {err}")))?;
-            let vcn = u64::try_from(vcn.value())
-                .map_err(|_| corrupt(format!("directory MFT record {dir}: negative subnode VCN")))?;
-            out.push(Item::Sub(vcn));
+    loop {
+        let e = b.get(at..end).filter(|e| e.len() >= 16).ok_or_else(|| bad(format!("entry at {at} cut off")))?;
+        let len = usize::from(u16::from_le_bytes([e[8], e[9]]));
+        let key_len = usize::from(u16::from_le_bytes([e[10], e[11]]));
+        let flags = e[12];
+        let sub = flags & 1 != 0;
+        if len < 16 || len > e.len() || len % 8 != 0 || (sub && len < 24) {
+            return Err(bad(format!("entry at {at}: length {len}")));
         }
-        if e.flags().contains(NtfsIndexEntryFlags::LAST_ENTRY) {
+        if sub {
+            let v = u64::from_le_bytes(e[len - 8..len].try_into().unwrap_or_default());
+            out.push(Item::Sub(v));
+        }
+        if flags & 2 != 0 {
             break;
         }
-        let Some(key) = e.key() else { continue };
-        let name: NtfsFileName =
-            key.map_err(|err| corrupt(format!("directory MFT record {dir}: entry name: {err}")))?;
-        if name.namespace() == NtfsFileNamespace::Dos {
-            continue;
+        let key_end = 16 + key_len;
+        if key_len < 0x42 || key_end > len - if sub { 8 } else { 0 } {
+            return Err(bad(format!("entry at {at}: key of {key_len} bytes")));
         }
-        let r = e.file_reference();
-        out.push(Item::Entry(utf16_to_utf8(name.name().0), r.file_record_number(), r.sequence_number()));
+        let key = &e[16..key_end];
+        let name_len = usize::from(key[0x40]);
+        let namespace = key[0x41];
+        let name =
+            key.get(0x42..0x42 + 2 * name_len).ok_or_else(|| bad(format!("entry at {at}: name past its key")))?;
+        // Namespace 2: a DOS 8.3 name, listed under its Win32 name already.
+        if namespace != 2 {
+            let r = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
+            out.push(Item::Entry(utf16_to_utf8(name), r & 0xffff_ffff_ffff, (r >> 48) as u16));
+        }
+        at += len;
     }
     Ok(out)
 }
 
-struct IndexWalk {
+struct IndexWalk<'d> {
+    dev: &'d dyn BlockDevice,
     out: Vec<(Vec<u8>, u64, u16)>,
     visited: HashSet<u64>,
     max_nodes: u64,
     record_size: u32,
+    vcn_bytes: u64,
     dir: u64,
 }
 
-impl IndexWalk {
-    fn items(
-        &mut self,
-        vol: &ntfs::Ntfs,
-        cur: &mut DevReader,
-        alloc: Option<&NtfsIndexAllocation<'_, '_>>,
-        items: Vec<Item>,
-        depth: usize,
-    ) -> Result<()> {
+impl IndexWalk<'_> {
+    fn items(&mut self, alloc: Option<&Runs>, items: Vec<Item>, depth: usize) -> Result<()> {
+        let dir = self.dir;
         for it in items {
             match it {
                 Item::Entry(name, rec, seq) => {
                     if self.out.len() >= MAX_DIR_ENTRIES {
                         return Err(FsError::Limit(format!(
-                            "directory MFT record {} has more than {MAX_DIR_ENTRIES} entries",
-                            self.dir
+                            "directory MFT record {dir} has more than {MAX_DIR_ENTRIES} entries"
                         )));
                     }
                     self.out.push((name, rec, seq));
                 }
                 Item::Sub(vcn) => {
-                    let dir = self.dir;
                     let alloc = alloc.ok_or_else(|| {
                         corrupt(format!("directory MFT record {dir}: a subnode without $INDEX_ALLOCATION"))
                     })?;
@@ -569,20 +587,56 @@ impl IndexWalk {
                             "directory MFT record {dir}: more index nodes than its allocation holds"
                         )));
                     }
-                    let record = alloc
-                        .record_from_vcn(cur, self.record_size, ntfs::types::Vcn::from(vcn as i64))
-                        .map_err(|e| cur.fail(&format!("directory MFT record {dir}: index node at VCN {vcn}"), e))?;
-                    let entries = record
-                        .entries::<NtfsFileNameIndex>()
-                        .map_err(|e| cur.fail(&format!("directory MFT record {dir}: index node at VCN {vcn}"), e))?;
-                    let sub = node_items(entries, dir)?;
-                    let _ = vol;
-                    self.items(vol, cur, Some(alloc), sub, depth + 1)?;
+                    let node = self.node(alloc, vcn)?;
+                    let sub = node_items(&node, 0x18, dir)?;
+                    self.items(Some(alloc), sub, depth + 1)?;
                 }
             }
         }
         Ok(())
     }
+
+    /// The index record at `vcn`, read, signature and fixups checked.
+    fn node(&self, alloc: &Runs, vcn: u64) -> Result<Vec<u8>> {
+        let dir = self.dir;
+        let size = u64::from(self.record_size);
+        let off = vcn
+            .checked_mul(self.vcn_bytes)
+            .filter(|o| o.checked_add(size).is_some_and(|e| e <= alloc.size))
+            .ok_or_else(|| {
+                corrupt(format!("directory MFT record {dir}: index node at VCN {vcn} lies past its allocation"))
+            })?;
+        let mut b = vec![0u8; size as usize];
+        alloc.read(self.dev, off, &mut b)?;
+        if &b[..4] != b"INDX" {
+            return Err(corrupt(format!("directory MFT record {dir}: no index node at VCN {vcn}")));
+        }
+        fixup(&mut b).map_err(|e| corrupt(format!("directory MFT record {dir}: index node at VCN {vcn}: {e}")))?;
+        Ok(b)
+    }
+}
+
+/// Applies a multi-sector record's fixups (the update sequence array):
+/// checks that every sector ends in the update sequence number, and puts
+/// back the bytes it stands for.
+fn fixup(b: &mut [u8]) -> std::result::Result<(), String> {
+    let size = b.len();
+    let usa_off = usize::from(u16::from_le_bytes([b[4], b[5]]));
+    let usa_count = usize::from(u16::from_le_bytes([b[6], b[7]]));
+    if usa_count < 2 || usa_off + 2 * usa_count > size || (usa_count - 1) * 512 > size {
+        return Err(format!("update sequence array ({usa_count} at {usa_off}) does not fit"));
+    }
+    let usn = [b[usa_off], b[usa_off + 1]];
+    for i in 1..usa_count {
+        let at = i * 512 - 2;
+        if b[at..at + 2] != usn {
+            return Err(format!("sector {} does not end in the update sequence number", i - 1));
+        }
+        let src = usa_off + 2 * i;
+        b[at] = b[src];
+        b[at + 1] = b[src + 1];
+    }
+    Ok(())
 }
 
 /// UTF-16LE bytes to UTF-8; an unpaired surrogate becomes U+FFFD.
@@ -660,20 +714,26 @@ fn parse_node(
             NtfsAttributeType::Data => {
                 let n = name.to_string_lossy();
                 if n.is_empty() && main.is_none() {
-                    main = Some(parse_data(vol, cur, &raw, &file, &a, "", cluster, rec)?);
+                    main = Some(parse_data(vol, cur, &raw, &file, &a, NtfsAttributeType::Data, "", cluster, rec)?);
                 } else if n == "WofCompressedData" && wof.is_none() {
-                    wof = Some(parse_data(vol, cur, &raw, &file, &a, "WofCompressedData", cluster, rec)?);
+                    wof = Some(parse_data(
+                        vol,
+                        cur,
+                        &raw,
+                        &file,
+                        &a,
+                        NtfsAttributeType::Data,
+                        "WofCompressedData",
+                        cluster,
+                        rec,
+                    )?);
                 }
             }
             NtfsAttributeType::ReparsePoint => {
                 let v = read_small_value(cur, &a, MAX_REPARSE).map_err(|e| e.in_ctx(&ctx("$REPARSE_POINT")))?;
                 reparse = Some(v);
             }
-            NtfsAttributeType::LoggedUtilityStream => {
-                if name.to_string_lossy() == "$EFS" {
-                    efs = true;
-                }
-            }
+            NtfsAttributeType::LoggedUtilityStream if name.to_string_lossy() == "$EFS" => efs = true,
             _ => {}
         }
     }
@@ -869,11 +929,12 @@ fn parse_data(
     raw: &Raw,
     file: &NtfsFile<'_>,
     a: &NtfsAttribute<'_, '_>,
+    ty: NtfsAttributeType,
     stream_name: &str,
     cluster: u64,
     rec: u64,
 ) -> Result<DataAttr> {
-    let ctx = format!("MFT record {rec}: $DATA:{stream_name}");
+    let ctx = format!("MFT record {rec}: {ty:?}:{stream_name}");
     let flags = a.flags().bits();
     if a.is_resident() {
         let v = read_small_value(cur, a, 1 << 20).map_err(|e| e.in_ctx(&ctx))?;
@@ -904,7 +965,7 @@ fn parse_data(
                 if n > MAX_ATTRIBUTES {
                     return Err(FsError::Limit(format!("{ctx}: more than {MAX_ATTRIBUTES} attribute list entries")));
                 }
-                if !matches!(entry.ty(), Ok(NtfsAttributeType::Data)) || entry.name().to_string_lossy() != stream_name {
+                if entry.ty().ok() != Some(ty) || entry.name().to_string_lossy() != stream_name {
                     continue;
                 }
                 let lowest = u64::try_from(entry.lowest_vcn().value()).unwrap_or(u64::MAX);

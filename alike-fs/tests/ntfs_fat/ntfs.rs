@@ -19,7 +19,7 @@ pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn can_build() -> bool {
+pub(crate) fn can_build() -> bool {
     for t in ["mkntfs", "ntfscp", "ntfs-3g", "setfattr", "python3"] {
         let found = Command::new("sh")
             .arg("-c")
