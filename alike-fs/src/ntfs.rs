@@ -15,11 +15,11 @@
 //!   (holes reported by `data_ranges`), LZNT1-compressed (decoded here,
 //!   [MS-XCA] 2.5), and CompactOS/WOF files (reparse tag `0x80000017`, the
 //!   data in the `WofCompressedData` stream as a chunk table and XPRESS
-//!   4K/8K/16K chunks, decoded here, [MS-XCA] 2.2.4). **LZX** CompactOS
-//!   files are listed with [`Metadata::unreadable`] set and fail one by one:
-//!   no Rust crate decodes the WIM/WOF LZX variant (`lzxd` implements LZX
+//!   4K/8K/16K or LZX chunks, decoded here: [MS-XCA] 2.2.4 for XPRESS, the
+//!   WIM variant of LZX, which no Rust crate decodes — `lzxd` implements LZX
 //!   DELTA, whose block and E8 headers differ). EFS-encrypted files and
-//!   WIMBoot (WIM-backed WOF) files are likewise listed and unreadable.
+//!   WIMBoot (WIM-backed WOF) files are listed with
+//!   [`Metadata::unreadable`] set and fail one by one.
 //!   Alternate data streams are not read.
 //! - **Links**: symbolic links and junctions (reparse tags `0xA000000C` and
 //!   `0xA0000003`) are [`FileKind::Symlink`]; their target is the print name
@@ -51,6 +51,7 @@
 //! it: they use run lists parsed once and read the device directly.
 
 mod lznt1;
+mod lzx;
 mod xpress;
 
 use std::collections::{HashMap, HashSet};
@@ -172,12 +173,15 @@ enum Data {
         stream: Runs,
         unit: u64,
     },
-    /// CompactOS: chunks of `chunk` bytes, XPRESS-coded, `size` bytes in all.
+    /// CompactOS: chunks of `chunk` bytes, XPRESS- or LZX-coded, `size`
+    /// bytes in all.
     Wof {
         stream: Stream,
         chunk: u64,
         size: u64,
+        lzx: bool,
     },
+
     Unreadable(String),
 }
 
@@ -842,13 +846,11 @@ fn wof_data(reparse: &[u8], stream: Option<DataAttr>, size: u64) -> Data {
     if provider != 2 {
         return Data::Unreadable(format!("WOF provider {provider}"));
     }
-    let chunk = match le32(20) {
-        Some(0) => 4096,
-        Some(2) => 8192,
-        Some(3) => 16384,
-        Some(1) => {
-            return Data::Unreadable("CompactOS LZX-compressed: this reader decodes XPRESS 4K/8K/16K, not LZX".into());
-        }
+    let (chunk, lzx) = match le32(20) {
+        Some(0) => (4096, false),
+        Some(1) => (32768, true),
+        Some(2) => (8192, false),
+        Some(3) => (16384, false),
         Some(a) => return Data::Unreadable(format!("CompactOS algorithm {a}")),
         None => return Data::Unreadable("CompactOS (WOF) file with a short reparse point".into()),
     };
@@ -860,7 +862,7 @@ fn wof_data(reparse: &[u8], stream: Option<DataAttr>, size: u64) -> Data {
         (None, Some(r)) => Stream::Runs(r),
         (None, None) => Stream::Resident(Vec::new()),
     };
-    Data::Wof { stream, chunk, size }
+    Data::Wof { stream, chunk, size, lzx }
 }
 
 /// Reads a (small) attribute value whole.
@@ -1122,8 +1124,8 @@ impl FileSystem for NtfsFs {
             Data::Lznt1 { stream, unit } => self
                 .read_units(&node, *unit, offset, buf, |u| lznt1_unit(&*self.dev, stream, *unit, u))
                 .map_err(named)?,
-            Data::Wof { stream, chunk, size } => self
-                .read_units(&node, *chunk, offset, buf, |c| wof_chunk(&*self.dev, stream, *chunk, *size, c))
+            Data::Wof { stream, chunk, size, lzx } => self
+                .read_units(&node, *chunk, offset, buf, |c| wof_chunk(&*self.dev, stream, *chunk, *size, *lzx, c))
                 .map_err(named)?,
         }
         Ok(n)
@@ -1242,7 +1244,7 @@ fn lznt1_unit(dev: &dyn BlockDevice, s: &Runs, unit: u64, u: u64) -> Result<Vec<
 }
 
 /// Chunk `c` of a CompactOS file, decompressed.
-fn wof_chunk(dev: &dyn BlockDevice, s: &Stream, chunk: u64, size: u64, c: u64) -> Result<Vec<u8>> {
+fn wof_chunk(dev: &dyn BlockDevice, s: &Stream, chunk: u64, size: u64, lzx: bool, c: u64) -> Result<Vec<u8>> {
     let chunks = size.div_ceil(chunk);
     let width: u64 = if size > u64::from(u32::MAX) { 8 } else { 4 };
     let table = (chunks - 1)
@@ -1266,7 +1268,11 @@ fn wof_chunk(dev: &dyn BlockDevice, s: &Stream, chunk: u64, size: u64, c: u64) -
         return Ok(stored);
     }
     let mut out = vec![0u8; out_len];
-    xpress::decompress(&stored, &mut out).map_err(|e| corrupt(format!("WOF chunk {c}: XPRESS: {}", e.0)))?;
+    if lzx {
+        lzx::decompress(&stored, &mut out).map_err(|e| corrupt(format!("WOF chunk {c}: LZX: {}", e.0)))?;
+    } else {
+        xpress::decompress(&stored, &mut out).map_err(|e| corrupt(format!("WOF chunk {c}: XPRESS: {}", e.0)))?;
+    }
     Ok(out)
 }
 

@@ -14,7 +14,7 @@ tools=$(cd "$(dirname "$0")" && pwd)
 export PATH="$PATH:/sbin:/usr/sbin"
 
 rm -f "$img"
-truncate -s 128M "$img"
+truncate -s 64M "$img"
 mkntfs -F -Q -q -L ALIKE "$img" >/dev/null 2>&1
 # ntfscp needs no mount: two files straight into the root.
 ntfscp -q "$img" "$src/cp-small" cp-small

@@ -28,7 +28,9 @@ def main():
     lib.wimlib_compress.restype = ctypes.c_size_t
     lib.wimlib_compress.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     comp = ctypes.c_void_p()
-    rc = lib.wimlib_create_compressor(wimlib_type, chunk, 0, ctypes.byref(comp))
+    # LZX at a high level: wimlib then also picks aligned-offset blocks.
+    level = 100 if algo == "lzx" else 0
+    rc = lib.wimlib_create_compressor(wimlib_type, chunk, level, ctypes.byref(comp))
     if rc != 0:
         sys.exit(f"wimlib_create_compressor: {rc}")
     data = open(src, "rb").read()
