@@ -333,7 +333,7 @@ impl NtfsFs {
                         self.cluster,
                         dir,
                     )?;
-                    alloc = d.runs;
+                    alloc = d.and_then(|d| d.runs);
                 }
                 _ => {}
             }
@@ -718,19 +718,9 @@ fn parse_node(
             NtfsAttributeType::Data => {
                 let n = name.to_string_lossy();
                 if n.is_empty() && main.is_none() {
-                    main = Some(parse_data(vol, cur, &raw, &file, &a, NtfsAttributeType::Data, "", cluster, rec)?);
+                    main = parse_data(vol, cur, &raw, &file, &a, NtfsAttributeType::Data, "", cluster, rec)?;
                 } else if n == "WofCompressedData" && wof.is_none() {
-                    wof = Some(parse_data(
-                        vol,
-                        cur,
-                        &raw,
-                        &file,
-                        &a,
-                        NtfsAttributeType::Data,
-                        "WofCompressedData",
-                        cluster,
-                        rec,
-                    )?);
+                    wof = parse_data(vol, cur, &raw, &file, &a, NtfsAttributeType::Data, &n, cluster, rec)?;
                 }
             }
             NtfsAttributeType::ReparsePoint => {
@@ -924,6 +914,10 @@ fn non_resident_header(raw: &Raw, a: &NtfsAttribute<'_, '_>) -> Result<NonReside
     })
 }
 
+/// A $DATA (or $INDEX_ALLOCATION) attribute: its resident value, or its
+/// run list across all its extents. `None` for an extent that does not start
+/// at VCN 0 (the crate lists extents in the base record on their own): the
+/// first extent's attribute gathers them all.
 #[allow(clippy::too_many_arguments)]
 fn parse_data(
     vol: &ntfs::Ntfs,
@@ -935,42 +929,43 @@ fn parse_data(
     stream_name: &str,
     cluster: u64,
     rec: u64,
-) -> Result<DataAttr> {
+) -> Result<Option<DataAttr>> {
     let ctx = format!("MFT record {rec}: {ty:?}:{stream_name}");
     let flags = a.flags().bits();
     if a.is_resident() {
         let v = read_small_value(cur, a, 1 << 20).map_err(|e| e.in_ctx(&ctx))?;
-        return Ok(DataAttr { flags, resident: Some(v), runs: None, compression_unit: 0 });
+        return Ok(Some(DataAttr { flags, resident: Some(v), runs: None, compression_unit: 0 }));
     }
     let head = non_resident_header(raw, a)?;
     if head.lowest_vcn != 0 {
-        return Err(corrupt(format!("{ctx}: first extent starts at VCN {}", head.lowest_vcn)));
+        return Ok(None);
     }
     let mut runs = Vec::new();
     let mut next_vcn = 0u64;
-    let value = a.value(cur).map_err(|e| cur.fail(&ctx, e))?;
-    match value {
-        NtfsAttributeValue::NonResident(v) => collect_runs(&mut runs, &mut next_vcn, v.data_runs(), cluster, &ctx)?,
-        NtfsAttributeValue::AttributeListNonResident(_) => {
-            // The value spans extension records: walk the attribute list.
-            let list_attr = file
-                .attributes_raw()
-                .filter_map(|r| r.ok())
-                .find(|r| matches!(r.ty(), Ok(NtfsAttributeType::AttributeList)))
-                .ok_or_else(|| corrupt(format!("{ctx}: no $ATTRIBUTE_LIST")))?;
+    let list_attr =
+        file.attributes_raw().filter_map(|r| r.ok()).find(|r| matches!(r.ty(), Ok(NtfsAttributeType::AttributeList)));
+    match list_attr {
+        None => match a.value(cur).map_err(|e| cur.fail(&ctx, e))? {
+            NtfsAttributeValue::NonResident(v) => collect_runs(&mut runs, &mut next_vcn, v.data_runs(), cluster, &ctx)?,
+            _ => return Err(corrupt(format!("{ctx}: a non-resident attribute without its runs"))),
+        },
+        Some(list_attr) => {
+            // The extents may lie in several records: the attribute list
+            // names each, with the VCN it starts at.
             let list = list_attr.structured_value::<_, NtfsAttributeList>(cur).map_err(|e| cur.fail(&ctx, e))?;
             let mut entries = list.entries();
-            let mut n = 0usize;
+            let mut extents = Vec::new();
             while let Some(entry) = entries.next(cur) {
                 let entry = entry.map_err(|e| cur.fail(&ctx, e))?;
-                n += 1;
-                if n > MAX_ATTRIBUTES {
-                    return Err(FsError::Limit(format!("{ctx}: more than {MAX_ATTRIBUTES} attribute list entries")));
+                if extents.len() >= MAX_ATTRIBUTES {
+                    return Err(FsError::Limit(format!("{ctx}: more than {MAX_ATTRIBUTES} extents")));
                 }
-                if entry.ty().ok() != Some(ty) || entry.name().to_string_lossy() != stream_name {
-                    continue;
+                if entry.ty().ok() == Some(ty) && entry.name().to_string_lossy() == stream_name {
+                    extents.push((u64::try_from(entry.lowest_vcn().value()).unwrap_or(u64::MAX), entry));
                 }
-                let lowest = u64::try_from(entry.lowest_vcn().value()).unwrap_or(u64::MAX);
+            }
+            extents.sort_by_key(|(vcn, _)| *vcn);
+            for (lowest, entry) in extents {
                 if lowest != next_vcn {
                     return Err(corrupt(format!("{ctx}: extent at VCN {lowest}, expected {next_vcn}")));
                 }
@@ -988,20 +983,15 @@ fn parse_data(
                 }
             }
         }
-        NtfsAttributeValue::Resident(_) => unreachable_resident()?,
     }
     let size = head.data_size;
     let initialized = head.initialized.min(size);
-    Ok(DataAttr {
+    Ok(Some(DataAttr {
         flags,
         resident: None,
         runs: Some(Runs { runs, size, initialized, cluster }),
         compression_unit: head.compression_unit,
-    })
-}
-
-fn unreachable_resident() -> Result<()> {
-    Err(corrupt("a non-resident attribute with a resident value".into()))
+    }))
 }
 
 fn collect_runs(

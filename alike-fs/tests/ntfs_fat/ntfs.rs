@@ -96,6 +96,9 @@ pub(crate) fn fixture() -> Option<Fixture> {
     // LZNT1: text (compresses), noise (units stored as they are), a file
     // with a zero middle (sparse units), a resident one, one off the unit size.
     write(&src, "comp/text3m", &text(3_000_000, 2), &mut files);
+    // Two runs per compression unit: too many for one MFT record, so its
+    // $DATA extents spread over records named by an attribute list.
+    write(&src, "comp/text16m", &text(16 << 20, 11), &mut files);
     write(&src, "comp/random200k", &rng.noise(200_000), &mut files);
     let mut zeromid = text(1 << 20, 3);
     zeromid[256 << 10..768 << 10].fill(0);

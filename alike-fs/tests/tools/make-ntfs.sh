@@ -82,3 +82,10 @@ done
 # A directory big enough for an index allocation (B-tree nodes).
 mkdir "$mnt/many"
 for i in $(seq 1 300); do : >"$mnt/many/entry-$i"; done
+
+umount "$mnt"
+trap - EXIT
+rmdir "$mnt"
+# The test relies on this file's runs spreading over extension records.
+ntfsinfo -F /comp/text16m "$img" 2>/dev/null | grep -q '\$ATTRIBUTE_LIST' ||
+    { echo "comp/text16m has no attribute list" >&2; exit 1; }
