@@ -1,6 +1,7 @@
 //! Lists a filesystem image read by alike-fs's NTFS or FAT reader:
 //! `cargo run -p alike-fs --example fsls -- IMAGE [--read]`; with `--read`
-//! it reads every file (1 MiB reads) and prints the time each took.
+//! it reads every file (1 MiB reads) and prints the time each took; with
+//! `--cat PATH` it writes that file's bytes to standard output instead.
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -72,6 +73,22 @@ fn main() {
         Some(fs) => fs,
         None => alike_fs::fat::open(dev).unwrap().expect("neither NTFS nor FAT"),
     };
+    if let Some(i) = args.iter().position(|a| a == "--cat") {
+        use std::io::Write;
+        let mut id = fs.root();
+        for part in args[i + 1].split('/').filter(|p| !p.is_empty()) {
+            id =
+                fs.read_dir(id).unwrap().into_iter().find(|e| e.name == part.as_bytes()).expect("no such file").meta.id;
+        }
+        let size = fs.metadata(id).unwrap().size;
+        let (mut at, mut buf, mut out) = (0, vec![0u8; 1 << 20], std::io::stdout().lock());
+        while at < size {
+            let n = fs.read_at(id, at, &mut buf).unwrap();
+            out.write_all(&buf[..n]).unwrap();
+            at += n as u64;
+        }
+        return;
+    }
     println!("{:?} label {:?}", fs.kind(), fs.label());
     let t = std::time::Instant::now();
     list(&*fs, fs.root(), "", args.iter().any(|a| a == "--read"));

@@ -1216,6 +1216,9 @@ fn lznt1_unit(dev: &dyn BlockDevice, s: &Runs, unit: u64, u: u64) -> Result<Vec<
         vcn += take;
         i += 1;
     }
+    if vcn < first + per && vcn.saturating_mul(s.cluster) < s.size {
+        return Err(corrupt(format!("compression unit {u} lies past the data runs")));
+    }
     if stored == 0 {
         return Ok(out);
     }
