@@ -177,8 +177,17 @@ struct FatFs {
     chains: Mutex<HashMap<(u32, u64), Arc<Chain>>>,
 }
 
-/// A cluster chain as runs of (first cluster, clusters).
-type Chain = Vec<(u32, u32)>;
+/// A cluster chain as runs of contiguous clusters.
+type Chain = Vec<Run>;
+
+/// Contiguous clusters of a chain.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Clusters of the chain before this run.
+    at: u64,
+    first: u32,
+    len: u32,
+}
 
 /// A directory's bytes, and (offset in them, device offset) where each run
 /// of clusters starts.
@@ -244,8 +253,8 @@ impl FatFs {
                 return Err(corrupt(format!("{}: cluster chain reaches cluster {c:#x} after {n} clusters", what())));
             }
             match runs.last_mut() {
-                Some((s, l)) if *s + *l == c => *l += 1,
-                _ => runs.push((c, 1)),
+                Some(r) if r.first + r.len == c => r.len += 1,
+                _ => runs.push(Run { at: n, first: c, len: 1 }),
             }
             n += 1;
             if n > u64::from(self.clusters) {
@@ -280,27 +289,18 @@ impl FatFs {
     }
 
     /// Reads `buf.len()` bytes at `off` of the chain `runs`.
-    fn read_runs(&self, runs: &[(u32, u32)], off: u64, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+    fn read_runs(&self, runs: &[Run], off: u64, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+        let cb = self.cluster_bytes;
         let mut done = 0usize;
-        let mut run_start = 0u64; // byte offset of the current run in the chain
-        let mut i = 0usize;
         while done < buf.len() {
             let pos = off + done as u64;
-            // Runs are few and reads go forward: walk from the start.
-            while let Some(&(_, len)) = runs.get(i) {
-                let bytes = u64::from(len) * self.cluster_bytes;
-                if pos < run_start + bytes {
-                    break;
-                }
-                run_start += bytes;
-                i += 1;
-            }
-            let Some(&(first, len)) = runs.get(i) else {
+            let i = runs.partition_point(|r| (r.at + u64::from(r.len)) * cb <= pos);
+            let Some(r) = runs.get(i) else {
                 return Err(corrupt(format!("{}: its cluster chain ends before byte {pos}", what())));
             };
-            let in_run = pos - run_start;
-            let n = (u64::from(len) * self.cluster_bytes - in_run).min((buf.len() - done) as u64) as usize;
-            self.dev.read_exact_at(self.cluster_pos(first) + in_run, &mut buf[done..done + n])?;
+            let in_run = pos - r.at * cb;
+            let n = (u64::from(r.len) * cb - in_run).min((buf.len() - done) as u64) as usize;
+            self.dev.read_exact_at(self.cluster_pos(r.first) + in_run, &mut buf[done..done + n])?;
             done += n;
         }
         Ok(())
@@ -333,14 +333,14 @@ impl FatFs {
         let what = || format!("directory at {dir}");
         let want = MAX_DIR_BYTES / self.cluster_bytes;
         let runs = self.chain(first, want.max(1), &what)?;
-        let len: u64 = runs.iter().map(|&(_, l)| u64::from(l) * self.cluster_bytes).sum();
+        let len: u64 = runs.iter().map(|r| u64::from(r.len) * self.cluster_bytes).sum();
         let mut b = vec![0u8; len as usize];
         self.read_runs(&runs, 0, &mut b, &what)?;
         let mut map = Vec::with_capacity(runs.len());
         let mut at = 0u64;
-        for &(c, l) in runs.iter() {
-            map.push((at, self.cluster_pos(c)));
-            at += u64::from(l) * self.cluster_bytes;
+        for r in runs.iter() {
+            map.push((at, self.cluster_pos(r.first)));
+            at += u64::from(r.len) * self.cluster_bytes;
         }
         Ok((b, map))
     }

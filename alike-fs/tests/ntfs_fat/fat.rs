@@ -70,20 +70,72 @@ pub(crate) fn fixture(bits: u32, mib: u64, max: usize) -> Option<Fixture> {
     run(Command::new("truncate").arg("-s").arg(format!("{mib}M")).arg(&img));
     let mkfs = if Path::new("/usr/sbin/mkfs.vfat").exists() { "/usr/sbin/mkfs.vfat" } else { "mkfs.vfat" };
     run(Command::new(mkfs).args(["-F", &bits.to_string(), "-n", "ALIKE ESP"]).arg(&img));
-    // mtools writes local times: UTC here, as the reader assumes.
-    let mut mcopy = Command::new("mcopy");
-    mcopy
-        .env("TZ", "UTC")
-        .env("LC_ALL", "C.UTF-8")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(&img)
-        .args(["-s", "-m"]);
+    // Holes in the allocation first: files copied, every other one deleted,
+    // so that the files copied next are fragmented.
+    let holes = dir.path().join("holes");
+    std::fs::create_dir(&holes).unwrap();
+    for i in 0..16 {
+        let p = holes.join(format!("h{i}"));
+        std::fs::write(&p, rng.noise(100)).unwrap(); // one cluster each
+        let t = 1_650_000_000 + 2 * i as u64;
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+            .unwrap();
+        if i % 2 == 1 {
+            files.insert(format!("holes/h{i}"), std::fs::read(&p).unwrap());
+            mtimes.insert(format!("holes/h{i}"), t as i64 * 1_000_000_000);
+        }
+    }
+    // One by one: each takes the next cluster.
+    run(mtools("mmd").arg("-i").arg(&img).arg("::/holes"));
+    for i in 0..16 {
+        run(mtools("mcopy")
+            .arg("-i")
+            .arg(&img)
+            .arg("-m")
+            .arg(holes.join(format!("h{i}")))
+            .arg(format!("::/holes/h{i}")));
+    }
+    for i in (0..16).step_by(2) {
+        run(mtools("mdel").arg("-i").arg(&img).arg(format!("::/holes/h{i}")));
+    }
+    if bits == 32 {
+        // FAT32 keeps a next-free-cluster hint (FSInfo) that mtools follows
+        // past the holes: point it at the start, as a fresh volume has it.
+        let mut b = std::fs::read(&img).unwrap();
+        let fsinfo = usize::from(u16::from_le_bytes([b[48], b[49]])) * 512;
+        assert_eq!(&b[fsinfo + 484..fsinfo + 488], b"rrAa", "FSInfo signature");
+        b[fsinfo + 492..fsinfo + 496].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&img, b).unwrap();
+    }
+    // The largest file first, into the holes.
+    let largest = files.iter().filter(|(k, _)| !k.contains('/')).max_by_key(|(_, v)| v.len()).unwrap().0.clone();
+    run(mtools("mcopy").arg("-i").arg(&img).arg("-m").arg(src.join(&largest)).arg(format!("::/{largest}")));
+    let mut mcopy = mtools("mcopy");
+    mcopy.arg("-i").arg(&img).args(["-s", "-m"]);
     for e in std::fs::read_dir(&src).unwrap() {
-        mcopy.arg(e.unwrap().path());
+        let p = e.unwrap().path();
+        if !p.ends_with(&largest) {
+            mcopy.arg(p);
+        }
     }
     run(mcopy.arg("::/"));
+    // It lies in several pieces (mshowfat prints one <a-b> per run).
+    let out = mtools("mshowfat").arg("-i").arg(&img).arg(format!("::/{largest}")).output().unwrap();
+    let runs = String::from_utf8_lossy(&out.stdout).matches('<').count();
+    assert!(runs > 1, "{largest} is not fragmented: {}", String::from_utf8_lossy(&out.stdout));
     Some(Fixture { img, files, mtimes, _dir: dir })
+}
+
+/// An mtools command: UTC (mtools writes local times, which the reader
+/// takes as UTC), UTF-8 names, no geometry check of image files.
+fn mtools(cmd: &str) -> Command {
+    let mut c = Command::new(cmd);
+    c.env("TZ", "UTC").env("LC_ALL", "C.UTF-8").env("MTOOLS_SKIP_CHECK", "1");
+    c
 }
 
 fn check(bits: u32, mib: u64, max: usize) {
@@ -98,7 +150,7 @@ fn check(bits: u32, mib: u64, max: usize) {
     assert_eq!(fs.label().as_deref(), Some("ALIKE ESP"));
     // Exactly the files and their directories, by their long names.
     let mut want: Vec<String> = fx.files.keys().cloned().collect();
-    for d in ["EFI", "EFI/BOOT", "many"] {
+    for d in ["EFI", "EFI/BOOT", "many", "holes"] {
         want.push(d.into());
     }
     want.sort();
