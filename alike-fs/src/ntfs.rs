@@ -10,7 +10,10 @@
 //!   read no more nodes than the index allocation holds. DOS 8.3 names are
 //!   not listed (the Win32 or POSIX name of the same file is); at the root the
 //!   metafiles (`$MFT`, `$Bitmap`, … records 0–15) are not listed either.
-//!   Names become UTF-8, an unpaired surrogate U+FFFD.
+//!   Names become UTF-8, an unpaired surrogate U+FFFD. A file whose own MFT
+//!   record cannot be read (damaged, unreadable block) is still listed,
+//!   from the copy of its `$FILE_NAME` the index keeps, with
+//!   [`Metadata::unreadable`] saying why; reading it fails, the rest do not.
 //! - **Data** of the unnamed stream: resident, non-resident with sparse runs
 //!   (holes reported by `data_ranges`), LZNT1-compressed (decoded here,
 //!   [MS-XCA] 2.5), and CompactOS/WOF files (reparse tag `0x80000017`, the
@@ -294,7 +297,7 @@ impl NtfsFs {
         node_locked(&mut st, &self.dev, self.cluster, rec)
     }
 
-    fn read_dir_locked(&self, st: &mut State, dir: u64) -> Result<Vec<(Vec<u8>, u64, u16)>> {
+    fn read_dir_locked(&self, st: &mut State, dir: u64) -> Result<Vec<IndexEntry>> {
         let State { vol, cur, .. } = st;
         cur.budget = META_BUDGET;
         let (file, raw) = open_record(vol, cur, &self.dev, dir)?;
@@ -499,7 +502,21 @@ fn validate_record(dev: &Arc<dyn BlockDevice>, pos: u64, size: usize) -> std::re
 /// One item of an index node: a subnode to descend into first, or an entry.
 enum Item {
     Sub(u64),
-    Entry(Vec<u8>, u64, u16),
+    Entry(IndexEntry),
+}
+
+/// A directory index entry: the name, the file it names, and the copy of
+/// the file's $FILE_NAME the index keeps (what a listing shows of a file
+/// whose own MFT record cannot be read).
+struct IndexEntry {
+    name: Vec<u8>,
+    rec: u64,
+    seq: u16,
+    size: u64,
+    dir: bool,
+    mtime: Option<i64>,
+    atime: Option<i64>,
+    btime: Option<i64>,
 }
 
 /// The items of the index node whose header (entries offset, bytes in use,
@@ -543,7 +560,17 @@ fn node_items(b: &[u8], node: usize, dir: u64) -> Result<Vec<Item>> {
         // Namespace 2: a DOS 8.3 name, listed under its Win32 name already.
         if namespace != 2 {
             let r = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
-            out.push(Item::Entry(utf16_to_utf8(name), r & 0xffff_ffff_ffff, (r >> 48) as u16));
+            let le64 = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap_or_default());
+            out.push(Item::Entry(IndexEntry {
+                name: utf16_to_utf8(name),
+                rec: r & 0xffff_ffff_ffff,
+                seq: (r >> 48) as u16,
+                btime: nt_time(le64(0x08)),
+                mtime: nt_time(le64(0x10)),
+                atime: nt_time(le64(0x20)),
+                size: le64(0x30),
+                dir: u32::from_le_bytes(key[0x38..0x3c].try_into().unwrap_or_default()) & 0x1000_0000 != 0,
+            }));
         }
         at += len;
     }
@@ -552,7 +579,7 @@ fn node_items(b: &[u8], node: usize, dir: u64) -> Result<Vec<Item>> {
 
 struct IndexWalk<'d> {
     dev: &'d dyn BlockDevice,
-    out: Vec<(Vec<u8>, u64, u16)>,
+    out: Vec<IndexEntry>,
     visited: HashSet<u64>,
     max_nodes: u64,
     record_size: u32,
@@ -565,13 +592,13 @@ impl IndexWalk<'_> {
         let dir = self.dir;
         for it in items {
             match it {
-                Item::Entry(name, rec, seq) => {
+                Item::Entry(entry) => {
                     if self.out.len() >= MAX_DIR_ENTRIES {
                         return Err(FsError::Limit(format!(
                             "directory MFT record {dir} has more than {MAX_DIR_ENTRIES} entries"
                         )));
                     }
-                    self.out.push((name, rec, seq));
+                    self.out.push(entry);
                 }
                 Item::Sub(vcn) => {
                     let alloc = alloc.ok_or_else(|| {
@@ -1070,7 +1097,8 @@ impl FileSystem for NtfsFs {
         let mut st = self.lock();
         let raw = self.read_dir_locked(&mut st, dir.0)?;
         let mut out = Vec::with_capacity(raw.len());
-        for (name, rec, seq) in raw {
+        for e in raw {
+            let (name, rec) = (e.name.clone(), e.rec);
             if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
                 continue;
             }
@@ -1080,12 +1108,23 @@ impl FileSystem for NtfsFs {
             if rec == dir.0 {
                 continue;
             }
-            let node = node_locked(&mut st, &self.dev, self.cluster, rec)?;
-            // An entry whose record was reused since is stale.
-            if seq != 0 && node.sequence != seq {
-                continue;
-            }
-            out.push(DirEntry { name, meta: node.meta.clone() });
+            let meta = match node_locked(&mut st, &self.dev, self.cluster, rec) {
+                // An entry whose record was reused since is stale.
+                Ok(node) if e.seq != 0 && node.sequence != e.seq => continue,
+                Ok(node) => node.meta.clone(),
+                // The file's own record cannot be read: it is listed from the
+                // index's copy of its name record, and fails on its own.
+                Err(err) => {
+                    let kind = if e.dir { FileKind::Dir } else { FileKind::File };
+                    let mut m = Metadata::new(FileId(rec), kind, if e.dir { 0 } else { e.size });
+                    m.mtime = e.mtime;
+                    m.atime = e.atime;
+                    m.btime = e.btime;
+                    m.unreadable = Some(format!("MFT record {rec}: {err}"));
+                    m
+                }
+            };
+            out.push(DirEntry { name, meta });
         }
         Ok(out)
     }

@@ -73,6 +73,7 @@ fn ntfs_damaged_images_end_in_errors_not_hangs() {
 fn ntfs_index_loop_and_absurd_size() {
     let Some(fx) = crate::ntfs::fixture() else { return };
     let mut img = std::fs::read(&fx.img).unwrap();
+    let orig = img.clone();
     let fs = alike_fs::ntfs::open(mem(img.clone())).unwrap().unwrap();
     let root = fs.read_dir(fs.root()).unwrap();
     let id = |name: &str| root.iter().find(|e| e.name == name.as_bytes()).unwrap().meta.id;
@@ -117,6 +118,22 @@ fn ntfs_index_loop_and_absurd_size() {
         assert!(n <= 300, "{n} entries from a 300-entry directory");
     }
 
+    // A damaged MFT record (its signature gone): the file is still listed,
+    // from the directory index, marked unreadable; the others read.
+    let mut b = orig.clone();
+    let (_, mft, record) = crate::ntfs::geometry(&b);
+    let at = (mft + big.0 * record) as usize;
+    b[at..at + 4].copy_from_slice(b"BAAD");
+    let fs = alike_fs::ntfs::open(mem(b)).unwrap().unwrap();
+    let root = fs.read_dir(fs.root()).unwrap();
+    let m = &root.iter().find(|e| e.name == b"cp-big").unwrap().meta;
+    assert_eq!((m.kind, m.size), (FileKind::File, (1 << 20) + 1), "from the index's copy of its name record");
+    assert!(m.unreadable.as_deref().unwrap().contains(&format!("MFT record {}", big.0)), "{:?}", m.unreadable);
+    let mut buf = vec![0u8; 4096];
+    assert!(matches!(fs.read_at(big, 0, &mut buf), Err(FsError::Corrupt { .. })));
+    let small = root.iter().find(|e| e.name == b"cp-small").unwrap().meta.clone();
+    assert_eq!(fs.read_at(small.id, 0, &mut buf).unwrap(), 4095);
+
     // A data size of 2^62 for a file with 1 MiB of clusters.
     let at = crate::ntfs::attribute_at(&img, big.0, 0x80);
     img[at + 0x30..at + 0x38].copy_from_slice(&(1u64 << 62).to_le_bytes());
@@ -124,7 +141,6 @@ fn ntfs_index_loop_and_absurd_size() {
     let fs = alike_fs::ntfs::open(mem(img)).unwrap().unwrap();
     let m = fs.metadata(big).unwrap();
     assert_eq!(m.size, 1 << 62);
-    let mut buf = vec![0u8; 4096];
     assert!(fs.read_at(big, 0, &mut buf).is_ok(), "its first bytes are there");
     match fs.read_at(big, 1 << 61, &mut buf) {
         Err(FsError::Corrupt { what, .. }) => assert!(what.contains("cp-big"), "{what}"),
