@@ -75,6 +75,10 @@ tools=(
     nbdcopy:libnbd-bin     # ... and a multi-connection copy
     mkfs.ext4:e2fsprogs    # real ext4 fixtures (tests, quickstart)
     debugfs:e2fsprogs
+    pvcreate:lvm2          # LVM2 fixtures (alike-fs tests/lvm.rs): pvcreate, vgcreate, vgcfgrestore on loop devices
+    losetup:mount          # ... the loop devices they need
+    sfdisk:fdisk           # ... and a partition table holding a PV
+    openssl:openssl        # NBD over TLS from Python: certificates made at test time
     gcc:gcc                # the C example and C API tests
     valgrind:valgrind      # ... run under memcheck
     pkg-config:pkg-config  # the installed C library is found through alike.pc

@@ -692,6 +692,16 @@ pub(crate) struct ServeNbdArgs {
     /// Keep the overlay file at the end; reopen it if it exists (an overlay of the same version and disk).
     #[arg(long, requires = "writable_overlay")]
     keep_overlay: bool,
+    /// Require TLS (nbds://): the server's certificate chain, PEM (leaf first).
+    /// Clients must start TLS before anything else.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM (read once at start, never logged).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With TLS, accept only clients with a certificate this CA signed (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// MiB of decoded frames cached for every client together (8 to 65536).
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     cache_size: u64,
@@ -726,18 +736,28 @@ pub(crate) fn serve_nbd(cli: &Cli, a: &ServeNbdArgs) -> Result<()> {
     if let Some(f) = &a.writable_overlay {
         o = o.writable_overlay(f).keep_overlay(a.keep_overlay);
     }
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        o = o.tls(cert, key);
+    }
+    if let Some(ca) = &a.tls_ca {
+        o = o.tls_client_ca(ca);
+    }
     let (json, vm, short) = (a.out.json, v.vm.clone(), v.short_id().to_string());
     let overlay = a.writable_overlay.clone();
+    let (tls, mutual) = (a.tls_cert.is_some(), a.tls_ca.is_some());
     o = o.on_listening(move |l| {
         if json {
             let _ = print_json(l);
             return;
         }
         let exports: Vec<String> = l.exports.iter().map(|e| format!("{} ({})", e.uri, mib(e.size))).collect();
-        let mode = match &overlay {
+        let mut mode = match &overlay {
             Some(f) => format!("writable through overlay {}", f.display()),
             None => "read-only".into(),
         };
+        if tls {
+            mode.push_str(if mutual { ", TLS required, with client certificates" } else { ", TLS required" });
+        }
         println!("listening on {} (version {short} of {vm}, {mode}); Ctrl-C stops", exports.join(", "));
     });
     let r = store.serve_nbd(&v, &o)?;

@@ -558,11 +558,46 @@ fn serve_nbd_prints_where_it_listens_and_stops_on_ctrl_c() {
     let (_, err) = stop(child, out);
     assert!(err.contains("overlay kept at"), "{err}");
     assert!(ov.exists());
-    // Refusals: two ways to listen; --keep-overlay alone; --all with an overlay.
+    // TLS: nbds://, and libnbd reads through it trusting the CA.
+    if alike_testing::require_tool("nbdinfo") {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        let creds = c.p("creds");
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::write(creds.join("ca-cert.pem"), ca.pem()).unwrap();
+        let (cert_file, key_file) = (c.p("server-cert.pem"), c.p("server-key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let args = ["--listen", "127.0.0.1:0", "--tls-cert", path_str(&cert_file), "--tls-key", path_str(&key_file)];
+        let (child, out, line) = serve(&args, false);
+        assert!(line.starts_with("listening on nbds://127.0.0.1:") && line.contains("TLS required"), "{line}");
+        let uri = line.split_whitespace().nth(2).unwrap().to_string();
+        let o = Command::new("nbdinfo")
+            .arg("--size")
+            .arg(format!("{uri}?tls-certificates={}", creds.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), (12u64 << 20).to_string());
+        let plain = uri.replacen("nbds://", "nbd://", 1);
+        let o = Command::new("nbdinfo").arg("--size").arg(&plain).output().unwrap();
+        assert!(!o.status.success(), "a client without TLS got in");
+        let (_, err) = stop(child, out);
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+    }
+    // Refusals: two ways to listen; --keep-overlay alone; --all with an
+    // overlay; a TLS key without its certificate and the other way round;
+    // a client CA without TLS.
     for bad in [
         &["--listen", "127.0.0.1:0", "--socket", "x"][..],
         &["--keep-overlay"][..],
         &["--all", "--writable-overlay", "x"][..],
+        &["--tls-key", "k.pem"][..],
+        &["--tls-cert", "c.pem"][..],
+        &["--tls-ca", "ca.pem"][..],
     ] {
         let o = c.cmd().args(["serve-nbd", "latest"]).args(bad).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&o.stderr));

@@ -19,6 +19,7 @@ use std::ops::Range;
 pub mod fat;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod lvm;
 pub mod ntfs;
 
 /// Random access to the bytes of a device: a disk of a version, a

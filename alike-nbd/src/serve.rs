@@ -20,7 +20,13 @@
 //! serving.
 //!
 //! TLS is a hook ([`TlsAcceptor`]); none is built in (this crate links no
-//! TLS library). Without one, the handshake runs in NOTLS mode.
+//! TLS library: the facade supplies one over rustls). Without one, the
+//! handshake runs in NOTLS mode. A TLS connection keeps a second handle on
+//! its socket, so that it still times out every [`ServeOptions::poll`]
+//! (to see `stop` and the handshake deadline, also during the TLS
+//! handshake) and can be shut down when the server stops; at the end the
+//! TLS stream is dropped first (an acceptor's stream may send its
+//! `close_notify` then), and the socket is shut down after it.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -124,9 +130,17 @@ impl<T: Read + Write + Send> Io for T {}
 pub trait TlsAcceptor: Send + Sync {
     /// Runs the TLS handshake on `io` and returns the encrypted stream.
     ///
+    /// Reads from `io` time out (`WouldBlock` or `TimedOut`) every
+    /// [`ServeOptions::poll`]: the acceptor then calls `proceed` and, if it
+    /// returns `Ok`, reads again; `proceed` fails when the handshake took
+    /// too long or the server is stopping. The returned stream sees the
+    /// same time-outs on its reads (the shell retries them), so it must
+    /// keep its state across a read that failed that way.
+    ///
     /// # Errors
-    /// The handshake failed (the connection is then dropped).
-    fn accept(&self, io: Box<dyn Io>) -> io::Result<Box<dyn Io>>;
+    /// The handshake failed, or `proceed` did (the connection is then
+    /// dropped).
+    fn accept(&self, io: Box<dyn Io>, proceed: &dyn Fn() -> io::Result<()>) -> io::Result<Box<dyn Io>>;
 }
 
 /// A bound listening socket.
@@ -250,7 +264,9 @@ fn has_port(addr: &str) -> bool {
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
-    Tls(Box<dyn Io>),
+    /// TLS over a socket, and a second handle on that socket (time-outs,
+    /// shutdown). `None` only while the TLS handshake runs, or once shut down.
+    Tls(Option<Box<dyn Io>>, Box<Conn>),
 }
 
 impl Conn {
@@ -258,21 +274,41 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.set_read_timeout(t),
             Conn::Unix(s) => s.set_read_timeout(t),
-            Conn::Tls(_) => Ok(()),
+            Conn::Tls(_, sock) => sock.set_read_timeout(t),
         }
     }
-    fn shutdown(&self) {
+    fn shutdown(&mut self) {
         match self {
             Conn::Tcp(s) => drop(s.shutdown(std::net::Shutdown::Both)),
             Conn::Unix(s) => drop(s.shutdown(std::net::Shutdown::Both)),
-            Conn::Tls(_) => {}
+            Conn::Tls(io, sock) => {
+                // The TLS stream first: it may say goodbye (close_notify).
+                drop(io.take());
+                sock.shutdown();
+            }
+        }
+    }
+    /// A second handle on the socket (the same socket: time-outs set
+    /// through it apply to both).
+    fn try_clone(&self) -> io::Result<Conn> {
+        match self {
+            Conn::Tcp(s) => s.try_clone().map(Conn::Tcp),
+            Conn::Unix(s) => s.try_clone().map(Conn::Unix),
+            Conn::Tls(..) => Err(io::Error::other("TLS is already running")),
         }
     }
     fn into_io(self) -> Box<dyn Io> {
         match self {
             Conn::Tcp(s) => Box::new(s),
             Conn::Unix(s) => Box::new(s),
-            Conn::Tls(b) => b,
+            Conn::Tls(Some(b), _) => b,
+            Conn::Tls(None, sock) => sock.into_io(),
+        }
+    }
+    fn tls(&mut self) -> io::Result<&mut Box<dyn Io>> {
+        match self {
+            Conn::Tls(Some(io), _) => Ok(io),
+            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "the connection is closed")),
         }
     }
 }
@@ -282,7 +318,7 @@ impl Read for Conn {
         match self {
             Conn::Tcp(s) => s.read(buf),
             Conn::Unix(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
+            Conn::Tls(..) => self.tls()?.read(buf),
         }
     }
 }
@@ -292,14 +328,14 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
+            Conn::Tls(..) => self.tls()?.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.flush(),
             Conn::Unix(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
+            Conn::Tls(..) => self.tls()?.flush(),
         }
     }
 }
@@ -444,6 +480,7 @@ pub fn serve(
             };
             if active.load(Ordering::SeqCst) >= opts.max_connections {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
+                let mut conn = conn;
                 conn.shutdown();
                 event(ServeEvent::Refused { peer });
                 continue;
@@ -577,9 +614,33 @@ impl Connection<'_, '_> {
                     let Some(tls) = self.opts.tls else {
                         return Err(ConnError::Refused("STARTTLS acknowledged without a TLS acceptor".into()));
                     };
+                    if !self.buf.is_empty() {
+                        // Bytes the client sent in the clear after STARTTLS
+                        // and before its TLS hello: nothing may be carried over.
+                        return Err(ConnError::Refused("data after NBD_OPT_STARTTLS before the TLS handshake".into()));
+                    }
                     self.conn.flush()?;
-                    let plain = std::mem::replace(&mut self.conn, Conn::Tls(Box::new(io::Cursor::new(Vec::new()))));
-                    self.conn = Conn::Tls(tls.accept(plain.into_io())?);
+                    let sock = Box::new(self.conn.try_clone()?);
+                    let plain = std::mem::replace(&mut self.conn, Conn::Tls(None, sock));
+                    let (stop, timeout) = (self.opts.stop, self.opts.handshake_timeout);
+                    let proceed = || {
+                        if stop() {
+                            Err(io::Error::other("the server is stopping"))
+                        } else if Instant::now() > deadline {
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("the handshake took longer than {timeout:?}"),
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    let io = tls
+                        .accept(plain.into_io(), &proceed)
+                        .map_err(|e| ConnError::Refused(format!("TLS handshake: {e}")))?;
+                    if let Conn::Tls(slot, _) = &mut self.conn {
+                        *slot = Some(io);
+                    }
                     hs.tls_established();
                     continue;
                 }

@@ -318,3 +318,92 @@ fn client_reads(s: &mut std::net::TcpStream, reads: &[(u64, u32)]) -> Vec<Result
     s.write_all(&tx.disconnect_request()).unwrap();
     out
 }
+
+/// A stand-in for a TLS library: its "handshake" waits for one byte from
+/// the client, asking `proceed` each time a read times out.
+struct WaitingAcceptor;
+
+impl alike_nbd::serve::TlsAcceptor for WaitingAcceptor {
+    fn accept(
+        &self,
+        mut io: Box<dyn alike_nbd::serve::Io>,
+        proceed: &dyn Fn() -> std::io::Result<()>,
+    ) -> std::io::Result<Box<dyn alike_nbd::serve::Io>> {
+        let mut b = [0u8; 1];
+        loop {
+            match io.read(&mut b) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => return Ok(io),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    proceed()?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Connects, sends `NBD_OPT_STARTTLS`, checks the server's `NBD_REP_ACK`,
+/// and returns the socket with the TLS handshake not started.
+fn starttls(port: u16) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    s.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&proto::OPT_STARTTLS.to_be_bytes());
+    opt.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&opt).unwrap();
+    let mut reply = [0u8; 20];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(u32::from_be_bytes(reply[12..16].try_into().unwrap()), proto::REP_ACK);
+    s
+}
+
+#[test]
+fn a_stalled_tls_handshake_ends_at_the_deadline_and_when_the_server_stops() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mem = Mem::new(image());
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("d", 8 << 20)]).tls(alike_nbd::server::TlsMode::Required);
+    for stop_it in [false, true] {
+        let listener = Listener::tcp("127.0.0.1:0").unwrap();
+        let port = match &listener {
+            Listener::Tcp(l) => l.local_addr().unwrap().port(),
+            _ => unreachable!(),
+        };
+        let stop = AtomicBool::new(false);
+        let stop_fn = || stop.load(Ordering::SeqCst);
+        let closed = std::sync::Mutex::new(Vec::new());
+        let on_event = |e: &alike_nbd::serve::ServeEvent| {
+            if let alike_nbd::serve::ServeEvent::Closed { error, .. } = e {
+                closed.lock().unwrap().push(error.clone());
+            }
+        };
+        let mut opts = ServeOptions::new(&stop_fn);
+        opts.tls = Some(&WaitingAcceptor);
+        opts.on_event = Some(&on_event);
+        // Stopping must not wait for the handshake deadline.
+        opts.handshake_timeout = if stop_it { Duration::from_secs(60) } else { Duration::from_millis(300) };
+        std::thread::scope(|sc| {
+            let h = sc.spawn(|| serve(&listener, &cfg, &[&mem], &opts).unwrap());
+            let mut s = starttls(port);
+            let t0 = Instant::now();
+            if stop_it {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::SeqCst);
+                h.join().unwrap();
+            }
+            // The server closes the stalled connection.
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).unwrap(), 0, "the connection was closed");
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+            stop.store(true, Ordering::SeqCst);
+        });
+        let closed = closed.into_inner().unwrap();
+        let want = if stop_it { "stopping" } else { "took longer" };
+        assert!(closed.len() == 1 && closed[0].as_deref().is_some_and(|e| e.contains(want)), "{closed:?}");
+    }
+}

@@ -30,6 +30,8 @@
 mod error;
 mod image;
 mod nbd;
+#[cfg(feature = "tls")]
+mod nbd_tls;
 mod options;
 mod store;
 mod vm;

@@ -50,7 +50,7 @@ use alike_ads::Repository;
 use alike_core::{ChunkId, ChunkLocation, ChunkStore, DiskRecord, ErrorKind, FrameRef, Recover, Window};
 use alike_nbd::proto::{EIO, ESHUTDOWN, STATE_HOLE, STATE_ZERO};
 use alike_nbd::serve::{CommandError, Export, Listener, ServeEvent, ServeOptions};
-use alike_nbd::server::{ExportConfig, Extent as NbdExtent, ServerConfig};
+use alike_nbd::server::{ExportConfig, Extent as NbdExtent, ServerConfig, TlsMode};
 
 use crate::options::{NbdDisks, NbdListen, NbdOptions};
 use crate::store::{Store, Version};
@@ -158,12 +158,27 @@ impl Store {
     /// Options out of range ([`crate::ErrorKind::InvalidArgument`]: a
     /// cache, read-ahead or connection count out of range, a disk the
     /// version lacks, an overlay with several disks); the address or socket
-    /// unusable ([`crate::ErrorKind::Io`]); an overlay that exists (and is not
+    /// unusable ([`crate::ErrorKind::Io`]); TLS files that cannot be read
+    /// ([`crate::ErrorKind::Io`]) or do not serve (no certificate or key in
+    /// them, a key of another certificate: [`crate::ErrorKind::InvalidArgument`]);
+    /// an overlay that exists (and is not
     /// kept), or does not belong to this version's disk; the version gone
     /// ([`crate::ErrorKind::NotFound`]). Failures while serving are sent to
     /// the client as NBD errors and logged, never returned.
     pub fn serve_nbd(&self, version: &Version, opts: &NbdOptions) -> Result<NbdReport> {
         opts.check()?;
+        let tls = opts.tls_settings();
+        #[cfg(feature = "tls")]
+        let acceptor = tls.as_ref().map(crate::nbd_tls::Acceptor::new).transpose()?;
+        #[cfg(not(feature = "tls"))]
+        if tls.is_some() {
+            return Err(Error::InvalidArgument("this build of alike has no TLS (the `tls` feature)".into()));
+        }
+        // With TLS the URIs say so (`nbds://`, `nbds+unix://`).
+        let scheme = |uri: String| match (&tls, uri.strip_prefix("nbd")) {
+            (Some(_), Some(rest)) => format!("nbds{rest}"),
+            _ => uri,
+        };
         let started = std::time::Instant::now();
         let disks: Vec<DiskRecord> = match opts.disks {
             NbdDisks::One(n) => vec![version.disk_record(n)?.clone()],
@@ -222,7 +237,7 @@ impl Store {
                 format!("{} disk {} of version {} ({})", version.vm, d.position, version.short_id(), d.label);
             configs.push(ExportConfig::read_only(name.clone(), d.size).description(description).writable(writable));
             infos.push(NbdExportInfo {
-                uri: listener.export_uri(&name),
+                uri: scheme(listener.export_uri(&name)),
                 name,
                 disk: d.position,
                 size: d.size,
@@ -234,9 +249,20 @@ impl Store {
                 None => &exports[i],
             });
         }
-        let cfg = ServerConfig::new(configs).default_export(single.then_some(0));
-        let listening = NbdListening { uri: listener.uri(), exports: infos };
-        tracing::info!(uri = %listening.uri, version = %version.id, disks = disks.len(), "NBD export listening");
+        let cfg = ServerConfig::new(configs).default_export(single.then_some(0)).tls(if tls.is_some() {
+            TlsMode::Required
+        } else {
+            TlsMode::Off
+        });
+        let listening = NbdListening { uri: scheme(listener.uri()), exports: infos };
+        tracing::info!(
+            uri = %listening.uri,
+            version = %version.id,
+            disks = disks.len(),
+            tls = tls.is_some(),
+            client_certificates = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "NBD export listening"
+        );
 
         let cancel = opts.run.cancel.clone();
         let stop = move || cancel.is_cancelled();
@@ -253,6 +279,10 @@ impl Store {
         let mut so = ServeOptions::new(&stop);
         so.max_connections = opts.max_connections;
         so.on_event = Some(&log);
+        #[cfg(feature = "tls")]
+        if let Some(a) = &acceptor {
+            so.tls = Some(a as &dyn alike_nbd::serve::TlsAcceptor);
+        }
         let workers = crate::options::worker_threads(opts.run.threads).clamp(1, 8);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(PREFETCH_QUEUE);
         let jobs_rx = Mutex::new(jobs_rx);

@@ -13,6 +13,7 @@ mod integration {
     mod maintenance;
     mod matrix;
     mod nbd;
+    mod nbd_tls;
     mod roundtrip;
     mod s3;
     mod schema;

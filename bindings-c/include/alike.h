@@ -119,6 +119,13 @@ typedef enum {
 // A token that cancels the operations it is passed to, from any thread.
 typedef struct alike_cancel alike_cancel;
 
+// Options of an NBD export (`alike_nbd_options_new`, then setters). The
+// defaults: TCP `127.0.0.1:10809`, disk 0, read-only, no TLS.
+typedef struct alike_nbd_options alike_nbd_options;
+
+// A running NBD export (`alike_store_serve_nbd`).
+typedef struct alike_nbd_server alike_nbd_server;
+
 // An open store. Safe to use from several threads at once.
 typedef struct alike_store alike_store;
 
@@ -188,6 +195,101 @@ alike_retry alike_last_error_retry(void);
 // A short, static, NUL-terminated name of a result code ("ALIKE_ERR_IO"…);
 // "ALIKE_UNKNOWN" for a number that is not one.
 const char *alike_result_name(int32_t code);
+
+// New options with the defaults. Free with `alike_nbd_options_free`.
+alike_nbd_options *alike_nbd_options_new(void);
+
+// Frees options (NULL is fine).
+//
+// # Safety
+// `opts` is NULL or from `alike_nbd_options_new`, not yet freed.
+void alike_nbd_options_free(alike_nbd_options *opts);
+
+// Listen on TCP `addr` (`HOST:PORT`, `[V6]:PORT`, a host alone for port
+// 10809; port 0 picks a free one).
+//
+// # Safety
+// `opts` live; `addr` NUL-terminated.
+alike_result alike_nbd_options_set_listen_tcp(alike_nbd_options *opts, const char *addr);
+
+// Listen on a Unix socket at `path`.
+//
+// # Safety
+// `opts` live; `path` NUL-terminated.
+alike_result alike_nbd_options_set_listen_unix(alike_nbd_options *opts, const char *path);
+
+// Serve disk `disk` (from 0) as the default export and as `diskN`.
+//
+// # Safety
+// `opts` live.
+alike_result alike_nbd_options_set_disk(alike_nbd_options *opts, uint32_t disk);
+
+// Serve every disk, disk N as the export `diskN` (no default export).
+//
+// # Safety
+// `opts` live.
+alike_result alike_nbd_options_set_all_disks(alike_nbd_options *opts);
+
+// Require TLS (URIs become `nbds://`): the server's certificate chain and
+// private key, PEM files read when the export starts (the key is never
+// logged). `client_ca` (NULL = none): clients must present a certificate
+// this CA signed.
+//
+// # Safety
+// `opts` live; `cert`, `key` NUL-terminated; `client_ca` NUL-terminated or NULL.
+alike_result alike_nbd_options_set_tls(alike_nbd_options *opts,
+                                       const char *cert,
+                                       const char *key,
+                                       const char *client_ca);
+
+// Starts serving `version` over NBD on a thread of its own and returns once
+// it listens (`*out`: the server; stop and free it with
+// `alike_nbd_server_free`). `opts` NULL = the defaults. Errors before it
+// listens (a disk the version lacks, an address in use, unusable TLS
+// files) are returned here; errors while serving go to the clients.
+//
+// # Safety
+// `store`, `version` live; `opts` NULL or live; `out` writable.
+alike_result alike_store_serve_nbd(const alike_store *store,
+                                   const alike_version *version,
+                                   const alike_nbd_options *opts,
+                                   alike_nbd_server **out);
+
+// Where the server listens, without an export name (`nbd://127.0.0.1:PORT`,
+// `nbds://…` with TLS, `nbd+unix://?socket=…`); valid as long as `server`.
+//
+// # Safety
+// `server` is a live server.
+const char *alike_nbd_server_uri(const alike_nbd_server *server);
+
+// Where the server listens and its exports, as JSON (`uri`, `exports`:
+// `name`, `uri`, `disk`, `size`, `writable`, `default`); valid as long as `server`.
+//
+// # Safety
+// `server` is a live server.
+const char *alike_nbd_server_listening_json(const alike_nbd_server *server);
+
+// Stops serving (each connection after the request it serves) and waits
+// for the server's thread; again: nothing more to do. The session's
+// report is then `alike_nbd_server_report_json`.
+//
+// # Safety
+// `server` is a live server, not used by another thread during the call.
+alike_result alike_nbd_server_stop(alike_nbd_server *server);
+
+// The report of a stopped server as JSON (`connections`, `requests`,
+// `bytes_read`, `store_bytes_read`, …), or NULL while it runs; valid as
+// long as `server`.
+//
+// # Safety
+// `server` is a live server.
+const char *alike_nbd_server_report_json(const alike_nbd_server *server);
+
+// Stops the server if it runs and frees it (NULL is fine).
+//
+// # Safety
+// `server` is NULL or from `alike_store_serve_nbd`, not yet freed.
+void alike_nbd_server_free(alike_nbd_server *server);
 
 // A new set of options with the defaults: encryption on, Argon2id with
 // the default cost, the cache in the user's cache folder.

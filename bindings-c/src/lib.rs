@@ -15,10 +15,12 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+mod nbd;
 mod options;
 mod store;
 mod version;
 
+pub use nbd::*;
 pub use options::*;
 pub use store::*;
 pub use version::*;

@@ -12,7 +12,8 @@ use crate::{FfiResult, alike_result, arg_str, guard, invalid, need, opt_str, put
 
 /// An open store. Safe to use from several threads at once.
 pub struct alike_store {
-    inner: alike::Store,
+    /// Shared with the NBD servers it starts (they may outlive the handle).
+    pub(crate) inner: std::sync::Arc<alike::Store>,
 }
 
 /// Figures about a store.
@@ -64,7 +65,7 @@ unsafe fn builder(opts: *const alike_store_options, passphrase: *const c_char) -
 /// `store` NULL or live.
 unsafe fn store<'a>(store: *const alike_store) -> FfiResult<&'a alike::Store> {
     // SAFETY: NULL or live by contract.
-    unsafe { store.as_ref() }.map(|s| &s.inner).ok_or_else(|| invalid("store is NULL"))
+    unsafe { store.as_ref() }.map(|s| &*s.inner).ok_or_else(|| invalid("store is NULL"))
 }
 
 /// Creates a store at `path` — a folder that must not hold one, or a URL
@@ -84,7 +85,7 @@ pub unsafe extern "C" fn alike_store_create(
         need(out, "out")?;
         let path = arg_str(path, "path")?;
         let s = builder(opts, passphrase)?.create_at(path)?;
-        put(out, Box::into_raw(Box::new(alike_store { inner: s })), "out")
+        put(out, Box::into_raw(Box::new(alike_store { inner: std::sync::Arc::new(s) })), "out")
     })
 }
 
@@ -103,7 +104,7 @@ pub unsafe extern "C" fn alike_store_open(
         need(out, "out")?;
         let path = arg_str(path, "path")?;
         let s = builder(opts, passphrase)?.open_at(path)?;
-        put(out, Box::into_raw(Box::new(alike_store { inner: s })), "out")
+        put(out, Box::into_raw(Box::new(alike_store { inner: std::sync::Arc::new(s) })), "out")
     })
 }
 
@@ -451,7 +452,7 @@ pub unsafe extern "C" fn alike_store_vault(
 ) -> alike_result {
     guard(|| unsafe {
         let s = self::store(store)?;
-        let v = vault.as_ref().map(|v| &v.inner).ok_or_else(|| invalid("vault is NULL"))?;
+        let v = vault.as_ref().map(|v| &*v.inner).ok_or_else(|| invalid("vault is NULL"))?;
         let run = Run::new(progress, user_data, cancel);
         let mut o = with_run!(VaultOptions::default(), run);
         if let Some(vm) = opt_str(vm, "vm")? {

@@ -220,8 +220,9 @@ impl NativeStore {
     /// Serves version `spec` over NBD on a thread until the returned
     /// server's `stop()`: one disk (`disk`) or every disk (`all_disks`), on
     /// TCP `listen` or a Unix `socket`, read-only or writable through
-    /// `writable_overlay`.
-    #[pyo3(signature = (spec, vm=None, disk=0, all_disks=false, listen=None, socket=None, writable_overlay=None, keep_overlay=false, cache_size=None, readahead=None, connections=None, threads=0))]
+    /// `writable_overlay`; TLS required with `tls_cert` and `tls_key` (PEM
+    /// files), client certificates with `tls_client_ca`.
+    #[pyo3(signature = (spec, vm=None, disk=0, all_disks=false, listen=None, socket=None, writable_overlay=None, keep_overlay=false, cache_size=None, readahead=None, connections=None, threads=0, tls_cert=None, tls_key=None, tls_client_ca=None))]
     #[allow(clippy::too_many_arguments)]
     fn serve_nbd(
         &self,
@@ -238,6 +239,9 @@ impl NativeStore {
         readahead: Option<u64>,
         connections: Option<usize>,
         threads: usize,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_client_ca: Option<PathBuf>,
     ) -> PyResult<crate::nbd::NativeNbdServer> {
         let s = self.store()?;
         let mut o = alike::NbdOptions::default().threads(threads).keep_overlay(keep_overlay);
@@ -259,6 +263,16 @@ impl NativeStore {
         }
         if let Some(n) = connections {
             o = o.max_connections(n);
+        }
+        match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => o = o.tls(c, k),
+            (None, None) => {}
+            _ => {
+                return Err(errors::to_py(alike::Error::InvalidArgument("TLS needs both tls_cert and tls_key".into())));
+            }
+        }
+        if let Some(ca) = tls_client_ca {
+            o = o.tls_client_ca(ca);
         }
         crate::nbd::NativeNbdServer::start(py, s, spec, vm, o)
     }

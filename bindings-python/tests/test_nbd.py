@@ -50,3 +50,38 @@ def test_serve_nbd_errors_come_before_it_listens(tmp: Path, store: alike.Store) 
     (tmp / "taken").write_text("x")
     with pytest.raises(alike.IoError):
         store.serve_nbd(v, socket=tmp / "taken")
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_serve_nbd_over_tls(tmp: Path, store: alike.Store) -> None:
+    need("nbdinfo")
+    need("openssl")
+    write_image(tmp / "d.img", 2 << 20, 8)
+    v = store.backup(vm="web", disks=[tmp / "d.img"]).version
+    # A CA, and a certificate it signs for 127.0.0.1.
+    creds = tmp / "creds"
+    creds.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", str(tmp / "ca-key.pem"), "-out", str(creds / "ca-cert.pem"),
+            "-subj", "/CN=alike test CA", "-days", "2",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", *ec, "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "req.csr"), "-subj", "/CN=127.0.0.1")
+    (tmp / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", str(tmp / "req.csr"), "-CA", str(creds / "ca-cert.pem"),
+            "-CAkey", str(tmp / "ca-key.pem"), "-CAcreateserial", "-out", str(tmp / "cert.pem"),
+            "-days", "2", "-extfile", str(tmp / "ext.cnf"))
+    with store.serve_nbd(v, listen="127.0.0.1:0", tls_cert=tmp / "cert.pem", tls_key=tmp / "key.pem") as srv:
+        assert srv.uri.startswith("nbds://127.0.0.1:")
+        (e,) = srv.exports
+        out = subprocess.run(["nbdinfo", "--size", f"{e.uri}?tls-certificates={creds}"],
+                             check=True, capture_output=True, text=True)
+        assert out.stdout.strip() == str(2 << 20)
+        plain = e.uri.replace("nbds://", "nbd://", 1)
+        assert subprocess.run(["nbdinfo", "--size", plain], capture_output=True).returncode != 0
+    with pytest.raises(alike.InvalidArgument, match="tls_cert and tls_key"):
+        store.serve_nbd(v, listen="127.0.0.1:0", tls_cert=tmp / "cert.pem")
+    with pytest.raises(alike.InvalidArgument, match="no PEM private key"):
+        store.serve_nbd(v, listen="127.0.0.1:0", tls_cert=tmp / "cert.pem", tls_key=tmp / "cert.pem")

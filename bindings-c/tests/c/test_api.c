@@ -4,10 +4,15 @@
  * and from a token, maintenance calls. Run by scripts/test-c.sh (also under
  * valgrind). Usage: test_api WORK_DIR [XAPI_URL of an alike-xapi-sim --demo]
  */
+#define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
 #include <assert.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "alike.h"
 
@@ -65,6 +70,29 @@ static alike_store_options *test_opts(const char *cache) {
     CHECK(alike_store_options_set_cache_dir(o, path(cache)) == ALIKE_OK);
     CHECK(alike_store_options_set_insecure_fast_kdf(o) == ALIKE_OK);
     return o;
+}
+
+/* Connects to an `nbd://127.0.0.1:PORT` URI and reads the server's first 8 bytes. */
+static int nbd_greets(const char *uri) {
+    const char *port = strrchr(uri, ':');
+    CHECK(port != NULL);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)atoi(port + 1));
+    CHECK(inet_pton(AF_INET, "127.0.0.1", &a.sin_addr) == 1);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    char magic[8];
+    size_t got = 0;
+    while (got < sizeof magic) {
+        ssize_t n = read(fd, magic + got, sizeof magic - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(fd);
+    return got == sizeof magic && memcmp(magic, "NBDMAGIC", 8) == 0;
 }
 
 static int calls = 0;
@@ -197,6 +225,48 @@ int main(int argc, char **argv) {
     char hv_id[65];
     snprintf(hv_id, sizeof hv_id, "%s", alike_version_id(from_vhdx));
     alike_version_free(from_vhdx);
+    /* NBD export: started on a free port, read by a client, stopped with its report. */
+    {
+        alike_nbd_options *no = alike_nbd_options_new();
+        CHECK(alike_nbd_options_set_listen_tcp(no, "127.0.0.1:0") == ALIKE_OK);
+        CHECK(alike_nbd_options_set_listen_tcp(no, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+        alike_nbd_server *srv = NULL;
+        CHECK(alike_store_serve_nbd(s, found, no, NULL) == ALIKE_ERR_INVALID_ARGUMENT);
+        CHECK(alike_store_serve_nbd(s, found, no, &srv) == ALIKE_OK && srv != NULL);
+        const char *uri = alike_nbd_server_uri(srv);
+        CHECK(strncmp(uri, "nbd://127.0.0.1:", 16) == 0);
+        CHECK(strstr(alike_nbd_server_listening_json(srv), "/disk0\"") != NULL);
+        CHECK(alike_nbd_server_report_json(srv) == NULL);
+        CHECK(nbd_greets(uri));
+        if (system("command -v nbdcopy >/dev/null 2>&1") == 0) {
+            char cmd[4096];
+            snprintf(cmd, sizeof cmd, "nbdcopy '%s/disk0' '%s'", uri, path("nbd.out"));
+            CHECK(system(cmd) == 0);
+            CHECK(files_equal(path("a.img"), path("nbd.out")));
+        }
+        CHECK(alike_nbd_server_stop(srv) == ALIKE_OK);
+        CHECK(alike_nbd_server_stop(srv) == ALIKE_OK);
+        CHECK(strstr(alike_nbd_server_report_json(srv), "\"connections\":") != NULL);
+        alike_nbd_server_free(srv);
+        /* A disk the version lacks, unusable TLS files: refused before listening. */
+        srv = NULL;
+        CHECK(alike_nbd_options_set_disk(no, 7) == ALIKE_OK);
+        CHECK(alike_store_serve_nbd(s, found, no, &srv) != ALIKE_OK && srv == NULL);
+        CHECK(strstr(alike_last_error_message(), "7") != NULL);
+        CHECK(alike_nbd_options_set_disk(no, 0) == ALIKE_OK);
+        CHECK(alike_nbd_options_set_tls(no, path("no-cert.pem"), path("no-key.pem"), NULL) == ALIKE_OK);
+        CHECK(alike_store_serve_nbd(s, found, no, &srv) == ALIKE_ERR_IO && srv == NULL);
+        CHECK(strstr(alike_last_error_message(), "no-cert.pem") != NULL);
+        /* Freeing a running server stops it. */
+        alike_nbd_options *plain = alike_nbd_options_new();
+        CHECK(alike_nbd_options_set_listen_tcp(plain, "127.0.0.1:0") == ALIKE_OK);
+        CHECK(alike_store_serve_nbd(s, found, plain, &srv) == ALIKE_OK);
+        alike_nbd_server_free(srv);
+        alike_nbd_server_free(NULL);
+        alike_nbd_options_free(plain);
+        alike_nbd_options_free(no);
+    }
+
     /* A file that claims to be VHDX but is not is refused as a bad image. */
     FILE *fake = fopen(path("fake.vhdx"), "wb");
     CHECK(fake != NULL);

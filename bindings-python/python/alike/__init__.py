@@ -855,6 +855,9 @@ class Store:
         readahead: _Optional[int] = None,
         connections: _Optional[int] = None,
         threads: int = 0,
+        tls_cert: _Optional[PathLike] = None,
+        tls_key: _Optional[PathLike] = None,
+        tls_client_ca: _Optional[PathLike] = None,
     ) -> NbdServer:
         """Serves ``version`` over NBD until the returned server's
         :meth:`NbdServer.stop`: disk ``disk`` (also the default export) or
@@ -862,7 +865,10 @@ class Store:
         (``"HOST:PORT"``, default ``"127.0.0.1:10809"``; port 0: a free one)
         or a Unix ``socket``; read-only, or writable through a copy-on-write
         ``writable_overlay`` file (deleted at the end unless ``keep_overlay``).
-        ``cache_size`` and ``readahead`` are bytes. Returns once it listens."""
+        ``cache_size`` and ``readahead`` are bytes. With ``tls_cert`` and
+        ``tls_key`` (PEM files) every client must use TLS (``nbds://``);
+        with ``tls_client_ca`` too, only clients with a certificate that CA
+        signed get in. Returns once it listens."""
         return NbdServer(
             self._n.serve_nbd(
                 _spec(version),
@@ -877,5 +883,8 @@ class Store:
                 readahead,
                 connections,
                 threads,
+                None if tls_cert is None else _os.fspath(tls_cert),
+                None if tls_key is None else _os.fspath(tls_key),
+                None if tls_client_ca is None else _os.fspath(tls_client_ca),
             )
         )

@@ -183,6 +183,9 @@ class NativeStore:
         readahead: Optional[int] = None,
         connections: Optional[int] = None,
         threads: int = 0,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_client_ca: Optional[str] = None,
     ) -> NativeNbdServer: ...
 
 @final
