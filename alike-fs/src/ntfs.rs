@@ -40,12 +40,18 @@
 //! The `ntfs` crate validates most sizes, but it indexes record bytes
 //! without a bounds check in a few places (fields of a non-resident
 //! attribute header too short to hold them), and its B-tree iterator follows
-//! subnode pointers without noticing a loop. So this module (1) re-reads every
-//! MFT record the crate hands over and checks each attribute header's
-//! lengths and offsets before the crate looks past the first 16 bytes,
-//! (2) walks index B-trees itself, and (3) gives every operation a budget of
-//! bytes it may read through the crate (a loop in the crate ends in
-//! [`FsError::Limit`]). Run lists, attribute lists and directories have
+//! subnode pointers without noticing a loop; its index entry iterator
+//! indexes entry bytes unchecked (found by the `ntfs` fuzz target); and an
+//! I/O error inside a structure it reads with binrw (boot sector, attribute
+//! list entries) reaches an `unreachable!` in its error conversion, so a
+//! damaged block under a non-resident attribute list was a panic. So this
+//! module (1) re-reads every MFT record the crate hands over and checks each
+//! attribute header's lengths and offsets before the crate looks past the
+//! first 16 bytes, (2) walks index B-trees and parses index nodes itself,
+//! (3) reads and checks attribute lists itself and serves them (and the
+//! boot sector) to the crate from memory, never lets it read a non-resident
+//! `$FILE_NAME`, and (4) gives every operation a budget of bytes it may read
+//! through the crate (a loop in the crate ends in [`FsError::Limit`]). Run lists, attribute lists and directories have
 //! fixed caps; compressed data is decoded into buffers of the unit's or the
 //! chunk's size, never of a size read from the image.
 //!
@@ -115,6 +121,9 @@ pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Option<Arc<dyn FileSystem>>> {
     }
     let mut cur = DevReader::new(dev.clone());
     cur.budget = META_BUDGET;
+    // The crate reads the boot sector with binrw: from memory, so no I/O
+    // error can reach its conversion (see attribute_list_bytes).
+    cur.pins.push((0, boot.to_vec()));
     let vol = ntfs::Ntfs::new(&mut cur).map_err(|e| cur.fail("boot sector", e))?;
     let cluster = u64::from(vol.cluster_size());
     let record_size = vol.file_record_size();
@@ -125,9 +134,13 @@ pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Option<Arc<dyn FileSystem>>> {
     // before the crate reads past any attribute header in it.
     let mft_pos = vol.mft_position().value().map(|p| p.get()).ok_or_else(|| corrupt("no $MFT position".into()))?;
     validate_record(&dev, mft_pos, record_size as usize).map_err(|e| corrupt(format!("MFT record 0: {e}")))?;
-    let label = match vol.volume_name(&mut cur) {
-        Some(Ok(name)) => Some(name.name().to_string_lossy()).filter(|s| !s.is_empty()),
-        _ => None,
+    // $Volume (record 3), checked before the crate reads its name.
+    let label = match open_record(&vol, &mut cur, &dev, 3) {
+        Ok(_) => match vol.volume_name(&mut cur) {
+            Some(Ok(name)) => Some(name.name().to_string_lossy()).filter(|s| !s.is_empty()),
+            _ => None,
+        },
+        Err(_) => None,
     };
     let fs = NtfsFs { dev, cluster, label, state: Mutex::new(State { vol, cur, cache: HashMap::new() }) };
     let root = fs.node(ROOT)?;
@@ -416,10 +429,17 @@ fn open_record<'n>(
         return Err(FsError::NotFound(format!("MFT record {rec} is not in use")));
     }
     let mut raw = Raw { recs: vec![base] };
+    cur.pins.clear();
     let list =
         file.attributes_raw().filter_map(|a| a.ok()).find(|a| matches!(a.ty(), Ok(NtfsAttributeType::AttributeList)));
     if let Some(list) = list {
         let ctx = format!("MFT record {rec}: $ATTRIBUTE_LIST");
+        // The crate parses list entries with binrw, which panics on an I/O
+        // error inside an entry (its error conversion calls unreachable!).
+        // So the list's bytes are read and checked here first, and a
+        // non-resident list is served to the crate from memory.
+        let bytes = attribute_list_bytes(cur, dev, &raw, &list).map_err(|e| e.in_ctx(&ctx))?;
+        check_attribute_list(&bytes).map_err(|e| corrupt(format!("{ctx}: {e}")))?;
         let list = list.structured_value::<_, NtfsAttributeList>(cur).map_err(|e| cur.fail(&ctx, e))?;
         let mut entries = list.entries();
         let mut seen = HashSet::from([rec]);
@@ -439,6 +459,74 @@ fn open_record<'n>(
         }
     }
     Ok((file, raw))
+}
+
+/// Largest attribute list read (a real one holds a few thousand entries).
+const MAX_LIST_BYTES: u64 = 4 << 20;
+
+/// The value of an $ATTRIBUTE_LIST: from the record when resident; else
+/// read through its runs, and pinned in `cur` so that the crate reads the
+/// same bytes from memory.
+fn attribute_list_bytes(
+    cur: &mut DevReader,
+    dev: &Arc<dyn BlockDevice>,
+    raw: &Raw,
+    a: &NtfsAttribute<'_, '_>,
+) -> Result<Vec<u8>> {
+    let pos = a.position().value().map(|p| p.get()).ok_or_else(|| corrupt("attribute without a position".into()))?;
+    let h = raw.at(pos).ok_or_else(|| corrupt("attribute outside its record".into()))?;
+    if a.is_resident() {
+        // Offsets checked by validate_record.
+        let len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize;
+        let off = usize::from(u16::from_le_bytes([h[20], h[21]]));
+        return h.get(off..off + len).map(<[u8]>::to_vec).ok_or_else(|| corrupt("value outside the record".into()));
+    }
+    let len = a.value_length();
+    if len > MAX_LIST_BYTES {
+        return Err(FsError::Limit(format!("a {len}-byte attribute list (at most {MAX_LIST_BYTES})")));
+    }
+    let runs = match a.value(cur).map_err(|e| cur.fail("runs", e))? {
+        NtfsAttributeValue::NonResident(v) => v.data_runs(),
+        _ => return Err(corrupt("a non-resident attribute without runs".into())),
+    };
+    let mut out = Vec::with_capacity(len as usize);
+    for r in runs {
+        let r = r.map_err(|e| corrupt(format!("data run: {e}")))?;
+        if out.len() as u64 >= len {
+            break;
+        }
+        let n = r.allocated_size().min(len - out.len() as u64) as usize;
+        let start = out.len();
+        out.resize(start + n, 0);
+        if let Some(p) = r.data_position().value() {
+            dev.read_exact_at(p.get(), &mut out[start..])?;
+            cur.pins.push((p.get(), out[start..].to_vec()));
+        }
+    }
+    if (out.len() as u64) < len {
+        return Err(corrupt(format!("runs hold {} of its {len} bytes", out.len())));
+    }
+    Ok(out)
+}
+
+/// Checks that an attribute list is whole entries, each at least a header
+/// long and holding its name.
+fn check_attribute_list(b: &[u8]) -> std::result::Result<(), String> {
+    let mut at = 0usize;
+    while at < b.len() {
+        let e = &b[at..];
+        if e.len() < 26 {
+            return Err(format!("entry at {at} cut off"));
+        }
+        let len = usize::from(u16::from_le_bytes([e[4], e[5]]));
+        let name_len = usize::from(e[6]);
+        let name_off = usize::from(e[7]);
+        if len < 26 || len > e.len() || (name_len > 0 && name_off.max(26) + 2 * name_len > len) {
+            return Err(format!("entry at {at}: length {len}"));
+        }
+        at += len;
+    }
+    Ok(())
 }
 
 fn check_file(dev: &Arc<dyn BlockDevice>, file: &NtfsFile<'_>) -> std::result::Result<(u64, Vec<u8>), String> {
@@ -734,6 +822,11 @@ fn parse_node(
                 file_attributes = si.file_attributes().bits();
             }
             NtfsAttributeType::FileName => {
+                // Resident only: the crate would read a non-resident one from
+                // the device with binrw (see attribute_list_bytes).
+                if !a.is_resident() {
+                    return Err(corrupt(ctx("a non-resident $FILE_NAME")));
+                }
                 let fname = a.structured_value::<_, NtfsFileName>(cur).map_err(|e| cur.fail(&ctx("$FILE_NAME"), e))?;
                 if fname.namespace() != NtfsFileNamespace::Dos {
                     names += 1;
@@ -1319,13 +1412,16 @@ struct DevReader {
     err: Option<FsError>,
     win: Vec<u8>,
     win_off: u64,
+    /// Bytes read ahead and served from memory: what the crate parses with
+    /// binrw (an I/O error there would be a panic in the crate).
+    pins: Vec<(u64, Vec<u8>)>,
 }
 
 const WINDOW: u64 = 64 << 10;
 
 impl DevReader {
     fn new(dev: Arc<dyn BlockDevice>) -> DevReader {
-        DevReader { dev, pos: 0, budget: 0, err: None, win: Vec::new(), win_off: 0 }
+        DevReader { dev, pos: 0, budget: 0, err: None, win: Vec::new(), win_off: 0, pins: Vec::new() }
     }
 
     /// The error for a failed crate call: the device's own when there was one.
@@ -1340,6 +1436,14 @@ impl DevReader {
 
 impl Read for DevReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let pos = self.pos;
+        if let Some((start, b)) = self.pins.iter().find(|(start, b)| pos >= *start && pos - start < b.len() as u64) {
+            let at = (pos - start) as usize;
+            let n = (b.len() - at).min(buf.len());
+            buf[..n].copy_from_slice(&b[at..at + n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
         let size = self.dev.size();
         if self.pos >= size || buf.is_empty() {
             return Ok(0);

@@ -265,3 +265,68 @@ fn seeds() -> Option<Vec<(&'static str, String, Vec<u8>)>> {
     out.sort();
     Some(out)
 }
+
+/// A device whose reads fail in one byte range: a block the store could
+/// not deliver.
+struct Damaged {
+    inner: Vec<u8>,
+    bad: std::ops::Range<u64>,
+}
+
+impl BlockDevice for Damaged {
+    fn size(&self) -> u64 {
+        self.inner.len() as u64
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> alike_fs::Result<()> {
+        let end = offset + buf.len() as u64;
+        if offset < self.bad.end && end > self.bad.start {
+            return Err(FsError::Device {
+                device: "test".into(),
+                offset,
+                len: buf.len() as u64,
+                message: "damaged block".into(),
+            });
+        }
+        let src = self.inner.get(offset as usize..end as usize).ok_or(FsError::OutOfRange {
+            device: "test".into(),
+            offset,
+            len: buf.len() as u64,
+            size: self.size(),
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+#[test]
+fn ntfs_a_damaged_block_fails_only_the_file_it_holds() {
+    let Some(fx) = crate::ntfs::fixture() else { return };
+    let img = std::fs::read(&fx.img).unwrap();
+    let fs = alike_fs::ntfs::open(mem(img.clone())).unwrap().unwrap();
+    let comp = fs.read_dir(fs.root()).unwrap().into_iter().find(|e| e.name == b"comp").unwrap().meta.id;
+    let entries = fs.read_dir(comp).unwrap();
+    let id = |name: &str| entries.iter().find(|e| e.name == name.as_bytes()).unwrap().meta.id;
+    let (big, tiny) = (id("text16m"), id("tiny"));
+    drop(fs);
+    // text16m's attribute list is non-resident (make-ntfs.sh checks it has
+    // one; ntfs-3g writes it to a cluster): its first run's cluster.
+    let (cluster, _, _) = crate::ntfs::geometry(&img);
+    let a = crate::ntfs::attribute_at(&img, big.0, 0x20);
+    assert_ne!(img[a + 8], 0, "the attribute list is non-resident");
+    let runs = a + u16::from_le_bytes([img[a + 0x20], img[a + 0x21]]) as usize;
+    let h = img[runs];
+    let (len_bytes, off_bytes) = ((h & 0x0f) as usize, (h >> 4) as usize);
+    let mut lcn = [0u8; 8];
+    lcn[..off_bytes].copy_from_slice(&img[runs + 1 + len_bytes..runs + 1 + len_bytes + off_bytes]);
+    let pos = u64::from_le_bytes(lcn) * cluster;
+
+    let dev: Arc<dyn BlockDevice> = Arc::new(Damaged { inner: img, bad: pos..pos + 512 });
+    let fs = within(30, "opening with a damaged block", move || alike_fs::ntfs::open(dev).unwrap().unwrap());
+    let entries = fs.read_dir(comp).unwrap();
+    let m = &entries.iter().find(|e| e.name == b"text16m").unwrap().meta;
+    assert!(m.unreadable.as_deref().unwrap().contains("damaged block"), "{:?}", m.unreadable);
+    let mut buf = vec![0u8; 64];
+    assert!(matches!(fs.read_at(big, 0, &mut buf), Err(FsError::Device { .. })));
+    assert_eq!(fs.read_at(tiny, 0, &mut buf).unwrap(), 10);
+}
