@@ -86,6 +86,13 @@ tools=(
     gcc:gcc                # the C example and C API tests
     valgrind:valgrind      # ... run under memcheck
     pkg-config:pkg-config  # the installed C library is found through alike.pc
+    mkntfs:ntfs-3g         # alike-fs NTFS tests: the image is made by mkntfs, ntfscp and ntfs-3g (FUSE)
+    ntfscp:ntfs-3g
+    ntfs-3g:ntfs-3g
+    setfattr:attr          # ... compressed directories, reparse points, DOS names through ntfs-3g
+    wimlib-imagex:wimtools # ... libwim compresses the CompactOS (WOF) chunks
+    mkfs.vfat:dosfstools   # alike-fs FAT tests
+    mcopy:mtools
     restic:restic          # the performance harness's smoke run compares against them
     borg:borgbackup
     smbd:samba             # the Hyper-V simulator serves its host's share with a private smbd
@@ -189,6 +196,10 @@ step "fuzz" "a short run of every target: cargo-fuzz, nightly, libFuzzer with AS
 # same bodies also run on stable as mutation smoke tests inside cargo test.
 # Longer runs: cd fuzz && cargo +nightly fuzz run <target> -- -max_total_time=600
 if [ -n "$fuzz" ]; then
+    # Filesystem targets start from small real images (random bytes are never NTFS).
+    if [ ! -d fuzz/corpus/ntfs ] || [ ! -d fuzz/corpus/fat ]; then
+        FS_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q --locked -p alike-fs --test ntfs_fat fuzz_seeds >/dev/null
+    fi
     # One build of every target, then each runs from it.
     (cd fuzz && cargo +nightly fuzz build)
     # Seeds for `fs`: an ext4 image (inline data, a symlink) alone and behind
@@ -205,7 +216,9 @@ if [ -n "$fuzz" ]; then
     fi
     for t in $(cargo fuzz list --fuzz-dir fuzz); do
         log="$(mktemp)"
-        if ! (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=2048) >"$log" 2>&1; then
+        # Filesystem seeds are whole volumes of a few MiB (libFuzzer's guess caps inputs at 1 MiB).
+        case "$t" in ntfs | fat) max_len=(-max_len=4194304) ;; *) max_len=() ;; esac
+        if ! (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=2048 "${max_len[@]}") >"$log" 2>&1; then
             tail -40 "$log"
             echo "fuzz target $t failed (crash input under fuzz/artifacts/$t/)"
             exit 1

@@ -42,7 +42,11 @@ use std::path::Path;
 
 pub mod ext;
 pub mod extract;
+pub mod fat;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod lvm;
+pub mod ntfs;
 pub mod part;
 pub mod scan;
 

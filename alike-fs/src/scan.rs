@@ -154,10 +154,9 @@ pub enum Selector {
 /// The first reader that recognises the device but fails to open it.
 pub fn open_filesystem(dev: Arc<dyn BlockDevice>) -> Result<Option<Arc<dyn FileSystem>>> {
     type Probe = fn(Arc<dyn BlockDevice>) -> Result<Option<Arc<dyn FileSystem>>>;
-    // ---- The probing order: readers plug in here. ----
-    // NTFS and FAT come from branch i15-ntfs-fat (`crate::ntfs::open`,
-    // `crate::fat::open`): add them after ext, in that order.
-    const PROBES: &[Probe] = &[crate::ext::open];
+    // The probing order, in one place. ext and NTFS have magic numbers at
+    // fixed offsets; FAT's boot sector is the least distinctive, so last.
+    const PROBES: &[Probe] = &[crate::ext::open, crate::ntfs::open, crate::fat::open];
     for probe in PROBES {
         if let Some(fs) = probe(dev.clone())? {
             return Ok(Some(fs));
