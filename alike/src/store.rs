@@ -962,7 +962,7 @@ impl Store {
             .iter()
             .map(|d| {
                 alike_core::VersionSource::new(
-                    &self.repo,
+                    &*self.repo,
                     self.repo.keys(),
                     self.id(),
                     &version.id,
