@@ -6,10 +6,10 @@
 mod alloc;
 mod commands;
 mod common;
+mod files;
 mod hyperv;
 mod remote;
 mod replicate;
-mod files;
 mod xen;
 
 use std::path::PathBuf;
