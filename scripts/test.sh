@@ -73,6 +73,8 @@ tools=(
     qemu-io:qemu-utils     # NBD export tests: writes through the overlay
     nbdinfo:libnbd-bin     # NBD export tests: --map shows the holes
     nbdcopy:libnbd-bin     # ... and a multi-connection copy
+    nbdfuse:libnbd-bin     # ... and the export as a file through FUSE
+    fusermount3:fuse3      # ... unmounted again
     mkfs.ext4:e2fsprogs    # real ext4 fixtures (tests, quickstart)
     debugfs:e2fsprogs
     e2fsck:e2fsprogs       # file restore: the oracle of journal replay, htree directories

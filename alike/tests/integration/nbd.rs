@@ -1,5 +1,6 @@
 //! NBD export of a version (`Store::serve_nbd`), proven by clients nobody
-//! here wrote: qemu-img (convert, compare, qemu-io), nbdinfo (--map), nbdcopy;
+//! here wrote: qemu-img (convert, compare, qemu-io), nbdinfo (--map), nbdcopy,
+//! nbdfuse (through the kernel's FUSE);
 //! two clients at once; a writable overlay; GC while an export runs. Each
 //! for a store of either chunking.
 
@@ -359,4 +360,48 @@ fn an_export_follows_chunks_that_gc_repacked_under_it() {
         compare();
     });
     r.unwrap();
+}
+
+/// nbdfuse (libnbd's FUSE client) shows the export as a file in a
+/// directory: the kernel reads it through FUSE, by whatever sizes and
+/// offsets it likes, and the file equals the disk. Needs /dev/fuse (root
+/// here, and in CI).
+#[test]
+fn nbdfuse_shows_the_export_as_a_file_equal_to_the_disk() {
+    if !tools(&["nbdfuse", "fusermount3"]) {
+        return;
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
+        alike_testing::skip("/dev/fuse cannot be opened here (FUSE needs it)");
+        return;
+    }
+    let env = Env::new();
+    let store = env.create_with(true, Chunking::default());
+    let img = env.path("disk.img");
+    let data = image(&img, 23);
+    let v = store.backup_images("vm", &[&img], &Default::default()).unwrap().version;
+    let (_, report) = serving(&store, &v, local(&store), |l| {
+        let mnt = env.path("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let pid = env.path("nbdfuse.pid");
+        let mut child =
+            Command::new("nbdfuse").args(["-r", "-P"]).arg(&pid).arg(&mnt).arg(&l.exports[0].uri).spawn().unwrap();
+        // The pid file appears once the mount is ready.
+        let t0 = std::time::Instant::now();
+        while !pid.exists() {
+            if let Some(s) = child.try_wait().unwrap() {
+                panic!("nbdfuse exited before mounting: {s}");
+            }
+            assert!(t0.elapsed() < std::time::Duration::from_secs(30), "nbdfuse never mounted");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let read = std::fs::read(mnt.join("nbd"));
+        let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+        let _ = child.wait();
+        let read = read.expect("the export's file in the nbdfuse mount");
+        assert!(read.len() == data.len() && read == data, "nbdfuse: the file differs from the disk");
+    });
+    let report = report.unwrap();
+    // Holes travel as holes: the data regions were read, at least.
+    assert!(report.connections >= 1 && report.bytes_read >= DATA.iter().map(|d| d.1).sum::<u64>(), "{report:?}");
 }
