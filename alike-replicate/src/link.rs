@@ -68,6 +68,13 @@ pub fn replicate_local(
         let started = Instant::now();
         let (mut sent, mut received) = (None, None);
         loop {
+            // Cancellation ends the run here too, not only in the sender's
+            // reader: once every chunk is read and queued, the link (held to
+            // its rate) is where a run spends its time. Never once the
+            // receiver has committed: a committed point is reported.
+            if received.is_none() {
+                sender.run.cancel.check()?;
+            }
             if let Some(rate) = link.bwlimit.filter(|r| *r > 0) {
                 // Hold the sender's direction to the rate.
                 let due = Duration::from_secs_f64(to_r.carried() as f64 / rate as f64);
