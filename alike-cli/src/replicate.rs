@@ -28,6 +28,10 @@ pub(crate) struct ReplicateArgs {
     /// The VM's disks, in order (raw images, block devices, VHD, VHDX/AVHDX):
     /// this process reads them (the sending end).
     disks: Vec<PathBuf>,
+    /// How a new replica cuts disks (`cdc:MIN/AVG/MAX` in KiB, `fixed:KIB`;
+    /// default cdc:16/32/64); both ends of two processes must say the same.
+    #[arg(long, value_name = "SPEC")]
+    chunking: Option<String>,
     /// After the commit keep only the newest N points.
     #[arg(long, value_name = "N")]
     keep: Option<usize>,
@@ -172,7 +176,10 @@ pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
     if a.state_dir.is_some() || a.secret_file.is_some() || a.job_id.is_some() {
         bail!("--state-dir, --secret-file and --job-id are for one end of two processes (--listen/--connect)");
     }
-    let replica = Replica::open_or_create(dir, &vm)?;
+    let replica = match &a.chunking {
+        Some(c) => Replica::open_or_create_with(dir, &vm, c.parse()?)?,
+        None => Replica::open_or_create(dir, &vm)?,
+    };
     let seed = match &a.seed_from {
         Some(spec) => {
             let (s, v) = split_seed(spec)?;
@@ -241,6 +248,7 @@ fn two_process_job(cli: &Cli, a: &ReplicateArgs, vm: &str) -> Result<Replication
     job.peer.clone_from(&a.connect);
     job.listen.clone_from(&a.listen);
     job.bwlimit = a.bwlimit;
+    job.chunking.clone_from(&a.chunking);
     job.connect_timeout_seconds = Some(a.timeout);
     if let Some(s) = &a.backup_to {
         job.backup_to = Some(job_store(cli, s)?);

@@ -45,6 +45,18 @@ pub enum Flow<T> {
     Done(T),
 }
 
+/// Wakes a [`Connection`]'s driving thread (see [`Connection::waker`]).
+#[derive(Debug, Clone)]
+pub struct Waker(mpsc::Sender<Io>);
+
+impl Waker {
+    /// Makes the driving thread call its step function again soon. Harmless
+    /// after the connection has gone.
+    pub fn wake(&self) {
+        let _ = self.0.send(Io::Wake);
+    }
+}
+
 /// A token bucket over the writer's writes.
 struct Pace {
     rate: Arc<AtomicU64>,
@@ -84,6 +96,8 @@ impl Pace {
 }
 
 enum Io {
+    /// Something outside the socket has work for the step function.
+    Wake,
     Read(Vec<u8>),
     Eof,
     ReadFailed(std::io::Error),
@@ -129,6 +143,8 @@ pub struct Connection<M: Endpoint> {
 struct Sock {
     stream: TcpStream,
     events: mpsc::Receiver<Io>,
+    /// For wakers: the channel the socket threads report on.
+    wake: mpsc::Sender<Io>,
     /// One token per chunk the reader may read ahead.
     credits: Option<mpsc::SyncSender<()>>,
     writer: Option<mpsc::Sender<Vec<u8>>>,
@@ -190,6 +206,7 @@ impl<M: Endpoint> Connection<M> {
         let mut sock = Sock {
             stream,
             events,
+            wake: tx.clone(),
             credits: Some(credits),
             writer: None,
             writer_thread: None,
@@ -259,6 +276,13 @@ impl<M: Endpoint> Connection<M> {
         s.set_read_timeout(timeout)
             .and_then(|()| s.set_write_timeout(timeout))
             .map_err(|e| Error::io("setting the idle timeout", &e))
+    }
+
+    /// A handle another thread uses to make [`Connection::drive`] call its
+    /// step function again without waiting for the socket: for an engine
+    /// whose work also arrives from elsewhere (a reader thread).
+    pub fn waker(&self) -> Waker {
+        Waker(self.sock.wake.clone())
     }
 
     /// Puts at most `bytes_per_second` on the wire from now on (`None`:
@@ -338,6 +362,7 @@ impl<M: Endpoint> Connection<M> {
 
     fn handle(&mut self, ev: Io) -> Result<(), Error> {
         match ev {
+            Io::Wake => Ok(()),
             Io::Read(b) => {
                 self.inbuf.extend_from_slice(&b);
                 if let Some(c) = &self.sock.credits {
@@ -408,7 +433,7 @@ impl<M: Endpoint> Connection<M> {
                     }
                 }
                 Ok(Io::WriteFailed(e)) => result = result.and(Err(Error::io("writing to the peer", &e))),
-                Ok(Io::Wrote(_)) => {}
+                Ok(Io::Wrote(_) | Io::Wake) => {}
                 Ok(Io::Eof | Io::ReadFailed(_)) | Err(_) => open = false,
             }
         }

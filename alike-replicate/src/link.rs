@@ -67,6 +67,7 @@ pub fn replicate_local(
         let (mut to_r, mut to_s) = (Pipe::new(), Pipe::new());
         let started = Instant::now();
         let (mut sent, mut received) = (None, None);
+        let mut carried = 0u64;
         loop {
             // Cancellation ends the run here too, not only in the sender's
             // reader: once every chunk is read and queued, the link (held to
@@ -75,23 +76,37 @@ pub fn replicate_local(
             if received.is_none() {
                 sender.run.cancel.check()?;
             }
-            if let Some(rate) = link.bwlimit.filter(|r| *r > 0) {
-                // Hold the sender's direction to the rate.
-                let due = Duration::from_secs_f64(to_r.carried() as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait.min(Duration::from_millis(100)));
-                    continue;
+            // The sender's direction, held to the rate: bytes leave the
+            // sender's machine only as they are due, so the receiver sees
+            // them (and the commit) no sooner than over such a link.
+            let mut moved = 0;
+            let mut held_back = false;
+            loop {
+                if let Some(rate) = link.bwlimit.filter(|r| *r > 0) {
+                    let due = (started.elapsed().as_secs_f64() * rate as f64) as u64 + (64 << 10);
+                    if carried >= due {
+                        held_back = true;
+                        break;
+                    }
                 }
+                let Some(b) = s.poll_transmit() else { break };
+                carried += b.len() as u64;
+                moved += b.len();
+                to_r.push(&b);
             }
-            let moved = match (to_r.pump(&mut s, &mut r), to_s.pump(&mut r, &mut s)) {
-                (Ok(a), Ok(b)) => a + b,
-                (Err(e), _) | (_, Err(e)) => {
+            let fed = to_r.feed(&mut r).and_then(|()| to_s.pump(&mut r, &mut s));
+            match fed {
+                Ok(n) => moved += n,
+                Err(e) => {
                     // Carry the failed end's error message to the other, then report.
-                    let _ = to_r.pump(&mut s, &mut r);
+                    while let Some(b) = s.poll_transmit() {
+                        to_r.push(&b);
+                    }
+                    let _ = to_r.feed(&mut r);
                     let _ = to_s.pump(&mut r, &mut s);
                     return Err(e.into());
                 }
-            };
+            }
             let mut progressed = moved > 0;
             if sent.is_none() {
                 match se.step(&mut s) {
@@ -120,7 +135,9 @@ pub fn replicate_local(
             if let (Some(sender), Some(receiver)) = (&sent, &received) {
                 return Ok(LocalReport { sender: sender.clone(), receiver: receiver.clone() });
             }
-            if !progressed {
+            if held_back && !progressed {
+                std::thread::sleep(Duration::from_millis(5));
+            } else if !progressed {
                 se.wait_reader(Duration::from_millis(20));
             }
         }
@@ -252,7 +269,19 @@ pub fn run_sender(end: TcpEnd, disks: &[&dyn DiskSource], opts: &SenderOptions) 
     let s = Sender::new(Config::new(end.job.as_str(), end.secret, end.dial, random32()?))?;
     let mut conn = Connection::new(end.stream, s)?;
     configure(&mut conn, &end.link)?;
-    let report = with_sender(disks, opts, |se| drive(&mut conn, |s| se.step(s)))?;
+    let waker = conn.waker();
+    let report = with_sender(disks, opts, |se| {
+        se.set_wake(std::sync::Arc::new(move || waker.wake()));
+        drive(&mut conn, |s| se.step(s))
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // Let the error message reach the peer before the socket closes.
+            let _ = conn.close();
+            return Err(e);
+        }
+    };
     // The acknowledgement arrived: the point is committed whatever the close says.
     if let Err(e) = conn.close() {
         tracing::debug!(error = %e, "closing after the acknowledgement");
@@ -276,7 +305,14 @@ pub fn run_receiver(
     let mut conn = Connection::new(end.stream, r)?;
     configure(&mut conn, &end.link)?;
     let mut re = ReceiverEngine::new(target, opts, seeds);
-    let report = drive(&mut conn, |r| re.step(r))?;
+    let report = match drive(&mut conn, |r| re.step(r)) {
+        Ok(r) => r,
+        Err(e) => {
+            // Let the error message reach the peer before the socket closes.
+            let _ = conn.close();
+            return Err(e);
+        }
+    };
     // Committed and acknowledged; a close that fails changes nothing.
     if let Err(e) = conn.close() {
         tracing::debug!(error = %e, "closing after the commit");

@@ -1,6 +1,6 @@
 //! What the engines tell each other beyond the protocol's own messages
 //! (its `meta` messages, and the point names in hello and ack), specified
-//! in `docs/replication-protocol.md` §"The engine's metadata".
+//! in `docs/replication-protocol.md` §12.
 
 use alike_core::{Chunking, Extent};
 use alike_repl::{DiskDigest, Geometry};

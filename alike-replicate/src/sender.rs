@@ -113,10 +113,11 @@ pub struct SenderReport {
 
 /// What the reader thread hands the engine.
 enum Produced {
-    /// A span of a disk and the chunks in it, with their bytes.
+    /// Ranges of a disk to offer and the chunks in them, with their bytes
+    /// (the rest of the span they came from is what the replica holds).
     Batch {
         disk: usize,
-        span: Range<u64>,
+        ranges: Vec<Range<u64>>,
         chunks: Vec<(Extent, Vec<u8>)>,
     },
     /// A disk is read: its whole map of chunks.
@@ -133,20 +134,29 @@ struct Plan {
     spans: Vec<Range<u64>>,
     /// The recorded map, when only changes are read.
     old: Option<Vec<Extent>>,
+    /// The map the replica holds (the recorded one, when the receiver names
+    /// the state's point): chunks found in it unchanged are not offered.
+    known: Option<Arc<Vec<Extent>>>,
     token: Option<Vec<u8>>,
     total: u64,
 }
+
+/// Wakes whoever drives the engine (a connection's waker).
+pub(crate) type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// What the engine tells the reader once the receiver's key is known.
 struct Start {
     keys: Keys,
     plans: Vec<Plan>,
+    /// Called after each item handed over, so that a driver waiting on its
+    /// socket runs the step again at once (offers go out as soon as read).
+    wake: Option<Wake>,
 }
 
 /// An offer waiting for the window.
 struct QueuedOffer {
     disk: usize,
-    range: Range<u64>,
+    ranges: Vec<Range<u64>>,
     extents: Vec<alike_repl::Extent>,
     bytes: Vec<Vec<u8>>,
 }
@@ -185,6 +195,7 @@ pub(crate) struct SenderEngine<'a> {
     committed: bool,
     counters: Arc<Counters>,
     last_progress: Instant,
+    wake: Option<Wake>,
 }
 
 /// Runs `f` with a sending engine over `disks`, its reader thread alive
@@ -234,6 +245,7 @@ pub(crate) fn with_sender<R>(
             committed: false,
             counters,
             last_progress: Instant::now(),
+            wake: None,
         };
         // Dropping the engine closes both channels: the reader stops at its next batch.
         f(&mut eng)
@@ -249,6 +261,7 @@ fn produce(
     counters: &Counters,
     tx: &mpsc::SyncSender<Produced>,
 ) {
+    let tx = &Out { tx, wake: start.wake.clone() };
     let total = start.plans.iter().map(|p| p.total).sum();
     let sink = ProgressSink::new(run.progress.clone(), Phase::Backup, total);
     let cancel = &run.cancel;
@@ -263,13 +276,14 @@ fn produce(
         let mut cut = Vec::new();
         let r = match (&plan.old, chunking) {
             (Some(old), Chunking::Cdc(_)) => {
-                recut(&hooked, d, &plan.spans, old, chunking, start, cancel, counters, tx, &mut fresh, &mut cut)
+                let known = plan.known.as_deref().map(Vec::as_slice);
+                recut(&hooked, d, &plan.spans, old, known, chunking, start, cancel, counters, tx, &mut fresh, &mut cut)
             }
             _ => {
                 cut.clone_from(&plan.spans);
                 plan.spans.iter().try_for_each(|span| {
                     alike_replica::cut_range(&hooked, span.clone(), chunking, &start.keys, cancel, &mut |sp, chunks| {
-                        hand(d, sp, chunks, counters, tx, &mut fresh)
+                        hand(d, sp, chunks, plan.known.as_deref().map(Vec::as_slice), counters, tx, &mut fresh)
                     })
                     .map(|_| ())
                 })
@@ -290,22 +304,92 @@ fn produce(
     sink.finish();
 }
 
-/// Hands the engine a span and its chunks (and counts them).
+/// The reader's side of the channel: each item handed over wakes the driver.
+struct Out<'a> {
+    tx: &'a mpsc::SyncSender<Produced>,
+    wake: Option<Wake>,
+}
+
+impl Out<'_> {
+    fn send(&self, p: Produced) -> Result<(), mpsc::SendError<Produced>> {
+        self.tx.send(p)?;
+        if let Some(w) = &self.wake {
+            w();
+        }
+        Ok(())
+    }
+}
+
+/// Hands the engine a span and its chunks (and counts them). With the map
+/// the replica holds (`known`), only what differs from it is offered: the
+/// chunks it does not hold at the same place, and every chunk of it that
+/// the span no longer holds (to be zeroed or overwritten); the rest of the
+/// span is left out of the ranges, so the replica keeps it as it is.
 fn hand(
     d: usize,
     span: Range<u64>,
     chunks: &[(Extent, &[u8])],
+    known: Option<&[Extent]>,
     counters: &Counters,
-    tx: &mpsc::SyncSender<Produced>,
+    tx: &Out<'_>,
     fresh: &mut Vec<Extent>,
 ) -> alike_replica::Result<()> {
     let bytes: u64 = chunks.iter().map(|c| c.0.len).sum();
     counters.hashed[d].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     fresh.extend(chunks.iter().map(|c| c.0));
-    let owned = chunks.iter().map(|(e, b)| (*e, b.to_vec())).collect();
+    let (ranges, owned) = match known {
+        None => (vec![span], chunks.iter().map(|(e, b)| (*e, b.to_vec())).collect()),
+        Some(old) => differing(&span, chunks, old),
+    };
+    if ranges.is_empty() {
+        return Ok(()); // the replica holds the span as it is
+    }
     // The engine is gone (it failed or finished): stop reading.
-    tx.send(Produced::Batch { disk: d, span, chunks: owned })
+    tx.send(Produced::Batch { disk: d, ranges, chunks: owned })
         .map_err(|_| alike_replica::ReplicaError::Core(alike_core::Error::Cancelled))
+}
+
+/// Chunks with their bytes.
+type Owned = Vec<(Extent, Vec<u8>)>;
+
+/// What of `span` differs from the map `old` the replica holds: the ranges
+/// to offer (sorted, merged, on chunk boundaries of both maps) and the
+/// chunks in them.
+fn differing(
+    span: &Range<u64>,
+    chunks: &[(Extent, &[u8])],
+    old: &[Extent],
+) -> (Vec<Range<u64>>, Owned) {
+    let held = |e: &Extent| {
+        old.binary_search_by_key(&e.offset, |x| x.offset).is_ok_and(|i| old[i].len == e.len && old[i].id == e.id)
+    };
+    let mut iv: Vec<Range<u64>> = Vec::new();
+    let mut owned = Vec::new();
+    for (e, b) in chunks {
+        if !held(e) {
+            iv.push(e.offset..e.end());
+            owned.push((*e, b.to_vec()));
+        }
+    }
+    // Chunks of the old map in the span that the new cut does not hold as they are.
+    let first = old.partition_point(|x| x.end() <= span.start);
+    for o in old[first..].iter().take_while(|x| x.offset < span.end) {
+        let same = chunks
+            .binary_search_by_key(&o.offset, |c| c.0.offset)
+            .is_ok_and(|i| chunks[i].0.len == o.len && chunks[i].0.id == o.id);
+        if !same {
+            iv.push(o.offset.max(span.start)..o.end().min(span.end));
+        }
+    }
+    iv.sort_by_key(|r| r.start);
+    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(iv.len());
+    for r in iv {
+        match ranges.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => ranges.push(r),
+        }
+    }
+    (ranges, owned)
 }
 
 /// Re-cuts the changed `spans` of a disk cut with content-defined chunks:
@@ -321,11 +405,12 @@ fn recut(
     d: usize,
     spans: &[Range<u64>],
     old: &[Extent],
+    known: Option<&[Extent]>,
     chunking: &Chunking,
     start: &Start,
     cancel: &alike_core::CancelToken,
     counters: &Counters,
-    tx: &mpsc::SyncSender<Produced>,
+    tx: &Out<'_>,
     fresh: &mut Vec<Extent>,
     cut: &mut Vec<Range<u64>>,
 ) -> alike_replica::Result<()> {
@@ -371,7 +456,7 @@ fn recut(
                         break;
                     }
                 }
-                hand(d, sp.start..end, &chunks[..take], counters, tx, fresh)?;
+                hand(d, sp.start..end, &chunks[..take], known, counters, tx, fresh)?;
                 if stopped.is_some() {
                     // Stop cutting: not a failure.
                     return Err(alike_replica::ReplicaError::Core(alike_core::Error::Cancelled));
@@ -470,9 +555,12 @@ impl SenderEngine<'_> {
     /// The protocol step: takes the machine's events, reads and offers,
     /// sends what was asked for, ends disks, commits.
     pub(crate) fn step(&mut self, s: &mut Sender) -> Result<Flow<SenderReport>> {
-        // Once the commit is asked for, the outcome is the receiver's: a
-        // cancel then would only leave "the replica may or may not have it".
-        let cancelled = if self.committed { Ok(()) } else { self.opts.run.cancel.check() };
+        // Once the commit has left this end, the outcome is the receiver's:
+        // a cancel then would only leave "the replica may or may not have
+        // it". Until then (it may wait in the machine behind the data) a
+        // cancel aborts, and nothing is committed.
+        let cancellable = !self.committed || s.backlog() > 0;
+        let cancelled = if cancellable { self.opts.run.cancel.check() } else { Ok(()) };
         let r = cancelled.map_err(ReplicateError::from).and_then(|()| self.step_inner(s));
         if let Err(e) = &r {
             if s.error().is_none() {
@@ -481,6 +569,12 @@ impl SenderEngine<'_> {
             self.progress(s, true);
         }
         r
+    }
+
+    /// Has the reader wake the driver after each batch it hands over (call
+    /// before driving).
+    pub(crate) fn set_wake(&mut self, wake: Wake) {
+        self.wake = Some(wake);
     }
 
     /// Waits up to `d` for the reader (when the caller has nothing else to
@@ -537,7 +631,7 @@ impl SenderEngine<'_> {
                 self.queued_bytes -= o.bytes.iter().map(Vec::len).sum::<usize>();
                 let offsets: Vec<u64> = o.extents.iter().map(|e| e.offset).collect();
                 let n: usize = o.bytes.iter().map(Vec::len).sum();
-                let batch = s.offer(o.disk as u32, std::slice::from_ref(&o.range), o.extents)?;
+                let batch = s.offer(o.disk as u32, &o.ranges, o.extents)?;
                 self.held_bytes += n;
                 self.held.insert(batch, (o.disk, offsets.into_iter().zip(o.bytes).collect()));
                 progressed = true;
@@ -571,7 +665,7 @@ impl SenderEngine<'_> {
             let Some(item) = item else { break };
             progressed = true;
             match item {
-                Produced::Batch { disk, span, chunks } => self.queue(disk, span, chunks, limits)?,
+                Produced::Batch { disk, ranges, chunks } => self.queue(disk, ranges, chunks, limits)?,
                 Produced::DiskDone { disk, map } => {
                     let run = &mut self.runs[disk];
                     run.digest = Some(digest(run.size, &map)?);
@@ -610,28 +704,55 @@ impl SenderEngine<'_> {
         Ok(if progressed { Flow::Continue } else { Flow::Wait })
     }
 
-    /// Splits a batch of the reader into offers of at most the agreed batch.
-    fn queue(&mut self, disk: usize, span: Range<u64>, chunks: Vec<(Extent, Vec<u8>)>, limits: Limits) -> Result<()> {
+    /// Splits a batch of the reader into offers of at most the agreed batch
+    /// size and [`alike_repl::wire::MAX_RANGES`] ranges (a range with more
+    /// chunks than a batch holds is split at a chunk's end).
+    fn queue(
+        &mut self,
+        disk: usize,
+        ranges: Vec<Range<u64>>,
+        chunks: Vec<(Extent, Vec<u8>)>,
+        limits: Limits,
+    ) -> Result<()> {
         let max = limits.max_batch.max(1) as usize;
-        let mut at = span.start;
+        let max_ranges = alike_repl::wire::MAX_RANGES as usize;
+        let new = || QueuedOffer { disk, ranges: Vec::new(), extents: Vec::new(), bytes: Vec::new() };
+        let mut cur = new();
         let mut chunks = chunks.into_iter().peekable();
-        loop {
-            let mut extents = Vec::new();
-            let mut bytes = Vec::new();
-            while extents.len() < max {
-                let Some((e, b)) = chunks.next() else { break };
-                extents.push(wire_extent(&e)?);
-                bytes.push(b);
-            }
-            let last = chunks.peek().is_none();
-            let end = if last { span.end } else { extents.last().map_or(span.end, alike_repl::Extent::end) };
-            self.queued_bytes += bytes.iter().map(Vec::len).sum::<usize>();
-            self.queued.push_back(QueuedOffer { disk, range: at..end, extents, bytes });
-            at = end;
-            if last {
-                return Ok(());
+        for r in ranges {
+            let mut start = r.start;
+            loop {
+                if cur.extents.len() >= max || cur.ranges.len() >= max_ranges {
+                    self.push_offer(std::mem::replace(&mut cur, new()));
+                }
+                while cur.extents.len() < max {
+                    match chunks.next_if(|(e, _)| e.offset < r.end) {
+                        Some((e, b)) => {
+                            cur.extents.push(wire_extent(&e)?);
+                            cur.bytes.push(b);
+                        }
+                        None => break,
+                    }
+                }
+                let more = chunks.peek().is_some_and(|(e, _)| e.offset < r.end);
+                let end = if more { cur.extents.last().map_or(r.end, alike_repl::Extent::end) } else { r.end };
+                cur.ranges.push(start..end);
+                if !more {
+                    break;
+                }
+                start = end;
+                self.push_offer(std::mem::replace(&mut cur, new()));
             }
         }
+        if !cur.ranges.is_empty() {
+            self.push_offer(cur);
+        }
+        Ok(())
+    }
+
+    fn push_offer(&mut self, o: QueuedOffer) {
+        self.queued_bytes += o.bytes.iter().map(Vec::len).sum::<usize>();
+        self.queued.push_back(o);
     }
 
     /// The receiver is ready: plan every disk, describe the run, begin the
@@ -652,21 +773,21 @@ impl SenderEngine<'_> {
             let size = src.size();
             let token = src.change_token();
             let allocated = src.allocated_ranges()?;
-            let since = usable.as_ref().and_then(|st| {
-                let sd = &st.disks[d];
-                sd.token.as_deref().map(|t| (t.to_vec(), sd.extents.clone()))
-            });
+            // What the replica holds, when the receiver names the state's point.
+            let known = usable.as_ref().map(|st| Arc::new(st.disks[d].extents.clone()));
+            let since = usable.as_ref().and_then(|st| st.disks[d].token.clone());
             let mut plan = None;
-            if let Some((t, old)) = since {
+            if let (Some(t), Some(old)) = (since, &known) {
                 if let Some(changed) = src.changed_ranges(&t)? {
-                    let spans = grow(&changed, &old, grid(&chunking), size);
+                    let spans = grow(&changed, old, grid(&chunking), size);
                     let total = overlap(&allocated, &spans);
-                    plan = Some(Plan { spans, old: Some(old), token: token.clone(), total });
+                    let old = Some(old.as_ref().clone());
+                    plan = Some(Plan { spans, old, known: known.clone(), token: token.clone(), total });
                 }
             }
             let plan = plan.unwrap_or_else(|| {
                 let total = allocated.iter().map(|r| r.end - r.start).sum();
-                Plan { spans: std::iter::once(0..size).collect(), old: None, token, total }
+                Plan { spans: std::iter::once(0..size).collect(), old: None, known, token, total }
             });
             self.runs[d].changed_only = plan.old.is_some();
             self.runs[d].total = plan.total;
@@ -685,7 +806,7 @@ impl SenderEngine<'_> {
             s.begin_disk(DiskSpec { disk: d as u32, size: src.size(), geometry })?;
         }
         if let Some(tx) = self.start.take() {
-            tx.send(Start { keys: keys.clone(), plans })
+            tx.send(Start { keys: keys.clone(), plans, wake: self.wake.clone() })
                 .map_err(|_| ReplicateError::Thread("the reader thread ended before it started".into()))?;
         }
         self.keys = Some(keys);

@@ -5,7 +5,7 @@
 //! since the token, reads and offers only that, and computes each disk's
 //! digest from the map without reading the rest.
 //!
-//! The file (`docs/replication-protocol.md` §"The sender's state file"):
+//! The file (`docs/replication-protocol.md` §12):
 //! `MAGIC ‖ version u32 ‖ key check [32] ‖ name len u16 ‖ point name ‖
 //! chunking len u16 ‖ chunking ‖ disks u32 ‖ per disk (size u64 ‖ has
 //! token u8 ‖ token len u32 ‖ token ‖ extents u64 ‖ per extent (offset

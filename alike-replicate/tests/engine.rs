@@ -338,3 +338,36 @@ fn extents_offered_are_the_replicas_cuts() {
     let want: Vec<Extent> = cut_disk(&src, &r.chunking(), &r.keys().unwrap(), &CancelToken::new()).unwrap();
     assert_eq!(record.disks()[0].extents, want);
 }
+
+#[test]
+fn with_a_state_file_a_source_without_change_tracking_offers_only_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ReplicaDir::builder().vm("vm").open_or_create(tmp.path().join("r")).unwrap();
+    let mut opts = SenderOptions::new("vm");
+    opts.state_file = Some(tmp.path().join("vm.state"));
+    let mut data = disk(12, 16 * MIB);
+    let src = MemSource { label: "d".into(), data: data.clone() };
+    let first = local(&[&src], &r, &opts).unwrap();
+    assert!(first.sender.offered_bytes > 8 * MIB as u64);
+    // Scattered writes, a range made zero, data written into a hole.
+    scatter(&mut data, 13, 8);
+    data[5 * MIB..5 * MIB + 300_000].fill(0);
+    let hole = (0..data.len() / 4096).find(|b| data[b * 4096..(b + 1) * 4096].iter().all(|x| *x == 0)).unwrap();
+    data[hole * 4096..hole * 4096 + 100].fill(9);
+    let src = MemSource { label: "d".into(), data: data.clone() };
+    let second = local(&[&src], &r, &opts).unwrap();
+    assert_eq!(second.sender.read_bytes, data.len() as u64, "no change tracking: read whole");
+    assert!(
+        second.sender.offered_bytes < 2 * MIB as u64,
+        "only what differs is offered: {} of {}",
+        second.sender.offered_bytes,
+        first.sender.offered_bytes
+    );
+    assert_point(&r, 2, std::slice::from_ref(&data));
+    assert_point(&r, 1, &[disk(12, 16 * MIB)]);
+    // The record is the whole-disk cut, so the next run's digests agree.
+    let fresh = cut_disk(&src, &r.chunking(), &r.keys().unwrap(), &CancelToken::new()).unwrap();
+    assert_eq!(r.record().unwrap().disks()[0].extents, fresh);
+    let third = local(&[&src], &r, &opts).unwrap();
+    assert_eq!((third.sender.offered_bytes, third.sender.needed_bytes), (0, 0));
+}

@@ -266,6 +266,7 @@ pub fn run_sender(job: &ReplicationJob, link: JobLink, opts: &EndOptions) -> Res
 
     let end = connect(job, link, opts)?;
     let mut so = SenderOptions::new(&job.vm);
+    so.chunking = job.chunking_or_default()?;
     so.state_file = job.state_dir.as_deref().map(|d| super::state_file(d, &job.job_id));
     so.run = opts.run.to_core();
     if one_pass.is_some() {
@@ -309,7 +310,10 @@ pub fn run_receiver(job: &ReplicationJob, link: JobLink, opts: &EndOptions) -> R
     let Some(JobReplica::Dir { path }) = &job.replica else {
         return Err(Error::InvalidArgument(format!("job {:?}: a receiver needs \"replica\"", job.job_id)));
     };
-    let replica = Replica::open_or_create(path, &job.vm)?;
+    let replica = match &job.chunking {
+        Some(_) => Replica::open_or_create_with(path, &job.vm, job.chunking_or_default()?)?,
+        None => Replica::open_or_create(path, &job.vm)?,
+    };
     let started = Instant::now();
     let started_ms = super::alike_replicate_now_ms();
     let r = receive(job, &replica, link, opts, started);

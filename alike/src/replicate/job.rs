@@ -310,6 +310,11 @@ pub struct ReplicationJob {
     /// The sender: the VM's disks, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<JobSource>,
+    /// How both ends cut disks: `cdc:MIN/AVG/MAX` (KiB) or `fixed:KIB`;
+    /// default `cdc:16/32/64`, a store's. The receiver makes a new replica
+    /// with it and refuses a run cut otherwise than its replica is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<String>,
     /// The sender: a folder where it keeps, between runs, the change
     /// tokens and chunk maps of the last point the receiver acknowledged,
     /// so that the next run reads only what changed (without it every run
@@ -364,6 +369,7 @@ impl ReplicationJob {
             port: DEFAULT_PORT,
             secret,
             disks: Vec::new(),
+            chunking: None,
             state_dir: None,
             replica: None,
             keep: None,
@@ -417,6 +423,18 @@ impl ReplicationJob {
     /// Never in practice (serde_json's error is kept for form).
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    /// The job's chunking, or the default.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidArgument`] for one that does not parse or is out of range.
+    pub fn chunking_or_default(&self) -> Result<alike_core::Chunking> {
+        let Some(c) = &self.chunking else { return Ok(alike_core::Chunking::default()) };
+        let bad = |e: alike_core::Error| Error::InvalidArgument(format!("job {:?}: chunking {c:?}: {e}", self.job_id));
+        let parsed: alike_core::Chunking = c.parse().map_err(bad)?;
+        parsed.validate().map_err(bad)?;
+        Ok(parsed)
     }
 
     /// Whether this end dials (the sender in push, the receiver in pull);
@@ -484,6 +502,9 @@ impl ReplicationJob {
         }
         if self.port == 0 && self.dials() && self.peer.as_deref().is_some_and(|p| split_port(p).1.is_none()) {
             return bad("port 0 to dial".into());
+        }
+        if self.chunking.is_some() {
+            self.chunking_or_default()?;
         }
         if let Some(b) = self.bwlimit.filter(|&b| b < crate::MIN_BANDWIDTH) {
             return bad(format!("a bandwidth limit of {b} bytes/s: at least {}", crate::MIN_BANDWIDTH));

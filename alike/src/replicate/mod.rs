@@ -91,6 +91,31 @@ impl Replica {
         Ok(Replica { dir: ReplicaDir::builder().vm(vm).open_or_create(dir)? })
     }
 
+    /// As [`Replica::open_or_create`], a new replica cutting disks with
+    /// `chunking` (finer chunks send less for scattered small changes, and
+    /// offer more ids).
+    ///
+    /// # Errors
+    /// As [`Replica::open_or_create`]; `chunking` out of range; an existing
+    /// replica there cut otherwise ([`crate::ErrorKind::InvalidArgument`]).
+    pub fn open_or_create_with(dir: impl AsRef<Path>, vm: &str, chunking: alike_core::Chunking) -> Result<Replica> {
+        chunking.validate()?;
+        let r = Replica { dir: ReplicaDir::builder().vm(vm).chunking(chunking).open_or_create(dir)? };
+        if r.chunking() != chunking {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the replica cuts disks as {}, not {chunking}",
+                r.path().display(),
+                r.chunking()
+            )));
+        }
+        Ok(r)
+    }
+
+    /// How the replica cuts disks.
+    pub fn chunking(&self) -> alike_core::Chunking {
+        self.dir.chunking()
+    }
+
     /// The folder.
     pub fn path(&self) -> &Path {
         self.dir.path()
