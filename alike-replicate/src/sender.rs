@@ -355,11 +355,7 @@ type Owned = Vec<(Extent, Vec<u8>)>;
 /// What of `span` differs from the map `old` the replica holds: the ranges
 /// to offer (sorted, merged, on chunk boundaries of both maps) and the
 /// chunks in them.
-fn differing(
-    span: &Range<u64>,
-    chunks: &[(Extent, &[u8])],
-    old: &[Extent],
-) -> (Vec<Range<u64>>, Owned) {
+fn differing(span: &Range<u64>, chunks: &[(Extent, &[u8])], old: &[Extent]) -> (Vec<Range<u64>>, Owned) {
     let held = |e: &Extent| {
         old.binary_search_by_key(&e.offset, |x| x.offset).is_ok_and(|i| old[i].len == e.len && old[i].id == e.id)
     };
