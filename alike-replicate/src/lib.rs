@@ -47,6 +47,7 @@
 //! ```
 
 mod error;
+mod fuzz;
 mod link;
 mod meta;
 mod progress;
@@ -64,5 +65,8 @@ pub use state::{SenderState, StateDisk};
 
 /// Which end made the connection.
 pub use alike_repl::Dial;
+/// The body of the `replicate` fuzz target.
+pub use fuzz::fuzz_one;
+
 /// The TCP port of replication by default.
 pub use alike_repl::net::DEFAULT_PORT;
