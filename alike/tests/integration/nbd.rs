@@ -33,7 +33,7 @@ fn tools(names: &[&str]) -> bool {
 
 /// Serves `v` with `opts` on a free port while `f` runs (with where it
 /// listens), then stops it: `f`'s result and the session's report.
-fn serving<T>(
+pub(super) fn serving<T>(
     store: &Store,
     v: &Version,
     opts: NbdOptions,

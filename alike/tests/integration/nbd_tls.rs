@@ -67,31 +67,11 @@ fn server_files(env: &Env, ca: &Ca) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
+/// [`super::nbd::serving`], the session expected to end well.
 fn serving<T>(store: &Store, v: &Version, opts: NbdOptions, f: impl FnOnce(&NbdListening) -> T) -> T {
-    let stop = CancelToken::new();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let opts = opts.cancel_token(stop.clone()).on_listening(move |l| tx.send(l.clone()).unwrap());
-    struct Cancel(CancelToken);
-    impl Drop for Cancel {
-        fn drop(&mut self) {
-            self.0.cancel();
-        }
-    }
-    std::thread::scope(|s| {
-        let h = s.spawn(|| store.serve_nbd(v, &opts));
-        let _c = Cancel(stop.clone());
-        let l = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                stop.cancel();
-                panic!("never listened: {:?}", h.join().unwrap().err());
-            }
-        };
-        let r = f(&l);
-        stop.cancel();
-        h.join().unwrap().unwrap();
-        r
-    })
+    let (r, report) = super::nbd::serving(store, v, opts, f);
+    report.unwrap();
+    r
 }
 
 fn port(l: &NbdListening) -> String {
