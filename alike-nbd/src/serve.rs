@@ -5,34 +5,52 @@
 //! this module only reads exactly what they ask for, calls the export and
 //! writes what they encode.
 //!
+//! **Requests in flight.** Clients such as `qemu-img convert` and `nbdcopy`
+//! keep several requests in flight on one connection. The connection's
+//! thread reads and decodes requests; reads and block status queries go to
+//! up to [`ServeOptions::max_in_flight`] request threads of that connection
+//! (started as needed), each of which encodes and sends its reply whole as
+//! soon as it is ready, under the connection's send lock — replies carry
+//! their handles, so their order is free. Writes, zeroing, trims, flushes
+//! and the disconnect are barriers: the connection's thread waits until
+//! every earlier request was answered, then carries them out itself, so a
+//! read sent after a write sees it and one sent before does not. Replies
+//! are encoded by a second [`ServerTransmission`] (encoding depends only on
+//! what was negotiated); the decoder keeps the stream's state. The bytes of
+//! read buffers in flight are bounded by [`IN_FLIGHT_BYTES`] per connection.
+//!
 //! What is served is behind the [`Export`] trait (size, reads that report
 //! holes, allocation extents for `NBD_CMD_BLOCK_STATUS`, optional writes),
 //! so the engine that reads a stored version lives elsewhere (the `alike`
 //! facade) and this crate stays free of it.
 //!
 //! Bounds: at most [`ServeOptions::max_connections`] connections at once
+//! (each with at most [`ServeOptions::max_in_flight`] request threads)
 //! (more are closed at once), a handshake must finish within
 //! [`ServeOptions::handshake_timeout`], a request's payload is at most the
 //! export's maximum request size (the machine refuses bigger ones, and
 //! their payload is read past in 64 KiB pieces, never buffered). Stopping
 //! ([`ServeOptions`]' `stop` returning true) closes the listener and every
-//! connection within [`ServeOptions::poll`], each after the request it is
-//! serving.
+//! connection within [`ServeOptions::poll`], each after the requests it is
+//! serving have sent their replies (for at most a second).
 //!
 //! TLS is a hook ([`TlsAcceptor`]); none is built in (this crate links no
 //! TLS library: the facade supplies one over rustls). Without one, the
-//! handshake runs in NOTLS mode. A TLS connection keeps a second handle on
+//! handshake runs in NOTLS mode. The acceptor returns the TLS stream as a
+//! reading half and a writing half (requests are read while replies are
+//! written, by other threads). A TLS connection keeps a second handle on
 //! its socket, so that it still times out every [`ServeOptions::poll`]
 //! (to see `stop` and the handshake deadline, also during the TLS
 //! handshake) and can be shut down when the server stops; at the end the
-//! TLS stream is dropped first (an acceptor's stream may send its
-//! `close_notify` then), and the socket is shut down after it.
+//! writing half is dropped first (it may send its `close_notify` then),
+//! then the reading half, and the socket is shut down after them.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::proto::{EIO, Progress, ProtoError};
@@ -125,22 +143,38 @@ pub trait Export: Send + Sync {
 pub trait Io: Read + Write + Send {}
 impl<T: Read + Write + Send> Io for T {}
 
+/// The two halves of a connection after TLS: the reading half (requests)
+/// and the writing half (replies), used by two threads at once.
+pub type TlsHalves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
 /// Runs the server side of TLS on a connection after `NBD_OPT_STARTTLS`
 /// (the hook a shell with a TLS library implements).
 pub trait TlsAcceptor: Send + Sync {
-    /// Runs the TLS handshake on `io` and returns the encrypted stream.
+    /// Runs the TLS handshake on `io` and returns the encrypted stream as
+    /// two halves: the reading half reads from `io`, the writing half
+    /// writes to `writer`, a second handle on the same socket. The shell
+    /// reads requests with one while other threads write replies with the
+    /// other, so they must work at once; bytes the reading half itself has
+    /// to send (alerts, key updates) go out through `writer` too, in order
+    /// with the writing half's. Dropping the writing half may say goodbye
+    /// (`close_notify`); the shell drops it before the reading half.
     ///
     /// Reads from `io` time out (`WouldBlock` or `TimedOut`) every
     /// [`ServeOptions::poll`]: the acceptor then calls `proceed` and, if it
     /// returns `Ok`, reads again; `proceed` fails when the handshake took
-    /// too long or the server is stopping. The returned stream sees the
+    /// too long or the server is stopping. The reading half sees the
     /// same time-outs on its reads (the shell retries them), so it must
     /// keep its state across a read that failed that way.
     ///
     /// # Errors
     /// The handshake failed, or `proceed` did (the connection is then
     /// dropped).
-    fn accept(&self, io: Box<dyn Io>, proceed: &dyn Fn() -> io::Result<()>) -> io::Result<Box<dyn Io>>;
+    fn accept(
+        &self,
+        io: Box<dyn Io>,
+        writer: Box<dyn Write + Send>,
+        proceed: &dyn Fn() -> io::Result<()>,
+    ) -> io::Result<TlsHalves>;
 }
 
 /// A bound listening socket.
@@ -154,6 +188,12 @@ pub enum Listener {
 
 /// NBD's port.
 pub const DEFAULT_PORT: u16 = 10809;
+/// The most requests of one connection served at once ([`ServeOptions::max_in_flight`]).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Read buffers of one connection's requests in flight hold at most this
+/// many bytes together (a request bigger than what is left waits until it
+/// is alone).
+pub const IN_FLIGHT_BYTES: u64 = 64 << 20;
 
 impl Listener {
     /// Binds TCP `addr` (`HOST:PORT`, `[V6]:PORT`, or a host alone for port
@@ -261,12 +301,15 @@ fn has_port(addr: &str) -> bool {
     }
 }
 
+/// The reading side of a connection (and its socket, for time-outs and
+/// shutdown); replies go out through a writer of their own.
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
-    /// TLS over a socket, and a second handle on that socket (time-outs,
-    /// shutdown). `None` only while the TLS handshake runs, or once shut down.
-    Tls(Option<Box<dyn Io>>, Box<Conn>),
+    /// TLS over a socket: the reading half, and a second handle on that
+    /// socket (time-outs, shutdown). `None` only while the TLS handshake
+    /// runs, or once shut down.
+    Tls(Option<Box<dyn Read + Send>>, Box<Conn>),
 }
 
 impl Conn {
@@ -277,16 +320,20 @@ impl Conn {
             Conn::Tls(_, sock) => sock.set_read_timeout(t),
         }
     }
-    fn shutdown(&mut self) {
+    /// Shuts the socket down in both directions (blocked reads and writes
+    /// on every handle of it fail), leaving a TLS stream's state alone.
+    fn shutdown_socket(&self) {
         match self {
             Conn::Tcp(s) => drop(s.shutdown(std::net::Shutdown::Both)),
             Conn::Unix(s) => drop(s.shutdown(std::net::Shutdown::Both)),
-            Conn::Tls(io, sock) => {
-                // The TLS stream first: it may say goodbye (close_notify).
-                drop(io.take());
-                sock.shutdown();
-            }
+            Conn::Tls(_, sock) => sock.shutdown_socket(),
         }
+    }
+    fn shutdown(&mut self) {
+        if let Conn::Tls(io, _) = self {
+            drop(io.take());
+        }
+        self.shutdown_socket();
     }
     /// A second handle on the socket (the same socket: time-outs set
     /// through it apply to both).
@@ -297,18 +344,12 @@ impl Conn {
             Conn::Tls(..) => Err(io::Error::other("TLS is already running")),
         }
     }
+    /// The plain socket as a stream (for the TLS handshake).
     fn into_io(self) -> Box<dyn Io> {
         match self {
             Conn::Tcp(s) => Box::new(s),
             Conn::Unix(s) => Box::new(s),
-            Conn::Tls(Some(b), _) => b,
-            Conn::Tls(None, sock) => sock.into_io(),
-        }
-    }
-    fn tls(&mut self) -> io::Result<&mut Box<dyn Io>> {
-        match self {
-            Conn::Tls(Some(io), _) => Ok(io),
-            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "the connection is closed")),
+            Conn::Tls(_, sock) => sock.into_io(),
         }
     }
 }
@@ -318,25 +359,39 @@ impl Read for Conn {
         match self {
             Conn::Tcp(s) => s.read(buf),
             Conn::Unix(s) => s.read(buf),
-            Conn::Tls(..) => self.tls()?.read(buf),
+            Conn::Tls(Some(r), _) => r.read(buf),
+            Conn::Tls(None, _) => Err(io::Error::new(io::ErrorKind::NotConnected, "the connection is closed")),
         }
     }
 }
 
+/// Writes to the plain socket (the writer of a connection without TLS).
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
-            Conn::Tls(..) => self.tls()?.write(buf),
+            Conn::Tls(..) => Err(io::Error::other("a TLS connection writes through its writing half")),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.flush(),
             Conn::Unix(s) => s.flush(),
-            Conn::Tls(..) => self.tls()?.flush(),
+            Conn::Tls(..) => Ok(()),
         }
+    }
+}
+
+/// The writer of a connection that has none (handed to TLS, or closed).
+struct Closed;
+
+impl Write for Closed {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(io::ErrorKind::NotConnected, "the connection is closed"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -377,6 +432,13 @@ pub enum ServeEvent {
 pub struct ServeOptions<'a> {
     /// The most connections at once (1 to 1024; default 64); more are closed at once.
     pub max_connections: usize,
+    /// The most requests of one connection served at once (1 to
+    /// [`MAX_IN_FLIGHT`]; default 8): reads and block status queries are
+    /// carried out by up to this many threads of the connection, and their
+    /// replies go out as each is ready (replies carry their handles).
+    /// Their buffers together are bounded by [`IN_FLIGHT_BYTES`] (one
+    /// request of any allowed size is always served).
+    pub max_in_flight: usize,
     /// Time a client has to finish the handshake (default 60 s).
     pub handshake_timeout: Duration,
     /// How often blocked threads look at `stop` (default 100 ms).
@@ -394,6 +456,7 @@ impl<'a> ServeOptions<'a> {
     pub fn new(stop: &'a (dyn Fn() -> bool + Sync)) -> ServeOptions<'a> {
         ServeOptions {
             max_connections: 64,
+            max_in_flight: 8,
             handshake_timeout: Duration::from_secs(60),
             poll: Duration::from_millis(100),
             stop,
@@ -455,6 +518,9 @@ pub fn serve(
     if !(1..=1024).contains(&opts.max_connections) {
         return Err(invalid(format!("{} connections: 1 to 1024", opts.max_connections)));
     }
+    if !(1..=MAX_IN_FLIGHT).contains(&opts.max_in_flight) {
+        return Err(invalid(format!("{} requests in flight: 1 to {MAX_IN_FLIGHT}", opts.max_in_flight)));
+    }
     listener.set_nonblocking(true)?;
     let counters = Counters::default();
     let active = AtomicUsize::new(0);
@@ -490,9 +556,27 @@ pub fn serve(
             event(ServeEvent::Connected { peer: peer.clone() });
             let (counters, active, event) = (&counters, &active, &event);
             let spawned = std::thread::Builder::new().name("alike-nbd-conn".into()).spawn_scoped(s, move || {
-                let mut c = Connection { conn, peer: peer.clone(), opts, counters, buf: Vec::with_capacity(4096) };
-                let error = c.run(cfg, exports).err().map(|e| e.to_string());
-                c.conn.shutdown();
+                let error = match conn.try_clone() {
+                    Ok(w) => {
+                        let writer: Box<dyn Write + Send> = Box::new(w);
+                        let mut c = Connection {
+                            conn,
+                            writer,
+                            peer: peer.clone(),
+                            opts,
+                            counters,
+                            buf: Vec::with_capacity(4096),
+                        };
+                        let error = c.run(cfg, exports).err().map(|e| e.to_string());
+                        c.close();
+                        error
+                    }
+                    Err(e) => {
+                        let mut conn = conn;
+                        conn.shutdown();
+                        Some(format!("no second handle on the socket: {e}"))
+                    }
+                };
                 active.fetch_sub(1, Ordering::SeqCst);
                 event(ServeEvent::Closed { peer, error });
             });
@@ -529,7 +613,10 @@ enum ConnError {
 }
 
 struct Connection<'a, 'o> {
+    /// Requests come in here.
     conn: Conn,
+    /// Replies go out here: a second handle on the socket, or TLS's writing half.
+    writer: Box<dyn Write + Send>,
     peer: String,
     opts: &'a ServeOptions<'o>,
     counters: &'a Counters,
@@ -538,11 +625,257 @@ struct Connection<'a, 'o> {
 
 /// Data of a reply gathered into one write up to this size; bigger data is written on its own.
 const GATHER: usize = 64 << 10;
+/// A request thread keeps its read buffer between requests up to this size (a bigger one is freed).
+const KEEP_BUFFER: usize = 4 << 20;
+/// After the server was told to stop, requests in flight have this long to send their replies.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The requests of a connection in flight (being served by its request
+/// threads, their replies not yet sent): at most `max` of them, their read
+/// buffers at most [`IN_FLIGHT_BYTES`] together.
+struct Window {
+    max: usize,
+    /// (requests, bytes).
+    state: Mutex<(usize, u64)>,
+    changed: Condvar,
+}
+
+impl Window {
+    fn new(max: usize) -> Window {
+        Window { max, state: Mutex::new((0, 0)), changed: Condvar::new() }
+    }
+
+    /// Takes a place for a request of `bytes`, waiting at most `wait`;
+    /// the number in flight with it, or `None` when there is no place yet.
+    fn acquire(&self, bytes: u64, wait: Duration) -> Option<usize> {
+        let fits = |s: &(usize, u64)| s.0 < self.max && (s.0 == 0 || s.1 + bytes <= IN_FLIGHT_BYTES);
+        let g = lock(&self.state);
+        let (mut g, _) = self.changed.wait_timeout_while(g, wait, |s| !fits(s)).unwrap_or_else(PoisonError::into_inner);
+        if !fits(&g) {
+            return None;
+        }
+        g.0 += 1;
+        g.1 += bytes;
+        Some(g.0)
+    }
+
+    /// Gives back the place of a request of `bytes` (its reply was sent, or could not be).
+    fn release(&self, bytes: u64) {
+        let mut g = lock(&self.state);
+        g.0 = g.0.saturating_sub(1);
+        g.1 = g.1.saturating_sub(bytes);
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `wait` for nothing to be in flight; whether nothing is.
+    fn idle(&self, wait: Duration) -> bool {
+        let g = lock(&self.state);
+        let (g, _) = self.changed.wait_timeout_while(g, wait, |s| s.0 > 0).unwrap_or_else(PoisonError::into_inner);
+        g.0 == 0
+    }
+}
+
+/// The sending side of a connection in transmission, shared by the thread
+/// that reads requests and the request threads: one reply at a time goes
+/// out whole (its parts are never interleaved with another's). Replies are
+/// encoded by a [`ServerTransmission`] of their own: encoding a reply
+/// depends only on what was negotiated, while decoding requests (the
+/// reading thread's instance) keeps the state of the stream.
+struct Replies {
+    out: Mutex<ReplyOut>,
+    /// The first failure to send (the connection is over then).
+    error: Mutex<Option<(io::ErrorKind, String)>>,
+    failed: AtomicBool,
+}
+
+struct ReplyOut {
+    enc: ServerTransmission,
+    w: Box<dyn Write + Send>,
+    gather: Vec<u8>,
+}
+
+impl Replies {
+    fn new(enc: ServerTransmission, w: Box<dyn Write + Send>) -> Replies {
+        Replies {
+            out: Mutex::new(ReplyOut { enc, w, gather: Vec::with_capacity(GATHER) }),
+            error: Mutex::new(None),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn into_writer(self) -> Box<dyn Write + Send> {
+        self.out.into_inner().unwrap_or_else(PoisonError::into_inner).w
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Why sending failed.
+    fn error(&self) -> ConnError {
+        let (kind, msg) = lock(&self.error).clone().unwrap_or((io::ErrorKind::Other, "a reply was not sent".into()));
+        ConnError::Io(io::Error::new(kind, msg))
+    }
+
+    /// Notes a failure to send; the error for the caller.
+    fn fail(&self, e: io::Error) -> ConnError {
+        lock(&self.error).get_or_insert_with(|| (e.kind(), e.to_string()));
+        self.failed.store(true, Ordering::SeqCst);
+        self.error()
+    }
+
+    /// Sends bytes the request decoder queued (refusals).
+    fn send(&self, bytes: &[u8]) -> Result<(), ConnError> {
+        if self.failed() {
+            return Err(self.error());
+        }
+        let r = lock(&self.out).w.write_all(bytes);
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Encodes a reply with `f` and sends it.
+    fn encode(&self, f: impl FnOnce(&mut ServerTransmission)) -> Result<(), ConnError> {
+        if self.failed() {
+            return Err(self.error());
+        }
+        let mut g = lock(&self.out);
+        let o = &mut *g;
+        f(&mut o.enc);
+        let r = match o.enc.poll_transmit() {
+            Some(out) => o.w.write_all(&out),
+            None => Ok(()),
+        };
+        drop(g);
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Sends the reply to a read of `data` at `offset`; the data bytes sent.
+    fn read_reply(
+        &self,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        holes: &[std::ops::Range<u64>],
+        df: bool,
+    ) -> Result<u64, ConnError> {
+        if self.failed() {
+            return Err(self.error());
+        }
+        let mut g = lock(&self.out);
+        let ReplyOut { enc, w, gather } = &mut *g;
+        let r = (|| -> io::Result<u64> {
+            if let Some(out) = enc.poll_transmit() {
+                w.write_all(&out)?;
+            }
+            let parts = enc.read_reply(handle, offset, data, holes, df);
+            let mut sent = 0u64;
+            gather.clear();
+            for p in &parts {
+                gather.extend_from_slice(&p.header);
+                sent += p.data.len() as u64;
+                if p.data.len() > GATHER {
+                    w.write_all(gather)?;
+                    gather.clear();
+                    w.write_all(p.data)?;
+                } else {
+                    gather.extend_from_slice(p.data);
+                }
+            }
+            if !gather.is_empty() {
+                w.write_all(gather)?;
+            }
+            Ok(sent)
+        })();
+        drop(g);
+        r.map_err(|e| self.fail(e))
+    }
+}
+
+/// What a request thread needs.
+struct Work<'s> {
+    jobs: &'s Mutex<mpsc::Receiver<Command>>,
+    export: &'s dyn Export,
+    replies: &'s Replies,
+    window: &'s Window,
+    counters: &'s Counters,
+}
+
+/// The bytes of the read buffer a request holds in the window.
+fn window_bytes(c: &Command) -> u64 {
+    match c {
+        Command::Read { len, .. } => u64::from(*len),
+        _ => 0,
+    }
+}
+
+impl Work<'_> {
+    /// A request thread: serves reads and block status queries until the
+    /// queue closes.
+    fn run(&self) {
+        let mut data: Vec<u8> = Vec::new();
+        loop {
+            let job = lock(self.jobs).recv();
+            let Ok(command) = job else { return };
+            let bytes = window_bytes(&command);
+            self.serve(command, &mut data);
+            self.window.release(bytes);
+            if data.capacity() > KEEP_BUFFER {
+                data = Vec::new();
+            }
+        }
+    }
+
+    /// Carries out one request and sends its reply (a failure to send is
+    /// the connection's: noted in [`Replies`], the reading thread ends it).
+    fn serve(&self, command: Command, data: &mut Vec<u8>) {
+        if self.replies.failed() {
+            return;
+        }
+        match command {
+            Command::Read { handle, offset, len, df } => {
+                // The export fills every byte: grow the buffer, never clear it.
+                if data.len() < len as usize {
+                    data.resize(len as usize, 0);
+                }
+                let data = &mut data[..len as usize];
+                match self.export.read_at(offset, data) {
+                    Ok(holes) => {
+                        if let Ok(sent) = self.replies.read_reply(handle, offset, data, &holes, df) {
+                            self.counters.bytes_read.fetch_add(sent, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => drop(self.replies.encode(|tx| tx.reply_error(handle, e.errno, &e.message))),
+                }
+            }
+            Command::BlockStatus { handle, offset, len, req_one } => {
+                let r = self.export.extents(offset, u64::from(len));
+                drop(self.replies.encode(|tx| match r {
+                    Ok(ext) => tx.block_status_reply(handle, len, req_one, &ext),
+                    Err(e) => tx.reply_error(handle, e.errno, &e.message),
+                }));
+            }
+            // Only reads and block status queries are handed to request threads.
+            _ => {}
+        }
+    }
+}
 
 impl Connection<'_, '_> {
+    /// Closes the connection: TLS's writing half first (it may say goodbye
+    /// with `close_notify`), then the reading half and the socket.
+    fn close(&mut self) {
+        self.writer = Box::new(Closed);
+        self.conn.shutdown();
+    }
+
     /// Reads until the buffer holds `need` bytes (never more). `Ok(false)`:
-    /// the client closed the connection.
-    fn fill(&mut self, need: usize, deadline: Option<Instant>) -> Result<bool, ConnError> {
+    /// the client closed the connection. A failure to send a reply
+    /// (`replies`) ends the wait too.
+    fn fill(&mut self, need: usize, deadline: Option<Instant>, replies: Option<&Replies>) -> Result<bool, ConnError> {
         while self.buf.len() < need {
             let start = self.buf.len();
             self.buf.resize(need, 0);
@@ -561,6 +894,9 @@ impl Connection<'_, '_> {
                     if deadline.is_some_and(|d| Instant::now() > d) {
                         return Err(ConnError::HandshakeTimeout(self.opts.handshake_timeout));
                     }
+                    if let Some(r) = replies.filter(|r| r.failed()) {
+                        return Err(r.error());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(start),
                 Err(e) => {
@@ -573,17 +909,17 @@ impl Connection<'_, '_> {
     }
 
     /// Reads exactly `n` payload bytes into `out` (the header was consumed, so `buf` is empty).
-    fn payload(&mut self, n: usize, out: &mut Vec<u8>) -> Result<bool, ConnError> {
+    fn payload(&mut self, n: usize, out: &mut Vec<u8>, replies: &Replies) -> Result<bool, ConnError> {
         debug_assert!(self.buf.is_empty());
         std::mem::swap(&mut self.buf, out);
         self.buf.clear();
-        let r = self.fill(n, None);
+        let r = self.fill(n, None, Some(replies));
         std::mem::swap(&mut self.buf, out);
         r
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
-        self.conn.write_all(bytes)?;
+        self.writer.write_all(bytes)?;
         Ok(())
     }
 
@@ -619,9 +955,10 @@ impl Connection<'_, '_> {
                         // and before its TLS hello: nothing may be carried over.
                         return Err(ConnError::Refused("data after NBD_OPT_STARTTLS before the TLS handshake".into()));
                     }
-                    self.conn.flush()?;
+                    self.writer.flush()?;
                     let sock = Box::new(self.conn.try_clone()?);
                     let plain = std::mem::replace(&mut self.conn, Conn::Tls(None, sock));
+                    let writer = std::mem::replace(&mut self.writer, Box::new(Closed));
                     let (stop, timeout) = (self.opts.stop, self.opts.handshake_timeout);
                     let proceed = || {
                         if stop() {
@@ -635,12 +972,13 @@ impl Connection<'_, '_> {
                             Ok(())
                         }
                     };
-                    let io = tls
-                        .accept(plain.into_io(), &proceed)
+                    let (reader, writer) = tls
+                        .accept(plain.into_io(), writer, &proceed)
                         .map_err(|e| ConnError::Refused(format!("TLS handshake: {e}")))?;
                     if let Conn::Tls(slot, _) = &mut self.conn {
-                        *slot = Some(io);
+                        *slot = Some(reader);
                     }
+                    self.writer = writer;
                     hs.tls_established();
                     continue;
                 }
@@ -657,7 +995,7 @@ impl Connection<'_, '_> {
                     self.buf.drain(..k);
                 }
                 Progress::NeedMore(k) => {
-                    if !self.fill(k, Some(deadline))? {
+                    if !self.fill(k, Some(deadline), None)? {
                         return Ok(None);
                     }
                 }
@@ -665,18 +1003,128 @@ impl Connection<'_, '_> {
         }
     }
 
+    /// Transmission: this thread reads requests; reads and block status
+    /// queries go to up to [`ServeOptions::max_in_flight`] request threads
+    /// (started as they are needed), which send their replies as each is
+    /// ready. Writes, zeroing, trims, flushes and the disconnect are
+    /// barriers: they wait until every request before them was answered
+    /// and are carried out here, so nothing after them starts before they
+    /// end.
     fn transmission(&mut self, n: Negotiated, export: &dyn Export) -> Result<(), ConnError> {
-        let mut tx = ServerTransmission::new(n);
-        let mut data: Vec<u8> = Vec::new();
-        let mut pending: Vec<u8> = Vec::with_capacity(GATHER);
+        let mut tx = ServerTransmission::new(n.clone());
+        let writer = std::mem::replace(&mut self.writer, Box::new(Closed));
+        let replies = Replies::new(ServerTransmission::new(n), writer);
+        let window = Window::new(self.opts.max_in_flight);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Command>();
+        let jobs_rx = Mutex::new(jobs_rx);
+        let work = Work { jobs: &jobs_rx, export, replies: &replies, window: &window, counters: self.counters };
+        let r = std::thread::scope(|s| {
+            let (work, window_ref) = (&work, &window);
+            let mut threads = 0usize;
+            // Every request in flight has a thread: one is started when
+            // more are in flight than there are threads. The closure owns
+            // the queue's sender: dropping it closes the queue.
+            let mut dispatch = move |command: Command, in_flight: usize| -> Result<(), ConnError> {
+                if in_flight > threads {
+                    match std::thread::Builder::new().name("alike-nbd-req".into()).spawn_scoped(s, move || work.run()) {
+                        Ok(_) => threads += 1,
+                        Err(e) if threads == 0 => {
+                            window_ref.release(window_bytes(&command));
+                            return Err(io::Error::other(format!("no thread to serve requests: {e}")).into());
+                        }
+                        // The threads there are serve it, a little later.
+                        Err(_) => {}
+                    }
+                }
+                jobs_tx.send(command).map_err(|_| ConnError::Io(io::Error::other("the request threads are gone")))
+            };
+            let r = self.requests(&mut tx, export, &replies, &window, &mut dispatch);
+            // Replies in flight go out before the connection closes (the
+            // client may be waiting for them); on stop, for a moment only.
+            let drained = match &r {
+                Ok(()) | Err(ConnError::Stopping) => self.drain(&window, &replies),
+                Err(_) => false,
+            };
+            if !drained {
+                // Request threads blocked sending to a client that does not read fail now.
+                self.conn.shutdown_socket();
+            }
+            // The queue closes: the request threads end (the scope joins them).
+            drop(dispatch);
+            r
+        });
+        self.writer = replies.into_writer();
+        r
+    }
+
+    /// Waits until nothing is in flight: false when sending failed, or the
+    /// server was told to stop and [`STOP_GRACE`] passed.
+    fn drain(&self, window: &Window, replies: &Replies) -> bool {
+        let mut deadline: Option<Instant> = None;
         loop {
+            if window.idle(self.opts.poll) {
+                return true;
+            }
+            if replies.failed() {
+                return false;
+            }
+            if (self.opts.stop)() && Instant::now() > *deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE) {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until every request before this one was answered.
+    fn barrier(&self, window: &Window, replies: &Replies) -> Result<(), ConnError> {
+        loop {
+            if window.idle(self.opts.poll) {
+                return Ok(());
+            }
+            if replies.failed() {
+                return Err(replies.error());
+            }
+            if (self.opts.stop)() {
+                return Err(ConnError::Stopping);
+            }
+        }
+    }
+
+    /// Takes a place in the window for a request of `bytes`; the number in flight with it.
+    fn acquire(&self, window: &Window, replies: &Replies, bytes: u64) -> Result<usize, ConnError> {
+        loop {
+            if let Some(n) = window.acquire(bytes, self.opts.poll) {
+                return Ok(n);
+            }
+            if replies.failed() {
+                return Err(replies.error());
+            }
+            if (self.opts.stop)() {
+                return Err(ConnError::Stopping);
+            }
+        }
+    }
+
+    /// Reads and dispatches requests until the client disconnects or goes away.
+    fn requests(
+        &mut self,
+        tx: &mut ServerTransmission,
+        export: &dyn Export,
+        replies: &Replies,
+        window: &Window,
+        dispatch: &mut dyn FnMut(Command, usize) -> Result<(), ConnError>,
+    ) -> Result<(), ConnError> {
+        let mut data: Vec<u8> = Vec::new();
+        loop {
+            if replies.failed() {
+                return Err(replies.error());
+            }
             let step = tx.handle_input(&self.buf)?;
             if !matches!(step, ServerStep::NeedMore(_)) {
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
             }
             match step {
                 ServerStep::NeedMore(k) => {
-                    if !self.fill(k, None)? {
+                    if !self.fill(k, None, Some(replies))? {
                         return Ok(());
                     }
                     continue;
@@ -689,7 +1137,7 @@ impl Connection<'_, '_> {
                     let mut left = len as usize;
                     while left > 0 {
                         let piece = left.min(GATHER);
-                        if !self.payload(piece, &mut data)? {
+                        if !self.payload(piece, &mut data, replies)? {
                             return Ok(());
                         }
                         left -= piece;
@@ -697,89 +1145,64 @@ impl Connection<'_, '_> {
                 }
                 ServerStep::Command { consumed, command } => {
                     self.buf.drain(..consumed);
-                    if command == Command::Disconnect {
-                        if let Some(out) = tx.poll_transmit() {
-                            self.send(&out)?;
+                    match command {
+                        Command::Read { .. } | Command::BlockStatus { .. } => {
+                            let n = self.acquire(window, replies, window_bytes(&command))?;
+                            dispatch(command, n)?;
                         }
-                        return Ok(());
-                    }
-                    if !self.command(&mut tx, export, command, &mut data, &mut pending)? {
-                        return Ok(());
+                        Command::Disconnect => {
+                            self.barrier(window, replies)?;
+                            if let Some(out) = tx.poll_transmit() {
+                                replies.send(&out)?;
+                            }
+                            return Ok(());
+                        }
+                        command => {
+                            self.barrier(window, replies)?;
+                            if !self.command(export, command, &mut data, replies)? {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
             }
             if let Some(out) = tx.poll_transmit() {
-                self.send(&out)?;
+                replies.send(&out)?;
             }
         }
     }
 
-    /// Carries out one command; `Ok(false)`: the client went away mid-payload.
+    /// Carries out a write, zeroing, trim or flush (nothing else is in
+    /// flight); `Ok(false)`: the client went away mid-payload.
     fn command(
         &mut self,
-        tx: &mut ServerTransmission,
         export: &dyn Export,
         command: Command,
         data: &mut Vec<u8>,
-        pending: &mut Vec<u8>,
+        replies: &Replies,
     ) -> Result<bool, ConnError> {
-        let reply = |tx: &mut ServerTransmission, handle: u64, r: Result<(), CommandError>| match r {
-            Ok(()) => tx.reply_ok(handle),
-            Err(e) => tx.reply_error(handle, e.errno, &e.message),
+        let reply = |handle: u64, r: Result<(), CommandError>| {
+            replies.encode(|tx| match r {
+                Ok(()) => tx.reply_ok(handle),
+                Err(e) => tx.reply_error(handle, e.errno, &e.message),
+            })
         };
         match command {
-            Command::Read { handle, offset, len, df } => {
-                // The export fills every byte: grow the buffer, never clear it.
-                if data.len() < len as usize {
-                    data.resize(len as usize, 0);
-                }
-                let data = &mut data[..len as usize];
-                match export.read_at(offset, data) {
-                    Ok(holes) => {
-                        if let Some(out) = tx.poll_transmit() {
-                            self.send(&out)?;
-                        }
-                        let parts = tx.read_reply(handle, offset, data, &holes, df);
-                        let mut sent = 0u64;
-                        pending.clear();
-                        for p in &parts {
-                            pending.extend_from_slice(&p.header);
-                            sent += p.data.len() as u64;
-                            if p.data.len() > GATHER {
-                                self.conn.write_all(pending)?;
-                                pending.clear();
-                                self.conn.write_all(p.data)?;
-                            } else {
-                                pending.extend_from_slice(p.data);
-                            }
-                        }
-                        if !pending.is_empty() {
-                            self.conn.write_all(pending)?;
-                        }
-                        self.counters.bytes_read.fetch_add(sent, Ordering::Relaxed);
-                    }
-                    Err(e) => tx.reply_error(handle, e.errno, &e.message),
-                }
-            }
             Command::Write { handle, offset, len, fua } => {
-                if !self.payload(len as usize, data)? {
+                if !self.payload(len as usize, data, replies)? {
                     return Ok(false);
                 }
                 let r = export.write_at(offset, data, fua);
                 if r.is_ok() {
                     self.counters.bytes_written.fetch_add(u64::from(len), Ordering::Relaxed);
                 }
-                reply(tx, handle, r);
+                reply(handle, r)?;
             }
             Command::WriteZeroes { handle, offset, len, fua, .. } => {
-                reply(tx, handle, export.write_zeroes(offset, u64::from(len), fua));
+                reply(handle, export.write_zeroes(offset, u64::from(len), fua))?;
             }
-            Command::Trim { handle, offset, len, fua } => reply(tx, handle, export.trim(offset, u64::from(len), fua)),
-            Command::Flush { handle } => reply(tx, handle, export.flush()),
-            Command::BlockStatus { handle, offset, len, req_one } => match export.extents(offset, u64::from(len)) {
-                Ok(ext) => tx.block_status_reply(handle, len, req_one, &ext),
-                Err(e) => tx.reply_error(handle, e.errno, &e.message),
-            },
+            Command::Trim { handle, offset, len, fua } => reply(handle, export.trim(offset, u64::from(len), fua))?,
+            Command::Flush { handle } => reply(handle, export.flush())?,
             _ => {}
         }
         Ok(true)

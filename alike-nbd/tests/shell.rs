@@ -327,13 +327,14 @@ impl alike_nbd::serve::TlsAcceptor for WaitingAcceptor {
     fn accept(
         &self,
         mut io: Box<dyn alike_nbd::serve::Io>,
+        writer: Box<dyn std::io::Write + Send>,
         proceed: &dyn Fn() -> std::io::Result<()>,
-    ) -> std::io::Result<Box<dyn alike_nbd::serve::Io>> {
+    ) -> std::io::Result<alike_nbd::serve::TlsHalves> {
         let mut b = [0u8; 1];
         loop {
             match io.read(&mut b) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => return Ok(io),
+                Ok(_) => return Ok((Box::new(io), writer)),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     proceed()?
                 }
@@ -406,4 +407,245 @@ fn a_stalled_tls_handshake_ends_at_the_deadline_and_when_the_server_stops() {
         let want = if stop_it { "stopping" } else { "took longer" };
         assert!(closed.len() == 1 && closed[0].as_deref().is_some_and(|e| e.contains(want)), "{closed:?}");
     }
+}
+
+/// Connects and negotiates export "d" with structured replies; the socket in transmission.
+fn connect_structured(l: &Listener) -> std::net::TcpStream {
+    use alike_nbd::{Handshake, HandshakeConfig, HandshakeEvent, Progress};
+    use std::io::{Read, Write};
+    let Listener::Tcp(t) = l else { unreachable!() };
+    let mut s = std::net::TcpStream::connect(t.local_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut hs = Handshake::new(HandshakeConfig::new("d")).unwrap();
+    let mut buf = Vec::new();
+    let info = loop {
+        if let Some(out) = hs.poll_transmit() {
+            s.write_all(&out).unwrap();
+        }
+        if let Some(HandshakeEvent::Done(i)) = hs.poll_event() {
+            break i;
+        }
+        match hs.handle_input(&buf).unwrap() {
+            Progress::Consumed(n) => drop(buf.drain(..n)),
+            Progress::NeedMore(n) => {
+                let at = buf.len();
+                buf.resize(n, 0);
+                s.read_exact(&mut buf[at..]).unwrap();
+            }
+        }
+    };
+    assert!(info.structured_replies);
+    s
+}
+
+/// One reply as this raw client reads it: the handle, the error (0: none)
+/// and, for a read, the data (holes as zeroes).
+#[derive(Debug)]
+struct RawReply {
+    handle: u64,
+    error: u32,
+    data: Vec<u8>,
+}
+
+/// Reads replies until `n` are complete, in the order they complete.
+/// `reads` gives each read handle's (offset, len).
+fn raw_replies(
+    s: &mut std::net::TcpStream,
+    reads: &std::collections::HashMap<u64, (u64, usize)>,
+    n: usize,
+) -> Vec<RawReply> {
+    use std::io::Read;
+    let mut partial: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+    let mut done = Vec::new();
+    let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().unwrap());
+    let be64 = |b: &[u8]| u64::from_be_bytes(b[..8].try_into().unwrap());
+    while done.len() < n {
+        let mut magic = [0u8; 4];
+        s.read_exact(&mut magic).unwrap();
+        if be32(&magic) == proto::SIMPLE_REPLY_MAGIC {
+            let mut rest = [0u8; 12];
+            s.read_exact(&mut rest).unwrap();
+            done.push(RawReply { handle: be64(&rest[4..]), error: be32(&rest), data: Vec::new() });
+            continue;
+        }
+        assert_eq!(be32(&magic), proto::STRUCTURED_REPLY_MAGIC);
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        let flags = u16::from_be_bytes([h[0], h[1]]);
+        let ty = u16::from_be_bytes([h[2], h[3]]);
+        let handle = be64(&h[4..]);
+        let mut payload = vec![0u8; be32(&h[12..]) as usize];
+        s.read_exact(&mut payload).unwrap();
+        let (off, len) = reads[&handle];
+        let data = partial.entry(handle).or_insert_with(|| vec![0xEE; len]);
+        let mut error = 0;
+        match ty {
+            proto::REPLY_TYPE_OFFSET_DATA => {
+                let at = (be64(&payload) - off) as usize;
+                data[at..at + payload.len() - 8].copy_from_slice(&payload[8..]);
+            }
+            proto::REPLY_TYPE_OFFSET_HOLE => {
+                let at = (be64(&payload) - off) as usize;
+                data[at..at + be32(&payload[8..]) as usize].fill(0);
+            }
+            t if t & proto::REPLY_TYPE_FLAG_ERROR != 0 => error = be32(&payload),
+            t => panic!("reply type {t}"),
+        }
+        if flags & proto::REPLY_FLAG_DONE != 0 {
+            let data = partial.remove(&handle).unwrap();
+            done.push(RawReply { handle, error, data });
+        }
+    }
+    done
+}
+
+/// Wraps an export: reads wait (up to 3 s) until `gate` reads are inside
+/// at once, the read at offset 0 also until 3 others finished; every read
+/// and write is logged with the time it started and ended.
+struct Probe<'a> {
+    inner: &'a Mem,
+    gate: usize,
+    /// Each read sleeps this long once through the gate.
+    slow: std::time::Duration,
+    state: std::sync::Mutex<(usize, usize, usize)>, // (inside, most inside, finished)
+    changed: std::sync::Condvar,
+    log: std::sync::Mutex<Vec<(&'static str, u64, std::time::Instant, std::time::Instant)>>,
+}
+
+impl<'a> Probe<'a> {
+    fn new(inner: &'a Mem, gate: usize, slow: std::time::Duration) -> Probe<'a> {
+        Probe {
+            inner,
+            gate,
+            slow,
+            state: std::sync::Mutex::new((0, 0, 0)),
+            changed: std::sync::Condvar::new(),
+            log: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Export for Probe<'_> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<Range<u64>>, CommandError> {
+        let t0 = std::time::Instant::now();
+        let wait = std::time::Duration::from_secs(3);
+        {
+            let mut g = self.state.lock().unwrap();
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+            self.changed.notify_all();
+            g = self.changed.wait_timeout_while(g, wait, |s| s.0 < self.gate && s.1 < self.gate).unwrap().0;
+            if offset == 0 {
+                g = self.changed.wait_timeout_while(g, wait, |s| s.2 < 3).unwrap().0;
+            }
+            drop(g);
+        }
+        std::thread::sleep(self.slow);
+        let r = self.inner.read_at(offset, buf);
+        let mut g = self.state.lock().unwrap();
+        g.0 -= 1;
+        g.2 += 1;
+        self.changed.notify_all();
+        drop(g);
+        self.log.lock().unwrap().push(("read", offset, t0, std::time::Instant::now()));
+        r
+    }
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, CommandError> {
+        self.inner.extents(offset, len)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), CommandError> {
+        let t0 = std::time::Instant::now();
+        let r = self.inner.write_at(offset, data, fua);
+        self.log.lock().unwrap().push(("write", offset, t0, std::time::Instant::now()));
+        r
+    }
+}
+
+#[test]
+fn one_connection_serves_several_reads_at_once_and_replies_as_each_is_ready() {
+    use std::io::Write;
+    let img = image();
+    let mem = Mem::new(img.clone());
+    let probe = Probe::new(&mem, 4, std::time::Duration::ZERO);
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("d", img.len() as u64)]);
+    // Eight reads sent before any reply is read: data, holes, both.
+    let reads: Vec<(u64, u32)> = (0..8u64).map(|k| (k * (640 << 10), 512 << 10)).collect();
+    let (order, report) = with_server(Listener::tcp("127.0.0.1:0").unwrap(), cfg, &[&probe], |l| {
+        let mut s = connect_structured(l);
+        let mut out = Vec::new();
+        let mut map = std::collections::HashMap::new();
+        for (h, &(off, len)) in reads.iter().enumerate() {
+            out.extend_from_slice(&proto::encode_request(0, proto::CMD_READ, 100 + h as u64, off, len));
+            map.insert(100 + h as u64, (off, len as usize));
+        }
+        s.write_all(&out).unwrap();
+        let got = raw_replies(&mut s, &map, reads.len());
+        s.write_all(&proto::encode_request(0, proto::CMD_DISC, 1, 0, 0)).unwrap();
+        got
+    });
+    let st = *probe.state.lock().unwrap();
+    assert!(st.1 >= 4, "at most {} reads of one connection were served at once", st.1);
+    assert_eq!(order.len(), 8);
+    for r in &order {
+        let (off, len) = reads[(r.handle - 100) as usize];
+        assert_eq!(r.error, 0);
+        assert!(r.data[..] == img[off as usize..off as usize + len as usize], "read {} differs", r.handle);
+    }
+    // The first read waited for three others: its reply was not first.
+    assert_ne!(
+        order[0].handle,
+        100,
+        "replies in request order: {:?}",
+        order.iter().map(|r| r.handle).collect::<Vec<_>>()
+    );
+    assert_eq!(report.requests, 9);
+}
+
+#[test]
+fn a_write_waits_for_the_reads_before_it_and_reads_after_it_see_it() {
+    use std::io::Write;
+    let img = image();
+    let mem = Mem::new(img.clone());
+    // Reads take 100 ms each, all four at once: a write that did not wait would land among them.
+    let probe = Probe::new(&mem, 4, std::time::Duration::from_millis(100));
+    let cfg = ServerConfig::new(vec![ExportConfig::read_only("d", img.len() as u64).writable(true)]);
+    let new_data = vec![0xABu8; 64 << 10];
+    let (replies, _) = with_server(Listener::tcp("127.0.0.1:0").unwrap(), cfg, &[&probe], |l| {
+        let mut s = connect_structured(l);
+        let mut out = Vec::new();
+        let mut map = std::collections::HashMap::new();
+        for h in 1..=4u64 {
+            out.extend_from_slice(&proto::encode_request(0, proto::CMD_READ, h, (h - 1) * 4096, 64 << 10));
+            map.insert(h, ((h - 1) * 4096, 64 << 10));
+        }
+        out.extend_from_slice(&proto::encode_request(0, proto::CMD_WRITE, 5, 0, 64 << 10));
+        out.extend_from_slice(&new_data);
+        map.insert(5, (0, 0));
+        out.extend_from_slice(&proto::encode_request(0, proto::CMD_READ, 6, 0, 64 << 10));
+        map.insert(6, (0, 64 << 10));
+        s.write_all(&out).unwrap();
+        let got = raw_replies(&mut s, &map, 6);
+        s.write_all(&proto::encode_request(0, proto::CMD_DISC, 7, 0, 0)).unwrap();
+        got
+    });
+    let pos = |h: u64| replies.iter().position(|r| r.handle == h).unwrap();
+    for h in 1..=4u64 {
+        let off = ((h - 1) * 4096) as usize;
+        let r = &replies[pos(h)];
+        assert!(r.error == 0 && r.data[..] == img[off..off + (64 << 10)], "read {h} saw the later write");
+        assert!(pos(h) < pos(5), "the write was answered before read {h}");
+    }
+    assert_eq!(replies[pos(5)].error, 0);
+    assert!(replies[pos(6)].data == new_data && pos(6) > pos(5), "the read after the write");
+    assert!(mem.data.read().unwrap()[..64 << 10] == new_data[..]);
+    // The export saw it so too: the write began after every read before it ended.
+    let log = probe.log.lock().unwrap();
+    let write = log.iter().find(|e| e.0 == "write").unwrap();
+    let reads_before: Vec<_> = log.iter().filter(|e| e.0 == "read" && e.3 <= write.2).collect();
+    assert_eq!(reads_before.len(), 4, "{log:?}");
+    assert!(log.iter().filter(|e| e.0 == "read").all(|e| e.3 <= write.2 || e.2 >= write.3), "{log:?}");
+    assert!(probe.state.lock().unwrap().1 >= 4, "the reads before the write ran at once");
 }

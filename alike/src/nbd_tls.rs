@@ -13,13 +13,14 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use alike_nbd::serve::{Io, TlsAcceptor};
+use alike_core::Recover;
+use alike_nbd::serve::{Io, TlsAcceptor, TlsHalves};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
 use crate::options::NbdTls;
 use crate::{Error, Result};
@@ -98,7 +99,12 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl TlsAcceptor for Acceptor {
-    fn accept(&self, mut io: Box<dyn Io>, proceed: &dyn Fn() -> io::Result<()>) -> io::Result<Box<dyn Io>> {
+    fn accept(
+        &self,
+        mut io: Box<dyn Io>,
+        writer: Box<dyn Write + Send>,
+        proceed: &dyn Fn() -> io::Result<()>,
+    ) -> io::Result<TlsHalves> {
         let mut conn = ServerConnection::new(self.config.clone()).map_err(io::Error::other)?;
         loop {
             while conn.wants_write() {
@@ -125,36 +131,148 @@ impl TlsAcceptor for Acceptor {
             }
         }
         io.flush()?;
-        Ok(Box::new(TlsStream(StreamOwned::new(conn, io))))
+        // The halves encrypt whole replies at once (a reply is at most the
+        // export's maximum request): no limit on rustls' own buffers.
+        conn.set_buffer_limit(None);
+        // What the client sent right after its last handshake message was
+        // opened already: it is the reading half's first plaintext.
+        let mut plain = Vec::new();
+        let eof = drain_plaintext(&mut conn, &mut plain)?;
+        let shared = Arc::new(Shared { conn: Mutex::new(conn), sock: Mutex::new(writer) });
+        let reader = TlsReader { shared: shared.clone(), sock: io, raw: vec![0; RAW_READ], plain, at: 0, eof };
+        Ok((Box::new(reader), Box::new(TlsWriter(shared))))
     }
 }
 
-/// The encrypted stream; says goodbye (`close_notify`) when dropped, as
-/// the NBD specification asks of a soft disconnect.
-struct TlsStream(StreamOwned<ServerConnection, Box<dyn Io>>);
-
-impl Read for TlsStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+/// Moves the plaintext `conn` opened to `plain`; whether the client said goodbye.
+fn drain_plaintext(conn: &mut ServerConnection, plain: &mut Vec<u8>) -> io::Result<bool> {
+    let mut piece = [0u8; 16 << 10];
+    loop {
+        match conn.reader().read(&mut piece) {
+            Ok(0) => return Ok(true),
+            Ok(n) => plain.extend_from_slice(&piece[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
 }
 
-impl Write for TlsStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+/// Bytes read from the socket at a time by the reading half.
+const RAW_READ: usize = 64 << 10;
+
+/// What the two halves share: the TLS state, and the socket's writing
+/// handle. Lock order: `conn`, then `sock` (taken before `conn` is
+/// released, so records reach the socket in the order they were sealed);
+/// no socket I/O happens while `conn` is held.
+struct Shared {
+    conn: Mutex<ServerConnection>,
+    sock: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Shared {
+    /// Sends what the TLS state has queued (records sealed by `conn`'s holder).
+    fn flush_out(&self, mut conn: std::sync::MutexGuard<'_, ServerConnection>) -> io::Result<()> {
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut sock = self.sock.locked();
+        drop(conn);
+        sock.write_all(&out)?;
+        sock.flush()
     }
 }
 
-impl Drop for TlsStream {
-    fn drop(&mut self) {
-        self.0.conn.send_close_notify();
-        while self.0.conn.wants_write() {
-            if self.0.conn.write_tls(&mut self.0.sock).is_err() {
+/// The reading half: reads records from its socket handle without holding
+/// the TLS state, then opens them under its lock.
+struct TlsReader {
+    shared: Arc<Shared>,
+    sock: Box<dyn Io>,
+    raw: Vec<u8>,
+    /// Plaintext opened and not yet read (`plain[at..]`).
+    plain: Vec<u8>,
+    at: usize,
+    /// The client said goodbye, or the socket ended.
+    eof: bool,
+}
+
+impl TlsReader {
+    /// Opens `raw` (`None`: the socket ended) into `plain`.
+    fn open(&mut self, raw: Option<usize>) -> io::Result<()> {
+        let mut conn = self.shared.conn.locked();
+        let mut rd: &[u8] = match raw {
+            Some(n) => &self.raw[..n],
+            None => &[],
+        };
+        self.plain.drain(..self.at);
+        self.at = 0;
+        loop {
+            // An empty input tells rustls the socket ended.
+            let fed = conn.read_tls(&mut rd)?;
+            if let Err(e) = conn.process_new_packets() {
+                // Tell the client why (an alert), then give up.
+                let _ = self.shared.flush_out(conn);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if drain_plaintext(&mut conn, &mut self.plain)? {
+                self.eof = true;
+            }
+            if fed == 0 || rd.is_empty() {
                 break;
             }
         }
+        if raw.is_none() {
+            self.eof = true;
+        }
+        // Answers the reading causes (a key update) go out in order.
+        self.shared.flush_out(conn)
+    }
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.at < self.plain.len() {
+                let n = buf.len().min(self.plain.len() - self.at);
+                buf[..n].copy_from_slice(&self.plain[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            if self.eof || buf.is_empty() {
+                return Ok(0);
+            }
+            // Time-outs go to the caller, which reads again: nothing is lost.
+            let n = self.sock.read(&mut self.raw)?;
+            self.open(if n == 0 { None } else { Some(n) })?;
+        }
+    }
+}
+
+/// The writing half: seals plaintext under the TLS state's lock, sends it
+/// after; says goodbye (`close_notify`) when dropped, as the NBD
+/// specification asks of a soft disconnect.
+struct TlsWriter(Arc<Shared>);
+
+impl Write for TlsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut conn = self.0.conn.locked();
+        let n = conn.writer().write(buf)?;
+        self.0.flush_out(conn)?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let conn = self.0.conn.locked();
+        self.0.flush_out(conn)
+    }
+}
+
+impl Drop for TlsWriter {
+    fn drop(&mut self) {
+        let mut conn = self.0.conn.locked();
+        conn.send_close_notify();
+        let _ = self.0.flush_out(conn);
     }
 }
