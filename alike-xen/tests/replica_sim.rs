@@ -195,6 +195,53 @@ fn two_sites_replicate_incrementally_keep_points_and_fail_over() {
     // A failed-over replica takes no more runs.
     let e = replica.begin(&[64 << 20, 32 << 20]).unwrap_err();
     assert!(e.to_string().contains("failed over"), "{e}");
+
+    // The failed-over VM works: its guest writes 3 pieces.
+    let mut dr_written = 0u64;
+    for (i, off) in [(0usize, 3u64 << 20), (1, 20 << 20), (0, 40 << 20)] {
+        let mut piece = vec![0u8; 8192];
+        alike_core::random_bytes(&mut piece).unwrap();
+        b.guest_write(&live[i], off, &piece).unwrap();
+        dr_written += 8192;
+    }
+    // Failback onto the original, halted: only what differs travels back
+    // (the DR guest's writes, and the source's write after point 2).
+    let web = a.lookup(Class::Vm, "web-01").unwrap();
+    a.set_power_state(&web, "Halted").unwrap();
+    let back = replica.failback_target(Arc::new(pool(&a)), "web-01", &state.path().join("failback")).unwrap();
+    let dr_src = pool(&b);
+    let snap = dr_src.begin_backup(replica.vm_ref(), &XenBackupOptions::default(), &[]).unwrap();
+    let dr_now: Vec<Vec<u8>> = snap.disks().iter().map(|d| read_all(*d)).collect();
+    let mut so = SenderOptions::new("web-01 (replica)");
+    so.chunking = back.chunking();
+    let fb =
+        replicate_local(&snap.disks(), &so, &back, &ReceiverOptions::default(), &[], &LinkOptions::default()).unwrap();
+    snap.commit();
+    eprintln!(
+        "failback sent {} bytes ({} needed) for {dr_written} bytes written",
+        fb.sender.sent_bytes, fb.sender.needed_bytes
+    );
+    assert!(
+        fb.sender.needed_bytes >= dr_written && fb.sender.needed_bytes <= 6 * (64 << 10),
+        "{}",
+        fb.sender.needed_bytes
+    );
+    assert!(fb.sender.sent_bytes <= fb.sender.needed_bytes + (64 << 10), "failback sent {}", fb.sender.sent_bytes);
+    assert_point(&back, 2, &dr_now);
+    let done = replica.finish_failback(back, true).unwrap();
+    assert!(done.started);
+    assert_eq!(a.field(Class::Vm, &web, "power_state").unwrap().as_str(), Some("Running"));
+    for (d, vdi) in live_vdis(&a, &web).iter().enumerate() {
+        assert!(a.read_vdi(vdi, 0, dr_now[d].len()).unwrap() == dr_now[d], "the original holds the DR VM's disk {d}");
+    }
+    assert_eq!(b.field(Class::Vm, replica.vm_ref(), "power_state").unwrap().as_str(), Some("Halted"));
+    let err = api_error(&b, "VM.start", vec![Value::s(replica.vm_ref()), Value::Bool(false), Value::Bool(false)]);
+    assert!(err.iter().any(|w| w.contains("OPERATION_BLOCKED")), "the DR VM is a replica again: {err:?}");
+    // Roles swapped back: the next replication from the original needs nothing.
+    let (r4, s4, replica) = run(&src, &dst, state.path());
+    assert_eq!(r4.receiver.point, done.replica_point + 1);
+    assert_eq!(r4.sender.needed_bytes, 0);
+    assert_point(&replica, r4.receiver.point, &s4);
 }
 
 /// The child of the kill test: writes random megabytes over disk 0 of the

@@ -106,8 +106,8 @@ pub use config::{XenCdConfig, XenDiskConfig, XenNicConfig, XenSnapshotInfo, XenV
 pub use error::{PoolError, PoolResult};
 pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, XenPool};
 pub use replica::{
-    BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailoverReport, POINT_MARK, REPLICA_MARK, ReplicaMeta, ReplicaNic,
-    TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
+    BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailbackReport, FailoverReport, POINT_MARK, REPLICA_MARK,
+    ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
 };
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};

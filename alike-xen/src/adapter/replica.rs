@@ -231,6 +231,26 @@ pub struct FailoverReport {
     pub started: bool,
 }
 
+/// What [`XenReplica::finish_failback`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FailbackReport {
+    /// The original VM, live again.
+    pub original_uuid: String,
+    /// Its name.
+    pub original_name: String,
+    /// The point the failed-over VM holds now, a replica again.
+    pub replica_point: u64,
+    /// Whether the original was started.
+    pub started: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn rerr(e: PoolError) -> ReplicaError {
     ReplicaError::Core(alike_core::Error::seam(e))
 }
@@ -716,6 +736,187 @@ impl XenReplica {
                 name: self.name.clone(),
                 point: p.mark.point,
                 networks: moved,
+                started: start,
+            })
+        };
+        go().map_err(rerr)
+    }
+
+    /// The marker as the VM holds it now.
+    fn current_meta(&self) -> PoolResult<Option<ReplicaMeta>> {
+        let raw = self.vm_raw()?;
+        Ok(string_map(&raw, "other_config").get(REPLICA_MARK).and_then(|t| serde_json::from_str(t).ok()))
+    }
+
+    /// Failback, first step: makes VM `vm` of `original` (the VM this
+    /// replica was failed over from, or any halted VM with disks of the
+    /// same sizes, to become the live VM again) a replica of this
+    /// failed-over VM, whose one point is the VM as it is now (a marked
+    /// snapshot). Replicating this VM onto the returned target (the
+    /// engine, with no sender state) then sends only the chunks whose
+    /// content differs between the two VMs: what changed on either side
+    /// since the failover point. [`XenReplica::finish_failback`] swaps the
+    /// roles afterwards.
+    ///
+    /// # Errors
+    /// This replica was not failed over; `vm` is running, is itself a
+    /// replica, or its disks differ in number or size; a XAPI call failing.
+    pub fn failback_target(
+        &self,
+        original: Arc<XenPool>,
+        vm: &str,
+        state_dir: &Path,
+    ) -> Result<XenReplica, ReplicaError> {
+        let meta = self.current_meta().map_err(rerr)?;
+        if meta.as_ref().and_then(|m| m.failed_over).is_none() {
+            return Err(ReplicaError::InvalidArgument(format!(
+                "{:?} was not failed over: there is nothing to fail back",
+                self.name
+            )));
+        }
+        let (vm_ref, raw) = original.find_vm(vm).map_err(rerr)?;
+        let name = text(&raw, "name_label");
+        if text(&raw, "power_state") != "Halted" {
+            return Err(ReplicaError::InvalidArgument(format!("VM {name:?} must be halted to be failed back onto")));
+        }
+        if string_map(&raw, "other_config").contains_key(REPLICA_MARK) {
+            return Err(ReplicaError::InvalidArgument(format!("VM {name:?} is a replica already")));
+        }
+        let mine: Vec<u64> = self.disks_of(&self.vm_ref).map_err(rerr)?.iter().map(|d| d.2).collect();
+        let go = || -> PoolResult<String> {
+            let pool = &original;
+            let back = ReplicaMeta {
+                schema: 1,
+                source_vm: self.name.clone(),
+                source_uuid: self.uuid.clone(),
+                chunking: self.meta.chunking.clone(),
+                nics: Vec::new(),
+                failed_over: None,
+            };
+            let uuid = text(&raw, "uuid");
+            let tmp = XenReplica {
+                pool: Arc::clone(pool),
+                vm_ref: vm_ref.clone(),
+                uuid: uuid.clone(),
+                name: name.clone(),
+                meta: back.clone(),
+                chunking: self.chunking,
+                state: state_dir.join(&uuid),
+                keys: OnceLock::new(),
+            };
+            let theirs: Vec<u64> = tmp.disks_of(&vm_ref)?.iter().map(|d| d.2).collect();
+            if theirs != mine {
+                return Err(PoolError::InvalidArgument(format!(
+                    "VM {name:?} has disks of {theirs:?} bytes, {:?} of {mine:?}",
+                    self.name
+                )));
+            }
+            for (r, ..) in tmp.disks_of(&vm_ref)? {
+                let _ = pool.void("VDI.remove_from_other_config", &[json!(r), json!(DISK_MARK)]);
+                pool.void("VDI.add_to_other_config", &[json!(r), json!(DISK_MARK), json!(uuid)])
+                    .ctx(|| format!("marking VDI {r} of {name:?}"))?;
+            }
+            pool.void(
+                "VM.set_blocked_operations",
+                &[json!(vm_ref), json!({"start": BLOCK_CODE, "start_on": BLOCK_CODE})],
+            )
+            .ctx(|| format!("blocking {name:?} from starting"))?;
+            for (k, v) in [
+                (REPLICA_MARK, serde_json::to_string(&back).unwrap_or_default()),
+                (POINT_MARK, serde_json::to_string(&PointMark { point: 1, time_ms: now_ms() }).unwrap_or_default()),
+            ] {
+                let _ = pool.void("VM.remove_from_other_config", &[json!(vm_ref), json!(k)]);
+                pool.void("VM.add_to_other_config", &[json!(vm_ref), json!(k), json!(v)])
+                    .ctx(|| format!("marking {name:?}"))?;
+            }
+            pool.client()
+                .call_as_string("VM.snapshot", &[json!(vm_ref), json!(format!("{name} failback base"))])
+                .ctx(|| format!("taking the failback base of {name:?}"))?;
+            let _ = pool.void("VM.remove_from_other_config", &[json!(vm_ref), json!(POINT_MARK)]);
+            Ok(uuid)
+        };
+        let uuid = go().map_err(rerr)?;
+        XenReplica::open(original, &uuid, state_dir).map_err(rerr)
+    }
+
+    /// Failback, last step, once this failed-over VM was replicated onto
+    /// `target` (from [`XenReplica::failback_target`]): the original VM
+    /// becomes the live VM again (its failback snapshots destroyed, the
+    /// replica marks dropped, start unblocked, started when `start`), and
+    /// this VM a replica of it again (shut down, start blocked, its
+    /// content taken as a new point, so the next replication from the
+    /// original needs nothing it already holds).
+    ///
+    /// # Errors
+    /// `target` holds no point made by a failback run; a XAPI call failing.
+    pub fn finish_failback(&self, target: XenReplica, start: bool) -> Result<FailbackReport, ReplicaError> {
+        let (points, _) = target.snaps().map_err(rerr)?;
+        if points.len() < 2 {
+            return Err(ReplicaError::InvalidArgument(format!(
+                "{:?} holds no failback run yet: replicate {:?} onto it first",
+                target.name, self.name
+            )));
+        }
+        let _lock = target.writer_lock()?;
+        target.repair().map_err(rerr)?;
+        let go = || -> PoolResult<FailbackReport> {
+            // The original: live again.
+            let tp = &target.pool;
+            for p in &points {
+                let disks = target.disks_of(&p.snap_ref)?;
+                tp.void("VM.destroy", &[json!(p.snap_ref)])
+                    .ctx(|| format!("removing failback snapshot of {:?}", target.name))?;
+                for (r, ..) in disks {
+                    tp.void("VDI.destroy", &[json!(r)]).ctx(|| format!("removing VDI {r}"))?;
+                }
+            }
+            for (r, ..) in target.disks_of(&target.vm_ref)? {
+                let _ = tp.void("VDI.remove_from_other_config", &[json!(r), json!(DISK_MARK)]);
+            }
+            for k in [REPLICA_MARK, POINT_MARK, DIRTY_MARK] {
+                let _ = tp.void("VM.remove_from_other_config", &[json!(target.vm_ref), json!(k)]);
+            }
+            tp.void("VM.set_blocked_operations", &[json!(target.vm_ref), json!({})])
+                .ctx(|| format!("unblocking {:?}", target.name))?;
+            if start {
+                tp.void("VM.start", &[json!(target.vm_ref), json!(false), json!(false)])
+                    .ctx(|| format!("starting {:?}", target.name))?;
+            }
+            // This VM: a replica again, its content a new point.
+            let raw = self.vm_raw()?;
+            if text(&raw, "power_state") != "Halted" {
+                self.pool
+                    .void("VM.hard_shutdown", &[json!(self.vm_ref)])
+                    .ctx(|| format!("stopping {:?}", self.name))?;
+            }
+            let (mine, _) = self.snaps()?;
+            let point = mine.last().map_or(1, |p| p.mark.point + 1);
+            let mut meta = self.meta.clone();
+            meta.failed_over = None;
+            self.pool
+                .void(
+                    "VM.set_blocked_operations",
+                    &[json!(self.vm_ref), json!({"start": BLOCK_CODE, "start_on": BLOCK_CODE})],
+                )
+                .ctx(|| format!("blocking {:?} from starting", self.name))?;
+            for (k, v) in [
+                (REPLICA_MARK, serde_json::to_string(&meta).unwrap_or_default()),
+                (POINT_MARK, serde_json::to_string(&PointMark { point, time_ms: now_ms() }).unwrap_or_default()),
+            ] {
+                let _ = self.pool.void("VM.remove_from_other_config", &[json!(self.vm_ref), json!(k)]);
+                self.pool
+                    .void("VM.add_to_other_config", &[json!(self.vm_ref), json!(k), json!(v)])
+                    .ctx(|| format!("marking {:?}", self.name))?;
+            }
+            self.pool
+                .client()
+                .call_as_string("VM.snapshot", &[json!(self.vm_ref), json!(format!("{} point {point}", self.name))])
+                .ctx(|| format!("taking point {point} of {:?}", self.name))?;
+            let _ = self.pool.void("VM.remove_from_other_config", &[json!(self.vm_ref), json!(POINT_MARK)]);
+            Ok(FailbackReport {
+                original_uuid: target.uuid.clone(),
+                original_name: target.name.clone(),
+                replica_point: point,
                 started: start,
             })
         };
