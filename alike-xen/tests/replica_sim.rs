@@ -328,3 +328,102 @@ fn a_writer_killed_mid_write_leaves_the_last_point_and_the_next_run_succeeds() {
     assert_point(&replica, 2, &s2);
     assert_point(&replica, 1, &s1);
 }
+
+/// The receiving end of the two-process test, in a child process: opens
+/// or makes the replica on the target pool and runs the receiver over TCP,
+/// listening (push) or dialling (pull).
+#[test]
+fn receiver_child() {
+    let Ok(url) = std::env::var("ALIKE_XEN_RECV_URL") else { return };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let config: alike_xen::adapter::XenVmConfig =
+        serde_json::from_slice(&std::fs::read(var("ALIKE_XEN_RECV_CONFIG")).unwrap()).unwrap();
+    let pool = Arc::new(pool_at(&url, "alike"));
+    let replica = XenReplica::open_or_create(
+        pool,
+        &config,
+        &XenReplicaOptions::new("Local storage", var("ALIKE_XEN_RECV_STATE")).network(NET),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = var("ALIKE_XEN_RECV_ADDR").parse().unwrap();
+    let cancel = alike_core::CancelToken::new();
+    let (stream, dial) = if var("ALIKE_XEN_RECV_FLOW") == "push" {
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        (alike_replicate::accept(&l, Duration::from_secs(60), &cancel).unwrap(), alike_replicate::Dial::Accept)
+    } else {
+        (alike_replicate::dial(&[addr], Duration::from_secs(60), &cancel).unwrap(), alike_replicate::Dial::Connect)
+    };
+    let secret: [u8; 32] = [7; 32];
+    let end = alike_replicate::TcpEnd { stream, dial, job: "xen-job".into(), secret, link: LinkOptions::default() };
+    let mut ro = ReceiverOptions::default();
+    ro.vm = Some("web-01".into());
+    let r = alike_replicate::run_receiver(end, &replica, &ro, &[]).unwrap();
+    println!("received point {}", r.point);
+}
+
+#[test]
+fn two_processes_over_tcp_push_then_pull() {
+    let (a, _da) = sim();
+    let (b, _db) = sim();
+    let state = tempfile::tempdir().unwrap();
+    let src = pool(&a);
+    let root = a.lookup(Class::Vdi, "web-01 root").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut last = None;
+    for (round, flow) in ["push", "pull"].into_iter().enumerate() {
+        if round > 0 {
+            let mut piece = vec![0u8; 4096];
+            alike_core::random_bytes(&mut piece).unwrap();
+            a.guest_write(&root, 11 << 20, &piece).unwrap();
+        }
+        let snap = src.begin_backup("web-01", &XenBackupOptions::default(), &[]).unwrap();
+        let cfg = state.path().join("config.json");
+        std::fs::write(&cfg, serde_json::to_vec(snap.config()).unwrap()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Pull: the sender listens before the receiver dials.
+        let listener = (flow == "pull").then(|| std::net::TcpListener::bind(addr).unwrap());
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", "receiver_child", "--nocapture", "--test-threads=1"])
+            .env("ALIKE_XEN_RECV_URL", b.url())
+            .env("ALIKE_XEN_RECV_CONFIG", &cfg)
+            .env("ALIKE_XEN_RECV_STATE", state.path().join("replicas"))
+            .env("ALIKE_XEN_RECV_ADDR", addr.to_string())
+            .env("ALIKE_XEN_RECV_FLOW", flow)
+            .spawn()
+            .unwrap();
+        let cancel = alike_core::CancelToken::new();
+        let (stream, dial) = match &listener {
+            Some(l) => {
+                (alike_replicate::accept(l, Duration::from_secs(60), &cancel).unwrap(), alike_replicate::Dial::Accept)
+            }
+            None => (
+                alike_replicate::dial(&[addr], Duration::from_secs(60), &cancel).unwrap(),
+                alike_replicate::Dial::Connect,
+            ),
+        };
+        let end = alike_replicate::TcpEnd {
+            stream,
+            dial,
+            job: "xen-job".into(),
+            secret: [7; 32],
+            link: LinkOptions::default(),
+        };
+        let disks = snap.disks();
+        let source: Vec<Vec<u8>> = disks.iter().map(|d| read_all(*d)).collect();
+        let mut so = SenderOptions::new("web-01");
+        so.state_file = Some(state.path().join("sender.state"));
+        let r = alike_replicate::run_sender(end, &disks, &so).unwrap();
+        snap.commit();
+        assert!(child.wait().unwrap().success(), "the receiver failed");
+        let replica = XenReplica::open(Arc::new(pool(&b)), "web-01 (replica)", &state.path().join("replicas")).unwrap();
+        assert_eq!(r.point, round as u64 + 1);
+        assert_point(&replica, r.point, &source);
+        eprintln!("{flow}: point {} sent {} read {}", r.point, r.sent_bytes, r.read_bytes);
+        if let Some(first) = last {
+            assert!(r.needed_bytes >= 4096 && r.needed_bytes <= 2 * (64 << 10), "needed {}", r.needed_bytes);
+            assert!(r.sent_bytes <= r.needed_bytes + (64 << 10) && first > 20 * r.sent_bytes, "sent {}", r.sent_bytes);
+        }
+        last = Some(r.sent_bytes);
+    }
+}
