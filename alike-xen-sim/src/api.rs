@@ -52,6 +52,7 @@ fn special(class: Class, msg: &str) -> Option<Arity> {
         (Class::Vm, "snapshot_with_quiesce" | "checkpoint") => Exactly(3),
         (Class::Vm, "get_allowed_VBD_devices") => Exactly(2),
         (Class::Vm, "clone") => Exactly(3),
+        (Class::Vm, "revert") => Exactly(2),
         (Class::Vm, "create") => Exactly(2),
         (Class::Vm, "destroy") => Exactly(2),
         (Class::Vm, "start") => Exactly(4),
@@ -300,6 +301,7 @@ impl Inner {
             (Class::Vm, "checkpoint") => st.vm_snapshot(&a(1), &a(2), &[], SnapKind::Checkpoint).map(Value::Str),
             (Class::Vm, "get_allowed_VBD_devices") => st.vm_allowed_vbd_devices(&a(1)),
             (Class::Vm, "clone") => st.vm_clone(&a(1), &a(2)).map(Value::Str),
+            (Class::Vm, "revert") => st.vm_revert(&a(1)).map(|()| Value::s("")),
             (Class::Vm, "create") => st.vm_create(&arg_struct(params, 1, "VM")?).map(Value::Str),
             (Class::Vm, "destroy") => st.vm_destroy(&a(1)).map(|()| Value::s("")),
             (Class::Vm, "start") => {

@@ -660,6 +660,76 @@ impl State {
         Ok(new_ref_)
     }
 
+    /// `VM.revert(snapshot)`: the VM the snapshot was taken of goes back to
+    /// it, as XAPI's `Xapi_vm_snapshot.revert` does for a halted VM: its
+    /// disks (VBDs of type `Disk` and their VDIs) are destroyed and replaced
+    /// by clones of the snapshot's VDIs at the same `userdevice`, and the
+    /// snapshot's `other_config`, `blocked_operations` and memory/vCPU
+    /// fields are copied back. VIFs are left as they are (XAPI recreates
+    /// them from the snapshot's: a deviation, see the README).
+    pub(crate) fn vm_revert(&mut self, snapshot: &str) -> Result<()> {
+        let snap = self.get(Class::Vm, snapshot)?.clone();
+        if snap.get("is_a_snapshot").and_then(Value::as_bool) != Some(true) {
+            return Err(Error::api("VM_NOT_A_SNAPSHOT", [snapshot]));
+        }
+        let vm = snap.get("snapshot_of").and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+        if !self.exists(Class::Vm, &vm) {
+            return Err(Error::api("VM_REVERT_FAILED", [snapshot, vm.as_str()]));
+        }
+        let state = self.str_of(&vm, "power_state");
+        if state != "Halted" {
+            return Err(vm_bad_power(&vm, "halted", &state));
+        }
+        for vbd in self.vm_vbds(&vm) {
+            if self.str_of(&vbd, "type") != "Disk" {
+                continue;
+            }
+            let vdi = self.str_of(&vbd, "VDI");
+            self.objects.remove(&vbd);
+            // A VDI another VM still uses stays (XAPI destroys only the VM's own).
+            if self.exists(Class::Vdi, &vdi) && self.where_eq(Class::Vbd, "VDI", &vdi).is_empty() {
+                let uuid = self.vdi_uuid(&vdi);
+                self.store.destroy(&uuid);
+                self.objects.remove(&vdi);
+            }
+        }
+        for vbd in self.vm_vbds(snapshot) {
+            let mut vrec = self.get(Class::Vbd, &vbd)?.clone();
+            if vrec.get("type").and_then(Value::as_str) != Some("Disk") {
+                continue;
+            }
+            let vdi = vrec.get("VDI").and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+            if !self.exists(Class::Vdi, &vdi) {
+                continue;
+            }
+            let c = self.vdi_clone(&vdi)?;
+            // The clone is the VM's disk now, not a copy of a snapshot.
+            let name = self.str_of(&vdi, "name_label");
+            self.set(&c, "name_label", name);
+            vrec.insert("VDI".into(), Value::s(c));
+            vrec.insert("uuid".into(), Value::s(new_uuid()));
+            vrec.insert("VM".into(), Value::s(vm.as_str()));
+            vrec.insert("currently_attached".into(), Value::Bool(false));
+            self.objects.insert(new_ref(), Obj { class: Class::Vbd, rec: vrec });
+        }
+        for f in [
+            "other_config",
+            "blocked_operations",
+            "memory_static_max",
+            "memory_dynamic_max",
+            "memory_dynamic_min",
+            "memory_static_min",
+            "VCPUs_max",
+            "VCPUs_at_startup",
+        ] {
+            if let Some(v) = snap.get(f) {
+                self.set(&vm, f, v.clone());
+            }
+        }
+        self.set(&vm, "parent", snapshot);
+        Ok(())
+    }
+
     /// `VM.create(record)`.
     pub(crate) fn vm_create(&mut self, args: &BTreeMap<String, Value>) -> Result<String> {
         for f in [
@@ -752,6 +822,13 @@ impl State {
                 }
                 if state != "Halted" {
                     return Err(vm_bad_power(vm, "halted", &state));
+                }
+                // XAPI checks `blocked_operations` before anything else runs:
+                // OPERATION_BLOCKED [ref, the entry's value].
+                if let Some(Value::Struct(b)) = rec.get("blocked_operations")
+                    && let Some(code) = b.get("start")
+                {
+                    return Err(Error::api("OPERATION_BLOCKED", [vm, code.as_str().unwrap_or("")]));
                 }
             }
             "hard_shutdown" | "clean_shutdown" if state != "Running" && state != "Paused" => {

@@ -165,6 +165,53 @@ mod rpc {
     }
 
     #[test]
+    fn blocked_start_and_revert_to_a_snapshot() {
+        let (sim, _d) = sim();
+        let a = sim.addr();
+        let call =
+            |method: &str, params: serde_json::Value| jsonrpc(a, json!({"method": method, "params": params, "id": 1}));
+        let s = call("session.login_with_password", json!(["root", "alike"]))["result"].as_str().unwrap().to_owned();
+        let db = sim.lookup(Class::Vm, "db-01").unwrap();
+        let vdi = sim.lookup(Class::Vdi, "db-01 disk").unwrap();
+        // A blocked start is refused with XAPI's error, naming the VM and the entry's value.
+        call("VM.set_blocked_operations", json!([s, db, {"start": "alike-replica"}]));
+        let e = call("VM.start", json!([s, db, false, false]));
+        assert_eq!(e["error"], json!(["OPERATION_BLOCKED", db, "alike-replica"]));
+        assert_eq!(sim.field(Class::Vm, &db, "power_state").unwrap(), Value::s("Halted"));
+        // A snapshot, then writes and a changed other_config; revert brings both back.
+        let before = sim.read_vdi(&vdi, 0, 1 << 20).unwrap();
+        call("VM.add_to_other_config", json!([s, db, "mark", "at-snapshot"]));
+        let snap = call("VM.snapshot", json!([s, db, "db-01 point"]))["result"].as_str().unwrap().to_owned();
+        call("VM.remove_from_other_config", json!([s, db, "mark"]));
+        call("VM.set_blocked_operations", json!([s, db, {}]));
+        sim.guest_write(&vdi, 4096, &[9u8; 8192]).unwrap();
+        assert_ne!(sim.read_vdi(&vdi, 0, 1 << 20).unwrap(), before);
+        let e = call("VM.revert", json!([s, db]));
+        assert_eq!(e["error"][0], "VM_NOT_A_SNAPSHOT");
+        let r = call("VM.revert", json!([s, snap]));
+        assert_eq!(r["error"], serde_json::Value::Null, "{r}");
+        // The VM's disk is a new VDI holding the snapshot's data; the old one is gone.
+        let vbds = call("VM.get_VBDs", json!([s, db]))["result"].as_array().unwrap().clone();
+        let disk: Vec<String> = vbds
+            .iter()
+            .filter(|v| sim.field(Class::Vbd, v.as_str().unwrap(), "type").unwrap() == Value::s("Disk"))
+            .map(|v| sim.field(Class::Vbd, v.as_str().unwrap(), "VDI").unwrap().as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(disk.len(), 1);
+        assert_ne!(disk[0], vdi);
+        assert!(sim.field(Class::Vdi, &vdi, "uuid").is_none(), "the written VDI is destroyed");
+        assert_eq!(sim.read_vdi(&disk[0], 0, 1 << 20).unwrap(), before);
+        let oc = call("VM.get_other_config", json!([s, db]))["result"].clone();
+        assert_eq!(oc["mark"], "at-snapshot");
+        let blocked = call("VM.get_blocked_operations", json!([s, db]))["result"].clone();
+        assert_eq!(blocked, json!({"start": "alike-replica"}), "the snapshot's blocked operations come back");
+        // The snapshot still reads as it did, and a running VM cannot be reverted.
+        sim.set_power_state(&db, "Running").unwrap();
+        let e = call("VM.revert", json!([s, snap]));
+        assert_eq!(e["error"][0], "VM_BAD_POWER_STATE");
+    }
+
+    #[test]
     fn https_with_the_host_certificate() {
         let (sim, _d) = sim_with(|c| c.tls(true));
         assert!(sim.url().starts_with("https://"));

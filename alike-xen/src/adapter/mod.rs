@@ -97,6 +97,7 @@ mod config;
 mod error;
 mod host;
 mod pool;
+mod replica;
 mod restore;
 mod source;
 
@@ -104,6 +105,10 @@ pub use backup::{MAX_NBD_CONNECTIONS, Quiesce, ReleaseReport, Transport, XenBack
 pub use config::{XenCdConfig, XenDiskConfig, XenNicConfig, XenSnapshotInfo, XenVmConfig};
 pub use error::{PoolError, PoolResult};
 pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, XenPool};
+pub use replica::{
+    BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailbackReport, FailoverReport, POINT_MARK, REPLICA_MARK,
+    ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
+};
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};
 

@@ -39,6 +39,11 @@ pub enum ImportFormat {
     Raw,
     /// A VHD (dynamic or fixed), as [`crate::vhd::write_stream`] writes it.
     Vhd,
+    /// XAPI's framed raw import (`format=raw&chunked=true`): records of a
+    /// `u64` LE offset, a `u32` LE length and that many bytes, written at
+    /// that offset; a record of offset 0 and length 0 ends the body. Only
+    /// the bytes the records carry are written: the rest of the VDI stays.
+    RawChunked,
 }
 
 /// A VDI export arriving over HTTP: read it front to back; it is never
@@ -217,13 +222,17 @@ impl Client {
         len: u64,
     ) -> Result<()> {
         let fmt = match format {
-            ImportFormat::Raw => "raw",
+            ImportFormat::Raw | ImportFormat::RawChunked => "raw",
             ImportFormat::Vhd => "vhd",
         };
         let task = self.task_create("alike import", &format!("import_raw_vdi {vdi}"))?;
         let label = format!("importing into VDI {vdi}");
         let session = self.session_for_http()?;
-        let url = self.handler_url("import_raw_vdi", &[("vdi", vdi), ("format", fmt), ("task_id", &task)], &session)?;
+        let mut params = vec![("vdi", vdi), ("format", fmt), ("task_id", task.as_str())];
+        if format == ImportFormat::RawChunked {
+            params.push(("chunked", "true"));
+        }
+        let url = self.handler_url("import_raw_vdi", &params, &session)?;
         // No total deadline (an upload takes as long as it takes); stalled
         // bytes are caught by TCP_USER_TIMEOUT.
         let http = http_client(self.tls(), self.connect_timeout(), None, Some(self.io_timeout()), false)?;
@@ -261,6 +270,9 @@ impl Client {
         let writer = match format {
             ImportFormat::Vhd => Some(StreamWriter::new(source, &VhdOptions::default())?),
             ImportFormat::Raw => None,
+            ImportFormat::RawChunked => {
+                return Err(Error::InvalidArgument("import_disk sends raw or VHD bodies, not framed ones".into()));
+            }
         };
         let len = writer.as_ref().map_or(source.size(), StreamWriter::len);
         let (tx, rx) = sync_channel::<Vec<u8>>(4);
