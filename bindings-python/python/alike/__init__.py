@@ -47,6 +47,7 @@ from ._native import (
     NotFound,
     PassphraseRequired,
     UnsupportedVersion,
+    WriteOnlyKey,
     WrongPassphrase,
 )
 
@@ -106,6 +107,7 @@ __all__ = [
     "VerifyReport",
     "Version",
     "Volume",
+    "WriteOnlyKey",
     "WrongPassphrase",
     "XenBackupReport",
     "XenDisk",
