@@ -133,3 +133,39 @@ fn golden_v3_vectors_match() {
     assert_eq!(e.kind(), alike_core::ErrorKind::WriteOnlyKey, "{e}");
     assert!(decode_frame(&Keys::from_master(&m), &at, &stored).is_err());
 }
+
+mod mutations {
+    //! The fuzz target `key_files` as a stable smoke test: mutations of the
+    //! golden key file and frame are refused, never accepted and never a panic.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn a_changed_key_file_or_frame_is_refused(at in 0usize..4096, bit in 0u8..8, cut in 0usize..4096) {
+            let m = MasterKey(MASTER);
+            let good = WriterKeyFile::new(STORE_ID, &WriterKey::from_master(&m)).encode();
+            let mut bad = good.clone();
+            let i = at % bad.len();
+            bad[i] ^= 1 << bit;
+            prop_assert!(AnyKeyFile::decode(&bad, "p").is_err(), "a flipped bit at {} was accepted", i);
+            prop_assert!(AnyKeyFile::decode(&good[..cut % good.len()], "p").is_err());
+
+            let aad = frame_aad(BlobKind::Data, Compression::None, PLAINTEXT.len() as u32);
+            let stored = seal_to_public(&WriterKey::from_master(&m).public_key, EPHEMERAL, NONCE, &aad, PLAINTEXT).unwrap();
+            let mut bad = stored.clone();
+            let i = at % bad.len();
+            bad[i] ^= 1 << bit;
+            let at_ref = FrameRef {
+                container: [0; 32], offset: 0, stored_len: bad.len() as u32, raw_len: PLAINTEXT.len() as u32,
+                kind: BlobKind::Data, compression: Compression::None,
+            };
+            prop_assert!(decode_frame(&Keys::from_master_sealing_data(&m), &at_ref, &bad).is_err());
+            let short = &stored[..cut % stored.len()];
+            let short_ref = FrameRef { stored_len: short.len() as u32, ..at_ref };
+            prop_assert!(decode_frame(&Keys::from_master_sealing_data(&m), &short_ref, short).is_err());
+        }
+    }
+}

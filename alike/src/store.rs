@@ -1041,6 +1041,7 @@ impl Store {
         version: &Version,
         lookup: &'a alike_core::ManifestLookup<'a>,
     ) -> Result<Vec<alike_core::VersionSource<'a>>> {
+        self.check_can_read_data(|| format!("reading version {} (VM {:?})", version.short_id(), version.vm))?;
         let m = &version.manifest;
         Ok(m.disks
             .iter()
