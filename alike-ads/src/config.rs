@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use alike_core::{CdcParams, Chunking, KdfParams, MasterKey, WrappedKey};
+use alike_core::{CdcParams, Chunking, KdfParams, MasterKey, WrappedKey, WriterKey};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{HEADER_LEN, ObjectKind, check_header_version, header_v};
@@ -33,9 +33,13 @@ pub struct StoreConfig {
     /// Encrypted stores: keyed BLAKE3 of a fixed string under the id key,
     /// hex; tells a right key from a wrong one without revealing anything.
     pub key_check: Option<String>,
-    /// Content-defined stores (format 2): the chunk sizes.
+    /// Content-defined stores (formats 2 and 3): the chunk sizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunking: Option<CdcParams>,
+    /// Stores with write-only keys (format 3): the store's X25519 public
+    /// key, hex; data frames are sealed to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 impl StoreConfig {
@@ -50,9 +54,20 @@ impl StoreConfig {
             (None, bs) => Chunking::Fixed { block_size: bs.unwrap_or(alike_core::DEFAULT_BLOCK_SIZE) },
         }
     }
-    /// The format version of the store: 2 for content-defined chunking, else 1.
+    /// The format version of the store: 3 with write-only keys (a public
+    /// key), else 2 for content-defined chunking, else 1.
     pub fn format_version(&self) -> u32 {
-        if self.chunking.is_some() { 2 } else { 1 }
+        if self.public_key.is_some() {
+            3
+        } else if self.chunking.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+    /// The store's public key (format 3).
+    pub fn public_key(&self) -> Option<[u8; 32]> {
+        self.public_key.as_deref().and_then(|h| hex::decode(h).ok()).and_then(|b| b.try_into().ok())
     }
 }
 
@@ -115,9 +130,19 @@ pub fn decode_config(bytes: &[u8]) -> Result<StoreConfig> {
             return Err(bad(format!("block size {bs} is not allowed")));
         }
         (1, Some(_), None) => {}
-        (2, None, Some(p)) => p.validate().map_err(|e| bad(format!("chunking: {e}")))?,
+        (2 | 3, None, Some(p)) => p.validate().map_err(|e| bad(format!("chunking: {e}")))?,
         (1, ..) => return Err(bad("a format 1 config needs block_size and no chunking".into())),
-        _ => return Err(bad("a format 2 config needs chunking and no block_size".into())),
+        (v, ..) => return Err(bad(format!("a format {v} config needs chunking and no block_size"))),
+    }
+    match (version, &c.public_key) {
+        (3, Some(_)) if c.public_key().is_none() => return Err(bad("public_key is not 32 bytes of hex".into())),
+        (3, Some(_)) if c.encryption != AES_256_GCM => {
+            return Err(bad("a format 3 config (write-only keys) needs encryption".into()));
+        }
+        (3, Some(_)) | (1 | 2, None) => {}
+        (3, None) => return Err(bad("a format 3 config needs public_key".into())),
+        (_, None) => {}
+        (v, Some(_)) => return Err(bad(format!("a format {v} config has no public_key"))),
     }
     if c.store_id.len() != 32 || hex::decode(&c.store_id).is_err() {
         return Err(bad("store_id is not 32 hex digits".into()));
@@ -230,7 +255,7 @@ pub(crate) const MAX_KEY_FILE: u64 = 64 << 10;
 /// # Errors
 /// [`Error::Io`]; [`Error::InvalidArgument`] for something that is not a
 /// regular file or is too large; header, checksum and JSON errors.
-pub(crate) fn read_key_file(path: &Path) -> Result<KeyFile> {
+pub(crate) fn read_key_file(path: &Path) -> Result<AnyKeyFile> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(crate::error::io(path))?;
     let m = f.metadata().map_err(crate::error::io(path))?;
@@ -246,7 +271,35 @@ pub(crate) fn read_key_file(path: &Path) -> Result<KeyFile> {
             MAX_KEY_FILE >> 10
         )));
     }
-    KeyFile::decode(&bytes, &path.display().to_string())
+    AnyKeyFile::decode(&bytes, &path.display().to_string())
+}
+
+/// Writes a new key file, readable by its owner only (0600), durably: to a
+/// temporary name beside it, then linked to its name (so it appears whole,
+/// and an existing file is never replaced) and the temporary name removed.
+///
+/// # Errors
+/// [`Error::FileExists`]; [`Error::Io`].
+pub(crate) fn write_key_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut r = [0u8; 8];
+    alike_core::random_bytes(&mut r)?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(r)));
+    write_key_file(&tmp, data)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::FileExists { path: path.to_owned(), what: "key file" });
+        }
+        Err(e) => return Err(Error::Io { path: path.to_owned(), source: e }),
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Writes a new key file, readable by its owner only (0600), durably. An
@@ -307,5 +360,95 @@ impl KeyFile {
     /// Decodes.
     pub fn decode(bytes: &[u8], object: &str) -> Result<KeyFile> {
         parse(check_checksum(bytes, ObjectKind::KeyFile, object)?, object)
+    }
+}
+
+/// A write-only key file (format 3 stores): what a processor gets to back
+/// up into a store without being able to read its data (`docs/format.md`
+/// §4.1). Keep it as safe as a means to write to the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterKeyFile {
+    /// The store it writes to.
+    pub store_id: String,
+    /// The chunk id key, 32 bytes hex.
+    pub id_key: String,
+    /// The blob key (metadata), 32 bytes hex.
+    pub blob_key: String,
+    /// The store's X25519 public key, 32 bytes hex.
+    pub public_key: String,
+}
+
+fn hex32(h: &str, field: &str, object: &str) -> Result<[u8; 32]> {
+    hex::decode(h)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| Error::Corrupt { object: object.into(), reason: format!("{field} is not 32 bytes of hex") })
+}
+
+impl WriterKeyFile {
+    /// For a write-only key.
+    pub fn new(store_id: &str, w: &WriterKey) -> WriterKeyFile {
+        WriterKeyFile {
+            store_id: store_id.into(),
+            id_key: hex::encode(w.id_key),
+            blob_key: hex::encode(w.blob_key),
+            public_key: hex::encode(w.public_key),
+        }
+    }
+    /// The key it holds.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when a field is not 32 bytes of hex.
+    pub fn key(&self, object: &str) -> Result<WriterKey> {
+        Ok(WriterKey {
+            id_key: hex32(&self.id_key, "id_key", object)?,
+            blob_key: hex32(&self.blob_key, "blob_key", object)?,
+            public_key: hex32(&self.public_key, "public_key", object)?,
+        })
+    }
+    /// Encodes: header ‖ JSON ‖ BLAKE3.
+    pub fn encode(&self) -> Vec<u8> {
+        with_checksum(ObjectKind::WriterKeyFile, serde_json::to_vec_pretty(self).expect("serializes"))
+    }
+    /// Decodes.
+    ///
+    /// # Errors
+    /// Header, checksum and JSON errors, none showing the file's bytes.
+    pub fn decode(bytes: &[u8], object: &str) -> Result<WriterKeyFile> {
+        let f: WriterKeyFile = parse(check_checksum(bytes, ObjectKind::WriterKeyFile, object)?, object)?;
+        f.key(object)?;
+        Ok(f)
+    }
+}
+
+/// A key file of either kind: the full key or a write-only key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyKeyFile {
+    /// A full key file (`KF`).
+    Full(KeyFile),
+    /// A write-only key file (`WK`).
+    Writer(WriterKeyFile),
+}
+
+impl AnyKeyFile {
+    /// Decodes by the magic: `WK` a write-only key file, else a full key
+    /// file (so a file of neither kind is refused as "not a key file").
+    ///
+    /// # Errors
+    /// As [`KeyFile::decode`] and [`WriterKeyFile::decode`].
+    pub fn decode(bytes: &[u8], object: &str) -> Result<AnyKeyFile> {
+        if bytes.starts_with(&ObjectKind::WriterKeyFile.magic()) {
+            WriterKeyFile::decode(bytes, object).map(AnyKeyFile::Writer)
+        } else {
+            KeyFile::decode(bytes, object).map(AnyKeyFile::Full)
+        }
+    }
+    /// The store it belongs to.
+    pub fn store_id(&self) -> &str {
+        match self {
+            AnyKeyFile::Full(f) => &f.store_id,
+            AnyKeyFile::Writer(f) => &f.store_id,
+        }
     }
 }

@@ -9,8 +9,9 @@ use crate::{Error, Result};
 
 /// The newest format version this build writes and reads. Version 2
 /// (content-defined chunking) changed `config` and version manifests only;
-/// every other object kind is still written as version 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// version 3 (write-only keys) changed `config` and the sealing of data
+/// frames; every other object kind is still written as version 1.
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes of magic + version at the start of every object.
 pub const HEADER_LEN: usize = 12;
 
@@ -23,6 +24,8 @@ pub enum ObjectKind {
     Key,
     /// A key file exported for the user (not kept in the store).
     KeyFile,
+    /// A write-only key file (format 3 stores; not kept in the store).
+    WriterKeyFile,
     /// `packs/…`.
     Pack,
     /// `index/…`.
@@ -49,6 +52,7 @@ impl ObjectKind {
             ObjectKind::Config => *b"CF",
             ObjectKind::Key => *b"KY",
             ObjectKind::KeyFile => *b"KF",
+            ObjectKind::WriterKeyFile => *b"WK",
             ObjectKind::Pack => *b"PK",
             ObjectKind::Index => *b"IX",
             ObjectKind::Manifest => *b"MF",
@@ -67,12 +71,13 @@ impl ObjectKind {
     /// Whether objects of this kind carry a key (wrapped or not): their
     /// bytes never appear in an error.
     pub const fn secret(self) -> bool {
-        matches!(self, ObjectKind::Key | ObjectKind::KeyFile)
+        matches!(self, ObjectKind::Key | ObjectKind::KeyFile | ObjectKind::WriterKeyFile)
     }
     /// The header versions this build reads for objects of this kind.
     pub const fn versions(self) -> std::ops::RangeInclusive<u32> {
         match self {
-            ObjectKind::Config | ObjectKind::Manifest => 1..=2,
+            ObjectKind::Config => 1..=3,
+            ObjectKind::Manifest => 1..=2,
             _ => 1..=1,
         }
     }
@@ -82,6 +87,7 @@ impl ObjectKind {
             ObjectKind::Config => "config",
             ObjectKind::Key => "key",
             ObjectKind::KeyFile => "key file",
+            ObjectKind::WriterKeyFile => "write-only key file",
             ObjectKind::Pack => "pack",
             ObjectKind::Index => "index segment",
             ObjectKind::Manifest => "version manifest",
@@ -156,6 +162,7 @@ mod tests {
             ObjectKind::Config,
             ObjectKind::Key,
             ObjectKind::KeyFile,
+            ObjectKind::WriterKeyFile,
             ObjectKind::Pack,
             ObjectKind::Index,
             ObjectKind::Manifest,
@@ -185,14 +192,17 @@ mod tests {
         assert!(e.to_string().contains("version 2"));
         h[8] = 0;
         assert!(matches!(check_header(&h, ObjectKind::Pack, "p"), Err(Error::UpgradeRequired { version: 0, .. })));
-        // Configs and manifests come in versions 1 and 2; 3 is refused.
+        // Manifests come in versions 1 and 2, configs in 1 to 3; the next is refused.
         for v in [1u32, 2] {
             let h = header_v(ObjectKind::Manifest, v);
             assert_eq!(check_header_version(&h, ObjectKind::Manifest, "m").unwrap().0, v);
         }
-        let mut h = header_v(ObjectKind::Config, 2).to_vec();
+        let mut h = header_v(ObjectKind::Manifest, 2).to_vec();
         h[8] = 3;
-        assert!(matches!(check_header(&h, ObjectKind::Config, "c"), Err(Error::UnsupportedVersion { known: 2, .. })));
+        assert!(matches!(check_header(&h, ObjectKind::Manifest, "m"), Err(Error::UnsupportedVersion { known: 2, .. })));
+        let mut h = header_v(ObjectKind::Config, 3).to_vec();
+        h[8] = 4;
+        assert!(matches!(check_header(&h, ObjectKind::Config, "c"), Err(Error::UnsupportedVersion { known: 3, .. })));
         assert!(matches!(check_header(&h[..5], ObjectKind::Pack, "p"), Err(Error::Truncated { .. })));
     }
 }

@@ -76,7 +76,10 @@ mod repo;
 mod verify;
 
 pub use backend::{Backend, LocalBackend, MemoryBackend};
-pub use config::{AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad};
+pub use config::{
+    AES_256_GCM, AnyKeyFile, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, WriterKeyFile, decode_config,
+    encode_config, key_aad,
+};
 pub use error::{Error, Result, Retry};
 pub use format::{FORMAT_VERSION, HEADER_LEN, ObjectKind, check_header, check_header_version, header, header_v};
 pub use index::{IndexCache, SegmentPacks, decode_segment, encode_segment};

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, LocalBackend, random_hex};
 use crate::config::{
-    AES_256_GCM, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad,
+    AES_256_GCM, AnyKeyFile, KeyFile, KeyObject, NO_ENCRYPTION, StoreConfig, decode_config, encode_config, key_aad,
 };
 use crate::format::{ObjectKind, check_header_version, header_v};
 use crate::index::{IndexCache, decode_segment, encode_segment};
@@ -63,6 +63,10 @@ pub struct CreateOptions {
     /// its source's key, by explicit choice). Still wrapped by this store's
     /// own passphrase.
     pub master_key: Option<MasterKey>,
+    /// Make a store that can hand out write-only keys (format 3,
+    /// `docs/format.md` §4.1): data frames are sealed to the store's public
+    /// key. Needs encryption and content-defined chunking.
+    pub writer_keys: bool,
 }
 
 impl Default for CreateOptions {
@@ -77,6 +81,7 @@ impl Default for CreateOptions {
             pack_size: DEFAULT_PACK_SIZE,
             time_ms: 0,
             master_key: None,
+            writer_keys: false,
         }
     }
 }
@@ -355,6 +360,14 @@ impl Repository {
             }
         }
         crate::config::check_kdf(&opts.kdf).map_err(Error::InvalidArgument)?;
+        if opts.writer_keys && !opts.encrypted {
+            return Err(Error::InvalidArgument("write-only keys need an encrypted store".into()));
+        }
+        if opts.writer_keys && !matches!(opts.chunking, Chunking::Cdc(_)) {
+            return Err(Error::InvalidArgument(
+                "write-only keys need content-defined chunking (format 3 is format 2 with a public key)".into(),
+            ));
+        }
         let store_id = random_hex(16)?;
         let mut config = StoreConfig {
             store_id: store_id.clone(),
@@ -371,6 +384,7 @@ impl Repository {
                 Chunking::Cdc(p) => Some(p),
                 _ => None,
             },
+            public_key: None,
         };
         let mut key_object = None;
         if opts.encrypted {
@@ -382,6 +396,9 @@ impl Repository {
                 None => MasterKey::generate()?,
             };
             config.key_check = Some(key_check(&Keys::from_master(&master)));
+            if opts.writer_keys {
+                config.public_key = Some(hex::encode(alike_core::store_public_key(&master)));
+            }
             if let Some(pw) = &opts.passphrase {
                 let w = alike_core::wrap_master(&master, pw, opts.kdf, &key_aad(&store_id))?;
                 let key = format!("keys/{}", random_hex(8)?);
@@ -550,6 +567,47 @@ impl Repository {
     /// The working keys.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Whether the store was opened with a write-only key: it can add data
+    /// and versions, read metadata (manifests, block maps, index), but not
+    /// chunk data.
+    pub fn is_write_only(&self) -> bool {
+        !self.keys.can_read_data()
+    }
+
+    /// The bytes of a write-only key file for this store (`docs/format.md`
+    /// §4.1), for a processor that gets them over its channel rather than
+    /// from a file ([`OpenOptions::key_file_data`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a store without write-only keys (format
+    /// 1 or 2) or an unencrypted one; [`alike_core::Error::WriteOnlyKey`]
+    /// when the store was itself opened with a write-only key.
+    pub fn writer_key_file_bytes(&self) -> Result<Vec<u8>> {
+        if self.config.public_key.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "store {} was made without write-only keys (format {}): make one with `init --writer-keys` (CreateOptions::writer_keys) and vault into it",
+                self.backend.location(),
+                self.config.format_version()
+            )));
+        }
+        let Some(master) = &self.master else {
+            return Err(alike_core::Error::WriteOnlyKey { what: "exporting a write-only key".into() }.into());
+        };
+        Ok(crate::config::WriterKeyFile::new(&self.config.store_id, &alike_core::WriterKey::from_master(master))
+            .encode())
+    }
+
+    /// Writes a write-only key file to `path` (mode 0600; written to a
+    /// temporary name, then moved into place; an existing file is never
+    /// replaced).
+    ///
+    /// # Errors
+    /// As [`Repository::writer_key_file_bytes`]; [`Error::FileExists`]; I/O.
+    pub fn export_writer_key(&self, path: &Path) -> Result<()> {
+        let bytes = self.writer_key_file_bytes()?;
+        crate::config::write_key_file_atomic(path, &bytes)
     }
 
     /// The backend.
@@ -916,24 +974,29 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
     let key_file = match (&opts.key_file_data, &opts.key_file) {
         (Some(data), _) => {
             let obj = "the key file given".to_string();
-            Some((KeyFile::decode(data, &obj)?, obj))
+            Some((AnyKeyFile::decode(data, &obj)?, obj))
         }
         (None, Some(kf)) => Some((crate::config::read_key_file(kf)?, kf.display().to_string())),
         (None, None) => None,
     };
     if let Some((f, obj)) = key_file {
-        if f.store_id != config.store_id {
+        if f.store_id() != config.store_id {
             return Err(Error::InvalidArgument(format!(
                 "key file {obj} belongs to store {}, not {}",
-                f.store_id, config.store_id
+                f.store_id(),
+                config.store_id
             )));
         }
+        let f = match f {
+            AnyKeyFile::Full(f) => f,
+            AnyKeyFile::Writer(w) => return writer_keys(config, &w.key(&obj)?, &obj, check),
+        };
         let master = f.master(&obj)?;
         let keys = Keys::from_master(&master);
         if key_check(&keys) != check {
             return Err(alike_core::Error::WrongPassphrase { key: obj }.into());
         }
-        return Ok((keys, Some(master)));
+        return Ok((full_keys(config, &master)?, Some(master)));
     }
     let Some(pw) = &opts.passphrase else {
         return Err(Error::PassphraseRequired { location: backend.location() });
@@ -950,7 +1013,7 @@ fn unlock(backend: &dyn Backend, config: &StoreConfig, opts: &OpenOptions) -> Re
     let mut bad: Vec<(String, Error)> = Vec::new();
     let mut tried = Vec::new();
     for (key, size) in &key_objects {
-        match try_key_object(backend, key, *size, pw, &aad, check) {
+        match try_key_object(backend, config, key, *size, pw, &aad, check) {
             Ok(Some(keys)) => {
                 for (k, e) in &bad {
                     warn!(key = %k, error = %e, "unusable key object skipped (another one opened the store)");
@@ -985,6 +1048,7 @@ const MAX_KEY_OBJECT: u64 = 64 << 10;
 /// `None` when the passphrase is not this object's.
 fn try_key_object(
     backend: &dyn Backend,
+    config: &StoreConfig,
     key: &str,
     size: u64,
     pw: &[u8],
@@ -1008,7 +1072,47 @@ fn try_key_object(
             reason: "unwraps to a key that does not match the store's key check".into(),
         });
     }
-    Ok(Some((keys, Some(m))))
+    Ok(Some((full_keys(config, &m)?, Some(m))))
+}
+
+/// The working keys of the full (master) key: in a format 3 store data
+/// frames are sealed to the store's public key, which must be the one the
+/// master key derives (a config whose key was swapped would have every
+/// writer seal data to someone else).
+fn full_keys(config: &StoreConfig, master: &MasterKey) -> Result<Keys> {
+    match config.public_key() {
+        None => Ok(Keys::from_master(master)),
+        Some(pk) if pk == alike_core::store_public_key(master) => Ok(Keys::from_master_sealing_data(master)),
+        Some(_) => Err(Error::Corrupt {
+            object: "config".into(),
+            reason: "its public_key is not the store key's (refusing to seal data to a foreign key)".into(),
+        }),
+    }
+}
+
+/// The working keys of a write-only key file `obj`: it must be this
+/// store's (its key check) and carry the store's public key.
+fn writer_keys(
+    config: &StoreConfig,
+    w: &alike_core::WriterKey,
+    obj: &str,
+    check: &str,
+) -> Result<(Keys, Option<MasterKey>)> {
+    let keys = Keys::from_writer(w);
+    if key_check(&keys) != check {
+        return Err(alike_core::Error::WrongPassphrase { key: obj.into() }.into());
+    }
+    match config.public_key() {
+        None => Err(Error::InvalidArgument(format!(
+            "{obj} is a write-only key, but the store was made without write-only keys (format {})",
+            config.format_version()
+        ))),
+        Some(pk) if pk == w.public_key => Ok((keys, None)),
+        Some(_) => Err(Error::Corrupt {
+            object: "config".into(),
+            reason: format!("its public_key differs from the one in {obj} (refusing to seal data to a foreign key)"),
+        }),
+    }
 }
 
 /// `None` for an empty folder; else a few of the names in it and how many

@@ -73,12 +73,18 @@ pub struct VerifyReport {
     pub bytes_read: u64,
     /// Everything found damaged.
     pub damaged: Vec<Damage>,
+    /// Data frames a full verification could not open because the store
+    /// was opened with a write-only key (their packs' hashes were checked,
+    /// their contents not).
+    pub data_frames_not_opened: u64,
+    /// What was not checked, and why; `None` when everything in scope was.
+    pub not_checked: Option<String>,
 }
 
 impl VerifyReport {
-    /// Whether nothing is damaged.
+    /// Whether nothing is damaged and everything in scope was checked.
     pub fn ok(&self) -> bool {
-        self.damaged.is_empty()
+        self.damaged.is_empty() && self.not_checked.is_none()
     }
 }
 
@@ -186,7 +192,13 @@ impl Repository {
         drop(by_pack);
         self.resolve_uses(&mut walk)?;
         report.damaged = walk.finish();
-        report.ok = report.damaged.is_empty();
+        if report.data_frames_not_opened > 0 {
+            report.not_checked = Some(format!(
+                "{} data frames were not opened: the store was opened with a write-only key, which cannot read chunk data (their packs' hashes, the pack trailers, index segments, manifests and block maps were checked); verify with the full key to check the data",
+                report.data_frames_not_opened
+            ));
+        }
+        report.ok = report.ok();
         Ok(report)
     }
 
@@ -448,6 +460,7 @@ impl Repository {
                         }
                     }
                 }
+                Err(alike_core::Error::WriteOnlyKey { .. }) => report.data_frames_not_opened += 1,
                 Err(e) => {
                     for (id, _) in &cs {
                         walk.damage(key.to_string(), Some(*id), e.to_string());

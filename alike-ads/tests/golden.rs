@@ -103,6 +103,7 @@ fn compute() -> Value {
         pack_size: 32 << 20,
         key_check: Some(enc.hash(b"alike key check v1").to_hex()),
         chunking: None,
+        public_key: None,
     };
     let manifest = Manifest::from_json(manifest_json().to_string().as_bytes(), "golden").unwrap();
     let manifest_bytes = encode_manifest(&plain, &manifest).unwrap();
@@ -306,6 +307,7 @@ fn compute_v2() -> Value {
         pack_size: 32 << 20,
         key_check: Some(enc.hash(b"alike key check v1").to_hex()),
         chunking: Some(default),
+        public_key: None,
     };
 
     let pat = pattern(4096);

@@ -31,6 +31,11 @@ pub(crate) struct InitArgs {
     /// zstd level (0 = no compression).
     #[arg(long, default_value_t = 3)]
     compression_level: i32,
+    /// Make a store that can hand out write-only keys (`alike key
+    /// add-writer`): format 3, data sealed to the store's public key.
+    /// Needs encryption and content-defined chunking.
+    #[arg(long)]
+    writer_keys: bool,
 }
 
 pub(crate) fn init(cli: &Cli, a: &InitArgs) -> Result<()> {
@@ -38,6 +43,9 @@ pub(crate) fn init(cli: &Cli, a: &InitArgs) -> Result<()> {
     let mut b = builder(cli);
     b.chunking(parse_chunking(a.chunking.as_deref(), a.block_size)?)
         .compression_level((a.compression_level > 0).then_some(a.compression_level));
+    if a.writer_keys {
+        b.writer_keys();
+    }
     if a.no_encryption {
         b.no_encryption();
     } else if cli.key_file.is_none() || cli.password_file.is_some() || std::env::var_os("ALIKE_PASSWORD").is_some() {
@@ -359,8 +367,17 @@ pub(crate) fn verify(cli: &Cli, a: &VerifyArgs) -> Result<()> {
             r.depth,
             r.versions,
             r.chunks,
-            if r.ok() { "all good" } else { "DAMAGED" }
+            if !r.damaged.is_empty() {
+                "DAMAGED"
+            } else if r.not_checked.is_some() {
+                "no damage found in what could be checked, but NOT COMPLETE"
+            } else {
+                "all good"
+            }
         );
+    }
+    if let (Some(why), true) = (&r.not_checked, r.damaged.is_empty()) {
+        bail!("verify --full is not complete: {why}");
     }
     if !r.ok() {
         bail!("{} damaged object(s) or chunk(s) found", r.damaged.len());
@@ -790,4 +807,44 @@ pub(crate) fn serve_nbd(cli: &Cli, a: &ServeNbdArgs) -> Result<()> {
         r.overlay_kept.as_ref().map(|p| format!("; overlay kept at {}", p.display())).unwrap_or_default()
     );
     Ok(())
+}
+
+/// `alike key`.
+#[derive(Args, Debug)]
+pub(crate) struct KeyArgs {
+    #[command(subcommand)]
+    cmd: KeyCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KeyCmd {
+    /// Export a write-only key file: it backs up into this store (with
+    /// deduplication and incrementals) but cannot restore or read chunk
+    /// data. The store must have been made with `init --writer-keys`, and
+    /// be opened with its full key (passphrase or full key file).
+    AddWriter(AddWriterArgs),
+}
+
+#[derive(Args, Debug)]
+struct AddWriterArgs {
+    /// Where to write the key file (mode 0600; never over an existing file).
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    out: JsonArg,
+}
+
+pub(crate) fn key(cli: &Cli, a: &KeyArgs) -> Result<()> {
+    match &a.cmd {
+        KeyCmd::AddWriter(w) => {
+            let store = open(cli)?;
+            store.add_writer_key(&w.output)?;
+            if w.out.json {
+                print_json(&serde_json::json!({ "store": store.id(), "output": w.output, "write_only": true }))?;
+            } else {
+                eprintln!("wrote a write-only key of store {} to {}", store.id(), w.output.display());
+            }
+            Ok(())
+        }
+    }
 }

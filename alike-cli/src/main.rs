@@ -30,6 +30,7 @@ struct Cli {
     #[arg(long, global = true)]
     password_file: Option<PathBuf>,
     /// Open the store with this key file instead of a passphrase (with `init`: export the key to it).
+    /// A write-only key file (`key add-writer`) backs up but cannot restore.
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
     /// Directory of the local index cache (default ~/.cache/alike; also ALIKE_CACHE_DIR).
@@ -93,6 +94,8 @@ enum Cmd {
     Xen(xen::XenArgs),
     /// Hyper-V: list a host's VMs, back one up (recovery checkpoints, RCT incremental, disks over SMB).
     Hyperv(hyperv::HypervArgs),
+    /// Keys of the store: `key add-writer --output FILE` exports a write-only key.
+    Key(commands::KeyArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
     /// Run as a processor: say hello, read one job from standard input (the
@@ -138,6 +141,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Replica(a) => replicate::replica(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::Hyperv(a) => hyperv::run(cli, a),
+        Cmd::Key(a) => commands::key(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
         Cmd::Processor(a) => remote::processor(a),
     }

@@ -195,8 +195,15 @@ pub fn encode_frame(
     let compressed = level.and_then(|l| compress(&plain, l));
     let compression = if compressed.is_some() { Compression::Zstd } else { Compression::None };
     let payload = compressed.unwrap_or(plain);
-    let bytes =
-        if keys.is_encrypted() { keys.seal(&frame_aad(kind, compression, raw_len), &payload)? } else { payload };
+    let aad = frame_aad(kind, compression, raw_len);
+    let bytes = match kind {
+        _ if !keys.is_encrypted() => payload,
+        // Format 3: data to the store's public key, so a write-only key
+        // cannot read it back; block maps stay with the blob key, which
+        // writers hold (they need the maps for incrementals).
+        BlobKind::Data => keys.seal_data(&aad, &payload)?,
+        BlobKind::Map => keys.seal(&aad, &payload)?,
+    };
     Ok(StoredFrame { kind, compression, raw_len, chunks: meta, bytes })
 }
 
@@ -221,7 +228,17 @@ pub fn decode_frame(keys: &Keys, f: &FrameRef, stored: &[u8]) -> Result<Vec<u8>>
     if stored.len() != f.stored_len as usize {
         return Err(corrupt(f, format!("{} stored bytes, expected {}", stored.len(), f.stored_len)));
     }
-    let payload = keys.open(&frame_aad(f.kind, f.compression, f.raw_len), stored).map_err(|r| corrupt(f, r.into()))?;
+    let aad = frame_aad(f.kind, f.compression, f.raw_len);
+    let payload = match f.kind {
+        BlobKind::Data if !keys.can_read_data() => {
+            return Err(Error::WriteOnlyKey {
+                what: format!("data frame {}@{}", hex::encode(&f.container[..8]), f.offset),
+            });
+        }
+        BlobKind::Data => keys.open_data(&aad, stored),
+        BlobKind::Map => keys.open(&aad, stored),
+    }
+    .map_err(|r| corrupt(f, r.into()))?;
     let plain = match f.compression {
         Compression::None => payload,
         Compression::Zstd => decompress(&payload, f.raw_len as usize).map_err(|r| corrupt(f, r))?,

@@ -57,6 +57,9 @@ pub enum ErrorKind {
     Busy,
     /// An input disk image (VHD, VHDX) is malformed or unsupported.
     BadImage,
+    /// The store was opened with a write-only key, which cannot read chunk
+    /// data (restore, verify --full, vault from it): the full key can.
+    WriteOnlyKey,
     /// Anything else.
     Other,
 }
@@ -105,6 +108,7 @@ kinds! {
     Busy = 11, "busy", "ALIKE_ERR_BUSY", "Busy";
     Other = 12, "other", "ALIKE_ERR_OTHER", "Error";
     BadImage = 13, "bad_image", "ALIKE_ERR_BAD_IMAGE", "BadImage";
+    WriteOnlyKey = 14, "write_only_key", "ALIKE_ERR_WRITE_ONLY_KEY", "WriteOnlyKey";
 }
 
 impl Retry {
@@ -268,6 +272,15 @@ pub enum Error {
     /// A key derivation or cipher setup failure that is not a wrong passphrase.
     #[error("crypto: {0}")]
     Crypto(String),
+    /// The store was opened with a write-only key, and this needs to read
+    /// chunk data, which is sealed to the store's public key.
+    #[error(
+        "{what}: the store was opened with a write-only key, which can add data and versions but cannot read chunk data (data frames are sealed to the store's public key); use the store's full key (its passphrase or full key file)"
+    )]
+    WriteOnlyKey {
+        /// What could not be read (a frame, a version's disk).
+        what: String,
+    },
 }
 
 impl Error {
@@ -300,6 +313,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Seam(e) => e.kind(),
             Error::Crypto(_) => ErrorKind::Other,
+            Error::WriteOnlyKey { .. } => ErrorKind::WriteOnlyKey,
         }
     }
 
@@ -392,9 +406,10 @@ mod tests {
             | ErrorKind::Io
             | ErrorKind::Busy
             | ErrorKind::Other
-            | ErrorKind::BadImage => ErrorKind::ALL.contains(&k),
+            | ErrorKind::BadImage
+            | ErrorKind::WriteOnlyKey => ErrorKind::ALL.contains(&k),
         };
         assert!(ErrorKind::ALL.iter().all(|k| every(*k)));
-        assert_eq!(ErrorKind::ALL.len(), 13);
+        assert_eq!(ErrorKind::ALL.len(), 14);
     }
 }

@@ -46,7 +46,10 @@ pub use blob::{
     BlobKind, ChunkLocation, Compression, FrameChunk, FrameRef, StoredFrame, chunk_in, compress, decode_frame,
     encode_frame, encode_single, frame_aad,
 };
-pub use crypto::{KdfParams, Keys, MasterKey, SEAL_OVERHEAD, WrappedKey, random_bytes, unwrap_master, wrap_master};
+pub use crypto::{
+    KdfParams, Keys, MasterKey, PUBLIC_SEAL_OVERHEAD, SEAL_OVERHEAD, WrappedKey, WriterKey, random_bytes,
+    seal_to_public, store_public_key, unwrap_master, wrap_master,
+};
 pub use id::ChunkId;
 // Chunking
 pub use cdc::{CDC_BLOCK, CDC_MAX_CHUNK, CDC_WINDOW_BLOCKS, CdcParams, CdcState, Chunking, cut_hash, cut_image};

@@ -316,6 +316,7 @@ impl Store {
     /// damaged one ([`ErrorKind::BadImage`]); the store failing.
     pub fn ls(&self, version: &Version, opts: &LsOptions) -> Result<Listing> {
         opts.check()?;
+        self.check_can_read_data(|| format!("listing files of version {} (VM {:?})", version.short_id(), version.vm))?;
         if let Some(d) = opts.disk {
             version.disk_record(d)?;
         }
@@ -414,6 +415,9 @@ impl Store {
     /// single entries are in the report, not errors.
     pub fn extract(&self, version: &Version, opts: &ExtractOptions) -> Result<ExtractReport> {
         opts.check()?;
+        self.check_can_read_data(|| {
+            format!("extracting files of version {} (VM {:?})", version.short_id(), version.vm)
+        })?;
         let started = Instant::now();
         if let Some(d) = opts.disk {
             version.disk_record(d)?;

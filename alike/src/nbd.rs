@@ -164,6 +164,7 @@ impl Store {
     /// the client as NBD errors and logged, never returned.
     pub fn serve_nbd(&self, version: &Version, opts: &NbdOptions) -> Result<NbdReport> {
         opts.check()?;
+        self.check_can_read_data(|| format!("serving version {} (VM {:?}) over NBD", version.short_id(), version.vm))?;
         let tls = opts.tls_settings();
         #[cfg(feature = "tls")]
         let acceptor = tls.as_ref().map(crate::nbd_tls::Acceptor::new).transpose()?;

@@ -58,6 +58,26 @@ impl StoreBuilder {
         self.open.key_file_data = Some(data.into());
         self
     }
+    /// On create: make a store that can hand out write-only keys
+    /// ([`Store::add_writer_key`]): format 3, data frames sealed to the
+    /// store's public key (`docs/format.md` §4.1). Needs encryption and
+    /// content-defined chunking (the defaults).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = alike::Store::builder()
+    ///     .passphrase("pw")
+    ///     .writer_keys()
+    ///     .cache_dir(dir.path().join("c"))
+    ///     # .insecure_fast_kdf()
+    ///     .create(dir.path().join("s"))?;
+    /// assert_eq!(store.format_version(), 3);
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    pub fn writer_keys(&mut self) -> &mut Self {
+        self.create.writer_keys = true;
+        self
+    }
     /// Creates an unencrypted store (only when asked for explicitly).
     pub fn no_encryption(&mut self) -> &mut Self {
         self.create.encrypted = false;
@@ -667,11 +687,65 @@ impl Store {
         Ok(v)
     }
 
+    /// Whether this store was opened with a write-only key
+    /// ([`Store::add_writer_key`]): it backs up (with deduplication and
+    /// incrementals) and lists versions, but restores nothing.
+    pub fn is_write_only(&self) -> bool {
+        self.repo.is_write_only()
+    }
+
+    /// Fails with [`crate::ErrorKind::WriteOnlyKey`] when the store was
+    /// opened with a write-only key: `what` needs chunk data.
+    pub(crate) fn check_can_read_data(&self, what: impl FnOnce() -> String) -> Result<()> {
+        if self.repo.is_write_only() {
+            return Err(alike_core::Error::WriteOnlyKey { what: what() }.into());
+        }
+        Ok(())
+    }
+
+    /// Exports a write-only key file to `path` (mode 0600, written to a
+    /// temporary name then moved into place; an existing file is never
+    /// replaced): a processor holding it can back up into this store —
+    /// deduplicating, building incrementals — but cannot read chunk data,
+    /// its own included (`docs/security.md`). The store must have been made
+    /// with [`StoreBuilder::writer_keys`], and be open with its full key.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let (s, c) = (dir.path().join("s"), dir.path().join("c"));
+    /// let store = alike::Store::builder().passphrase("pw").writer_keys().cache_dir(&c)
+    ///     # .insecure_fast_kdf()
+    ///     .create(&s)?;
+    /// store.add_writer_key(dir.path().join("writer.key"))?;
+    /// let writer = alike::Store::builder().key_file(dir.path().join("writer.key")).cache_dir(&c).open(&s)?;
+    /// assert!(writer.is_write_only() && !store.is_write_only());
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidArgument`] for a store made without
+    /// write-only keys; [`crate::ErrorKind::WriteOnlyKey`] when opened with
+    /// one; [`crate::ErrorKind::AlreadyExists`] when `path` exists; I/O.
+    pub fn add_writer_key(&self, path: impl AsRef<Path>) -> Result<()> {
+        Ok(self.repo.export_writer_key(path.as_ref())?)
+    }
+
+    /// The bytes of a write-only key file ([`Store::add_writer_key`]), for
+    /// a caller that hands them over a channel instead of a file; open with
+    /// [`StoreBuilder::key_file_contents`].
+    ///
+    /// # Errors
+    /// As [`Store::add_writer_key`], less the file's.
+    pub fn writer_key_file_bytes(&self) -> Result<Vec<u8>> {
+        Ok(self.repo.writer_key_file_bytes()?)
+    }
+
     /// Restores disk `disk` (0-based) of `version` onto `target`.
     ///
     /// # Errors
     /// Missing disk, damaged or missing chunks (the restore stops at the
-    /// damaged block; nothing wrong is written), target errors, cancellation.
+    /// damaged block; nothing wrong is written), target errors, cancellation;
+    /// [`crate::ErrorKind::WriteOnlyKey`] when opened with a write-only key.
     pub fn restore(
         &self,
         version: &Version,
@@ -680,6 +754,9 @@ impl Store {
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
         opts.run.check()?;
+        self.check_can_read_data(|| {
+            format!("restoring disk {disk} of version {} (VM {:?})", version.short_id(), version.vm)
+        })?;
         let started = std::time::Instant::now();
         let _lock = self.repo.lock(alike_ads::LockKind::Read)?;
         // The version may be newer than this handle's cache (another writer
@@ -735,6 +812,9 @@ impl Store {
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let d = version.disk(disk)?;
+        self.check_can_read_data(|| {
+            format!("restoring disk {disk} of version {} (VM {:?})", version.short_id(), version.vm)
+        })?;
         crate::image::check_output(path.as_ref(), opts.format, opts.force)?;
         let t = crate::create_image(path.as_ref(), opts.format, d.size)?;
         self.restore(version, disk, &*t, opts)
@@ -785,6 +865,10 @@ impl Store {
                 p(&alike_core::Progress::verify(done, total));
             }
         })?;
+        if report.not_checked.is_some() {
+            // Not a verification of the data: nothing to record.
+            return Ok(report);
+        }
         let now = now_ms();
         for id in &ids {
             let ok = !report.damaged.iter().any(|d| d.affects.iter().any(|a| &a.version == id));
@@ -957,6 +1041,7 @@ impl Store {
         version: &Version,
         lookup: &'a alike_core::ManifestLookup<'a>,
     ) -> Result<Vec<alike_core::VersionSource<'a>>> {
+        self.check_can_read_data(|| format!("reading version {} (VM {:?})", version.short_id(), version.vm))?;
         let m = &version.manifest;
         Ok(m.disks
             .iter()
@@ -1048,6 +1133,7 @@ impl Store {
     /// copied before an error stay in the vault.
     pub fn vault(&self, vault: &Store, opts: &crate::VaultOptions) -> Result<VaultReport> {
         opts.validate()?;
+        self.check_can_read_data(|| format!("vaulting from store {} into {}", self.id(), vault.id()))?;
         let started = std::time::Instant::now();
         if vault.id() == self.id() {
             return Err(Error::InvalidArgument("a store cannot be vaulted into itself".into()));

@@ -348,6 +348,9 @@ impl Store {
         opts: &RestoreOptions,
     ) -> Result<DiskUploadReport> {
         let started = Instant::now();
+        self.check_can_read_data(|| {
+            format!("restoring disk {position} of version {} (VM {:?})", version.short_id(), version.vm)
+        })?;
         let size = version.disk(position)?.size;
         let written: StreamWritten = match sink_to {
             DiskSink::Stream(up) => {

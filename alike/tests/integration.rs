@@ -23,4 +23,5 @@ mod integration {
     mod util;
     mod vault;
     mod verify;
+    mod writer_keys;
 }

@@ -88,6 +88,9 @@ typedef enum {
   ALIKE_ERR_OTHER = 12,
   // An input disk image (VHD, VHDX) is malformed or unsupported.
   ALIKE_ERR_BAD_IMAGE = 13,
+  // The store was opened with a write-only key, which backs up but cannot
+  // read chunk data (restore, verify --full): use the full key.
+  ALIKE_ERR_WRITE_ONLY_KEY = 14,
   // A bug inside libalike (a caught panic); nothing stored was changed.
   ALIKE_ERR_PANIC = 99,
 } alike_result;

@@ -63,6 +63,9 @@ pub enum alike_result {
     ALIKE_ERR_OTHER = 12,
     /// An input disk image (VHD, VHDX) is malformed or unsupported.
     ALIKE_ERR_BAD_IMAGE = 13,
+    /// The store was opened with a write-only key, which backs up but cannot
+    /// read chunk data (restore, verify --full): use the full key.
+    ALIKE_ERR_WRITE_ONLY_KEY = 14,
     /// A bug inside libalike (a caught panic); nothing stored was changed.
     ALIKE_ERR_PANIC = 99,
 }
@@ -131,6 +134,7 @@ fn result_of(kind: alike::ErrorKind) -> alike_result {
         10 => ALIKE_ERR_IO,
         11 => ALIKE_ERR_BUSY,
         13 => ALIKE_ERR_BAD_IMAGE,
+        14 => ALIKE_ERR_WRITE_ONLY_KEY,
         _ => ALIKE_ERR_OTHER,
     }
 }
@@ -271,6 +275,7 @@ pub extern "C" fn alike_result_name(code: i32) -> *const c_char {
         11 => c"ALIKE_ERR_BUSY",
         12 => c"ALIKE_ERR_OTHER",
         13 => c"ALIKE_ERR_BAD_IMAGE",
+        14 => c"ALIKE_ERR_WRITE_ONLY_KEY",
         99 => c"ALIKE_ERR_PANIC",
         _ => c"ALIKE_UNKNOWN",
     };

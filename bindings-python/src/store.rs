@@ -60,7 +60,7 @@ fn builder(passphrase: Option<&str>, key_file: Option<PathBuf>, cache_dir: Optio
 impl NativeStore {
     /// Creates a store at `path` (a directory or a URL such as `s3://bucket/prefix`).
     #[staticmethod]
-    #[pyo3(signature = (path, passphrase=None, key_file=None, encrypt=true, cache_dir=None, block_size=None, compression_level=None, insecure_fast_kdf=false, chunking=None))]
+    #[pyo3(signature = (path, passphrase=None, key_file=None, encrypt=true, cache_dir=None, block_size=None, compression_level=None, insecure_fast_kdf=false, chunking=None, writer_keys=false))]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
@@ -73,8 +73,12 @@ impl NativeStore {
         compression_level: Option<i32>,
         insecure_fast_kdf: bool,
         chunking: Option<&str>,
+        writer_keys: bool,
     ) -> PyResult<NativeStore> {
         let mut b = builder(passphrase, key_file, cache_dir);
+        if writer_keys {
+            b.writer_keys();
+        }
         if !encrypt {
             b.no_encryption();
         }
@@ -96,15 +100,19 @@ impl NativeStore {
 
     /// Opens the store at `path` (a directory or a URL).
     #[staticmethod]
-    #[pyo3(signature = (path, passphrase=None, key_file=None, cache_dir=None))]
+    #[pyo3(signature = (path, passphrase=None, key_file=None, cache_dir=None, key_file_contents=None))]
     fn open(
         py: Python<'_>,
         path: String,
         passphrase: Option<&str>,
         key_file: Option<PathBuf>,
         cache_dir: Option<PathBuf>,
+        key_file_contents: Option<Vec<u8>>,
     ) -> PyResult<NativeStore> {
-        let b = builder(passphrase, key_file, cache_dir);
+        let mut b = builder(passphrase, key_file, cache_dir);
+        if let Some(k) = key_file_contents {
+            b.key_file_contents(k);
+        }
         let s = py.detach(|| b.open_at(&path)).map_err(errors::to_py)?;
         Ok(NativeStore { inner: Mutex::new(Some(Arc::new(s))) })
     }
@@ -132,8 +140,22 @@ impl NativeStore {
                 "block_size": s.block_size(),
                 "chunking": s.chunking().to_string(),
                 "format_version": s.format_version(),
+                "write_only": s.is_write_only(),
             }),
         )
+    }
+
+    /// Writes a write-only key file to `output` (0600, never over a file).
+    fn add_writer_key(&self, py: Python<'_>, output: PathBuf) -> PyResult<()> {
+        let s = self.store()?;
+        py.detach(|| s.add_writer_key(&output)).map_err(errors::to_py)
+    }
+
+    /// The bytes of a write-only key file.
+    fn writer_key_file_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let s = self.store()?;
+        let b = s.writer_key_file_bytes().map_err(errors::to_py)?;
+        Ok(pyo3::types::PyBytes::new(py, &b))
     }
 
     /// Backs up image files as the disks of `vm` on `parent` (default: the

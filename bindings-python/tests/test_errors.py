@@ -85,7 +85,8 @@ def test_corruption_is_named_and_partial_restore_recovers_the_rest(tmp: Path, st
 def test_every_kind_has_its_class() -> None:
     # The classes are made from the engine's one table of kinds.
     names = ["WrongPassphrase", "PassphraseRequired", "NotAStore", "AlreadyExists", "NotFound", "Corruption",
-             "UnsupportedVersion", "Cancelled", "InvalidArgument", "IoError", "Busy", "BadImage"]
+             "UnsupportedVersion", "Cancelled", "InvalidArgument", "IoError", "Busy", "BadImage",
+             "WriteOnlyKey"]
     for n in names:
         cls = getattr(alike, n)
         assert issubclass(cls, alike.Error), n

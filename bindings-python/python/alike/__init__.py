@@ -47,6 +47,7 @@ from ._native import (
     NotFound,
     PassphraseRequired,
     UnsupportedVersion,
+    WriteOnlyKey,
     WrongPassphrase,
 )
 
@@ -106,6 +107,7 @@ __all__ = [
     "VerifyReport",
     "Version",
     "Volume",
+    "WriteOnlyKey",
     "WrongPassphrase",
     "XenBackupReport",
     "XenDisk",
@@ -268,6 +270,10 @@ class VerifyReport:
     packs_read: int
     bytes_read: int
     damaged: _Tuple[Damage, ...]
+    #: Data frames not opened: the store was opened with a write-only key.
+    data_frames_not_opened: int = 0
+    #: What was not checked and why (``ok`` is then false); ``None`` when all was.
+    not_checked: _Optional[str] = None
 
 
 @_dataclass(frozen=True)
@@ -670,6 +676,7 @@ class Store:
         compression_level: _Optional[int] = None,
         insecure_fast_kdf: bool = False,
         chunking: _Optional[str] = None,
+        writer_keys: bool = False,
     ) -> "Store":
         """Creates a store at ``path``, a directory or a URL such as
         ``s3://bucket/prefix`` (S3 settings from the ``AWS_*`` environment),
@@ -678,7 +685,9 @@ class Store:
         ``chunking`` is how disks are cut: ``"cdc"`` (content-defined
         16/32/64 KiB chunks on 4 KiB boundaries, the default),
         ``"cdc:MIN/AVG/MAX"`` in KiB, ``"fixed"`` or ``"fixed:KIB"``; a
-        ``block_size`` makes a fixed-block (format 1) store."""
+        ``block_size`` makes a fixed-block (format 1) store. ``writer_keys``
+        makes a store that hands out write-only keys (format 3,
+        :meth:`add_writer_key`)."""
         return cls(
             _native.NativeStore.create(
                 _os.fspath(path),
@@ -690,6 +699,7 @@ class Store:
                 compression_level,
                 insecure_fast_kdf,
                 chunking,
+                writer_keys,
             )
         )
 
@@ -701,14 +711,17 @@ class Store:
         *,
         key_file: _Optional[PathLike] = None,
         cache_dir: _Optional[PathLike] = None,
+        key_file_contents: _Optional[bytes] = None,
     ) -> "Store":
-        """Opens the store at ``path`` (a directory or URL)."""
+        """Opens the store at ``path`` (a directory or URL). ``key_file`` (or
+        its bytes, ``key_file_contents``) may be a full or a write-only key."""
         return cls(
             _native.NativeStore.open(
                 _os.fspath(path),
                 passphrase,
                 None if key_file is None else _os.fspath(key_file),
                 None if cache_dir is None else _os.fspath(cache_dir),
+                key_file_contents,
             )
         )
 
@@ -752,8 +765,26 @@ class Store:
 
     @property
     def format_version(self) -> int:
-        """2 for content-defined chunks, 1 for fixed blocks."""
+        """3 for content-defined chunks with write-only keys, 2 for
+        content-defined chunks, 1 for fixed blocks."""
         return int(self._n.info()["format_version"])
+
+    @property
+    def write_only(self) -> bool:
+        """Whether the store was opened with a write-only key: it backs up
+        but restores nothing (:class:`WriteOnlyKey`)."""
+        return bool(self._n.info()["write_only"])
+
+    def add_writer_key(self, output: PathLike) -> None:
+        """Writes a write-only key file to ``output`` (mode 0600, never over
+        an existing file): it backs up into this store but cannot read chunk
+        data. Needs a store made with ``writer_keys=True``, opened with its
+        full key."""
+        self._n.add_writer_key(_os.fspath(output))
+
+    def writer_key_file_bytes(self) -> bytes:
+        """The bytes of a write-only key file, for ``key_file_contents``."""
+        return self._n.writer_key_file_bytes()
 
     def backup(
         self,
