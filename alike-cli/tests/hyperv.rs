@@ -202,4 +202,35 @@ fn vms_backup_rct_incremental_fallback_and_restore() {
     let restored = std::fs::read(&img).unwrap();
     assert_eq!(restored.len(), 64 << 20);
     assert_eq!(&restored[655363..655372], b"scattered");
+
+    // The version restores as a new VM on the host: VHDX files in the folder asked, the VM as recorded.
+    let r = c.json(&c.hv(&["restore", out.trim(), "--path", "C:\\Restored", "--name", "web-01 r", "--json"]));
+    assert_eq!(r["restored"]["name"], "web-01 r");
+    assert_eq!(r["restored"]["disks"][0]["path"], "C:\\Restored\\web-01 r\\web-01-os.vhdx");
+    assert_eq!(r["restored"]["disks"][0]["format"], "target");
+    let vms = c.json(&c.hv(&["vms", "--json"]));
+    let find = |n: &str| vms.as_array().unwrap().iter().find(|v| v["name"] == n).unwrap().clone();
+    let (orig, new) = (find("web-01"), find("web-01 r"));
+    assert_eq!(new["id"], r["restored"]["vm_uuid"]);
+    for k in ["generation", "secure_boot", "vcpus", "memory_mb", "nics"] {
+        assert_eq!(new[k], orig[k], "{k}");
+    }
+    for (a, b) in new["disks"].as_array().unwrap().iter().zip(orig["disks"].as_array().unwrap()) {
+        for k in ["position", "controller", "controller_index", "location"] {
+            assert_eq!(a[k], b[k], "disk {k}");
+        }
+    }
+    let file = c.dir.path().join("sim").join("C").join("Restored").join("web-01 r").join("web-01-os.vhdx");
+    assert!(file.is_file(), "{}", file.display());
+    let (_, err) =
+        c.ok(&c.hv(&["restore", out.trim(), "--path", "C:\\Restored", "--name", "web-01 r2", "--switch", "LAN"]));
+    assert!(err.contains("restored version") && err.contains("web-01 r2"), "{err}");
+    let o =
+        c.cmd().args(c.hv(&["restore", out.trim(), "--path", "C:\\Restored", "--switch", "nope"])).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("virtual switch \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -82,6 +82,9 @@ pub(crate) fn populate(host: &mut Host) -> Result<()> {
             nics: vec![Nic { id: new_guid(), mac: format!("00155D0100{:02X}", i + 1), switch: Some(sw.id.clone()) }],
             snapshots: Vec::new(),
             refpoints: Vec::new(),
+            controllers: Vec::new(),
+            empty_drives: Vec::new(),
+            replica: false,
         });
     }
     host.switches.push(sw);

@@ -47,6 +47,7 @@
 //! ```
 
 mod cim;
+mod define;
 mod demo;
 mod disks;
 mod error;
@@ -178,6 +179,34 @@ pub struct DiskFile {
     pub local_path: PathBuf,
     /// Every file of the chain, base first, on this machine.
     pub chain: Vec<PathBuf>,
+}
+
+/// A VM as the simulator's model holds it (the test API: what a restore
+/// made, read without WS-Man).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VmSummary {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// 1 or 2.
+    pub generation: u8,
+    /// Secure boot.
+    pub secure_boot: bool,
+    /// Virtual processors.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// Running.
+    pub running: bool,
+    /// A replica VM (refuses to start until failover).
+    pub replica: bool,
+    /// Disks in the host's order: (`scsi` or `ide`, controller index,
+    /// location, the host's path of the file, virtual size).
+    pub disks: Vec<(String, u32, u32, String, u64)>,
+    /// NICs: (MAC, the switch's name when connected).
+    pub nics: Vec<(String, Option<String>)>,
 }
 
 /// A running simulator: a listener thread (and `smbd`) until
@@ -343,6 +372,51 @@ impl Simulator {
     /// fails with `code` and `description` (JobState 10), changing nothing.
     pub fn fail_next_job(&self, method: &str, code: u32, description: &str) {
         self.host().job_failures.push((method.to_owned(), MethodError { code, text: description.to_owned() }));
+    }
+
+    /// Every VM by name, as the model holds it.
+    pub fn vm_summaries(&self) -> Vec<VmSummary> {
+        let h = self.host();
+        h.vms
+            .iter()
+            .map(|v| VmSummary {
+                id: v.id.clone(),
+                name: v.name.clone(),
+                generation: v.generation,
+                secure_boot: v.secure_boot,
+                vcpus: v.vcpus,
+                memory_mb: v.memory_mb,
+                running: v.running,
+                replica: v.replica,
+                disks: v
+                    .disks
+                    .iter()
+                    .map(|d| {
+                        let top = d.chain.last().cloned().unwrap_or_default();
+                        (
+                            if d.slot.scsi { "scsi" } else { "ide" }.to_owned(),
+                            d.slot.controller,
+                            d.slot.location,
+                            h.win_path(&top),
+                            d.size,
+                        )
+                    })
+                    .collect(),
+                nics: v
+                    .nics
+                    .iter()
+                    .map(|n| {
+                        let sw = n.switch.as_ref().and_then(|s| h.switches.iter().find(|x| &x.id == s));
+                        (n.mac.clone(), sw.map(|s| s.name.clone()))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Adds a virtual switch named `name` (test API).
+    pub fn add_switch(&self, name: &str) {
+        self.host().switches.push(host::Switch { id: host::new_guid(), name: name.to_owned() });
     }
 
     /// Turns a VM on or off (no checks).

@@ -21,6 +21,9 @@ pub enum Error {
     /// A caller passed something unusable (a bad URL, an option out of range).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// No such object on the host (a virtual switch, a VM).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The host could not be reached, or the connection failed mid-request.
     #[error("{endpoint}: {what}: {source}")]
     Network {
@@ -140,6 +143,7 @@ impl alike_core::SeamError for Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Network { .. } => ErrorKind::Io,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::NotFound(_) => ErrorKind::NotFound,
             Error::Fault { wmi_code: Some(0x8004_1002), .. } => ErrorKind::NotFound,
             _ => ErrorKind::Other,
         }
@@ -148,7 +152,9 @@ impl alike_core::SeamError for Error {
     fn retry(&self) -> Retry {
         match self {
             Error::Network { .. } | Error::JobTimeout { .. } => Retry::Transient,
-            Error::InvalidArgument(_) | Error::AuthenticationFailed { .. } | Error::Cancelled => Retry::Permanent,
+            Error::InvalidArgument(_) | Error::NotFound(_) | Error::AuthenticationFailed { .. } | Error::Cancelled => {
+                Retry::Permanent
+            }
             _ => Retry::Unknown,
         }
     }

@@ -34,6 +34,7 @@
 //! [`Store::extract`]: partitions, LVM2 and the filesystems `alike-fs` reads, from the
 //! store on demand).
 
+mod cross;
 mod disk_reader;
 mod error;
 mod files;

@@ -375,6 +375,63 @@ def test_checkpoint_reference_point_and_rct(proto: winrm.Protocol, sim: dict[str
     to_reference_point(snap2)
 
 
+def test_define_modify_add_and_destroy_a_vm(proto: winrm.Protocol) -> None:
+    """VM definition as a restore does it, sent by pywinrm: arrays of embedded instances, references out."""
+    vmms = service(proto, "Msvm_VirtualSystemManagementService")
+    C = "Msvm_VirtualSystemManagementService"
+
+    def call(method: str, args: dict) -> tuple[str, ET.Element]:
+        out = invoke(proto, C, method, vmms, args)
+        rv = out.findtext(f"{{{V2}{C}}}ReturnValue") or ""
+        if rv == "4096":
+            job = wait_job(proto, out.find(f"{{{V2}{C}}}Job"))
+            assert prop(job, "JobState") == "7", prop(job, "ErrorDescription")
+        return rv, out
+
+    def inst(cls: str, **p: str) -> str:
+        body = "".join(f'<PROPERTY NAME="{k}" TYPE="string"><VALUE>{v}</VALUE></PROPERTY>' for k, v in p.items())
+        return f'<INSTANCE CLASSNAME="{cls}">{body}</INSTANCE>'
+
+    rv, out = call("DefineSystem", {"p:SystemSettings": inst("Msvm_VirtualSystemSettingData", ElementName="py-vm", VirtualSystemSubType="Microsoft:Hyper-V:SubType:2")})
+    assert rv == "4096"
+    _, vm = epr_keys(out.find(f"{{{V2}{C}}}ResultingSystem"))
+    (vssd,) = enumerate_all(proto, f'ASSOCIATORS OF {{Msvm_ComputerSystem.CreationClassName="Msvm_ComputerSystem",Name="{vm["Name"]}"}} WHERE AssocClass = Msvm_SettingsDefineState')
+    assert prop(vssd, "VirtualSystemSubType") == "Microsoft:Hyper-V:SubType:2"
+    assert prop(vssd, "SecureBootEnabled") == "true"
+    vid = prop(vssd, "InstanceID") or ""
+    parts = enumerate_all(proto, f'ASSOCIATORS OF {{Msvm_VirtualSystemSettingData.InstanceID="{vid}"}} WHERE AssocClass = Msvm_VirtualSystemSettingDataComponent')
+    cpu = next(p for p in parts if p.tag.endswith("}Msvm_ProcessorSettingData"))
+    assert prop(cpu, "VirtualQuantity") == "1"
+    rv, _ = call("ModifyResourceSettings", {"p:ResourceSettings": [inst("Msvm_ProcessorSettingData", InstanceID=prop(cpu, "InstanceID") or "", VirtualQuantity="4")]})
+    assert rv == "4096"
+    scsi = inst("Msvm_ResourceAllocationSettingData", ResourceType="6", ResourceSubType="Microsoft:Hyper-V:Synthetic SCSI Controller")
+    target = {"p:AffectedConfiguration": epr_body("Msvm_VirtualSystemSettingData", {"InstanceID": vid})}
+    rv, out = call("AddResourceSettings", {**target, "p:ResourceSettings": [scsi, scsi]})
+    assert rv == "4096"
+    made = out.findall(f"{{{V2}{C}}}ResultingResourceSettings")
+    assert len(made) == 2
+    _, ctrl = epr_keys(made[0])
+    path = f'\\\\HV-SIM-01\\root\\virtualization\\v2:Msvm_ResourceAllocationSettingData.InstanceID="{ctrl["InstanceID"].replace(chr(92), chr(92) * 2)}"'
+    drive = inst("Msvm_ResourceAllocationSettingData", ResourceType="17", ResourceSubType="Microsoft:Hyper-V:Synthetic Disk Drive", Parent=path, AddressOnParent="0")
+    rv, out = call("AddResourceSettings", {**target, "p:ResourceSettings": drive})
+    assert rv == "4096"
+    _, dkeys = epr_keys(out.find(f"{{{V2}{C}}}ResultingResourceSettings"))
+    dpath = f'Msvm_ResourceAllocationSettingData.InstanceID="{dkeys["InstanceID"].replace(chr(92), chr(92) * 2)}"'
+    image = inst("Msvm_StorageAllocationSettingData", ResourceType="31", ResourceSubType="Microsoft:Hyper-V:Virtual Hard Disk", Parent=dpath, HostResource="C:\\nowhere\\x.vhdx")
+    rv, _ = call("AddResourceSettings", {**target, "p:ResourceSettings": image})
+    assert rv == "32779", "a missing file"
+    rv, _ = call("AddResourceSettings", {**target, "p:ResourceSettings": drive})
+    assert rv == "32773", "the location is taken"
+    parts = enumerate_all(proto, f'ASSOCIATORS OF {{Msvm_VirtualSystemSettingData.InstanceID="{vid}"}} WHERE AssocClass = Msvm_VirtualSystemSettingDataComponent')
+    assert sum(1 for p in parts if prop(p, "ResourceType") == "6") == 2
+    assert sum(1 for p in parts if prop(p, "ResourceType") == "17") == 1
+    cpu = next(p for p in parts if p.tag.endswith("}Msvm_ProcessorSettingData"))
+    assert prop(cpu, "VirtualQuantity") == "4"
+    rv, _ = call("DestroySystem", {"p:AffectedSystem": epr_body("Msvm_ComputerSystem", vm)})
+    assert rv == "4096"
+    assert enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem WHERE ElementName='py-vm'") == []
+
+
 def test_smbclient_reads_a_disk_file(sim: dict[str, str]) -> None:
     need("smbclient")
     rel = "Hyper-V/web-01/Virtual Hard Disks/web-01-data.vhdx"
