@@ -30,6 +30,17 @@ pub(crate) struct HypervArgs {
     /// The SMB port of the host's administrative shares.
     #[arg(long, default_value_t = 445)]
     smb_port: u16,
+    /// With https:// (port 5986): accept the host's certificate by its SHA-256 fingerprint
+    /// (AB:CD:… or hex); WinRM certificates are usually self-signed.
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    fingerprint: Option<String>,
+    /// With https://: trust the CA certificate(s) in this PEM file (the host's must chain to one
+    /// and name the host).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// With https://: authenticate with Basic (else NTLM).
+    #[arg(long)]
+    basic: bool,
     #[command(subcommand)]
     cmd: HypervCmd,
 }
@@ -105,6 +116,14 @@ fn connect_staging(a: &HypervArgs, staging: Option<&PathBuf>) -> Result<HyperVHo
     let pw = password(a)?;
     let mut o = HyperVHostOptions::new(&a.url, &a.user, &pw);
     o.smb_port(a.smb_port);
+    if let Some(fp) = &a.fingerprint {
+        o.wsman.server_cert(alike::HyperVCertCheck::pin(fp)?);
+    }
+    if let Some(f) = &a.ca_file {
+        let pem = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        o.wsman.server_cert(alike::HyperVCertCheck::CaPem(pem));
+    }
+    o.wsman.basic(a.basic);
     o.staging_dir = staging.cloned();
     HyperVHost::connect(&o).with_context(|| format!("connecting to {}", a.url))
 }

@@ -38,11 +38,17 @@ struct Sim {
     url: String,
     addr: String,
     smb_port: String,
+    fingerprint: String,
 }
 
 impl Sim {
     fn start(state: &Path) -> Sim {
+        Sim::start_with(state, &[])
+    }
+
+    fn start_with(state: &Path, extra: &[&str]) -> Sim {
         let mut child = Command::new(sim_binary())
+            .args(extra)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -61,10 +67,13 @@ impl Sim {
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (mut url, mut smb_port) = (String::new(), String::new());
+        let (mut url, mut smb_port, mut fingerprint) = (String::new(), String::new(), String::new());
         for _ in 0..4 {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
+            if let Some(fp) = line.split("certificate SHA-256 ").nth(1) {
+                fingerprint = fp.trim().to_owned();
+            }
             if line.contains("WS-Management at") {
                 url = line.split_whitespace().last().unwrap().to_owned();
             } else if line.contains(" on port ") {
@@ -72,9 +81,9 @@ impl Sim {
             }
         }
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        assert!(url.starts_with("http://127.0.0.1:") && !smb_port.is_empty(), "{url} {smb_port}");
-        let addr = url.trim_start_matches("http://").trim_end_matches("/wsman").to_owned();
-        Sim { child, url, addr, smb_port }
+        assert!(url.contains("://127.0.0.1:") && !smb_port.is_empty(), "{url} {smb_port}");
+        let addr = url.split("://").nth(1).unwrap().trim_end_matches("/wsman").to_owned();
+        Sim { child, url, addr, smb_port, fingerprint }
     }
 
     fn post(&self, target: &str, body: &[u8]) {
@@ -233,4 +242,30 @@ fn vms_backup_rct_incremental_fallback_and_restore() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn https_with_a_pinned_certificate() {
+    if !smbd_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start_with(&dir.path().join("sim"), &["--tls"]);
+    assert!(sim.url.starts_with("https://") && sim.fingerprint.len() == 95, "{} {}", sim.url, sim.fingerprint);
+    let fp = sim.fingerprint.clone();
+    let c = Cli { dir, sim };
+    for auth in [&[][..], &["--basic"][..]] {
+        let mut args = c.hv(&["--fingerprint", &fp]);
+        args.extend_from_slice(auth);
+        args.extend_from_slice(&["vms", "--json"]);
+        let vms = c.json(&args);
+        assert_eq!(vms.as_array().unwrap().len(), 2, "{auth:?}");
+    }
+    let pem = c.dir.path().join("sim").join("tls").join("cert.pem");
+    let vms = c.json(&c.hv(&["--ca-file", pem.to_str().unwrap(), "vms", "--json"]));
+    assert_eq!(vms.as_array().unwrap().len(), 2);
+    let wrong = "00:".repeat(31) + "00";
+    let o = c.cmd().args(c.hv(&["--fingerprint", &wrong, "vms"])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("was refused") && err.contains(&fp), "{err}");
 }

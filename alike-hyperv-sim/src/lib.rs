@@ -56,6 +56,7 @@ mod http;
 mod ntlm;
 mod smb;
 mod soap;
+mod tls;
 mod wql;
 mod xml;
 
@@ -98,6 +99,10 @@ pub struct SimConfig {
     /// The most `GetVirtualDiskChanges` processes in one call (the rest is
     /// the caller's next call, as `ProcessedByteLength` says).
     pub rct_max_processed: u64,
+    /// Serve HTTPS (WinRM's 5986 listener) with a self-signed certificate
+    /// kept in `STATE/tls/cert.pem`; Basic and NTLM authentication, SOAP
+    /// in clear inside TLS.
+    pub tls: bool,
 }
 
 impl SimConfig {
@@ -114,6 +119,7 @@ impl SimConfig {
             job_time: Duration::from_millis(100),
             rct_block: 64 << 10,
             rct_max_processed: 16 << 20,
+            tls: false,
         }
     }
     /// Sets [`SimConfig::listen`].
@@ -147,6 +153,12 @@ impl SimConfig {
         self.job_time = t;
         self
     }
+    /// Sets [`SimConfig::tls`].
+    #[must_use]
+    pub fn tls(mut self, on: bool) -> SimConfig {
+        self.tls = on;
+        self
+    }
     /// Sets [`SimConfig::rct_max_processed`].
     #[must_use]
     pub fn rct_max_processed(mut self, n: u64) -> SimConfig {
@@ -163,6 +175,8 @@ pub(crate) struct Inner {
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) host_name: String,
+    /// The HTTPS server configuration, when serving TLS.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A disk of a VM as the test API reports it.
@@ -219,6 +233,8 @@ pub struct Simulator {
     thread: Option<std::thread::JoinHandle<()>>,
     smbd: Option<smb::Smbd>,
     c_drive: PathBuf,
+    /// With TLS: the certificate (PEM) and its SHA-256 fingerprint.
+    cert: Option<(String, String)>,
 }
 
 impl Simulator {
@@ -266,7 +282,10 @@ impl Simulator {
             }
             None => None,
         };
+        let tls = if cfg.tls { Some(tls::load_or_create(&cfg.state_dir.join("tls"))?) } else { None };
+        let cert = tls.as_ref().map(|t| (t.cert_pem.clone(), t.fingerprint.clone()));
         let inner = Arc::new(Inner {
+            tls: tls.map(|t| t.config),
             host: Mutex::new(host),
             enums: Mutex::new(soap::Enumerations::default()),
             user: cfg.user,
@@ -279,7 +298,7 @@ impl Simulator {
             .name("wsman-listener".into())
             .spawn(move || http::serve(listener, i2, s2))
             .map_err(|source| Error::Net { what: "starting the listener thread".into(), source })?;
-        Ok(Simulator { inner, addr, stop, thread: Some(thread), smbd, c_drive })
+        Ok(Simulator { inner, addr, stop, thread: Some(thread), smbd, c_drive, cert })
     }
 
     fn host(&self) -> MutexGuard<'_, Host> {
@@ -288,7 +307,18 @@ impl Simulator {
 
     /// The WS-Man endpoint, e.g. `http://127.0.0.1:5985/wsman`.
     pub fn url(&self) -> String {
-        format!("http://{}/wsman", self.addr)
+        let scheme = if self.cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/wsman", self.addr)
+    }
+
+    /// With TLS, the certificate's SHA-256 fingerprint (`AB:CD:…`).
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.cert.as_ref().map(|c| c.1.as_str())
+    }
+
+    /// With TLS, the certificate (PEM): a CA file that trusts it.
+    pub fn tls_cert_pem(&self) -> Option<&str> {
+        self.cert.as_ref().map(|c| c.0.as_str())
     }
 
     /// The listener's address.

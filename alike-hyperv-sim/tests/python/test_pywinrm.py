@@ -452,3 +452,37 @@ def test_smbclient_reads_a_disk_file(sim: dict[str, str]) -> None:
         bad.write_text(f"username = {USER}\npassword = wrong\n")
         r = subprocess.run(["smbclient", "//127.0.0.1/C$", "-p", sim["smb_port"], "-A", str(bad), "-c", "ls"], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and "LOGON_FAILURE" in (r.stdout + r.stderr)
+
+
+def test_https_with_basic_and_ntlm() -> None:
+    """The 5986 listener: pywinrm over TLS with Basic, and with NTLM (no message encryption inside TLS)."""
+    state = tempfile.mkdtemp(prefix="hvsim-tls-")
+    p = subprocess.Popen(
+        [str(BIN), "--listen", "127.0.0.1:0", "--state", state, "--user", USER, "--password", PASSWORD, "--tls"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        url, fp = "", ""
+        for _ in range(3):
+            line = p.stdout.readline()
+            if "WS-Management at" in line:
+                url = line.split()[-1]
+            if "certificate SHA-256" in line:
+                fp = line.split("certificate SHA-256 ")[1].strip()
+        assert url.startswith("https://127.0.0.1:") and len(fp) == 95, (url, fp)
+        # pywinrm checks certificates with requests (a CA bundle); the file the simulator keeps is that CA.
+        ca = str(Path(state) / "tls" / "cert.pem")
+        for transport in ("basic", "ntlm"):
+            proto = winrm.Protocol(url, transport=transport, username=USER, password=PASSWORD, server_cert_validation="validate", ca_trust_path=ca)
+            hosts = enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem")
+            assert [prop(h, "Caption") for h in hosts] == ["Hosting Computer System"], transport
+        bad = winrm.Protocol(url, transport="basic", username=USER, password="wrong", server_cert_validation="validate", ca_trust_path=ca)
+        with pytest.raises(InvalidCredentialsError):
+            enumerate_all(bad, "SELECT * FROM Msvm_ComputerSystem")
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
+        shutil.rmtree(state, ignore_errors=True)
+
