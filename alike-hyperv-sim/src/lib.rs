@@ -103,6 +103,9 @@ pub struct SimConfig {
     /// kept in `STATE/tls/cert.pem`; Basic and NTLM authentication, SOAP
     /// in clear inside TLS.
     pub tls: bool,
+    /// With `demo`: web-01's first disk this many MiB of dense data (for
+    /// throughput measurements) instead of 64 MiB, mostly sparse.
+    pub demo_os_mib: Option<u64>,
 }
 
 impl SimConfig {
@@ -120,6 +123,7 @@ impl SimConfig {
             rct_block: 64 << 10,
             rct_max_processed: 16 << 20,
             tls: false,
+            demo_os_mib: None,
         }
     }
     /// Sets [`SimConfig::listen`].
@@ -268,7 +272,7 @@ impl Simulator {
             job_failures: Vec::new(),
         };
         if cfg.demo {
-            demo::populate(&mut host)?;
+            demo::populate(&mut host, cfg.demo_os_mib)?;
         }
         let net = |what: &str| {
             let what = format!("{what} {}", cfg.listen);

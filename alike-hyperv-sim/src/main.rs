@@ -34,6 +34,9 @@ struct Args {
     /// Serve HTTPS (as WinRM's 5986 listener) with a self-signed certificate kept in STATE/tls/cert.pem.
     #[arg(long)]
     tls: bool,
+    /// With --demo: web-01's first disk is this many MiB of dense data (throughput measurements).
+    #[arg(long, value_name = "MIB")]
+    demo_os_mib: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,8 @@ fn main() -> anyhow::Result<()> {
         .demo(a.demo)
         .smb_port(smb)
         .tls(a.tls);
+    let mut cfg = cfg;
+    cfg.demo_os_mib = a.demo_os_mib.filter(|m| *m > 0);
     let sim = Simulator::start(cfg).with_context(|| format!("starting the simulator in {}", a.state.display()))?;
     println!("alike-hyperv-sim serving WS-Management at {}", sim.url());
     match sim.tls_fingerprint() {
