@@ -1,15 +1,17 @@
 //! `alike hyperv …`: a Hyper-V host over WMI/WinRM (NTLM, message
 //! encryption) with its disks read over SMB — list its VMs, back one up
-//! (RCT incremental when possible). Restore to a host comes later.
+//! (RCT incremental when possible), restore a version (of a Hyper-V VM, or
+//! of a Xen VM: the facade maps its configuration) as a new VM on the host.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use alike::{BackupOptions, HyperVHost, HyperVHostOptions, Parent, Quiesce};
+use alike::{BackupOptions, HyperVHost, HyperVHostOptions, Parent, Placement, Quiesce, RestoreOptions};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::Cli;
+use crate::commands::VersionArg;
 use crate::common::{JsonArg, ThreadsArg, long, mib, open, print_json, read_secret};
 
 /// A host and what to do with it.
@@ -28,6 +30,17 @@ pub(crate) struct HypervArgs {
     /// The SMB port of the host's administrative shares.
     #[arg(long, default_value_t = 445)]
     smb_port: u16,
+    /// With https:// (port 5986): accept the host's certificate by its SHA-256 fingerprint
+    /// (AB:CD:… or hex); WinRM certificates are usually self-signed.
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    fingerprint: Option<String>,
+    /// With https://: trust the CA certificate(s) in this PEM file (the host's must chain to one
+    /// and name the host).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// With https://: authenticate with Basic (else NTLM).
+    #[arg(long)]
+    basic: bool,
     #[command(subcommand)]
     cmd: HypervCmd,
 }
@@ -54,6 +67,32 @@ enum HypervCmd {
         #[command(flatten)]
         out: JsonArg,
     },
+    /// Restore a version as a new VM on the host, off: VHDX files copied to a folder of the host
+    /// over SMB, the VM defined with the recorded generation, secure boot, vCPUs, memory, disks at
+    /// their controller locations and NICs. A version backed up from Xen restores too (generation
+    /// 1 for a BIOS guest, 2 for UEFI; what does not map is said in warnings).
+    Restore {
+        #[command(flatten)]
+        which: VersionArg,
+        /// The host's folder for the VM's files: C:\…; the VM gets a folder of its name in it.
+        #[arg(long)]
+        path: String,
+        /// The virtual switch for every NIC (default: the switches the VM had, by name).
+        #[arg(long)]
+        switch: Option<String>,
+        /// The new VM's name (default: the recorded one).
+        #[arg(long)]
+        name: Option<String>,
+        /// Let the host make new MAC addresses (default: the recorded ones, static).
+        #[arg(long)]
+        new_macs: bool,
+        /// A local folder to stage each VHDX in before it is copied to the host (default: the
+        /// system's temporary folder; it needs room for the disk's data).
+        #[arg(long, value_name = "DIR")]
+        staging_dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: JsonArg,
+    },
 }
 
 fn password(a: &HypervArgs) -> Result<String> {
@@ -70,9 +109,22 @@ fn password(a: &HypervArgs) -> Result<String> {
 }
 
 fn connect(a: &HypervArgs) -> Result<HyperVHost> {
+    connect_staging(a, None)
+}
+
+fn connect_staging(a: &HypervArgs, staging: Option<&PathBuf>) -> Result<HyperVHost> {
     let pw = password(a)?;
     let mut o = HyperVHostOptions::new(&a.url, &a.user, &pw);
     o.smb_port(a.smb_port);
+    if let Some(fp) = &a.fingerprint {
+        o.wsman.server_cert(alike::HyperVCertCheck::pin(fp)?);
+    }
+    if let Some(f) = &a.ca_file {
+        let pem = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        o.wsman.server_cert(alike::HyperVCertCheck::CaPem(pem));
+    }
+    o.wsman.basic(a.basic);
+    o.staging_dir = staging.cloned();
     HyperVHost::connect(&o).with_context(|| format!("connecting to {}", a.url))
 }
 
@@ -80,7 +132,64 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
     match &a.cmd {
         HypervCmd::Vms(out) => vms(a, out),
         HypervCmd::Backup { vm, quiesce, full, threads, out } => backup(cli, a, vm, *quiesce, *full, threads, out),
+        HypervCmd::Restore { which, path, switch, name, new_macs, staging_dir, out } => {
+            let mut place = Placement::on(path.as_str()).keep_macs(!*new_macs);
+            if let Some(n) = name {
+                place = place.name(n.as_str());
+            }
+            if let Some(s) = switch {
+                place = place.network(s.as_str());
+            }
+            restore(cli, a, which, &place, staging_dir.as_ref(), out)
+        }
     }
+}
+
+#[derive(serde::Serialize)]
+struct Restored<'a, R> {
+    id: &'a str,
+    vm: &'a str,
+    restored: &'a R,
+}
+
+fn restore(
+    cli: &Cli,
+    a: &HypervArgs,
+    which: &VersionArg,
+    place: &Placement,
+    staging: Option<&PathBuf>,
+    out: &JsonArg,
+) -> Result<()> {
+    let store = open(cli)?;
+    let v = which.find(&store)?;
+    let host = connect_staging(a, staging)?;
+    let r = long(cli, "restore", |cb, cancel| {
+        let mut o = RestoreOptions::default().cancel_token(cancel);
+        if let Some(cb) = cb {
+            o = o.progress(cb);
+        }
+        store.restore_vm(&v, &host, place, &o)
+    })?;
+    for w in &r.warnings {
+        eprintln!("alike: warning: {w}");
+    }
+    if out.json {
+        return print_json(&Restored { id: &v.id, vm: &v.vm, restored: &r });
+    }
+    println!("{}", r.vm_uuid);
+    for d in &r.disks {
+        let path = d.ids.get("path").cloned().unwrap_or_default();
+        eprintln!("disk {} -> {path} ({} written)", d.position, mib(d.sent_bytes));
+    }
+    eprintln!(
+        "restored version {} of {} as VM {:?} ({}), off, in {:.2} s",
+        v.short_id(),
+        v.vm,
+        r.name,
+        r.vm_uuid,
+        r.elapsed_seconds
+    );
+    Ok(())
 }
 
 fn vms(a: &HypervArgs, out: &JsonArg) -> Result<()> {

@@ -38,11 +38,17 @@ struct Sim {
     url: String,
     addr: String,
     smb_port: String,
+    fingerprint: String,
 }
 
 impl Sim {
     fn start(state: &Path) -> Sim {
+        Sim::start_with(state, &[])
+    }
+
+    fn start_with(state: &Path, extra: &[&str]) -> Sim {
         let mut child = Command::new(sim_binary())
+            .args(extra)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -61,10 +67,13 @@ impl Sim {
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (mut url, mut smb_port) = (String::new(), String::new());
+        let (mut url, mut smb_port, mut fingerprint) = (String::new(), String::new(), String::new());
         for _ in 0..4 {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
+            if let Some(fp) = line.split("certificate SHA-256 ").nth(1) {
+                fingerprint = fp.trim().to_owned();
+            }
             if line.contains("WS-Management at") {
                 url = line.split_whitespace().last().unwrap().to_owned();
             } else if line.contains(" on port ") {
@@ -72,9 +81,9 @@ impl Sim {
             }
         }
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        assert!(url.starts_with("http://127.0.0.1:") && !smb_port.is_empty(), "{url} {smb_port}");
-        let addr = url.trim_start_matches("http://").trim_end_matches("/wsman").to_owned();
-        Sim { child, url, addr, smb_port }
+        assert!(url.contains("://127.0.0.1:") && !smb_port.is_empty(), "{url} {smb_port}");
+        let addr = url.split("://").nth(1).unwrap().trim_end_matches("/wsman").to_owned();
+        Sim { child, url, addr, smb_port, fingerprint }
     }
 
     fn post(&self, target: &str, body: &[u8]) {
@@ -202,4 +211,61 @@ fn vms_backup_rct_incremental_fallback_and_restore() {
     let restored = std::fs::read(&img).unwrap();
     assert_eq!(restored.len(), 64 << 20);
     assert_eq!(&restored[655363..655372], b"scattered");
+
+    // The version restores as a new VM on the host: VHDX files in the folder asked, the VM as recorded.
+    let r = c.json(&c.hv(&["restore", out.trim(), "--path", "C:\\Restored", "--name", "web-01 r", "--json"]));
+    assert_eq!(r["restored"]["name"], "web-01 r");
+    assert_eq!(r["restored"]["disks"][0]["path"], "C:\\Restored\\web-01 r\\web-01-os.vhdx");
+    assert_eq!(r["restored"]["disks"][0]["format"], "target");
+    let vms = c.json(&c.hv(&["vms", "--json"]));
+    let find = |n: &str| vms.as_array().unwrap().iter().find(|v| v["name"] == n).unwrap().clone();
+    let (orig, new) = (find("web-01"), find("web-01 r"));
+    assert_eq!(new["id"], r["restored"]["vm_uuid"]);
+    for k in ["generation", "secure_boot", "vcpus", "memory_mb", "nics"] {
+        assert_eq!(new[k], orig[k], "{k}");
+    }
+    for (a, b) in new["disks"].as_array().unwrap().iter().zip(orig["disks"].as_array().unwrap()) {
+        for k in ["position", "controller", "controller_index", "location"] {
+            assert_eq!(a[k], b[k], "disk {k}");
+        }
+    }
+    let file = c.dir.path().join("sim").join("C").join("Restored").join("web-01 r").join("web-01-os.vhdx");
+    assert!(file.is_file(), "{}", file.display());
+    let (_, err) =
+        c.ok(&c.hv(&["restore", out.trim(), "--path", "C:\\Restored", "--name", "web-01 r2", "--switch", "LAN"]));
+    assert!(err.contains("restored version") && err.contains("web-01 r2"), "{err}");
+    let o =
+        c.cmd().args(c.hv(&["restore", out.trim(), "--path", "C:\\Restored", "--switch", "nope"])).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("virtual switch \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn https_with_a_pinned_certificate() {
+    if !smbd_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start_with(&dir.path().join("sim"), &["--tls"]);
+    assert!(sim.url.starts_with("https://") && sim.fingerprint.len() == 95, "{} {}", sim.url, sim.fingerprint);
+    let fp = sim.fingerprint.clone();
+    let c = Cli { dir, sim };
+    for auth in [&[][..], &["--basic"][..]] {
+        let mut args = c.hv(&["--fingerprint", &fp]);
+        args.extend_from_slice(auth);
+        args.extend_from_slice(&["vms", "--json"]);
+        let vms = c.json(&args);
+        assert_eq!(vms.as_array().unwrap().len(), 2, "{auth:?}");
+    }
+    let pem = c.dir.path().join("sim").join("tls").join("cert.pem");
+    let vms = c.json(&c.hv(&["--ca-file", pem.to_str().unwrap(), "vms", "--json"]));
+    assert_eq!(vms.as_array().unwrap().len(), 2);
+    let wrong = "00:".repeat(31) + "00";
+    let o = c.cmd().args(c.hv(&["--fingerprint", &wrong, "vms"])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("was refused") && err.contains(&fp), "{err}");
 }

@@ -50,8 +50,35 @@ fn disk(dir: &Path, name: &str, size: u64, slot: Slot, ctrl: &str) -> Result<Dis
     })
 }
 
-/// Creates the demo VMs and their disk files under `c_drive`.
-pub(crate) fn populate(host: &mut Host) -> Result<()> {
+/// Writes a dynamic VHDX of `size` bytes of pseudo-random data (every
+/// block allocated), 1 MiB at a time: the large disk of `--demo-os-mib`,
+/// for measurements.
+fn dense(path: &Path, size: u64, seed: &str) -> Result<()> {
+    use alike_core::DiskTarget as _;
+    let mut x: u64 = seed.bytes().fold(0x9e37_79b9_7f4a_7c15, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut opts = alike_formats::vhdx::CreateOptions::default();
+    opts.block_size(BLOCK);
+    let err = |e: &dyn std::fmt::Display| Error::Disk { file: path.to_owned(), reason: e.to_string() };
+    let t = alike_formats::vhdx::VhdxTarget::create(path, size, &opts).map_err(|e| err(&e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        let n = (size - off).min(buf.len() as u64) as usize;
+        t.write(off, &buf[..n]).map_err(|e| err(&e))?;
+        off += n as u64;
+    }
+    t.finish(size).map_err(|e| err(&e))
+}
+
+/// Creates the demo VMs and their disk files under `c_drive`; `os_mib`
+/// makes web-01's first disk that large and dense (measurements).
+pub(crate) fn populate(host: &mut Host, os_mib: Option<u64>) -> Result<()> {
     let sw = Switch { id: new_guid(), name: "LAN".into() };
     // name, running, generation, vCPUs, memory MiB, disks (name, size)
     type Spec<'a> = (&'a str, bool, u8, u32, u64, &'a [(&'a str, u64)]);
@@ -66,7 +93,20 @@ pub(crate) fn populate(host: &mut Host) -> Result<()> {
         let mut vdisks = Vec::new();
         for (k, (dname, size)) in ds.iter().enumerate() {
             let slot = Slot { scsi: *generation == 2, controller: 0, location: k as u32 };
-            vdisks.push(disk(&dir, dname, *size, slot, &ctrl)?);
+            match os_mib.filter(|_| *dname == "web-01-os") {
+                Some(mib) => {
+                    let path = dir.join(format!("{dname}.vhdx"));
+                    dense(&path, mib << 20, dname)?;
+                    vdisks.push(Disk {
+                        size: mib << 20,
+                        chain: vec![path],
+                        slot,
+                        ctrl_guid: ctrl.clone(),
+                        rct: Rct { guid: new_guid(), epoch: 1, log: Vec::new() },
+                    });
+                }
+                None => vdisks.push(disk(&dir, dname, *size, slot, &ctrl)?),
+            }
         }
         host.vms.push(Vm {
             id: new_guid(),
@@ -82,6 +122,9 @@ pub(crate) fn populate(host: &mut Host) -> Result<()> {
             nics: vec![Nic { id: new_guid(), mac: format!("00155D0100{:02X}", i + 1), switch: Some(sw.id.clone()) }],
             snapshots: Vec::new(),
             refpoints: Vec::new(),
+            controllers: Vec::new(),
+            empty_drives: Vec::new(),
+            replica: false,
         });
     }
     host.switches.push(sw);

@@ -37,6 +37,9 @@ pub enum Error {
     /// The Samba server could not be set up or started.
     #[error("smbd: {0}")]
     Smb(String),
+    /// The HTTPS certificate or configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Error {

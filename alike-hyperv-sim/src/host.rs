@@ -43,7 +43,7 @@ pub(crate) struct MethodError {
     pub(crate) text: String,
 }
 
-fn merr(code: u32, text: impl Into<String>) -> MethodError {
+pub(crate) fn merr(code: u32, text: impl Into<String>) -> MethodError {
     MethodError { code, text: text.into() }
 }
 
@@ -113,6 +113,14 @@ pub(crate) struct Nic {
     pub(crate) switch: Option<String>,
 }
 
+/// A storage controller: SCSI or IDE, its index among those of its kind, its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ctrl {
+    pub(crate) scsi: bool,
+    pub(crate) index: u32,
+    pub(crate) guid: String,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Vm {
     pub(crate) id: String,
@@ -129,6 +137,14 @@ pub(crate) struct Vm {
     pub(crate) nics: Vec<Nic>,
     pub(crate) snapshots: Vec<Snapshot>,
     pub(crate) refpoints: Vec<RefPoint>,
+    /// Controllers made by `DefineSystem` or `AddResourceSettings` (those of
+    /// `disks` are listed too, whether here or not).
+    pub(crate) controllers: Vec<Ctrl>,
+    /// Disk drives with no disk image yet: the slot and its controller's id.
+    pub(crate) empty_drives: Vec<(Slot, String)>,
+    /// A replica VM (`Msvm_ComputerSystem.ReplicationMode` 2): refuses to
+    /// start until failover.
+    pub(crate) replica: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -270,7 +286,7 @@ impl Host {
             .with("OnTimeInMilliseconds", Value::n(if vm.running { 3_600_000 } else { 0 }))
     }
 
-    fn vm_epr(vm: &Vm) -> Epr {
+    pub(crate) fn vm_epr(vm: &Vm) -> Epr {
         Epr {
             class: "Msvm_ComputerSystem".into(),
             keys: vec![("CreationClassName".into(), "Msvm_ComputerSystem".into()), ("Name".into(), vm.id.clone())],
@@ -327,7 +343,8 @@ impl Host {
                 .with("VirtualQuantity", Value::n(vm.memory_mb))
                 .with("DynamicMemoryEnabled", Value::Bool(false)),
         );
-        let mut ctrls: Vec<(bool, u32, String)> = Vec::new();
+        let mut ctrls: Vec<(bool, u32, String)> =
+            vm.controllers.iter().map(|c| (c.scsi, c.index, c.guid.clone())).collect();
         for d in &vm.disks {
             if !ctrls.iter().any(|c| c.0 == d.slot.scsi && c.1 == d.slot.controller) {
                 ctrls.push((d.slot.scsi, d.slot.controller, d.ctrl_guid.clone()));
@@ -379,6 +396,27 @@ impl Host {
                     .with("HostResource", Value::strs(&[self.win_path(&file)]))
                     .with("Address", Value::Null)
                     .with("AddressOnParent", Value::Null),
+            );
+        }
+        for (slot, guid) in &vm.empty_drives {
+            let ctrl = format!("Microsoft:{owner}\\{guid}");
+            out.push(
+                Instance::new("Msvm_ResourceAllocationSettingData")
+                    .with("InstanceID", Value::s(format!("{ctrl}\\{}\\{}\\D", slot.controller, slot.location)))
+                    .with("ElementName", Value::s("Hard Drive"))
+                    .with("ResourceType", Value::n(17))
+                    .with("ResourceSubType", Value::s("Microsoft:Hyper-V:Synthetic Disk Drive"))
+                    .with(
+                        "Parent",
+                        Value::s(
+                            Epr {
+                                class: "Msvm_ResourceAllocationSettingData".into(),
+                                keys: vec![("InstanceID".into(), ctrl.clone())],
+                            }
+                            .wmi_path(&self.name),
+                        ),
+                    )
+                    .with("AddressOnParent", Value::s(slot.location.to_string())),
             );
         }
         for nic in &vm.nics {
@@ -588,7 +626,7 @@ impl Host {
         out
     }
 
-    fn job(&mut self, name: &str, job_type: u16, error: Option<MethodError>, affected: Vec<Epr>) -> Epr {
+    pub(crate) fn job(&mut self, name: &str, job_type: u16, error: Option<MethodError>, affected: Vec<Epr>) -> Epr {
         let id = new_guid();
         self.jobs.push(Job {
             id: id.clone(),
@@ -840,7 +878,7 @@ pub(crate) fn vssd_epr(id: &str) -> Epr {
     Epr { class: "Msvm_VirtualSystemSettingData".into(), keys: vec![("InstanceID".into(), format!("Microsoft:{id}"))] }
 }
 
-fn switch_epr(s: &Switch) -> Epr {
+pub(crate) fn switch_epr(s: &Switch) -> Epr {
     Epr {
         class: "Msvm_VirtualEthernetSwitch".into(),
         keys: vec![("CreationClassName".into(), "Msvm_VirtualEthernetSwitch".into()), ("Name".into(), s.id.clone())],

@@ -6,7 +6,7 @@
 //! MS-WSMV §2.2.9.1). Unencrypted SOAP is refused, as a Windows host with
 //! the default `AllowUnencrypted=false` refuses it.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +26,30 @@ const MAX_BODY: usize = 4 << 20;
 const BOUNDARY: &[u8] = b"--Encrypted Boundary";
 const PROTOCOL: &str = "application/HTTP-SPNEGO-session-encrypted";
 
+/// A connection: plain TCP or TLS over it.
+pub(crate) trait Wire: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+    fn is_tls(&self) -> bool;
+}
+
+impl Wire for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn is_tls(&self) -> bool {
+        false
+    }
+}
+
+impl Wire for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+    fn is_tls(&self) -> bool {
+        true
+    }
+}
+
 /// Accepts connections until `stop` is set (checked every 100 ms).
 pub(crate) fn serve(listener: TcpListener, inner: Arc<Inner>, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -43,7 +67,14 @@ pub(crate) fn serve(listener: TcpListener, inner: Arc<Inner>, stop: Arc<AtomicBo
                 let stop = Arc::clone(&stop);
                 let spawned = std::thread::Builder::new().name("wsman-conn".into()).spawn(move || {
                     let _ = s.set_nonblocking(false);
-                    connection(s, &inner, &stop);
+                    match &inner.tls {
+                        Some(cfg) => {
+                            if let Ok(conn) = rustls::ServerConnection::new(Arc::clone(cfg)) {
+                                connection(rustls::StreamOwned::new(conn, s), &inner, &stop);
+                            }
+                        }
+                        None => connection(s, &inner, &stop),
+                    }
                     active2.fetch_sub(1, Ordering::AcqRel);
                 });
                 if spawned.is_err() {
@@ -70,7 +101,7 @@ impl Request {
 }
 
 /// Reads one request; `None` at a clean end of the connection or on garbage.
-fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<Request> {
+fn read_request(s: &mut dyn Wire, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<Request> {
     let mut chunk = [0u8; 16 << 10];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -123,8 +154,8 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Opti
 }
 
 /// Reads what arrives, waking every 200 ms to see whether the server stops.
-fn read_some(s: &mut TcpStream, chunk: &mut [u8], stop: &AtomicBool) -> Option<usize> {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+fn read_some(s: &mut dyn Wire, chunk: &mut [u8], stop: &AtomicBool) -> Option<usize> {
+    let _ = s.tcp().set_read_timeout(Some(Duration::from_millis(200)));
     let mut idle = Duration::ZERO;
     loop {
         match s.read(chunk) {
@@ -157,7 +188,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn respond(s: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
+fn respond(s: &mut dyn Wire, status: u16, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
     let mut h = format!("HTTP/1.1 {status} {}\r\nServer: Microsoft-HTTPAPI/2.0\r\n", reason(status));
     for (k, v) in headers {
         h.push_str(&format!("{k}: {v}\r\n"));
@@ -179,15 +210,19 @@ fn filetime_now() -> u64 {
     (unix.as_secs() + 11_644_473_600) * 10_000_000 + u64::from(unix.subsec_nanos() / 100)
 }
 
-fn unauthorized(s: &mut TcpStream, token: Option<&[u8]>) -> std::io::Result<()> {
+fn unauthorized(s: &mut dyn Wire, token: Option<&[u8]>) -> std::io::Result<()> {
     let v = match token {
         Some(t) => format!("Negotiate {}", B64.encode(t)),
         None => "Negotiate".into(),
     };
+    if token.is_none() && s.is_tls() {
+        // Over HTTPS, Basic is offered too (WinRM's Basic=true on the HTTPS listener).
+        return respond(s, 401, &[("WWW-Authenticate", v), ("WWW-Authenticate", "Basic realm=\"WSMAN\"".into())], b"");
+    }
     respond(s, 401, &[("WWW-Authenticate", v)], b"")
 }
 
-fn connection(mut s: TcpStream, inner: &Inner, stop: &AtomicBool) {
+fn connection<W: Wire>(mut s: W, inner: &Inner, stop: &AtomicBool) {
     let mut buf = Vec::new();
     let mut auth = Auth::None;
     while let Some(req) = read_request(&mut s, &mut buf, stop) {
@@ -202,7 +237,7 @@ fn connection(mut s: TcpStream, inner: &Inner, stop: &AtomicBool) {
 /// `POST /sim/guest-write?vm=NAME&disk=N&offset=O` with the bytes as the
 /// body, and `POST /sim/reset-rct?vm=NAME&disk=N`. Unauthenticated: the
 /// simulator listens on loopback for tests.
-fn sim_api(s: &mut TcpStream, inner: &Inner, req: &Request) -> std::io::Result<()> {
+fn sim_api(s: &mut dyn Wire, inner: &Inner, req: &Request) -> std::io::Result<()> {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let arg = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k).and_then(|r| r.strip_prefix('=')));
     let mut host = inner.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -224,7 +259,7 @@ fn sim_api(s: &mut TcpStream, inner: &Inner, req: &Request) -> std::io::Result<(
     }
 }
 
-fn handle(s: &mut TcpStream, inner: &Inner, auth: &mut Auth, req: &Request) -> std::io::Result<()> {
+fn handle(s: &mut dyn Wire, inner: &Inner, auth: &mut Auth, req: &Request) -> std::io::Result<()> {
     if req.path.starts_with("/sim/") && req.method == "POST" {
         return sim_api(s, inner, req);
     }
@@ -236,6 +271,17 @@ fn handle(s: &mut TcpStream, inner: &Inner, auth: &mut Auth, req: &Request) -> s
     }
     if let Some(h) = req.header("Authorization") {
         let (scheme, token) = h.split_once(' ').unwrap_or((h, ""));
+        if scheme.eq_ignore_ascii_case("Basic") && s.is_tls() {
+            // Basic over HTTPS: every request carries the credentials.
+            let ok = B64.decode(token.trim()).ok().and_then(|b| String::from_utf8(b).ok()).is_some_and(|up| {
+                up.split_once(':').is_some_and(|(u, p)| u.eq_ignore_ascii_case(&inner.user) && p == inner.password)
+            });
+            *auth = Auth::None;
+            if !ok {
+                return unauthorized(s, None);
+            }
+            return plain_soap(s, inner, req);
+        }
         if !scheme.eq_ignore_ascii_case("Negotiate") && !scheme.eq_ignore_ascii_case("NTLM") {
             // Basic (and anything else) is refused over HTTP.
             *auth = Auth::None;
@@ -279,6 +325,10 @@ fn handle(s: &mut TcpStream, inner: &Inner, auth: &mut Auth, req: &Request) -> s
         return respond(s, 200, &[], b"");
     }
     let ct = req.header("Content-Type").unwrap_or_default();
+    if s.is_tls() && !ct.to_ascii_lowercase().starts_with("multipart/encrypted") {
+        // Inside TLS the SOAP travels in clear after NTLM (as pywinrm and Windows do over HTTPS).
+        return plain_soap(s, inner, req);
+    }
     if !ct.to_ascii_lowercase().starts_with("multipart/encrypted") || !ct.contains(PROTOCOL) {
         // AllowUnencrypted=false: plain SOAP over HTTP is refused.
         return respond(s, 400, &[], b"");
@@ -297,6 +347,16 @@ fn handle(s: &mut TcpStream, inner: &Inner, auth: &mut Auth, req: &Request) -> s
         &[("Content-Type", format!("multipart/encrypted;protocol=\"{PROTOCOL}\";boundary=\"Encrypted Boundary\""))],
         &body,
     )
+}
+
+/// A SOAP request in clear (inside TLS), answered in clear.
+fn plain_soap(s: &mut dyn Wire, inner: &Inner, req: &Request) -> std::io::Result<()> {
+    if req.body.is_empty() {
+        return respond(s, 200, &[], b"");
+    }
+    let doc = String::from_utf8_lossy(&req.body);
+    let (status, reply) = crate::soap::handle(&inner.host, &inner.enums, &doc);
+    respond(s, status, &[("Content-Type", "application/soap+xml;charset=UTF-8".into())], reply.as_bytes())
 }
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {

@@ -47,6 +47,7 @@
 //! ```
 
 mod cim;
+mod define;
 mod demo;
 mod disks;
 mod error;
@@ -55,6 +56,7 @@ mod http;
 mod ntlm;
 mod smb;
 mod soap;
+mod tls;
 mod wql;
 mod xml;
 
@@ -97,6 +99,13 @@ pub struct SimConfig {
     /// The most `GetVirtualDiskChanges` processes in one call (the rest is
     /// the caller's next call, as `ProcessedByteLength` says).
     pub rct_max_processed: u64,
+    /// Serve HTTPS (WinRM's 5986 listener) with a self-signed certificate
+    /// kept in `STATE/tls/cert.pem`; Basic and NTLM authentication, SOAP
+    /// in clear inside TLS.
+    pub tls: bool,
+    /// With `demo`: web-01's first disk this many MiB of dense data (for
+    /// throughput measurements) instead of 64 MiB, mostly sparse.
+    pub demo_os_mib: Option<u64>,
 }
 
 impl SimConfig {
@@ -113,6 +122,8 @@ impl SimConfig {
             job_time: Duration::from_millis(100),
             rct_block: 64 << 10,
             rct_max_processed: 16 << 20,
+            tls: false,
+            demo_os_mib: None,
         }
     }
     /// Sets [`SimConfig::listen`].
@@ -146,6 +157,12 @@ impl SimConfig {
         self.job_time = t;
         self
     }
+    /// Sets [`SimConfig::tls`].
+    #[must_use]
+    pub fn tls(mut self, on: bool) -> SimConfig {
+        self.tls = on;
+        self
+    }
     /// Sets [`SimConfig::rct_max_processed`].
     #[must_use]
     pub fn rct_max_processed(mut self, n: u64) -> SimConfig {
@@ -162,6 +179,8 @@ pub(crate) struct Inner {
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) host_name: String,
+    /// The HTTPS server configuration, when serving TLS.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A disk of a VM as the test API reports it.
@@ -180,6 +199,34 @@ pub struct DiskFile {
     pub chain: Vec<PathBuf>,
 }
 
+/// A VM as the simulator's model holds it (the test API: what a restore
+/// made, read without WS-Man).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VmSummary {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// 1 or 2.
+    pub generation: u8,
+    /// Secure boot.
+    pub secure_boot: bool,
+    /// Virtual processors.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// Running.
+    pub running: bool,
+    /// A replica VM (refuses to start until failover).
+    pub replica: bool,
+    /// Disks in the host's order: (`scsi` or `ide`, controller index,
+    /// location, the host's path of the file, virtual size).
+    pub disks: Vec<(String, u32, u32, String, u64)>,
+    /// NICs: (MAC, the switch's name when connected).
+    pub nics: Vec<(String, Option<String>)>,
+}
+
 /// A running simulator: a listener thread (and `smbd`) until
 /// [`Simulator::shutdown`] or drop.
 #[derive(Debug)]
@@ -190,6 +237,8 @@ pub struct Simulator {
     thread: Option<std::thread::JoinHandle<()>>,
     smbd: Option<smb::Smbd>,
     c_drive: PathBuf,
+    /// With TLS: the certificate (PEM) and its SHA-256 fingerprint.
+    cert: Option<(String, String)>,
 }
 
 impl Simulator {
@@ -223,7 +272,7 @@ impl Simulator {
             job_failures: Vec::new(),
         };
         if cfg.demo {
-            demo::populate(&mut host)?;
+            demo::populate(&mut host, cfg.demo_os_mib)?;
         }
         let net = |what: &str| {
             let what = format!("{what} {}", cfg.listen);
@@ -237,7 +286,10 @@ impl Simulator {
             }
             None => None,
         };
+        let tls = if cfg.tls { Some(tls::load_or_create(&cfg.state_dir.join("tls"))?) } else { None };
+        let cert = tls.as_ref().map(|t| (t.cert_pem.clone(), t.fingerprint.clone()));
         let inner = Arc::new(Inner {
+            tls: tls.map(|t| t.config),
             host: Mutex::new(host),
             enums: Mutex::new(soap::Enumerations::default()),
             user: cfg.user,
@@ -250,7 +302,7 @@ impl Simulator {
             .name("wsman-listener".into())
             .spawn(move || http::serve(listener, i2, s2))
             .map_err(|source| Error::Net { what: "starting the listener thread".into(), source })?;
-        Ok(Simulator { inner, addr, stop, thread: Some(thread), smbd, c_drive })
+        Ok(Simulator { inner, addr, stop, thread: Some(thread), smbd, c_drive, cert })
     }
 
     fn host(&self) -> MutexGuard<'_, Host> {
@@ -259,7 +311,18 @@ impl Simulator {
 
     /// The WS-Man endpoint, e.g. `http://127.0.0.1:5985/wsman`.
     pub fn url(&self) -> String {
-        format!("http://{}/wsman", self.addr)
+        let scheme = if self.cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/wsman", self.addr)
+    }
+
+    /// With TLS, the certificate's SHA-256 fingerprint (`AB:CD:…`).
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.cert.as_ref().map(|c| c.1.as_str())
+    }
+
+    /// With TLS, the certificate (PEM): a CA file that trusts it.
+    pub fn tls_cert_pem(&self) -> Option<&str> {
+        self.cert.as_ref().map(|c| c.0.as_str())
     }
 
     /// The listener's address.
@@ -343,6 +406,51 @@ impl Simulator {
     /// fails with `code` and `description` (JobState 10), changing nothing.
     pub fn fail_next_job(&self, method: &str, code: u32, description: &str) {
         self.host().job_failures.push((method.to_owned(), MethodError { code, text: description.to_owned() }));
+    }
+
+    /// Every VM by name, as the model holds it.
+    pub fn vm_summaries(&self) -> Vec<VmSummary> {
+        let h = self.host();
+        h.vms
+            .iter()
+            .map(|v| VmSummary {
+                id: v.id.clone(),
+                name: v.name.clone(),
+                generation: v.generation,
+                secure_boot: v.secure_boot,
+                vcpus: v.vcpus,
+                memory_mb: v.memory_mb,
+                running: v.running,
+                replica: v.replica,
+                disks: v
+                    .disks
+                    .iter()
+                    .map(|d| {
+                        let top = d.chain.last().cloned().unwrap_or_default();
+                        (
+                            if d.slot.scsi { "scsi" } else { "ide" }.to_owned(),
+                            d.slot.controller,
+                            d.slot.location,
+                            h.win_path(&top),
+                            d.size,
+                        )
+                    })
+                    .collect(),
+                nics: v
+                    .nics
+                    .iter()
+                    .map(|n| {
+                        let sw = n.switch.as_ref().and_then(|s| h.switches.iter().find(|x| &x.id == s));
+                        (n.mac.clone(), sw.map(|s| s.name.clone()))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Adds a virtual switch named `name` (test API).
+    pub fn add_switch(&self, name: &str) {
+        self.host().switches.push(host::Switch { id: host::new_guid(), name: name.to_owned() });
     }
 
     /// Turns a VM on or off (no checks).

@@ -31,15 +31,31 @@ struct Args {
     /// SMB port of the host's share (0: a free one); with --demo, a free one by default.
     #[arg(long)]
     smb_port: Option<u16>,
+    /// Serve HTTPS (as WinRM's 5986 listener) with a self-signed certificate kept in STATE/tls/cert.pem.
+    #[arg(long)]
+    tls: bool,
+    /// With --demo: web-01's first disk is this many MiB of dense data (throughput measurements).
+    #[arg(long, value_name = "MIB")]
+    demo_os_mib: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let smb = a.smb_port.or(if a.demo { Some(0) } else { None });
-    let cfg = SimConfig::new(&a.state).listen(a.listen).credentials(&a.user, &a.password).demo(a.demo).smb_port(smb);
+    let cfg = SimConfig::new(&a.state)
+        .listen(a.listen)
+        .credentials(&a.user, &a.password)
+        .demo(a.demo)
+        .smb_port(smb)
+        .tls(a.tls);
+    let mut cfg = cfg;
+    cfg.demo_os_mib = a.demo_os_mib.filter(|m| *m > 0);
     let sim = Simulator::start(cfg).with_context(|| format!("starting the simulator in {}", a.state.display()))?;
     println!("alike-hyperv-sim serving WS-Management at {}", sim.url());
-    println!("  user {} (NTLM with message encryption)", a.user);
+    match sim.tls_fingerprint() {
+        Some(fp) => println!("  user {} (Basic or NTLM over TLS); certificate SHA-256 {fp}", a.user),
+        None => println!("  user {} (NTLM with message encryption)", a.user),
+    }
     if let Some(s) = sim.smb_addr() {
         println!("  SMB share //{}/{SHARE} on port {} (smbd; the same user and password)", s.ip(), s.port());
     }

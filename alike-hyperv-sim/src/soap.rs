@@ -480,6 +480,11 @@ fn arg_text(input: &Element, name: &str) -> String {
     arg(input, name).map(|e| e.text.clone()).unwrap_or_default()
 }
 
+/// Every value of a repeated (array) argument.
+fn arg_texts(input: &Element, name: &str) -> Vec<String> {
+    input.children.iter().filter(|c| c.name == name).map(|e| e.text.clone()).collect()
+}
+
 fn arg_u64(input: &Element, name: &str) -> Result<u64, Fault> {
     arg(input, name).and_then(|e| e.text().parse().ok()).ok_or_else(|| {
         wmi_fault(WBEM_E_INVALID_METHOD_PARAMETERS, format!("Parameter {name} is missing or not a number"))
@@ -495,6 +500,7 @@ fn arg_epr(input: &Element, name: &str) -> Result<Epr, Fault> {
 /// One output parameter.
 enum Out {
     Ref(Epr),
+    Refs(Vec<Epr>),
     Num(u64),
     Nums(Vec<u64>),
 }
@@ -505,6 +511,11 @@ fn output(class: &str, method: &str, mut params: Vec<(&str, Out)>, rv: u32) -> S
     for (name, v) in &params {
         match v {
             Out::Ref(e) => e.write(&mut s, &format!("p:{name}")),
+            Out::Refs(v) => {
+                for e in v {
+                    e.write(&mut s, &format!("p:{name}"));
+                }
+            }
             Out::Num(n) => {
                 let _ = write!(s, "<p:{name}>{n}</p:{name}>");
             }
@@ -523,7 +534,7 @@ fn invoke(host: &Mutex<Host>, req: &Req<'_>) -> Result<(String, String), Fault> 
     let method = req.action[req.resource_uri.len()..].trim_start_matches('/').to_owned();
     let class = class_of(&req.resource_uri).to_owned();
     let mut h = host_lock(host);
-    target(&h, req)?;
+    let this = target(&h, req)?.epr();
     let input = req
         .body
         .filter(|b| b.name == format!("{method}_INPUT"))
@@ -578,6 +589,33 @@ fn invoke(host: &Mutex<Host>, req: &Req<'_>) -> Result<(String, String), Fault> 
                 ]
             });
             done(r, rc::OK)
+        }
+        ("Msvm_VirtualSystemManagementService", "DefineSystem") => {
+            let r = h.define_system(&arg_text(input, "SystemSettings"));
+            done(r.map(|(job, vm)| vec![("Job", Out::Ref(job)), ("ResultingSystem", Out::Ref(vm))]), rc::JOB_STARTED)
+        }
+        ("Msvm_VirtualSystemManagementService", "ModifyResourceSettings") => {
+            let r = h.modify_resource_settings(&arg_texts(input, "ResourceSettings"));
+            done(
+                r.map(|(job, v)| vec![("Job", Out::Ref(job)), ("ResultingResourceSettings", Out::Refs(v))]),
+                rc::JOB_STARTED,
+            )
+        }
+        ("Msvm_VirtualSystemManagementService", "AddResourceSettings") => {
+            let t = arg_epr(input, "AffectedConfiguration")?;
+            let r = h.add_resource_settings(&t, &arg_texts(input, "ResourceSettings"));
+            done(
+                r.map(|(job, v)| vec![("Job", Out::Ref(job)), ("ResultingResourceSettings", Out::Refs(v))]),
+                rc::JOB_STARTED,
+            )
+        }
+        ("Msvm_VirtualSystemManagementService", "DestroySystem") => {
+            let t = arg_epr(input, "AffectedSystem")?;
+            done(h.destroy_system(&t).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+        }
+        ("Msvm_ComputerSystem", "RequestStateChange") => {
+            let state = arg_u64(input, "RequestedState")?;
+            done(h.request_state_change(&this, state).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
         }
         _ => return Err(wmi_fault(WBEM_E_INVALID_METHOD, format!("Method {method} of {class} is not supported"))),
     }?;

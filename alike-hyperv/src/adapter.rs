@@ -43,7 +43,7 @@
 //! Recovery checkpoints found on the VM when a backup starts were left by
 //! a backup that did not finish (a killed process, a lost host): they are
 //! reported as a warning, not removed — another product may own them.
-//! Restore to a Hyper-V host is not written yet.
+//! Restore to a Hyper-V host: `crate::restore` (`create_vm`).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -70,6 +70,10 @@ pub struct HostOptions {
     pub smb_host: Option<String>,
     /// Its port (445).
     pub smb_port: u16,
+    /// Where a restore stages each VHDX before copying it to the host
+    /// (default: the system's temporary folder); it needs room for the
+    /// disk's data.
+    pub staging_dir: Option<std::path::PathBuf>,
     smb_user: String,
     smb_password: String,
 }
@@ -91,6 +95,7 @@ impl HostOptions {
             wsman: ConnectOptions::new(url, user, password),
             smb_host: None,
             smb_port: 445,
+            staging_dir: None,
             smb_user: user.to_owned(),
             smb_password: password.to_owned(),
         }
@@ -218,7 +223,7 @@ impl std::fmt::Debug for HyperVHost {
     }
 }
 
-fn never() -> bool {
+pub(crate) fn never() -> bool {
     false
 }
 
@@ -249,7 +254,11 @@ impl HyperVHost {
         &self.client
     }
 
-    fn share(&self, name: &str) -> Result<Arc<SmbShare>> {
+    pub(crate) fn options(&self) -> &HostOptions {
+        &self.opts
+    }
+
+    pub(crate) fn share(&self, name: &str) -> Result<Arc<SmbShare>> {
         let mut m = self.shares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(s) = m.get(name) {
             return Ok(Arc::clone(s));
@@ -275,7 +284,7 @@ impl HyperVHost {
     }
 
     /// The VM named or identified by `vm` (its id, or its name when unique).
-    fn find_vm(&self, vm: &str) -> Result<Instance> {
+    pub(crate) fn find_vm(&self, vm: &str) -> Result<Instance> {
         let all = self.vm_instances()?;
         if let Some(i) = all.iter().find(|i| i.text("Name").is_some_and(|n| n.eq_ignore_ascii_case(vm))) {
             return Ok(i.clone());
@@ -288,7 +297,7 @@ impl HyperVHost {
         }
     }
 
-    fn epr(i: &Instance) -> Result<Epr> {
+    pub(crate) fn epr(i: &Instance) -> Result<Epr> {
         i.epr.clone().ok_or_else(|| Error::InvalidArgument(format!("an instance of {} without a reference", i.class)))
     }
 
@@ -389,7 +398,7 @@ impl HyperVHost {
         })
     }
 
-    fn realized(&self, vm: &Instance) -> Result<Instance> {
+    pub(crate) fn realized(&self, vm: &Instance) -> Result<Instance> {
         self.client
             .associators(&HyperVHost::epr(vm)?, "Msvm_SettingsDefineState", "Msvm_VirtualSystemSettingData")?
             .into_iter()
@@ -405,7 +414,7 @@ impl HyperVHost {
         self.vm_instances()?.iter().map(|vm| self.config(vm, &self.realized(vm)?)).collect()
     }
 
-    fn service(&self, class: &str) -> Result<Epr> {
+    pub(crate) fn service(&self, class: &str) -> Result<Epr> {
         self.client
             .query(&format!("SELECT * FROM {class}"))?
             .into_iter()
@@ -834,13 +843,11 @@ impl Hypervisor for HyperVHost {
 
     fn create_vm(
         &self,
-        _config: &VmInfo,
-        _disks: &[PlannedDisk],
-        _placement: &Placement,
+        config: &VmInfo,
+        disks: &[PlannedDisk],
+        placement: &Placement,
     ) -> alike_core::Result<Box<dyn RestoreSession + '_>> {
-        Err(alike_core::Error::seam(Error::InvalidArgument(
-            "restoring a VM to a Hyper-V host is not implemented yet".into(),
-        )))
+        Ok(Box::new(crate::restore::begin(self, config, disks, placement).map_err(alike_core::Error::seam)?))
     }
 
     fn existing_disk(&self, disk: &str) -> alike_core::Result<DiskSink<'_>> {

@@ -21,6 +21,20 @@ pub enum Error {
     /// A caller passed something unusable (a bad URL, an option out of range).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The HTTPS server's certificate was refused: not the pinned one, or
+    /// not trusted by the CA file.
+    #[error("{endpoint}: the server's certificate (SHA-256 {fingerprint}) was refused: {why}")]
+    Certificate {
+        /// The WS-Man endpoint.
+        endpoint: String,
+        /// The refused certificate's fingerprint (check it, then pin it).
+        fingerprint: String,
+        /// Why.
+        why: String,
+    },
+    /// No such object on the host (a virtual switch, a VM).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The host could not be reached, or the connection failed mid-request.
     #[error("{endpoint}: {what}: {source}")]
     Network {
@@ -140,6 +154,8 @@ impl alike_core::SeamError for Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Network { .. } => ErrorKind::Io,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Certificate { .. } => ErrorKind::Io,
             Error::Fault { wmi_code: Some(0x8004_1002), .. } => ErrorKind::NotFound,
             _ => ErrorKind::Other,
         }
@@ -148,7 +164,11 @@ impl alike_core::SeamError for Error {
     fn retry(&self) -> Retry {
         match self {
             Error::Network { .. } | Error::JobTimeout { .. } => Retry::Transient,
-            Error::InvalidArgument(_) | Error::AuthenticationFailed { .. } | Error::Cancelled => Retry::Permanent,
+            Error::InvalidArgument(_)
+            | Error::NotFound(_)
+            | Error::Certificate { .. }
+            | Error::AuthenticationFailed { .. }
+            | Error::Cancelled => Retry::Permanent,
             _ => Retry::Unknown,
         }
     }

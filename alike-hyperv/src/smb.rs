@@ -98,6 +98,125 @@ impl SmbShare {
         p.to_string_lossy().replace('\\', "/").trim_start_matches('/').to_owned()
     }
 
+    /// Makes the folder `dir` and its missing parents; returns the folders
+    /// made, outermost first (what a failed restore removes again).
+    ///
+    /// # Errors
+    /// [`Error::Network`] when a folder cannot be made.
+    pub fn create_dirs(&self, dir: &str) -> Result<Vec<String>> {
+        let mut made = Vec::new();
+        let mut at = String::new();
+        for part in dir.split(['/', '\\']).filter(|p| !p.is_empty()) {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            let exists = self.list(Path::new(&at)).is_some();
+            if !exists {
+                self.rt
+                    .block_on(async {
+                        let mut c = self.client.lock().await;
+                        c.create_directory(&self.tree, &at).await
+                    })
+                    .map_err(smb_err(&self.label, "making a folder"))?;
+                made.push(at.clone());
+            }
+        }
+        Ok(made)
+    }
+
+    /// Whether a file or folder `path` exists.
+    pub fn exists(&self, path: &str) -> bool {
+        let p = Path::new(path);
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else { return false };
+        let dir = p.parent().unwrap_or(Path::new(""));
+        self.list(dir).is_some_and(|v| v.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
+    }
+
+    /// Copies the local file `local` to `path` on the share: written under
+    /// a temporary name, in 1 MiB pieces, flushed, then renamed into place
+    /// (a failed copy never leaves a file under the final name). Returns the
+    /// bytes sent.
+    ///
+    /// # Errors
+    /// [`Error::Network`] from the share; an I/O error reading `local`.
+    pub fn upload(&self, local: &Path, path: &str) -> Result<u64> {
+        use std::io::Read as _;
+        let tmp = format!("{path}.alike-partial");
+        let mut f = std::fs::File::open(local).map_err(|source| Error::Network {
+            endpoint: local.display().to_string(),
+            what: "opening the staged file",
+            source,
+        })?;
+        let label = self.label.clone();
+        let sent = self.rt.block_on(async {
+            let mut w = {
+                let mut c = self.client.lock().await;
+                c.create_file_writer(&self.tree, &tmp).await.map_err(smb_err(&label, "creating a file"))?
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(source) => {
+                        let _ = w.abort().await;
+                        return Err(Error::Network {
+                            endpoint: label.clone(),
+                            what: "reading the staged file",
+                            source,
+                        });
+                    }
+                };
+                if let Err(e) = w.write_chunk(&buf[..n]).await {
+                    let _ = w.abort().await;
+                    return Err(smb_err(&label, "writing a file")(e));
+                }
+            }
+            w.finish().await.map_err(smb_err(&label, "closing a file"))
+        });
+        let sent = match sent {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.delete(&tmp);
+                return Err(e);
+            }
+        };
+        self.rt
+            .block_on(async {
+                let mut c = self.client.lock().await;
+                c.rename(&self.tree, &tmp, path).await
+            })
+            .map_err(smb_err(&self.label, "renaming a file into place"))?;
+        Ok(sent)
+    }
+
+    /// Deletes the file `path`.
+    ///
+    /// # Errors
+    /// [`Error::Network`] from the share.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.rt
+            .block_on(async {
+                let mut c = self.client.lock().await;
+                c.delete_file(&self.tree, path).await
+            })
+            .map_err(smb_err(&self.label, "deleting a file"))
+    }
+
+    /// Deletes the empty folder `path`.
+    ///
+    /// # Errors
+    /// [`Error::Network`] from the share.
+    pub fn delete_dir(&self, path: &str) -> Result<()> {
+        self.rt
+            .block_on(async {
+                let mut c = self.client.lock().await;
+                c.delete_directory(&self.tree, path).await
+            })
+            .map_err(smb_err(&self.label, "deleting a folder"))
+    }
+
     fn list(&self, dir: &Path) -> Option<Vec<(String, bool)>> {
         let d = SmbShare::path_str(dir);
         self.rt

@@ -81,6 +81,15 @@ impl From<alike_xen::adapter::PoolError> for Error {
     }
 }
 
+/// A Hyper-V adapter error (connecting to a host, outside the seam) crosses
+/// as the seam's errors do: its kind, retry class and code kept.
+#[cfg(feature = "hyperv")]
+impl From<alike_hyperv::Error> for Error {
+    fn from(e: alike_hyperv::Error) -> Error {
+        Error::Engine(alike_core::Error::seam(e))
+    }
+}
+
 impl From<alike_fs::FsError> for Error {
     fn from(e: alike_fs::FsError) -> Error {
         Error::Fs(e)

@@ -34,6 +34,7 @@
 //! [`Store::extract`]: partitions, LVM2 and the filesystems `alike-fs` reads, from the
 //! store on demand).
 
+mod cross;
 mod disk_reader;
 mod error;
 mod files;
@@ -54,6 +55,10 @@ pub use alike_ads::{
     VerifyReport,
 };
 pub use alike_core::retention::{Decision, RetentionPolicy};
+/// Which HTTPS certificate a Hyper-V host's WinRM (5986) may present: a
+/// pinned SHA-256 fingerprint or a CA file's certificates.
+#[cfg(feature = "hyperv")]
+pub use alike_hyperv::wsman::tls::ServerCertCheck as HyperVCertCheck;
 /// Hyper-V hosts: a [`HyperVHost`] (WMI over WinRM, disks over SMB) is a
 /// [`Hypervisor`] for [`Store::backup_vm`]; restore to a host comes later.
 #[cfg(feature = "hyperv")]

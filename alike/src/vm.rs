@@ -264,11 +264,13 @@ impl Store {
     /// Restores `version` as a new, halted VM of a hypervisor, placed as
     /// asked (storage, network, name, MACs), with the recorded
     /// configuration; each disk is written from the store. On failure the
-    /// new VM and its disks are removed.
+    /// new VM and its disks are removed. A version backed up from another
+    /// kind of host (Xen on Hyper-V, Hyper-V on Xen) has its configuration
+    /// mapped first; what does not map is in the report's warnings.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidArgument`] when the version was not backed
-    /// up from this kind of host; [`crate::ErrorKind::NotFound`] for unknown
+    /// [`crate::ErrorKind::InvalidArgument`] when the version has no host
+    /// configuration to map (backed up from image files); [`crate::ErrorKind::NotFound`] for unknown
     /// storage or network; store errors (damaged data stops the restore);
     /// [`crate::ErrorKind::Cancelled`].
     pub fn restore_vm(
@@ -283,7 +285,9 @@ impl Store {
         let _lock = self.repo().lock(alike_ads::LockKind::Read)?;
         let planned: Vec<PlannedDisk> =
             version.disks.iter().map(|d| PlannedDisk { position: d.position, size: d.size }).collect();
-        let mut session = hv.create_vm(&version.manifest.vm, &planned, placement)?;
+        // A version from another kind of host is mapped first (`cross.rs`); the mapping's drops are warnings.
+        let (config, mut warnings) = crate::cross::for_host(&version.manifest.vm, hv.kind(), &planned)?;
+        let mut session = hv.create_vm(&config, &planned, placement)?;
         let positions = session.vm().disks.clone();
         let total: u64 =
             positions.iter().filter_map(|p| version.disks.iter().find(|v| v.position == *p)).map(|v| v.size).sum();
@@ -304,12 +308,13 @@ impl Store {
         let vm = session.commit()?;
         sink.finish();
         let (elapsed_seconds, elapsed_ms) = elapsed(started);
+        warnings.extend(vm.warnings);
         Ok(VmRestoreReport {
             vm_uuid: vm.vm_uuid,
             vm_ref: vm.vm_ref,
             name: vm.name,
             disks,
-            warnings: vm.warnings,
+            warnings,
             elapsed_seconds,
             elapsed_ms,
         })

@@ -189,3 +189,138 @@ fn full_then_rct_incremental_reads_only_changed_blocks_and_restores_bit_exact() 
     assert!(r5.warnings.iter().any(|w| w.contains("crash-consistent")), "{:?}", r5.warnings);
     assert!(r5.disks.iter().all(|d| d.incremental && d.read_bytes == 0), "{:?}", r5.disks);
 }
+
+/// The simulator's own model of a VM (not read through our client).
+fn summary(sim: &Simulator, name: &str) -> alike_hyperv_sim::VmSummary {
+    sim.vm_summaries().into_iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no VM {name}"))
+}
+
+#[test]
+fn a_version_restores_as_a_new_vm_field_by_field() {
+    let Some(env) = Env::new() else { return };
+    env.sim.guest_write(&env.vm, 1, 5 * KIB64 + 3, b"restored data").unwrap();
+    let r = env.backup();
+    let v = r.backup.version.clone();
+    let before = summary(&env.sim, "web-01");
+    let place = alike::Placement::on("C:\\Restored").name("web-01 (restored)");
+    let rr = env.store.restore_vm(&v, &env.host, &place, &RestoreOptions::default()).unwrap();
+    assert!(rr.warnings.is_empty(), "{:?}", rr.warnings);
+    assert_eq!(rr.name, "web-01 (restored)");
+    let now = summary(&env.sim, "web-01 (restored)");
+    assert_eq!(rr.vm_uuid, now.id);
+    assert_eq!(
+        (now.generation, now.secure_boot, now.vcpus, now.memory_mb, now.running),
+        (before.generation, before.secure_boot, before.vcpus, before.memory_mb, false)
+    );
+    assert_eq!(now.disks.len(), 2);
+    for (i, (a, b)) in now.disks.iter().zip(&before.disks).enumerate() {
+        assert_eq!((&a.0, a.1, a.2, a.4), (&b.0, b.1, b.2, b.4), "disk {i}: controller, location, size");
+        let file = b.3.rsplit('\\').next().unwrap();
+        assert_eq!(a.3, format!("C:\\Restored\\web-01 (restored)\\{file}"));
+        assert_eq!(rr.disks[i].ids["path"], a.3);
+        assert!(env.sim.read_disk(&now.id, i, 0, a.4 as usize).unwrap() == env.restored(&v, i as u32), "disk {i}");
+    }
+    assert_eq!(now.nics, before.nics, "MAC and switch");
+    // No temporary copy is left on the host.
+    let local = env.sim.c_drive().join("Restored").join("web-01 (restored)");
+    assert!(!std::fs::read_dir(&local).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("partial")));
+
+    // Again under the same name: the files exist, nothing is overwritten or left behind.
+    let n = env.sim.vm_summaries().len();
+    let e = env.store.restore_vm(&v, &env.host, &place, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("exists on the host"), "{e}");
+    assert_eq!(env.sim.vm_summaries().len(), n);
+
+    // An unknown switch: refused before anything is made.
+    let bad = alike::Placement::on("C:\\Restored").name("x").network("No such switch");
+    let e = env.store.restore_vm(&v, &env.host, &bad, &RestoreOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), alike::ErrorKind::NotFound, "{e}");
+    assert_eq!(env.sim.vm_summaries().len(), n);
+
+    // A step the host refuses: the VM defined so far is destroyed and the folder made is removed.
+    env.sim.fail_next_job("AddResourceSettings", 32768, "injected: out of SCSI slots");
+    let e = env
+        .store
+        .restore_vm(&v, &env.host, &alike::Placement::on("C:\\Other").name("y"), &RestoreOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("injected"), "{e}");
+    assert_eq!(env.sim.vm_summaries().len(), n);
+    assert!(!env.sim.c_drive().join("Other").exists());
+
+    // Generation 1 with its disk on IDE, on another switch, with new MACs.
+    env.sim.add_switch("Backup LAN");
+    let db_before = summary(&env.sim, "db-01");
+    let rdb = env.store.backup_vm(&env.host, "db-01", &BackupOptions::default()).unwrap();
+    let place = alike::Placement::on("D:\\x").name("db-01 r").network("Backup LAN").keep_macs(false);
+    let e = env.store.restore_vm(&rdb.backup.version, &env.host, &place, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("D$"), "the simulated host shares C: only: {e}");
+    let place = alike::Placement::on("C:\\Restored").name("db-01 r").network("Backup LAN").keep_macs(false);
+    env.store.restore_vm(&rdb.backup.version, &env.host, &place, &RestoreOptions::default()).unwrap();
+    let db = summary(&env.sim, "db-01 r");
+    assert_eq!((db.generation, db.secure_boot, db.vcpus, db.memory_mb), (1, false, 1, 1024));
+    assert_eq!((db.disks[0].0.as_str(), db.disks[0].1, db.disks[0].2), ("ide", 0, 0));
+    assert_eq!(db.nics.len(), 1);
+    assert_eq!(db.nics[0].1.as_deref(), Some("Backup LAN"));
+    assert_ne!(db.nics[0].0, db_before.nics[0].0, "a MAC the host made");
+    assert!(env.sim.read_disk(&db.id, 0, 0, 48 << 20).unwrap() == env.restored(&rdb.backup.version, 0));
+}
+
+/// A version of a Xen VM restores on the Hyper-V host, and a version of a
+/// Hyper-V VM on a Xen pool (the XAPI simulator): one call each, the
+/// configuration mapped (`alike/src/cross.rs`), the disks bit-exact.
+#[test]
+fn cross_hypervisor_restores_both_ways() {
+    let Some(env) = Env::new() else { return };
+    let xdir = tempfile::tempdir().unwrap();
+    let xsim =
+        alike_xen_sim::Simulator::start(alike_xen_sim::SimConfig::new(xdir.path().join("x")).demo(true)).unwrap();
+    let pool = alike::xen_pool(&xsim.url(), "root", xsim.password(), None).unwrap();
+    // Both demos have a web-01: the Hyper-V one first (a VM's versions are found by name).
+    let h = env.backup().backup.version;
+
+    // Xen (BIOS, two disks, a CD drive) → Hyper-V generation 1.
+    let rx = env.store.backup_vm(&pool, "web-01", &BackupOptions::default()).unwrap();
+    let xv = rx.backup.version.clone();
+    let place = alike::Placement::on("C:\\FromXen").network("LAN");
+    let r = env.store.restore_vm(&xv, &env.host, &place, &RestoreOptions::default()).unwrap();
+    for w in ["CD drive", "platform flags", "Xen PV drivers", "SCSI"] {
+        assert!(r.warnings.iter().any(|x| x.contains(w)), "{w}: {:?}", r.warnings);
+    }
+    let hv = env.sim.vm_summaries().into_iter().find(|s| s.id == r.vm_uuid).unwrap();
+    assert_eq!(
+        (hv.name.as_str(), hv.generation, hv.secure_boot, hv.vcpus, hv.memory_mb),
+        ("web-01", 1, false, 2, 1024)
+    );
+    let slots: Vec<(&str, u32, u32)> = hv.disks.iter().map(|d| (d.0.as_str(), d.1, d.2)).collect();
+    assert_eq!(slots, [("ide", 0, 0), ("scsi", 0, 0)]);
+    assert_eq!(hv.disks[0].3, "C:\\FromXen\\web-01\\web-01 root.vhdx");
+    let xmac = xv.config().nics[0].mac.clone().unwrap().replace(':', "").to_ascii_uppercase();
+    assert_eq!(hv.nics, [(xmac, Some("LAN".to_owned()))]);
+    for (i, d) in hv.disks.iter().enumerate() {
+        assert!(env.sim.read_disk(&hv.id, i, 0, d.4 as usize).unwrap() == env.restored(&xv, i as u32), "disk {i}");
+    }
+
+    // Hyper-V (generation 2, secure boot) → Xen, UEFI with secure boot, disks as VHD uploads.
+    let place =
+        alike::Placement::on("Local storage").network("Pool-wide network associated with eth0").name("web-01 from hv");
+    let r = env.store.restore_vm(&h, &pool, &place, &RestoreOptions::default()).unwrap();
+    assert!(r.warnings.iter().any(|w| w.contains("Xen PV drivers")), "{:?}", r.warnings);
+    let (vm_ref, raw) = pool.find_vm(&r.vm_uuid).unwrap();
+    assert_eq!(raw["name_label"], "web-01 from hv");
+    assert_eq!(raw["HVM_boot_params"]["firmware"], "uefi");
+    assert_eq!(raw["platform"]["secureboot"], "true");
+    assert_eq!((raw["VCPUs_at_startup"].as_u64(), raw["memory_static_max"].as_u64()), (Some(2), Some(2048 << 20)));
+    let cfg = pool.vm_config(&vm_ref).unwrap();
+    assert_eq!(cfg.disks.len(), 2);
+    assert_eq!(cfg.nics[0].mac.replace(':', "").to_ascii_uppercase(), summary(&env.sim, "web-01").nics[0].0);
+    for (u, d) in r.disks.iter().zip(&cfg.disks) {
+        assert_eq!(u.format, "vhd", "{u:?}");
+        assert_eq!(d.userdevice, u.position.to_string());
+        let vdi = xsim.lookup(alike_xen_sim::Class::Vdi, &d.name_label).unwrap();
+        assert!(
+            xsim.read_vdi(&vdi, 0, u.size as usize).unwrap() == env.restored(&h, u.position),
+            "disk {}",
+            u.position
+        );
+    }
+}

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod hyperv;
 mod nbd;
 mod replica;
 mod run;
@@ -25,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<nbd::NativeNbdServer>()?;
     m.add_class::<replica::NativeReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
+    m.add_class::<hyperv::NativeHyperVHost>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -585,6 +585,73 @@ impl NativeStore {
         ser(py, &r)
     }
 
+    /// Backs up the Hyper-V VM `vm` (name or id) of `host`: a recovery
+    /// checkpoint, its disks read over SMB — only the ranges RCT says
+    /// changed since the last backup, or everything (deduplicated, said
+    /// loudly) — then the checkpoint becomes the next backup's reference point.
+    #[pyo3(signature = (host, vm, full=false, quiesce=false, threads=0, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn backup_hyperv(
+        &self,
+        py: Python<'_>,
+        host: &crate::hyperv::NativeHyperVHost,
+        vm: String,
+        full: bool,
+        quiesce: bool,
+        threads: usize,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let h = host.inner.clone();
+        let r = run(py, progress, cancel, |ctx| {
+            let mut o = with_ctx!(BackupOptions::default().threads(threads), ctx);
+            if full {
+                o = o.parent(Parent::None);
+            }
+            if quiesce {
+                o = o.quiesce(alike::Quiesce::IfSupported);
+            }
+            s.backup_vm(&*h, &vm, &o)
+        })?;
+        convert::to_py(py, &with_version(&r, &r.backup.version)?)
+    }
+
+    /// Recreates version `spec` (of a Hyper-V VM, or of a Xen VM: its
+    /// configuration mapped) as a new VM on `host`: VHDX files in the
+    /// host's folder `path`, NICs on `switch` (default: the recorded ones).
+    #[pyo3(signature = (spec, host, path, switch=None, name=None, vm=None, new_macs=false, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn restore_hyperv_vm(
+        &self,
+        py: Python<'_>,
+        spec: String,
+        host: &crate::hyperv::NativeHyperVHost,
+        path: String,
+        switch: Option<String>,
+        name: Option<String>,
+        vm: Option<String>,
+        new_macs: bool,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let s = self.store()?;
+        let h = host.inner.clone();
+        let r = run(py, progress, cancel, |ctx| {
+            let v = s.version(&spec, vm.as_deref())?;
+            let o = with_ctx!(RestoreOptions::default(), ctx);
+            let mut place = alike::Placement::on(&path).keep_macs(!new_macs);
+            if let Some(n) = &switch {
+                place = place.network(n);
+            }
+            if let Some(n) = &name {
+                place = place.name(n);
+            }
+            s.restore_vm(&v, &*h, &place, &o)
+        })?;
+        ser(py, &r)
+    }
+
     /// Figures about the store.
     fn stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let s = self.store()?;

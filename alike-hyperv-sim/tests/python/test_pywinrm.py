@@ -375,6 +375,63 @@ def test_checkpoint_reference_point_and_rct(proto: winrm.Protocol, sim: dict[str
     to_reference_point(snap2)
 
 
+def test_define_modify_add_and_destroy_a_vm(proto: winrm.Protocol) -> None:
+    """VM definition as a restore does it, sent by pywinrm: arrays of embedded instances, references out."""
+    vmms = service(proto, "Msvm_VirtualSystemManagementService")
+    C = "Msvm_VirtualSystemManagementService"
+
+    def call(method: str, args: dict) -> tuple[str, ET.Element]:
+        out = invoke(proto, C, method, vmms, args)
+        rv = out.findtext(f"{{{V2}{C}}}ReturnValue") or ""
+        if rv == "4096":
+            job = wait_job(proto, out.find(f"{{{V2}{C}}}Job"))
+            assert prop(job, "JobState") == "7", prop(job, "ErrorDescription")
+        return rv, out
+
+    def inst(cls: str, **p: str) -> str:
+        body = "".join(f'<PROPERTY NAME="{k}" TYPE="string"><VALUE>{v}</VALUE></PROPERTY>' for k, v in p.items())
+        return f'<INSTANCE CLASSNAME="{cls}">{body}</INSTANCE>'
+
+    rv, out = call("DefineSystem", {"p:SystemSettings": inst("Msvm_VirtualSystemSettingData", ElementName="py-vm", VirtualSystemSubType="Microsoft:Hyper-V:SubType:2")})
+    assert rv == "4096"
+    _, vm = epr_keys(out.find(f"{{{V2}{C}}}ResultingSystem"))
+    (vssd,) = enumerate_all(proto, f'ASSOCIATORS OF {{Msvm_ComputerSystem.CreationClassName="Msvm_ComputerSystem",Name="{vm["Name"]}"}} WHERE AssocClass = Msvm_SettingsDefineState')
+    assert prop(vssd, "VirtualSystemSubType") == "Microsoft:Hyper-V:SubType:2"
+    assert prop(vssd, "SecureBootEnabled") == "true"
+    vid = prop(vssd, "InstanceID") or ""
+    parts = enumerate_all(proto, f'ASSOCIATORS OF {{Msvm_VirtualSystemSettingData.InstanceID="{vid}"}} WHERE AssocClass = Msvm_VirtualSystemSettingDataComponent')
+    cpu = next(p for p in parts if p.tag.endswith("}Msvm_ProcessorSettingData"))
+    assert prop(cpu, "VirtualQuantity") == "1"
+    rv, _ = call("ModifyResourceSettings", {"p:ResourceSettings": [inst("Msvm_ProcessorSettingData", InstanceID=prop(cpu, "InstanceID") or "", VirtualQuantity="4")]})
+    assert rv == "4096"
+    scsi = inst("Msvm_ResourceAllocationSettingData", ResourceType="6", ResourceSubType="Microsoft:Hyper-V:Synthetic SCSI Controller")
+    target = {"p:AffectedConfiguration": epr_body("Msvm_VirtualSystemSettingData", {"InstanceID": vid})}
+    rv, out = call("AddResourceSettings", {**target, "p:ResourceSettings": [scsi, scsi]})
+    assert rv == "4096"
+    made = out.findall(f"{{{V2}{C}}}ResultingResourceSettings")
+    assert len(made) == 2
+    _, ctrl = epr_keys(made[0])
+    path = f'\\\\HV-SIM-01\\root\\virtualization\\v2:Msvm_ResourceAllocationSettingData.InstanceID="{ctrl["InstanceID"].replace(chr(92), chr(92) * 2)}"'
+    drive = inst("Msvm_ResourceAllocationSettingData", ResourceType="17", ResourceSubType="Microsoft:Hyper-V:Synthetic Disk Drive", Parent=path, AddressOnParent="0")
+    rv, out = call("AddResourceSettings", {**target, "p:ResourceSettings": drive})
+    assert rv == "4096"
+    _, dkeys = epr_keys(out.find(f"{{{V2}{C}}}ResultingResourceSettings"))
+    dpath = f'Msvm_ResourceAllocationSettingData.InstanceID="{dkeys["InstanceID"].replace(chr(92), chr(92) * 2)}"'
+    image = inst("Msvm_StorageAllocationSettingData", ResourceType="31", ResourceSubType="Microsoft:Hyper-V:Virtual Hard Disk", Parent=dpath, HostResource="C:\\nowhere\\x.vhdx")
+    rv, _ = call("AddResourceSettings", {**target, "p:ResourceSettings": image})
+    assert rv == "32779", "a missing file"
+    rv, _ = call("AddResourceSettings", {**target, "p:ResourceSettings": drive})
+    assert rv == "32773", "the location is taken"
+    parts = enumerate_all(proto, f'ASSOCIATORS OF {{Msvm_VirtualSystemSettingData.InstanceID="{vid}"}} WHERE AssocClass = Msvm_VirtualSystemSettingDataComponent')
+    assert sum(1 for p in parts if prop(p, "ResourceType") == "6") == 2
+    assert sum(1 for p in parts if prop(p, "ResourceType") == "17") == 1
+    cpu = next(p for p in parts if p.tag.endswith("}Msvm_ProcessorSettingData"))
+    assert prop(cpu, "VirtualQuantity") == "4"
+    rv, _ = call("DestroySystem", {"p:AffectedSystem": epr_body("Msvm_ComputerSystem", vm)})
+    assert rv == "4096"
+    assert enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem WHERE ElementName='py-vm'") == []
+
+
 def test_smbclient_reads_a_disk_file(sim: dict[str, str]) -> None:
     need("smbclient")
     rel = "Hyper-V/web-01/Virtual Hard Disks/web-01-data.vhdx"
@@ -395,3 +452,37 @@ def test_smbclient_reads_a_disk_file(sim: dict[str, str]) -> None:
         bad.write_text(f"username = {USER}\npassword = wrong\n")
         r = subprocess.run(["smbclient", "//127.0.0.1/C$", "-p", sim["smb_port"], "-A", str(bad), "-c", "ls"], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and "LOGON_FAILURE" in (r.stdout + r.stderr)
+
+
+def test_https_with_basic_and_ntlm() -> None:
+    """The 5986 listener: pywinrm over TLS with Basic, and with NTLM (no message encryption inside TLS)."""
+    state = tempfile.mkdtemp(prefix="hvsim-tls-")
+    p = subprocess.Popen(
+        [str(BIN), "--listen", "127.0.0.1:0", "--state", state, "--user", USER, "--password", PASSWORD, "--tls"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        url, fp = "", ""
+        for _ in range(3):
+            line = p.stdout.readline()
+            if "WS-Management at" in line:
+                url = line.split()[-1]
+            if "certificate SHA-256" in line:
+                fp = line.split("certificate SHA-256 ")[1].strip()
+        assert url.startswith("https://127.0.0.1:") and len(fp) == 95, (url, fp)
+        # pywinrm checks certificates with requests (a CA bundle); the file the simulator keeps is that CA.
+        ca = str(Path(state) / "tls" / "cert.pem")
+        for transport in ("basic", "ntlm"):
+            proto = winrm.Protocol(url, transport=transport, username=USER, password=PASSWORD, server_cert_validation="validate", ca_trust_path=ca)
+            hosts = enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem")
+            assert [prop(h, "Caption") for h in hosts] == ["Hosting Computer System"], transport
+        bad = winrm.Protocol(url, transport="basic", username=USER, password="wrong", server_cert_validation="validate", ca_trust_path=ca)
+        with pytest.raises(InvalidCredentialsError):
+            enumerate_all(bad, "SELECT * FROM Msvm_ComputerSystem")
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
+        shutil.rmtree(state, ignore_errors=True)
+

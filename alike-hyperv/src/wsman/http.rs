@@ -1,7 +1,9 @@
 //! The HTTP transport: one persistent TCP connection to `/wsman`,
 //! authenticated with `Negotiate` (raw NTLM tokens) and then carrying every
 //! message sealed with the NTLM session (`multipart/encrypted`, MS-WSMV
-//! §2.2.9.1). NTLM authenticates the connection, not each request, so the
+//! §2.2.9.1). Over HTTPS (`https://`, 5986; the certificate pinned or
+//! checked against a CA file, [`super::tls`]) the SOAP travels in clear
+//! inside TLS, after NTLM on the connection or with Basic on every request. NTLM authenticates the connection, not each request, so the
 //! transport owns its socket (a pooled HTTP client could hand a request to
 //! another, unauthenticated connection). A connection the host closed while
 //! idle is opened and authenticated again once, transparently.
@@ -33,18 +35,20 @@ pub(crate) struct Endpoint {
     host: String,
     port: u16,
     path: String,
+    /// `https://`.
+    pub(crate) tls: bool,
 }
 
 impl Endpoint {
-    /// Parses `http://HOST[:PORT]/PATH` (port 5985 by default).
+    /// Parses `http[s]://HOST[:PORT]/PATH` (port 5985, or 5986 for HTTPS, by default).
     pub(crate) fn parse(url: &str) -> Result<Endpoint> {
         let bad = |why: &str| Error::InvalidArgument(format!("WS-Man URL {url:?}: {why}"));
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            return Err(bad("HTTPS is not supported yet: use http:// (NTLM message encryption protects it)"));
+        let (rest, tls) = if let Some(r) = url.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
         } else {
-            return Err(bad("must start with http://"));
+            return Err(bad("must start with http:// or https://"));
         };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -62,7 +66,8 @@ impl Endpoint {
         if host.is_empty() || path.bytes().any(|b| b <= b' ') {
             return Err(bad("no host, or a path with spaces"));
         }
-        Ok(Endpoint { url: url.to_owned(), host, port: port.unwrap_or(5985), path: path.to_owned() })
+        let port = port.unwrap_or(if tls { 5986 } else { 5985 });
+        Ok(Endpoint { url: url.to_owned(), host, port, path: path.to_owned(), tls })
     }
 }
 
@@ -151,8 +156,11 @@ impl Reply {
     }
 }
 
+trait Stream: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Stream for T {}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
     session: Option<Session>,
 }
@@ -164,6 +172,10 @@ pub(crate) struct Transport {
     password: String,
     timeout: Duration,
     conn: Option<Conn>,
+    /// For HTTPS: the client configuration and its verifier.
+    pub(crate) tls: Option<super::tls::TlsSetup>,
+    /// Basic authentication on every request (HTTPS only).
+    pub(crate) basic: bool,
 }
 
 impl std::fmt::Debug for Transport {
@@ -174,7 +186,15 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     pub(crate) fn new(ep: Endpoint, user: &str, password: &str, timeout: Duration) -> Transport {
-        Transport { ep, user: user.to_owned(), password: password.to_owned(), timeout, conn: None }
+        Transport {
+            ep,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            timeout,
+            conn: None,
+            tls: None,
+            basic: false,
+        }
     }
 
     fn net(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -191,12 +211,32 @@ impl Transport {
                     s.set_read_timeout(Some(self.timeout)).map_err(self.net("configuring the socket"))?;
                     s.set_write_timeout(Some(self.timeout)).map_err(self.net("configuring the socket"))?;
                     let _ = s.set_nodelay(true);
-                    return Ok(Conn { stream: s, buf: Vec::new(), session: None });
+                    return match &self.tls {
+                        None => Ok(Conn { stream: Box::new(s), buf: Vec::new(), session: None }),
+                        Some(t) => self.handshake(t, s),
+                    };
                 }
                 Err(e) => last = e,
             }
         }
         Err(self.net("connecting")(last))
+    }
+
+    /// The TLS handshake, done at once so that a refused certificate is
+    /// named as such (its fingerprint in the error).
+    fn handshake(&self, t: &super::tls::TlsSetup, mut s: TcpStream) -> Result<Conn> {
+        let name = super::tls::server_name(&self.ep.host)?;
+        let mut conn = rustls::ClientConnection::new(t.config.clone(), name)
+            .map_err(|e| Error::InvalidArgument(format!("TLS set-up: {e}")))?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut s) {
+                if let Some((fingerprint, why)) = t.refused() {
+                    return Err(Error::Certificate { endpoint: self.ep.url.clone(), fingerprint, why });
+                }
+                return Err(self.net("the TLS handshake")(e));
+            }
+        }
+        Ok(Conn { stream: Box::new(rustls::StreamOwned::new(conn, s)), buf: Vec::new(), session: None })
     }
 
     fn send(&self, c: &mut Conn, extra: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
@@ -353,14 +393,28 @@ impl Transport {
                 Some(c) => c,
                 None => {
                     let mut c = self.connect()?;
-                    self.authenticate(&mut c)?;
+                    if !self.basic {
+                        self.authenticate(&mut c)?;
+                    }
                     c
                 }
             };
-            let Some(session) = c.session.as_mut() else { continue };
-            let body = seal_body(session, xml.as_bytes());
-            let ct = format!("multipart/encrypted;protocol=\"{PROTOCOL}\";boundary=\"Encrypted Boundary\"");
-            if let Err(e) = self.send(&mut c, &[("Content-Type", ct)], &body) {
+            // Inside TLS the SOAP goes in clear; over HTTP it is sealed with the NTLM session.
+            let (headers, body) = if self.tls.is_some() {
+                let mut h = vec![("Content-Type", "application/soap+xml;charset=UTF-8".to_owned())];
+                if self.basic {
+                    h.push((
+                        "Authorization",
+                        format!("Basic {}", B64.encode(format!("{}:{}", self.user, self.password))),
+                    ));
+                }
+                (h, xml.as_bytes().to_vec())
+            } else {
+                let Some(session) = c.session.as_mut() else { continue };
+                let ct = format!("multipart/encrypted;protocol=\"{PROTOCOL}\";boundary=\"Encrypted Boundary\"");
+                (vec![("Content-Type", ct)], seal_body(session, xml.as_bytes()))
+            };
+            if let Err(e) = self.send(&mut c, &headers, &body) {
                 if attempt == 0 {
                     continue; // the host closed the idle connection: open another
                 }
@@ -376,7 +430,9 @@ impl Transport {
                 return Err(Error::AuthenticationFailed { endpoint: self.ep.url.clone(), user: self.user.clone() });
             }
             let encrypted = reply.header("Content-Type").is_some_and(|t| t.contains(PROTOCOL));
-            let text = if encrypted {
+            let text = if self.tls.is_some() && !encrypted && !reply.body.is_empty() {
+                String::from_utf8_lossy(&reply.body).into_owned()
+            } else if encrypted {
                 let session = c.session.as_mut().ok_or_else(|| Error::AuthenticationFailed {
                     endpoint: self.ep.url.clone(),
                     user: self.user.clone(),
@@ -422,7 +478,9 @@ mod tests {
         let e = Endpoint::parse("http://[::1]:8080/x").unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 8080));
         assert_eq!(Endpoint::parse("http://h").unwrap().path, "/wsman");
-        for bad in ["ftp://h", "https://h/wsman", "http://:1/", "http://h:x/", "http://h/a b"] {
+        let e = Endpoint::parse("https://hv01/wsman").unwrap();
+        assert_eq!((e.port, e.tls), (5986, true));
+        for bad in ["ftp://h", "http://:1/", "http://h:x/", "http://h/a b"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

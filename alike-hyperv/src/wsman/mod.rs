@@ -25,6 +25,7 @@
 mod http;
 pub(crate) mod ntlm;
 pub mod soap;
+pub mod tls;
 mod xml;
 
 use std::sync::Mutex;
@@ -49,6 +50,12 @@ pub struct ConnectOptions {
     pub job_timeout: Duration,
     /// Items asked for per Pull.
     pub max_elements: u32,
+    /// For `https://`: the server certificate to accept (required there:
+    /// WinRM certificates are usually self-signed).
+    pub tls: Option<tls::ServerCertCheck>,
+    /// Authenticate with Basic instead of NTLM (HTTPS only: over HTTP the
+    /// password would travel in clear).
+    pub basic: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -72,7 +79,21 @@ impl ConnectOptions {
             operation_timeout: Duration::from_secs(60),
             job_timeout: Duration::from_secs(1800),
             max_elements: 100,
+            tls: None,
+            basic: false,
         }
+    }
+
+    /// Sets the HTTPS certificate check ([`ConnectOptions::tls`]).
+    pub fn server_cert(&mut self, check: tls::ServerCertCheck) -> &mut ConnectOptions {
+        self.tls = Some(check);
+        self
+    }
+
+    /// Sets [`ConnectOptions::basic`].
+    pub fn basic(&mut self, yes: bool) -> &mut ConnectOptions {
+        self.basic = yes;
+        self
     }
 
     /// Sets [`ConnectOptions::job_timeout`].
@@ -145,14 +166,35 @@ impl Client {
     /// not WS-Management.
     pub fn connect(opts: &ConnectOptions) -> Result<Client> {
         let ep = http::Endpoint::parse(&opts.url)?;
+        let tls = match (ep.tls, &opts.tls) {
+            (true, Some(check)) => Some(tls::TlsSetup::new(check)?),
+            (true, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: HTTPS needs the server's certificate pinned (SHA-256 fingerprint) or a CA file",
+                    opts.url
+                )));
+            }
+            (false, Some(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: a certificate check needs https:// (port 5986)",
+                    opts.url
+                )));
+            }
+            (false, None) => None,
+        };
+        if opts.basic && !ep.tls {
+            return Err(Error::InvalidArgument(format!(
+                "{}: Basic authentication sends the password in clear: only over https://",
+                opts.url
+            )));
+        }
+        let mut transport =
+            http::Transport::new(ep, &opts.user, &opts.password, opts.operation_timeout + Duration::from_secs(30));
+        transport.tls = tls;
+        transport.basic = opts.basic;
         let c = Client {
             url: opts.url.clone(),
-            transport: Mutex::new(http::Transport::new(
-                ep,
-                &opts.user,
-                &opts.password,
-                opts.operation_timeout + Duration::from_secs(30),
-            )),
+            transport: Mutex::new(transport),
             timeout_secs: opts.operation_timeout.as_secs().max(1),
             job_timeout: opts.job_timeout,
             max_elements: opts.max_elements.max(1),

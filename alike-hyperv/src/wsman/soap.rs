@@ -150,6 +150,21 @@ impl Instance {
         }
     }
 
+    /// The references of a property that may be an array.
+    pub fn references(&self, name: &str) -> Vec<&Epr> {
+        match self.get(name) {
+            Some(Value::Array(v)) => v
+                .iter()
+                .filter_map(|x| match x {
+                    Value::Ref(e) => Some(e),
+                    _ => None,
+                })
+                .collect(),
+            Some(Value::Ref(e)) => vec![e],
+            _ => Vec::new(),
+        }
+    }
+
     /// A reference property.
     pub fn reference(&self, name: &str) -> Option<&Epr> {
         match self.get(name) {
@@ -167,18 +182,27 @@ pub struct Embedded {
     pub class: String,
     /// Properties: name, CIM type (`uint8`, `string`, `boolean`…) and value.
     pub props: Vec<(String, String, String)>,
+    /// Array properties (`PROPERTY.ARRAY`): name, CIM type and values.
+    pub arrays: Vec<(String, String, Vec<String>)>,
 }
 
 impl Embedded {
     /// An embedded instance of `class`.
     pub fn new(class: &str) -> Embedded {
-        Embedded { class: class.to_owned(), props: Vec::new() }
+        Embedded { class: class.to_owned(), props: Vec::new(), arrays: Vec::new() }
     }
 
     /// Adds a property of CIM type `ty`.
     #[must_use]
     pub fn prop(mut self, name: &str, ty: &str, value: &str) -> Embedded {
         self.props.push((name.to_owned(), ty.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds an array property of CIM type `ty` (`HostResource`, `string[]`).
+    #[must_use]
+    pub fn prop_array(mut self, name: &str, ty: &str, values: &[String]) -> Embedded {
+        self.arrays.push((name.to_owned(), ty.to_owned(), values.to_vec()));
         self
     }
 
@@ -193,6 +217,13 @@ impl Embedded {
                 escape(t),
                 escape(v)
             );
+        }
+        for (n, t, vs) in &self.arrays {
+            let _ = write!(s, "<PROPERTY.ARRAY NAME=\"{}\" TYPE=\"{}\"><VALUE.ARRAY>", escape(n), escape(t));
+            for v in vs {
+                let _ = write!(s, "<VALUE>{}</VALUE>", escape(v));
+            }
+            s.push_str("</VALUE.ARRAY></PROPERTY.ARRAY>");
         }
         s.push_str("</INSTANCE>");
         s
@@ -210,6 +241,8 @@ pub enum Arg {
     Ref(Epr),
     /// An embedded instance (sent as its CIM-XML text).
     Embedded(Embedded),
+    /// An array of embedded instances (`ResourceSettings`).
+    Embeddeds(Vec<Embedded>),
 }
 
 /// What a method returned.
@@ -400,6 +433,11 @@ pub fn invoke_request(
             }
             Arg::Embedded(e) => {
                 let _ = write!(s, "<p:{n}>{}</p:{n}>", escape(&e.to_cim_xml()));
+            }
+            Arg::Embeddeds(es) => {
+                for e in es {
+                    let _ = write!(s, "<p:{n}>{}</p:{n}>", escape(&e.to_cim_xml()));
+                }
             }
         }
     }

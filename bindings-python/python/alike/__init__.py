@@ -109,6 +109,9 @@ __all__ = [
     "Volume",
     "WriteOnlyKey",
     "WrongPassphrase",
+    "HyperVBackupReport",
+    "HyperVDisk",
+    "HyperVHost",
     "XenBackupReport",
     "XenDisk",
     "XenPool",
@@ -425,6 +428,79 @@ class XenBackupReport:
         """Deprecated alias of :attr:`snapshot`."""
         _deprecated("XenBackupReport.snapshot_uuid", "snapshot")
         return self.snapshot
+
+
+@_dataclass(frozen=True)
+class HyperVDisk:
+    """How one disk of a Hyper-V VM was backed up (the fields of ``alike hyperv backup --json``)."""
+
+    position: int
+    #: The frozen file read (the checkpoint's), as the host names it.
+    path: str
+    #: The recovery checkpoint read (its InstanceID).
+    checkpoint: str
+    size: int
+    #: ``smb``.
+    transport: str
+    #: ``incremental`` or ``full``.
+    mode: str
+    incremental: bool
+    #: Why it was read whole although an earlier version existed (said loudly, never silently).
+    fallback_reason: _Optional[str]
+    read_bytes: int
+    wire_bytes: int
+
+
+@_dataclass(frozen=True)
+class HyperVBackupReport:
+    """What a Hyper-V VM backup did (the fields of ``alike hyperv backup --json``, plus ``version``)."""
+
+    version: Version
+    id: str
+    vm: str
+    vm_uuid: str
+    time: str
+    #: The checkpoint read, kept as the next backup's reference point.
+    snapshot: str
+    #: ``application-consistent`` or ``crash-consistent``.
+    consistency: str
+    read_bytes: int
+    wire_bytes: int
+    new_bytes: int
+    new_stored_bytes: int
+    elapsed_seconds: float
+    disks: _Tuple[HyperVDisk, ...]
+    #: What the host released: ``kept_snapshot``, ``destroyed_snapshots``, ``warnings``.
+    released: _Dict[str, _Any]
+    warnings: _Tuple[str, ...]
+
+
+class HyperVHost:
+    """A connected Hyper-V host: WMI over WinRM, its disks over SMB."""
+
+    def __init__(self, native: "_native.NativeHyperVHost") -> None:
+        self._n = native
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        user: str,
+        password: str,
+        *,
+        smb_port: int = 445,
+        fingerprint: _Optional[str] = None,
+        ca_pem: _Optional[str] = None,
+        basic: bool = False,
+        staging_dir: _Optional[str] = None,
+    ) -> "HyperVHost":
+        """Connects to ``url``: ``http://host:5985/wsman`` (NTLM with message
+        encryption) or ``https://host:5986/wsman`` with the certificate pinned
+        by ``fingerprint`` (SHA-256) or trusted through ``ca_pem`` (PEM text),
+        NTLM or ``basic``. The host's share is reached on ``smb_port`` with the
+        same credentials; a restore stages each VHDX in ``staging_dir``
+        (default: the temporary folder)."""
+        return cls(_native.NativeHyperVHost.connect(url, user, password, smb_port, fingerprint, ca_pem, basic, staging_dir))
 
 
 class XenPool:
@@ -998,6 +1074,53 @@ class Store:
         configuration, disks uploaded to the storage repository ``sr``, NICs on
         ``network``); returns the new VM's ``vm_uuid``, ``name`` and ``disks``."""
         return dict(self._n.restore_xen_vm(_spec(version), pool._n, sr, network, vm, _progress(progress), cancel))
+
+    def backup_hyperv(
+        self,
+        host: HyperVHost,
+        vm: str,
+        *,
+        full: bool = False,
+        quiesce: bool = False,
+        threads: int = 0,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> HyperVBackupReport:
+        """Backs up the VM ``vm`` (name or id) of ``host``: a recovery
+        checkpoint, then only the ranges RCT says changed since the last
+        backup, or everything, deduplicated, when ``full`` or when the RCT
+        chain is broken — which each disk's ``fallback_reason`` then says."""
+        r = self._n.backup_hyperv(host._n, vm, full, quiesce, threads, _progress(progress), cancel)
+        fields = _fields(HyperVBackupReport, r)
+        fields.update(
+            version=Version._from(r["version"]),
+            disks=tuple(HyperVDisk(**_fields(HyperVDisk, d)) for d in r["disks"]),
+            released=dict(r["released"]),
+            warnings=tuple(r["warnings"]),
+        )
+        return HyperVBackupReport(**fields)
+
+    def restore_hyperv_vm(
+        self,
+        version: _Union[Version, str],
+        host: HyperVHost,
+        path: str,
+        *,
+        switch: _Optional[str] = None,
+        name: _Optional[str] = None,
+        vm: _Optional[str] = None,
+        new_macs: bool = False,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> _Dict[str, _Any]:
+        """Recreates ``version`` (of a Hyper-V VM, or of a Xen VM: its
+        configuration mapped, what does not map in ``warnings``) as a new VM on
+        ``host``: VHDX files in the host's folder ``path`` (``C:\\…``), NICs on
+        ``switch`` (default: the recorded switches); returns the new VM's
+        ``vm_uuid``, ``name``, ``disks`` and ``warnings``."""
+        return dict(
+            self._n.restore_hyperv_vm(_spec(version), host._n, path, switch, name, vm, new_macs, _progress(progress), cancel)
+        )
 
     def stats(self) -> Stats:
         return Stats(**_fields(Stats, self._n.stats()))

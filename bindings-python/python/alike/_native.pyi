@@ -16,6 +16,7 @@ __all__ = [
     "NativeReplica",
     "NativeStore",
     "NativeXenPool",
+    "NativeHyperVHost",
     "NotAStore",
     "NotFound",
     "PassphraseRequired",
@@ -175,6 +176,28 @@ class NativeStore:
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
+    def backup_hyperv(
+        self,
+        host: NativeHyperVHost,
+        vm: str,
+        full: bool = False,
+        quiesce: bool = False,
+        threads: int = 0,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    def restore_hyperv_vm(
+        self,
+        spec: str,
+        host: NativeHyperVHost,
+        path: str,
+        switch: Optional[str] = None,
+        name: Optional[str] = None,
+        vm: Optional[str] = None,
+        new_macs: bool = False,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
     def stats(self) -> Dict[str, Any]: ...
     def ls(
         self,
@@ -259,6 +282,20 @@ class NativeReplica:
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
+
+@final
+class NativeHyperVHost:
+    @staticmethod
+    def connect(
+        url: str,
+        user: str,
+        password: str,
+        smb_port: int = 445,
+        fingerprint: Optional[str] = None,
+        ca_pem: Optional[str] = None,
+        basic: bool = False,
+        staging_dir: Optional[str] = None,
+    ) -> NativeHyperVHost: ...
 
 @final
 class NativeXenPool:
