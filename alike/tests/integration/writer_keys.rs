@@ -72,7 +72,7 @@ fn a_writer_backs_up_and_increments_while_only_the_full_key_restores() {
         let e = restore_bytes(&env, &writer, v).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WriteOnlyKey, "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("write-only key") && msg.contains(&v.short_id()), "{msg}");
+        assert!(msg.contains("write-only key") && msg.contains(v.short_id()), "{msg}");
     }
     // Verify: the writer checks what it can and says what it cannot; the full key checks everything.
     let r = writer.verify(&VerifyOptions::default().full(true)).unwrap();
