@@ -8,6 +8,7 @@ mod commands;
 mod common;
 mod files;
 mod hyperv;
+mod jobs;
 mod remote;
 mod replicate;
 mod xen;
@@ -93,6 +94,9 @@ enum Cmd {
     Xen(xen::XenArgs),
     /// Hyper-V: list a host's VMs, back one up (recovery checkpoints, RCT incremental, disks over SMB).
     Hyperv(hyperv::HypervArgs),
+    /// Jobs of a configuration file (docs/config.md) on processors made for
+    /// them: run, sweep leftovers, check the file.
+    Job(jobs::JobArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
     /// Run as a processor: say hello, read one job from standard input (the
@@ -138,6 +142,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Replica(a) => replicate::replica(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::Hyperv(a) => hyperv::run(cli, a),
+        Cmd::Job(a) => jobs::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
         Cmd::Processor(a) => remote::processor(a),
     }
