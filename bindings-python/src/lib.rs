@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod jobs;
 mod nbd;
 mod replica;
 mod run;
@@ -25,6 +26,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<nbd::NativeNbdServer>()?;
     m.add_class::<replica::NativeReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
+    m.add_function(wrap_pyfunction!(jobs::run_jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::load_config, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -21,9 +21,14 @@ __all__ = [
     "PassphraseRequired",
     "UnsupportedVersion",
     "WrongPassphrase",
+    "load_config",
+    "run_jobs",
 ]
 
 __version__: str
+
+def run_jobs(config: str, jobs: List[str], cancel: Optional[CancelToken] = None) -> Dict[str, Any]: ...
+def load_config(config: str) -> Dict[str, Any]: ...
 
 class Error(Exception):
     kind: str
