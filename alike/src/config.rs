@@ -35,6 +35,7 @@
 //! vms = ["web-01", "db-01"]
 //! store = "main"
 //! pool = "lab"
+//! disks = { web-01 = ["/images/web-01.img"], db-01 = ["/dev/vg0/db-01"] }
 //! "#;
 //! let config = alike::Config::parse(text, "/etc/alike/alike.toml")?;
 //! assert_eq!(config.pool("lab").unwrap().addresses.len(), 4);
