@@ -11,7 +11,14 @@ cargo build -p alike-xen-sim --bin alike-xapi-sim --locked -q
 lib="$PWD/target/debug"
 out="$(mktemp -d)"
 sim_pids=()
-trap 'rm -rf "$out"; for p in "${sim_pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+# A local pool's bridge (jobs test), which holds NET.1.
+drop_bridge() {
+    local net dev
+    net=$(cat "$1/net" 2>/dev/null) || return 0
+    dev=$(ip -o -4 addr show | awk -v a=" $net.1/" '$0 ~ a {print $2}')
+    [ -z "$dev" ] || ip link del "$dev" 2>/dev/null || true
+}
+trap 'drop_bridge "$out/jobs"; rm -rf "$out"; for p in "${sim_pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 # A fresh simulated XenServer pool for each run of the API tests (its first line is its URL).
 start_sim() {
     local d="$out/sim-$1"
@@ -30,6 +37,7 @@ cflags=(-std=c11 -Wall -Wextra -Werror -g -I bindings-c/include)
 gcc "${cflags[@]}" examples/c/backup.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/backup"
 gcc "${cflags[@]}" bindings-c/tests/c/test_api.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_api"
 gcc "${cflags[@]}" bindings-c/tests/c/test_files.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_files"
+gcc "${cflags[@]}" bindings-c/tests/c/test_jobs.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_jobs"
 # The static library links too (with the system libraries Rust needs).
 gcc "${cflags[@]}" examples/c/backup.c "$lib/libalike.a" -lpthread -ldl -lm -o "$out/backup-static"
 
@@ -56,6 +64,16 @@ head -c 300000 /dev/urandom >"$out/fs-src/dir/inner.txt"
 ln -s ../hello.txt "$out/fs-src/dir/link"
 PATH="$PATH:/sbin:/usr/sbin" mkfs.ext4 -q -F -d "$out/fs-src" "$out/fs.img" 16M >/dev/null
 run files "$out/test_files" "$out/files" "$out/fs.img" "$out/fs-src"
+# A job on a local processor (root, iproute2 and sshd only): the worker is the alike binary.
+cargo build -p alike-cli --bin alike --locked -q
+jobs_rc=0
+bash scripts/local-pool-config.sh "$PWD/target/debug/alike" "$out/jobs" c-job || jobs_rc=$?
+case $jobs_rc in
+    0) run jobs "$out/test_jobs" "$out/jobs/alike.toml" c-job >/dev/null ;;
+    3) echo "local processors need root, iproute2 and sshd: C jobs test skipped" >&2
+       [ -z "${CI:-}" ] || exit 1 ;;
+    *) exit "$jobs_rc" ;;
+esac
 
 if command -v valgrind >/dev/null; then
     vg=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
@@ -65,6 +83,9 @@ if command -v valgrind >/dev/null; then
     start_sim vg
     run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url"
     run vg-files "${vg[@]}" "$out/test_files" "$out/vg-files" "$out/fs.img" "$out/fs-src"
+    if [ "$jobs_rc" = 0 ]; then
+        run vg-jobs "${vg[@]}" "$out/test_jobs" "$out/jobs/alike.toml" c-job >/dev/null
+    fi
     echo "C example and C API tests: clean under valgrind"
 else
     echo "valgrind not installed: C tests ran without memcheck" >&2

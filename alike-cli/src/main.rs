@@ -8,6 +8,7 @@ mod commands;
 mod common;
 mod files;
 mod hyperv;
+mod jobs;
 mod remote;
 mod replicate;
 mod xen;
@@ -96,6 +97,9 @@ enum Cmd {
     Hyperv(hyperv::HypervArgs),
     /// Keys of the store: `key add-writer --output FILE` exports a write-only key.
     Key(commands::KeyArgs),
+    /// Jobs of a configuration file (docs/config.md) on processors made for
+    /// them: run, sweep leftovers, check the file.
+    Job(jobs::JobArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
     /// Run as a processor: say hello, read one job from standard input (the
@@ -142,6 +146,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::Hyperv(a) => hyperv::run(cli, a),
         Cmd::Key(a) => commands::key(cli, a),
+        Cmd::Job(a) => jobs::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
         Cmd::Processor(a) => remote::processor(a),
     }

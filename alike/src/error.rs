@@ -65,6 +65,31 @@ pub enum Error {
     #[cfg(feature = "remote")]
     #[error(transparent)]
     Remote(Box<alike_remote::ssh::RemoteError>),
+    /// A job's processor could not be had: no such pool, the provisioner
+    /// failed, or the processor did not answer SSH in time
+    /// (`PROCESSOR_SSH_TIMEOUT`; it was torn down).
+    #[error("pool {pool}, job {job}: {message}")]
+    Processor {
+        /// The pool.
+        pool: String,
+        /// The job.
+        job: String,
+        /// A stable code ([`Error::code`]).
+        code: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// A configuration file (`docs/config.md`) could not be read, did not
+    /// parse, or held a value out of range: the file and the key.
+    #[error("{}: {key}: {message}", file.display())]
+    Config {
+        /// The configuration file.
+        file: std::path::PathBuf,
+        /// The key at fault, as a path (`pool[1].addresses`, `job "nightly".store`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 #[cfg(feature = "remote")]
@@ -158,8 +183,11 @@ impl Error {
                 }
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
-            Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::AmbiguousVersion(_) | Error::InvalidArgument(_) | Error::Config { .. } => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
+            Error::Processor { code: "ORCHESTRATOR_BUSY", .. } => ErrorKind::Busy,
+            Error::Processor { code: "NO_SUCH_POOL" | "NO_HOST_KEY", .. } => ErrorKind::InvalidArgument,
+            Error::Processor { .. } => ErrorKind::Io,
             Error::Replication(r) => alike_core::SeamError::kind(r),
             Error::Fs(f) => crate::files::fs_kind(f),
             #[cfg(feature = "xen")]
@@ -180,6 +208,7 @@ impl Error {
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
             Error::Replication(r) => alike_core::SeamError::retry(r),
             Error::Fs(alike_fs::FsError::Device { .. } | alike_fs::FsError::Io { .. }) => Retry::Unknown,
+            Error::Processor { code: "PROCESSOR_SSH_TIMEOUT" | "ORCHESTRATOR_BUSY", .. } => Retry::Transient,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             #[cfg(feature = "remote")]
@@ -195,6 +224,7 @@ impl Error {
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.xapi_code(),
             Error::Engine(c) => c.code(),
+            Error::Processor { code, .. } => Some(code),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.code(),
             _ => None,

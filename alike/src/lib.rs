@@ -35,6 +35,7 @@
 //! store on demand).
 
 mod cross;
+pub mod config;
 mod disk_reader;
 mod error;
 mod files;
@@ -43,6 +44,8 @@ mod nbd;
 #[cfg(feature = "tls")]
 mod nbd_tls;
 mod options;
+#[cfg(feature = "remote")]
+pub mod processors;
 pub mod remote;
 mod replicate;
 mod store;
@@ -81,6 +84,8 @@ pub use alike_core::{
 /// their own (an image file, a block device) the way [`Store::ls`] and
 /// [`Store::extract`] read a version's.
 pub use alike_fs;
+/// The configuration file (`docs/config.md`): stores, pools, jobs.
+pub use config::Config;
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};

@@ -290,6 +290,25 @@ alike_result alike_store_extract(const alike_store *store,
 // `s` is NULL or such a string, freed once.
 void alike_string_free(char *s);
 
+// Runs the `n_jobs` jobs named in `jobs` of the configuration file
+// `config` (`docs/config.md`) at once, each on a processor made for it in
+// its pool (a job waits while its pool has no free address), after
+// removing what a killed earlier run left. `*out_json` receives the report
+// (`{"swept": [...], "jobs": [...]}`: per job its `job` id and either
+// `result` or `error` with `message`, `kind` and `code` — what `alike job
+// run --json` prints per job); free it with `alike_string_free`. The call
+// succeeds when the jobs ran, whatever each job's outcome: read each one's
+// in the report. `cancel` (may be NULL) cancels every job.
+//
+// # Safety
+// `config` and the `n_jobs` strings of `jobs` NUL-terminated; `cancel`
+// NULL or live; `out_json` writable.
+alike_result alike_jobs_run(const char *config,
+                            const char *const *jobs,
+                            size_t n_jobs,
+                            const alike_cancel *cancel,
+                            char **out_json);
+
 // New options with the defaults. Free with `alike_nbd_options_free`.
 alike_nbd_options *alike_nbd_options_new(void);
 

@@ -13,7 +13,7 @@ use crate::{FfiResult, alike_result, arg_str, guard, invalid, need, opt_str, put
 pub const ALIKE_EXTRACT_FORCE: u32 = 1;
 
 /// A string the library allocated, as JSON text (NUL-terminated).
-fn json_out(v: &impl serde::Serialize) -> FfiResult<*mut c_char> {
+pub(crate) fn json_out(v: &impl serde::Serialize) -> FfiResult<*mut c_char> {
     let s = serde_json::to_string(v).map_err(|e| invalid(format!("internal: {e}")))?;
     Ok(CString::new(s).map_err(|e| invalid(format!("internal: {e}")))?.into_raw())
 }

@@ -16,6 +16,7 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod files;
+mod jobs;
 mod nbd;
 mod options;
 mod replica;
@@ -23,6 +24,7 @@ mod store;
 mod version;
 
 pub use files::*;
+pub use jobs::*;
 pub use nbd::*;
 pub use options::*;
 pub use replica::*;

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod hyperv;
+mod jobs;
 mod nbd;
 mod replica;
 mod run;
@@ -27,6 +28,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<replica::NativeReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
     m.add_class::<hyperv::NativeHyperVHost>()?;
+    m.add_function(wrap_pyfunction!(jobs::run_jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::load_config, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -98,6 +98,7 @@ mod error;
 mod host;
 mod pool;
 mod replica;
+mod provision;
 mod restore;
 mod source;
 
@@ -109,6 +110,7 @@ pub use replica::{
     BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailbackReport, FailoverReport, POINT_MARK, REPLICA_MARK,
     ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
 };
+pub use provision::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};
 

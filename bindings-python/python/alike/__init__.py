@@ -116,7 +116,33 @@ __all__ = [
     "XenDisk",
     "XenPool",
     "__version__",
+    "load_config",
+    "run_jobs",
 ]
+
+
+def load_config(config: PathLike) -> _Dict[str, _Any]:
+    """Checks the configuration file ``config`` (``docs/config.md``: stores,
+    pools, jobs) and returns it as a dict. Secrets in it are references
+    (``{"file": …}`` or ``{"env": …}``), so nothing secret is returned.
+    Raises :class:`InvalidArgument` naming the file and the key at fault."""
+    return _native.load_config(_os.fspath(config))
+
+
+def run_jobs(
+    config: PathLike, jobs: _Sequence[str], *, cancel: _Optional[CancelToken] = None
+) -> _Dict[str, _Any]:
+    """Runs the jobs ``jobs`` of the configuration file ``config`` at once,
+    each on a processor made for it in its pool (a job waits while its pool
+    has no free address), after removing what a killed earlier run left.
+
+    Returns ``{"swept": [...], "jobs": [...]}``: per job its ``job`` id and
+    either ``result`` (``address``, ``ready_after_seconds``,
+    ``queued_seconds``, ``elapsed_seconds``, and ``vms``: each VM's backup
+    report) or ``error`` (``message``, ``kind``, ``code``) — the lines
+    ``alike job run --json`` prints. Raises only when nothing could run (a bad
+    file, an unknown job)."""
+    return _native.run_jobs(_os.fspath(config), list(jobs), cancel)
 
 
 def _deprecated(old: str, new: str) -> None:

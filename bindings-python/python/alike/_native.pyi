@@ -23,9 +23,14 @@ __all__ = [
     "UnsupportedVersion",
     "WriteOnlyKey",
     "WrongPassphrase",
+    "load_config",
+    "run_jobs",
 ]
 
 __version__: str
+
+def run_jobs(config: str, jobs: List[str], cancel: Optional[CancelToken] = None) -> Dict[str, Any]: ...
+def load_config(config: str) -> Dict[str, Any]: ...
 
 class Error(Exception):
     kind: str
