@@ -34,8 +34,8 @@
 //! [`Store::extract`]: partitions, LVM2 and the filesystems `alike-fs` reads, from the
 //! store on demand).
 
-mod cross;
 pub mod config;
+mod cross;
 mod disk_reader;
 mod error;
 mod files;

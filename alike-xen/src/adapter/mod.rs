@@ -97,8 +97,8 @@ mod config;
 mod error;
 mod host;
 mod pool;
-mod replica;
 mod provision;
+mod replica;
 mod restore;
 mod source;
 
@@ -106,11 +106,11 @@ pub use backup::{MAX_NBD_CONNECTIONS, Quiesce, ReleaseReport, Transport, XenBack
 pub use config::{XenCdConfig, XenDiskConfig, XenNicConfig, XenSnapshotInfo, XenVmConfig};
 pub use error::{PoolError, PoolResult};
 pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, XenPool};
+pub use provision::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use replica::{
     BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailbackReport, FailoverReport, POINT_MARK, REPLICA_MARK,
     ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
 };
-pub use provision::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};
 
