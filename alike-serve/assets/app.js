@@ -32,7 +32,8 @@ function bytes(n) {
 
 function when(ms) {
   if (ms === undefined || ms === null) return "";
-  return new Date(Number(ms)).toLocaleString();
+  const d = typeof ms === "string" ? new Date(ms) : new Date(Number(ms));
+  return isNaN(d) ? String(ms) : d.toLocaleString();
 }
 
 async function api(method, path, body) {
@@ -93,8 +94,8 @@ async function loadJobs() {
     return el("tr", { "data-job": j.name },
       el("th", { scope: "row" }, j.name),
       el("td", {}, j.kind ?? ""),
-      el("td", {}, typeof j.schedule === "string" ? j.schedule : JSON.stringify(j.schedule ?? "")),
-      el("td", {}, when(j.next_run_ms ?? j.next_run)),
+      el("td", {}, (j.schedule ?? "on demand") + (j.schedule_text ? " (" + j.schedule_text + ")" : "")),
+      el("td", {}, when(j.next_run)),
       el("td", { class: last }, last),
       el("td", {}, el("button", { type: "button", "aria-label": "Run " + j.name + " now", onclick: () => runJob(j.name) }, "Run now")));
   }));
@@ -149,12 +150,12 @@ async function loadHistory(ev) {
     const res = resultOf(r);
     return el("tr", { "data-run": r.id },
       el("th", { scope: "row" }, r.job ?? ""),
-      el("td", {}, when(r.start_ms ?? r.started_ms)),
-      el("td", {}, when(r.end_ms ?? r.ended_ms)),
+      el("td", {}, when(r.started ?? r.start_ms)),
+      el("td", {}, when(r.ended ?? r.end_ms)),
       el("td", { class: res }, res),
       el("td", {}, vms.map((v) => v.vm ?? v.name).join(", ")),
       el("td", {}, bytes(sum("read_bytes"))),
-      el("td", {}, bytes(sum("new_stored_bytes") || sum("stored_bytes"))));
+      el("td", {}, bytes(sum("stored_bytes") || sum("new_stored_bytes"))));
   }));
   if (!runs.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 7 }, "No runs match.")));
 }
@@ -251,54 +252,59 @@ function chart(s) {
 }
 
 // The live view: per-disk progress bars from the event stream.
+function runBox(d) {
+  const id = d.run !== undefined ? "run-" + d.run : "restore-" + String(d.file || "x").replace(/[^A-Za-z0-9_-]/g, "_");
+  let run = document.getElementById(id);
+  if (!run) {
+    const title = d.job ? "Job " + d.job + " (run " + d.run + ")" : "Restore to " + (d.file || "");
+    run = el("div", { class: "run", id, "data-run": d.run ?? "" }, el("h3", {}, title));
+    $("live-runs").prepend(run);
+    $("live-empty").hidden = true;
+  }
+  return run;
+}
+
 function onEvent(kind, ev) {
   const d = ev.data || {};
-  const li = el("li", {}, new Date(ev.time_ms).toLocaleTimeString() + " " + kind + " " + (d.job || d.vm || "") + (d.error ? " — " + d.error : ""));
+  const what = [d.job, d.vm, d.result && (d.result.result || d.result), d.message, d.error].filter((x) => x && typeof x === "string");
   const list = $("events");
-  list.prepend(li);
+  list.prepend(el("li", {}, new Date(ev.time_ms).toLocaleTimeString() + " " + kind + " " + what.join(" — ")));
   while (list.children.length > 50) list.lastChild.remove();
-  if ("bytes_done" in d && "bytes_total" in d) {
-    const key = [d.run || d.file || "", d.vm || "", d.disk ?? ""].join("|");
+  if (kind === "job_started" || kind === "job_queued" || kind === "restore_started") runBox(d);
+  if ("done" in d && "total" in d) {
+    const run = runBox(d);
+    const key = (run.id + "|" + (d.vm || "") + "|" + (d.disk ?? "")).replace(/[^A-Za-z0-9_|-]/g, "_");
     let row = live.get(key);
     if (!row) {
-      const title = (kind.startsWith("restore") ? "Restore " : "Backup ") + (d.vm || "") + " disk " + (d.disk ?? "");
+      const title = (d.vm || "") + " disk " + (d.disk ?? "") + (d.phase ? " (" + d.phase + ")" : "");
       const bar = el("progress", { max: 100, value: 0, "aria-label": title });
       const txt = el("span");
-      const box = el("div", { class: "disk" }, el("span", {}, title), bar, txt);
-      let run = document.getElementById("run-" + (d.run || d.file || "x"));
-      if (!run) {
-        run = el("div", { class: "run", id: "run-" + (d.run || d.file || "x") }, el("h3", {}, d.job ? "Job " + d.job : (d.file ? "Restore to " + d.file : "Run")));
-        $("live-runs").prepend(run);
-      }
-      run.append(box);
+      run.append(el("div", { class: "disk" }, el("span", {}, title), bar, txt));
       row = { bar, txt };
       live.set(key, row);
     }
-    const pct = d.bytes_total ? Math.floor(100 * d.bytes_done / d.bytes_total) : 100;
+    const pct = d.total ? Math.floor(100 * d.done / d.total) : 100;
     row.bar.value = pct;
-    row.txt.textContent = pct + "% of " + bytes(d.bytes_total);
-    $("live-empty").hidden = true;
+    row.txt.textContent = pct + "% of " + bytes(d.total);
   }
-  if (kind === "job.finished" || kind === "job.failed" || kind === "restore.finished" || kind === "restore.failed") {
-    const id = "run-" + (d.run || d.file || "x");
-    const run = document.getElementById(id);
-    if (run) {
-      const res = kind.endsWith("failed") ? "failed" : (d.result || "ok");
-      run.append(el("p", { class: "result " + res, "data-result": res }, "Finished: " + res));
-      for (const bar of run.querySelectorAll("progress")) if (res === "ok") bar.value = 100;
-    }
-    say((d.job ? "Job " + d.job : "Restore") + " " + (kind.endsWith("failed") ? "failed" : "finished"));
+  if (kind === "vm_done") runBox(d).append(el("p", { class: d.result }, "VM " + d.vm + ": " + d.result));
+  if (kind === "finished" || kind === "restore_finished" || kind === "restore_failed") {
+    const run = runBox(d);
+    const res = kind === "restore_failed" ? "failed" : (kind === "restore_finished" ? "success" : String(d.result));
+    run.append(el("p", { class: "result " + res, "data-result": res }, "Finished: " + res));
+    if (res === "success") for (const bar of run.querySelectorAll("progress")) bar.value = 100;
+    say((d.job ? "Job " + d.job : "Restore") + " finished: " + res);
     if (!$("jobs").hidden) loadJobs().catch(() => {});
+    if (!$("history").hidden) loadHistory().catch(() => {});
   }
 }
 
 function connectEvents() {
   if (events) return;
   events = new EventSource("/api/events");
-  const kinds = ["job.started", "job.finished", "job.failed", "vm.started", "vm.done", "vm.failed", "disk.progress", "warning",
-    "restore.started", "restore.progress", "restore.finished", "restore.failed", "lagged"];
-  for (const k of kinds) events.addEventListener(k, (m) => { try { onEvent(k, JSON.parse(m.data)); } catch (_) { /* ignore */ } });
-  events.onmessage = (m) => { try { const e = JSON.parse(m.data); onEvent(e.kind, e); } catch (_) { /* ignore */ } };
+  const kinds = ["job_queued", "job_started", "vm_started", "progress", "vm_done", "warning", "step_done", "failed", "finished",
+    "restore_started", "restore_progress", "restore_finished", "restore_failed", "lagged"];
+  for (const k of kinds) events.addEventListener(k, (m) => { try { onEvent(k, JSON.parse(m.data)); } catch (_) { /* not ours */ } });
 }
 
 async function start() {

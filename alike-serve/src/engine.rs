@@ -28,8 +28,11 @@ use crate::settings::StoreSettings;
 pub struct Event {
     /// A growing number, per daemon run (the SSE `id`).
     pub seq: u64,
-    /// Dotted kind: `job.started`, `vm.done`, `disk.progress`, `warning`,
-    /// `job.failed`, `job.finished`, `restore.progress`, `restore.finished`…
+    /// The kind: the scheduler's event types (`job_queued`, `job_started`,
+    /// `vm_started`, `progress`, `vm_done`, `warning`, `step_done`,
+    /// `failed`, `finished`) and the daemon's own restores
+    /// (`restore_started`, `restore_progress`, `restore_finished`,
+    /// `restore_failed`).
     pub kind: String,
     /// Milliseconds since the epoch.
     pub time_ms: i64,
@@ -313,19 +316,19 @@ impl Stores {
             let pct = p.bytes_done.saturating_mul(100) / p.bytes_total.max(1);
             if last.swap(pct, Ordering::Relaxed) != pct {
                 events.publish(
-                    "restore.progress",
-                    json!({"vm": vm, "disk": disk, "file": file, "bytes_done": p.bytes_done, "bytes_total": p.bytes_total}),
+                    "restore_progress",
+                    json!({"vm": vm, "disk": disk, "file": file, "done": p.bytes_done, "total": p.bytes_total}),
                 );
             }
         });
         self.events.publish(
-            "restore.started",
+            "restore_started",
             json!({"store": r.store, "version": version.id, "vm": version.vm, "disk": r.disk, "destination": r.destination, "file": r.file}),
         );
         let rep = match store.restore_to_file(&version, r.disk, &path, &opts) {
             Ok(rep) => rep,
             Err(e) => {
-                self.events.publish("restore.failed", json!({"vm": version.vm, "disk": r.disk, "error": e.to_string()}));
+                self.events.publish("restore_failed", json!({"vm": version.vm, "disk": r.disk, "error": e.to_string()}));
                 return Err(Error::engine(&r.store, e));
             }
         };
@@ -333,7 +336,7 @@ impl Stores {
             "store": r.store, "version": version.id, "vm": version.vm, "disk": r.disk,
             "destination": r.destination, "file": r.file, "report": rep,
         });
-        self.events.publish("restore.finished", out.clone());
+        self.events.publish("restore_finished", out.clone());
         Ok(out)
     }
 

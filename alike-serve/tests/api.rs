@@ -284,15 +284,15 @@ fn events_stream_reports_a_restore() {
     );
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let mut kinds = Vec::new();
-    while !kinds.iter().any(|k: &String| k == "restore.finished") {
+    while !kinds.iter().any(|k: &String| k == "restore_finished") {
         line.clear();
         assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
         if let Some(k) = line.trim().strip_prefix("event: ") {
             kinds.push(k.to_string());
         }
     }
-    assert_eq!(kinds.first().map(String::as_str), Some("restore.started"));
-    assert!(kinds.iter().any(|k| k == "restore.progress"), "{kinds:?}");
+    assert_eq!(kinds.first().map(String::as_str), Some("restore_started"));
+    assert!(kinds.iter().any(|k| k == "restore_progress"), "{kinds:?}");
     // The VHDX file is one qemu-img or the store reads back.
     let back = alike::open_image(f.root.join("restores/e.img"), Some(alike::ImageFormat::Vhdx)).unwrap();
     assert_eq!(back.size(), 307200);
