@@ -36,7 +36,7 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
         return Ok(());
     }
     let Some(config) = &a.config else { bail!("--config FILE is required") };
-    let cfg = alike_serve::DaemonConfig::load(config)?;
+    let cfg = alike_serve::load_config(config)?;
     alike_serve::run(&cfg, a.listen, |_events| Ok(Arc::new(alike_serve::NoScheduler)))?;
     Ok(())
 }

@@ -19,7 +19,8 @@ use argon2::password_hash::PasswordVerifier;
 use argon2::password_hash::phc::PasswordHash;
 
 use crate::error::{Error, Result};
-use crate::settings::{AdminSettings, read_small};
+use crate::settings::read_small;
+use alike::ServeAdmin;
 
 /// The most sessions held at once; a new login past it ends the oldest.
 const MAX_SESSIONS: usize = 256;
@@ -41,7 +42,7 @@ pub(crate) struct Auth {
 
 impl Auth {
     /// Reads the credential files named in `[serve.admin]`.
-    pub(crate) fn load(a: &AdminSettings, ttl: Duration) -> Result<Auth> {
+    pub(crate) fn load(a: &ServeAdmin, ttl: Duration) -> Result<Auth> {
         let password_hash = match (&a.password_hash, &a.password_hash_file) {
             (Some(h), _) => Some(h.trim().to_string()),
             (None, Some(f)) => Some(
@@ -55,12 +56,12 @@ impl Auth {
         if let Some(h) = &password_hash {
             PasswordHash::new(h).map_err(|e| Error::config(std::path::Path::new("[serve.admin]"), format!("password hash: {e}")))?;
         }
-        let token = match &a.token_file {
-            Some(f) => {
-                let t = String::from_utf8(read_small(f, "token file")?).map_err(|_| Error::config(f, "not UTF-8"))?;
-                let t = t.trim().to_string();
+        let token = match &a.token {
+            Some(r) => {
+                let where_ = std::path::PathBuf::from(r.describe());
+                let t = r.read().map_err(|e| Error::config(&where_, e.to_string()))?.expose().trim().to_string();
                 if t.len() < 16 {
-                    return Err(Error::config(f, "the API token must be at least 16 characters"));
+                    return Err(Error::config(&where_, "the API token must be at least 16 characters"));
                 }
                 Some(t)
             }
@@ -197,8 +198,12 @@ pub fn hash_password(password: &str) -> Result<String> {
 mod tests {
     use super::*;
 
-    fn settings(hash: Option<String>) -> AdminSettings {
-        AdminSettings { user: "admin".into(), password_hash: hash, password_hash_file: None, token_file: None }
+    fn settings(hash: Option<String>) -> ServeAdmin {
+        let text = match hash {
+            Some(h) => format!("[serve]\ndatabase = \"db\"\n[serve.admin]\npassword_hash = {h:?}\n"),
+            None => "[serve]\ndatabase = \"db\"\n[serve.admin]\ntoken = { env = \"NOPE\" }\n".into(),
+        };
+        alike::Config::parse(&text, "/x/alike.toml").unwrap().serve.unwrap().admin
     }
 
     #[tokio::test]
@@ -228,5 +233,14 @@ mod tests {
     #[test]
     fn a_bad_hash_is_refused_at_start() {
         assert!(Auth::load(&settings(Some("not-a-phc".into())), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn no_credential_is_refused() {
+        let e = alike::Config::parse("[serve]\ndatabase = \"db\"\n[serve.admin]\nuser = \"a\"\n", "/x/a.toml").unwrap_err();
+        assert!(e.to_string().contains("no default credential"), "{e}");
+        let e = alike::Config::parse("[serve]\ndatabase = \"db\"\n[serve.admin]\ntoken = \"inline-secret-0123456789\"\n", "/x/a.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("never written in the configuration"), "{e}");
     }
 }

@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::settings::StoreSettings;
 
 /// One event on the bus: what the SSE stream sends as `event: KIND`,
 /// `data: JSON`.
@@ -186,34 +185,37 @@ impl std::fmt::Debug for Stores {
 }
 
 impl Stores {
-    /// Opens every configured store (a missing store directory is created
-    /// empty, unencrypted only if it names no key).
+    /// Opens every `[[store]]` of the configuration (their index caches
+    /// under `default_cache/NAME` where a store names none).
     ///
     /// # Errors
     /// [`Error::Engine`] naming the store.
     pub fn open(
-        settings: &[StoreSettings],
+        settings: &[alike::config::StoreConfig],
         default_cache: &Path,
         destinations: BTreeMap<String, PathBuf>,
         events: Events,
     ) -> Result<Stores> {
         let mut stores = BTreeMap::new();
         for s in settings {
-            let mut b = alike::Store::builder();
-            b.cache_dir(s.cache_dir.clone().unwrap_or_else(|| default_cache.join(&s.name)));
-            if let Some(k) = &s.key_file {
-                b.key_file(k);
-            } else if let Some(p) = &s.password_file {
-                let pw = crate::settings::read_small(p, "store password file")?;
-                let pw = String::from_utf8_lossy(&pw).trim_end_matches(['\n', '\r']).to_string();
-                b.passphrase(pw);
-            } else {
-                b.no_encryption();
+            let mut s = s.clone();
+            if s.cache_dir.is_none() {
+                s.cache_dir = Some(default_cache.join(&s.name));
             }
-            let store = b.open_at(&s.location).map_err(|e| Error::engine(&s.name, e))?;
+            let store = s.open().map_err(|e| Error::engine(&s.name, e))?;
             stores.insert(s.name.clone(), Arc::new(store));
         }
-        Ok(Stores { stores, destinations, events })
+        Ok(Stores::from_stores(stores, destinations, events))
+    }
+
+    /// The daemon's view of stores opened elsewhere (shared with a
+    /// scheduler that runs jobs into them).
+    pub fn from_stores(
+        stores: BTreeMap<String, Arc<alike::Store>>,
+        destinations: BTreeMap<String, PathBuf>,
+        events: Events,
+    ) -> Stores {
+        Stores { stores, destinations, events }
     }
 
     /// A store by name.

@@ -18,6 +18,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The configuration file is wrong (the facade's error names the file and key).
+    #[error("{0}")]
+    Configuration(alike::Error),
     /// A file could not be read or written.
     #[error("{what} {}: {source}", path.display())]
     Io {

@@ -6,12 +6,13 @@
 //! ```no_run
 //! # async fn f() -> Result<(), alike_serve::Error> {
 //! use std::sync::Arc;
-//! let cfg = alike_serve::DaemonConfig::load("alike.toml".as_ref())?;
-//! let lock = alike_serve::lock_database(&cfg.serve.database)?;
+//! let cfg = alike_serve::load_config("alike.toml".as_ref())?;
+//! let serve = alike_serve::serve_table(&cfg)?;
+//! let lock = alike_serve::lock_database(&serve.database)?;
 //! let events = alike_serve::Events::default();
 //! let daemon = alike_serve::Daemon::new(&cfg, lock, Arc::new(alike_serve::NoScheduler), events)?;
-//! let listener = tokio::net::TcpListener::bind(cfg.serve.listen).await.map_err(|e| alike_serve::Error::Listen {
-//!     addr: cfg.serve.listen.to_string(),
+//! let listener = tokio::net::TcpListener::bind(serve.listen).await.map_err(|e| alike_serve::Error::Listen {
+//!     addr: serve.listen.to_string(),
 //!     message: e.to_string(),
 //! })?;
 //! daemon.serve(listener, std::future::pending()).await
@@ -44,7 +45,26 @@ pub use auth::hash_password;
 pub use engine::{Engine, Event, Events, NoScheduler, RestoreRequest, RunFilter, Stores};
 pub use error::{Error, Result};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
-pub use settings::{AdminSettings, DaemonConfig, ServeSettings, StoreSettings, TlsSettings};
+pub use alike::{Config, ServeConfig};
+
+/// Reads the configuration file (`alike::Config`: stores, pools, jobs and
+/// the `[serve]` table).
+///
+/// # Errors
+/// [`Error::Configuration`] naming the file and key.
+pub fn load_config(path: &Path) -> Result<Config> {
+    Config::from_file(path).map_err(Error::Configuration)
+}
+
+/// The configuration's `[serve]` table, which the daemon needs.
+///
+/// # Errors
+/// [`Error::Config`] when the file has none.
+pub fn serve_table(cfg: &Config) -> Result<&ServeConfig> {
+    cfg.serve.as_ref().ok_or_else(|| {
+        Error::config(&cfg.path, "no [serve] table: alike serve needs at least its database and [serve.admin]")
+    })
+}
 
 /// The page's files, compiled in: no build step, nothing fetched at run time.
 mod assets {
@@ -146,11 +166,20 @@ impl Daemon {
     /// # Errors
     /// [`Error::Config`] / [`Error::Io`] for credential and TLS files,
     /// [`Error::Engine`] for a store that does not open.
-    pub fn new(cfg: &DaemonConfig, lock: DatabaseLock, engine: Arc<dyn Engine>, events: Events) -> Result<Daemon> {
-        let s = &cfg.serve;
-        let auth = auth::Auth::load(&s.admin, Duration::from_secs(s.session_seconds.max(60)))?;
-        let cache = s.database.with_extension("cache");
+    pub fn new(cfg: &Config, lock: DatabaseLock, engine: Arc<dyn Engine>, events: Events) -> Result<Daemon> {
+        let s = serve_table(cfg)?;
+        let cache = s.cache_dir.clone().unwrap_or_else(|| s.database.with_extension("cache"));
         let stores = Stores::open(&cfg.stores, &cache, s.restore_destinations.clone(), events.clone())?;
+        Daemon::with_stores(cfg, lock, engine, events, stores)
+    }
+
+    /// As [`Daemon::new`], with stores the caller opened (the scheduler's).
+    ///
+    /// # Errors
+    /// As [`Daemon::new`].
+    pub fn with_stores(cfg: &Config, lock: DatabaseLock, engine: Arc<dyn Engine>, events: Events, stores: Stores) -> Result<Daemon> {
+        let s = serve_table(cfg)?;
+        let auth = auth::Auth::load(&s.admin, Duration::from_secs(s.session_seconds.max(60)))?;
         let tls = match &s.tls {
             Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
             None => None,
@@ -247,11 +276,12 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 /// Any start-up failure ([`Error::AlreadyRunning`], [`Error::Config`],
 /// [`Error::Listen`]…).
 pub fn run(
-    cfg: &DaemonConfig,
+    cfg: &Config,
     listen: Option<std::net::SocketAddr>,
     make_engine: impl FnOnce(&Events) -> Result<Arc<dyn Engine>>,
 ) -> Result<()> {
-    let lock = lock_database(&cfg.serve.database)?;
+    let serve = serve_table(cfg)?;
+    let lock = lock_database(&serve.database)?;
     let events = Events::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -262,7 +292,7 @@ pub fn run(
     let _guard = rt.enter();
     let engine = make_engine(&events)?;
     let daemon = Daemon::new(cfg, lock, engine, events)?;
-    let addr = listen.unwrap_or(cfg.serve.listen);
+    let addr = listen.unwrap_or(serve.listen);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

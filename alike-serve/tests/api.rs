@@ -41,17 +41,18 @@ fn fixture(metrics_public: bool) -> Fixture {
     drop(store);
     std::fs::create_dir(root.join("restores")).unwrap();
     std::fs::write(root.join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::create_dir(root.join("cache")).unwrap();
     std::fs::write(root.join("hash"), alike_serve::hash_password(PASSWORD).unwrap()).unwrap();
     let text = format!(
         "[serve]\nlisten = \"127.0.0.1:0\"\ndatabase = \"state/alike.redb\"\nmetrics_public = {metrics_public}\n\
          restore_destinations = {{ scratch = \"restores\" }}\n\
-         [serve.admin]\nuser = \"admin\"\npassword_hash_file = \"hash\"\ntoken_file = \"token\"\n\
-         [[stores]]\nname = \"main\"\nlocation = \"store\"\n"
+         [serve.admin]\nuser = \"admin\"\npassword_hash_file = \"hash\"\ntoken = {{ file = \"token\" }}\n\
+         [[store]]\nname = \"main\"\npath = \"store\"\ncache_dir = \"cache\"\n"
     );
     std::fs::write(root.join("alike.toml"), text).unwrap();
-    let cfg = alike_serve::DaemonConfig::load(&root.join("alike.toml")).unwrap();
+    let cfg = alike_serve::load_config(&root.join("alike.toml")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let lock = alike_serve::lock_database(&cfg.serve.database).unwrap();
+    let lock = alike_serve::lock_database(&alike_serve::serve_table(&cfg).unwrap().database).unwrap();
     let (addr, stop) = rt.block_on(async {
         let daemon =
             alike_serve::Daemon::new(&cfg, lock, Arc::new(alike_serve::NoScheduler), alike_serve::Events::default()).unwrap();

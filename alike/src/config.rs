@@ -81,6 +81,9 @@ pub struct Config {
     /// Jobs, as `[[job]]` tables.
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
+    /// The daemon (`alike serve`), as the `[serve]` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<crate::serve_config::ServeConfig>,
     /// The file this came from (relative paths in it were resolved against
     /// its directory).
     #[serde(skip)]
@@ -588,6 +591,9 @@ impl Config {
             fix_secret(&mut s.secret_access_key);
             fix_secret(&mut s.session_token);
         }
+        if let Some(s) = &mut self.serve {
+            s.resolve(base);
+        }
         for p in &mut self.pools {
             fix(&mut p.ssh_key);
             p.known_hosts.as_mut().map(fix);
@@ -608,6 +614,9 @@ impl Config {
             if n > MAX_ENTRIES {
                 return Err(err(what.into(), format!("{n} entries (at most {MAX_ENTRIES})")));
             }
+        }
+        if let Some(s) = &self.serve {
+            s.check().map_err(|(key, message)| err(key, message))?;
         }
         let mut names = BTreeSet::new();
         for (i, s) in self.stores.iter().enumerate() {

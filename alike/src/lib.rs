@@ -45,6 +45,7 @@ mod nbd_tls;
 mod options;
 pub mod remote;
 mod replicate;
+mod serve_config;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]
@@ -79,6 +80,7 @@ pub use alike_core::{
 pub use alike_fs;
 /// The configuration file (`docs/config.md`): stores, pools, jobs.
 pub use config::Config;
+pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};
