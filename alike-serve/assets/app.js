@@ -247,6 +247,10 @@ function chart(s) {
   const path = (k) => pts.map((p, i) => (i ? "L" : "M") + x(p.time_ms).toFixed(1) + " " + y(p[k]).toFixed(1)).join(" ");
   add("path", { d: path("logical_bytes"), class: "logical" });
   add("path", { d: path("stored_bytes"), class: "stored" });
+  for (const p of pts) {
+    add("circle", { cx: x(p.time_ms).toFixed(1), cy: y(p.logical_bytes).toFixed(1), r: 3, class: "logical" });
+    add("circle", { cx: x(p.time_ms).toFixed(1), cy: y(p.stored_bytes).toFixed(1), r: 3, class: "stored" });
+  }
   add("text", { x: W - P - 150, y: 16 }, "— logical   - - stored");
   return svg;
 }
