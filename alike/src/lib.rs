@@ -44,6 +44,7 @@ mod nbd_tls;
 mod options;
 pub mod remote;
 mod replicate;
+pub mod services;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]
