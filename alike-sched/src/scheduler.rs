@@ -572,62 +572,64 @@ impl Scheduler {
     }
 
     fn start_ready(&self) -> Result<()> {
-        let mut st = self.inner.state.locked();
-        st.threads.retain(|t| !t.is_finished());
-        let mut i = 0;
-        while i < st.queue.len() {
-            if st.stopping || st.running >= self.inner.opts.max_concurrent.max(1) {
-                break;
+        start_ready(&self.inner)
+    }
+}
+
+fn start_ready(inner: &Arc<Inner>) -> Result<()> {
+    let this = inner;
+    let mut st = this.state.locked();
+    st.threads.retain(|t| !t.is_finished());
+    let mut i = 0;
+    while i < st.queue.len() {
+        if st.stopping || st.running >= this.opts.max_concurrent.max(1) {
+            break;
+        }
+        let job = st.queue[i].clone();
+        let Some(entry) = st.jobs.get(&job) else {
+            // The job was removed while queued: its run ends cancelled.
+            st.queue.remove(i);
+            if let Some(a) = st.active.remove(&job) {
+                let mut r = a.record.locked().clone();
+                r.result = RunResult::Cancelled;
+                r.ended = Some(this.clock.now());
+                r.error = Some("the job was removed".into());
+                this.history.put_run(&r)?;
             }
-            let job = st.queue[i].clone();
-            let Some(entry) = st.jobs.get(&job) else {
-                // The job was removed while queued: its run ends cancelled.
+            continue;
+        };
+        let spec = entry.spec.clone();
+        let run_id = st.active.get(&job).map_or(0, |a| a.run);
+        match this.locks.try_acquire_all(&format!("run {run_id} ({job})"), &spec.vm_keys()) {
+            Ok(guard) => {
                 st.queue.remove(i);
-                if let Some(a) = st.active.remove(&job) {
-                    let mut r = a.record.locked().clone();
-                    r.result = RunResult::Cancelled;
-                    r.ended = Some(self.inner.clock.now());
-                    r.error = Some("the job was removed".into());
-                    self.inner.history.put_run(&r)?;
+                st.running += 1;
+                let Some(a) = st.active.get_mut(&job) else { continue };
+                a.started = true;
+                let (record, cancel) = (a.record.clone(), a.cancel.clone());
+                let inner = this.clone();
+                let t = alike_core::spawn(&format!("alike-run-{run_id}"), move || {
+                    run_thread(&inner, &spec, record, cancel, guard);
+                })
+                .map_err(|e| Error::Thread(e.to_string()))?;
+                st.threads.push(t);
+            }
+            Err(busy) => {
+                if let Some(a) = st.active.get_mut(&job)
+                    && !a.announced_wait
+                {
+                    a.announced_wait = true;
+                    let waiting_for = busy.iter().map(|(k, h)| format!("{k} (held by {h})")).collect();
+                    this.events.emit(run_id, &job, EventKind::JobQueued { waiting_for }, this.clock.now());
                 }
-                continue;
-            };
-            let spec = entry.spec.clone();
-            let run_id = st.active.get(&job).map_or(0, |a| a.run);
-            match self.inner.locks.try_acquire_all(&format!("run {run_id} ({job})"), &spec.vm_keys()) {
-                Ok(guard) => {
-                    st.queue.remove(i);
-                    st.running += 1;
-                    let Some(a) = st.active.get_mut(&job) else { continue };
-                    a.started = true;
-                    let (record, cancel) = (a.record.clone(), a.cancel.clone());
-                    let inner = self.inner.clone();
-                    let t = alike_core::spawn(&format!("alike-run-{run_id}"), move || {
-                        run_thread(&inner, &spec, record, cancel, guard);
-                    })
-                    .map_err(|e| Error::Thread(e.to_string()))?;
-                    st.threads.push(t);
-                }
-                Err(busy) => {
-                    if let Some(a) = st.active.get_mut(&job)
-                        && !a.announced_wait
-                    {
-                        a.announced_wait = true;
-                        let waiting_for = busy.iter().map(|(k, h)| format!("{k} (held by {h})")).collect();
-                        self.inner.events.emit(
-                            run_id,
-                            &job,
-                            EventKind::JobQueued { waiting_for },
-                            self.inner.clock.now(),
-                        );
-                    }
-                    i += 1;
-                }
+                i += 1;
             }
         }
-        Ok(())
     }
+    Ok(())
+}
 
+impl Scheduler {
     /// Starts the loop thread: [`Scheduler::tick`] every
     /// [`SchedulerOptions::tick`] and whenever a run ends, and the
     /// history's retention every hour.
@@ -719,10 +721,26 @@ impl Scheduler {
             let _ = t.join();
         }
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut self.inner.state.locked().threads);
+        let deadline = Instant::now() + timeout;
         for t in threads {
+            // A run that ended is joined (so the database is closed when the
+            // scheduler is dropped); one still going after `timeout` is left.
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             if t.is_finished() {
                 let _ = t.join();
             }
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    /// Stops as [`Scheduler::stop`] does, cancelling running runs and
+    /// waiting up to 30 s for them.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.inner) > 0 {
+            self.stop(true, Duration::from_secs(30));
         }
     }
 }
@@ -785,8 +803,7 @@ fn run_thread(inner: &Arc<Inner>, spec: &JobSpec, record: Arc<Mutex<RunRecord>>,
     inner.events.finished(&final_record, end);
     inner.wake.notify_all();
     // Queued runs waiting for these VMs may start now.
-    let s = Scheduler { inner: inner.clone() };
-    if let Err(e) = s.start_ready() {
+    if let Err(e) = start_ready(inner) {
         tracing::error!("starting queued runs: {e}");
     }
 }
