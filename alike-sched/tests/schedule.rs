@@ -270,7 +270,7 @@ fn jobs_sharing_a_vm_are_serialised() {
     let rc = s.run_now("c").unwrap();
     // c shares nothing and runs beside a; b waits for db.
     env.gate.wait_running("c");
-    assert!(s.wait_idle(Duration::from_millis(300)) == false);
+    assert!(!s.wait_idle(Duration::from_millis(300)));
     assert_eq!(s.run(rb).unwrap().result, RunResult::Queued);
     assert!(env.gate.calls().iter().all(|c| c.0 != "b"), "b must not start while a holds db");
     env.gate.release("a");
