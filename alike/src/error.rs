@@ -78,6 +78,17 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A configuration file (`docs/config.md`) could not be read, did not
+    /// parse, or held a value out of range: the file and the key.
+    #[error("{}: {key}: {message}", file.display())]
+    Config {
+        /// The configuration file.
+        file: std::path::PathBuf,
+        /// The key at fault, as a path (`pool[1].addresses`, `job "nightly".store`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl From<alike_sched::Error> for Error {
@@ -180,7 +191,7 @@ impl Error {
                 }
             }
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
-            Error::AmbiguousVersion(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::AmbiguousVersion(_) | Error::InvalidArgument(_) | Error::Config { .. } => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
             Error::Replication(r) => alike_core::SeamError::kind(r),
             Error::Fs(f) => crate::files::fs_kind(f),

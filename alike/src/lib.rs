@@ -34,6 +34,7 @@
 //! [`Store::extract`]: partitions, LVM2 and the filesystems `alike-fs` reads, from the
 //! store on demand).
 
+pub mod config;
 mod disk_reader;
 mod error;
 mod files;
@@ -77,6 +78,8 @@ pub use alike_core::{
 /// their own (an image file, a block device) the way [`Store::ls`] and
 /// [`Store::extract`] read a version's.
 pub use alike_fs;
+/// The configuration file (`docs/config.md`): stores, pools, jobs.
+pub use config::Config;
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};
