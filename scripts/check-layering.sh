@@ -50,6 +50,9 @@ forbid() {
     done
 }
 
+forbid "alike-sched (jobs, schedules, history, events) depends on no crate of ours but alike-core, and on no network crate: the facade's runner does the work, its notifiers the sending" \
+    alike-sched normal,build "$OURS" "${NETWORK[@]}" --except alike-core
+
 forbid "alike-core knows no store, hypervisor or network crate, and no redb" \
     alike-core normal,build "$OURS" redb "${NETWORK[@]}"
 

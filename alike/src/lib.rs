@@ -46,6 +46,7 @@ mod options;
 pub mod remote;
 mod replicate;
 mod serve_config;
+pub mod services;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]
