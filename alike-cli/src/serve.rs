@@ -4,7 +4,6 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
@@ -37,6 +36,6 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
     }
     let Some(config) = &a.config else { bail!("--config FILE is required") };
     let cfg = alike_serve::load_config(config)?;
-    alike_serve::run(&cfg, a.listen, |_events| Ok(Arc::new(alike_serve::NoScheduler)))?;
+    alike_serve::run(&cfg, a.listen)?;
     Ok(())
 }

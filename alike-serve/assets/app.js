@@ -120,6 +120,8 @@ async function saveJob(ev) {
   if (vms.length) def.vms = vms;
   const sched = $("job-schedule").value.trim();
   if (sched) def.schedule = sched;
+  const tz = $("job-tz").value.trim();
+  if (tz) def.timezone = tz;
   const extra = $("job-extra").value.trim();
   if (extra) {
     try { Object.assign(def, JSON.parse(extra)); } catch (e) { say("More settings: not JSON (" + e.message + ")"); return; }

@@ -34,6 +34,7 @@ mod engine;
 mod error;
 mod http;
 mod metrics;
+mod services;
 mod settings;
 
 use std::future::Future;
@@ -45,6 +46,7 @@ pub use auth::hash_password;
 pub use engine::{Engine, Event, Events, NoScheduler, RestoreRequest, RunFilter, Stores};
 pub use error::{Error, Result};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
+pub use services::{ServicesEngine, open_services};
 pub use alike::{Config, ServeConfig};
 
 /// Reads the configuration file (`alike::Config`: stores, pools, jobs and
@@ -268,18 +270,16 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Runs the daemon in the foreground: lock, engine, listener, until Ctrl-C
-/// or SIGTERM. `make_engine` builds the scheduler once the database's lock
-/// is held (it opens the database) and gets the event bus and the stores.
+/// Runs the daemon in the foreground until Ctrl-C or SIGTERM: takes the
+/// database's lock, opens the services (stores, pools, jobs of the
+/// configuration; runs a killed daemon left are marked interrupted), starts
+/// the schedule, and serves. At a signal, running runs are cancelled (they
+/// end `cancelled`) and waited for at most 30 s.
 ///
 /// # Errors
 /// Any start-up failure ([`Error::AlreadyRunning`], [`Error::Config`],
 /// [`Error::Listen`]…).
-pub fn run(
-    cfg: &Config,
-    listen: Option<std::net::SocketAddr>,
-    make_engine: impl FnOnce(&Events) -> Result<Arc<dyn Engine>>,
-) -> Result<()> {
+pub fn run(cfg: &Config, listen: Option<std::net::SocketAddr>) -> Result<()> {
     let serve = serve_table(cfg)?;
     let lock = lock_database(&serve.database)?;
     let events = Events::default();
@@ -290,10 +290,14 @@ pub fn run(
         .build()
         .map_err(|e| Error::Listen { addr: "runtime".into(), message: e.to_string() })?;
     let _guard = rt.enter();
-    let engine = make_engine(&events)?;
-    let daemon = Daemon::new(cfg, lock, engine, events)?;
+    let cache = serve.cache_dir.clone().unwrap_or_else(|| serve.database.with_extension("cache"));
+    let services = Arc::new(open_services(cfg, &serve.database, &cache)?);
+    let engine = ServicesEngine::new(services.clone(), &events);
+    let stores = engine.stores(serve.restore_destinations.clone(), events.clone())?;
+    services.start().map_err(|e| Error::engine("scheduler", e))?;
+    let daemon = Daemon::with_stores(cfg, lock, Arc::new(engine), events, stores)?;
     let addr = listen.unwrap_or(serve.listen);
-    rt.block_on(async move {
+    let r = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Listen { addr: addr.to_string(), message: e.to_string() })?;
@@ -302,7 +306,9 @@ pub fn run(
         // Scripts wait for this line (stderr) to know the port.
         eprintln!("alike serve: listening on {scheme}://{local}");
         daemon.serve(listener, shutdown_signal()).await
-    })
+    });
+    services.stop(true, Duration::from_secs(30));
+    r
 }
 
 async fn shutdown_signal() {

@@ -1,7 +1,8 @@
 """`alike serve` end to end, as real processes: credentials on every /api/
 path, /metrics read by the reference OpenMetrics parser, and the Manager page
-in headless Chromium (Playwright with the system Chromium): log in, look at a
-VM's versions, restore a disk through the page, read the store chart.
+in headless Chromium (Playwright with the system Chromium): log in, create a
+job, run it against the XAPI simulator and watch it finish, find it in the
+history, restore a disk of the version it made, read the store chart.
 Screenshots: target/serve-browser/*.png."""
 
 from __future__ import annotations
@@ -83,35 +84,66 @@ def test_manager_in_a_browser(daemon: Daemon, backed_up: str) -> None:
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_role("navigation", name="Sections")).to_be_visible()
+        # The configuration's job is listed; a new one is made through the form.
+        expect(page.locator('tr[data-job="nightly"]')).to_be_visible()
+        page.get_by_text("New job").click()
+        form = page.locator("#job-form")
+        form.get_by_label("Name", exact=True).fill("web-now")
+        form.get_by_label("Kind", exact=True).select_option("backup")
+        form.get_by_label("Pool", exact=True).fill("demo")
+        form.get_by_label("VMs", exact=True).fill("web-01")
+        form.get_by_label("Store", exact=True).select_option("main")
+        page.get_by_role("button", name="Save job").click()
+        row = page.locator('tr[data-job="web-now"]')
+        expect(row).to_be_visible()
         page.screenshot(path=str(SHOTS / "01-jobs.png"), full_page=True)
 
-        # VMs and versions, and a restore through the dialog.
+        # Run it against the simulator and watch it finish in the live view.
+        row.get_by_role("button", name="Run web-now now").click()
+        expect(page.get_by_role("heading", name="Live")).to_be_visible()
+        run_box = page.locator(".run", has_text="Job web-now")
+        expect(run_box.locator("[data-result]")).to_have_attribute("data-result", "success", timeout=120_000)
+        assert run_box.locator("progress").count() >= 1  # per-disk bars from the progress events
+        page.screenshot(path=str(SHOTS / "02-live-backup.png"), full_page=True)
+
+        # History, filtered by job.
+        page.get_by_role("link", name="History").click()
+        page.locator("#history-filter").get_by_label("Job", exact=True).fill("web-now")
+        page.get_by_role("button", name="Filter").click()
+        hist = page.locator("#history-body tr")
+        expect(hist).to_have_count(1)
+        expect(hist.first).to_contain_text("success")
+        page.screenshot(path=str(SHOTS / "03-history.png"), full_page=True)
+
+        # VMs and versions: the job's version, restored through the dialog.
+        runs = json.loads(daemon.get("/api/runs?job=web-now")[1])
+        made = runs[0]["vms"][0]["version"]
         page.get_by_role("link", name="VMs").click()
-        row = page.locator(f'tr[data-version="{backed_up}"]')
+        row = page.locator(f'tr[data-version="{made}"]')
         expect(row).to_be_visible()
-        page.screenshot(path=str(SHOTS / "02-vms.png"), full_page=True)
+        expect(page.locator(f'tr[data-version="{backed_up}"]')).to_be_visible()
+        page.screenshot(path=str(SHOTS / "04-vms.png"), full_page=True)
         row.get_by_role("button", name="Restore").click()
         dialog = page.get_by_role("dialog")
         expect(dialog).to_be_visible()
         dialog.get_by_label("Disk").select_option("1")
         dialog.get_by_label("Destination").select_option("restores")
         dialog.get_by_label("File name").fill("web-01-data.img")
-        page.screenshot(path=str(SHOTS / "03-restore-dialog.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / "05-restore-dialog.png"), full_page=True)
         dialog.get_by_role("button", name="Restore", exact=True).click()
         expect(page.locator("#status")).to_contain_text("Restored web-01 disk 1", timeout=60_000)
 
-        # The live view saw the restore's progress, per disk.
+        # The live view saw the restore's progress too.
         page.get_by_role("link", name="Live").click()
-        expect(page.locator("[data-result=success]").first).to_be_visible()
-        page.screenshot(path=str(SHOTS / "04-live.png"), full_page=True)
+        expect(page.locator(".run", has_text="Restore to web-01-data.img").locator("[data-result=success]")).to_be_visible()
 
         # Store figures and the chart of stored versus logical bytes.
         page.get_by_role("link", name="Store").click()
         chart = page.get_by_role("img", name="Cumulative logical and stored bytes of store main")
         expect(chart).to_be_visible()
         assert chart.locator("path").count() == 2
-        assert chart.locator("circle").count() == 2  # one version: a point on each line
-        page.screenshot(path=str(SHOTS / "05-store.png"), full_page=True)
+        assert chart.locator("circle").count() == 4  # two versions: two points on each line
+        page.screenshot(path=str(SHOTS / "06-store.png"), full_page=True)
         assert errors == [], errors
         browser.close()
 
@@ -119,7 +151,7 @@ def test_manager_in_a_browser(daemon: Daemon, backed_up: str) -> None:
     oracle = daemon.base / "oracle.img"
     alike(
         "--store", str(daemon.base / "state/store"), "--cache-dir", str(daemon.base / "cli-cache"),
-        "restore", backed_up, "--disk", "1", "-o", str(oracle),
+        "restore", made, "--disk", "1", "-o", str(oracle),
     )
     assert (restores / "web-01-data.img").read_bytes() == oracle.read_bytes()
     assert oracle.stat().st_size > 0
