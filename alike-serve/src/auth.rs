@@ -54,7 +54,8 @@ impl Auth {
             (None, None) => None,
         };
         if let Some(h) = &password_hash {
-            PasswordHash::new(h).map_err(|e| Error::config(std::path::Path::new("[serve.admin]"), format!("password hash: {e}")))?;
+            PasswordHash::new(h)
+                .map_err(|e| Error::config(std::path::Path::new("[serve.admin]"), format!("password hash: {e}")))?;
         }
         let token = match &a.token {
             Some(r) => {
@@ -237,10 +238,14 @@ mod tests {
 
     #[test]
     fn no_credential_is_refused() {
-        let e = alike::Config::parse("[serve]\ndatabase = \"db\"\n[serve.admin]\nuser = \"a\"\n", "/x/a.toml").unwrap_err();
+        let e =
+            alike::Config::parse("[serve]\ndatabase = \"db\"\n[serve.admin]\nuser = \"a\"\n", "/x/a.toml").unwrap_err();
         assert!(e.to_string().contains("no default credential"), "{e}");
-        let e = alike::Config::parse("[serve]\ndatabase = \"db\"\n[serve.admin]\ntoken = \"inline-secret-0123456789\"\n", "/x/a.toml")
-            .unwrap_err();
+        let e = alike::Config::parse(
+            "[serve]\ndatabase = \"db\"\n[serve.admin]\ntoken = \"inline-secret-0123456789\"\n",
+            "/x/a.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("never written in the configuration"), "{e}");
     }
 }

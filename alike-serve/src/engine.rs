@@ -286,7 +286,10 @@ impl Stores {
             }
         }
         Ok(Value::Array(
-            by_vm.into_iter().map(|((store, vm), versions)| json!({"store": store, "vm": vm, "versions": versions})).collect(),
+            by_vm
+                .into_iter()
+                .map(|((store, vm), versions)| json!({"store": store, "vm": vm, "versions": versions}))
+                .collect(),
         ))
     }
 
@@ -294,7 +297,10 @@ impl Stores {
     /// allowed destination, with `restore.progress` events as it goes.
     pub(crate) fn restore(&self, r: &RestoreRequest) -> Result<Value> {
         let dir = self.destinations.get(&r.destination).ok_or_else(|| {
-            Error::BadRequest(format!("restore destination {:?} is not in the configuration's restore_destinations", r.destination))
+            Error::BadRequest(format!(
+                "restore destination {:?} is not in the configuration's restore_destinations",
+                r.destination
+            ))
         })?;
         check_file_name(&r.file)?;
         let format = match r.format.as_deref().unwrap_or("raw") {
@@ -330,7 +336,8 @@ impl Stores {
         let rep = match store.restore_to_file(&version, r.disk, &path, &opts) {
             Ok(rep) => rep,
             Err(e) => {
-                self.events.publish("restore_failed", json!({"vm": version.vm, "disk": r.disk, "error": e.to_string()}));
+                self.events
+                    .publish("restore_failed", json!({"vm": version.vm, "disk": r.disk, "error": e.to_string()}));
                 return Err(Error::engine(&r.store, e));
             }
         };
@@ -349,9 +356,24 @@ impl Stores {
             match s.stats() {
                 Ok(st) => {
                     m.gauge("alike_store_versions", "Versions in the store.", &l, st.versions as f64);
-                    m.gauge("alike_store_logical_bytes", "Sum of the versions' non-hole disk bytes.", &l, st.logical_bytes as f64);
-                    m.gauge("alike_store_unique_bytes", "Plaintext bytes of unique chunks.", &l, st.unique_bytes as f64);
-                    m.gauge("alike_store_stored_bytes", "Bytes of all objects in the store.", &l, st.stored_bytes as f64);
+                    m.gauge(
+                        "alike_store_logical_bytes",
+                        "Sum of the versions' non-hole disk bytes.",
+                        &l,
+                        st.logical_bytes as f64,
+                    );
+                    m.gauge(
+                        "alike_store_unique_bytes",
+                        "Plaintext bytes of unique chunks.",
+                        &l,
+                        st.unique_bytes as f64,
+                    );
+                    m.gauge(
+                        "alike_store_stored_bytes",
+                        "Bytes of all objects in the store.",
+                        &l,
+                        st.stored_bytes as f64,
+                    );
                     m.gauge("alike_store_dedup_ratio", "Logical bytes per unique byte.", &l, st.dedup_ratio());
                     m.gauge("alike_store_total_ratio", "Logical bytes per stored byte.", &l, st.total_ratio());
                     m.gauge("alike_store_up", "Whether the store answered.", &l, 1.0);
@@ -379,12 +401,8 @@ impl Stores {
 
 /// A restore's file name: one plain component.
 fn check_file_name(f: &str) -> Result<()> {
-    let bad = f.is_empty()
-        || f.len() > 255
-        || f == "."
-        || f == ".."
-        || f.contains(['/', '\\', '\0'])
-        || f.starts_with('.');
+    let bad =
+        f.is_empty() || f.len() > 255 || f == "." || f == ".." || f.contains(['/', '\\', '\0']) || f.starts_with('.');
     if bad {
         return Err(Error::BadRequest(format!(
             "restore file {f:?}: a plain file name (no '/', not starting with '.', at most 255 bytes)"

@@ -20,7 +20,7 @@ pub enum Error {
     },
     /// The configuration file is wrong (the facade's error names the file and key).
     #[error("{0}")]
-    Configuration(alike::Error),
+    Configuration(Box<alike::Error>),
     /// A file could not be read or written.
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -65,8 +65,8 @@ pub enum Error {
     Engine {
         /// The store it was about.
         store: String,
-        /// The engine's error, whole.
-        source: alike::Error,
+        /// The engine's error, whole (boxed: it is large).
+        source: Box<alike::Error>,
     },
 }
 
@@ -81,7 +81,7 @@ impl Error {
         Error::Io { what, path: path.to_path_buf(), source }
     }
     pub(crate) fn engine(store: &str, source: alike::Error) -> Error {
-        Error::Engine { store: store.to_string(), source }
+        Error::Engine { store: store.to_string(), source: Box::new(source) }
     }
 
     /// The HTTP status an API answer carries for this error.

@@ -76,7 +76,9 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Respon
         return api(state, req, path).await;
     }
     match (&m, path) {
-        (&Method::GET, "/") | (&Method::GET, "/index.html") => full(StatusCode::OK, "text/html; charset=utf-8", assets::INDEX),
+        (&Method::GET, "/") | (&Method::GET, "/index.html") => {
+            full(StatusCode::OK, "text/html; charset=utf-8", assets::INDEX)
+        }
         (&Method::GET, "/app.js") => full(StatusCode::OK, "text/javascript; charset=utf-8", assets::APP_JS),
         (&Method::GET, "/app.css") => full(StatusCode::OK, "text/css; charset=utf-8", assets::APP_CSS),
         (&Method::GET, "/metrics") => {
@@ -158,7 +160,7 @@ async fn blocking(f: impl FnOnce() -> Result<Value, Error> + Send + 'static) -> 
 }
 
 fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri().query().map(|q| form_pairs(q)).unwrap_or_default()
+    req.uri().query().map(form_pairs).unwrap_or_default()
 }
 
 /// `a=1&b=x%20y` → pairs, percent-decoded.
@@ -201,7 +203,8 @@ fn decode_with(s: &str, plus: bool) -> String {
 }
 
 async fn api(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Response<Body> {
-    let segs: Vec<String> = path.trim_start_matches("/api").split('/').filter(|s| !s.is_empty()).map(|s| decode_with(s, false)).collect();
+    let segs: Vec<String> =
+        path.trim_start_matches("/api").split('/').filter(|s| !s.is_empty()).map(|s| decode_with(s, false)).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method().clone();
     let st = state.clone();

@@ -42,12 +42,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use alike::{Config, ServeConfig};
 pub use auth::hash_password;
 pub use engine::{Engine, Event, Events, NoScheduler, RestoreRequest, RunFilter, Stores};
 pub use error::{Error, Result};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 pub use services::{ServicesEngine, open_services};
-pub use alike::{Config, ServeConfig};
 
 /// Reads the configuration file (`alike::Config`: stores, pools, jobs and
 /// the `[serve]` table).
@@ -55,7 +55,7 @@ pub use alike::{Config, ServeConfig};
 /// # Errors
 /// [`Error::Configuration`] naming the file and key.
 pub fn load_config(path: &Path) -> Result<Config> {
-    Config::from_file(path).map_err(Error::Configuration)
+    Config::from_file(path).map_err(|e| Error::Configuration(Box::new(e)))
 }
 
 /// The configuration's `[serve]` table, which the daemon needs.
@@ -141,8 +141,18 @@ impl State {
     /// The whole `/metrics` page.
     pub(crate) fn metrics(&self) -> String {
         let mut m = Metrics::default();
-        m.gauge("alike_daemon_start_timestamp_seconds", "When this daemon started.", &[], self.started_ms as f64 / 1000.0);
-        m.gauge("alike_daemon_uptime_seconds", "Seconds since this daemon started.", &[], self.started.elapsed().as_secs_f64());
+        m.gauge(
+            "alike_daemon_start_timestamp_seconds",
+            "When this daemon started.",
+            &[],
+            self.started_ms as f64 / 1000.0,
+        );
+        m.gauge(
+            "alike_daemon_uptime_seconds",
+            "Seconds since this daemon started.",
+            &[],
+            self.started.elapsed().as_secs_f64(),
+        );
         self.stores.metrics(&mut m);
         self.engine.metrics(&mut m);
         m.render()
@@ -179,7 +189,13 @@ impl Daemon {
     ///
     /// # Errors
     /// As [`Daemon::new`].
-    pub fn with_stores(cfg: &Config, lock: DatabaseLock, engine: Arc<dyn Engine>, events: Events, stores: Stores) -> Result<Daemon> {
+    pub fn with_stores(
+        cfg: &Config,
+        lock: DatabaseLock,
+        engine: Arc<dyn Engine>,
+        events: Events,
+        stores: Stores,
+    ) -> Result<Daemon> {
         let s = serve_table(cfg)?;
         let auth = auth::Auth::load(&s.admin, Duration::from_secs(s.session_seconds.max(60)))?;
         let tls = match &s.tls {

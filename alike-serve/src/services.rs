@@ -122,9 +122,8 @@ impl Engine for ServicesEngine {
             filter.result = Some(r);
         }
         if let Some(ms) = f.since_ms {
-            filter.since = Some(
-                alike_sched_time(ms).ok_or_else(|| Error::BadRequest(format!("since_ms {ms} is out of range")))?,
-            );
+            filter.since =
+                Some(alike_sched_time(ms).ok_or_else(|| Error::BadRequest(format!("since_ms {ms} is out of range")))?);
         }
         filter.limit = Some(f.limit.unwrap_or(100).min(1000));
         let runs = self.services.runs(&filter).map_err(err)?;
@@ -140,18 +139,33 @@ impl Engine for ServicesEngine {
         let mut vm_ok: BTreeMap<(String, String), f64> = BTreeMap::new();
         for j in &jobs {
             let l = [("job", j.spec.name.as_str())];
-            m.gauge("alike_job_running", "1 while a run of the job is queued or running.", &l, f64::from(u8::from(j.active_run.is_some())));
+            m.gauge(
+                "alike_job_running",
+                "1 while a run of the job is queued or running.",
+                &l,
+                f64::from(u8::from(j.active_run.is_some())),
+            );
             if let Some(n) = j.next_run {
                 m.gauge("alike_job_next_run_timestamp_seconds", "When the job is next due.", &l, n.timestamp() as f64);
             }
             if let Some(r) = &j.last_run {
-                m.gauge("alike_job_last_run_timestamp_seconds", "When the job's newest finished run started.", &l, r.started.timestamp() as f64);
+                m.gauge(
+                    "alike_job_last_run_timestamp_seconds",
+                    "When the job's newest finished run started.",
+                    &l,
+                    r.started.timestamp() as f64,
+                );
                 if let Some(s) = r.elapsed_seconds() {
                     m.gauge("alike_job_last_duration_seconds", "Wall time of the job's newest finished run.", &l, s);
                 }
                 let (read, _new, stored) = r.totals();
                 m.gauge("alike_job_last_read_bytes", "Bytes read by the job's newest finished run.", &l, read as f64);
-                m.gauge("alike_job_last_stored_bytes", "Stored bytes added by the job's newest finished run.", &l, stored as f64);
+                m.gauge(
+                    "alike_job_last_stored_bytes",
+                    "Stored bytes added by the job's newest finished run.",
+                    &l,
+                    stored as f64,
+                );
                 m.gauge(
                     "alike_job_last_result",
                     "1 for the result of the job's newest finished run.",
@@ -185,7 +199,12 @@ impl Engine for ServicesEngine {
             if let Some(t) = last_ok {
                 m.gauge("alike_job_last_success_timestamp_seconds", "When the job's newest good run ended.", &l, t);
             }
-            m.counter("alike_job_failures", "Failed or interrupted runs of the job in the history.", &l, failures as f64);
+            m.counter(
+                "alike_job_failures",
+                "Failed or interrupted runs of the job in the history.",
+                &l,
+                failures as f64,
+            );
         }
         for ((job, vm), t) in vm_ok {
             m.gauge(
@@ -210,7 +229,11 @@ fn alike_sched_time(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
 /// # Errors
 /// A store that does not open; the database held elsewhere
 /// ([`alike::ErrorKind::Busy`]); a job the services refuse.
-pub fn open_services(cfg: &alike::Config, database: &std::path::Path, default_cache: &std::path::Path) -> Result<Services> {
+pub fn open_services(
+    cfg: &alike::Config,
+    database: &std::path::Path,
+    default_cache: &std::path::Path,
+) -> Result<Services> {
     let mut b = Services::builder().database(database);
     for s in &cfg.stores {
         let mut s = s.clone();

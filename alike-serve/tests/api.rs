@@ -34,7 +34,8 @@ impl Drop for Fixture {
 fn fixture(metrics_public: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let store = alike::Store::builder().no_encryption().cache_dir(root.join("cache0")).create(root.join("store")).unwrap();
+    let store =
+        alike::Store::builder().no_encryption().cache_dir(root.join("cache0")).create(root.join("store")).unwrap();
     let disk: Vec<u8> = (0..307_200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let src = alike::MemSource { label: "xvda".into(), data: disk.clone() };
     let version = store.backup(alike::VmInfo::named("web-01"), &[&src], &Default::default()).unwrap().version.id;
@@ -55,7 +56,8 @@ fn fixture(metrics_public: bool) -> Fixture {
     let lock = alike_serve::lock_database(&alike_serve::serve_table(&cfg).unwrap().database).unwrap();
     let (addr, stop) = rt.block_on(async {
         let daemon =
-            alike_serve::Daemon::new(&cfg, lock, Arc::new(alike_serve::NoScheduler), alike_serve::Events::default()).unwrap();
+            alike_serve::Daemon::new(&cfg, lock, Arc::new(alike_serve::NoScheduler), alike_serve::Events::default())
+                .unwrap();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -87,7 +89,8 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)],
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -100,9 +103,8 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)],
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     let mut body = raw[split + 4..].to_vec();
     if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
         body = dechunk(&body);
@@ -281,7 +283,9 @@ fn events_stream_reports_a_restore() {
         "POST",
         "/api/restore",
         &[("Authorization", &bearer())],
-        Some(&json!({"store": "main", "version": "latest", "vm": "web-01", "disk": 0, "destination": "scratch", "file": "e.img", "format": "vhdx"})),
+        Some(
+            &json!({"store": "main", "version": "latest", "vm": "web-01", "disk": 0, "destination": "scratch", "file": "e.img", "format": "vhdx"}),
+        ),
     );
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let mut kinds = Vec::new();

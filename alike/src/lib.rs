@@ -81,7 +81,6 @@ pub use alike_core::{
 pub use alike_fs;
 /// The configuration file (`docs/config.md`): stores, pools, jobs.
 pub use config::Config;
-pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};
@@ -90,6 +89,7 @@ pub use options::{
     BackupOptions, ExtractOptions, LsOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions,
     NBD_CACHE_RANGE, NbdListen, NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
 };
+pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 // Replication.
 pub use replicate::{
     DEFAULT_PORT, DiskProgress, EndOptions, EndReport, Flow, JOB_VERSION, JobLink, JobPassword, JobReplica, JobRole,

@@ -118,7 +118,10 @@ impl ServeConfig {
             ));
         }
         if a.password_hash.is_some() && a.password_hash_file.is_some() {
-            return Err(("serve.admin.password_hash_file".into(), "give password_hash or password_hash_file, not both".into()));
+            return Err((
+                "serve.admin.password_hash_file".into(),
+                "give password_hash or password_hash_file, not both".into(),
+            ));
         }
         if a.user.is_empty() || a.user.len() > 64 || a.user.contains([':', '\n', '\0']) {
             return Err(("serve.admin.user".into(), format!("{:?} is not a user name", a.user)));
@@ -131,7 +134,10 @@ impl ServeConfig {
                 && name.len() <= 64
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             if !ok {
-                return Err((format!("serve.restore_destinations.{name}"), "a name of 1 to 64 of A-Z a-z 0-9 - _ .".into()));
+                return Err((
+                    format!("serve.restore_destinations.{name}"),
+                    "a name of 1 to 64 of A-Z a-z 0-9 - _ .".into(),
+                ));
             }
         }
         Ok(())
