@@ -10,6 +10,7 @@ artifacts.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -120,12 +121,23 @@ class Daemon:
             return e.code, e.read(), e.headers
 
 
-@pytest.fixture(scope="session")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    def post(self, path: str, body: object = None) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data or b"", method="POST")
+        req.add_header("Authorization", "Bearer " + TOKEN)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+
+def make_daemon(base: Path) -> tuple[Daemon, Proc]:
+    """The simulator and a daemon from the example configuration, in `base`."""
     for b in (ALIKE, SIM):
         if not b.exists():
             pytest.fail(f"{b} is missing: cargo build -p alike-cli --bin alike; cargo build -p alike-xen-sim --bin alike-xapi-sim")
-    base = tmp_path_factory.mktemp("serve")
     sim = Proc([str(SIM), "--listen", "127.0.0.1:0", "--demo", "--state", str(base / "sim")], env(), "stdout")
     sim_url = sim.wait_for(r"serving XAPI at (http://\S+)").group(1).rstrip("/")
     # The example configuration, pointed at this simulator.
@@ -141,6 +153,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     alike("--store", str(state / "store"), "--cache-dir", str(base / "cli-cache"), "init", "--no-encryption")
     d = Daemon(base, sim_url)
     d.start()
+    return d, sim
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("serve")
+    d, sim = make_daemon(base)
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         yield d
