@@ -32,6 +32,10 @@ impl Drop for Fixture {
 }
 
 fn fixture(metrics_public: bool) -> Fixture {
+    fixture_with(metrics_public, "")
+}
+
+fn fixture_with(metrics_public: bool, extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let store =
@@ -46,7 +50,7 @@ fn fixture(metrics_public: bool) -> Fixture {
     std::fs::write(root.join("hash"), alike_serve::hash_password(PASSWORD).unwrap()).unwrap();
     let text = format!(
         "[serve]\nlisten = \"127.0.0.1:0\"\ndatabase = \"state/alike.redb\"\nmetrics_public = {metrics_public}\n\
-         restore_destinations = {{ scratch = \"restores\" }}\n\
+         restore_destinations = {{ scratch = \"restores\" }}\n{extra}\
          [serve.admin]\nuser = \"admin\"\npassword_hash_file = \"hash\"\ntoken = {{ file = \"token\" }}\n\
          [[store]]\nname = \"main\"\npath = \"store\"\ncache_dir = \"cache\"\n"
     );
@@ -318,4 +322,71 @@ fn one_daemon_per_database() {
     drop(first);
     alike_serve::lock_database(&db).unwrap();
     assert!(Path::new(&format!("{}.lock", db.display())).exists());
+}
+
+/// HTTPS with the configuration's certificate, checked by curl against the CA.
+#[test]
+fn tls_when_configured() {
+    let Ok(curl) = which("curl") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a leaf whose issuer is its own subject for self-signed.
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "alike test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "alike serve");
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let (ca_file, cert_file, key_file) =
+        (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let extra = format!("[serve.tls]\ncert = {:?}\nkey = {:?}\n", cert_file, key_file);
+    let f = fixture_with(false, &extra);
+    let url = format!("https://{}/api/session", f.addr);
+    let out = std::process::Command::new(&curl)
+        .args(["-sS", "--cacert"])
+        .arg(&ca_file)
+        .args(["-H", &format!("Authorization: {}", bearer()), &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["ok"], true);
+    // Without the credential: 401 over TLS too; a session cookie is Secure.
+    let out = std::process::Command::new(&curl)
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca_file)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let out = std::process::Command::new(&curl)
+        .args(["-s", "-i", "--cacert"])
+        .arg(&ca_file)
+        .args(["-d", &format!("{{\"user\":\"admin\",\"password\":\"{PASSWORD}\"}}")])
+        .arg(format!("https://{}/login", f.addr))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.contains("set-cookie: alike_session=") && head.contains("; secure"), "{head}");
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = request_raw(f.addr, b"GET /api/session HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&plain));
+}
+
+fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.is_file()))
+        .ok_or(())
+}
+
+fn request_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
 }
