@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
 from conftest import ALIKE, Daemon, alike, env, make_daemon
 
 
@@ -76,6 +78,18 @@ def test_killed_mid_run(tmp_path: Path) -> None:
         done = wait(lambda: next((x for x in runs(d) if x["id"] == run and x["result"] != "running" and x["result"] != "queued"), None), 120)
         assert done["result"] == "success", done
         assert [v["vm"] for v in done["vms"]] == ["web-01", "db-01"]
+
+        # /metrics, through the reference parser: the interrupted runs count
+        # as failures, and each VM has its last good backup time.
+        status, body, _ = d.get("/metrics", token=None)
+        assert status == 200
+        fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        failures = [s for s in fams["alike_job_failures"].samples if s.labels == {"job": "nightly"}]
+        assert failures and failures[0].value == seen.count("interrupted"), failures
+        ok = {s.labels["vm"]: s.value for s in fams["alike_vm_last_success_timestamp_seconds"].samples if s.labels["job"] == "nightly"}
+        assert set(ok) == {"web-01", "db-01"} and min(ok.values()) > time.time() - 600, ok
+        results = [s.labels["result"] for s in fams["alike_job_last_result"].samples if s.labels["job"] == "nightly"]
+        assert results == ["success"], results
     finally:
         d.stop()
         sim.stop()
