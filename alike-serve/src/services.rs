@@ -104,7 +104,7 @@ impl Engine for ServicesEngine {
 
     fn run_job(&self, name: &str) -> Result<Value> {
         let run = self.services.run_now(name).map_err(err)?;
-        Ok(json!({"run": run.to_string()}))
+        Ok(json!({"run": run}))
     }
 
     fn cancel_run(&self, run: &str) -> Result<()> {
