@@ -8,6 +8,7 @@ mod commands;
 mod common;
 mod files;
 mod hyperv;
+mod jobs;
 mod remote;
 mod replicate;
 mod serve;
@@ -94,6 +95,9 @@ enum Cmd {
     Xen(xen::XenArgs),
     /// Hyper-V: list a host's VMs, back one up (recovery checkpoints, RCT incremental, disks over SMB).
     Hyperv(hyperv::HypervArgs),
+    /// Jobs of a configuration file (docs/config.md) on processors made for
+    /// them: run, sweep leftovers, check the file.
+    Job(jobs::JobArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
     /// Run the daemon: the scheduler, the REST API, `/metrics` (OpenMetrics) and the
@@ -142,6 +146,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Replica(a) => replicate::replica(cli, a),
         Cmd::Xen(a) => xen::run(cli, a),
         Cmd::Hyperv(a) => hyperv::run(cli, a),
+        Cmd::Job(a) => jobs::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
         Cmd::Serve(a) => serve::serve(a),
         Cmd::Processor(a) => remote::processor(a),

@@ -36,6 +36,7 @@ mod store;
 mod version_source;
 
 pub mod backup;
+pub mod provision;
 pub mod restore;
 pub mod retention;
 

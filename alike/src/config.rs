@@ -42,7 +42,7 @@
 //! # Ok::<(), alike::Error>(())
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -72,6 +72,15 @@ pub struct Config {
     /// The file format's version (1; absent means 1).
     #[serde(default = "one")]
     pub version: u32,
+    /// This installation's orchestrator id (default `alike`): tags every
+    /// object made for a job, so that the next start removes what a run
+    /// that died left. One process runs an id at a time.
+    #[serde(default = "default_orchestrator")]
+    pub orchestrator: String,
+    /// Where the orchestrator keeps its lock and processors' files
+    /// (default `/run/alike`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// Stores, as `[[store]]` tables.
     #[serde(default, rename = "store")]
     pub stores: Vec<StoreConfig>,
@@ -92,6 +101,12 @@ pub struct Config {
 
 fn one() -> u32 {
     1
+}
+fn default_orchestrator() -> String {
+    "alike".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/run/alike".into()
 }
 
 /// A secret by reference: the name of a file holding it, or of an
@@ -396,6 +411,10 @@ pub struct JobConfig {
     pub store: String,
     /// The pool its VMs are in and its processor comes from (a `[[pool]]` name).
     pub pool: String,
+    /// Local pools: each VM's disks (image files or block devices), by VM
+    /// name. Xen pools find the disks themselves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disks: BTreeMap<String, Vec<PathBuf>>,
     /// Its options.
     #[serde(default)]
     pub options: JobOptions,
@@ -594,6 +613,10 @@ impl Config {
         if let Some(s) = &mut self.serve {
             s.resolve(base);
         }
+        fix(&mut self.state_dir);
+        for j in &mut self.jobs {
+            j.disks.values_mut().flatten().for_each(fix);
+        }
         for p in &mut self.pools {
             fix(&mut p.ssh_key);
             p.known_hosts.as_mut().map(fix);
@@ -609,6 +632,10 @@ impl Config {
                 "version".into(),
                 format!("version {} is not one this build reads (1..={CONFIG_VERSION})", self.version),
             ));
+        }
+        let o = &self.orchestrator;
+        if o.is_empty() || o.len() > 32 || !o.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err("orchestrator".into(), format!("{o:?}: 1 to 32 of A-Z a-z 0-9 - _")));
         }
         for (what, n) in [("store", self.stores.len()), ("pool", self.pools.len()), ("job", self.jobs.len())] {
             if n > MAX_ENTRIES {
@@ -763,8 +790,26 @@ impl Config {
             if self.store(&j.store).is_none() {
                 return Err(err(k("store"), format!("no [[store]] named {:?}", j.store)));
             }
-            if self.pool(&j.pool).is_none() {
+            let Some(pool) = self.pool(&j.pool) else {
                 return Err(err(k("pool"), format!("no [[pool]] named {:?}", j.pool)));
+            };
+            match pool.kind {
+                PoolKind::Local => {
+                    if let Some(v) = j.vms.iter().find(|v| j.disks.get(*v).is_none_or(Vec::is_empty)) {
+                        return Err(err(
+                            k("disks"),
+                            format!("a job in a local pool lists each VM's disks: none for {v:?}"),
+                        ));
+                    }
+                    if let Some(v) = j.disks.keys().find(|d| !j.vms.contains(d)) {
+                        return Err(err(k("disks"), format!("{v:?} is not one of the job's vms")));
+                    }
+                }
+                PoolKind::Xen => {
+                    if !j.disks.is_empty() {
+                        return Err(err(k("disks"), "only jobs in local pools list disks".into()));
+                    }
+                }
             }
             if let Some(t) = j.options.threads {
                 if t == 0 || t > crate::MAX_THREADS {
@@ -875,6 +920,14 @@ options = { quiesce = true, threads = 2 }
             ("template = \"alike-processor\"", "", "pool[0].template", "needs it"),
             ("name = \"lab\"", "name = \"xen-a\"", "pool[1].name", "second pool"),
             ("version = 1", "version = 2", "version", "not one this build reads"),
+            ("version = 1", "version = 1\norchestrator = \"a b\"", "orchestrator", "1 to 32"),
+            ("pool = \"xen-a\"", "pool = \"lab\"", "job[0].disks", "none for \"web-01\""),
+            (
+                "pool = \"xen-a\"",
+                "pool = \"xen-a\"\ndisks = { web-01 = [\"/a\"] }",
+                "job[0].disks",
+                "only jobs in local",
+            ),
             ("host_keys = \"known-hosts\"\n", "", "pool[1].known_hosts", "only with"),
             ("kind = \"local\"", "kind = \"local\"\nnetwork = \"x\"", "pool[1].network", "only xen"),
             ("path = \"stores/main\"", "path = \"stores/main\"\nregion = \"eu\"", "store[0].region", "object-storage"),

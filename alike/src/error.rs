@@ -78,6 +78,20 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A job's processor could not be had: no such pool, the provisioner
+    /// failed, or the processor did not answer SSH in time
+    /// (`PROCESSOR_SSH_TIMEOUT`; it was torn down).
+    #[error("pool {pool}, job {job}: {message}")]
+    Processor {
+        /// The pool.
+        pool: String,
+        /// The job.
+        job: String,
+        /// A stable code ([`Error::code`]).
+        code: &'static str,
+        /// What happened.
+        message: String,
+    },
     /// A configuration file (`docs/config.md`) could not be read, did not
     /// parse, or held a value out of range: the file and the key.
     #[error("{}: {key}: {message}", file.display())]
@@ -193,6 +207,9 @@ impl Error {
             Error::VersionNotFound { .. } => ErrorKind::NotFound,
             Error::AmbiguousVersion(_) | Error::InvalidArgument(_) | Error::Config { .. } => ErrorKind::InvalidArgument,
             Error::OutputExists { .. } => ErrorKind::AlreadyExists,
+            Error::Processor { code: "ORCHESTRATOR_BUSY", .. } => ErrorKind::Busy,
+            Error::Processor { code: "NO_SUCH_POOL" | "NO_HOST_KEY", .. } => ErrorKind::InvalidArgument,
+            Error::Processor { .. } => ErrorKind::Io,
             Error::Replication(r) => alike_core::SeamError::kind(r),
             Error::Fs(f) => crate::files::fs_kind(f),
             #[cfg(feature = "xen")]
@@ -215,6 +232,7 @@ impl Error {
             Error::Vhdx(alike_formats::vhdx::VhdxError::Io { .. }) => Retry::Unknown,
             Error::Replication(r) => alike_core::SeamError::retry(r),
             Error::Fs(alike_fs::FsError::Device { .. } | alike_fs::FsError::Io { .. }) => Retry::Unknown,
+            Error::Processor { code: "PROCESSOR_SSH_TIMEOUT" | "ORCHESTRATOR_BUSY", .. } => Retry::Transient,
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.retry(),
             #[cfg(feature = "remote")]
@@ -234,6 +252,7 @@ impl Error {
             #[cfg(feature = "xen")]
             Error::Xen(x) => x.xapi_code(),
             Error::Engine(c) => c.code(),
+            Error::Processor { code, .. } => Some(code),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.code(),
             _ => None,

@@ -43,6 +43,8 @@ mod nbd;
 #[cfg(feature = "tls")]
 mod nbd_tls;
 mod options;
+#[cfg(feature = "remote")]
+pub mod processors;
 pub mod remote;
 mod replicate;
 mod serve_config;

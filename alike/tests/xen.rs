@@ -455,3 +455,106 @@ fn measure_4gib_full_vs_incremental() {
     check(&target);
     check(&target2);
 }
+
+/// The Xen provisioner against the simulator: a processor VM cloned from the
+/// template, tagged with the job and the orchestrator, its address and
+/// injected host key in `xenstore_data`, a VIF on the pool's network, a
+/// job's disk attached read-only; torn down without touching the job's disk;
+/// the leftover of a "dead" orchestrator found and removed by a sweep.
+#[test]
+fn xen_processors_are_made_tagged_torn_down_and_swept() {
+    use alike::processors::{AttachDisk, InjectedHostKey, ProcessorRequest, Provisioner};
+    use alike_xen::adapter::{XenProcessorOptions, XenProvisioner};
+
+    let env = Env::new(|c| c);
+    let mut o = XenProcessorOptions::new("xp", "Debian Bookworm 12");
+    o.network = Some("Pool-wide network associated with eth0".into());
+    let prov = XenProvisioner::new(std::sync::Arc::new(env.pool()), o);
+    let record = |class: &str, r: &str| env.call(&format!("{class}.get_record"), &[r]);
+    let field = |rec: &Value, k: &str| rec.as_struct().unwrap()[k].clone();
+    let vm_named = |name: &str| env.sim.lookup(Class::Vm, name);
+    let disk = env.vdi("web-01 data");
+    let vbds_of_disk = || env.call("VDI.get_VBDs", &[disk.as_str()]).as_array().unwrap().len();
+    let own_vbds = vbds_of_disk();
+
+    let mut req = ProcessorRequest::new("orch-a", "job-1", "10.9.0.5".parse().unwrap(), 24);
+    req.host_key = Some(InjectedHostKey::new("-----BEGIN OPENSSH PRIVATE KEY-----\nx\n", "SHA256:abc"));
+    let mut p = prov.make(&req).unwrap();
+    let vm = vm_named("alike-processor-job-1").expect("the clone");
+    let rec = record("VM", &vm);
+    let oc = field(&rec, "other_config");
+    assert_eq!(oc.as_struct().unwrap()["alike-job"].as_str(), Some("job-1"));
+    assert_eq!(oc.as_struct().unwrap()["alike-orchestrator"].as_str(), Some("orch-a"));
+    let xs = field(&rec, "xenstore_data");
+    let xs = xs.as_struct().unwrap();
+    assert_eq!(xs["vm-data/alike/address"].as_str(), Some("10.9.0.5"));
+    assert_eq!(xs["vm-data/alike/prefix"].as_str(), Some("24"));
+    assert!(xs["vm-data/alike/host-key"].as_str().unwrap().starts_with("-----BEGIN OPENSSH"));
+    assert_eq!(field(&rec, "is_a_template").as_bool(), Some(false));
+    let vifs = field(&rec, "VIFs");
+    assert_eq!(vifs.as_array().unwrap().len(), 1, "one VIF, on the pool's network");
+
+    let paths = p.attach(&[AttachDisk::read_only(field(&record("VDI", &disk), "uuid").as_str().unwrap())]).unwrap();
+    assert!(paths[0].starts_with("/dev/xvd"), "{paths:?}");
+    let vbds = env.call("VDI.get_VBDs", &[disk.as_str()]);
+    let ours: Vec<Value> = vbds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| record("VBD", v.as_str().unwrap()))
+        .filter(|r| field(r, "VM").as_str() == Some(vm.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(field(&ours[0], "mode").as_str(), Some("RO"));
+    let reach = p.start().unwrap();
+    assert_eq!(reach.host_key_fingerprint.as_deref(), Some("SHA256:abc"));
+    assert_eq!(field(&record("VM", &vm), "power_state").as_str(), Some("Running"));
+    p.teardown().unwrap();
+    assert!(vm_named("alike-processor-job-1").is_none(), "the processor VM is gone");
+    assert_eq!(field(&record("VDI", &disk), "uuid").as_str().map(str::len), Some(36), "the job's disk stays");
+
+    // An orchestrator that dies leaves its processor: the next one's sweep removes it.
+    let mut req = ProcessorRequest::new("orch-a", "job-2", "10.9.0.6".parse().unwrap(), 24);
+    req.gateway = Some("10.9.0.1".parse().unwrap());
+    let mut p = prov.make(&req).unwrap();
+    p.attach(&[AttachDisk::read_only(disk.clone())]).unwrap();
+    p.start().unwrap();
+    std::mem::forget(p);
+    let other = prov.sweep("orch-b").unwrap();
+    assert!(other.removed.is_empty(), "another orchestrator's processors are not touched");
+    assert!(vm_named("alike-processor-job-2").is_some());
+    let swept = prov.sweep("orch-a").unwrap();
+    assert_eq!(swept.removed.len(), 1, "{swept:?}");
+    assert!(swept.removed[0].contains("job-2"), "{swept:?}");
+    assert!(vm_named("alike-processor-job-2").is_none());
+    assert_eq!(vbds_of_disk(), own_vbds, "no processor's VBD of the disk is left");
+}
+
+/// A Xen processor that never answers SSH (the simulator starts no guest):
+/// the job fails with a clear error after the pool's SSH wait, and the
+/// processor VM is torn down.
+#[test]
+fn a_xen_processor_that_never_answers_ssh_times_out_and_is_torn_down() {
+    use alike::processors::{Orchestrator, PoolLogin, ProcessorBackup, RunJobOptions, VmDisks};
+    use alike_xen::adapter::{XenProcessorOptions, XenProvisioner};
+
+    let env = Env::new(|c| c);
+    let prov =
+        XenProvisioner::new(std::sync::Arc::new(env.pool()), XenProcessorOptions::new("xp", "Debian Bookworm 12"));
+    let key = env.dir.path().join("id");
+    alike_testing::sshd::keygen(&key, "");
+    let mut login = PoolLogin::new(alike::remote::ClientKey::new(&key));
+    login.ssh_timeout = Duration::from_secs(1);
+    let mut orch = Orchestrator::new(format!("x{}", std::process::id()), env.dir.path().join("state")).unwrap();
+    // A documentation address (TEST-NET-3): nothing answers there.
+    orch.add_pool(std::sync::Arc::new(prov), vec!["203.0.113.7".parse().unwrap()], login);
+    let disk = env.vdi("web-01 data");
+    let job = ProcessorBackup::new("silent", "xp", alike::remote::StoreSpec::new("/nowhere"))
+        .vm(VmDisks::new("web-01", [disk]));
+    let t0 = Instant::now();
+    let e = orch.run(&job, &RunJobOptions::default()).unwrap_err();
+    assert_eq!(e.code(), Some("PROCESSOR_SSH_TIMEOUT"), "{e}");
+    assert!(e.to_string().contains("torn down"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(env.sim.lookup(Class::Vm, "alike-processor-silent").is_none(), "the processor VM is left");
+}

@@ -97,6 +97,7 @@ mod config;
 mod error;
 mod host;
 mod pool;
+mod provision;
 mod restore;
 mod source;
 
@@ -104,6 +105,7 @@ pub use backup::{MAX_NBD_CONNECTIONS, Quiesce, ReleaseReport, Transport, XenBack
 pub use config::{XenCdConfig, XenDiskConfig, XenNicConfig, XenSnapshotInfo, XenVmConfig};
 pub use error::{PoolError, PoolResult};
 pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, XenPool};
+pub use provision::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};
 

@@ -283,6 +283,11 @@ impl ProcessorJob {
         };
         ProcessorJob::new(kind).with_id(id)
     }
+    /// Takes `other`'s secrets (a job made for each VM of a processor job).
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn set_secrets_from(&mut self, other: &ProcessorJob) {
+        self.secrets = other.secrets.clone();
+    }
     /// The kind's name.
     pub fn kind_name(&self) -> &'static str {
         self.kind.name()

@@ -1,0 +1,485 @@
+//! Jobs on processors made for them, end to end: local pools from a
+//! configuration file (network namespaces, each with a real OpenSSH server
+//! and a host key made for it), the `alike` binary built by this package
+//! as the worker, the facade's `Orchestrator` and the CLI's `alike job` as
+//! the orchestrator. Needs root, iproute2 and openssh-server; skips
+//! (loudly) without them.
+#![allow(missing_docs)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alike::processors::{
+    AttachDisk, JobEvent, Orchestrator, Processor, ProcessorBackup, ProcessorRequest, Provisioner, Reachable,
+    RunJobOptions, SweepReport,
+};
+use alike::{BackupOptions, Config, Store, VerifyOptions};
+use alike_testing::Rng;
+
+const ALIKE: &str = env!("CARGO_BIN_EXE_alike");
+
+fn usable() -> bool {
+    if let Some(why) = alike_testing::sshd::unavailable() {
+        alike_testing::skip(&why);
+        return false;
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let ip = Command::new("ip").args(["netns", "list"]).output().is_ok_and(|o| o.status.success());
+    if !(root && ip) {
+        alike_testing::skip("local processors need root and iproute2 (`ip netns`)");
+        return false;
+    }
+    true
+}
+
+/// A `10.A.B.0/24` no interface here uses (A in 210..250, apart from the
+/// nets `alike_testing::netns` picks), chosen from the pid and `salt`.
+fn free_net(salt: u32) -> (u8, u8) {
+    let used = String::from_utf8_lossy(&Command::new("ip").args(["-o", "-4", "addr", "show"]).output().unwrap().stdout)
+        .into_owned();
+    let start = (std::process::id() * 7 + salt * 131) as usize;
+    (0..40 * 256)
+        .map(|i| {
+            let n = (start + i) % (40 * 256);
+            (210 + (n / 256) as u8, (n % 256) as u8)
+        })
+        .find(|(a, b)| !used.contains(&format!(" 10.{a}.{b}.")))
+        .expect("a free 10.x.y.0/24")
+}
+
+/// A test's world: a directory with a store, images, an SSH key, and a
+/// configuration file of local pools; on drop, the pools' bridges go.
+struct World {
+    dir: tempfile::TempDir,
+    nets: Vec<(u8, u8)>,
+    orchestrator: String,
+    password: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // What a run left (a failed assertion) and the pools' bridges.
+        if let Ok(c) = Config::from_file(self.config()) {
+            if let Ok(o) = Orchestrator::from_config(&c) {
+                let _ = o.sweep();
+            }
+        }
+        let shown = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().unwrap().stdout;
+        for line in String::from_utf8_lossy(&shown).lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(dev), Some(_), Some(addr)) = (f.next(), f.next(), f.next(), f.next()) else { continue };
+            if dev.starts_with("alkl") && self.nets.iter().any(|(a, b)| addr.starts_with(&format!("10.{a}.{b}."))) {
+                let _ = Command::new("ip").args(["link", "del", dev]).status();
+            }
+        }
+    }
+}
+
+impl World {
+    /// Pools named `<name>` with `n` addresses each.
+    fn new(tag: &str, pools: &[(&str, usize)]) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tagb = [0u8; 8];
+        Rng::new(u64::from(std::process::id()) ^ 0x9e37).fill(&mut tagb);
+        let password = format!("pw-{}", tagb.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let w = World {
+            nets: (0..pools.len()).map(|_| free_net(NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))).collect(),
+            orchestrator: format!("t{}{tag}", std::process::id()),
+            password,
+            dir,
+        };
+        std::fs::write(w.p("store.pass"), format!("{}\n", w.password)).unwrap();
+        Store::builder()
+            .passphrase(&w.password)
+            .insecure_fast_kdf()
+            .cache_dir(w.p("cache"))
+            .create(w.p("store"))
+            .unwrap();
+        alike_testing::sshd::keygen(&w.p("id_ed25519"), "");
+        let mut text = format!(
+            "orchestrator = \"{}\"\nstate_dir = \"state\"\n\n[[store]]\nname = \"main\"\npath = \"store\"\n\
+             passphrase = {{ file = \"store.pass\" }}\ncache_dir = \"processor-cache\"\n",
+            w.orchestrator
+        );
+        for (i, (name, n)) in pools.iter().enumerate() {
+            let (a, b) = w.nets[i];
+            text += &format!(
+                "\n[[pool]]\nname = \"{name}{pid}\"\nkind = \"local\"\naddresses = [\"10.{a}.{b}.10-10.{a}.{b}.{last}\"]\n\
+                 ssh_key = \"id_ed25519\"\nssh_timeout_seconds = 20\nprocessor_command = \"{ALIKE} processor\"\n",
+                pid = std::process::id(),
+                last = 10 + n - 1,
+            );
+        }
+        std::fs::write(w.config(), text).unwrap();
+        w
+    }
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+    fn config(&self) -> PathBuf {
+        self.p("alike.toml")
+    }
+    fn pool(&self, name: &str) -> String {
+        format!("{name}{}", std::process::id())
+    }
+    /// Adds a backup job of `vms` (each with one image of `mib` MiB) in `pool`.
+    fn job(&self, name: &str, pool: &str, vms: &[&str], mib: usize) {
+        let mut disks = String::new();
+        for (i, vm) in vms.iter().enumerate() {
+            let img = self.image(&format!("{name}-{vm}.img"), mib, (name.len() * 31 + i) as u64);
+            disks += &format!("{vm} = [\"{}\"], ", img.display());
+        }
+        let list: Vec<String> = vms.iter().map(|v| format!("\"{v}\"")).collect();
+        let text = format!(
+            "\n[[job]]\nname = \"{name}\"\nkind = \"backup\"\nvms = [{}]\nstore = \"main\"\npool = \"{}\"\ndisks = {{ {} }}\n",
+            list.join(", "),
+            self.pool(pool),
+            disks.trim_end_matches(", ")
+        );
+        let mut all = std::fs::read_to_string(self.config()).unwrap();
+        all += &text;
+        std::fs::write(self.config(), all).unwrap();
+    }
+    fn image(&self, name: &str, mib: usize, seed: u64) -> PathBuf {
+        let p = self.p(name);
+        let mut data = vec![0u8; mib << 20];
+        let mut rng = Rng::new(seed);
+        for chunk in data.chunks_mut(1 << 20).step_by(2) {
+            rng.fill(chunk);
+        }
+        std::fs::write(&p, &data).unwrap();
+        p
+    }
+    fn load(&self) -> Config {
+        Config::from_file(self.config()).unwrap()
+    }
+    fn store(&self) -> Store {
+        Store::builder().passphrase(&self.password).cache_dir(self.p("cache")).open(self.p("store")).unwrap()
+    }
+    /// Namespaces of this world's orchestrator that exist now.
+    fn namespaces(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap().stdout;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("alk-{}-", self.orchestrator)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+static NETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+type Log = Arc<Mutex<Vec<(Instant, JobEvent)>>>;
+
+fn recording(log: &Log) -> RunJobOptions {
+    let l = log.clone();
+    RunJobOptions::default().on_event(move |e| l.lock().unwrap().push((Instant::now(), e.clone())))
+}
+
+fn when(log: &Log, job: &str, what: &str) -> Option<Instant> {
+    log.lock().unwrap().iter().find_map(|(t, e)| {
+        let v = serde_json::to_value(e).unwrap();
+        (v["job"] == job && v["type"] == what).then_some(*t)
+    })
+}
+
+#[test]
+fn two_pools_run_jobs_at_once_queue_per_pool_and_never_wait_on_each_other() {
+    if !usable() {
+        return;
+    }
+    let w = World::new("pools", &[("a", 2), ("b", 1)]);
+    w.job("a1", "a", &["vm-1", "vm-2"], 24);
+    w.job("a2", "a", &["vm-3", "vm-4"], 24);
+    w.job("a3", "a", &["vm-5"], 4);
+    w.job("b1", "b", &["vm-6"], 4);
+    let c = w.load();
+    let orch = Orchestrator::from_config(&c).unwrap();
+    orch.sweep().unwrap();
+    let log: Log = Arc::default();
+    let t0 = Instant::now();
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = ["a1", "a2", "a3", "b1"]
+            .iter()
+            .map(|name| {
+                let job = ProcessorBackup::from_config(&c, name, *name).unwrap();
+                let (orch, opts) = (&orch, recording(&log));
+                s.spawn(move || {
+                    // a3 comes last in pool a: after a1 and a2 took both addresses.
+                    if *name == "a3" || *name == "b1" {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    orch.run(&job, &opts)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    let total = t0.elapsed();
+    // 4 VMs in 2 jobs → 2 processors at once.
+    let (r1, r2) = (when(&log, "a1", "processor_ready").unwrap(), when(&log, "a2", "processor_ready").unwrap());
+    let (d1, d2) = (when(&log, "a1", "torn_down").unwrap(), when(&log, "a2", "torn_down").unwrap());
+    assert!(r1 < d2 && r2 < d1, "a1 and a2 did not run at once");
+    assert_ne!(runs[0].address, runs[1].address, "two processors, two addresses");
+    // The third job in pool a waited, visibly, until an address was free.
+    let queued = log.lock().unwrap().iter().find_map(|(t, e)| match e {
+        JobEvent::Queued { job, message, .. } if job == "a3" => Some((*t, message.clone())),
+        _ => None,
+    });
+    let (tq, msg) = queued.expect("a3 was never queued");
+    assert_eq!(msg, format!("queued: no free address in pool {}", w.pool("a")));
+    let p3 = when(&log, "a3", "provisioning").unwrap();
+    assert!(p3 >= d1.min(d2), "a3 got a processor before an address was free");
+    assert!(tq < p3);
+    // The job in pool b was not held up by pool a's queue.
+    assert!(when(&log, "b1", "queued").is_none(), "b1 queued although pool b had a free address");
+    assert!(when(&log, "b1", "processor_ready").unwrap() < p3, "b1 waited for pool a");
+    // Every VM is a whole, restorable version; nothing is left running.
+    let store = w.store();
+    let mut vms: Vec<String> = store.versions(None).unwrap().iter().map(|v| v.vm.clone()).collect();
+    vms.sort();
+    assert_eq!(vms, ["vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "vm-6"]);
+    let v = store.verify(&VerifyOptions::default().full(true)).unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
+    let ready: Vec<f64> = runs.iter().map(|r| (r.ready_after - r.queued).as_secs_f64()).collect();
+    eprintln!(
+        "measure: job start to processor ready (local pool, queueing excluded): {ready:.3?} s; all 4 jobs {total:.2?}"
+    );
+}
+
+/// A provisioner that wraps another and spoils what `start` answers.
+struct Spoiled<P> {
+    inner: P,
+    how: Spoil,
+    torn_down: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Spoil {
+    /// Pins a key the processor does not have.
+    WrongKey,
+    /// Says the processor is at an address where nothing answers.
+    Silent,
+}
+
+struct SpoiledProcessor {
+    inner: Box<dyn Processor>,
+    how: Spoil,
+    torn_down: Arc<Mutex<Vec<String>>>,
+}
+
+impl<P: Provisioner> Provisioner for Spoiled<P> {
+    fn pool(&self) -> &str {
+        self.inner.pool()
+    }
+    fn make(&self, req: &ProcessorRequest) -> alike_core::Result<Box<dyn Processor>> {
+        Ok(Box::new(SpoiledProcessor {
+            inner: self.inner.make(req)?,
+            how: self.how,
+            torn_down: self.torn_down.clone(),
+        }))
+    }
+    fn sweep(&self, o: &str) -> alike_core::Result<SweepReport> {
+        self.inner.sweep(o)
+    }
+}
+
+impl Processor for SpoiledProcessor {
+    fn job(&self) -> &str {
+        self.inner.job()
+    }
+    fn address(&self) -> IpAddr {
+        self.inner.address()
+    }
+    fn attach(&mut self, d: &[AttachDisk]) -> alike_core::Result<Vec<String>> {
+        self.inner.attach(d)
+    }
+    fn detach_all(&mut self) -> alike_core::Result<()> {
+        self.inner.detach_all()
+    }
+    fn start(&mut self) -> alike_core::Result<Reachable> {
+        let mut r = self.inner.start()?;
+        match self.how {
+            Spoil::WrongKey => {
+                r.host_key_fingerprint = Some("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+            }
+            Spoil::Silent => {
+                // The next address of the net: no namespace has it.
+                if let IpAddr::V4(v) = r.address {
+                    r.address = IpAddr::V4((u32::from(v) + 100).into());
+                }
+            }
+        }
+        Ok(r)
+    }
+    fn teardown(&mut self) -> alike_core::Result<()> {
+        self.torn_down.lock().unwrap().push(self.inner.job().to_string());
+        self.inner.teardown()
+    }
+}
+
+#[test]
+fn a_wrong_host_key_is_refused_and_a_silent_processor_times_out_and_both_are_torn_down() {
+    if !usable() {
+        return;
+    }
+    let w = World::new("keys", &[("k", 1)]);
+    w.job("k1", "k", &["vm-k"], 1);
+    let c = w.load();
+    let p = c.pool(&w.pool("k")).unwrap();
+    let authorized = std::fs::read_to_string(w.p("id_ed25519.pub")).unwrap();
+    for (how, code) in [(Spoil::WrongKey, "HOST_KEY_CHANGED"), (Spoil::Silent, "PROCESSOR_SSH_TIMEOUT")] {
+        let mut lo = alike::processors::LocalPoolOptions::new(&p.name, p.addresses[0], p.prefix, authorized.clone());
+        lo.state_dir = w.p("state/processors");
+        let torn_down = Arc::new(Mutex::new(Vec::new()));
+        let prov =
+            Spoiled { inner: alike::processors::LocalProvisioner::new(lo).unwrap(), how, torn_down: torn_down.clone() };
+        let mut login = alike::processors::PoolLogin::new(alike::remote::ClientKey::new(w.p("id_ed25519")));
+        login.ssh_timeout = Duration::from_secs(2);
+        login.command = format!("{ALIKE} processor");
+        let mut orch = Orchestrator::new(&w.orchestrator, w.p("state")).unwrap();
+        orch.add_pool(Arc::new(prov), p.addresses.clone(), login);
+        let job = ProcessorBackup::from_config(&c, "k1", "k1").unwrap();
+        let t0 = Instant::now();
+        let e = orch.run(&job, &RunJobOptions::default()).unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(e.code(), Some(code), "{e}");
+        match how {
+            Spoil::WrongKey => assert!(e.to_string().contains("HOST KEY CHANGED"), "{e}"),
+            Spoil::Silent => {
+                assert!(e.to_string().contains("did not answer SSH within 2s"), "{e}");
+                assert!(took < Duration::from_secs(15), "took {took:?}");
+            }
+        }
+        assert_eq!(*torn_down.lock().unwrap(), ["k1"], "not torn down once");
+        assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
+        assert!(w.store().versions(None).unwrap().is_empty());
+    }
+}
+
+/// Every process whose command line or environment holds `needle`.
+fn scan_proc(needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        for what in ["cmdline", "environ"] {
+            let Ok(b) = std::fs::read(format!("/proc/{pid}/{what}")) else { continue };
+            if b.windows(needle.len()).any(|w| w == needle) {
+                hits.push(format!("{pid} {what}: {}", String::from_utf8_lossy(&b).replace('\0', " ")));
+            }
+        }
+    }
+    hits
+}
+
+fn alike_job(w: &World) -> Command {
+    let mut c = Command::new(ALIKE);
+    c.arg("job").arg("--config").arg(w.config()).env_remove("ALIKE_PASSWORD");
+    c
+}
+
+#[test]
+fn the_store_secret_is_in_no_command_line_or_environment_while_a_job_runs() {
+    if !usable() {
+        return;
+    }
+    let w = World::new("secret", &[("s", 1)]);
+    w.job("s1", "s", &["vm-s"], 32);
+    let mut child =
+        alike_job(&w).args(["run", "--json", "s1"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut scans, mut hits, mut worker_seen) = (0, Vec::new(), false);
+    for line in std::io::BufRead::lines(out) {
+        let line = line.unwrap();
+        if line.contains("\"worker\"") {
+            scans += 1;
+            hits.extend(scan_proc(w.password.as_bytes()));
+            worker_seen |= !scan_proc(b"processor\0").is_empty() || !scan_proc(b" processor").is_empty();
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(scans >= 1 && worker_seen, "scanned {scans} times, worker seen {worker_seen}: the scan proves nothing");
+    assert!(hits.is_empty(), "the passphrase is visible in /proc: {hits:?}");
+    assert_eq!(w.store().versions(Some("vm-s")).unwrap().len(), 1);
+}
+
+#[test]
+fn a_killed_orchestrator_leaves_nothing_the_next_start_does_not_remove_and_no_half_version() {
+    if !usable() {
+        return;
+    }
+    let w = World::new("kill", &[("x", 1)]);
+    w.job("x1", "x", &["vm-x"], 64);
+    // Kill at: the processor being made, the processor ready, the backup under way.
+    for moment in ["\"provisioning\"", "\"processor_ready\"", "\"progress\""] {
+        let mut child =
+            alike_job(&w).args(["run", "--json", "x1"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+            assert!(n > 0, "the job ended before {moment}");
+            if line.contains(moment) {
+                break;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if moment != "\"provisioning\"" {
+            assert!(!w.namespaces().is_empty(), "{moment}: the kill left nothing: the test proves nothing");
+        }
+        let sweep = alike_job(&w).args(["sweep", "--json"]).output().unwrap();
+        assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
+        assert!(w.namespaces().is_empty(), "{moment}: left after the sweep: {:?}", w.namespaces());
+        let store = w.store();
+        assert!(store.versions(Some("vm-x")).unwrap().is_empty(), "{moment}: a version of a killed job");
+        let v = store.verify(&VerifyOptions::default()).unwrap();
+        assert!(v.ok(), "{moment}: {v:?}");
+    }
+    // The next run completes.
+    let ok = alike_job(&w).args(["run", "x1"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(w.store().versions(Some("vm-x")).unwrap().len(), 1);
+}
+
+#[test]
+fn measure_backup_through_a_processor_against_the_same_backup_in_process() {
+    if !usable() {
+        return;
+    }
+    let mib = 128;
+    let w = World::new("measure", &[("m", 1)]);
+    w.job("m1", "m", &["vm-m"], mib);
+    let c = w.load();
+    let orch = Orchestrator::from_config(&c).unwrap();
+    let job = ProcessorBackup::from_config(&c, "m1", "m1").unwrap();
+    let run = orch.run(&job, &RunJobOptions::default()).unwrap();
+    let via = run.elapsed - run.ready_after;
+    // The same image into a fresh store, in this process.
+    let local = Store::builder()
+        .passphrase(&w.password)
+        .insecure_fast_kdf()
+        .cache_dir(w.p("local-cache"))
+        .create(w.p("local-store"))
+        .unwrap();
+    let img: PathBuf = c.job("m1").unwrap().disks["vm-m"][0].clone();
+    let t0 = Instant::now();
+    local.backup_images("vm-m", &[&img], &BackupOptions::default()).unwrap();
+    let inproc = t0.elapsed();
+    let mbs = |d: Duration| (mib as f64) / d.as_secs_f64();
+    eprintln!(
+        "measure: {mib} MiB backup: through a processor {:.2} s ({:.0} MiB/s; processor ready after {:.2} s, \
+         not counted), in process {:.2} s ({:.0} MiB/s)",
+        via.as_secs_f64(),
+        mbs(via),
+        run.ready_after.as_secs_f64(),
+        inproc.as_secs_f64(),
+        mbs(inproc)
+    );
+}
