@@ -227,6 +227,9 @@ impl JobSpec {
         if self.grace_seconds > 7 * 86_400 {
             return bad("grace_seconds is at most 604800 (a week)");
         }
+        if self.chain.retention.is_some_and(|p| p.is_empty()) {
+            return bad("chain.retention keeps nothing (give keep_last, keep_daily…)");
+        }
         if self.bandwidth == Some(0) {
             return bad("bandwidth must be above 0 bytes/s");
         }

@@ -717,7 +717,10 @@ impl Scheduler {
             let _ = self.cancel(id);
         }
         let _ = self.wait_idle(timeout);
-        if let Some(t) = loop_thread {
+        // The loop thread may be the one dropping the last handle.
+        if let Some(t) = loop_thread
+            && t.thread().id() != std::thread::current().id()
+        {
             let _ = t.join();
         }
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut self.inner.state.locked().threads);
@@ -725,6 +728,9 @@ impl Scheduler {
         for t in threads {
             // A run that ended is joined (so the database is closed when the
             // scheduler is dropped); one still going after `timeout` is left.
+            if t.thread().id() == std::thread::current().id() {
+                continue;
+            }
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }

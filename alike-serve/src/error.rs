@@ -49,6 +49,10 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The services (scheduler, history, the stores and pools they opened)
+    /// refused or failed.
+    #[error("{0}")]
+    Services(Box<alike::Error>),
     /// A request named something that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -91,7 +95,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::BadRequest(_) => 400,
             Error::Unsupported(_) => 501,
-            Error::Engine { source, .. } => match source.kind() {
+            Error::Engine { source, .. } | Error::Services(source) => match source.kind() {
                 K::NotFound => 404,
                 K::InvalidArgument | K::AlreadyExists => 400,
                 K::Busy => 409,

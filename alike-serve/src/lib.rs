@@ -310,7 +310,7 @@ pub fn run(cfg: &Config, listen: Option<std::net::SocketAddr>) -> Result<()> {
     let services = Arc::new(open_services(cfg, &serve.database, &cache)?);
     let engine = ServicesEngine::new(services.clone(), &events);
     let stores = engine.stores(serve.restore_destinations.clone(), events.clone())?;
-    services.start().map_err(|e| Error::engine("scheduler", e))?;
+    services.start().map_err(|e| Error::Services(Box::new(e)))?;
     let daemon = Daemon::with_stores(cfg, lock, Arc::new(engine), events, stores)?;
     let addr = listen.unwrap_or(serve.listen);
     let r = rt.block_on(async move {

@@ -25,7 +25,7 @@ pub struct ServicesEngine {
 }
 
 fn err(e: alike::Error) -> Error {
-    Error::engine("scheduler", e)
+    Error::Services(Box::new(e))
 }
 
 impl ServicesEngine {
@@ -221,10 +221,10 @@ fn alike_sched_time(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(ms)
 }
 
-/// Opens the services of a configuration: its stores (index caches under
-/// `default_cache/NAME` where a store names none), its xen pools (connected
-/// at each run, the password read then) and its jobs, on the `[serve]`
-/// database.
+/// Opens the services of a configuration (`ServicesBuilder::config`: its
+/// stores, xen pools connected at each run, jobs with their schedules and
+/// chains, notifications) on the `[serve]` database; stores that name no
+/// index cache get one under `default_cache/NAME`.
 ///
 /// # Errors
 /// A store that does not open; the database held elsewhere
@@ -234,39 +234,11 @@ pub fn open_services(
     database: &std::path::Path,
     default_cache: &std::path::Path,
 ) -> Result<Services> {
-    let mut b = Services::builder().database(database);
-    for s in &cfg.stores {
-        let mut s = s.clone();
+    let mut cfg = cfg.clone();
+    for s in &mut cfg.stores {
         if s.cache_dir.is_none() {
             s.cache_dir = Some(default_cache.join(&s.name));
         }
-        let store = s.open().map_err(|e| Error::engine(&s.name, e))?;
-        b = b.store(s.name.clone(), Arc::new(store));
     }
-    for p in &cfg.pools {
-        if p.kind != alike::config::PoolKind::Xen {
-            continue;
-        }
-        let (Some(url), Some(user), Some(password)) = (p.url.clone(), p.user.clone(), p.password.clone()) else {
-            continue;
-        };
-        let connect: alike::services::Connect = Arc::new(move || {
-            let pw = password.read()?;
-            Ok(Box::new(alike::xen_pool(&url, &user, pw.expose(), None)?) as Box<dyn alike::Hypervisor>)
-        });
-        b = b.pool(p.name.clone(), connect);
-    }
-    let jobs = cfg
-        .jobs
-        .iter()
-        .map(|j| {
-            let mut s = JobSpec::new(j.name.clone(), alike::services::JobKind::Backup);
-            s.vms = j.vms.clone();
-            s.store = Some(j.store.clone());
-            s.pool = Some(j.pool.clone());
-            s.quiesce = j.options.quiesce;
-            s
-        })
-        .collect();
-    b.jobs(jobs).open().map_err(err)
+    Services::builder().database(database).config(&cfg).map_err(err)?.open().map_err(err)
 }

@@ -69,9 +69,13 @@ def test_killed_mid_run(tmp_path: Path) -> None:
         store = str(tmp_path / "state/store")
         alike("--store", store, "--cache-dir", str(tmp_path / "cli-cache"), "verify", "--full")
 
-        # The restarted daemon still has its job and runs it to the end.
+        # The restarted daemon still has its job, on its schedule (the next
+        # 02:30 in Berlin), and runs it to the end.
         status, body, _ = d.get("/api/jobs")
-        assert status == 200 and any(j["name"] == "nightly" for j in json.loads(body))
+        assert status == 200, body
+        nightly = next(j for j in json.loads(body) if j["name"] == "nightly")
+        assert nightly["schedule"] == "30 2 * * *" and nightly["timezone"] == "Europe/Berlin"
+        assert nightly["next_run"] is not None, nightly
         status, body = d.post("/api/jobs/nightly/run")
         assert status == 200, body
         run = int(json.loads(body)["run"])

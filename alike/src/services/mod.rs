@@ -101,6 +101,27 @@ impl Resources {
     }
 }
 
+#[cfg(feature = "xen")]
+fn pool_connect(p: &crate::config::PoolConfig) -> Option<Connect> {
+    if p.kind != crate::config::PoolKind::Xen {
+        return None;
+    }
+    let (url, user, password, name) = (p.url.clone()?, p.user.clone()?, p.password.clone()?, p.name.clone());
+    Some(Arc::new(move || {
+        let pw = password.read()?;
+        let pool = crate::xen_pool(&url, &user, pw.expose(), None).map_err(|e| {
+            tracing::warn!(pool = %name, "connecting: {e}");
+            e
+        })?;
+        Ok(Box::new(pool) as Box<dyn Hypervisor>)
+    }))
+}
+
+#[cfg(not(feature = "xen"))]
+fn pool_connect(_: &crate::config::PoolConfig) -> Option<Connect> {
+    None
+}
+
 /// Builds [`Services`].
 #[must_use]
 pub struct ServicesBuilder {
@@ -143,6 +164,28 @@ impl ServicesBuilder {
     pub fn jobs(mut self, jobs: Vec<JobSpec>) -> Self {
         self.jobs = Some(jobs);
         self
+    }
+    /// The stores, pools and jobs of a configuration file
+    /// (`docs/config.md`): each `[[store]]` opened now (its secret read
+    /// from where the file says), each xen `[[pool]]` connected at each run
+    /// (its password read then), and the `[[job]]`s installed at open.
+    ///
+    /// # Errors
+    /// A store that does not open; a secret that cannot be read.
+    pub fn config(mut self, c: &crate::Config) -> Result<Self> {
+        for s in &c.stores {
+            self.res.stores.insert(s.name.clone(), Arc::new(s.open()?));
+        }
+        for p in &c.pools {
+            if let Some(connect) = pool_connect(p) {
+                self.res.pools.insert(p.name.clone(), connect);
+            }
+        }
+        self.jobs = Some(c.jobs.iter().map(crate::config::JobConfig::spec).collect());
+        for n in &c.notify {
+            self.notifiers.push(n.notifier()?);
+        }
+        Ok(self)
     }
     /// A notification target (webhook, email), with its digest option.
     pub fn notifier(mut self, n: notify::Notifier) -> Self {

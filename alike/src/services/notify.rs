@@ -12,7 +12,6 @@
 //! Email: a plain-text message, one paragraph per run, the subject naming
 //! the worst result.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -56,9 +55,10 @@ pub struct EmailOptions {
     /// A user name for SMTP AUTH.
     #[serde(default)]
     pub username: Option<String>,
-    /// A file holding the password (read at each send; never inline).
+    /// The password, by reference (a file or an environment variable;
+    /// read at each send; never inline).
     #[serde(default)]
-    pub password_file: Option<PathBuf>,
+    pub password: Option<crate::config::SecretRef>,
 }
 
 fn default_port() -> u16 {
@@ -75,7 +75,7 @@ impl EmailOptions {
             from: from.into(),
             to,
             username: None,
-            password_file: None,
+            password: None,
         }
     }
 }
@@ -332,15 +332,73 @@ fn send_email(o: &EmailOptions, runs: &[RunRecord]) -> Result<()> {
     };
     let mut builder = builder.port(o.port).timeout(Some(Duration::from_secs(15)));
     if let Some(user) = &o.username {
-        let pw = match &o.password_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| fail(format!("password file {}: {e}", p.display())))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            None => return Err(fail("a username needs password_file".into())),
+        let pw = match &o.password {
+            Some(p) => p.read().map_err(|e| fail(e.to_string()))?,
+            None => return Err(fail("a username needs a password".into())),
         };
-        builder = builder.credentials(Credentials::new(user.clone(), pw));
+        builder = builder.credentials(Credentials::new(user.clone(), pw.expose().to_owned()));
     }
     builder.build().send(&msg).map_err(|e| fail(e.to_string()))?;
     Ok(())
+}
+
+/// A notifier in the configuration file (`[[notify]]`, `docs/services.md`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NotifyConfig {
+    /// `webhook` or `email`.
+    pub kind: NotifyKind,
+    /// The webhook's URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The email server and addresses.
+    #[serde(default)]
+    pub email: Option<EmailOptions>,
+    /// Send a digest every this many seconds rather than a message per run.
+    #[serde(default)]
+    pub digest_seconds: Option<u64>,
+    /// Only runs that did not end in success.
+    #[serde(default)]
+    pub problems_only: bool,
+}
+
+/// The kind of a [`NotifyConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NotifyKind {
+    /// An HTTP POST of JSON.
+    Webhook,
+    /// Email over SMTP.
+    Email,
+}
+
+impl NotifyConfig {
+    /// The notifier it describes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the kind's settings are missing or
+    /// out of range.
+    pub fn notifier(&self) -> Result<Notifier> {
+        let n = match (self.kind, &self.url, &self.email) {
+            (NotifyKind::Webhook, Some(u), None) if u.starts_with("http://") || u.starts_with("https://") => {
+                Notifier::webhook(u.clone())
+            }
+            (NotifyKind::Email, None, Some(e)) if !e.to.is_empty() => Notifier::email(e.clone()),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "[[notify]]: a webhook takes an http(s) `url`, an email `[notify.email]` with recipients".into(),
+                ));
+            }
+        };
+        let n = match self.digest_seconds {
+            Some(s) if (60..=7 * 86_400).contains(&s) => n.digest(Duration::from_secs(s)),
+            Some(s) => {
+                return Err(Error::InvalidArgument(format!("[[notify]] digest_seconds = {s}: 60..=604800")));
+            }
+            None => n,
+        };
+        Ok(n.problems_only(self.problems_only))
+    }
 }

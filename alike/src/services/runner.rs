@@ -90,9 +90,14 @@ fn resolve(hv: &dyn Hypervisor, selectors: &[String]) -> Result<Vec<String>> {
                 listed = Some(hv.list_vms()?);
             }
             for vm in listed.iter().flatten() {
-                let tagged = vm.extra.values().any(|e| {
-                    e.get("tags").and_then(|t| t.as_array()).is_some_and(|t| t.iter().any(|x| x.as_str() == Some(tag)))
-                });
+                // Each host records its configuration under its own key; the
+                // tags are at its top or in its VM record (XenServer: `xen.vm.tags`).
+                let has = |e: Option<&serde_json::Value>| {
+                    e.and_then(|t| t.get("tags"))
+                        .and_then(|t| t.as_array())
+                        .is_some_and(|t| t.iter().any(|x| x.as_str() == Some(tag)))
+                };
+                let tagged = vm.extra.values().any(|e| has(Some(e)) || has(e.get("vm")));
                 let id = vm.uuid.clone().unwrap_or_else(|| vm.name.clone());
                 if tagged && !out.contains(&id) {
                     out.push(id);
