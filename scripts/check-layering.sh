@@ -107,7 +107,7 @@ forbid "the XAPI simulator does not link the Xen client it exists to check (dev-
 forbid "the Hyper-V simulator does not link the Hyper-V client it exists to check (dev-dependencies included)" \
     alike-hyperv-sim normal,build,dev alike-hyperv
 
-for c in alike alike-ads alike-core bindings-python bindings-c; do
+for c in alike alike-ads alike-core alike-sched alike-python alike-c; do
     forbid "the daemon (alike-serve) sits above the facade: only alike-cli runs it" "$c" normal,build alike-serve
 done
 
