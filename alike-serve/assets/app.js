@@ -165,8 +165,9 @@ async function loadHistory(ev) {
 let restoring = null;
 
 async function loadVms() {
-  const [vms, dests] = await Promise.all([api("GET", "/api/vms"), api("GET", "/api/destinations")]);
+  const [vms, dests, pools] = await Promise.all([api("GET", "/api/vms"), api("GET", "/api/destinations"), api("GET", "/api/pools")]);
   $("r-dest").replaceChildren(...dests.map((d) => el("option", { value: d }, d)));
+  $("v-pool").replaceChildren(...pools.map((p) => el("option", { value: p }, p)));
   const list = $("vms-list");
   if (!vms.length) { list.replaceChildren(el("p", {}, "No versions in any store yet.")); return; }
   list.replaceChildren(...vms.map((g) => el("section", { class: "vm", "aria-label": g.vm },
@@ -180,7 +181,9 @@ async function loadVms() {
         el("td", {}, bytes(v.disks.reduce((a, d) => a + d.data_bytes, 0))),
         el("td", { class: v.verification ? (v.verification.ok ? "ok" : "bad") : "" },
           v.verification ? (v.verification.ok ? "ok" : "damaged") + " (" + v.verification.depth + ")" : "not yet"),
-        el("td", {}, el("button", { type: "button", "aria-label": "Restore " + g.vm + " version " + v.id.slice(0, 12), onclick: () => openRestore(g, v) }, "Restore…")))))))));
+        el("td", {},
+          el("button", { type: "button", "aria-label": "Restore a disk of " + g.vm + " version " + v.id.slice(0, 12), onclick: () => openRestore(g, v) }, "Restore disk…"), " ",
+          el("button", { type: "button", class: "secondary", "aria-label": "Restore VM " + g.vm + " version " + v.id.slice(0, 12), onclick: () => openVmRestore(g, v) }, "Restore VM…")))))))));
 }
 
 function openRestore(g, v) {
@@ -203,6 +206,27 @@ async function doRestore(ev) {
     const r = await api("POST", "/api/restore", req);
     say("Restored " + restoring.vm + " disk " + r.disk + " to " + r.destination + "/" + r.file + " (" + bytes(r.report.size) + ")");
   } catch (e) { say("Restore failed: " + e.message); }
+}
+
+function openVmRestore(g, v) {
+  restoring = { store: g.store, vm: g.vm, version: v.id };
+  $("vm-what").textContent = g.vm + ", version " + v.id.slice(0, 12) + " of " + when(v.time_ms);
+  $("v-name").value = g.vm + "-restored";
+  $("vm-dialog").showModal();
+}
+
+async function doVmRestore(ev) {
+  ev.preventDefault();
+  if (!restoring) return;
+  const req = { store: restoring.store, version: restoring.version, pool: $("v-pool").value, storage: $("v-storage").value.trim() };
+  const name = $("v-name").value.trim();
+  if (name) req.name = name;
+  $("vm-dialog").close();
+  say("Restoring VM " + restoring.vm + "…");
+  try {
+    const r = await api("POST", "/api/restore-vm", req);
+    say("Restored VM " + r.vm + " to pool " + r.pool + (r.report && r.report.vm_uuid ? " as " + r.report.vm_uuid : ""));
+  } catch (e) { say("VM restore failed: " + e.message); }
 }
 
 async function loadStores() {
@@ -334,6 +358,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("history-filter").addEventListener("submit", loadHistory);
   $("restore-form").addEventListener("submit", doRestore);
   $("r-cancel").addEventListener("click", () => $("restore-dialog").close());
+  $("vm-form").addEventListener("submit", doVmRestore);
+  $("v-cancel").addEventListener("click", () => $("vm-dialog").close());
   window.addEventListener("hashchange", () => { if ($("login").hidden) show(location.hash.slice(1)); });
   start();
 });

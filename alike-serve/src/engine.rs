@@ -134,6 +134,19 @@ pub trait Engine: Send + Sync + 'static {
         let _ = filter;
         Err(Error::Unsupported("this daemon has no scheduler".into()))
     }
+    /// Restores a whole VM of a version onto a pool as a new VM:
+    /// `{"store", "version", "vm"?, "pool", "storage", "name"?, "network"?}`.
+    ///
+    /// # Errors
+    /// Unknown store, version or pool; the host's errors.
+    fn restore_vm(&self, request: Value) -> Result<Value> {
+        let _ = request;
+        Err(Error::Unsupported("this daemon has no pools".into()))
+    }
+    /// The configured pools' names.
+    fn pools(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Adds the engine's series (last success per VM and job, durations,
     /// bytes, failures) to `/metrics`.
     fn metrics(&self, m: &mut Metrics) {

@@ -264,6 +264,11 @@ async fn api(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Response
             },
             Err(e) => error_answer(&e),
         },
+        (&Method::POST, ["restore-vm"]) => match body_json(req).await {
+            Ok(v) => blocking(move || st.engine.restore_vm(v)).await,
+            Err(e) => error_answer(&e),
+        },
+        (&Method::GET, ["pools"]) => json_answer(StatusCode::OK, &json!(state.engine.pools())),
         (&Method::GET, ["events"]) => events(state),
         _ => json_answer(StatusCode::NOT_FOUND, &json!({"error": format!("no API path {m} {path}"), "status": 404})),
     }

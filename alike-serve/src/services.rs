@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct ServicesEngine {
     services: Arc<Services>,
+    events: Events,
 }
 
 fn err(e: alike::Error) -> Error {
@@ -35,7 +36,7 @@ impl ServicesEngine {
         services.subscribe(move |e| {
             bus.publish(e.kind.name(), serde_json::to_value(e).unwrap_or(Value::Null));
         });
-        ServicesEngine { services }
+        ServicesEngine { services, events: events.clone() }
     }
 
     /// The services.
@@ -128,6 +129,53 @@ impl Engine for ServicesEngine {
         filter.limit = Some(f.limit.unwrap_or(100).min(1000));
         let runs = self.services.runs(&filter).map_err(err)?;
         serde_json::to_value(runs).map_err(|e| Error::BadRequest(e.to_string()))
+    }
+
+    fn pools(&self) -> Vec<String> {
+        self.services.pool_names()
+    }
+
+    fn restore_vm(&self, request: Value) -> Result<Value> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            store: String,
+            version: String,
+            #[serde(default)]
+            vm: Option<String>,
+            pool: String,
+            storage: String,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            network: Option<String>,
+        }
+        let r: Req =
+            serde_json::from_value(request).map_err(|e| Error::BadRequest(format!("restore-vm request: {e}")))?;
+        let store = self.services.store(&r.store).map_err(|e| Error::NotFound(e.to_string()))?;
+        let version = store.version(&r.version, r.vm.as_deref()).map_err(|e| Error::engine(&r.store, e))?;
+        let hv = self.services.connect(&r.pool).map_err(err)?;
+        let mut placement = alike::Placement::on(r.storage.clone());
+        if let Some(n) = &r.name {
+            placement = placement.name(n.clone());
+        }
+        if let Some(n) = &r.network {
+            placement = placement.network(n.clone());
+        }
+        self.events.publish("restore_started", json!({"vm": version.vm, "pool": r.pool, "version": version.id}));
+        match store.restore_vm(&version, &*hv, &placement, &alike::RestoreOptions::default()) {
+            Ok(rep) => {
+                let out =
+                    json!({"store": r.store, "version": version.id, "vm": version.vm, "pool": r.pool, "report": rep});
+                self.events.publish("restore_finished", out.clone());
+                Ok(out)
+            }
+            Err(e) => {
+                self.events
+                    .publish("restore_failed", json!({"vm": version.vm, "pool": r.pool, "error": e.to_string()}));
+                Err(Error::engine(&r.store, e))
+            }
+        }
     }
 
     fn metrics(&self, m: &mut Metrics) {

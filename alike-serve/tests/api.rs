@@ -151,6 +151,8 @@ fn every_api_path_needs_a_credential() {
         ("GET", "/api/vms"),
         ("GET", "/api/destinations"),
         ("POST", "/api/restore"),
+        ("POST", "/api/restore-vm"),
+        ("GET", "/api/pools"),
         ("GET", "/api/events"),
         ("GET", "/api/no/such/path"),
         ("PATCH", "/api/../api/vms"),

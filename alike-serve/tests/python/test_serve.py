@@ -123,7 +123,7 @@ def test_manager_in_a_browser(daemon: Daemon, backed_up: str) -> None:
         expect(row).to_be_visible()
         expect(page.locator(f'tr[data-version="{backed_up}"]')).to_be_visible()
         page.screenshot(path=str(SHOTS / "04-vms.png"), full_page=True)
-        row.get_by_role("button", name="Restore").click()
+        row.get_by_role("button", name="Restore a disk").click()
         dialog = page.get_by_role("dialog")
         expect(dialog).to_be_visible()
         dialog.get_by_label("Disk").select_option("1")
@@ -132,6 +132,18 @@ def test_manager_in_a_browser(daemon: Daemon, backed_up: str) -> None:
         page.screenshot(path=str(SHOTS / "05-restore-dialog.png"), full_page=True)
         dialog.get_by_role("button", name="Restore", exact=True).click()
         expect(page.locator("#status")).to_contain_text("Restored web-01 disk 1", timeout=60_000)
+
+        # The whole VM, restored onto the pool as a new VM.
+        row.get_by_role("button", name="Restore VM").click()
+        vmd = page.locator("#vm-dialog")
+        expect(vmd).to_be_visible()
+        vmd.get_by_label("Pool").select_option("demo")
+        vmd.get_by_label("New VM's name").fill("web-01-restored")
+        page.screenshot(path=str(SHOTS / "05b-restore-vm-dialog.png"), full_page=True)
+        vmd.get_by_role("button", name="Restore VM").click()
+        expect(page.locator("#status")).to_contain_text("Restored VM web-01 to pool demo", timeout=120_000)
+        listed = json.loads(alike("xen", "--url", daemon.sim_url, "vms", "--json"))
+        assert "web-01-restored" in [v["name"] for v in listed], listed
 
         # The live view saw the restore's progress too.
         page.get_by_role("link", name="Live").click()
