@@ -94,7 +94,7 @@ async function loadJobs() {
     return el("tr", { "data-job": j.name },
       el("th", { scope: "row" }, j.name),
       el("td", {}, j.kind ?? ""),
-      el("td", {}, (j.schedule ?? "on demand") + (j.schedule_text ? " (" + j.schedule_text + ")" : "")),
+      el("td", {}, j.schedule ? j.schedule + " " + (j.timezone || "UTC") + (j.schedule_text ? " (" + j.schedule_text + ")" : "") : "on demand"),
       el("td", {}, when(j.next_run)),
       el("td", { class: last }, last),
       el("td", {}, el("button", { type: "button", "aria-label": "Run " + j.name + " now", onclick: () => runJob(j.name) }, "Run now")));

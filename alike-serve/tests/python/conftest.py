@@ -160,7 +160,8 @@ def make_daemon(base: Path) -> tuple[Daemon, Proc]:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     base = tmp_path_factory.mktemp("serve")
     d, sim = make_daemon(base)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
     try:
         yield d
     finally:
