@@ -139,6 +139,17 @@ impl Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SubscriptionId(u64);
 
+impl SubscriptionId {
+    /// The id as a number (for bindings that hand it out).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+    /// The id of a number [`SubscriptionId::get`] gave.
+    pub fn from_raw(n: u64) -> SubscriptionId {
+        SubscriptionId(n)
+    }
+}
+
 /// A callback subscriber.
 pub type EventFn = Arc<dyn Fn(&Event) + Send + Sync>;
 

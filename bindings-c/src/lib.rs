@@ -19,6 +19,7 @@ mod files;
 mod nbd;
 mod options;
 mod replica;
+mod services;
 mod store;
 mod version;
 
@@ -26,6 +27,7 @@ pub use files::*;
 pub use nbd::*;
 pub use options::*;
 pub use replica::*;
+pub use services::*;
 pub use store::*;
 pub use version::*;
 

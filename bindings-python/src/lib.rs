@@ -13,6 +13,7 @@ mod errors;
 mod nbd;
 mod replica;
 mod run;
+mod services;
 mod store;
 mod xen;
 
@@ -25,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<nbd::NativeNbdServer>()?;
     m.add_class::<replica::NativeReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
+    m.add_class::<services::NativeServices>()?;
     errors::register(m)?;
     Ok(())
 }
