@@ -50,6 +50,9 @@ forbid() {
     done
 }
 
+forbid "alike-sched (jobs, schedules, history, events) depends on no crate of ours but alike-core, and on no network crate: the facade's runner does the work, its notifiers the sending" \
+    alike-sched normal,build "$OURS" "${NETWORK[@]}" --except alike-core
+
 forbid "alike-core knows no store, hypervisor or network crate, and no redb" \
     alike-core normal,build "$OURS" redb "${NETWORK[@]}"
 
@@ -103,6 +106,10 @@ forbid "the XAPI simulator does not link the Xen client it exists to check (dev-
     alike-xen-sim normal,build,dev alike-xen
 forbid "the Hyper-V simulator does not link the Hyper-V client it exists to check (dev-dependencies included)" \
     alike-hyperv-sim normal,build,dev alike-hyperv
+
+for c in alike alike-ads alike-core alike-sched alike-python alike-c; do
+    forbid "the daemon (alike-serve) sits above the facade: only alike-cli runs it" "$c" normal,build alike-serve
+done
 
 if [ $status = 0 ]; then
     echo "layering: all rules hold"

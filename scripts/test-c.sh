@@ -38,6 +38,7 @@ gcc "${cflags[@]}" examples/c/backup.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$
 gcc "${cflags[@]}" bindings-c/tests/c/test_api.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_api"
 gcc "${cflags[@]}" bindings-c/tests/c/test_files.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_files"
 gcc "${cflags[@]}" bindings-c/tests/c/test_jobs.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_jobs"
+gcc "${cflags[@]}" bindings-c/tests/c/test_services.c -L "$lib" -lalike -lpthread -Wl,-rpath,"$lib" -o "$out/test_services"
 # The static library links too (with the system libraries Rust needs).
 gcc "${cflags[@]}" examples/c/backup.c "$lib/libalike.a" -lpthread -ldl -lm -o "$out/backup-static"
 
@@ -56,6 +57,8 @@ run static "$out/backup-static" "$out/static/store" "$out/disk.img" "$out/static
 cmp "$out/disk.img" "$out/static/restored.img"
 start_sim plain
 run api "$out/test_api" "$out/api" "$xapi_url"
+start_sim services
+run services "$out/test_services" "$out/services" "$xapi_url"
 # An ext4 image of a small tree (mke2fs), for the file-restore tests.
 mkdir -p "$out/fs-src/dir"
 printf 'hello from C\n' >"$out/fs-src/hello.txt"
@@ -82,6 +85,8 @@ if command -v valgrind >/dev/null; then
     cmp "$out/disk.img" "$out/vg-plain/restored.img"
     start_sim vg
     run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url"
+    start_sim vg-services
+    run vg-services "${vg[@]}" "$out/test_services" "$out/vg-services" "$xapi_url"
     run vg-files "${vg[@]}" "$out/test_files" "$out/vg-files" "$out/fs.img" "$out/fs-src"
     if [ "$jobs_rc" = 0 ]; then
         run vg-jobs "${vg[@]}" "$out/test_jobs" "$out/jobs/alike.toml" c-job >/dev/null

@@ -103,6 +103,7 @@ tools=(
     sshd:openssh-server    # jobs over SSH: a real OpenSSH server, started by the tests
     ssh-keygen:openssh-client  # ... with throwaway host and client keys
     ip:iproute2            # ... and local processors in network namespaces
+    chromium:chromium      # alike serve: the Manager page in headless Chromium (Playwright drives it)
 )
 export PATH="$PATH:/sbin:/usr/sbin"
 missing=()
@@ -129,7 +130,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r bindings-python/requirements-dev.txt \
-    -r alike-xen-sim/requirements-test.txt -r alike-hyperv-sim/requirements-test.txt
+    -r alike-xen-sim/requirements-test.txt -r alike-hyperv-sim/requirements-test.txt \
+    -r alike-serve/requirements-test.txt
 
 # cargo-fuzz on the nightly toolchain: the fuzz step. A fresh machine has no
 # cargo-fuzz: building it from crates.io takes about half a minute.
@@ -155,7 +157,7 @@ if [ -z "${QUICK:-}" ]; then
 fi
 
 step "cargo package --list" "the library crates package as published crates: metadata, README, LICENSE"
-for crate in alike-core alike-formats alike-fs alike-nbd alike-repl alike-replica alike-replicate alike-remote alike-ads alike-xen alike-hyperv alike alike-cli; do
+for crate in alike-core alike-formats alike-fs alike-nbd alike-repl alike-replica alike-replicate alike-remote alike-ads alike-xen alike-hyperv alike-sched alike alike-serve alike-cli; do
     # --allow-dirty: a developer's uncommitted edits are what is being tested.
     files=$(cargo package --list --locked --allow-dirty -p "$crate" 2>"$out_err") || { cat "$out_err"; exit 1; }
     if grep -q warning "$out_err"; then cat "$out_err"; exit 1; fi
@@ -164,7 +166,7 @@ for crate in alike-core alike-formats alike-fs alike-nbd alike-repl alike-replic
         grep -qx "$f" <<<"$files" || { echo "$crate: $f is not in the package"; exit 1; }
     done
 done
-echo "14 crates: metadata complete, README and LICENSE packaged"
+echo "15 crates: metadata complete, README and LICENSE packaged"
 
 # --- tests -------------------------------------------------------------------
 step "S3 test server" "SeaweedFS on loopback, for the object-storage conformance suite"
@@ -189,6 +191,10 @@ step "XAPI simulator + XenAPI SDK" "the simulator driven by the official XenAPI 
 step "Hyper-V simulator + pywinrm + smbclient" "WS-Man with NTLM and message encryption driven by pywinrm; the host's share read by smbclient"
 cargo build --locked -q -p alike-hyperv-sim --bin alike-hyperv-sim
 .venv/bin/python -m pytest -q alike-hyperv-sim/tests/python
+
+step "alike serve" "the daemon end to end: the XAPI simulator, /metrics through the OpenMetrics parser, the Manager in headless Chromium (screenshots in target/serve-browser/)"
+cargo build --locked -q -p alike-cli --bin alike
+.venv/bin/python -m pytest -q alike-serve/tests/python
 
 step "C ABI" "example and API tests against the committed header, also under valgrind; install into a prefix, build against it"
 bash scripts/test-c.sh

@@ -11,6 +11,7 @@ mod hyperv;
 mod jobs;
 mod remote;
 mod replicate;
+mod serve;
 mod xen;
 
 use std::path::PathBuf;
@@ -102,6 +103,9 @@ enum Cmd {
     Job(jobs::JobArgs),
     /// Rebuild the store's index from pack trailers.
     RebuildIndex(common::JsonArg),
+    /// Run the daemon: the scheduler, the REST API, `/metrics` (OpenMetrics) and the
+    /// web Manager, configured by a TOML file (docs/serve.md), until Ctrl-C or SIGTERM.
+    Serve(serve::ServeArgs),
     /// Run as a processor: say hello, read one job from standard input (the
     /// processor protocol, docs/processor-protocol.md), run it, stream its
     /// events to standard output. Started over SSH by `--via`.
@@ -148,6 +152,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Key(a) => commands::key(cli, a),
         Cmd::Job(a) => jobs::run(cli, a),
         Cmd::RebuildIndex(a) => commands::rebuild_index(cli, a),
+        Cmd::Serve(a) => serve::serve(a),
         Cmd::Processor(a) => remote::processor(a),
     }
 }

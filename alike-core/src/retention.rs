@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 /// How many versions to keep, per rule. A version kept by any rule stays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetentionPolicy {
     /// The newest N versions.

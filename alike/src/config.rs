@@ -91,6 +91,12 @@ pub struct Config {
     /// Jobs, as `[[job]]` tables.
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
+    /// The daemon (`alike serve`), as the `[serve]` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<crate::serve_config::ServeConfig>,
+    /// Notifications of the services' runs, as `[[notify]]` tables.
+    #[serde(default, rename = "notify")]
+    pub notify: Vec<crate::services::notify::NotifyConfig>,
     /// The file this came from (relative paths in it were resolved against
     /// its directory).
     #[serde(skip)]
@@ -390,8 +396,15 @@ fn default_ssh_timeout() -> u64 {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobKind {
-    /// Back up its VMs into its store.
+    /// Back up its VMs into its store, then the chain (`[job.chain]`).
     Backup,
+    /// Verify its store's versions (`[job.validation]`: quick or full,
+    /// a byte budget per run).
+    Validation,
+    /// Retention (`chain.retention`) and garbage collection of its store.
+    Housekeeping,
+    /// Copy its store's versions to `chain.vault`.
+    Vault,
 }
 
 /// A job (`[[job]]`).
@@ -403,11 +416,15 @@ pub struct JobConfig {
     pub name: String,
     /// What it does.
     pub kind: JobKind,
-    /// The VMs it covers, by name or uuid, processed one after another.
+    /// The VMs it covers, by name or uuid, processed one after another
+    /// (backup jobs; `tag:T` names the VMs tagged `T`).
+    #[serde(default)]
     pub vms: Vec<String>,
     /// The store it writes to (a `[[store]]` name).
     pub store: String,
-    /// The pool its VMs are in and its processor comes from (a `[[pool]]` name).
+    /// The pool its VMs are in and its processor comes from (a `[[pool]]`
+    /// name; backup jobs).
+    #[serde(default)]
     pub pool: String,
     /// Local pools: each VM's disks (image files or block devices), by VM
     /// name. Xen pools find the disks themselves.
@@ -416,6 +433,72 @@ pub struct JobConfig {
     /// Its options.
     #[serde(default)]
     pub options: JobOptions,
+    /// When it runs: a cron expression (`"30 2 * * *"`, `"@daily"`); none
+    /// = only when asked (`docs/services.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The schedule's time zone (tz database name; default `UTC`).
+    #[serde(default = "utc", skip_serializing_if = "is_utc")]
+    pub timezone: String,
+    /// Due times missed while the daemon was down: `"catch-up"` (one run)
+    /// or `"skip"`.
+    #[serde(default)]
+    pub missed: alike_sched::MissedRule,
+    /// Seconds a due time may be seen late before it counts as missed.
+    #[serde(default = "default_grace")]
+    pub grace_seconds: u64,
+    /// A disabled job keeps its history but is not scheduled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A bandwidth limit, bytes/s (vault copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+    /// What follows a backup: retention → vault → verification.
+    #[serde(default)]
+    pub chain: alike_sched::Chain,
+    /// A validation job's depth and budget.
+    #[serde(default)]
+    pub validation: alike_sched::Validation,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+fn is_utc(s: &String) -> bool {
+    s == "UTC"
+}
+fn default_grace() -> u64 {
+    300
+}
+
+impl JobConfig {
+    /// The job as the services schedule it.
+    pub fn spec(&self) -> alike_sched::JobSpec {
+        let kind = match self.kind {
+            JobKind::Backup => alike_sched::JobKind::Backup,
+            JobKind::Validation => alike_sched::JobKind::Validation,
+            JobKind::Housekeeping => alike_sched::JobKind::Housekeeping,
+            JobKind::Vault => alike_sched::JobKind::Vault,
+        };
+        let mut j = alike_sched::JobSpec::new(self.name.clone(), kind);
+        j.vms = self.vms.clone();
+        j.store = Some(self.store.clone());
+        j.pool = (!self.pool.is_empty()).then(|| self.pool.clone());
+        j.schedule = self.schedule.clone();
+        j.timezone = self.timezone.clone();
+        j.missed = self.missed;
+        j.grace_seconds = self.grace_seconds;
+        j.enabled = self.enabled;
+        j.quiesce = self.options.quiesce;
+        j.bandwidth = self.bandwidth;
+        j.chain = self.chain.clone();
+        j.validation = self.validation.clone();
+        j.options.insert("processor".into(), self.options.processor.into());
+        if let Some(t) = self.options.threads {
+            j.options.insert("threads".into(), t.into());
+        }
+        j
+    }
 }
 
 /// A job's options (`[job.options]`).
@@ -599,6 +682,11 @@ impl Config {
                 fix(p);
             }
         };
+        for n in &mut self.notify {
+            if let Some(e) = &mut n.email {
+                fix_secret(&mut e.password);
+            }
+        }
         for s in &mut self.stores {
             s.path.as_mut().map(fix);
             s.key_file.as_mut().map(fix);
@@ -607,6 +695,9 @@ impl Config {
             fix_secret(&mut s.access_key_id);
             fix_secret(&mut s.secret_access_key);
             fix_secret(&mut s.session_token);
+        }
+        if let Some(s) = &mut self.serve {
+            s.resolve(base);
         }
         fix(&mut self.state_dir);
         for j in &mut self.jobs {
@@ -636,6 +727,9 @@ impl Config {
             if n > MAX_ENTRIES {
                 return Err(err(what.into(), format!("{n} entries (at most {MAX_ENTRIES})")));
             }
+        }
+        if let Some(s) = &self.serve {
+            s.check().map_err(|(key, message)| err(key, message))?;
         }
         let mut names = BTreeSet::new();
         for (i, s) in self.stores.iter().enumerate() {
@@ -773,7 +867,8 @@ impl Config {
             if !names.insert(&j.name) {
                 return Err(err(k("name"), format!("a second job named {:?}", j.name)));
             }
-            if j.vms.is_empty() || j.vms.len() > MAX_JOB_VMS {
+            let backup = j.kind == JobKind::Backup;
+            if (backup && j.vms.is_empty()) || j.vms.len() > MAX_JOB_VMS {
                 return Err(err(k("vms"), format!("{} VMs (1..={MAX_JOB_VMS})", j.vms.len())));
             }
             if let Some(v) = j.vms.iter().find(|v| v.trim().is_empty() || v.len() > 255) {
@@ -782,11 +877,11 @@ impl Config {
             if self.store(&j.store).is_none() {
                 return Err(err(k("store"), format!("no [[store]] named {:?}", j.store)));
             }
-            let Some(pool) = self.pool(&j.pool) else {
+            if (backup || !j.pool.is_empty()) && self.pool(&j.pool).is_none() {
                 return Err(err(k("pool"), format!("no [[pool]] named {:?}", j.pool)));
-            };
-            match pool.kind {
-                PoolKind::Local => {
+            }
+            match self.pool(&j.pool).map(|p| p.kind) {
+                Some(PoolKind::Local) => {
                     if let Some(v) = j.vms.iter().find(|v| j.disks.get(*v).is_none_or(Vec::is_empty)) {
                         return Err(err(
                             k("disks"),
@@ -797,16 +892,40 @@ impl Config {
                         return Err(err(k("disks"), format!("{v:?} is not one of the job's vms")));
                     }
                 }
-                PoolKind::Xen => {
+                _ => {
                     if !j.disks.is_empty() {
                         return Err(err(k("disks"), "only jobs in local pools list disks".into()));
                     }
                 }
             }
+            if let Some(v) = &j.chain.vault {
+                if self.store(v).is_none() || *v == j.store {
+                    return Err(err(k("chain.vault"), format!("{v:?}: another [[store]]'s name")));
+                }
+            } else if j.kind == JobKind::Vault {
+                return Err(err(k("chain.vault"), "a vault job names the store it copies to".into()));
+            }
+            if j.chain.retention.is_some_and(|p| p.is_empty()) {
+                return Err(err(k("chain.retention"), "keeps nothing (give keep_last, keep_daily…)".into()));
+            }
+            // The schedule, zone and ranges, as the services check them (below).
+            if let Err(e) = j.spec().check() {
+                let key = match &e {
+                    alike_sched::Error::Schedule { .. } => "schedule",
+                    alike_sched::Error::TimeZone { .. } => "timezone",
+                    _ => "name",
+                };
+                return Err(err(k(key), e.to_string()));
+            }
             if let Some(t) = j.options.threads {
                 if t == 0 || t > crate::MAX_THREADS {
                     return Err(err(k("options.threads"), format!("{t}: 1..={}", crate::MAX_THREADS)));
                 }
+            }
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            if let Err(e) = n.notifier() {
+                return Err(err(format!("notify[{i}]"), e.to_string()));
             }
         }
         Ok(())

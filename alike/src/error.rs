@@ -65,6 +65,19 @@ pub enum Error {
     #[cfg(feature = "remote")]
     #[error(transparent)]
     Remote(Box<alike_remote::ssh::RemoteError>),
+    /// The services (jobs, schedules, history) refused or failed: a bad
+    /// job or schedule, no such job or run, a job already running, a
+    /// history database open in another process.
+    #[error(transparent)]
+    Services(alike_sched::Error),
+    /// A notification could not be sent (webhook, email): where to, and why.
+    #[error("notification to {target}: {reason}")]
+    Notify {
+        /// The webhook URL or the mail server.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
     /// A job's processor could not be had: no such pool, the provisioner
     /// failed, or the processor did not answer SSH in time
     /// (`PROCESSOR_SSH_TIMEOUT`; it was torn down).
@@ -90,6 +103,24 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+}
+
+impl From<alike_sched::Error> for Error {
+    fn from(e: alike_sched::Error) -> Error {
+        Error::Services(e)
+    }
+}
+
+fn services_kind(e: &alike_sched::Error) -> ErrorKind {
+    use alike_sched::Error as S;
+    match e {
+        S::Schedule { .. } | S::TimeZone { .. } | S::BadJob { .. } => ErrorKind::InvalidArgument,
+        S::NoSuchJob(_) | S::NoSuchRun(_) => ErrorKind::NotFound,
+        S::AlreadyRunning(_) | S::AlreadyOpen { .. } => ErrorKind::Busy,
+        S::Database { .. } | S::Record { .. } => ErrorKind::Io,
+        S::Stopped => ErrorKind::Cancelled,
+        _ => ErrorKind::Other,
+    }
 }
 
 #[cfg(feature = "remote")]
@@ -194,6 +225,8 @@ impl Error {
             Error::Xen(x) => x.kind(),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.kind(),
+            Error::Services(e) => services_kind(e),
+            Error::Notify { .. } => ErrorKind::Io,
         }
     }
 
@@ -213,6 +246,10 @@ impl Error {
             Error::Xen(x) => x.retry(),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.retry(),
+            Error::Services(alike_sched::Error::AlreadyRunning(_) | alike_sched::Error::AlreadyOpen { .. }) => {
+                Retry::Transient
+            }
+            Error::Services(alike_sched::Error::Database { .. }) | Error::Notify { .. } => Retry::Unknown,
             _ => Retry::Permanent,
         }
     }

@@ -48,6 +48,8 @@ mod options;
 pub mod processors;
 pub mod remote;
 mod replicate;
+mod serve_config;
+pub mod services;
 mod store;
 mod vm;
 #[cfg(feature = "xen")]
@@ -94,6 +96,7 @@ pub use options::{
     BackupOptions, ExtractOptions, LsOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions,
     NBD_CACHE_RANGE, NbdListen, NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
 };
+pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 // Replication.
 pub use replicate::{
     DEFAULT_PORT, DiskProgress, EndOptions, EndReport, Flow, JOB_VERSION, JobLink, JobPassword, JobReplica, JobRole,

@@ -179,6 +179,12 @@ impl Store {
     pub fn backup_vm(&self, hv: &dyn Hypervisor, vm: &str, opts: &BackupOptions) -> Result<VmBackupReport> {
         opts.check()?;
         let name = hv.vm_name(vm)?;
+        // Two backups of one VM never run together in this process, whoever
+        // started them (a scheduled job, a run asked by hand, an embedder).
+        let key = format!("{}/{name}", hv.kind());
+        let _vm_lock = alike_sched::VmLocks::global()
+            .acquire(&key, &format!("backup of {name}"), &opts.run.cancel)
+            .ok_or(Error::Engine(alike_core::Error::Cancelled))?;
         let (parent, no_parent) = self.parent_version(&name, &opts.parent)?;
         let previous: Vec<PreviousDisk> = parent
             .iter()

@@ -141,6 +141,9 @@ typedef struct alike_replica alike_replica;
 // A replica's points, oldest first.
 typedef struct alike_replica_point_list alike_replica_point_list;
 
+// Open services (`alike_services_open`); free with `alike_services_free`.
+typedef struct alike_services alike_services;
+
 // An open store. Safe to use from several threads at once.
 typedef struct alike_store alike_store;
 
@@ -186,6 +189,11 @@ typedef struct {
   // How many disks it holds.
   uint32_t disk_count;
 } alike_replica_point;
+
+// An event callback: `event_json` is one event as JSON (valid during the
+// call only); `user` is what `alike_services_subscribe` was given. Called
+// on the thread that emits the event (a run's thread): keep it short.
+typedef void (*alike_event_fn)(const char *event_json, void *user);
 
 // Figures about a store.
 typedef struct {
@@ -557,6 +565,66 @@ alike_result alike_replica_export(const alike_replica *r,
                                   alike_progress_fn progress,
                                   void *user_data,
                                   const alike_cancel *cancel);
+
+// Opens the services of the configuration file `config` with the history
+// database `database` (created if missing). `ALIKE_ERR_BUSY` while another
+// process has the database open.
+//
+// # Safety
+// Strings NUL-terminated; `out` writable.
+alike_result alike_services_open(const char *config, const char *database, alike_services **out);
+
+// Starts the schedule loop.
+//
+// # Safety
+// `services` is a live handle.
+alike_result alike_services_start(const alike_services *services);
+
+// Runs the job `name` now; `*out_run` receives the run's id.
+// `ALIKE_ERR_BUSY` when it is already queued or running.
+//
+// # Safety
+// `services` live; `name` NUL-terminated; `out_run` writable.
+alike_result alike_services_run_now(const alike_services *services,
+                                    const char *name,
+                                    uint64_t *out_run);
+
+// Waits until no run is queued or running, at most `timeout_ms`. Returns
+// whether that was reached (false for NULL).
+//
+// # Safety
+// `services` is NULL or a live handle.
+bool alike_services_wait_idle(const alike_services *services, uint64_t timeout_ms);
+
+// The record of run `run` as JSON (`docs/services.md`); free `*out_json`
+// with `alike_string_free`.
+//
+// # Safety
+// `services` live; `out_json` writable.
+alike_result alike_services_run_json(const alike_services *services, uint64_t run, char **out_json);
+
+// Calls `callback(event_json, user)` for every event from now on;
+// `*out_id` receives an id for `alike_services_unsubscribe`. `user` must
+// stay valid until then (or until `alike_services_free`).
+//
+// # Safety
+// `services` live; `out_id` writable; `callback` safe to call from any thread.
+alike_result alike_services_subscribe(const alike_services *services,
+                                      alike_event_fn callback,
+                                      void *user,
+                                      uint64_t *out_id);
+
+// Ends a subscription. Returns whether it existed.
+//
+// # Safety
+// `services` is NULL or a live handle.
+bool alike_services_unsubscribe(const alike_services *services, uint64_t id);
+
+// Stops (running runs cancelled, waited for at most 30 s) and frees; NULL is fine.
+//
+// # Safety
+// `services` is NULL or a live handle, freed once.
+void alike_services_free(alike_services *services);
 
 // Creates a store at `path` — a folder that must not hold one, or a URL
 // (`s3://bucket/prefix`, S3 settings from the `AWS_*` environment). `passphrase`

@@ -20,6 +20,7 @@ mod jobs;
 mod nbd;
 mod options;
 mod replica;
+mod services;
 mod store;
 mod version;
 
@@ -28,6 +29,7 @@ pub use jobs::*;
 pub use nbd::*;
 pub use options::*;
 pub use replica::*;
+pub use services::*;
 pub use store::*;
 pub use version::*;
 

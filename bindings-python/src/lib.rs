@@ -15,6 +15,7 @@ mod jobs;
 mod nbd;
 mod replica;
 mod run;
+mod services;
 mod store;
 mod xen;
 
@@ -30,6 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hyperv::NativeHyperVHost>()?;
     m.add_function(wrap_pyfunction!(jobs::run_jobs, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::load_config, m)?)?;
+    m.add_class::<services::NativeServices>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -99,6 +99,7 @@ __all__ = [
     "ReplicateReport",
     "ReplicationRecord",
     "RestoreReport",
+    "Services",
     "Stats",
     "Store",
     "UnsupportedVersion",
@@ -544,6 +545,81 @@ class XenPool:
         host that is not a loopback address unless ``insecure`` (the password
         would travel in clear), and never takes a fingerprint."""
         return cls(_native.NativeXenPool.connect(url, user, password, fingerprint, insecure))
+
+
+class Services:
+    """The services (``docs/services.md``): jobs on schedules, their history
+    and events, over the stores, pools and jobs of a configuration file
+    (``docs/config.md``). Runs, jobs and events are dicts of the JSON the
+    documentation describes (a run: ``id``, ``job``, ``result``, ``vms``,
+    ``steps``…; an event: ``seq``, ``run``, ``job``, ``type``…)."""
+
+    def __init__(self, native: "_native.NativeServices") -> None:
+        self._n = native
+
+    @classmethod
+    def open(cls, config: "str | _os.PathLike[str]", database: "str | _os.PathLike[str]") -> "Services":
+        """Opens the services of ``config`` with the history database
+        ``database``; raises :class:`Busy` while another process has it open."""
+        return cls(_native.NativeServices.open(_os.fspath(config), _os.fspath(database)))
+
+    def start(self) -> None:
+        """Starts the schedule loop."""
+        self._n.start()
+
+    def stop(self, cancel_running: bool = True, timeout: float = 30.0) -> None:
+        """Stops; running runs are cancelled when asked and waited for."""
+        self._n.stop(cancel_running, timeout)
+
+    def jobs(self) -> _List[_Dict[str, _Any]]:
+        """Every job: ``spec``, ``next_run``, ``active_run``, ``last_run``."""
+        return self._n.jobs()
+
+    def put_job(self, job: _Mapping[str, _Any]) -> None:
+        """Adds or replaces a job (``name``, ``kind``, ``vms``, ``store``,
+        ``pool``, ``schedule``, ``timezone``, ``chain``…)."""
+        import json as _json
+
+        self._n.put_job_json(_json.dumps(dict(job)))
+
+    def remove_job(self, name: str) -> None:
+        """Removes a job (its history stays)."""
+        self._n.remove_job(name)
+
+    def run_now(self, name: str) -> int:
+        """Runs a job now; returns the run's id. Raises :class:`Busy` when it already runs."""
+        return self._n.run_now(name)
+
+    def cancel(self, run: int) -> None:
+        """Cancels a queued or running run."""
+        self._n.cancel(run)
+
+    def run(self, id: int) -> _Dict[str, _Any]:
+        """One run's record (live while it runs)."""
+        return self._n.run(id)
+
+    def runs(
+        self, job: _Optional[str] = None, result: _Optional[str] = None, vm: _Optional[str] = None, limit: int = 100
+    ) -> _List[_Dict[str, _Any]]:
+        """Runs, newest first, filtered by job, result (``failed``…) or VM."""
+        return self._n.runs(job, result, vm, limit)
+
+    def wait_idle(self, timeout: float = 3600.0) -> bool:
+        """Waits until nothing is queued or running; ``False`` on timeout."""
+        return self._n.wait_idle(timeout)
+
+    def subscribe(self, callback: _Callable[[_Dict[str, _Any]], None]) -> int:
+        """Calls ``callback(event)`` for every event, on the thread that emits
+        it: keep it short. Returns an id for :meth:`unsubscribe`."""
+        return self._n.subscribe(callback)
+
+    def unsubscribe(self, id: int) -> bool:
+        """Ends a subscription."""
+        return self._n.unsubscribe(id)
+
+    def rebuild_history(self) -> int:
+        """Rebuilds a lost history from the stores; returns the runs added."""
+        return self._n.rebuild_history()
 
 
 @_dataclass(frozen=True)

@@ -1,0 +1,376 @@
+//! The runner the scheduler calls: what each kind of job does with the
+//! engine, and how its figures reach the history.
+
+use std::sync::Arc;
+
+use alike_sched::chrono::{DateTime, TimeZone, Utc};
+use alike_sched::{DiskRun, JobKind, JobSpec, RebuiltVersion, RunContext, Runner, StepRun, VerifyAfter, VmRun};
+
+use super::Resources;
+use crate::{
+    BackupOptions, Hypervisor, MaintenanceOptions, Result, Store, VaultOptions, VerifyOptions, VmBackupReport,
+};
+
+/// Runs jobs with the engine: backups over the hypervisor seam and their
+/// chain, validation, housekeeping, vault copies. Made by
+/// [`super::Services`]; public so that an embedder with a scheduler of
+/// its own can run jobs the same way.
+pub struct EngineRunner {
+    res: Arc<Resources>,
+}
+
+impl std::fmt::Debug for EngineRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineRunner").finish_non_exhaustive()
+    }
+}
+
+fn step(name: &str, r: Result<serde_json::Value>, warn: bool) -> StepRun {
+    let mut s = StepRun::default();
+    s.step = name.to_owned();
+    match r {
+        Ok(detail) => {
+            s.result = if warn { "warning" } else { "success" }.to_owned();
+            s.detail = detail;
+        }
+        Err(e) => {
+            s.result = "failed".to_owned();
+            s.error = Some(e.to_string());
+        }
+    }
+    s
+}
+
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn vm_run(r: &VmBackupReport) -> VmRun {
+    let mut v = VmRun::default();
+    v.vm = r.vm.clone();
+    v.version = Some(r.id.clone());
+    v.read_bytes = r.read_bytes;
+    v.new_bytes = r.new_bytes;
+    v.stored_bytes = r.new_stored_bytes;
+    v.elapsed_seconds = r.elapsed_seconds;
+    v.warnings = r.warnings.clone();
+    v.disks = r
+        .disks
+        .iter()
+        .map(|d| {
+            let stored = r.backup.version.disks.iter().find(|x| x.position == d.position);
+            let mut dr = DiskRun::default();
+            dr.position = d.position;
+            dr.size = d.size;
+            dr.mode = d.mode.clone();
+            dr.read_bytes = d.read_bytes;
+            dr.new_bytes = stored.map_or(0, |s| s.new_bytes);
+            dr.stored_bytes = stored.map_or(0, |s| s.new_stored_bytes);
+            dr.fallback_reason = d.fallback_reason.clone();
+            dr
+        })
+        .collect();
+    for d in &v.disks {
+        if let Some(f) = &d.fallback_reason {
+            v.warnings.push(format!("disk {}: read in full: {f}", d.position));
+        }
+    }
+    v.result = if v.warnings.is_empty() { "success" } else { "warning" }.to_owned();
+    v
+}
+
+/// The VMs a job's selectors name: names and uuids as they are, `tag:T`
+/// every VM of the host whose recorded configuration carries tag `T`.
+fn resolve(hv: &dyn Hypervisor, selectors: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    let mut listed = None;
+    for s in selectors {
+        if let Some(tag) = s.strip_prefix("tag:") {
+            if listed.is_none() {
+                listed = Some(hv.list_vms()?);
+            }
+            for vm in listed.iter().flatten() {
+                // Each host records its configuration under its own key; the
+                // tags are at its top or in its VM record (XenServer: `xen.vm.tags`).
+                let has = |e: Option<&serde_json::Value>| {
+                    e.and_then(|t| t.get("tags"))
+                        .and_then(|t| t.as_array())
+                        .is_some_and(|t| t.iter().any(|x| x.as_str() == Some(tag)))
+                };
+                let tagged = vm.extra.values().any(|e| has(Some(e)) || has(e.get("vm")));
+                let id = vm.uuid.clone().unwrap_or_else(|| vm.name.clone());
+                if tagged && !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        } else if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
+}
+
+impl EngineRunner {
+    pub(crate) fn new(res: Arc<Resources>) -> EngineRunner {
+        EngineRunner { res }
+    }
+
+    fn backup(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        let store = self.res.store(&job.name, job.store.as_deref())?;
+        let hv = self.res.connect(&job.name, job.pool.as_deref())?;
+        let vms = resolve(&*hv, &job.vms)?;
+        if vms.is_empty() {
+            ctx.warning(None, "the job's selectors match no VM");
+        }
+        let mut made: Vec<(String, String)> = Vec::new();
+        for vm in &vms {
+            if ctx.cancel_token().is_cancelled() {
+                break;
+            }
+            let _span = tracing::info_span!("vm", vm = %vm).entered();
+            ctx.vm_started(vm);
+            let (ctx_vm, name) = (vm.clone(), vm.clone());
+            let events = EventSink::new(ctx);
+            let opts = BackupOptions::default()
+                .quiesce(if job.quiesce { crate::Quiesce::IfSupported } else { crate::Quiesce::No })
+                .cancel_token(ctx.cancel_token().clone())
+                .progress(move |p| events.progress(&ctx_vm, p.phase.name(), p.bytes_done, p.bytes_total));
+            match store.backup_vm(&*hv, vm, &opts) {
+                Ok(r) => {
+                    made.push((r.vm.clone(), r.id.clone()));
+                    ctx.vm_done(vm_run(&r));
+                }
+                Err(e) => {
+                    let mut v = VmRun::default();
+                    v.vm = name;
+                    v.result = "failed".to_owned();
+                    v.error = Some(e.to_string());
+                    ctx.vm_done(v);
+                }
+            }
+        }
+        drop(hv);
+        if ctx.cancel_token().is_cancelled() || made.is_empty() {
+            return Ok(());
+        }
+        self.chain(job, ctx, &store, &made);
+        Ok(())
+    }
+
+    /// Retention → vault → verification, each optional, over the versions
+    /// this run made (`(vm, version id)`).
+    fn chain(&self, job: &JobSpec, ctx: &RunContext, store: &Store, made: &[(String, String)]) {
+        let cancel = ctx.cancel_token();
+        if let Some(policy) = &job.chain.retention {
+            let _span = tracing::info_span!("retention").entered();
+            let mut reports = Vec::new();
+            let mut err = None;
+            for (vm, _) in made {
+                match store.prune(Some(vm), policy, false) {
+                    Ok(r) => reports.push(json(&r)),
+                    Err(e) => err = Some(e),
+                }
+            }
+            ctx.step_done(step("retention", err.map_or_else(|| Ok(serde_json::Value::Array(reports)), Err), false));
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        if let Some(vault) = &job.chain.vault {
+            let _span = tracing::info_span!("vault", vault = %vault).entered();
+            let r = self.res.store(&job.name, Some(vault)).and_then(|v| {
+                let mut out = Vec::new();
+                for (vm, _) in made {
+                    let mut o = VaultOptions::default().vm(vm.clone()).cancel_token(cancel.clone());
+                    if let Some(b) = job.bandwidth {
+                        o = o.bandwidth_limit(b);
+                    }
+                    out.push(json(&store.vault(&v, &o)?));
+                }
+                Ok(serde_json::Value::Array(out))
+            });
+            ctx.step_done(step("vault", r, false));
+        }
+        if cancel.is_cancelled() || job.chain.verify == VerifyAfter::None {
+            return;
+        }
+        let full = job.chain.verify == VerifyAfter::Full;
+        let _span = tracing::info_span!("verify", full).entered();
+        for (vm, id) in made {
+            let o = VerifyOptions::default().full(full).version(id.clone()).vm(vm.clone()).cancel_token(cancel.clone());
+            let r = store.verify(&o);
+            let damaged = r.as_ref().is_ok_and(|r| !r.ok);
+            let mut s = step("verify", r.map(|r| json(&r)), false);
+            if damaged {
+                s.result = "failed".into();
+                s.error = Some(format!("version {id} of {vm} is damaged"));
+            }
+            ctx.step_done(s);
+        }
+    }
+
+    /// Verifies the versions verified longest ago (never verified first),
+    /// within the byte budget: a full validation spread over several runs.
+    fn validation(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        let store = self.res.store(&job.name, job.store.as_deref())?;
+        let versions = store.versions(None)?;
+        let records = store.verifications()?;
+        let depth = if job.validation.full { "full" } else { "quick" };
+        // Oldest verification first; a quick record does not count for a full validation.
+        let mut order: Vec<(i64, &crate::Version)> = versions
+            .iter()
+            .map(|v| {
+                let last = records
+                    .get(&v.id)
+                    .filter(|r| !job.validation.full || r.depth == "full")
+                    .map_or(i64::MIN, |r| r.time_ms);
+                (last, v)
+            })
+            .collect();
+        order.sort_by_key(|(t, v)| (*t, v.time_ms));
+        let mut spent = 0u64;
+        let mut checked = 0usize;
+        for (_, v) in order {
+            if ctx.cancel_token().is_cancelled() {
+                break;
+            }
+            let size: u64 = v.disks.iter().map(|d| d.size).sum();
+            if let Some(budget) = job.validation.budget_bytes
+                && checked > 0
+                && spent.saturating_add(size) > budget
+            {
+                break;
+            }
+            spent = spent.saturating_add(size);
+            checked += 1;
+            let o = VerifyOptions::default()
+                .full(job.validation.full)
+                .version(v.id.clone())
+                .vm(v.vm.clone())
+                .cancel_token(ctx.cancel_token().clone());
+            let r = store.verify(&o);
+            let damaged = r.as_ref().is_ok_and(|r| !r.ok);
+            let mut s = step("verify", r.map(|r| json(&r)), false);
+            if damaged {
+                s.result = "failed".into();
+                s.error = Some(format!("version {} of {} is damaged ({depth} verification)", v.short_id(), v.vm));
+            }
+            ctx.step_done(s);
+        }
+        let left = versions.len() - checked;
+        if left > 0 && !ctx.cancel_token().is_cancelled() {
+            tracing::info!(checked, left, "validation budget reached: the next run goes on");
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        let store = self.res.store(&job.name, job.store.as_deref())?;
+        if let Some(policy) = &job.chain.retention {
+            ctx.step_done(step("retention", store.prune(None, policy, false).map(|r| json(&r)), false));
+        }
+        let o = MaintenanceOptions::default().cancel_token(ctx.cancel_token().clone());
+        ctx.step_done(step("gc", store.gc(&o).map(|r| json(&r)), false));
+        Ok(())
+    }
+
+    fn vault(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        let store = self.res.store(&job.name, job.store.as_deref())?;
+        let vault = self.res.store(&job.name, job.chain.vault.as_deref())?;
+        let mut o = VaultOptions::default().cancel_token(ctx.cancel_token().clone());
+        if let Some(b) = job.bandwidth {
+            o = o.bandwidth_limit(b);
+        }
+        ctx.step_done(step("vault", store.vault(&vault, &o).map(|r| json(&r)), false));
+        Ok(())
+    }
+}
+
+/// Forwards engine progress to a run's events from the engine's worker
+/// threads (the progress callback must be `'static`).
+struct EventSink {
+    events: Arc<alike_sched::EventBus>,
+    clock: Arc<dyn alike_sched::Clock>,
+    run: u64,
+    job: String,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl EventSink {
+    fn new(ctx: &RunContext) -> EventSink {
+        let rec = ctx.record();
+        EventSink {
+            events: ctx.event_bus(),
+            clock: ctx.clock(),
+            run: rec.id,
+            job: rec.job,
+            last: std::sync::Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1)),
+        }
+    }
+    fn progress(&self, vm: &str, phase: &str, done: u64, total: u64) {
+        use alike_core::Recover;
+        {
+            let mut last = self.last.locked();
+            if done < total && last.elapsed() < std::time::Duration::from_millis(250) {
+                return;
+            }
+            *last = std::time::Instant::now();
+        }
+        self.events.emit(
+            self.run,
+            &self.job,
+            alike_sched::EventKind::Progress { vm: vm.to_owned(), disk: 0, phase: phase.to_owned(), done, total },
+            self.clock.now(),
+        );
+    }
+}
+
+impl Runner for EngineRunner {
+    fn run(&self, job: &JobSpec, ctx: &RunContext) -> std::result::Result<(), String> {
+        let r = match job.kind {
+            JobKind::Backup => self.backup(job, ctx),
+            JobKind::Validation => self.validation(job, ctx),
+            JobKind::Housekeeping => self.housekeeping(job, ctx),
+            JobKind::Vault => self.vault(job, ctx),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "job {:?}: {} jobs are not run by the services yet",
+                job.name,
+                job.kind.name()
+            ))),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+fn time_of(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// A store's versions and verification records, as the history's rebuild takes them.
+pub(crate) fn rebuilt_versions(store: &Store) -> Result<Vec<RebuiltVersion>> {
+    let records = store.verifications()?;
+    Ok(store
+        .versions(None)?
+        .into_iter()
+        .map(|v| {
+            let mut r = RebuiltVersion::new(v.vm.clone(), v.id.clone(), time_of(v.time_ms));
+            r.disks = v
+                .disks
+                .iter()
+                .map(|d| {
+                    let mut dr = DiskRun::default();
+                    dr.position = d.position;
+                    dr.size = d.size;
+                    dr.mode = if d.incremental { "incremental" } else { "full" }.into();
+                    dr.read_bytes = d.read_bytes;
+                    dr.new_bytes = d.new_bytes;
+                    dr.stored_bytes = d.new_stored_bytes;
+                    dr.fallback_reason = d.fallback_reason.clone();
+                    dr
+                })
+                .collect();
+            r.verification = records.get(&v.id).map(|x| (time_of(x.time_ms), x.depth.clone(), x.ok));
+            r
+        })
+        .collect())
+}
