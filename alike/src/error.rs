@@ -65,6 +65,19 @@ pub enum Error {
     #[cfg(feature = "remote")]
     #[error(transparent)]
     Remote(Box<alike_remote::ssh::RemoteError>),
+    /// One end of a replication across processors failed
+    /// (`remote::replicate_remote`): which end, on which host, and why (its
+    /// kind, retry class and code are the cause's).
+    #[cfg(feature = "remote")]
+    #[error("the replication's {end} on {host} failed: {source}")]
+    RemoteEnd {
+        /// `sender` or `receiver`.
+        end: &'static str,
+        /// The processor, `user@host:port`.
+        host: String,
+        /// The end's error.
+        source: Box<Error>,
+    },
 }
 
 #[cfg(feature = "remote")]
@@ -157,6 +170,8 @@ impl Error {
             Error::Xen(x) => x.kind(),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.kind(),
+            #[cfg(feature = "remote")]
+            Error::RemoteEnd { source, .. } => source.kind(),
         }
     }
 
@@ -175,6 +190,8 @@ impl Error {
             Error::Xen(x) => x.retry(),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.retry(),
+            #[cfg(feature = "remote")]
+            Error::RemoteEnd { source, .. } => source.retry(),
             _ => Retry::Permanent,
         }
     }
@@ -188,6 +205,8 @@ impl Error {
             Error::Engine(c) => c.code(),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.code(),
+            #[cfg(feature = "remote")]
+            Error::RemoteEnd { source, .. } => source.code(),
             _ => None,
         }
     }
