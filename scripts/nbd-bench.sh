@@ -8,8 +8,10 @@
 #   restore      alike restore VERSION -o OUT
 #   nbd          qemu-img convert -f raw -O raw nbd://… OUT  (from a fresh `alike serve-nbd`)
 #   nbd-t-none   the same with `-t none` (qemu-img writes OUT with O_DIRECT, as restore does)
-# Each copy is compared with IMG once. Prints every run's wall time with the
-# 1-minute load, then the minimum of each. ALIKE is the binary to measure
+# Each copy is compared with IMG once. Prints every run's wall time, the CPU
+# seconds it took (restore's; the server's plus qemu-img's) and the 1-minute
+# load, then the minimum of each: on a loaded machine CPU seconds are the
+# steadier figure. ALIKE is the binary to measure
 # (a release or profiling build); a second binary as ALIKE_BEFORE adds
 # `nbd-before` rows (the same copy served by it), for before/after figures.
 #
@@ -28,14 +30,15 @@ V=$("$A" versions --json | python3 -c 'import json,sys; print(json.load(sys.stdi
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 kinds="restore nbd nbd-t-none"
 [ -n "${ALIKE_BEFORE:-}" ] && kinds="$kinds nbd-before nbd-before-t-none"
-declare -A best
+declare -A best bcpu
 echo "version ${V:0:12} of $IMG; $(nproc) cores"
 for i in $(seq "$RUNS"); do
   for k in $kinds; do
     rm -f "$W/out.img"; drop
     load=$(cut -d' ' -f1 /proc/loadavg)
     if [ $k = restore ]; then
-      t0=$(date +%s.%N); "$A" restore -q "$V" -o "$W/out.img" >/dev/null; t1=$(date +%s.%N)
+      t0=$(date +%s.%N); /usr/bin/time -o "$W/time" -f "%U %S" "$A" restore -q "$V" -o "$W/out.img" >/dev/null; t1=$(date +%s.%N)
+      cpu=$(awk '{print $1 + $2}' "$W/time")
     else
       S=$A; case $k in nbd-before*) S=$(realpath "$ALIKE_BEFORE");; esac
       Q=(); case $k in *t-none) Q=(-t none);; esac
@@ -43,13 +46,16 @@ for i in $(seq "$RUNS"); do
       "$S" serve-nbd "$V" --listen 127.0.0.1:0 >"$W/line" 2>>"$W/serve.log" & sp=$!
       for _ in $(seq 300); do [ -s "$W/line" ] && break; sleep 0.1; done
       uri=$(awk '{print $3}' "$W/line")
-      t0=$(date +%s.%N); qemu-img convert "${Q[@]}" -f raw -O raw "$uri" "$W/out.img"; t1=$(date +%s.%N)
+      t0=$(date +%s.%N); /usr/bin/time -o "$W/time" -f "%U %S" qemu-img convert "${Q[@]}" -f raw -O raw "$uri" "$W/out.img"; t1=$(date +%s.%N)
+      tick=$(getconf CLK_TCK)
+      cpu=$(awk -v t="$tick" -v q="$(awk '{print $1 + $2}' "$W/time")" '{print ($14 + $15) / t + q}' /proc/$sp/stat)
       kill -INT $sp; wait $sp || true
     fi
     s=$(echo "$t1 - $t0" | bc)
-    printf '%-18s run %d: %6.2f s  (load %s)\n' "$k" "$i" "$s" "$load"
+    printf '%-18s run %d: %6.2f s wall, %5.2f s CPU  (load %s)\n' "$k" "$i" "$s" "$cpu" "$load"
     [ "$i" = 1 ] && { cmp -s "$W/out.img" "$IMG" || { echo "$k: the copy differs" >&2; exit 1; }; }
     if [ -z "${best[$k]:-}" ] || (( $(echo "$s < ${best[$k]}" | bc) )); then best[$k]=$s; fi
+    if [ -z "${bcpu[$k]:-}" ] || (( $(echo "$cpu < ${bcpu[$k]}" | bc) )); then bcpu[$k]=$cpu; fi
   done
 done
-for k in $kinds; do printf 'min %-18s %6.2f s\n' "$k" "${best[$k]}"; done
+for k in $kinds; do printf 'min %-18s %6.2f s wall, %5.2f s CPU\n' "$k" "${best[$k]}" "${bcpu[$k]}"; done
