@@ -72,7 +72,11 @@ pub(crate) struct ViaArgs {
 
 impl ViaArgs {
     fn host(&self) -> Result<Host> {
-        Ok(self.via.as_deref().context("no --via")?.parse()?)
+        let via = self.via.as_deref().context("no --via")?;
+        if via.contains(',') {
+            bail!("--via {via}: two processors are for `alike replicate --to-dir DIR DISK…` only");
+        }
+        Ok(via.parse()?)
     }
     fn policy(&self) -> Result<HostKeyPolicy> {
         match (&self.known_hosts, self.host_key.is_empty()) {
@@ -312,4 +316,67 @@ pub(crate) fn replication_end(cli: &Cli, job: &alike::ReplicationJob, via: &ViaA
         v["elapsed_seconds"].as_f64().unwrap_or_default()
     );
     Ok(())
+}
+
+/// One processor of `--via A,B` (or `--via A`: A twice): where, and how its key is pinned.
+pub(crate) struct ViaHost {
+    pub(crate) host: Host,
+    policy: HostKeyPolicy,
+}
+
+/// The sender's and the receiver's processors of `--via A[,B]`. With
+/// `--host-key` given once per processor, the first pins A and the second
+/// B; otherwise every key given (or the known_hosts file) pins both.
+pub(crate) fn via_pair(via: &ViaArgs) -> Result<[ViaHost; 2]> {
+    let spec = via.via.as_deref().context("no --via")?;
+    let hosts: Vec<&str> = spec.split(',').map(str::trim).collect();
+    let (a, b) = match hosts[..] {
+        [a] => (a, a),
+        [a, b] => (a, b),
+        _ => bail!("--via {spec}: one processor, or two (SENDER,RECEIVER)"),
+    };
+    let (a, b): (Host, Host) = (a.parse()?, b.parse()?);
+    let per_host = hosts.len() == 2 && via.known_hosts.is_none() && via.host_key.len() == 2;
+    let (pa, pb) = if per_host {
+        (HostKeyPolicy::fingerprints(&via.host_key[..1])?, HostKeyPolicy::fingerprints(&via.host_key[1..])?)
+    } else {
+        (via.policy()?, via.policy()?)
+    };
+    Ok([ViaHost { host: a, policy: pa }, ViaHost { host: b, policy: pb }])
+}
+
+/// Runs a replication's two ends on processors (`alike replicate --via A,B`),
+/// with a progress bar of the sender's reading, Ctrl-C stopping both ends,
+/// and events on stderr.
+pub(crate) fn replicate_on(
+    cli: &Cli,
+    via: &ViaArgs,
+    ends: [ViaHost; 2],
+    send: alike::ReplicationJob,
+    recv: alike::ReplicationJob,
+) -> Result<alike::remote::RemoteReplicationReport> {
+    let key = via.key()?;
+    let t = Duration::from_secs(via.connect_timeout.max(1));
+    let bar = Bar::new(cli, "replicate");
+    let mut o = RemoteOptions::default()
+        .command(&via.processor_command)
+        .connect_timeout(t)
+        .handshake_timeout(t)
+        .cancel_token(cancel_on_ctrl_c())
+        .on_event(|e| match e {
+            ProcessorEvent::Queued(q) => eprintln!("alike: queued: {}", q.reason),
+            ProcessorEvent::Warning(w) => eprintln!("alike: warning: {}", w.message),
+            _ => {}
+        });
+    if let Some(cb) = bar.callback() {
+        o = o.progress(cb);
+    }
+    let [a, b] = ends;
+    let r = alike::remote::replicate_remote(
+        &alike::remote::RemoteEnd::new(a.host, a.policy, key.clone(), send),
+        &alike::remote::RemoteEnd::new(b.host, b.policy, key, recv),
+        &o,
+    );
+    bar.done();
+    Ok(r?)
 }

@@ -78,13 +78,30 @@ pub(crate) struct ReplicateArgs {
     /// file, or `-` for stdin. Everything else comes from the job.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["to_dir", "disks", "listen", "connect"])]
     job: Option<PathBuf>,
+    /// With `--via SENDER,RECEIVER` (two processors, or one named twice):
+    /// who dials — push (the sender dials the receiver at its SSH address,
+    /// --port) or pull (the receiver dials the sender).
+    #[arg(long, value_enum, default_value_t = FlowArg::Push)]
+    flow: FlowArg,
     /// Run the end on a processor over SSH (`--job` or `--listen/--connect`
     /// only): the job's paths are the processor's; its secret and store
-    /// passphrases travel in the SSH channel only.
+    /// passphrases travel in the SSH channel only. `--via A,B` with
+    /// `--to-dir DIR DISK…` runs the whole replication on processors: the
+    /// sender on A (the DISKs are A's), the receiver on B (DIR is B's),
+    /// with a fresh job secret handed to each over SSH.
     #[command(flatten)]
     via: crate::remote::ViaArgs,
     #[command(flatten)]
     out: JsonArg,
+}
+
+/// `--flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FlowArg {
+    /// The sender dials the receiver.
+    Push,
+    /// The receiver dials the sender.
+    Pull,
 }
 
 /// Reads a file (or stdin for `-`) of at most `max` bytes.
@@ -166,7 +183,10 @@ pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
         return end(&job);
     }
     if a.via.via.is_some() {
-        bail!("--via runs one end of two processes: give --job FILE, or --listen/--connect");
+        return on_processors(cli, a, &vm);
+    }
+    if a.flow != FlowArg::Push {
+        bail!("--flow is for --via SENDER,RECEIVER (one end of two processes takes its flow from --listen/--connect)");
     }
     let (Some(dir), false) = (&a.to_dir, a.disks.is_empty()) else {
         bail!(
@@ -404,4 +424,58 @@ pub(crate) fn replica(cli: &Cli, a: &ReplicaArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `alike replicate --via A[,B] --to-dir DIR DISK…`: the sender on A, the
+/// receiver on B (A again when only one is named), over SSH.
+fn on_processors(cli: &Cli, a: &ReplicateArgs, vm: &str) -> Result<()> {
+    let (Some(dir), false) = (&a.to_dir, a.disks.is_empty()) else {
+        bail!(
+            "--via SENDER,RECEIVER runs a whole replication: give --to-dir DIR (the receiver's) and the DISKs (the sender's)"
+        );
+    };
+    if a.secret_file.is_some() || a.seed_from.is_some() || a.backup_to.is_some() {
+        bail!(
+            "--secret-file, --seed-from and --backup-to are not for --via SENDER,RECEIVER (the secret is made fresh)"
+        );
+    }
+    let flow = match a.flow {
+        FlowArg::Push => Flow::Push,
+        FlowArg::Pull => Flow::Pull,
+    };
+    let ends = crate::remote::via_pair(&a.via)?;
+    // The listening end listens on the address the orchestrator reaches it at.
+    let listen_host = match flow {
+        Flow::Push => ends[1].host.host.clone(),
+        _ => ends[0].host.host.clone(),
+    };
+    let job_id = a.job_id.clone().unwrap_or_else(|| vm.to_string());
+    let (mut send, mut recv) = alike::remote::replication_pair(&job_id, vm, flow, &listen_host, a.port)?;
+    send.disks = a.disks.iter().map(|p| JobSource::Image { path: p.clone() }).collect();
+    send.state_dir.clone_from(&a.state_dir);
+    recv.replica = Some(JobReplica::Dir { path: dir.clone() });
+    recv.keep = a.keep;
+    for j in [&mut send, &mut recv] {
+        j.chunking.clone_from(&a.chunking);
+        j.bwlimit = a.bwlimit;
+        j.connect_timeout_seconds = Some(a.timeout);
+    }
+    let r = crate::remote::replicate_on(cli, &a.via, ends, send, recv)?;
+    if a.out.json {
+        return print_json(&r);
+    }
+    println!("{}", r.point);
+    eprintln!(
+        "replicated {} ({}, {}) from {} to {} as point {}: read {}, sent {} in {:.2} s",
+        vm,
+        r.job_id,
+        r.flow,
+        r.sender.host,
+        r.receiver.host,
+        r.point,
+        mib(r.read_bytes),
+        mib(r.sent_bytes),
+        r.elapsed.as_secs_f64()
+    );
+    Ok(())
 }

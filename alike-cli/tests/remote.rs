@@ -593,3 +593,180 @@ fn a_replication_runs_between_two_processors_in_their_own_namespaces() {
     r.export(point2, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
     assert_eq!(sha256_file(&out), sha256_file(&img));
 }
+
+/// Every worker pid seen.
+type Pids = Arc<Mutex<Vec<u32>>>;
+
+/// The end of a replication running `job` on processor `p` (its host key pinned).
+fn end(p: &alike_testing::netns::LocalProcessor, job: alike::ReplicationJob) -> alike::remote::RemoteEnd {
+    alike::remote::RemoteEnd::new(
+        Host::new(&p.sshd.user, &p.address, 22).unwrap(),
+        HostKeyPolicy::fingerprints([&p.sshd.host_fingerprint]).unwrap(),
+        key(&p.sshd),
+        job,
+    )
+}
+
+/// Options that note every worker's pid and, at each event, scan /proc for `needle`.
+fn watching(pids: &Pids, needle: &[u8], hits: &Arc<Mutex<(usize, Vec<String>)>>) -> RemoteOptions {
+    let (pids, hits, needle) = (pids.clone(), hits.clone(), needle.to_vec());
+    RemoteOptions::default().command(worker()).on_event(move |e| {
+        if let ProcessorEvent::Started(s) = e {
+            pids.lock().unwrap().push(s.pid);
+        }
+        let (h, _) = scan_proc(&needle, None);
+        let mut g = hits.lock().unwrap();
+        g.0 += 1;
+        g.1.extend(h);
+    })
+}
+
+#[test]
+fn one_call_runs_both_ends_on_two_processors_push_and_pull_through_a_slow_link() {
+    use alike::remote::{replicate_remote, replication_pair};
+    use alike::{Flow, JobReplica, JobSource, Replica, ReplicaExportOptions};
+    use alike_testing::proxy::{DelayProxy, LinkShape};
+    let Some(mut net) = alike_testing::netns::ProcessorNet::new() else { return };
+    net.add_processor();
+    net.add_processor();
+    let (a, b) = (&net.processors()[0], &net.processors()[1]);
+    let env = Env::new();
+    let img = env.image("web-disk0.img", 8, 21);
+    let replica = env.p("replica");
+    let shape = LinkShape { delay: Duration::from_millis(25), rate: None };
+    let pids: Pids = Default::default();
+    let hits = Arc::new(Mutex::new((0usize, Vec::new())));
+    let mut points = Vec::new();
+    for (round, flow) in [Flow::Push, Flow::Pull].into_iter().enumerate() {
+        if round == 1 {
+            let mut data = std::fs::read(&img).unwrap();
+            data[(3 << 20)..(3 << 20) + 8192].fill(0x5a);
+            std::fs::write(&img, &data).unwrap();
+        }
+        // The listening end: the receiver (b) in push, the sender (a) in pull;
+        // the dialling end reaches it through the delaying proxy.
+        let listener = if flow == Flow::Push { b } else { a };
+        let (mut send, mut recv) = replication_pair("dr-web", "web", flow, &listener.address, 2812).unwrap();
+        let target: std::net::SocketAddr = format!("{}:2812", listener.address).parse().unwrap();
+        let proxy = DelayProxy::start(&format!("{}:0", net.host_address()), target, shape).unwrap();
+        let via_proxy = Some(proxy.addr().to_string());
+        if flow == Flow::Push {
+            send.peer = via_proxy
+        } else {
+            recv.peer = via_proxy
+        }
+        send.disks.push(JobSource::Image { path: img.clone() });
+        recv.replica = Some(JobReplica::Dir { path: replica.clone() });
+        let needle = send.secret.to_hex().into_bytes();
+        let r = replicate_remote(&end(a, send), &end(b, recv), &watching(&pids, &needle, &hits)).unwrap();
+        assert_eq!(r.flow, flow.name());
+        assert!(r.read_bytes > 0 && r.sent_bytes > 0, "{r:?}");
+        assert_eq!(r.sender.result["role"], "sender");
+        assert_eq!(r.receiver.result["role"], "receiver");
+        assert!(r.sender.host.contains(&a.address) && r.receiver.host.contains(&b.address));
+        let (up, down) = proxy.carried();
+        assert!(up > 0 && down > 0, "the ends met through the proxy: {up} / {down} bytes");
+        // The replica's point is the source, bit for bit.
+        let rep = Replica::open(&replica).unwrap();
+        assert_eq!(rep.points().unwrap().last().unwrap().point, r.point);
+        let out = env.p("exported.img");
+        rep.export(r.point, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
+        assert_eq!(sha256_file(&out), sha256_file(&img));
+        points.push(r.point);
+    }
+    assert!(points[1] > points[0]);
+    let h = hits.lock().unwrap();
+    assert!(h.0 >= 4, "scanned {} times", h.0);
+    assert!(h.1.is_empty(), "the job secret is visible in /proc: {:?}", h.1);
+    assert_eq!(pids.lock().unwrap().len(), 4, "two workers a round");
+    drop(h);
+
+    // The same from the CLI: `--via A,B` (each host key pinned on its own),
+    // then `--via B` alone (both ends on one processor), pull.
+    let client_pub = std::fs::read_to_string(a.sshd.dir().join("client_ed25519.pub")).unwrap();
+    let mut ak = std::fs::OpenOptions::new().append(true).open(b.sshd.dir().join("authorized_keys")).unwrap();
+    std::io::Write::write_all(&mut ak, client_pub.as_bytes()).unwrap();
+    let (ua, ub) = (&a.sshd.user, &b.sshd.user);
+    let vias = [(format!("{ua}@{},{ub}@{}", a.address, b.address), "push"), (format!("{ub}@{}", b.address), "pull")];
+    for (round, (via, flow)) in vias.into_iter().enumerate() {
+        let mut data = std::fs::read(&img).unwrap();
+        data[(5 << 20) + round * 4096..(5 << 20) + round * 4096 + 4096].fill(0x11 + round as u8);
+        std::fs::write(&img, &data).unwrap();
+        let mut cmd = Command::new(ALIKE);
+        cmd.args(["replicate", "--json", "--vm", "web", "--to-dir"]).arg(&replica).arg(&img);
+        cmd.args(["--via", &via, "--flow", flow, "--ssh-key"]).arg(&a.sshd.client_key);
+        cmd.args(["--host-key", &a.sshd.host_fingerprint, "--host-key", &b.sshd.host_fingerprint]);
+        cmd.args(["--processor-command", &worker()]);
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{via} {flow}: {}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["flow"], flow);
+        assert!(r["read_bytes"].as_u64().unwrap() > 0 && r["sent_bytes"].as_u64().unwrap() > 0, "{r}");
+        let point = r["point"].as_u64().unwrap();
+        assert!(point > *points.last().unwrap());
+        points.push(point);
+        let out = env.p("exported.img");
+        Replica::open(&replica).unwrap().export(point, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
+        assert_eq!(sha256_file(&out), sha256_file(&img), "{via} {flow}");
+    }
+}
+
+#[test]
+fn a_failing_end_stops_the_other_and_a_wrong_host_key_is_refused() {
+    use alike::remote::{replicate_remote, replication_pair};
+    use alike::{Flow, JobReplica, JobSource};
+    let Some(mut net) = alike_testing::netns::ProcessorNet::new() else { return };
+    net.add_processor();
+    net.add_processor();
+    let (a, b) = (&net.processors()[0], &net.processors()[1]);
+    let env = Env::new();
+    let img = env.image("web-disk0.img", 8, 22);
+    let not_a_dir = env.p("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+
+    // Pull: the sender (a) listens first; the receiver (b) then fails on
+    // its replica (a file, not a folder): the sender is stopped, and the
+    // error names the receiver.
+    let (mut send, mut recv) = replication_pair("dr-web", "web", Flow::Pull, &a.address, 2812).unwrap();
+    send.disks.push(JobSource::Image { path: img.clone() });
+    recv.replica = Some(JobReplica::Dir { path: not_a_dir.join("replica") });
+    let pids: Pids = Default::default();
+    let hits = Arc::new(Mutex::new((0usize, Vec::new())));
+    let t0 = Instant::now();
+    let needle = send.secret.to_hex().into_bytes();
+    let e =
+        replicate_remote(&end(a, send.clone()), &end(b, recv.clone()), &watching(&pids, &needle, &hits)).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("receiver") && msg.contains(&b.address), "{msg}");
+    assert!(matches!(e, alike::Error::RemoteEnd { end: "receiver", .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+    let seen = pids.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "both ends started: {seen:?}");
+    for pid in seen {
+        wait_gone(pid, Duration::from_secs(10));
+    }
+
+    // A receiver whose host key is not the pinned one: refused before its
+    // job is sent, the sender stopped, and the error names the receiver.
+    let mut wrong = end(b, recv);
+    wrong.policy = HostKeyPolicy::fingerprints([&a.sshd.host_fingerprint]).unwrap();
+    wrong.job.replica = Some(JobReplica::Dir { path: env.p("replica") });
+    let e = replicate_remote(&end(a, send), &wrong, &RemoteOptions::default().command(worker())).unwrap_err();
+    assert!(e.to_string().contains("receiver"), "{e}");
+    assert!(matches!(e.code(), Some("HOST_KEY_CHANGED" | "HOST_KEY_UNKNOWN")), "{e}");
+    assert!(!env.p("replica").exists(), "nothing was replicated");
+
+    // Cancelled from the start: both ends stop, the call says so.
+    let (mut send, mut recv) = replication_pair("dr-web", "web", Flow::Push, &b.address, 2812).unwrap();
+    send.disks.push(JobSource::Image { path: img.clone() });
+    recv.replica = Some(JobReplica::Dir { path: env.p("replica") });
+    let token = alike::CancelToken::new();
+    let t = token.clone();
+    let opts = RemoteOptions::default().command(worker()).cancel_token(token.clone()).on_event(move |e| {
+        if let ProcessorEvent::Started(_) = e {
+            t.cancel();
+        }
+    });
+    let e = replicate_remote(&end(a, send), &end(b, recv), &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+}

@@ -65,6 +65,19 @@ pub enum Error {
     #[cfg(feature = "remote")]
     #[error(transparent)]
     Remote(Box<alike_remote::ssh::RemoteError>),
+    /// One end of a replication across processors failed
+    /// (`remote::replicate_remote`): which end, on which host, and why (its
+    /// kind, retry class and code are the cause's).
+    #[cfg(feature = "remote")]
+    #[error("the replication's {end} on {host} failed: {source}")]
+    RemoteEnd {
+        /// `sender` or `receiver`.
+        end: &'static str,
+        /// The processor, `user@host:port`.
+        host: String,
+        /// The end's error.
+        source: Box<Error>,
+    },
     /// The services (jobs, schedules, history) refused or failed: a bad
     /// job or schedule, no such job or run, a job already running, a
     /// history database open in another process.
@@ -227,6 +240,8 @@ impl Error {
             Error::Remote(r) => r.kind(),
             Error::Services(e) => services_kind(e),
             Error::Notify { .. } => ErrorKind::Io,
+            #[cfg(feature = "remote")]
+            Error::RemoteEnd { source, .. } => source.kind(),
         }
     }
 
@@ -250,6 +265,8 @@ impl Error {
                 Retry::Transient
             }
             Error::Services(alike_sched::Error::Database { .. }) | Error::Notify { .. } => Retry::Unknown,
+            #[cfg(feature = "remote")]
+            Error::RemoteEnd { source, .. } => source.retry(),
             _ => Retry::Permanent,
         }
     }
@@ -264,6 +281,8 @@ impl Error {
             Error::Processor { code, .. } => Some(code),
             #[cfg(feature = "remote")]
             Error::Remote(r) => r.code(),
+            #[cfg(feature = "remote")]
+            Error::RemoteEnd { source, .. } => source.code(),
             _ => None,
         }
     }

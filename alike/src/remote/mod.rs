@@ -29,6 +29,8 @@
 
 mod job;
 #[cfg(feature = "remote")]
+mod pair;
+#[cfg(feature = "remote")]
 mod run;
 mod worker;
 
@@ -39,6 +41,8 @@ pub use alike_remote::protocol::{
 #[cfg(feature = "remote")]
 pub use alike_remote::ssh::{ClientKey, DEFAULT_COMMAND, Host, HostKeyPolicy, RemoteError, SshOptions};
 pub use job::{BackupJob, JobKind, KINDS, ProcessorJob, RestoreJob, StoreSpec, VerifyJob};
+#[cfg(feature = "remote")]
+pub use pair::{RemoteEnd, RemoteReplicationReport, replicate_remote, replication_pair};
 #[cfg(feature = "remote")]
 pub use run::{RemoteOptions, RemoteReport, run_remote};
 pub use worker::{WorkerExit, WorkerOptions, serve_processor};
