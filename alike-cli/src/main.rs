@@ -11,6 +11,7 @@ mod hyperv;
 mod remote;
 mod replicate;
 mod xen;
+mod xen_replica;
 
 use std::path::PathBuf;
 
