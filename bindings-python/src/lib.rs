@@ -24,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<run::CancelToken>()?;
     m.add_class::<nbd::NativeNbdServer>()?;
     m.add_class::<replica::NativeReplica>()?;
+    m.add_class::<xen::NativeXenReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
     errors::register(m)?;
     Ok(())

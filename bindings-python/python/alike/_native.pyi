@@ -16,6 +16,7 @@ __all__ = [
     "NativeReplica",
     "NativeStore",
     "NativeXenPool",
+    "NativeXenReplica",
     "NotAStore",
     "NotFound",
     "PassphraseRequired",
@@ -260,3 +261,41 @@ class NativeXenPool:
     def connect(
         url: str, user: str, password: str, fingerprint: Optional[str] = None, insecure: bool = False
     ) -> NativeXenPool: ...
+
+@final
+class NativeXenReplica:
+    @staticmethod
+    def replicate(
+        source: NativeXenPool,
+        vm: str,
+        target: NativeXenPool,
+        sr: str,
+        state_dir: str,
+        network: Optional[str] = None,
+        keep: Optional[int] = None,
+        bwlimit: Optional[int] = None,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    @staticmethod
+    def open(pool: NativeXenPool, vm: str, state_dir: str) -> NativeXenReplica: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    def points(self) -> List[Dict[str, Any]]: ...
+    def test_failover(
+        self, point: Optional[int] = None, network: Optional[str] = None, start: bool = True
+    ) -> Dict[str, Any]: ...
+    def end_test(self, vm: str) -> None: ...
+    def failover(
+        self, point: Optional[int] = None, networks: Optional[dict[str, str]] = None, start: bool = False
+    ) -> Dict[str, Any]: ...
+    def failback(
+        self,
+        original: NativeXenPool,
+        vm: str,
+        start: bool = False,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
