@@ -13,6 +13,7 @@ mod remote;
 mod replicate;
 mod serve;
 mod xen;
+mod xen_replica;
 
 use std::path::PathBuf;
 

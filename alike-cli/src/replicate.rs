@@ -91,6 +91,10 @@ pub(crate) struct ReplicateArgs {
     /// with a fresh job secret handed to each over SSH.
     #[command(flatten)]
     via: crate::remote::ViaArgs,
+    /// From a VM of a XenServer/XCP-ng pool onto its replica VM on another
+    /// (`docs/replica-xen.md`).
+    #[command(flatten)]
+    xen: crate::xen_replica::XenReplicateArgs,
     #[command(flatten)]
     out: JsonArg,
 }
@@ -178,6 +182,17 @@ pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
         return end(&job);
     }
     let vm = a.vm.clone().context("--vm is required")?;
+    if a.xen.source_xen.is_some() {
+        if a.to_dir.is_some() || !a.disks.is_empty() || a.listen.is_some() || a.connect.is_some() {
+            bail!(
+                "--source-xen replicates onto --target-xen in this process: no --to-dir, DISKs or --listen/--connect"
+            );
+        }
+        if a.backup_to.is_some() || a.seed_from.is_some() || a.via.via.is_some() {
+            bail!("--backup-to, --seed-from and --via are not available for Xen replicas yet");
+        }
+        return crate::xen_replica::replicate(cli, &a.xen, &vm, a.chunking.as_deref(), a.keep, a.bwlimit, a.out.json);
+    }
     if a.listen.is_some() || a.connect.is_some() {
         let job = two_process_job(cli, a, &vm)?;
         return end(&job);
@@ -365,6 +380,9 @@ enum ReplicaCmd {
         /// The replica's folder.
         dir: PathBuf,
     },
+    /// Replica VMs on a XenServer/XCP-ng pool.
+    #[command(flatten)]
+    Xen(Box<crate::xen_replica::XenReplicaCmd>),
 }
 
 pub(crate) fn replica(cli: &Cli, a: &ReplicaArgs) -> Result<()> {
@@ -418,6 +436,7 @@ pub(crate) fn replica(cli: &Cli, a: &ReplicaArgs) -> Result<()> {
             }
             Ok(())
         }
+        ReplicaCmd::Xen(cmd) => crate::xen_replica::replica(cli, cmd),
         ReplicaCmd::Abandon { dir } => {
             let done = Replica::open(dir)?.discard_partial()?;
             eprintln!("{}", if done { "discarded the unfinished first run" } else { "nothing to discard" });

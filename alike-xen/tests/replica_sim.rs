@@ -275,7 +275,7 @@ fn a_writer_killed_mid_write_leaves_the_last_point_and_the_next_run_succeeds() {
         alike_core::random_bytes(&mut b).unwrap();
         u64::from_le_bytes(b)
     });
-    let rounds: u64 = std::env::var("ALIKE_SOAK").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: u64 = std::env::var("ALIKE_SOAK").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     eprintln!("kill seed {seed} (ALIKE_KILL_SEED to replay), {rounds} rounds");
     let mut rng = seed;
     let mut torn = 0;
@@ -312,6 +312,7 @@ fn a_writer_killed_mid_write_leaves_the_last_point_and_the_next_run_succeeds() {
         }
     }
     // The kills did land in the middle of writes: the live disk was left between points.
+    eprintln!("{torn} of {rounds} kills left the live disk between points");
     assert!(torn > 0, "no kill landed after a write reached the pool");
     // The next writer goes back to point 1 first: a run that is abandoned shows it.
     let run_ = replica.begin(&[64 << 20, 32 << 20]).unwrap();

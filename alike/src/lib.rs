@@ -104,6 +104,10 @@ pub use replicate::{
     ReplicaExportReport, ReplicaPoint, ReplicaRunStats, ReplicateOptions, ReplicateReport, ReplicationJob,
     ReplicationProgress, ReplicationRecord, replicate, replicate_images, run_end, run_receiver, run_sender,
 };
+#[cfg(feature = "xen")]
+pub use replicate::{
+    FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm, replicate_xen,
+};
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
     VaultCopy, VaultReport, Version,

@@ -27,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<run::CancelToken>()?;
     m.add_class::<nbd::NativeNbdServer>()?;
     m.add_class::<replica::NativeReplica>()?;
+    m.add_class::<xen::NativeXenReplica>()?;
     m.add_class::<xen::NativeXenPool>()?;
     m.add_class::<hyperv::NativeHyperVHost>()?;
     m.add_function(wrap_pyfunction!(jobs::run_jobs, m)?)?;

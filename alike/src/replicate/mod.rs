@@ -12,11 +12,16 @@
 //!   an orchestrator runs, and what `alike replicate --listen/--connect` does.
 //!
 //! A replica is a folder of VHDX files ([`Replica`]; `docs/replica-dir.md`):
-//! points, export of a point's disk, the history of runs.
+//! points, export of a point's disk, the history of runs; or (feature
+//! `xen`) a VM on a XenServer/XCP-ng pool ([`XenReplicaVm`],
+//! [`replicate_xen`]; `docs/replica-xen.md`), with test failover, failover
+//! and failback.
 
 mod end;
 mod history;
 mod job;
+#[cfg(feature = "xen")]
+mod xen;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +40,10 @@ pub use history::ReplicationRecord;
 pub use job::{
     DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
     MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
+};
+#[cfg(feature = "xen")]
+pub use xen::{
+    FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm, replicate_xen,
 };
 
 /// A committed point of a replica: what `alike replica list --json` prints.

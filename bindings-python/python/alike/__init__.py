@@ -116,6 +116,7 @@ __all__ = [
     "XenBackupReport",
     "XenDisk",
     "XenPool",
+    "XenReplica",
     "__version__",
     "load_config",
     "run_jobs",
@@ -1577,3 +1578,93 @@ class Replica:
         image (sparse where the point holds zeroes)."""
         r = self._n.export(point, disk, _os.fspath(output), force, _progress(progress), cancel)
         return ReplicaExportReport(**_fields(ReplicaExportReport, r))
+
+
+class XenReplica:
+    """A replica VM on a XenServer/XCP-ng pool (``docs/replica-xen.md``): made
+    from the source VM's recorded configuration, blocked from starting, one
+    snapshot per point. Results are plain dicts: a replication's report (as
+    :meth:`Replica.replicate`'s, with ``replica_vm``), points (``point``,
+    ``time``, ``time_ms``, ``disks``), a test VM (``uuid``, ``name``,
+    ``point``, ``started``), a failover (``uuid``, ``point``, ``networks``,
+    ``started``) and a failback (``read_bytes``, ``needed_bytes``,
+    ``sent_bytes``, ``roles``, ``elapsed_seconds``)."""
+
+    def __init__(self, native: "_native.NativeXenReplica") -> None:
+        self._n = native
+
+    @staticmethod
+    def replicate(
+        source: XenPool,
+        vm: str,
+        target: XenPool,
+        sr: str,
+        state_dir: "_os.PathLike[str] | str",
+        *,
+        network: _Optional[str] = None,
+        keep: _Optional[int] = None,
+        bwlimit: _Optional[int] = None,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> _Dict[str, _Any]:
+        """Replicates VM ``vm`` of ``source`` onto its replica VM on ``target``
+        (made on SR ``sr`` the first time; its key, record and history kept
+        under ``state_dir``), sending only the chunks the replica lacks."""
+        return _native.NativeXenReplica.replicate(
+            source._n, vm, target._n, sr, _os.fspath(state_dir), network, keep, bwlimit, _progress(progress), cancel
+        )
+
+    @classmethod
+    def open(cls, pool: XenPool, vm: str, state_dir: "_os.PathLike[str] | str") -> "XenReplica":
+        """Opens replica VM ``vm`` (name or uuid) of ``pool``."""
+        return cls(_native.NativeXenReplica.open(pool._n, vm, _os.fspath(state_dir)))
+
+    @property
+    def uuid(self) -> str:
+        """The replica VM's uuid."""
+        return self._n.uuid
+
+    @property
+    def name(self) -> str:
+        """The replica VM's name."""
+        return self._n.name
+
+    def points(self) -> _List[_Dict[str, _Any]]:
+        """The committed points, oldest first."""
+        return self._n.points()
+
+    def test_failover(
+        self, point: _Optional[int] = None, *, network: _Optional[str] = None, start: bool = True
+    ) -> _Dict[str, _Any]:
+        """Boots a copy of ``point`` (the newest by default) without NICs (or on
+        an isolated ``network``) while replication goes on."""
+        return self._n.test_failover(point, network, start)
+
+    def end_test(self, vm: str) -> None:
+        """Shuts a test failover's VM down and destroys it with its disks."""
+        self._n.end_test(vm)
+
+    def failover(
+        self,
+        point: _Optional[int] = None,
+        *,
+        networks: _Optional[_Mapping[str, str]] = None,
+        start: bool = False,
+    ) -> _Dict[str, _Any]:
+        """Makes the replica the live VM at ``point`` (the newest by default),
+        NICs moved by ``networks`` (source network → target network).
+        Re-addressing inside the guest is not done."""
+        return self._n.failover(point, dict(networks) if networks is not None else None, start)
+
+    def failback(
+        self,
+        original: XenPool,
+        vm: str,
+        *,
+        start: bool = False,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> _Dict[str, _Any]:
+        """Sends what changed on this failed-over VM back onto VM ``vm`` of
+        ``original`` (halted), then swaps roles."""
+        return self._n.failback(original._n, vm, start, _progress(progress), cancel)

@@ -18,6 +18,7 @@ __all__ = [
     "NativeStore",
     "NativeXenPool",
     "NativeHyperVHost",
+    "NativeXenReplica",
     "NotAStore",
     "NotFound",
     "PassphraseRequired",
@@ -329,3 +330,41 @@ class NativeServices:
     def subscribe(self, callback: Callable[[Dict[str, Any]], None]) -> int: ...
     def unsubscribe(self, id: int) -> bool: ...
     def rebuild_history(self) -> int: ...
+
+@final
+class NativeXenReplica:
+    @staticmethod
+    def replicate(
+        source: NativeXenPool,
+        vm: str,
+        target: NativeXenPool,
+        sr: str,
+        state_dir: str,
+        network: Optional[str] = None,
+        keep: Optional[int] = None,
+        bwlimit: Optional[int] = None,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
+    @staticmethod
+    def open(pool: NativeXenPool, vm: str, state_dir: str) -> NativeXenReplica: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    def points(self) -> List[Dict[str, Any]]: ...
+    def test_failover(
+        self, point: Optional[int] = None, network: Optional[str] = None, start: bool = True
+    ) -> Dict[str, Any]: ...
+    def end_test(self, vm: str) -> None: ...
+    def failover(
+        self, point: Optional[int] = None, networks: Optional[dict[str, str]] = None, start: bool = False
+    ) -> Dict[str, Any]: ...
+    def failback(
+        self,
+        original: NativeXenPool,
+        vm: str,
+        start: bool = False,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...

@@ -1,0 +1,186 @@
+//! `alike replicate --source-xen … --target-xen …` and `alike replica
+//! xen-list|test|test-end|failover|failback` against two `alike-xapi-sim`
+//! binaries (two pools): a full run, an incremental one, points listed, a
+//! test failover, a failover and a failback with the bytes it sent.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+fn sim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALIKE_XAPI_SIM") {
+        return p.into();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_alike")).with_file_name("alike-xapi-sim");
+    // Build it (a no-op when fresh): `cargo test -p alike-cli` alone does not.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let profile = if bin.parent().is_some_and(|d| d.ends_with("release")) { vec!["--release"] } else { vec![] };
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "alike-xen-sim", "--bin", "alike-xapi-sim", "--manifest-path"])
+        .arg(&manifest)
+        .args(&profile)
+        .status()
+        .expect("running cargo to build alike-xapi-sim");
+    assert!(st.success(), "building alike-xapi-sim failed");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+struct Sim {
+    child: Child,
+    url: String,
+    addr: String,
+}
+
+impl Sim {
+    fn start(state: &Path) -> Sim {
+        let mut child = Command::new(sim_binary())
+            .args(["--listen", "127.0.0.1:0", "--demo", "--state"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut first).unwrap();
+        // Keep reading what it prints (it dies on a closed stdout).
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let url = first.split_whitespace().last().unwrap().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        Sim { child, url, addr }
+    }
+
+    /// The simulator's test API: the guest writes `body` at `offset` of a VDI (marks CBT).
+    fn guest_write(&self, vdi: &str, offset: u64, body: &[u8]) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let head = format!(
+            "PUT /sim/write?vdi={vdi}&offset={offset} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    fn post(&self, target: &str) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let head =
+            format!("POST {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", self.addr);
+        s.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const NET: &str = "Pool-wide network associated with eth0";
+
+fn alike(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_alike"));
+    c.env("ALIKE_CACHE_DIR", dir.join("cache"))
+        .env("ALIKE_SOURCE_XEN_PASSWORD", "alike")
+        .env("ALIKE_TARGET_XEN_PASSWORD", "alike")
+        .env("ALIKE_XEN_PASSWORD", "alike")
+        .env("ALIKE_ORIGINAL_XEN_PASSWORD", "alike")
+        .env_remove("ALIKE_STORE")
+        .env_remove("ALIKE_XEN_URL");
+    c
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let o = alike(dir).args(args).output().unwrap();
+    assert!(o.status.success(), "alike {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn replicate_test_fail_over_and_back_between_two_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = Sim::start(&d.join("a"));
+    let b = Sim::start(&d.join("b"));
+    let state = d.join("replicas");
+    let st = state.to_str().unwrap();
+    let rep = |extra: &[&str]| {
+        let mut args = vec![
+            "replicate",
+            "--vm",
+            "web-01",
+            "--source-xen",
+            &a.url,
+            "--target-xen",
+            &b.url,
+            "--sr",
+            "Local storage",
+            "--network",
+            NET,
+            "--replica-state",
+            st,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(d, &args)
+    };
+    let r1 = rep(&[]);
+    assert_eq!(r1["point"], 1);
+    assert_eq!(r1["replica_name"], "web-01 (replica)");
+    let vms = json(d, &["xen", "--url", &a.url, "vms", "--json"]);
+    let web = vms.as_array().unwrap().iter().find(|v| v["name"] == "web-01").unwrap().clone();
+    let root = web["disks"][0]["vdi_uuid"].as_str().unwrap().to_owned();
+    a.guest_write(&root, 7 << 20, &[0x5a; 4096]);
+    let r2 = rep(&["--keep", "5"]);
+    assert_eq!(r2["point"], 2);
+    let sent = r2["sent_bytes"].as_u64().unwrap();
+    assert!(sent < 256 << 10 && r1["sent_bytes"].as_u64().unwrap() > 10 * sent, "{r2}");
+
+    let on = |cmd: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> =
+            ["replica", cmd, "--xen", &b.url, "--replica", "web-01 (replica)", "--replica-state", st]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let json_on = |args: Vec<String>| json(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let points = json_on(on("xen-list", &["--json"]));
+    let ids: Vec<u64> = points.as_array().unwrap().iter().map(|p| p["point"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2]);
+    assert!(points[0]["time"].as_str().unwrap().ends_with('Z'));
+
+    let t = json_on(on("test", &["--point", "1", "--json"]));
+    assert_eq!((t["point"].as_u64(), t["started"].as_bool()), (Some(1), Some(true)));
+    let o = alike(d).args(on("test-end", &["--vm", t["uuid"].as_str().unwrap()])).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let f = json_on(on("failover", &["--map", &format!("{NET}={NET}"), "--start", "--json"]));
+    assert_eq!((f["point"].as_u64(), f["started"].as_bool()), (Some(2), Some(true)));
+
+    // The original is halted; the failed-over VM's changes (none but the source's own
+    // moves since point 2: nothing) go back, and roles swap.
+    b.post(&format!("/sim/power?vm={}&state=Running", f["uuid"].as_str().unwrap()));
+    a.post(&format!("/sim/power?vm={}&state=Halted", web["uuid"].as_str().unwrap()));
+    let back = json_on(on("failback", &["--original-xen", &a.url, "--original-vm", "web-01", "--start", "--json"]));
+    let sent = back["sent_bytes"].as_u64().unwrap();
+    assert!(back["needed_bytes"].as_u64().unwrap() == 0 && sent < 64 << 10, "{back}");
+    assert_eq!(back["roles"]["started"], true);
+    // Replication resumes from the original onto the replica again.
+    let r3 = rep(&[]);
+    assert_eq!(r3["report"]["needed_bytes"], 0);
+}
