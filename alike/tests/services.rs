@@ -396,3 +396,15 @@ password = { file = "smtp.pass" }
         assert!(e.to_string().contains(key), "{key}: {e}");
     }
 }
+
+#[test]
+fn the_documented_example_configuration_parses() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).unwrap();
+    let example = doc.split("## Example").nth(1).unwrap();
+    let toml = example.split("```toml").nth(1).unwrap().split("```").next().unwrap();
+    let c = alike::Config::parse(toml, "/etc/alike/alike.toml").unwrap();
+    let nightly = c.job("nightly").unwrap().spec();
+    assert_eq!(nightly.schedule().unwrap().unwrap().zone(), "Europe/Berlin");
+    assert_eq!(c.job("weekend-check").unwrap().spec().kind, JobKind::Validation);
+    assert_eq!(c.notify.len(), 1);
+}
