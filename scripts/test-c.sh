@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p alike-c --locked
 cargo build -p alike-xen-sim --bin alike-xapi-sim --locked -q
+cargo build -p alike-hyperv-sim --bin alike-hyperv-sim --locked -q
 lib="$PWD/target/debug"
 out="$(mktemp -d)"
 sim_pids=()
@@ -33,6 +34,22 @@ start_sim() {
     cat <&3 >/dev/null &
     exec 3<&-
 }
+# A fresh simulated Hyper-V host (with its smbd) for each run of the API tests: hv_args is its URL
+# and SMB port, or nothing without smbd (the Hyper-V part of the tests is then skipped).
+start_hv() {
+    hv_args=()
+    if ! [ -x /usr/sbin/smbd ] && ! [ -x /usr/bin/smbd ]; then
+        echo "smbd not installed: the C API's Hyper-V tests are skipped" >&2
+        return
+    fi
+    local d="$out/hv-$1"
+    mkdir -p "$d"
+    target/debug/alike-hyperv-sim --listen 127.0.0.1:0 --state "$d/state" --demo --user hvadmin --password 'C-pw!1' \
+        --smb-port 0 >"$d/out" 2>&1 &
+    sim_pids+=($!)
+    for _ in $(seq 300); do grep -q "host drive" "$d/out" 2>/dev/null && break; sleep 0.1; done
+    hv_args=("$(awk '/WS-Management at/ {print $NF}' "$d/out")" "$(sed -n 's/.* on port \([0-9]*\).*/\1/p' "$d/out")")
+}
 cflags=(-std=c11 -Wall -Wextra -Werror -g -I bindings-c/include)
 gcc "${cflags[@]}" examples/c/backup.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/backup"
 gcc "${cflags[@]}" bindings-c/tests/c/test_api.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_api"
@@ -56,7 +73,8 @@ cmp "$out/disk.img" "$out/plain/restored.img"
 run static "$out/backup-static" "$out/static/store" "$out/disk.img" "$out/static/restored.img" --insecure-fast-kdf
 cmp "$out/disk.img" "$out/static/restored.img"
 start_sim plain
-run api "$out/test_api" "$out/api" "$xapi_url"
+start_hv plain
+run api "$out/test_api" "$out/api" "$xapi_url" "${hv_args[@]}"
 start_sim services
 run services "$out/test_services" "$out/services" "$xapi_url"
 # An ext4 image of a small tree (mke2fs), for the file-restore tests.
@@ -84,7 +102,8 @@ if command -v valgrind >/dev/null; then
     run vg-plain "${vg[@]}" "$out/backup" "$out/vg-plain/store" "$out/disk.img" "$out/vg-plain/restored.img" --insecure-fast-kdf
     cmp "$out/disk.img" "$out/vg-plain/restored.img"
     start_sim vg
-    run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url"
+    start_hv vg
+    run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url" "${hv_args[@]}"
     start_sim vg-services
     run vg-services "${vg[@]}" "$out/test_services" "$out/vg-services" "$xapi_url"
     run vg-files "${vg[@]}" "$out/test_files" "$out/vg-files" "$out/fs.img" "$out/fs-src"

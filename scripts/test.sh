@@ -178,8 +178,9 @@ step "cargo test" "Rust: unit, integration, CLI, golden vectors, doc tests, comm
 cargo test --workspace --locked
 
 step "Python bindings" "build into .venv, pytest, stub and type checks"
-# (the Xen tests drive the simulator binary)
+# (the Xen and Hyper-V tests drive the simulator binaries)
 cargo build --locked -q -p alike-xen-sim --bin alike-xapi-sim
+cargo build --locked -q -p alike-hyperv-sim --bin alike-hyperv-sim
 (cd bindings-python && VIRTUAL_ENV="$PWD/../.venv" ../.venv/bin/maturin develop --locked -q)
 .venv/bin/python -m pytest -q bindings-python/tests
 .venv/bin/python -m mypy.stubtest alike._native

@@ -126,6 +126,9 @@ typedef enum {
 // A token that cancels the operations it is passed to, from any thread.
 typedef struct alike_cancel alike_cancel;
 
+// A connected Hyper-V host (WMI over WinRM; its disks over SMB).
+typedef struct alike_hyperv_host alike_hyperv_host;
+
 // Options of an NBD export (`alike_nbd_options_new`, then setters). The
 // defaults: TCP `127.0.0.1:10809`, disk 0, read-only, no TLS.
 typedef struct alike_nbd_options alike_nbd_options;
@@ -858,6 +861,64 @@ alike_result alike_store_restore_xen_vm(const alike_store *store,
                                         void *user_data,
                                         const alike_cancel *cancel,
                                         char *out_vm_uuid);
+
+// Connects to the Hyper-V host at `url` (`http://host:5985/wsman`: NTLM
+// with message encryption; `https://host:5986/wsman`: TLS with the
+// certificate pinned by `fingerprint`, SHA-256 hex) as `user` with
+// `password`, its administrative share on `smb_port` (0 = 445) with the
+// same credentials. Free the host with `alike_hyperv_host_free`.
+//
+// # Safety
+// Strings NUL-terminated (fingerprint may be NULL); `out` writable.
+alike_result alike_hyperv_host_connect(const char *url,
+                                       const char *user,
+                                       const char *password,
+                                       uint16_t smb_port,
+                                       const char *fingerprint,
+                                       alike_hyperv_host **out);
+
+// Frees a host (NULL is fine).
+//
+// # Safety
+// `host` is NULL or from `alike_hyperv_host_connect`, not yet freed.
+void alike_hyperv_host_free(alike_hyperv_host *host);
+
+// Backs up the VM `vm` (name or id) of `host`: a recovery checkpoint, its
+// disks read over SMB — only the ranges RCT says changed since the last
+// backup, or everything, deduplicated, when the RCT chain is broken.
+// `*out_incremental_disks` and `*out_full_disks` (each may be NULL)
+// receive how many disks were read each way; `*out` (may be NULL) the new
+// version, to free.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_backup_hyperv(const alike_store *store,
+                                       const alike_hyperv_host *host,
+                                       const char *vm,
+                                       alike_progress_fn progress,
+                                       void *user_data,
+                                       const alike_cancel *cancel,
+                                       uint32_t *out_incremental_disks,
+                                       uint32_t *out_full_disks,
+                                       alike_version **out);
+
+// Recreates `version` (of a Hyper-V VM, or of a Xen VM: its configuration
+// mapped) as a new VM on `host`: VHDX files in the host's folder `path`
+// (`C:\...`), NICs on the virtual switch `switch_name` (NULL = the
+// recorded switches). `out_vm_id` (may be NULL) receives the new VM's id,
+// 37 bytes with the NUL.
+//
+// # Safety
+// Pointers as documented; `out_vm_id` NULL or writable for 37 bytes.
+alike_result alike_store_restore_hyperv_vm(const alike_store *store,
+                                           const alike_version *version,
+                                           const alike_hyperv_host *host,
+                                           const char *path,
+                                           const char *switch_name,
+                                           alike_progress_fn progress,
+                                           void *user_data,
+                                           const alike_cancel *cancel,
+                                           char *out_vm_id);
 
 // The version's id (64 hex digits), valid as long as `v`.
 //

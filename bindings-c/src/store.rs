@@ -630,3 +630,130 @@ pub unsafe extern "C" fn alike_store_restore_xen_vm(
         Ok(())
     })
 }
+
+/// A connected Hyper-V host (WMI over WinRM; its disks over SMB).
+pub struct alike_hyperv_host {
+    inner: alike::HyperVHost,
+}
+
+/// Connects to the Hyper-V host at `url` (`http://host:5985/wsman`: NTLM
+/// with message encryption; `https://host:5986/wsman`: TLS with the
+/// certificate pinned by `fingerprint`, SHA-256 hex) as `user` with
+/// `password`, its administrative share on `smb_port` (0 = 445) with the
+/// same credentials. Free the host with `alike_hyperv_host_free`.
+///
+/// # Safety
+/// Strings NUL-terminated (fingerprint may be NULL); `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_hyperv_host_connect(
+    url: *const c_char,
+    user: *const c_char,
+    password: *const c_char,
+    smb_port: u16,
+    fingerprint: *const c_char,
+    out: *mut *mut alike_hyperv_host,
+) -> alike_result {
+    guard(|| unsafe {
+        need(out, "out")?;
+        let mut o =
+            alike::HyperVHostOptions::new(arg_str(url, "url")?, arg_str(user, "user")?, arg_str(password, "password")?);
+        o.smb_port(if smb_port == 0 { 445 } else { smb_port });
+        if let Some(fp) = opt_str(fingerprint, "fingerprint")? {
+            o.wsman.server_cert(alike::HyperVCertCheck::pin(fp).map_err(alike::Error::from)?);
+        }
+        let h = alike::HyperVHost::connect(&o).map_err(alike::Error::from)?;
+        put(out, Box::into_raw(Box::new(alike_hyperv_host { inner: h })), "out")
+    })
+}
+
+/// Frees a host (NULL is fine).
+///
+/// # Safety
+/// `host` is NULL or from `alike_hyperv_host_connect`, not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_hyperv_host_free(host: *mut alike_hyperv_host) {
+    unsafe { crate::free_box(host) }
+}
+
+/// Backs up the VM `vm` (name or id) of `host`: a recovery checkpoint, its
+/// disks read over SMB — only the ranges RCT says changed since the last
+/// backup, or everything, deduplicated, when the RCT chain is broken.
+/// `*out_incremental_disks` and `*out_full_disks` (each may be NULL)
+/// receive how many disks were read each way; `*out` (may be NULL) the new
+/// version, to free.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_backup_hyperv(
+    store: *const alike_store,
+    host: *const alike_hyperv_host,
+    vm: *const c_char,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_incremental_disks: *mut u32,
+    out_full_disks: *mut u32,
+    out: *mut *mut alike_version,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let h = host.as_ref().map(|h| &h.inner).ok_or_else(|| invalid("host is NULL"))?;
+        let vm = arg_str(vm, "vm")?;
+        let run = Run::new(progress, user_data, cancel);
+        let r = s.backup_vm(h, vm, &with_run!(BackupOptions::default(), run))?;
+        let inc = r.disks.iter().filter(|d| d.incremental).count() as u32;
+        if !out_incremental_disks.is_null() {
+            out_incremental_disks.write(inc);
+        }
+        if !out_full_disks.is_null() {
+            out_full_disks.write(r.disks.len() as u32 - inc);
+        }
+        if !out.is_null() {
+            out.write(Box::into_raw(Box::new(alike_version::new(r.backup.version))));
+        }
+        Ok(())
+    })
+}
+
+/// Recreates `version` (of a Hyper-V VM, or of a Xen VM: its configuration
+/// mapped) as a new VM on `host`: VHDX files in the host's folder `path`
+/// (`C:\...`), NICs on the virtual switch `switch_name` (NULL = the
+/// recorded switches). `out_vm_id` (may be NULL) receives the new VM's id,
+/// 37 bytes with the NUL.
+///
+/// # Safety
+/// Pointers as documented; `out_vm_id` NULL or writable for 37 bytes.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_store_restore_hyperv_vm(
+    store: *const alike_store,
+    version: *const alike_version,
+    host: *const alike_hyperv_host,
+    path: *const c_char,
+    switch_name: *const c_char,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out_vm_id: *mut c_char,
+) -> alike_result {
+    guard(|| unsafe {
+        let s = self::store(store)?;
+        let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
+        let h = host.as_ref().map(|h| &h.inner).ok_or_else(|| invalid("host is NULL"))?;
+        let run = Run::new(progress, user_data, cancel);
+        let mut place = alike::Placement::on(arg_str(path, "path")?);
+        if let Some(n) = opt_str(switch_name, "switch_name")? {
+            place = place.network(n);
+        }
+        let r = s.restore_vm(&v.inner, h, &place, &with_run!(RestoreOptions::default(), run))?;
+        if !out_vm_id.is_null() {
+            let b = r.vm_uuid.as_bytes();
+            let n = b.len().min(36);
+            std::ptr::copy_nonoverlapping(b.as_ptr(), out_vm_id.cast::<u8>(), n);
+            out_vm_id.add(n).write(0);
+        }
+        Ok(())
+    })
+}

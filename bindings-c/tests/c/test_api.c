@@ -113,7 +113,7 @@ static int cancel_after_first(void *user_data, alike_phase phase, uint64_t done,
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc == 2 || argc == 3);
+    CHECK(argc == 2 || argc == 3 || argc == 5);
     snprintf(work, sizeof work, "%s", argv[1]);
     CHECK(strcmp(alike_library_version(), ALIKE_VERSION_STRING) == 0);
     CHECK(strcmp(alike_result_name(ALIKE_ERR_CORRUPTION), "ALIKE_ERR_CORRUPTION") == 0);
@@ -343,6 +343,28 @@ int main(int argc, char **argv) {
         CHECK(alike_store_backup_xen(s, pool, "no-such-vm", NULL, NULL, NULL, NULL, NULL, NULL) == ALIKE_ERR_NOT_FOUND);
         alike_version_free(xv);
         alike_xen_pool_free(pool);
+    }
+
+    /* Hyper-V, when a simulator URL and SMB port are given: full, then RCT incremental, then a new VM. */
+    if (argc > 4) {
+        alike_hyperv_host *host = NULL;
+        uint16_t smb = (uint16_t)atoi(argv[4]);
+        CHECK(alike_hyperv_host_connect(argv[3], "hvadmin", "wrong", smb, NULL, &host) != ALIKE_OK && host == NULL);
+        CHECK(alike_hyperv_host_connect(argv[3], "hvadmin", "C-pw!1", smb, NULL, &host) == ALIKE_OK);
+        uint32_t inc = 9, full = 9;
+        alike_version *hv = NULL;
+        CHECK(alike_store_backup_hyperv(s, host, "web-01", NULL, NULL, NULL, &inc, &full, &hv) == ALIKE_OK);
+        CHECK(inc == 0 && full == 2 && alike_version_disk_count(hv) == 2);
+        alike_version_free(hv);
+        CHECK(alike_store_backup_hyperv(s, host, "web-01", NULL, NULL, NULL, &inc, &full, &hv) == ALIKE_OK);
+        CHECK(inc == 2 && full == 0);
+        char id[37] = {0};
+        CHECK(alike_store_restore_hyperv_vm(s, hv, host, "C:\\Restored", NULL, NULL, NULL, NULL, id) == ALIKE_OK);
+        CHECK(strlen(id) == 36);
+        CHECK(alike_store_restore_hyperv_vm(s, hv, host, "C:\\R2", "no such switch", NULL, NULL, NULL, NULL) ==
+              ALIKE_ERR_NOT_FOUND);
+        alike_version_free(hv);
+        alike_hyperv_host_free(host);
     }
 
     /* Replication into a folder of VHDX files: a first run, then a change, then points and exports. */
