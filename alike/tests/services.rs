@@ -408,3 +408,36 @@ fn the_documented_example_configuration_parses() {
     assert_eq!(c.job("weekend-check").unwrap().spec().kind, JobKind::Validation);
     assert_eq!(c.notify.len(), 1);
 }
+
+#[test]
+fn api_made_jobs_survive_a_restart_and_the_configuration_file_wins_on_a_clash() {
+    use alike::services::{JobOrigin, JobSpec, Services};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("store.pass"), "pw-restart\n").unwrap();
+    alike::Store::builder().passphrase("pw-restart").insecure_fast_kdf().create(dir.path().join("store")).unwrap();
+    let file = |cron: &str| {
+        format!(
+            "version = 1\n[[store]]\nname = \"main\"\npath = \"store\"\npassphrase = {{ file = \"store.pass\" }}\n\
+             [[job]]\nname = \"check\"\nkind = \"validation\"\nstore = \"main\"\nschedule = \"{cron}\"\n"
+        )
+    };
+    let open = |text: &str| {
+        let c = alike::Config::parse(text, dir.path().join("alike.toml")).unwrap();
+        Services::builder().config(&c).unwrap().database(dir.path().join("services.redb")).open().unwrap()
+    };
+    let s = open(&file("0 1 * * *"));
+    for (name, cron) in [("api-check", "0 2 * * *"), ("check", "0 3 * * *")] {
+        let mut j = JobSpec::new(name, JobKind::Validation);
+        j.store = Some("main".into());
+        j.schedule = Some(cron.into());
+        s.put_job(j).unwrap();
+    }
+    assert_eq!(s.job("api-check").unwrap().origin, JobOrigin::Api, "put_job marks the job the API's");
+    drop(s);
+    let s = open(&file("0 4 * * *"));
+    let api = s.job("api-check").unwrap();
+    assert_eq!((api.origin, api.schedule.as_deref()), (JobOrigin::Api, Some("0 2 * * *")));
+    let check = s.job("check").unwrap();
+    assert_eq!((check.origin, check.schedule.as_deref()), (JobOrigin::File, Some("0 4 * * *")), "the file wins");
+    assert_eq!(s.jobs().unwrap().len(), 2);
+}

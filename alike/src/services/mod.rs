@@ -47,9 +47,9 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 pub use alike_sched::{
-    Chain, Clock, DiskRun, Event, EventKind, HistoryRetention, JobKind, JobSpec, JobStatus, ManualClock, MissedRule,
-    RebuiltVersion, RunFilter, RunRecord, RunResult, Schedule, Scheduler, SchedulerOptions, StepRun, SubscriptionId,
-    SystemClock, Trigger, Validation, VerifyAfter, VmLocks, VmRun,
+    Chain, Clock, DiskRun, Event, EventKind, HistoryRetention, JobKind, JobOrigin, JobSpec, JobStatus, ManualClock,
+    MissedRule, RebuiltVersion, RunFilter, RunRecord, RunResult, Schedule, Scheduler, SchedulerOptions, StepRun,
+    SubscriptionId, SystemClock, Trigger, Validation, VerifyAfter, VmLocks, VmRun,
 };
 pub use runner::EngineRunner;
 
@@ -338,11 +338,14 @@ impl Services {
     }
 
     /// Adds or replaces a job (checked, its store and pool names too),
-    /// kept in the database.
+    /// kept in the database as made through the API ([`JobOrigin::Api`]):
+    /// it survives a restart unless the configuration file then has a job
+    /// of that name (the file wins).
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidArgument`]; database errors.
-    pub fn put_job(&self, job: JobSpec) -> Result<()> {
+    pub fn put_job(&self, mut job: JobSpec) -> Result<()> {
+        job.origin = JobOrigin::Api;
         job.check()?;
         self.res.check(&job)?;
         Ok(self.sched.put_job(job)?)
