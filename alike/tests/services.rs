@@ -16,7 +16,8 @@ use std::time::Duration;
 use alike::Store;
 use alike::services::notify::{EmailOptions, Notifier, Security};
 use alike::services::{
-    Clock, JobKind, JobSpec, ManualClock, RunFilter, RunResult, SchedulerOptions, Services, Trigger, VerifyAfter,
+    Clock, EventKind, JobKind, JobSpec, ManualClock, RunFilter, RunResult, SchedulerOptions, Services, Trigger,
+    VerifyAfter,
 };
 use alike_xen_sim::{SimConfig, Simulator};
 
@@ -239,6 +240,24 @@ fn nightly_chain_against_the_simulator() {
         ]
     );
     assert!(evs.iter().any(|e| e.run == first.id && e.kind.name() == "progress"));
+    // Backup progress per disk: each disk of each VM of the first run ends
+    // at its own size.
+    let mut ends = std::collections::BTreeMap::new();
+    for e in evs.iter().filter(|e| e.run == first.id) {
+        if let EventKind::Progress { vm, disk, phase, done, total } = &e.kind
+            && phase == "backup"
+        {
+            ends.insert((vm.clone(), *disk), (*done, *total));
+        }
+    }
+    // (Events name a VM as the job selected it — here by tag, so its uuid.)
+    let mut got: Vec<(u32, u64, u64)> = ends.iter().map(|((_, d), (done, total))| (*d, *done, *total)).collect();
+    let mut want: Vec<(u32, u64, u64)> =
+        first.vms.iter().flat_map(|v| v.disks.iter().map(|d| (d.position, d.size, d.size))).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert!(want.len() > first.vms.len(), "a VM with several disks: {want:?}");
+    assert_eq!(got, want, "{ends:?}");
     assert!(evs.windows(2).all(|w| w[0].seq < w[1].seq));
 
     // The webhook: one POST per run, the run's record in it.

@@ -179,11 +179,22 @@ impl EngineRunner {
             let _span = tracing::info_span!("vm", vm = %vm).entered();
             ctx.vm_started(vm);
             let (ctx_vm, name) = (vm.clone(), vm.clone());
-            let events = EventSink::new(ctx);
+            let events = Arc::new(EventSink::new(ctx));
+            let disk_events = events.clone();
+            // Backup-stage progress goes out per disk (the disk_progress
+            // callback); other stages (scanning) as the engine reports them.
             let opts = BackupOptions::default()
                 .quiesce(if job.quiesce { crate::Quiesce::IfSupported } else { crate::Quiesce::No })
                 .cancel_token(ctx.cancel_token().clone())
-                .progress(move |p| events.progress(&ctx_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total));
+                .disk_progress({
+                    let vm = vm.clone();
+                    move |d| disk_events.progress(&vm, d.position, "backup", d.bytes_done, d.bytes_total)
+                })
+                .progress(move |p| {
+                    if p.phase != alike_core::Phase::Backup {
+                        events.progress(&ctx_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total);
+                    }
+                });
             match store.backup_vm(&*hv, vm, &opts) {
                 Ok(r) => {
                     made.push((r.vm.clone(), r.id.clone()));
