@@ -264,6 +264,8 @@ fn jobs_sharing_a_vm_are_serialised() {
     s.put_job(job("b", None, &["db"])).unwrap();
     s.put_job(job("c", None, &["mail"])).unwrap();
     env.gate.hold("a");
+    // c is held too: a run that ends at once would be gone before it is seen running.
+    env.gate.hold("c");
     let ra = s.run_now("a").unwrap();
     env.gate.wait_running("a");
     let rb = s.run_now("b").unwrap();
@@ -273,6 +275,7 @@ fn jobs_sharing_a_vm_are_serialised() {
     assert!(!s.wait_idle(Duration::from_millis(300)));
     assert_eq!(s.run(rb).unwrap().result, RunResult::Queued);
     assert!(env.gate.calls().iter().all(|c| c.0 != "b"), "b must not start while a holds db");
+    env.gate.release("c");
     env.gate.release("a");
     assert!(s.wait_idle(Duration::from_secs(10)));
     let calls = env.gate.calls();
