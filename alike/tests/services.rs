@@ -460,3 +460,43 @@ fn api_made_jobs_survive_a_restart_and_the_configuration_file_wins_on_a_clash() 
     assert_eq!((check.origin, check.schedule.as_deref()), (JobOrigin::File, Some("0 4 * * *")), "the file wins");
     assert_eq!(s.jobs().unwrap().len(), 2);
 }
+
+#[test]
+fn replication_jobs_make_replica_points_with_figures_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(SimConfig::new(dir.path().join("sim")).demo(true)).unwrap();
+    let (url, pw) = (sim.url(), sim.password().to_owned());
+    let services = Services::builder()
+        .database(dir.path().join("services.redb"))
+        .pool(
+            "demo",
+            Arc::new(move || Ok(Box::new(alike::xen_pool(&url, "root", &pw, None)?) as Box<dyn alike::Hypervisor>)),
+        )
+        .open()
+        .unwrap();
+    let mut job = JobSpec::new("dr", JobKind::Replication);
+    job.vms = vec!["web-01".into()];
+    job.pool = Some("demo".into());
+    job.target = Some(dir.path().join("replicas").display().to_string());
+    job.options.insert("keep".into(), 1.into());
+    services.put_job(job).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let id = services.run_now("dr").unwrap();
+        assert!(services.wait_idle(Duration::from_secs(120)));
+        let r = services.run(id).unwrap();
+        assert_eq!(r.result, RunResult::Success, "{r:#?}");
+        runs.push(r.vms[0].clone());
+    }
+    let (first, second) = (&runs[0], &runs[1]);
+    assert_eq!(first.vm, "web-01");
+    assert_eq!((first.point, second.point), (Some(1), Some(2)));
+    assert!(first.read_bytes > 0 && first.sent_bytes > 0, "{first:?}");
+    // Nothing changed between the runs: the second sends (almost) nothing.
+    assert!(second.sent_bytes < first.sent_bytes / 10, "{second:?} after {first:?}");
+    // The replica holds the newest point only (keep = 1), its own history both runs.
+    let replica = alike::Replica::open(dir.path().join("replicas").join("web-01")).unwrap();
+    let points: Vec<u64> = replica.points().unwrap().iter().map(|p| p.point).collect();
+    assert_eq!(points, [2]);
+    assert_eq!(replica.history().unwrap().len(), 2);
+}

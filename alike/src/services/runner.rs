@@ -385,6 +385,87 @@ impl EngineRunner {
         Ok(())
     }
 
+    /// Each VM's disks (a fresh snapshot) to a replica directory under
+    /// `target`, one per VM (`TARGET/VM_NAME`), as a new point; keeps
+    /// `options.keep` points when given. The replica's own history beside
+    /// it records the run too.
+    fn replication(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        let target = job.target.as_deref().ok_or_else(|| {
+            crate::Error::InvalidArgument(format!("job {:?}: a replication job needs a target directory", job.name))
+        })?;
+        let hv = self.res.connect(&job.name, job.pool.as_deref())?;
+        let vms = resolve(&*hv, &job.vms)?;
+        if vms.is_empty() {
+            ctx.warning(None, "the job's selectors match no VM");
+        }
+        let keep = job.options.get("keep").and_then(serde_json::Value::as_u64);
+        for vm in &vms {
+            if ctx.cancel_token().is_cancelled() {
+                break;
+            }
+            let _span = tracing::info_span!("vm", vm = %vm).entered();
+            ctx.vm_started(vm);
+            let started = std::time::Instant::now();
+            let one = || -> Result<VmRun> {
+                let name = hv.vm_name(vm)?;
+                let dir: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                    .collect();
+                let replica = crate::Replica::open_or_create(std::path::Path::new(target).join(dir), &name)?;
+                let snap = alike_core::SnapshotOptions::default()
+                    .quiesce(if job.quiesce { crate::Quiesce::IfSupported } else { crate::Quiesce::No })
+                    .cancel_token(ctx.cancel_token().clone());
+                let session = hv.begin_backup(vm, &[], &snap)?;
+                let events = EventSink::new(ctx);
+                let ev_vm = vm.clone();
+                let mut o = crate::ReplicateOptions::default()
+                    .cancel_token(ctx.cancel_token().clone())
+                    .progress(move |p| events.progress(&ev_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total));
+                if let Some(k) = keep {
+                    o = o.keep(usize::try_from(k).unwrap_or(usize::MAX));
+                }
+                if let Some(b) = job.bandwidth {
+                    o = o.bwlimit(b);
+                }
+                let r = {
+                    let disks = session.disks();
+                    crate::replicate(&name, &disks, &replica, &o)
+                };
+                let rep = match r {
+                    Ok(rep) => {
+                        let _ = session.commit();
+                        rep
+                    }
+                    Err(e) => {
+                        if let Err(a) = session.abort() {
+                            tracing::warn!(vm = %vm, "releasing the snapshot: {a}");
+                        }
+                        return Err(e);
+                    }
+                };
+                let mut v = VmRun::default();
+                v.vm = name;
+                v.point = Some(rep.point);
+                v.read_bytes = rep.read_bytes;
+                v.sent_bytes = rep.sent_bytes;
+                v.elapsed_seconds = rep.elapsed_seconds;
+                v.result = "success".into();
+                Ok(v)
+            };
+            let v = one().unwrap_or_else(|e| {
+                let mut v = VmRun::default();
+                v.vm = vm.clone();
+                v.result = "failed".to_owned();
+                v.error = Some(e.to_string());
+                v.elapsed_seconds = started.elapsed().as_secs_f64();
+                v
+            });
+            ctx.vm_done(v);
+        }
+        Ok(())
+    }
+
     fn housekeeping(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
         let store = self.res.store(&job.name, job.store.as_deref())?;
         if let Some(policy) = &job.chain.retention {
@@ -457,6 +538,7 @@ impl Runner for EngineRunner {
             JobKind::Validation => self.validation(job, ctx),
             JobKind::Housekeeping => self.housekeeping(job, ctx),
             JobKind::Vault => self.vault(job, ctx),
+            JobKind::Replication => self.replication(job, ctx),
             _ => Err(crate::Error::InvalidArgument(format!(
                 "job {:?}: {} jobs are not run by the services yet",
                 job.name,
