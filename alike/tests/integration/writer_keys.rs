@@ -72,7 +72,7 @@ fn a_writer_backs_up_and_increments_while_only_the_full_key_restores() {
         let e = restore_bytes(&env, &writer, v).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WriteOnlyKey, "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("write-only key") && msg.contains(&v.short_id()), "{msg}");
+        assert!(msg.contains("write-only key") && msg.contains(v.short_id()), "{msg}");
     }
     // Verify: the writer checks what it can and says what it cannot; the full key checks everything.
     let r = writer.verify(&VerifyOptions::default().full(true)).unwrap();
@@ -81,6 +81,14 @@ fn a_writer_backs_up_and_increments_while_only_the_full_key_restores() {
     assert!(writer.verify(&VerifyOptions::default()).unwrap().ok(), "a quick verify needs no data");
     let r = full.verify(&VerifyOptions::default().full(true)).unwrap();
     assert!(r.ok() && r.data_frames_not_opened == 0 && r.not_checked.is_none(), "{r:?}");
+
+    // A writer removes nothing.
+    assert_eq!(writer.forget(&v2.id).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
+    assert_eq!(writer.gc(&Default::default()).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
+    let mut keep = alike::RetentionPolicy::default();
+    keep.keep_last = 1;
+    assert_eq!(writer.prune(None, &keep, false).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
+    assert_eq!(writer.versions(None).unwrap().len(), 3);
 
     // A writer cannot hand out keys, nor vault out of the store.
     assert_eq!(writer.add_writer_key(env.path("w2.key")).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
