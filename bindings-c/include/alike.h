@@ -437,6 +437,14 @@ alike_result alike_store_options_set_cache_dir(alike_store_options *opts, const 
 // `opts` is a live options object; `path` a NUL-terminated string.
 alike_result alike_store_options_set_key_file(alike_store_options *opts, const char *path);
 
+// Create a store that can hand out write-only keys
+// (`alike_store_add_writer_key`): format 3, data sealed to the store's
+// public key. Needs encryption and content-defined chunking.
+//
+// # Safety
+// `opts` is a live options object.
+alike_result alike_store_options_set_writer_keys(alike_store_options *opts);
+
 // Create an unencrypted store (no passphrase needed to open it).
 //
 // # Safety
@@ -790,6 +798,16 @@ alike_result alike_store_vault(const alike_store *store,
                                const alike_cancel *cancel,
                                uint64_t *out_copied,
                                uint64_t *out_sent_bytes);
+
+// Writes a write-only key file to `output` (mode 0600; never over an
+// existing file): opened with it (`alike_store_options_set_key_file`), the
+// store backs up but cannot restore (`ALIKE_ERR_WRITE_ONLY_KEY`). The
+// store must have been made with `alike_store_options_set_writer_keys` and
+// be open with its full key.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_add_writer_key(const alike_store *store, const char *output);
 
 // Removes one version (by id or unique prefix); its data goes at the next gc.
 //

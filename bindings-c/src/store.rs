@@ -472,6 +472,22 @@ pub unsafe extern "C" fn alike_store_vault(
     })
 }
 
+/// Writes a write-only key file to `output` (mode 0600; never over an
+/// existing file): opened with it (`alike_store_options_set_key_file`), the
+/// store backs up but cannot restore (`ALIKE_ERR_WRITE_ONLY_KEY`). The
+/// store must have been made with `alike_store_options_set_writer_keys` and
+/// be open with its full key.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_add_writer_key(store: *const alike_store, output: *const c_char) -> alike_result {
+    guard(|| unsafe {
+        self::store(store)?.add_writer_key(arg_str(output, "output")?)?;
+        Ok(())
+    })
+}
+
 /// Removes one version (by id or unique prefix); its data goes at the next gc.
 ///
 /// # Safety
