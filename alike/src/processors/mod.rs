@@ -50,10 +50,10 @@ pub use alike_core::provision::{
     SweepReport, TAG_JOB, TAG_ORCHESTRATOR,
 };
 use alike_remote::ssh::{ClientKey, Host, HostKeyPolicy, RemoteError, Session, SshOptions};
-pub use local::{LocalError, LocalPoolOptions, LocalProcessor, LocalProvisioner};
 /// Processors in a Xen pool (the XAPI provisioner).
 #[cfg(feature = "xen")]
 pub use alike_xen::adapter::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
+pub use local::{LocalError, LocalPoolOptions, LocalProcessor, LocalProvisioner};
 use serde::Serialize;
 
 use crate::remote::{BackupJob, ProcessorEvent, ProcessorJob, RemoteOptions, RemoteReport, StoreSpec, run_remote};
