@@ -692,6 +692,17 @@ fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
         ready.as_secs_f64()
     );
 
+    // A job that fails on the processor (a wrong store passphrase) releases
+    // the snapshot and tears the processor down all the same.
+    let bad = ProcessorBackup::new("xj-bad", &pool, spec.clone())
+        .vm(VmDisks::new("web-01", Vec::<String>::new()))
+        .passphrase("not the passphrase");
+    let e = orch.run(&bad, &RunJobOptions::default()).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("passphrase"), "{e}");
+    let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+    assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before and after a failed job");
+    assert_eq!(store.versions(Some("web-01")).unwrap().len(), 1, "no version of the failed job");
+
     // An orchestrator that dies with a snapshot attached to its processor
     // leaves both; the sweep at its next start removes the VM and the
     // snapshot (found by the job tag on the snapshot's disks).
