@@ -638,13 +638,16 @@ fn wait_for_ssh(
 
 impl Orchestrator {
     /// The orchestrator a configuration file describes: its id and state
-    /// directory, and a provisioner for each of its local pools.
+    /// directory, and a provisioner for each of its pools (a Xen pool's
+    /// VMs snapshotted through the pool, see
+    /// [`Orchestrator::add_pool_with_snapshots`]).
     ///
     /// # Errors
     /// As [`Orchestrator::new`] and [`LocalProvisioner::new`]; a pool's
-    /// SSH key's public half (`KEY.pub`) cannot be read;
+    /// SSH key's public half (`KEY.pub`) cannot be read; a Xen pool cannot
+    /// be reached;
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
-    /// for a Xen pool (this build provisions local pools only).
+    /// for a Xen pool in a build without the `xen` feature.
     pub fn from_config(config: &crate::Config) -> Result<Orchestrator> {
         use crate::config::{HostKeyPolicy as Keys, PoolKind};
         let mut o = Orchestrator::new(&config.orchestrator, &config.state_dir)?;
