@@ -302,8 +302,8 @@ impl Orchestrator {
     /// `state_dir/orchestrator-ID.lock` while it lives.
     ///
     /// # Errors
-    /// [`ErrorKind::Busy`] when another process runs this id;
-    /// [`ErrorKind::InvalidArgument`] for a bad id; I/O errors.
+    /// [`ErrorKind::Busy`](crate::ErrorKind::Busy) when another process runs this id;
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for a bad id; I/O errors.
     pub fn new(id: impl Into<String>, state_dir: impl AsRef<Path>) -> Result<Orchestrator> {
         let id = id.into();
         if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -387,7 +387,7 @@ impl Orchestrator {
     /// or did not answer SSH in time (`PROCESSOR_SSH_TIMEOUT`);
     /// [`Error::Remote`]: a refused host key (`HOST_KEY_CHANGED`), failed
     /// login, or the job's own failure on the processor;
-    /// [`ErrorKind::Cancelled`].
+    /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled).
     pub fn run(&self, job: &ProcessorBackup, opts: &RunJobOptions) -> Result<JobRun> {
         let t0 = Instant::now();
         let emit = |e: JobEvent| {
