@@ -54,6 +54,7 @@ cflags=(-std=c11 -Wall -Wextra -Werror -g -I bindings-c/include)
 gcc "${cflags[@]}" examples/c/backup.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/backup"
 gcc "${cflags[@]}" bindings-c/tests/c/test_api.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_api"
 gcc "${cflags[@]}" bindings-c/tests/c/test_files.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_files"
+gcc "${cflags[@]}" bindings-c/tests/c/test_xen_replica.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_xen_replica"
 gcc "${cflags[@]}" bindings-c/tests/c/test_jobs.c -L "$lib" -lalike -Wl,-rpath,"$lib" -o "$out/test_jobs"
 gcc "${cflags[@]}" bindings-c/tests/c/test_services.c -L "$lib" -lalike -lpthread -Wl,-rpath,"$lib" -o "$out/test_services"
 # The static library links too (with the system libraries Rust needs).
@@ -75,6 +76,11 @@ cmp "$out/disk.img" "$out/static/restored.img"
 start_sim plain
 start_hv plain
 run api "$out/test_api" "$out/api" "$xapi_url" "${hv_args[@]}"
+# Two pools for the Xen replica tests: the source and the replica's.
+start_sim xr-a
+xr_a=$xapi_url
+start_sim xr-b
+run xen-replica "$out/test_xen_replica" "$out/xen-replica" "$xr_a" "$xapi_url"
 start_sim services
 run services "$out/test_services" "$out/services" "$xapi_url"
 # An ext4 image of a small tree (mke2fs), for the file-restore tests.
@@ -104,6 +110,10 @@ if command -v valgrind >/dev/null; then
     start_sim vg
     start_hv vg
     run vg-api "${vg[@]}" "$out/test_api" "$out/vg-api" "$xapi_url" "${hv_args[@]}"
+    start_sim vg-xr-a
+    xr_a=$xapi_url
+    start_sim vg-xr-b
+    run vg-xen-replica "${vg[@]}" "$out/test_xen_replica" "$out/vg-xen-replica" "$xr_a" "$xapi_url"
     start_sim vg-services
     run vg-services "${vg[@]}" "$out/test_services" "$out/vg-services" "$xapi_url"
     run vg-files "${vg[@]}" "$out/test_files" "$out/vg-files" "$out/fs.img" "$out/fs-src"

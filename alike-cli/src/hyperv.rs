@@ -93,6 +93,52 @@ enum HypervCmd {
         #[command(flatten)]
         out: JsonArg,
     },
+    /// Replica VMs: register a replica folder (`alike replica`'s VHDX folder) on the host as a
+    /// replica VM that the host refuses to start, and fail it over.
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCmd {
+    /// Define a new, off VM from the replica folder DIR's newest point (VHDX files copied to the
+    /// host over SMB) with the configuration recorded in a store version (Hyper-V's or Xen's),
+    /// marked a replica: the host refuses to start it until `replica failover`.
+    Register {
+        /// The replica folder.
+        dir: PathBuf,
+        /// The version whose recorded configuration the VM gets: an id, a prefix or `latest`.
+        #[arg(long = "config-version", value_name = "VERSION")]
+        version: String,
+        /// VM name for `latest` (default: the replica's VM).
+        #[arg(long)]
+        vm: Option<String>,
+        /// The host's folder for the VM's files: C:\…; the VM gets a folder of its name in it.
+        #[arg(long)]
+        path: String,
+        /// The virtual switch for every NIC (default: the switches the VM had, by name).
+        #[arg(long)]
+        switch: Option<String>,
+        /// The VM's name (default: the recorded one followed by " (replica)").
+        #[arg(long)]
+        name: Option<String>,
+        /// Let the host make new MAC addresses (default: the recorded ones, static).
+        #[arg(long)]
+        new_macs: bool,
+        /// A local folder to stage each VHDX in before it is copied to the host.
+        #[arg(long, value_name = "DIR")]
+        staging_dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: JsonArg,
+    },
+    /// Fail the replica folder DIR over to its registered VM NAME (name or id): the VM then
+    /// starts, and DIR refuses runs until it is registered again.
+    Failover {
+        /// The replica folder.
+        dir: PathBuf,
+        /// The replica VM: name or id.
+        name: String,
+    },
 }
 
 fn password(a: &HypervArgs) -> Result<String> {
@@ -141,6 +187,56 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
                 place = place.network(s.as_str());
             }
             restore(cli, a, which, &place, staging_dir.as_ref(), out)
+        }
+        HypervCmd::Replica(ReplicaCmd::Register {
+            dir,
+            version,
+            vm,
+            path,
+            switch,
+            name,
+            new_macs,
+            staging_dir,
+            out,
+        }) => {
+            let replica = alike::Replica::open(dir)?;
+            let name = name.clone().unwrap_or_else(|| format!("{} (replica)", replica.vm()));
+            let mut place = Placement::on(path.as_str()).keep_macs(!*new_macs).name(name);
+            if let Some(s) = switch {
+                place = place.network(s.as_str());
+            }
+            let store = open(cli)?;
+            let v = store.version(version, Some(vm.as_deref().unwrap_or(replica.vm())))?;
+            let host = connect_staging(a, staging_dir.as_ref())?;
+            let r = long(cli, "register", |cb, cancel| {
+                let mut o = RestoreOptions::default().cancel_token(cancel);
+                if let Some(cb) = cb {
+                    o = o.progress(cb);
+                }
+                replica.register_hyperv(&host, v.config(), &place, &o)
+            })?;
+            for w in &r.warnings {
+                eprintln!("alike: warning: {w}");
+            }
+            if out.json {
+                return print_json(&r);
+            }
+            println!("{}", r.vm_id);
+            eprintln!(
+                "registered point {} of {} as replica VM {:?} ({}), off and refused a start until failover, in {:.2} s",
+                r.point,
+                dir.display(),
+                r.name,
+                r.vm_id,
+                r.elapsed_seconds
+            );
+            Ok(())
+        }
+        HypervCmd::Replica(ReplicaCmd::Failover { dir, name }) => {
+            let replica = alike::Replica::open(dir)?;
+            replica.fail_over_hyperv(&connect(a)?, name)?;
+            eprintln!("failed {} over to VM {name:?}: it starts now; the folder takes no more runs", dir.display());
+            Ok(())
         }
     }
 }

@@ -662,3 +662,62 @@ fn ls_and_extract_as_documented() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found: /missing"), "{o:?}");
     assert!(!c.p("o2").exists() || std::fs::read_dir(c.p("o2")).unwrap().count() == 0);
 }
+
+#[test]
+fn write_only_key_backs_up_but_restore_and_full_verify_fail_naming_why() {
+    let c = Cli::new();
+    c.ok(&["init", "--writer-keys"]);
+    let key = c.p("writer.key");
+    let j = c.json(&["key", "add-writer", "--output", path_str(&key), "--json"]);
+    assert_eq!(j["write_only"], true);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // Never over an existing file.
+    let o = c.cmd().args(["key", "add-writer", "--output", path_str(&key)]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let other = c.p("other.img");
+    sparse_image(&other, 4 << 20, 6, 2);
+    c.ok(&["backup", "--vm", "other", path_str(&other)]);
+    let img = c.p("d.img");
+    sparse_image(&img, 8 << 20, 10, 3);
+    let w = |args: &[&str]| {
+        let mut cmd = c.cmd();
+        cmd.env_remove("ALIKE_PASSWORD").arg("--key-file").arg(&key).args(args);
+        cmd.output().unwrap()
+    };
+    let o = w(&["backup", "--vm", "web", path_str(&img), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    let o = w(&["backup", "--vm", "web", path_str(&img), "--json"]);
+    assert!(o.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap()["new_bytes"], 0);
+
+    for (vm, out) in [("other", "o.img"), ("web", "w.img")] {
+        let o = w(&["restore", "latest", "--vm", vm, "--output", path_str(&c.p(out))]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("write-only key") && err.lines().count() == 1, "{err}");
+        assert!(!c.p(out).exists());
+    }
+    let o = w(&["verify", "--full"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("write-only key"));
+    assert!(w(&["verify"]).status.success(), "a quick verify needs no data");
+
+    // The full key restores the writer's version bit-exact and verifies everything.
+    let out = c.p("r.img");
+    c.ok(&["restore", &id[..12], "--output", path_str(&out)]);
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+    assert!(c.json(&["verify", "--full", "--json"])["ok"].as_bool().unwrap());
+
+    // A damaged key file: a clear one-line error, none of its bytes.
+    let mut bytes = std::fs::read(&key).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(c.p("bad.key"), &bytes).unwrap();
+    let mut cmd = c.cmd();
+    let o = cmd.env_remove("ALIKE_PASSWORD").arg("--key-file").arg(c.p("bad.key")).arg("versions").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("checksum"), "{err}");
+}

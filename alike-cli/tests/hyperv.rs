@@ -269,3 +269,47 @@ fn https_with_a_pinned_certificate() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("was refused") && err.contains(&fp), "{err}");
 }
+
+#[test]
+fn replica_register_and_failover() {
+    if !smbd_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&dir.path().join("sim"));
+    let c = Cli { dir, sim };
+    c.ok(&["init", "--no-encryption"]);
+    let (v, _) = c.ok(&c.hv(&["backup", "--vm", "web-01"]));
+    let v = v.trim();
+    // A replica folder filled from the version's disks.
+    let mut imgs = Vec::new();
+    for d in 0..2 {
+        let img = c.p(&format!("d{d}.img"));
+        c.ok(&["restore", v, "--disk", &d.to_string(), "--output", img.to_str().unwrap()]);
+        imgs.push(img);
+    }
+    let rdir = c.p("replica");
+    let (rd, i0, i1) = (rdir.to_str().unwrap(), imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap());
+    c.ok(&["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]);
+
+    let r =
+        c.json(&c.hv(&["replica", "register", rd, "--config-version", "latest", "--path", "C:\\Replicas", "--json"]));
+    assert_eq!(r["name"], "web-01 (replica)");
+    assert_eq!(r["point"], 1);
+    let vms = c.json(&c.hv(&["vms", "--json"]));
+    let find = |n: &str| vms.as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone();
+    let (orig, new) = (find("web-01"), find("web-01 (replica)"));
+    assert_eq!(new["id"], r["vm_id"]);
+    for k in ["generation", "secure_boot", "vcpus", "memory_mb", "nics"] {
+        assert_eq!(new[k], orig[k], "{k}");
+    }
+    let file = c.dir.path().join("sim").join("C").join("Replicas").join("web-01 (replica)").join("web-01-os.vhdx");
+    assert!(file.is_file(), "{}", file.display());
+
+    let (_, err) = c.ok(&c.hv(&["replica", "failover", rd, "web-01 (replica)"]));
+    assert!(err.contains("failed") && err.contains("over"), "{err}");
+    let o = c.cmd().args(["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("failed over"), "{err}");
+}

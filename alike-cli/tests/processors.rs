@@ -544,3 +544,247 @@ fn the_services_run_a_processor_job_through_the_orchestrator_with_per_disk_progr
     drop(services);
     assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
 }
+
+/// A processor VM of the simulated Xen pool, for [`a_xen_job_runs_end_to_end_through_a_processor_vm`]:
+/// the Xen provisioner's real VM (clone, tags, `xenstore_data`, VBDs of
+/// the snapshot's disks, `VM.start`) with, standing in for its guest, a
+/// local processor (namespace and sshd) at the address and host key the
+/// VM was given, that sees each attached VDI as a file read from the
+/// simulator (what the simulated guest would read from `/dev/xvdX`).
+/// The bytes of each snapshot disk a simulated guest saw, by VDI uuid.
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+struct SimGuests {
+    xen: alike::processors::XenProvisioner,
+    local: alike::processors::LocalProvisioner,
+    sim: Arc<alike_xen_sim::Simulator>,
+    dir: PathBuf,
+    /// The bytes of each snapshot disk the guest saw, by VDI.
+    seen: Seen,
+}
+
+struct SimGuest {
+    vm: Box<dyn Processor>,
+    guest: Box<dyn Processor>,
+    sim: Arc<alike_xen_sim::Simulator>,
+    dir: PathBuf,
+    seen: Seen,
+    files: Vec<PathBuf>,
+}
+
+impl Provisioner for SimGuests {
+    fn pool(&self) -> &str {
+        self.xen.pool()
+    }
+    fn make(&self, req: &ProcessorRequest) -> alike_core::Result<Box<dyn Processor>> {
+        let vm = self.xen.make(req)?;
+        let guest = self.local.make(req)?;
+        Ok(Box::new(SimGuest {
+            vm,
+            guest,
+            sim: self.sim.clone(),
+            dir: self.dir.clone(),
+            seen: self.seen.clone(),
+            files: Vec::new(),
+        }))
+    }
+    fn sweep(&self, orchestrator: &str) -> alike_core::Result<SweepReport> {
+        let mut r = self.xen.sweep(orchestrator)?;
+        let l = self.local.sweep(orchestrator)?;
+        r.removed.extend(l.removed);
+        r.failed.extend(l.failed);
+        Ok(r)
+    }
+}
+
+impl Processor for SimGuest {
+    fn job(&self) -> &str {
+        self.vm.job()
+    }
+    fn address(&self) -> IpAddr {
+        self.vm.address()
+    }
+    fn attach(&mut self, disks: &[AttachDisk]) -> alike_core::Result<Vec<String>> {
+        let devices = self.vm.attach(disks)?;
+        let mut files = Vec::new();
+        for (d, dev) in disks.iter().zip(&devices) {
+            let session = alike_xen_sim::Value::s(self.sim.login().unwrap());
+            let r = self.sim.call("VDI.get_by_uuid", vec![session, alike_xen_sim::Value::s(&d.id)]).unwrap();
+            let r = r.as_str().unwrap().to_string();
+            let size = self.sim.field(alike_xen_sim::Class::Vdi, &r, "virtual_size").unwrap().as_int().unwrap();
+            let data = self.sim.read_vdi(&r, 0, size as usize).unwrap();
+            let f = self.dir.join(format!("{}-{}", self.vm.job(), dev.trim_start_matches("/dev/")));
+            std::fs::write(&f, &data).unwrap();
+            self.seen.lock().unwrap().push((d.id.clone(), data));
+            self.files.push(f.clone());
+            files.push(AttachDisk::read_only(f.display().to_string()));
+        }
+        self.guest.attach(&files)
+    }
+    fn detach_all(&mut self) -> alike_core::Result<()> {
+        self.guest.detach_all()?;
+        for f in self.files.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        self.vm.detach_all()
+    }
+    fn start(&mut self) -> alike_core::Result<Reachable> {
+        let r = self.vm.start()?;
+        let g = self.guest.start()?;
+        assert_eq!(g.host_key_fingerprint, r.host_key_fingerprint, "the guest runs with the key the VM was given");
+        Ok(r)
+    }
+    fn teardown(&mut self) -> alike_core::Result<()> {
+        let g = self.guest.teardown();
+        self.vm.teardown()?;
+        g
+    }
+}
+
+/// A Xen job end to end on the simulated pool: the orchestrator snapshots
+/// `web-01` (two disks) through the pool's XAPI, attaches the snapshot's
+/// disks read-only to a processor VM cloned from the template, the
+/// processor backs them up with the VM's configuration; the version
+/// restores bit-exact against the snapshot, and nothing is left: no clone,
+/// VBD, VIF, snapshot or namespace.
+#[test]
+fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
+    use alike::processors::{
+        LocalPoolOptions, LocalProvisioner, PoolLogin, VmDisks, XenProcessorOptions, XenProvisioner,
+    };
+    use alike_xen_sim::{Class, SimConfig, Simulator};
+    if !usable() {
+        return;
+    }
+    let w = World::new("xen", &[("x", 1)]);
+    let sim = Arc::new(Simulator::start(SimConfig::new(w.p("sim")).demo(true)).unwrap());
+    let xen = || Arc::new(alike::xen_pool(&sim.url(), "root", sim.password(), None).unwrap());
+    let pool = w.pool("x");
+    let (a, b) = w.nets[0];
+    let address: IpAddr = format!("10.{a}.{b}.10").parse().unwrap();
+    let authorized = std::fs::read_to_string(w.p("id_ed25519.pub")).unwrap();
+    let mut lo = LocalPoolOptions::new(&pool, address, 24, authorized);
+    lo.state_dir = w.p("state/processors");
+    std::fs::create_dir_all(w.p("guest-disks")).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let guests = SimGuests {
+        xen: XenProvisioner::new(xen(), XenProcessorOptions::new(&pool, "Debian Bookworm 12")),
+        local: LocalProvisioner::new(lo).unwrap(),
+        sim: sim.clone(),
+        dir: w.p("guest-disks"),
+        seen: seen.clone(),
+    };
+    let mut login = PoolLogin::new(alike::remote::ClientKey::new(w.p("id_ed25519")));
+    login.command = format!("{ALIKE} processor");
+    login.ssh_timeout = Duration::from_secs(20);
+    let orch_id = w.orchestrator.clone();
+    let state = w.p("state");
+    let make_orch = |guests| {
+        let mut o = Orchestrator::new(&orch_id, &state).unwrap();
+        o.add_pool_with_snapshots(Arc::new(guests), vec![address], login.clone(), xen());
+        o
+    };
+    let orch = make_orch(guests);
+    assert!(orch.sweep().unwrap().iter().all(|r| r.removed.is_empty()));
+    let count = |class: Class| {
+        sim.call(&format!("{}.get_all", class.name()), vec![alike_xen_sim::Value::s(sim.login().unwrap())])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+    let disks: Vec<String> =
+        ["web-01 root", "web-01 data"].iter().map(|n| sim.lookup(Class::Vdi, n).unwrap()).collect();
+    let original: Vec<Vec<u8>> = disks
+        .iter()
+        .map(|d| {
+            let size = sim.field(Class::Vdi, d, "virtual_size").unwrap().as_int().unwrap();
+            sim.read_vdi(d, 0, size as usize).unwrap()
+        })
+        .collect();
+
+    let spec = alike::remote::StoreSpec::new(w.p("store").display().to_string());
+    let mut spec = spec;
+    spec.cache_dir = Some(w.p("processor-cache"));
+    let job = ProcessorBackup::new("xj1", &pool, spec.clone())
+        .vm(VmDisks::new("web-01", Vec::<String>::new()))
+        .passphrase(&w.password);
+    let log: Log = Arc::default();
+    let t0 = Instant::now();
+    let run = orch.run(&job, &recording(&log)).unwrap();
+    let total = t0.elapsed();
+    assert_eq!(run.vms.len(), 1);
+    // The guest read the snapshot's two disks, which held what the VM's disks hold.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "two snapshot disks attached");
+    for ((vdi, data), orig) in seen.iter().zip(&original) {
+        assert!(
+            !disks.contains(vdi)
+                && !disks.iter().any(|d| sim.field(Class::Vdi, d, "uuid").unwrap().as_str() == Some(vdi)),
+            "the VM's own disk was attached, not a snapshot"
+        );
+        assert!(data == orig, "snapshot {vdi} differs from the disk it was taken of");
+    }
+    let store = w.store();
+    let versions = store.versions(Some("web-01")).unwrap();
+    assert_eq!(versions.len(), 1);
+    let v = &versions[0];
+    assert_eq!(v.disks.len(), 2);
+    for (i, (_, data)) in seen.iter().enumerate() {
+        let out = w.p(&format!("restored-{i}.img"));
+        store.restore_to_file(v, i as u32, &out, &alike::RestoreOptions::default()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == *data, "disk {i} does not restore bit-exact against the snapshot");
+    }
+    // The VM's configuration came from the pool, as an in-process backup records it.
+    let vm = v.config();
+    assert_eq!(vm.vcpus, Some(2), "{vm:?}");
+    assert_eq!(
+        vm.uuid.as_deref(),
+        sim.field(Class::Vm, &sim.lookup(Class::Vm, "web-01").unwrap(), "uuid").unwrap().as_str()
+    );
+    // Nothing is left: no clone, VBD, VIF, snapshot (VM or VDI), namespace.
+    let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+    assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before and after the job");
+    assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
+    let ready = when(&log, "xj1", "processor_ready").unwrap() - t0;
+    eprintln!(
+        "measure: Xen job start to processor ready (simulated pool, snapshot excluded): {:.3} s; whole job (snapshot, 96 MiB backup, teardown) {total:.2?}",
+        ready.as_secs_f64()
+    );
+
+    // A job that fails on the processor (a wrong store passphrase) releases
+    // the snapshot and tears the processor down all the same.
+    let bad = ProcessorBackup::new("xj-bad", &pool, spec.clone())
+        .vm(VmDisks::new("web-01", Vec::<String>::new()))
+        .passphrase("not the passphrase");
+    let e = orch.run(&bad, &RunJobOptions::default()).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("passphrase"), "{e}");
+    let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+    assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before and after a failed job");
+    assert_eq!(store.versions(Some("web-01")).unwrap().len(), 1, "no version of the failed job");
+
+    // An orchestrator that dies with a snapshot attached to its processor
+    // leaves both; the sweep at its next start removes the VM and the
+    // snapshot (found by the job tag on the snapshot's disks).
+    use alike::Hypervisor;
+    let hv = xen();
+    let session = Hypervisor::begin_backup(hv.as_ref(), "web-01", &[], &alike::SnapshotOptions::default()).unwrap();
+    let snaps: Vec<AttachDisk> =
+        session.disk_details().iter().map(|d| AttachDisk::read_only(d.ids["snapshot_vdi"].clone())).collect();
+    std::mem::forget(session);
+    let prov = XenProvisioner::new(xen(), XenProcessorOptions::new(&pool, "Debian Bookworm 12"));
+    let mut p = prov.make(&ProcessorRequest::new(&orch_id, "xj2", address, 24)).unwrap();
+    p.attach(&snaps).unwrap();
+    p.start().unwrap();
+    std::mem::forget(p);
+    let left: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+    assert_eq!(left[0], before[0] + 2, "a processor VM and a snapshot are left");
+    let swept = prov.sweep(&orch_id).unwrap();
+    assert!(swept.failed.is_empty(), "{swept:?}");
+    assert_eq!(swept.removed.len(), 2, "{swept:?}");
+    assert!(swept.removed.iter().any(|r| r.starts_with("snapshot ") && r.contains("job xj2")), "{swept:?}");
+    let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+    assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before the job and after the sweep");
+    drop(orch);
+}

@@ -229,3 +229,71 @@ fn vms_backup_incremental_fallback_and_restore() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no VM \"nope\""), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `alike job run` on a Xen pool's processor, SIGKILLed while it waits for
+/// the processor (the simulator starts no guest): the clone is left,
+/// tagged; `alike job sweep` finds and removes it, and only it.
+#[test]
+fn a_killed_job_run_leaves_a_processor_vm_that_the_sweep_removes() {
+    let c = Cli::new();
+    c.ok(&["init", "--no-encryption"]);
+    let key = c.p("id_ed25519");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap();
+    assert!(st.success());
+    std::fs::write(c.p("store.pass"), "unused\n").unwrap();
+    let config = format!(
+        "orchestrator = \"k{pid}\"\nstate_dir = \"state\"\n\n[[store]]\nname = \"main\"\npath = \"store\"\n\n\
+         [[pool]]\nname = \"xp\"\nkind = \"xen\"\nurl = \"{url}\"\nuser = \"root\"\npassword = {{ file = \"xen-pw\" }}\n\
+         template = \"Debian Bookworm 12\"\naddresses = [\"203.0.113.50\"]\nssh_key = \"id_ed25519\"\n\
+         ssh_timeout_seconds = 60\n\n[[job]]\nname = \"nightly\"\nkind = \"backup\"\nvms = [\"web-01\"]\n\
+         store = \"main\"\npool = \"xp\"\n",
+        pid = std::process::id(),
+        url = c.sim.url,
+    );
+    std::fs::write(c.p("alike.toml"), config).unwrap();
+    let processors = || -> Vec<String> {
+        let vms = c.json(&c.xen(&["vms", "--json"]));
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .filter(|n| n.starts_with("alike-processor-"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let cfg = c.p("alike.toml");
+    let mut child = c
+        .cmd()
+        .args(["job", "--config", cfg.to_str().unwrap(), "run", "--json", "nightly"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"provisioning\"") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the run ended before provisioning");
+    }
+    // The clone is made within moments; then the run waits for SSH.
+    let t0 = std::time::Instant::now();
+    while processors().is_empty() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "no processor VM appeared");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(processors().len(), 1, "the killed run's processor VM");
+    let swept = c.json(&["job", "--config", cfg.to_str().unwrap(), "sweep", "--json"]);
+    let removed = swept[0]["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{swept}");
+    assert!(processors().is_empty(), "left after the sweep: {:?}", processors());
+    let names: Vec<String> = c
+        .json(&c.xen(&["vms", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["db-01", "web-01"], "the sweep touched only the processor");
+}

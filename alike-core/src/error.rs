@@ -58,7 +58,8 @@ pub enum ErrorKind {
     /// An input disk image (VHD, VHDX) is malformed or unsupported.
     BadImage,
     /// The store was opened with a write-only key, which cannot read chunk
-    /// data (restore, verify --full, vault from it): the full key can.
+    /// data (restore, verify --full, vault from it) nor remove anything
+    /// (prune, forget, gc): the full key can.
     WriteOnlyKey,
     /// Anything else.
     Other,
@@ -273,9 +274,10 @@ pub enum Error {
     #[error("crypto: {0}")]
     Crypto(String),
     /// The store was opened with a write-only key, and this needs to read
-    /// chunk data, which is sealed to the store's public key.
+    /// chunk data, which is sealed to the store's public key, or removes
+    /// something (prune, forget, unpin, gc).
     #[error(
-        "{what}: the store was opened with a write-only key, which can add data and versions but cannot read chunk data (data frames are sealed to the store's public key); use the store's full key (its passphrase or full key file)"
+        "{what}: the store was opened with a write-only key, which can add data and versions but cannot read chunk data (data frames are sealed to the store's public key) nor remove anything; use the store's full key (its passphrase or full key file)"
     )]
     WriteOnlyKey {
         /// What could not be read (a frame, a version's disk).

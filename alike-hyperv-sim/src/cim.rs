@@ -130,6 +130,7 @@ fn superclass(class: &str) -> Option<&'static str> {
         "Msvm_VirtualSystemSnapshotService" => "CIM_VirtualSystemSnapshotService",
         "Msvm_ImageManagementService" => "CIM_Service",
         "Msvm_VirtualSystemReferencePointService" => "CIM_Service",
+        "Msvm_ReplicationService" => "CIM_Service",
         _ => return None,
     })
 }

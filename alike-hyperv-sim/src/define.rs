@@ -25,6 +25,13 @@
 //!   stay, as on Hyper-V).
 //! - `Msvm_ComputerSystem.RequestStateChange(RequestedState)`: 2 starts, 3
 //!   stops; a replica VM refuses to start (32775) until failover.
+//! - `Msvm_ReplicationService.InitiateFailover(ComputerSystem)`: a replica
+//!   VM (off) becomes an ordinary one that starts (Hyper-V's method of that
+//!   name fails a replica over; here without the choice of a recovery point).
+//! - `Msvm_ReplicationService.AlikeMarkReplica(ComputerSystem)`: **the
+//!   simulator's own method, no Hyper-V one**: an off VM becomes a replica
+//!   (`ReplicationMode` 2). A real host makes a VM a replica only as the
+//!   target of its own Hyper-V Replica relationship (`docs/hyperv.md`).
 
 use alike_core::DiskSource as _;
 
@@ -388,6 +395,23 @@ impl Host {
         }
         let vm = self.vms.remove(vi);
         Ok(self.job("Destroying virtual machine", 97, None, vec![Host::vm_epr(&vm)]))
+    }
+
+    /// `AlikeMarkReplica` (`replica`) or `InitiateFailover`: the job.
+    pub(crate) fn set_replica(&mut self, system: &Epr, replica: bool) -> Result<Epr, MethodError> {
+        let vi = self
+            .vm_index_by_epr(system)
+            .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
+        let vm = &mut self.vms[vi];
+        if vm.running {
+            return Err(merr(rc::INVALID_STATE, format!("{} is running: turn it off first", vm.name)));
+        }
+        if !replica && !vm.replica {
+            return Err(merr(rc::INVALID_STATE, format!("{} is not a replica virtual machine", vm.name)));
+        }
+        vm.replica = replica;
+        let e = Host::vm_epr(vm);
+        Ok(self.job(if replica { "Marking replica" } else { "Failing over" }, 99, None, vec![e]))
     }
 
     /// `RequestStateChange` on a VM: the job.

@@ -222,6 +222,7 @@ pub(crate) const SERVICES: &[(&str, &str)] = &[
     ("Msvm_VirtualSystemSnapshotService", "vssnapsvc"),
     ("Msvm_ImageManagementService", "vhdsvc"),
     ("Msvm_VirtualSystemReferencePointService", "vsrefpointsvc"),
+    ("Msvm_ReplicationService", "vmrepsvc"),
 ];
 
 impl Host {
@@ -282,7 +283,9 @@ impl Host {
             .with("OperationalStatus", Value::Array(vec![Value::n(2)]))
             .with("InstallDate", Value::DateTime(iso8601(vm.created)))
             .with("NumberOfNumaNodes", Value::n(1))
-            .with("ReplicationState", Value::n(0))
+            // ReplicationMode 2: a replica (Hyper-V Replica's value); ReplicationState 1: replication enabled.
+            .with("ReplicationState", Value::n(if vm.replica { 1 } else { 0 }))
+            .with("ReplicationMode", Value::n(if vm.replica { 2 } else { 0 }))
             .with("OnTimeInMilliseconds", Value::n(if vm.running { 3_600_000 } else { 0 }))
     }
 

@@ -613,6 +613,14 @@ fn invoke(host: &Mutex<Host>, req: &Req<'_>) -> Result<(String, String), Fault> 
             let t = arg_epr(input, "AffectedSystem")?;
             done(h.destroy_system(&t).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
         }
+        ("Msvm_ReplicationService", "AlikeMarkReplica") => {
+            let t = arg_epr(input, "ComputerSystem")?;
+            done(h.set_replica(&t, true).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+        }
+        ("Msvm_ReplicationService", "InitiateFailover") => {
+            let t = arg_epr(input, "ComputerSystem")?;
+            done(h.set_replica(&t, false).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+        }
         ("Msvm_ComputerSystem", "RequestStateChange") => {
             let state = arg_u64(input, "RequestedState")?;
             done(h.request_state_change(&this, state).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)

@@ -7,7 +7,8 @@
 //! checkpoint's VHDX/AVHDX chain opens on the host as it would locally),
 //! [`adapter`] (`HyperVHost`, the `Hypervisor`: inventory and the backup
 //! cycle with recovery checkpoints, reference points and RCT) and
-//! [`restore`] (a VM defined on the host from a version), all tested
+//! [`restore`] (a VM defined on the host from a version), [`replica`]
+//! (replica VMs: marked, refused a start, failed over), all tested
 //! against the simulator `alike-hyperv-sim` (which does not link this
 //! crate).
 //!
@@ -16,6 +17,7 @@
 
 pub mod adapter;
 mod error;
+pub mod replica;
 pub mod restore;
 pub mod smb;
 pub mod wsman;

@@ -60,6 +60,8 @@ use crate::target::{Point, PointDisk, ReplicaTarget, RunLayer};
 const KEY: &str = "key";
 /// The lock file's name.
 const LOCK: &str = "lock";
+/// Present once the replica was failed over: names the VM (`ReplicaDir::set_failed_over`).
+const FAILED_OVER: &str = "failed-over";
 /// The resume journal of a first run (`crate::journal`).
 const JOURNAL: &str = "resume.journal";
 /// Magic of the key file: `0x89 'A' 'L' 'K' 'R' 'K' '\r' '\n'` (do not edit).
@@ -298,6 +300,39 @@ impl ReplicaDir {
             ));
         }
         Ok(src)
+    }
+
+    /// The VM the replica was failed over to, if it was: runs are then
+    /// refused ([`ReplicaError::FailedOver`]).
+    ///
+    /// # Errors
+    /// The marker file cannot be read.
+    pub fn failed_over(&self) -> Result<Option<String>> {
+        let path = self.dir.join(FAILED_OVER);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ReplicaError::Io { file: path, what: "reading", source: e }),
+        }
+    }
+
+    /// Records that the replica was failed over to VM `vm` (runs are then
+    /// refused), or with `None` that it is a replica again (registered
+    /// anew, failed back). Takes the writer's lock.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Busy`] while a run holds the lock; a file failure.
+    pub fn set_failed_over(&self, vm: Option<&str>) -> Result<()> {
+        let _lock = self.lock()?;
+        match vm {
+            Some(vm) => write_atomic(&self.dir, FAILED_OVER, vm.as_bytes(), 0o644),
+            None => match std::fs::remove_file(self.dir.join(FAILED_OVER)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ReplicaError::Io { file: self.dir.join(FAILED_OVER), what: "removing", source: e })
+                }
+                _ => sync_dir(&self.dir),
+            },
+        }
     }
 
     /// Removes what no committed point needs: files of dead runs and of
@@ -547,6 +582,9 @@ impl ReplicaTarget for ReplicaDir {
 
     fn begin(&self, disk_sizes: &[u64]) -> Result<Run<'_>> {
         let lock = self.lock()?;
+        if let Some(vm) = self.failed_over()? {
+            return Err(ReplicaError::FailedOver { dir: self.dir.clone(), vm });
+        }
         let m = Manifest::read(&self.dir)?;
         self.tidy(&m)?;
         let differ = |reason: String| ReplicaError::DisksDiffer { target: self.label(), reason };

@@ -144,6 +144,17 @@ pub enum ReplicaError {
         /// Its length.
         len: u64,
     },
+    /// The replica was failed over (its registered VM now runs as the
+    /// original): runs are refused until it is registered again.
+    #[error(
+        "{dir}: the replica was failed over to VM {vm:?}: no more runs until it is registered again or failed back"
+    )]
+    FailedOver {
+        /// The replica's folder.
+        dir: PathBuf,
+        /// The VM it was failed over to.
+        vm: String,
+    },
     /// Another process (or handle) is writing the replica.
     #[error("{file}: another run, merge or repair holds the replica's lock")]
     Busy {
@@ -191,7 +202,8 @@ impl SeamError for ReplicaError {
             ReplicaError::OtherVm { .. }
             | ReplicaError::DisksDiffer { .. }
             | ReplicaError::InvalidArgument(_)
-            | ReplicaError::Incomplete { .. } => ErrorKind::InvalidArgument,
+            | ReplicaError::Incomplete { .. }
+            | ReplicaError::FailedOver { .. } => ErrorKind::InvalidArgument,
             ReplicaError::Malformed { .. } | ReplicaError::MissingFile { .. } | ReplicaError::ExtentMismatch { .. } => {
                 ErrorKind::Corruption
             }

@@ -99,6 +99,8 @@ pub use options::{
 };
 pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 // Replication.
+#[cfg(feature = "hyperv")]
+pub use replicate::HyperVReplicaReport;
 pub use replicate::{
     DEFAULT_PORT, DiskProgress, EndOptions, EndReport, Flow, JOB_VERSION, JobLink, JobPassword, JobReplica, JobRole,
     JobSecret, JobSeed, JobSource, JobStore, MAX_JOB_BYTES, MAX_KEEP, Replica, ReplicaExportOptions,

@@ -695,7 +695,8 @@ impl Store {
     }
 
     /// Fails with [`crate::ErrorKind::WriteOnlyKey`] when the store was
-    /// opened with a write-only key: `what` needs chunk data.
+    /// opened with a write-only key: `what` needs chunk data, or removes
+    /// something (a write-only key only adds).
     pub(crate) fn check_can_read_data(&self, what: impl FnOnce() -> String) -> Result<()> {
         if self.repo.is_write_only() {
             return Err(alike_core::Error::WriteOnlyKey { what: what() }.into());
@@ -910,6 +911,9 @@ impl Store {
     /// # Errors
     /// An empty policy; store errors.
     pub fn prune(&self, vm: Option<&str>, policy: &RetentionPolicy, dry_run: bool) -> Result<PruneReport> {
+        if !dry_run {
+            self.check_can_read_data(|| "pruning versions".into())?;
+        }
         Ok(self.repo.prune(vm, policy, dry_run)?)
     }
 
@@ -918,6 +922,7 @@ impl Store {
     /// # Errors
     /// Unknown or pinned version; store errors.
     pub fn forget(&self, version: &str) -> Result<()> {
+        self.check_can_read_data(|| format!("forgetting version {version}"))?;
         // By name, not by reading it: a damaged manifest can be forgotten too.
         let id = if version == "latest" { self.version(version, None)?.id } else { self.resolve_id(version)? };
         Ok(self.repo.forget(&id)?)
@@ -956,6 +961,7 @@ impl Store {
     /// # Errors
     /// Unknown version; store errors.
     pub fn unpin(&self, version: &str) -> Result<()> {
+        self.check_can_read_data(|| format!("unpinning version {version}"))?;
         let v = self.version(version, None)?;
         Ok(self.repo.unpin(&v.id)?)
     }
@@ -976,6 +982,9 @@ impl Store {
     /// [`crate::ErrorKind::Busy`] while another GC runs; unreadable versions; store errors.
     pub fn gc(&self, opts: &MaintenanceOptions) -> Result<GcReport> {
         opts.run.check()?;
+        if !opts.dry_run {
+            self.check_can_read_data(|| "garbage collection".into())?;
+        }
         let run = &opts.run;
         Ok(self.repo.gc_with(opts.dry_run, &|done, total| {
             if let Some(p) = &run.progress {

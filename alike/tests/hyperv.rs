@@ -324,3 +324,70 @@ fn cross_hypervisor_restores_both_ways() {
         );
     }
 }
+
+/// A replica folder registered on the host: the VM has the recorded
+/// configuration, the host refuses to start it, failover lets it start,
+/// its disks are the replica's newest point, and the folder then refuses
+/// runs until it is registered again.
+#[test]
+fn a_replica_folder_registers_as_a_replica_vm_and_fails_over() {
+    let Some(env) = Env::new() else { return };
+    let v1 = env.backup().backup.version;
+    env.sim.guest_write(&env.vm, 0, 7 * KIB64 + 11, b"point two").unwrap();
+    let v2 = env.backup().backup.version;
+    let rdir = env.dir.path().join("replica");
+    let replica = alike::Replica::open_or_create(&rdir, "web-01").unwrap();
+    let ro = alike::ReplicateOptions::default();
+    env.store.replicate_version(&v1, &replica, &ro).unwrap();
+    env.store.replicate_version(&v2, &replica, &ro).unwrap();
+    let newest = replica.points().unwrap().pop().unwrap();
+    assert_eq!(replica.points().unwrap().len(), 2);
+
+    let before = summary(&env.sim, "web-01");
+    let place = alike::Placement::on("C:\\Replicas").name("web-01 (replica)");
+    // The older version's configuration: the disks come from the replica, not the version.
+    let r = replica.register_hyperv(&env.host, v1.config(), &place, &RestoreOptions::default()).unwrap();
+    assert_eq!(r.point, newest.point);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let now = summary(&env.sim, "web-01 (replica)");
+    assert_eq!(r.vm_id, now.id);
+    assert!(now.replica && !now.running);
+    assert!(env.host.is_replica(&now.id).unwrap());
+    assert_eq!(
+        (now.generation, now.secure_boot, now.vcpus, now.memory_mb),
+        (before.generation, before.secure_boot, before.vcpus, before.memory_mb)
+    );
+    assert_eq!(now.nics, before.nics, "MAC and switch");
+    assert_eq!(now.disks.len(), 2);
+    for (i, (a, b)) in now.disks.iter().zip(&before.disks).enumerate() {
+        assert_eq!((&a.0, a.1, a.2, a.4), (&b.0, b.1, b.2, b.4), "disk {i}: controller, location, size");
+        let got = env.sim.read_disk(&now.id, i, 0, a.4 as usize).unwrap();
+        assert!(got == env.restored(&v2, i as u32), "disk {i} is the newest point");
+    }
+
+    // Refused a start until failover (32775: invalid state).
+    let e = env.host.set_running(&now.id, true).unwrap_err();
+    assert!(e.to_string().contains("32775"), "{e}");
+    assert!(!summary(&env.sim, "web-01 (replica)").running);
+    // A second run still lands while it is a replica.
+    env.store.replicate_version(&v2, &replica, &ro).unwrap();
+    assert_eq!(replica.failed_over().unwrap(), None);
+
+    replica.fail_over_hyperv(&env.host, &now.id).unwrap();
+    assert!(!env.host.is_replica(&now.id).unwrap());
+    env.host.set_running(&now.id, true).unwrap();
+    assert!(summary(&env.sim, "web-01 (replica)").running);
+    assert_eq!(replica.failed_over().unwrap().as_deref(), Some(now.id.as_str()));
+    let e = env.store.replicate_version(&v2, &replica, &ro).unwrap_err();
+    assert!(e.to_string().contains("failed over"), "{e}");
+    // A failover of a VM that is no replica is refused.
+    env.host.set_running(&now.id, false).unwrap();
+    assert!(replica.fail_over_hyperv(&env.host, &now.id).is_err());
+
+    // Registered again (a new VM, under a new name): runs are accepted again.
+    let place2 = alike::Placement::on("C:\\Replicas").name("web-01 (replica 2)");
+    replica.register_hyperv(&env.host, v1.config(), &place2, &RestoreOptions::default()).unwrap();
+    assert!(summary(&env.sim, "web-01 (replica 2)").replica);
+    assert_eq!(replica.failed_over().unwrap(), None);
+    env.store.replicate_version(&v2, &replica, &ro).unwrap();
+}

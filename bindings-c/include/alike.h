@@ -162,6 +162,10 @@ typedef struct alike_version_list alike_version_list;
 // A logged-in session with a XenServer/XCP-ng pool (XAPI).
 typedef struct alike_xen_pool alike_xen_pool;
 
+// A replica VM on a XenServer/XCP-ng pool, its key and record kept in a
+// state folder on this machine.
+typedef struct alike_xen_replica alike_xen_replica;
+
 // A progress callback: `done` of `total` bytes (or units) in `phase`.
 // Called from engine threads, one call at a time. Return 0 to go on,
 // non-zero to cancel the operation (it then fails with ALIKE_ERR_CANCELLED,
@@ -227,6 +231,20 @@ typedef struct {
   // … years.
   uint32_t keep_yearly;
 } alike_retention;
+
+// What a failback did.
+typedef struct {
+  // Bytes read from the failed-over VM's disks.
+  uint64_t read_bytes;
+  // Bytes of the chunks the original lacked.
+  uint64_t needed_bytes;
+  // Bytes failback sent, as they would cross a link.
+  uint64_t sent_bytes;
+  // The replica point the original was made live at again.
+  uint64_t replica_point;
+  // Whether the original was started.
+  bool started;
+} alike_xen_failback_report;
 
 #ifdef __cplusplus
 extern "C" {
@@ -436,6 +454,14 @@ alike_result alike_store_options_set_cache_dir(alike_store_options *opts, const 
 // # Safety
 // `opts` is a live options object; `path` a NUL-terminated string.
 alike_result alike_store_options_set_key_file(alike_store_options *opts, const char *path);
+
+// Create a store that can hand out write-only keys
+// (`alike_store_add_writer_key`): format 3, data sealed to the store's
+// public key. Needs encryption and content-defined chunking.
+//
+// # Safety
+// `opts` is a live options object.
+alike_result alike_store_options_set_writer_keys(alike_store_options *opts);
 
 // Create an unencrypted store (no passphrase needed to open it).
 //
@@ -791,6 +817,16 @@ alike_result alike_store_vault(const alike_store *store,
                                uint64_t *out_copied,
                                uint64_t *out_sent_bytes);
 
+// Writes a write-only key file to `output` (mode 0600; never over an
+// existing file): opened with it (`alike_store_options_set_key_file`), the
+// store backs up but cannot restore (`ALIKE_ERR_WRITE_ONLY_KEY`). The
+// store must have been made with `alike_store_options_set_writer_keys` and
+// be open with its full key.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_store_add_writer_key(const alike_store *store, const char *output);
+
 // Removes one version (by id or unique prefix); its data goes at the next gc.
 //
 // # Safety
@@ -987,6 +1023,122 @@ const alike_version *alike_version_list_get(const alike_version_list *list, size
 // # Safety
 // `list` is NULL or from libalike, not yet freed.
 void alike_version_list_free(alike_version_list *list);
+
+// Replicates VM `vm` (name or uuid) of `source` onto its replica VM on
+// `target` — found by the source VM's uuid, or made from the VM's
+// configuration on storage repository `sr` with its NICs on `network`
+// (NULL: as recorded), named "VM (replica)" and blocked from starting.
+// Only what changed since the previous run (CBT) is read and only the
+// chunks the replica lacks are written; the replica's key, record and
+// history live under `state_dir` on this machine. `keep` > 0 keeps only the
+// newest `keep` points; `bwlimit` > 0 caps the bytes per second on the
+// (in-process) link. Progress counts bytes read. On success `*out` (may be
+// NULL) receives the report and `*out_replica` (may be NULL) the replica VM,
+// to free. On failure the replica is at its last point.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_xen_replicate(const alike_xen_pool *source,
+                                 const char *vm,
+                                 const alike_xen_pool *target,
+                                 const char *sr,
+                                 const char *network,
+                                 const char *state_dir,
+                                 uint32_t keep,
+                                 uint64_t bwlimit,
+                                 alike_progress_fn progress,
+                                 void *user_data,
+                                 const alike_cancel *cancel,
+                                 alike_replicate_report *out,
+                                 alike_xen_replica **out_replica);
+
+// Opens replica VM `vm` (name, uuid or ref) of `pool`, its key and record
+// kept under `state_dir`; free it with `alike_xen_replica_free`.
+//
+// # Safety
+// Strings NUL-terminated; `pool` live; `out` writable.
+alike_result alike_xen_replica_open(const alike_xen_pool *pool,
+                                    const char *vm,
+                                    const char *state_dir,
+                                    alike_xen_replica **out);
+
+// Frees a replica VM handle (NULL is fine); the VM itself stays.
+//
+// # Safety
+// `r` NULL or from `alike_xen_replicate`/`alike_xen_replica_open`, freed once.
+void alike_xen_replica_free(alike_xen_replica *r);
+
+// The replica VM's uuid into `out` (36 bytes and a NUL).
+//
+// # Safety
+// `r` live; `out` writable for 37 bytes.
+alike_result alike_xen_replica_uuid(const alike_xen_replica *r, char *out);
+
+// The replica VM's committed points, oldest first (the list type of
+// `alike_replica_points`; free it with `alike_replica_point_list_free`).
+//
+// # Safety
+// `r` live; `out` writable.
+alike_result alike_xen_replica_points(const alike_xen_replica *r, alike_replica_point_list **out);
+
+// Test failover: boots (when `start`) a copy of point `point` (0: the
+// newest) without NICs, or with its NICs on `network` (NULL: none; give
+// an isolated network); replication goes on meanwhile. `out_vm_uuid` (may
+// be NULL; 37 bytes) receives the test VM's uuid, `*out_point` (may be NULL)
+// the point it was made from. End it with `alike_xen_replica_end_test`.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_xen_replica_test_failover(const alike_xen_replica *r,
+                                             uint64_t point,
+                                             const char *network,
+                                             bool start,
+                                             char *out_vm_uuid,
+                                             uint64_t *out_point);
+
+// Shuts down and destroys test failover VM `vm` (uuid or name) with its disks.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_xen_replica_end_test(const alike_xen_replica *r, const char *vm);
+
+// Failover: makes the replica the live VM at point `point` (0: the
+// newest), its NICs moved from network `network_from[i]` (source network
+// uuid or name) to `network_to[i]` (a network of this pool) for each of
+// `network_count` pairs, started when `start`; no further replication
+// runs into it until failback. `*out_point` (may be NULL) receives the
+// point. Re-addressing inside the guest is out of scope.
+//
+// # Safety
+// `network_from` and `network_to` hold `network_count` NUL-terminated
+// strings each (NULL when 0); other pointers as documented.
+alike_result alike_xen_replica_failover(const alike_xen_replica *r,
+                                        uint64_t point,
+                                        const char *const *network_from,
+                                        const char *const *network_to,
+                                        size_t network_count,
+                                        bool start,
+                                        uint64_t *out_point);
+
+// Failback: sends what changed on this failed-over VM back onto VM `vm`
+// of `original` (halted: the VM it was failed over from, or another with
+// disks of the same sizes) — only the chunks whose content differs — then
+// swaps roles: the original is live again (started when `start`), this VM
+// a replica of it again. `bwlimit` > 0 caps the bytes per second; progress
+// counts bytes read. `*out` (may be NULL) receives the report. On failure
+// the original is left a replica of this VM: run failback again.
+//
+// # Safety
+// Pointers as documented.
+alike_result alike_xen_replica_failback(const alike_xen_replica *r,
+                                        const alike_xen_pool *original,
+                                        const char *vm,
+                                        bool start,
+                                        uint64_t bwlimit,
+                                        alike_progress_fn progress,
+                                        void *user_data,
+                                        const alike_cancel *cancel,
+                                        alike_xen_failback_report *out);
 
 #ifdef __cplusplus
 }  // extern "C"

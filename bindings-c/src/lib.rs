@@ -23,6 +23,7 @@ mod replica;
 mod services;
 mod store;
 mod version;
+mod xen_replica;
 
 pub use files::*;
 pub use jobs::*;
@@ -32,6 +33,7 @@ pub use replica::*;
 pub use services::*;
 pub use store::*;
 pub use version::*;
+pub use xen_replica::*;
 
 static VERSION: &CStr = c"0.1.0";
 

@@ -75,6 +75,22 @@ pub unsafe extern "C" fn alike_store_options_set_key_file(
     }
 }
 
+/// Create a store that can hand out write-only keys
+/// (`alike_store_add_writer_key`): format 3, data sealed to the store's
+/// public key. Needs encryption and content-defined chunking.
+///
+/// # Safety
+/// `opts` is a live options object.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_options_set_writer_keys(opts: *mut alike_store_options) -> alike_result {
+    unsafe {
+        with_opts(opts, |b| {
+            b.writer_keys();
+            Ok(())
+        })
+    }
+}
+
 /// Create an unencrypted store (no passphrase needed to open it).
 ///
 /// # Safety

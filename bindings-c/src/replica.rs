@@ -50,6 +50,19 @@ pub struct alike_replica_point_list {
     json: CString,
 }
 
+impl alike_replica_point_list {
+    /// The list of `points`, with its JSON in the schema of `alike replica list --json`.
+    pub(crate) fn new(points: &[alike::ReplicaPoint]) -> alike_replica_point_list {
+        let items = points
+            .iter()
+            .map(|p| alike_replica_point { point: p.point, time_ms: p.time_ms, disk_count: p.disks.len() as u32 })
+            .collect();
+        let json =
+            CString::new(serde_json::to_string(points).unwrap_or_default().replace('\0', "\\0")).unwrap_or_default();
+        alike_replica_point_list { items, json }
+    }
+}
+
 /// # Safety
 /// `r` NULL or live.
 unsafe fn replica<'a>(r: *const alike_replica) -> FfiResult<&'a alike::Replica> {
@@ -162,14 +175,7 @@ pub unsafe extern "C" fn alike_replica_points(
     guard(|| unsafe {
         need(out, "out")?;
         let points = replica(r)?.points()?;
-        let items = points
-            .iter()
-            .map(|p| alike_replica_point { point: p.point, time_ms: p.time_ms, disk_count: p.disks.len() as u32 })
-            .collect();
-        // The schema of `alike replica list --json`.
-        let json =
-            CString::new(serde_json::to_string(&points).unwrap_or_default().replace('\0', "\\0")).unwrap_or_default();
-        put(out, Box::into_raw(Box::new(alike_replica_point_list { items, json })), "out")
+        put(out, Box::into_raw(Box::new(alike_replica_point_list::new(&points))), "out")
     })
 }
 

@@ -472,6 +472,22 @@ pub unsafe extern "C" fn alike_store_vault(
     })
 }
 
+/// Writes a write-only key file to `output` (mode 0600; never over an
+/// existing file): opened with it (`alike_store_options_set_key_file`), the
+/// store backs up but cannot restore (`ALIKE_ERR_WRITE_ONLY_KEY`). The
+/// store must have been made with `alike_store_options_set_writer_keys` and
+/// be open with its full key.
+///
+/// # Safety
+/// Pointers as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn alike_store_add_writer_key(store: *const alike_store, output: *const c_char) -> alike_result {
+    guard(|| unsafe {
+        self::store(store)?.add_writer_key(arg_str(output, "output")?)?;
+        Ok(())
+    })
+}
+
 /// Removes one version (by id or unique prefix); its data goes at the next gc.
 ///
 /// # Safety
@@ -512,7 +528,8 @@ pub unsafe extern "C" fn alike_store_unpin(store: *const alike_store, version: *
 
 /// A logged-in session with a XenServer/XCP-ng pool (XAPI).
 pub struct alike_xen_pool {
-    inner: alike::XenPool,
+    // Shared: a replica VM opened on this pool keeps it alive.
+    pub(crate) inner: std::sync::Arc<alike::XenPool>,
 }
 
 /// Logs in to the pool at `url` (`https://pool-master`) as `user` with
@@ -537,7 +554,7 @@ pub unsafe extern "C" fn alike_xen_pool_connect(
             arg_str(password, "password")?,
             opt_str(fingerprint, "fingerprint")?,
         )?;
-        put(out, Box::into_raw(Box::new(alike_xen_pool { inner: p })), "out")
+        put(out, Box::into_raw(Box::new(alike_xen_pool { inner: std::sync::Arc::new(p) })), "out")
     })
 }
 
@@ -573,7 +590,7 @@ pub unsafe extern "C" fn alike_store_backup_xen(
 ) -> alike_result {
     guard(|| unsafe {
         let s = self::store(store)?;
-        let p = pool.as_ref().map(|p| &p.inner).ok_or_else(|| invalid("pool is NULL"))?;
+        let p = pool.as_ref().map(|p| &*p.inner).ok_or_else(|| invalid("pool is NULL"))?;
         let vm = arg_str(vm, "vm")?;
         let run = Run::new(progress, user_data, cancel);
         let r = s.backup_vm(p, vm, &with_run!(BackupOptions::default(), run))?;
@@ -614,7 +631,7 @@ pub unsafe extern "C" fn alike_store_restore_xen_vm(
     guard(|| unsafe {
         let s = self::store(store)?;
         let v = version.as_ref().ok_or_else(|| invalid("version is NULL"))?;
-        let p = pool.as_ref().map(|p| &p.inner).ok_or_else(|| invalid("pool is NULL"))?;
+        let p = pool.as_ref().map(|p| &*p.inner).ok_or_else(|| invalid("pool is NULL"))?;
         let run = Run::new(progress, user_data, cancel);
         let mut place = alike::Placement::on(arg_str(sr, "sr")?);
         if let Some(n) = opt_str(network, "network")? {

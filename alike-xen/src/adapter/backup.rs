@@ -368,7 +368,7 @@ impl XenPool {
     }
 
     /// Destroys a snapshot VM and its VDIs (a failed or unwanted backup).
-    fn destroy_snapshot(&self, snap: &str, vdis: &[String]) -> Vec<String> {
+    pub(super) fn destroy_snapshot(&self, snap: &str, vdis: &[String]) -> Vec<String> {
         let mut warnings = Vec::new();
         if let Err(e) = self.client().vm_destroy(snap) {
             warnings.push(format!("destroying snapshot VM {snap}: {e}"));

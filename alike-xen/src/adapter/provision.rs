@@ -13,8 +13,10 @@
 //! snapshot, `RW` for a restore's target — tagged as the VM is, plugged at
 //! once when the VM runs; `start` is `VM.start`; `teardown` shuts the VM
 //! down, unplugs and destroys the job's VBDs, destroys the clone's own disks
-//! and the VM. [`XenProvisioner::sweep`] finds every VM tagged with the
-//! orchestrator's id and removes it the same way.
+//! and the VM. A backup's snapshot disk attached read-only is tagged too
+//! (`VDI.other_config`). [`XenProvisioner::sweep`] finds every VM tagged
+//! with the orchestrator's id and removes it the same way, then every
+//! snapshot whose disk carries the tag (the snapshot VM and its disks).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -245,7 +247,49 @@ impl Provisioner for XenProvisioner {
                 Err(e) => report.failed.push(format!("vm {}: {e}", text(&rec, "uuid"))),
             }
         }
+        self.sweep_snapshots(orchestrator, &mut report).map_err(seam)?;
         Ok(report)
+    }
+}
+
+impl XenProvisioner {
+    /// Destroys the snapshots whose disks a processor of `orchestrator`
+    /// had attached (tagged by [`XenProcessor::attach`]): the snapshot VM
+    /// and all its disks, as a failed in-process backup releases them.
+    fn sweep_snapshots(&self, orchestrator: &str, report: &mut SweepReport) -> PoolResult<()> {
+        let tagged = |rec: &super::pool::Raw, k: &str| {
+            rec.get("other_config").and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or_default().to_string()
+        };
+        let vdis = self.pool.all_raw("VDI").ctx(|| "listing disks to find leftover snapshots".into())?;
+        let vbds = self.pool.all_raw("VBD").ctx(|| "listing VBDs to find leftover snapshots".into())?;
+        let mut snaps = std::collections::BTreeMap::<String, String>::new();
+        for (r, rec) in &vdis {
+            if rec.get("is_a_snapshot") != Some(&json!(true)) || tagged(rec, TAG_ORCHESTRATOR) != orchestrator {
+                continue;
+            }
+            for vbd in vbds.values().filter(|b| text(b, "VDI") == *r) {
+                let vm = text(vbd, "VM");
+                if self.pool.raw("VM", &vm).is_ok_and(|v| v.get("is_a_snapshot") == Some(&json!(true))) {
+                    snaps.insert(vm, tagged(rec, TAG_JOB));
+                }
+            }
+        }
+        for (vm, job) in snaps {
+            let disks: Vec<String> = vbds
+                .values()
+                .filter(|b| text(b, "VM") == vm && text(b, "type") == "Disk")
+                .map(|b| text(b, "VDI"))
+                .filter(|v| v.starts_with("OpaqueRef:") && v != "OpaqueRef:NULL")
+                .collect();
+            let uuid = self.pool.raw("VM", &vm).map(|v| text(&v, "uuid")).unwrap_or_default();
+            let w = self.pool.destroy_snapshot(&vm, &disks);
+            if w.is_empty() {
+                report.removed.push(format!("snapshot {uuid} (job {job})"));
+            } else {
+                report.failed.push(format!("snapshot {uuid}: {}", w.join("; ")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -316,6 +360,17 @@ impl Processor for XenProcessor {
                 .map_err(seam)?;
             let vbd = vbd.as_str().unwrap_or_default().to_string();
             self.vbds.push(vbd.clone());
+            // A backup's snapshot disk carries the job's tags too, so that a
+            // sweep finds the snapshot of an orchestrator that died.
+            if d.read_only && self.pool.raw("VDI", &vdi).is_ok_and(|r| r.get("is_a_snapshot") == Some(&json!(true))) {
+                for (k, v) in [(TAG_JOB, &self.job), (TAG_ORCHESTRATOR, &self.orchestrator)] {
+                    let _ = self.pool.client().call("VDI.remove_from_other_config", &[json!(vdi), json!(k)]);
+                    self.call("VDI.add_to_other_config", &[json!(vdi), json!(k), json!(v)], || {
+                        format!("tagging snapshot disk {} with job {}", d.id, self.job)
+                    })
+                    .map_err(seam)?;
+                }
+            }
             if self.started {
                 self.call("VBD.plug", &[json!(vbd)], || format!("plugging disk {} into {}", d.id, self.vm))
                     .map_err(seam)?;

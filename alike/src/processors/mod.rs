@@ -50,11 +50,15 @@ pub use alike_core::provision::{
     SweepReport, TAG_JOB, TAG_ORCHESTRATOR,
 };
 use alike_remote::ssh::{ClientKey, Host, HostKeyPolicy, RemoteError, Session, SshOptions};
+/// Processors in a Xen pool (the XAPI provisioner).
+#[cfg(feature = "xen")]
+pub use alike_xen::adapter::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use local::{LocalError, LocalPoolOptions, LocalProcessor, LocalProvisioner};
 use serde::Serialize;
 
 use crate::remote::{BackupJob, ProcessorEvent, ProcessorJob, RemoteOptions, RemoteReport, StoreSpec, run_remote};
 use crate::{CancelToken, Error, Recover, Result};
+use alike_core::{Hypervisor, SnapshotOptions};
 
 /// How the orchestrator logs in to a pool's processors, and how long it
 /// waits for them.
@@ -271,6 +275,8 @@ struct Pool {
     addresses: Mutex<AddressPool>,
     freed: Condvar,
     login: PoolLogin,
+    /// Snapshots a job's VMs that name no disks (a Xen pool's XAPI).
+    snapshots: Option<Arc<dyn Hypervisor + Send + Sync>>,
 }
 
 /// Runs jobs on processors of its pools (see the module documentation).
@@ -296,8 +302,8 @@ impl Orchestrator {
     /// `state_dir/orchestrator-ID.lock` while it lives.
     ///
     /// # Errors
-    /// [`ErrorKind::Busy`] when another process runs this id;
-    /// [`ErrorKind::InvalidArgument`] for a bad id; I/O errors.
+    /// [`ErrorKind::Busy`](crate::ErrorKind::Busy) when another process runs this id;
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for a bad id; I/O errors.
     pub fn new(id: impl Into<String>, state_dir: impl AsRef<Path>) -> Result<Orchestrator> {
         let id = id.into();
         if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -337,8 +343,32 @@ impl Orchestrator {
             provisioner,
             freed: Condvar::new(),
             login,
+            snapshots: None,
         };
         self.pools.insert(name, Arc::new(pool));
+    }
+
+    /// Adds a pool whose VMs are snapshotted through `hypervisor`: a job's
+    /// VM that names no disks is snapshotted (`begin_backup`, as an
+    /// in-process backup does), the snapshot's disks are attached read-only
+    /// to the processor, which backs them up with the VM's configuration;
+    /// the snapshot is released once the version is committed, and on
+    /// failure and cancel too (the provisioner tags what it attaches with
+    /// the job id, so a sweep finds the snapshots of an orchestrator that
+    /// died). The snapshot's disks are named to the provisioner by the
+    /// host's `snapshot_vdi` id (Xen).
+    pub fn add_pool_with_snapshots(
+        &mut self,
+        provisioner: Arc<dyn Provisioner>,
+        addresses: Vec<IpAddr>,
+        login: PoolLogin,
+        hypervisor: Arc<dyn Hypervisor + Send + Sync>,
+    ) {
+        let name = provisioner.pool().to_string();
+        self.add_pool(provisioner, addresses, login);
+        if let Some(p) = self.pools.get_mut(&name).and_then(Arc::get_mut) {
+            p.snapshots = Some(hypervisor);
+        }
     }
 
     /// Removes, in every pool, what a run of this orchestrator that died
@@ -357,7 +387,7 @@ impl Orchestrator {
     /// or did not answer SSH in time (`PROCESSOR_SSH_TIMEOUT`);
     /// [`Error::Remote`]: a refused host key (`HOST_KEY_CHANGED`), failed
     /// login, or the job's own failure on the processor;
-    /// [`ErrorKind::Cancelled`].
+    /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled).
     pub fn run(&self, job: &ProcessorBackup, opts: &RunJobOptions) -> Result<JobRun> {
         let t0 = Instant::now();
         let emit = |e: JobEvent| {
@@ -459,24 +489,59 @@ impl Orchestrator {
             for vm in &job.vms {
                 opts.cancel.check()?;
                 emit(JobEvent::VmStarted { job: job.id.clone(), vm: vm.vm.clone() });
-                let paths = processor.attach(&vm.disks)?;
-                let mut b = BackupJob::new(job.store.clone(), &vm.vm, paths.into_iter().map(PathBuf::from).collect());
-                b.threads = job.threads;
-                let mut pj = ProcessorJob::backup(b).with_id(format!("{}-{}", job.id, reports.len()));
-                pj.set_secrets_from(&job.secrets);
-                let (jid, vname) = (job.id.clone(), vm.vm.clone());
-                let on = opts.on_event.clone();
-                let ro = RemoteOptions::default()
-                    .command(login.command.clone())
-                    .cancel_token(opts.cancel.clone())
-                    .connect_timeout(Duration::from_secs(10))
-                    .on_event(move |e| {
-                        if let Some(f) = &on {
-                            f(&JobEvent::Worker { job: jid.clone(), vm: vname.clone(), event: e.clone() });
-                        }
-                    });
-                let r = run_remote(&host, &policy, &login.key, &pj, &ro);
-                processor.detach_all()?;
+                // A VM that names no disks, in a pool that snapshots: its
+                // snapshot's disks, released whatever happens below.
+                let session = match (&pool.snapshots, vm.disks.is_empty()) {
+                    (Some(hv), true) => {
+                        let snap = SnapshotOptions::default().cancel_token(opts.cancel.clone());
+                        Some(hv.begin_backup(&vm.vm, &[], &snap)?)
+                    }
+                    _ => None,
+                };
+                let disks: Vec<AttachDisk> = match &session {
+                    Some(s) => s
+                        .disk_details()
+                        .into_iter()
+                        .map(|d| AttachDisk::read_only(d.ids.get("snapshot_vdi").cloned().unwrap_or_default()))
+                        .collect(),
+                    None => vm.disks.clone(),
+                };
+                let r: Result<RemoteReport> = (|| {
+                    let paths = processor.attach(&disks)?;
+                    let mut b =
+                        BackupJob::new(job.store.clone(), &vm.vm, paths.into_iter().map(PathBuf::from).collect());
+                    b.threads = job.threads;
+                    if let Some(s) = &session {
+                        b.config = Some(s.vm().clone());
+                        b.meta.insert("snapshot".into(), s.snapshot_id());
+                        b.meta.insert("consistency".into(), s.consistency());
+                    }
+                    let mut pj = ProcessorJob::backup(b).with_id(format!("{}-{}", job.id, reports.len()));
+                    pj.set_secrets_from(&job.secrets);
+                    let (jid, vname) = (job.id.clone(), vm.vm.clone());
+                    let on = opts.on_event.clone();
+                    let ro = RemoteOptions::default()
+                        .command(login.command.clone())
+                        .cancel_token(opts.cancel.clone())
+                        .connect_timeout(Duration::from_secs(10))
+                        .on_event(move |e| {
+                            if let Some(f) = &on {
+                                f(&JobEvent::Worker { job: jid.clone(), vm: vname.clone(), event: e.clone() });
+                            }
+                        });
+                    let r = run_remote(&host, &policy, &login.key, &pj, &ro);
+                    let d = processor.detach_all();
+                    let r = r?;
+                    d?;
+                    Ok(r)
+                })();
+                // The processor read every block (no change token is kept
+                // for a next incremental), so the snapshot is not kept.
+                if let Some(s) = session {
+                    if let Err(e) = s.abort() {
+                        tracing::warn!(vm = %vm.vm, job = %job.id, error = %e, "releasing the snapshot of a processor job");
+                    }
+                }
                 reports.push(r?);
             }
             Ok((ready, reports))
@@ -573,13 +638,16 @@ fn wait_for_ssh(
 
 impl Orchestrator {
     /// The orchestrator a configuration file describes: its id and state
-    /// directory, and a provisioner for each of its local pools.
+    /// directory, and a provisioner for each of its pools (a Xen pool's
+    /// VMs snapshotted through the pool, see
+    /// [`Orchestrator::add_pool_with_snapshots`]).
     ///
     /// # Errors
     /// As [`Orchestrator::new`] and [`LocalProvisioner::new`]; a pool's
-    /// SSH key's public half (`KEY.pub`) cannot be read;
+    /// SSH key's public half (`KEY.pub`) cannot be read; a Xen pool cannot
+    /// be reached;
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
-    /// for a Xen pool (this build provisions local pools only).
+    /// for a Xen pool in a build without the `xen` feature.
     pub fn from_config(config: &crate::Config) -> Result<Orchestrator> {
         use crate::config::{HostKeyPolicy as Keys, PoolKind};
         let mut o = Orchestrator::new(&config.orchestrator, &config.state_dir)?;
@@ -630,7 +698,10 @@ impl Orchestrator {
                     if let Some(c) = &p.processor_command {
                         login.command = c.clone();
                     }
-                    Arc::new(alike_xen::adapter::XenProvisioner::new(Arc::new(xen), xo))
+                    let xen = Arc::new(xen);
+                    let prov = Arc::new(alike_xen::adapter::XenProvisioner::new(Arc::clone(&xen), xo));
+                    o.add_pool_with_snapshots(prov, p.addresses.clone(), login, xen);
+                    continue;
                 }
                 #[allow(unreachable_patterns)]
                 _ => {

@@ -70,7 +70,7 @@ impl StoreSpec {
 
 /// `backup`: disks attached to the processor (image files or block devices
 /// there) become a new version of a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BackupJob {
@@ -95,6 +95,11 @@ pub struct BackupJob {
     /// Accept a disk of 0 bytes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_empty: bool,
+    /// The VM's configuration, recorded in the version as an in-process
+    /// backup from the hypervisor records it (the orchestrator sends the
+    /// snapshot's); default: a VM with only a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<alike_core::VmInfo>,
 }
 
 impl BackupJob {
@@ -109,6 +114,7 @@ impl BackupJob {
             meta: BTreeMap::new(),
             threads: 0,
             allow_empty: false,
+            config: None,
         }
     }
 }
@@ -192,7 +198,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// What a job does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum JobKind {
     /// Back up disks attached to the processor.

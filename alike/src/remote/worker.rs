@@ -400,7 +400,8 @@ fn backup(job: &ProcessorJob, b: &BackupJob, ctx: &Arc<Ctx>) -> Result<serde_jso
         sources.push(Counted { inner, read });
     }
     let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| s as &dyn DiskSource).collect();
-    let mut info = alike_core::VmInfo::named(&b.vm);
+    let mut info = b.config.clone().unwrap_or_else(|| alike_core::VmInfo::named(&b.vm));
+    info.name.clone_from(&b.vm);
     for (k, v) in &b.meta {
         info.extra.insert(k.clone(), serde_json::Value::String(v.clone()));
     }

@@ -19,6 +19,8 @@
 
 mod end;
 mod history;
+#[cfg(feature = "hyperv")]
+mod hyperv;
 mod job;
 #[cfg(feature = "xen")]
 mod xen;
@@ -37,6 +39,8 @@ use crate::{BackupOptions, BackupReport, CancelToken, Error, Result, Store, Vers
 
 pub use end::{EndOptions, EndReport, JobLink, run_end, run_receiver, run_sender};
 pub use history::ReplicationRecord;
+#[cfg(feature = "hyperv")]
+pub use hyperv::HyperVReplicaReport;
 pub use job::{
     DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
     MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,

@@ -1,7 +1,8 @@
 //! The JSON schema of every facade report, pinned: `testdata/report-schema.json`
 //! holds each report's keys (nested objects and the first element of arrays
-//! too). The CLI's `--json` and the Python bindings print these reports as
-//! they are, and their tests read the same file. After a deliberate change:
+//! too), the Xen replica reports from two in-process simulated pools
+//! included. The CLI's `--json` and the Python bindings print these reports
+//! as they are, and their tests read the same file. After a deliberate change:
 //! `ALIKE_BLESS=1 cargo test -p alike --test integration schema`.
 
 use std::collections::BTreeMap;
@@ -95,6 +96,7 @@ fn every_report_keeps_its_json_schema() {
     });
     got.insert("replicate_sender", ser(&se));
     got.insert("replicate_receiver", ser(&re));
+    xen_replica_reports(&env, &mut got);
 
     let now = json!(got.iter().map(|(k, v)| (k.to_string(), shape(v))).collect::<serde_json::Map<_, _>>());
     if std::env::var_os("ALIKE_BLESS").is_some() {
@@ -106,6 +108,33 @@ fn every_report_keeps_its_json_schema() {
         "a report's JSON schema changed: scripts read these keys. If deliberate, bless it \
          (ALIKE_BLESS=1 cargo test -p alike --test integration schema) and keep the old names as aliases"
     );
+}
+
+/// A replica VM on a second simulated pool: the run, a test failover, a
+/// failover and a failback (the original halted first).
+fn xen_replica_reports(env: &Env, got: &mut BTreeMap<&str, Value>) {
+    use alike_xen_sim::{Class, SimConfig, Simulator};
+    let sims: Vec<Simulator> =
+        ["xa", "xb"].iter().map(|n| Simulator::start(SimConfig::new(env.path(n)).demo(true)).unwrap()).collect();
+    let pools: Vec<std::sync::Arc<alike::XenPool>> = sims
+        .iter()
+        .map(|s| std::sync::Arc::new(alike::xen_pool(&s.url(), "root", s.password(), None).unwrap()))
+        .collect();
+    let net = "Pool-wide network associated with eth0";
+    let ro = alike::XenReplicaOptions::new("Local storage", env.path("xstate")).network(net);
+    let (r, rep) =
+        alike::replicate_xen(&pools[0], "web-01", pools[1].clone(), &ro, &alike::ReplicateOptions::default()).unwrap();
+    got.insert("xen_replicate", erased::Ser::value(&r));
+    let t = rep.test_failover(None, None, true).unwrap();
+    got.insert("xen_test_vm", erased::Ser::value(&t));
+    rep.end_test(&t.uuid).unwrap();
+    let map = [(net.to_owned(), net.to_owned())].into_iter().collect();
+    let f = rep.failover(None, &map, false).unwrap();
+    got.insert("xen_failover", erased::Ser::value(&f));
+    let web = sims[0].lookup(Class::Vm, "web-01").unwrap();
+    sims[0].set_power_state(&web, "Halted").unwrap();
+    let fb = rep.failback(pools[0].clone(), "web-01", false, &alike::ReplicateOptions::default()).unwrap();
+    got.insert("xen_failback", erased::Ser::value(&fb));
 }
 
 /// Serialises any report (object safety for the table above).

@@ -82,6 +82,14 @@ fn a_writer_backs_up_and_increments_while_only_the_full_key_restores() {
     let r = full.verify(&VerifyOptions::default().full(true)).unwrap();
     assert!(r.ok() && r.data_frames_not_opened == 0 && r.not_checked.is_none(), "{r:?}");
 
+    // A writer removes nothing.
+    assert_eq!(writer.forget(&v2.id).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
+    assert_eq!(writer.gc(&Default::default()).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
+    let mut keep = alike::RetentionPolicy::default();
+    keep.keep_last = 1;
+    assert_eq!(writer.prune(None, &keep, false).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
+    assert_eq!(writer.versions(None).unwrap().len(), 3);
+
     // A writer cannot hand out keys, nor vault out of the store.
     assert_eq!(writer.add_writer_key(env.path("w2.key")).unwrap_err().kind(), ErrorKind::WriteOnlyKey);
     assert!(!env.path("w2.key").exists());

@@ -412,6 +412,36 @@ int main(int argc, char **argv) {
         alike_replica_free(rep);
     }
 
+    /* Write-only keys: a writer backs up, restores nothing; the full key restores. */
+    {
+        alike_store_options *wo = test_opts("cache-w");
+        CHECK(alike_store_options_set_writer_keys(wo) == ALIKE_OK);
+        alike_store *ws = NULL;
+        CHECK(alike_store_create(path("wstore"), "pw", wo, &ws) == ALIKE_OK);
+        CHECK(alike_store_add_writer_key(s, path("w.key")) == ALIKE_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(alike_last_error_message(), "write-only keys") != NULL);
+        CHECK(alike_store_add_writer_key(ws, path("w.key")) == ALIKE_OK);
+        CHECK(alike_store_add_writer_key(ws, path("w.key")) == ALIKE_ERR_ALREADY_EXISTS);
+        alike_store_options *wk = test_opts("cache-wk");
+        CHECK(alike_store_options_set_key_file(wk, path("w.key")) == ALIKE_OK);
+        alike_store *writer = NULL;
+        CHECK(alike_store_open(path("wstore"), NULL, wk, &writer) == ALIKE_OK);
+        alike_version *wv = NULL;
+        const char *wd[] = {path("a.img")};
+        CHECK(alike_store_backup(writer, "wvm", wd, 1, NULL, NULL, NULL, &wv) == ALIKE_OK);
+        CHECK(alike_store_restore_image(writer, wv, 0, path("w.img"), 0, NULL, NULL, NULL) ==
+              ALIKE_ERR_WRITE_ONLY_KEY);
+        CHECK(strstr(alike_last_error_message(), "write-only key") != NULL);
+        CHECK(strcmp(alike_result_name(ALIKE_ERR_WRITE_ONLY_KEY), "ALIKE_ERR_WRITE_ONLY_KEY") == 0);
+        CHECK(alike_store_restore_image(ws, wv, 0, path("w.img"), 0, NULL, NULL, NULL) == ALIKE_OK);
+        CHECK(files_equal(path("a.img"), path("w.img")));
+        alike_version_free(wv);
+        alike_store_free(writer);
+        alike_store_free(ws);
+        alike_store_options_free(wk);
+        alike_store_options_free(wo);
+    }
+
     alike_store_free(s);
     alike_store_options_free(opts);
     printf("test_api: all checks passed\n");
