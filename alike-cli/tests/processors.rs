@@ -484,6 +484,67 @@ fn measure_backup_through_a_processor_against_the_same_backup_in_process() {
     );
 }
 
+#[test]
+fn the_services_run_a_processor_job_through_the_orchestrator_with_per_disk_progress_and_history() {
+    if !usable() {
+        return;
+    }
+    use alike::services::{EventKind, RunResult, Services};
+    let w = World::new("svc", &[("s", 1)]);
+    // One VM with two disks, so progress comes per disk.
+    let (d0, d1) = (w.image("svc-0.img", 8, 5), w.image("svc-1.img", 6, 6));
+    let mut text = std::fs::read_to_string(w.config()).unwrap();
+    text += &format!(
+        "\n[[job]]\nname = \"nightly\"\nkind = \"backup\"\nvms = [\"vm-s\"]\nstore = \"main\"\npool = \"{}\"\n\
+         disks = {{ vm-s = [\"{}\", \"{}\"] }}\n[job.chain]\nverify = \"quick\"\n",
+        w.pool("s"),
+        d0.display(),
+        d1.display()
+    );
+    std::fs::write(w.config(), text).unwrap();
+    let c = w.load();
+    assert!(c.job("nightly").unwrap().options.processor, "processor is the default");
+    let services = Services::builder().config(&c).unwrap().database(w.p("services.redb")).open().unwrap();
+    let events: Arc<Mutex<Vec<alike::services::Event>>> = Arc::default();
+    let e2 = events.clone();
+    services.subscribe(move |e| e2.lock().unwrap().push(e.clone()));
+    let id = services.run_now("nightly").unwrap();
+    assert!(services.wait_idle(Duration::from_secs(120)), "the run did not end");
+    let rec = services.run(id).unwrap();
+    assert_eq!(rec.result, RunResult::Success, "{rec:?}");
+    // The version was made on the processor: the store has it, and the
+    // history's figures are the processor's report's.
+    let store = w.store();
+    let versions = store.versions(Some("vm-s")).unwrap();
+    assert_eq!(versions.len(), 1);
+    let vm = &rec.vms[0];
+    assert_eq!(vm.vm, "vm-s");
+    assert_eq!(vm.version.as_deref(), Some(versions[0].id.as_str()));
+    assert_eq!(vm.read_bytes, 14 << 20);
+    assert!(vm.stored_bytes > 0 && vm.new_bytes > 0, "{vm:?}");
+    let sizes: Vec<(u32, u64)> = vm.disks.iter().map(|d| (d.position, d.size)).collect();
+    assert_eq!(sizes, [(0, 8 << 20), (1, 6 << 20)]);
+    // The chain ran here after the processor's backup.
+    assert!(rec.steps.iter().any(|s| s.step == "verify" && s.result == "success"), "{:?}", rec.steps);
+    // Progress came per disk, each disk's last event at its size.
+    let ev = events.lock().unwrap();
+    let mut last = std::collections::BTreeMap::new();
+    for e in ev.iter() {
+        if let EventKind::Progress { disk, done, total, phase, .. } = &e.kind
+            && phase == "backup"
+        {
+            last.insert(*disk, (*done, *total));
+        }
+    }
+    assert_eq!(last.get(&0), Some(&(8 << 20, 8 << 20)), "{last:?}");
+    assert_eq!(last.get(&1), Some(&(6 << 20, 6 << 20)), "{last:?}");
+    assert!(ev.iter().any(|e| matches!(&e.kind, EventKind::VmStarted { vm } if vm == "vm-s")));
+    drop(ev);
+    services.stop(false, Duration::from_secs(10));
+    drop(services);
+    assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
+}
+
 /// A processor VM of the simulated Xen pool, for [`a_xen_job_runs_end_to_end_through_a_processor_vm`]:
 /// the Xen provisioner's real VM (clone, tags, `xenstore_data`, VBDs of
 /// the snapshot's disks, `VM.start`) with, standing in for its guest, a

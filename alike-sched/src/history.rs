@@ -135,6 +135,10 @@ pub struct VmRun {
     pub warnings: Vec<String>,
     /// The error that failed it.
     pub error: Option<String>,
+    /// A replication: the replica point made.
+    pub point: Option<u64>,
+    /// A replication: bytes sent to the replica (the changed blocks).
+    pub sent_bytes: u64,
 }
 
 /// One step of a chain (retention, vault, verify) or of a validation or

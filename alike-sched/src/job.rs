@@ -55,6 +55,21 @@ pub enum MissedRule {
     Skip,
 }
 
+/// Where a job's definition came from: what a restart keeps
+/// ([`crate::Scheduler::set_jobs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum JobOrigin {
+    /// The configuration file: replaced by the file's jobs at each start,
+    /// removed when the file no longer has it.
+    #[default]
+    File,
+    /// Made or edited through the API: kept across restarts unless the
+    /// file has a job of the same name (the file wins).
+    Api,
+}
+
 /// Which verification follows each backup of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,6 +178,10 @@ pub struct JobSpec {
     /// keep count…), kept as given.
     #[serde(default)]
     pub options: serde_json::Map<String, serde_json::Value>,
+    /// Where the definition came from (the configuration file unless
+    /// said; the facade's `Services::put_job` marks it `api`).
+    #[serde(default)]
+    pub origin: JobOrigin,
 }
 
 fn utc() -> String {
@@ -199,6 +218,7 @@ impl JobSpec {
             chain: Chain::default(),
             validation: Validation::default(),
             options: serde_json::Map::new(),
+            origin: JobOrigin::File,
         }
     }
 

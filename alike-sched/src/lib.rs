@@ -67,7 +67,7 @@ pub use history::{
     DiskRun, History, HistoryRetention, JobState, REBUILT_JOB, RebuiltVersion, RunFilter, RunRecord, RunResult,
     StepRun, Trigger, VmRun,
 };
-pub use job::{Chain, JobKind, JobSpec, MAX_JOB_NAME, MissedRule, Validation, VerifyAfter};
+pub use job::{Chain, JobKind, JobOrigin, JobSpec, MAX_JOB_NAME, MissedRule, Validation, VerifyAfter};
 pub use locks::{VmGuard, VmLocks};
 pub use schedule::Schedule;
 pub use scheduler::{JobStatus, RunContext, Runner, Scheduler, SchedulerOptions};

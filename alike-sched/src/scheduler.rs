@@ -31,8 +31,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{
-    Clock, Error, EventBus, EventKind, History, HistoryRetention, JobSpec, JobState, MissedRule, Result, RunRecord,
-    RunResult, Schedule, StepRun, Trigger, VmGuard, VmLocks, VmRun,
+    Clock, Error, EventBus, EventKind, History, HistoryRetention, JobOrigin, JobSpec, JobState, MissedRule, Result,
+    RunRecord, RunResult, Schedule, StepRun, Trigger, VmGuard, VmLocks, VmRun,
 };
 
 /// What runs a job: the facade's runner does backups, the chain,
@@ -343,8 +343,11 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Makes the stored jobs exactly `specs` (the configuration file's
-    /// jobs at start): others are removed, these put.
+    /// Installs the configuration file's jobs at start: the stored jobs
+    /// become `specs` and the stored jobs made through the API
+    /// ([`JobOrigin::Api`]) whose names `specs` do not use — the file wins
+    /// on a name clash; a file's job no longer in `specs` is removed (its
+    /// history stays).
     ///
     /// # Errors
     /// As [`Scheduler::put_job`]; nothing changes when one is refused.
@@ -353,9 +356,10 @@ impl Scheduler {
             s.check()?;
         }
         let names: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let old: Vec<String> = self.inner.state.locked().jobs.keys().cloned().collect();
-        for name in old {
-            if !names.contains(name.as_str()) {
+        let old: Vec<(String, JobOrigin)> =
+            self.inner.state.locked().jobs.values().map(|e| (e.spec.name.clone(), e.spec.origin)).collect();
+        for (name, origin) in old {
+            if !names.contains(name.as_str()) && origin != JobOrigin::Api {
                 self.remove_job(&name)?;
             }
         }

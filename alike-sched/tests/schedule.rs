@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use alike_sched::chrono::{DateTime, Duration as Span, Utc};
 use alike_sched::{
-    Clock, Error, JobKind, JobSpec, ManualClock, MissedRule, RunContext, RunFilter, RunResult, Runner, Schedule,
-    Scheduler, SchedulerOptions, Trigger,
+    Clock, Error, JobKind, JobOrigin, JobSpec, ManualClock, MissedRule, RunContext, RunFilter, RunResult, Runner,
+    Schedule, Scheduler, SchedulerOptions, Trigger,
 };
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -264,6 +264,8 @@ fn jobs_sharing_a_vm_are_serialised() {
     s.put_job(job("b", None, &["db"])).unwrap();
     s.put_job(job("c", None, &["mail"])).unwrap();
     env.gate.hold("a");
+    // c is held too: a run that ends at once would be gone before it is seen running.
+    env.gate.hold("c");
     let ra = s.run_now("a").unwrap();
     env.gate.wait_running("a");
     let rb = s.run_now("b").unwrap();
@@ -273,6 +275,7 @@ fn jobs_sharing_a_vm_are_serialised() {
     assert!(!s.wait_idle(Duration::from_millis(300)));
     assert_eq!(s.run(rb).unwrap().result, RunResult::Queued);
     assert!(env.gate.calls().iter().all(|c| c.0 != "b"), "b must not start while a holds db");
+    env.gate.release("c");
     env.gate.release("a");
     assert!(s.wait_idle(Duration::from_secs(10)));
     let calls = env.gate.calls();
@@ -319,4 +322,47 @@ fn the_backup_path_lock_waits_for_the_vm() {
     let c2 = alike_core::CancelToken::new();
     c2.cancel();
     assert!(alike_sched::VmLocks::global().acquire("xen/test-vm", "fourth", &c2).is_none());
+}
+
+#[test]
+fn api_made_jobs_survive_a_restart_and_the_file_wins_on_a_name_clash() {
+    let env = Env::new("2026-03-02T10:00:00Z");
+    let names = |s: &Scheduler| {
+        let mut v: Vec<(String, JobOrigin, Option<String>)> =
+            s.jobs().unwrap().into_iter().map(|j| (j.spec.name, j.spec.origin, j.spec.schedule)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let s = env.open();
+    s.set_jobs(vec![job("file-a", Some("0 1 * * *"), &["a"]), job("file-b", None, &["b"])]).unwrap();
+    // Through the API: a new job, one that will clash with the file, and an edit of a file job.
+    for (name, cron) in [("api-x", "0 2 * * *"), ("clash", "0 3 * * *"), ("file-b", "0 4 * * *")] {
+        let mut j = job(name, Some(cron), &["x"]);
+        j.origin = JobOrigin::Api;
+        s.put_job(j).unwrap();
+    }
+    drop(s);
+    // The restart: the file now has file-a and clash, and no longer file-b.
+    let s = env.open();
+    s.set_jobs(vec![job("file-a", Some("0 1 * * *"), &["a"]), job("clash", Some("0 5 * * *"), &["c"])]).unwrap();
+    assert_eq!(
+        names(&s),
+        [
+            ("api-x".to_owned(), JobOrigin::Api, Some("0 2 * * *".to_owned())),
+            ("clash".to_owned(), JobOrigin::File, Some("0 5 * * *".to_owned())),
+            ("file-a".to_owned(), JobOrigin::File, Some("0 1 * * *".to_owned())),
+            // An API edit of a file's job is the API's now: kept though the file dropped it.
+            ("file-b".to_owned(), JobOrigin::Api, Some("0 4 * * *".to_owned())),
+        ]
+    );
+    drop(s);
+    // A file job removed from the file goes; the API's stay.
+    let s = env.open();
+    s.set_jobs(vec![]).unwrap();
+    let left: Vec<String> = names(&s).into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(left, ["api-x", "file-b"]);
+    // A definition stored before origins existed reads as the file's.
+    let old: JobSpec =
+        serde_json::from_str(r#"{"name":"n","kind":"backup","vms":["v"],"pool":"p","store":"s"}"#).unwrap();
+    assert_eq!(old.origin, JobOrigin::File);
 }

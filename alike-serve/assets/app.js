@@ -306,13 +306,16 @@ function onEvent(kind, ev) {
     const key = (run.id + "|" + (d.vm || "") + "|" + (d.disk ?? "")).replace(/[^A-Za-z0-9_|-]/g, "_");
     let row = live.get(key);
     if (!row) {
-      const title = (d.vm || "") + " disk " + (d.disk ?? "") + (d.phase ? " (" + d.phase + ")" : "");
+      const title = (d.vm || "") + " disk " + (d.disk ?? "");
       const bar = el("progress", { max: 100, value: 0, "aria-label": title });
       const txt = el("span");
-      run.append(el("div", { class: "disk" }, el("span", {}, title), bar, txt));
-      row = { bar, txt };
+      const label = el("span", {}, title);
+      run.append(el("div", { class: "disk" }, label, bar, txt));
+      row = { bar, txt, label, title };
       live.set(key, row);
     }
+    // One bar per disk; its label says the stage it is in.
+    row.label.textContent = row.title + (d.phase ? " (" + d.phase + ")" : "");
     const pct = d.total ? Math.floor(100 * d.done / d.total) : 100;
     row.bar.value = pct;
     row.txt.textContent = pct + "% of " + bytes(d.total);

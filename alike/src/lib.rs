@@ -93,8 +93,9 @@ pub use files::{ExtractFailure, ExtractReport, FileEntry, Listing, VolumeInfo};
 pub use image::{ImageFormat, create_image, open_image};
 pub use nbd::{NbdExportInfo, NbdListening, NbdReport};
 pub use options::{
-    BackupOptions, ExtractOptions, LsOptions, MAX_NBD_CONNECTIONS, MAX_THREADS, MIN_BANDWIDTH, MaintenanceOptions,
-    NBD_CACHE_RANGE, NbdListen, NbdOptions, Parent, RestoreOptions, VaultOptions, VerifyOptions,
+    BackupOptions, DiskProgressFn, DiskReadProgress, ExtractOptions, LsOptions, MAX_NBD_CONNECTIONS, MAX_THREADS,
+    MIN_BANDWIDTH, MaintenanceOptions, NBD_CACHE_RANGE, NbdListen, NbdOptions, Parent, RestoreOptions, VaultOptions,
+    VerifyOptions,
 };
 pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 // Replication.

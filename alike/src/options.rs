@@ -96,7 +96,24 @@ pub struct BackupOptions {
     pub(crate) origin: Option<alike_core::Origin>,
     pub(crate) quiesce: alike_core::Quiesce,
     pub(crate) allow_empty: bool,
+    pub(crate) disk_progress: Option<DiskProgressFn>,
 }
+
+/// One disk's bytes read so far in a backup of a VM
+/// ([`BackupOptions::disk_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiskReadProgress {
+    /// The disk's position in the VM (as the version records it).
+    pub position: u32,
+    /// Bytes read from it so far.
+    pub bytes_done: u64,
+    /// Its size.
+    pub bytes_total: u64,
+}
+
+/// A per-disk progress callback ([`BackupOptions::disk_progress`]).
+pub type DiskProgressFn = std::sync::Arc<dyn Fn(&DiskReadProgress) + Send + Sync>;
 
 impl BackupOptions {
     run_setters!();
@@ -142,6 +159,20 @@ impl BackupOptions {
     /// records a disk of size 0.
     pub fn allow_empty(mut self, yes: bool) -> Self {
         self.allow_empty = yes;
+        self
+    }
+    /// Per-disk progress for [`crate::Store::backup_vm`]: with each
+    /// backup-stage progress report, `f` is called once per disk with the
+    /// bytes read from it so far (the engine's own report counts all disks
+    /// together). Called from worker threads; keep it quick.
+    ///
+    /// ```
+    /// let opts = alike::BackupOptions::default()
+    ///     .disk_progress(|d| println!("disk {}: {}/{}", d.position, d.bytes_done, d.bytes_total));
+    /// # let _ = opts;
+    /// ```
+    pub fn disk_progress(mut self, f: impl Fn(&DiskReadProgress) + Send + Sync + 'static) -> Self {
+        self.disk_progress = Some(std::sync::Arc::new(f));
         self
     }
     /// The format of the images given to [`crate::Store::backup_images`]

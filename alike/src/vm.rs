@@ -29,6 +29,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -209,7 +210,35 @@ impl Store {
             (None, Some(_)) => Parent::Latest,
             (None, None) => Parent::None,
         };
-        let backup = match self.backup(session.vm().clone(), &session.disks(), &o) {
+        // Per-disk progress: each source counts what is read from it, and
+        // each backup-stage report of the engine is followed by theirs.
+        let counted: Vec<ReadCounter<'_>> =
+            session.disks().into_iter().map(|inner| ReadCounter { inner, read: Arc::new(AtomicU64::new(0)) }).collect();
+        if let Some(dp) = opts.disk_progress.clone() {
+            let counters: Vec<(Arc<AtomicU64>, u64)> =
+                counted.iter().map(|c| (c.read.clone(), c.inner.size())).collect();
+            let engine = o.run.progress.clone();
+            o.run.progress = Some(Arc::new(move |p: &alike_core::Progress| {
+                if let Some(f) = &engine {
+                    f(p);
+                }
+                if p.phase == Phase::Backup {
+                    for (i, (read, size)) in counters.iter().enumerate() {
+                        // Incremental and sparse disks are read in part: the
+                        // stage's end is each disk's end.
+                        let done =
+                            if p.bytes_done >= p.bytes_total { *size } else { read.load(Ordering::Relaxed).min(*size) };
+                        let position = u32::try_from(i).unwrap_or(u32::MAX);
+                        dp(&crate::DiskReadProgress { position, bytes_done: done, bytes_total: *size });
+                    }
+                }
+            }));
+        }
+        let sources: Vec<&dyn DiskSource> = counted.iter().map(|c| c as &dyn DiskSource).collect();
+        let result = self.backup(session.vm().clone(), &sources, &o);
+        drop(sources);
+        drop(counted);
+        let backup = match result {
             Ok(r) => r,
             Err(e) => {
                 if let Err(a) = session.abort() {
@@ -418,5 +447,34 @@ impl Store {
             elapsed_seconds,
             elapsed_ms,
         })
+    }
+}
+
+/// A disk source that counts the bytes read from it (per-disk progress).
+struct ReadCounter<'a> {
+    inner: &'a dyn DiskSource,
+    read: Arc<AtomicU64>,
+}
+
+impl DiskSource for ReadCounter<'_> {
+    fn label(&self) -> String {
+        self.inner.label()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn allocated_ranges(&self) -> alike_core::Result<Vec<std::ops::Range<u64>>> {
+        self.inner.allocated_ranges()
+    }
+    fn change_token(&self) -> Option<Vec<u8>> {
+        self.inner.change_token()
+    }
+    fn changed_ranges(&self, since: &[u8]) -> alike_core::Result<Option<Vec<std::ops::Range<u64>>>> {
+        self.inner.changed_ranges(since)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<()> {
+        self.inner.read_at(offset, buf)?;
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -16,7 +16,8 @@ use std::time::Duration;
 use alike::Store;
 use alike::services::notify::{EmailOptions, Notifier, Security};
 use alike::services::{
-    Clock, JobKind, JobSpec, ManualClock, RunFilter, RunResult, SchedulerOptions, Services, Trigger, VerifyAfter,
+    Clock, EventKind, JobKind, JobSpec, ManualClock, RunFilter, RunResult, SchedulerOptions, Services, Trigger,
+    VerifyAfter,
 };
 use alike_xen_sim::{SimConfig, Simulator};
 
@@ -239,6 +240,24 @@ fn nightly_chain_against_the_simulator() {
         ]
     );
     assert!(evs.iter().any(|e| e.run == first.id && e.kind.name() == "progress"));
+    // Backup progress per disk: each disk of each VM of the first run ends
+    // at its own size.
+    let mut ends = std::collections::BTreeMap::new();
+    for e in evs.iter().filter(|e| e.run == first.id) {
+        if let EventKind::Progress { vm, disk, phase, done, total } = &e.kind
+            && phase == "backup"
+        {
+            ends.insert((vm.clone(), *disk), (*done, *total));
+        }
+    }
+    // (Events name a VM as the job selected it — here by tag, so its uuid.)
+    let mut got: Vec<(u32, u64, u64)> = ends.iter().map(|((_, d), (done, total))| (*d, *done, *total)).collect();
+    let mut want: Vec<(u32, u64, u64)> =
+        first.vms.iter().flat_map(|v| v.disks.iter().map(|d| (d.position, d.size, d.size))).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert!(want.len() > first.vms.len(), "a VM with several disks: {want:?}");
+    assert_eq!(got, want, "{ends:?}");
     assert!(evs.windows(2).all(|w| w[0].seq < w[1].seq));
 
     // The webhook: one POST per run, the run's record in it.
@@ -407,4 +426,77 @@ fn the_documented_example_configuration_parses() {
     assert_eq!(nightly.schedule().unwrap().unwrap().zone(), "Europe/Berlin");
     assert_eq!(c.job("weekend-check").unwrap().spec().kind, JobKind::Validation);
     assert_eq!(c.notify.len(), 1);
+}
+
+#[test]
+fn api_made_jobs_survive_a_restart_and_the_configuration_file_wins_on_a_clash() {
+    use alike::services::{JobOrigin, JobSpec, Services};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("store.pass"), "pw-restart\n").unwrap();
+    alike::Store::builder().passphrase("pw-restart").insecure_fast_kdf().create(dir.path().join("store")).unwrap();
+    let file = |cron: &str| {
+        format!(
+            "version = 1\n[[store]]\nname = \"main\"\npath = \"store\"\npassphrase = {{ file = \"store.pass\" }}\n\
+             [[job]]\nname = \"check\"\nkind = \"validation\"\nstore = \"main\"\nschedule = \"{cron}\"\n"
+        )
+    };
+    let open = |text: &str| {
+        let c = alike::Config::parse(text, dir.path().join("alike.toml")).unwrap();
+        Services::builder().config(&c).unwrap().database(dir.path().join("services.redb")).open().unwrap()
+    };
+    let s = open(&file("0 1 * * *"));
+    for (name, cron) in [("api-check", "0 2 * * *"), ("check", "0 3 * * *")] {
+        let mut j = JobSpec::new(name, JobKind::Validation);
+        j.store = Some("main".into());
+        j.schedule = Some(cron.into());
+        s.put_job(j).unwrap();
+    }
+    assert_eq!(s.job("api-check").unwrap().origin, JobOrigin::Api, "put_job marks the job the API's");
+    drop(s);
+    let s = open(&file("0 4 * * *"));
+    let api = s.job("api-check").unwrap();
+    assert_eq!((api.origin, api.schedule.as_deref()), (JobOrigin::Api, Some("0 2 * * *")));
+    let check = s.job("check").unwrap();
+    assert_eq!((check.origin, check.schedule.as_deref()), (JobOrigin::File, Some("0 4 * * *")), "the file wins");
+    assert_eq!(s.jobs().unwrap().len(), 2);
+}
+
+#[test]
+fn replication_jobs_make_replica_points_with_figures_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(SimConfig::new(dir.path().join("sim")).demo(true)).unwrap();
+    let (url, pw) = (sim.url(), sim.password().to_owned());
+    let services = Services::builder()
+        .database(dir.path().join("services.redb"))
+        .pool(
+            "demo",
+            Arc::new(move || Ok(Box::new(alike::xen_pool(&url, "root", &pw, None)?) as Box<dyn alike::Hypervisor>)),
+        )
+        .open()
+        .unwrap();
+    let mut job = JobSpec::new("dr", JobKind::Replication);
+    job.vms = vec!["web-01".into()];
+    job.pool = Some("demo".into());
+    job.target = Some(dir.path().join("replicas").display().to_string());
+    job.options.insert("keep".into(), 1.into());
+    services.put_job(job).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let id = services.run_now("dr").unwrap();
+        assert!(services.wait_idle(Duration::from_secs(120)));
+        let r = services.run(id).unwrap();
+        assert_eq!(r.result, RunResult::Success, "{r:#?}");
+        runs.push(r.vms[0].clone());
+    }
+    let (first, second) = (&runs[0], &runs[1]);
+    assert_eq!(first.vm, "web-01");
+    assert_eq!((first.point, second.point), (Some(1), Some(2)));
+    assert!(first.read_bytes > 0 && first.sent_bytes > 0, "{first:?}");
+    // Nothing changed between the runs: the second sends (almost) nothing.
+    assert!(second.sent_bytes < first.sent_bytes / 10, "{second:?} after {first:?}");
+    // The replica holds the newest point only (keep = 1), its own history both runs.
+    let replica = alike::Replica::open(dir.path().join("replicas").join("web-01")).unwrap();
+    let points: Vec<u64> = replica.points().unwrap().iter().map(|p| p.point).collect();
+    assert_eq!(points, [2]);
+    assert_eq!(replica.history().unwrap().len(), 2);
 }

@@ -47,9 +47,9 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 pub use alike_sched::{
-    Chain, Clock, DiskRun, Event, EventKind, HistoryRetention, JobKind, JobSpec, JobStatus, ManualClock, MissedRule,
-    RebuiltVersion, RunFilter, RunRecord, RunResult, Schedule, Scheduler, SchedulerOptions, StepRun, SubscriptionId,
-    SystemClock, Trigger, Validation, VerifyAfter, VmLocks, VmRun,
+    Chain, Clock, DiskRun, Event, EventKind, HistoryRetention, JobKind, JobOrigin, JobSpec, JobStatus, ManualClock,
+    MissedRule, RebuiltVersion, RunFilter, RunRecord, RunResult, Schedule, Scheduler, SchedulerOptions, StepRun,
+    SubscriptionId, SystemClock, Trigger, Validation, VerifyAfter, VmLocks, VmRun,
 };
 pub use runner::EngineRunner;
 
@@ -64,6 +64,13 @@ pub type Connect = Arc<dyn Fn() -> Result<Box<dyn Hypervisor>> + Send + Sync>;
 pub(crate) struct Resources {
     pub(crate) stores: BTreeMap<String, Arc<Store>>,
     pub(crate) pools: BTreeMap<String, Connect>,
+    /// The configuration file, when the services were built from one: its
+    /// `[[pool]]`s are processor pools, its jobs' disks and secrets.
+    pub(crate) config: Option<Arc<crate::Config>>,
+    /// The processors' orchestrator, made at the first job that needs it
+    /// (it holds the orchestrator id's lock while the services live).
+    #[cfg(feature = "remote")]
+    pub(crate) orchestrator: Arc<std::sync::Mutex<Option<Arc<crate::processors::Orchestrator>>>>,
 }
 
 impl Resources {
@@ -81,6 +88,36 @@ impl Resources {
         })?;
         c()
     }
+    /// Whether `job` runs on a processor: `options.processor` is true and
+    /// its pool is a `[[pool]]` of the configuration file (those are the
+    /// pools processors come from; a pool given by [`ServicesBuilder::pool`]
+    /// is not).
+    pub(crate) fn processor_pool(&self, job: &JobSpec) -> bool {
+        let asked = job.options.get("processor").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        asked
+            && cfg!(feature = "remote")
+            && job.pool.as_deref().is_some_and(|p| self.config.as_ref().is_some_and(|c| c.pool(p).is_some()))
+    }
+    /// The orchestrator, made (and what a killed earlier one left swept)
+    /// at the first call.
+    #[cfg(feature = "remote")]
+    pub(crate) fn orchestrator(&self) -> Result<(Arc<crate::Config>, Arc<crate::processors::Orchestrator>)> {
+        use alike_core::Recover;
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("no configuration file: no processor pools".into()))?;
+        let mut o = self.orchestrator.locked();
+        if let Some(o) = &*o {
+            return Ok((config, o.clone()));
+        }
+        let made = Arc::new(crate::processors::Orchestrator::from_config(&config)?);
+        for r in made.sweep()? {
+            tracing::info!(?r, "processors: removed what an earlier run left");
+        }
+        *o = Some(made.clone());
+        Ok((config, made))
+    }
     /// Checks that a job's names exist.
     fn check(&self, job: &JobSpec) -> Result<()> {
         if let Some(s) = &job.store {
@@ -91,6 +128,7 @@ impl Resources {
         }
         if let Some(p) = &job.pool
             && !self.pools.contains_key(p)
+            && !self.processor_pool(job)
         {
             return Err(Error::InvalidArgument(format!(
                 "job {:?}: no pool named {p:?} in the configuration",
@@ -182,6 +220,7 @@ impl ServicesBuilder {
             }
         }
         self.jobs = Some(c.jobs.iter().map(crate::config::JobConfig::spec).collect());
+        self.res.config = Some(Arc::new(c.clone()));
         for n in &c.notify {
             self.notifiers.push(n.notifier()?);
         }
@@ -299,11 +338,14 @@ impl Services {
     }
 
     /// Adds or replaces a job (checked, its store and pool names too),
-    /// kept in the database.
+    /// kept in the database as made through the API ([`JobOrigin::Api`]):
+    /// it survives a restart unless the configuration file then has a job
+    /// of that name (the file wins).
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidArgument`]; database errors.
-    pub fn put_job(&self, job: JobSpec) -> Result<()> {
+    pub fn put_job(&self, mut job: JobSpec) -> Result<()> {
+        job.origin = JobOrigin::Api;
         job.check()?;
         self.res.check(&job)?;
         Ok(self.sched.put_job(job)?)

@@ -79,6 +79,51 @@ fn vm_run(r: &VmBackupReport) -> VmRun {
     v
 }
 
+/// A VM's figures from the backup report a processor returned (the
+/// schema of `alike backup --json`).
+#[cfg(feature = "remote")]
+fn remote_vm_run(r: &crate::remote::RemoteReport) -> VmRun {
+    let j = &r.result;
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let mut v = VmRun::default();
+    v.vm = j.get("vm").and_then(|x| x.as_str()).unwrap_or_default().to_owned();
+    v.version = j.get("id").and_then(|x| x.as_str()).map(str::to_owned);
+    v.read_bytes = n(j, "read_bytes");
+    v.new_bytes = n(j, "new_bytes");
+    v.stored_bytes = n(j, "new_stored_bytes");
+    v.elapsed_seconds = r.elapsed.as_secs_f64();
+    v.warnings = r.warnings.clone();
+    for d in j.get("disks").and_then(|d| d.as_array()).into_iter().flatten() {
+        let mut dr = DiskRun::default();
+        dr.position = u32::try_from(n(d, "position")).unwrap_or(u32::MAX);
+        dr.size = n(d, "size");
+        dr.mode = if d.get("incremental").and_then(serde_json::Value::as_bool) == Some(true) {
+            "incremental"
+        } else {
+            "full"
+        }
+        .into();
+        dr.read_bytes = n(d, "read_bytes");
+        dr.new_bytes = n(d, "new_bytes");
+        dr.stored_bytes = n(d, "new_stored_bytes");
+        dr.fallback_reason = d.get("fallback_reason").and_then(|x| x.as_str()).map(str::to_owned);
+        if let Some(f) = &dr.fallback_reason {
+            v.warnings.push(format!("disk {}: read in full: {f}", dr.position));
+        }
+        v.disks.push(dr);
+    }
+    v.result = if v.version.is_none() {
+        v.error = Some("the processor returned no version".into());
+        "failed"
+    } else if v.warnings.is_empty() {
+        "success"
+    } else {
+        "warning"
+    }
+    .to_owned();
+    v
+}
+
 /// The VMs a job's selectors name: names and uuids as they are, `tag:T`
 /// every VM of the host whose recorded configuration carries tag `T`.
 fn resolve(hv: &dyn Hypervisor, selectors: &[String]) -> Result<Vec<String>> {
@@ -116,6 +161,10 @@ impl EngineRunner {
     }
 
     fn backup(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        #[cfg(feature = "remote")]
+        if self.res.processor_pool(job) {
+            return self.backup_on_processor(job, ctx);
+        }
         let store = self.res.store(&job.name, job.store.as_deref())?;
         let hv = self.res.connect(&job.name, job.pool.as_deref())?;
         let vms = resolve(&*hv, &job.vms)?;
@@ -130,11 +179,22 @@ impl EngineRunner {
             let _span = tracing::info_span!("vm", vm = %vm).entered();
             ctx.vm_started(vm);
             let (ctx_vm, name) = (vm.clone(), vm.clone());
-            let events = EventSink::new(ctx);
+            let events = Arc::new(EventSink::new(ctx));
+            let disk_events = events.clone();
+            // Backup-stage progress goes out per disk (the disk_progress
+            // callback); other stages (scanning) as the engine reports them.
             let opts = BackupOptions::default()
                 .quiesce(if job.quiesce { crate::Quiesce::IfSupported } else { crate::Quiesce::No })
                 .cancel_token(ctx.cancel_token().clone())
-                .progress(move |p| events.progress(&ctx_vm, p.phase.name(), p.bytes_done, p.bytes_total));
+                .disk_progress({
+                    let vm = vm.clone();
+                    move |d| disk_events.progress(&vm, d.position, "backup", d.bytes_done, d.bytes_total)
+                })
+                .progress(move |p| {
+                    if p.phase != alike_core::Phase::Backup {
+                        events.progress(&ctx_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total);
+                    }
+                });
             match store.backup_vm(&*hv, vm, &opts) {
                 Ok(r) => {
                     made.push((r.vm.clone(), r.id.clone()));
@@ -150,6 +210,67 @@ impl EngineRunner {
             }
         }
         drop(hv);
+        if ctx.cancel_token().is_cancelled() || made.is_empty() {
+            return Ok(());
+        }
+        self.chain(job, ctx, &store, &made);
+        Ok(())
+    }
+
+    /// A backup job of the configuration file on a processor of its pool,
+    /// through the orchestrator (queued while the pool has no free
+    /// address); then the chain, here, over the versions it made.
+    #[cfg(feature = "remote")]
+    fn backup_on_processor(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        use crate::processors::{JobEvent, ProcessorBackup, RunJobOptions};
+        use crate::remote::ProcessorEvent;
+        let store = self.res.store(&job.name, job.store.as_deref())?;
+        let (config, orch) = self.res.orchestrator()?;
+        if config.job(&job.name).is_none() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "job {:?}: only jobs of the configuration file run on processors (set options.processor = false)",
+                job.name
+            )));
+        }
+        let backup = ProcessorBackup::from_config(&config, &job.name, format!("run{}", ctx.record().id))?;
+        // The orchestrator calls back on its own thread with 'static
+        // callbacks: its events come here through a channel and reach the
+        // run's context on this thread.
+        let (tx, rx) = std::sync::mpsc::channel::<JobEvent>();
+        let opts = RunJobOptions::default()
+            .cancel_token(ctx.cancel_token().clone())
+            .on_event(move |e| drop(tx.send(e.clone())));
+        let events = EventSink::new(ctx);
+        let r = std::thread::scope(|s| {
+            let h = alike_core::spawn_scoped(s, "alike-services-processor", move || orch.run(&backup, &opts))?;
+            for e in rx {
+                match e {
+                    JobEvent::VmStarted { vm, .. } => ctx.vm_started(&vm),
+                    JobEvent::Queued { message, .. } => tracing::info!(job = %job.name, "{message}"),
+                    JobEvent::Worker { vm, event: ProcessorEvent::Progress(p), .. } => {
+                        if p.disks.is_empty() {
+                            events.progress(&vm, 0, &p.phase, p.bytes_done, p.bytes_total);
+                        }
+                        for d in &p.disks {
+                            events.progress(&vm, d.disk, &p.phase, d.bytes_done, d.bytes_total);
+                        }
+                    }
+                    JobEvent::Worker { vm, event: ProcessorEvent::Warning(w), .. } => ctx.warning(Some(&vm), w.message),
+                    _ => {}
+                }
+            }
+            h.join().unwrap_or_else(|_| {
+                Err(crate::Error::InvalidArgument(format!("job {:?}: the processor job's thread panicked", job.name)))
+            })
+        })?;
+        let mut made = Vec::new();
+        for rep in &r.vms {
+            let v = remote_vm_run(rep);
+            if let Some(id) = &v.version {
+                made.push((v.vm.clone(), id.clone()));
+            }
+            ctx.vm_done(v);
+        }
         if ctx.cancel_token().is_cancelled() || made.is_empty() {
             return Ok(());
         }
@@ -264,6 +385,87 @@ impl EngineRunner {
         Ok(())
     }
 
+    /// Each VM's disks (a fresh snapshot) to a replica directory under
+    /// `target`, one per VM (`TARGET/VM_NAME`), as a new point; keeps
+    /// `options.keep` points when given. The replica's own history beside
+    /// it records the run too.
+    fn replication(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
+        let target = job.target.as_deref().ok_or_else(|| {
+            crate::Error::InvalidArgument(format!("job {:?}: a replication job needs a target directory", job.name))
+        })?;
+        let hv = self.res.connect(&job.name, job.pool.as_deref())?;
+        let vms = resolve(&*hv, &job.vms)?;
+        if vms.is_empty() {
+            ctx.warning(None, "the job's selectors match no VM");
+        }
+        let keep = job.options.get("keep").and_then(serde_json::Value::as_u64);
+        for vm in &vms {
+            if ctx.cancel_token().is_cancelled() {
+                break;
+            }
+            let _span = tracing::info_span!("vm", vm = %vm).entered();
+            ctx.vm_started(vm);
+            let started = std::time::Instant::now();
+            let one = || -> Result<VmRun> {
+                let name = hv.vm_name(vm)?;
+                let dir: String = name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                    .collect();
+                let replica = crate::Replica::open_or_create(std::path::Path::new(target).join(dir), &name)?;
+                let snap = alike_core::SnapshotOptions::default()
+                    .quiesce(if job.quiesce { crate::Quiesce::IfSupported } else { crate::Quiesce::No })
+                    .cancel_token(ctx.cancel_token().clone());
+                let session = hv.begin_backup(vm, &[], &snap)?;
+                let events = EventSink::new(ctx);
+                let ev_vm = vm.clone();
+                let mut o = crate::ReplicateOptions::default()
+                    .cancel_token(ctx.cancel_token().clone())
+                    .progress(move |p| events.progress(&ev_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total));
+                if let Some(k) = keep {
+                    o = o.keep(usize::try_from(k).unwrap_or(usize::MAX));
+                }
+                if let Some(b) = job.bandwidth {
+                    o = o.bwlimit(b);
+                }
+                let r = {
+                    let disks = session.disks();
+                    crate::replicate(&name, &disks, &replica, &o)
+                };
+                let rep = match r {
+                    Ok(rep) => {
+                        let _ = session.commit();
+                        rep
+                    }
+                    Err(e) => {
+                        if let Err(a) = session.abort() {
+                            tracing::warn!(vm = %vm, "releasing the snapshot: {a}");
+                        }
+                        return Err(e);
+                    }
+                };
+                let mut v = VmRun::default();
+                v.vm = name;
+                v.point = Some(rep.point);
+                v.read_bytes = rep.read_bytes;
+                v.sent_bytes = rep.sent_bytes;
+                v.elapsed_seconds = rep.elapsed_seconds;
+                v.result = "success".into();
+                Ok(v)
+            };
+            let v = one().unwrap_or_else(|e| {
+                let mut v = VmRun::default();
+                v.vm = vm.clone();
+                v.result = "failed".to_owned();
+                v.error = Some(e.to_string());
+                v.elapsed_seconds = started.elapsed().as_secs_f64();
+                v
+            });
+            ctx.vm_done(v);
+        }
+        Ok(())
+    }
+
     fn housekeeping(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
         let store = self.res.store(&job.name, job.store.as_deref())?;
         if let Some(policy) = &job.chain.retention {
@@ -293,7 +495,8 @@ struct EventSink {
     clock: Arc<dyn alike_sched::Clock>,
     run: u64,
     job: String,
-    last: std::sync::Mutex<std::time::Instant>,
+    /// When each disk's last progress event went out (at most 4/s per disk).
+    last: std::sync::Mutex<std::collections::BTreeMap<u32, std::time::Instant>>,
 }
 
 impl EventSink {
@@ -304,22 +507,25 @@ impl EventSink {
             clock: ctx.clock(),
             run: rec.id,
             job: rec.job,
-            last: std::sync::Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1)),
+            last: std::sync::Mutex::default(),
         }
     }
-    fn progress(&self, vm: &str, phase: &str, done: u64, total: u64) {
+    fn progress(&self, vm: &str, disk: u32, phase: &str, done: u64, total: u64) {
         use alike_core::Recover;
         {
             let mut last = self.last.locked();
-            if done < total && last.elapsed() < std::time::Duration::from_millis(250) {
+            let now = std::time::Instant::now();
+            if done < total
+                && last.get(&disk).is_some_and(|t| now.duration_since(*t) < std::time::Duration::from_millis(250))
+            {
                 return;
             }
-            *last = std::time::Instant::now();
+            last.insert(disk, now);
         }
         self.events.emit(
             self.run,
             &self.job,
-            alike_sched::EventKind::Progress { vm: vm.to_owned(), disk: 0, phase: phase.to_owned(), done, total },
+            alike_sched::EventKind::Progress { vm: vm.to_owned(), disk, phase: phase.to_owned(), done, total },
             self.clock.now(),
         );
     }
@@ -332,6 +538,7 @@ impl Runner for EngineRunner {
             JobKind::Validation => self.validation(job, ctx),
             JobKind::Housekeeping => self.housekeeping(job, ctx),
             JobKind::Vault => self.vault(job, ctx),
+            JobKind::Replication => self.replication(job, ctx),
             _ => Err(crate::Error::InvalidArgument(format!(
                 "job {:?}: {} jobs are not run by the services yet",
                 job.name,
