@@ -405,6 +405,9 @@ pub enum JobKind {
     Housekeeping,
     /// Copy its store's versions to `chain.vault`.
     Vault,
+    /// Replicate its VMs (a fresh snapshot each run) to replica folders
+    /// under `target`, one per VM, keeping `options.keep` points.
+    Replication,
 }
 
 /// A job (`[[job]]`).
@@ -430,6 +433,10 @@ pub struct JobConfig {
     /// name. Xen pools find the disks themselves.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub disks: BTreeMap<String, Vec<PathBuf>>,
+    /// Replication jobs: the folder under which each VM's replica folder
+    /// (`TARGET/VM_NAME`) is kept; relative to the file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBuf>,
     /// Its options.
     #[serde(default)]
     pub options: JobOptions,
@@ -479,11 +486,13 @@ impl JobConfig {
             JobKind::Validation => alike_sched::JobKind::Validation,
             JobKind::Housekeeping => alike_sched::JobKind::Housekeeping,
             JobKind::Vault => alike_sched::JobKind::Vault,
+            JobKind::Replication => alike_sched::JobKind::Replication,
         };
         let mut j = alike_sched::JobSpec::new(self.name.clone(), kind);
         j.vms = self.vms.clone();
         j.store = Some(self.store.clone());
         j.pool = (!self.pool.is_empty()).then(|| self.pool.clone());
+        j.target = self.target.as_ref().map(|t| t.display().to_string());
         j.schedule = self.schedule.clone();
         j.timezone = self.timezone.clone();
         j.missed = self.missed;
@@ -496,6 +505,9 @@ impl JobConfig {
         j.options.insert("processor".into(), self.options.processor.into());
         if let Some(t) = self.options.threads {
             j.options.insert("threads".into(), t.into());
+        }
+        if let Some(k) = self.options.keep {
+            j.options.insert("keep".into(), k.into());
         }
         j
     }
@@ -516,6 +528,9 @@ pub struct JobOptions {
     /// Backup threads (default: the engine's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Replication jobs: the points each replica keeps (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -524,7 +539,7 @@ fn yes() -> bool {
 
 impl Default for JobOptions {
     fn default() -> JobOptions {
-        JobOptions { processor: true, quiesce: false, threads: None }
+        JobOptions { processor: true, quiesce: false, threads: None, keep: None }
     }
 }
 
@@ -702,6 +717,7 @@ impl Config {
         fix(&mut self.state_dir);
         for j in &mut self.jobs {
             j.disks.values_mut().flatten().for_each(fix);
+            j.target.as_mut().map(fix);
         }
         for p in &mut self.pools {
             fix(&mut p.ssh_key);
@@ -867,7 +883,8 @@ impl Config {
             if !names.insert(&j.name) {
                 return Err(err(k("name"), format!("a second job named {:?}", j.name)));
             }
-            let backup = j.kind == JobKind::Backup;
+            // Replication jobs cover VMs of a pool as backups do.
+            let backup = matches!(j.kind, JobKind::Backup | JobKind::Replication);
             if (backup && j.vms.is_empty()) || j.vms.len() > MAX_JOB_VMS {
                 return Err(err(k("vms"), format!("{} VMs (1..={MAX_JOB_VMS})", j.vms.len())));
             }
@@ -907,6 +924,21 @@ impl Config {
             }
             if j.chain.retention.is_some_and(|p| p.is_empty()) {
                 return Err(err(k("chain.retention"), "keeps nothing (give keep_last, keep_daily…)".into()));
+            }
+            match (j.kind == JobKind::Replication, &j.target) {
+                (true, None) => {
+                    return Err(err(k("target"), "a replication job names the folder its replicas are kept in".into()));
+                }
+                (false, Some(_)) => return Err(err(k("target"), "only replication jobs have a target".into())),
+                _ => {}
+            }
+            if let Some(n) = j.options.keep {
+                if j.kind != JobKind::Replication {
+                    return Err(err(k("options.keep"), "only replication jobs keep points".into()));
+                }
+                if n == 0 || n > 10_000 {
+                    return Err(err(k("options.keep"), format!("{n}: 1..=10000")));
+                }
             }
             // The schedule, zone and ranges, as the services check them (below).
             if let Err(e) = j.spec().check() {
@@ -980,6 +1012,16 @@ vms = ["web-01", "db-01"]
 store = "main"
 pool = "xen-a"
 options = { quiesce = true, threads = 2 }
+
+[[job]]
+name = "dr"
+kind = "replication"
+vms = ["web-01"]
+store = "main"
+pool = "xen-a"
+target = "replicas"
+schedule = "0 * * * *"
+options = { processor = false, keep = 24 }
 "#;
 
     #[test]
@@ -1001,6 +1043,10 @@ options = { quiesce = true, threads = 2 }
         let j = c.job("nightly").unwrap();
         assert!(j.options.processor && j.options.quiesce);
         assert_eq!(j.options.threads, Some(2));
+        let dr = c.job("dr").unwrap().spec();
+        assert_eq!(dr.kind, alike_sched::JobKind::Replication);
+        assert_eq!(dr.target.as_deref(), Some("/etc/alike/replicas"));
+        assert_eq!(dr.options.get("keep").and_then(|v| v.as_u64()), Some(24));
         // What it serialises to parses back the same.
         let again: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again.pool("xen-a").unwrap().addresses, p.addresses);
@@ -1043,6 +1089,15 @@ options = { quiesce = true, threads = 2 }
             ("kind = \"local\"", "kind = \"local\"\nnetwork = \"x\"", "pool[1].network", "only xen"),
             ("path = \"stores/main\"", "path = \"stores/main\"\nregion = \"eu\"", "store[0].region", "object-storage"),
             ("allow_http = true\n", "", "store[1].endpoint", "allow_http"),
+            ("target = \"replicas\"\n", "", "job[1].target", "names the folder"),
+            ("keep = 24", "keep = 0", "job[1].options.keep", "1..="),
+            ("threads = 2", "threads = 2, keep = 3", "job[0].options.keep", "only replication"),
+            (
+                "pool = \"xen-a\"\noptions",
+                "pool = \"xen-a\"\ntarget = \"r\"\noptions",
+                "job[0].target",
+                "only replication",
+            ),
         ];
         for (from, to, key, msg) in cases {
             assert!(GOOD.contains(from), "{from}");

@@ -859,6 +859,14 @@ pub fn run_config_jobs<S: AsRef<str>>(config: &crate::Config, names: &[S], opts:
                     "job {n}: options.processor = false: it does not run on a processor"
                 )));
             }
+            // Validation, housekeeping, vault and replication jobs run in the
+            // services (`alike serve`), not on a processor made for them.
+            if j.kind != crate::config::JobKind::Backup {
+                return Err(Error::InvalidArgument(format!(
+                    "job {n}: a {:?} job does not run on a processor; `alike serve` runs it",
+                    j.kind
+                )));
+            }
             ProcessorBackup::from_config(config, n, format!("{n}-{stamp}"))
         })
         .collect::<Result<Vec<_>>>()?;
