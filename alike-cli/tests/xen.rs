@@ -222,3 +222,82 @@ fn a_killed_job_run_leaves_a_processor_vm_that_the_sweep_removes() {
         .collect();
     assert_eq!(names, ["db-01", "web-01"], "the sweep touched only the processor");
 }
+
+/// Two real `alike xen backup` processes of one VM take turns on the VM's
+/// file lock: the second waits, saying for whom; the lock goes with its
+/// holder however that ends (here: killed).
+#[test]
+fn two_processes_backing_up_one_vm_take_turns() {
+    let c = Cli::new();
+    c.ok(&["init", "--no-encryption"]);
+    let store = alike::Store::builder().cache_dir(c.p("cache-t")).open(c.p("store")).unwrap();
+    let lock = store.vm_lock_file("xen", "web-01");
+    assert!(lock.starts_with(std::fs::canonicalize(c.dir.path()).unwrap().join("store.vm-locks")), "{lock:?}");
+    let spawn = || {
+        c.cmd()
+            .args(c.xen(&["backup", "--vm", "web-01", "--json"]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let signal = |sig: &str, pid: u32| {
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    };
+    // Holds the lock: its pid is in the file (written once it holds it).
+    let holding = |pid: u32| {
+        for _ in 0..600 {
+            let text = std::fs::read_to_string(&lock).unwrap_or_default();
+            if text.lines().next() == Some(pid.to_string().as_str()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("process {pid} never took {}", lock.display());
+    };
+    // The second's standard error, line by line, until it says it waits.
+    let waits_for = |child: &mut std::process::Child, pid: u32| {
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "the second backup ended without waiting");
+            if line.contains("waiting for VM lock") {
+                assert!(line.contains(&format!("held by pid {pid}")), "{line}");
+                break;
+            }
+        }
+        // Keep draining it.
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()))
+    };
+    for round in ["cont", "kill"] {
+        let mut first = spawn();
+        holding(first.id());
+        // Paused mid-backup, lock held.
+        signal("-STOP", first.id());
+        let mut second = spawn();
+        let drain = waits_for(&mut second, first.id());
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(second.try_wait().unwrap().is_none(), "{round}: the second ran while the first held the VM");
+        if round == "cont" {
+            signal("-CONT", first.id());
+            let out = first.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        } else {
+            signal("-KILL", first.id());
+            assert!(!first.wait().unwrap().success());
+        }
+        // The second goes on once the first is gone, and takes the lock.
+        let out = second.wait_with_output().unwrap();
+        drain.join().unwrap().unwrap();
+        assert!(out.status.success(), "{round}: the second backup failed");
+        let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(b["vm"], "web-01", "{b}");
+    }
+    let versions = c.json(&["versions", "--json"]);
+    assert_eq!(
+        versions.as_array().unwrap().len(),
+        3,
+        "two of the first round, the second of the killed round: {versions}"
+    );
+}

@@ -113,10 +113,32 @@ pub fn backup(
     let sink = ProgressSink::new(run.progress.clone(), Phase::Backup, total);
     let mut disks = Vec::with_capacity(plans.len());
     for (plan, src) in plans.into_iter().zip(&job.disks) {
-        disks.push(pool.install(|| match &params.chunking {
-            Chunking::Cdc(p) => crate::cdc_backup::backup_disk(store, keys, params, p, plan, *src, &sink, cancel),
-            _ => backup_disk(store, keys, params, plan, *src, &sink, cancel),
-        })?);
+        // Made here, on the caller's thread, so that it is a child of the
+        // backup span (and of the caller's: a job's, a VM's); entered on
+        // the worker thread that backs the disk up. Its byte fields are
+        // recorded when the disk is done.
+        let disk = info_span!(
+            "disk",
+            vm = %job.vm.name,
+            disk = plan.position,
+            label = %src.label(),
+            size = plan.size,
+            mode = if plan.carry.is_some() { "incremental" } else { "full" },
+            read_bytes = tracing::field::Empty,
+            new_bytes = tracing::field::Empty,
+            stored_bytes = tracing::field::Empty,
+        );
+        let rec = pool.install(|| {
+            let _g = disk.enter();
+            match &params.chunking {
+                Chunking::Cdc(p) => crate::cdc_backup::backup_disk(store, keys, params, p, plan, *src, &sink, cancel),
+                _ => backup_disk(store, keys, params, plan, *src, &sink, cancel),
+            }
+        })?;
+        disk.record("read_bytes", rec.read_bytes);
+        disk.record("new_bytes", rec.new_bytes);
+        disk.record("stored_bytes", rec.new_stored_bytes);
+        disks.push(rec);
     }
     sink.finish();
     cancel.check()?;
@@ -411,8 +433,6 @@ fn backup_disk(
     sink: &ProgressSink,
     cancel: &CancelToken,
 ) -> Result<DiskRecord> {
-    let span = info_span!("disk", position = plan.position, label = %src.label());
-    let _g = span.enter();
     let bs = u64::from(params.grid());
     let bpm = u64::from(BLOCKS_PER_MAP);
     let nmaps = plan.nblocks.div_ceil(bpm);

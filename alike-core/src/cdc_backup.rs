@@ -28,7 +28,6 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
-use tracing::info_span;
 
 use crate::backup::{Added, DiskPlan, EngineParams, batch_bytes, finish_frames, store_map, store_new};
 use crate::extents::{Extent, ExtentMap, Window, load_window};
@@ -169,8 +168,6 @@ pub(crate) fn backup_disk(
     sink: &ProgressSink,
     cancel: &CancelToken,
 ) -> Result<DiskRecord> {
-    let span = info_span!("disk", position = plan.position, label = %src.label());
-    let _g = span.enter();
     let wb = u64::from(CDC_WINDOW_BLOCKS);
     let nwin = plan.nblocks.div_ceil(wb);
     let added = Added::default();

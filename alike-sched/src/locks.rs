@@ -3,8 +3,9 @@
 //! none, so two jobs can never deadlock); the facade's backup path takes
 //! the key of the VM it resolved (`backup_vm` waits for it), so two
 //! backups of one VM never run together, even when neither came from the
-//! scheduler. Across processes, the store's own locks keep the data
-//! consistent; this lock is about the VM's snapshots.
+//! scheduler. Across processes, the facade adds a file lock per VM
+//! (`flock`, beside the store: `alike::Store::vm_lock_dir`), taken after
+//! this one; the store's own locks keep the data consistent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};

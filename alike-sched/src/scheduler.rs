@@ -264,6 +264,20 @@ impl RunContext {
         self.record.locked().steps.push(s);
         self.persist();
     }
+    /// Applies the history's retention ([`SchedulerOptions::retention`])
+    /// now, as the loop does hourly; a housekeeping job calls it. Returns
+    /// how many runs were deleted (never a run still going, this one
+    /// included).
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub fn prune_history(&self) -> Result<usize> {
+        self.inner.history.prune(self.inner.opts.retention, self.now())
+    }
+    /// The history's retention the scheduler applies.
+    pub fn history_retention(&self) -> HistoryRetention {
+        self.inner.opts.retention
+    }
     /// The run's record so far.
     pub fn record(&self) -> RunRecord {
         self.record.locked().clone()

@@ -10,8 +10,20 @@
 //! cannot make the browser send it, which is the CSRF defence) and `Secure`
 //! under TLS. Password checks run one at a time on a blocking thread: Argon2
 //! is deliberately slow, and many guesses at once must not starve the API.
+//!
+//! Failed logins are limited per client address (IPv6: per /64) and per
+//! user name, with exponential backoff ([`Limiter`]): the first
+//! [`FREE_FAILURES`] - 1 failures cost nothing, each one from then on
+//! blocks that address and that user name for 1, 2, 4… seconds (at most
+//! [`MAX_BLOCK`]); a login attempt while either is blocked answers 429
+//! with `Retry-After` and checks nothing. A success clears both. The
+//! address is the TCP peer's (a proxy's `X-Forwarded-For` is not trusted).
+//! Credentials are compared in constant time: the token as fixed-length
+//! digests, the user name byte by byte without an early exit, and the
+//! password by Argon2 (run whether the user name matched or not).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +38,102 @@ use alike::ServeAdmin;
 const MAX_SESSIONS: usize = 256;
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "alike_session";
+/// Failures (per address, per user) before each further one blocks.
+pub(crate) const FREE_FAILURES: u32 = 3;
+/// The longest block.
+pub(crate) const MAX_BLOCK: Duration = Duration::from_secs(15 * 60);
+/// A key's failures are forgotten this long after its last one.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// The most addresses and user names tracked at once.
+const MAX_TRACKED: usize = 10_000;
+
+/// What a login attempt came to.
+#[derive(Debug)]
+pub(crate) enum Login {
+    /// A new session's id.
+    Ok(String),
+    /// Wrong user name or password (counted).
+    Wrong,
+    /// Blocked for this long after earlier failures (nothing checked).
+    Limited(Duration),
+}
+
+/// Failed logins per key (`ip:…`, `user:…`), with exponential backoff.
+#[derive(Debug, Default)]
+pub(crate) struct Limiter {
+    keys: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+/// The limiter's key for a client address: IPv4 as it is, IPv6 by its /64
+/// (one host commonly holds a whole /64).
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v) => format!("ip:{v}"),
+        IpAddr::V6(v) => match v.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+fn user_key(user: &str) -> String {
+    // Bounded: a client chooses the name.
+    let mut end = user.len().min(128);
+    while !user.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("user:{}", &user[..end])
+}
+
+impl Limiter {
+    /// How long the longest block over `keys` still lasts, if any.
+    fn blocked(&self, keys: &[String], now: Instant) -> Option<Duration> {
+        let m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().filter_map(|k| m.get(k).and_then(|f| f.blocked_until)).filter(|t| *t > now).map(|t| t - now).max()
+    }
+
+    /// Counts a failure against each key; from the [`FREE_FAILURES`]th on,
+    /// each blocks the key for twice as long as the one before.
+    fn failed(&self, keys: &[String], now: Instant) {
+        let mut m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() + keys.len() > MAX_TRACKED {
+            m.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER || f.blocked_until.is_some_and(|t| t > now));
+            while m.len() + keys.len() > MAX_TRACKED {
+                let Some(oldest) = m.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone()) else { break };
+                m.remove(&oldest);
+            }
+        }
+        for k in keys {
+            let f = m.entry(k.clone()).or_insert(Failures { count: 0, last: now, blocked_until: None });
+            if now.duration_since(f.last) >= FORGET_AFTER && f.count > 0 {
+                f.count = 0;
+            }
+            f.count = f.count.saturating_add(1);
+            f.last = now;
+            if f.count >= FREE_FAILURES {
+                let shift = (f.count - FREE_FAILURES).min(20);
+                f.blocked_until = Some(now + Duration::from_secs(1u64 << shift).min(MAX_BLOCK));
+            }
+        }
+    }
+
+    fn succeeded(&self, keys: &[String]) {
+        let mut m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            m.remove(k);
+        }
+    }
+}
 
 /// The credential and the sessions.
 #[derive(Debug)]
@@ -38,6 +146,7 @@ pub(crate) struct Auth {
     sessions: Mutex<HashMap<String, Instant>>,
     /// One Argon2 check at a time.
     checking: tokio::sync::Semaphore,
+    limiter: Limiter,
 }
 
 impl Auth {
@@ -75,6 +184,7 @@ impl Auth {
             ttl,
             sessions: Mutex::new(HashMap::new()),
             checking: tokio::sync::Semaphore::new(1),
+            limiter: Limiter::default(),
         })
     }
 
@@ -82,7 +192,7 @@ impl Auth {
     pub(crate) fn allows(&self, headers: &hyper::HeaderMap) -> bool {
         if let (Some(t), Some(h)) = (&self.token, headers.get(hyper::header::AUTHORIZATION)) {
             if let Some(given) = h.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
-                if constant_time_eq(given.trim().as_bytes(), t.as_bytes()) {
+                if token_eq(given.trim(), t) {
                     return true;
                 }
             }
@@ -105,11 +215,22 @@ impl Auth {
         }
     }
 
-    /// Checks a user name and password; on success opens a session and
-    /// returns its id.
-    pub(crate) async fn login(&self, user: &str, password: &str) -> Option<String> {
-        let hash = self.password_hash.clone()?;
-        let _one = self.checking.acquire().await.ok()?;
+    /// Checks a user name and password from client address `from`, within
+    /// the failed-login limits; on success opens a session.
+    pub(crate) async fn login(&self, from: IpAddr, user: &str, password: &str) -> Login {
+        let keys = [address_key(from), user_key(user)];
+        if let Some(wait) = self.limiter.blocked(&keys, Instant::now()) {
+            return Login::Limited(wait);
+        }
+        let Some(hash) = self.password_hash.clone() else {
+            self.limiter.failed(&keys, Instant::now());
+            return Login::Wrong;
+        };
+        let Ok(_one) = self.checking.acquire().await else { return Login::Wrong };
+        // Checked again: attempts queued behind a failing one wait here.
+        if let Some(wait) = self.limiter.blocked(&keys, Instant::now()) {
+            return Login::Limited(wait);
+        }
         let (pw, user_ok) = (password.to_string(), constant_time_eq(user.as_bytes(), self.user.as_bytes()));
         let ok = tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&hash).ok()?;
@@ -120,11 +241,13 @@ impl Auth {
         .flatten()
         .unwrap_or(false);
         if !(ok && user_ok) {
-            return None;
+            self.limiter.failed(&keys, Instant::now());
+            return Login::Wrong;
         }
+        self.limiter.succeeded(&keys);
         let id = new_id();
         if id.is_empty() {
-            return None;
+            return Login::Wrong;
         }
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         s.retain(|_, t| t.elapsed() < self.ttl);
@@ -134,7 +257,7 @@ impl Auth {
             }
         }
         s.insert(id.clone(), Instant::now());
-        Some(id)
+        Login::Ok(id)
     }
 
     /// Ends the session a request carries, if any.
@@ -177,6 +300,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Compares a presented token with the configured one through their
+/// BLAKE3 digests: the time taken shows neither the length nor a prefix.
+fn token_eq(given: &str, token: &str) -> bool {
+    constant_time_eq(blake3::hash(given.as_bytes()).as_bytes(), blake3::hash(token.as_bytes()).as_bytes())
+}
+
 /// Hashes a password into the PHC string `password_hash` takes (Argon2id,
 /// the crate's default parameters, a random salt).
 ///
@@ -199,6 +328,51 @@ pub fn hash_password(password: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn failures_back_off_exponentially_per_key() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        let k = [address_key(LOCAL), user_key("admin")];
+        for _ in 1..FREE_FAILURES {
+            l.failed(&k, t0);
+            assert_eq!(l.blocked(&k, t0), None);
+        }
+        let mut want = 1;
+        for _ in 0..5 {
+            l.failed(&k, t0);
+            assert_eq!(l.blocked(&k, t0), Some(Duration::from_secs(want)));
+            want *= 2;
+        }
+        // One key blocked blocks an attempt that carries it.
+        assert!(l.blocked(&[address_key("10.0.0.1".parse().unwrap()), user_key("admin")], t0).is_some());
+        assert!(l.blocked(&[address_key("10.0.0.1".parse().unwrap()), user_key("other")], t0).is_none());
+        // Far along, the block stops growing.
+        for _ in 0..40 {
+            l.failed(&k, t0);
+        }
+        assert_eq!(l.blocked(&k, t0), Some(MAX_BLOCK));
+        l.succeeded(&k);
+        assert_eq!(l.blocked(&k, t0), None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        assert_eq!(a, address_key("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(address_key("::ffff:10.0.0.1".parse().unwrap()), "ip:10.0.0.1");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_eq("0123456789abcdef", "0123456789abcdef"));
+        assert!(!token_eq("0123456789abcdeF", "0123456789abcdef"));
+        assert!(!token_eq("0123456789abcdef0", "0123456789abcdef"));
+        assert!(!token_eq("", "0123456789abcdef"));
+    }
+
     fn settings(hash: Option<String>) -> ServeAdmin {
         let text = match hash {
             Some(h) => format!("[serve]\ndatabase = \"db\"\n[serve.admin]\npassword_hash = {h:?}\n"),
@@ -210,9 +384,12 @@ mod tests {
     #[tokio::test]
     async fn login_checks_user_and_password() {
         let a = Auth::load(&settings(Some(hash_password("pw-1").unwrap())), Duration::from_secs(60)).unwrap();
-        assert!(a.login("admin", "pw-2").await.is_none());
-        assert!(a.login("root", "pw-1").await.is_none());
-        let id = a.login("admin", "pw-1").await.unwrap();
+        assert!(matches!(a.login(LOCAL, "admin", "pw-2").await, Login::Wrong));
+        assert!(matches!(a.login(LOCAL, "root", "pw-1").await, Login::Wrong));
+        let id = match a.login(LOCAL, "admin", "pw-1").await {
+            Login::Ok(id) => id,
+            other => panic!("{other:?}"),
+        };
         let mut h = hyper::HeaderMap::new();
         assert!(!a.allows(&h));
         h.insert(hyper::header::COOKIE, format!("x=1; {COOKIE}={id}").parse().unwrap());
@@ -224,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_expire() {
         let a = Auth::load(&settings(Some(hash_password("pw").unwrap())), Duration::from_millis(1)).unwrap();
-        let id = a.login("admin", "pw").await.unwrap();
+        let Login::Ok(id) = a.login(LOCAL, "admin", "pw").await else { panic!("login") };
         std::thread::sleep(Duration::from_millis(5));
         let mut h = hyper::HeaderMap::new();
         h.insert(hyper::header::COOKIE, format!("{COOKIE}={id}").parse().unwrap());

@@ -58,16 +58,20 @@ fn unauthorized() -> Response<Body> {
 }
 
 /// One request, start to end.
-pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let r = route(&state, req, &path).await;
+    let r = route(&state, peer, req, &path).await;
     tracing::debug!(%method, %path, status = r.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     Ok(r)
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Response<Body> {
+async fn route(state: &Arc<State>, peer: std::net::IpAddr, req: Request<Incoming>, path: &str) -> Response<Body> {
     let m = req.method().clone();
     if path == "/api" || path.starts_with("/api/") {
         if !state.auth.allows(req.headers()) {
@@ -91,7 +95,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Respon
                 Err(_) => full(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "metrics failed"),
             }
         }
-        (&Method::POST, "/login") => login(state, req).await,
+        (&Method::POST, "/login") => login(state, peer, req).await,
         (&Method::POST, "/logout") => {
             state.auth.logout(req.headers());
             let mut r = json_answer(StatusCode::OK, &json!({"ok": true}));
@@ -116,7 +120,7 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Error> {
     serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest(format!("request body is not JSON: {e}")))
 }
 
-async fn login(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn login(state: &Arc<State>, peer: std::net::IpAddr, req: Request<Incoming>) -> Response<Body> {
     #[derive(serde::Deserialize)]
     struct Login {
         user: String,
@@ -129,8 +133,8 @@ async fn login(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Ok(l) = serde_json::from_value::<Login>(v) else {
         return error_answer(&Error::BadRequest("login: {\"user\": ..., \"password\": ...}".into()));
     };
-    match state.auth.login(&l.user, &l.password).await {
-        Some(id) => {
+    match state.auth.login(peer, &l.user, &l.password).await {
+        crate::auth::Login::Ok(id) => {
             let secure = if state.tls { "; Secure" } else { "" };
             let cookie = format!(
                 "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
@@ -143,9 +147,20 @@ async fn login(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
             r
         }
-        None => {
-            tracing::warn!(user = %l.user, "failed login");
+        crate::auth::Login::Wrong => {
+            tracing::warn!(user = %l.user, %peer, "failed login");
             json_answer(StatusCode::UNAUTHORIZED, &json!({"error": "wrong user name or password", "status": 401}))
+        }
+        crate::auth::Login::Limited(wait) => {
+            // Whole seconds, rounded up: a client waiting that long is let in.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            tracing::warn!(user = %l.user, %peer, retry_after = secs, "login refused: too many failed logins");
+            let mut r = json_answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": format!("too many failed logins: try again in {secs} s"), "status": 429, "retry_after": secs}),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            r
         }
     }
 }

@@ -250,7 +250,8 @@ impl Daemon {
             let (state, tls) = (self.state.clone(), self.tls.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), req));
+                let ip = peer.ip();
+                let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), ip, req));
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
                 let r = match tls {

@@ -90,7 +90,28 @@ impl Answer {
 
 /// A plain HTTP/1.1 request with `Connection: close`.
 fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Answer {
-    let mut s = TcpStream::connect(addr).unwrap();
+    request_from(addr, None, method, path, headers, body)
+}
+
+/// [`request`] from a chosen loopback address (the daemon tells clients
+/// apart by the TCP peer's address).
+fn request_from(
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Answer {
+    let mut s = match from {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(ip) => {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+            s.connect(&addr.into()).unwrap();
+            s.into()
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
     let mut req =
@@ -221,6 +242,54 @@ fn login_sets_a_session_cookie() {
     // Logging out ends the session.
     assert_eq!(request(f.addr, "POST", "/logout", &[("Cookie", &pair)], None).status, 200);
     assert_eq!(request(f.addr, "GET", "/api/vms", &[("Cookie", &pair)], None).status, 401);
+}
+
+#[test]
+fn failed_logins_are_limited_per_address_and_per_user() {
+    let f = fixture(false);
+    let login = |from: &str, user: &str, pw: &str| {
+        let body = json!({"user": user, "password": pw});
+        request_from(f.addr, Some(from.parse().unwrap()), "POST", "/login", &[], Some(&body))
+    };
+    let pause = |secs: u64| std::thread::sleep(Duration::from_millis(secs * 1000 + 150));
+    // Per address: 127.0.0.2 guesses a different user name each time; the
+    // third failure blocks it for 1 s, and then even the right password is
+    // refused without a check.
+    for i in 1..=3 {
+        assert_eq!(login("127.0.0.2", &format!("u{i}"), "x").status, 401, "failure {i}");
+    }
+    let r = login("127.0.0.2", "admin", PASSWORD);
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("1")));
+    assert_eq!(r.json()["retry_after"], 1);
+    assert!(r.header("set-cookie").is_none());
+    // The user is not blocked: from elsewhere the administrator logs in.
+    assert_eq!(login("127.0.0.3", "admin", PASSWORD).status, 200);
+    // Each further failure doubles the block.
+    pause(1);
+    assert_eq!(login("127.0.0.2", "u4", "x").status, 401);
+    let r = login("127.0.0.2", "u5", "x");
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("2")));
+    // Per user: "admin" guessed from three addresses is blocked everywhere…
+    for a in ["127.0.0.4", "127.0.0.5", "127.0.0.6"] {
+        assert_eq!(login(a, "admin", "wrong").status, 401, "from {a}");
+    }
+    let r = login("127.0.0.7", "admin", PASSWORD);
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("1")));
+    // …while another user name from that address is checked (and wrong).
+    assert_eq!(login("127.0.0.7", "someone", "x").status, 401);
+    // Past Retry-After the right password gets in, and the success clears
+    // the user's count: two more failures do not block it yet.
+    pause(1);
+    let ok = login("127.0.0.7", "admin", PASSWORD);
+    assert_eq!(ok.status, 200);
+    for _ in 0..2 {
+        assert_eq!(login("127.0.0.8", "admin", "wrong").status, 401);
+    }
+    assert_eq!(login("127.0.0.9", "admin", PASSWORD).status, 200);
+    // The session works; the API token is never limited.
+    let pair = ok.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    assert_eq!(request(f.addr, "GET", "/api/vms", &[("Cookie", &pair)], None).status, 200);
+    assert_eq!(request(f.addr, "GET", "/api/vms", &[("Authorization", &bearer())], None).status, 200);
 }
 
 #[test]

@@ -59,6 +59,10 @@ pub const MAX_POOL_ADDRESSES: usize = 4096;
 pub const MAX_JOB_VMS: usize = 10_000;
 /// The most entries in each of `store`, `pool` and `job`.
 pub const MAX_ENTRIES: usize = 10_000;
+/// The most days `[history] keep_days` may give (100 years).
+pub const MAX_HISTORY_DAYS: u32 = 36_500;
+/// The most runs per job `[history] keep_runs` may give.
+pub const MAX_HISTORY_RUNS: u32 = 1_000_000;
 /// The longest a secret read from a file or the environment may be.
 pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
 /// The command that starts the worker on a processor, by default.
@@ -97,6 +101,10 @@ pub struct Config {
     /// Notifications of the services' runs, as `[[notify]]` tables.
     #[serde(default, rename = "notify")]
     pub notify: Vec<crate::services::notify::NotifyConfig>,
+    /// How long the services' history keeps runs, as the `[history]`
+    /// table (`keep_days`, `keep_runs`; absent: 90 days, 100 runs per job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<alike_sched::HistoryRetention>,
     /// The file this came from (relative paths in it were resolved against
     /// its directory).
     #[serde(skip)]
@@ -230,6 +238,11 @@ pub struct StoreConfig {
     /// The index cache directory (default: the user's `~/.cache/alike`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Where backups lock each VM against other processes (default:
+    /// `PATH.vm-locks` beside a directory store; under `$TMPDIR` for an
+    /// object-storage store). See [`crate::Store::vm_lock_dir`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_lock_dir: Option<PathBuf>,
     /// Object storage: the service's address (`https://…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -275,6 +288,9 @@ impl StoreConfig {
         }
         if let Some(c) = &self.cache_dir {
             b.cache_dir(c);
+        }
+        if let Some(d) = &self.vm_lock_dir {
+            b.vm_lock_dir(d);
         }
         if self.url.is_some() {
             let mut o = alike_ads::ObjectOptions::default();
@@ -434,9 +450,10 @@ pub struct JobConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub disks: BTreeMap<String, Vec<PathBuf>>,
     /// Replication jobs: the folder under which each VM's replica folder
-    /// (`TARGET/VM_NAME`) is kept; relative to the file's folder.
+    /// (`TARGET/VM_NAME`) is kept (relative to the file's folder), or a
+    /// table naming a Xen pool of the file to keep replica VMs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<PathBuf>,
+    pub target: Option<ReplicaTarget>,
     /// Its options.
     #[serde(default)]
     pub options: JobOptions,
@@ -492,7 +509,15 @@ impl JobConfig {
         j.vms = self.vms.clone();
         j.store = Some(self.store.clone());
         j.pool = (!self.pool.is_empty()).then(|| self.pool.clone());
-        j.target = self.target.as_ref().map(|t| t.display().to_string());
+        match &self.target {
+            Some(ReplicaTarget::Dir(d)) => j.target = Some(d.display().to_string()),
+            Some(ReplicaTarget::Xen(x)) => {
+                let (t, o) = x.to_spec();
+                j.target = Some(t);
+                j.options.insert("xen_replica".into(), o);
+            }
+            None => {}
+        }
         j.schedule = self.schedule.clone();
         j.timezone = self.timezone.clone();
         j.missed = self.missed;
@@ -510,6 +535,47 @@ impl JobConfig {
             j.options.insert("keep".into(), k.into());
         }
         j
+    }
+}
+
+/// Where a replication job keeps its replicas (`target`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum ReplicaTarget {
+    /// A folder: one replica folder per VM (`TARGET/VM_NAME`).
+    Dir(PathBuf),
+    /// Replica VMs on a Xen pool (`docs/replica-xen.md`).
+    Xen(XenReplicaTarget),
+}
+
+/// A replication job's Xen target: `target = { pool = "dr", sr = "…" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct XenReplicaTarget {
+    /// A xen `[[pool]]` of the file, the replica VMs' pool.
+    pub pool: String,
+    /// The SR for the replicas' disks (name, uuid or ref).
+    pub sr: String,
+    /// The network every replica NIC goes on (default: each NIC's recorded
+    /// network, which must exist in the target pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Where the replicas' keys and records are kept (a folder per replica
+    /// VM uuid in it).
+    pub state_dir: PathBuf,
+}
+
+impl XenReplicaTarget {
+    /// The job's `target` string for this target (`xen:POOL`) and the
+    /// option (`options.xen_replica`) that carries the rest.
+    pub fn to_spec(&self) -> (String, serde_json::Value) {
+        let mut o = serde_json::json!({"sr": self.sr, "state_dir": self.state_dir.display().to_string()});
+        if let Some(n) = &self.network {
+            o["network"] = n.clone().into();
+        }
+        (format!("xen:{}", self.pool), o)
     }
 }
 
@@ -706,6 +772,7 @@ impl Config {
             s.path.as_mut().map(fix);
             s.key_file.as_mut().map(fix);
             s.cache_dir.as_mut().map(fix);
+            s.vm_lock_dir.as_mut().map(fix);
             fix_secret(&mut s.passphrase);
             fix_secret(&mut s.access_key_id);
             fix_secret(&mut s.secret_access_key);
@@ -717,7 +784,11 @@ impl Config {
         fix(&mut self.state_dir);
         for j in &mut self.jobs {
             j.disks.values_mut().flatten().for_each(fix);
-            j.target.as_mut().map(fix);
+            match &mut j.target {
+                Some(ReplicaTarget::Dir(d)) => fix(d),
+                Some(ReplicaTarget::Xen(x)) => fix(&mut x.state_dir),
+                None => {}
+            }
         }
         for p in &mut self.pools {
             fix(&mut p.ssh_key);
@@ -746,6 +817,14 @@ impl Config {
         }
         if let Some(s) = &self.serve {
             s.check().map_err(|(key, message)| err(key, message))?;
+        }
+        if let Some(h) = &self.history {
+            if !(1..=MAX_HISTORY_DAYS).contains(&h.keep_days) {
+                return Err(err("history.keep_days".into(), format!("{}: 1..={MAX_HISTORY_DAYS}", h.keep_days)));
+            }
+            if h.keep_runs > MAX_HISTORY_RUNS {
+                return Err(err("history.keep_runs".into(), format!("{}: 0..={MAX_HISTORY_RUNS}", h.keep_runs)));
+            }
         }
         let mut names = BTreeSet::new();
         for (i, s) in self.stores.iter().enumerate() {
@@ -930,6 +1009,17 @@ impl Config {
                     return Err(err(k("target"), "a replication job names the folder its replicas are kept in".into()));
                 }
                 (false, Some(_)) => return Err(err(k("target"), "only replication jobs have a target".into())),
+                (true, Some(ReplicaTarget::Xen(x))) => {
+                    if self.pool(&x.pool).is_none_or(|p| p.kind != PoolKind::Xen) {
+                        return Err(err(k("target.pool"), format!("no xen [[pool]] named {:?}", x.pool)));
+                    }
+                    if self.pool(&j.pool).is_none_or(|p| p.kind != PoolKind::Xen) {
+                        return Err(err(k("pool"), "a Xen replica target needs VMs of a xen [[pool]]".into()));
+                    }
+                    if x.sr.trim().is_empty() || x.sr.len() > 255 {
+                        return Err(err(k("target.sr"), format!("{:?} is not an SR name or uuid", x.sr)));
+                    }
+                }
                 _ => {}
             }
             if let Some(n) = j.options.keep {

@@ -52,6 +52,7 @@ mod serve_config;
 pub mod services;
 mod store;
 mod vm;
+mod vm_lock;
 #[cfg(feature = "xen")]
 mod xen;
 

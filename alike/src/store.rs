@@ -34,6 +34,7 @@ pub struct StoreBuilder {
     create: CreateOptions,
     open: OpenOptions,
     object: alike_ads::ObjectOptions,
+    vm_lock_dir: Option<PathBuf>,
 }
 
 impl StoreBuilder {
@@ -135,6 +136,14 @@ impl StoreBuilder {
         self.open.cache_dir = Some(dir);
         self
     }
+    /// Where backups of a VM lock it against other processes (see
+    /// [`Store::vm_lock_dir`]; default: `STORE.vm-locks` beside a local
+    /// store, a directory under `$TMPDIR` for one on object storage).
+    /// Processes that back up the same VMs must name the same directory.
+    pub fn vm_lock_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.vm_lock_dir = Some(dir.into());
+        self
+    }
     /// On create: use the master key of `other` (an open, encrypted store)
     /// instead of a new one — for a vault that shares its source's key by
     /// explicit choice. The new store still has its own passphrase (or key
@@ -180,7 +189,8 @@ impl StoreBuilder {
     /// [`crate::ErrorKind::WrongPassphrase`], corruption of `config` or keys.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         let repo = Repository::open_local(path.as_ref(), &self.open)?;
-        Ok(Store { repo: std::sync::Arc::new(repo), location: path.as_ref().display().to_string() })
+        let location = path.as_ref().display().to_string();
+        Ok(Store { repo: std::sync::Arc::new(repo), vm_lock_dir: self.lock_dir(&location), location })
     }
 
     /// Creates a store at a location — a path, `file:///…`, or object
@@ -212,7 +222,15 @@ impl StoreBuilder {
     /// As [`StoreBuilder::open`] and [`StoreBuilder::create_at`].
     pub fn open_at(&self, location: &str) -> Result<Store> {
         let repo = Repository::open_at(location, &self.object, &self.open)?;
-        Ok(Store { repo: std::sync::Arc::new(repo), location: location.to_string() })
+        Ok(Store {
+            repo: std::sync::Arc::new(repo),
+            vm_lock_dir: self.lock_dir(location),
+            location: location.to_string(),
+        })
+    }
+
+    fn lock_dir(&self, location: &str) -> PathBuf {
+        self.vm_lock_dir.clone().unwrap_or_else(|| crate::vm_lock::default_dir(location))
     }
 }
 
@@ -223,6 +241,7 @@ pub struct Store {
     /// disk as a block device for file restore).
     repo: std::sync::Arc<Repository>,
     location: String,
+    vm_lock_dir: PathBuf,
 }
 
 /// One disk of a [`Version`].
@@ -499,6 +518,28 @@ impl Store {
     /// Where the store is.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Where [`Store::backup_vm`] locks each VM against backups of it in
+    /// other processes: a file per VM, held (`flock`) from before the
+    /// snapshot to the end; a second backup waits for it, with a warning
+    /// event "waiting for VM lock held by pid N" (`docs/services.md`).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = alike::Store::builder().no_encryption().cache_dir(dir.path().join("c")).create(dir.path().join("s"))?;
+    /// assert!(store.vm_lock_dir().ends_with("s.vm-locks"));
+    /// assert!(store.vm_lock_file("xen", "web-01").starts_with(store.vm_lock_dir()));
+    /// # Ok::<(), alike::Error>(())
+    /// ```
+    pub fn vm_lock_dir(&self) -> &Path {
+        &self.vm_lock_dir
+    }
+
+    /// The lock file of VM `name` of a hypervisor of kind `kind` (`xen`,
+    /// `hyperv`, `local`…) in [`Store::vm_lock_dir`].
+    pub fn vm_lock_file(&self, kind: &str, name: &str) -> PathBuf {
+        crate::vm_lock::lock_path(&self.vm_lock_dir, &format!("{kind}/{name}"))
     }
 
     /// Whether the store is encrypted.

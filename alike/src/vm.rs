@@ -186,6 +186,10 @@ impl Store {
         let _vm_lock = alike_sched::VmLocks::global()
             .acquire(&key, &format!("backup of {name}"), &opts.run.cancel)
             .ok_or(Error::Engine(alike_core::Error::Cancelled))?;
+        // Nor in two processes (two command-line runs, the daemon and one):
+        // a file lock per VM beside the store, waited for.
+        let _vm_file_lock = crate::vm_lock::acquire(self.vm_lock_dir(), &key, &opts.run.cancel)?
+            .ok_or(Error::Engine(alike_core::Error::Cancelled))?;
         let (parent, no_parent) = self.parent_version(&name, &opts.parent)?;
         let previous: Vec<PreviousDisk> = parent
             .iter()

@@ -426,6 +426,69 @@ fn the_documented_example_configuration_parses() {
     assert_eq!(nightly.schedule().unwrap().unwrap().zone(), "Europe/Berlin");
     assert_eq!(c.job("weekend-check").unwrap().spec().kind, JobKind::Validation);
     assert_eq!(c.notify.len(), 1);
+    let h = c.history.unwrap();
+    assert_eq!((h.keep_days, h.keep_runs), (180, 200));
+}
+
+#[test]
+fn the_history_keeps_runs_as_the_configuration_file_says_and_housekeeping_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("store.pass"), "pw-history\n").unwrap();
+    Store::builder().passphrase("pw-history").insecure_fast_kdf().create(dir.path().join("store")).unwrap();
+    let base = "version = 1\n[[store]]\nname = \"main\"\npath = \"store\"\npassphrase = { file = \"store.pass\" }\n\
+                [[job]]\nname = \"hk\"\nkind = \"housekeeping\"\nstore = \"main\"\n\
+                [[job]]\nname = \"check\"\nkind = \"validation\"\nstore = \"main\"\n\
+                [history]\nkeep_days = 1\nkeep_runs = 1\n";
+    // Out of range: refused, naming the key.
+    for (from, to, key) in [
+        ("keep_days = 1", "keep_days = 0", "history.keep_days"),
+        ("keep_days = 1", "keep_days = 36501", "history.keep_days"),
+        ("keep_runs = 1", "keep_runs = 1000001", "history.keep_runs"),
+        ("keep_runs = 1", "keep_run = 1", "unknown field `keep_run`"),
+    ] {
+        let e = alike::Config::parse(&base.replace(from, to), dir.path().join("alike.toml")).unwrap_err();
+        assert!(e.to_string().contains(key), "{key}: {e}");
+    }
+    let c = alike::Config::parse(base, dir.path().join("alike.toml")).unwrap();
+    let clock = Arc::new(ManualClock::new(t("2026-05-01T12:00:00Z")));
+    // The scheduler's own default (90 days) is overridden by the file's table.
+    let services = Services::builder()
+        .config(&c)
+        .unwrap()
+        .options(SchedulerOptions::default())
+        .clock(clock.clone())
+        .database(dir.path().join("services.redb"))
+        .open()
+        .unwrap();
+    let run = |job: &str| {
+        let id = services.run_now(job).unwrap();
+        assert!(services.wait_idle(Duration::from_secs(60)));
+        services.run(id).unwrap()
+    };
+    let old: Vec<u64> = (0..3).map(|_| run("hk").id).collect();
+    let check = run("check").id;
+    // A day later nothing is old enough yet (older than keep_days is strict).
+    clock.advance(alike_sched::chrono::Duration::hours(23));
+    let r = run("hk");
+    let hist = r.steps.iter().find(|s| s.step == "history").unwrap();
+    assert_eq!(hist.detail["deleted_runs"], 0, "{r:#?}");
+    clock.advance(alike_sched::chrono::Duration::hours(2));
+    let r = run("hk");
+    assert_eq!(r.result, RunResult::Success, "{r:#?}");
+    let hist = r.steps.iter().find(|s| s.step == "history").unwrap();
+    // hk's three runs of day 0 go; its run of 23 h later is 2 h old, kept
+    // by age. `check` keeps its one run (its job's newest keep_runs = 1)
+    // although it is as old as hk's.
+    assert_eq!(
+        (hist.detail["deleted_runs"].as_u64(), hist.detail["keep_days"].as_u64()),
+        (Some(3), Some(1)),
+        "{hist:?}"
+    );
+    let left: Vec<u64> = services.runs(&RunFilter::default()).unwrap().iter().map(|r| r.id).collect();
+    for id in &old {
+        assert!(!left.contains(id), "run {id} outlived the retention: {left:?}");
+    }
+    assert!(left.contains(&check) && left.contains(&r.id) && left.len() == 3, "{left:?}");
 }
 
 #[test]
@@ -499,4 +562,84 @@ fn replication_jobs_make_replica_points_with_figures_in_the_history() {
     let points: Vec<u64> = replica.points().unwrap().iter().map(|p| p.point).collect();
     assert_eq!(points, [2]);
     assert_eq!(replica.history().unwrap().len(), 2);
+}
+
+#[test]
+fn replication_jobs_keep_replica_vms_on_another_xen_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let prod = Simulator::start(SimConfig::new(dir.path().join("prod")).demo(true)).unwrap();
+    let dr = Simulator::start(SimConfig::new(dir.path().join("dr")).demo(true)).unwrap();
+    let connect = |sim: &Simulator| -> alike::services::XenConnect {
+        let (url, pw) = (sim.url(), sim.password().to_owned());
+        Arc::new(move || alike::xen_pool(&url, "root", &pw, None))
+    };
+    // The target as the configuration file gives it: `[job.target]` with a
+    // pool, an SR and a state folder.
+    let state = dir.path().join("replica-state");
+    let text = format!(
+        "[[store]]\nname = \"main\"\npath = \"store\"\n\
+         [[pool]]\nname = \"prod\"\nkind = \"xen\"\nurl = \"{}\"\nuser = \"root\"\npassword = {{ env = \"NOPE\" }}\n\
+         template = \"t\"\naddresses = [\"10.1.0.8\"]\nssh_key = \"k\"\n\
+         [[pool]]\nname = \"dr\"\nkind = \"xen\"\nurl = \"{}\"\nuser = \"root\"\npassword = {{ env = \"NOPE\" }}\n\
+         template = \"t\"\naddresses = [\"10.1.0.9\"]\nssh_key = \"k\"\n\
+         [[job]]\nname = \"dr\"\nkind = \"replication\"\nvms = [\"web-01\"]\nstore = \"main\"\npool = \"prod\"\n\
+         options = {{ keep = 1, processor = false }}\n\
+         [job.target]\npool = \"dr\"\nsr = \"Local storage\"\nstate_dir = \"replica-state\"\n",
+        prod.url(),
+        dr.url()
+    );
+    let c = alike::Config::parse(&text, dir.path().join("alike.toml")).unwrap();
+    let job = c.job("dr").unwrap().spec();
+    assert_eq!(job.target.as_deref(), Some("xen:dr"));
+    assert_eq!(job.options["xen_replica"]["state_dir"], state.display().to_string());
+    for (from, to, key) in [
+        ("pool = \"dr\"\nsr", "pool = \"nowhere\"\nsr", "job[0].target.pool"),
+        ("sr = \"Local storage\"", "sr = \"\"", "job[0].target.sr"),
+        ("state_dir = \"replica-state\"", "state_dir = \"s\"\nzone = 1", "did not match any variant"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let e = alike::Config::parse(&text.replace(from, to), dir.path().join("alike.toml")).unwrap_err();
+        assert!(e.to_string().contains(key), "{key}: {e}");
+    }
+    // The services run it: the config's pools connected with the
+    // simulators' passwords, the same way `config()` connects them.
+    let services = Services::builder()
+        .database(dir.path().join("services.redb"))
+        .xen_pool("prod", connect(&prod))
+        .xen_pool("dr", connect(&dr))
+        .open()
+        .unwrap();
+    // (The file's store is not one these services have: a replication job needs none.)
+    let mut job = job;
+    job.store = None;
+    services.put_job(job).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let id = services.run_now("dr").unwrap();
+        assert!(services.wait_idle(Duration::from_secs(180)));
+        let r = services.run(id).unwrap();
+        assert_eq!(r.result, RunResult::Success, "{r:#?}");
+        runs.push(r.vms[0].clone());
+    }
+    let (first, second) = (&runs[0], &runs[1]);
+    assert_eq!(first.vm, "web-01");
+    assert_eq!((first.point, second.point), (Some(1), Some(2)));
+    // web-01's two disks are 96 MiB: the first run reads what is in use, sends its chunks.
+    assert!(first.read_bytes > 0 && first.sent_bytes > 0, "{first:?}");
+    // Nothing changed: the second run reads only what CBT reports and sends (almost) nothing.
+    assert!(second.read_bytes < first.read_bytes / 10, "{second:?} after {first:?}");
+    assert!(second.sent_bytes < first.sent_bytes / 10, "{second:?} after {first:?}");
+    // The replica VM is on the target pool (not on the source), holding the newest point only.
+    assert!(dr.lookup(alike_xen_sim::Class::Vm, "web-01 (replica)").is_some());
+    assert!(prod.lookup(alike_xen_sim::Class::Vm, "web-01 (replica)").is_none());
+    let target = Arc::new(connect(&dr)().unwrap());
+    let replica = alike::XenReplicaVm::open(target, "web-01 (replica)", &state).unwrap();
+    let points: Vec<u64> = replica.points().unwrap().iter().map(|p| p.point).collect();
+    assert_eq!(points, [2]);
+    assert_eq!(replica.history().unwrap().len(), 2);
+    // A job naming a pool that is no Xen pool is refused when it is put.
+    let mut bad = services.job("dr").unwrap();
+    bad.target = Some("xen:elsewhere".into());
+    let e = services.put_job(bad).unwrap_err();
+    assert!(e.to_string().contains("\"elsewhere\" is none"), "{e}");
 }

@@ -59,11 +59,20 @@ use crate::{Error, Hypervisor, Result, Store};
 /// sessions expire, and a run must not depend on the last one's).
 pub type Connect = Arc<dyn Fn() -> Result<Box<dyn Hypervisor>> + Send + Sync>;
 
+/// Connects to a XenServer/XCP-ng pool for one run, as itself (what Xen
+/// replication needs beyond the hypervisor seam).
+#[cfg(feature = "xen")]
+pub type XenConnect = Arc<dyn Fn() -> Result<crate::XenPool> + Send + Sync>;
+
 /// The named stores and pools jobs refer to.
 #[derive(Default, Clone)]
 pub(crate) struct Resources {
     pub(crate) stores: BTreeMap<String, Arc<Store>>,
     pub(crate) pools: BTreeMap<String, Connect>,
+    /// The pools of `pools` that are Xen pools, as such (replication jobs
+    /// with a Xen target: both ends).
+    #[cfg(feature = "xen")]
+    pub(crate) xen_pools: BTreeMap<String, XenConnect>,
     /// The configuration file, when the services were built from one: its
     /// `[[pool]]`s are processor pools, its jobs' disks and secrets.
     pub(crate) config: Option<Arc<crate::Config>>,
@@ -85,6 +94,14 @@ impl Resources {
         let name = name.ok_or_else(|| Error::InvalidArgument(format!("job {job:?} names no pool")))?;
         let c = self.pools.get(name).ok_or_else(|| {
             Error::InvalidArgument(format!("job {job:?}: no pool named {name:?} in the configuration"))
+        })?;
+        c()
+    }
+    /// A Xen pool by name, connected now.
+    #[cfg(feature = "xen")]
+    pub(crate) fn connect_xen(&self, job: &str, name: &str) -> Result<crate::XenPool> {
+        let c = self.xen_pools.get(name).ok_or_else(|| {
+            Error::InvalidArgument(format!("job {job:?}: no Xen pool named {name:?} in the configuration"))
         })?;
         c()
     }
@@ -135,28 +152,43 @@ impl Resources {
                 job.name
             )));
         }
+        if let Some(t) = job.target.as_deref().and_then(|t| t.strip_prefix("xen:")) {
+            #[cfg(feature = "xen")]
+            for p in [Some(t), job.pool.as_deref()].into_iter().flatten() {
+                if !self.xen_pools.contains_key(p) {
+                    return Err(Error::InvalidArgument(format!(
+                        "job {:?}: a Xen replica target needs Xen pools at both ends: {p:?} is none",
+                        job.name
+                    )));
+                }
+            }
+            #[cfg(not(feature = "xen"))]
+            return Err(Error::InvalidArgument(format!(
+                "job {:?}: Xen replica target {t:?}: this build has no Xen support",
+                job.name
+            )));
+        }
         Ok(())
     }
 }
 
 #[cfg(feature = "xen")]
-fn pool_connect(p: &crate::config::PoolConfig) -> Option<Connect> {
+fn pool_connect(p: &crate::config::PoolConfig) -> Option<XenConnect> {
     if p.kind != crate::config::PoolKind::Xen {
         return None;
     }
     let (url, user, password, name) = (p.url.clone()?, p.user.clone()?, p.password.clone()?, p.name.clone());
     Some(Arc::new(move || {
         let pw = password.read()?;
-        let pool = crate::xen_pool(&url, &user, pw.expose(), None).map_err(|e| {
+        crate::xen_pool(&url, &user, pw.expose(), None).map_err(|e| {
             tracing::warn!(pool = %name, "connecting: {e}");
             e
-        })?;
-        Ok(Box::new(pool) as Box<dyn Hypervisor>)
+        })
     }))
 }
 
 #[cfg(not(feature = "xen"))]
-fn pool_connect(_: &crate::config::PoolConfig) -> Option<Connect> {
+fn pool_connect(_: &crate::config::PoolConfig) -> Option<()> {
     None
 }
 
@@ -167,6 +199,7 @@ pub struct ServicesBuilder {
     res: Resources,
     clock: Arc<dyn Clock>,
     options: SchedulerOptions,
+    retention: Option<HistoryRetention>,
     jobs: Option<Vec<JobSpec>>,
     notifiers: Vec<notify::Notifier>,
 }
@@ -187,12 +220,35 @@ impl ServicesBuilder {
         self.res.pools.insert(name.into(), connect);
         self
     }
+    /// A XenServer/XCP-ng pool, connected for each run: jobs name it as
+    /// `pool` (it serves as [`ServicesBuilder::pool`] too), and replication
+    /// jobs as a Xen replica target (`target = "xen:NAME"`).
+    ///
+    /// ```no_run
+    /// # fn main() -> alike::Result<()> {
+    /// use std::sync::Arc;
+    /// let services = alike::services::Services::builder()
+    ///     .database("/var/lib/alike/services.redb")
+    ///     .xen_pool("dr", Arc::new(|| alike::xen_pool("https://dr-pool", "root", "secret", None)))
+    ///     .open()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "xen")]
+    pub fn xen_pool(mut self, name: impl Into<String>, connect: XenConnect) -> Self {
+        let name = name.into();
+        let c = connect.clone();
+        self.res.pools.insert(name.clone(), Arc::new(move || Ok(Box::new(c()?) as Box<dyn Hypervisor>)));
+        self.res.xen_pools.insert(name, connect);
+        self
+    }
     /// The clock (default: the system's). Tests pass a [`ManualClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
-    /// The scheduler's options (concurrency, tick, history retention).
+    /// The scheduler's options (concurrency, tick, history retention; a
+    /// configuration file's `[history]` table, given to
+    /// [`ServicesBuilder::config`], wins over `o.retention`).
     pub fn options(mut self, o: SchedulerOptions) -> Self {
         self.options = o;
         self
@@ -206,7 +262,8 @@ impl ServicesBuilder {
     /// The stores, pools and jobs of a configuration file
     /// (`docs/config.md`): each `[[store]]` opened now (its secret read
     /// from where the file says), each xen `[[pool]]` connected at each run
-    /// (its password read then), and the `[[job]]`s installed at open.
+    /// (its password read then), the `[[job]]`s installed at open, and
+    /// the history's retention from `[history]`.
     ///
     /// # Errors
     /// A store that does not open; a secret that cannot be read.
@@ -215,11 +272,15 @@ impl ServicesBuilder {
             self.res.stores.insert(s.name.clone(), Arc::new(s.open()?));
         }
         for p in &c.pools {
+            #[cfg(feature = "xen")]
             if let Some(connect) = pool_connect(p) {
-                self.res.pools.insert(p.name.clone(), connect);
+                self = self.xen_pool(p.name.clone(), connect);
             }
+            #[cfg(not(feature = "xen"))]
+            let _ = pool_connect(p);
         }
         self.jobs = Some(c.jobs.iter().map(crate::config::JobConfig::spec).collect());
+        self.retention = c.history;
         self.res.config = Some(Arc::new(c.clone()));
         for n in &c.notify {
             self.notifiers.push(n.notifier()?);
@@ -245,7 +306,11 @@ impl ServicesBuilder {
         let db = self.database.ok_or_else(|| Error::InvalidArgument("services: no history database given".into()))?;
         let res = Arc::new(self.res);
         let runner = Arc::new(EngineRunner::new(res.clone()));
-        let sched = Arc::new(Scheduler::open(&db, runner, self.clock, self.options)?);
+        let mut options = self.options;
+        if let Some(r) = self.retention {
+            options.retention = r;
+        }
+        let sched = Arc::new(Scheduler::open(&db, runner, self.clock, options)?);
         if let Some(jobs) = self.jobs {
             for j in &jobs {
                 j.check()?;
@@ -288,6 +353,7 @@ impl Services {
             res: Resources::default(),
             clock: Arc::new(SystemClock),
             options: SchedulerOptions::default(),
+            retention: None,
             jobs: None,
             notifiers: Vec::new(),
         }

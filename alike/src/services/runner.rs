@@ -393,6 +393,15 @@ impl EngineRunner {
         let target = job.target.as_deref().ok_or_else(|| {
             crate::Error::InvalidArgument(format!("job {:?}: a replication job needs a target directory", job.name))
         })?;
+        if let Some(pool) = target.strip_prefix("xen:") {
+            #[cfg(feature = "xen")]
+            return self.replication_xen(job, ctx, pool);
+            #[cfg(not(feature = "xen"))]
+            return Err(crate::Error::InvalidArgument(format!(
+                "job {:?}: Xen replica target {pool:?}: this build has no Xen support",
+                job.name
+            )));
+        }
         let hv = self.res.connect(&job.name, job.pool.as_deref())?;
         let vms = resolve(&*hv, &job.vms)?;
         if vms.is_empty() {
@@ -466,6 +475,74 @@ impl EngineRunner {
         Ok(())
     }
 
+    /// Each VM of a Xen pool onto its replica VM on another Xen pool (or
+    /// the same), through [`crate::replicate_xen`]: a fresh snapshot read
+    /// by CBT, only the chunks the replica lacks written, `options.keep`
+    /// points kept. `options.xen_replica` = `{"sr", "state_dir",
+    /// "network"?}`.
+    #[cfg(feature = "xen")]
+    fn replication_xen(&self, job: &JobSpec, ctx: &RunContext, target_pool: &str) -> Result<()> {
+        let bad = |m: &str| crate::Error::InvalidArgument(format!("job {:?}: Xen replica target: {m}", job.name));
+        let o = job.options.get("xen_replica").ok_or_else(|| bad("options.xen_replica is missing"))?;
+        let field = |k: &str| o.get(k).and_then(serde_json::Value::as_str);
+        let sr = field("sr").ok_or_else(|| bad("options.xen_replica.sr is missing"))?;
+        let state_dir = field("state_dir").ok_or_else(|| bad("options.xen_replica.state_dir is missing"))?;
+        let mut ro = crate::XenReplicaOptions::new(sr, state_dir);
+        if let Some(n) = field("network") {
+            ro = ro.network(n);
+        }
+        let source_pool = job.pool.as_deref().ok_or_else(|| bad("the job names no pool"))?;
+        let source = self.res.connect_xen(&job.name, source_pool)?;
+        let target = Arc::new(self.res.connect_xen(&job.name, target_pool)?);
+        let vms = resolve(&source, &job.vms)?;
+        if vms.is_empty() {
+            ctx.warning(None, "the job's selectors match no VM");
+        }
+        let keep = job.options.get("keep").and_then(serde_json::Value::as_u64);
+        for vm in &vms {
+            if ctx.cancel_token().is_cancelled() {
+                break;
+            }
+            let _span = tracing::info_span!("vm", vm = %vm, target = %target_pool).entered();
+            ctx.vm_started(vm);
+            let started = std::time::Instant::now();
+            let events = EventSink::new(ctx);
+            let ev_vm = vm.clone();
+            let mut o = crate::ReplicateOptions::default()
+                .cancel_token(ctx.cancel_token().clone())
+                .progress(move |p| events.progress(&ev_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total));
+            if let Some(k) = keep {
+                o = o.keep(usize::try_from(k).unwrap_or(usize::MAX));
+            }
+            if let Some(b) = job.bandwidth {
+                o = o.bwlimit(b);
+            }
+            let v = match crate::replicate_xen(&source, vm, Arc::clone(&target), &ro, &o) {
+                Ok((rep, replica)) => {
+                    let mut v = VmRun::default();
+                    v.vm = rep.vm.clone();
+                    v.point = Some(rep.point);
+                    v.read_bytes = rep.read_bytes;
+                    v.sent_bytes = rep.sent_bytes;
+                    v.elapsed_seconds = rep.elapsed_seconds;
+                    v.result = "success".into();
+                    tracing::info!(replica = %replica.uuid(), point = rep.point, "replica VM updated");
+                    v
+                }
+                Err(e) => {
+                    let mut v = VmRun::default();
+                    v.vm = vm.clone();
+                    v.result = "failed".to_owned();
+                    v.error = Some(e.to_string());
+                    v.elapsed_seconds = started.elapsed().as_secs_f64();
+                    v
+                }
+            };
+            ctx.vm_done(v);
+        }
+        Ok(())
+    }
+
     fn housekeeping(&self, job: &JobSpec, ctx: &RunContext) -> Result<()> {
         let store = self.res.store(&job.name, job.store.as_deref())?;
         if let Some(policy) = &job.chain.retention {
@@ -473,6 +550,14 @@ impl EngineRunner {
         }
         let o = MaintenanceOptions::default().cancel_token(ctx.cancel_token().clone());
         ctx.step_done(step("gc", store.gc(&o).map(|r| json(&r)), false));
+        // The services' own history under its retention (`[history]`), as
+        // the scheduler's loop applies it hourly.
+        let keep = ctx.history_retention();
+        let r = ctx
+            .prune_history()
+            .map(|n| serde_json::json!({"deleted_runs": n, "keep_days": keep.keep_days, "keep_runs": keep.keep_runs}))
+            .map_err(crate::Error::from);
+        ctx.step_done(step("history", r, false));
         Ok(())
     }
 
