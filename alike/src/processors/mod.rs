@@ -129,13 +129,22 @@ pub struct ProcessorBackup {
     /// Backup threads on the processor (0: one per core).
     pub threads: usize,
     secrets: ProcessorJob,
+    write_only: bool,
 }
 
 impl ProcessorBackup {
     /// A job `id` in pool `pool` backing up into `store`.
     pub fn new(id: impl Into<String>, pool: impl Into<String>, store: StoreSpec) -> ProcessorBackup {
         let secrets = ProcessorJob::verify(crate::remote::VerifyJob::new(store.clone()));
-        ProcessorBackup { id: id.into(), pool: pool.into(), store, vms: Vec::new(), threads: 0, secrets }
+        ProcessorBackup {
+            id: id.into(),
+            pool: pool.into(),
+            store,
+            vms: Vec::new(),
+            threads: 0,
+            secrets,
+            write_only: false,
+        }
     }
     /// Adds a VM.
     #[must_use]
@@ -154,6 +163,35 @@ impl ProcessorBackup {
     pub fn key_file_contents(mut self, data: &[u8]) -> Self {
         self.secrets = self.secrets.key_file_contents(data);
         self
+    }
+    /// Hands the processor `store`'s write-only key in place of the
+    /// passphrase or key file it was given (object-storage credentials are
+    /// kept): the processor can add versions but cannot read chunk data it
+    /// did not write (`docs/security.md`). [`ProcessorBackup::from_config`]
+    /// does this by default for a store with writer keys.
+    ///
+    /// # Errors
+    /// The store has no writer keys, or was itself opened with a
+    /// write-only key.
+    pub fn write_only_key_of(mut self, store: &crate::Store) -> Result<Self> {
+        let bytes = zeroize::Zeroizing::new(store.writer_key_file_bytes()?);
+        let fresh = ProcessorJob::verify(crate::remote::VerifyJob::new(self.store.clone()));
+        let old = std::mem::replace(&mut self.secrets, fresh);
+        let s = old.secrets();
+        if let (Some(k), Some(v)) = (s.get("s3_access_key_id"), s.get("s3_secret_access_key")) {
+            self.secrets = self.secrets.s3_credentials(k.expose(), v.expose());
+        }
+        if let Some(t) = s.get("s3_session_token") {
+            self.secrets = self.secrets.s3_session_token(t.expose());
+        }
+        self.secrets = self.secrets.key_file_contents(&bytes);
+        self.write_only = true;
+        Ok(self)
+    }
+    /// Whether the processor gets a write-only key
+    /// ([`ProcessorBackup::write_only_key_of`]).
+    pub fn is_write_only(&self) -> bool {
+        self.write_only
     }
     /// Object-storage credentials (sent in the SSH channel only).
     #[must_use]
@@ -719,11 +757,13 @@ impl Orchestrator {
 
 impl ProcessorBackup {
     /// The job `name` of `config`, with id `id` (unique among running jobs),
-    /// its store's secrets read now.
+    /// its store's secrets read now. For a store with writer keys the
+    /// processor gets the write-only key, unless the store says
+    /// `processor_key = "full"` (the store is opened here to derive it).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument):
-    /// no such job, or a secret that cannot be read.
+    /// no such job, or a secret that cannot be read; as [`crate::config::StoreConfig::open`] for a store whose processors get its write-only key.
     pub fn from_config(config: &crate::Config, name: &str, id: impl Into<String>) -> Result<ProcessorBackup> {
         let j = config.job(name).ok_or_else(|| Error::InvalidArgument(format!("no job named {name:?}")))?;
         let s = config.store(&j.store).ok_or_else(|| Error::InvalidArgument(format!("no store {:?}", j.store)))?;
@@ -748,6 +788,14 @@ impl ProcessorBackup {
         }
         if let (Some(k), Some(sk)) = (&s.access_key_id, &s.secret_access_key) {
             b = b.s3_credentials(k.read()?.expose(), sk.read()?.expose());
+        }
+        // A processor may be compromised: with writer keys, it gets the
+        // write-only key (opened here, with the full one, to derive it).
+        if s.processor_key == crate::config::ProcessorKey::WriteOnly {
+            let store = s.open()?;
+            if store.has_writer_keys() && !store.is_write_only() {
+                b = b.write_only_key_of(&store)?;
+            }
         }
         Ok(b)
     }
