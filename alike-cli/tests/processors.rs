@@ -394,8 +394,9 @@ fn the_store_secret_is_in_no_command_line_or_environment_while_a_job_runs() {
     if !usable() {
         return;
     }
-    let w = World::new("secret", &[("s", 1)]);
-    w.job("s1", "s", &["vm-s"], 32);
+    // Pool `q`: pool names make bridge names, and the services test's is `s`.
+    let w = World::new("secret", &[("q", 1)]);
+    w.job("s1", "q", &["vm-s"], 32);
     let mut child =
         alike_job(&w).args(["run", "--json", "s1"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
