@@ -369,10 +369,7 @@ impl Inner {
         if out.is_ok() && !read_only && class != Class::Task {
             st.save()?;
         }
-        if out.is_err() {
-            return out;
-        }
-        let Some(booter) = &self.booter else { return out };
+        let Some(booter) = self.booter.as_ref().filter(|_| out.is_ok()) else { return out };
         // A processor VM's guest (crate::boot), outside the state's lock.
         match (class, msg) {
             (Class::Vm, "start") => {
