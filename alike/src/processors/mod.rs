@@ -544,6 +544,12 @@ impl Orchestrator {
                         .collect(),
                     None => vm.disks.clone(),
                 };
+                // Asked before the attach: XAPI refuses `list_changed_blocks`
+                // on a VDI in use (VDI_IN_USE).
+                let changes = match &session {
+                    Some(s) => disk_changes(job, &vm.vm, s.as_ref()),
+                    None => Vec::new(),
+                };
                 let r: Result<RemoteReport> = (|| {
                     let paths = processor.attach(&disks)?;
                     let mut b =
@@ -553,6 +559,7 @@ impl Orchestrator {
                         b.config = Some(s.vm().clone());
                         b.meta.insert("snapshot".into(), s.snapshot_id());
                         b.meta.insert("consistency".into(), s.consistency());
+                        b.changes = changes.clone();
                     }
                     let mut pj = ProcessorJob::backup(b).with_id(format!("{}-{}", job.id, reports.len()));
                     pj.set_secrets_from(&job.secrets);
@@ -573,10 +580,15 @@ impl Orchestrator {
                     d?;
                     Ok(r)
                 })();
-                // The processor read every block (no change token is kept
-                // for a next incremental), so the snapshot is not kept.
+                // A stored version keeps its snapshot as the next
+                // incremental's change reference (releasing the one before),
+                // as an in-process backup does; a failure releases it.
                 if let Some(s) = session {
-                    if let Err(e) = s.abort() {
+                    if r.is_ok() {
+                        for w in s.commit().warnings {
+                            tracing::warn!(vm = %vm.vm, job = %job.id, "releasing earlier snapshots: {w}");
+                        }
+                    } else if let Err(e) = s.abort() {
                         tracing::warn!(vm = %vm.vm, job = %job.id, error = %e, "releasing the snapshot of a processor job");
                     }
                 }
@@ -610,6 +622,49 @@ impl Orchestrator {
             _ => e,
         }
     }
+}
+
+/// Each snapshot disk's change token and what changed since the VM's
+/// newest version's (the hypervisor's CBT, asked here), for the processor
+/// to read only that. Empty when the disks give no tokens; a disk whose
+/// changes cannot be told carries its token alone, and the processor's
+/// engine reads it in full, saying why (`fallback_reason`, a warning).
+fn disk_changes(job: &ProcessorBackup, vm: &str, s: &dyn alike_core::BackupSession) -> Vec<crate::remote::DiskChanges> {
+    let disks = s.disks();
+    let tokens: Vec<Option<Vec<u8>>> = disks.iter().map(|d| d.change_token()).collect();
+    if tokens.iter().any(Option::is_none) {
+        return Vec::new();
+    }
+    let parent = job.secrets.open_store(&job.store).and_then(|st| st.version("latest", Some(vm)));
+    let parent = match parent {
+        Ok(v) => Some(v),
+        Err(e) if e.kind() == crate::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(vm, job = %job.id, error = %e, "reading the parent version's change tokens: a full read");
+            None
+        }
+    };
+    disks
+        .iter()
+        .zip(tokens)
+        .enumerate()
+        .map(|(i, (d, token))| {
+            let token = token.unwrap_or_default();
+            let since = parent
+                .as_ref()
+                .and_then(|p| p.disks.get(i))
+                .and_then(|pd| pd.change_token.as_deref())
+                .and_then(|h| hex::decode(h).ok());
+            let ranges = since.as_deref().and_then(|t| match d.changed_ranges(t) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(vm, disk = i, error = %e, "asking the hypervisor what changed: a full read");
+                    None
+                }
+            });
+            crate::remote::DiskChanges::new(&token, since.as_deref(), ranges.as_deref())
+        })
+        .collect()
 }
 
 /// A fresh Ed25519 host key for one processor (`ssh-keygen`; the files are
