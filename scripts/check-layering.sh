@@ -72,6 +72,9 @@ forbid "alike-repl (the replication protocol and its TCP shell) depends on no cr
 forbid "alike-replicate (the replication engine) depends on no crate of ours but alike-core, alike-repl and alike-replica, and on no redb or network crate: sources and replicas come from above, the TCP shell is std::net" \
     alike-replicate normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core alike-repl alike-replica alike-formats
 
+forbid "alike-netns (local processors: namespaces, veth pairs, sshd) depends on no crate of ours, no redb and no network crate: it drives ip, sshd and mount" \
+    alike-netns normal,build "$OURS" redb "${NETWORK[@]}"
+
 forbid "alike-remote (the processor protocol and the SSH client) depends on no crate of ours but alike-core, on no redb, and on no network crate but russh and tokio's own" \
     alike-remote normal,build "$OURS" redb "${NETWORK[@]}" --except alike-core russh mio socket2
 

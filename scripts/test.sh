@@ -157,7 +157,7 @@ if [ -z "${QUICK:-}" ]; then
 fi
 
 step "cargo package --list" "the library crates package as published crates: metadata, README, LICENSE"
-for crate in alike-core alike-formats alike-fs alike-nbd alike-repl alike-replica alike-replicate alike-remote alike-ads alike-xen alike-hyperv alike-sched alike alike-serve alike-cli; do
+for crate in alike-core alike-formats alike-fs alike-nbd alike-netns alike-repl alike-replica alike-replicate alike-remote alike-ads alike-xen alike-hyperv alike-sched alike alike-serve alike-cli; do
     # --allow-dirty: a developer's uncommitted edits are what is being tested.
     files=$(cargo package --list --locked --allow-dirty -p "$crate" 2>"$out_err") || { cat "$out_err"; exit 1; }
     if grep -q warning "$out_err"; then cat "$out_err"; exit 1; fi

@@ -362,6 +362,12 @@ fn a_wrong_host_key_is_refused_and_a_silent_processor_times_out_and_both_are_tor
     }
 }
 
+/// The network namespaces that exist now.
+fn sim_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap().stdout;
+    String::from_utf8_lossy(&out).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}
+
 /// Every process whose command line or environment holds `needle`.
 fn scan_proc(needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
@@ -388,8 +394,9 @@ fn the_store_secret_is_in_no_command_line_or_environment_while_a_job_runs() {
     if !usable() {
         return;
     }
-    let w = World::new("secret", &[("s", 1)]);
-    w.job("s1", "s", &["vm-s"], 32);
+    // Pool `q`: pool names make bridge names, and the services test's is `s`.
+    let w = World::new("secret", &[("q", 1)]);
+    w.job("s1", "q", &["vm-s"], 32);
     let mut child =
         alike_job(&w).args(["run", "--json", "s1"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -406,6 +413,63 @@ fn the_store_secret_is_in_no_command_line_or_environment_while_a_job_runs() {
     assert!(scans >= 1 && worker_seen, "scanned {scans} times, worker seen {worker_seen}: the scan proves nothing");
     assert!(hits.is_empty(), "the passphrase is visible in /proc: {hits:?}");
     assert_eq!(w.store().versions(Some("vm-s")).unwrap().len(), 1);
+}
+
+/// A store with writer keys (format 3): the orchestrator hands the
+/// processor the write-only key, never the passphrase — the job line the
+/// processor read from its channel (captured by a `tee` in front of the
+/// worker) holds the write-only key file and not the passphrase — and the
+/// version restores bit-exact with the full key. A store that says
+/// `processor_key = "full"` hands the passphrase (the opt-out).
+#[test]
+fn a_processor_gets_the_write_only_key_of_a_store_with_writer_keys_unless_the_store_opts_out() {
+    if !usable() {
+        return;
+    }
+    let w = World::new("wkey", &[("k", 1)]);
+    let full = Store::builder()
+        .passphrase(&w.password)
+        .insecure_fast_kdf()
+        .writer_keys()
+        .cache_dir(w.p("wcache"))
+        .create(w.p("wstore"))
+        .unwrap();
+    let writer_hex: String = full.writer_key_file_bytes().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let capture = w.p("job-lines");
+    let img = w.image("wk.img", 8, 77);
+    let mut text = std::fs::read_to_string(w.config()).unwrap();
+    text = text.replace(
+        &format!("processor_command = \"{ALIKE} processor\""),
+        &format!("processor_command = \"sh -c 'tee -a {} | {ALIKE} processor'\"", capture.display()),
+    );
+    for (store, opt) in [("w", ""), ("wfull", "processor_key = \"full\"\n")] {
+        text += &format!(
+            "\n[[store]]\nname = \"{store}\"\npath = \"wstore\"\npassphrase = {{ file = \"store.pass\" }}\n\
+             cache_dir = \"processor-{store}\"\n{opt}\n[[job]]\nname = \"{store}-job\"\nkind = \"backup\"\n\
+             vms = [\"vm-{store}\"]\nstore = \"{store}\"\npool = \"{}\"\ndisks = {{ vm-{store} = [\"{}\"] }}\n",
+            w.pool("k"),
+            img.display()
+        );
+    }
+    std::fs::write(w.config(), text).unwrap();
+    let c = w.load();
+    let orch = Orchestrator::from_config(&c).unwrap();
+    for (name, vm, write_only) in [("w-job", "vm-w", true), ("wfull-job", "vm-wfull", false)] {
+        let _ = std::fs::remove_file(&capture);
+        let job = ProcessorBackup::from_config(&c, name, name).unwrap();
+        assert_eq!(job.is_write_only(), write_only, "{name}");
+        orch.run(&job, &RunJobOptions::default()).unwrap();
+        let lines = std::fs::read_to_string(&capture).unwrap();
+        assert!(lines.contains("\"kind\""), "the capture holds no job line: {lines}");
+        assert_eq!(lines.contains(&w.password), !write_only, "{name}: the passphrase in the job line");
+        assert_eq!(lines.contains(&writer_hex), write_only, "{name}: the write-only key in the job line");
+        // The full key restores the version bit-exact.
+        let store = Store::builder().passphrase(&w.password).cache_dir(w.p("wcache")).open(w.p("wstore")).unwrap();
+        let v = &store.versions(Some(vm)).unwrap()[0];
+        let out = w.p(&format!("{vm}.restored"));
+        store.restore_to_file(v, 0, &out, &alike::RestoreOptions::default()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap(), "{vm} does not restore bit-exact");
+    }
 }
 
 #[test]
@@ -545,146 +609,44 @@ fn the_services_run_a_processor_job_through_the_orchestrator_with_per_disk_progr
     assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
 }
 
-/// A processor VM of the simulated Xen pool, for [`a_xen_job_runs_end_to_end_through_a_processor_vm`]:
-/// the Xen provisioner's real VM (clone, tags, `xenstore_data`, VBDs of
-/// the snapshot's disks, `VM.start`) with, standing in for its guest, a
-/// local processor (namespace and sshd) at the address and host key the
-/// VM was given, that sees each attached VDI as a file read from the
-/// simulator (what the simulated guest would read from `/dev/xvdX`).
-/// The bytes of each snapshot disk a simulated guest saw, by VDI uuid.
-type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-struct SimGuests {
-    xen: alike::processors::XenProvisioner,
-    local: alike::processors::LocalProvisioner,
-    sim: Arc<alike_xen_sim::Simulator>,
-    dir: PathBuf,
-    /// The bytes of each snapshot disk the guest saw, by VDI.
-    seen: Seen,
-}
-
-struct SimGuest {
-    vm: Box<dyn Processor>,
-    guest: Box<dyn Processor>,
-    sim: Arc<alike_xen_sim::Simulator>,
-    dir: PathBuf,
-    seen: Seen,
-    files: Vec<PathBuf>,
-}
-
-impl Provisioner for SimGuests {
-    fn pool(&self) -> &str {
-        self.xen.pool()
-    }
-    fn make(&self, req: &ProcessorRequest) -> alike_core::Result<Box<dyn Processor>> {
-        let vm = self.xen.make(req)?;
-        let guest = self.local.make(req)?;
-        Ok(Box::new(SimGuest {
-            vm,
-            guest,
-            sim: self.sim.clone(),
-            dir: self.dir.clone(),
-            seen: self.seen.clone(),
-            files: Vec::new(),
-        }))
-    }
-    fn sweep(&self, orchestrator: &str) -> alike_core::Result<SweepReport> {
-        let mut r = self.xen.sweep(orchestrator)?;
-        let l = self.local.sweep(orchestrator)?;
-        r.removed.extend(l.removed);
-        r.failed.extend(l.failed);
-        Ok(r)
-    }
-}
-
-impl Processor for SimGuest {
-    fn job(&self) -> &str {
-        self.vm.job()
-    }
-    fn address(&self) -> IpAddr {
-        self.vm.address()
-    }
-    fn attach(&mut self, disks: &[AttachDisk]) -> alike_core::Result<Vec<String>> {
-        let devices = self.vm.attach(disks)?;
-        let mut files = Vec::new();
-        for (d, dev) in disks.iter().zip(&devices) {
-            let session = alike_xen_sim::Value::s(self.sim.login().unwrap());
-            let r = self.sim.call("VDI.get_by_uuid", vec![session, alike_xen_sim::Value::s(&d.id)]).unwrap();
-            let r = r.as_str().unwrap().to_string();
-            let size = self.sim.field(alike_xen_sim::Class::Vdi, &r, "virtual_size").unwrap().as_int().unwrap();
-            let data = self.sim.read_vdi(&r, 0, size as usize).unwrap();
-            let f = self.dir.join(format!("{}-{}", self.vm.job(), dev.trim_start_matches("/dev/")));
-            std::fs::write(&f, &data).unwrap();
-            self.seen.lock().unwrap().push((d.id.clone(), data));
-            self.files.push(f.clone());
-            files.push(AttachDisk::read_only(f.display().to_string()));
-        }
-        self.guest.attach(&files)
-    }
-    fn detach_all(&mut self) -> alike_core::Result<()> {
-        self.guest.detach_all()?;
-        for f in self.files.drain(..) {
-            let _ = std::fs::remove_file(f);
-        }
-        self.vm.detach_all()
-    }
-    fn start(&mut self) -> alike_core::Result<Reachable> {
-        let r = self.vm.start()?;
-        let g = self.guest.start()?;
-        assert_eq!(g.host_key_fingerprint, r.host_key_fingerprint, "the guest runs with the key the VM was given");
-        Ok(r)
-    }
-    fn teardown(&mut self) -> alike_core::Result<()> {
-        let g = self.guest.teardown();
-        self.vm.teardown()?;
-        g
-    }
-}
-
-/// A Xen job end to end on the simulated pool: the orchestrator snapshots
-/// `web-01` (two disks) through the pool's XAPI, attaches the snapshot's
-/// disks read-only to a processor VM cloned from the template, the
-/// processor backs them up with the VM's configuration; the version
-/// restores bit-exact against the snapshot, and nothing is left: no clone,
-/// VBD, VIF, snapshot or namespace.
+/// A Xen job end to end on the simulated pool, with nothing but the
+/// orchestrator's real code: the orchestrator snapshots `web-01` (two
+/// disks) through the pool's XAPI, clones a processor VM from the
+/// template, attaches the snapshot's disks read-only and starts it; the
+/// simulator boots it (`SimConfig::boot_processors`: a namespace with sshd
+/// at the address and host key the provisioner wrote to `xenstore_data`,
+/// the disks at `/dev/xvdX`, `alike` on its `PATH`), and the processor
+/// backs the disks up with the VM's configuration. The version restores
+/// bit-exact, and nothing is left: no clone, VBD, VIF, snapshot, guest or
+/// namespace.
 #[test]
 fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
-    use alike::processors::{
-        LocalPoolOptions, LocalProvisioner, PoolLogin, VmDisks, XenProcessorOptions, XenProvisioner,
-    };
-    use alike_xen_sim::{Class, SimConfig, Simulator};
+    use alike::processors::{PoolLogin, VmDisks, XenProcessorOptions, XenProvisioner};
+    use alike_xen_sim::{BootProcessors, Class, SimConfig, Simulator};
     if !usable() {
         return;
     }
     let w = World::new("xen", &[("x", 1)]);
-    let sim = Arc::new(Simulator::start(SimConfig::new(w.p("sim")).demo(true)).unwrap());
+    let authorized = std::fs::read_to_string(w.p("id_ed25519.pub")).unwrap();
+    let sim = Arc::new(
+        Simulator::start(SimConfig::new(w.p("sim")).demo(true).boot_processors(BootProcessors::new(ALIKE, authorized)))
+            .unwrap(),
+    );
     let xen = || Arc::new(alike::xen_pool(&sim.url(), "root", sim.password(), None).unwrap());
     let pool = w.pool("x");
     let (a, b) = w.nets[0];
     let address: IpAddr = format!("10.{a}.{b}.10").parse().unwrap();
-    let authorized = std::fs::read_to_string(w.p("id_ed25519.pub")).unwrap();
-    let mut lo = LocalPoolOptions::new(&pool, address, 24, authorized);
-    lo.state_dir = w.p("state/processors");
-    std::fs::create_dir_all(w.p("guest-disks")).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let guests = SimGuests {
-        xen: XenProvisioner::new(xen(), XenProcessorOptions::new(&pool, "Debian Bookworm 12")),
-        local: LocalProvisioner::new(lo).unwrap(),
-        sim: sim.clone(),
-        dir: w.p("guest-disks"),
-        seen: seen.clone(),
-    };
+    // The default command, `alike processor`: the guest's own `alike`.
     let mut login = PoolLogin::new(alike::remote::ClientKey::new(w.p("id_ed25519")));
-    login.command = format!("{ALIKE} processor");
     login.ssh_timeout = Duration::from_secs(20);
     let orch_id = w.orchestrator.clone();
     let state = w.p("state");
-    let make_orch = |guests| {
+    let make_orch = |prov: XenProvisioner| {
         let mut o = Orchestrator::new(&orch_id, &state).unwrap();
-        o.add_pool_with_snapshots(Arc::new(guests), vec![address], login.clone(), xen());
+        o.add_pool_with_snapshots(Arc::new(prov), vec![address], login.clone(), xen());
         o
     };
-    let orch = make_orch(guests);
+    let orch = make_orch(XenProvisioner::new(xen(), XenProcessorOptions::new(&pool, "Debian Bookworm 12")));
     assert!(orch.sweep().unwrap().iter().all(|r| r.removed.is_empty()));
     let count = |class: Class| {
         sim.call(&format!("{}.get_all", class.name()), vec![alike_xen_sim::Value::s(sim.login().unwrap())])
@@ -710,31 +672,69 @@ fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
     let job = ProcessorBackup::new("xj1", &pool, spec.clone())
         .vm(VmDisks::new("web-01", Vec::<String>::new()))
         .passphrase(&w.password);
+    // What the booted guest had while the job ran: its disks by device
+    // path (with whether each VDI is a snapshot, and of what), and its
+    // VM's xenstore_data.
+    type Seen = (Vec<alike_xen_sim::BootedProcessor>, Vec<(String, bool, String)>, alike_xen_sim::Value);
+    let guests: Arc<Mutex<Option<Seen>>> = Arc::default();
     let log: Log = Arc::default();
+    let opts = {
+        let (l, g, sim) = (log.clone(), guests.clone(), sim.clone());
+        RunJobOptions::default().on_event(move |e| {
+            l.lock().unwrap().push((Instant::now(), e.clone()));
+            let mut g = g.lock().unwrap();
+            if g.is_none() && matches!(e, JobEvent::Worker { .. }) {
+                let booted = sim.booted_processors();
+                let vdis = booted
+                    .iter()
+                    .flat_map(|b| b.disks.iter())
+                    .map(|(dev, vdi)| {
+                        let snap = sim.field(Class::Vdi, vdi, "is_a_snapshot").and_then(|v| v.as_bool());
+                        let of = sim.field(Class::Vdi, vdi, "snapshot_of");
+                        (
+                            dev.clone(),
+                            snap == Some(true),
+                            of.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let xs = booted.first().and_then(|b| sim.field(Class::Vm, &b.vm, "xenstore_data"));
+                *g = Some((booted, vdis, xs.unwrap_or(alike_xen_sim::Value::Struct(Default::default()))));
+            }
+        })
+    };
     let t0 = Instant::now();
-    let run = orch.run(&job, &recording(&log)).unwrap();
+    let run = orch.run(&job, &opts).unwrap();
     let total = t0.elapsed();
     assert_eq!(run.vms.len(), 1);
-    // The guest read the snapshot's two disks, which held what the VM's disks hold.
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "two snapshot disks attached");
-    for ((vdi, data), orig) in seen.iter().zip(&original) {
-        assert!(
-            !disks.contains(vdi)
-                && !disks.iter().any(|d| sim.field(Class::Vdi, d, "uuid").unwrap().as_str() == Some(vdi)),
-            "the VM's own disk was attached, not a snapshot"
-        );
-        assert!(data == orig, "snapshot {vdi} differs from the disk it was taken of");
+    let (booted, vdis, xs) = guests.lock().unwrap().clone().expect("no worker event");
+    assert_eq!(booted.len(), 1, "one processor guest ran: {booted:?}");
+    assert_eq!(booted[0].address, address);
+    // The guest saw the snapshot's two disks, not the VM's own, at /dev/xvdX.
+    assert_eq!(vdis.len(), 2, "{booted:?}");
+    let mut seen = Vec::new();
+    for (dev, snapshot, of) in &vdis {
+        assert!(dev.starts_with("/dev/xvd"), "{dev}");
+        assert!(snapshot, "{dev}: the VM's own disk was attached, not a snapshot");
+        seen.push(of.clone());
     }
+    seen.sort();
+    let mut want = disks.clone();
+    want.sort();
+    assert_eq!(seen, want, "the snapshot disks are of web-01's two disks");
+    // The guest took its host key out of xenstore, as the appliance does;
+    // the address stays.
+    let xs = xs.as_struct().unwrap().clone();
+    assert!(xs.contains_key("vm-data/alike/address") && !xs.contains_key("vm-data/alike/host-key"), "{xs:?}");
     let store = w.store();
     let versions = store.versions(Some("web-01")).unwrap();
     assert_eq!(versions.len(), 1);
     let v = &versions[0];
     assert_eq!(v.disks.len(), 2);
-    for (i, (_, data)) in seen.iter().enumerate() {
+    for (i, data) in original.iter().enumerate() {
         let out = w.p(&format!("restored-{i}.img"));
         store.restore_to_file(v, i as u32, &out, &alike::RestoreOptions::default()).unwrap();
-        assert!(std::fs::read(&out).unwrap() == *data, "disk {i} does not restore bit-exact against the snapshot");
+        assert!(std::fs::read(&out).unwrap() == *data, "disk {i} does not restore bit-exact");
     }
     // The VM's configuration came from the pool, as an in-process backup records it.
     let vm = v.config();
@@ -743,18 +743,59 @@ fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
         vm.uuid.as_deref(),
         sim.field(Class::Vm, &sim.lookup(Class::Vm, "web-01").unwrap(), "uuid").unwrap().as_str()
     );
-    // Nothing is left: no clone, VBD, VIF, snapshot (VM or VDI), namespace.
+    // Nothing is left but the snapshot, kept as the next incremental's
+    // change reference: no clone, VBD or VIF of the processor, no namespace.
+    let snapshots = || {
+        let all = sim.call("VM.get_all", vec![alike_xen_sim::Value::s(sim.login().unwrap())]).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_string))
+            .filter(|r| sim.field(Class::Vm, r, "is_a_snapshot").and_then(|v| v.as_bool()) == Some(true))
+            .collect::<Vec<_>>()
+    };
     let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
-    assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before and after the job");
-    assert!(w.namespaces().is_empty(), "left: {:?}", w.namespaces());
+    assert_eq!(snapshots().len(), 1, "the snapshot is kept");
+    let kept: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!((kept[0], kept[3]), (1, 2), "VMs, VBDs, VIFs, VDIs added by the job: {kept:?}");
+    assert!(sim.booted_processors().is_empty(), "left: {:?}", sim.booted_processors());
+    assert!(!sim_namespaces().iter().any(|n| n.starts_with(&format!("axs{}d", std::process::id()))));
     let ready = when(&log, "xj1", "processor_ready").unwrap() - t0;
     eprintln!(
         "measure: Xen job start to processor ready (simulated pool, snapshot excluded): {:.3} s; whole job (snapshot, 96 MiB backup, teardown) {total:.2?}",
         ready.as_secs_f64()
     );
 
+    // An incremental: the guest changes three 64 KiB blocks of its root
+    // disk; the orchestrator asks the pool what changed since the kept
+    // snapshot and the processor reads about that alone.
+    let mut changed = original.clone();
+    for off in [0usize, 5 << 20, 40 << 20] {
+        let data = vec![0xA5u8; 64 << 10];
+        sim.guest_write(&disks[0], off as u64, &data).unwrap();
+        changed[0][off..off + data.len()].copy_from_slice(&data);
+    }
+    let job2 = ProcessorBackup::new("xj1b", &pool, spec.clone())
+        .vm(VmDisks::new("web-01", Vec::<String>::new()))
+        .passphrase(&w.password);
+    let run2 = orch.run(&job2, &RunJobOptions::default()).unwrap();
+    let read = run2.vms[0].result["read_bytes"].as_u64().unwrap();
+    eprintln!("measure: Xen incremental through a processor read {read} bytes for 3 changed 64 KiB blocks");
+    assert!(read > 0 && read <= 6 << 20, "the incremental read {read} bytes of 96 MiB");
+    let versions = store.versions(Some("web-01")).unwrap();
+    assert_eq!(versions.len(), 2);
+    for (v, want) in [(&versions[0], &original), (&versions[1], &changed)] {
+        for (i, data) in want.iter().enumerate() {
+            let out = w.p(&format!("restored-{}-{i}.img", v.id));
+            store.restore_to_file(v, i as u32, &out, &alike::RestoreOptions::default()).unwrap();
+            assert!(std::fs::read(&out).unwrap() == *data, "version {} disk {i} does not restore bit-exact", v.id);
+        }
+    }
+    assert_eq!(snapshots().len(), 1, "the first snapshot is released, the second kept");
+    let before: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
+
     // A job that fails on the processor (a wrong store passphrase) releases
-    // the snapshot and tears the processor down all the same.
+    // its snapshot and tears the processor down all the same.
     let bad = ProcessorBackup::new("xj-bad", &pool, spec.clone())
         .vm(VmDisks::new("web-01", Vec::<String>::new()))
         .passphrase("not the passphrase");
@@ -762,7 +803,7 @@ fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
     assert!(e.to_string().to_lowercase().contains("passphrase"), "{e}");
     let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
     assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before and after a failed job");
-    assert_eq!(store.versions(Some("web-01")).unwrap().len(), 1, "no version of the failed job");
+    assert_eq!(store.versions(Some("web-01")).unwrap().len(), 2, "no version of the failed job");
 
     // An orchestrator that dies with a snapshot attached to its processor
     // leaves both; the sweep at its next start removes the VM and the
@@ -786,5 +827,6 @@ fn a_xen_job_runs_end_to_end_through_a_processor_vm() {
     assert!(swept.removed.iter().any(|r| r.starts_with("snapshot ") && r.contains("job xj2")), "{swept:?}");
     let after: Vec<usize> = [Class::Vm, Class::Vbd, Class::Vif, Class::Vdi].into_iter().map(count).collect();
     assert_eq!(after, before, "VMs, VBDs, VIFs, VDIs before the job and after the sweep");
+    assert!(sim.booted_processors().is_empty(), "left: {:?}", sim.booted_processors());
     drop(orch);
 }

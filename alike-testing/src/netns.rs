@@ -19,6 +19,8 @@
 
 use std::process::Command;
 
+use alike_netns::NamespaceSpec;
+
 use crate::sshd::{Sshd, run};
 
 /// A bridge and the processors on it. Dropping it stops their sshd and
@@ -45,23 +47,10 @@ pub struct LocalProcessor {
 }
 
 fn ip(args: &[&str]) -> String {
-    run(Command::new("ip").args(args))
+    alike_netns::ip(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn ip_quiet(args: &[&str]) {
-    let _ =
-        Command::new("ip").args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// The pid in a name `<prefix><pid>…` made by a test run.
-fn owner(name: &str, prefix: &str) -> Option<u32> {
-    let rest = name.strip_prefix(prefix)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
+use alike_netns::{ip_quiet, owner, pid_alive};
 
 /// Removes namespaces and bridges left by test runs whose process is gone.
 fn remove_leftovers() {
@@ -71,10 +60,9 @@ fn remove_leftovers() {
             ip_quiet(&["netns", "del", name]);
         }
     }
-    for line in ip(&["-o", "link", "show", "type", "bridge"]).lines() {
-        let name = line.split(':').nth(1).unwrap_or_default().trim();
-        if owner(name, "alkb").is_some_and(|p| !pid_alive(p)) {
-            ip_quiet(&["link", "del", name]);
+    for name in alike_netns::links("bridge").unwrap_or_default() {
+        if owner(&name, "alkb").is_some_and(|p| !pid_alive(p)) {
+            ip_quiet(&["link", "del", &name]);
         }
     }
 }
@@ -145,16 +133,8 @@ impl ProcessorNet {
         let address = format!("10.{}.{}.{i}", self.net.0, self.net.1);
         let host_end = format!("alkv{}{i}", self.tag);
         let ns_end = format!("alkw{}{i}", self.tag);
-        ip(&["netns", "add", &ns]);
-        // From here on, Drop removes the namespace (and with it both veth ends).
-        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end]);
-        ip(&["link", "set", &ns_end, "netns", &ns]);
-        ip(&["link", "set", &host_end, "master", &self.bridge]);
-        ip(&["link", "set", &host_end, "up"]);
-        ip(&["-n", &ns, "link", "set", &ns_end, "name", "eth0"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let spec = NamespaceSpec::new(&ns, &self.bridge, host_end, ns_end, address.parse().expect("an address"), 24);
+        alike_netns::add_namespace(&spec).unwrap_or_else(|e| panic!("{e}"));
         let sshd = match Sshd::start_at(Some(&ns), &address, 22) {
             Ok(s) => s,
             Err(e) => {

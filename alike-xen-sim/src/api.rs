@@ -369,6 +369,41 @@ impl Inner {
         if out.is_ok() && !read_only && class != Class::Task {
             st.save()?;
         }
+        let Some(booter) = self.booter.as_ref().filter(|_| out.is_ok()) else { return out };
+        // A processor VM's guest (crate::boot), outside the state's lock.
+        match (class, msg) {
+            (Class::Vm, "start") => {
+                let plan = st.boot_plan(&a(1))?;
+                st.save()?;
+                drop(st);
+                if let Some(plan) = plan
+                    && let Err(e) = booter.boot(plan)
+                {
+                    let mut st = self.state();
+                    let _ = st.vm_power(&a(1), "Halted", "set");
+                    let _ = st.save();
+                    return Err(e);
+                }
+            }
+            (Class::Vm, "hard_shutdown" | "clean_shutdown" | "destroy") => {
+                drop(st);
+                booter.stop(&a(1), Some(&self.state))?;
+            }
+            (Class::Vbd, "plug") => {
+                let vm = st.str_of(&a(1), "VM");
+                let info = st.vbd_info(&a(1))?;
+                drop(st);
+                if let Some(info) = info {
+                    booter.plug(&vm, info)?;
+                }
+            }
+            (Class::Vbd, "unplug") => {
+                let vm = st.str_of(&a(1), "VM");
+                drop(st);
+                booter.unplug(&vm, &a(1), &self.state)?;
+            }
+            _ => {}
+        }
         out
     }
 

@@ -42,6 +42,7 @@
 //! Deviations from XAPI are listed in `README.md`.
 
 mod api;
+mod boot;
 mod demo;
 mod error;
 mod faults;
@@ -58,6 +59,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use boot::{BootProcessors, BootedProcessor};
 pub use error::{Error, Result};
 pub use faults::Faults;
 pub use records::Class;
@@ -98,6 +100,10 @@ pub struct SimConfig {
     pub nbd_purpose: Option<String>,
     /// How long `VDI.data_destroy` waits for the VDI's VBDs to go (XAPI: 4 s).
     pub data_destroy_wait: Duration,
+    /// Starting a processor VM starts a local processor (a network
+    /// namespace with sshd at the VM's address, its disks at their device
+    /// paths: see [`BootProcessors`] and `README.md`); off by default.
+    pub boot_processors: Option<BootProcessors>,
 }
 
 impl SimConfig {
@@ -116,6 +122,7 @@ impl SimConfig {
             nbd_go: false,
             nbd_purpose: None,
             data_destroy_wait: Duration::from_secs(4),
+            boot_processors: None,
         }
     }
     /// Sets [`SimConfig::listen`].
@@ -172,6 +179,12 @@ impl SimConfig {
         self.nbd_purpose = Some(p.to_owned());
         self
     }
+    /// Sets [`SimConfig::boot_processors`].
+    #[must_use]
+    pub fn boot_processors(mut self, b: BootProcessors) -> SimConfig {
+        self.boot_processors = Some(b);
+        self
+    }
     /// Sets [`SimConfig::data_destroy_wait`].
     #[must_use]
     pub fn data_destroy_wait(mut self, t: Duration) -> SimConfig {
@@ -189,6 +202,7 @@ pub(crate) struct Inner {
     pub(crate) nbd_go: bool,
     pub(crate) tls: Arc<rustls::ServerConfig>,
     pub(crate) tmp_dir: PathBuf,
+    pub(crate) booter: Option<boot::Booter>,
 }
 
 impl Inner {
@@ -266,6 +280,10 @@ impl Simulator {
             cert_pem: tls.cert_pem.clone(),
             subject: "localhost".into(),
         });
+        let booter = match cfg.boot_processors.clone() {
+            Some(b) => Some(boot::Booter::new(b, &cfg.state_dir)?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             state: Mutex::new(state),
             faults: Faults::default(),
@@ -273,6 +291,7 @@ impl Simulator {
             nbd_go: cfg.nbd_go,
             tls: tls.config.clone(),
             tmp_dir,
+            booter,
         });
         let https = if cfg.tls { Some(tokio_rustls::TlsAcceptor::from(tls.config.clone())) } else { None };
         runtime.spawn(http::serve(api, Arc::clone(&inner), api::Ctx::default(), https.clone()));
@@ -427,18 +446,29 @@ impl Simulator {
         Ok(())
     }
 
-    /// Stops the listeners.
+    /// The processor VMs' guests that run now (with
+    /// [`SimConfig::boot_processors`]).
+    pub fn booted_processors(&self) -> Vec<BootedProcessor> {
+        self.inner.booter.as_ref().map(boot::Booter::booted).unwrap_or_default()
+    }
+
+    /// Stops the listeners (and every booted processor).
     pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
+        }
+        if let Some(b) = &self.inner.booter {
+            b.stop_all();
         }
     }
 }
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.stop();
     }
 }

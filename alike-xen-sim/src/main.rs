@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use alike_xen_sim::{DEFAULT_PASSWORD, SimConfig, Simulator};
+use alike_xen_sim::{BootProcessors, DEFAULT_PASSWORD, SimConfig, Simulator};
 use anyhow::Context as _;
 use clap::Parser;
 
@@ -41,6 +41,15 @@ struct Args {
     /// Seconds of inactivity after which a session expires.
     #[arg(long, default_value_t = 86_400)]
     session_timeout: u64,
+    /// Starting a processor VM (one whose xenstore_data holds
+    /// vm-data/alike/address) starts a local processor running this `alike`
+    /// binary: a network namespace with sshd at the VM's address, its disks
+    /// at /dev/xvdX (needs root; see README.md).
+    #[arg(long, value_name = "ALIKE", requires = "authorized_keys")]
+    boot_processors: Option<PathBuf>,
+    /// The booted processors' authorized_keys file (what the template holds).
+    #[arg(long, value_name = "FILE")]
+    authorized_keys: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         .session_timeout(std::time::Duration::from_secs(a.session_timeout));
     if let Some(ip) = a.slave {
         cfg = cfg.slave_ip(ip);
+    }
+    if let (Some(alike), Some(keys)) = (&a.boot_processors, &a.authorized_keys) {
+        let keys = std::fs::read_to_string(keys).with_context(|| format!("reading {}", keys.display()))?;
+        cfg = cfg.boot_processors(BootProcessors::new(alike, keys));
     }
     let sim = Simulator::start(cfg).with_context(|| format!("starting the simulator in {}", a.state.display()))?;
     println!("alike-xapi-sim serving XAPI at {}", sim.url());

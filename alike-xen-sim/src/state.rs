@@ -930,6 +930,10 @@ impl State {
             return Err(Error::api(code, [vbd]));
         }
         self.set(vbd, "currently_attached", Value::Bool(plug));
+        if plug {
+            let dev = crate::boot::device_of(&self.str_of(vbd, "userdevice")).unwrap_or_default();
+            self.set(vbd, "device", dev.trim_start_matches("/dev/").to_string());
+        }
         Ok(())
     }
 

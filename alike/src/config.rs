@@ -261,6 +261,25 @@ pub struct StoreConfig {
     /// Object storage: a session token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_token: Option<SecretRef>,
+    /// Which key a processor gets for this store (default: the write-only
+    /// key when the store has writer keys).
+    #[serde(default)]
+    pub processor_key: ProcessorKey,
+}
+
+/// Which key of a store the orchestrator hands a processor
+/// (`docs/security.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ProcessorKey {
+    /// The store's write-only key when it has writer keys (format 3): the
+    /// processor can add versions but not read chunk data it did not
+    /// write; the full key otherwise.
+    #[default]
+    WriteOnly,
+    /// Always the store's own passphrase or key file (opt-out).
+    Full,
 }
 
 impl StoreConfig {

@@ -558,6 +558,12 @@ impl Store {
         self.repo.config().chunking()
     }
 
+    /// Whether the store hands out write-only keys (format 3,
+    /// [`StoreBuilder::writer_keys`]).
+    pub fn has_writer_keys(&self) -> bool {
+        self.repo.config().public_key.is_some()
+    }
+
     /// The store's format version: 2 for content-defined chunks, 1 for fixed blocks.
     pub fn format_version(&self) -> u32 {
         self.repo.config().format_version()

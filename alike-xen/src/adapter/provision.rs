@@ -177,6 +177,8 @@ pub struct XenProcessor {
     fingerprint: Option<String>,
     vm: String,
     vbds: Vec<String>,
+    /// Snapshot disks tagged at attach, untagged at detach.
+    tagged: Vec<String>,
     started: bool,
     torn_down: bool,
 }
@@ -212,6 +214,7 @@ impl Provisioner for XenProvisioner {
             fingerprint: req.host_key.as_ref().map(|k| k.fingerprint().to_string()),
             vm: String::new(),
             vbds: Vec::new(),
+            tagged: Vec::new(),
             started: false,
             torn_down: false,
         };
@@ -239,6 +242,7 @@ impl Provisioner for XenProvisioner {
                 fingerprint: None,
                 vm: r.clone(),
                 vbds: Vec::new(),
+                tagged: Vec::new(),
                 started: true,
                 torn_down: false,
             };
@@ -370,6 +374,7 @@ impl Processor for XenProcessor {
                     })
                     .map_err(seam)?;
                 }
+                self.tagged.push(vdi.clone());
             }
             if self.started {
                 self.call("VBD.plug", &[json!(vbd)], || format!("plugging disk {} into {}", d.id, self.vm))
@@ -388,6 +393,14 @@ impl Processor for XenProcessor {
                 let _ = self.pool.client().call("VBD.unplug", &[json!(vbd)]);
             }
             self.call("VBD.destroy", &[json!(vbd)], || format!("detaching VBD {vbd}")).map_err(seam)?;
+        }
+        // Detached, a snapshot is the orchestrator's again: it keeps it as
+        // the next incremental's change reference (which a sweep must not
+        // take) or releases it at once.
+        for vdi in std::mem::take(&mut self.tagged) {
+            for k in [TAG_JOB, TAG_ORCHESTRATOR] {
+                let _ = self.pool.client().call("VDI.remove_from_other_config", &[json!(vdi), json!(k)]);
+            }
         }
         Ok(())
     }

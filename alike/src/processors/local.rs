@@ -21,13 +21,11 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use alike_core::provision::{AttachDisk, Processor, ProcessorRequest, Provisioner, Reachable, SweepReport};
-
-/// Where Debian puts sshd.
-const SSHD: &str = "/usr/sbin/sshd";
+use alike_netns::{NamespaceSpec, SSHD, SshdConfig};
 
 /// A failure of the local provisioner: the command and what it said.
 #[derive(Debug, thiserror::Error)]
@@ -53,21 +51,9 @@ fn fail(what: impl Into<String>, detail: impl std::fmt::Display) -> alike_core::
     alike_core::Error::seam(LocalError { what: what.into(), detail: detail.to_string() })
 }
 
-fn run(cmd: &mut Command) -> alike_core::Result<String> {
-    let what = format!("{cmd:?}");
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| fail(&what, e))?;
-    if !out.status.success() {
-        return Err(fail(what, format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> alike_core::Result<String> {
-    run(Command::new("ip").args(args))
-}
-
-fn ip_quiet(args: &[&str]) {
-    let _ = Command::new("ip").args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+/// An alike-netns failure, as the local provisioner's.
+fn ns_err(what: &str) -> impl FnOnce(alike_netns::Error) -> alike_core::Error + '_ {
+    move |e| fail(what, e)
 }
 
 /// Names made of ids: only `[A-Za-z0-9_]`, others become `_`.
@@ -140,36 +126,10 @@ impl LocalProvisioner {
         }
         let tag = blake3::hash(o.pool.as_bytes()).to_hex()[..6].to_string();
         let bridge = format!("alkl{tag}");
-        let have = ip(&["-o", "link", "show", "dev", &bridge]).is_ok();
-        if !have {
-            ip(&["link", "add", &bridge, "type", "bridge"])?;
-        }
-        let gw = match o.gateway {
-            Some(g) => g,
-            None => first_of(o.sample, o.prefix),
-        };
-        let cidr = format!("{gw}/{}", o.prefix);
-        let shown = ip(&["-o", "addr", "show", "dev", &bridge])?;
-        if !shown.contains(&format!(" {cidr} ")) {
-            ip(&["addr", "add", &cidr, "dev", &bridge])?;
-        }
-        ip(&["link", "set", &bridge, "up"])?;
+        let gw = o.gateway.unwrap_or_else(|| alike_netns::first_address(o.sample, o.prefix));
+        alike_netns::ensure_bridge(&bridge, gw, o.prefix).map_err(ns_err("the pool's bridge"))?;
         std::fs::create_dir_all(&o.state_dir).map_err(|e| fail(format!("creating {}", o.state_dir.display()), e))?;
         Ok(LocalProvisioner { o, bridge, tag })
-    }
-}
-
-/// The network's first address (its `.1`).
-fn first_of(a: IpAddr, prefix: u8) -> IpAddr {
-    match a {
-        IpAddr::V4(v) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
-            IpAddr::V4(((u32::from(v) & mask) + 1).into())
-        }
-        IpAddr::V6(v) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
-            IpAddr::V6(((u128::from(v) & mask) + 1).into())
-        }
     }
 }
 
@@ -204,23 +164,20 @@ impl Provisioner for LocalProvisioner {
         };
         // Any failure below tears down what was made (Drop).
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}", dir.display()), e))?;
-        ip(&["netns", "add", &netns])?;
         // veth names are at most 15 bytes: the pool's tag and the address's last bits.
         let n = match req.address {
             IpAddr::V4(v) => u32::from(v) & 0xffff,
             IpAddr::V6(v) => (u128::from(v) & 0xffff) as u32,
         };
-        let host_end = format!("alh{}{n:x}", self.tag);
-        let ns_end = format!("aln{}{n:x}", self.tag);
-        ip_quiet(&["link", "del", &host_end]);
-        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &ns_end])?;
-        ip(&["link", "set", &ns_end, "netns", &netns])?;
-        ip(&["link", "set", &host_end, "master", &self.bridge])?;
-        ip(&["link", "set", &host_end, "up"])?;
-        ip(&["-n", &netns, "link", "set", &ns_end, "name", "eth0"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{}/{}", req.address, req.prefix), "dev", "eth0"])?;
-        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        let spec = NamespaceSpec::new(
+            &netns,
+            &self.bridge,
+            format!("alh{}{n:x}", self.tag),
+            format!("aln{}{n:x}", self.tag),
+            req.address,
+            req.prefix,
+        );
+        alike_netns::add_namespace(&spec).map_err(ns_err("making the processor's namespace"))?;
         // The job id and orchestrator, for a person looking at leftovers.
         std::fs::write(
             dir.join("tags"),
@@ -235,38 +192,15 @@ impl Provisioner for LocalProvisioner {
         .map_err(|e| fail("writing tags", e))?;
         // The host key: the one the orchestrator made for this processor
         // alone (and pins), else one made here.
+        let host_key = dir.join("host_ed25519");
         match &req.host_key {
-            Some(k) => {
-                use std::io::Write as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(dir.join("host_ed25519"))
-                    .map_err(|e| fail("writing the host key", e))?;
-                f.write_all(k.private_openssh().as_bytes()).map_err(|e| fail("writing the host key", e))?;
-                let out = run(Command::new("ssh-keygen").arg("-y").arg("-f").arg(dir.join("host_ed25519")))?;
-                std::fs::write(dir.join("host_ed25519.pub"), out).map_err(|e| fail("writing the host key", e))?;
-            }
-            None => {
-                run(Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-C", &format!("alike-processor-{}", req.job), "-N", "", "-f"])
-                    .arg(dir.join("host_ed25519")))?;
-            }
+            Some(k) => alike_netns::install_key(&host_key, k.private_openssh()).map_err(ns_err("the host key"))?,
+            None => alike_netns::keygen(&host_key, &format!("alike-processor-{}", req.job))
+                .map_err(ns_err("making a host key"))?,
         }
         std::fs::write(dir.join("authorized_keys"), format!("{}\n", self.o.authorized_key.trim()))
             .map_err(|e| fail("writing authorized_keys", e))?;
-        let addr = req.address;
-        let config = format!(
-            "Port 22\nListenAddress {addr}\nHostKey {hk}\nPidFile none\nAuthorizedKeysFile {ak}\n\
-             StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUseDNS no\nPrintMotd no\n\
-             AllowUsers {user}\nMaxStartups 100\nMaxSessions 100\nLogLevel VERBOSE\n",
-            hk = dir.join("host_ed25519").display(),
-            ak = dir.join("authorized_keys").display(),
-            user = self.o.ssh_user,
-        );
+        let config = SshdConfig::new(req.address, &host_key, &dir.join("authorized_keys"), &self.o.ssh_user).render();
         std::fs::write(dir.join("sshd_config"), config).map_err(|e| fail("writing sshd_config", e))?;
         Ok(Box::new(p))
     }
@@ -281,13 +215,8 @@ impl Provisioner for LocalProvisioner {
 pub(crate) fn sweep_local(state_dir: &Path, orchestrator: &str) -> alike_core::Result<SweepReport> {
     let prefix = format!("alk-{}-", clean(orchestrator));
     let mut report = SweepReport::default();
-    let listed = ip(&["netns", "list"])?;
-    let mut names: Vec<String> = listed
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&prefix))
-        .map(str::to_string)
-        .collect();
+    let listed = alike_netns::namespaces().map_err(ns_err("listing namespaces"))?;
+    let mut names: Vec<String> = listed.iter().filter(|n| n.starts_with(&prefix)).cloned().collect();
     if let Ok(rd) = std::fs::read_dir(state_dir) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
@@ -298,11 +227,11 @@ pub(crate) fn sweep_local(state_dir: &Path, orchestrator: &str) -> alike_core::R
     }
     for ns in names {
         let job = ns[prefix.len()..].to_string();
-        if kill_netns(&ns) > 0 {
+        if alike_netns::kill_all(&ns) > 0 {
             report.removed.push(format!("sshd in {ns} (job {job})"));
         }
-        if listed.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())) {
-            match ip(&["netns", "del", &ns]) {
+        if listed.contains(&ns) {
+            match alike_netns::delete_namespace(&ns) {
                 Ok(_) => report.removed.push(format!("netns {ns} (job {job})")),
                 Err(e) => report.failed.push(format!("netns {ns}: {e}")),
             }
@@ -310,22 +239,6 @@ pub(crate) fn sweep_local(state_dir: &Path, orchestrator: &str) -> alike_core::R
         let _ = std::fs::remove_dir_all(state_dir.join(&ns));
     }
     Ok(report)
-}
-
-/// Kills every process in namespace `ns`; how many there were.
-fn kill_netns(ns: &str) -> usize {
-    let pids = ip(&["netns", "pids", ns]).unwrap_or_default();
-    let pids: Vec<&str> = pids.split_whitespace().collect();
-    for p in &pids {
-        let _ = Command::new("kill").args(["-KILL", p]).stderr(Stdio::null()).status();
-    }
-    pids.len()
-}
-
-impl LocalProcessor {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
-    }
 }
 
 impl Processor for LocalProcessor {
@@ -352,32 +265,18 @@ impl Processor for LocalProcessor {
         Ok(())
     }
     fn start(&mut self) -> alike_core::Result<Reachable> {
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let log = std::fs::File::create(self.dir.join("sshd.log")).map_err(|e| fail("creating sshd.log", e))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, SSHD, "-D", "-e", "-f"])
-            .arg(self.dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| fail(format!("starting {SSHD} in {}", self.netns), e))?;
+        let child = alike_netns::start_sshd(
+            &self.netns,
+            &self.dir.join("sshd_config"),
+            &self.dir.join("sshd.log"),
+            None,
+            Duration::from_secs(10),
+        )
+        .map_err(ns_err("starting the processor's sshd"))?;
         self.sshd = Some(child);
-        let t0 = Instant::now();
-        loop {
-            if self.log_text().contains("Server listening on") {
-                break;
-            }
-            let exited = self.sshd.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || t0.elapsed() > Duration::from_secs(10) {
-                return Err(fail(format!("sshd in {}", self.netns), format!("did not start: {}", self.log_text())));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let fp = run(Command::new("ssh-keygen").arg("-lf").arg(self.dir.join("host_ed25519.pub")))?;
-        let fp = fp.split_whitespace().nth(1).map(str::to_string);
+        let fp = alike_netns::fingerprint(&self.dir.join("host_ed25519.pub")).map_err(ns_err("the host key"))?;
         let mut r = Reachable::new(self.address, 22);
-        r.host_key_fingerprint = fp;
+        r.host_key_fingerprint = Some(fp);
         Ok(r)
     }
     fn teardown(&mut self) -> alike_core::Result<()> {
@@ -386,12 +285,12 @@ impl Processor for LocalProcessor {
         }
         self.torn_down = true;
         self.attached.clear();
-        kill_netns(&self.netns);
+        alike_netns::kill_all(&self.netns);
         if let Some(mut c) = self.sshd.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        ip_quiet(&["netns", "del", &self.netns]);
+        alike_netns::ip_quiet(&["netns", "del", &self.netns]);
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }

@@ -129,13 +129,22 @@ pub struct ProcessorBackup {
     /// Backup threads on the processor (0: one per core).
     pub threads: usize,
     secrets: ProcessorJob,
+    write_only: bool,
 }
 
 impl ProcessorBackup {
     /// A job `id` in pool `pool` backing up into `store`.
     pub fn new(id: impl Into<String>, pool: impl Into<String>, store: StoreSpec) -> ProcessorBackup {
         let secrets = ProcessorJob::verify(crate::remote::VerifyJob::new(store.clone()));
-        ProcessorBackup { id: id.into(), pool: pool.into(), store, vms: Vec::new(), threads: 0, secrets }
+        ProcessorBackup {
+            id: id.into(),
+            pool: pool.into(),
+            store,
+            vms: Vec::new(),
+            threads: 0,
+            secrets,
+            write_only: false,
+        }
     }
     /// Adds a VM.
     #[must_use]
@@ -154,6 +163,35 @@ impl ProcessorBackup {
     pub fn key_file_contents(mut self, data: &[u8]) -> Self {
         self.secrets = self.secrets.key_file_contents(data);
         self
+    }
+    /// Hands the processor `store`'s write-only key in place of the
+    /// passphrase or key file it was given (object-storage credentials are
+    /// kept): the processor can add versions but cannot read chunk data it
+    /// did not write (`docs/security.md`). [`ProcessorBackup::from_config`]
+    /// does this by default for a store with writer keys.
+    ///
+    /// # Errors
+    /// The store has no writer keys, or was itself opened with a
+    /// write-only key.
+    pub fn write_only_key_of(mut self, store: &crate::Store) -> Result<Self> {
+        let bytes = zeroize::Zeroizing::new(store.writer_key_file_bytes()?);
+        let fresh = ProcessorJob::verify(crate::remote::VerifyJob::new(self.store.clone()));
+        let old = std::mem::replace(&mut self.secrets, fresh);
+        let s = old.secrets();
+        if let (Some(k), Some(v)) = (s.get("s3_access_key_id"), s.get("s3_secret_access_key")) {
+            self.secrets = self.secrets.s3_credentials(k.expose(), v.expose());
+        }
+        if let Some(t) = s.get("s3_session_token") {
+            self.secrets = self.secrets.s3_session_token(t.expose());
+        }
+        self.secrets = self.secrets.key_file_contents(&bytes);
+        self.write_only = true;
+        Ok(self)
+    }
+    /// Whether the processor gets a write-only key
+    /// ([`ProcessorBackup::write_only_key_of`]).
+    pub fn is_write_only(&self) -> bool {
+        self.write_only
     }
     /// Object-storage credentials (sent in the SSH channel only).
     #[must_use]
@@ -506,6 +544,12 @@ impl Orchestrator {
                         .collect(),
                     None => vm.disks.clone(),
                 };
+                // Asked before the attach: XAPI refuses `list_changed_blocks`
+                // on a VDI in use (VDI_IN_USE).
+                let changes = match &session {
+                    Some(s) => disk_changes(job, &vm.vm, s.as_ref()),
+                    None => Vec::new(),
+                };
                 let r: Result<RemoteReport> = (|| {
                     let paths = processor.attach(&disks)?;
                     let mut b =
@@ -515,6 +559,7 @@ impl Orchestrator {
                         b.config = Some(s.vm().clone());
                         b.meta.insert("snapshot".into(), s.snapshot_id());
                         b.meta.insert("consistency".into(), s.consistency());
+                        b.changes = changes.clone();
                     }
                     let mut pj = ProcessorJob::backup(b).with_id(format!("{}-{}", job.id, reports.len()));
                     pj.set_secrets_from(&job.secrets);
@@ -535,10 +580,15 @@ impl Orchestrator {
                     d?;
                     Ok(r)
                 })();
-                // The processor read every block (no change token is kept
-                // for a next incremental), so the snapshot is not kept.
+                // A stored version keeps its snapshot as the next
+                // incremental's change reference (releasing the one before),
+                // as an in-process backup does; a failure releases it.
                 if let Some(s) = session {
-                    if let Err(e) = s.abort() {
+                    if r.is_ok() {
+                        for w in s.commit().warnings {
+                            tracing::warn!(vm = %vm.vm, job = %job.id, "releasing earlier snapshots: {w}");
+                        }
+                    } else if let Err(e) = s.abort() {
                         tracing::warn!(vm = %vm.vm, job = %job.id, error = %e, "releasing the snapshot of a processor job");
                     }
                 }
@@ -572,6 +622,49 @@ impl Orchestrator {
             _ => e,
         }
     }
+}
+
+/// Each snapshot disk's change token and what changed since the VM's
+/// newest version's (the hypervisor's CBT, asked here), for the processor
+/// to read only that. Empty when the disks give no tokens; a disk whose
+/// changes cannot be told carries its token alone, and the processor's
+/// engine reads it in full, saying why (`fallback_reason`, a warning).
+fn disk_changes(job: &ProcessorBackup, vm: &str, s: &dyn alike_core::BackupSession) -> Vec<crate::remote::DiskChanges> {
+    let disks = s.disks();
+    let tokens: Vec<Option<Vec<u8>>> = disks.iter().map(|d| d.change_token()).collect();
+    if tokens.iter().any(Option::is_none) {
+        return Vec::new();
+    }
+    let parent = job.secrets.open_store(&job.store).and_then(|st| st.version("latest", Some(vm)));
+    let parent = match parent {
+        Ok(v) => Some(v),
+        Err(e) if e.kind() == crate::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(vm, job = %job.id, error = %e, "reading the parent version's change tokens: a full read");
+            None
+        }
+    };
+    disks
+        .iter()
+        .zip(tokens)
+        .enumerate()
+        .map(|(i, (d, token))| {
+            let token = token.unwrap_or_default();
+            let since = parent
+                .as_ref()
+                .and_then(|p| p.disks.get(i))
+                .and_then(|pd| pd.change_token.as_deref())
+                .and_then(|h| hex::decode(h).ok());
+            let ranges = since.as_deref().and_then(|t| match d.changed_ranges(t) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(vm, disk = i, error = %e, "asking the hypervisor what changed: a full read");
+                    None
+                }
+            });
+            crate::remote::DiskChanges::new(&token, since.as_deref(), ranges.as_deref())
+        })
+        .collect()
 }
 
 /// A fresh Ed25519 host key for one processor (`ssh-keygen`; the files are
@@ -719,11 +812,13 @@ impl Orchestrator {
 
 impl ProcessorBackup {
     /// The job `name` of `config`, with id `id` (unique among running jobs),
-    /// its store's secrets read now.
+    /// its store's secrets read now. For a store with writer keys the
+    /// processor gets the write-only key, unless the store says
+    /// `processor_key = "full"` (the store is opened here to derive it).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument):
-    /// no such job, or a secret that cannot be read.
+    /// no such job, or a secret that cannot be read; as [`crate::config::StoreConfig::open`] for a store whose processors get its write-only key.
     pub fn from_config(config: &crate::Config, name: &str, id: impl Into<String>) -> Result<ProcessorBackup> {
         let j = config.job(name).ok_or_else(|| Error::InvalidArgument(format!("no job named {name:?}")))?;
         let s = config.store(&j.store).ok_or_else(|| Error::InvalidArgument(format!("no store {:?}", j.store)))?;
@@ -748,6 +843,14 @@ impl ProcessorBackup {
         }
         if let (Some(k), Some(sk)) = (&s.access_key_id, &s.secret_access_key) {
             b = b.s3_credentials(k.read()?.expose(), sk.read()?.expose());
+        }
+        // A processor may be compromised: with writer keys, it gets the
+        // write-only key (opened here, with the full one, to derive it).
+        if s.processor_key == crate::config::ProcessorKey::WriteOnly {
+            let store = s.open()?;
+            if store.has_writer_keys() && !store.is_write_only() {
+                b = b.write_only_key_of(&store)?;
+            }
         }
         Ok(b)
     }

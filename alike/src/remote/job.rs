@@ -100,6 +100,40 @@ pub struct BackupJob {
     /// snapshot's); default: a VM with only a name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<alike_core::VmInfo>,
+    /// Per disk, in order: its change token now and what changed since
+    /// the parent version's (the orchestrator asks the hypervisor: CBT),
+    /// so the processor reads only that; empty when none is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<DiskChanges>,
+}
+
+/// What changed on one disk of a [`BackupJob`] (`docs/processor-protocol.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DiskChanges {
+    /// The disk's change token now (hex): recorded with the version, for
+    /// the next incremental.
+    pub token: String,
+    /// The change token (hex) `ranges` are relative to: the parent
+    /// version's for this disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The byte ranges `[start, end)` changed since `since`, sorted and
+    /// disjoint; absent: unknown (everything allocated is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<[u64; 2]>>,
+}
+
+impl DiskChanges {
+    /// A disk whose change token is `token`, changed in `ranges` since `since`.
+    pub fn new(token: &[u8], since: Option<&[u8]>, ranges: Option<&[std::ops::Range<u64>]>) -> DiskChanges {
+        DiskChanges {
+            token: hex::encode(token),
+            since: since.map(hex::encode),
+            ranges: ranges.map(|r| r.iter().map(|x| [x.start, x.end]).collect()),
+        }
+    }
 }
 
 impl BackupJob {
@@ -114,6 +148,7 @@ impl BackupJob {
             meta: BTreeMap::new(),
             threads: 0,
             allow_empty: false,
+            changes: Vec::new(),
             config: None,
         }
     }

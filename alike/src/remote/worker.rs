@@ -359,6 +359,10 @@ fn take_slot(path: &std::path::Path, job: &ProcessorJob, ctx: &Ctx) -> Result<st
 struct Counted {
     inner: Box<dyn DiskSource>,
     read: Arc<AtomicU64>,
+    /// The orchestrator's change token for this disk, and the ranges
+    /// changed since the token it names (the job's `changes`).
+    token: Option<Vec<u8>>,
+    changed: Option<(Vec<u8>, Vec<std::ops::Range<u64>>)>,
 }
 
 impl DiskSource for Counted {
@@ -372,10 +376,14 @@ impl DiskSource for Counted {
         self.inner.allocated_ranges()
     }
     fn change_token(&self) -> Option<Vec<u8>> {
-        self.inner.change_token()
+        self.token.clone().or_else(|| self.inner.change_token())
     }
     fn changed_ranges(&self, since: &[u8]) -> alike_core::Result<Option<Vec<std::ops::Range<u64>>>> {
-        self.inner.changed_ranges(since)
+        match &self.changed {
+            Some((s, r)) if s.as_slice() == since => Ok(Some(r.clone())),
+            _ if self.token.is_some() => Ok(None),
+            _ => self.inner.changed_ranges(since),
+        }
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> alike_core::Result<()> {
         self.inner.read_at(offset, buf)?;
@@ -393,11 +401,21 @@ fn backup(job: &ProcessorJob, b: &BackupJob, ctx: &Arc<Ctx>) -> Result<serde_jso
     let format = format_of(&b.format)?;
     let mut counters = Vec::new();
     let mut sources = Vec::new();
-    for d in &b.disks {
+    let unhex = |what: &str, h: &str| {
+        hex::decode(h).map_err(|_| Error::InvalidArgument(format!("changes: {what} {h:?} is not hex")))
+    };
+    for (i, d) in b.disks.iter().enumerate() {
         let inner = crate::open_image(d, format)?;
         let read = Arc::new(AtomicU64::new(0));
         counters.push((read.clone(), inner.size()));
-        sources.push(Counted { inner, read });
+        let (mut token, mut changed) = (None, None);
+        if let Some(c) = b.changes.get(i) {
+            token = Some(unhex("token", &c.token)?);
+            if let (Some(since), Some(r)) = (&c.since, &c.ranges) {
+                changed = Some((unhex("since", since)?, r.iter().map(|[a, b]| *a..*b).collect()));
+            }
+        }
+        sources.push(Counted { inner, read, token, changed });
     }
     let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| s as &dyn DiskSource).collect();
     let mut info = b.config.clone().unwrap_or_else(|| alike_core::VmInfo::named(&b.vm));
