@@ -171,6 +171,20 @@ enum ReplicaCmd {
         #[command(flatten)]
         out: JsonArg,
     },
+    /// Failback: send what changed on the failed-over VM NAME (off) since its point back onto
+    /// the original disks (raw images or block devices, in disk order; only differing bytes are
+    /// written), then swap roles: NAME is a replica again and DIR takes runs again.
+    Failback {
+        /// The replica folder.
+        dir: PathBuf,
+        /// The failed-over VM: name or id.
+        name: String,
+        /// The original disks, in the VM's disk order.
+        #[arg(long = "to-images", value_name = "IMG", num_args = 1.., required = true)]
+        originals: Vec<PathBuf>,
+        #[command(flatten)]
+        out: JsonArg,
+    },
     /// Fail the replica folder DIR over to its registered VM NAME (name or id): the VM then
     /// starts, and DIR refuses runs until it is registered again.
     Failover {
@@ -336,6 +350,32 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
                 return print_json(&serde_json::json!({ "vm": name, "removed_files": files }));
             }
             eprintln!("test VM {name:?} removed with {} file(s)", files.len());
+            Ok(())
+        }
+        HypervCmd::Replica(ReplicaCmd::Failback { dir, name, originals, out }) => {
+            let replica = alike::Replica::open(dir)?;
+            let host = connect(a)?;
+            let r = long(cli, "failback", |cb, cancel| {
+                let mut o = RestoreOptions::default().cancel_token(cancel);
+                if let Some(cb) = cb {
+                    o = o.progress(cb);
+                }
+                replica.failback_hyperv(&host, name, originals, &o)
+            })?;
+            for w in &r.warnings {
+                eprintln!("alike: warning: {w}");
+            }
+            if out.json {
+                return print_json(&r);
+            }
+            eprintln!(
+                "failed back from {name:?}: {} changed since the failover, {} read, {} sent in {:.2} s; {name:?} is a \
+                 replica again",
+                mib(r.changed_bytes),
+                mib(r.read_bytes),
+                mib(r.sent_bytes),
+                r.elapsed_seconds
+            );
             Ok(())
         }
         HypervCmd::Replica(ReplicaCmd::Failover { dir, name }) => {

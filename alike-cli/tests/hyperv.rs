@@ -359,4 +359,9 @@ fn replica_register_and_failover() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("failed over"), "{err}");
+    // Failback onto the original images: nothing changed on the VM, nothing is sent; the folder takes runs again.
+    let f = c.json(&c.hv(&["replica", "failback", rd, "web-01 (replica)", "--to-images", i0, i1, "--json"]));
+    assert_eq!((f["changed_bytes"].as_u64(), f["sent_bytes"].as_u64()), (Some(0), Some(0)), "{f}");
+    assert_eq!(f["whole_disks"], false);
+    c.ok(&["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]);
 }

@@ -64,7 +64,9 @@ const LOCK: &str = "lock";
 const FAILED_OVER: &str = "failed-over";
 /// The VM's recorded configuration (`docs/replica-dir.md` §1).
 const VM_CONFIG: &str = "vm-config.json";
-/// Largest `vm-config.json` read.
+/// What a failover recorded for its failback (opaque to this crate).
+const FAILOVER_BASE: &str = "failover-base.json";
+/// Largest `vm-config.json` or `failover-base.json` read.
 const VM_CONFIG_MAX: u64 = 1 << 20;
 /// The resume journal of a first run (`crate::journal`).
 const JOURNAL: &str = "resume.journal";
@@ -361,6 +363,49 @@ impl ReplicaDir {
             reason: format!("the configuration does not serialise: {e}"),
         })?;
         write_atomic(&self.dir, VM_CONFIG, &bytes, 0o644)
+    }
+
+    /// What the failover recorded for a failback ([`ReplicaDir::set_failover_base`]).
+    ///
+    /// # Errors
+    /// The file cannot be read or is larger than 1 MiB.
+    pub fn failover_base(&self) -> Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let path = self.dir.join(FAILOVER_BASE);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ReplicaError::Io { file: path, what: "reading", source: e }),
+        };
+        let mut buf = Vec::new();
+        f.take(VM_CONFIG_MAX + 1).read_to_end(&mut buf).map_err(|e| ReplicaError::Io {
+            file: path.clone(),
+            what: "reading",
+            source: e,
+        })?;
+        if buf.len() as u64 > VM_CONFIG_MAX {
+            return Err(ReplicaError::Malformed { file: path, reason: format!("larger than {VM_CONFIG_MAX} bytes") });
+        }
+        Ok(Some(buf))
+    }
+
+    /// Records (`Some`) or forgets (`None`) what a failover keeps for its
+    /// failback: the failed-over VM's change-tracking tokens at the point
+    /// (the caller's format). Write-then-rename; takes the writer's lock.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Busy`] while a run holds the lock; a file failure.
+    pub fn set_failover_base(&self, base: Option<&[u8]>) -> Result<()> {
+        let _lock = self.lock()?;
+        match base {
+            Some(b) => write_atomic(&self.dir, FAILOVER_BASE, b, 0o644),
+            None => match std::fs::remove_file(self.dir.join(FAILOVER_BASE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ReplicaError::Io { file: self.dir.join(FAILOVER_BASE), what: "removing", source: e })
+                }
+                _ => sync_dir(&self.dir),
+            },
+        }
     }
 
     /// Records that the replica was failed over to VM `vm` (runs are then

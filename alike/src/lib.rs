@@ -110,7 +110,7 @@ pub use replicate::{
     FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm, replicate_xen,
 };
 #[cfg(feature = "hyperv")]
-pub use replicate::{HyperVReplicaReport, HyperVTestReport};
+pub use replicate::{HyperVFailbackReport, HyperVReplicaReport, HyperVTestReport};
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
     VaultCopy, VaultReport, Version,

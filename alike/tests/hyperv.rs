@@ -477,3 +477,57 @@ fn a_test_failover_from_a_chosen_point_beside_the_replica() {
         assert!(env.sim.read_disk(&replica_vm.id, i, 0, d.4 as usize).unwrap() == env.restored(&v2, i as u32));
     }
 }
+
+/// Failback from Hyper-V onto the original source files: only the ranges
+/// the failed-over VM changed are read, only bytes that differ are written,
+/// the originals then equal the VM's disks, and the roles swap.
+#[test]
+fn a_failback_sends_back_only_what_changed() {
+    let Some(env) = Env::new() else { return };
+    let v1 = env.backup().backup.version;
+    let origs: Vec<std::path::PathBuf> = (0..2)
+        .map(|d| {
+            let p = env.dir.path().join(format!("orig{d}.img"));
+            std::fs::write(&p, env.restored(&v1, d)).unwrap();
+            p
+        })
+        .collect();
+    let replica = alike::Replica::open_or_create(env.dir.path().join("replica"), "web-01").unwrap();
+    let ro = alike::ReplicateOptions::default();
+    alike::replicate_images("web-01", &origs, &replica, &ro).unwrap();
+    assert_eq!(replica.vm_config().unwrap(), None, "plain images record no configuration");
+    let place = alike::Placement::on("C:\\Replicas").name("web-01 (replica)");
+    let reg = replica.register_hyperv(&env.host, v1.config(), &place, &RestoreOptions::default()).unwrap();
+    let id = reg.vm_id.clone();
+    let e = replica.failback_hyperv(&env.host, &id, &origs, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not failed over"), "{e}");
+    replica.fail_over_hyperv(&env.host, &id).unwrap();
+
+    // The failed-over VM runs: one real change on disk 0, and on disk 1 a
+    // write of the bytes already there (changed for RCT, equal in content).
+    env.host.set_running(&id, true).unwrap();
+    env.sim.guest_write(&id, 0, 5 * KIB64 + 3, b"written after the failover").unwrap();
+    let same = std::fs::read(&origs[1]).unwrap()[(40 * KIB64) as usize..(40 * KIB64) as usize + 100].to_vec();
+    env.sim.guest_write(&id, 1, 40 * KIB64, &same).unwrap();
+    let e = replica.failback_hyperv(&env.host, &id, &origs, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("turn the VM off"), "{e}");
+    env.host.set_running(&id, false).unwrap();
+
+    let r = replica.failback_hyperv(&env.host, &id, &origs, &RestoreOptions::default()).unwrap();
+    assert!(!r.whole_disks, "{:?}", r.warnings);
+    assert_eq!(r.changed_bytes, 2 * KIB64, "one 64 KiB block per disk");
+    assert_eq!(r.read_bytes, r.changed_bytes, "only the changed ranges are read");
+    assert_eq!(r.sent_bytes, 4096, "only the 4 KiB piece that differs is written");
+    let now = summary(&env.sim, "web-01 (replica)");
+    for (d, o) in origs.iter().enumerate() {
+        let got = std::fs::read(o).unwrap();
+        assert!(got == env.sim.read_disk(&id, d, 0, now.disks[d].4 as usize).unwrap(), "disk {d}");
+    }
+    // Roles swapped: the VM is a replica again (refused a start), the folder takes runs from the originals.
+    assert!(env.host.is_replica(&id).unwrap());
+    let e = env.host.set_running(&id, true).unwrap_err();
+    assert!(e.to_string().contains("32775"), "{e}");
+    assert_eq!(replica.failed_over().unwrap(), None);
+    let again = alike::replicate_images("web-01", &origs, &replica, &ro).unwrap();
+    assert!(again.sent_bytes < 2 * KIB64, "{}", again.sent_bytes);
+}

@@ -40,7 +40,7 @@ use crate::{BackupOptions, BackupReport, CancelToken, Error, Result, Store, Vers
 pub use end::{EndOptions, EndReport, JobLink, run_end, run_receiver, run_sender};
 pub use history::ReplicationRecord;
 #[cfg(feature = "hyperv")]
-pub use hyperv::{HyperVReplicaReport, HyperVTestReport};
+pub use hyperv::{HyperVFailbackReport, HyperVReplicaReport, HyperVTestReport};
 pub use job::{
     DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
     MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
