@@ -154,6 +154,10 @@ enum ReplicaCmd {
         /// The test VM's name (default: the replica's VM followed by " - Test").
         #[arg(long)]
         name: Option<String>,
+        /// Put the test VM's NICs on this (isolated) switch, with new MACs, instead of leaving
+        /// them out.
+        #[arg(long)]
+        switch: Option<String>,
         /// Leave the test VM off.
         #[arg(long)]
         no_start: bool,
@@ -309,12 +313,26 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
             );
             Ok(())
         }
-        HypervCmd::Replica(ReplicaCmd::Test { dir, point, version, vm, path, name, no_start, staging_dir, out }) => {
+        HypervCmd::Replica(ReplicaCmd::Test {
+            dir,
+            point,
+            version,
+            vm,
+            path,
+            name,
+            switch,
+            no_start,
+            staging_dir,
+            out,
+        }) => {
             let replica = alike::Replica::open(dir)?;
             let config = replica_config(cli, &replica, dir, version.as_deref(), vm.as_deref())?;
             let mut place = Placement::on(path.as_str());
             if let Some(n) = name {
                 place = place.name(n.as_str());
+            }
+            if let Some(s) = switch {
+                place = place.network(s.as_str());
             }
             let host = connect_staging(a, staging_dir.as_ref())?;
             let t = long(cli, "test failover", |cb, cancel| {
@@ -335,12 +353,13 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
             }
             println!("{}", t.vm_id);
             eprintln!(
-                "test VM {:?} ({}) from point {} of {}{}, no network adapters; end it with `replica test-end`",
+                "test VM {:?} ({}) from point {} of {}{}, {}; end it with `replica test-end`",
                 t.name,
                 t.vm_id,
                 t.point,
                 dir.display(),
-                if *no_start { ", off" } else { ", started" }
+                if *no_start { ", off" } else { ", started" },
+                switch.as_ref().map_or_else(|| "no network adapters".to_owned(), |s| format!("NICs on {s:?}"))
             );
             Ok(())
         }

@@ -157,7 +157,8 @@ impl HyperVHost {
     }
 
     /// Begins a test VM from `config` (the replica's): defined like a
-    /// restore but with no network adapters, each disk written as a copy of
+    /// restore but with no network adapters (or, when `placement` names a
+    /// switch, an isolated one, its NICs on it), each disk written as a copy of
     /// the point (`…\\NAME.vhdx`) under a differencing AVHDX the VM writes
     /// ([`crate::restore::test_disk_path`]), so the test never changes the
     /// copy; fill the disks through the session, then `commit`.

@@ -305,7 +305,8 @@ pub(crate) fn begin<'a>(
     begin_with(host, config, disks, placement, false)
 }
 
-/// [`begin`], or with `test` a test VM: no NICs, each disk written as a
+/// [`begin`], or with `test` a test VM: no NICs (unless `placement` names
+/// a switch for them), each disk written as a
 /// copy of the point with a differencing AVHDX over it ([`test_disk_path`])
 /// that the VM writes.
 pub(crate) fn begin_with<'a>(
@@ -319,7 +320,8 @@ pub(crate) fn begin_with<'a>(
     let switches = c.query("SELECT * FROM Msvm_VirtualEthernetSwitch")?;
     let names: Vec<String> = switches.iter().filter_map(|s| s.text("ElementName").map(str::to_owned)).collect();
     let mut plan = plan(config, disks, placement, &names)?;
-    if test && !plan.nics.is_empty() {
+    // A test VM gets no NICs, or with a switch named NICs on that (isolated) switch.
+    if test && placement.network.is_none() && !plan.nics.is_empty() {
         plan.nics.clear();
         plan.warnings.push("a test VM: no network adapters".into());
     }

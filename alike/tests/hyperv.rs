@@ -476,6 +476,25 @@ fn a_test_failover_from_a_chosen_point_beside_the_replica() {
     for (i, d) in replica_vm.disks.iter().enumerate() {
         assert!(env.sim.read_disk(&replica_vm.id, i, 0, d.4 as usize).unwrap() == env.restored(&v2, i as u32));
     }
+
+    // On an isolated switch instead: the NICs are there, on it, with new MACs.
+    let t2 = replica
+        .test_hyperv(
+            &env.host,
+            &cfg,
+            None,
+            &alike::Placement::on("C:\\Tests").network("LAN"),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(t2.point, replica.points().unwrap().last().unwrap().point, "the newest point");
+    let test2 = summary(&env.sim, "web-01 - Test");
+    assert_eq!(test2.nics.len(), orig.nics.len());
+    for (n, o) in test2.nics.iter().zip(&orig.nics) {
+        assert_eq!(n.1.as_deref(), Some("LAN"));
+        assert_ne!(n.0, o.0, "a new MAC");
+    }
+    alike::Replica::end_test_hyperv(&env.host, &t2.vm_id).unwrap();
 }
 
 /// Failback from Hyper-V onto the original source files: only the ranges

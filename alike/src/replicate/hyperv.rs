@@ -56,7 +56,8 @@ pub struct HyperVTestReport {
 impl Replica {
     /// A test failover on `host`: a new, off VM with `config` (the
     /// folder's [`Replica::vm_config`] or a version's) and **no network
-    /// adapters**, whose disks are differencing AVHDX files over copies of
+    /// adapters** — or, when `placement` names a switch (an isolated one),
+    /// its NICs on that switch with new MACs — whose disks are differencing AVHDX files over copies of
     /// the replica's point `point` (default the newest), named
     /// `<VM> - Test` unless `placement` names it. The replica and its
     /// registered VM are not touched, and runs into the folder go on; the
@@ -105,6 +106,10 @@ impl Replica {
         let mut placement = placement.clone();
         if placement.name.is_none() {
             placement.name = Some(format!("{} - Test", self.vm()));
+        }
+        // On a switch of its own, the copy must not answer with the replica's MACs.
+        if placement.network.is_some() {
+            placement.keep_macs = false;
         }
         let mut session = host.create_test_vm(&config, &planned, &placement)?;
         let files: Vec<String> = session
