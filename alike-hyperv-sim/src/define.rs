@@ -39,7 +39,9 @@
 //!   with no relationship). `InitiateFailover(ComputerSystem,
 //!   SnapshotSettingData)` needs recovery points that only a primary's
 //!   replication brings: refused (32775) for a replica still waiting for its
-//!   initial replication, as a host refuses it. `TestReplicaSystem` likewise.
+//!   initial replication, as a host refuses it. `TestReplicaSystem` likewise;
+//!   `CommitFailover`, `RevertFailover` and `ReverseReplicationRelationship`
+//!   need a failover in progress (32775).
 
 use alike_core::DiskSource as _;
 
@@ -468,6 +470,18 @@ impl Host {
         }
         let e = Host::vm_epr(vm);
         Ok(self.job("Removing replication", 99, None, vec![e]))
+    }
+
+    /// `CommitFailover`, `RevertFailover` or `ReverseReplicationRelationship`
+    /// (`what`): they act on a failover `InitiateFailover` started, which a
+    /// replica made here never has (the host's refusal, 32775).
+    pub(crate) fn needs_failover(&self, system: &Epr, what: &str) -> Result<Epr, MethodError> {
+        let vi = self
+            .vm_index_by_epr(system)
+            .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
+        let vm = &self.vms[vi];
+        let why = if vm.replica.is_some() { "no failover is in progress" } else { "replication is not enabled" };
+        Err(merr(rc::INVALID_STATE, format!("{what}: {why} for {}", vm.name)))
     }
 
     /// `InitiateFailover` or `TestReplicaSystem` (`what`): a replica made

@@ -629,6 +629,10 @@ fn invoke(host: &Mutex<Host>, req: &Req<'_>) -> Result<(String, String), Fault> 
                 rc::JOB_STARTED,
             )
         }
+        ("Msvm_ReplicationService", m @ ("CommitFailover" | "RevertFailover" | "ReverseReplicationRelationship")) => {
+            let t = arg_epr(input, "ComputerSystem")?;
+            done(h.needs_failover(&t, m).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+        }
         ("Msvm_ReplicationService", "TestReplicaSystem") => {
             let t = arg_epr(input, "ComputerSystem")?;
             done(

@@ -521,6 +521,8 @@ def test_a_replica_by_authorization_entry(proto: winrm.Protocol) -> None:
     assert (prop(cs_inst, "ReplicationMode"), prop(cs_inst, "ReplicationState")) == ("2", "1")
     assert call("Msvm_ComputerSystem", "RequestStateChange", vm, {"p:RequestedState": "2"}) == "32775", "a replica does not start"
     assert call(R, "InitiateFailover", rsvc, cs) == "32775", "no recovery point to fail over to"
+    for m in ("CommitFailover", "RevertFailover", "ReverseReplicationRelationship"):
+        assert call(R, m, rsvc, cs) == "32775", f"{m}: no failover in progress"
     assert call(R, "RemoveReplicationRelationship", rsvc, cs) == "4096"
     (cs_inst,) = enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem WHERE ElementName='py-replica'")
     assert prop(cs_inst, "ReplicationMode") == "0"
