@@ -102,14 +102,16 @@ enum HypervCmd {
 #[derive(Subcommand, Debug)]
 enum ReplicaCmd {
     /// Define a new, off VM from the replica folder DIR's newest point (VHDX files copied to the
-    /// host over SMB) with the configuration recorded in a store version (Hyper-V's or Xen's),
-    /// marked a replica: the host refuses to start it until `replica failover`.
+    /// host over SMB) with the configuration the folder recorded (or a store version's, Hyper-V's
+    /// or Xen's), made a replica (SetAuthorizationEntry): the host refuses to start it until
+    /// `replica failover`.
     Register {
         /// The replica folder.
         dir: PathBuf,
-        /// The version whose recorded configuration the VM gets: an id, a prefix or `latest`.
+        /// The version whose recorded configuration the VM gets: an id, a prefix or `latest`
+        /// (default: the configuration the replica folder recorded).
         #[arg(long = "config-version", value_name = "VERSION")]
-        version: String,
+        version: Option<String>,
         /// VM name for `latest` (default: the replica's VM).
         #[arg(long)]
         vm: Option<String>,
@@ -131,6 +133,62 @@ enum ReplicaCmd {
         #[command(flatten)]
         out: JsonArg,
     },
+    /// Test failover: a new VM "<VM> - Test" with no network adapters from a point of DIR (the
+    /// newest by default), each disk a differencing AVHDX over a copy of the point, while runs
+    /// into DIR go on; end it with `replica test-end`.
+    Test {
+        /// The replica folder.
+        dir: PathBuf,
+        /// The point.
+        #[arg(long)]
+        point: Option<u64>,
+        /// The version whose recorded configuration the VM gets (default: the folder's).
+        #[arg(long = "config-version", value_name = "VERSION")]
+        version: Option<String>,
+        /// VM name for `latest` (default: the replica's VM).
+        #[arg(long)]
+        vm: Option<String>,
+        /// The host's folder for the test VM's files: C:\…; the VM gets a folder of its name in it.
+        #[arg(long)]
+        path: String,
+        /// The test VM's name (default: the replica's VM followed by " - Test").
+        #[arg(long)]
+        name: Option<String>,
+        /// Put the test VM's NICs on this (isolated) switch, with new MACs, instead of leaving
+        /// them out.
+        #[arg(long)]
+        switch: Option<String>,
+        /// Leave the test VM off.
+        #[arg(long)]
+        no_start: bool,
+        /// A local folder to stage each VHDX in before it is copied to the host.
+        #[arg(long, value_name = "DIR")]
+        staging_dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: JsonArg,
+    },
+    /// End a test failover: turn the test VM NAME (name or id) off, remove it and its files
+    /// (refused for a VM that is no test VM).
+    TestEnd {
+        /// The test VM: name or id.
+        name: String,
+        #[command(flatten)]
+        out: JsonArg,
+    },
+    /// Failback: send what changed on the failed-over VM NAME (off) since its point back onto
+    /// the original disks (raw images or block devices, in disk order; only differing bytes are
+    /// written), then swap roles: NAME is a replica again and DIR takes runs again.
+    Failback {
+        /// The replica folder.
+        dir: PathBuf,
+        /// The failed-over VM: name or id.
+        name: String,
+        /// The original disks, in the VM's disk order.
+        #[arg(long = "to-images", value_name = "IMG", num_args = 1.., required = true)]
+        originals: Vec<PathBuf>,
+        #[command(flatten)]
+        out: JsonArg,
+    },
     /// Fail the replica folder DIR over to its registered VM NAME (name or id): the VM then
     /// starts, and DIR refuses runs until it is registered again.
     Failover {
@@ -139,6 +197,30 @@ enum ReplicaCmd {
         /// The replica VM: name or id.
         name: String,
     },
+}
+
+/// The configuration a replica VM gets: a store version's when named, else
+/// the one the folder recorded.
+fn replica_config(
+    cli: &Cli,
+    replica: &alike::Replica,
+    dir: &std::path::Path,
+    version: Option<&str>,
+    vm: Option<&str>,
+) -> Result<alike::VmInfo> {
+    match version {
+        Some(version) => {
+            let store = open(cli)?;
+            Ok(store.version(version, Some(vm.unwrap_or(replica.vm())))?.config().clone())
+        }
+        None => replica.vm_config()?.with_context(|| {
+            format!(
+                "{}: the replica folder records no VM configuration (its runs came from plain images): give \
+                 --config-version VERSION",
+                dir.display()
+            )
+        }),
+    }
 }
 
 fn password(a: &HypervArgs) -> Result<String> {
@@ -205,15 +287,14 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
             if let Some(s) = switch {
                 place = place.network(s.as_str());
             }
-            let store = open(cli)?;
-            let v = store.version(version, Some(vm.as_deref().unwrap_or(replica.vm())))?;
+            let config = replica_config(cli, &replica, dir, version.as_deref(), vm.as_deref())?;
             let host = connect_staging(a, staging_dir.as_ref())?;
             let r = long(cli, "register", |cb, cancel| {
                 let mut o = RestoreOptions::default().cancel_token(cancel);
                 if let Some(cb) = cb {
                     o = o.progress(cb);
                 }
-                replica.register_hyperv(&host, v.config(), &place, &o)
+                replica.register_hyperv(&host, &config, &place, &o)
             })?;
             for w in &r.warnings {
                 eprintln!("alike: warning: {w}");
@@ -228,6 +309,90 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
                 dir.display(),
                 r.name,
                 r.vm_id,
+                r.elapsed_seconds
+            );
+            Ok(())
+        }
+        HypervCmd::Replica(ReplicaCmd::Test {
+            dir,
+            point,
+            version,
+            vm,
+            path,
+            name,
+            switch,
+            no_start,
+            staging_dir,
+            out,
+        }) => {
+            let replica = alike::Replica::open(dir)?;
+            let config = replica_config(cli, &replica, dir, version.as_deref(), vm.as_deref())?;
+            let mut place = Placement::on(path.as_str());
+            if let Some(n) = name {
+                place = place.name(n.as_str());
+            }
+            if let Some(s) = switch {
+                place = place.network(s.as_str());
+            }
+            let host = connect_staging(a, staging_dir.as_ref())?;
+            let t = long(cli, "test failover", |cb, cancel| {
+                let mut o = RestoreOptions::default().cancel_token(cancel);
+                if let Some(cb) = cb {
+                    o = o.progress(cb);
+                }
+                replica.test_hyperv(&host, &config, *point, &place, &o)
+            })?;
+            if !*no_start {
+                host.set_running(&t.vm_id, true)?;
+            }
+            for w in &t.warnings {
+                eprintln!("alike: warning: {w}");
+            }
+            if out.json {
+                return print_json(&t);
+            }
+            println!("{}", t.vm_id);
+            eprintln!(
+                "test VM {:?} ({}) from point {} of {}{}, {}; end it with `replica test-end`",
+                t.name,
+                t.vm_id,
+                t.point,
+                dir.display(),
+                if *no_start { ", off" } else { ", started" },
+                switch.as_ref().map_or_else(|| "no network adapters".to_owned(), |s| format!("NICs on {s:?}"))
+            );
+            Ok(())
+        }
+        HypervCmd::Replica(ReplicaCmd::TestEnd { name, out }) => {
+            let files = alike::Replica::end_test_hyperv(&connect(a)?, name)?;
+            if out.json {
+                return print_json(&serde_json::json!({ "vm": name, "removed_files": files }));
+            }
+            eprintln!("test VM {name:?} removed with {} file(s)", files.len());
+            Ok(())
+        }
+        HypervCmd::Replica(ReplicaCmd::Failback { dir, name, originals, out }) => {
+            let replica = alike::Replica::open(dir)?;
+            let host = connect(a)?;
+            let r = long(cli, "failback", |cb, cancel| {
+                let mut o = RestoreOptions::default().cancel_token(cancel);
+                if let Some(cb) = cb {
+                    o = o.progress(cb);
+                }
+                replica.failback_hyperv(&host, name, originals, &o)
+            })?;
+            for w in &r.warnings {
+                eprintln!("alike: warning: {w}");
+            }
+            if out.json {
+                return print_json(&r);
+            }
+            eprintln!(
+                "failed back from {name:?}: {} changed since the failover, {} read, {} sent in {:.2} s; {name:?} is a \
+                 replica again",
+                mib(r.changed_bytes),
+                mib(r.read_bytes),
+                mib(r.sent_bytes),
                 r.elapsed_seconds
             );
             Ok(())

@@ -292,6 +292,27 @@ fn replica_register_and_failover() {
     let (rd, i0, i1) = (rdir.to_str().unwrap(), imgs[0].to_str().unwrap(), imgs[1].to_str().unwrap());
     c.ok(&["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]);
 
+    // Runs from plain images record no configuration: a version must name one.
+    let o = c.cmd().args(c.hv(&["replica", "register", rd, "--path", "C:\\Replicas"])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--config-version"), "{err}");
+    // A run seeded from the version records the version's configuration in the folder.
+    let seeded = c.p("seeded");
+    let sd = seeded.to_str().unwrap();
+    let store = c.p("store");
+    let seed = format!("{}:{v}", store.to_str().unwrap());
+    c.ok(&["replicate", "--vm", "web-01", "--to-dir", sd, "--seed-from", &seed, i0, i1]);
+    assert!(seeded.join("vm-config.json").is_file());
+    let r = c.json(&c.hv(&["replica", "register", sd, "--path", "C:\\Seeded", "--name", "seeded", "--json"]));
+    assert_eq!(r["name"], "seeded");
+    let vms = c.json(&c.hv(&["vms", "--json"]));
+    let got = vms.as_array().unwrap().iter().find(|x| x["id"] == r["vm_id"]).unwrap().clone();
+    let orig = vms.as_array().unwrap().iter().find(|x| x["name"] == "web-01").unwrap().clone();
+    for k in ["generation", "secure_boot", "vcpus", "memory_mb", "nics"] {
+        assert_eq!(got[k], orig[k], "{k}: the folder's own record");
+    }
+    c.ok(&c.hv(&["replica", "failover", sd, r["vm_id"].as_str().unwrap()]));
+
     let r =
         c.json(&c.hv(&["replica", "register", rd, "--config-version", "latest", "--path", "C:\\Replicas", "--json"]));
     assert_eq!(r["name"], "web-01 (replica)");
@@ -306,10 +327,41 @@ fn replica_register_and_failover() {
     let file = c.dir.path().join("sim").join("C").join("Replicas").join("web-01 (replica)").join("web-01-os.vhdx");
     assert!(file.is_file(), "{}", file.display());
 
+    // A test failover from the point, beside the replica VM, then ended.
+    let t = c.json(&c.hv(&[
+        "replica",
+        "test",
+        rd,
+        "--config-version",
+        "latest",
+        "--path",
+        "C:\\Tests",
+        "--point",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(t["name"], "web-01 - Test");
+    assert_eq!(t["files"].as_array().unwrap().len(), 4);
+    let vms = c.json(&c.hv(&["vms", "--json"]));
+    let test = vms.as_array().unwrap().iter().find(|x| x["name"] == "web-01 - Test").unwrap().clone();
+    assert_eq!(test["nics"], serde_json::json!([]));
+    let o = c.cmd().args(c.hv(&["replica", "test-end", "web-01 (replica)"])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no test VM"), "{err}");
+    let (_, err) = c.ok(&c.hv(&["replica", "test-end", "web-01 - Test"]));
+    assert!(err.contains("removed with 4 file(s)"), "{err}");
+    let vms = c.json(&c.hv(&["vms", "--json"]));
+    assert!(vms.as_array().unwrap().iter().all(|x| x["name"] != "web-01 - Test"));
+
     let (_, err) = c.ok(&c.hv(&["replica", "failover", rd, "web-01 (replica)"]));
     assert!(err.contains("failed") && err.contains("over"), "{err}");
     let o = c.cmd().args(["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("failed over"), "{err}");
+    // Failback onto the original images: nothing changed on the VM, nothing is sent; the folder takes runs again.
+    let f = c.json(&c.hv(&["replica", "failback", rd, "web-01 (replica)", "--to-images", i0, i1, "--json"]));
+    assert_eq!((f["changed_bytes"].as_u64(), f["sent_bytes"].as_u64()), (Some(0), Some(0)), "{f}");
+    assert_eq!(f["whole_disks"], false);
+    c.ok(&["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]);
 }

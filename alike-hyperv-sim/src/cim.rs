@@ -131,6 +131,7 @@ fn superclass(class: &str) -> Option<&'static str> {
         "Msvm_ImageManagementService" => "CIM_Service",
         "Msvm_VirtualSystemReferencePointService" => "CIM_Service",
         "Msvm_ReplicationService" => "CIM_Service",
+        "Msvm_ReplicationServiceSettingData" | "Msvm_ReplicationAuthorizationSettingData" => "CIM_SettingData",
         _ => return None,
     })
 }

@@ -17,26 +17,36 @@
 //!   controllers (type 6, at most 4), disk drives (type 17: `Parent` a
 //!   controller, `AddressOnParent` free and in range — IDE 0..2, SCSI
 //!   0..64), disk images (type 31: `Parent` an empty drive, `HostResource` a
-//!   VHDX on `C:` that opens and no other VM uses), NICs (type 10: a static
+//!   VHDX, or a differencing AVHDX whose chain opens, on `C:`, that no VM
+//!   uses, whose parents no VM writes), NICs (type 10: a static
 //!   `Address` of 12 hex digits, or one the host makes) and their
 //!   connections (type 33: `Parent` a NIC, `HostResource` a switch that
 //!   exists). All or nothing: a refused setting leaves the VM as it was.
 //! - `DestroySystem(AffectedSystem)`: an off VM is removed (its disk files
 //!   stay, as on Hyper-V).
 //! - `Msvm_ComputerSystem.RequestStateChange(RequestedState)`: 2 starts, 3
-//!   stops; a replica VM refuses to start (32775) until failover.
-//! - `Msvm_ReplicationService.InitiateFailover(ComputerSystem)`: a replica
-//!   VM (off) becomes an ordinary one that starts (Hyper-V's method of that
-//!   name fails a replica over; here without the choice of a recovery point).
-//! - `Msvm_ReplicationService.AlikeMarkReplica(ComputerSystem)`: **the
-//!   simulator's own method, no Hyper-V one**: an off VM becomes a replica
-//!   (`ReplicationMode` 2). A real host makes a VM a replica only as the
-//!   target of its own Hyper-V Replica relationship (`docs/hyperv.md`).
+//!   stops; a replica VM refuses to start (32775).
+//! - Hyper-V Replica on the replica side, as the WMI docs describe it
+//!   (`docs/hyperv.md`, "Replica VMs"):
+//!   `Msvm_ReplicationService.SetAuthorizationEntry(ComputerSystem,
+//!   AuthorizationEntry)` — what `Enable-VMReplication -AsReplica` does — makes
+//!   an off VM on a Replica server (`RecoveryServerEnabled`, else 32775) a
+//!   replica waiting for its initial replication (`ReplicationMode` 2,
+//!   `ReplicationState` 1); the entry is a
+//!   `Msvm_ReplicationAuthorizationSettingData` with `AllowedPrimaryHostSystem`
+//!   and `TrustGroup` (32773 without). `RemoveReplicationRelationship
+//!   (ComputerSystem)` makes a replica an ordinary VM again (32775 for a VM
+//!   with no relationship). `InitiateFailover(ComputerSystem,
+//!   SnapshotSettingData)` needs recovery points that only a primary's
+//!   replication brings: refused (32775) for a replica still waiting for its
+//!   initial replication, as a host refuses it. `TestReplicaSystem` likewise;
+//!   `CommitFailover`, `RevertFailover` and `ReverseReplicationRelationship`
+//!   need a failover in progress (32775).
 
 use alike_core::DiskSource as _;
 
 use crate::cim::{Epr, parse_embedded};
-use crate::host::{Ctrl, Disk, Host, MethodError, Nic, Rct, Slot, Vm, merr, new_guid, now, rc};
+use crate::host::{Ctrl, Disk, Host, MethodError, Nic, Rct, ReplicaEntry, Slot, Vm, merr, new_guid, now, rc};
 use crate::wql::parse_path;
 
 /// An embedded instance's class and properties.
@@ -137,7 +147,7 @@ impl Host {
             refpoints: Vec::new(),
             controllers,
             empty_drives: Vec::new(),
-            replica: false,
+            replica: None,
         };
         let e = Host::vm_epr(&vm);
         self.vms.push(vm);
@@ -299,6 +309,8 @@ impl Host {
                     if !local.is_file() {
                         return Err(merr(rc::FILE_NOT_FOUND, format!("The system cannot find the file {win}")));
                     }
+                    // The file a VM writes is its own; a differencing disk's
+                    // parents may be shared (read only), as on Hyper-V.
                     let in_use = self.vms.iter().chain(std::iter::once(&vm)).any(|v| {
                         v.disks.iter().any(|d| d.chain.contains(&local))
                             || v.snapshots.iter().any(|sn| sn.disks.iter().any(|d| d.frozen == local))
@@ -306,16 +318,27 @@ impl Host {
                     if in_use {
                         return Err(merr(rc::INVALID_STATE, format!("{win} is in use by a virtual machine")));
                     }
-                    let src = alike_formats::vhdx::VhdxSource::open(&local)
-                        .map_err(|e| merr(rc::FAILED, format!("{win} is not a virtual hard disk: {e}")))?;
-                    if src.layers().len() != 1 {
-                        return Err(merr(rc::NOT_SUPPORTED, format!("{win} is a differencing disk")));
+                    let src = alike_formats::vhdx::VhdxSource::open(&local).map_err(|e| {
+                        merr(rc::FAILED, format!("{win} is not a virtual hard disk (or a parent is missing): {e}"))
+                    })?;
+                    let chain: Vec<std::path::PathBuf> = src.layers().iter().rev().map(|l| l.path.clone()).collect();
+                    let writable = |p: &std::path::PathBuf| {
+                        self.vms
+                            .iter()
+                            .chain(std::iter::once(&vm))
+                            .any(|v| v.disks.iter().any(|d| d.chain.last() == Some(p)))
+                    };
+                    if let Some(p) = chain[..chain.len() - 1].iter().find(|p| writable(p)) {
+                        return Err(merr(
+                            rc::INVALID_STATE,
+                            format!("{win}: its parent {} is a disk a virtual machine writes", p.display()),
+                        ));
                     }
                     let (slot, guid) = vm.empty_drives.remove(di);
                     let e = rasd_epr(format!("{owner}\\{guid}\\{}\\{}\\L", slot.controller, slot.location));
                     vm.disks.push(Disk {
                         size: src.size(),
-                        chain: vec![local],
+                        chain,
                         slot,
                         ctrl_guid: guid,
                         rct: Rct { guid: new_guid(), epoch: 1, log: Vec::new() },
@@ -397,21 +420,85 @@ impl Host {
         Ok(self.job("Destroying virtual machine", 97, None, vec![Host::vm_epr(&vm)]))
     }
 
-    /// `AlikeMarkReplica` (`replica`) or `InitiateFailover`: the job.
-    pub(crate) fn set_replica(&mut self, system: &Epr, replica: bool) -> Result<Epr, MethodError> {
+    fn off_vm_index(&self, system: &Epr) -> Result<usize, MethodError> {
+        let vi = self
+            .vm_index_by_epr(system)
+            .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
+        if self.vms[vi].running {
+            return Err(merr(rc::INVALID_STATE, format!("{} is running: turn it off first", self.vms[vi].name)));
+        }
+        Ok(vi)
+    }
+
+    /// `SetAuthorizationEntry`: the off VM becomes a replica waiting for
+    /// its initial replication; the job.
+    pub(crate) fn set_authorization_entry(&mut self, system: &Epr, entry: &str) -> Result<Epr, MethodError> {
+        let vi = self.off_vm_index(system)?;
+        if !self.recovery_server {
+            return Err(merr(rc::INVALID_STATE, "The Hyper-V host is not enabled as a Replica server"));
+        }
+        let e = Emb::parse(entry)?;
+        if !e.class.eq_ignore_ascii_case("Msvm_ReplicationAuthorizationSettingData") {
+            return Err(merr(
+                rc::INVALID_PARAMETER,
+                format!("AuthorizationEntry is a {}, not a Msvm_ReplicationAuthorizationSettingData", e.class),
+            ));
+        }
+        let field = |n: &str| e.get(n).map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        let (Some(allowed_primary), Some(trust_group)) = (field("AllowedPrimaryHostSystem"), field("TrustGroup"))
+        else {
+            return Err(merr(rc::INVALID_PARAMETER, "AllowedPrimaryHostSystem and TrustGroup are required"));
+        };
+        let storage = field("ReplicaStorageLocation").unwrap_or_default();
+        let vm = &mut self.vms[vi];
+        if vm.replica.is_some() {
+            return Err(merr(rc::INVALID_STATE, format!("Replication is already enabled for {}", vm.name)));
+        }
+        vm.replica = Some(ReplicaEntry { allowed_primary, trust_group, storage });
+        let e = Host::vm_epr(vm);
+        Ok(self.job("Setting replication authorization", 99, None, vec![e]))
+    }
+
+    /// `RemoveReplicationRelationship`: the replica becomes an ordinary VM; the job.
+    pub(crate) fn remove_replication_relationship(&mut self, system: &Epr) -> Result<Epr, MethodError> {
         let vi = self
             .vm_index_by_epr(system)
             .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
         let vm = &mut self.vms[vi];
-        if vm.running {
-            return Err(merr(rc::INVALID_STATE, format!("{} is running: turn it off first", vm.name)));
+        if vm.replica.take().is_none() {
+            return Err(merr(rc::INVALID_STATE, format!("Replication is not enabled for {}", vm.name)));
         }
-        if !replica && !vm.replica {
-            return Err(merr(rc::INVALID_STATE, format!("{} is not a replica virtual machine", vm.name)));
-        }
-        vm.replica = replica;
         let e = Host::vm_epr(vm);
-        Ok(self.job(if replica { "Marking replica" } else { "Failing over" }, 99, None, vec![e]))
+        Ok(self.job("Removing replication", 99, None, vec![e]))
+    }
+
+    /// `CommitFailover`, `RevertFailover` or `ReverseReplicationRelationship`
+    /// (`what`): they act on a failover `InitiateFailover` started, which a
+    /// replica made here never has (the host's refusal, 32775).
+    pub(crate) fn needs_failover(&self, system: &Epr, what: &str) -> Result<Epr, MethodError> {
+        let vi = self
+            .vm_index_by_epr(system)
+            .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
+        let vm = &self.vms[vi];
+        let why = if vm.replica.is_some() { "no failover is in progress" } else { "replication is not enabled" };
+        Err(merr(rc::INVALID_STATE, format!("{what}: {why} for {}", vm.name)))
+    }
+
+    /// `InitiateFailover` or `TestReplicaSystem` (`what`): a replica made
+    /// here never received a primary's replication, so it has no recovery
+    /// point to fail over to (the host's refusal, 32775).
+    pub(crate) fn needs_recovery_point(&self, system: &Epr, what: &str) -> Result<Epr, MethodError> {
+        let vi = self
+            .vm_index_by_epr(system)
+            .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
+        let vm = &self.vms[vi];
+        if vm.replica.is_none() {
+            return Err(merr(rc::INVALID_STATE, format!("{what}: replication is not enabled for {}", vm.name)));
+        }
+        Err(merr(
+            rc::INVALID_STATE,
+            format!("{what}: {} has no recovery point (the initial replication has not completed)", vm.name),
+        ))
     }
 
     /// `RequestStateChange` on a VM: the job.
@@ -421,10 +508,10 @@ impl Host {
             .ok_or_else(|| merr(rc::INVALID_PARAMETER, "The virtual machine was not found"))?;
         let vm = &mut self.vms[vi];
         match state {
-            2 if vm.replica => {
+            2 if vm.replica.is_some() => {
                 return Err(merr(
                     rc::INVALID_STATE,
-                    format!("{} is a replica virtual machine: fail over before starting it", vm.name),
+                    format!("'{}' failed to start: a Replica virtual machine cannot be started", vm.name),
                 ));
             }
             2 => vm.running = true,

@@ -124,7 +124,7 @@ pub(crate) fn populate(host: &mut Host, os_mib: Option<u64>) -> Result<()> {
             refpoints: Vec::new(),
             controllers: Vec::new(),
             empty_drives: Vec::new(),
-            replica: false,
+            replica: None,
         });
     }
     host.switches.push(sw);
@@ -142,5 +142,6 @@ pub(crate) fn empty_host_for_tests() -> Host {
         jobs: Vec::new(),
         cfg: HostConfig { job_time: std::time::Duration::ZERO, rct_block: 64 << 10, rct_max_processed: 1 << 30 },
         job_failures: Vec::new(),
+        recovery_server: true,
     }
 }

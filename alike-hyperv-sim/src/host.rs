@@ -142,9 +142,19 @@ pub(crate) struct Vm {
     pub(crate) controllers: Vec<Ctrl>,
     /// Disk drives with no disk image yet: the slot and its controller's id.
     pub(crate) empty_drives: Vec<(Slot, String)>,
-    /// A replica VM (`Msvm_ComputerSystem.ReplicationMode` 2): refuses to
-    /// start until failover.
-    pub(crate) replica: bool,
+    /// A replica VM (`Msvm_ComputerSystem.ReplicationMode` 2, made so by
+    /// `SetAuthorizationEntry`): refuses to start until its relationship is
+    /// removed.
+    pub(crate) replica: Option<ReplicaEntry>,
+}
+
+/// The authorization entry a replica VM was given
+/// (`Msvm_ReplicationAuthorizationSettingData`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplicaEntry {
+    pub(crate) allowed_primary: String,
+    pub(crate) trust_group: String,
+    pub(crate) storage: String,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +193,9 @@ pub(crate) struct Host {
     pub(crate) cfg: HostConfig,
     /// Injected failures: the next call of the method starts a job that fails so.
     pub(crate) job_failures: Vec<(String, MethodError)>,
+    /// The host is a Replica server
+    /// (`Msvm_ReplicationServiceSettingData.RecoveryServerEnabled`).
+    pub(crate) recovery_server: bool,
 }
 
 pub(crate) fn new_guid() -> String {
@@ -283,9 +296,12 @@ impl Host {
             .with("OperationalStatus", Value::Array(vec![Value::n(2)]))
             .with("InstallDate", Value::DateTime(iso8601(vm.created)))
             .with("NumberOfNumaNodes", Value::n(1))
-            // ReplicationMode 2: a replica (Hyper-V Replica's value); ReplicationState 1: replication enabled.
-            .with("ReplicationState", Value::n(if vm.replica { 1 } else { 0 }))
-            .with("ReplicationMode", Value::n(if vm.replica { 2 } else { 0 }))
+            // ReplicationMode 2: a replica; ReplicationState 1: ready for
+            // (waiting for) its initial replication, as `Enable-VMReplication
+            // -AsReplica` leaves a VM.
+            .with("ReplicationState", Value::n(if vm.replica.is_some() { 1 } else { 0 }))
+            .with("ReplicationHealth", Value::n(if vm.replica.is_some() { 1 } else { 0 }))
+            .with("ReplicationMode", Value::n(if vm.replica.is_some() { 2 } else { 0 }))
             .with("OnTimeInMilliseconds", Value::n(if vm.running { 3_600_000 } else { 0 }))
     }
 
@@ -502,6 +518,15 @@ impl Host {
         for (class, name) in SERVICES {
             out.push(svc(class, name, &self.name));
         }
+        out.push(
+            Instance::new("Msvm_ReplicationServiceSettingData")
+                .with("InstanceID", Value::s("Microsoft:ReplicationServiceSettingData"))
+                .with("ElementName", Value::s("Replication Service Settings"))
+                .with("RecoveryServerEnabled", Value::Bool(self.recovery_server))
+                .with("AllowedAuthenticationType", Value::n(if self.recovery_server { 1 } else { 0 }))
+                .with("HttpPort", Value::n(80))
+                .with("HttpsPort", Value::n(443)),
+        );
         for s in &self.switches {
             out.push(
                 Instance::new("Msvm_VirtualEthernetSwitch")

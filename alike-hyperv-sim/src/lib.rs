@@ -220,6 +220,9 @@ pub struct VmSummary {
     pub running: bool,
     /// A replica VM (refuses to start until failover).
     pub replica: bool,
+    /// A replica's authorization entry: (`AllowedPrimaryHostSystem`,
+    /// `TrustGroup`, `ReplicaStorageLocation`).
+    pub replica_entry: Option<(String, String, String)>,
     /// Disks in the host's order: (`scsi` or `ide`, controller index,
     /// location, the host's path of the file, virtual size).
     pub disks: Vec<(String, u32, u32, String, u64)>,
@@ -270,6 +273,9 @@ impl Simulator {
                 rct_max_processed: cfg.rct_max_processed,
             },
             job_failures: Vec::new(),
+            // A host prepared to hold replicas (Hyper-V's default is off:
+            // `Set-VMReplicationServer -ReplicationEnabled $true`).
+            recovery_server: true,
         };
         if cfg.demo {
             demo::populate(&mut host, cfg.demo_os_mib)?;
@@ -408,6 +414,13 @@ impl Simulator {
         self.host().job_failures.push((method.to_owned(), MethodError { code, text: description.to_owned() }));
     }
 
+    /// Turns the host's Replica server role on or off
+    /// (`Msvm_ReplicationServiceSettingData.RecoveryServerEnabled`; on when
+    /// the simulator starts): off, `SetAuthorizationEntry` is refused.
+    pub fn set_recovery_server(&self, on: bool) {
+        self.host().recovery_server = on;
+    }
+
     /// Every VM by name, as the model holds it.
     pub fn vm_summaries(&self) -> Vec<VmSummary> {
         let h = self.host();
@@ -421,7 +434,11 @@ impl Simulator {
                 vcpus: v.vcpus,
                 memory_mb: v.memory_mb,
                 running: v.running,
-                replica: v.replica,
+                replica: v.replica.is_some(),
+                replica_entry: v
+                    .replica
+                    .as_ref()
+                    .map(|r| (r.allowed_primary.clone(), r.trust_group.clone(), r.storage.clone())),
                 disks: v
                     .disks
                     .iter()

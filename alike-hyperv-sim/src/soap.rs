@@ -613,13 +613,32 @@ fn invoke(host: &Mutex<Host>, req: &Req<'_>) -> Result<(String, String), Fault> 
             let t = arg_epr(input, "AffectedSystem")?;
             done(h.destroy_system(&t).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
         }
-        ("Msvm_ReplicationService", "AlikeMarkReplica") => {
+        ("Msvm_ReplicationService", "SetAuthorizationEntry") => {
             let t = arg_epr(input, "ComputerSystem")?;
-            done(h.set_replica(&t, true).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+            let r = h.set_authorization_entry(&t, &arg_text(input, "AuthorizationEntry"));
+            done(r.map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+        }
+        ("Msvm_ReplicationService", "RemoveReplicationRelationship") => {
+            let t = arg_epr(input, "ComputerSystem")?;
+            done(h.remove_replication_relationship(&t).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
         }
         ("Msvm_ReplicationService", "InitiateFailover") => {
             let t = arg_epr(input, "ComputerSystem")?;
-            done(h.set_replica(&t, false).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+            done(
+                h.needs_recovery_point(&t, "InitiateFailover").map(|job| vec![("Job", Out::Ref(job))]),
+                rc::JOB_STARTED,
+            )
+        }
+        ("Msvm_ReplicationService", m @ ("CommitFailover" | "RevertFailover" | "ReverseReplicationRelationship")) => {
+            let t = arg_epr(input, "ComputerSystem")?;
+            done(h.needs_failover(&t, m).map(|job| vec![("Job", Out::Ref(job))]), rc::JOB_STARTED)
+        }
+        ("Msvm_ReplicationService", "TestReplicaSystem") => {
+            let t = arg_epr(input, "ComputerSystem")?;
+            done(
+                h.needs_recovery_point(&t, "TestReplicaSystem").map(|job| vec![("Job", Out::Ref(job))]),
+                rc::JOB_STARTED,
+            )
         }
         ("Msvm_ComputerSystem", "RequestStateChange") => {
             let state = arg_u64(input, "RequestedState")?;

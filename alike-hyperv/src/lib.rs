@@ -26,3 +26,4 @@ pub use adapter::{HostOptions, HvDiskConfig, HvNicConfig, HvVmConfig, HyperVBack
 pub use alike_formats::vhdx;
 pub use alike_formats::vhdx::VhdxError;
 pub use error::{Error, NtlmError, Result};
+pub use replica::ReplicaAuthorization;

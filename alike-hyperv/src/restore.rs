@@ -261,6 +261,28 @@ pub struct HyperVRestore<'a> {
     made: Arc<Mutex<(Vec<String>, Vec<String>)>>,
     created: CreatedVm,
     done: bool,
+    /// A test VM: no NICs; each disk a differencing AVHDX over the copy written.
+    test: bool,
+}
+
+/// The differencing file a test VM writes over the copy of a point at
+/// `base` (`…\web-01-os.vhdx` → `…\web-01-os-test.avhdx`).
+#[must_use]
+pub fn test_disk_path(base: &str) -> String {
+    let stem = if base.len() >= 5 && base[base.len() - 5..].eq_ignore_ascii_case(".vhdx") {
+        &base[..base.len() - 5]
+    } else {
+        base
+    };
+    format!("{stem}-test.avhdx")
+}
+
+/// The copy of the point under the test VM's differencing file `diff`;
+/// `None` when `diff` is not named as [`test_disk_path`] names one.
+#[must_use]
+pub fn test_disk_base(diff: &str) -> Option<String> {
+    let n = diff.len();
+    (n > 11 && diff[n - 11..].eq_ignore_ascii_case("-test.avhdx")).then(|| format!("{}.vhdx", &diff[..n - 11]))
 }
 
 impl std::fmt::Debug for HyperVRestore<'_> {
@@ -280,10 +302,29 @@ pub(crate) fn begin<'a>(
     disks: &[PlannedDisk],
     placement: &Placement,
 ) -> Result<HyperVRestore<'a>> {
+    begin_with(host, config, disks, placement, false)
+}
+
+/// [`begin`], or with `test` a test VM: no NICs (unless `placement` names
+/// a switch for them), each disk written as a
+/// copy of the point with a differencing AVHDX over it ([`test_disk_path`])
+/// that the VM writes.
+pub(crate) fn begin_with<'a>(
+    host: &'a HyperVHost,
+    config: &VmInfo,
+    disks: &[PlannedDisk],
+    placement: &Placement,
+    test: bool,
+) -> Result<HyperVRestore<'a>> {
     let c = host.client();
     let switches = c.query("SELECT * FROM Msvm_VirtualEthernetSwitch")?;
     let names: Vec<String> = switches.iter().filter_map(|s| s.text("ElementName").map(str::to_owned)).collect();
-    let plan = plan(config, disks, placement, &names)?;
+    let mut plan = plan(config, disks, placement, &names)?;
+    // A test VM gets no NICs, or with a switch named NICs on that (isolated) switch.
+    if test && placement.network.is_none() && !plan.nics.is_empty() {
+        plan.nics.clear();
+        plan.warnings.push("a test VM: no network adapters".into());
+    }
     let host_name = c
         .query("SELECT * FROM Msvm_ComputerSystem")?
         .into_iter()
@@ -295,10 +336,16 @@ pub(crate) fn begin<'a>(
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not on a drive's administrative share", plan.folder)))?;
     let share = host.share(&share_name)?;
     for d in &plan.disks {
-        if let Some((_, p)) = share_path(&d.path)
-            && share.exists(&p)
-        {
-            return Err(Error::InvalidArgument(format!("{} exists on the host: not overwritten", d.path)));
+        let mut files = vec![d.path.clone()];
+        if test {
+            files.push(test_disk_path(&d.path));
+        }
+        for f in files {
+            if let Some((_, p)) = share_path(&f)
+                && share.exists(&p)
+            {
+                return Err(Error::InvalidArgument(format!("{f} exists on the host: not overwritten")));
+            }
         }
     }
     let made = share.create_dirs(&folder)?;
@@ -360,6 +407,7 @@ pub(crate) fn begin<'a>(
         created: CreatedVm::new(vm_id.clone(), String::new(), plan.name.clone()),
         plan,
         done: false,
+        test,
     };
     r.created.vm_ref = wmi_path(&r.host_name, &r.vm_epr);
     r.created.disks = r.plan.disks.iter().map(|d| d.position).collect();
@@ -518,7 +566,11 @@ impl HyperVRestore<'_> {
                 .prop("ResourceType", "uint16", "31")
                 .prop("ResourceSubType", "string", "Microsoft:Hyper-V:Virtual Hard Disk")
                 .prop("Parent", "string", &wmi_path(&self.host_name, &drive_epr))
-                .prop_array("HostResource", "string", std::slice::from_ref(&d.path));
+                .prop_array(
+                    "HostResource",
+                    "string",
+                    &[if self.test { test_disk_path(&d.path) } else { d.path.clone() }],
+                );
             self.add(&svc, vec![image])?;
         }
         Ok(())
@@ -552,6 +604,8 @@ struct Staged {
     remote: String,
     label: String,
     made: Arc<Mutex<(Vec<String>, Vec<String>)>>,
+    /// A test disk's differencing file: its path on the share, and staged.
+    diff: Option<(String, PathBuf)>,
 }
 
 impl DiskTarget for Staged {
@@ -571,6 +625,15 @@ impl DiskTarget for Staged {
         self.target.finish(size)?;
         self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.push(self.remote.clone());
         let r = self.share.upload(&self.local, &self.remote);
+        if let (Ok(_), Some((remote, local))) = (&r, &self.diff) {
+            let disk = |e| alike_core::Error::seam(Error::Disk { disk: self.label.clone(), source: e });
+            let t = VhdxTarget::create_differencing(local, &self.local).map_err(disk)?;
+            t.complete(size).map_err(disk)?;
+            self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1.push(remote.clone());
+            let r2 = self.share.upload(local, remote);
+            let _ = std::fs::remove_file(local);
+            r2.map_err(alike_core::Error::seam)?;
+        }
         let _ = std::fs::remove_file(&self.local);
         r.map(|_| ()).map_err(alike_core::Error::seam)
     }
@@ -580,6 +643,12 @@ impl Drop for Staged {
     fn drop(&mut self) {
         // Finished or not, the staged copy goes (an unfinished one was never renamed into place).
         let _ = std::fs::remove_file(&self.local);
+        if let Some((_, local)) = &self.diff {
+            let _ = std::fs::remove_file(local);
+            if let Some(dir) = local.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
@@ -596,11 +665,30 @@ impl RestoreSession for HyperVRestore<'_> {
         let (_, remote) = share_path(&d.path)
             .ok_or_else(|| alike_core::Error::seam(Error::InvalidArgument(format!("{} is not on a drive", d.path))))?;
         let dir = self.host.options().staging_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let local = dir.join(format!(
-            "alike-hyperv-{}-{}-{position}.vhdx",
+        let tag = format!(
+            "alike-hyperv-{}-{}-{position}",
             std::process::id(),
             self.created.vm_uuid.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
-        ));
+        );
+        // A test disk's differencing file names its parent by relative
+        // path: both are staged under the names they get on the host.
+        let (local, diff) = if self.test {
+            let sub = dir.join(&tag);
+            std::fs::create_dir_all(&sub).map_err(|e| {
+                alike_core::Error::seam(Error::Disk {
+                    disk: d.path.clone(),
+                    source: crate::vhdx::VhdxError::Io { file: sub.clone(), what: "creating", offset: 0, source: e },
+                })
+            })?;
+            let name = |p: &str| p.rsplit(['\\', '/']).next().unwrap_or(p).to_owned();
+            let diff_path = test_disk_path(&d.path);
+            let (_, diff_remote) = share_path(&diff_path).ok_or_else(|| {
+                alike_core::Error::seam(Error::InvalidArgument(format!("{diff_path} is not on a drive")))
+            })?;
+            (sub.join(name(&d.path)), Some((diff_remote, sub.join(name(&diff_path)))))
+        } else {
+            (dir.join(format!("{tag}.vhdx")), None)
+        };
         // Hyper-V's own block size for dynamic disks; 512-byte logical sectors.
         let target = VhdxTarget::create(&local, d.size, &CreateOptions::default())
             .map_err(|e| alike_core::Error::seam(Error::Disk { disk: d.path.clone(), source: e }))?;
@@ -614,6 +702,7 @@ impl RestoreSession for HyperVRestore<'_> {
                 remote,
                 label: format!("{} disk {position} ({})", self.plan.name, d.path),
                 made: Arc::clone(&self.made),
+                diff,
             }),
         })
     }

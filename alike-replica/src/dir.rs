@@ -62,6 +62,12 @@ const KEY: &str = "key";
 const LOCK: &str = "lock";
 /// Present once the replica was failed over: names the VM (`ReplicaDir::set_failed_over`).
 const FAILED_OVER: &str = "failed-over";
+/// The VM's recorded configuration (`docs/replica-dir.md` §1).
+const VM_CONFIG: &str = "vm-config.json";
+/// What a failover recorded for its failback (opaque to this crate).
+const FAILOVER_BASE: &str = "failover-base.json";
+/// Largest `vm-config.json` or `failover-base.json` read.
+const VM_CONFIG_MAX: u64 = 1 << 20;
 /// The resume journal of a first run (`crate::journal`).
 const JOURNAL: &str = "resume.journal";
 /// Magic of the key file: `0x89 'A' 'L' 'K' 'R' 'K' '\r' '\n'` (do not edit).
@@ -313,6 +319,92 @@ impl ReplicaDir {
             Ok(s) => Ok(Some(s.trim().to_owned())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ReplicaError::Io { file: path, what: "reading", source: e }),
+        }
+    }
+
+    /// The VM's configuration as the last run that knew it recorded it
+    /// ([`ReplicaDir::set_vm_config`]); `None` when none did.
+    ///
+    /// # Errors
+    /// The file cannot be read, is larger than 1 MiB, or is not a
+    /// configuration.
+    pub fn vm_config(&self) -> Result<Option<alike_core::VmInfo>> {
+        use std::io::Read as _;
+        let path = self.dir.join(VM_CONFIG);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ReplicaError::Io { file: path, what: "reading", source: e }),
+        };
+        let mut buf = Vec::new();
+        f.take(VM_CONFIG_MAX + 1).read_to_end(&mut buf).map_err(|e| ReplicaError::Io {
+            file: path.clone(),
+            what: "reading",
+            source: e,
+        })?;
+        if buf.len() as u64 > VM_CONFIG_MAX {
+            return Err(ReplicaError::Malformed { file: path, reason: format!("larger than {VM_CONFIG_MAX} bytes") });
+        }
+        serde_json::from_slice(&buf)
+            .map(Some)
+            .map_err(|e| ReplicaError::Malformed { file: path, reason: format!("not a VM configuration: {e}") })
+    }
+
+    /// Records the VM's configuration (what a version records: a Xen or
+    /// Hyper-V source's), so that the replica can be registered as a VM
+    /// without a store. Write-then-rename; takes the writer's lock.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Busy`] while a run holds the lock; a file failure.
+    pub fn set_vm_config(&self, config: &alike_core::VmInfo) -> Result<()> {
+        let _lock = self.lock()?;
+        let bytes = serde_json::to_vec_pretty(config).map_err(|e| ReplicaError::Malformed {
+            file: self.dir.join(VM_CONFIG),
+            reason: format!("the configuration does not serialise: {e}"),
+        })?;
+        write_atomic(&self.dir, VM_CONFIG, &bytes, 0o644)
+    }
+
+    /// What the failover recorded for a failback ([`ReplicaDir::set_failover_base`]).
+    ///
+    /// # Errors
+    /// The file cannot be read or is larger than 1 MiB.
+    pub fn failover_base(&self) -> Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let path = self.dir.join(FAILOVER_BASE);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ReplicaError::Io { file: path, what: "reading", source: e }),
+        };
+        let mut buf = Vec::new();
+        f.take(VM_CONFIG_MAX + 1).read_to_end(&mut buf).map_err(|e| ReplicaError::Io {
+            file: path.clone(),
+            what: "reading",
+            source: e,
+        })?;
+        if buf.len() as u64 > VM_CONFIG_MAX {
+            return Err(ReplicaError::Malformed { file: path, reason: format!("larger than {VM_CONFIG_MAX} bytes") });
+        }
+        Ok(Some(buf))
+    }
+
+    /// Records (`Some`) or forgets (`None`) what a failover keeps for its
+    /// failback: the failed-over VM's change-tracking tokens at the point
+    /// (the caller's format). Write-then-rename; takes the writer's lock.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Busy`] while a run holds the lock; a file failure.
+    pub fn set_failover_base(&self, base: Option<&[u8]>) -> Result<()> {
+        let _lock = self.lock()?;
+        match base {
+            Some(b) => write_atomic(&self.dir, FAILOVER_BASE, b, 0o644),
+            None => match std::fs::remove_file(self.dir.join(FAILOVER_BASE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ReplicaError::Io { file: self.dir.join(FAILOVER_BASE), what: "removing", source: e })
+                }
+                _ => sync_dir(&self.dir),
+            },
         }
     }
 

@@ -100,8 +100,6 @@ pub use options::{
 };
 pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 // Replication.
-#[cfg(feature = "hyperv")]
-pub use replicate::HyperVReplicaReport;
 pub use replicate::{
     DEFAULT_PORT, DiskProgress, EndOptions, EndReport, Flow, JOB_VERSION, JobLink, JobPassword, JobReplica, JobRole,
     JobSecret, JobSeed, JobSource, JobStore, MAX_JOB_BYTES, MAX_KEEP, Replica, ReplicaExportOptions,
@@ -112,6 +110,8 @@ pub use replicate::{
 pub use replicate::{
     FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm, replicate_xen,
 };
+#[cfg(feature = "hyperv")]
+pub use replicate::{HyperVFailbackReport, HyperVReplicaReport, HyperVTestReport};
 pub use store::{
     BackupReport, DamagedPack, DiskInfo, HeldLock, RebuildReport, RestoreReport, Store, StoreBuilder, StoreStats,
     VaultCopy, VaultReport, Version,

@@ -353,6 +353,8 @@ fn a_replica_folder_registers_as_a_replica_vm_and_fails_over() {
     assert_eq!(r.vm_id, now.id);
     assert!(now.replica && !now.running);
     assert!(env.host.is_replica(&now.id).unwrap());
+    // Made a replica by Hyper-V Replica's own SetAuthorizationEntry.
+    assert_eq!(now.replica_entry, Some(("*".into(), "alike".into(), "C:\\Replicas".into())));
     assert_eq!(
         (now.generation, now.secure_boot, now.vcpus, now.memory_mb),
         (before.generation, before.secure_boot, before.vcpus, before.memory_mb)
@@ -390,4 +392,161 @@ fn a_replica_folder_registers_as_a_replica_vm_and_fails_over() {
     assert!(summary(&env.sim, "web-01 (replica 2)").replica);
     assert_eq!(replica.failed_over().unwrap(), None);
     env.store.replicate_version(&v2, &replica, &ro).unwrap();
+
+    // A host that is no Replica server: refused, and nothing is left (no
+    // ordinary VM anyone could start, no files).
+    env.sim.set_recovery_server(false);
+    let place3 = alike::Placement::on("C:\\Replicas").name("web-01 (replica 3)");
+    let e = replica.register_hyperv(&env.host, v1.config(), &place3, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not a Replica server"), "{e}");
+    assert!(env.sim.vm_summaries().iter().all(|v| v.name != "web-01 (replica 3)"));
+    let left = env.dir.path().join("sim/C/Replicas/web-01 (replica 3)");
+    let files: Vec<_> = std::fs::read_dir(&left).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(files.is_empty(), "{files:?}");
+}
+
+/// The folder records the configuration of the version a run replicated;
+/// a test failover from an older point is a VM with no NICs over
+/// differencing files on copies of the point, runs go on beside it, and
+/// ending it removes only the test VM and its files.
+#[test]
+fn a_test_failover_from_a_chosen_point_beside_the_replica() {
+    let Some(env) = Env::new() else { return };
+    let v1 = env.backup().backup.version;
+    env.sim.guest_write(&env.vm, 0, 7 * KIB64 + 11, b"point two").unwrap();
+    let v2 = env.backup().backup.version;
+    let rdir = env.dir.path().join("replica");
+    let replica = alike::Replica::open_or_create(&rdir, "web-01").unwrap();
+    let ro = alike::ReplicateOptions::default();
+    assert_eq!(replica.vm_config().unwrap(), None);
+    env.store.replicate_version(&v1, &replica, &ro).unwrap();
+    env.store.replicate_version(&v2, &replica, &ro).unwrap();
+    let cfg = replica.vm_config().unwrap().expect("recorded by the run");
+    assert_eq!(&cfg, v2.config());
+    let points = replica.points().unwrap();
+    let want1: Vec<Vec<u8>> = (0..2).map(|d| env.restored(&v1, d)).collect();
+    let (p1, p2) = (points[0].point, points[1].point);
+
+    let reg = replica
+        .register_hyperv(
+            &env.host,
+            &cfg,
+            &alike::Placement::on("C:\\Replicas").name("web-01 (replica)"),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    let orig = summary(&env.sim, "web-01");
+    let t = replica
+        .test_hyperv(&env.host, &cfg, Some(p1), &alike::Placement::on("C:\\Tests"), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!((t.name.as_str(), t.point), ("web-01 - Test", p1));
+    assert!(t.warnings.iter().any(|w| w.contains("no network adapters")), "{:?}", t.warnings);
+    let test = summary(&env.sim, "web-01 - Test");
+    assert!(test.nics.is_empty() && !test.replica, "{test:?}");
+    assert_eq!(test.disks.len(), 2);
+    assert_eq!(t.files.len(), 4);
+    for (i, d) in test.disks.iter().enumerate() {
+        assert!(d.3.ends_with("-test.avhdx"), "{}", d.3);
+        assert!(env.sim.read_disk(&test.id, i, 0, d.4 as usize).unwrap() == want1[i], "disk {i}");
+    }
+    // It starts and writes into its differencing files only.
+    env.host.set_running(&test.id, true).unwrap();
+    env.sim.guest_write(&test.id, 0, 0, b"test write").unwrap();
+    assert_eq!(env.sim.read_disk(&test.id, 0, 0, 10).unwrap(), b"test write");
+    let copy = env.dir.path().join("sim/C/Tests/web-01 - Test").join(test.disks[0].3.rsplit('\\').next().unwrap());
+    let copy = copy.to_str().unwrap().replace("-test.avhdx", ".vhdx");
+    let src = alike_hyperv::vhdx::VhdxSource::open(&copy).unwrap();
+    let mut got = vec![0u8; orig.disks[0].4 as usize];
+    src.read_exact_at(0, &mut got).unwrap();
+    assert!(got == want1[0], "the copy of the point is unchanged");
+    // Replication goes on beside it; the replica VM is untouched.
+    env.store.replicate_version(&v2, &replica, &ro).unwrap();
+    assert!(replica.points().unwrap().iter().any(|p| p.point == p2));
+    assert!(summary(&env.sim, "web-01 (replica)").replica);
+
+    // Ending refuses a VM that is no test VM, then removes the test VM and its four files only.
+    let e = alike::Replica::end_test_hyperv(&env.host, &reg.vm_id).unwrap_err();
+    assert!(e.to_string().contains("no test VM"), "{e}");
+    let gone = alike::Replica::end_test_hyperv(&env.host, &test.id).unwrap();
+    assert_eq!(gone.len(), 4);
+    assert!(env.sim.vm_summaries().iter().all(|v| v.name != "web-01 - Test"));
+    let left: Vec<_> = std::fs::read_dir(env.dir.path().join("sim/C/Tests/web-01 - Test")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    let replica_vm = summary(&env.sim, "web-01 (replica)");
+    for (i, d) in replica_vm.disks.iter().enumerate() {
+        assert!(env.sim.read_disk(&replica_vm.id, i, 0, d.4 as usize).unwrap() == env.restored(&v2, i as u32));
+    }
+
+    // On an isolated switch instead: the NICs are there, on it, with new MACs.
+    let t2 = replica
+        .test_hyperv(
+            &env.host,
+            &cfg,
+            None,
+            &alike::Placement::on("C:\\Tests").network("LAN"),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(t2.point, replica.points().unwrap().last().unwrap().point, "the newest point");
+    let test2 = summary(&env.sim, "web-01 - Test");
+    assert_eq!(test2.nics.len(), orig.nics.len());
+    for (n, o) in test2.nics.iter().zip(&orig.nics) {
+        assert_eq!(n.1.as_deref(), Some("LAN"));
+        assert_ne!(n.0, o.0, "a new MAC");
+    }
+    alike::Replica::end_test_hyperv(&env.host, &t2.vm_id).unwrap();
+}
+
+/// Failback from Hyper-V onto the original source files: only the ranges
+/// the failed-over VM changed are read, only bytes that differ are written,
+/// the originals then equal the VM's disks, and the roles swap.
+#[test]
+fn a_failback_sends_back_only_what_changed() {
+    let Some(env) = Env::new() else { return };
+    let v1 = env.backup().backup.version;
+    let origs: Vec<std::path::PathBuf> = (0..2)
+        .map(|d| {
+            let p = env.dir.path().join(format!("orig{d}.img"));
+            std::fs::write(&p, env.restored(&v1, d)).unwrap();
+            p
+        })
+        .collect();
+    let replica = alike::Replica::open_or_create(env.dir.path().join("replica"), "web-01").unwrap();
+    let ro = alike::ReplicateOptions::default();
+    alike::replicate_images("web-01", &origs, &replica, &ro).unwrap();
+    assert_eq!(replica.vm_config().unwrap(), None, "plain images record no configuration");
+    let place = alike::Placement::on("C:\\Replicas").name("web-01 (replica)");
+    let reg = replica.register_hyperv(&env.host, v1.config(), &place, &RestoreOptions::default()).unwrap();
+    let id = reg.vm_id.clone();
+    let e = replica.failback_hyperv(&env.host, &id, &origs, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not failed over"), "{e}");
+    replica.fail_over_hyperv(&env.host, &id).unwrap();
+
+    // The failed-over VM runs: one real change on disk 0, and on disk 1 a
+    // write of the bytes already there (changed for RCT, equal in content).
+    env.host.set_running(&id, true).unwrap();
+    env.sim.guest_write(&id, 0, 5 * KIB64 + 3, b"written after the failover").unwrap();
+    let same = std::fs::read(&origs[1]).unwrap()[(40 * KIB64) as usize..(40 * KIB64) as usize + 100].to_vec();
+    env.sim.guest_write(&id, 1, 40 * KIB64, &same).unwrap();
+    let e = replica.failback_hyperv(&env.host, &id, &origs, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("turn the VM off"), "{e}");
+    env.host.set_running(&id, false).unwrap();
+
+    let r = replica.failback_hyperv(&env.host, &id, &origs, &RestoreOptions::default()).unwrap();
+    assert!(!r.whole_disks, "{:?}", r.warnings);
+    assert_eq!(r.changed_bytes, 2 * KIB64, "one 64 KiB block per disk");
+    assert_eq!(r.read_bytes, r.changed_bytes, "only the changed ranges are read");
+    assert_eq!(r.sent_bytes, 4096, "only the 4 KiB piece that differs is written");
+    let now = summary(&env.sim, "web-01 (replica)");
+    for (d, o) in origs.iter().enumerate() {
+        let got = std::fs::read(o).unwrap();
+        assert!(got == env.sim.read_disk(&id, d, 0, now.disks[d].4 as usize).unwrap(), "disk {d}");
+    }
+    // Roles swapped: the VM is a replica again (refused a start), the folder takes runs from the originals.
+    assert!(env.host.is_replica(&id).unwrap());
+    let e = env.host.set_running(&id, true).unwrap_err();
+    assert!(e.to_string().contains("32775"), "{e}");
+    assert_eq!(replica.failed_over().unwrap(), None);
+    let again = alike::replicate_images("web-01", &origs, &replica, &ro).unwrap();
+    assert!(again.sent_bytes < 2 * KIB64, "{}", again.sent_bytes);
 }

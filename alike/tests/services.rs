@@ -562,6 +562,10 @@ fn replication_jobs_make_replica_points_with_figures_in_the_history() {
     let points: Vec<u64> = replica.points().unwrap().iter().map(|p| p.point).collect();
     assert_eq!(points, [2]);
     assert_eq!(replica.history().unwrap().len(), 2);
+    // The Xen VM's configuration is recorded in the folder (a replica VM is registered from it).
+    let cfg = replica.vm_config().unwrap().expect("recorded by the run");
+    assert_eq!((cfg.name.as_str(), cfg.hypervisor.as_str()), ("web-01", "xen"));
+    assert!(cfg.vcpus.is_some() && !cfg.nics.is_empty(), "{cfg:?}");
 }
 
 #[test]

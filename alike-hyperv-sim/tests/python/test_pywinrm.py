@@ -486,3 +486,47 @@ def test_https_with_basic_and_ntlm() -> None:
         p.wait(timeout=20)
         shutil.rmtree(state, ignore_errors=True)
 
+
+
+def test_a_replica_by_authorization_entry(proto: winrm.Protocol) -> None:
+    """Hyper-V Replica on the replica side, sent by pywinrm: SetAuthorizationEntry makes a VM a replica
+    that refuses to start and to fail over (no recovery point); RemoveReplicationRelationship frees it."""
+    vmms = service(proto, "Msvm_VirtualSystemManagementService")
+    rsvc = service(proto, "Msvm_ReplicationService")
+    R = "Msvm_ReplicationService"
+
+    def call(cls: str, method: str, sel: dict[str, str], args: dict) -> str:
+        out = invoke(proto, cls, method, sel, args)
+        rv = out.findtext(f"{{{V2}{cls}}}ReturnValue") or ""
+        if rv == "4096":
+            job = wait_job(proto, out.find(f"{{{V2}{cls}}}Job"))
+            assert prop(job, "JobState") == "7", prop(job, "ErrorDescription")
+        return rv
+
+    (settings,) = enumerate_all(proto, "SELECT * FROM Msvm_ReplicationServiceSettingData")
+    assert prop(settings, "RecoveryServerEnabled") == "true"
+    vssd = '<INSTANCE CLASSNAME="Msvm_VirtualSystemSettingData"><PROPERTY NAME="ElementName" TYPE="string"><VALUE>py-replica</VALUE></PROPERTY></INSTANCE>'
+    out = invoke(proto, "Msvm_VirtualSystemManagementService", "DefineSystem", vmms, {"p:SystemSettings": vssd})
+    wait_job(proto, out.find(f"{{{V2}Msvm_VirtualSystemManagementService}}Job"))
+    _, vm = epr_keys(out.find(f"{{{V2}Msvm_VirtualSystemManagementService}}ResultingSystem"))
+    cs = {"p:ComputerSystem": epr_body("Msvm_ComputerSystem", vm)}
+
+    def entry(**p: str) -> str:
+        body = "".join(f'<PROPERTY NAME="{k}" TYPE="string"><VALUE>{v}</VALUE></PROPERTY>' for k, v in p.items())
+        return f'<INSTANCE CLASSNAME="Msvm_ReplicationAuthorizationSettingData">{body}</INSTANCE>'
+
+    assert call(R, "SetAuthorizationEntry", rsvc, {**cs, "p:AuthorizationEntry": entry(TrustGroup="g")}) == "32773", "no AllowedPrimaryHostSystem"
+    assert call(R, "SetAuthorizationEntry", rsvc, {**cs, "p:AuthorizationEntry": entry(AllowedPrimaryHostSystem="*", TrustGroup="g", ReplicaStorageLocation="C:\\R")}) == "4096"
+    (cs_inst,) = enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem WHERE ElementName='py-replica'")
+    assert (prop(cs_inst, "ReplicationMode"), prop(cs_inst, "ReplicationState")) == ("2", "1")
+    assert call("Msvm_ComputerSystem", "RequestStateChange", vm, {"p:RequestedState": "2"}) == "32775", "a replica does not start"
+    assert call(R, "InitiateFailover", rsvc, cs) == "32775", "no recovery point to fail over to"
+    for m in ("CommitFailover", "RevertFailover", "ReverseReplicationRelationship"):
+        assert call(R, m, rsvc, cs) == "32775", f"{m}: no failover in progress"
+    assert call(R, "RemoveReplicationRelationship", rsvc, cs) == "4096"
+    (cs_inst,) = enumerate_all(proto, "SELECT * FROM Msvm_ComputerSystem WHERE ElementName='py-replica'")
+    assert prop(cs_inst, "ReplicationMode") == "0"
+    assert call(R, "RemoveReplicationRelationship", rsvc, cs) == "32775", "no relationship left"
+    assert call("Msvm_ComputerSystem", "RequestStateChange", vm, {"p:RequestedState": "2"}) == "4096"
+    assert call("Msvm_ComputerSystem", "RequestStateChange", vm, {"p:RequestedState": "3"}) == "4096"
+    assert call("Msvm_VirtualSystemManagementService", "DestroySystem", vmms, {"p:AffectedSystem": epr_body("Msvm_ComputerSystem", vm)}) == "4096"

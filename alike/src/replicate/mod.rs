@@ -40,7 +40,7 @@ use crate::{BackupOptions, BackupReport, CancelToken, Error, Result, Store, Vers
 pub use end::{EndOptions, EndReport, JobLink, run_end, run_receiver, run_sender};
 pub use history::ReplicationRecord;
 #[cfg(feature = "hyperv")]
-pub use hyperv::HyperVReplicaReport;
+pub use hyperv::{HyperVFailbackReport, HyperVReplicaReport, HyperVTestReport};
 pub use job::{
     DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
     MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
@@ -220,6 +220,7 @@ pub struct ReplicateOptions<'a> {
     pub(crate) no_state: bool,
     pub(crate) seed: Option<(&'a Store, Version)>,
     pub(crate) backup_to: Option<(&'a Store, BackupOptions)>,
+    pub(crate) vm_config: Option<VmInfo>,
 }
 
 impl std::fmt::Debug for ReplicateOptions<'_> {
@@ -284,6 +285,16 @@ impl<'a> ReplicateOptions<'a> {
     /// fed from that version.
     pub fn backup_to(mut self, store: &'a Store, opts: BackupOptions) -> Self {
         self.backup_to = Some((store, opts));
+        self
+    }
+
+    /// The VM's configuration, recorded in the replica folder by a
+    /// committed run (`vm-config.json`) so that
+    /// [`Replica::register_hyperv`] needs no store. Without it, a run
+    /// records a seeding version's configuration; [`Store::replicate_version`]
+    /// records the version's. A plain image's (`hypervisor` `raw`) is never recorded.
+    pub fn vm_config(mut self, config: &VmInfo) -> Self {
+        self.vm_config = Some(config.clone());
         self
     }
 
@@ -449,6 +460,14 @@ fn replicate_inner(
     let mut link = LinkOptions::default();
     link.bwlimit = opts.bwlimit;
     let r = alike_replicate::replicate_local(sources, &so, replica.target(), &ro, &seeds, &link)?;
+    let config = opts.vm_config.as_ref().or_else(|| opts.seed.as_ref().map(|(_, v)| v.config()));
+    if let Some(c) = config.filter(|c| c.hypervisor != "raw") {
+        // The point is committed; a configuration that cannot be written
+        // only costs `--config-version` at registration.
+        if let Err(e) = replica.dir.set_vm_config(c) {
+            tracing::warn!(error = %e, "recording the VM's configuration in the replica folder");
+        }
+    }
     let (read_bytes, store_read_bytes) = match &backup {
         Some((_, b)) => (b.read_bytes, r.sender.read_bytes),
         None => (r.sender.read_bytes, 0),
@@ -504,7 +523,12 @@ impl Store {
         let lookup = self.manifest_lookup();
         let sources = self.version_sources(version, &lookup)?;
         let refs: Vec<&dyn DiskSource> = sources.iter().map(|s| s as &dyn DiskSource).collect();
-        replicate(&version.vm, &refs, replica, opts)
+        if opts.vm_config.is_some() {
+            return replicate(&version.vm, &refs, replica, opts);
+        }
+        let mut o = opts.clone();
+        o.vm_config = Some(version.config().clone());
+        replicate(&version.vm, &refs, replica, &o)
     }
 }
 

@@ -430,6 +430,7 @@ impl EngineRunner {
                 let ev_vm = vm.clone();
                 let mut o = crate::ReplicateOptions::default()
                     .cancel_token(ctx.cancel_token().clone())
+                    .vm_config(session.vm())
                     .progress(move |p| events.progress(&ev_vm, 0, p.phase.name(), p.bytes_done, p.bytes_total));
                 if let Some(k) = keep {
                     o = o.keep(usize::try_from(k).unwrap_or(usize::MAX));
