@@ -486,8 +486,8 @@ fn kill_first_run(
         .env("ALIKE_XEN_RESUME_NAME", replica.name())
         .env("ALIKE_XEN_RESUME_STATE", state)
         .env("ALIKE_XEN_RESUME_VDIS", vdis)
-        // About 40 s for the whole first run: no attempt here completes it.
-        .env("ALIKE_XEN_RESUME_BWLIMIT", "65536")
+        // Minutes for the whole first run: no attempt here completes it.
+        .env("ALIKE_XEN_RESUME_BWLIMIT", "262144")
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -517,6 +517,16 @@ fn a_first_run_cut_short_resumes_without_resending_and_abandon_discards_it() {
     let replicas = state.path().join("replicas");
     let src = pool(&a);
     let dst = Arc::new(pool(&b));
+    // 32 MiB of random data, so that no attempt at 256 KiB/s (even after
+    // forty resumed ones, as in a soak) completes the first run. Data
+    // travels in frames of up to 1 MiB, 4 s each on this link: the waits
+    // below reach past one.
+    let root = a.lookup(Class::Vdi, "web-01 root").unwrap();
+    let mut piece = vec![0u8; 1 << 20];
+    for i in 0..32u64 {
+        alike_core::random_bytes(&mut piece).unwrap();
+        a.guest_write(&root, (8 + i) << 20, &piece).unwrap();
+    }
     // One snapshot of the source for every attempt (the children read its VDIs).
     let snap = src.begin_backup("web-01", &XenBackupOptions::default(), &[]).unwrap();
     let source: Vec<Vec<u8>> = snap.disks().iter().map(|d| read_all(*d)).collect();
@@ -538,7 +548,7 @@ fn a_first_run_cut_short_resumes_without_resending_and_abandon_discards_it() {
     let mut last = 0;
     for round in 0..rounds {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let wait = 200 + (rng >> 33) % 1300;
+        let wait = 200 + (rng >> 33) % 4800;
         let status = kill_first_run(&a, &b, &replica, &replicas, &vdis, wait, false);
         let held = journal_len(&replicas, &replica);
         eprintln!("round {round}: killed {wait} ms into the run ({status}); journal {held} bytes");
