@@ -188,10 +188,32 @@ pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
                 "--source-xen replicates onto --target-xen in this process: no --to-dir, DISKs or --listen/--connect"
             );
         }
-        if a.backup_to.is_some() || a.seed_from.is_some() || a.via.via.is_some() {
-            bail!("--backup-to, --seed-from and --via are not available for Xen replicas yet");
+        if a.via.via.is_some() {
+            bail!("--via is not available for Xen replicas yet");
         }
-        return crate::xen_replica::replicate(cli, &a.xen, &vm, a.chunking.as_deref(), a.keep, a.bwlimit, a.out.json);
+        if a.backup_to.is_some() && a.seed_from.is_some() {
+            bail!("--backup-to and --seed-from together: a one-pass run's version is in the store already");
+        }
+        let seed = match &a.seed_from {
+            Some(spec) => {
+                let (s, v) = split_seed(spec)?;
+                let store = open_store(cli, s)?;
+                let version = store.version(v, Some(&vm))?;
+                Some((store, version))
+            }
+            None => None,
+        };
+        let backup = a.backup_to.as_deref().map(|s| open_store(cli, s)).transpose()?;
+        let run = crate::xen_replica::XenRun {
+            vm: &vm,
+            chunking: a.chunking.as_deref(),
+            keep: a.keep,
+            bwlimit: a.bwlimit,
+            seed: seed.as_ref().map(|(s, v)| (s, v)),
+            backup_to: backup.as_ref(),
+            json: a.out.json,
+        };
+        return crate::xen_replica::replicate(cli, &a.xen, &run);
     }
     if a.listen.is_some() || a.connect.is_some() {
         let job = two_process_job(cli, a, &vm)?;

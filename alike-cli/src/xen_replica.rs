@@ -85,16 +85,22 @@ pub(crate) struct XenReplicateArgs {
     xen_insecure: bool,
 }
 
+/// What `alike replicate --source-xen …` was asked besides the pools.
+pub(crate) struct XenRun<'a> {
+    pub(crate) vm: &'a str,
+    pub(crate) chunking: Option<&'a str>,
+    pub(crate) keep: Option<usize>,
+    pub(crate) bwlimit: Option<u64>,
+    /// `--seed-from STORE:VERSION`, opened.
+    pub(crate) seed: Option<(&'a alike::Store, &'a alike::Version)>,
+    /// `--backup-to STORE`, opened.
+    pub(crate) backup_to: Option<&'a alike::Store>,
+    pub(crate) json: bool,
+}
+
 /// `alike replicate --source-xen …`.
-pub(crate) fn replicate(
-    cli: &Cli,
-    x: &XenReplicateArgs,
-    vm: &str,
-    chunking: Option<&str>,
-    keep: Option<usize>,
-    bwlimit: Option<u64>,
-    json: bool,
-) -> Result<()> {
+pub(crate) fn replicate(cli: &Cli, x: &XenReplicateArgs, run: &XenRun<'_>) -> Result<()> {
+    let XenRun { vm, chunking, keep, bwlimit, seed, backup_to, json } = *run;
     let (Some(src_url), Some(dst_url), Some(sr), Some(state)) = (&x.source_xen, &x.target_xen, &x.sr, &x.replica_state)
     else {
         bail!("--source-xen needs --target-xen, --sr and --replica-state");
@@ -133,6 +139,12 @@ pub(crate) fn replicate(
         if let Some(b) = bwlimit {
             o = o.bwlimit(b);
         }
+        if let Some((store, version)) = seed {
+            o = o.seed(store, version);
+        }
+        if let Some(store) = backup_to {
+            o = o.backup_to(store, alike::BackupOptions::default());
+        }
         alike::replicate_xen(&src, vm, Arc::clone(&dst), &ro, &o)
     })?;
     if json {
@@ -143,7 +155,7 @@ pub(crate) fn replicate(
     }
     println!("{}", r.point);
     eprintln!(
-        "replicated {} disk(s) of {vm} onto {:?} ({}) as point {}: read {}, sent {} ({} of chunks the replica lacked) in {:.2} s",
+        "replicated {} disk(s) of {vm} onto {:?} ({}) as point {}: read {}, sent {} ({} of chunks the replica lacked) in {:.2} s{}{}{}",
         r.disks.len(),
         replica.name(),
         replica.uuid(),
@@ -151,7 +163,18 @@ pub(crate) fn replicate(
         mib(r.read_bytes),
         mib(r.sent_bytes),
         mib(r.needed_bytes),
-        r.elapsed_seconds
+        r.elapsed_seconds,
+        if r.replica.seeded_bytes > 0 {
+            format!("; {} from the seed", mib(r.replica.seeded_bytes))
+        } else {
+            String::new()
+        },
+        if r.replica.resumed_bytes > 0 {
+            format!("; {} resumed from an earlier attempt", mib(r.replica.resumed_bytes))
+        } else {
+            String::new()
+        },
+        r.backup.as_ref().map(|b| format!("; stored version {}", b.version.id)).unwrap_or_default()
     );
     Ok(())
 }
@@ -224,6 +247,12 @@ pub(crate) enum XenReplicaCmd {
         no_start: bool,
         #[command(flatten)]
         out: JsonArg,
+    },
+    /// Discard what an unfinished first run kept to resume (its journal in the state folder);
+    /// the replica VM's disks go back to its base.
+    XenAbandon {
+        #[command(flatten)]
+        r: XenReplicaRef,
     },
     /// End a test failover: shut the copy down and destroy it with its disks.
     TestEnd {
@@ -306,6 +335,11 @@ pub(crate) fn replica(cli: &Cli, cmd: &XenReplicaCmd) -> Result<()> {
                 t.point,
                 if t.started { ", started" } else { "" }
             );
+            Ok(())
+        }
+        XenReplicaCmd::XenAbandon { r } => {
+            let done = r.open()?.discard_partial()?;
+            eprintln!("{}", if done { "discarded the unfinished first run" } else { "nothing to discard" });
             Ok(())
         }
         XenReplicaCmd::TestEnd { r, vm } => {

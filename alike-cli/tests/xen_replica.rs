@@ -108,3 +108,68 @@ fn replicate_test_fail_over_and_back_between_two_pools() {
     let r3 = rep(&[]);
     assert_eq!(r3["report"]["needed_bytes"], 0);
 }
+
+/// `--backup-to` and `--seed-from` with a Xen target, and `replica
+/// xen-abandon`: one-pass onto one DR pool (the VM read once, a version and a
+/// point), then a second DR pool's replica seeded from that version.
+#[test]
+fn one_pass_and_seeded_xen_replicas_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = Sim::start(&d.join("a"));
+    let b = Sim::start(&d.join("b"));
+    let c = Sim::start(&d.join("c"));
+    let store = d.join("store");
+    let store = store.to_str().unwrap();
+    let o = alike(d).env("ALIKE_PASSWORD", "pw").args(["--store", store, "init"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let state = d.join("replicas");
+    let st = state.to_str().unwrap();
+    let rep = |target: &str, extra: &[&str]| {
+        let mut args = vec![
+            "replicate",
+            "--vm",
+            "web-01",
+            "--source-xen",
+            &a.url,
+            "--target-xen",
+            target,
+            "--sr",
+            "Local storage",
+            "--network",
+            NET,
+            "--replica-state",
+            st,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        alike(d).env("ALIKE_PASSWORD", "pw").args(&args).output().unwrap()
+    };
+    let ok = |o: std::process::Output| -> Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let r1 = ok(rep(&b.url, &["--backup-to", store]));
+    assert_eq!(r1["point"], 1);
+    assert_eq!(r1["read_bytes"], 96u64 << 20, "{r1}");
+    let version = r1["report"]["backup"]["id"].as_str().unwrap().to_owned();
+    assert!(r1["report"]["store_read_bytes"].as_u64().unwrap() > 0);
+
+    let vms = json(d, &["xen", "--url", &a.url, "vms", "--json"]);
+    let web = vms.as_array().unwrap().iter().find(|v| v["name"] == "web-01").unwrap().clone();
+    a.guest_write(web["disks"][0]["vdi_uuid"].as_str().unwrap(), 7 << 20, &[0x5a; 4096]);
+    let seed = format!("{store}:{version}");
+    let both = rep(&c.url, &["--seed-from", &seed, "--backup-to", store]);
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--seed-from"));
+    let r2 = ok(rep(&c.url, &["--seed-from", &seed]));
+    assert_eq!(r2["point"], 1);
+    let seeded = r2["report"]["replica"]["seeded_bytes"].as_u64().unwrap();
+    let sent = r2["sent_bytes"].as_u64().unwrap();
+    assert!(seeded > 0 && sent < r1["sent_bytes"].as_u64().unwrap() / 4, "{r2}");
+    let o = alike(d)
+        .args(["replica", "xen-abandon", "--xen", &c.url, "--replica", "web-01 (replica)", "--replica-state", st])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to discard"));
+}

@@ -302,6 +302,28 @@ impl<'a> Run<'a> {
         self.journal = Some(journal);
     }
 
+    /// Makes this run resumable through the resume journal at `path` (the
+    /// format of `docs/replica-dir.md` §8), for targets whose own layer
+    /// cannot outlive an attempt: what an earlier attempt kept there is
+    /// offered as a place to copy from ([`CopyKind::Resume`], each chunk
+    /// re-hashed to its id before use), every extent that arrives is
+    /// appended, and the journal is deleted when the run commits. Call
+    /// before the first offer, for a replica's first point only. Returns the
+    /// bytes of extents the journal already held.
+    ///
+    /// # Errors
+    /// The journal cannot be opened, read or created.
+    pub fn resume_journal(&mut self, path: &std::path::Path) -> Result<u64> {
+        let (writer, held) = crate::journal::JournalWriter::open(path)?;
+        let mut bytes = 0;
+        if let Some((src, extents)) = held {
+            bytes = extents.iter().map(|e| e.len).sum();
+            self.add_copy_source(CopyKind::Resume, Box::new(src), &extents);
+        }
+        self.set_journal(writer);
+        Ok(bytes)
+    }
+
     /// The chunks of disk `disk` as the new point holds them so far, in
     /// order: what its digest is computed over.
     ///

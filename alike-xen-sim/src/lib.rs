@@ -203,6 +203,9 @@ pub(crate) struct Inner {
     pub(crate) tls: Arc<rustls::ServerConfig>,
     pub(crate) tmp_dir: PathBuf,
     pub(crate) booter: Option<boot::Booter>,
+    /// Bytes of VDI data served by NBD reads, for tests that prove how
+    /// often a disk was read.
+    pub(crate) nbd_read_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -292,6 +295,7 @@ impl Simulator {
             tls: tls.config.clone(),
             tmp_dir,
             booter,
+            nbd_read_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         let https = if cfg.tls { Some(tokio_rustls::TlsAcceptor::from(tls.config.clone())) } else { None };
         runtime.spawn(http::serve(api, Arc::clone(&inner), api::Ctx::default(), https.clone()));
@@ -356,6 +360,12 @@ impl Simulator {
     /// The call's XAPI failure as [`Error::Api`].
     pub fn call(&self, method: &str, params: Vec<Value>) -> Result<Value> {
         self.inner.call(method, params, &api::Ctx::default())
+    }
+
+    /// Bytes of VDI data this simulator has served through NBD reads since
+    /// it started (every client, every VDI).
+    pub fn nbd_read_bytes(&self) -> u64 {
+        self.inner.nbd_read_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Logs `root` in; returns the session ref.

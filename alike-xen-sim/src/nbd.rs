@@ -257,8 +257,8 @@ async fn transmission(io: Box<dyn Io>, reader: ChainReader, inner: Arc<Inner>) -
                     wr.lock().await.write_all(&simple_reply(EINVAL, req.handle)).await?;
                     continue;
                 }
-                let (wr, reader, sent, dead) =
-                    (Arc::clone(&wr), Arc::clone(&reader), Arc::clone(&sent), Arc::clone(&dead));
+                let (wr, reader, sent, dead, inner) =
+                    (Arc::clone(&wr), Arc::clone(&reader), Arc::clone(&sent), Arc::clone(&dead), Arc::clone(&inner));
                 tasks.spawn(async move {
                     let r = Arc::clone(&reader);
                     let data = tokio::task::spawn_blocking(move || {
@@ -271,6 +271,7 @@ async fn transmission(io: Box<dyn Io>, reader: ChainReader, inner: Arc<Inner>) -
                         let _ = w.write_all(&simple_reply(EIO, req.handle)).await;
                         return;
                     };
+                    inner.nbd_read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                     let mut out = Vec::with_capacity(16 + data.len());
                     out.extend_from_slice(&simple_reply(0, req.handle));
                     out.extend_from_slice(&data);

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use alike_core::DiskSource;
 use alike_replica::ReplicaTarget;
 use alike_replicate::{LinkOptions, LocalReport, ReceiverOptions, SenderOptions, replicate_local};
-use alike_xen::adapter::{DIRTY_MARK, XenBackupOptions, XenPool, XenReplica, XenReplicaOptions};
+use alike_xen::adapter::{
+    DIRTY_MARK, RESUME_JOURNAL, VdiSource, XenBackupOptions, XenPool, XenReplica, XenReplicaOptions,
+};
 use alike_xen::xapi::Client;
 use alike_xen_sim::{Class, SimConfig, Simulator, Value};
 
@@ -427,4 +429,169 @@ fn two_processes_over_tcp_push_then_pull() {
         }
         last = Some(r.sent_bytes);
     }
+}
+
+/// The child of the resume test: a replica's first run (the snapshot's
+/// VDIs, named by uuid, replicated onto the replica VM named
+/// `ALIKE_XEN_RESUME_NAME`) slowed by a bandwidth limit, until killed.
+#[test]
+fn resume_child() {
+    let Ok(url) = std::env::var("ALIKE_XEN_RESUME_TARGET") else { return };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let src = Arc::new(pool_at(&var("ALIKE_XEN_RESUME_SOURCE"), "alike"));
+    let dst = Arc::new(pool_at(&url, "alike"));
+    let replica =
+        XenReplica::open(dst, &var("ALIKE_XEN_RESUME_NAME"), Path::new(&var("ALIKE_XEN_RESUME_STATE"))).unwrap();
+    let sources: Vec<VdiSource> = var("ALIKE_XEN_RESUME_VDIS")
+        .split(',')
+        .enumerate()
+        .map(|(d, uuid)| {
+            let r =
+                src.client().call("VDI.get_by_uuid", &[serde_json::json!(uuid)]).unwrap().as_str().unwrap().to_owned();
+            VdiSource::open(Arc::clone(&src), &r, format!("disk {d}")).unwrap()
+        })
+        .collect();
+    let disks: Vec<&dyn DiskSource> = sources.iter().map(|s| s as &dyn DiskSource).collect();
+    let mut so = SenderOptions::new("web-01");
+    so.chunking = replica.chunking();
+    let mut ro = ReceiverOptions::default();
+    ro.vm = Some("web-01".into());
+    let mut link = LinkOptions::default();
+    link.bwlimit = Some(var("ALIKE_XEN_RESUME_BWLIMIT").parse().unwrap());
+    replicate_local(&disks, &so, &replica, &ro, &[], &link).unwrap();
+    println!("the first run completed");
+}
+
+fn journal_len(state: &Path, replica: &XenReplica) -> u64 {
+    std::fs::metadata(state.join(replica.uuid()).join(RESUME_JOURNAL)).map_or(0, |m| m.len())
+}
+
+/// Spawns the resume child onto replica `name` and SIGKILLs it `wait_ms`
+/// after it marked the replica VM dirty (and, when `data` is set, once its
+/// journal holds data).
+#[allow(clippy::too_many_arguments)]
+fn kill_first_run(
+    a: &Simulator,
+    b: &Simulator,
+    replica: &XenReplica,
+    state: &Path,
+    vdis: &str,
+    wait_ms: u64,
+    data: bool,
+) -> std::process::ExitStatus {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "resume_child", "--nocapture", "--test-threads=1"])
+        .env("ALIKE_XEN_RESUME_SOURCE", a.url())
+        .env("ALIKE_XEN_RESUME_TARGET", b.url())
+        .env("ALIKE_XEN_RESUME_NAME", replica.name())
+        .env("ALIKE_XEN_RESUME_STATE", state)
+        .env("ALIKE_XEN_RESUME_VDIS", vdis)
+        // Minutes for the whole first run: no attempt here completes it.
+        .env("ALIKE_XEN_RESUME_BWLIMIT", "262144")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let oc = b.field(Class::Vm, replica.vm_ref(), "other_config");
+        let dirty = matches!(&oc, Some(Value::Struct(m)) if m.contains_key(DIRTY_MARK));
+        if dirty && (!data || journal_len(state, replica) > 12) {
+            break;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("the child ended before it was killed: {s}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the child never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    child.kill().unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn a_first_run_cut_short_resumes_without_resending_and_abandon_discards_it() {
+    let (a, _da) = sim();
+    let (b, _db) = sim();
+    let state = tempfile::tempdir().unwrap();
+    let replicas = state.path().join("replicas");
+    let src = pool(&a);
+    let dst = Arc::new(pool(&b));
+    // 32 MiB of random data, so that no attempt at 256 KiB/s (even after
+    // forty resumed ones, as in a soak) completes the first run. Data
+    // travels in frames of up to 1 MiB, 4 s each on this link: the waits
+    // below reach past one.
+    let root = a.lookup(Class::Vdi, "web-01 root").unwrap();
+    let mut piece = vec![0u8; 1 << 20];
+    for i in 0..32u64 {
+        alike_core::random_bytes(&mut piece).unwrap();
+        a.guest_write(&root, (8 + i) << 20, &piece).unwrap();
+    }
+    // One snapshot of the source for every attempt (the children read its VDIs).
+    let snap = src.begin_backup("web-01", &XenBackupOptions::default(), &[]).unwrap();
+    let source: Vec<Vec<u8>> = snap.disks().iter().map(|d| read_all(*d)).collect();
+    let vdis = snap.xen_disks().iter().map(|d| d.snapshot_vdi_uuid().to_owned()).collect::<Vec<_>>().join(",");
+    let opts = XenReplicaOptions::new("Local storage", &replicas).network(NET);
+    let replica = XenReplica::open_or_create(Arc::clone(&dst), snap.config(), &opts).unwrap();
+    // A second replica VM of the same VM: the reference for a first run from nothing.
+    let reference =
+        XenReplica::create(Arc::clone(&dst), snap.config(), &opts.clone().name("web-01 (reference)")).unwrap();
+
+    let seed = std::env::var("ALIKE_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        alike_core::random_bytes(&mut b).unwrap();
+        u64::from_le_bytes(b)
+    });
+    let rounds: u64 = std::env::var("ALIKE_SOAK").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    eprintln!("kill seed {seed} (ALIKE_KILL_SEED to replay), {rounds} rounds");
+    let mut rng = seed;
+    let mut last = 0;
+    for round in 0..rounds {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let wait = 200 + (rng >> 33) % 4800;
+        let status = kill_first_run(&a, &b, &replica, &replicas, &vdis, wait, false);
+        let held = journal_len(&replicas, &replica);
+        eprintln!("round {round}: killed {wait} ms into the run ({status}); journal {held} bytes");
+        // The partial layer is never a point: no point to list, to export or to fail over to.
+        assert!(replica.points().unwrap().is_empty(), "round {round}: a cut first run shows as a point");
+        assert!(replica.point_disk(1, 0).is_err());
+        assert!(replica.test_failover(None, None, false).is_err());
+        // What arrived stays: an attempt never loses what the earlier ones kept.
+        assert!(held >= last, "round {round}: the journal shrank from {last} to {held}");
+        last = held;
+    }
+    assert!(last > 12, "no attempt kept anything (journal of {last} bytes)");
+
+    // Abandon: a cut first run on the reference replica, then discarded.
+    let status = kill_first_run(&a, &b, &reference, &replicas, &vdis, 300, true);
+    assert!(journal_len(&replicas, &reference) > 0, "{status}");
+    assert!(reference.discard_partial().unwrap());
+    assert_eq!(journal_len(&replicas, &reference), 0);
+    assert!(!reference.discard_partial().unwrap(), "nothing left to discard");
+    let oc = b.field(Class::Vm, reference.vm_ref(), "other_config");
+    assert!(!matches!(&oc, Some(Value::Struct(m)) if m.contains_key(DIRTY_MARK)), "abandon reverted the disks");
+    // So its first run starts from nothing: the reference figures.
+    let mut so = SenderOptions::new("web-01");
+    so.chunking = reference.chunking();
+    let mut ro = ReceiverOptions::default();
+    ro.vm = Some("web-01".into());
+    let full = replicate_local(&snap.disks(), &so, &reference, &ro, &[], &LinkOptions::default()).unwrap();
+    assert_eq!(full.receiver.stats.resumed_bytes, 0);
+    assert_point(&reference, 1, &source);
+
+    // The cut run resumes: what arrived is copied from the journal, not sent again.
+    let r = replicate_local(&snap.disks(), &so, &replica, &ro, &[], &LinkOptions::default()).unwrap();
+    snap.commit();
+    let (resumed, needed) = (r.receiver.stats.resumed_bytes, r.sender.needed_bytes);
+    eprintln!(
+        "resumed {resumed} bytes from a {last}-byte journal; needed {needed} of {}, sent {} of {}",
+        full.sender.needed_bytes, r.sender.sent_bytes, full.sender.sent_bytes
+    );
+    assert_eq!(r.receiver.point, 1);
+    assert_point(&replica, 1, &source);
+    assert!(resumed * 10 >= (last - 12) * 9, "resumed {resumed} of the journal's {last} bytes");
+    assert!(needed + resumed <= full.sender.needed_bytes + (64 << 10), "needed {needed} + resumed {resumed}");
+    assert!(r.sender.sent_bytes < full.sender.sent_bytes, "sent {} of {}", r.sender.sent_bytes, full.sender.sent_bytes);
+    assert_eq!(journal_len(&replicas, &replica), 0, "the commit deletes the journal");
+    assert_eq!(replica.points().unwrap().iter().map(|p| p.point).collect::<Vec<_>>(), [1]);
 }

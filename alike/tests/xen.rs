@@ -8,6 +8,7 @@
 //! measurement.
 #![allow(missing_docs)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alike::{BackupOptions, ErrorKind, Placement, RestoreOptions, Store, UploadFormat, XenPool, XenVmConfig};
@@ -557,4 +558,147 @@ fn a_xen_processor_that_never_answers_ssh_times_out_and_is_torn_down() {
     assert!(e.to_string().contains("torn down"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     assert!(env.sim.lookup(Class::Vm, "alike-processor-silent").is_none(), "the processor VM is left");
+}
+
+/// A second pool (the DR site) for the replica tests.
+fn dr_site(env: &Env) -> (Simulator, Arc<XenPool>) {
+    let cfg = SimConfig::new(env.dir.path().join("dr")).demo(true).data_destroy_wait(Duration::from_millis(200));
+    let sim = Simulator::start(cfg).unwrap();
+    let pool = Arc::new(alike::xen_pool(&sim.url(), "root", sim.password(), None).unwrap());
+    (sim, pool)
+}
+
+const NET: &str = "Pool-wide network associated with eth0";
+const REPLICA_CHUNKING: &str = "cdc:16/32/64";
+
+fn replica_options(env: &Env) -> alike::XenReplicaOptions {
+    alike::XenReplicaOptions::new("Local storage", env.dir.path().join("replicas"))
+        .network(NET)
+        .chunking(REPLICA_CHUNKING.parse().unwrap())
+}
+
+fn exported(env: &Env, rep: &alike::XenReplicaVm, point: u64, disk: usize) -> Vec<u8> {
+    let p = env.dir.path().join(format!("p{point}-{disk}.img"));
+    let mut o = alike::ReplicaExportOptions::default();
+    o.force(true);
+    rep.export(point, disk, &p, &o).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+/// The chunks of `new` (cut as the replica cuts) that `old` does not hold,
+/// all-zero chunks aside (they never travel): (their bytes, their size
+/// compressed as the protocol compresses data, zstd level 3).
+fn differing(new: &[u8], old: &[u8]) -> (u64, u64) {
+    let chunking: alike::Chunking = REPLICA_CHUNKING.parse().unwrap();
+    let keys = alike_core::Keys::from_master(&alike_core::MasterKey([9; 32]));
+    let cut = |data: &[u8]| {
+        let src = alike_core::MemSource { label: "image".into(), data: data.to_vec() };
+        alike_replica::cut_disk(&src, &chunking, &keys, &alike_core::CancelToken::new()).unwrap()
+    };
+    let held: std::collections::HashSet<_> = cut(old).into_iter().map(|e| e.id).collect();
+    let (mut raw, mut compressed) = (0, 0);
+    for e in cut(new) {
+        let bytes = &new[e.offset as usize..(e.offset + e.len) as usize];
+        if held.contains(&e.id) || bytes.iter().all(|&b| b == 0) {
+            continue;
+        }
+        raw += e.len;
+        compressed += zstd::bulk::compress(bytes, 3).unwrap().len() as u64;
+    }
+    (raw, compressed)
+}
+
+/// Seeding a Xen replica's first point from a version in a store: only the
+/// chunks that differ from the version cross, and the point is bit-exact.
+#[test]
+fn a_xen_replica_seeded_from_a_store_version_receives_only_what_differs() {
+    let env = Env::new(|c| c);
+    let pool = env.pool();
+    let (root, data) = (env.vdi("web-01 root"), env.vdi("web-01 data"));
+    let seed = backup(&env, &pool, "web-01").backup.version;
+    let old = [env.read(&root, 64 << 20), env.read(&data, 32 << 20)];
+    // The guest writes 8 scattered 4 KiB pieces of random data after the backup.
+    for i in 0..8u64 {
+        let mut piece = vec![0u8; 4096];
+        alike_core::random_bytes(&mut piece).unwrap();
+        let (vdi, off) = if i % 2 == 0 { (&root, (i * 7 + 3) << 20) } else { (&data, (i * 3 + 1) << 20) };
+        env.sim.guest_write(vdi, off + 512, &piece).unwrap();
+    }
+    let now = [env.read(&root, 64 << 20), env.read(&data, 32 << 20)];
+    let (dr, dst) = dr_site(&env);
+    let opts = alike::ReplicateOptions::default().seed(&env.store, &seed);
+    let (r, rep) = alike::replicate_xen(&pool, "web-01", Arc::clone(&dst), &replica_options(&env), &opts).unwrap();
+    assert_eq!(r.point, 1);
+    for (d, want) in now.iter().enumerate() {
+        assert!(same(&exported(&env, &rep, 1, d), want), "point 1 disk {d} is the source");
+    }
+    let (raw, compressed) = (0..2).map(|d| differing(&now[d], &old[d])).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let offered = r.replica.offered_bytes;
+    eprintln!(
+        "seeded {} of {offered} offered bytes; needed {} (differing chunks {raw}), sent {} (differing chunks compressed {compressed})",
+        r.replica.seeded_bytes, r.needed_bytes, r.sent_bytes
+    );
+    assert!(r.replica.seeded_bytes > 0);
+    assert!(r.needed_bytes >= 8 * 4096 && r.needed_bytes <= raw, "needed {} of {raw}", r.needed_bytes);
+    // The wire: the differing chunks compressed, plus the offers of a first
+    // run (an id and a place per chunk of the disks: well under 64 KiB per
+    // 32 MiB) and the protocol's frames.
+    assert!(r.sent_bytes >= compressed * 9 / 10, "sent {} for {compressed}", r.sent_bytes);
+    assert!(r.sent_bytes <= compressed + 4 * (64 << 10), "sent {} for {compressed}", r.sent_bytes);
+    // A seed given once the replica has points is not read: the next run is incremental.
+    env.sim.guest_write(&root, 9 << 20, b"after the seeded run").unwrap();
+    let (r2, _) = alike::replicate_xen(&pool, "web-01", dst, &replica_options(&env), &opts).unwrap();
+    assert_eq!((r2.point, r2.replica.seeded_bytes), (2, 0));
+    assert!(r2.read_bytes < 1 << 20, "CBT: read {}", r2.read_bytes);
+    drop(dr);
+}
+
+/// One-pass backup and replication onto a Xen replica: the source VM's
+/// disks are read once (the simulator counts what its NBD server served),
+/// and the new version and the new point hold the same snapshot, both
+/// bit-exact.
+#[test]
+fn one_pass_backup_and_xen_replication_reads_the_vm_once() {
+    let env = Env::new(|c| c);
+    let pool = env.pool();
+    let (root, data) = (env.vdi("web-01 root"), env.vdi("web-01 data"));
+    let (dr, dst) = dr_site(&env);
+    let opts = alike::ReplicateOptions::default().backup_to(&env.store, BackupOptions::default());
+    let served = env.sim.nbd_read_bytes();
+    let (r1, rep) = alike::replicate_xen(&pool, "web-01", Arc::clone(&dst), &replica_options(&env), &opts).unwrap();
+    let read1 = env.sim.nbd_read_bytes() - served;
+    eprintln!("one-pass first run: pool served {read1}, read {}, store read {}", r1.read_bytes, r1.store_read_bytes);
+    assert_eq!(read1, 96 << 20, "the pool served each disk once");
+    assert_eq!(r1.read_bytes, 96 << 20);
+    assert!(r1.store_read_bytes > 0, "the replica is fed from the store");
+    let v1 = r1.backup.as_ref().unwrap().version.clone();
+    let now = [env.read(&root, 64 << 20), env.read(&data, 32 << 20)];
+    for (d, want) in now.iter().enumerate() {
+        assert!(same(&env.restored(&v1, d as u32), want), "version disk {d}");
+        assert!(same(&exported(&env, &rep, r1.point, d), want), "point disk {d}");
+    }
+    assert_eq!(rep.history().unwrap().last().and_then(|h| h.point), Some(1));
+
+    // Incremental: CBT reads only the changed blocks, once.
+    let writes = [(5 * KIB64 + 100, 3000usize), (700 * KIB64, 65536)];
+    for (i, &(o, l)) in writes.iter().enumerate() {
+        env.sim.guest_write(&root, o, &vec![0x31 + i as u8; l]).unwrap();
+    }
+    env.sim.guest_write(&data, 3 * KIB64, &[0x77; 512]).unwrap();
+    let served = env.sim.nbd_read_bytes();
+    let (r2, rep) = alike::replicate_xen(&pool, "web-01", dst, &replica_options(&env), &opts).unwrap();
+    let read2 = env.sim.nbd_read_bytes() - served;
+    let b2 = r2.backup.as_ref().unwrap();
+    eprintln!("one-pass incremental: pool served {read2}, read {}, sent {}", r2.read_bytes, r2.sent_bytes);
+    assert_eq!(b2.version.parent(), Some(v1.id.as_str()));
+    assert_eq!(read2, (block_count(&writes) + 1) * KIB64, "the changed 64 KiB blocks, once");
+    assert_eq!(r2.read_bytes, read2);
+    assert_eq!(r2.point, 2);
+    assert!(r2.needed_bytes < 512 << 10, "needed {}", r2.needed_bytes);
+    let now = [env.read(&root, 64 << 20), env.read(&data, 32 << 20)];
+    for (d, want) in now.iter().enumerate() {
+        assert!(same(&env.restored(&b2.version, d as u32), want), "version 2 disk {d}");
+        assert!(same(&exported(&env, &rep, 2, d), want), "point 2 disk {d}");
+    }
+    drop(dr);
 }

@@ -50,7 +50,7 @@ impl NativeXenReplica {
     /// (made on `sr` the first time), both ends here; returns the report
     /// with `replica_vm` (the replica VM's uuid) added.
     #[staticmethod]
-    #[pyo3(signature = (source, vm, target, sr, state_dir, network=None, keep=None, bwlimit=None, progress=None, cancel=None))]
+    #[pyo3(signature = (source, vm, target, sr, state_dir, network=None, keep=None, bwlimit=None, progress=None, cancel=None, seed_store=None, seed_version=None, backup_to=None))]
     #[allow(clippy::too_many_arguments)]
     fn replicate(
         py: Python<'_>,
@@ -64,7 +64,12 @@ impl NativeXenReplica {
         bwlimit: Option<u64>,
         progress: Option<&Bound<'_, PyAny>>,
         cancel: Option<&Bound<'_, crate::run::CancelToken>>,
+        seed_store: Option<&Bound<'_, crate::store::NativeStore>>,
+        seed_version: Option<String>,
+        backup_to: Option<&Bound<'_, crate::store::NativeStore>>,
     ) -> PyResult<Py<PyAny>> {
+        let seed = seed_store.map(|s| s.get().store()).transpose()?;
+        let backup = backup_to.map(|s| s.get().store()).transpose()?;
         let (src, dst) = (Arc::clone(&source.get().inner), Arc::clone(&target.get().inner));
         let mut ro = alike::XenReplicaOptions::new(sr, state_dir);
         if let Some(n) = network {
@@ -78,10 +83,21 @@ impl NativeXenReplica {
             if let Some(b) = bwlimit {
                 o = o.bwlimit(b);
             }
+            let version;
+            if let Some(s) = &seed {
+                version = s.version(seed_version.as_deref().unwrap_or("latest"), Some(&vm))?;
+                o = o.seed(s, &version);
+            }
+            if let Some(s) = &backup {
+                o = o.backup_to(s, alike::BackupOptions::default());
+            }
             alike::replicate_xen(&src, &vm, dst, &ro, &o)
         })?;
         let mut j = serde_json::to_value(&r)
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("internal: {e}")))?;
+        if let Some(b) = &r.backup {
+            j["backup"] = crate::store::with_version(b, &b.version)?;
+        }
         j["replica_vm"] = serde_json::Value::String(replica.uuid().to_owned());
         crate::convert::to_py(py, &j)
     }
@@ -115,6 +131,12 @@ impl NativeXenReplica {
     fn points(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let p = py.detach(|| self.inner.points()).map_err(errors::to_py)?;
         crate::convert::ser(py, &p)
+    }
+
+    /// Discards what an unfinished first run kept to resume; returns
+    /// whether there was something.
+    fn discard_partial(&self, py: Python<'_>) -> PyResult<bool> {
+        py.detach(|| self.inner.discard_partial()).map_err(errors::to_py)
     }
 
     /// Boots a copy of `point` (the newest by default) without NICs.

@@ -17,13 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 NET = "Pool-wide network associated with eth0"
 
 
-@pytest.fixture(scope="module")
-def two_sims() -> Iterator[List[str]]:
+def _sims(n: int) -> Iterator[List[str]]:
     binary = os.environ.get("ALIKE_XAPI_SIM") or str(
         Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "alike-xapi-sim"
     )
     states, procs, urls = [], [], []
-    for _ in range(2):
+    for _ in range(n):
         state = tempfile.mkdtemp(prefix="xapi-sim-py-")
         p = subprocess.Popen(
             [binary, "--listen", "127.0.0.1:0", "--state", state, "--demo"],
@@ -45,6 +44,16 @@ def two_sims() -> Iterator[List[str]]:
         shutil.rmtree(s, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def two_sims() -> Iterator[List[str]]:
+    yield from _sims(2)
+
+
+@pytest.fixture
+def three_sims() -> Iterator[List[str]]:
+    yield from _sims(3)
+
+
 def test_replicate_then_test_fail_over_and_back(tmp: Path, two_sims: List[str]) -> None:
     a = alike.XenPool.connect(two_sims[0], "root", "alike")
     b = alike.XenPool.connect(two_sims[1], "root", "alike")
@@ -63,3 +72,16 @@ def test_replicate_then_test_fail_over_and_back(tmp: Path, two_sims: List[str]) 
     assert f["point"] == 2 and not f["started"]
     with pytest.raises(alike.InvalidArgument):
         replica.failback(a, "web-01")  # the original still runs
+
+
+def test_one_pass_then_a_seeded_replica(tmp: Path, store: alike.Store, three_sims: List[str]) -> None:
+    a, b, c = (alike.XenPool.connect(u, "root", "alike") for u in three_sims)
+    r = alike.XenReplica.replicate(a, "web-01", b, "Local storage", tmp / "st", network=NET, backup_to=store)
+    assert r["point"] == 1 and r["read_bytes"] == 96 << 20 and r["store_read_bytes"] > 0
+    assert r["backup"]["version"]["id"] == store.version("latest", vm="web-01").id
+    s = alike.XenReplica.replicate(
+        a, "web-01", c, "Local storage", tmp / "st", network=NET, seed=(store, r["backup"]["version"]["id"])
+    )
+    assert s["point"] == 1 and s["replica"]["seeded_bytes"] > 0 and s["sent_bytes"] < r["sent_bytes"] // 4
+    replica = alike.XenReplica.open(c, "web-01 (replica)", tmp / "st")
+    assert not replica.discard_partial(), "a committed first run leaves nothing to discard"

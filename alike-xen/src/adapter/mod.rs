@@ -109,7 +109,7 @@ pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, Xe
 pub use provision::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use replica::{
     BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailbackReport, FailoverReport, POINT_MARK, REPLICA_MARK,
-    ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
+    RESUME_JOURNAL, ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
 };
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};

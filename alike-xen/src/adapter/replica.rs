@@ -81,6 +81,9 @@ pub const DISK_MARK: &str = "alike:replica-disk";
 pub const TEST_MARK: &str = "alike:replica-test";
 /// The `blocked_operations` value of a replica's `start` and `start_on`.
 pub const BLOCK_CODE: &str = "alike-replica";
+/// The resume journal of a replica's first run, in its state folder
+/// (`docs/replica-xen.md`, "Resume").
+pub const RESUME_JOURNAL: &str = "resume.journal";
 /// Bytes a run buffers per disk before writing them to the pool.
 const FLUSH_BYTES: u64 = 32 << 20;
 /// Largest record of a framed import.
@@ -1006,6 +1009,12 @@ impl ReplicaTarget for XenReplica {
             }
             None => (Record::empty(0, self.chunking, disk_sizes), Vec::new()),
         };
+        let journal = self.state_file(RESUME_JOURNAL);
+        if !points.is_empty() {
+            // Only a first run keeps a journal: once a point exists it is a
+            // leftover of a commit whose process died before deleting it.
+            let _ = std::fs::remove_file(&journal);
+        }
         let point = points.last().map_or(1, |p| p.mark.point + 1);
         // From here on the live disks may differ from every point.
         self.pool
@@ -1020,7 +1029,36 @@ impl ReplicaTarget for XenReplica {
             buf: Mutex::new(Buffer { disks: vec![Vec::new(); live.len()], bytes: vec![0; live.len()] }),
             done: false,
         };
-        Run::new(Box::new(layer), disk_sizes, parents, record, keys, None)
+        let mut run = Run::new(Box::new(layer), disk_sizes, parents, record, keys, None)?;
+        if points.is_empty() {
+            // A first run can be long (a seed over a WAN). The live disks are
+            // reverted to the base whenever it does not commit, so what
+            // arrives is kept beside the record instead, and what an earlier
+            // attempt kept there is copied from it instead of sent again.
+            let held = run.resume_journal(&journal)?;
+            if held > 0 {
+                tracing::info!(vm = %self.name, bytes = held, "resuming a first run from its journal");
+            }
+        }
+        Ok(run)
+    }
+
+    fn discard_partial(&self) -> Result<bool, ReplicaError> {
+        let _lock = self.writer_lock()?;
+        let path = self.state_file(RESUME_JOURNAL);
+        let removed = std::fs::remove_file(&path);
+        // The live disks an attempt left mid-write go back too.
+        self.repair().map_err(rerr)?;
+        match removed {
+            Ok(()) => {
+                if let Ok(d) = File::open(&self.state) {
+                    let _ = d.sync_all();
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path, "removing", e)),
+        }
     }
 
     fn keep_last(&self, n: usize) -> Result<Vec<u64>, ReplicaError> {

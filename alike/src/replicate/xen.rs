@@ -22,6 +22,9 @@ use crate::{Error, Result};
 /// The sender's change-tracking state of a replica VM, beside its key and
 /// record in the replica's state folder.
 const XEN_STATE: &str = "sender.state";
+/// The sender's state of one-pass runs (fed from the store's versions,
+/// whose change tokens are not the pool's).
+const ONE_PASS_STATE: &str = "sender-one-pass.state";
 
 /// A replica VM on a XenServer/XCP-ng pool (`docs/replica-xen.md`).
 ///
@@ -105,6 +108,17 @@ impl XenReplicaVm {
     /// `n` is 0; a run holds the replica; a XAPI call failing.
     pub fn keep_last(&self, n: usize) -> Result<Vec<u64>> {
         Ok(self.inner.keep_last(n)?)
+    }
+    /// Discards what an unfinished first run kept to resume (its journal
+    /// in the state folder) and brings the VM's disks back to its base:
+    /// the next first run starts from nothing. Returns whether there was a
+    /// journal. What `alike replica xen-abandon` does.
+    ///
+    /// # Errors
+    /// A run holds the replica; the journal cannot be removed; a XAPI call
+    /// failing.
+    pub fn discard_partial(&self) -> Result<bool> {
+        Ok(self.inner.discard_partial()?)
     }
     /// The history of runs into this replica, oldest first.
     ///
@@ -202,9 +216,22 @@ impl XenReplicaVm {
 /// the replica lacks are written, and the snapshot is released after the
 /// commit. The run's history record is kept in the replica's state folder.
 ///
+/// - [`ReplicateOptions::seed`]: a replica's first point starts from a
+///   version in a store (read here, on the receiver's side, and re-hashed
+///   with the replica's key): only chunks that differ from it are sent.
+/// - [`ReplicateOptions::backup_to`] (one-pass backup and replication): the
+///   VM is backed up into the store as a new version (the source read once,
+///   incremental by CBT as [`crate::Store::backup_vm`] is) and the replica is
+///   fed from that version, so the version and the new point hold the same
+///   snapshot.
+/// - A first run cut short (cancel, a lost link, a killed process) is
+///   resumed by the next first run without sending again what arrived
+///   (`docs/replica-xen.md`, "Resume"); [`XenReplicaVm::discard_partial`]
+///   abandons it.
+///
 /// # Errors
-/// A seed or one-pass store was asked for (not for Xen replicas yet); the
-/// VM or the SR does not exist; a XAPI call, a read or the run failing (the
+/// The VM or the SR does not exist; the seed's version is of another VM or
+/// its disks differ; a XAPI call, a read, the store or the run failing (the
 /// replica stays at its last point); cancellation.
 pub fn replicate_xen(
     source: &XenPool,
@@ -215,47 +242,88 @@ pub fn replicate_xen(
 ) -> Result<(ReplicateReport, XenReplicaVm)> {
     let started = Instant::now();
     opts.validate()?;
-    if opts.seed.is_some() || opts.backup_to.is_some() {
-        return Err(Error::InvalidArgument(
-            "seeding and one-pass backup are not available for Xen replicas yet".into(),
-        ));
-    }
-    let mut bo = XenBackupOptions::default();
-    bo = bo.cancel_token(opts.run.cancel.clone());
-    let snap = source.begin_backup(vm, &bo, &[])?;
-    let rep = XenReplica::open_or_create(target, snap.config(), replica)?;
-    let dir = replica.state_dir.join(rep.uuid());
-    let name = snap.config().name().to_owned();
-    let mut so = SenderOptions::new(&name);
+    let rec = ReplicationRecord::new(super::alike_replicate_now_ms());
+    let mut history_dir = None;
+    let r = match &opts.backup_to {
+        None => replicate_snapshot(source, vm, target, replica, opts, &mut history_dir),
+        Some((store, bo)) => one_pass(source, vm, target, replica, opts, store, bo, &mut history_dir),
+    };
+    let Some(dir) = history_dir else { return r };
+    let rec = match &r {
+        Ok((report, _)) => ReplicationRecord {
+            point: Some(report.point),
+            read_bytes: report.read_bytes,
+            sent_bytes: report.sent_bytes,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+            ..rec
+        },
+        Err(e) => ReplicationRecord { elapsed_seconds: started.elapsed().as_secs_f64(), ..rec }.failed(e),
+    };
+    history::append(&dir, &rec);
+    r.map(|(mut report, v)| {
+        report.elapsed_seconds = started.elapsed().as_secs_f64();
+        (report, v)
+    })
+}
+
+/// The engine's options for a run onto `rep`, its sender state kept in
+/// `state_file` (unless the run keeps none).
+fn engine_options(
+    rep: &XenReplica,
+    name: &str,
+    state_file: PathBuf,
+    opts: &ReplicateOptions<'_>,
+) -> (SenderOptions, ReceiverOptions, LinkOptions) {
+    let mut so = SenderOptions::new(name);
     so.chunking = rep.chunking();
-    so.state_file = (!opts.no_state).then(|| dir.join(XEN_STATE));
+    so.state_file = (!opts.no_state).then_some(state_file);
     so.run = opts.run.to_core();
     so.progress = opts.disk_progress.clone();
     let mut ro = ReceiverOptions::default();
-    ro.vm = Some(name.clone());
+    ro.vm = Some(name.to_owned());
     ro.keep = opts.keep;
     ro.time_ms = opts.time_ms;
     ro.run = opts.run.to_core();
     let mut link = LinkOptions::default();
     link.bwlimit = opts.bwlimit;
-    let rec = ReplicationRecord::new(super::alike_replicate_now_ms());
-    let r = alike_replicate::replicate_local(&snap.disks(), &so, &rep, &ro, &[], &link);
-    let r = match r {
-        Ok(r) => {
-            snap.commit();
-            r
+    (so, ro, link)
+}
+
+/// Runs the engine from `sources` onto `rep`, seeded (a first point only)
+/// from the version [`ReplicateOptions::seed`] names.
+fn run_engine(
+    sources: &[&dyn alike_core::DiskSource],
+    rep: &XenReplica,
+    so: &SenderOptions,
+    ro: &ReceiverOptions,
+    link: &LinkOptions,
+    opts: &ReplicateOptions<'_>,
+) -> Result<alike_replicate::LocalReport> {
+    let seed_lookup;
+    let seed_disks;
+    let mut seeds = Vec::new();
+    if let Some((store, version)) = &opts.seed
+        && rep.points()?.is_empty()
+    {
+        let name = ro.vm.as_deref().unwrap_or_default();
+        if version.vm != name {
+            return Err(Error::InvalidArgument(format!(
+                "seed version {} is of VM {:?}, not {name:?}",
+                version.short_id(),
+                version.vm
+            )));
         }
-        Err(e) => {
-            let _ = snap.abort();
-            let e: Error = e.into();
-            history::append(
-                &dir,
-                &ReplicationRecord { elapsed_seconds: started.elapsed().as_secs_f64(), ..rec }.failed(&e),
-            );
-            return Err(e);
+        seed_lookup = store.manifest_lookup();
+        seed_disks = store.version_sources(version, &seed_lookup)?;
+        for s in &seed_disks {
+            seeds.push(alike_replicate::Seed::prepare(rep, s, &opts.run.to_core())?);
         }
-    };
-    let report = ReplicateReport {
+    }
+    Ok(alike_replicate::replicate_local(sources, so, rep, ro, &seeds, link)?)
+}
+
+fn report(name: String, r: alike_replicate::LocalReport) -> ReplicateReport {
+    ReplicateReport {
         vm: name,
         point: r.receiver.point,
         time: r.receiver.time,
@@ -269,17 +337,78 @@ pub fn replicate_xen(
         replica: r.receiver.stats,
         removed_points: r.receiver.removed_points,
         backup: None,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
+        elapsed_seconds: 0.0,
+    }
+}
+
+/// A run fed by the source's snapshot (the CBT backup cycle).
+fn replicate_snapshot(
+    source: &XenPool,
+    vm: &str,
+    target: Arc<XenPool>,
+    replica: &XenReplicaOptions,
+    opts: &ReplicateOptions<'_>,
+    history_dir: &mut Option<PathBuf>,
+) -> Result<(ReplicateReport, XenReplicaVm)> {
+    let bo = XenBackupOptions::default().cancel_token(opts.run.cancel.clone());
+    let snap = source.begin_backup(vm, &bo, &[])?;
+    let rep = match XenReplica::open_or_create(target, snap.config(), replica) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = snap.abort();
+            return Err(e.into());
+        }
     };
-    history::append(
-        &dir,
-        &ReplicationRecord {
-            point: Some(report.point),
-            read_bytes: report.read_bytes,
-            sent_bytes: report.sent_bytes,
-            elapsed_seconds: report.elapsed_seconds,
-            ..rec
-        },
-    );
-    Ok((report, XenReplicaVm { inner: rep, state_dir: replica.state_dir.clone() }))
+    let dir = replica.state_dir.join(rep.uuid());
+    *history_dir = Some(dir.clone());
+    let name = snap.config().name().to_owned();
+    let (so, ro, link) = engine_options(&rep, &name, dir.join(XEN_STATE), opts);
+    match run_engine(&snap.disks(), &rep, &so, &ro, &link, opts) {
+        Ok(r) => {
+            snap.commit();
+            Ok((report(name, r), XenReplicaVm { inner: rep, state_dir: replica.state_dir.clone() }))
+        }
+        Err(e) => {
+            let _ = snap.abort();
+            Err(e)
+        }
+    }
+}
+
+/// One-pass backup and replication: the VM backed up into `store` (its
+/// disks read once), the replica fed from the new version.
+#[allow(clippy::too_many_arguments)]
+fn one_pass(
+    source: &XenPool,
+    vm: &str,
+    target: Arc<XenPool>,
+    replica: &XenReplicaOptions,
+    opts: &ReplicateOptions<'_>,
+    store: &crate::Store,
+    bo: &crate::BackupOptions,
+    history_dir: &mut Option<PathBuf>,
+) -> Result<(ReplicateReport, XenReplicaVm)> {
+    let mut bo = bo.clone();
+    bo.run = opts.run.clone();
+    let backup = store.backup_vm(source, vm, &bo)?;
+    let version = &backup.backup.version;
+    let config = alike_xen::adapter::XenVmConfig::from_vm_info(&version.manifest.vm)?;
+    let rep = XenReplica::open_or_create(target, &config, replica)?;
+    let dir = replica.state_dir.join(rep.uuid());
+    *history_dir = Some(dir.clone());
+    let name = version.vm.clone();
+    // The store's versions carry change tokens of their own: a state file
+    // of their own too.
+    let (mut so, ro, link) = engine_options(&rep, &name, dir.join(ONE_PASS_STATE), opts);
+    // The backup already reported reading the disks.
+    so.run.progress = None;
+    let lookup = store.manifest_lookup();
+    let sources = store.version_sources(version, &lookup)?;
+    let refs: Vec<&dyn alike_core::DiskSource> = sources.iter().map(|s| s as &dyn alike_core::DiskSource).collect();
+    let r = run_engine(&refs, &rep, &so, &ro, &link, opts)?;
+    let mut out = report(name, r);
+    out.store_read_bytes = out.read_bytes;
+    out.read_bytes = backup.read_bytes;
+    out.backup = Some(backup.backup);
+    Ok((out, XenReplicaVm { inner: rep, state_dir: replica.state_dir.clone() }))
 }

@@ -1606,12 +1606,31 @@ class XenReplica:
         bwlimit: _Optional[int] = None,
         progress: _Optional[ProgressCallback] = None,
         cancel: _Optional[CancelToken] = None,
+        seed: _Optional[_Tuple[Store, _Union[Version, str]]] = None,
+        backup_to: _Optional[Store] = None,
     ) -> _Dict[str, _Any]:
         """Replicates VM ``vm`` of ``source`` onto its replica VM on ``target``
         (made on SR ``sr`` the first time; its key, record and history kept
-        under ``state_dir``), sending only the chunks the replica lacks."""
+        under ``state_dir``), sending only the chunks the replica lacks.
+        ``seed``: ``(store, version)`` a first point starts from (only what
+        differs from it is sent); ``backup_to``: one-pass backup and
+        replication into this store (the VM's disks read once; the report's
+        ``backup`` is the new version). A first run cut short is resumed by
+        the next one; :meth:`discard_partial` abandons it."""
         return _native.NativeXenReplica.replicate(
-            source._n, vm, target._n, sr, _os.fspath(state_dir), network, keep, bwlimit, _progress(progress), cancel
+            source._n,
+            vm,
+            target._n,
+            sr,
+            _os.fspath(state_dir),
+            network,
+            keep,
+            bwlimit,
+            _progress(progress),
+            cancel,
+            None if seed is None else seed[0]._n,
+            None if seed is None else _spec(seed[1]),
+            None if backup_to is None else backup_to._n,
         )
 
     @classmethod
@@ -1632,6 +1651,11 @@ class XenReplica:
     def points(self) -> _List[_Dict[str, _Any]]:
         """The committed points, oldest first."""
         return self._n.points()
+
+    def discard_partial(self) -> bool:
+        """Discards what an unfinished first run kept to resume (the VM's
+        disks go back to its base); returns whether there was something."""
+        return self._n.discard_partial()
 
     def test_failover(
         self, point: _Optional[int] = None, *, network: _Optional[str] = None, start: bool = True
