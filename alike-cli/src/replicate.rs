@@ -188,8 +188,18 @@ pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
                 "--source-xen replicates onto --target-xen in this process: no --to-dir, DISKs or --listen/--connect"
             );
         }
-        if a.backup_to.is_some() || a.seed_from.is_some() || a.via.via.is_some() {
-            bail!("--backup-to, --seed-from and --via are not available for Xen replicas yet");
+        if a.backup_to.is_some() || a.seed_from.is_some() {
+            bail!("--backup-to and --seed-from are not available for Xen replicas yet");
+        }
+        if a.via.via.is_some() {
+            let (src, replica) = crate::xen_replica::remote_ends(&a.xen)?;
+            return on_processors_with(
+                cli,
+                a,
+                &vm,
+                vec![JobSource::Xen { pool: src }],
+                JobReplica::Xen(Box::new(replica)),
+            );
         }
         return crate::xen_replica::replicate(cli, &a.xen, &vm, a.chunking.as_deref(), a.keep, a.bwlimit, a.out.json);
     }
@@ -453,6 +463,18 @@ fn on_processors(cli: &Cli, a: &ReplicateArgs, vm: &str) -> Result<()> {
             "--via SENDER,RECEIVER runs a whole replication: give --to-dir DIR (the receiver's) and the DISKs (the sender's)"
         );
     };
+    let disks = a.disks.iter().map(|p| JobSource::Image { path: p.clone() }).collect();
+    on_processors_with(cli, a, vm, disks, JobReplica::Dir { path: dir.clone() })
+}
+
+/// `--via A[,B]` with the sender's sources and the receiver's replica.
+fn on_processors_with(
+    cli: &Cli,
+    a: &ReplicateArgs,
+    vm: &str,
+    disks: Vec<JobSource>,
+    replica: JobReplica,
+) -> Result<()> {
     if a.secret_file.is_some() || a.seed_from.is_some() || a.backup_to.is_some() {
         bail!(
             "--secret-file, --seed-from and --backup-to are not for --via SENDER,RECEIVER (the secret is made fresh)"
@@ -470,9 +492,9 @@ fn on_processors(cli: &Cli, a: &ReplicateArgs, vm: &str) -> Result<()> {
     };
     let job_id = a.job_id.clone().unwrap_or_else(|| vm.to_string());
     let (mut send, mut recv) = alike::remote::replication_pair(&job_id, vm, flow, &listen_host, a.port)?;
-    send.disks = a.disks.iter().map(|p| JobSource::Image { path: p.clone() }).collect();
+    send.disks = disks;
     send.state_dir.clone_from(&a.state_dir);
-    recv.replica = Some(JobReplica::Dir { path: dir.clone() });
+    recv.replica = Some(replica);
     recv.keep = a.keep;
     for j in [&mut send, &mut recv] {
         j.chunking.clone_from(&a.chunking);

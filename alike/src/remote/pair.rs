@@ -12,6 +12,12 @@
 //! channel's cancel, stops cleanly (a receiver never commits a torn point)
 //! and the call returns the first failure, naming the end and its host
 //! ([`crate::Error::RemoteEnd`]).
+//!
+//! Xen ends (`docs/replica-xen.md`): a receiver's Xen replica is found or
+//! made from the source VM's configuration, which only the sender's side
+//! can read; when its job lacks it, the orchestrator first runs the short
+//! `xen-vm-config` job on the sender's processor and hands the result to
+//! the receiver in its job.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +25,10 @@ use std::time::{Duration, Instant};
 use alike_remote::protocol::WorkerMessage;
 use alike_remote::ssh::{ClientKey, Host, HostKeyPolicy};
 
+use super::job::{JobKind, XenVmConfigJob};
 use super::run::{RemoteOptions, RemoteReport, run_remote};
 use super::{ProcessorEvent, ProcessorJob};
-use crate::{CancelToken, Error, Flow, JobRole, JobSecret, ReplicationJob, Result};
+use crate::{CancelToken, Error, Flow, JobReplica, JobRole, JobSecret, JobSource, ReplicationJob, Result};
 
 /// How often the orchestrator looks at both ends and the caller's cancel.
 const WATCH: Duration = Duration::from_millis(20);
@@ -138,6 +145,33 @@ fn check_pair(sender: &ReplicationJob, receiver: &ReplicationJob) -> Result<()> 
     receiver.validate()
 }
 
+/// The receiver's end, with the source VM's configuration its Xen replica
+/// is found by or made from: read first through the sender's processor
+/// (the `xen-vm-config` job; the source pool is reached from there, not
+/// necessarily from here) when the receiver's job has none.
+fn with_source(sender: &RemoteEnd, receiver: &RemoteEnd, opts: &RemoteOptions) -> Result<RemoteEnd> {
+    let mut receiver = receiver.clone();
+    let (Some(JobSource::Xen { pool }), Some(JobReplica::Xen(x))) =
+        (sender.job.disks.first(), &mut receiver.job.replica)
+    else {
+        return Ok(receiver);
+    };
+    if x.source.is_some() {
+        return Ok(receiver);
+    }
+    let mut o = opts.clone();
+    o.run.progress = None;
+    let job = ProcessorJob::new(JobKind::XenVmConfig(XenVmConfigJob::new(pool.clone(), &sender.job.vm)))
+        .with_id(format!("{}-source", sender.job.job_id));
+    let r = run_remote(&sender.host, &sender.policy, &sender.key, &job, &o).map_err(|e| Error::RemoteEnd {
+        end: "sender",
+        host: sender.host.to_string(),
+        source: Box::new(e),
+    })?;
+    x.source = Some(r.result);
+    Ok(receiver)
+}
+
 /// Runs one replication across processors: `sender` and `receiver` are
 /// started over SSH (host keys pinned), the listening end first, and each
 /// is handed its job — secrets only inside its SSH channel. Events of both
@@ -175,6 +209,7 @@ pub fn replicate_remote(
 ) -> Result<RemoteReplicationReport> {
     check_pair(&sender.job, &receiver.job)?;
     let t0 = Instant::now();
+    let receiver = &with_source(sender, receiver, opts)?;
     let ends = [sender, receiver];
     // The listening end first.
     let order: [usize; 2] = if sender.job.dials() { [1, 0] } else { [0, 1] };

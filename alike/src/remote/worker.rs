@@ -304,6 +304,7 @@ fn run_job(job: &ProcessorJob, ctx: &Arc<Ctx>, opts: &WorkerOptions) -> Result<s
         JobKind::Restore(r) => restore(job, r, ctx),
         JobKind::Verify(v) => verify(job, v, ctx),
         JobKind::ReplicateSender(r) | JobKind::ReplicateReceiver(r) => replicate(r, ctx),
+        JobKind::XenVmConfig(x) => crate::replicate::xen_vm_config(&x.pool, &x.vm),
     }?;
     Ok(v)
 }

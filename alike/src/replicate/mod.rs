@@ -24,6 +24,9 @@ mod hyperv;
 mod job;
 #[cfg(feature = "xen")]
 mod xen;
+mod xen_end;
+
+pub(crate) use xen_end::vm_config as xen_vm_config;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +46,7 @@ pub use history::ReplicationRecord;
 pub use hyperv::HyperVReplicaReport;
 pub use job::{
     DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
-    MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
+    JobXenPool, JobXenReplica, MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
 };
 #[cfg(feature = "xen")]
 pub use xen::{
