@@ -88,7 +88,10 @@ pub(crate) struct ReplicateArgs {
     /// passphrases travel in the SSH channel only. `--via A,B` with
     /// `--to-dir DIR DISK…` runs the whole replication on processors: the
     /// sender on A (the DISKs are A's), the receiver on B (DIR is B's),
-    /// with a fresh job secret handed to each over SSH.
+    /// with a fresh job secret handed to each over SSH. `--via A,B` with
+    /// `--source-xen … --target-xen …` does the same for a Xen VM: the
+    /// sender on A reads the source pool, the receiver on B writes the
+    /// replica VM (--replica-state is B's path, --state-dir A's).
     #[command(flatten)]
     via: crate::remote::ViaArgs,
     /// From a VM of a XenServer/XCP-ng pool onto its replica VM on another
