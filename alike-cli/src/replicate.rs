@@ -78,7 +78,9 @@ pub(crate) struct ReplicateArgs {
     /// file, or `-` for stdin. Everything else comes from the job.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["to_dir", "disks", "listen", "connect"])]
     job: Option<PathBuf>,
-    /// With `--via SENDER,RECEIVER` (two processors, or one named twice):
+    /// With `--via SENDER,RECEIVER` (two processors; one, `--via A`, runs
+    /// both ends as one process there where it can: image DISKs onto
+    /// --to-dir, or --source-xen onto --target-xen):
     /// who dials — push (the sender dials the receiver at its SSH address,
     /// --port) or pull (the receiver dials the sender).
     #[arg(long, value_enum, default_value_t = FlowArg::Push)]

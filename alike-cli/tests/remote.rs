@@ -866,6 +866,28 @@ fn a_xen_vm_replicates_between_two_pools_through_two_processors() {
     drop(h);
     eprintln!("xen over two processors: first run sent {full} (read {full_read}), second sent {inc} (read {inc_read})");
 
+    // One processor that sees both pools plays both roles: one worker, no link.
+    sa.guest_write(&data, 5 << 20, &[0x77; 4096]).unwrap();
+    let (mut send, mut recv) = replication_pair("dr-web-01", "web-01", Flow::Push, &a.address, 2812).unwrap();
+    send.disks.push(JobSource::Xen { pool: pool(&sa, &pw_a) });
+    let mut x = JobXenReplica::new(pool(&sb, &pw_b), "Local storage", &state);
+    x.network = Some(NET.into());
+    recv.replica = Some(JobReplica::Xen(Box::new(x)));
+    let r = replicate_remote(&end(a, send), &end(a, recv), &watching(&pids, needle.as_bytes(), &hits)).unwrap();
+    assert_eq!(r.point, 3, "{r:?}");
+    assert_eq!(pids.lock().unwrap().len(), 7, "one worker for both ends");
+    // (Its change tracking is the in-process run's, kept with the replica's
+    // state: this first run of it reads every disk, and sends only what changed.)
+    assert!(r.sent_bytes > 0 && r.sent_bytes < 128 << 10 && r.read_bytes == 96 << 20, "{r:?}");
+    assert!(r.sender.result["needed_bytes"].as_u64().unwrap() <= 64 << 10, "{r:?}");
+    assert_eq!(r.sender.result["replica"]["needed_bytes"], r.receiver.result["replica"]["needed_bytes"]);
+    let dr = Arc::new(alike::xen_pool_with(&sb.url(), "root", &pw_b, &insecure).unwrap());
+    let rep = XenReplicaVm::open(dr, "web-01 (replica)", &state).unwrap();
+    let out = env.p("exported.img");
+    rep.export(3, 1, &out, ReplicaExportOptions::default().force(true)).unwrap();
+    assert!(std::fs::read(&out).unwrap() == vdi_bytes(&sa, &data), "the one-process point differs");
+    assert!(hits.lock().unwrap().1.is_empty(), "a XAPI password is visible in /proc");
+
     // The same from the CLI (`--via A,B`, push), after the guest wrote again;
     // the passwords reach it in its environment only (the test's choice).
     sa.guest_write(&root, 9 << 20, &[0x33; 4096]).unwrap();
@@ -883,11 +905,11 @@ fn a_xen_vm_replicates_between_two_pools_through_two_processors() {
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((r["point"].as_u64(), r["flow"].as_str()), (Some(3), Some("push")), "{r}");
+    assert_eq!((r["point"].as_u64(), r["flow"].as_str()), (Some(4), Some("push")), "{r}");
     assert!(r["sent_bytes"].as_u64().unwrap() < 128 << 10, "{r}");
     let dr = Arc::new(alike::xen_pool_with(&sb.url(), "root", &pw_b, &insecure).unwrap());
     let rep = XenReplicaVm::open(dr, "web-01 (replica)", &state).unwrap();
     let out = env.p("exported.img");
-    rep.export(3, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
+    rep.export(4, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
     assert!(std::fs::read(&out).unwrap() == vdi_bytes(&sa, &root), "the CLI's point differs");
 }

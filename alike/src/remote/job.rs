@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, JobPassword, JobRole, JobStore, ReplicationJob, Result};
 
 /// The job kinds this build's processor runs.
-pub const KINDS: &[&str] = &["backup", "restore", "verify", "replicate-sender", "replicate-receiver", "xen-vm-config"];
+pub const KINDS: &[&str] =
+    &["backup", "restore", "verify", "replicate-sender", "replicate-receiver", "replicate-both", "xen-vm-config"];
 
 /// The secrets a job on a store takes: its passphrase or key file, and
 /// object-storage credentials.
@@ -237,6 +238,10 @@ pub enum JobKind {
     ReplicateReceiver(ReplicationJob),
     /// Read a Xen VM's recorded configuration.
     XenVmConfig(XenVmConfigJob),
+    /// Play both ends of a replication in one process (the sender's job
+    /// first, then the receiver's): one processor sees both the source
+    /// and the replica, and no data crosses a network.
+    ReplicateBoth(Box<ReplicationJob>, Box<ReplicationJob>),
 }
 
 impl JobKind {
@@ -249,6 +254,7 @@ impl JobKind {
             JobKind::ReplicateSender(_) => "replicate-sender",
             JobKind::ReplicateReceiver(_) => "replicate-receiver",
             JobKind::XenVmConfig(_) => "xen-vm-config",
+            JobKind::ReplicateBoth(..) => "replicate-both",
         }
     }
 }
@@ -385,24 +391,11 @@ impl ProcessorJob {
                 }
                 serde_json::to_value(&x).map_err(bad)?
             }
-            JobKind::ReplicateSender(j) | JobKind::ReplicateReceiver(j) => {
-                let mut j = j.clone();
-                for st in stores_of(&mut j) {
-                    if let Some(p) = st.password.take() {
-                        secrets.insert(format!("{PASSWORD_OF}{}", st.location), Secret::new(p.0));
-                    }
-                }
-                for pool in xen_pools_of(&mut j) {
-                    if let Some(p) = pool.password.take() {
-                        secrets.insert(format!("{XAPI_PASSWORD_OF}{}", pool.url), Secret::new(p.0));
-                    }
-                }
-                let mut v = serde_json::to_value(&j).map_err(bad)?;
-                if let Some(serde_json::Value::String(hex)) = v.as_object_mut().and_then(|o| o.remove("secret")) {
-                    secrets.insert(JOB_SECRET, Secret::new(hex));
-                }
-                v
-            }
+            JobKind::ReplicateSender(j) | JobKind::ReplicateReceiver(j) => replication_params(j, &mut secrets)?,
+            JobKind::ReplicateBoth(send, recv) => serde_json::json!({
+                "sender": replication_params(send, &mut secrets)?,
+                "receiver": replication_params(recv, &mut secrets)?,
+            }),
         };
         let mut spec = JobSpec::new(&self.id, self.kind.name(), params).with_secrets(secrets);
         spec.progress_interval_ms = self.progress_interval_ms;
@@ -438,6 +431,29 @@ impl ProcessorJob {
                 }
                 JobKind::XenVmConfig(x)
             }
+            "replicate-both" => {
+                let mut params = spec.params;
+                let mut part = |name: &str| -> Result<serde_json::Value> {
+                    let v = params.as_object_mut().and_then(|o| o.remove(name));
+                    v.ok_or_else(|| {
+                        Error::InvalidArgument(format!("replicate-both job: no \"{name}\" in the parameters"))
+                    })
+                };
+                let (send, recv) = (part("sender")?, part("receiver")?);
+                if let Some(k) = params.as_object().and_then(|o| o.keys().next()) {
+                    return Err(Error::InvalidArgument(format!("replicate-both job: unknown parameter {k:?}")));
+                }
+                // Each end takes its own secrets; the job secret is both ends'.
+                let mut mine = secrets.clone();
+                let send = replication_job(send, &mut mine, JobRole::Sender, "replicate-both")?;
+                let senders: Vec<String> =
+                    secrets.names().filter(|n| mine.get(n).is_none() && *n != JOB_SECRET).map(str::to_owned).collect();
+                let recv = replication_job(recv, &mut secrets, JobRole::Receiver, "replicate-both")?;
+                for n in senders {
+                    secrets.take(&n);
+                }
+                JobKind::ReplicateBoth(Box::new(send), Box::new(recv))
+            }
             k @ ("replicate-sender" | "replicate-receiver") => {
                 let role = if k == "replicate-sender" { JobRole::Sender } else { JobRole::Receiver };
                 let job = replication_job(spec.params, &mut secrets, role, k)?;
@@ -451,7 +467,10 @@ impl ProcessorJob {
             }
         };
         let takes: &[&str] = match kind {
-            JobKind::ReplicateSender(_) | JobKind::ReplicateReceiver(_) | JobKind::XenVmConfig(_) => &[],
+            JobKind::ReplicateSender(_)
+            | JobKind::ReplicateReceiver(_)
+            | JobKind::ReplicateBoth(..)
+            | JobKind::XenVmConfig(_) => &[],
             _ => STORE_SECRETS,
         };
         if let Some(n) = secrets.names().find(|n| !takes.contains(n)) {
@@ -515,6 +534,29 @@ impl ProcessorJob {
         b.object_options(o);
         b.open_at(&s.location)
     }
+}
+
+/// A replication end's parameters: its description without its secrets,
+/// which move into `secrets` (the per-job secret as `job_secret`, each
+/// store's passphrase as `password:LOCATION`, each pool's XAPI password
+/// as `xapi_password:URL`).
+fn replication_params(j: &ReplicationJob, secrets: &mut Secrets) -> Result<serde_json::Value> {
+    let mut j = j.clone();
+    for st in stores_of(&mut j) {
+        if let Some(p) = st.password.take() {
+            secrets.insert(format!("{PASSWORD_OF}{}", st.location), Secret::new(p.0));
+        }
+    }
+    for pool in xen_pools_of(&mut j) {
+        if let Some(p) = pool.password.take() {
+            secrets.insert(format!("{XAPI_PASSWORD_OF}{}", pool.url), Secret::new(p.0));
+        }
+    }
+    let mut v = serde_json::to_value(&j).map_err(|e| Error::InvalidArgument(format!("job parameters: {e}")))?;
+    if let Some(serde_json::Value::String(hex)) = v.as_object_mut().and_then(|o| o.remove("secret")) {
+        secrets.insert(JOB_SECRET, Secret::new(hex));
+    }
+    Ok(v)
 }
 
 /// Every store a replication job names (its sources' stores, its seed's,

@@ -13,6 +13,10 @@
 //! and the call returns the first failure, naming the end and its host
 //! ([`crate::Error::RemoteEnd`]).
 //!
+//! Both ends on one host (the same `user@host:port`), where one process can
+//! play both roles, run as one worker: the processor job `replicate-both`,
+//! the in-process path, no link on 2812 and no second worker.
+//!
 //! Xen ends (`docs/replica-xen.md`): a receiver's Xen replica is found or
 //! made from the source VM's configuration, which only the sender's side
 //! can read; when its job lacks it, the orchestrator first runs the short
@@ -145,6 +149,36 @@ fn check_pair(sender: &ReplicationJob, receiver: &ReplicationJob) -> Result<()> 
     receiver.validate()
 }
 
+/// Both ends on one host, as one worker playing both roles (the processor
+/// job `replicate-both`): no link, no second worker. The report's
+/// `sender` and `receiver` are that one worker's report.
+fn one_process(
+    sender: &RemoteEnd,
+    receiver: &RemoteEnd,
+    opts: &RemoteOptions,
+    t0: Instant,
+) -> Result<RemoteReplicationReport> {
+    let job = ProcessorJob::new(JobKind::ReplicateBoth(Box::new(sender.job.clone()), Box::new(receiver.job.clone())))
+        .with_id(sender.job.job_id.clone());
+    let r = run_remote(&sender.host, &sender.policy, &sender.key, &job, opts).map_err(|e| Error::RemoteEnd {
+        end: "sender and receiver",
+        host: sender.host.to_string(),
+        source: Box::new(e),
+    })?;
+    let u = |k: &str| r.result[k].as_u64().unwrap_or_default();
+    Ok(RemoteReplicationReport {
+        job_id: sender.job.job_id.clone(),
+        vm: sender.job.vm.clone(),
+        flow: sender.job.flow.name().to_string(),
+        point: u("point"),
+        read_bytes: u("read_bytes"),
+        sent_bytes: u("sent_bytes"),
+        sender: r.clone(),
+        receiver: r,
+        elapsed: t0.elapsed(),
+    })
+}
+
 /// The receiver's end, with the source VM's configuration its Xen replica
 /// is found by or made from: read first through the sender's processor
 /// (the `xen-vm-config` job; the source pool is reached from there, not
@@ -178,7 +212,11 @@ fn with_source(sender: &RemoteEnd, receiver: &RemoteEnd, opts: &RemoteOptions) -
 /// ends go to [`RemoteOptions::on_event`]; progress (the sender's bytes
 /// read, of every disk) to [`RemoteOptions::progress`]. The caller's
 /// cancel token stops both ends; if one end fails, the other is cancelled
-/// and the error names the end that failed. Both ends may be on one host.
+/// and the error names the end that failed. Both ends may be on one host:
+/// image sources onto a replica folder, or a Xen VM onto a Xen replica
+/// (no seed, no one-pass store), then run as one worker playing both roles
+/// (the processor job `replicate-both`: no link, no second worker);
+/// otherwise as two workers there.
 ///
 /// ```no_run
 /// use alike::Flow;
@@ -209,6 +247,9 @@ pub fn replicate_remote(
 ) -> Result<RemoteReplicationReport> {
     check_pair(&sender.job, &receiver.job)?;
     let t0 = Instant::now();
+    if sender.host == receiver.host && crate::replicate::one_process_can(&sender.job, &receiver.job) {
+        return one_process(sender, receiver, opts, t0);
+    }
     let receiver = &with_source(sender, receiver, opts)?;
     let ends = [sender, receiver];
     // The listening end first.

@@ -17,6 +17,7 @@
 //! [`replicate_xen`]; `docs/replica-xen.md`), with test failover, failover
 //! and failback.
 
+mod both;
 mod end;
 mod history;
 #[cfg(feature = "hyperv")]
@@ -26,6 +27,7 @@ mod job;
 mod xen;
 mod xen_end;
 
+pub(crate) use both::{one_process_can, run_both};
 pub(crate) use xen_end::vm_config as xen_vm_config;
 
 use std::path::{Path, PathBuf};

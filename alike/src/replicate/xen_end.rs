@@ -183,6 +183,9 @@ mod imp {
     }
 }
 
+#[cfg(feature = "xen")]
+pub(crate) use imp::connect_pool;
+
 #[cfg(not(feature = "xen"))]
 mod imp {
     use super::*;

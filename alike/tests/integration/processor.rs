@@ -81,7 +81,7 @@ fn a_processor_refuses_what_it_must_and_says_why() {
     let cases = [
         (
             r#"{"type":"job","v":1,"id":"j","kind":"vault","params":{}}"#,
-            "does not run \"vault\" jobs (it runs: backup, restore, verify, replicate-sender, replicate-receiver, xen-vm-config)",
+            "does not run \"vault\" jobs (it runs: backup, restore, verify, replicate-sender, replicate-receiver, replicate-both, xen-vm-config)",
         ),
         (
             r#"{"type":"job","v":1,"id":"j","kind":"verify","params":{"store":{"location":"/x"},"bwlimit":1}}"#,
@@ -201,7 +201,8 @@ fn the_golden_jobs_are_the_facades_job_kinds() {
             "replicate-receiver",
             "xen-vm-config",
             "replicate-sender",
-            "replicate-receiver"
+            "replicate-receiver",
+            "replicate-both"
         ]
     );
 }
