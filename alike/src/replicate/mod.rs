@@ -27,7 +27,9 @@ mod job;
 mod xen;
 mod xen_end;
 
-pub(crate) use both::{one_process_can, run_both};
+#[cfg(feature = "remote")]
+pub(crate) use both::one_process_can;
+pub(crate) use both::run_both;
 pub(crate) use xen_end::vm_config as xen_vm_config;
 
 use std::path::{Path, PathBuf};
