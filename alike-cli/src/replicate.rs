@@ -78,7 +78,9 @@ pub(crate) struct ReplicateArgs {
     /// file, or `-` for stdin. Everything else comes from the job.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["to_dir", "disks", "listen", "connect"])]
     job: Option<PathBuf>,
-    /// With `--via SENDER,RECEIVER` (two processors, or one named twice):
+    /// With `--via SENDER,RECEIVER` (two processors; one, `--via A`, runs
+    /// both ends as one process there where it can: image DISKs onto
+    /// --to-dir, or --source-xen onto --target-xen):
     /// who dials — push (the sender dials the receiver at its SSH address,
     /// --port) or pull (the receiver dials the sender).
     #[arg(long, value_enum, default_value_t = FlowArg::Push)]
@@ -88,7 +90,10 @@ pub(crate) struct ReplicateArgs {
     /// passphrases travel in the SSH channel only. `--via A,B` with
     /// `--to-dir DIR DISK…` runs the whole replication on processors: the
     /// sender on A (the DISKs are A's), the receiver on B (DIR is B's),
-    /// with a fresh job secret handed to each over SSH.
+    /// with a fresh job secret handed to each over SSH. `--via A,B` with
+    /// `--source-xen … --target-xen …` does the same for a Xen VM: the
+    /// sender on A reads the source pool, the receiver on B writes the
+    /// replica VM (--replica-state is B's path, --state-dir A's).
     #[command(flatten)]
     via: crate::remote::ViaArgs,
     /// From a VM of a XenServer/XCP-ng pool onto its replica VM on another
@@ -189,7 +194,17 @@ pub(crate) fn replicate(cli: &Cli, a: &ReplicateArgs) -> Result<()> {
             );
         }
         if a.via.via.is_some() {
-            bail!("--via is not available for Xen replicas yet");
+            if a.backup_to.is_some() || a.seed_from.is_some() {
+                bail!("--backup-to and --seed-from are not available with --via for Xen replicas yet");
+            }
+            let (src, replica) = crate::xen_replica::remote_ends(&a.xen)?;
+            return on_processors_with(
+                cli,
+                a,
+                &vm,
+                vec![JobSource::Xen { pool: src }],
+                JobReplica::Xen(Box::new(replica)),
+            );
         }
         if a.backup_to.is_some() && a.seed_from.is_some() {
             bail!("--backup-to and --seed-from together: a one-pass run's version is in the store already");
@@ -475,6 +490,18 @@ fn on_processors(cli: &Cli, a: &ReplicateArgs, vm: &str) -> Result<()> {
             "--via SENDER,RECEIVER runs a whole replication: give --to-dir DIR (the receiver's) and the DISKs (the sender's)"
         );
     };
+    let disks = a.disks.iter().map(|p| JobSource::Image { path: p.clone() }).collect();
+    on_processors_with(cli, a, vm, disks, JobReplica::Dir { path: dir.clone() })
+}
+
+/// `--via A[,B]` with the sender's sources and the receiver's replica.
+fn on_processors_with(
+    cli: &Cli,
+    a: &ReplicateArgs,
+    vm: &str,
+    disks: Vec<JobSource>,
+    replica: JobReplica,
+) -> Result<()> {
     if a.secret_file.is_some() || a.seed_from.is_some() || a.backup_to.is_some() {
         bail!(
             "--secret-file, --seed-from and --backup-to are not for --via SENDER,RECEIVER (the secret is made fresh)"
@@ -492,9 +519,9 @@ fn on_processors(cli: &Cli, a: &ReplicateArgs, vm: &str) -> Result<()> {
     };
     let job_id = a.job_id.clone().unwrap_or_else(|| vm.to_string());
     let (mut send, mut recv) = alike::remote::replication_pair(&job_id, vm, flow, &listen_host, a.port)?;
-    send.disks = a.disks.iter().map(|p| JobSource::Image { path: p.clone() }).collect();
+    send.disks = disks;
     send.state_dir.clone_from(&a.state_dir);
-    recv.replica = Some(JobReplica::Dir { path: dir.clone() });
+    recv.replica = Some(replica);
     recv.keep = a.keep;
     for j in [&mut send, &mut recv] {
         j.chunking.clone_from(&a.chunking);

@@ -26,8 +26,9 @@ struct PoolSpec<'a> {
     insecure: bool,
 }
 
-fn connect(p: &PoolSpec<'_>) -> Result<XenPool> {
-    let pw = if let Some(f) = p.password_file {
+/// A pool's XAPI password: its file, its environment variable, or a prompt.
+fn password(p: &PoolSpec<'_>) -> Result<String> {
+    Ok(if let Some(f) = p.password_file {
         read_secret(f, "XAPI password")?
     } else if let Ok(pw) = std::env::var(p.password_env) {
         pw
@@ -35,7 +36,11 @@ fn connect(p: &PoolSpec<'_>) -> Result<XenPool> {
         rpassword::prompt_password(format!("XAPI password for {}@{}: ", p.user, p.url))?
     } else {
         bail!("no XAPI password for {}: give its password file, set {}, or run on a terminal", p.url, p.password_env)
-    };
+    })
+}
+
+fn connect(p: &PoolSpec<'_>) -> Result<XenPool> {
+    let pw = password(p)?;
     let mut o = alike::XenConnectOptions::default().insecure(p.insecure);
     if let Some(fp) = p.fingerprint {
         o = o.fingerprint(fp);
@@ -96,6 +101,42 @@ pub(crate) struct XenRun<'a> {
     /// `--backup-to STORE`, opened.
     pub(crate) backup_to: Option<&'a alike::Store>,
     pub(crate) json: bool,
+/// The Xen ends of `alike replicate --source-xen … --target-xen … --via
+/// A[,B]`: the source pool as the sender's job names it, and the replica
+/// as the receiver's does. The passwords are read here (files, the
+/// environment, a prompt) and travel in each end's SSH channel only.
+pub(crate) fn remote_ends(x: &XenReplicateArgs) -> Result<(alike::JobXenPool, alike::JobXenReplica)> {
+    let (Some(src_url), Some(dst_url), Some(sr), Some(state)) = (&x.source_xen, &x.target_xen, &x.sr, &x.replica_state)
+    else {
+        bail!("--source-xen needs --target-xen, --sr and --replica-state");
+    };
+    let pool = |spec: &PoolSpec<'_>| -> Result<alike::JobXenPool> {
+        let mut p = alike::JobXenPool::new(spec.url);
+        p.user = spec.user.to_owned();
+        p.password = Some(alike::JobPassword(password(spec)?));
+        p.fingerprint = spec.fingerprint.cloned();
+        p.insecure = spec.insecure;
+        Ok(p)
+    };
+    let src = pool(&PoolSpec {
+        url: src_url,
+        user: &x.source_xen_user,
+        password_file: x.source_xen_password_file.as_ref(),
+        password_env: "ALIKE_SOURCE_XEN_PASSWORD",
+        fingerprint: x.source_xen_fingerprint.as_ref(),
+        insecure: x.xen_insecure,
+    })?;
+    let dst = pool(&PoolSpec {
+        url: dst_url,
+        user: &x.target_xen_user,
+        password_file: x.target_xen_password_file.as_ref(),
+        password_env: "ALIKE_TARGET_XEN_PASSWORD",
+        fingerprint: x.target_xen_fingerprint.as_ref(),
+        insecure: x.xen_insecure,
+    })?;
+    let mut r = alike::JobXenReplica::new(dst, sr, state);
+    r.network.clone_from(&x.network);
+    Ok((src, r))
 }
 
 /// `alike replicate --source-xen …`.

@@ -770,3 +770,146 @@ fn a_failing_end_stops_the_other_and_a_wrong_host_key_is_refused() {
     let e = replicate_remote(&end(a, send), &end(b, recv), &opts).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
 }
+
+/// A simulated pool (in this process) that the processors' namespaces reach
+/// at the host's bridge address, with its own password.
+fn pool_sim(env: &Env, name: &str, net: &alike_testing::netns::ProcessorNet, pw: &str) -> alike_xen_sim::Simulator {
+    let cfg = alike_xen_sim::SimConfig::new(env.p(name))
+        .listen(format!("{}:0", net.host_address()).parse().unwrap())
+        .password(pw)
+        .demo(true);
+    alike_xen_sim::Simulator::start(cfg).unwrap()
+}
+
+/// Every byte of a VDI (by ref) of a simulated pool.
+fn vdi_bytes(sim: &alike_xen_sim::Simulator, vdi: &str) -> Vec<u8> {
+    let size = sim.field(alike_xen_sim::Class::Vdi, vdi, "virtual_size").unwrap().as_int().unwrap();
+    sim.read_vdi(vdi, 0, size as usize).unwrap()
+}
+
+#[test]
+fn a_xen_vm_replicates_between_two_pools_through_two_processors() {
+    use alike::remote::{replicate_remote, replication_pair};
+    use alike::{Flow, JobReplica, JobSource, JobXenPool, JobXenReplica, ReplicaExportOptions, XenReplicaVm};
+    use alike_testing::proxy::{DelayProxy, LinkShape};
+    const NET: &str = "Pool-wide network associated with eth0";
+    let Some(mut net) = alike_testing::netns::ProcessorNet::new() else { return };
+    net.add_processor();
+    net.add_processor();
+    let (a, b) = (&net.processors()[0], &net.processors()[1]);
+    let env = Env::new();
+    // Each pool's password is unique: it must show up in no command line or environment.
+    let mut tag = [0u8; 12];
+    Rng::new(std::process::id() as u64 ^ 0x7a91).fill(&mut tag);
+    let needle = hex_of(&tag);
+    let (pw_a, pw_b) = (format!("xapi-a-{needle}"), format!("xapi-b-{needle}"));
+    let (sa, sb) = (pool_sim(&env, "pool-a", &net, &pw_a), pool_sim(&env, "pool-b", &net, &pw_b));
+    let pool = |sim: &alike_xen_sim::Simulator, pw: &str| {
+        let mut p = JobXenPool::new(sim.url());
+        p.password = Some(alike::JobPassword(pw.to_owned()));
+        p.insecure = true; // plain http to the host's bridge address
+        p
+    };
+    let state = env.p("replica-state");
+    let insecure = alike::XenConnectOptions::default().insecure(true);
+    let root = sa.lookup(alike_xen_sim::Class::Vdi, "web-01 root").unwrap();
+    let data = sa.lookup(alike_xen_sim::Class::Vdi, "web-01 data").unwrap();
+    let shape = LinkShape { delay: Duration::from_millis(10), rate: None };
+    let pids: Pids = Default::default();
+    let hits = Arc::new(Mutex::new((0usize, Vec::new())));
+    let mut sent = Vec::new();
+    for (round, flow) in [Flow::Push, Flow::Pull].into_iter().enumerate() {
+        if round == 1 {
+            // The guest writes 8 KiB of each disk between the runs.
+            sa.guest_write(&root, 7 << 20, &[0x5a; 8192]).unwrap();
+            sa.guest_write(&data, 3 << 20, &[0xa5; 8192]).unwrap();
+        }
+        let listener = if flow == Flow::Push { b } else { a };
+        let (mut send, mut recv) = replication_pair("dr-web-01", "web-01", flow, &listener.address, 2812).unwrap();
+        let target: std::net::SocketAddr = format!("{}:2812", listener.address).parse().unwrap();
+        let proxy = DelayProxy::start(&format!("{}:0", net.host_address()), target, shape).unwrap();
+        let via_proxy = Some(proxy.addr().to_string());
+        if flow == Flow::Push {
+            send.peer = via_proxy
+        } else {
+            recv.peer = via_proxy
+        }
+        send.disks.push(JobSource::Xen { pool: pool(&sa, &pw_a) });
+        send.state_dir = Some(env.p("sender-state"));
+        let mut x = JobXenReplica::new(pool(&sb, &pw_b), "Local storage", &state);
+        x.network = Some(NET.into());
+        recv.replica = Some(JobReplica::Xen(Box::new(x)));
+        let r = replicate_remote(&end(a, send), &end(b, recv), &watching(&pids, needle.as_bytes(), &hits)).unwrap();
+        assert_eq!((r.point, r.flow.as_str()), (round as u64 + 1, flow.name()), "{r:?}");
+        let (up, down) = proxy.carried();
+        assert!(up > 0 && down > 0, "the ends met through the proxy: {up} / {down} bytes");
+        sent.push((r.sent_bytes, r.read_bytes));
+        // The new point is the source VM's disks (as its snapshot was), bit for bit.
+        let dr = Arc::new(alike::xen_pool_with(&sb.url(), "root", &pw_b, &insecure).unwrap());
+        let rep = XenReplicaVm::open(dr, "web-01 (replica)", &state).unwrap();
+        assert_eq!(rep.points().unwrap().last().unwrap().point, r.point);
+        for (disk, vdi) in [&root, &data].into_iter().enumerate() {
+            let out = env.p("exported.img");
+            rep.export(r.point, disk, &out, ReplicaExportOptions::default().force(true)).unwrap();
+            assert!(std::fs::read(&out).unwrap() == vdi_bytes(&sa, vdi), "round {round}: disk {disk} differs");
+        }
+    }
+    // The second run sent only the changed chunks (2 × 8 KiB of writes, in
+    // chunks of at most 64 KiB, compressed), and read only what CBT marked.
+    let ((full, full_read), (inc, inc_read)) = (sent[0], sent[1]);
+    assert!(inc < 256 << 10 && full > 8 * inc, "first run {full} bytes sent, second {inc}");
+    assert!(inc_read <= 1 << 20 && full_read >= 96 << 20, "read {full_read} then {inc_read} bytes");
+    let h = hits.lock().unwrap();
+    assert!(h.0 >= 4, "scanned {} times", h.0);
+    assert!(h.1.is_empty(), "a XAPI password is visible in /proc: {:?}", h.1);
+    assert_eq!(pids.lock().unwrap().len(), 6, "three workers a round: the VM's configuration, then the two ends");
+    drop(h);
+    eprintln!("xen over two processors: first run sent {full} (read {full_read}), second sent {inc} (read {inc_read})");
+
+    // One processor that sees both pools plays both roles: one worker, no link.
+    sa.guest_write(&data, 5 << 20, &[0x77; 4096]).unwrap();
+    let (mut send, mut recv) = replication_pair("dr-web-01", "web-01", Flow::Push, &a.address, 2812).unwrap();
+    send.disks.push(JobSource::Xen { pool: pool(&sa, &pw_a) });
+    let mut x = JobXenReplica::new(pool(&sb, &pw_b), "Local storage", &state);
+    x.network = Some(NET.into());
+    recv.replica = Some(JobReplica::Xen(Box::new(x)));
+    let r = replicate_remote(&end(a, send), &end(a, recv), &watching(&pids, needle.as_bytes(), &hits)).unwrap();
+    assert_eq!(r.point, 3, "{r:?}");
+    assert_eq!(pids.lock().unwrap().len(), 7, "one worker for both ends");
+    // (Its change tracking is the in-process run's, kept with the replica's
+    // state: this first run of it reads every disk, and sends only what changed.)
+    assert!(r.sent_bytes > 0 && r.sent_bytes < 128 << 10 && r.read_bytes == 96 << 20, "{r:?}");
+    assert!(r.sender.result["needed_bytes"].as_u64().unwrap() <= 64 << 10, "{r:?}");
+    assert_eq!(r.sender.result["replica"]["needed_bytes"], r.receiver.result["replica"]["needed_bytes"]);
+    let dr = Arc::new(alike::xen_pool_with(&sb.url(), "root", &pw_b, &insecure).unwrap());
+    let rep = XenReplicaVm::open(dr, "web-01 (replica)", &state).unwrap();
+    let out = env.p("exported.img");
+    rep.export(3, 1, &out, ReplicaExportOptions::default().force(true)).unwrap();
+    assert!(std::fs::read(&out).unwrap() == vdi_bytes(&sa, &data), "the one-process point differs");
+    assert!(hits.lock().unwrap().1.is_empty(), "a XAPI password is visible in /proc");
+
+    // The same from the CLI (`--via A,B`, push), after the guest wrote again;
+    // the passwords reach it in its environment only (the test's choice).
+    sa.guest_write(&root, 9 << 20, &[0x33; 4096]).unwrap();
+    let client_pub = std::fs::read_to_string(a.sshd.dir().join("client_ed25519.pub")).unwrap();
+    let mut ak = std::fs::OpenOptions::new().append(true).open(b.sshd.dir().join("authorized_keys")).unwrap();
+    std::io::Write::write_all(&mut ak, client_pub.as_bytes()).unwrap();
+    let via = format!("{}@{},{}@{}", a.sshd.user, a.address, b.sshd.user, b.address);
+    let mut cmd = Command::new(ALIKE);
+    cmd.args(["replicate", "--json", "--vm", "web-01", "--source-xen", &sa.url(), "--target-xen", &sb.url()]);
+    cmd.args(["--sr", "Local storage", "--network", NET, "--xen-insecure", "--replica-state"]).arg(&state);
+    cmd.args(["--via", &via, "--ssh-key"]).arg(&a.sshd.client_key);
+    cmd.args(["--host-key", &a.sshd.host_fingerprint, "--host-key", &b.sshd.host_fingerprint]);
+    cmd.args(["--processor-command", &worker(), "--state-dir"]).arg(env.p("sender-state"));
+    cmd.env("ALIKE_SOURCE_XEN_PASSWORD", &pw_a).env("ALIKE_TARGET_XEN_PASSWORD", &pw_b);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((r["point"].as_u64(), r["flow"].as_str()), (Some(4), Some("push")), "{r}");
+    assert!(r["sent_bytes"].as_u64().unwrap() < 128 << 10, "{r}");
+    let dr = Arc::new(alike::xen_pool_with(&sb.url(), "root", &pw_b, &insecure).unwrap());
+    let rep = XenReplicaVm::open(dr, "web-01 (replica)", &state).unwrap();
+    let out = env.p("exported.img");
+    rep.export(4, 0, &out, ReplicaExportOptions::default().force(true)).unwrap();
+    assert!(std::fs::read(&out).unwrap() == vdi_bytes(&sa, &root), "the CLI's point differs");
+}

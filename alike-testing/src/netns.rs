@@ -84,10 +84,13 @@ impl ProcessorNet {
         }
         remove_leftovers();
         let pid = std::process::id();
+        let n = PROCESSOR_NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 26, "at most 26 processor nets per test process");
         let used = ip(&["-o", "-4", "addr", "show"]);
         // A /24 that no interface here uses, picked from the pid so that
-        // concurrent test processes start at different places.
-        let start = pid as usize;
+        // concurrent test processes start at different places, and from
+        // the net's number so that concurrent tests of one process do.
+        let start = pid as usize + n as usize * 257;
         let net = (0..200 * 256)
             .map(|i| {
                 let n = (start + i) % (200 * 256);
@@ -95,8 +98,6 @@ impl ProcessorNet {
             })
             .find(|(a, b)| !used.contains(&format!(" 10.{a}.{b}.")))
             .expect("a free 10.x.y.0/24");
-        let n = PROCESSOR_NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        assert!(n < 26, "at most 26 processor nets per test process");
         // Interface names are at most 15 bytes: `alkv` + pid (≤ 7 digits) +
         // a letter per net + the processor's number (≤ 3 digits).
         let tag = format!("{pid}{}", char::from(b'a' + n as u8));

@@ -102,9 +102,10 @@ pub use serve_config::{ServeAdmin, ServeConfig, ServeTls};
 // Replication.
 pub use replicate::{
     DEFAULT_PORT, DiskProgress, EndOptions, EndReport, Flow, JOB_VERSION, JobLink, JobPassword, JobReplica, JobRole,
-    JobSecret, JobSeed, JobSource, JobStore, MAX_JOB_BYTES, MAX_KEEP, Replica, ReplicaExportOptions,
-    ReplicaExportReport, ReplicaPoint, ReplicaRunStats, ReplicateOptions, ReplicateReport, ReplicationJob,
-    ReplicationProgress, ReplicationRecord, replicate, replicate_images, run_end, run_receiver, run_sender,
+    JobSecret, JobSeed, JobSource, JobStore, JobXenPool, JobXenReplica, MAX_JOB_BYTES, MAX_KEEP, Replica,
+    ReplicaExportOptions, ReplicaExportReport, ReplicaPoint, ReplicaRunStats, ReplicateOptions, ReplicateReport,
+    ReplicationJob, ReplicationProgress, ReplicationRecord, replicate, replicate_images, run_end, run_receiver,
+    run_sender,
 };
 #[cfg(feature = "xen")]
 pub use replicate::{

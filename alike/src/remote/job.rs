@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, JobPassword, JobRole, JobStore, ReplicationJob, Result};
 
 /// The job kinds this build's processor runs.
-pub const KINDS: &[&str] = &["backup", "restore", "verify", "replicate-sender", "replicate-receiver"];
+pub const KINDS: &[&str] =
+    &["backup", "restore", "verify", "replicate-sender", "replicate-receiver", "replicate-both", "xen-vm-config"];
 
 /// The secrets a job on a store takes: its passphrase or key file, and
 /// object-storage credentials.
@@ -22,6 +23,8 @@ const STORE_SECRETS: &[&str] =
 /// hex digits); each store's passphrase goes as `password:` + its location.
 const JOB_SECRET: &str = "job_secret";
 const PASSWORD_OF: &str = "password:";
+/// The secret of a replication kind carrying a XAPI password: `xapi_password:` + the pool's URL.
+const XAPI_PASSWORD_OF: &str = "xapi_password:";
 
 /// The largest key file sent (hex of at most this many bytes).
 const MAX_KEY_FILE: usize = 64 << 10;
@@ -228,6 +231,27 @@ impl VerifyJob {
     }
 }
 
+/// `xen-vm-config`: the recorded configuration of a VM of a XenServer/XCP-ng
+/// pool, read through the processor next to it (what the receiving end of
+/// a Xen replication finds or makes its replica from). Its password
+/// travels as the secret `xapi_password:URL`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct XenVmConfigJob {
+    /// The pool (its `password` moves into the job's secrets).
+    pub pool: crate::JobXenPool,
+    /// The VM: name, uuid or ref.
+    pub vm: String,
+}
+
+impl XenVmConfigJob {
+    /// VM `vm` of `pool`.
+    pub fn new(pool: crate::JobXenPool, vm: impl Into<String>) -> XenVmConfigJob {
+        XenVmConfigJob { pool, vm: vm.into() }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -247,6 +271,12 @@ pub enum JobKind {
     ReplicateSender(ReplicationJob),
     /// Be the receiving end of a replication (`role` `receiver`).
     ReplicateReceiver(ReplicationJob),
+    /// Read a Xen VM's recorded configuration.
+    XenVmConfig(XenVmConfigJob),
+    /// Play both ends of a replication in one process (the sender's job
+    /// first, then the receiver's): one processor sees both the source
+    /// and the replica, and no data crosses a network.
+    ReplicateBoth(Box<ReplicationJob>, Box<ReplicationJob>),
 }
 
 impl JobKind {
@@ -258,6 +288,8 @@ impl JobKind {
             JobKind::Verify(_) => "verify",
             JobKind::ReplicateSender(_) => "replicate-sender",
             JobKind::ReplicateReceiver(_) => "replicate-receiver",
+            JobKind::XenVmConfig(_) => "xen-vm-config",
+            JobKind::ReplicateBoth(..) => "replicate-both",
         }
     }
 }
@@ -387,19 +419,18 @@ impl ProcessorJob {
             JobKind::Backup(b) => serde_json::to_value(b).map_err(bad)?,
             JobKind::Restore(r) => serde_json::to_value(r).map_err(bad)?,
             JobKind::Verify(v) => serde_json::to_value(v).map_err(bad)?,
-            JobKind::ReplicateSender(j) | JobKind::ReplicateReceiver(j) => {
-                let mut j = j.clone();
-                for st in stores_of(&mut j) {
-                    if let Some(p) = st.password.take() {
-                        secrets.insert(format!("{PASSWORD_OF}{}", st.location), Secret::new(p.0));
-                    }
+            JobKind::XenVmConfig(x) => {
+                let mut x = x.clone();
+                if let Some(p) = x.pool.password.take() {
+                    secrets.insert(format!("{XAPI_PASSWORD_OF}{}", x.pool.url), Secret::new(p.0));
                 }
-                let mut v = serde_json::to_value(&j).map_err(bad)?;
-                if let Some(serde_json::Value::String(hex)) = v.as_object_mut().and_then(|o| o.remove("secret")) {
-                    secrets.insert(JOB_SECRET, Secret::new(hex));
-                }
-                v
+                serde_json::to_value(&x).map_err(bad)?
             }
+            JobKind::ReplicateSender(j) | JobKind::ReplicateReceiver(j) => replication_params(j, &mut secrets)?,
+            JobKind::ReplicateBoth(send, recv) => serde_json::json!({
+                "sender": replication_params(send, &mut secrets)?,
+                "receiver": replication_params(recv, &mut secrets)?,
+            }),
         };
         let mut spec = JobSpec::new(&self.id, self.kind.name(), params).with_secrets(secrets);
         spec.progress_interval_ms = self.progress_interval_ms;
@@ -422,6 +453,42 @@ impl ProcessorJob {
             "backup" => JobKind::Backup(serde_json::from_value(spec.params).map_err(bad)?),
             "restore" => JobKind::Restore(serde_json::from_value(spec.params).map_err(bad)?),
             "verify" => JobKind::Verify(serde_json::from_value(spec.params).map_err(bad)?),
+            "xen-vm-config" => {
+                let mut x: XenVmConfigJob = serde_json::from_value(spec.params).map_err(bad)?;
+                if x.pool.password.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "xen-vm-config job: the XAPI password travels in the secrets, as \"{XAPI_PASSWORD_OF}{}\"",
+                        x.pool.url
+                    )));
+                }
+                if let Some(p) = secrets.take(&format!("{XAPI_PASSWORD_OF}{}", x.pool.url)) {
+                    x.pool.password = Some(JobPassword(p.expose().to_string()));
+                }
+                JobKind::XenVmConfig(x)
+            }
+            "replicate-both" => {
+                let mut params = spec.params;
+                let mut part = |name: &str| -> Result<serde_json::Value> {
+                    let v = params.as_object_mut().and_then(|o| o.remove(name));
+                    v.ok_or_else(|| {
+                        Error::InvalidArgument(format!("replicate-both job: no \"{name}\" in the parameters"))
+                    })
+                };
+                let (send, recv) = (part("sender")?, part("receiver")?);
+                if let Some(k) = params.as_object().and_then(|o| o.keys().next()) {
+                    return Err(Error::InvalidArgument(format!("replicate-both job: unknown parameter {k:?}")));
+                }
+                // Each end takes its own secrets; the job secret is both ends'.
+                let mut mine = secrets.clone();
+                let send = replication_job(send, &mut mine, JobRole::Sender, "replicate-both")?;
+                let senders: Vec<String> =
+                    secrets.names().filter(|n| mine.get(n).is_none() && *n != JOB_SECRET).map(str::to_owned).collect();
+                let recv = replication_job(recv, &mut secrets, JobRole::Receiver, "replicate-both")?;
+                for n in senders {
+                    secrets.take(&n);
+                }
+                JobKind::ReplicateBoth(Box::new(send), Box::new(recv))
+            }
             k @ ("replicate-sender" | "replicate-receiver") => {
                 let role = if k == "replicate-sender" { JobRole::Sender } else { JobRole::Receiver };
                 let job = replication_job(spec.params, &mut secrets, role, k)?;
@@ -435,12 +502,19 @@ impl ProcessorJob {
             }
         };
         let takes: &[&str] = match kind {
-            JobKind::ReplicateSender(_) | JobKind::ReplicateReceiver(_) => &[],
+            JobKind::ReplicateSender(_)
+            | JobKind::ReplicateReceiver(_)
+            | JobKind::ReplicateBoth(..)
+            | JobKind::XenVmConfig(_) => &[],
             _ => STORE_SECRETS,
         };
         if let Some(n) = secrets.names().find(|n| !takes.contains(n)) {
-            let takes = if takes.is_empty() {
-                format!("{JOB_SECRET} and {PASSWORD_OF}LOCATION for each store it names")
+            let takes = if matches!(kind, JobKind::XenVmConfig(_)) {
+                format!("{XAPI_PASSWORD_OF}URL for its pool")
+            } else if takes.is_empty() {
+                format!(
+                    "{JOB_SECRET}, {PASSWORD_OF}LOCATION for each store and {XAPI_PASSWORD_OF}URL for each pool it names"
+                )
             } else {
                 takes.join(", ")
             };
@@ -497,6 +571,29 @@ impl ProcessorJob {
     }
 }
 
+/// A replication end's parameters: its description without its secrets,
+/// which move into `secrets` (the per-job secret as `job_secret`, each
+/// store's passphrase as `password:LOCATION`, each pool's XAPI password
+/// as `xapi_password:URL`).
+fn replication_params(j: &ReplicationJob, secrets: &mut Secrets) -> Result<serde_json::Value> {
+    let mut j = j.clone();
+    for st in stores_of(&mut j) {
+        if let Some(p) = st.password.take() {
+            secrets.insert(format!("{PASSWORD_OF}{}", st.location), Secret::new(p.0));
+        }
+    }
+    for pool in xen_pools_of(&mut j) {
+        if let Some(p) = pool.password.take() {
+            secrets.insert(format!("{XAPI_PASSWORD_OF}{}", pool.url), Secret::new(p.0));
+        }
+    }
+    let mut v = serde_json::to_value(&j).map_err(|e| Error::InvalidArgument(format!("job parameters: {e}")))?;
+    if let Some(serde_json::Value::String(hex)) = v.as_object_mut().and_then(|o| o.remove("secret")) {
+        secrets.insert(JOB_SECRET, Secret::new(hex));
+    }
+    Ok(v)
+}
+
 /// Every store a replication job names (its sources' stores, its seed's,
 /// its one-pass target).
 fn stores_of(job: &mut ReplicationJob) -> Vec<&mut JobStore> {
@@ -511,6 +608,21 @@ fn stores_of(job: &mut ReplicationJob) -> Vec<&mut JobStore> {
     }
     if let Some(s) = &mut job.backup_to {
         out.push(s);
+    }
+    out
+}
+
+/// Every XenServer/XCP-ng pool a replication job names (its Xen source's,
+/// its Xen replica's).
+fn xen_pools_of(job: &mut ReplicationJob) -> Vec<&mut crate::JobXenPool> {
+    let mut out: Vec<&mut crate::JobXenPool> = Vec::new();
+    for d in &mut job.disks {
+        if let crate::JobSource::Xen { pool } = d {
+            out.push(pool);
+        }
+    }
+    if let Some(crate::JobReplica::Xen(x)) = &mut job.replica {
+        out.push(&mut x.pool);
     }
     out
 }
@@ -549,6 +661,19 @@ fn replication_job(
         let name = format!("{PASSWORD_OF}{}", st.location);
         if let Some(p) = secrets.get(&name) {
             st.password = Some(JobPassword(p.expose().to_string()));
+            used.push(name);
+        }
+    }
+    for pool in xen_pools_of(&mut job) {
+        if pool.password.is_some() {
+            return bad(format!(
+                "pool {}: a XAPI password travels in the secrets, as \"{XAPI_PASSWORD_OF}{}\"",
+                pool.url, pool.url
+            ));
+        }
+        let name = format!("{XAPI_PASSWORD_OF}{}", pool.url);
+        if let Some(p) = secrets.get(&name) {
+            pool.password = Some(JobPassword(p.expose().to_string()));
             used.push(name);
         }
     }

@@ -40,7 +40,7 @@ pub use alike_remote::protocol::{
 };
 #[cfg(feature = "remote")]
 pub use alike_remote::ssh::{ClientKey, DEFAULT_COMMAND, Host, HostKeyPolicy, RemoteError, SshOptions};
-pub use job::{BackupJob, DiskChanges, JobKind, KINDS, ProcessorJob, RestoreJob, StoreSpec, VerifyJob};
+pub use job::{BackupJob, DiskChanges, JobKind, KINDS, ProcessorJob, RestoreJob, StoreSpec, VerifyJob, XenVmConfigJob};
 #[cfg(feature = "remote")]
 pub use pair::{RemoteEnd, RemoteReplicationReport, replicate_remote, replication_pair};
 #[cfg(feature = "remote")]

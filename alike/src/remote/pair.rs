@@ -12,6 +12,16 @@
 //! channel's cancel, stops cleanly (a receiver never commits a torn point)
 //! and the call returns the first failure, naming the end and its host
 //! ([`crate::Error::RemoteEnd`]).
+//!
+//! Both ends on one host (the same `user@host:port`), where one process can
+//! play both roles, run as one worker: the processor job `replicate-both`,
+//! the in-process path, no link on 2812 and no second worker.
+//!
+//! Xen ends (`docs/replica-xen.md`): a receiver's Xen replica is found or
+//! made from the source VM's configuration, which only the sender's side
+//! can read; when its job lacks it, the orchestrator first runs the short
+//! `xen-vm-config` job on the sender's processor and hands the result to
+//! the receiver in its job.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +29,10 @@ use std::time::{Duration, Instant};
 use alike_remote::protocol::WorkerMessage;
 use alike_remote::ssh::{ClientKey, Host, HostKeyPolicy};
 
+use super::job::{JobKind, XenVmConfigJob};
 use super::run::{RemoteOptions, RemoteReport, run_remote};
 use super::{ProcessorEvent, ProcessorJob};
-use crate::{CancelToken, Error, Flow, JobRole, JobSecret, ReplicationJob, Result};
+use crate::{CancelToken, Error, Flow, JobReplica, JobRole, JobSecret, JobSource, ReplicationJob, Result};
 
 /// How often the orchestrator looks at both ends and the caller's cancel.
 const WATCH: Duration = Duration::from_millis(20);
@@ -138,13 +149,74 @@ fn check_pair(sender: &ReplicationJob, receiver: &ReplicationJob) -> Result<()> 
     receiver.validate()
 }
 
+/// Both ends on one host, as one worker playing both roles (the processor
+/// job `replicate-both`): no link, no second worker. The report's
+/// `sender` and `receiver` are that one worker's report.
+fn one_process(
+    sender: &RemoteEnd,
+    receiver: &RemoteEnd,
+    opts: &RemoteOptions,
+    t0: Instant,
+) -> Result<RemoteReplicationReport> {
+    let job = ProcessorJob::new(JobKind::ReplicateBoth(Box::new(sender.job.clone()), Box::new(receiver.job.clone())))
+        .with_id(sender.job.job_id.clone());
+    let r = run_remote(&sender.host, &sender.policy, &sender.key, &job, opts).map_err(|e| Error::RemoteEnd {
+        end: "sender and receiver",
+        host: sender.host.to_string(),
+        source: Box::new(e),
+    })?;
+    let u = |k: &str| r.result[k].as_u64().unwrap_or_default();
+    Ok(RemoteReplicationReport {
+        job_id: sender.job.job_id.clone(),
+        vm: sender.job.vm.clone(),
+        flow: sender.job.flow.name().to_string(),
+        point: u("point"),
+        read_bytes: u("read_bytes"),
+        sent_bytes: u("sent_bytes"),
+        sender: r.clone(),
+        receiver: r,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// The receiver's end, with the source VM's configuration its Xen replica
+/// is found by or made from: read first through the sender's processor
+/// (the `xen-vm-config` job; the source pool is reached from there, not
+/// necessarily from here) when the receiver's job has none.
+fn with_source(sender: &RemoteEnd, receiver: &RemoteEnd, opts: &RemoteOptions) -> Result<RemoteEnd> {
+    let mut receiver = receiver.clone();
+    let (Some(JobSource::Xen { pool }), Some(JobReplica::Xen(x))) =
+        (sender.job.disks.first(), &mut receiver.job.replica)
+    else {
+        return Ok(receiver);
+    };
+    if x.source.is_some() {
+        return Ok(receiver);
+    }
+    let mut o = opts.clone();
+    o.run.progress = None;
+    let job = ProcessorJob::new(JobKind::XenVmConfig(XenVmConfigJob::new(pool.clone(), &sender.job.vm)))
+        .with_id(format!("{}-source", sender.job.job_id));
+    let r = run_remote(&sender.host, &sender.policy, &sender.key, &job, &o).map_err(|e| Error::RemoteEnd {
+        end: "sender",
+        host: sender.host.to_string(),
+        source: Box::new(e),
+    })?;
+    x.source = Some(r.result);
+    Ok(receiver)
+}
+
 /// Runs one replication across processors: `sender` and `receiver` are
 /// started over SSH (host keys pinned), the listening end first, and each
 /// is handed its job — secrets only inside its SSH channel. Events of both
 /// ends go to [`RemoteOptions::on_event`]; progress (the sender's bytes
 /// read, of every disk) to [`RemoteOptions::progress`]. The caller's
 /// cancel token stops both ends; if one end fails, the other is cancelled
-/// and the error names the end that failed. Both ends may be on one host.
+/// and the error names the end that failed. Both ends may be on one host:
+/// image sources onto a replica folder, or a Xen VM onto a Xen replica
+/// (no seed, no one-pass store), then run as one worker playing both roles
+/// (the processor job `replicate-both`: no link, no second worker);
+/// otherwise as two workers there.
 ///
 /// ```no_run
 /// use alike::Flow;
@@ -175,6 +247,10 @@ pub fn replicate_remote(
 ) -> Result<RemoteReplicationReport> {
     check_pair(&sender.job, &receiver.job)?;
     let t0 = Instant::now();
+    if sender.host == receiver.host && crate::replicate::one_process_can(&sender.job, &receiver.job) {
+        return one_process(sender, receiver, opts, t0);
+    }
+    let receiver = &with_source(sender, receiver, opts)?;
     let ends = [sender, receiver];
     // The listening end first.
     let order: [usize; 2] = if sender.job.dials() { [1, 0] } else { [0, 1] };

@@ -304,6 +304,8 @@ fn run_job(job: &ProcessorJob, ctx: &Arc<Ctx>, opts: &WorkerOptions) -> Result<s
         JobKind::Restore(r) => restore(job, r, ctx),
         JobKind::Verify(v) => verify(job, v, ctx),
         JobKind::ReplicateSender(r) | JobKind::ReplicateReceiver(r) => replicate(r, ctx),
+        JobKind::XenVmConfig(x) => crate::replicate::xen_vm_config(&x.pool, &x.vm),
+        JobKind::ReplicateBoth(s, r) => replicate_both(s, r, ctx),
     }?;
     Ok(v)
 }
@@ -511,22 +513,35 @@ fn verify(job: &ProcessorJob, v: &VerifyJob, ctx: &Arc<Ctx>) -> Result<serde_jso
     to_value(&r)
 }
 
-/// One end of a replication: the engine's `run_end`, its progress per disk
-/// as `progress` events (phase `replicate`: bytes read of what this run
-/// reads), and a `listening` event once a listening end listens.
-fn replicate(r: &ReplicationJob, ctx: &Arc<Ctx>) -> Result<serde_json::Value> {
-    let (c, c2, c3) = (ctx.clone(), ctx.clone(), ctx.clone());
-    let o = EndOptions::default()
-        .cancel_token(ctx.cancel.clone())
-        .progress(move |p| c.progress(p, Vec::new))
-        .disk_progress(move |p| {
+/// Both ends of a replication in this process: progress as one end's.
+fn replicate_both(send: &ReplicationJob, recv: &ReplicationJob, ctx: &Arc<Ctx>) -> Result<serde_json::Value> {
+    let o = end_options(ctx);
+    let report = crate::replicate::run_both(send, recv, &o)?;
+    to_value(&report)
+}
+
+/// The options of a replication run on this worker: its cancel, and its
+/// progress as `progress` events (phase `replicate`, bytes read per disk).
+fn end_options(ctx: &Arc<Ctx>) -> EndOptions {
+    let (c, c2) = (ctx.clone(), ctx.clone());
+    EndOptions::default().cancel_token(ctx.cancel.clone()).progress(move |p| c.progress(p, Vec::new)).disk_progress(
+        move |p| {
             let disks: Vec<DiskProgress> =
                 p.disks.iter().map(|d| DiskProgress::new(d.disk as u32, d.read_bytes, d.total_bytes)).collect();
             let done = disks.iter().map(|d| d.bytes_done).sum();
             let total = disks.iter().map(|d| d.bytes_total).sum();
             c2.progress_of("replicate", done, total, || disks)
-        })
-        .on_listening(move |a| c3.out.send(&WorkerMessage::Listening(Listening::new(a.to_string()))));
+        },
+    )
+}
+
+/// One end of a replication: the engine's `run_end`, its progress per disk
+/// as `progress` events (phase `replicate`: bytes read of what this run
+/// reads), and a `listening` event once a listening end listens.
+fn replicate(r: &ReplicationJob, ctx: &Arc<Ctx>) -> Result<serde_json::Value> {
+    let c3 = ctx.clone();
+    let o =
+        end_options(ctx).on_listening(move |a| c3.out.send(&WorkerMessage::Listening(Listening::new(a.to_string()))));
     let report = crate::run_end(r, JobLink::FromJob, &o)?;
     to_value(&report)
 }

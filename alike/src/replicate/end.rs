@@ -123,7 +123,7 @@ fn timeouts(job: &ReplicationJob) -> (Duration, Option<Duration>) {
 }
 
 /// The connection of an end, made as `link` and the job say.
-fn connect(job: &ReplicationJob, link: JobLink, opts: &EndOptions) -> Result<TcpEnd> {
+pub(super) fn connect(job: &ReplicationJob, link: JobLink, opts: &EndOptions) -> Result<TcpEnd> {
     let (connect_timeout, idle) = timeouts(job);
     let cancel = &opts.run.cancel;
     let dials = job.dials();
@@ -178,7 +178,7 @@ pub(crate) fn open_store(s: &JobStore) -> Result<Store> {
 
 /// A passphrase file: a regular file of at most 64 KiB, its trailing
 /// newline removed; its content never appears in an error.
-fn read_secret_file(path: &std::path::Path) -> Result<String> {
+pub(super) fn read_secret_file(path: &std::path::Path) -> Result<String> {
     use std::io::Read;
     let bad = |what: String| Error::InvalidArgument(format!("password file {}: {what}", path.display()));
     let f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
@@ -205,6 +205,9 @@ pub fn run_sender(job: &ReplicationJob, link: JobLink, opts: &EndOptions) -> Res
     job.validate()?;
     if job.role != JobRole::Sender {
         return Err(Error::InvalidArgument(format!("job {:?} is the receiver's", job.job_id)));
+    }
+    if let Some(JobSource::Xen { pool }) = job.disks.first() {
+        return super::xen_end::run_sender(job, pool, link, opts);
     }
     let started = Instant::now();
     opts.run.check()?;
@@ -306,6 +309,9 @@ pub fn run_receiver(job: &ReplicationJob, link: JobLink, opts: &EndOptions) -> R
     job.validate()?;
     if job.role != JobRole::Receiver {
         return Err(Error::InvalidArgument(format!("job {:?} is the sender's", job.job_id)));
+    }
+    if let Some(JobReplica::Xen(x)) = &job.replica {
+        return super::xen_end::run_receiver(job, x, link, opts);
     }
     let Some(JobReplica::Dir { path }) = &job.replica else {
         return Err(Error::InvalidArgument(format!("job {:?}: a receiver needs \"replica\"", job.job_id)));

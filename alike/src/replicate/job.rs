@@ -227,6 +227,104 @@ pub enum JobSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         disk: Option<usize>,
     },
+    /// A VM of a XenServer/XCP-ng pool, read through the CBT backup cycle:
+    /// the job's `vm` (name, uuid or ref) is snapshotted at the start of the
+    /// run, only what changed since the previous run is read (CBT), and the
+    /// snapshot is released after the commit. It is the sender's only disk
+    /// entry (it stands for all of the VM's disks).
+    Xen {
+        /// The pool.
+        pool: JobXenPool,
+    },
+}
+
+/// How an end reaches a XenServer/XCP-ng pool. The XAPI password travels
+/// in the job (inside the SSH channel, as the secret `xapi_password:URL`,
+/// never in the parameters) or in a file on the end's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JobXenPool {
+    /// The pool master's URL (`https://host`, `http://host:port`).
+    pub url: String,
+    /// The XAPI user (default `root`).
+    #[serde(default = "default_xen_user")]
+    pub user: String,
+    /// The XAPI password, carried in the job (at most one of `password`
+    /// and `password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<JobPassword>,
+    /// A file holding the XAPI password (on the end's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The pool's certificate, by SHA-256 fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Allow `http://` to a pool that is not on the end's host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+fn default_xen_user() -> String {
+    "root".into()
+}
+
+impl JobXenPool {
+    /// The pool at `url`, user `root`, no password set (set one).
+    pub fn new(url: impl Into<String>) -> JobXenPool {
+        JobXenPool {
+            url: url.into(),
+            user: default_xen_user(),
+            password: None,
+            password_file: None,
+            fingerprint: None,
+            insecure: false,
+        }
+    }
+
+    fn check(&self, job: &str, what: &str) -> Result<()> {
+        if self.url.is_empty() || self.user.is_empty() || (self.password.is_some() && self.password_file.is_some()) {
+            return Err(Error::InvalidArgument(format!(
+                "job {job:?}: {what}: a url, a user, and at most one of password and password_file"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A replica VM on a XenServer/XCP-ng pool (`docs/replica-xen.md`): found
+/// by the source VM's uuid, or made from the source VM's configuration on
+/// the first run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JobXenReplica {
+    /// The target pool.
+    pub pool: JobXenPool,
+    /// The SR of a new replica's disks (name or uuid).
+    pub sr: String,
+    /// The network of a new replica's NICs (default: each NIC's network
+    /// by uuid or name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// A new replica's name (default `NAME (replica)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the receiver keeps replicas' keys, records and history.
+    pub state_dir: PathBuf,
+    /// The source VM's recorded configuration (`XenVmConfig` as JSON):
+    /// what the replica is found by (its uuid) or made from. An
+    /// orchestrator fills it from the sender's `source` event
+    /// (`docs/processor-protocol.md`); a job file may hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
+}
+
+impl JobXenReplica {
+    /// A replica on `pool`, new disks on `sr`, state under `state_dir`.
+    pub fn new(pool: JobXenPool, sr: impl Into<String>, state_dir: impl Into<PathBuf>) -> JobXenReplica {
+        JobXenReplica { pool, sr: sr.into(), network: None, name: None, state_dir: state_dir.into(), source: None }
+    }
 }
 
 /// Where the replica is kept.
@@ -239,6 +337,8 @@ pub enum JobReplica {
         /// The folder on the receiver's host.
         path: PathBuf,
     },
+    /// A replica VM on a XenServer/XCP-ng pool.
+    Xen(Box<JobXenReplica>),
 }
 
 /// A version in a store the receiver can read, to seed a first replication
@@ -544,11 +644,25 @@ impl ReplicationJob {
                     return bad(format!("{} disks: at most {}", self.disks.len(), alike_repl::wire::MAX_DISKS));
                 }
                 for (i, d) in self.disks.iter().enumerate() {
-                    if let JobSource::StoreVersion { store, version, .. } = d {
-                        stores(store, &format!("disks[{i}]"))?;
-                        if version.is_empty() {
-                            return bad(format!("disks[{i}]: no version"));
+                    match d {
+                        JobSource::StoreVersion { store, version, .. } => {
+                            stores(store, &format!("disks[{i}]"))?;
+                            if version.is_empty() {
+                                return bad(format!("disks[{i}]: no version"));
+                            }
                         }
+                        JobSource::Xen { pool } => {
+                            pool.check(&self.job_id, &format!("disks[{i}]"))?;
+                            if self.disks.len() > 1 {
+                                return bad("a Xen VM is the sender's only entry in \"disks\"".into());
+                            }
+                            if self.backup_to.is_some() {
+                                return bad(
+                                    "one-pass backup (\"backup_to\") is not available for Xen sources yet".into()
+                                );
+                            }
+                        }
+                        JobSource::Image { .. } => {}
                     }
                 }
                 for (what, set) in
@@ -571,6 +685,15 @@ impl ReplicationJob {
                 }
                 if let Some(s) = &self.seed {
                     stores(&s.store, "seed")?;
+                }
+                if let Some(JobReplica::Xen(x)) = &self.replica {
+                    x.pool.check(&self.job_id, "replica")?;
+                    if x.sr.is_empty() {
+                        return bad("a Xen replica needs \"sr\"".into());
+                    }
+                    if self.seed.is_some() || self.backup_to.is_some() {
+                        return bad("seeding and one-pass backup are not available for Xen replicas yet".into());
+                    }
                 }
             }
         }
@@ -665,6 +788,33 @@ mod tests {
         s.flow = Flow::Pull;
         s.peer = None;
         assert!(s.validate().is_err(), "one-pass belongs to the receiver in pull");
+    }
+
+    #[test]
+    fn xen_ends_validate_and_round_trip() {
+        let mut pool = JobXenPool::new("https://10.0.0.7");
+        pool.password = Some(JobPassword("pw".into()));
+        let mut s = ReplicationJob::new("j", "web-01", JobRole::Sender, JobSecret::from_bytes([1; 32]));
+        s.peer = Some("10.0.0.8".into());
+        s.disks.push(JobSource::Xen { pool: pool.clone() });
+        s.validate().unwrap();
+        assert_eq!(ReplicationJob::from_json(s.to_json().unwrap().as_bytes()).unwrap(), s);
+        assert!(!format!("{s:?}").contains("\"pw\""), "Debug never shows the XAPI password");
+        s.disks.push(JobSource::Image { path: "/d".into() });
+        assert!(s.validate().unwrap_err().to_string().contains("only entry"));
+        s.disks.pop();
+        s.disks[0] = JobSource::Xen { pool: JobXenPool { password_file: Some("/f".into()), ..pool.clone() } };
+        assert!(s.validate().is_err(), "a password and a password file");
+
+        let mut r = receiver();
+        r.replica = Some(JobReplica::Xen(Box::new(JobXenReplica::new(pool.clone(), "Local storage", "/state"))));
+        r.validate().unwrap();
+        assert_eq!(ReplicationJob::from_json(r.to_json().unwrap().as_bytes()).unwrap(), r);
+        r.seed = Some(JobSeed::new(JobStore::new("/s"), "latest"));
+        assert!(r.validate().is_err(), "no seeding of Xen replicas yet");
+        r.seed = None;
+        r.replica = Some(JobReplica::Xen(Box::new(JobXenReplica::new(pool, "", "/state"))));
+        assert!(r.validate().is_err(), "a Xen replica needs an SR");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! [`replicate_xen`]; `docs/replica-xen.md`), with test failover, failover
 //! and failback.
 
+mod both;
 mod end;
 mod history;
 #[cfg(feature = "hyperv")]
@@ -24,6 +25,12 @@ mod hyperv;
 mod job;
 #[cfg(feature = "xen")]
 mod xen;
+mod xen_end;
+
+#[cfg(feature = "remote")]
+pub(crate) use both::one_process_can;
+pub(crate) use both::run_both;
+pub(crate) use xen_end::vm_config as xen_vm_config;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +50,7 @@ pub use history::ReplicationRecord;
 pub use hyperv::{HyperVFailbackReport, HyperVReplicaReport, HyperVTestReport};
 pub use job::{
     DEFAULT_PORT, Flow, JOB_VERSION, JobPassword, JobReplica, JobRole, JobSecret, JobSeed, JobSource, JobStore,
-    MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
+    JobXenPool, JobXenReplica, MAX_JOB_BYTES, MAX_KEEP, ReplicationJob,
 };
 #[cfg(feature = "xen")]
 pub use xen::{

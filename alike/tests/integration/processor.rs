@@ -81,7 +81,7 @@ fn a_processor_refuses_what_it_must_and_says_why() {
     let cases = [
         (
             r#"{"type":"job","v":1,"id":"j","kind":"vault","params":{}}"#,
-            "does not run \"vault\" jobs (it runs: backup, restore, verify, replicate-sender, replicate-receiver)",
+            "does not run \"vault\" jobs (it runs: backup, restore, verify, replicate-sender, replicate-receiver, replicate-both, xen-vm-config)",
         ),
         (
             r#"{"type":"job","v":1,"id":"j","kind":"verify","params":{"store":{"location":"/x"},"bwlimit":1}}"#,
@@ -116,6 +116,14 @@ fn a_processor_refuses_what_it_must_and_says_why() {
         (
             r#"{"type":"job","v":1,"id":"j","kind":"replicate-receiver","params":{"version":2,"job_id":"j"},"secrets":{"job_secret":"00"}}"#,
             "job description version 2: this build reads version 1",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"xen-vm-config","params":{"pool":{"url":"https://p","password":"t0p"},"vm":"v"}}"#,
+            "the XAPI password travels in the secrets, as \"xapi_password:https://p\"",
+        ),
+        (
+            r#"{"type":"job","v":1,"id":"j","kind":"xen-vm-config","params":{"pool":{"url":"https://p"},"vm":"v"},"secrets":{"xapi_password:https://q":"t0p"}}"#,
+            "takes no secret \"xapi_password:https://q\"",
         ),
         ("not json", "malformed message from the orchestrator"),
     ];
@@ -184,5 +192,17 @@ fn the_golden_jobs_are_the_facades_job_kinds() {
         let again = encode(&OrchestratorMessage::Job(job.to_spec().unwrap()));
         assert_eq!(String::from_utf8(again.to_vec()).unwrap(), format!("{line}\n"));
     }
-    assert_eq!(kinds, ["backup", "restore", "verify", "replicate-receiver"]);
+    assert_eq!(
+        kinds,
+        [
+            "backup",
+            "restore",
+            "verify",
+            "replicate-receiver",
+            "xen-vm-config",
+            "replicate-sender",
+            "replicate-receiver",
+            "replicate-both"
+        ]
+    );
 }
