@@ -101,6 +101,8 @@ pub(crate) struct XenRun<'a> {
     /// `--backup-to STORE`, opened.
     pub(crate) backup_to: Option<&'a alike::Store>,
     pub(crate) json: bool,
+}
+
 /// The Xen ends of `alike replicate --source-xen … --target-xen … --via
 /// A[,B]`: the source pool as the sender's job names it, and the replica
 /// as the receiver's does. The passwords are read here (files, the
