@@ -173,6 +173,11 @@ impl PackWriter {
         Ok(())
     }
 
+    /// The spool file the pack is written to (also [`FinishedPack::path`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Bytes so far.
     pub fn len(&self) -> u64 {
         self.len

@@ -28,8 +28,13 @@ use crate::{Error, Result};
 pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = -(1 << 17)..=22;
 /// Default target pack size: 32 MiB.
 pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
-/// Packs written before their index segment is published.
-const PACKS_PER_SEGMENT: usize = 16;
+/// Packs written before their index segment is published. A lower bound
+/// on what a writer holds (the ids pending, the packs' entry lists, the
+/// segment being encoded): 8 packs of 32 MiB are reached by a 1 GiB disk
+/// too, so what a backup holds does not grow with the disk.
+const PACKS_PER_SEGMENT: usize = 8;
+/// Chunk ids pending publication at most (packs of very small chunks).
+const PUBLISH_ENTRIES: usize = 1 << 16;
 /// Chunks in one pack at most: trailer, pending set and cache
 /// transactions stay small even when chunks compress a thousandfold.
 pub const MAX_PACK_ENTRIES: usize = 1 << 16;
@@ -186,10 +191,65 @@ impl serde::Serialize for StoreStats {
 struct Session {
     current: Option<PackWriter>,
     /// Ids in packs not yet published (being written or finished).
-    pending: HashSet<ChunkId>,
+    pending: Pending,
     /// Packs handed to the finishers and not yet claimed by a publisher.
     in_flight: usize,
     finisher: Option<Arc<Finisher>>,
+}
+
+/// Ids of the chunks in packs not yet published, kept compact: the open
+/// pack's in a hash set (one pack's worth at most, its capacity kept from
+/// pack to pack), and each pack handed to the finishers as one sorted array
+/// of exactly its ids (32 bytes an id, no hash-table doublings however many
+/// packs wait for their segment).
+#[derive(Default)]
+struct Pending {
+    open: HashSet<ChunkId>,
+    /// Per pack in flight: its spool file (what [`FinishedPack::path`]
+    /// names when it comes back) and its ids, sorted.
+    sealed: Vec<(PathBuf, Box<[ChunkId]>)>,
+    /// Ids in `sealed`.
+    sealed_len: usize,
+}
+
+/// The open set's capacity kept between packs (a pack holds ~1–4 Ki
+/// chunks of real data): a pack of many tiny chunks may grow it further,
+/// but not for the packs after it.
+const OPEN_IDS_KEPT: usize = 1 << 12;
+
+impl Pending {
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.open.contains(id) || self.sealed.iter().any(|(_, ids)| ids.binary_search(id).is_ok())
+    }
+
+    fn len(&self) -> usize {
+        self.open.len() + self.sealed_len
+    }
+
+    /// The open pack was handed to the finishers as `path`.
+    fn seal(&mut self, path: PathBuf) {
+        let mut ids: Vec<ChunkId> = Vec::with_capacity(self.open.len());
+        ids.extend(self.open.drain());
+        ids.sort_unstable();
+        ids.dedup();
+        self.open.shrink_to(OPEN_IDS_KEPT);
+        self.sealed_len += ids.len();
+        self.sealed.push((path, ids.into_boxed_slice()));
+    }
+
+    /// The pack written from spool file `path` is published.
+    fn published(&mut self, path: &Path) {
+        if let Some(i) = self.sealed.iter().position(|(p, _)| p == path) {
+            let (_, ids) = self.sealed.swap_remove(i);
+            self.sealed_len -= ids.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.open = HashSet::new();
+        self.sealed = Vec::new();
+        self.sealed_len = 0;
+    }
 }
 
 /// Threads that finish packs (trailer, fsync, placing the pack in the
@@ -718,8 +778,10 @@ impl Repository {
         Ok(keys)
     }
 
-    /// Hands a full pack to the finisher threads.
+    /// Hands a full pack to the finisher threads; its ids move from the
+    /// open set to a sealed array of their own.
     fn send_to_finisher(&self, s: &mut Session, w: PackWriter) -> Result<()> {
+        s.pending.seal(w.path().to_owned());
         if s.finisher.is_none() {
             s.finisher = Some(Arc::new(Finisher::start(self.keys.clone(), self.backend.clone())?));
         }
@@ -745,16 +807,14 @@ impl Repository {
         let Some((n, finisher)) = claimed else { return Ok(()) };
         let _one = self.publishing.locked();
         let (packs, first_err) = finisher.collect(n);
+        let paths: Vec<PathBuf> = packs.iter().map(|p| p.path.clone()).collect();
         let packs: Vec<([u8; 32], Vec<PackEntry>)> = packs.into_iter().map(|p| (p.id, p.entries)).collect();
         if !packs.is_empty() {
             self.write_segments(&packs, true)?;
             let mut s = self.session.locked();
-            for (_, entries) in &packs {
-                for e in entries {
-                    s.pending.remove(&e.id);
-                }
+            for p in &paths {
+                s.pending.published(p);
             }
-            s.pending.shrink_to(MAX_PACK_ENTRIES);
         }
         match first_err {
             Some(e) => Err(e),
@@ -774,13 +834,13 @@ impl Repository {
             }
             let w = s.current.as_mut().expect("just set");
             w.add(frame)?;
-            s.pending.extend(frame.chunks.iter().map(|c| c.id));
+            s.pending.open.extend(frame.chunks.iter().map(|c| c.id));
             if w.len() < self.config.pack_size && w.entry_count() < MAX_PACK_ENTRIES {
                 return Ok(());
             }
             let w = s.current.take().expect("present");
             self.send_to_finisher(s, w)?;
-            if s.in_flight < PACKS_PER_SEGMENT && s.pending.len() < MAX_SEGMENT_ENTRIES {
+            if s.in_flight < PACKS_PER_SEGMENT && s.pending.len() < PUBLISH_ENTRIES {
                 return Ok(());
             }
             Self::claim(s)
@@ -1220,5 +1280,49 @@ impl ChunkStore for Repository {
     }
     fn commit_version(&self, manifest: &Manifest) -> alike_core::Result<String> {
         Ok(self.write_manifest(manifest)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> ChunkId {
+        ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
+    #[test]
+    fn pending_ids_are_found_until_their_pack_is_published() {
+        let mut p = Pending::default();
+        p.open.extend((0..100).map(id));
+        p.seal(PathBuf::from("a"));
+        // An id in two packs (a frame re-put with some of its chunks new).
+        p.open.extend((90..250).map(id));
+        assert!(p.contains(&id(120)) && p.contains(&id(5)));
+        p.seal(PathBuf::from("b"));
+        p.open.extend((1000..1010).map(id));
+        assert_eq!(p.len(), 100 + 160 + 10);
+        assert!((0..250).chain(1000..1010).all(|n| p.contains(&id(n))));
+        assert!(!p.contains(&id(250)) && !p.contains(&id(999)));
+        p.published(Path::new("a"));
+        assert!(!p.contains(&id(5)) && p.contains(&id(95)) && p.contains(&id(200)));
+        assert_eq!(p.len(), 160 + 10);
+        // A path that is not pending (published already) changes nothing.
+        p.published(Path::new("a"));
+        assert_eq!(p.len(), 170);
+        p.published(Path::new("b"));
+        assert!(!p.contains(&id(95)) && p.contains(&id(1005)));
+        assert_eq!(p.len(), 10);
+        p.clear();
+        assert!(!p.contains(&id(1005)) && p.len() == 0);
+    }
+
+    #[test]
+    fn a_large_pack_does_not_keep_a_large_open_set() {
+        let mut p = Pending::default();
+        p.open.extend((0..60_000).map(id));
+        p.seal(PathBuf::from("big"));
+        assert!(p.open.capacity() < 2 * OPEN_IDS_KEPT, "{}", p.open.capacity());
+        assert!(p.contains(&id(59_999)));
     }
 }

@@ -209,7 +209,9 @@ impl Keys {
         match self.data {
             DataSeal::BlobKey => self.open(aad, stored),
             DataSeal::Public { secret: None, .. } => Err("a write-only key cannot open data frames"),
-            DataSeal::Public { public, secret: Some(secret) } => open_from_public(&public, &secret, aad, stored),
+            DataSeal::Public { public, secret: Some(secret) } => {
+                open_copy(&public_frame_cipher(&public, &secret, stored)?, aad, stored, 32)
+            }
         }
     }
 
@@ -286,18 +288,34 @@ impl Keys {
         let Some(cipher) = &self.cipher else {
             return Ok(stored.to_vec());
         };
-        if stored.len() < SEAL_OVERHEAD {
-            return Err("shorter than nonce and tag");
+        open_copy(cipher, aad, stored, 0)
+    }
+
+    /// [`Keys::open`] without a copy: `stored` is decrypted where it lies;
+    /// returns where the plaintext is in it (the whole of it without
+    /// encryption). `stored` is garbage when it does not authenticate.
+    pub fn open_in_place(
+        &self,
+        aad: &[u8],
+        stored: &mut [u8],
+    ) -> std::result::Result<std::ops::Range<usize>, &'static str> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(0..stored.len());
+        };
+        open_with(cipher, aad, stored, 0)
+    }
+
+    /// [`Keys::open_data`] without a copy, as [`Keys::open_in_place`].
+    pub fn open_data_in_place(
+        &self,
+        aad: &[u8],
+        stored: &mut [u8],
+    ) -> std::result::Result<std::ops::Range<usize>, &'static str> {
+        match self.data {
+            DataSeal::BlobKey => self.open_in_place(aad, stored),
+            DataSeal::Public { secret: None, .. } => Err("a write-only key cannot open data frames"),
+            DataSeal::Public { public, secret: Some(secret) } => open_from_public(&public, &secret, aad, stored),
         }
-        let (nonce, rest) = stored.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
-        let n = Nonce::<Aes256Gcm>::try_from(nonce).expect("12 bytes");
-        let t = Tag::<Aes256Gcm>::try_from(tag).expect("16 bytes");
-        cipher
-            .decrypt_inout_detached(&n, aad, (&mut buf[..]).into(), &t)
-            .map_err(|_| "authentication failed (wrong key or damaged bytes)")?;
-        Ok(buf)
     }
 }
 
@@ -350,24 +368,60 @@ fn open_from_public(
     public: &[u8; 32],
     secret: &[u8; 32],
     aad: &[u8],
+    stored: &mut [u8],
+) -> std::result::Result<std::ops::Range<usize>, &'static str> {
+    open_with(&public_frame_cipher(public, secret, stored)?, aad, stored, 32)
+}
+
+/// The cipher of a data frame sealed to `public` (format 3), from its
+/// ephemeral key.
+fn public_frame_cipher(
+    public: &[u8; 32],
+    secret: &[u8; 32],
     stored: &[u8],
-) -> std::result::Result<Vec<u8>, &'static str> {
+) -> std::result::Result<Aes256Gcm, &'static str> {
     if stored.len() < PUBLIC_SEAL_OVERHEAD {
         return Err("shorter than ephemeral key, nonce and tag");
     }
-    let (eph_public, rest) = stored.split_at(32);
-    let eph_public: [u8; 32] = eph_public.try_into().expect("32 bytes");
+    let eph_public: [u8; 32] = stored[..32].try_into().expect("32 bytes");
     let shared = x25519_dalek::x25519(*secret, eph_public);
-    let cipher = frame_key(shared, &eph_public, public).ok_or("the ephemeral key is a low-order point")?;
-    let (nonce, rest) = rest.split_at(NONCE_LEN);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut buf = ct.to_vec();
-    let n = Nonce::<Aes256Gcm>::try_from(nonce).expect("12 bytes");
-    let t = Tag::<Aes256Gcm>::try_from(tag).expect("16 bytes");
+    frame_key(shared, &eph_public, public).ok_or("the ephemeral key is a low-order point")
+}
+
+/// Opens `nonce ‖ ciphertext ‖ tag` at `stored[at..]` into a new buffer
+/// (the ciphertext copied once, decrypted there).
+fn open_copy(cipher: &Aes256Gcm, aad: &[u8], stored: &[u8], at: usize) -> std::result::Result<Vec<u8>, &'static str> {
+    if stored.len() < at + SEAL_OVERHEAD {
+        return Err("shorter than nonce and tag");
+    }
+    let mut buf = stored[at + NONCE_LEN..stored.len() - TAG_LEN].to_vec();
+    let n = Nonce::<Aes256Gcm>::try_from(&stored[at..at + NONCE_LEN]).expect("12 bytes");
+    let t = Tag::<Aes256Gcm>::try_from(&stored[stored.len() - TAG_LEN..]).expect("16 bytes");
     cipher
         .decrypt_inout_detached(&n, aad, (&mut buf[..]).into(), &t)
         .map_err(|_| "authentication failed (wrong key or damaged bytes)")?;
     Ok(buf)
+}
+
+/// Opens `nonce ‖ ciphertext ‖ tag` at `stored[at..]` in place; returns
+/// where the plaintext is.
+fn open_with(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    stored: &mut [u8],
+    at: usize,
+) -> std::result::Result<std::ops::Range<usize>, &'static str> {
+    if stored.len() < at + SEAL_OVERHEAD {
+        return Err("shorter than nonce and tag");
+    }
+    let (head, rest) = stored.split_at_mut(at + NONCE_LEN);
+    let (ct, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let n = Nonce::<Aes256Gcm>::try_from(&head[at..]).expect("12 bytes");
+    let t = Tag::<Aes256Gcm>::try_from(&tag[..]).expect("16 bytes");
+    cipher
+        .decrypt_inout_detached(&n, aad, ct.into(), &t)
+        .map_err(|_| "authentication failed (wrong key or damaged bytes)")?;
+    Ok(at + NONCE_LEN..stored.len() - TAG_LEN)
 }
 
 /// Argon2id cost parameters, stored beside every wrapped key.

@@ -44,8 +44,8 @@ pub mod retention;
 pub use error::{Error, ErrorKind, Foreign, Result, Retry, SeamError};
 // Ids, keys and blobs
 pub use blob::{
-    BlobKind, ChunkLocation, Compression, FrameChunk, FrameRef, StoredFrame, chunk_in, compress, decode_frame,
-    encode_frame, encode_single, frame_aad,
+    BlobKind, ChunkLocation, Compression, FRAME_BUF_ALIGN, FrameBuf, FrameChunk, FrameRef, StoredFrame, chunk_in,
+    compress, decode_frame, decode_frame_into, encode_frame, encode_single, frame_aad,
 };
 pub use crypto::{
     KdfParams, Keys, MasterKey, PUBLIC_SEAL_OVERHEAD, SEAL_OVERHEAD, WrappedKey, WriterKey, random_bytes,

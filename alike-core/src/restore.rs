@@ -15,14 +15,77 @@ use crate::backup::{LOOKUP_BATCH, pool};
 use crate::extents::{Extent, Window, load_window};
 use crate::progress::{Phase, ProgressSink, RunOptions};
 use crate::{
-    ChunkId, ChunkLocation, ChunkStore, DiskTarget, Error, FrameRef, Keys, Manifest, Result, chunk_in, decode_frame,
+    ChunkId, ChunkLocation, ChunkStore, DiskTarget, Error, FrameBuf, FrameRef, Keys, Manifest, Result, chunk_in,
+    decode_frame_into,
 };
 
 /// Disk bytes restored per round of parallel work.
 const GROUP_BYTES: u64 = 512 << 20;
 
+/// A worker keeps its frame buffer between frames up to this size (a
+/// frame of a 4 MiB-block store, and then some); a larger one is freed.
+const MAX_KEPT_FRAME_BUF: usize = 9 << 20;
+
+thread_local! {
+    /// Each restore worker's frame buffer: frames are decompressed into it
+    /// and written from it, so a frame costs no allocation.
+    static FRAME_BUF: std::cell::Cell<FrameBuf> = std::cell::Cell::new(FrameBuf::new());
+}
+
+/// Writes the chunks of one opened frame (`plain`) where the disk needs
+/// them, each chunk's id checked first; runs of chunks contiguous on the
+/// disk and stored consecutively in the frame go out as one write (aligned
+/// in memory and on the disk when the chunks are 4 KiB multiples, so a
+/// direct-I/O target writes them without a staging copy). Returns the bytes
+/// written.
+fn write_runs(
+    keys: &Keys,
+    target: &dyn DiskTarget,
+    sink: &ProgressSink,
+    plain: &[u8],
+    chunks: &[Located],
+) -> Result<u64> {
+    let mut written = 0;
+    let mut i = 0;
+    while i < chunks.len() {
+        let (first, first_loc) = chunks[i];
+        let mut end = first_loc.offset as usize;
+        let mut disk_end = first.offset;
+        let mut j = i;
+        while j < chunks.len() {
+            let (ext, loc) = &chunks[j];
+            if ext.offset != disk_end || loc.offset as usize != end {
+                break;
+            }
+            let data = chunk_in(keys, plain, loc, &ext.id)?;
+            if data.len() as u64 != ext.len {
+                return Err(Error::CorruptBlob {
+                    id: ext.id,
+                    kind: "data",
+                    reason: format!("{} bytes where the disk needs {} at offset {}", data.len(), ext.len, ext.offset),
+                });
+            }
+            end += data.len();
+            disk_end += ext.len;
+            j += 1;
+        }
+        if j <= i {
+            continue;
+        }
+        target.write_at(first.offset, &plain[first_loc.offset as usize..end])?;
+        let n = (end - first_loc.offset as usize) as u64;
+        sink.add(n);
+        written += n;
+        i = j;
+    }
+    Ok(written)
+}
+
 /// A chunk to restore: the disk bytes it fills and where it is stored.
 type Located = (Extent, ChunkLocation);
+
+/// A window ready to write: its chunks grouped by the frame that holds them.
+type LocatedWindow = (Window, Vec<(FrameRef, Vec<Located>)>);
 
 /// What a restore did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -142,153 +205,124 @@ fn restore_inner(
     };
     let pool = pool(threads)?;
     let mut report = RestoreReport { size: disk.size, ..Default::default() };
-    let restore_window = |window: &Window| -> Result<u64> {
-        let written = pool.install(|| -> Result<u64> {
-            // Where each chunk is (a few index transactions, not one per
-            // chunk), grouped by frame in disk order.
-            let located: Vec<Option<Located>> = window
-                .extents
-                .par_chunks(LOOKUP_BATCH)
-                .map(|part| -> Result<Vec<Option<Located>>> {
-                    let ids: Vec<ChunkId> = part.iter().map(|e| e.id).collect();
-                    let found = match store.locate_many(&ids) {
-                        Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
-                        // A failed transaction fails each of its chunks (a partial restore skips them).
-                        Err(e) => {
-                            let echo = crate::error::Echo::of(&e);
-                            let mut first = Some(e);
-                            part.iter().map(|_| Err(first.take().unwrap_or_else(|| echo.to_error()))).collect()
+    // Where each chunk of a window is (a few index transactions, not one
+    // per chunk), grouped by frame in disk order; the window's runs of data
+    // reserved on the target before the writes that fill them.
+    let locate_window = |window: Window| -> Result<LocatedWindow> {
+        let located: Vec<Option<Located>> = window
+            .extents
+            .par_chunks(LOOKUP_BATCH)
+            .map(|part| -> Result<Vec<Option<Located>>> {
+                let ids: Vec<ChunkId> = part.iter().map(|e| e.id).collect();
+                let found = match store.locate_many(&ids) {
+                    Ok(f) => f.into_iter().map(Ok).collect::<Vec<_>>(),
+                    // A failed transaction fails each of its chunks (a partial restore skips them).
+                    Err(e) => {
+                        let echo = crate::error::Echo::of(&e);
+                        let mut first = Some(e);
+                        part.iter().map(|_| Err(first.take().unwrap_or_else(|| echo.to_error()))).collect()
+                    }
+                };
+                part.iter()
+                    .zip(found)
+                    .map(|(&ext, found)| {
+                        let found = found.and_then(|l| {
+                            l.ok_or_else(|| Error::MissingChunk {
+                                id: ext.id,
+                                needed_by: format!("VM {vm} disk {position} at offset {}", ext.offset),
+                            })
+                        });
+                        match found {
+                            Ok(loc) => Ok(Some((ext, loc))),
+                            Err(e) => skip(e, (ext.offset, ext.end())).map(|_| None),
                         }
-                    };
-                    part.iter()
-                        .zip(found)
-                        .map(|(&ext, found)| {
-                            let found = found.and_then(|l| {
-                                l.ok_or_else(|| Error::MissingChunk {
-                                    id: ext.id,
-                                    needed_by: format!("VM {vm} disk {position} at offset {}", ext.offset),
-                                })
-                            });
-                            match found {
-                                Ok(loc) => Ok(Some((ext, loc))),
-                                Err(e) => skip(e, (ext.offset, ext.end())).map(|_| None),
-                            }
-                        })
-                        .collect()
-                })
-                .collect::<Result<Vec<_>>>()?
-                .concat();
-            let located = located.into_iter().flatten();
-            let mut groups: Vec<(FrameRef, Vec<Located>)> = Vec::new();
-            let mut index: HashMap<FrameRef, usize> = HashMap::new();
-            for (ext, loc) in located {
-                let g = *index.entry(loc.frame).or_insert_with(|| {
-                    groups.push((loc.frame, Vec::new()));
-                    groups.len() - 1
-                });
-                groups[g].1.push((ext, loc));
-            }
-            // Runs of contiguous data, reserved before the writes that fill them.
-            let mut run: Option<(u64, u64)> = None;
-            for e in &window.extents {
-                match run {
-                    Some((s, end)) if end == e.offset => run = Some((s, e.end())),
-                    _ => {
-                        if let Some((s, end)) = run.replace((e.offset, e.end())) {
-                            target.reserve(s, end - s)?;
-                        }
+                    })
+                    .collect()
+            })
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        let mut groups: Vec<(FrameRef, Vec<Located>)> = Vec::new();
+        let mut index: HashMap<FrameRef, usize> = HashMap::new();
+        for (ext, loc) in located.into_iter().flatten() {
+            let g = *index.entry(loc.frame).or_insert_with(|| {
+                groups.push((loc.frame, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push((ext, loc));
+        }
+        let mut run: Option<(u64, u64)> = None;
+        for e in &window.extents {
+            match run {
+                Some((s, end)) if end == e.offset => run = Some((s, e.end())),
+                _ => {
+                    if let Some((s, end)) = run.replace((e.offset, e.end())) {
+                        target.reserve(s, end - s)?;
                     }
                 }
             }
-            if let Some((s, end)) = run {
-                target.reserve(s, end - s)?;
-            }
-            let holes = if target.holes_read_as_zero() { Vec::new() } else { window.holes() };
-            holes.par_iter().try_for_each(|h| -> Result<()> {
-                target.write_zeroes(h.start, h.end - h.start)?;
-                sink.add(h.end - h.start);
-                Ok(())
-            })?;
-            groups
-                .par_iter()
-                .map(|(frame, chunks)| -> Result<u64> {
-                    cancel.check()?;
-                    let opened = store.read_frame(frame).and_then(|stored| decode_frame(keys, frame, &stored));
-                    let plain = match opened {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let mut first = Some(e);
-                            for (ext, _) in chunks {
-                                let e = first.take().unwrap_or(Error::CorruptFrame {
-                                    container: String::new(),
-                                    offset: frame.offset,
-                                    kind: "data",
-                                    reason: "same frame".into(),
-                                });
-                                skip(e, (ext.offset, ext.end()))?;
-                                sink.add(ext.len);
-                            }
-                            return Ok(0);
-                        }
-                    };
-                    let mut written = 0;
-                    let mut i = 0;
-                    while i < chunks.len() {
-                        // A run: chunks contiguous on the disk and stored consecutively in this frame.
-                        let (first, first_loc) = chunks[i];
-                        let mut end = first_loc.offset as usize;
-                        let mut disk_end = first.offset;
-                        let mut j = i;
-                        while j < chunks.len() {
-                            let (ext, loc) = &chunks[j];
-                            if ext.offset != disk_end || loc.offset as usize != end {
-                                break;
-                            }
-                            let data = chunk_in(keys, &plain, loc, &ext.id)?;
-                            if data.len() as u64 != ext.len {
-                                return Err(Error::CorruptBlob {
-                                    id: ext.id,
-                                    kind: "data",
-                                    reason: format!(
-                                        "{} bytes where the disk needs {} at offset {}",
-                                        data.len(),
-                                        ext.len,
-                                        ext.offset
-                                    ),
-                                });
-                            }
-                            end += data.len();
-                            disk_end += ext.len;
-                            j += 1;
-                        }
-                        if j <= i {
-                            continue;
-                        }
-                        target.write_at(first.offset, &plain[first_loc.offset as usize..end])?;
-                        let n = (end - first_loc.offset as usize) as u64;
-                        sink.add(n);
-                        written += n;
-                        i = j;
-                    }
-                    Ok(written)
-                })
-                .try_reduce(|| 0, |a, b| Ok(a + b))
+        }
+        if let Some((s, end)) = run {
+            target.reserve(s, end - s)?;
+        }
+        Ok((window, groups))
+    };
+    // Writes a located window: its frames in parallel, each read, opened
+    // and written by one worker; holes zeroed where the target needs it.
+    let write_window = |(window, groups): &LocatedWindow| -> Result<u64> {
+        let holes = if target.holes_read_as_zero() { Vec::new() } else { window.holes() };
+        holes.par_iter().try_for_each(|h| -> Result<()> {
+            target.write_zeroes(h.start, h.end - h.start)?;
+            sink.add(h.end - h.start);
+            Ok(())
         })?;
+        let written = groups
+            .par_iter()
+            .map(|(frame, chunks)| -> Result<u64> {
+                cancel.check()?;
+                // This worker's frame buffer, taken out while in use (a target that
+                // runs rayon work of its own on this thread gets a fresh one).
+                let mut buf = FRAME_BUF.take();
+                let opened = store
+                    .read_frame(frame)
+                    .and_then(|mut stored| decode_frame_into(keys, frame, &mut stored, &mut buf).map(|_| ()));
+                let result = match opened {
+                    Ok(()) => write_runs(keys, target, &sink, buf.as_slice(), chunks),
+                    Err(e) => (|| -> Result<u64> {
+                        let mut first = Some(e);
+                        for (ext, _) in chunks {
+                            let e = first.take().unwrap_or(Error::CorruptFrame {
+                                container: String::new(),
+                                offset: frame.offset,
+                                kind: "data",
+                                reason: "same frame".into(),
+                            });
+                            skip(e, (ext.offset, ext.end()))?;
+                            sink.add(ext.len);
+                        }
+                        Ok(0)
+                    })(),
+                };
+                if buf.capacity() <= MAX_KEPT_FRAME_BUF {
+                    FRAME_BUF.set(buf);
+                }
+                result
+            })
+            .try_reduce(|| 0, |a, b| Ok(a + b))?;
         if target.holes_read_as_zero() {
             sink.add(window.range.end - window.range.start - window.data_bytes());
         }
         Ok(written)
     };
-    // Several windows per round of parallel work (~512 MiB of disk): fewer
-    // points where every worker waits for the slowest frame.
+    // A round: several windows (~512 MiB of disk) loaded, located and
+    // written together — fewer points where every worker waits for the
+    // slowest frame. Runs of windows that loaded become one window each; one
+    // that did not is skipped.
     let per_round = (GROUP_BYTES / disk.window_bytes().max(1)).clamp(1, 16) as usize;
-    let mut rounds: Vec<Window> = Vec::new();
-    for first in (0..disk.maps.len()).step_by(per_round) {
+    let prepare_round = |first: usize| -> Result<Vec<LocatedWindow>> {
         cancel.check()?;
         let ms: Vec<usize> = (first..(first + per_round).min(disk.maps.len())).collect();
-        let loaded: Vec<Result<Window>> =
-            pool.install(|| ms.par_iter().map(|&m| load_window(store, keys, disk, m)).collect());
-        // Runs of windows that loaded become one window each; one that did not is skipped.
+        let loaded: Vec<Result<Window>> = ms.par_iter().map(|&m| load_window(store, keys, disk, m)).collect();
+        let mut windows: Vec<Window> = Vec::new();
         let mut run: Option<Window> = None;
         for (m, w) in ms.iter().zip(loaded) {
             match w {
@@ -300,18 +334,37 @@ fn restore_inner(
                     None => run = Some(w),
                 },
                 Err(e) => {
-                    rounds.extend(run.take());
+                    windows.extend(run.take());
                     let range = disk.window_range(*m);
                     skip(e, (range.start, range.end))?;
                     sink.add(range.end - range.start);
                 }
             }
         }
-        rounds.extend(run.take());
-        for window in rounds.drain(..) {
-            report.data_bytes += restore_window(&window)?;
+        windows.extend(run.take());
+        windows.into_iter().map(locate_window).collect()
+    };
+    // While one round's frames are written, the next round's maps are
+    // loaded and its chunks located: the workers never wait for a round's
+    // index reads, nor idle at its tail while the next round is planned.
+    let starts: Vec<usize> = (0..disk.maps.len()).step_by(per_round).collect();
+    pool.install(|| -> Result<()> {
+        let mut next = match starts.first() {
+            Some(&first) => Some(prepare_round(first)?),
+            None => None,
+        };
+        for i in 0..starts.len() {
+            let Some(round) = next.take() else { break };
+            let write = || round.iter().try_fold(0u64, |n, w| Ok::<u64, Error>(n + write_window(w)?));
+            let (written, prepared) = match starts.get(i + 1) {
+                Some(&first) => rayon::join(write, || prepare_round(first).map(Some)),
+                None => (write(), Ok(None)),
+            };
+            report.data_bytes += written?;
+            next = prepared?;
         }
-    }
+        Ok(())
+    })?;
     cancel.check()?;
     target.finish(disk.size)?;
     sink.finish();
