@@ -329,8 +329,18 @@ impl ReplicaDir {
     /// The file cannot be read, is larger than 1 MiB, or is not a
     /// configuration.
     pub fn vm_config(&self) -> Result<Option<alike_core::VmInfo>> {
+        let Some(buf) = self.read_small(VM_CONFIG)? else { return Ok(None) };
+        serde_json::from_slice(&buf).map(Some).map_err(|e| ReplicaError::Malformed {
+            file: self.dir.join(VM_CONFIG),
+            reason: format!("not a VM configuration: {e}"),
+        })
+    }
+
+    /// The bytes of a small file of the folder (at most [`VM_CONFIG_MAX`]);
+    /// `None` when it does not exist.
+    fn read_small(&self, name: &str) -> Result<Option<Vec<u8>>> {
         use std::io::Read as _;
-        let path = self.dir.join(VM_CONFIG);
+        let path = self.dir.join(name);
         let f = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -345,9 +355,7 @@ impl ReplicaDir {
         if buf.len() as u64 > VM_CONFIG_MAX {
             return Err(ReplicaError::Malformed { file: path, reason: format!("larger than {VM_CONFIG_MAX} bytes") });
         }
-        serde_json::from_slice(&buf)
-            .map(Some)
-            .map_err(|e| ReplicaError::Malformed { file: path, reason: format!("not a VM configuration: {e}") })
+        Ok(Some(buf))
     }
 
     /// Records the VM's configuration (what a version records: a Xen or
@@ -370,23 +378,7 @@ impl ReplicaDir {
     /// # Errors
     /// The file cannot be read or is larger than 1 MiB.
     pub fn failover_base(&self) -> Result<Option<Vec<u8>>> {
-        use std::io::Read as _;
-        let path = self.dir.join(FAILOVER_BASE);
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ReplicaError::Io { file: path, what: "reading", source: e }),
-        };
-        let mut buf = Vec::new();
-        f.take(VM_CONFIG_MAX + 1).read_to_end(&mut buf).map_err(|e| ReplicaError::Io {
-            file: path.clone(),
-            what: "reading",
-            source: e,
-        })?;
-        if buf.len() as u64 > VM_CONFIG_MAX {
-            return Err(ReplicaError::Malformed { file: path, reason: format!("larger than {VM_CONFIG_MAX} bytes") });
-        }
-        Ok(Some(buf))
+        self.read_small(FAILOVER_BASE)
     }
 
     /// Records (`Some`) or forgets (`None`) what a failover keeps for its
