@@ -251,7 +251,8 @@ pub enum JobEvent {
         /// The event.
         event: ProcessorEvent,
     },
-    /// The processor was torn down and its address released.
+    /// The processor was torn down; its address is released right after
+    /// this event, so no job of the pool is told it provisions on it before.
     TornDown {
         /// The job.
         job: String,
@@ -469,12 +470,14 @@ impl Orchestrator {
         };
         let queued = t0.elapsed();
         let r = self.run_at(pool, job, address, t0, &emit, opts);
+        // Told before the address is handed on, so that no subscriber sees
+        // the next job of the pool provisioning on it before this one is gone.
+        emit(JobEvent::TornDown { job: job.id.clone(), address });
         {
             let mut a = pool.addresses.locked();
             a.release(address);
         }
         pool.freed.notify_all();
-        emit(JobEvent::TornDown { job: job.id.clone(), address });
         let (ready_after, vms) = r?;
         Ok(JobRun {
             job: job.id.clone(),
