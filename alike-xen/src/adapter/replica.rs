@@ -978,12 +978,7 @@ impl XenReplica {
 
     /// Makes halted VM `vm_ref` (record `raw`) of `pool` a replica of this
     /// failed-over VM with one point: its content now. Returns its uuid.
-    fn mark_failback_target(
-        &self,
-        pool: &Arc<XenPool>,
-        vm_ref: &str,
-        raw: &super::pool::Raw,
-    ) -> PoolResult<String> {
+    fn mark_failback_target(&self, pool: &Arc<XenPool>, vm_ref: &str, raw: &super::pool::Raw) -> PoolResult<String> {
         let name = text(raw, "name_label");
         let mine: Vec<u64> = self.disks_of(&self.vm_ref)?.iter().map(|d| d.2).collect();
         let back = ReplicaMeta {
