@@ -1155,7 +1155,7 @@ fn nics_of(pool: &XenPool, vm: &str) -> PoolResult<Vec<ReplicaNic>> {
             network_name: text(&n, "name_label"),
         });
     }
-    out.sort_by(|a, b| device_order(&a.device).cmp(&device_order(&b.device)));
+    out.sort_by_key(|a| device_order(&a.device));
     Ok(out)
 }
 
