@@ -15,6 +15,11 @@
 //!   `alike:replica-point` (`{"point":N,"time_ms":T}`), taken after a run
 //!   wrote its last byte. The snapshot made when the replica was created,
 //!   marked `alike:replica-base`, holds its empty disks: it is no point.
+//! - **A VM a failback made** on the original pool when the original VM was
+//!   gone ([`XenReplica::failback_new_target`]), made by
+//!   [`XenReplica::create`] like any replica VM, tagged [`FAILBACK_TAG`]
+//!   and marked [`FAILBACK_MARK`] (the failed-over VM's uuid); only such a
+//!   VM is destroyed by [`XenReplica::discard_failback_vm`].
 //! - **The receiver's key and record**, in a local state folder (one
 //!   sub-folder per replica VM uuid: `key`, `record.bin`, `lock`): a
 //!   replica is its own trust domain and its key never goes to XAPI. A lost
