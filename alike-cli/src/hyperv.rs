@@ -177,15 +177,20 @@ enum ReplicaCmd {
     },
     /// Failback: send what changed on the failed-over VM NAME (off) since its point back onto
     /// the original disks (raw images or block devices, in disk order; only differing bytes are
-    /// written), then swap roles: NAME is a replica again and DIR takes runs again.
+    /// written), or with --to-new-images write its whole disks into new raw images (an existing
+    /// path is refused; all-zero 4 KiB pieces stay holes), then swap roles: NAME is a replica
+    /// again and DIR takes runs again.
     Failback {
         /// The replica folder.
         dir: PathBuf,
         /// The failed-over VM: name or id.
         name: String,
         /// The original disks, in the VM's disk order.
-        #[arg(long = "to-images", value_name = "IMG", num_args = 1.., required = true)]
+        #[arg(long = "to-images", value_name = "IMG", num_args = 1.., required_unless_present = "new_images", conflicts_with = "new_images")]
         originals: Vec<PathBuf>,
+        /// New raw images to make, in the VM's disk order (the original disks are gone).
+        #[arg(long = "to-new-images", value_name = "IMG", num_args = 1..)]
+        new_images: Vec<PathBuf>,
         #[command(flatten)]
         out: JsonArg,
     },
@@ -371,7 +376,7 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
             eprintln!("test VM {name:?} removed with {} file(s)", files.len());
             Ok(())
         }
-        HypervCmd::Replica(ReplicaCmd::Failback { dir, name, originals, out }) => {
+        HypervCmd::Replica(ReplicaCmd::Failback { dir, name, originals, new_images, out }) => {
             let replica = alike::Replica::open(dir)?;
             let host = connect(a)?;
             let r = long(cli, "failback", |cb, cancel| {
@@ -379,7 +384,11 @@ pub(crate) fn run(cli: &Cli, a: &HypervArgs) -> Result<()> {
                 if let Some(cb) = cb {
                     o = o.progress(cb);
                 }
-                replica.failback_hyperv(&host, name, originals, &o)
+                if new_images.is_empty() {
+                    replica.failback_hyperv(&host, name, originals, &o)
+                } else {
+                    replica.failback_hyperv_new(&host, name, new_images, &o)
+                }
             })?;
             for w in &r.warnings {
                 eprintln!("alike: warning: {w}");

@@ -325,7 +325,9 @@ pub(crate) enum XenReplicaCmd {
     },
     /// Failback: send what changed on the failed-over VM back onto the original VM (halted;
     /// only differing chunks travel), then swap roles: the original is live again, the
-    /// failed-over VM a replica again.
+    /// failed-over VM a replica again. With --new-vm (the original VM is gone): make a new VM
+    /// on the original pool from the failed-over VM's configuration (its disks on --sr), copy
+    /// the disks whole onto it, then swap roles the same way; on failure nothing made is left.
     Failback {
         #[command(flatten)]
         r: XenReplicaRef,
@@ -342,8 +344,21 @@ pub(crate) enum XenReplicaCmd {
         #[arg(long, value_name = "SHA256")]
         original_xen_fingerprint: Option<String>,
         /// The VM to fail back onto (name or uuid).
-        #[arg(long, value_name = "VM")]
-        original_vm: String,
+        #[arg(long, value_name = "VM", required_unless_present = "new_vm", conflicts_with = "new_vm")]
+        original_vm: Option<String>,
+        /// Fail back onto a new VM made on the original pool (tagged alike-failback).
+        #[arg(long, requires = "sr")]
+        new_vm: bool,
+        /// The SR of the new VM's disks (with --new-vm).
+        #[arg(long, value_name = "SR", requires = "new_vm")]
+        sr: Option<String>,
+        /// The network of every NIC of the new VM (with --new-vm; default: the networks the
+        /// source VM had on the original pool).
+        #[arg(long, value_name = "NET", requires = "new_vm")]
+        network: Option<String>,
+        /// The new VM's name (with --new-vm; default: the source VM's name).
+        #[arg(long, value_name = "NAME", requires = "new_vm")]
+        name: Option<String>,
         /// Start the original once it holds the failed-over VM's content.
         #[arg(long)]
         start: bool,
@@ -416,6 +431,10 @@ pub(crate) fn replica(cli: &Cli, cmd: &XenReplicaCmd) -> Result<()> {
             original_xen_password_file,
             original_xen_fingerprint,
             original_vm,
+            new_vm: _,
+            sr,
+            network,
+            name,
             start,
             out,
         } => {
@@ -433,7 +452,16 @@ pub(crate) fn replica(cli: &Cli, cmd: &XenReplicaCmd) -> Result<()> {
                 if let Some(cb) = cb {
                     o = o.progress(cb);
                 }
-                replica.failback(Arc::clone(&original), original_vm, *start, &o)
+                match (original_vm, sr) {
+                    (Some(vm), _) => replica.failback(Arc::clone(&original), vm, *start, &o),
+                    (None, Some(sr)) => {
+                        let mut n = alike::FailbackNewVm::new(sr);
+                        n.network.clone_from(network);
+                        n.name.clone_from(name);
+                        replica.failback_new_vm(Arc::clone(&original), &n, *start, &o)
+                    }
+                    (None, None) => Err(alike::Error::InvalidArgument("--original-vm or --new-vm --sr SR".into())),
+                }
             })?;
             if out.json {
                 return print_json(&f);

@@ -364,4 +364,26 @@ fn replica_register_and_failover() {
     assert_eq!((f["changed_bytes"].as_u64(), f["sent_bytes"].as_u64()), (Some(0), Some(0)), "{f}");
     assert_eq!(f["whole_disks"], false);
     c.ok(&["replicate", "--vm", "web-01", "--to-dir", rd, i0, i1]);
+    // Failover again, then failback onto new images: an existing one is refused, untouched.
+    c.ok(&c.hv(&["replica", "failover", rd, "web-01 (replica)"]));
+    let before = std::fs::read(i1).unwrap();
+    let n0 = c.p("new0.img");
+    let n0 = n0.to_str().unwrap();
+    let o = c
+        .cmd()
+        .args(c.hv(&["replica", "failback", rd, "web-01 (replica)", "--to-new-images", n0, i1]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("exists"), "{err}");
+    assert!(std::fs::read(i1).unwrap() == before && !Path::new(n0).exists());
+    let n1 = c.p("new1.img");
+    let n1 = n1.to_str().unwrap();
+    let f = c.json(&c.hv(&["replica", "failback", rd, "web-01 (replica)", "--to-new-images", n0, n1, "--json"]));
+    assert_eq!(f["whole_disks"], true, "{f}");
+    assert!(f["sent_bytes"].as_u64().unwrap() > 0, "{f}");
+    for (n, i) in [(n0, i0), (n1, i1)] {
+        assert_eq!(std::fs::metadata(n).unwrap().len(), std::fs::metadata(i).unwrap().len());
+    }
+    c.ok(&["replicate", "--vm", "web-01", "--to-dir", rd, n0, n1]);
 }

@@ -1,7 +1,8 @@
 //! `alike replicate --source-xen … --target-xen …` and `alike replica
 //! xen-list|test|test-end|failover|failback` against two `alike-xapi-sim`
 //! binaries (two pools): a full run, an incremental one, points listed, a
-//! test failover, a failover and a failback with the bytes it sent.
+//! test failover, a failover and a failback with the bytes it sent, then a
+//! failback onto a new VM.
 #![allow(missing_docs)]
 
 use std::path::Path;
@@ -107,6 +108,31 @@ fn replicate_test_fail_over_and_back_between_two_pools() {
     // Replication resumes from the original onto the replica again.
     let r3 = rep(&[]);
     assert_eq!(r3["report"]["needed_bytes"], 0);
+
+    // Failover again, then failback onto a new VM made on the original pool.
+    let f2 = json_on(on("failover", &["--map", &format!("{NET}={NET}"), "--json"]));
+    assert_eq!(f2["point"], r3["point"]);
+    let refused = |args: Vec<String>| -> String {
+        let o = alike(d).args(args).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = refused(on("failback", &["--original-xen", &a.url, "--new-vm"]));
+    assert!(e.contains("--sr"), "{e}");
+    let e = refused(on("failback", &["--original-xen", &a.url, "--original-vm", "web-01", "--new-vm", "--sr", "x"]));
+    assert!(e.contains("cannot be used with"), "{e}");
+    let vms_before = json(d, &["xen", "--url", &a.url, "vms", "--json"]).as_array().unwrap().len();
+    let e = refused(on("failback", &["--original-xen", &a.url, "--new-vm", "--sr", "no such SR"]));
+    assert!(e.contains("no such SR"), "{e}");
+    assert_eq!(json(d, &["xen", "--url", &a.url, "vms", "--json"]).as_array().unwrap().len(), vms_before);
+    let args = ["--original-xen", &a.url, "--new-vm", "--sr", "Local storage", "--network", NET];
+    let back = json_on(on("failback", &[&args[..], &["--name", "web-01 (rebuilt)", "--json"]].concat()));
+    eprintln!("failback onto a new VM: {back}");
+    assert_eq!(back["roles"]["original_name"], "web-01 (rebuilt)");
+    assert!(back["needed_bytes"].as_u64().unwrap() > 1 << 20, "a whole copy: {back}");
+    let vms = json(d, &["xen", "--url", &a.url, "vms", "--json"]);
+    assert_eq!(vms.as_array().unwrap().len(), vms_before + 1);
+    assert!(vms.as_array().unwrap().iter().any(|v| v["name"] == "web-01 (rebuilt)"));
 }
 
 /// `--backup-to` and `--seed-from` with a Xen target, and `replica

@@ -109,7 +109,8 @@ pub use replicate::{
 };
 #[cfg(feature = "xen")]
 pub use replicate::{
-    FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm, replicate_xen,
+    FailbackNewVm, FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm,
+    replicate_xen,
 };
 #[cfg(feature = "hyperv")]
 pub use replicate::{HyperVFailbackReport, HyperVReplicaReport, HyperVTestReport};

@@ -550,3 +550,64 @@ fn a_failback_sends_back_only_what_changed() {
     let again = alike::replicate_images("web-01", &origs, &replica, &ro).unwrap();
     assert!(again.sent_bytes < 2 * KIB64, "{}", again.sent_bytes);
 }
+
+/// Failback from Hyper-V onto new images (the original disks are gone):
+/// an existing path is refused and left as it was, with nothing made;
+/// then new raw images are made of the VM's disk sizes, hold its disks
+/// bit-exact (only non-zero 4 KiB pieces written), and the roles swap
+/// with them as the new originals.
+#[test]
+fn a_failback_onto_new_images_copies_the_vm_whole() {
+    let Some(env) = Env::new() else { return };
+    let v1 = env.backup().backup.version;
+    let origs: Vec<std::path::PathBuf> = (0..2)
+        .map(|d| {
+            let p = env.dir.path().join(format!("orig{d}.img"));
+            std::fs::write(&p, env.restored(&v1, d)).unwrap();
+            p
+        })
+        .collect();
+    let replica = alike::Replica::open_or_create(env.dir.path().join("replica"), "web-01").unwrap();
+    let ro = alike::ReplicateOptions::default();
+    alike::replicate_images("web-01", &origs, &replica, &ro).unwrap();
+    let place = alike::Placement::on("C:\\Replicas").name("web-01 (replica)");
+    let reg = replica.register_hyperv(&env.host, v1.config(), &place, &RestoreOptions::default()).unwrap();
+    let id = reg.vm_id.clone();
+    replica.fail_over_hyperv(&env.host, &id).unwrap();
+    env.host.set_running(&id, true).unwrap();
+    env.sim.guest_write(&id, 0, 5 * KIB64 + 3, b"written after the failover").unwrap();
+    env.sim.guest_write(&id, 1, 9 * KIB64, &[0x5a; 8192]).unwrap();
+    env.host.set_running(&id, false).unwrap();
+    // The original site is lost.
+    for o in &origs {
+        std::fs::remove_file(o).unwrap();
+    }
+
+    // An existing path is refused: it is left unchanged and nothing is made.
+    let new: Vec<std::path::PathBuf> = (0..2).map(|d| env.dir.path().join(format!("new{d}.img"))).collect();
+    std::fs::write(&new[1], b"keep me").unwrap();
+    let e = replica.failback_hyperv_new(&env.host, &id, &new, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("exists") && e.to_string().contains("new1.img"), "{e}");
+    assert_eq!(std::fs::read(&new[1]).unwrap(), b"keep me");
+    assert!(!new[0].exists(), "nothing made");
+    assert!(replica.failed_over().unwrap().is_some(), "still failed over");
+    std::fs::remove_file(&new[1]).unwrap();
+
+    let r = replica.failback_hyperv_new(&env.host, &id, &new, &RestoreOptions::default()).unwrap();
+    let now = summary(&env.sim, "web-01 (replica)");
+    let mut nonzero = 0u64;
+    for (d, n) in new.iter().enumerate() {
+        let want = env.sim.read_disk(&id, d, 0, now.disks[d].4 as usize).unwrap();
+        let got = std::fs::read(n).unwrap();
+        assert!(got == want, "new image {d} is the VM's disk");
+        nonzero += want.chunks(4096).filter(|c| c.iter().any(|&b| b != 0)).map(|c| c.len() as u64).sum::<u64>();
+    }
+    eprintln!("failback onto new images: read {}, wrote {} ({nonzero} non-zero)", r.read_bytes, r.sent_bytes);
+    assert!(r.whole_disks);
+    assert_eq!(r.sent_bytes, nonzero, "only the non-zero 4 KiB pieces are written");
+    // Roles swapped: the VM is a replica again, the folder takes runs from the new images.
+    assert!(env.host.is_replica(&id).unwrap());
+    assert_eq!(replica.failed_over().unwrap(), None);
+    let again = alike::replicate_images("web-01", &new, &replica, &ro).unwrap();
+    assert!(again.sent_bytes < 2 * KIB64, "{}", again.sent_bytes);
+}

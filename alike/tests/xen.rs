@@ -702,3 +702,163 @@ fn one_pass_backup_and_xen_replication_reads_the_vm_once() {
     }
     drop(dr);
 }
+
+/// An API call on `sim` as root.
+fn call_on(sim: &Simulator, method: &str, args: &[&str]) -> Value {
+    let s = sim.login().unwrap();
+    let mut p = vec![Value::s(&s)];
+    p.extend(args.iter().map(|a| Value::s(*a)));
+    sim.call(method, p).unwrap()
+}
+
+fn strs(v: Option<Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The disk VDIs (refs) of VM `vm` (ref) on `sim`, by userdevice.
+fn vm_disks(sim: &Simulator, vm: &str) -> Vec<String> {
+    let mut disks: Vec<(u64, String)> = strs(sim.field(Class::Vm, vm, "VBDs"))
+        .into_iter()
+        .filter(|v| {
+            sim.field(Class::Vbd, v, "type").and_then(|t| t.as_str().map(str::to_owned)).as_deref() == Some("Disk")
+        })
+        .map(|v| {
+            let f = |k| sim.field(Class::Vbd, &v, k).and_then(|t| t.as_str().map(str::to_owned)).unwrap_or_default();
+            (f("userdevice").parse().unwrap(), f("VDI"))
+        })
+        .collect();
+    disks.sort();
+    disks.into_iter().map(|(_, v)| v).collect()
+}
+
+/// (VMs, VDIs) on `sim`, snapshots included.
+fn census(sim: &Simulator) -> (usize, usize) {
+    let n = |m| match call_on(sim, m, &[]) {
+        Value::Array(a) => a.len(),
+        _ => 0,
+    };
+    (n("VM.get_all"), n("VDI.get_all"))
+}
+
+/// Failback onto a new VM (the DR case: the original VM is gone): a VM is
+/// made on the original pool from the failed-over VM's configuration, its
+/// disks a bit-exact copy of the failed-over VM's, the roles swap, and the
+/// next replication from the new VM sends next to nothing. A failback
+/// whose VM creation or copy fails leaves no VM or VDI behind.
+#[test]
+fn a_failback_onto_a_new_vm_copies_the_failed_over_vm_and_swaps_roles() {
+    let env = Env::new(|c| c);
+    let pool = Arc::new(env.pool());
+    let (dr, dst) = dr_site(&env);
+    let (r1, rep) =
+        alike::replicate_xen(&pool, "web-01", Arc::clone(&dst), &replica_options(&env), &Default::default()).unwrap();
+    assert_eq!(r1.point, 1);
+    let map = std::collections::BTreeMap::from([(NET.to_owned(), NET.to_owned())]);
+    rep.failover(None, &map, true).unwrap();
+    let dr_vm = call_on(&dr, "VM.get_by_uuid", &[rep.uuid()]).as_str().unwrap().to_owned();
+    let live = vm_disks(&dr, &dr_vm);
+    assert_eq!(live.len(), 2);
+    // The failed-over VM's guest writes.
+    let mut written = 0u64;
+    for (d, off) in [(0usize, 3u64 << 20), (1, 20 << 20), (0, 40 << 20)] {
+        let mut piece = vec![0u8; 8192];
+        alike_core::random_bytes(&mut piece).unwrap();
+        dr.guest_write(&live[d], off, &piece).unwrap();
+        written += piece.len() as u64;
+    }
+    let dr_now = [dr.read_vdi(&live[0], 0, 64 << 20).unwrap(), dr.read_vdi(&live[1], 0, 32 << 20).unwrap()];
+    // The original site is lost: its VM and disks are deleted.
+    let web = env.sim.lookup(Class::Vm, "web-01").unwrap();
+    let web_disks = vm_disks(&env.sim, &web);
+    env.sim.set_power_state(&web, "Halted").unwrap();
+    env.call("VM.destroy", &[&web]);
+    for v in &web_disks {
+        env.call("VDI.destroy", &[v]);
+    }
+    let e = rep.failback(Arc::clone(&pool), "web-01", false, &Default::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+
+    // Failures leave nothing behind: a wrong SR (no VM made), the VM's
+    // base snapshot refused (the VM made, then removed), the copy cancelled.
+    let before = census(&env.sim);
+    let e = rep
+        .failback_new_vm(Arc::clone(&pool), &alike::FailbackNewVm::new("no such SR"), false, &Default::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("no such SR"), "{e}");
+    assert_eq!(census(&env.sim), before, "a wrong SR");
+    env.sim.faults().fail_next("VM.snapshot", "SR_FULL", &["OpaqueRef:x", "0", "0"]);
+    let e = rep
+        .failback_new_vm(Arc::clone(&pool), &alike::FailbackNewVm::new("Local storage"), false, &Default::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("SR_FULL"), "{e}");
+    assert_eq!(census(&env.sim), before, "the VM made, then a failure");
+    let cancel = alike::CancelToken::new();
+    let c2 = cancel.clone();
+    let opts = alike::ReplicateOptions::default().cancel_token(cancel).progress(move |_| c2.cancel());
+    let e =
+        rep.failback_new_vm(Arc::clone(&pool), &alike::FailbackNewVm::new("Local storage"), false, &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    assert_eq!(census(&env.sim), before, "the copy cancelled");
+    // The failed-over VM is untouched: live, running, its disks as they were.
+    assert_eq!(dr.field(Class::Vm, &dr_vm, "power_state").unwrap().as_str(), Some("Running"));
+    assert_eq!(vm_disks(&dr, &dr_vm), live);
+
+    // The failback onto a new VM.
+    let fb = rep
+        .failback_new_vm(
+            Arc::clone(&pool),
+            &alike::FailbackNewVm::new("Local storage").network(NET),
+            true,
+            &Default::default(),
+        )
+        .unwrap();
+    eprintln!(
+        "failback onto a new VM: read {}, needed {}, sent {} ({written} bytes written after the failover)",
+        fb.read_bytes, fb.needed_bytes, fb.sent_bytes
+    );
+    assert_eq!(census(&env.sim).0, before.0 + 1, "one new VM, no snapshot left");
+    assert_eq!(census(&env.sim).1, before.1 + 2, "its two disks, no snapshot VDI left");
+    assert_eq!(fb.roles.original_name, "web-01");
+    assert!(fb.roles.started);
+    // Every chunk was new there: the whole data (the demo disks' non-zero content) travelled.
+    let nonzero: u64 =
+        dr_now.iter().flat_map(|d| d.chunks(4096)).filter(|c| c.iter().any(|&b| b != 0)).map(|c| c.len() as u64).sum();
+    assert!(
+        fb.needed_bytes >= written && fb.needed_bytes + (64 << 10) >= nonzero,
+        "needed {} of {nonzero}",
+        fb.needed_bytes
+    );
+    let new_vm = call_on(&env.sim, "VM.get_by_uuid", &[&fb.roles.original_uuid]).as_str().unwrap().to_owned();
+    assert!(strs(env.sim.field(Class::Vm, &new_vm, "tags")).iter().any(|t| t == "alike-failback"));
+    assert_eq!(env.sim.field(Class::Vm, &new_vm, "power_state").unwrap().as_str(), Some("Running"));
+    assert!(strs(env.sim.field(Class::Vm, &new_vm, "snapshots")).is_empty());
+    let new_disks = vm_disks(&env.sim, &new_vm);
+    assert_eq!(new_disks.len(), 2);
+    for (d, want) in dr_now.iter().enumerate() {
+        assert!(same(&env.read(&new_disks[d], want.len() as u64), want), "new VM disk {d} is the failed-over VM's");
+    }
+    // The failed-over VM is a replica again: halted, start blocked.
+    assert_eq!(dr.field(Class::Vm, &dr_vm, "power_state").unwrap().as_str(), Some("Halted"));
+    let s = dr.login().unwrap();
+    let err = dr.call("VM.start", vec![Value::s(&s), Value::s(&dr_vm), Value::Bool(false), Value::Bool(false)]);
+    assert!(format!("{:?}", err.unwrap_err()).contains("OPERATION_BLOCKED"));
+
+    // Roles swapped: the next replication from the new VM goes onto the
+    // same replica VM and sends next to nothing.
+    let (r2, rep2) =
+        alike::replicate_xen(&pool, &fb.roles.original_uuid, dst, &replica_options(&env), &Default::default()).unwrap();
+    eprintln!(
+        "next replication from the new VM: read {}, needed {}, sent {}",
+        r2.read_bytes, r2.needed_bytes, r2.sent_bytes
+    );
+    assert_eq!(rep2.uuid(), rep.uuid());
+    assert_eq!(r2.point, fb.roles.replica_point + 1);
+    assert_eq!(r2.needed_bytes, 0);
+    assert!(r2.sent_bytes < 64 << 10, "sent {}", r2.sent_bytes);
+    for (d, want) in dr_now.iter().enumerate() {
+        assert!(same(&exported(&env, &rep2, r2.point, d), want), "point {} disk {d}", r2.point);
+    }
+}

@@ -1140,6 +1140,31 @@ alike_result alike_xen_replica_failback(const alike_xen_replica *r,
                                         const alike_cancel *cancel,
                                         alike_xen_failback_report *out);
 
+// Failback onto a new VM, when the VM this one was failed over from is
+// gone: makes a VM on `original` from this VM's configuration (its disks
+// on SR `sr`, its NICs on network `network` or, when NULL, on the networks
+// the source VM had there; named `name`, or the source VM's name when
+// NULL; tagged `alike-failback`), copies this VM's disks whole onto it,
+// then swaps roles: the new VM is live (started when `start`), this VM a
+// replica of it again. `bwlimit` > 0 caps the bytes per second; progress
+// counts bytes read. `*out` (may be NULL) receives the report. On failure
+// or cancel the new VM and its disks are removed and this VM is left as
+// it was.
+//
+// # Safety
+// `network` and `name` NULL or NUL-terminated; other pointers as documented.
+alike_result alike_xen_replica_failback_new_vm(const alike_xen_replica *r,
+                                               const alike_xen_pool *original,
+                                               const char *sr,
+                                               const char *network,
+                                               const char *name,
+                                               bool start,
+                                               uint64_t bwlimit,
+                                               alike_progress_fn progress,
+                                               void *user_data,
+                                               const alike_cancel *cancel,
+                                               alike_xen_failback_report *out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

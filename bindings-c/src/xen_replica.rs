@@ -324,3 +324,56 @@ pub unsafe extern "C" fn alike_xen_replica_failback(
         Ok(())
     })
 }
+
+/// Failback onto a new VM, when the VM this one was failed over from is
+/// gone: makes a VM on `original` from this VM's configuration (its disks
+/// on SR `sr`, its NICs on network `network` or, when NULL, on the networks
+/// the source VM had there; named `name`, or the source VM's name when
+/// NULL; tagged `alike-failback`), copies this VM's disks whole onto it,
+/// then swaps roles: the new VM is live (started when `start`), this VM a
+/// replica of it again. `bwlimit` > 0 caps the bytes per second; progress
+/// counts bytes read. `*out` (may be NULL) receives the report. On failure
+/// or cancel the new VM and its disks are removed and this VM is left as
+/// it was.
+///
+/// # Safety
+/// `network` and `name` NULL or NUL-terminated; other pointers as documented.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn alike_xen_replica_failback_new_vm(
+    r: *const alike_xen_replica,
+    original: *const alike_xen_pool,
+    sr: *const c_char,
+    network: *const c_char,
+    name: *const c_char,
+    start: bool,
+    bwlimit: u64,
+    progress: alike_progress_fn,
+    user_data: *mut c_void,
+    cancel: *const alike_cancel,
+    out: *mut alike_xen_failback_report,
+) -> alike_result {
+    guard(|| unsafe {
+        let rep = xen_replica(r)?;
+        let orig = pool(original, "original")?;
+        let mut new = alike::FailbackNewVm::new(arg_str(sr, "sr")?);
+        new.network = opt_str(network, "network")?.map(str::to_owned);
+        new.name = opt_str(name, "name")?.map(str::to_owned);
+        let run = Run::new(progress, user_data, cancel);
+        let mut o = with_run!(ReplicateOptions::default(), run);
+        if bwlimit > 0 {
+            o = o.bwlimit(bwlimit);
+        }
+        let fb = rep.failback_new_vm(Arc::clone(orig), &new, start, &o)?;
+        if !out.is_null() {
+            out.write(alike_xen_failback_report {
+                read_bytes: fb.read_bytes,
+                needed_bytes: fb.needed_bytes,
+                sent_bytes: fb.sent_bytes,
+                replica_point: fb.roles.replica_point,
+                started: fb.roles.started,
+            });
+        }
+        Ok(())
+    })
+}

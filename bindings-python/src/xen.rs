@@ -191,4 +191,33 @@ impl NativeXenReplica {
         })?;
         crate::convert::ser(py, &r)
     }
+
+    /// Failback onto a new VM made on `original` (its disks on `sr`, its
+    /// NICs on `network` or the source's networks, named `name` or as the
+    /// source), the disks copied whole, then roles swapped; on failure
+    /// nothing made is left.
+    #[pyo3(signature = (original, sr, network=None, name=None, start=false, progress=None, cancel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn failback_new_vm(
+        &self,
+        py: Python<'_>,
+        original: &Bound<'_, NativeXenPool>,
+        sr: String,
+        network: Option<String>,
+        name: Option<String>,
+        start: bool,
+        progress: Option<&Bound<'_, PyAny>>,
+        cancel: Option<&Bound<'_, crate::run::CancelToken>>,
+    ) -> PyResult<Py<PyAny>> {
+        let orig = Arc::clone(&original.get().inner);
+        let replica = Arc::clone(&self.inner);
+        let mut new = alike::FailbackNewVm::new(sr);
+        new.network = network;
+        new.name = name;
+        let r = crate::run::run(py, progress, cancel, |ctx| {
+            let o = alike::ReplicateOptions::default().progress(ctx.progress()).cancel_token(ctx.cancel.clone());
+            replica.failback_new_vm(orig, &new, start, &o)
+        })?;
+        crate::convert::ser(py, &r)
+    }
 }

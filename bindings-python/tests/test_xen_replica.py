@@ -72,6 +72,13 @@ def test_replicate_then_test_fail_over_and_back(tmp: Path, two_sims: List[str]) 
     assert f["point"] == 2 and not f["started"]
     with pytest.raises(alike.InvalidArgument):
         replica.failback(a, "web-01")  # the original still runs
+    # Failback onto a new VM: a wrong SR leaves nothing; then a whole copy, roles swapped.
+    with pytest.raises(alike.NotFound):
+        replica.failback_new_vm(a, "no such SR")
+    fb = replica.failback_new_vm(a, "Local storage", network=NET, name="web-01 (rebuilt)")
+    assert fb["roles"]["original_name"] == "web-01 (rebuilt)" and fb["needed_bytes"] > 1 << 20
+    r3 = alike.XenReplica.replicate(a, fb["roles"]["original_uuid"], b, "Local storage", tmp / "st")
+    assert r3["replica_vm"] == replica.uuid and r3["needed_bytes"] == 0
 
 
 def test_one_pass_then_a_seeded_replica(tmp: Path, store: alike.Store, three_sims: List[str]) -> None:

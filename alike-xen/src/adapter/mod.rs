@@ -108,8 +108,9 @@ pub use error::{PoolError, PoolResult};
 pub use pool::{DiskSummary, NetworkSummary, NicSummary, SrSummary, VmSummary, XenPool};
 pub use provision::{XENSTORE_PREFIX, XenProcessor, XenProcessorOptions, XenProvisioner};
 pub use replica::{
-    BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FailbackReport, FailoverReport, POINT_MARK, REPLICA_MARK,
-    RESUME_JOURNAL, ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource, XenReplica, XenReplicaOptions,
+    BASE_MARK, BLOCK_CODE, DIRTY_MARK, DISK_MARK, FAILBACK_MARK, FAILBACK_TAG, FailbackNewVm, FailbackReport,
+    FailoverReport, POINT_MARK, REPLICA_MARK, RESUME_JOURNAL, ReplicaMeta, ReplicaNic, TEST_MARK, TestVm, VdiSource,
+    XenReplica, XenReplicaOptions,
 };
 pub use restore::{CreatedDisk, CreatedVm, UploadFormat, VmRestoreOptions};
 pub use source::{DiskTransport, XenDisk};

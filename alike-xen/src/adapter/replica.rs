@@ -15,6 +15,11 @@
 //!   `alike:replica-point` (`{"point":N,"time_ms":T}`), taken after a run
 //!   wrote its last byte. The snapshot made when the replica was created,
 //!   marked `alike:replica-base`, holds its empty disks: it is no point.
+//! - **A VM a failback made** on the original pool when the original VM was
+//!   gone ([`XenReplica::failback_new_target`]), made by
+//!   [`XenReplica::create`] like any replica VM, tagged [`FAILBACK_TAG`]
+//!   and marked [`FAILBACK_MARK`] (the failed-over VM's uuid); only such a
+//!   VM is destroyed by [`XenReplica::discard_failback_vm`].
 //! - **The receiver's key and record**, in a local state folder (one
 //!   sub-folder per replica VM uuid: `key`, `record.bin`, `lock`): a
 //!   replica is its own trust domain and its key never goes to XAPI. A lost
@@ -79,6 +84,11 @@ pub const DIRTY_MARK: &str = "alike:replica-dirty";
 pub const DISK_MARK: &str = "alike:replica-disk";
 /// `other_config` key of a test-failover VM: the replica VM's uuid.
 pub const TEST_MARK: &str = "alike:replica-test";
+/// `other_config` key of a VM a failback made on the original pool
+/// ([`XenReplica::failback_new_target`]): the failed-over VM's uuid.
+pub const FAILBACK_MARK: &str = "alike:failback-of";
+/// The XAPI tag of a VM a failback made on the original pool.
+pub const FAILBACK_TAG: &str = "alike-failback";
 /// The `blocked_operations` value of a replica's `start` and `start_on`.
 pub const BLOCK_CODE: &str = "alike-replica";
 /// The resume journal of a replica's first run, in its state folder
@@ -177,6 +187,44 @@ impl XenReplicaOptions {
     }
 }
 
+/// Where [`XenReplica::failback_new_target`] makes the new VM on the
+/// original pool: `Default`-less (an SR is needed) with chained setters.
+///
+/// ```
+/// let o = alike_xen::adapter::FailbackNewVm::new("Local storage").network("LAN").name("web-01 (rebuilt)");
+/// # let _ = o;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FailbackNewVm {
+    /// The SR for the new VM's disks (name, uuid or ref).
+    pub sr: String,
+    /// The network for every NIC (default: each NIC's network on the
+    /// original pool as the replica recorded it, which must exist there).
+    pub network: Option<String>,
+    /// The new VM's name (default: the source VM's recorded name).
+    pub name: Option<String>,
+}
+
+impl FailbackNewVm {
+    /// A new VM with its disks on SR `sr`.
+    pub fn new(sr: impl Into<String>) -> FailbackNewVm {
+        FailbackNewVm { sr: sr.into(), network: None, name: None }
+    }
+    /// Puts every NIC on `network`.
+    #[must_use]
+    pub fn network(mut self, network: impl Into<String>) -> Self {
+        self.network = Some(network.into());
+        self
+    }
+    /// Names the new VM.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
 /// A replica VM on a pool; see the module docs.
 pub struct XenReplica {
     pool: Arc<XenPool>,
@@ -262,6 +310,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The disk VDIs of VM `vm` by `userdevice`: (VDI ref, uuid, size).
+fn disks_of(pool: &XenPool, vm: &str) -> PoolResult<Vec<(String, String, u64)>> {
+    let raw = pool.raw("VM", vm).ctx(|| format!("reading VM {vm}"))?;
+    let mut out = Vec::new();
+    for vbd in strings(&raw, "VBDs") {
+        let v = pool.raw("VBD", &vbd).ctx(|| format!("reading VBD {vbd}"))?;
+        let vdi = text(&v, "VDI");
+        if text(&v, "type") != "Disk" || !is_ref(&vdi) {
+            continue;
+        }
+        let d = pool.raw("VDI", &vdi).ctx(|| format!("reading VDI {vdi}"))?;
+        out.push((device_order(&text(&v, "userdevice")), (vdi, text(&d, "uuid"), num(&d, "virtual_size"))));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Destroys VM `vm` (stopped first if it runs), its snapshots and the disk
+/// VDIs of both: a VM this process made and gives up. Every step is tried;
+/// the first failure is returned.
+fn purge_vm(pool: &XenPool, vm: &str) -> PoolResult<()> {
+    let raw = pool.raw("VM", vm).ctx(|| format!("reading VM {vm}"))?;
+    let name = text(&raw, "name_label");
+    let mut first: Option<PoolError> = None;
+    if text(&raw, "power_state") != "Halted"
+        && let Err(e) = pool.void("VM.hard_shutdown", &[json!(vm)]).ctx(|| format!("stopping {name:?}"))
+    {
+        first.get_or_insert(e);
+    }
+    for v in strings(&raw, "snapshots").into_iter().chain([vm.to_owned()]) {
+        let disks = match disks_of(pool, &v) {
+            Ok(d) => d,
+            Err(e) => {
+                first.get_or_insert(e);
+                Vec::new()
+            }
+        };
+        if let Err(e) = pool.void("VM.destroy", &[json!(v)]).ctx(|| format!("destroying {v} of {name:?}")) {
+            first.get_or_insert(e);
+        }
+        for (r, uuid, _) in disks {
+            if let Err(e) = pool.void("VDI.destroy", &[json!(r)]).ctx(|| format!("destroying VDI {uuid} of {name:?}")) {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 impl XenReplica {
     /// Makes a replica of the VM `config` describes: the VM (halted,
     /// start blocked, named as [`XenReplicaOptions::name`]) with empty
@@ -298,18 +395,32 @@ impl XenReplica {
         cfg.vm.insert("other_config".into(), Value::Object(oc));
         cfg.vm.insert("blocked_operations".into(), json!({"start": BLOCK_CODE, "start_on": BLOCK_CODE}));
         let made = pool.create_vm(&cfg, &opts.sr, opts.network.as_deref(), &VmRestoreOptions::default().name(&name))?;
-        let c = pool.client();
-        for d in &made.disks {
-            pool.void("VDI.add_to_other_config", &[json!(d.vdi_ref), json!(DISK_MARK), json!(made.uuid)])
-                .ctx(|| format!("marking VDI {} of replica {name:?}", d.vdi_uuid))?;
+        let finish = || -> PoolResult<XenReplica> {
+            for d in &made.disks {
+                pool.void("VDI.add_to_other_config", &[json!(d.vdi_ref), json!(DISK_MARK), json!(made.uuid)])
+                    .ctx(|| format!("marking VDI {} of replica {name:?}", d.vdi_uuid))?;
+            }
+            pool.void("VM.add_to_other_config", &[json!(made.vm_ref), json!(BASE_MARK), json!("1")])
+                .ctx(|| format!("marking replica {name:?}"))?;
+            pool.client()
+                .call_as_string("VM.snapshot", &[json!(made.vm_ref), json!(format!("{name} base"))])
+                .ctx(|| format!("taking the base snapshot of replica {name:?}"))?;
+            let _ = pool.void("VM.remove_from_other_config", &[json!(made.vm_ref), json!(BASE_MARK)]);
+            XenReplica::open(Arc::clone(&pool), &made.uuid, &opts.state_dir)
+        };
+        match finish() {
+            Ok(r) => {
+                tracing::info!(vm = %name, uuid = %made.uuid, "replica VM created");
+                Ok(r)
+            }
+            Err(e) => {
+                // Nothing half-made is left: the VM, its base and their disks go.
+                if let Err(e2) = purge_vm(&pool, &made.vm_ref) {
+                    tracing::warn!(vm = %name, error = %e2, "removing the half-made replica VM");
+                }
+                Err(e)
+            }
         }
-        pool.void("VM.add_to_other_config", &[json!(made.vm_ref), json!(BASE_MARK), json!("1")])
-            .ctx(|| format!("marking replica {name:?}"))?;
-        c.call_as_string("VM.snapshot", &[json!(made.vm_ref), json!(format!("{name} base"))])
-            .ctx(|| format!("taking the base snapshot of replica {name:?}"))?;
-        let _ = pool.void("VM.remove_from_other_config", &[json!(made.vm_ref), json!(BASE_MARK)]);
-        tracing::info!(vm = %name, uuid = %made.uuid, "replica VM created");
-        XenReplica::open(pool, &made.uuid, &opts.state_dir)
     }
 
     /// Opens the replica VM `spec` (name, uuid or ref), its key and record
@@ -440,19 +551,7 @@ impl XenReplica {
 
     /// The disk VDIs of VM `vm` by `userdevice`: (VDI ref, uuid, size).
     fn disks_of(&self, vm: &str) -> PoolResult<Vec<(String, String, u64)>> {
-        let raw = self.pool.raw("VM", vm).ctx(|| format!("reading VM {vm}"))?;
-        let mut out = Vec::new();
-        for vbd in strings(&raw, "VBDs") {
-            let v = self.pool.raw("VBD", &vbd).ctx(|| format!("reading VBD {vbd}"))?;
-            let vdi = text(&v, "VDI");
-            if text(&v, "type") != "Disk" || !is_ref(&vdi) {
-                continue;
-            }
-            let d = self.pool.raw("VDI", &vdi).ctx(|| format!("reading VDI {vdi}"))?;
-            out.push((device_order(&text(&v, "userdevice")), (vdi, text(&d, "uuid"), num(&d, "virtual_size"))));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out.into_iter().map(|(_, d)| d).collect())
+        disks_of(&self.pool, vm)
     }
 
     /// The points' snapshots, oldest first, and the base snapshot.
@@ -751,6 +850,18 @@ impl XenReplica {
         Ok(string_map(&raw, "other_config").get(REPLICA_MARK).and_then(|t| serde_json::from_str(t).ok()))
     }
 
+    /// Refuses a failback from a VM that was not failed over.
+    fn was_failed_over(&self) -> Result<(), ReplicaError> {
+        let meta = self.current_meta().map_err(rerr)?;
+        if meta.as_ref().and_then(|m| m.failed_over).is_none() {
+            return Err(ReplicaError::InvalidArgument(format!(
+                "{:?} was not failed over: there is nothing to fail back",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Failback, first step: makes VM `vm` of `original` (the VM this
     /// replica was failed over from, or any halted VM with disks of the
     /// same sizes, to become the live VM again) a replica of this
@@ -770,13 +881,7 @@ impl XenReplica {
         vm: &str,
         state_dir: &Path,
     ) -> Result<XenReplica, ReplicaError> {
-        let meta = self.current_meta().map_err(rerr)?;
-        if meta.as_ref().and_then(|m| m.failed_over).is_none() {
-            return Err(ReplicaError::InvalidArgument(format!(
-                "{:?} was not failed over: there is nothing to fail back",
-                self.name
-            )));
-        }
+        self.was_failed_over()?;
         let (vm_ref, raw) = original.find_vm(vm).map_err(rerr)?;
         let name = text(&raw, "name_label");
         if text(&raw, "power_state") != "Halted" {
@@ -785,61 +890,139 @@ impl XenReplica {
         if string_map(&raw, "other_config").contains_key(REPLICA_MARK) {
             return Err(ReplicaError::InvalidArgument(format!("VM {name:?} is a replica already")));
         }
-        let mine: Vec<u64> = self.disks_of(&self.vm_ref).map_err(rerr)?.iter().map(|d| d.2).collect();
-        let go = || -> PoolResult<String> {
-            let pool = &original;
-            let back = ReplicaMeta {
-                schema: 1,
-                source_vm: self.name.clone(),
-                source_uuid: self.uuid.clone(),
-                chunking: self.meta.chunking.clone(),
-                nics: Vec::new(),
-                failed_over: None,
-            };
-            let uuid = text(&raw, "uuid");
-            let tmp = XenReplica {
-                pool: Arc::clone(pool),
-                vm_ref: vm_ref.clone(),
-                uuid: uuid.clone(),
-                name: name.clone(),
-                meta: back.clone(),
-                chunking: self.chunking,
-                state: state_dir.join(&uuid),
-                keys: OnceLock::new(),
-            };
-            let theirs: Vec<u64> = tmp.disks_of(&vm_ref)?.iter().map(|d| d.2).collect();
-            if theirs != mine {
-                return Err(PoolError::InvalidArgument(format!(
-                    "VM {name:?} has disks of {theirs:?} bytes, {:?} of {mine:?}",
-                    self.name
-                )));
-            }
-            for (r, ..) in tmp.disks_of(&vm_ref)? {
-                let _ = pool.void("VDI.remove_from_other_config", &[json!(r), json!(DISK_MARK)]);
-                pool.void("VDI.add_to_other_config", &[json!(r), json!(DISK_MARK), json!(uuid)])
-                    .ctx(|| format!("marking VDI {r} of {name:?}"))?;
-            }
-            pool.void(
-                "VM.set_blocked_operations",
-                &[json!(vm_ref), json!({"start": BLOCK_CODE, "start_on": BLOCK_CODE})],
-            )
-            .ctx(|| format!("blocking {name:?} from starting"))?;
-            for (k, v) in [
-                (REPLICA_MARK, serde_json::to_string(&back).unwrap_or_default()),
-                (POINT_MARK, serde_json::to_string(&PointMark { point: 1, time_ms: now_ms() }).unwrap_or_default()),
-            ] {
-                let _ = pool.void("VM.remove_from_other_config", &[json!(vm_ref), json!(k)]);
-                pool.void("VM.add_to_other_config", &[json!(vm_ref), json!(k), json!(v)])
-                    .ctx(|| format!("marking {name:?}"))?;
-            }
-            pool.client()
-                .call_as_string("VM.snapshot", &[json!(vm_ref), json!(format!("{name} failback base"))])
-                .ctx(|| format!("taking the failback base of {name:?}"))?;
-            let _ = pool.void("VM.remove_from_other_config", &[json!(vm_ref), json!(POINT_MARK)]);
-            Ok(uuid)
-        };
-        let uuid = go().map_err(rerr)?;
+        let uuid = self.mark_failback_target(&original, &vm_ref, &raw).map_err(rerr)?;
         XenReplica::open(original, &uuid, state_dir).map_err(rerr)
+    }
+
+    /// Failback onto a new VM, first step, when the VM this replica was
+    /// failed over from is gone (the original site lost and rebuilt):
+    /// makes a VM on `original` from this VM's configuration the way a
+    /// replica VM is made ([`XenReplica::create`]: halted, start blocked,
+    /// empty disks of the same sizes on [`FailbackNewVm::sr`], NICs on the
+    /// networks the source VM had there or on [`FailbackNewVm::network`]),
+    /// named [`FailbackNewVm::name`] (default: the source VM's name),
+    /// tagged [`FAILBACK_TAG`] and marked [`FAILBACK_MARK`] (this VM's
+    /// uuid); then makes it a failback target as
+    /// [`XenReplica::failback_target`] does (its point 1 holds its empty
+    /// disks, so the run onto it is a full copy). Finish with
+    /// [`XenReplica::finish_failback_new`], or give up with
+    /// [`XenReplica::discard_failback_vm`]. When this fails, nothing it
+    /// made is left.
+    ///
+    /// # Errors
+    /// This replica was not failed over; the SR or a network is not on
+    /// `original`; a XAPI call failing.
+    pub fn failback_new_target(
+        &self,
+        original: Arc<XenPool>,
+        new: &FailbackNewVm,
+        state_dir: &Path,
+    ) -> Result<XenReplica, ReplicaError> {
+        self.was_failed_over()?;
+        let mut cfg = self.pool.vm_config(&self.vm_ref).map_err(rerr)?;
+        // NICs back on the networks the source VM had (the original pool's).
+        for n in &mut cfg.nics {
+            if let Some(src) = self.meta.nics.iter().find(|s| s.device == n.device) {
+                n.network_uuid.clone_from(&src.network_uuid);
+                n.network_name.clone_from(&src.network_name);
+            }
+        }
+        for d in &mut cfg.disks {
+            d.vdi_other_config.retain(|k, _| !k.starts_with("alike:"));
+        }
+        let name = new.name.clone().unwrap_or_else(|| self.meta.source_vm.clone());
+        let mut opts = XenReplicaOptions::new(new.sr.clone(), state_dir).name(&name).chunking(self.chunking);
+        opts.network.clone_from(&new.network);
+        let made = XenReplica::create(Arc::clone(&original), &cfg, &opts).map_err(rerr)?;
+        let go = || -> PoolResult<()> {
+            original
+                .void("VM.add_tags", &[json!(made.vm_ref), json!(FAILBACK_TAG)])
+                .ctx(|| format!("tagging the new VM {name:?}"))?;
+            original
+                .void("VM.add_to_other_config", &[json!(made.vm_ref), json!(FAILBACK_MARK), json!(self.uuid)])
+                .ctx(|| format!("marking the new VM {name:?}"))?;
+            let raw = original.raw("VM", &made.vm_ref).ctx(|| format!("reading the new VM {name:?}"))?;
+            self.mark_failback_target(&original, &made.vm_ref, &raw)?;
+            Ok(())
+        };
+        match go() {
+            Ok(()) => {
+                tracing::info!(vm = %name, uuid = %made.uuid, from = %self.name, "new VM made for the failback");
+                XenReplica::open(original, &made.uuid, state_dir).map_err(rerr)
+            }
+            Err(e) => {
+                if let Err(e2) = purge_vm(&original, &made.vm_ref) {
+                    tracing::warn!(vm = %name, error = %e2, "removing the half-made failback VM");
+                }
+                let _ = std::fs::remove_dir_all(&made.state);
+                Err(rerr(e))
+            }
+        }
+    }
+
+    /// Destroys a VM [`XenReplica::failback_new_target`] made (halted
+    /// first if it runs), with its snapshots, their disks and its state
+    /// folder: a failback onto a new VM that is given up.
+    ///
+    /// # Errors
+    /// The VM carries no [`FAILBACK_MARK`] (nothing else is destroyed
+    /// here); a XAPI call failing.
+    pub fn discard_failback_vm(self) -> Result<(), ReplicaError> {
+        let raw = self.vm_raw().map_err(rerr)?;
+        if !string_map(&raw, "other_config").contains_key(FAILBACK_MARK) {
+            return Err(ReplicaError::InvalidArgument(format!(
+                "VM {:?} was not made by a failback: it is not destroyed",
+                self.name
+            )));
+        }
+        purge_vm(&self.pool, &self.vm_ref).map_err(rerr)?;
+        let _ = std::fs::remove_dir_all(&self.state);
+        tracing::info!(vm = %self.name, uuid = %self.uuid, "the new failback VM was removed");
+        Ok(())
+    }
+
+    /// Makes halted VM `vm_ref` (record `raw`) of `pool` a replica of this
+    /// failed-over VM with one point: its content now. Returns its uuid.
+    fn mark_failback_target(&self, pool: &Arc<XenPool>, vm_ref: &str, raw: &super::pool::Raw) -> PoolResult<String> {
+        let name = text(raw, "name_label");
+        let mine: Vec<u64> = self.disks_of(&self.vm_ref)?.iter().map(|d| d.2).collect();
+        let back = ReplicaMeta {
+            schema: 1,
+            source_vm: self.name.clone(),
+            source_uuid: self.uuid.clone(),
+            chunking: self.meta.chunking.clone(),
+            nics: Vec::new(),
+            failed_over: None,
+        };
+        let uuid = text(raw, "uuid");
+        let disks = disks_of(pool, vm_ref)?;
+        let theirs: Vec<u64> = disks.iter().map(|d| d.2).collect();
+        if theirs != mine {
+            return Err(PoolError::InvalidArgument(format!(
+                "VM {name:?} has disks of {theirs:?} bytes, {:?} of {mine:?}",
+                self.name
+            )));
+        }
+        for (r, ..) in &disks {
+            let _ = pool.void("VDI.remove_from_other_config", &[json!(r), json!(DISK_MARK)]);
+            pool.void("VDI.add_to_other_config", &[json!(r), json!(DISK_MARK), json!(uuid)])
+                .ctx(|| format!("marking VDI {r} of {name:?}"))?;
+        }
+        pool.void("VM.set_blocked_operations", &[json!(vm_ref), json!({"start": BLOCK_CODE, "start_on": BLOCK_CODE})])
+            .ctx(|| format!("blocking {name:?} from starting"))?;
+        for (k, v) in [
+            (REPLICA_MARK, serde_json::to_string(&back).unwrap_or_default()),
+            (POINT_MARK, serde_json::to_string(&PointMark { point: 1, time_ms: now_ms() }).unwrap_or_default()),
+        ] {
+            let _ = pool.void("VM.remove_from_other_config", &[json!(vm_ref), json!(k)]);
+            pool.void("VM.add_to_other_config", &[json!(vm_ref), json!(k), json!(v)])
+                .ctx(|| format!("marking {name:?}"))?;
+        }
+        pool.client()
+            .call_as_string("VM.snapshot", &[json!(vm_ref), json!(format!("{name} failback base"))])
+            .ctx(|| format!("taking the failback base of {name:?}"))?;
+        let _ = pool.void("VM.remove_from_other_config", &[json!(vm_ref), json!(POINT_MARK)]);
+        Ok(uuid)
     }
 
     /// Failback, last step, once this failed-over VM was replicated onto
@@ -848,26 +1031,55 @@ impl XenReplica {
     /// replica marks dropped, start unblocked, started when `start`), and
     /// this VM a replica of it again (shut down, start blocked, its
     /// content taken as a new point, so the next replication from the
-    /// original needs nothing it already holds).
+    /// original needs nothing it already holds; its marker names the
+    /// original as its source VM, NICs and all).
     ///
     /// # Errors
     /// `target` holds no point made by a failback run; a XAPI call failing.
     pub fn finish_failback(&self, target: XenReplica, start: bool) -> Result<FailbackReport, ReplicaError> {
-        let (points, _) = target.snaps().map_err(rerr)?;
+        self.swap_roles(&target, start).map_err(|(e, _)| e)
+    }
+
+    /// [`XenReplica::finish_failback`] for a target made by
+    /// [`XenReplica::failback_new_target`]: when the swap fails before this
+    /// VM was touched, the new VM is destroyed
+    /// ([`XenReplica::discard_failback_vm`]) and this VM stays the live one.
+    ///
+    /// # Errors
+    /// As [`XenReplica::finish_failback`].
+    pub fn finish_failback_new(&self, target: XenReplica, start: bool) -> Result<FailbackReport, ReplicaError> {
+        match self.swap_roles(&target, start) {
+            Ok(r) => Ok(r),
+            Err((e, false)) => {
+                let name = target.name.clone();
+                if let Err(e2) = target.discard_failback_vm() {
+                    tracing::warn!(vm = %name, error = %e2, "removing the new failback VM");
+                }
+                Err(e)
+            }
+            Err((e, true)) => Err(e),
+        }
+    }
+
+    /// The swap of roles; the error says whether this VM was touched.
+    fn swap_roles(&self, target: &XenReplica, start: bool) -> Result<FailbackReport, (ReplicaError, bool)> {
+        let untouched = |e| (e, false);
+        let (points, base) = target.snaps().map_err(rerr).map_err(untouched)?;
         if points.len() < 2 {
-            return Err(ReplicaError::InvalidArgument(format!(
+            return Err(untouched(ReplicaError::InvalidArgument(format!(
                 "{:?} holds no failback run yet: replicate {:?} onto it first",
                 target.name, self.name
-            )));
+            ))));
         }
-        let _lock = target.writer_lock()?;
-        target.repair().map_err(rerr)?;
-        let go = || -> PoolResult<FailbackReport> {
-            // The original: live again.
+        let _lock = target.writer_lock().map_err(untouched)?;
+        target.repair().map_err(rerr).map_err(untouched)?;
+        let nics = nics_of(&target.pool, &target.vm_ref).map_err(rerr).map_err(untouched)?;
+        // The original: live again.
+        let live_again = || -> PoolResult<()> {
             let tp = &target.pool;
-            for p in &points {
-                let disks = target.disks_of(&p.snap_ref)?;
-                tp.void("VM.destroy", &[json!(p.snap_ref)])
+            for s in points.iter().map(|p| &p.snap_ref).chain(&base) {
+                let disks = target.disks_of(s)?;
+                tp.void("VM.destroy", &[json!(s)])
                     .ctx(|| format!("removing failback snapshot of {:?}", target.name))?;
                 for (r, ..) in disks {
                     tp.void("VDI.destroy", &[json!(r)]).ctx(|| format!("removing VDI {r}"))?;
@@ -876,7 +1088,7 @@ impl XenReplica {
             for (r, ..) in target.disks_of(&target.vm_ref)? {
                 let _ = tp.void("VDI.remove_from_other_config", &[json!(r), json!(DISK_MARK)]);
             }
-            for k in [REPLICA_MARK, POINT_MARK, DIRTY_MARK] {
+            for k in [REPLICA_MARK, POINT_MARK, DIRTY_MARK, BASE_MARK] {
                 let _ = tp.void("VM.remove_from_other_config", &[json!(target.vm_ref), json!(k)]);
             }
             tp.void("VM.set_blocked_operations", &[json!(target.vm_ref), json!({})])
@@ -885,7 +1097,11 @@ impl XenReplica {
                 tp.void("VM.start", &[json!(target.vm_ref), json!(false), json!(false)])
                     .ctx(|| format!("starting {:?}", target.name))?;
             }
-            // This VM: a replica again, its content a new point.
+            Ok(())
+        };
+        live_again().map_err(rerr).map_err(untouched)?;
+        // This VM: a replica again, its content a new point.
+        let replica_again = || -> PoolResult<FailbackReport> {
             let raw = self.vm_raw()?;
             if text(&raw, "power_state") != "Halted" {
                 self.pool
@@ -896,6 +1112,9 @@ impl XenReplica {
             let point = mine.last().map_or(1, |p| p.mark.point + 1);
             let mut meta = self.meta.clone();
             meta.failed_over = None;
+            meta.source_vm.clone_from(&target.name);
+            meta.source_uuid.clone_from(&target.uuid);
+            meta.nics = nics;
             self.pool
                 .void(
                     "VM.set_blocked_operations",
@@ -923,8 +1142,26 @@ impl XenReplica {
                 started: start,
             })
         };
-        go().map_err(rerr)
+        replica_again().map_err(|e| (rerr(e), true))
     }
+}
+
+/// The NICs of VM `vm` as a replica's marker records its source's.
+fn nics_of(pool: &XenPool, vm: &str) -> PoolResult<Vec<ReplicaNic>> {
+    let raw = pool.raw("VM", vm).ctx(|| format!("reading VM {vm}"))?;
+    let mut out = Vec::new();
+    for vif in strings(&raw, "VIFs") {
+        let v = pool.raw("VIF", &vif).ctx(|| format!("reading VIF {vif}"))?;
+        let net = text(&v, "network");
+        let n = pool.raw("network", &net).ctx(|| format!("reading network {net}"))?;
+        out.push(ReplicaNic {
+            device: text(&v, "device"),
+            network_uuid: text(&n, "uuid"),
+            network_name: text(&n, "name_label"),
+        });
+    }
+    out.sort_by_key(|a| device_order(&a.device));
+    Ok(out)
 }
 
 impl ReplicaTarget for XenReplica {

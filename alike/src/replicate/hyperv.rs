@@ -297,6 +297,54 @@ impl Replica {
         originals: &[impl AsRef<std::path::Path>],
         opts: &RestoreOptions,
     ) -> Result<HyperVFailbackReport> {
+        let paths: Vec<&std::path::Path> = originals.iter().map(AsRef::as_ref).collect();
+        self.failback_onto(host, vm, &paths, false, opts)
+    }
+
+    /// Failback from Hyper-V onto new raw images, when the original disks
+    /// are gone (the original site lost and rebuilt): creates `images` (one
+    /// per disk of the failed-over VM `vm` (off), in its disk order, each of
+    /// its disk's size; an existing path is refused before anything is
+    /// made, never overwritten), writes the VM's whole disks into them read
+    /// over SMB (sparse: all-zero 4 KiB pieces are not written), then swaps
+    /// roles as [`Replica::failback_hyperv`] does, with these images as the
+    /// new originals the folder takes runs from. On failure or cancel the
+    /// images made are removed and the VM is left as it was.
+    ///
+    /// ```no_run
+    /// # fn main() -> alike::Result<()> {
+    /// # let host: alike::HyperVHost = todo!();
+    /// let replica = alike::Replica::open("/srv/replicas/web-01")?;
+    /// let r = replica.failback_hyperv_new(&host, "web-01 (replica)", &["/srv/vms/web-01-os.img"], &Default::default())?;
+    /// println!("{} bytes read, {} written", r.read_bytes, r.sent_bytes);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidArgument`] when the folder was not failed
+    /// over to `vm`, `vm` runs, the images are not one per disk or one of
+    /// them exists; I/O on an image; the host's refusals; cancellation.
+    pub fn failback_hyperv_new(
+        &self,
+        host: &HyperVHost,
+        vm: &str,
+        images: &[impl AsRef<std::path::Path>],
+        opts: &RestoreOptions,
+    ) -> Result<HyperVFailbackReport> {
+        let paths: Vec<&std::path::Path> = images.iter().map(AsRef::as_ref).collect();
+        self.failback_onto(host, vm, &paths, true, opts)
+    }
+
+    /// The failback onto `targets`: the originals, or new images when `new`.
+    fn failback_onto(
+        &self,
+        host: &HyperVHost,
+        vm: &str,
+        targets: &[&std::path::Path],
+        new: bool,
+        opts: &RestoreOptions,
+    ) -> Result<HyperVFailbackReport> {
         opts.run.check()?;
         let started = Instant::now();
         let cfg = host
@@ -317,30 +365,48 @@ impl Replica {
         if cfg.running {
             return Err(Error::InvalidArgument(format!("{}: turn the VM off before failing back", cfg.name)));
         }
-        if originals.len() != cfg.disks.len() {
+        if targets.len() != cfg.disks.len() {
             return Err(Error::InvalidArgument(format!(
-                "{} original disk(s) for the {} disk(s) of {}",
-                originals.len(),
+                "{} {} disk(s) for the {} disk(s) of {}",
+                targets.len(),
+                if new { "new" } else { "original" },
                 cfg.disks.len(),
                 cfg.name
             )));
         }
-        for o in originals {
-            let f = crate::ImageFormat::detect(o.as_ref())?;
+        for o in targets {
+            if new {
+                match std::fs::symlink_metadata(o) {
+                    Ok(_) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: exists; a failback onto new images never overwrites a file",
+                            o.display()
+                        )));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(ioe(o, e)),
+                }
+                continue;
+            }
+            let f = crate::ImageFormat::detect(o)?;
             if f != crate::ImageFormat::Raw {
                 return Err(Error::InvalidArgument(format!(
                     "{}: a {f:?} image; failback writes raw images and block devices only",
-                    o.as_ref().display()
+                    o.display()
                 )));
             }
         }
-        let base: Option<Baseline> = self
-            .dir
-            .failover_base()?
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|b: &Baseline| b.vm.eq_ignore_ascii_case(&cfg.id) && b.tokens.len() == cfg.disks.len());
+        // New images are written whole: no baseline is needed.
+        let base: Option<Baseline> = if new {
+            None
+        } else {
+            self.dir
+                .failover_base()?
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .filter(|b: &Baseline| b.vm.eq_ignore_ascii_case(&cfg.id) && b.tokens.len() == cfg.disks.len())
+        };
         let mut warnings = Vec::new();
-        if base.is_none() {
+        if base.is_none() && !new {
             warnings.push(format!("{}: no change-tracking baseline from the failover: whole disks compared", cfg.name));
         }
         let session = host.begin_backup(&cfg.id, alike_core::Quiesce::No)?;
@@ -354,46 +420,71 @@ impl Replica {
             warnings: Vec::new(),
             elapsed_seconds: 0.0,
         };
-        let mut plan = Vec::with_capacity(disks.len());
-        for (i, (d, o)) in disks.iter().zip(originals).enumerate() {
-            let target =
-                std::fs::OpenOptions::new().read(true).write(true).open(o.as_ref()).map_err(|e| ioe(o.as_ref(), e))?;
-            let len = std::io::Seek::seek(&mut &target, std::io::SeekFrom::End(0)).map_err(|e| ioe(o.as_ref(), e))?;
-            if len != d.size() {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: {len} bytes, but disk {i} of {} has {}",
-                    o.as_ref().display(),
-                    cfg.name,
-                    d.size()
-                )));
+        let mut created: Vec<&std::path::Path> = Vec::new();
+        let mut write = || -> Result<()> {
+            let mut plan = Vec::with_capacity(disks.len());
+            for (i, (d, o)) in disks.iter().zip(targets).enumerate() {
+                let target = if new {
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(o)
+                        .map_err(|e| ioe(o, e))?;
+                    created.push(o);
+                    f.set_len(d.size()).map_err(|e| ioe(o, e))?;
+                    f
+                } else {
+                    std::fs::OpenOptions::new().read(true).write(true).open(o).map_err(|e| ioe(o, e))?
+                };
+                let len = std::io::Seek::seek(&mut &target, std::io::SeekFrom::End(0)).map_err(|e| ioe(o, e))?;
+                if len != d.size() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: {len} bytes, but disk {i} of {} has {}",
+                        o.display(),
+                        cfg.name,
+                        d.size()
+                    )));
+                }
+                let ranges = match base.as_ref().map(|b| d.changed_ranges(b.tokens[i].as_bytes())) {
+                    Some(Ok(Some(r))) => r,
+                    Some(Ok(None)) | None => {
+                        report.whole_disks = true;
+                        d.allocated_ranges()?
+                    }
+                    Some(Err(e)) => {
+                        warnings.push(format!(
+                            "disk {i}: change tracking since the failover is gone ({e}): whole disk compared"
+                        ));
+                        report.whole_disks = true;
+                        d.allocated_ranges()?
+                    }
+                };
+                plan.push((*d, target, *o, ranges));
             }
-            let ranges = match base.as_ref().map(|b| d.changed_ranges(b.tokens[i].as_bytes())) {
-                Some(Ok(Some(r))) => r,
-                Some(Ok(None)) | None => {
-                    report.whole_disks = true;
-                    d.allocated_ranges()?
-                }
-                Some(Err(e)) => {
-                    warnings.push(format!(
-                        "disk {i}: change tracking since the failover is gone ({e}): whole disk compared"
-                    ));
-                    report.whole_disks = true;
-                    d.allocated_ranges()?
-                }
-            };
-            plan.push((*d, target, o.as_ref(), ranges));
-        }
-        let total = plan.iter().flat_map(|p| &p.3).map(|r| r.end - r.start).sum();
-        let sink = ProgressSink::new(opts.run.progress.clone(), Phase::Restore, total);
-        for (d, target, path, ranges) in &plan {
-            send_changes(*d, target, path, ranges, &mut report, &sink, opts)?;
-            target.sync_all().map_err(|e| ioe(path, e))?;
-        }
-        sink.finish();
-        drop(plan);
+            let total = plan.iter().flat_map(|p| &p.3).map(|r| r.end - r.start).sum();
+            let sink = ProgressSink::new(opts.run.progress.clone(), Phase::Restore, total);
+            for (d, target, path, ranges) in &plan {
+                send_changes(*d, target, path, ranges, new, &mut report, &sink, opts)?;
+                target.sync_all().map_err(|e| ioe(path, e))?;
+            }
+            sink.finish();
+            Ok(())
+        };
+        let written = write();
         drop(disks);
+        if let Err(e) = written {
+            // Nothing half-made is left: the images this made go.
+            for p in &created {
+                if let Err(e2) = std::fs::remove_file(p) {
+                    tracing::warn!(path = %p.display(), error = %e2, "removing a new image of a failed failback");
+                }
+            }
+            let _ = alike_core::BackupSession::abort(Box::new(session));
+            return Err(e);
+        }
         let _ = alike_core::BackupSession::commit(Box::new(session));
-        // Roles swapped: the originals are live, the VM a replica again.
+        // Roles swapped: the originals (or the new images) are live, the VM a replica again.
         host.make_replica(&cfg.id, &alike_hyperv::ReplicaAuthorization::new(&folder_of(&cfg)))?;
         self.dir.set_failover_base(None)?;
         self.dir.set_failed_over(None)?;
@@ -480,12 +571,16 @@ fn ioe(path: &std::path::Path, source: std::io::Error) -> Error {
     Error::Engine(alike_core::Error::Io { path: path.to_owned(), source })
 }
 
-/// Reads `ranges` of `src` and writes what differs from `to` there.
+/// Reads `ranges` of `src` and writes what differs from `to` there (`to`
+/// reads as zeroes when `fresh`: it is not read, and all-zero pieces are
+/// not written, so it stays sparse).
+#[allow(clippy::too_many_arguments)]
 fn send_changes(
     src: &dyn alike_core::DiskSource,
     to: &std::fs::File,
     path: &std::path::Path,
     ranges: &[std::ops::Range<u64>],
+    fresh: bool,
     report: &mut HyperVFailbackReport,
     sink: &ProgressSink,
     opts: &RestoreOptions,
@@ -501,7 +596,11 @@ fn send_changes(
             let n = (r.end - at).min(a.len() as u64) as usize;
             src.read_at(at, &mut a[..n])?;
             report.read_bytes += n as u64;
-            to.read_exact_at(&mut b[..n], at).map_err(|e| ioe(path, e))?;
+            if fresh {
+                b[..n].fill(0);
+            } else {
+                to.read_exact_at(&mut b[..n], at).map_err(|e| ioe(path, e))?;
+            }
             // Compared in 4 KiB pieces: only those that differ are written.
             for (i, (x, y)) in a[..n].chunks(4096).zip(b[..n].chunks(4096)).enumerate() {
                 if x != y {

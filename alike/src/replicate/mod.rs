@@ -54,7 +54,8 @@ pub use job::{
 };
 #[cfg(feature = "xen")]
 pub use xen::{
-    FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm, replicate_xen,
+    FailbackNewVm, FailbackReport, FailoverReport, TestVm, XenFailbackReport, XenReplicaOptions, XenReplicaVm,
+    replicate_xen,
 };
 
 /// A committed point of a replica: what `alike replica list --json` prints.

@@ -13,7 +13,7 @@ use alike_replicate::{LinkOptions, ReceiverOptions, SenderOptions};
 use alike_xen::adapter::{XenBackupOptions, XenPool, XenReplica};
 use serde::Serialize;
 
-pub use alike_xen::adapter::{FailbackReport, FailoverReport, TestVm, XenReplicaOptions};
+pub use alike_xen::adapter::{FailbackNewVm, FailbackReport, FailoverReport, TestVm, XenReplicaOptions};
 
 use super::history::{self, ReplicationRecord};
 use super::{ReplicaExportOptions, ReplicaExportReport, ReplicaPoint, ReplicateOptions, ReplicateReport};
@@ -178,26 +178,7 @@ impl XenReplicaVm {
         let t0 = Instant::now();
         opts.validate()?;
         let target = self.inner.failback_target(original, vm, &self.state_dir)?;
-        let snap = self.inner.pool().begin_backup(self.inner.vm_ref(), &XenBackupOptions::default(), &[])?;
-        let mut so = SenderOptions::new(self.inner.name());
-        so.chunking = target.chunking();
-        so.run = opts.run.to_core();
-        so.progress = opts.disk_progress.clone();
-        let mut ro = ReceiverOptions::default();
-        ro.run = opts.run.to_core();
-        let mut link = LinkOptions::default();
-        link.bwlimit = opts.bwlimit;
-        let r = alike_replicate::replicate_local(&snap.disks(), &so, &target, &ro, &[], &link);
-        let r = match r {
-            Ok(r) => {
-                snap.commit();
-                r
-            }
-            Err(e) => {
-                let _ = snap.abort();
-                return Err(e.into());
-            }
-        };
+        let r = self.send_back(&target, opts)?;
         let roles = self.inner.finish_failback(target, start)?;
         Ok(XenFailbackReport {
             read_bytes: r.sender.read_bytes,
@@ -206,6 +187,78 @@ impl XenReplicaVm {
             roles,
             elapsed_seconds: t0.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Failback onto a new VM, when the VM this one was failed over from is
+    /// gone (the original site lost and rebuilt): makes a VM on `original`
+    /// from this VM's configuration, the way a replica VM is made (halted,
+    /// its disks on [`FailbackNewVm::sr`], its NICs on the networks the
+    /// source VM had there or on [`FailbackNewVm::network`], named
+    /// [`FailbackNewVm::name`] or as the source VM, tagged `alike-failback`
+    /// and marked `alike:failback-of`), copies this VM's disks whole onto
+    /// it (every chunk is new there: `needed_bytes` is the VM's data), then
+    /// swaps roles as [`XenReplicaVm::failback`] does: the new VM is live
+    /// (started when `start`) and the source of this VM, a replica again.
+    /// On failure or cancel before the swap touches this VM, the new VM
+    /// and its disks are destroyed and this VM is left as it was.
+    ///
+    /// # Errors
+    /// This VM was not failed over; the SR or a network is not on
+    /// `original`; a XAPI call or the run failing; cancellation.
+    pub fn failback_new_vm(
+        &self,
+        original: Arc<XenPool>,
+        new_vm: &FailbackNewVm,
+        start: bool,
+        opts: &ReplicateOptions<'_>,
+    ) -> Result<XenFailbackReport> {
+        let t0 = Instant::now();
+        opts.validate()?;
+        opts.run.check()?;
+        let target = self.inner.failback_new_target(original, new_vm, &self.state_dir)?;
+        let r = match self.send_back(&target, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                let name = target.name().to_owned();
+                if let Err(e2) = target.discard_failback_vm() {
+                    tracing::warn!(vm = %name, error = %e2, "removing the new failback VM");
+                }
+                return Err(e);
+            }
+        };
+        let roles = self.inner.finish_failback_new(target, start)?;
+        Ok(XenFailbackReport {
+            read_bytes: r.sender.read_bytes,
+            needed_bytes: r.sender.needed_bytes,
+            sent_bytes: r.sender.sent_bytes,
+            roles,
+            elapsed_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The failback's run: this VM's snapshot replicated onto `target`
+    /// (no sender state: only chunks the target lacks travel).
+    fn send_back(&self, target: &XenReplica, opts: &ReplicateOptions<'_>) -> Result<alike_replicate::LocalReport> {
+        let bo = XenBackupOptions::default().cancel_token(opts.run.cancel.clone());
+        let snap = self.inner.pool().begin_backup(self.inner.vm_ref(), &bo, &[])?;
+        let mut so = SenderOptions::new(self.inner.name());
+        so.chunking = target.chunking();
+        so.run = opts.run.to_core();
+        so.progress = opts.disk_progress.clone();
+        let mut ro = ReceiverOptions::default();
+        ro.run = opts.run.to_core();
+        let mut link = LinkOptions::default();
+        link.bwlimit = opts.bwlimit;
+        match alike_replicate::replicate_local(&snap.disks(), &so, target, &ro, &[], &link) {
+            Ok(r) => {
+                snap.commit();
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = snap.abort();
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -2,7 +2,8 @@
  * Xen replicas through the C ABI, across two simulated pools: a cancelled
  * run, a full then an incremental replication (bytes sent), the points,
  * a test failover and its end, a failover, a refused failback (the
- * original still runs). Run by scripts/test-c.sh (also under valgrind).
+ * original still runs), a failback onto a new VM (a wrong SR refused,
+ * then a whole copy). Run by scripts/test-c.sh (also under valgrind).
  * Usage: test_xen_replica WORK_DIR XAPI_URL_A XAPI_URL_B (alike-xapi-sim --demo each)
  */
 #define _POSIX_C_SOURCE 200809L
@@ -110,6 +111,14 @@ int main(int argc, char **argv) {
     CHECK(alike_xen_replica_failover(rep, 0, from, to, 1, false, &fp) == ALIKE_OK && fp == 2);
     alike_xen_failback_report fb;
     CHECK(alike_xen_replica_failback(rep, a, "web-01", false, 0, NULL, NULL, NULL, &fb) == ALIKE_ERR_INVALID_ARGUMENT);
+    /* Failback onto a new VM: a wrong SR is refused (nothing made); then a whole copy, roles swapped. */
+    CHECK(alike_xen_replica_failback_new_vm(rep, a, "no such SR", NULL, NULL, false, 0, NULL, NULL, NULL, &fb) ==
+          ALIKE_ERR_NOT_FOUND);
+    CHECK(alike_xen_replica_failback_new_vm(rep, a, NULL, NULL, NULL, false, 0, NULL, NULL, NULL, &fb) ==
+          ALIKE_ERR_INVALID_ARGUMENT);
+    CHECK(alike_xen_replica_failback_new_vm(rep, a, "Local storage", NET, "web-01 (rebuilt)", false, 0, NULL, NULL,
+                                            NULL, &fb) == ALIKE_OK);
+    CHECK(fb.needed_bytes > (1u << 20) && !fb.started && fb.replica_point == fp + 1);
 
     alike_xen_replica_free(rep);
     alike_xen_pool_free(b);

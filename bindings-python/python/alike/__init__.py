@@ -1692,3 +1692,22 @@ class XenReplica:
         """Sends what changed on this failed-over VM back onto VM ``vm`` of
         ``original`` (halted), then swaps roles."""
         return self._n.failback(original._n, vm, start, _progress(progress), cancel)
+
+    def failback_new_vm(
+        self,
+        original: XenPool,
+        sr: str,
+        *,
+        network: _Optional[str] = None,
+        name: _Optional[str] = None,
+        start: bool = False,
+        progress: _Optional[ProgressCallback] = None,
+        cancel: _Optional[CancelToken] = None,
+    ) -> _Dict[str, _Any]:
+        """Failback onto a new VM, when the original VM is gone: makes a VM
+        on ``original`` from this VM's configuration (disks on SR ``sr``,
+        NICs on ``network`` or the source's networks, named ``name`` or as
+        the source, tagged ``alike-failback``), copies the disks whole onto
+        it, then swaps roles. On failure or cancel the new VM and its disks
+        are removed and this VM is left as it was."""
+        return self._n.failback_new_vm(original._n, sr, network, name, start, _progress(progress), cancel)

@@ -372,3 +372,13 @@ class NativeXenReplica:
         progress: _Progress = None,
         cancel: Optional[CancelToken] = None,
     ) -> Dict[str, Any]: ...
+    def failback_new_vm(
+        self,
+        original: NativeXenPool,
+        sr: str,
+        network: Optional[str] = None,
+        name: Optional[str] = None,
+        start: bool = False,
+        progress: _Progress = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Dict[str, Any]: ...
