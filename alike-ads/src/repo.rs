@@ -6,7 +6,7 @@ use alike_core::Chunking;
 use alike_core::Recover;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use alike_core::{
@@ -252,6 +252,37 @@ impl Pending {
     }
 }
 
+/// Writes index segments for `packs` (split at [`MAX_SEGMENT_ENTRIES`]),
+/// loading them into `cache` when given; returns their object names.
+fn write_segments(
+    keys: &Keys,
+    backend: &dyn Backend,
+    cache: Option<&IndexCache>,
+    packs: &[([u8; 32], Vec<PackEntry>)],
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut start = 0;
+    while start < packs.len() {
+        let mut end = start;
+        let mut n = 0;
+        while end < packs.len() && (end == start || n + packs[end].1.len() <= MAX_SEGMENT_ENTRIES) {
+            n += packs[end].1.len();
+            end += 1;
+        }
+        let part = &packs[start..end];
+        let bytes = encode_segment(keys, part)?;
+        let key = format!("index/{}", blake3::hash(&bytes).to_hex());
+        backend.write(&key, &bytes)?;
+        if let Some(cache) = cache {
+            cache.insert(&key, part)?;
+        }
+        debug!(segment = %key, packs = part.len(), entries = n, "index segment written");
+        names.push(key);
+        start = end;
+    }
+    Ok(names)
+}
+
 /// Threads that finish packs (trailer, fsync, placing the pack in the
 /// store: a rename, or an upload to object storage) while the workers fill
 /// the next ones. Long-lived, for the store's life, not one per pack:
@@ -326,6 +357,113 @@ impl Drop for Finisher {
     }
 }
 
+/// Publishes finished packs on a thread of its own: waits for the packs a
+/// writer claimed (their fsync or upload), writes their index segment,
+/// loads it into the cache and forgets their ids as pending. Before, the
+/// worker whose put claimed them did this and every other worker waited
+/// for it at the batch's end; now no worker waits for a disk's flush
+/// except through the bound below. One thread, so segments are written in
+/// the order packs were claimed.
+struct Publisher {
+    tx: Option<mpsc::Sender<(usize, Arc<Finisher>)>>,
+    state: Arc<(Mutex<PublishState>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Claims waiting for the publisher at most (each up to
+/// [`PACKS_PER_SEGMENT`] packs): what a writer holds stays bounded while
+/// the publisher is behind (a slow fsync or upload).
+const PUBLISH_QUEUE: usize = 2;
+
+#[derive(Default)]
+struct PublishState {
+    /// Claims sent and not yet published.
+    queued: usize,
+    /// The first failure, handed to the next put or flush.
+    error: Option<Error>,
+}
+
+impl Publisher {
+    fn start(
+        keys: Keys,
+        backend: Arc<dyn Backend>,
+        cache: Arc<IndexCache>,
+        session: Arc<Mutex<Session>>,
+    ) -> Result<Publisher> {
+        let (tx, rx) = mpsc::channel::<(usize, Arc<Finisher>)>();
+        let state: Arc<(Mutex<PublishState>, Condvar)> = Arc::default();
+        let st = state.clone();
+        let handle = alike_core::spawn("alike-index-publisher", move || {
+            while let Ok((n, finisher)) = rx.recv() {
+                let (packs, first_err) = finisher.collect(n);
+                drop(finisher);
+                let paths: Vec<PathBuf> = packs.iter().map(|p| p.path.clone()).collect();
+                let packs: Vec<([u8; 32], Vec<PackEntry>)> = packs.into_iter().map(|p| (p.id, p.entries)).collect();
+                let written = if packs.is_empty() {
+                    Ok(())
+                } else {
+                    write_segments(&keys, &*backend, Some(&cache), &packs).map(|_| ())
+                };
+                if written.is_ok() {
+                    let mut s = session.locked();
+                    for p in &paths {
+                        s.pending.published(p);
+                    }
+                }
+                let (lock, cv) = &*st;
+                let mut g = lock.locked();
+                g.queued -= 1;
+                if let Some(e) = first_err.map_or(written.err(), Some) {
+                    g.error.get_or_insert(e);
+                }
+                cv.notify_all();
+            }
+        })?;
+        Ok(Publisher { tx: Some(tx), state, handle: Some(handle) })
+    }
+
+    /// Queues a claim, first waiting while [`PUBLISH_QUEUE`] are queued.
+    /// Returns an earlier claim's failure, if one failed — the claim is
+    /// queued all the same: its packs' results must be taken from the
+    /// finishers, or a later claim would take them for its own.
+    fn submit(&self, n: usize, finisher: Arc<Finisher>) -> Result<()> {
+        let (lock, cv) = &*self.state;
+        let mut g = lock.locked();
+        while g.queued >= PUBLISH_QUEUE && g.error.is_none() {
+            g = cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let earlier = g.error.take();
+        g.queued += 1;
+        drop(g);
+        let sent = self.tx.as_ref().expect("open until drop").send((n, finisher));
+        if sent.is_err() {
+            lock.locked().queued -= 1;
+            return Err(Error::InvalidArgument("the index publisher thread stopped".into()));
+        }
+        earlier.map_or(Ok(()), Err)
+    }
+
+    /// Waits until every queued claim is published; returns the first
+    /// failure since the last one returned.
+    fn wait(&self) -> Result<()> {
+        let (lock, cv) = &*self.state;
+        let mut g = lock.locked();
+        while g.queued > 0 {
+            g = cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        g.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// An open store.
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -333,11 +471,11 @@ pub struct Repository {
     keys: Keys,
     /// Kept only to create a store that shares this key ([`CreateOptions::master_key`]).
     master: Option<MasterKey>,
-    cache: IndexCache,
-    session: Mutex<Session>,
-    /// Held while publishing (index segment, cache): one publisher at a
-    /// time, and never the session lock, so workers go on filling packs.
-    publishing: Mutex<()>,
+    cache: Arc<IndexCache>,
+    session: Arc<Mutex<Session>>,
+    /// The thread that publishes finished packs (started with the first
+    /// pack a session sends to the finishers).
+    publisher: Mutex<Option<Arc<Publisher>>>,
     /// Packs condemned by GC, read when a writer begins: never deduplicated against.
     condemned: std::sync::RwLock<HashSet<[u8; 32]>>,
     /// Packs the index knows that the store did not hold when this writer began.
@@ -508,15 +646,15 @@ impl Repository {
         };
         let (keys, master) = unlock(&*backend, &config, opts)?;
         let dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir).join(&config.store_id);
-        let cache = IndexCache::open(&dir, &config.store_id)?;
+        let cache = Arc::new(IndexCache::open(&dir, &config.store_id)?);
         let repo = Repository {
             backend,
             config,
             keys,
             master,
             cache,
-            session: Mutex::new(Session::default()),
-            publishing: Mutex::new(()),
+            session: Arc::default(),
+            publisher: Mutex::new(None),
             condemned: std::sync::RwLock::new(HashSet::new()),
             missing: std::sync::RwLock::new(HashSet::new()),
             bad_segments: Mutex::new(Vec::new()),
@@ -755,27 +893,7 @@ impl Repository {
     /// # Errors
     /// Backend and cache errors.
     pub fn write_segments(&self, packs: &[([u8; 32], Vec<PackEntry>)], load: bool) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut start = 0;
-        while start < packs.len() {
-            let mut end = start;
-            let mut n = 0;
-            while end < packs.len() && (end == start || n + packs[end].1.len() <= MAX_SEGMENT_ENTRIES) {
-                n += packs[end].1.len();
-                end += 1;
-            }
-            let part = &packs[start..end];
-            let bytes = encode_segment(&self.keys, part)?;
-            let key = format!("index/{}", blake3::hash(&bytes).to_hex());
-            self.backend.write(&key, &bytes)?;
-            if load {
-                self.cache.insert(&key, part)?;
-            }
-            debug!(segment = %key, packs = part.len(), entries = n, "index segment written");
-            keys.push(key);
-            start = end;
-        }
-        Ok(keys)
+        write_segments(&self.keys, &*self.backend, load.then_some(&*self.cache), packs)
     }
 
     /// Hands a full pack to the finisher threads; its ids move from the
@@ -800,26 +918,26 @@ impl Repository {
         s.finisher.clone().filter(|_| n > 0).map(|f| (n, f))
     }
 
-    /// Publishes `n` packs in flight: waits for them, writes their index
-    /// segment and loads it into the cache, then forgets their ids as
-    /// pending. Runs without the session lock: the other workers go on.
+    /// The session's publisher, started at first use.
+    fn publisher(&self) -> Result<Arc<Publisher>> {
+        let mut p = self.publisher.locked();
+        if let Some(p) = p.as_ref() {
+            return Ok(p.clone());
+        }
+        let started = Arc::new(Publisher::start(
+            self.keys.clone(),
+            self.backend.clone(),
+            self.cache.clone(),
+            self.session.clone(),
+        )?);
+        *p = Some(started.clone());
+        Ok(started)
+    }
+
+    /// Hands `n` packs in flight to the publisher (see [`Publisher`]).
     fn publish(&self, claimed: Option<(usize, Arc<Finisher>)>) -> Result<()> {
         let Some((n, finisher)) = claimed else { return Ok(()) };
-        let _one = self.publishing.locked();
-        let (packs, first_err) = finisher.collect(n);
-        let paths: Vec<PathBuf> = packs.iter().map(|p| p.path.clone()).collect();
-        let packs: Vec<([u8; 32], Vec<PackEntry>)> = packs.into_iter().map(|p| (p.id, p.entries)).collect();
-        if !packs.is_empty() {
-            self.write_segments(&packs, true)?;
-            let mut s = self.session.locked();
-            for p in &paths {
-                s.pending.published(p);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.publisher()?.submit(n, finisher)
     }
 
     fn put_inner(&self, frame: &StoredFrame) -> Result<()> {
@@ -849,8 +967,8 @@ impl Repository {
     }
 
     /// Sends the open pack to the finishers and publishes every pack in
-    /// flight. Callers flush after their puts have returned (a put may be
-    /// publishing what it claimed; the publish lock orders the two).
+    /// flight: returns once the publisher has written every segment queued
+    /// (by this call or by earlier puts), or with the first failure.
     fn flush_inner(&self) -> Result<()> {
         let claimed = {
             let mut guard = self.session.locked();
@@ -864,7 +982,12 @@ impl Repository {
             }
             Self::claim(s)
         };
-        self.publish(claimed)
+        let submitted = self.publish(claimed);
+        let published = match self.publisher.locked().clone() {
+            Some(p) => p.wait(),
+            None => Ok(()),
+        };
+        submitted.and(published)
     }
 
     /// Drops what this session wrote but did not publish (after a failed or
@@ -878,8 +1001,12 @@ impl Repository {
             }
             Self::claim(&mut s)
         };
+        // What was queued before is published (its packs are whole); a
+        // failure there no longer matters to a session being dropped.
+        if let Some(p) = self.publisher.locked().clone() {
+            let _ = p.wait();
+        }
         if let Some((n, f)) = claimed {
-            let _one = self.publishing.locked();
             let _ = f.collect(n);
         }
         self.session.locked().pending.clear();

@@ -267,6 +267,58 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
     assert!(spool.is_empty(), "spool files left: {spool:?}");
 }
 
+/// Index segments are written by the writer's publisher thread, not by the
+/// worker whose put filled the eighth pack: a segment that cannot be
+/// written mid-backup still fails that backup (at a later put or at the
+/// flush, with the segment's error), commits no version, and leaves the
+/// store whole — the next backup, once the disk has room again, stores
+/// everything and verifies.
+#[test]
+fn a_segment_that_cannot_be_written_mid_backup_fails_it_and_loses_nothing() {
+    let (dir, root) = local_store(Some(1 << 20));
+    let o = cache_in(dir.path(), "cache");
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r2, index_dir) = (refuse.clone(), root.join("index"));
+    let mut hooked = Hooked::new(&root);
+    hooked.write = Some(Box::new(move |key, _| {
+        if r2.load(Ordering::SeqCst) && key.starts_with("index/") {
+            return Err(alike_ads::Error::Io {
+                path: index_dir.clone(),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        Ok(())
+    }));
+    let repo = Repository::open(Arc::new(hooked), &o).unwrap();
+    let params = EngineParams::new(65536);
+    let run = RunOptions::default();
+    let job = |d: &'static MemSource| BackupJob {
+        vm: VmInfo::named("vm"),
+        disks: vec![d],
+        parent: None,
+        time_ms: 1,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    };
+    // Noise does not compress: 24 MiB make 24 packs of 1 MiB, three
+    // segments' worth, the first two published while the backup runs.
+    let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(24 << 20, 7) }));
+    refuse.store(true, Ordering::SeqCst);
+    let e = alike_core::backup::backup(&repo, repo.keys(), &params, job(disk), &run).unwrap_err();
+    repo.abort_session();
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    assert!(repo.version_ids().unwrap().is_empty(), "no version for the failed backup");
+    refuse.store(false, Ordering::SeqCst);
+    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job(disk), &run).unwrap();
+    let v = repo.verify(None, alike_ads::VerifyDepth::Full, &|_, _| {}).unwrap();
+    assert!(v.ok(), "{v:?}");
+    let out = dir.path().join("out.img");
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
+    assert!(std::fs::read(&out).unwrap() == disk.data, "the second backup restores bit-exact");
+}
+
 /// A partial restore zero-fills damage, never data it merely could not reach:
 /// a transient failure (a timeout that outlasted the retries) stops it with
 /// the error, its kind and retry class intact across the `ChunkStore` seam;

@@ -18,10 +18,12 @@
 //!    planned slack (`min` bytes) it reads on, `max` bytes at a time,
 //!    until it meets one.
 //! 4. **Hash and store** the batch's chunks on every core
-//!    ([`crate::backup::store_new`]).
+//!    ([`crate::backup::store_new`]), while the next batch is read (step 2)
+//!    into the other of two batch buffers: workers done with this batch's
+//!    last frames read ahead instead of waiting at its tail.
 //!
 //! A chunk open at the end of a batch is copied aside (at most `max`
-//! bytes) and finished in the next. Memory: one batch, one window's
+//! bytes) and finished in the next. Memory: two batches, one window's
 //! extents, and per block of a batch 16 bytes of flags.
 
 use std::ops::Range;
@@ -172,7 +174,7 @@ pub(crate) fn backup_disk(
     let nwin = plan.nblocks.div_ceil(wb);
     let added = Added::default();
     let reader = Reader { src, size: plan.size, nblocks: plan.nblocks, sink, cancel, read_bytes: AtomicU64::new(0) };
-    let mut buf = vec![0u8; batch_bytes()];
+    let mut bufs = [vec![0u8; batch_bytes()], vec![0u8; batch_bytes()]];
     let mut maps = Vec::with_capacity(nwin as usize);
     let mut data_bytes = 0u64;
     let mut full = plan.read.iter().cloned().peekable();
@@ -237,7 +239,7 @@ pub(crate) fn backup_disk(
         };
         let hint: Option<HashSet<Extent>> = same_cut.map(|w| w.extents.into_iter().collect());
         let ctx = Ctx { reader: &reader, keys, params, p, store, added: &added, known: hint.as_ref() };
-        let cut = cut_window(&ctx, &mut buf, hi, &items, reads, parent.as_ref().map(|x| &x.1))?;
+        let cut = cut_window(&ctx, &mut bufs, hi, &items, reads, parent.as_ref().map(|x| &x.1))?;
         let mut extents: Vec<(u64, u32, ChunkId)> = cut.chunks;
         if let Some((pw, _)) = &parent {
             // The parent's chunks outside the re-cut spans stay as they were.
@@ -375,7 +377,7 @@ struct Ctx<'a> {
 /// cuts, hashes and stores new chunks.
 fn cut_window(
     ctx: &Ctx<'_>,
-    buf: &mut [u8],
+    bufs: &mut [Vec<u8>; 2],
     hi: u64,
     items: &[Item],
     reads: Vec<Range<u64>>,
@@ -383,7 +385,7 @@ fn cut_window(
 ) -> Result<WindowCut> {
     let Ctx { reader, keys, params, p, store, added, known } = *ctx;
     let max_blocks = u64::from(p.max / CDC_BLOCK);
-    let cap_blocks = buf.len() as u64 / BS;
+    let cap_blocks = bufs[0].len().min(bufs[1].len()) as u64 / BS;
     let mut queue: std::collections::VecDeque<Range<u64>> = reads.into();
     let mut out = WindowCut { chunks: Vec::new(), spans: Vec::new() };
     let mut st = CdcState::new(p);
@@ -392,27 +394,22 @@ fn cut_window(
     let mut active: Option<(u64, u64)> = None;
     let mut next_item = 0usize;
     let mut pos = items.first().map_or(hi, |i| i.start);
+    // The buffer the batch being cut is in; the other one takes the next
+    // batch, read while this one is hashed and stored.
+    let mut cur = 0usize;
+    let mut ahead: Option<(Vec<Piece>, Vec<Flags>)> = None;
     while next_item < items.len() || active.is_some() {
-        // Fill a batch from the queue.
-        let mut pieces = Vec::new();
-        let mut used = 0u64;
-        while used < cap_blocks
-            && let Some(r) = queue.front_mut()
-        {
-            let n = (r.end - r.start).min(cap_blocks - used);
-            pieces.push(Piece { start: r.start, end: r.start + n, arena: 0, off: (used * BS) as usize });
-            used += n;
-            r.start += n;
-            if r.start == r.end {
-                queue.pop_front();
+        let (pieces, flags) = match ahead.take() {
+            Some(a) => a,
+            None => {
+                let pieces = fill_batch(&mut queue, cap_blocks);
+                let flags = read_pieces(reader, &pieces, &mut bufs[cur])?;
+                (pieces, flags)
             }
-        }
-        let mut flags = Vec::with_capacity(pieces.len());
-        for pc in &pieces {
-            let o = pc.off;
-            flags.push(reader.read(pc.start, pc.end, &mut buf[o..o + ((pc.end - pc.start) * BS) as usize])?);
-        }
-        let mut batch = Batch { main: &*buf, ext: Vec::new(), pieces, flags };
+        };
+        let (first, second) = bufs.split_at_mut(1);
+        let (main, other) = if cur == 0 { (&first[0], &mut second[0]) } else { (&second[0], &mut first[0]) };
+        let mut batch = Batch { main: &main[..], ext: Vec::new(), pieces, flags };
         let mut cuts: Vec<Cut> = Vec::new();
         loop {
             reader.cancel.check()?;
@@ -484,33 +481,78 @@ fn cut_window(
                 }
             }
         }
-        // Hash the batch's chunks and store the new ones, on every core.
-        let datas: Vec<&[u8]> = cuts
-            .iter()
-            .map(|c| match &c.bytes {
-                Bytes::Slice { arena, off, len } => &batch.arena(*arena)[*off..*off + *len],
-                Bytes::Owned(v) => &v[..],
-            })
-            .collect();
-        let ids: Vec<ChunkId> = datas.par_iter().map(|d| keys.hash(d)).collect();
-        let chunks: Vec<(ChunkId, &[u8])> = ids.iter().copied().zip(datas.iter().copied()).collect();
-        let hint: Option<Vec<bool>> = known.map(|k| {
-            cuts.iter()
-                .zip(&chunks)
-                .map(|(c, (id, d))| k.contains(&Extent { offset: c.blk * BS, len: d.len() as u64, id: *id }))
-                .collect()
-        });
-        store_new(store, keys, params, &chunks, hint.as_deref(), added, reader.cancel)?;
-        for (c, id) in cuts.iter().zip(ids) {
+        // This batch's open chunk moves aside; the next batch is read while
+        // this one's chunks are hashed and the new ones stored, on every core.
+        open.carry(&batch);
+        let stuck = batch.pieces.is_empty() && queue.is_empty();
+        let more = next_item < items.len() || active.is_some();
+        let next = if more { fill_batch(&mut queue, cap_blocks) } else { Vec::new() };
+        let (ids, read) = rayon::join(
+            || -> Result<Vec<ChunkId>> {
+                let datas: Vec<&[u8]> = cuts
+                    .iter()
+                    .map(|c| match &c.bytes {
+                        Bytes::Slice { arena, off, len } => &batch.arena(*arena)[*off..*off + *len],
+                        Bytes::Owned(v) => &v[..],
+                    })
+                    .collect();
+                let ids: Vec<ChunkId> = datas.par_iter().map(|d| keys.hash(d)).collect();
+                let chunks: Vec<(ChunkId, &[u8])> = ids.iter().copied().zip(datas.iter().copied()).collect();
+                let hint: Option<Vec<bool>> = known.map(|k| {
+                    cuts.iter()
+                        .zip(&chunks)
+                        .map(|(c, (id, d))| k.contains(&Extent { offset: c.blk * BS, len: d.len() as u64, id: *id }))
+                        .collect()
+                });
+                store_new(store, keys, params, &chunks, hint.as_deref(), added, reader.cancel)?;
+                Ok(ids)
+            },
+            || read_pieces(reader, &next, other),
+        );
+        for (c, id) in cuts.iter().zip(ids?) {
             out.chunks.push((c.blk, c.n, id));
         }
-        open.carry(&batch);
-        if batch.pieces.is_empty() && queue.is_empty() {
+        let flags = read?;
+        if more {
+            ahead = Some((next, flags));
+            cur = 1 - cur;
+        }
+        if stuck {
             // Nothing was read and nothing is left: the loop would not progress.
             return Err(lost(hi, pos));
         }
     }
     Ok(out)
+}
+
+/// Takes the next batch's pieces from the read queue: up to `cap_blocks`
+/// blocks, laid out one after the other in a batch buffer.
+fn fill_batch(queue: &mut std::collections::VecDeque<Range<u64>>, cap_blocks: u64) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut used = 0u64;
+    while used < cap_blocks
+        && let Some(r) = queue.front_mut()
+    {
+        let n = (r.end - r.start).min(cap_blocks - used);
+        pieces.push(Piece { start: r.start, end: r.start + n, arena: 0, off: (used * BS) as usize });
+        used += n;
+        r.start += n;
+        if r.start == r.end {
+            queue.pop_front();
+        }
+    }
+    pieces
+}
+
+/// Each block's (zero, cut hash) of one piece.
+type Flags = Vec<(bool, u64)>;
+
+/// Reads a batch's pieces into `buf`; returns each piece's block flags.
+fn read_pieces(reader: &Reader<'_>, pieces: &[Piece], buf: &mut [u8]) -> Result<Vec<Flags>> {
+    pieces
+        .iter()
+        .map(|pc| reader.read(pc.start, pc.end, &mut buf[pc.off..pc.off + ((pc.end - pc.start) * BS) as usize]))
+        .collect()
 }
 
 /// Ends the open chunk's cut, if `c` closed one.

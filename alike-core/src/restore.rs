@@ -266,15 +266,19 @@ fn restore_inner(
         }
         Ok((window, groups))
     };
-    // Writes a located window: its frames in parallel, each read, opened
-    // and written by one worker; holes zeroed where the target needs it.
-    let write_window = |(window, groups): &LocatedWindow| -> Result<u64> {
-        let holes = if target.holes_read_as_zero() { Vec::new() } else { window.holes() };
+    // Writes a round's located windows: all their frames in one parallel
+    // pass (no wait at each window's end for its slowest frame), each
+    // read, opened and written by one worker; holes zeroed where the target
+    // needs it.
+    let write_round = |round: &[LocatedWindow]| -> Result<u64> {
+        let holes: Vec<std::ops::Range<u64>> =
+            if target.holes_read_as_zero() { Vec::new() } else { round.iter().flat_map(|(w, _)| w.holes()).collect() };
         holes.par_iter().try_for_each(|h| -> Result<()> {
             target.write_zeroes(h.start, h.end - h.start)?;
             sink.add(h.end - h.start);
             Ok(())
         })?;
+        let groups: Vec<&(FrameRef, Vec<Located>)> = round.iter().flat_map(|(_, g)| g).collect();
         let written = groups
             .par_iter()
             .map(|(frame, chunks)| -> Result<u64> {
@@ -309,7 +313,9 @@ fn restore_inner(
             })
             .try_reduce(|| 0, |a, b| Ok(a + b))?;
         if target.holes_read_as_zero() {
-            sink.add(window.range.end - window.range.start - window.data_bytes());
+            for (window, _) in round {
+                sink.add(window.range.end - window.range.start - window.data_bytes());
+            }
         }
         Ok(written)
     };
@@ -355,7 +361,7 @@ fn restore_inner(
         };
         for i in 0..starts.len() {
             let Some(round) = next.take() else { break };
-            let write = || round.iter().try_fold(0u64, |n, w| Ok::<u64, Error>(n + write_window(w)?));
+            let write = || write_round(&round);
             let (written, prepared) = match starts.get(i + 1) {
                 Some(&first) => rayon::join(write, || prepare_round(first).map(Some)),
                 None => (write(), Ok(None)),
