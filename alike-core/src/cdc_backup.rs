@@ -19,12 +19,13 @@
 //!    until it meets one.
 //! 4. **Hash and store** the batch's chunks on every core
 //!    ([`crate::backup::store_new`]), while the next batch is read (step 2)
-//!    into the other of two batch buffers: workers done with this batch's
+//!    into the other of two half-size batch buffers: workers done with this batch's
 //!    last frames read ahead instead of waiting at its tail.
 //!
 //! A chunk open at the end of a batch is copied aside (at most `max`
-//! bytes) and finished in the next. Memory: two batches, one window's
-//! extents, and per block of a batch 16 bytes of flags.
+//! bytes) and finished in the next. Memory: two half-size batches (one
+//! batch's worth), one window's extents, and per block of a batch 16
+//! bytes of flags.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,7 +175,10 @@ pub(crate) fn backup_disk(
     let nwin = plan.nblocks.div_ceil(wb);
     let added = Added::default();
     let reader = Reader { src, size: plan.size, nblocks: plan.nblocks, sink, cancel, read_bytes: AtomicU64::new(0) };
-    let mut bufs = [vec![0u8; batch_bytes()], vec![0u8; batch_bytes()]];
+    // Two buffers of half a batch each: the memory of one batch, and a
+    // read always under way beside the compression.
+    let half = (batch_bytes() / 2).next_multiple_of(BS as usize);
+    let mut bufs = [vec![0u8; half], vec![0u8; half]];
     let mut maps = Vec::with_capacity(nwin as usize);
     let mut data_bytes = 0u64;
     let mut full = plan.read.iter().cloned().peekable();
