@@ -983,10 +983,9 @@ impl Repository {
             Self::claim(s)
         };
         let submitted = self.publish(claimed);
-        let published = match self.publisher.locked().clone() {
-            Some(p) => p.wait(),
-            None => Ok(()),
-        };
+        // Cloned out first: the wait must not hold the lock a put needs.
+        let publisher = self.publisher.locked().clone();
+        let published = publisher.map_or(Ok(()), |p| p.wait());
         submitted.and(published)
     }
 
@@ -1003,7 +1002,8 @@ impl Repository {
         };
         // What was queued before is published (its packs are whole); a
         // failure there no longer matters to a session being dropped.
-        if let Some(p) = self.publisher.locked().clone() {
+        let publisher = self.publisher.locked().clone();
+        if let Some(p) = publisher {
             let _ = p.wait();
         }
         if let Some((n, f)) = claimed {
