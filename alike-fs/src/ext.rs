@@ -689,7 +689,10 @@ impl ExtFs {
             l -= span;
             level += 1;
             if level > 3 {
-                return Ok(Run { phys: None, len: 1 });
+                // Past what a triple-indirect tree can map: nothing there,
+                // to the end (one run, not one call per block of a file
+                // whose size claims exabytes).
+                return Ok(Run { phys: None, len: u64::MAX - lblk });
             }
             span *= apb;
         }

@@ -203,3 +203,27 @@ fn extraction_refuses_existing_files_unless_forced() {
     assert!(matches!(e, Err(alike_fs::FsError::NotFound(_))));
     assert!(!Path::new(&t.path().join("o2/f")).exists());
 }
+
+/// An indirect-mapped (ext2) file whose size claims far more than a
+/// triple-indirect tree can map: its data ranges come back at once, not
+/// after one block-map call per block (found by the `fs` fuzz target).
+#[test]
+fn an_indirect_file_claiming_an_absurd_size_maps_at_once() {
+    if !need(&["mkfs.ext2", "debugfs"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, img) = (t.path().join("src"), t.path().join("fs.img"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), vec![b'a'; 4096]).unwrap();
+    mkfs("ext2", &src, &img, 16, &["-b", "1024"]);
+    debugfs_w(&img, "sif /f size 0x7FFFFFFFFFFF");
+    let fs = alike_fs::ext::open(dev(&img)).unwrap().unwrap();
+    let id = lookup(fs.as_ref(), b"/f").unwrap().meta.id;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(fs.data_ranges(id).map(|r| r.iter().map(|x| x.end - x.start).sum::<u64>()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("data_ranges still running after 20 s");
+    assert_eq!(got.unwrap(), 4096, "the 4 KiB written, and nothing past the tree");
+}
