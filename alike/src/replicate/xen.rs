@@ -180,13 +180,7 @@ impl XenReplicaVm {
         let target = self.inner.failback_target(original, vm, &self.state_dir)?;
         let r = self.send_back(&target, opts)?;
         let roles = self.inner.finish_failback(target, start)?;
-        Ok(XenFailbackReport {
-            read_bytes: r.sender.read_bytes,
-            needed_bytes: r.sender.needed_bytes,
-            sent_bytes: r.sender.sent_bytes,
-            roles,
-            elapsed_seconds: t0.elapsed().as_secs_f64(),
-        })
+        Ok(failback_report(&r, roles, t0))
     }
 
     /// Failback onto a new VM, when the VM this one was failed over from is
@@ -227,13 +221,7 @@ impl XenReplicaVm {
             }
         };
         let roles = self.inner.finish_failback_new(target, start)?;
-        Ok(XenFailbackReport {
-            read_bytes: r.sender.read_bytes,
-            needed_bytes: r.sender.needed_bytes,
-            sent_bytes: r.sender.sent_bytes,
-            roles,
-            elapsed_seconds: t0.elapsed().as_secs_f64(),
-        })
+        Ok(failback_report(&r, roles, t0))
     }
 
     /// The failback's run: this VM's snapshot replicated onto `target`
@@ -464,4 +452,15 @@ fn one_pass(
     out.read_bytes = backup.read_bytes;
     out.backup = Some(backup.backup);
     Ok((out, XenReplicaVm { inner: rep, state_dir: replica.state_dir.clone() }))
+}
+
+/// What a failback reports: its run's figures, the swapped roles, the time.
+fn failback_report(r: &alike_replicate::LocalReport, roles: FailbackReport, t0: Instant) -> XenFailbackReport {
+    XenFailbackReport {
+        read_bytes: r.sender.read_bytes,
+        needed_bytes: r.sender.needed_bytes,
+        sent_bytes: r.sender.sent_bytes,
+        roles,
+        elapsed_seconds: t0.elapsed().as_secs_f64(),
+    }
 }
