@@ -275,6 +275,98 @@ fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
 /// everything and verifies.
 #[test]
 fn a_segment_that_cannot_be_written_mid_backup_fails_it_and_loses_nothing() {
+    segment_failure_mid_backup(EngineParams::new(65536));
+}
+
+/// The same with content-defined chunks, whose frames are put by tasks of
+/// their own while the next batches are read: the task's failure (not
+/// some other error) fails the backup, and every task is done before the
+/// backup returns.
+#[test]
+fn a_segment_that_cannot_be_written_mid_cdc_backup_fails_it_and_loses_nothing() {
+    segment_failure_mid_backup(EngineParams::with_chunking(
+        alike_core::Chunking::Cdc(alike_core::CdcParams::default()),
+    ));
+}
+
+/// A store whose `put` of the `fail_at`-th data frame fails; everything
+/// else goes to the repository.
+struct FailingPut<'a> {
+    repo: &'a Repository,
+    puts: AtomicU64,
+    fail_at: u64,
+}
+
+impl alike_core::ChunkStore for FailingPut<'_> {
+    fn contains(&self, id: &alike_core::ChunkId) -> alike_core::Result<bool> {
+        self.repo.contains(id)
+    }
+    fn put(&self, frame: alike_core::StoredFrame) -> alike_core::Result<()> {
+        if frame.kind == alike_core::BlobKind::Data && self.puts.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(alike_core::Error::Io {
+                path: "pack put #7 (injected)".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            });
+        }
+        self.repo.put(frame)
+    }
+    fn locate(&self, id: &alike_core::ChunkId) -> alike_core::Result<Option<alike_core::ChunkLocation>> {
+        self.repo.locate(id)
+    }
+    fn contains_many(&self, ids: &[alike_core::ChunkId]) -> alike_core::Result<Vec<bool>> {
+        self.repo.contains_many(ids)
+    }
+    fn read_frame(&self, frame: &alike_core::FrameRef) -> alike_core::Result<Vec<u8>> {
+        self.repo.read_frame(frame)
+    }
+    fn flush(&self) -> alike_core::Result<()> {
+        self.repo.flush()
+    }
+    fn commit_version(&self, manifest: &alike_core::Manifest) -> alike_core::Result<String> {
+        self.repo.commit_version(manifest)
+    }
+}
+
+/// With content-defined chunks, data frames are compressed and put by
+/// tasks of their own while the next batches are read and cut. A put that
+/// fails in one of them fails the backup with that put's error (not a
+/// stand-in), after every other task is done; nothing is committed, and
+/// the next backup stores everything and restores bit-exact.
+#[test]
+fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error() {
+    let (dir, root) = local_store(Some(1 << 20));
+    let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &cache_in(dir.path(), "cache")).unwrap();
+    let params = EngineParams::with_chunking(alike_core::Chunking::Cdc(alike_core::CdcParams::default()));
+    let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(24 << 20, 11) }));
+    let job = || BackupJob {
+        vm: VmInfo::named("vm"),
+        disks: vec![disk],
+        parent: None,
+        time_ms: 1,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    };
+    for threads in [1, 2] {
+        let failing = FailingPut { repo: &repo, puts: AtomicU64::new(0), fail_at: 7 };
+        let mut run = RunOptions::default();
+        run.threads = threads;
+        let e = alike_core::backup::backup(&failing, repo.keys(), &params, job(), &run).unwrap_err();
+        repo.abort_session();
+        assert!(e.to_string().contains("pack put #7 (injected)"), "{threads} thread(s): {e}");
+        assert!(repo.version_ids().unwrap().is_empty(), "no version for the failed backup");
+    }
+    let run = RunOptions::default();
+    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job(), &run).unwrap();
+    let v = repo.verify(None, alike_ads::VerifyDepth::Full, &|_, _| {}).unwrap();
+    assert!(v.ok(), "{v:?}");
+    let out = dir.path().join("out.img");
+    let target = alike_core::RawFileTarget::create(&out).unwrap();
+    alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
+    assert!(std::fs::read(&out).unwrap() == disk.data, "the next backup restores bit-exact");
+}
+
+fn segment_failure_mid_backup(params: EngineParams) {
     let (dir, root) = local_store(Some(1 << 20));
     let o = cache_in(dir.path(), "cache");
     let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -290,7 +382,6 @@ fn a_segment_that_cannot_be_written_mid_backup_fails_it_and_loses_nothing() {
         Ok(())
     }));
     let repo = Repository::open(Arc::new(hooked), &o).unwrap();
-    let params = EngineParams::new(65536);
     let run = RunOptions::default();
     let job = |d: &'static MemSource| BackupJob {
         vm: VmInfo::named("vm"),

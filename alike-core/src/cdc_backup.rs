@@ -17,33 +17,47 @@
 //!    chunking of the new disk (the integration tests check it). Past the
 //!    planned slack (`min` bytes) it reads on, `max` bytes at a time,
 //!    until it meets one.
-//! 4. **Hash and store** the batch's chunks on every core
-//!    ([`crate::backup::store_new`]), while the next batch is read (step 2)
-//!    into the other of two half-size batch buffers: workers done with this batch's
-//!    last frames read ahead instead of waiting at its tail.
+//! 4. **Hash** the batch's chunks on every core and, in order, look up
+//!    which ones the store lacks and group those into frames of about
+//!    [`crate::backup::FRAME_TARGET`] bytes ([`Framer`]).
+//! 5. **Compress, seal and put** each frame as a task of its own
+//!    ([`FrameTasks`]), and go on with the next batch at once: no step
+//!    waits for a batch's (or a window's) slowest frame, so the steps
+//!    that run on one thread (the cut scan, the framing, a window's map)
+//!    overlap the compression on the others.
 //!
-//! A chunk open at the end of a batch is copied aside (at most `max`
-//! bytes) and finished in the next. Memory: two half-size batches (one
-//! batch's worth), one window's extents, and per block of a batch 16
-//! bytes of flags.
+//! Batches are read into a ring of buffers ([`Ring`]); a buffer is read
+//! into again once the last frame task holding its bytes is done, and a
+//! reader that finds none free runs frame tasks itself. A chunk open at
+//! the end of a batch is copied aside (at most `max` bytes) and finished in
+//! the next, and the new chunks left over after a batch's last full frame
+//! are copied aside too, so no buffer waits on a later batch. Memory: the
+//! ring (one batch's worth, as [`batch_bytes`] says), one window's
+//! extents, per block of a batch 16 bytes of flags, and the ids of frames
+//! not yet put.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::backup::{Added, DiskPlan, EngineParams, batch_bytes, finish_frames, store_map, store_new};
+use crate::backup::{Added, DiskPlan, EngineParams, FRAME_TARGET, LOOKUP_BATCH, batch_bytes, store_map};
+use crate::blob::{BlobKind, encode_frame};
 use crate::extents::{Extent, ExtentMap, Window, load_window};
 use crate::progress::{CancelToken, ProgressSink};
 use crate::{
-    CDC_BLOCK, CDC_WINDOW_BLOCKS, CdcParams, CdcState, ChunkId, ChunkStore, DiskRecord, DiskSource, Keys, Result,
-    cut_hash, is_zero,
+    CDC_BLOCK, CDC_WINDOW_BLOCKS, CdcParams, CdcState, ChunkId, ChunkStore, DiskRecord, DiskSource, Keys, Recover,
+    Result, cut_hash, is_zero,
 };
 use std::collections::HashSet;
 
 const BS: u64 = CDC_BLOCK as u64;
 /// Blocks read per parallel task.
 const PIECE_BLOCKS: u64 = 64;
+/// Batch buffers in the ring: while one is read and cut, the frames of
+/// up to three earlier batches are compressed.
+const RING_SLOTS: usize = 4;
 
 /// A range of blocks to read, and for an incremental the block the
 /// re-cutting must pass before it may stop.
@@ -175,10 +189,11 @@ pub(crate) fn backup_disk(
     let nwin = plan.nblocks.div_ceil(wb);
     let added = Added::default();
     let reader = Reader { src, size: plan.size, nblocks: plan.nblocks, sink, cancel, read_bytes: AtomicU64::new(0) };
-    // Two buffers of half a batch each: the memory of one batch, and a
-    // read always under way beside the compression.
-    let half = (batch_bytes() / 2).next_multiple_of(BS as usize);
-    let mut bufs = [vec![0u8; half], vec![0u8; half]];
+    let failed = Failed::default();
+    let inflight = Mutex::new(HashSet::new());
+    let tasks = FrameTasks { store, keys, params, added: &added, cancel, failed: &failed, inflight: &inflight };
+    let mut ring = Ring::new(batch_bytes(), RING_SLOTS);
+    let mut framer = Framer { carry: Vec::new(), carry_len: 0, copied: 0, inflight: &inflight };
     let mut maps = Vec::with_capacity(nwin as usize);
     let mut data_bytes = 0u64;
     let mut full = plan.read.iter().cloned().peekable();
@@ -186,84 +201,105 @@ pub(crate) fn backup_disk(
     // `min` (docs/design/chunking.md); the rest is read on demand, so the
     // bytes read stay close to what the change needs.
     let slack = u64::from(p.min / CDC_BLOCK);
-    for w in 0..nwin {
-        cancel.check()?;
-        let lo = w * wb;
-        let hi = (lo + wb).min(plan.nblocks);
-        // The parent's chunks of this window, for look-ups a re-run can skip.
-        let same_cut = match &plan.same_cut_parent {
-            Some(prev) => Some(load_window(store, keys, prev, w as usize)?),
-            None => None,
-        };
-        let (items, reads, parent) = match &plan.carry {
-            None => {
-                let mut items = Vec::new();
-                while let Some(r) = full.peek() {
-                    if r.start >= hi {
-                        break;
-                    }
-                    items.push(Item { start: r.start.max(lo), need: r.end.min(hi) });
-                    if r.end <= hi {
-                        full.next();
-                    } else {
-                        break;
-                    }
-                }
-                let reads = items.iter().map(|i| i.start..i.need).collect();
-                (items, reads, None)
-            }
-            Some((prev, changed)) => {
-                let pw = match &same_cut {
-                    Some(pw) => pw.clone(),
-                    None => load_window(store, keys, prev, w as usize)?,
+    // Every frame task is done when the scope returns, failed or not. The
+    // tasks run oldest first, so batch buffers come back in the order they
+    // were read (a thread that finds none free runs the oldest one's frames).
+    let windows = rayon::scope_fifo(|scope| -> Result<()> {
+        let mut pipe = Pipe { ring: &mut ring, framer: &mut framer, tasks: &tasks, scope };
+        let result = (|| -> Result<()> {
+            for w in 0..nwin {
+                cancel.check()?;
+                let lo = w * wb;
+                let hi = (lo + wb).min(plan.nblocks);
+                // The parent's chunks of this window, for look-ups a re-run can skip.
+                let same_cut = match &plan.same_cut_parent {
+                    Some(prev) => Some(load_window(store, keys, prev, w as usize)?),
+                    None => None,
                 };
-                let here: Vec<Range<u64>> = changed
-                    .iter()
-                    .filter(|r| r.start < hi && r.end > lo)
-                    .map(|r| r.start.max(lo)..r.end.min(hi))
-                    .collect();
-                if here.is_empty() {
-                    data_bytes += pw.data_bytes();
-                    maps.push(prev.maps[w as usize]);
-                    continue;
-                }
-                let cuts = ParentCuts::new(&pw);
-                let items: Vec<Item> =
-                    here.iter().map(|r| Item { start: cuts.restart(r.start), need: r.end }).collect();
-                let mut reads: Vec<Range<u64>> = Vec::new();
-                for i in &items {
-                    let r = i.start..(i.need + slack).min(hi);
-                    match reads.last_mut() {
-                        Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
-                        _ => reads.push(r),
+                let (items, reads, parent) = match &plan.carry {
+                    None => {
+                        let mut items = Vec::new();
+                        while let Some(r) = full.peek() {
+                            if r.start >= hi {
+                                break;
+                            }
+                            items.push(Item { start: r.start.max(lo), need: r.end.min(hi) });
+                            if r.end <= hi {
+                                full.next();
+                            } else {
+                                break;
+                            }
+                        }
+                        let reads = items.iter().map(|i| i.start..i.need).collect();
+                        (items, reads, None)
                     }
+                    Some((prev, changed)) => {
+                        let pw = match &same_cut {
+                            Some(pw) => pw.clone(),
+                            None => load_window(store, keys, prev, w as usize)?,
+                        };
+                        let here: Vec<Range<u64>> = changed
+                            .iter()
+                            .filter(|r| r.start < hi && r.end > lo)
+                            .map(|r| r.start.max(lo)..r.end.min(hi))
+                            .collect();
+                        if here.is_empty() {
+                            data_bytes += pw.data_bytes();
+                            maps.push(prev.maps[w as usize]);
+                            continue;
+                        }
+                        let cuts = ParentCuts::new(&pw);
+                        let items: Vec<Item> =
+                            here.iter().map(|r| Item { start: cuts.restart(r.start), need: r.end }).collect();
+                        let mut reads: Vec<Range<u64>> = Vec::new();
+                        for i in &items {
+                            let r = i.start..(i.need + slack).min(hi);
+                            match reads.last_mut() {
+                                Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
+                                _ => reads.push(r),
+                            }
+                        }
+                        (items, reads, Some((pw, cuts)))
+                    }
+                };
+                let hint: Option<HashSet<Extent>> = same_cut.map(|w| w.extents.into_iter().collect());
+                let ctx = Ctx { reader: &reader, keys, p, store, known: hint.as_ref() };
+                let cut = cut_window(&ctx, &mut pipe, hi, &items, reads, parent.as_ref().map(|x| &x.1))?;
+                let mut extents: Vec<(u64, u32, ChunkId)> = cut.chunks;
+                if let Some((pw, _)) = &parent {
+                    // The parent's chunks outside the re-cut spans stay as they were.
+                    let mut spans = cut.spans.iter().peekable();
+                    for e in &pw.extents {
+                        let (a, b) = (e.offset / BS, e.end().div_ceil(BS));
+                        while spans.next_if(|s| s.end <= a).is_some() {}
+                        if spans.peek().is_none_or(|s| s.start >= b) {
+                            extents.push((a, (b - a) as u32, e.id));
+                        }
+                    }
+                    extents.sort_unstable_by_key(|e| e.0);
                 }
-                (items, reads, Some((pw, cuts)))
-            }
-        };
-        let hint: Option<HashSet<Extent>> = same_cut.map(|w| w.extents.into_iter().collect());
-        let ctx = Ctx { reader: &reader, keys, params, p, store, added: &added, known: hint.as_ref() };
-        let cut = cut_window(&ctx, &mut bufs, hi, &items, reads, parent.as_ref().map(|x| &x.1))?;
-        let mut extents: Vec<(u64, u32, ChunkId)> = cut.chunks;
-        if let Some((pw, _)) = &parent {
-            // The parent's chunks outside the re-cut spans stay as they were.
-            let mut spans = cut.spans.iter().peekable();
-            for e in &pw.extents {
-                let (a, b) = (e.offset / BS, e.end().div_ceil(BS));
-                while spans.next_if(|s| s.end <= a).is_some() {}
-                if spans.peek().is_none_or(|s| s.start >= b) {
-                    extents.push((a, (b - a) as u32, e.id));
+                for &(a, n, _) in &extents {
+                    data_bytes += ((a + u64::from(n)) * BS).min(plan.size) - a * BS;
                 }
+                let map =
+                    ExtentMap { extents: extents.iter().map(|&(a, n, id)| ((a - lo) as u16, n as u16, id)).collect() };
+                maps.push(store_map(store, keys, params, &map.encode(), &added)?);
             }
-            extents.sort_unstable_by_key(|e| e.0);
+            // The new chunks left after the last full frame.
+            let last = std::mem::take(&mut pipe.framer.carry);
+            pipe.framer.carry_len = 0;
+            if !last.is_empty() {
+                tasks.spawn(scope, last);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Frame tasks not yet started need not run.
+            failed.stop();
         }
-        for &(a, n, _) in &extents {
-            data_bytes += ((a + u64::from(n)) * BS).min(plan.size) - a * BS;
-        }
-        let map = ExtentMap { extents: extents.iter().map(|&(a, n, id)| ((a - lo) as u16, n as u16, id)).collect() };
-        maps.push(store_map(store, keys, params, &map.encode(), &added)?);
-    }
-    finish_frames(store, keys, params, &added, cancel)?;
+        result
+    });
+    failed.first_or(windows)?;
     Ok(DiskRecord {
         position: plan.position,
         label: src.label(),
@@ -299,18 +335,17 @@ struct Loc {
     hash: u64,
 }
 
-/// The blocks of one batch: the main buffer's pieces, and extension reads
-/// made while re-cutting past the planned slack.
-struct Batch<'b> {
-    main: &'b [u8],
-    ext: Vec<Vec<u8>>,
+/// The blocks of one batch: the ring buffer it was read into (arena 0),
+/// and extension reads made while re-cutting past the planned slack.
+struct Batch {
+    arenas: Vec<Arc<Vec<u8>>>,
     pieces: Vec<Piece>,
     flags: Vec<Vec<(bool, u64)>>,
 }
 
-impl Batch<'_> {
+impl Batch {
     fn arena(&self, a: usize) -> &[u8] {
-        if a == 0 { self.main } else { &self.ext[a - 1] }
+        &self.arenas[a]
     }
     fn piece_at(&self, b: u64) -> Option<&Piece> {
         let i = self.pieces.partition_point(|p| p.end <= b);
@@ -333,6 +368,13 @@ impl Batch<'_> {
         self.pieces.insert(i, piece);
         self.flags.insert(i, flags);
     }
+    /// A cut chunk's bytes, shared with the buffer they are in.
+    fn data(&self, bytes: Bytes) -> Data {
+        match bytes {
+            Bytes::Slice { arena, off, len } => Data { buf: self.arenas[arena].clone(), off, len },
+            Bytes::Owned(v) => Data::own(v),
+        }
+    }
 }
 
 /// The open chunk: its bytes from earlier batches, and where its blocks of
@@ -344,7 +386,7 @@ struct Open {
 }
 
 impl Open {
-    fn bytes(&mut self, batch: &Batch<'_>) -> Bytes {
+    fn bytes(&mut self, batch: &Batch) -> Bytes {
         let locs = std::mem::take(&mut self.locs);
         let contiguous = self.carried.is_empty()
             && locs.windows(2).all(|w| w[0].arena == w[1].arena && w[0].off + w[0].len == w[1].off);
@@ -358,38 +400,225 @@ impl Open {
         Bytes::Owned(v)
     }
     /// Moves this batch's blocks of the open chunk aside before the batch's buffers are reused.
-    fn carry(&mut self, batch: &Batch<'_>) {
+    fn carry(&mut self, batch: &Batch) {
         for l in std::mem::take(&mut self.locs) {
             self.carried.extend_from_slice(&batch.arena(l.arena)[l.off..l.off + l.len]);
         }
     }
 }
 
+/// A chunk's bytes for a frame task: a run of a batch buffer (which stays
+/// out of the ring until the task is done) or bytes of its own.
+struct Data {
+    buf: Arc<Vec<u8>>,
+    off: usize,
+    len: usize,
+}
+
+impl Data {
+    fn own(v: Vec<u8>) -> Data {
+        Data { len: v.len(), buf: Arc::new(v), off: 0 }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// New chunks for one frame, in disk order.
+type Frame = Vec<(ChunkId, Data)>;
+
+/// The batch buffers. A batch is read into a free one; a buffer is free
+/// again when the batch's cut is done and the last frame task holding
+/// some of its bytes has dropped them.
+struct Ring {
+    slots: Vec<Arc<Vec<u8>>>,
+    next: usize,
+}
+
+impl Ring {
+    fn new(total: usize, n: usize) -> Ring {
+        let each = (total / n).next_multiple_of(BS as usize);
+        Ring { slots: (0..n).map(|_| Arc::new(vec![0u8; each])).collect(), next: 0 }
+    }
+    fn blocks(&self) -> u64 {
+        self.slots[0].len() as u64 / BS
+    }
+    /// A free buffer, taken in turn. While none is, this thread runs the
+    /// pool's pending work (frame tasks), or naps when others run it all.
+    fn acquire(&mut self, failed: &Failed) -> Result<usize> {
+        let n = self.slots.len();
+        loop {
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                if Arc::get_mut(&mut self.slots[i]).is_some() {
+                    self.next = (i + 1) % n;
+                    return Ok(i);
+                }
+            }
+            failed.check()?;
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+    }
+}
+
+/// The first failure of a frame task (or that the cutting stopped), seen
+/// by the cutting loop at its next batch and by the tasks not yet started.
+#[derive(Default)]
+struct Failed {
+    stop: AtomicBool,
+    first: Mutex<Option<crate::Error>>,
+}
+
+impl Failed {
+    fn record(&self, e: crate::Error) {
+        self.first.locked().get_or_insert(e);
+        self.stop.store(true, Ordering::Release);
+    }
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+    /// `Err` once something failed; the error itself comes from
+    /// [`Failed::first_or`] when the scope is done.
+    fn check(&self) -> Result<()> {
+        if self.stopped() { Err(crate::Error::Cancelled) } else { Ok(()) }
+    }
+    /// A frame task's failure if there was one, else the cutting's result.
+    fn first_or<T>(&self, r: Result<T>) -> Result<T> {
+        match self.first.locked().take() {
+            Some(e) => Err(e),
+            None => r,
+        }
+    }
+}
+
+/// What a frame task needs: compresses, seals and puts one frame.
+struct FrameTasks<'a> {
+    store: &'a dyn ChunkStore,
+    keys: &'a Keys,
+    params: &'a EngineParams,
+    added: &'a Added,
+    cancel: &'a CancelToken,
+    failed: &'a Failed,
+    /// Ids of chunks in frames handed to tasks and not yet put: met again
+    /// before their frame is stored, they are not stored twice.
+    inflight: &'a Mutex<HashSet<ChunkId>>,
+}
+
+impl<'a> FrameTasks<'a> {
+    fn spawn(&'a self, scope: &rayon::ScopeFifo<'a>, frame: Frame) {
+        scope.spawn_fifo(move |_| {
+            if self.failed.stopped() {
+                return;
+            }
+            match self.put(&frame) {
+                // In the store's pending set from here on.
+                Ok(()) => {
+                    let mut inflight = self.inflight.locked();
+                    for (id, _) in &frame {
+                        inflight.remove(id);
+                    }
+                }
+                Err(e) => self.failed.record(e),
+            }
+        });
+    }
+    fn put(&self, frame: &Frame) -> Result<()> {
+        self.cancel.check()?;
+        let chunks: Vec<(ChunkId, &[u8])> = frame.iter().map(|(id, d)| (*id, d.bytes())).collect();
+        let f = encode_frame(self.keys, BlobKind::Data, &chunks, self.params.compression_level)?;
+        self.added.new_bytes.fetch_add(u64::from(f.raw_len), Ordering::Relaxed);
+        self.added.new_stored.fetch_add(f.bytes.len() as u64, Ordering::Relaxed);
+        self.store.put(f)
+    }
+}
+
+/// Groups the new chunks of each batch, in disk order, into frames of
+/// about [`FRAME_TARGET`] bytes, so that scattered new chunks still
+/// compress together; what is left after the last full frame waits for
+/// the next batch's.
+struct Framer<'a> {
+    carry: Frame,
+    carry_len: usize,
+    /// How many of `carry` already hold bytes of their own.
+    copied: usize,
+    inflight: &'a Mutex<HashSet<ChunkId>>,
+}
+
+impl Framer<'_> {
+    /// The full frames of a batch's chunks that the store lacks. `known`:
+    /// chunks the parent holds at the same place (no look-up needed).
+    fn frames(
+        &mut self,
+        store: &dyn ChunkStore,
+        chunks: Vec<(ChunkId, Data)>,
+        known: Option<&[bool]>,
+    ) -> Result<Vec<Frame>> {
+        let ask: Vec<ChunkId> =
+            chunks.iter().enumerate().filter(|(i, _)| !known.is_some_and(|k| k[*i])).map(|(_, c)| c.0).collect();
+        let answers: Vec<bool> =
+            ask.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
+        let mut answers = answers.into_iter();
+        let mut inflight = self.inflight.locked();
+        let mut frames = Vec::new();
+        for (i, (id, data)) in chunks.into_iter().enumerate() {
+            let stored = known.is_some_and(|k| k[i]) || answers.next().unwrap_or(false);
+            if stored || !inflight.insert(id) {
+                continue;
+            }
+            self.carry_len += data.len;
+            self.carry.push((id, data));
+            if self.carry_len >= FRAME_TARGET {
+                frames.push(std::mem::take(&mut self.carry));
+                self.carry_len = 0;
+                self.copied = 0;
+            }
+        }
+        // What waits for the next batch gets bytes of its own: a buffer
+        // must not stay out of the ring until some later batch fills the frame.
+        for (_, d) in &mut self.carry[self.copied..] {
+            *d = Data::own(d.bytes().to_vec());
+        }
+        self.copied = self.carry.len();
+        Ok(frames)
+    }
+}
+
+/// The backup's pipeline state across windows.
+struct Pipe<'p, 'a> {
+    ring: &'p mut Ring,
+    framer: &'p mut Framer<'a>,
+    tasks: &'a FrameTasks<'a>,
+    scope: &'p rayon::ScopeFifo<'a>,
+}
+
 /// What cutting a window works with.
 struct Ctx<'a> {
     reader: &'a Reader<'a>,
     keys: &'a Keys,
-    params: &'a EngineParams,
     p: &'a CdcParams,
     store: &'a dyn ChunkStore,
-    added: &'a Added,
     /// The parent's chunks of the window, when it was cut the same way.
     known: Option<&'a HashSet<Extent>>,
 }
 
 /// Cuts one window `[items[0].start…, hi)`: reads `reads` in batches,
-/// cuts, hashes and stores new chunks.
+/// cuts and hashes them, and hands new chunks' frames to frame tasks.
 fn cut_window(
     ctx: &Ctx<'_>,
-    bufs: &mut [Vec<u8>; 2],
+    pipe: &mut Pipe<'_, '_>,
     hi: u64,
     items: &[Item],
     reads: Vec<Range<u64>>,
     parent: Option<&ParentCuts>,
 ) -> Result<WindowCut> {
-    let Ctx { reader, keys, params, p, store, added, known } = *ctx;
+    let Ctx { reader, keys, p, store, known } = *ctx;
     let max_blocks = u64::from(p.max / CDC_BLOCK);
-    let cap_blocks = bufs[0].len().min(bufs[1].len()) as u64 / BS;
+    let cap_blocks = pipe.ring.blocks();
     let mut queue: std::collections::VecDeque<Range<u64>> = reads.into();
     let mut out = WindowCut { chunks: Vec::new(), spans: Vec::new() };
     let mut st = CdcState::new(p);
@@ -398,22 +627,12 @@ fn cut_window(
     let mut active: Option<(u64, u64)> = None;
     let mut next_item = 0usize;
     let mut pos = items.first().map_or(hi, |i| i.start);
-    // The buffer the batch being cut is in; the other one takes the next
-    // batch, read while this one is hashed and stored.
-    let mut cur = 0usize;
-    let mut ahead: Option<(Vec<Piece>, Vec<Flags>)> = None;
     while next_item < items.len() || active.is_some() {
-        let (pieces, flags) = match ahead.take() {
-            Some(a) => a,
-            None => {
-                let pieces = fill_batch(&mut queue, cap_blocks);
-                let flags = read_pieces(reader, &pieces, &mut bufs[cur])?;
-                (pieces, flags)
-            }
-        };
-        let (first, second) = bufs.split_at_mut(1);
-        let (main, other) = if cur == 0 { (&first[0], &mut second[0]) } else { (&second[0], &mut first[0]) };
-        let mut batch = Batch { main: &main[..], ext: Vec::new(), pieces, flags };
+        let slot = pipe.ring.acquire(pipe.tasks.failed)?;
+        let pieces = fill_batch(&mut queue, cap_blocks);
+        let buf = Arc::get_mut(&mut pipe.ring.slots[slot]).expect("a free buffer has no other holder");
+        let flags = read_pieces(reader, &pieces, buf)?;
+        let mut batch = Batch { arenas: vec![pipe.ring.slots[slot].clone()], pieces, flags };
         let mut cuts: Vec<Cut> = Vec::new();
         loop {
             reader.cancel.check()?;
@@ -451,8 +670,8 @@ fn cut_window(
                             }
                             let mut v = vec![0u8; ((end - pos) * BS) as usize];
                             let f = reader.read(pos, end, &mut v)?;
-                            batch.ext.push(v);
-                            let arena = batch.ext.len();
+                            batch.arenas.push(Arc::new(v));
+                            let arena = batch.arenas.len() - 1;
                             batch.insert(Piece { start: pos, end, arena, off: 0 }, f);
                             continue;
                         }
@@ -485,42 +704,27 @@ fn cut_window(
                 }
             }
         }
-        // This batch's open chunk moves aside; the next batch is read while
-        // this one's chunks are hashed and the new ones stored, on every core.
+        // This batch's open chunk moves aside; its cut chunks are hashed
+        // here (on every core) and the new ones handed to frame tasks,
+        // which compress them while the next batches are read and cut.
         open.carry(&batch);
         let stuck = batch.pieces.is_empty() && queue.is_empty();
-        let more = next_item < items.len() || active.is_some();
-        let next = if more { fill_batch(&mut queue, cap_blocks) } else { Vec::new() };
-        let (ids, read) = rayon::join(
-            || -> Result<Vec<ChunkId>> {
-                let datas: Vec<&[u8]> = cuts
-                    .iter()
-                    .map(|c| match &c.bytes {
-                        Bytes::Slice { arena, off, len } => &batch.arena(*arena)[*off..*off + *len],
-                        Bytes::Owned(v) => &v[..],
-                    })
-                    .collect();
-                let ids: Vec<ChunkId> = datas.par_iter().map(|d| keys.hash(d)).collect();
-                let chunks: Vec<(ChunkId, &[u8])> = ids.iter().copied().zip(datas.iter().copied()).collect();
-                let hint: Option<Vec<bool>> = known.map(|k| {
-                    cuts.iter()
-                        .zip(&chunks)
-                        .map(|(c, (id, d))| k.contains(&Extent { offset: c.blk * BS, len: d.len() as u64, id: *id }))
-                        .collect()
-                });
-                store_new(store, keys, params, &chunks, hint.as_deref(), added, reader.cancel)?;
-                Ok(ids)
-            },
-            || read_pieces(reader, &next, other),
-        );
-        for (c, id) in cuts.iter().zip(ids?) {
-            out.chunks.push((c.blk, c.n, id));
+        let (places, datas): (Vec<(u64, u32)>, Vec<Data>) =
+            cuts.into_iter().map(|c| ((c.blk, c.n), batch.data(c.bytes))).unzip();
+        drop(batch);
+        let ids: Vec<ChunkId> = datas.par_iter().map(|d| keys.hash(d.bytes())).collect();
+        let hint: Option<Vec<bool>> = known.map(|k| {
+            places
+                .iter()
+                .zip(ids.iter().zip(&datas))
+                .map(|(&(blk, _), (id, d))| k.contains(&Extent { offset: blk * BS, len: d.len as u64, id: *id }))
+                .collect()
+        });
+        let frames = pipe.framer.frames(store, ids.iter().copied().zip(datas).collect(), hint.as_deref())?;
+        for f in frames {
+            pipe.tasks.spawn(pipe.scope, f);
         }
-        let flags = read?;
-        if more {
-            ahead = Some((next, flags));
-            cur = 1 - cur;
-        }
+        out.chunks.extend(places.into_iter().zip(ids).map(|((blk, n), id)| (blk, n, id)));
         if stuck {
             // Nothing was read and nothing is left: the loop would not progress.
             return Err(lost(hi, pos));
@@ -560,7 +764,7 @@ fn read_pieces(reader: &Reader<'_>, pieces: &[Piece], buf: &mut [u8]) -> Result<
 }
 
 /// Ends the open chunk's cut, if `c` closed one.
-fn emit(c: Option<(u64, u32)>, open: &mut Open, batch: &Batch<'_>, cuts: &mut Vec<Cut>) {
+fn emit(c: Option<(u64, u32)>, open: &mut Open, batch: &Batch, cuts: &mut Vec<Cut>) {
     if let Some((blk, n)) = c {
         cuts.push(Cut { blk, n, bytes: open.bytes(batch) });
     }

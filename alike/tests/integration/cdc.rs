@@ -60,6 +60,33 @@ fn a_new_store_cuts_content_defined_chunks_and_says_so() {
     assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
 }
 
+/// New chunks are compressed and stored by frame tasks while the next
+/// batches are read and cut: a chunk met again before its first frame is
+/// stored must not be stored twice. One thread queues every frame task
+/// until the batch buffers run out, so the repeats are all looked up
+/// before the first copy's frames are put.
+#[test]
+fn content_repeated_within_one_backup_is_stored_once_while_its_frames_wait() {
+    let content = disk_image(2 << 20, 5);
+    let data: Vec<u8> = (0..12).flat_map(|_| content.iter().copied()).collect();
+    let nonzero = content.chunks(4096).filter(|c| c.iter().any(|&x| x != 0)).count() as u64 * 4096;
+    for threads in [1, 2] {
+        let env = Env::new();
+        let store = env.create(false);
+        let src = MemSource { label: "d".into(), data: data.clone() };
+        let opts = BackupOptions::default().threads(threads);
+        let r = store.backup(VmInfo::named("vm"), &[&src as &dyn DiskSource], &opts).unwrap();
+        // The first copy, and the chunks across each copy's seam.
+        assert!(
+            r.new_bytes < nonzero + nonzero / 4,
+            "{threads} thread(s): {} new bytes for 12 copies of {nonzero}",
+            r.new_bytes
+        );
+        assert_eq!(sha256(&restore_bytes(&env, &store, &r.version, 0)), sha256(&data));
+        assert!(store.verify(&VerifyOptions::default().full(true)).unwrap().ok());
+    }
+}
+
 #[test]
 fn data_that_moved_by_whole_blocks_deduplicates() {
     // The same 6 MiB of content at a 12 KiB shift: fixed 64 KiB blocks find
