@@ -366,6 +366,75 @@ fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error()
     assert!(std::fs::read(&out).unwrap() == disk.data, "the next backup restores bit-exact");
 }
 
+/// A restore target whose `fail_at`-th write fails.
+struct FailingTarget {
+    inner: alike_core::RawFileTarget,
+    writes: AtomicU64,
+    fail_at: u64,
+}
+
+impl alike_core::DiskTarget for FailingTarget {
+    fn label(&self) -> String {
+        self.inner.label()
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> alike_core::Result<()> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(alike_core::Error::Io {
+                path: format!("restore write #{} at {offset} (injected)", self.fail_at).into(),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        self.inner.write_at(offset, data)
+    }
+    fn holes_read_as_zero(&self) -> bool {
+        self.inner.holes_read_as_zero()
+    }
+    fn finish(&self, size: u64) -> alike_core::Result<()> {
+        self.inner.finish(size)
+    }
+}
+
+/// A restore's writes run on writer threads of their own, beside the
+/// workers that open frames: a write that fails stops the restore with
+/// that write's error (also in a partial restore: the target is not
+/// damage), the call returns (no writer or worker left waiting), and the
+/// same restore onto a good target is bit-exact.
+#[test]
+fn a_restore_write_that_fails_on_a_writer_thread_fails_the_restore_with_its_error() {
+    let (dir, root) = local_store(None);
+    let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &cache_in(dir.path(), "cache")).unwrap();
+    let params = EngineParams::with_chunking(alike_core::Chunking::Cdc(alike_core::CdcParams::default()));
+    let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(12 << 20, 12) }));
+    let job = BackupJob {
+        vm: VmInfo::named("vm"),
+        disks: vec![disk],
+        parent: None,
+        time_ms: 1,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    };
+    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job, &RunOptions::default()).unwrap();
+    let out = dir.path().join("out.img");
+    for threads in [1, 2, 4] {
+        let mut run = RunOptions::default();
+        run.threads = threads;
+        let target = FailingTarget {
+            inner: alike_core::RawFileTarget::create(&out).unwrap(),
+            writes: AtomicU64::new(0),
+            fail_at: 3,
+        };
+        let e = alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
+        assert!(e.to_string().contains("restore write #3 at"), "{threads} thread(s): {e}");
+        target.writes.store(0, Ordering::SeqCst);
+        let e = alike_core::restore::restore_disk_partial(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{threads} thread(s), partial: {e}");
+        let target = alike_core::RawFileTarget::create(&out).unwrap();
+        alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
+        assert!(std::fs::read(&out).unwrap() == disk.data, "{threads} thread(s): bit-exact onto a good target");
+    }
+}
+
 fn segment_failure_mid_backup(params: EngineParams) {
     let (dir, root) = local_store(Some(1 << 20));
     let o = cache_in(dir.path(), "cache");

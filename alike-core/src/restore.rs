@@ -3,6 +3,8 @@
 //! authenticated and decompressed once; runs of consecutive blocks that sit
 //! consecutively in a frame are written with one call. Work runs in
 //! parallel and out of order; holes are left sparse where the target allows.
+//! Workers open frames and writer threads ([`Writers`]) write them, so no
+//! worker waits on the target.
 
 use crate::Recover;
 use std::collections::HashMap;
@@ -22,30 +24,18 @@ use crate::{
 /// Disk bytes restored per round of parallel work.
 const GROUP_BYTES: u64 = 512 << 20;
 
-/// A worker keeps its frame buffer between frames up to this size (a
-/// frame of a 4 MiB-block store, and then some); a larger one is freed.
+/// A frame buffer goes back to the free list after its writes up to this
+/// size (a frame of a 4 MiB-block store, and then some); a larger one is freed.
 const MAX_KEPT_FRAME_BUF: usize = 9 << 20;
 
-thread_local! {
-    /// Each restore worker's frame buffer: frames are decompressed into it
-    /// and written from it, so a frame costs no allocation.
-    static FRAME_BUF: std::cell::Cell<FrameBuf> = std::cell::Cell::new(FrameBuf::new());
-}
-
-/// Writes the chunks of one opened frame (`plain`) where the disk needs
-/// them, each chunk's id checked first; runs of chunks contiguous on the
-/// disk and stored consecutively in the frame go out as one write (aligned
-/// in memory and on the disk when the chunks are 4 KiB multiples, so a
-/// direct-I/O target writes them without a staging copy). Returns the bytes
-/// written.
-fn write_runs(
-    keys: &Keys,
-    target: &dyn DiskTarget,
-    sink: &ProgressSink,
-    plain: &[u8],
-    chunks: &[Located],
-) -> Result<u64> {
-    let mut written = 0;
+/// The runs of one opened frame (`plain`) that the disk needs, each
+/// chunk's id checked first: runs of chunks contiguous on the disk and
+/// stored consecutively in the frame become one write (aligned in memory
+/// and on the disk when the chunks are 4 KiB multiples, so a direct-I/O
+/// target writes them without a staging copy). Returns (disk offset,
+/// start, end in `plain`) for each run.
+fn frame_runs(keys: &Keys, plain: &[u8], chunks: &[Located]) -> Result<Vec<Run>> {
+    let mut runs = Vec::new();
     let mut i = 0;
     while i < chunks.len() {
         let (first, first_loc) = chunks[i];
@@ -72,13 +62,142 @@ fn write_runs(
         if j <= i {
             continue;
         }
-        target.write_at(first.offset, &plain[first_loc.offset as usize..end])?;
-        let n = (end - first_loc.offset as usize) as u64;
-        sink.add(n);
-        written += n;
+        runs.push((first.offset, first_loc.offset as usize, end));
         i = j;
     }
-    Ok(written)
+    Ok(runs)
+}
+
+/// A write: disk offset, start and end in a frame buffer.
+type Run = (u64, usize, usize);
+
+/// The writers of a restore: threads that hand opened frames' runs to the
+/// target, so that the workers, which open frames, never wait on the
+/// target's writes (direct I/O, a network disk) — `threads` workers keep
+/// `threads` cores busy. Frame buffers go round between the two through
+/// a free list; the queue is bounded, so the buffers are too.
+struct Writers {
+    state: Mutex<WriteState>,
+    /// Signalled when a write is queued or the writers are to stop.
+    work: std::sync::Condvar,
+    /// Signalled when a write is done (room in the queue, or idle).
+    done: std::sync::Condvar,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct WriteState {
+    queue: std::collections::VecDeque<(FrameBuf, Vec<Run>)>,
+    /// Writes queued or under way.
+    busy: usize,
+    closed: bool,
+    /// The first write that failed; later writes are dropped.
+    error: Option<Error>,
+    free: Vec<FrameBuf>,
+}
+
+impl Writers {
+    fn new(threads: usize) -> Writers {
+        Writers {
+            state: Mutex::new(WriteState::default()),
+            work: std::sync::Condvar::new(),
+            done: std::sync::Condvar::new(),
+            cap: 2 * threads,
+        }
+    }
+    fn wait<'a>(
+        cv: &std::sync::Condvar,
+        g: std::sync::MutexGuard<'a, WriteState>,
+    ) -> std::sync::MutexGuard<'a, WriteState> {
+        cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    /// A frame buffer from the free list, or a new one.
+    fn buf(&self) -> FrameBuf {
+        self.state.locked().free.pop().unwrap_or_default()
+    }
+    /// Gives a buffer back unused (its frame could not be opened).
+    fn give_back(&self, buf: FrameBuf) {
+        if buf.capacity() <= MAX_KEPT_FRAME_BUF {
+            self.state.locked().free.push(buf);
+        }
+    }
+    /// Queues `runs` of `buf` for writing; waits while the queue is full.
+    fn submit(&self, buf: FrameBuf, runs: Vec<Run>) -> Result<()> {
+        let mut g = self.state.locked();
+        while g.queue.len() >= self.cap && g.error.is_none() {
+            g = Self::wait(&self.done, g);
+        }
+        if let Some(e) = &g.error {
+            return Err(crate::error::Echo::of(e).to_error());
+        }
+        g.queue.push_back((buf, runs));
+        g.busy += 1;
+        drop(g);
+        self.work.notify_one();
+        Ok(())
+    }
+    /// Waits until every queued write is done; the first failure, if any.
+    fn flush(&self) -> Result<()> {
+        let mut g = self.state.locked();
+        while g.busy > 0 {
+            g = Self::wait(&self.done, g);
+        }
+        g.error.as_ref().map_or(Ok(()), |e| Err(crate::error::Echo::of(e).to_error()))
+    }
+    /// The first failure (the error itself, once).
+    fn take_error(&self) -> Option<Error> {
+        self.state.locked().error.take()
+    }
+    fn close(&self) {
+        self.state.locked().closed = true;
+        self.work.notify_all();
+    }
+    /// A writer thread's loop.
+    fn run(&self, target: &dyn DiskTarget, sink: &ProgressSink) {
+        let mut g = self.state.locked();
+        loop {
+            let Some((buf, runs)) = g.queue.pop_front() else {
+                if g.closed {
+                    return;
+                }
+                g = Self::wait(&self.work, g);
+                continue;
+            };
+            let failed = g.error.is_some();
+            drop(g);
+            // Room in the queue for a worker.
+            self.done.notify_all();
+            let mut result = Ok(());
+            if !failed {
+                let plain = buf.as_slice();
+                for &(offset, a, b) in &runs {
+                    result = target.write_at(offset, &plain[a..b]);
+                    if result.is_err() {
+                        break;
+                    }
+                    sink.add((b - a) as u64);
+                }
+            }
+            g = self.state.locked();
+            if let Err(e) = result {
+                g.error.get_or_insert(e);
+            }
+            if buf.capacity() <= MAX_KEPT_FRAME_BUF {
+                g.free.push(buf);
+            }
+            g.busy -= 1;
+            self.done.notify_all();
+        }
+    }
+}
+
+/// Stops the writer threads when the restore leaves, by any path.
+struct CloseOnDrop<'a>(&'a Writers);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// A chunk to restore: the disk bytes it fills and where it is stored.
@@ -197,13 +316,15 @@ fn restore_inner(
     let vm = &manifest.vm.name;
     disk.check_geometry(&format!("manifest of VM {vm} disk {position}"))?;
     let sink = ProgressSink::new(run.progress.clone(), Phase::Restore, disk.size);
-    // Writers wait on the target (direct I/O, a network disk): twice as many
-    // workers as cores keep every core busy while half of them wait.
+    // Workers open frames; as many writer threads wait on the target
+    // (direct I/O, a network disk) for them, so one worker per core keeps
+    // every core busy.
     let threads = match run.threads {
-        0 => 2 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
     let pool = pool(threads)?;
+    let writers = Writers::new(threads);
     let mut report = RestoreReport { size: disk.size, ..Default::default() };
     // Where each chunk of a window is (a few index transactions, not one
     // per chunk), grouped by frame in disk order; the window's runs of data
@@ -283,15 +404,20 @@ fn restore_inner(
             .par_iter()
             .map(|(frame, chunks)| -> Result<u64> {
                 cancel.check()?;
-                // This worker's frame buffer, taken out while in use (a target that
-                // runs rayon work of its own on this thread gets a fresh one).
-                let mut buf = FRAME_BUF.take();
+                let mut buf = writers.buf();
                 let opened = store
                     .read_frame(frame)
                     .and_then(|mut stored| decode_frame_into(keys, frame, &mut stored, &mut buf).map(|_| ()));
-                let result = match opened {
-                    Ok(()) => write_runs(keys, target, &sink, buf.as_slice(), chunks),
-                    Err(e) => (|| -> Result<u64> {
+                match opened {
+                    Ok(()) => {
+                        // A chunk that does not match fails the restore, as before any write.
+                        let runs = frame_runs(keys, buf.as_slice(), chunks)?;
+                        let n: u64 = runs.iter().map(|&(_, a, b)| (b - a) as u64).sum();
+                        writers.submit(buf, runs)?;
+                        Ok(n)
+                    }
+                    Err(e) => {
+                        writers.give_back(buf);
                         let mut first = Some(e);
                         for (ext, _) in chunks {
                             let e = first.take().unwrap_or(Error::CorruptFrame {
@@ -304,14 +430,12 @@ fn restore_inner(
                             sink.add(ext.len);
                         }
                         Ok(0)
-                    })(),
-                };
-                if buf.capacity() <= MAX_KEPT_FRAME_BUF {
-                    FRAME_BUF.set(buf);
+                    }
                 }
-                result
             })
             .try_reduce(|| 0, |a, b| Ok(a + b))?;
+        // The round is written when its writes are done.
+        writers.flush()?;
         if target.holes_read_as_zero() {
             for (window, _) in round {
                 sink.add(window.range.end - window.range.start - window.data_bytes());
@@ -354,7 +478,7 @@ fn restore_inner(
     // loaded and its chunks located: the workers never wait for a round's
     // index reads, nor idle at its tail while the next round is planned.
     let starts: Vec<usize> = (0..disk.maps.len()).step_by(per_round).collect();
-    pool.install(|| -> Result<()> {
+    let rounds = || -> Result<()> {
         let mut next = match starts.first() {
             Some(&first) => Some(prepare_round(first)?),
             None => None,
@@ -370,6 +494,21 @@ fn restore_inner(
             next = prepared?;
         }
         Ok(())
+    };
+    std::thread::scope(|ts| -> Result<()> {
+        let _close = CloseOnDrop(&writers);
+        for i in 0..threads {
+            std::thread::Builder::new()
+                .name(format!("alike-writer-{i}"))
+                .spawn_scoped(ts, || writers.run(target, &sink))
+                .map_err(|source| Error::Thread { name: format!("alike-writer-{i}"), source })?;
+        }
+        let r = pool.install(rounds);
+        // A write's own failure rather than its echo in a worker.
+        match writers.take_error() {
+            Some(e) => Err(e),
+            None => r,
+        }
     })?;
     cancel.check()?;
     target.finish(disk.size)?;
