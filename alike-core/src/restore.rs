@@ -3,7 +3,7 @@
 //! authenticated and decompressed once; runs of consecutive blocks that sit
 //! consecutively in a frame are written with one call. Work runs in
 //! parallel and out of order; holes are left sparse where the target allows.
-//! Workers open frames and writer threads ([`Writers`]) write them, so no
+//! Workers open frames and writer threads (`Writers`) write them, so no
 //! worker waits on the target.
 
 use crate::Recover;
