@@ -6,8 +6,9 @@
 //! BLAKE3 hash of its bytes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use alike_core::{BlobKind, ChunkId, ChunkLocation, Compression, FrameRef, Keys, StoredFrame};
 
@@ -133,12 +134,76 @@ pub fn pack_key(id: &[u8; 32]) -> String {
 }
 
 /// Builds one pack in a local spool file.
+///
+/// Space for a frame is reserved in order ([`PackWriter::reserve`], under
+/// whatever lock the caller shares the writer with) and its bytes written
+/// after that lock is released ([`FrameSlot::write`]), so several threads
+/// copy their frames into one pack side by side; [`PackWriter::finish`]
+/// waits for every reserved frame, then writes the trailer and hashes the
+/// pack for its id (on the finishing thread, not under the lock).
 pub struct PackWriter {
     path: PathBuf,
-    out: BufWriter<File>,
-    hasher: blake3::Hasher,
+    file: Arc<File>,
+    writes: Arc<Writes>,
     len: u64,
     entries: Vec<PackEntry>,
+}
+
+/// Frames reserved in a pack and not yet written, and the first failure
+/// of a write.
+#[derive(Default)]
+struct Writes {
+    state: Mutex<(usize, Option<(std::io::ErrorKind, String)>)>,
+    done: Condvar,
+}
+
+impl Writes {
+    fn end(&self, failure: Option<&std::io::Error>) {
+        let mut g = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.0 -= 1;
+        if let Some(e) = failure {
+            g.1.get_or_insert((e.kind(), e.to_string()));
+        }
+        self.done.notify_all();
+    }
+    /// Waits until no reserved frame is being written; the first failure.
+    fn wait(&self) -> Option<std::io::Error> {
+        let mut g = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while g.0 > 0 {
+            g = self.done.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        g.1.as_ref().map(|(k, m)| std::io::Error::new(*k, m.clone()))
+    }
+}
+
+/// Where one frame's bytes go in a pack, reserved by
+/// [`PackWriter::reserve`]. Written once with [`FrameSlot::write`]; a slot
+/// dropped unwritten fails the pack (its finish), never leaves a hole in it.
+#[must_use = "a reserved frame must be written"]
+pub struct FrameSlot {
+    file: Arc<File>,
+    path: PathBuf,
+    offset: u64,
+    writes: Arc<Writes>,
+    written: bool,
+}
+
+impl FrameSlot {
+    /// Writes the frame's bytes at their place in the pack.
+    pub fn write(mut self, bytes: &[u8]) -> Result<()> {
+        let r = self.file.write_all_at(bytes, self.offset);
+        self.written = true;
+        self.writes.end(r.as_ref().err());
+        r.map_err(io(&self.path))
+    }
+}
+
+impl Drop for FrameSlot {
+    fn drop(&mut self) {
+        if !self.written {
+            self.writes.end(Some(&std::io::Error::other("a frame reserved in the pack was never written")));
+        }
+    }
 }
 
 impl PackWriter {
@@ -153,24 +218,17 @@ impl PackWriter {
     /// salt can give two writers the same pack name).
     pub fn with_salt(spool: &Path, salt: [u8; SALT_LEN]) -> Result<PackWriter> {
         let path = spool.join(format!("pack-{}.tmp", random_hex(12)?));
-        let f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
-        let mut w = PackWriter {
-            out: BufWriter::with_capacity(256 << 10, f),
+        let f = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io(&path))?;
+        let mut start = header(ObjectKind::Pack).to_vec();
+        start.extend_from_slice(&salt);
+        f.write_all_at(&start, 0).map_err(io(&path))?;
+        Ok(PackWriter {
             path,
-            hasher: blake3::Hasher::new(),
-            len: 0,
+            file: Arc::new(f),
+            writes: Arc::new(Writes::default()),
+            len: start.len() as u64,
             entries: Vec::new(),
-        };
-        w.write_raw(&header(ObjectKind::Pack))?;
-        w.write_raw(&salt)?;
-        Ok(w)
-    }
-
-    fn write_raw(&mut self, b: &[u8]) -> Result<()> {
-        self.out.write_all(b).map_err(io(&self.path))?;
-        self.hasher.update(b);
-        self.len += b.len() as u64;
-        Ok(())
+        })
     }
 
     /// The spool file the pack is written to (also [`FinishedPack::path`]).
@@ -193,14 +251,13 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Appends a frame; returns the entries of its chunks.
-    pub fn add(&mut self, f: &StoredFrame) -> Result<&[PackEntry]> {
+    /// Reserves the frame's place in the pack and records its chunks'
+    /// entries; its bytes are written with the returned slot.
+    pub fn reserve(&mut self, f: &StoredFrame) -> Result<FrameSlot> {
         let offset = self.len;
         if offset + f.bytes.len() as u64 > MAX_PACK_SIZE {
             return Err(Error::InvalidArgument("pack would exceed 2 GiB".into()));
         }
-        self.write_raw(&f.bytes)?;
-        let first = self.entries.len();
         for c in &f.chunks {
             self.entries.push(PackEntry {
                 id: c.id,
@@ -213,22 +270,45 @@ impl PackWriter {
                 chunk_len: c.len,
             });
         }
+        self.len += f.bytes.len() as u64;
+        self.writes.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 += 1;
+        Ok(FrameSlot {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            offset,
+            writes: self.writes.clone(),
+            written: false,
+        })
+    }
+
+    /// Appends a frame (reserves and writes it); returns the entries of its chunks.
+    pub fn add(&mut self, f: &StoredFrame) -> Result<&[PackEntry]> {
+        let first = self.entries.len();
+        self.reserve(f)?.write(&f.bytes)?;
         Ok(&self.entries[first..])
     }
 
-    /// Writes trailer and footer, fsyncs, and returns the pack id, its entries
+    /// Waits for the frames reserved, writes trailer and footer, hashes
+    /// the pack for its id, fsyncs, and returns the pack id, its entries
     /// and the spool file (ready for [`Backend::write_file`]).
-    pub fn finish(mut self, keys: &Keys) -> Result<FinishedPack> {
+    pub fn finish(self, keys: &Keys) -> Result<FinishedPack> {
+        if let Some(e) = self.writes.wait() {
+            return Err(Error::Io { path: self.path.clone(), source: e });
+        }
         let tail = encode_trailer(&self.entries, keys)?;
-        self.write_raw(&tail)?;
-        let file = self.out.into_inner().map_err(|e| Error::Io { path: self.path.clone(), source: e.into_error() })?;
-        file.sync_all().map_err(io(&self.path))?;
-        Ok(FinishedPack {
-            id: *self.hasher.finalize().as_bytes(),
-            entries: self.entries,
-            path: self.path,
-            size: self.len,
-        })
+        self.file.write_all_at(&tail, self.len).map_err(io(&self.path))?;
+        let size = self.len + tail.len() as u64;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < size {
+            let n = (size - at).min(buf.len() as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], at).map_err(io(&self.path))?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        self.file.sync_all().map_err(io(&self.path))?;
+        Ok(FinishedPack { id: *hasher.finalize().as_bytes(), entries: self.entries, path: self.path, size })
     }
 }
 
@@ -416,6 +496,82 @@ mod tests {
         p.resize(FRAMES_START as usize + frames, 0x5A);
         p.extend_from_slice(&encode_trailer(entries, keys).unwrap());
         p
+    }
+
+    fn frames(n: usize, keys: &Keys) -> Vec<StoredFrame> {
+        (0..n)
+            .map(|i| {
+                let data: Vec<u8> = (0..3000 + i * 7).map(|j| (j * 31 + i) as u8).collect();
+                alike_core::encode_single(keys, BlobKind::Data, &data, Some(3)).unwrap()
+            })
+            .collect()
+    }
+
+    /// Frames reserved in order and written from many threads at once, in
+    /// any order, make the same pack, byte for byte and id for id, as
+    /// frames added one after the other.
+    #[test]
+    fn frames_written_side_by_side_make_the_same_pack_as_in_order() {
+        let keys = Keys::from_master(&MasterKey([9; 32]));
+        let fs = frames(64, &keys);
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = PackWriter::with_salt(dir.path(), [5; SALT_LEN]).unwrap();
+        for f in &fs {
+            a.add(f).unwrap();
+        }
+        let a = a.finish(&keys).unwrap();
+        let mut b = PackWriter::with_salt(dir.path(), [5; SALT_LEN]).unwrap();
+        let slots: Vec<FrameSlot> = fs.iter().map(|f| b.reserve(f).unwrap()).collect();
+        std::thread::scope(|t| {
+            let mut pairs: Vec<(FrameSlot, &StoredFrame)> = slots.into_iter().zip(&fs).collect();
+            pairs.reverse();
+            while !pairs.is_empty() {
+                let part: Vec<(FrameSlot, &StoredFrame)> = pairs.drain(..pairs.len().min(9)).collect();
+                t.spawn(move || {
+                    for (slot, f) in part {
+                        slot.write(&f.bytes).unwrap();
+                    }
+                });
+            }
+        });
+        let b = b.finish(&keys).unwrap();
+        // The trailer is sealed with a fresh nonce: the frame area is what must match.
+        let (ra, rb) = (std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
+        let end = fs.iter().map(|f| f.bytes.len()).sum::<usize>() + HEADER_LEN + SALT_LEN;
+        assert_eq!((a.size, a.entries.len(), ra.len()), (b.size, b.entries.len(), rb.len()));
+        assert!(ra[..end] == rb[..end], "the frames' bytes");
+        assert_eq!(a.entries, b.entries);
+        assert_eq!(b.id, *blake3::hash(&rb).as_bytes(), "the id hashes the finished pack");
+    }
+
+    /// A frame reserved but never written fails the pack's finish, and a
+    /// finish waits for a frame still being written.
+    #[test]
+    fn a_pack_finishes_only_once_every_reserved_frame_is_written() {
+        let keys = Keys::unencrypted();
+        let fs = frames(2, &keys);
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::new(dir.path()).unwrap();
+        w.add(&fs[0]).unwrap();
+        drop(w.reserve(&fs[1]).unwrap());
+        let e = w.finish(&keys).expect_err("a hole in the pack");
+        assert!(e.to_string().contains("never written"), "{e}");
+
+        let mut w = PackWriter::new(dir.path()).unwrap();
+        let slot = w.reserve(&fs[0]).unwrap();
+        let late = std::thread::spawn({
+            let bytes = fs[0].bytes.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                slot.write(&bytes).unwrap();
+            }
+        });
+        let p = w.finish(&keys).unwrap();
+        late.join().unwrap();
+        let stored = std::fs::read(&p.path).unwrap();
+        assert_eq!(p.id, *blake3::hash(&stored).as_bytes(), "hashed after the late write");
+        let at = p.entries[0].frame_offset as usize;
+        assert_eq!(&stored[at..at + fs[0].bytes.len()], &fs[0].bytes[..]);
     }
 
     #[test]

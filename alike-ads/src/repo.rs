@@ -940,8 +940,12 @@ impl Repository {
         self.publisher()?.submit(n, finisher)
     }
 
+    /// Adds a frame to the open pack: its place is reserved under the
+    /// session lock, and its bytes are copied into the spool after the lock
+    /// is released, so puts on many threads write side by side (the pack's
+    /// finisher waits for them).
     fn put_inner(&self, frame: &StoredFrame) -> Result<()> {
-        let claimed = {
+        let (slot, claimed) = {
             let mut guard = self.session.locked();
             let s: &mut Session = &mut guard;
             if frame.chunks.iter().all(|c| s.pending.contains(&c.id)) {
@@ -951,19 +955,23 @@ impl Repository {
                 s.current = Some(PackWriter::new(&self.backend.spool_dir()?)?);
             }
             let w = s.current.as_mut().expect("just set");
-            w.add(frame)?;
+            let slot = w.reserve(frame)?;
             s.pending.open.extend(frame.chunks.iter().map(|c| c.id));
             if w.len() < self.config.pack_size && w.entry_count() < MAX_PACK_ENTRIES {
-                return Ok(());
+                (slot, None)
+            } else {
+                let w = s.current.take().expect("present");
+                self.send_to_finisher(s, w)?;
+                if s.in_flight < PACKS_PER_SEGMENT && s.pending.len() < PUBLISH_ENTRIES {
+                    (slot, None)
+                } else {
+                    (slot, Self::claim(s))
+                }
             }
-            let w = s.current.take().expect("present");
-            self.send_to_finisher(s, w)?;
-            if s.in_flight < PACKS_PER_SEGMENT && s.pending.len() < PUBLISH_ENTRIES {
-                return Ok(());
-            }
-            Self::claim(s)
         };
-        self.publish(claimed)
+        let written = slot.write(&frame.bytes);
+        let published = self.publish(claimed);
+        written.and(published)
     }
 
     /// Sends the open pack to the finishers and publishes every pack in
