@@ -337,7 +337,7 @@ fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error()
     let (dir, root) = local_store(Some(1 << 20));
     let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &cache_in(dir.path(), "cache")).unwrap();
     let params = EngineParams::with_chunking(alike_core::Chunking::Cdc(alike_core::CdcParams::default()));
-    let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(24 << 20, 11) }));
+    let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(96 << 20, 11) }));
     let job = || BackupJob {
         vm: VmInfo::named("vm"),
         disks: vec![disk],
@@ -349,11 +349,22 @@ fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error()
     };
     for threads in [1, 2] {
         let failing = FailingPut { repo: &repo, puts: AtomicU64::new(0), fail_at: 7 };
+        let read = Arc::new(AtomicU64::new(0));
         let mut run = RunOptions::default();
         run.threads = threads;
+        run.progress = Some(Arc::new({
+            let read = read.clone();
+            move |p: &alike_core::Progress| {
+                read.fetch_max(p.bytes_done, Ordering::SeqCst);
+            }
+        }));
         let e = alike_core::backup::backup(&failing, repo.keys(), &params, job(), &run).unwrap_err();
         repo.abort_session();
         assert!(e.to_string().contains("pack put #7 (injected)"), "{threads} thread(s): {e}");
+        // It stopped reading soon after: the failure was at ~7 MiB, the
+        // ring and the frames queued hold 16 MiB at most.
+        let read = read.load(Ordering::SeqCst);
+        assert!(read < 48 << 20, "{threads} thread(s): read {read} bytes of 96 MiB after the failure");
         assert!(repo.version_ids().unwrap().is_empty(), "no version for the failed backup");
     }
     let run = RunOptions::default();

@@ -628,6 +628,9 @@ fn cut_window(
     let mut next_item = 0usize;
     let mut pos = items.first().map_or(hi, |i| i.start);
     while next_item < items.len() || active.is_some() {
+        // A frame task's failure stops the reading at once, not when the
+        // ring runs out (tasks that no longer run free their buffers).
+        pipe.tasks.failed.check()?;
         let slot = pipe.ring.acquire(pipe.tasks.failed)?;
         let pieces = fill_batch(&mut queue, cap_blocks);
         let buf = Arc::get_mut(&mut pipe.ring.slots[slot]).expect("a free buffer has no other holder");
