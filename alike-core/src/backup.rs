@@ -400,11 +400,22 @@ fn put_frames(
 ) -> Result<()> {
     frames.par_iter().try_for_each(|chunks| -> Result<()> {
         cancel.check()?;
-        let frame = encode_frame(keys, BlobKind::Data, chunks, params.compression_level)?;
-        added.new_bytes.fetch_add(u64::from(frame.raw_len), Ordering::Relaxed);
-        added.new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
-        store.put(frame)
+        put_frame(store, keys, params, chunks, added)
     })
+}
+
+/// Compresses, seals and puts one frame of new chunks, counting its bytes.
+pub(crate) fn put_frame(
+    store: &dyn ChunkStore,
+    keys: &Keys,
+    params: &EngineParams,
+    chunks: &[(ChunkId, &[u8])],
+    added: &Added,
+) -> Result<()> {
+    let frame = encode_frame(keys, BlobKind::Data, chunks, params.compression_level)?;
+    added.new_bytes.fetch_add(u64::from(frame.raw_len), Ordering::Relaxed);
+    added.new_stored.fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+    store.put(frame)
 }
 
 /// Stores a block map's plaintext unless the store has it; returns its id.

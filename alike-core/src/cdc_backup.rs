@@ -42,8 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::backup::{Added, DiskPlan, EngineParams, FRAME_TARGET, LOOKUP_BATCH, batch_bytes, store_map};
-use crate::blob::{BlobKind, encode_frame};
+use crate::backup::{Added, DiskPlan, EngineParams, FRAME_TARGET, LOOKUP_BATCH, batch_bytes, put_frame, store_map};
 use crate::extents::{Extent, ExtentMap, Window, load_window};
 use crate::progress::{CancelToken, ProgressSink};
 use crate::{
@@ -530,10 +529,7 @@ impl<'a> FrameTasks<'a> {
     fn put(&self, frame: &Frame) -> Result<()> {
         self.cancel.check()?;
         let chunks: Vec<(ChunkId, &[u8])> = frame.iter().map(|(id, d)| (*id, d.bytes())).collect();
-        let f = encode_frame(self.keys, BlobKind::Data, &chunks, self.params.compression_level)?;
-        self.added.new_bytes.fetch_add(u64::from(f.raw_len), Ordering::Relaxed);
-        self.added.new_stored.fetch_add(f.bytes.len() as u64, Ordering::Relaxed);
-        self.store.put(f)
+        put_frame(self.store, self.keys, self.params, &chunks, self.added)
     }
 }
 
