@@ -382,6 +382,8 @@ struct FailingTarget {
     inner: alike_core::RawFileTarget,
     writes: AtomicU64,
     fail_at: u64,
+    /// Panic there instead of returning an error.
+    panic: bool,
 }
 
 impl alike_core::DiskTarget for FailingTarget {
@@ -390,6 +392,7 @@ impl alike_core::DiskTarget for FailingTarget {
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> alike_core::Result<()> {
         if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            assert!(!self.panic, "injected panic in a target's write");
             return Err(alike_core::Error::Io {
                 path: format!("restore write #{} at {offset} (injected)", self.fail_at).into(),
                 source: std::io::Error::from_raw_os_error(28),
@@ -406,10 +409,10 @@ impl alike_core::DiskTarget for FailingTarget {
 }
 
 /// A restore's writes run on writer threads of their own, beside the
-/// workers that open frames: a write that fails stops the restore with
-/// that write's error (also in a partial restore: the target is not
-/// damage), the call returns (no writer or worker left waiting), and the
-/// same restore onto a good target is bit-exact.
+/// workers that open frames: a write that fails (or panics) stops the
+/// restore with that write's error (also in a partial restore: the target
+/// is not damage), the call returns (no writer or worker left waiting),
+/// and the same restore onto a good target is bit-exact.
 #[test]
 fn a_restore_write_that_fails_on_a_writer_thread_fails_the_restore_with_its_error() {
     let (dir, root) = local_store(None);
@@ -434,12 +437,23 @@ fn a_restore_write_that_fails_on_a_writer_thread_fails_the_restore_with_its_erro
             inner: alike_core::RawFileTarget::create(&out).unwrap(),
             writes: AtomicU64::new(0),
             fail_at: 3,
+            panic: false,
         };
         let e = alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
         assert!(e.to_string().contains("restore write #3 at"), "{threads} thread(s): {e}");
         target.writes.store(0, Ordering::SeqCst);
         let e = alike_core::restore::restore_disk_partial(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
         assert!(e.to_string().contains("No space left"), "{threads} thread(s), partial: {e}");
+        // A target that panics fails the restore too, rather than leaving
+        // the workers waiting for the write.
+        let target = FailingTarget {
+            inner: alike_core::RawFileTarget::create(&out).unwrap(),
+            writes: AtomicU64::new(0),
+            fail_at: 3,
+            panic: true,
+        };
+        let e = alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
+        assert!(e.to_string().contains("the target's write panicked"), "{threads} thread(s): {e}");
         let target = alike_core::RawFileTarget::create(&out).unwrap();
         alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap();
         assert!(std::fs::read(&out).unwrap() == disk.data, "{threads} thread(s): bit-exact onto a good target");

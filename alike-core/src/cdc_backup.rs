@@ -32,9 +32,11 @@
 //! the end of a batch is copied aside (at most `max` bytes) and finished in
 //! the next, and the new chunks left over after a batch's last full frame
 //! are copied aside too, so no buffer waits on a later batch. Memory: the
-//! ring (one batch's worth, as [`batch_bytes`] says), one window's
-//! extents, per block of a batch 16 bytes of flags, and the ids of frames
-//! not yet put.
+//! ring (one batch's worth, as [`batch_bytes`] says); frames of copied
+//! bytes and an incremental's extension reads, which hold no ring buffer
+//! but are queued behind the batches that do (at most about one frame and
+//! the extension reads per batch in flight); one window's extents; per
+//! block of a batch 16 bytes of flags; and the ids of frames not yet put.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -189,10 +191,10 @@ pub(crate) fn backup_disk(
     let added = Added::default();
     let reader = Reader { src, size: plan.size, nblocks: plan.nblocks, sink, cancel, read_bytes: AtomicU64::new(0) };
     let failed = Failed::default();
-    let inflight = Mutex::new(HashSet::new());
-    let tasks = FrameTasks { store, keys, params, added: &added, cancel, failed: &failed, inflight: &inflight };
+    let put = Mutex::new(Vec::new());
+    let tasks = FrameTasks { store, keys, params, added: &added, cancel, failed: &failed, put: &put };
     let mut ring = Ring::new(batch_bytes(), RING_SLOTS);
-    let mut framer = Framer { carry: Vec::new(), carry_len: 0, copied: 0, inflight: &inflight };
+    let mut framer = Framer { carry: Vec::new(), carry_len: 0, copied: 0, inflight: HashSet::new(), put: &put };
     let mut maps = Vec::with_capacity(nwin as usize);
     let mut data_bytes = 0u64;
     let mut full = plan.read.iter().cloned().peekable();
@@ -503,9 +505,8 @@ struct FrameTasks<'a> {
     added: &'a Added,
     cancel: &'a CancelToken,
     failed: &'a Failed,
-    /// Ids of chunks in frames handed to tasks and not yet put: met again
-    /// before their frame is stored, they are not stored twice.
-    inflight: &'a Mutex<HashSet<ChunkId>>,
+    /// Ids of the chunks of frames put, for [`Framer`] to forget.
+    put: &'a Mutex<Vec<ChunkId>>,
 }
 
 impl<'a> FrameTasks<'a> {
@@ -514,15 +515,15 @@ impl<'a> FrameTasks<'a> {
             if self.failed.stopped() {
                 return;
             }
-            match self.put(&frame) {
+            // A panic stops the reading too; the scope raises it again.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.put(&frame))) {
                 // In the store's pending set from here on.
-                Ok(()) => {
-                    let mut inflight = self.inflight.locked();
-                    for (id, _) in &frame {
-                        inflight.remove(id);
-                    }
+                Ok(Ok(())) => self.put.locked().extend(frame.iter().map(|(id, _)| *id)),
+                Ok(Err(e)) => self.failed.record(e),
+                Err(panic) => {
+                    self.failed.stop();
+                    std::panic::resume_unwind(panic);
                 }
-                Err(e) => self.failed.record(e),
             }
         });
     }
@@ -542,7 +543,11 @@ struct Framer<'a> {
     carry_len: usize,
     /// How many of `carry` already hold bytes of their own.
     copied: usize,
-    inflight: &'a Mutex<HashSet<ChunkId>>,
+    /// Ids of chunks in frames handed to tasks whose put this framer has
+    /// not yet seen done: met again, they are not stored twice.
+    inflight: HashSet<ChunkId>,
+    /// Ids the frame tasks have put since the last batch.
+    put: &'a Mutex<Vec<ChunkId>>,
 }
 
 impl Framer<'_> {
@@ -554,16 +559,21 @@ impl Framer<'_> {
         chunks: Vec<(ChunkId, Data)>,
         known: Option<&[bool]>,
     ) -> Result<Vec<Frame>> {
+        // Forgotten only before the look-ups: a chunk put from here on stays
+        // in flight for this batch, so a look-up that ran before its put
+        // cannot make it new again.
+        for id in std::mem::take(&mut *self.put.locked()) {
+            self.inflight.remove(&id);
+        }
         let ask: Vec<ChunkId> =
             chunks.iter().enumerate().filter(|(i, _)| !known.is_some_and(|k| k[*i])).map(|(_, c)| c.0).collect();
         let answers: Vec<bool> =
             ask.par_chunks(LOOKUP_BATCH).map(|c| store.contains_many(c)).collect::<Result<Vec<_>>>()?.concat();
         let mut answers = answers.into_iter();
-        let mut inflight = self.inflight.locked();
         let mut frames = Vec::new();
         for (i, (id, data)) in chunks.into_iter().enumerate() {
             let stored = known.is_some_and(|k| k[i]) || answers.next().unwrap_or(false);
-            if stored || !inflight.insert(id) {
+            if stored || !self.inflight.insert(id) {
                 continue;
             }
             self.carry_len += data.len;

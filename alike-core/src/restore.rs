@@ -170,13 +170,24 @@ impl Writers {
             let mut result = Ok(());
             if !failed {
                 let plain = buf.as_slice();
-                for &(offset, a, b) in &runs {
-                    result = target.write_at(offset, &plain[a..b]);
-                    if result.is_err() {
-                        break;
+                // A target that panics fails the restore instead of leaving
+                // the workers waiting for this write forever.
+                let at = std::sync::atomic::AtomicU64::new(0);
+                result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
+                    for &(offset, a, b) in &runs {
+                        at.store(offset, std::sync::atomic::Ordering::Relaxed);
+                        target.write_at(offset, &plain[a..b])?;
+                        sink.add((b - a) as u64);
                     }
-                    sink.add((b - a) as u64);
-                }
+                    Ok(())
+                }))
+                .unwrap_or_else(|_| {
+                    Err(Error::TargetWrite {
+                        target: target.label(),
+                        offset: at.into_inner(),
+                        source: std::io::Error::other("the target's write panicked"),
+                    })
+                });
             }
             g = self.state.locked();
             if let Err(e) = result {
