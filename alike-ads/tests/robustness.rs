@@ -430,15 +430,16 @@ fn a_restore_write_that_fails_on_a_writer_thread_fails_the_restore_with_its_erro
     };
     let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job, &RunOptions::default()).unwrap();
     let out = dir.path().join("out.img");
+    let failing = |panic| FailingTarget {
+        inner: alike_core::RawFileTarget::create(&out).unwrap(),
+        writes: AtomicU64::new(0),
+        fail_at: 3,
+        panic,
+    };
     for threads in [1, 2, 4] {
         let mut run = RunOptions::default();
         run.threads = threads;
-        let target = FailingTarget {
-            inner: alike_core::RawFileTarget::create(&out).unwrap(),
-            writes: AtomicU64::new(0),
-            fail_at: 3,
-            panic: false,
-        };
+        let target = failing(false);
         let e = alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
         assert!(e.to_string().contains("restore write #3 at"), "{threads} thread(s): {e}");
         target.writes.store(0, Ordering::SeqCst);
@@ -446,12 +447,7 @@ fn a_restore_write_that_fails_on_a_writer_thread_fails_the_restore_with_its_erro
         assert!(e.to_string().contains("No space left"), "{threads} thread(s), partial: {e}");
         // A target that panics fails the restore too, rather than leaving
         // the workers waiting for the write.
-        let target = FailingTarget {
-            inner: alike_core::RawFileTarget::create(&out).unwrap(),
-            writes: AtomicU64::new(0),
-            fail_at: 3,
-            panic: true,
-        };
+        let target = failing(true);
         let e = alike_core::restore::restore_disk(&repo, repo.keys(), &m, 0, &target, &run).unwrap_err();
         assert!(e.to_string().contains("the target's write panicked"), "{threads} thread(s): {e}");
         let target = alike_core::RawFileTarget::create(&out).unwrap();
