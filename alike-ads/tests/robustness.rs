@@ -289,6 +289,24 @@ fn a_segment_that_cannot_be_written_mid_cdc_backup_fails_it_and_loses_nothing() 
     ));
 }
 
+/// Engine parameters of a content-defined store.
+fn cdc_params() -> EngineParams {
+    EngineParams::with_chunking(alike_core::Chunking::Cdc(alike_core::CdcParams::default()))
+}
+
+/// The first backup of VM "vm" with one disk.
+fn first_job(disk: &'static MemSource) -> BackupJob<'static> {
+    BackupJob {
+        vm: VmInfo::named("vm"),
+        disks: vec![disk],
+        parent: None,
+        time_ms: 1,
+        host: None,
+        origin: None,
+        no_parent_reason: None,
+    }
+}
+
 /// A store whose `put` of the `fail_at`-th data frame fails; everything
 /// else goes to the repository.
 struct FailingPut<'a> {
@@ -336,17 +354,8 @@ impl alike_core::ChunkStore for FailingPut<'_> {
 fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error() {
     let (dir, root) = local_store(Some(1 << 20));
     let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &cache_in(dir.path(), "cache")).unwrap();
-    let params = EngineParams::with_chunking(alike_core::Chunking::Cdc(alike_core::CdcParams::default()));
+    let params = cdc_params();
     let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(96 << 20, 11) }));
-    let job = || BackupJob {
-        vm: VmInfo::named("vm"),
-        disks: vec![disk],
-        parent: None,
-        time_ms: 1,
-        host: None,
-        origin: None,
-        no_parent_reason: None,
-    };
     for threads in [1, 2] {
         let failing = FailingPut { repo: &repo, puts: AtomicU64::new(0), fail_at: 7 };
         let read = Arc::new(AtomicU64::new(0));
@@ -358,7 +367,7 @@ fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error()
                 read.fetch_max(p.bytes_done, Ordering::SeqCst);
             }
         }));
-        let e = alike_core::backup::backup(&failing, repo.keys(), &params, job(), &run).unwrap_err();
+        let e = alike_core::backup::backup(&failing, repo.keys(), &params, first_job(disk), &run).unwrap_err();
         repo.abort_session();
         assert!(e.to_string().contains("pack put #7 (injected)"), "{threads} thread(s): {e}");
         // It stopped reading soon after: the failure was at ~7 MiB, the
@@ -368,7 +377,7 @@ fn a_frame_put_that_fails_in_a_cdc_backup_task_fails_the_backup_with_its_error()
         assert!(repo.version_ids().unwrap().is_empty(), "no version for the failed backup");
     }
     let run = RunOptions::default();
-    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job(), &run).unwrap();
+    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, first_job(disk), &run).unwrap();
     let v = repo.verify(None, alike_ads::VerifyDepth::Full, &|_, _| {}).unwrap();
     assert!(v.ok(), "{v:?}");
     let out = dir.path().join("out.img");
@@ -417,18 +426,10 @@ impl alike_core::DiskTarget for FailingTarget {
 fn a_restore_write_that_fails_on_a_writer_thread_fails_the_restore_with_its_error() {
     let (dir, root) = local_store(None);
     let repo = Repository::open(Arc::new(LocalBackend::new(&root)), &cache_in(dir.path(), "cache")).unwrap();
-    let params = EngineParams::with_chunking(alike_core::Chunking::Cdc(alike_core::CdcParams::default()));
+    let params = cdc_params();
     let disk: &'static MemSource = Box::leak(Box::new(MemSource { label: "a".into(), data: noise(12 << 20, 12) }));
-    let job = BackupJob {
-        vm: VmInfo::named("vm"),
-        disks: vec![disk],
-        parent: None,
-        time_ms: 1,
-        host: None,
-        origin: None,
-        no_parent_reason: None,
-    };
-    let (_, m) = alike_core::backup::backup(&repo, repo.keys(), &params, job, &RunOptions::default()).unwrap();
+    let (_, m) =
+        alike_core::backup::backup(&repo, repo.keys(), &params, first_job(disk), &RunOptions::default()).unwrap();
     let out = dir.path().join("out.img");
     let failing = |panic| FailingTarget {
         inner: alike_core::RawFileTarget::create(&out).unwrap(),
