@@ -4,14 +4,15 @@
 #   bash scripts/bench.sh                 # full run: 4 GiB ext4 pair, alike vs restic vs borg,
 #                                         # ceilings, change hints, scaling 1/4/16 GiB,
 #                                         # core scaling (--threads 1..cores), the NTFS
-#                                         # pair's stored bytes (issue 13);
+#                                         # pair's stored bytes, casync's on both
+#                                         # pairs (issue 13);
 #                                         # rewrites docs/performance.md (~15-25 min on 2 cores)
 #   bash scripts/bench.sh --smoke         # tiny images, every step and peer, < 1 min
 #   bash scripts/bench.sh --no-scaling    # any alike-bench option passes through
 #   STAGES=1 bash scripts/bench.sh        # also the criterion stage benchmarks
 #
 # Installs what it needs when missing (as root, or with sudo): restic and
-# borgbackup (the peers), e2fsprogs (the ext4 images), ntfs-3g (mkntfs and
+# borgbackup (the peers), casync (stored bytes on the pairs only), e2fsprogs (the ext4 images), ntfs-3g (mkntfs and
 # the FUSE driver, for the NTFS images; --smoke does not use them). Builds the
 # `alike` CLI and `alike-bench` in the `profiling` profile (release code with
 # line tables, so `perf` of a run names files and lines; target/profiling/);
@@ -24,6 +25,7 @@ export PATH="$PATH:/sbin:/usr/sbin"
 missing=()
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v borg >/dev/null 2>&1 || missing+=(borgbackup)
+command -v casync >/dev/null 2>&1 || missing+=(casync)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v debugfs >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mkntfs >/dev/null 2>&1 || missing+=(ntfs-3g)

@@ -97,6 +97,7 @@ tools=(
     mcopy:mtools
     restic:restic          # the performance harness's smoke run compares against them
     borg:borgbackup
+    casync:casync          # ... and casync's stored bytes on the pairs
     smbd:samba             # the Hyper-V simulator serves its host's share with a private smbd
     smbpasswd:samba-common-bin
     smbclient:smbclient    # ... which smbclient reads in the simulator's test

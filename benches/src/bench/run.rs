@@ -40,6 +40,9 @@ pub(crate) struct Config {
     /// The NTFS pair for the dedup comparison: `Some((dir, build))` — take
     /// it from `dir`, or build it there when `build`; `None`: skip it.
     pub(crate) ntfs: Option<(PathBuf, bool)>,
+    /// casync (binary, version) when installed and peers run: its stored
+    /// bytes on each pair.
+    pub(crate) casync: Option<(PathBuf, String)>,
 }
 
 /// The page cache before a step.
@@ -426,10 +429,22 @@ pub(crate) fn run(cfg: &Config) -> Result<Results> {
         }
     }
     res.dedup.extend(dedup_from_steps(&res));
+    if let Some((bin, _)) = &cfg.casync {
+        eprintln!("casync on the ext4 pair: stored bytes");
+        casync_dedup(&r, bin, "ext4", &pair, &mut res);
+    }
     if let Some((dir, build)) = &cfg.ntfs {
         eprintln!("NTFS pair: stored bytes");
-        match images::ntfs_pair(dir, cfg.size_mib, *build).and_then(|p| ntfs_dedup(&r, &p, &mut res)) {
-            Ok(()) => {}
+        match images::ntfs_pair(dir, cfg.size_mib, *build) {
+            Ok(p) => {
+                if let Err(e) = ntfs_dedup(&r, &p, &mut res) {
+                    res.errors.push(format!("NTFS pair: {e:#}"));
+                }
+                if let Some((bin, _)) = &cfg.casync {
+                    eprintln!("casync on the NTFS pair: stored bytes");
+                    casync_dedup(&r, bin, "NTFS", &p, &mut res);
+                }
+            }
             Err(e) => res.errors.push(format!("NTFS pair: {e:#}")),
         }
     }
@@ -717,6 +732,48 @@ fn core_run(r: &Runner<'_>, alike: &Tool, pair: &Pair, threads: usize) -> Result
     let _ = std::fs::remove_dir_all(&out_dir);
     repo.remove();
     result
+}
+
+/// casync's stored bytes on a pair (`casync make --compression=zstd`: 64 KiB
+/// buzhash chunks, zstd, one file per chunk): repository A gets v1 then v2
+/// in place; B, a copy of A after v1 (hard links: casync never rewrites a
+/// chunk or an index), v2 afresh. A repository is the chunk store and the
+/// `.caibx` indexes, so the indexes count, as alike's manifests and maps do.
+fn casync_dedup(r: &Runner<'_>, bin: &Path, label: &str, pair: &Pair, res: &mut Results) {
+    let cache = r.primary();
+    let dir = r.scratch.join(format!("casync-{}", label.to_lowercase()));
+    let (a, b) = (dir.join("A"), dir.join("B"));
+    let make = |repo: &Path, index: &str, image: &Path| -> Result<Measured> {
+        let cmd = Cmd::new(bin)
+            .arg("make")
+            .arg(format!("--store={}", repo.join("store").display()))
+            .arg("--compression=zstd")
+            .arg(repo.join(index))
+            .arg(image);
+        r.measured(&cmd, cache, &[image])
+    };
+    let out = (|| -> Result<PairDedup> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&a)?;
+        let first = make(&a, "v1.caibx", &pair.v1)?;
+        let v1 = measure::dir_bytes(&a);
+        r.quiet(&Cmd::new("cp").arg("-al").arg(&a).arg(&b))?;
+        make(&a, "v2.caibx", &pair.v2_inplace)?;
+        make(&b, "v2-fresh.caibx", &pair.v2_fresh)?;
+        Ok(PairDedup {
+            pair: label.into(),
+            tool: "casync".into(),
+            v1,
+            inplace: Some(measure::dir_bytes(&a) - v1),
+            fresh: Some(measure::dir_bytes(&b) - v1),
+            v1_secs: first.secs,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    match out {
+        Ok(d) => res.dedup.push(d),
+        Err(e) => res.errors.push(format!("casync on the {label} pair: {e:#}")),
+    }
 }
 
 /// The ext4 pair's stored bytes, from the comparison's steps (primary mode).
