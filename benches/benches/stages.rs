@@ -11,6 +11,8 @@
 //!   fsync), and through `Repository` put + flush (+ index segment + cache);
 //! - `index`: `IndexCache::lookup` hit and miss at 1 M and 10 M chunks (the
 //!   caches are built once under `target/alike-bench/index-*` and reused);
+//! - `index insert`: one index segment (24 000 chunks) into a cache of
+//!   192 000, as the index publisher does after every 8 packs;
 //! - `restore`: a 256 MiB disk restored (read + open frames + assemble) to
 //!   a target that discards, and to a sparse file.
 //!
@@ -306,6 +308,55 @@ fn index(c: &mut Criterion) {
     g.finish();
 }
 
+/// One index segment's packs as the index publisher hands them to the
+/// cache: 8 packs × 3000 chunks (ids `first…`), in pack order.
+fn segment(first: u64) -> Vec<([u8; 32], Vec<PackEntry>)> {
+    (0..8u64)
+        .map(|p| {
+            let entries = (0..3000u64)
+                .map(|j| PackEntry {
+                    id: id(first + p * 3000 + j),
+                    kind: BlobKind::Data,
+                    compression: Compression::Zstd,
+                    frame_offset: (j / 32 * 300_000) as u32,
+                    frame_stored_len: 300_000,
+                    frame_raw_len: FRAME as u32,
+                    chunk_offset: (j % 32 * 32768) as u32,
+                    chunk_len: 32768,
+                })
+                .collect();
+            (*blake3::hash(&(first + p).to_le_bytes()).as_bytes(), entries)
+        })
+        .collect()
+}
+
+/// The index publisher's step that a backup's end waits for: one segment
+/// (24 000 chunks) into a cache of 192 000, committed; a fresh cache each
+/// time, its building not timed.
+fn index_insert(c: &mut Criterion) {
+    std::fs::create_dir_all(bench_dir()).expect("bench dir");
+    let mut g = c.benchmark_group("index insert");
+    g.sample_size(10);
+    g.bench_function("segment of 24000 into 192000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
+                let cache = IndexCache::open(dir.path(), "bench").expect("cache");
+                for seg in 0..8u64 {
+                    cache.insert(&format!("index/base-{seg}"), &segment(seg * 24_000)).expect("insert");
+                }
+                let next = segment(8 * 24_000);
+                let t = Instant::now();
+                cache.insert("index/next", &next).expect("insert");
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
 /// A target that discards what it is given: restore without the write.
 struct NullTarget;
 
@@ -359,5 +410,5 @@ fn restore(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(stages, chunking, hashing, zstd, seal, frame, pack, index, restore);
+criterion_group!(stages, chunking, hashing, zstd, seal, frame, pack, index, index_insert, restore);
 criterion_main!(stages);
