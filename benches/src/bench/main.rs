@@ -22,8 +22,8 @@
 //! 6. the NTFS pair (`scripts/make-ntfs-pair.sh`): every tool's stored
 //!    bytes after v1 and added by v2 in place and afresh, beside the ext4
 //!    pair's (issue 13); and casync's on both pairs where it is installed
-//!    (the mark issue 13 asks to reach for; it only stores, so it is not in
-//!    the comparison);
+//!    (the mark issue 13 asks to reach for; only its bytes count, so it is
+//!    not timed in the comparison);
 //! 7. prints the tables with the ratio alike/peer for every figure and the
 //!    issue's targets marked met or not, and rewrites the generated part of
 //!    `docs/performance.md`.
